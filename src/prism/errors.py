@@ -1,0 +1,84 @@
+"""Exceptions that carry a message a person can act on and the SQLSTATE a Postgres client sees.
+
+Every failure that can reach a client is one of these, so the proxy can always answer with a
+proper ErrorResponse instead of closing the socket or leaking a traceback.
+"""
+
+from __future__ import annotations
+
+
+class PrismError(Exception):
+    """Base for Prism's user-facing errors."""
+
+    sqlstate: str = "XX000"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        detail: str | None = None,
+        sqlstate: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.detail = detail
+        if sqlstate is not None:
+            self.sqlstate = sqlstate
+
+
+class ProtocolViolation(PrismError):
+    """The client sent bytes that are not a valid start-up of the Postgres protocol."""
+
+    sqlstate = "08P01"
+
+
+class InvalidBranchName(PrismError):
+    """A branch name that Prism refuses, before anything touches the disk."""
+
+    sqlstate = "42602"
+
+
+class BranchNotFound(PrismError):
+    """An operation names a branch that does not exist."""
+
+    sqlstate = "3D000"
+
+
+class BranchConflict(PrismError):
+    """An operation that would clash with a branch's current state (exists already, has children)."""
+
+    sqlstate = "55006"
+
+
+class StorageError(PrismError):
+    """A storage driver could not clone, create or remove a branch's data directory."""
+
+    sqlstate = "58030"
+
+
+class RuntimeStartFailed(PrismError):
+    """A branch's Postgres server could not be started or did not become ready."""
+
+    sqlstate = "57P03"
+
+
+class RuntimeStopFailed(PrismError):
+    """A branch's Postgres server did not stop when asked."""
+
+    sqlstate = "58000"
+
+
+class ProvisionFailed(PrismError):
+    """Creating a branch failed; the partial branch has been rolled back."""
+
+    sqlstate = "58000"
+
+
+class BackendQueryError(PrismError):
+    """A query on Prism's own service connection to a branch failed."""
+
+
+class ConfigError(PrismError):
+    """A setting is missing, malformed or contradicts another one."""

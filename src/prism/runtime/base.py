@@ -1,0 +1,50 @@
+"""The runtime driver contract: running one Postgres server per branch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from prism.address import BackendAddress
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """Starts, stops and finds the Postgres server of each branch.
+
+    A server listens on TCP for client sessions (pg_hba: password auth) and, where the runtime
+    can, on a private Unix socket for Prism's trusted service connection; both are described by
+    the returned ``BackendAddress``. Servers never run as root. Blocking work goes through
+    ``trio.to_thread`` / ``trio.run_process``.
+    """
+
+    name: str
+
+    async def initdb(self, pgdata: Path, *, superuser: str, password: str) -> None:
+        """Initialise an empty data directory as a new cluster (scram-sha-256 over TCP)."""
+        ...
+
+    async def start(self, branch: str, pgdata: Path) -> BackendAddress:
+        """Start ``branch``'s server on ``pgdata`` and return once it accepts connections.
+
+        Raises ``RuntimeStartFailed`` (with the last lines of the server log as hint) if the
+        server exits early or is not ready within the runtime's start timeout; nothing is left
+        running in that case.
+        """
+        ...
+
+    async def stop(self, branch: str) -> None:
+        """Stop ``branch``'s server with a fast shutdown; a branch not running is a no-op."""
+        ...
+
+    async def adopt(self, branch: str, pgdata: Path) -> BackendAddress | None:
+        """Take over a server of ``branch`` left running by an earlier Prism; None if none."""
+        ...
+
+    def address(self, branch: str) -> BackendAddress | None:
+        """Where ``branch``'s server is reachable, or None if Prism does not know it running."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the runtime's resources (does not stop servers; the caller does that)."""
+        ...

@@ -1,0 +1,62 @@
+"""The storage driver contract: where branch data directories live and how they are cloned."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+MAIN_BRANCH = "main"
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """Makes, clones and removes branch data directories under one root.
+
+    Layout (the seed's, kept so existing pools work): the main branch lives in ``<root>/master``,
+    every other branch in ``<root>/branches/<name>``. A branch's directory *is* its PGDATA.
+
+    ``atomic`` says whether ``clone`` captures one instant of a directory that is being written
+    to (btrfs and ZFS snapshots do; file-by-file reflink or copy does not). For non-atomic
+    drivers the caller brackets the clone with ``pg_backup_start``/``pg_backup_stop`` and then
+    calls ``refresh_subdir(..., "pg_wal")`` so the clone holds every WAL record it needs.
+
+    Every method that touches the disk is async and must not block the event loop (use
+    ``trio.to_thread`` or ``trio.run_process``). Failures raise ``prism.errors.StorageError``
+    with the command's stderr in the message; a failed ``clone`` leaves no partial target behind.
+    """
+
+    name: str
+    atomic: bool
+    root: Path
+
+    def path(self, branch: str) -> Path:
+        """The data directory of ``branch`` (whether or not it exists)."""
+        ...
+
+    def exists(self, branch: str) -> bool:
+        """Whether ``branch``'s data directory exists."""
+        ...
+
+    def list(self) -> list[str]:
+        """Names of every branch that has a data directory, main included."""
+        ...
+
+    async def create(self, branch: str) -> Path:
+        """Make an empty data directory (subvolume, dataset) for ``initdb``; return its path."""
+        ...
+
+    async def clone(self, parent: str, child: str) -> Path:
+        """Make ``child`` a copy-on-write copy of ``parent``; return the child's path."""
+        ...
+
+    async def refresh_subdir(self, parent: str, child: str, relpath: str) -> None:
+        """Replace ``child/relpath`` with a fresh copy of ``parent/relpath``."""
+        ...
+
+    async def destroy(self, branch: str) -> None:
+        """Remove ``branch``'s data directory entirely; a missing one is not an error."""
+        ...
+
+    def usage_bytes(self, branch: str) -> int | None:
+        """Bytes the branch uses on its own (not shared with its parent), if the driver can tell."""
+        ...
