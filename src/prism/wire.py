@@ -1,0 +1,610 @@
+"""Sans-IO codec for the PostgreSQL wire protocol as Prism needs it.
+
+Bytes go in, typed messages come out; nothing here touches a socket, a clock or a task, in the
+style of h11. That keeps the parts of the proxy that an untrusted client talks to first
+(the start-up phase) small, exhaustively unit-tested and fuzzable, and lets the same framing
+serve Prism's own service client (:mod:`prism.pgclient`).
+
+Two framings exist on the wire:
+
+* start-up packets (SSLRequest, GSSENCRequest, CancelRequest, StartupMessage) have no type
+  byte: ``int32 length`` (including itself) followed by ``int32 code``. :class:`StartupReader`
+  decodes them.
+* every later message is ``byte type`` + ``int32 length`` (including itself, not the type) +
+  payload. :class:`MessageReader` frames those in either direction.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Final, Generic, TypeVar
+
+from prism.errors import PrismError, ProtocolViolation
+
+MAX_STARTUP_PACKET: Final = 10_000
+"""The largest start-up packet accepted, as Postgres's MAX_STARTUP_PACKET_LENGTH."""
+
+MAX_MESSAGE_LENGTH: Final = 0x3FFF_FFFF
+"""Default bound on a typed message: Postgres never allocates a message of 1 GiB or more."""
+
+SSL_REQUEST_CODE: Final = 80877103
+GSSENC_REQUEST_CODE: Final = 80877104
+CANCEL_REQUEST_CODE: Final = 80877102
+PROTOCOL_3_0: Final = 196608
+"""Protocol 3.0 as ``major << 16 | minor``; every 3.x minor version shares this major."""
+
+_PROTOCOL_MAJOR: Final = 3
+_MIN_CANCEL_SECRET: Final = 4
+_MAX_CANCEL_SECRET: Final = 256
+
+_T = TypeVar("_T")
+
+_INT32 = struct.Struct("!i")
+_UINT32 = struct.Struct("!I")
+_INT16 = struct.Struct("!h")
+_HEADER = struct.Struct("!ii")
+
+
+# --------------------------------------------------------------------------------------------
+# Start-up phase: client → server
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SSLRequest:
+    """The client asks to switch to TLS before sending its StartupMessage."""
+
+    def encode(self) -> bytes:
+        return _HEADER.pack(8, SSL_REQUEST_CODE)
+
+
+@dataclass(frozen=True)
+class GSSENCRequest:
+    """The client asks to switch to GSSAPI encryption before sending its StartupMessage."""
+
+    def encode(self) -> bytes:
+        return _HEADER.pack(8, GSSENC_REQUEST_CODE)
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    """A request, on a fresh connection, to cancel the query running in another session.
+
+    ``secret`` is 4 bytes in protocol 3.0 and up to 256 bytes in protocol 3.2.
+    """
+
+    pid: int
+    secret: bytes
+
+    def __post_init__(self) -> None:
+        _check_cancel_secret(self.secret)
+
+    def encode(self) -> bytes:
+        body = _INT32.pack(CANCEL_REQUEST_CODE) + _INT32.pack(self.pid) + self.secret
+        return _INT32.pack(len(body) + 4) + body
+
+
+@dataclass(frozen=True)
+class StartupMessage:
+    """The client's opening message: a protocol version and its connection parameters.
+
+    ``params`` keeps every pair in the order the client sent it, duplicates included, so the
+    proxy can replay to the backend exactly what the client asked for, only changing what
+    routing must change. Where a name repeats, Postgres lets the last one win, so :meth:`get`
+    does too.
+    """
+
+    protocol: int
+    params: tuple[tuple[str, str], ...]
+
+    @property
+    def version(self) -> tuple[int, int]:
+        """The requested protocol as ``(major, minor)``."""
+        return self.protocol >> 16, self.protocol & 0xFFFF
+
+    def get(self, name: str) -> str | None:
+        """The value of parameter ``name`` (the last one if repeated), or None."""
+        found: str | None = None
+        for key, value in self.params:
+            if key == name:
+                found = value
+        return found
+
+    def with_param(self, name: str, value: str, *, after: str | None = None) -> StartupMessage:
+        """A copy with ``name`` set to ``value``.
+
+        The value takes the place of the first occurrence, so the order the client chose is
+        kept; later duplicates are dropped so the backend cannot see a stale value win. A new
+        name goes right after the parameter ``after`` when given and present, else at the end.
+        """
+        _check_param_text(name, value)
+        out: list[tuple[str, str]] = []
+        placed = False
+        for key, old in self.params:
+            if key != name:
+                out.append((key, old))
+            elif not placed:
+                out.append((name, value))
+                placed = True
+        if not placed:
+            keys = [key for key, _ in out]
+            at = len(out) if after not in keys else keys.index(after) + 1
+            out.insert(at, (name, value))
+        return StartupMessage(self.protocol, tuple(out))
+
+    def without(self, name: str) -> StartupMessage:
+        """A copy with every occurrence of ``name`` removed."""
+        return StartupMessage(self.protocol, tuple(p for p in self.params if p[0] != name))
+
+    def encode(self) -> bytes:
+        """The packet as sent on the wire, ready to replay to a backend."""
+        parts = [_INT32.pack(self.protocol)]
+        for name, value in self.params:
+            _check_param_text(name, value)
+            parts.append(name.encode() + b"\0" + value.encode() + b"\0")
+        parts.append(b"\0")
+        body = b"".join(parts)
+        return _INT32.pack(len(body) + 4) + body
+
+
+StartupPacket = SSLRequest | GSSENCRequest | CancelRequest | StartupMessage
+
+
+def _check_param_text(name: str, value: str) -> None:
+    # A NUL would end the C string early and shift every later parameter: an injection.
+    if not name:
+        raise ValueError("a startup parameter name cannot be empty")
+    if "\0" in name or "\0" in value:
+        raise ValueError(f"startup parameter {name!r} contains a NUL character")
+
+
+def _check_cancel_secret(secret: bytes) -> None:
+    if not _MIN_CANCEL_SECRET <= len(secret) <= _MAX_CANCEL_SECRET:
+        raise ProtocolViolation(
+            f"invalid cancel request: secret key is {len(secret)} bytes, "
+            f"expected {_MIN_CANCEL_SECRET} to {_MAX_CANCEL_SECRET}"
+        )
+
+
+class _Reader(Generic[_T]):
+    """Shared buffering for the two readers: feed, pending bytes, and a sticky error.
+
+    A ProtocolViolation is final: the connection must be closed, and every later call raises
+    the same error again rather than decoding from a corrupt position.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._error: ProtocolViolation | None = None
+
+    def feed(self, data: bytes | bytearray) -> None:
+        """Append bytes received from the peer."""
+        self._buffer += data
+
+    def pending(self) -> bytes:
+        """Bytes received after the last complete message."""
+        return bytes(self._buffer)
+
+    def next_message(self) -> _T | None:
+        """The next complete message, or None when more bytes are needed."""
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._next()
+        except ProtocolViolation as exc:
+            self._error = exc
+            raise
+
+    def _next(self) -> _T | None:
+        raise NotImplementedError
+
+
+class StartupReader(_Reader[StartupPacket]):
+    """Decodes the packets a client sends before the regular protocol starts.
+
+    Feed it whatever the socket returned; ask for :meth:`next_message` until it says None
+    (need more bytes). Lengths and protocol codes are checked as soon as their 8 bytes have
+    arrived, so a hostile client cannot make Prism buffer more than MAX_STARTUP_PACKET.
+
+    After a StartupMessage or CancelRequest the start-up phase is over: the reader is
+    :attr:`finished`, returns None from then on and leaves later bytes in :meth:`pending`
+    for the proxy to forward (or, after an SSLRequest, to refuse: bytes pipelined before the
+    TLS handshake would otherwise be trusted as if they came over TLS).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._finished = False
+
+    @property
+    def finished(self) -> bool:
+        """True once a StartupMessage or CancelRequest has been returned."""
+        return self._finished
+
+    def _next(self) -> StartupPacket | None:
+        if self._finished:
+            return None
+        buf = self._buffer
+        if len(buf) < 4:
+            return None
+        (length,) = _INT32.unpack_from(buf)
+        if length < 8:
+            raise ProtocolViolation(f"invalid length of startup packet: {length} (at least 8)")
+        if length > MAX_STARTUP_PACKET:
+            raise ProtocolViolation(
+                f"startup packet too large: {length} bytes (at most {MAX_STARTUP_PACKET})"
+            )
+        if len(buf) < 8:
+            return None
+        (code,) = _UINT32.unpack_from(buf, 4)
+        _check_code(code, length)
+        if len(buf) < length:
+            return None
+        body = bytes(buf[8:length])
+        del buf[:length]
+        return self._decode(code, body)
+
+    def _decode(self, code: int, body: bytes) -> StartupPacket:
+        if code == SSL_REQUEST_CODE:
+            return SSLRequest()
+        if code == GSSENC_REQUEST_CODE:
+            return GSSENCRequest()
+        self._finished = True
+        if code == CANCEL_REQUEST_CODE:
+            (pid,) = _INT32.unpack_from(body)
+            return CancelRequest(pid, body[4:])
+        return StartupMessage(code, _decode_params(body))
+
+
+def _check_code(code: int, length: int) -> None:
+    """Reject an unknown code or a length that does not fit it, before buffering the body."""
+    if code in (SSL_REQUEST_CODE, GSSENC_REQUEST_CODE):
+        if length != 8:
+            raise ProtocolViolation(f"invalid length of encryption request packet: {length}")
+    elif code == CANCEL_REQUEST_CODE:
+        secret = length - 12
+        if not _MIN_CANCEL_SECRET <= secret <= _MAX_CANCEL_SECRET:
+            raise ProtocolViolation(
+                f"invalid length of cancel request packet: {length} "
+                f"(secret key of {_MIN_CANCEL_SECRET} to {_MAX_CANCEL_SECRET} bytes expected)"
+            )
+    elif code >> 16 != _PROTOCOL_MAJOR:
+        raise ProtocolViolation(
+            f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: "
+            "Prism supports protocol 3.x (3.0 to 3.2; newer minor versions are negotiated down)"
+        )
+
+
+def _decode_params(body: bytes) -> tuple[tuple[str, str], ...]:
+    """Split the NUL-terminated name/value pairs of a StartupMessage, keeping their order."""
+    if not body.endswith(b"\0"):
+        raise ProtocolViolation("invalid startup packet layout: expected terminator as last byte")
+    fields = body[:-1].split(b"\0")
+    # ``a\0b\0`` splits as [a, b, ""]: the last empty string is the final pair's terminator.
+    if fields == [b""]:
+        fields = []
+    elif fields[-1] != b"" or len(fields) % 2 != 1:
+        raise ProtocolViolation(
+            "invalid startup packet layout: parameters must be NUL-terminated name/value pairs"
+        )
+    else:
+        fields.pop()
+    try:
+        text = [field.decode("utf-8") for field in fields]
+    except UnicodeDecodeError as exc:
+        raise ProtocolViolation("invalid startup packet: parameters are not valid UTF-8") from exc
+    params = tuple(zip(text[0::2], text[1::2], strict=True))
+    if any(not name for name, _ in params):
+        raise ProtocolViolation("invalid startup packet layout: empty parameter name")
+    user = next((value for name, value in reversed(params) if name == "user"), None)
+    if not user:
+        # Postgres reports this one as invalid_authorization_specification, not 08P01.
+        raise ProtocolViolation(
+            "no PostgreSQL user name specified in startup packet", sqlstate="28000"
+        )
+    return params
+
+
+# --------------------------------------------------------------------------------------------
+# Server → client builders
+# --------------------------------------------------------------------------------------------
+
+
+def _message(type_: bytes, payload: bytes) -> bytes:
+    return type_ + _INT32.pack(len(payload) + 4) + payload
+
+
+def _cstring(text: str) -> bytes:
+    data = text.encode()
+    if b"\0" in data:
+        # An embedded NUL would end the field early and let the rest read as other fields.
+        data = data.replace(b"\0", b"\\0")
+    return data + b"\0"
+
+
+def _fields_response(
+    type_: bytes,
+    *,
+    severity: str,
+    sqlstate: str,
+    message: str,
+    hint: str | None,
+    detail: str | None,
+) -> bytes:
+    fields = [(b"S", severity), (b"V", severity), (b"C", sqlstate), (b"M", message)]
+    if detail is not None:
+        fields.append((b"D", detail))
+    if hint is not None:
+        fields.append((b"H", hint))
+    payload = b"".join(code + _cstring(value) for code, value in fields) + b"\0"
+    return _message(type_, payload)
+
+
+def error_response(
+    *,
+    severity: str = "FATAL",
+    sqlstate: str,
+    message: str,
+    hint: str | None = None,
+    detail: str | None = None,
+) -> bytes:
+    """An ErrorResponse ('E'); Prism never localizes, so 'S' and 'V' carry the same text."""
+    return _fields_response(
+        b"E", severity=severity, sqlstate=sqlstate, message=message, hint=hint, detail=detail
+    )
+
+
+def notice_response(
+    *,
+    severity: str = "NOTICE",
+    sqlstate: str = "00000",
+    message: str,
+    hint: str | None = None,
+    detail: str | None = None,
+) -> bytes:
+    """A NoticeResponse ('N'): information for the client that does not end anything."""
+    return _fields_response(
+        b"N", severity=severity, sqlstate=sqlstate, message=message, hint=hint, detail=detail
+    )
+
+
+def error_from(exc: PrismError, severity: str = "FATAL") -> bytes:
+    """The ErrorResponse a client should see for one of Prism's own errors."""
+    return error_response(
+        severity=severity,
+        sqlstate=exc.sqlstate,
+        message=exc.message,
+        hint=exc.hint,
+        detail=exc.detail,
+    )
+
+
+def ready_for_query(status: bytes = b"I") -> bytes:
+    """ReadyForQuery ('Z') with transaction status I (idle), T (in block) or E (failed)."""
+    if status not in (b"I", b"T", b"E"):
+        raise ValueError(f"transaction status must be b'I', b'T' or b'E', not {status!r}")
+    return _message(b"Z", status)
+
+
+def backend_key_data(pid: int, secret: bytes) -> bytes:
+    """BackendKeyData ('K'): what the client must quote in a later CancelRequest."""
+    _check_cancel_secret(secret)
+    return _message(b"K", _INT32.pack(pid) + secret)
+
+
+def authentication_ok() -> bytes:
+    """AuthenticationOk ('R', code 0)."""
+    return _message(b"R", _INT32.pack(0))
+
+
+def parameter_status(name: str, value: str) -> bytes:
+    """ParameterStatus ('S'): a run-time parameter the client should know about."""
+    return _message(b"S", _cstring(name) + _cstring(value))
+
+
+def negotiate_protocol_version(newest_minor: int, unrecognized: list[str]) -> bytes:
+    """NegotiateProtocolVersion ('v').
+
+    The first field is documented as the newest minor version, but Postgres sends (and libpq
+    checks) the full version number ``3 << 16 | minor``, so that is what goes on the wire.
+    """
+    payload = _INT32.pack(_PROTOCOL_MAJOR << 16 | newest_minor) + _INT32.pack(len(unrecognized))
+    payload += b"".join(_cstring(name) for name in unrecognized)
+    return _message(b"v", payload)
+
+
+# --------------------------------------------------------------------------------------------
+# Typed messages, both directions
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Message:
+    """One typed protocol message: its type byte and its payload (without the header)."""
+
+    type: bytes
+    payload: bytes
+
+    @property
+    def raw(self) -> bytes:
+        """The message exactly as framed on the wire, header included."""
+        return _message(self.type, self.payload)
+
+
+class MessageReader(_Reader[Message]):
+    """Frames typed messages (``type``, ``int32 length``, payload) out of a byte stream.
+
+    ``max_length`` bounds how much a peer can make the reader buffer for one message.
+    """
+
+    def __init__(self, max_length: int = MAX_MESSAGE_LENGTH) -> None:
+        super().__init__()
+        self._max_length = max_length
+
+    def _next(self) -> Message | None:
+        buf = self._buffer
+        if len(buf) < 5:
+            return None
+        (length,) = _INT32.unpack_from(buf, 1)
+        if length < 4 or length > self._max_length:
+            raise ProtocolViolation(
+                f"invalid length of message {bytes(buf[:1])!r}: {length} "
+                f"(4 to {self._max_length} bytes allowed)"
+            )
+        end = 1 + length
+        if len(buf) < end:
+            return None
+        message = Message(bytes(buf[:1]), bytes(buf[5:end]))
+        del buf[:end]
+        return message
+
+
+class _Cursor:
+    """Reads fields out of one payload, turning any short read into a ProtocolViolation."""
+
+    def __init__(self, payload: bytes, what: str) -> None:
+        self._data = payload
+        self._pos = 0
+        self._what = what
+
+    def _fail(self, why: str) -> ProtocolViolation:
+        return ProtocolViolation(f"malformed {self._what} message: {why}")
+
+    def int16(self) -> int:
+        return self._unpack(_INT16)
+
+    def int32(self) -> int:
+        return self._unpack(_INT32)
+
+    def _unpack(self, fmt: struct.Struct) -> int:
+        if self._pos + fmt.size > len(self._data):
+            raise self._fail("truncated")
+        (value,) = fmt.unpack_from(self._data, self._pos)
+        self._pos += fmt.size
+        return int(value)
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self._pos + n > len(self._data):
+            raise self._fail("truncated")
+        data = self._data[self._pos : self._pos + n]
+        self._pos += n
+        return data
+
+    def cstring(self) -> str:
+        end = self._data.find(b"\0", self._pos)
+        if end < 0:
+            raise self._fail("string without terminator")
+        data = self._data[self._pos : end]
+        self._pos = end + 1
+        # Server text may be in any encoding a misconfigured server picks; never crash on it.
+        return data.decode("utf-8", errors="replace")
+
+    def rest(self) -> bytes:
+        data = self._data[self._pos :]
+        self._pos = len(self._data)
+        return data
+
+    def end(self) -> None:
+        if self._pos != len(self._data):
+            raise self._fail(f"{len(self._data) - self._pos} unexpected trailing bytes")
+
+
+def parse_error_fields(payload: bytes) -> dict[str, str]:
+    """The fields of an ErrorResponse or NoticeResponse, keyed by their one-letter code."""
+    cur = _Cursor(payload, "error/notice")
+    fields: dict[str, str] = {}
+    while True:
+        code = cur.take(1)
+        if code == b"\0":
+            break
+        fields[code.decode("latin-1")] = cur.cstring()
+    cur.end()
+    return fields
+
+
+def parse_backend_key_data(payload: bytes) -> tuple[int, bytes]:
+    """``(pid, secret)`` from BackendKeyData."""
+    cur = _Cursor(payload, "BackendKeyData")
+    pid = cur.int32()
+    secret = cur.rest()
+    if not _MIN_CANCEL_SECRET <= len(secret) <= _MAX_CANCEL_SECRET:
+        raise ProtocolViolation(f"malformed BackendKeyData message: {len(secret)}-byte secret")
+    return pid, secret
+
+
+def parse_row_description(payload: bytes) -> list[str]:
+    """The column names of a RowDescription."""
+    cur = _Cursor(payload, "RowDescription")
+    names: list[str] = []
+    for _ in range(cur.int16()):
+        names.append(cur.cstring())
+        # table oid, column number, type oid, type size, type modifier, format code
+        cur.take(18)
+    cur.end()
+    return names
+
+
+def parse_data_row(payload: bytes) -> list[bytes | None]:
+    """The column values of a DataRow; SQL NULL is None."""
+    cur = _Cursor(payload, "DataRow")
+    values: list[bytes | None] = []
+    for _ in range(cur.int16()):
+        length = cur.int32()
+        values.append(None if length == -1 else cur.take(length))
+    cur.end()
+    return values
+
+
+def parse_command_complete(payload: bytes) -> str:
+    """The command tag of a CommandComplete, e.g. ``SELECT 1``."""
+    cur = _Cursor(payload, "CommandComplete")
+    tag = cur.cstring()
+    cur.end()
+    return tag
+
+
+def parse_parameter_status(payload: bytes) -> tuple[str, str]:
+    """``(name, value)`` from a ParameterStatus."""
+    cur = _Cursor(payload, "ParameterStatus")
+    name, value = cur.cstring(), cur.cstring()
+    cur.end()
+    return name, value
+
+
+def parse_authentication(payload: bytes) -> tuple[int, bytes]:
+    """``(code, data)`` from an Authentication message; data depends on the code."""
+    cur = _Cursor(payload, "Authentication")
+    return cur.int32(), cur.rest()
+
+
+# --------------------------------------------------------------------------------------------
+# Client → server builders
+# --------------------------------------------------------------------------------------------
+
+
+def query(sql: str) -> bytes:
+    """A simple-protocol Query ('Q')."""
+    if "\0" in sql:
+        raise ValueError("a query cannot contain a NUL character")
+    return _message(b"Q", sql.encode() + b"\0")
+
+
+def terminate() -> bytes:
+    """Terminate ('X'): the polite way to close a session."""
+    return _message(b"X", b"")
+
+
+def password_message(data: bytes) -> bytes:
+    """A 'p' message carrying ``data`` verbatim (a cleartext password needs its own NUL)."""
+    return _message(b"p", data)
+
+
+def sasl_initial_response(mechanism: str, data: bytes) -> bytes:
+    """SASLInitialResponse: the 'p' message that opens a SASL exchange."""
+    return password_message(_cstring(mechanism) + _INT32.pack(len(data)) + data)
+
+
+def copy_fail(reason: str) -> bytes:
+    """CopyFail ('f'): refuse a COPY FROM STDIN the server started."""
+    return _message(b"f", _cstring(reason))
