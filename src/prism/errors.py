@@ -82,3 +82,19 @@ class BackendQueryError(PrismError):
 
 class ConfigError(PrismError):
     """A setting is missing, malformed or contradicts another one."""
+
+
+def find_prism_error(exc: BaseException) -> PrismError | None:
+    """The user-facing error inside ``exc``, looking through (nested) exception groups.
+
+    Trio's nurseries wrap errors in ExceptionGroups; a failure deep in a driver must still reach
+    the client or the terminal as its own clear message.
+    """
+    if isinstance(exc, PrismError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = find_prism_error(inner)
+            if found is not None:
+                return found
+    return None

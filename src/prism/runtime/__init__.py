@@ -1,0 +1,30 @@
+"""Runtime drivers, chosen by name from the settings; the core never imports one directly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prism.config import Settings
+from prism.errors import ConfigError
+from prism.runtime.base import Runtime
+
+
+async def open_runtime(settings: Settings, data_dir: Path) -> Runtime:
+    """Build the runtime named by ``settings.runtime`` for a Prism whose data is in ``data_dir``."""
+    if settings.runtime == "process":
+        from prism.pgbin import resolve_pg_install
+        from prism.runtime.process import ProcessRuntime
+
+        install = await resolve_pg_install(data_dir, pg_bin=settings.pg_bin, run_as=settings.run_as)
+        return ProcessRuntime(
+            install,
+            run_dir=data_dir / "run",
+            log_dir=data_dir / "logs",
+            start_timeout=settings.start_timeout,
+            stop_timeout=settings.stop_timeout,
+        )
+    if settings.runtime == "docker":
+        from prism.runtime.docker import open_docker_runtime
+
+        return await open_docker_runtime(settings, data_dir)
+    raise ConfigError(f"unknown runtime {settings.runtime!r}", hint="choose process or docker")

@@ -1,0 +1,95 @@
+"""The ``prism`` command: ``prism serve`` runs the daemon; more sub-commands talk to its API."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from prism import __version__
+from prism.config import SETTINGS, Settings, load_settings
+from prism.errors import find_prism_error
+from prism.server import PrismServer
+
+log = logging.getLogger("prism")
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting, named like the setting (``idle_timeout`` → ``--idle-timeout``)."""
+    for setting in SETTINGS:
+        parser.add_argument(
+            f"--{setting.name.replace('_', '-')}",
+            dest=setting.name,
+            default=None,
+            metavar=setting.name.split("_")[-1].upper(),
+            help=setting.help,
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prism",
+        description="Instant copy-on-write branches of PostgreSQL, created on connect.",
+    )
+    parser.add_argument("--version", action="version", version=f"prism {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser("serve", help="run the Prism daemon")
+    serve.add_argument("--config", type=Path, default=None, help="settings file (prism.toml)")
+    _add_setting_flags(serve)
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("hypercorn", "prism.api", "quart"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+async def _serve_until_signalled(settings: Settings) -> None:
+    """Run the server; SIGINT or SIGTERM starts a clean shutdown (branch servers stopped)."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals() -> None:
+                async for signum in signals:
+                    log.info("prism: received %s", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(watch_signals)
+            await nursery.start(PrismServer(settings).run)
+
+
+def _fail(message: str, hint: str | None) -> int:
+    print(f"prism: error: {message}", file=sys.stderr)
+    if hint:
+        print(f"prism: hint: {hint}", file=sys.stderr)
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    flags = {s.name: getattr(args, s.name, None) for s in SETTINGS}
+    try:
+        settings = load_settings(flags, config_file=args.config)
+        _configure_logging(settings.log_level)
+        trio.run(_serve_until_signalled, settings)
+    except Exception as exc:
+        error = find_prism_error(exc)
+        if error is None:
+            raise
+        return _fail(error.message, error.hint)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

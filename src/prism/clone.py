@@ -1,0 +1,99 @@
+"""Cloning a branch from a consistent state of its parent, even while the parent is running.
+
+Three cases, cheapest first:
+
+* The parent is stopped: its data directory was left by a clean shutdown, so any clone of it is
+  consistent as it stands.
+* The parent runs and the driver is atomic (btrfs, ZFS): the snapshot captures one instant, which
+  is exactly what a power cut would leave; Postgres replays the WAL from the last checkpoint when
+  the child starts (crash recovery), like after a power cut.
+* The parent runs and the driver copies file by file (reflink, copy): files change while they are
+  copied, so a torn page could hide behind a later checkpoint. This is the case PostgreSQL's
+  online backup API exists for: ``pg_backup_start`` (fast checkpoint, full-page writes forced)
+  → copy → ``pg_backup_stop`` (switches WAL) → copy ``pg_wal`` again so it holds every record up
+  to the stop point → write the returned ``backup_label``. The child then starts recovery from
+  the backup's checkpoint, not from whatever ``pg_control`` happened to say when it was copied.
+
+In every case the parent's ``postmaster.pid`` is removed from the child: it names a live process
+and would stop the child's server from starting.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import trio
+
+from prism.address import BackendAddress
+from prism.errors import StorageError
+from prism.pgclient import connect_service
+from prism.storage.base import Storage
+
+log = logging.getLogger(__name__)
+
+
+async def clone_consistent(
+    storage: Storage,
+    parent: str,
+    child: str,
+    *,
+    parent_address: BackendAddress | None,
+    superuser: str,
+) -> Path:
+    """Clone ``parent`` into ``child`` so the child's server starts on a consistent state."""
+    socket_dir = None if parent_address is None else parent_address.service_socket_dir
+    if parent_address is None or storage.atomic:
+        path = await storage.clone(parent, child)
+    elif socket_dir is None or parent_address is None:
+        raise StorageError(
+            f"cannot clone running branch {parent!r} with the {storage.name} driver: "
+            "the runtime offers no service connection for the online backup API",
+            hint="stop the parent branch first, or use btrfs or ZFS storage",
+        )
+    else:
+        path = await _clone_in_backup_mode(storage, parent, child, parent_address, superuser)
+    await trio.to_thread.run_sync(_remove_if_present, path / "postmaster.pid")
+    return path
+
+
+async def _clone_in_backup_mode(
+    storage: Storage, parent: str, child: str, parent_address: BackendAddress, superuser: str
+) -> Path:
+    async with await connect_service(
+        unix_socket=parent_address.service_socket_path(),
+        port=parent_address.port,
+        user=superuser,
+        application_name="prism clone",
+    ) as service:
+        await service.query(f"SELECT pg_backup_start('prism: branch {child}', true)")
+        try:
+            path = await storage.clone(parent, child)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await service.query("SELECT pg_backup_stop(false)")
+            raise
+        rows = await service.query("SELECT labelfile, spcmapfile FROM pg_backup_stop(false)")
+    label, spcmap = rows[0]
+    await storage.refresh_subdir(parent, child, "pg_wal")
+    await trio.to_thread.run_sync(_write_backup_files, path, label or "", spcmap or "")
+    log.debug("clone: %s -> %s in backup mode", parent, child)
+    return path
+
+
+def _write_backup_files(pgdata: Path, label: str, spcmap: str) -> None:
+    """Write backup_label (and tablespace_map) owned like the data directory itself."""
+    owner = pgdata.stat()
+    for name, content in (("backup_label", label), ("tablespace_map", spcmap)):
+        if not content:
+            continue
+        target = pgdata / name
+        target.write_text(content, encoding="utf-8")
+        target.chmod(0o600)
+        if os.geteuid() == 0:
+            os.chown(target, owner.st_uid, owner.st_gid)
+
+
+def _remove_if_present(path: Path) -> None:
+    path.unlink(missing_ok=True)

