@@ -47,7 +47,7 @@ class BranchNotFound(PrismError):
 
 
 class BranchConflict(PrismError):
-    """An operation that would clash with a branch's current state (exists already, has children)."""
+    """An operation that clashes with a branch's current state (exists, has children)."""
 
     sqlstate = "55006"
 

@@ -93,9 +93,12 @@ class Proxy:
                 await self._refuse(client, error)
 
     async def _refuse(self, client: trio.SocketStream, exc: PrismError) -> None:
-        with trio.move_on_after(1), trio.CancelScope(shield=True):
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await client.send_all(wire.error_from(exc))
+        with (
+            trio.move_on_after(1),
+            trio.CancelScope(shield=True),
+            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+        ):
+            await client.send_all(wire.error_from(exc))
 
     async def _serve(self, client: trio.SocketStream, peer: str) -> None:
         reader = wire.StartupReader()
