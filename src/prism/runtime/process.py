@@ -1,0 +1,617 @@
+"""The process runtime: each branch's Postgres server is a local ``postgres`` process.
+
+This is the embedded default: no Docker and no root needed. Servers run as the user chosen by
+``prism.pgbin`` (never root), in their own session so that a Ctrl-C in Prism's terminal does not
+reach them and Prism alone decides the shutdown order. Readiness comes from the status line
+Postgres itself writes to ``postmaster.pid``, so start-up costs no fixed sleeps and no probe
+connections.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import trio
+
+from prism.address import BackendAddress
+from prism.errors import ConfigError, RuntimeStartFailed, RuntimeStopFailed
+from prism.pgbin import PgInstall
+
+logger = logging.getLogger(__name__)
+
+_HOST = "127.0.0.1"
+# Postgres writes "ready" once it accepts connections (a hot standby too). "standby" is not
+# ready: it is written when recovery begins, before any connection is accepted.
+_READY_STATUS = "ready"
+_POLL_INTERVAL = 0.005
+_PORT_ATTEMPTS = 5
+# sun_path holds 108 bytes including the terminating NUL.
+_SOCKET_PATH_MAX = 107
+_LOG_TAIL_LINES = 10
+_LOG_TAIL_BYTES = 64 * 1024
+# After SIGQUIT (immediate shutdown) and SIGKILL a server has this long to vanish.
+_KILL_GRACE = 5.0
+_BIND_FAILURES = ("could not bind", "Address already in use")
+# Settings Prism must own: the returned BackendAddress is built from them.
+_MANAGED_SETTINGS = frozenset(
+    {"listen_addresses", "port", "unix_socket_directories", "unix_socket_permissions"}
+)
+
+
+class _PortTaken(Exception):
+    """The chosen port was taken between picking it and the server binding it."""
+
+
+@dataclass
+class _Server:
+    """One server Prism knows to be running."""
+
+    branch: str
+    pgdata: Path
+    pid: int
+    address: BackendAddress
+    # Our child when we started it; None when adopted from an earlier Prism (then we poll the
+    # pid, and ``start_ticks`` guards against the pid having been reused by another process).
+    process: trio.Process | None
+    start_ticks: str | None
+    owns_socket_dir: bool
+
+
+@dataclass(frozen=True)
+class _PidFile:
+    """The lines of ``postmaster.pid`` that Prism uses."""
+
+    pid: int
+    datadir: str
+    port: int
+    socket_dir: str
+    listen_address: str
+    status: str
+
+
+class ProcessRuntime:
+    """Runs each branch's server as a local ``postgres`` process (the ``process`` runtime)."""
+
+    name = "process"
+
+    def __init__(
+        self,
+        install: PgInstall,
+        *,
+        run_dir: Path,
+        log_dir: Path,
+        start_timeout: float = 60.0,
+        stop_timeout: float = 30.0,
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
+        extra = dict(settings or {})
+        clash = sorted(_MANAGED_SETTINGS.intersection(extra))
+        if clash:
+            raise ConfigError(
+                f"server settings {', '.join(clash)} are managed by the process runtime",
+                hint="remove them from the extra server settings",
+            )
+        self._install = install
+        self._run_dir = run_dir
+        self._log_dir = log_dir
+        self._start_timeout = start_timeout
+        self._stop_timeout = stop_timeout
+        self._settings = extra
+        self._servers: dict[str, _Server] = {}
+
+    async def initdb(self, pgdata: Path, *, superuser: str, password: str) -> None:
+        """Initialise ``pgdata`` as a new cluster: trust on the private socket, SCRAM over TCP."""
+        await trio.to_thread.run_sync(self._own_pgdata, pgdata, True)
+        pwfile = await trio.to_thread.run_sync(self._write_pwfile, password)
+        try:
+            command = [
+                str(self._install.bin("initdb")),
+                "-D",
+                str(pgdata),
+                "-U",
+                superuser,
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                f"--pwfile={pwfile}",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ]
+            result = await self._run(command)
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if result.returncode != 0:
+            output = (result.stdout + result.stderr).decode(errors="replace")
+            raise RuntimeStartFailed(
+                f"initdb failed for {pgdata} (exit status {result.returncode})",
+                hint=_last_lines(output),
+            )
+        logger.info("cluster initialised pgdata=%s superuser=%s", pgdata, superuser)
+
+    async def start(self, branch: str, pgdata: Path) -> BackendAddress:
+        """Start ``branch``'s server and return once its status in ``postmaster.pid`` is ready."""
+        running = self.address(branch)
+        if running is not None:
+            return running
+        started = trio.current_time()
+        socket_dir = self._socket_dir(branch)
+        await trio.to_thread.run_sync(self._prepare_start, pgdata, socket_dir)
+        try:
+            for attempt in range(1, _PORT_ATTEMPTS + 1):
+                port = _free_port()
+                try:
+                    server = await self._launch(branch, pgdata, port, socket_dir)
+                except _PortTaken:
+                    logger.debug(
+                        "port taken before bind branch=%s port=%d try=%d", branch, port, attempt
+                    )
+                    continue
+                self._servers[branch] = server
+                logger.info(
+                    "server started branch=%s port=%d pid=%d duration_ms=%d",
+                    branch,
+                    port,
+                    server.pid,
+                    (trio.current_time() - started) * 1000,
+                )
+                return server.address
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_remove_dir, socket_dir)
+            raise
+        await trio.to_thread.run_sync(_remove_dir, socket_dir)
+        raise RuntimeStartFailed(
+            f"the server of branch {branch} found no free port in {_PORT_ATTEMPTS} attempts"
+        )
+
+    async def stop(self, branch: str) -> None:
+        """Fast shutdown (SIGINT), escalating to SIGQUIT and SIGKILL when it takes too long."""
+        server = self._servers.get(branch)
+        if server is None:
+            return
+        started = trio.current_time()
+        steps = [
+            (signal.SIGINT, self._stop_timeout),
+            (signal.SIGQUIT, _KILL_GRACE),
+            (signal.SIGKILL, _KILL_GRACE),
+        ]
+        await self._signal_until_gone(server, steps)
+        del self._servers[branch]
+        if server.owns_socket_dir and server.address.service_socket_dir is not None:
+            await trio.to_thread.run_sync(_remove_dir, server.address.service_socket_dir)
+        logger.info(
+            "server stopped branch=%s pid=%d duration_ms=%d",
+            branch,
+            server.pid,
+            (trio.current_time() - started) * 1000,
+        )
+
+    async def adopt(self, branch: str, pgdata: Path) -> BackendAddress | None:
+        """Track a server an earlier Prism left running on ``pgdata``; None if there is none.
+
+        A stale ``postmaster.pid`` is left alone: Postgres recognises and replaces it itself.
+        """
+        running = self.address(branch)
+        if running is not None:
+            return running
+        pidfile = _read_pidfile(pgdata)
+        if pidfile is None:
+            return None
+        ticks = _start_ticks(pidfile.pid)
+        if ticks is None or not _is_postgres_on(pidfile.pid, pgdata):
+            logger.debug("stale postmaster.pid branch=%s pid=%d", branch, pidfile.pid)
+            return None
+        pidfile = await self._wait_adopted_ready(branch, pgdata, pidfile.pid, ticks)
+        if pidfile is None:
+            return None
+        host = _client_host(pidfile.listen_address)
+        if host is None:
+            raise RuntimeStartFailed(
+                f"the running server of branch {branch} (pid {pidfile.pid}) has no TCP listener",
+                hint="stop it; Prism will start it again with the settings it needs",
+            )
+        socket_dir = Path(pidfile.socket_dir) if pidfile.socket_dir else None
+        address = BackendAddress(host=host, port=pidfile.port, service_socket_dir=socket_dir)
+        self._servers[branch] = _Server(
+            branch=branch,
+            pgdata=pgdata,
+            pid=pidfile.pid,
+            address=address,
+            process=None,
+            start_ticks=ticks,
+            owns_socket_dir=socket_dir == self._socket_dir(branch),
+        )
+        logger.info("server adopted branch=%s port=%d pid=%d", branch, pidfile.port, pidfile.pid)
+        return address
+
+    def address(self, branch: str) -> BackendAddress | None:
+        """Where ``branch``'s server listens; None once it is known to have exited."""
+        server = self._servers.get(branch)
+        if server is None:
+            return None
+        if _alive(server):
+            return server.address
+        del self._servers[branch]
+        status = server.process.returncode if server.process is not None else None
+        logger.warning(
+            "server exited unexpectedly branch=%s pid=%d status=%s", branch, server.pid, status
+        )
+        return None
+
+    async def aclose(self) -> None:
+        """Forget the servers; they keep running and a later runtime can adopt them."""
+        self._servers.clear()
+
+    async def _launch(self, branch: str, pgdata: Path, port: int, socket_dir: Path) -> _Server:
+        """Spawn one server on ``port`` and wait until it is ready; kill it on any failure."""
+        log_path = self._log_dir / f"{branch}.log"
+        command = [str(self._install.bin("postgres")), "-D", str(pgdata)]
+        for key, value in self._settings.items():
+            command += ["-c", f"{key}={value}"]
+        command += [
+            "-c",
+            f"listen_addresses={_HOST}",
+            "-c",
+            f"port={port}",
+            "-c",
+            f"unix_socket_directories={_guc_list_item(str(socket_dir))}",
+            "-c",
+            "unix_socket_permissions=0700",
+        ]
+        log = await trio.to_thread.run_sync(_open_log, log_path)
+        with log:
+            log_offset = log.tell()
+            try:
+                process = await trio.lowlevel.open_process(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    start_new_session=True,
+                    env=_server_env(),
+                    **self._install.spawn_options(),
+                )
+            except OSError as exc:
+                raise RuntimeStartFailed(f"cannot run {command[0]}: {exc}") from exc
+        server = _Server(
+            branch=branch,
+            pgdata=pgdata,
+            pid=process.pid,
+            address=BackendAddress(host=_HOST, port=port, service_socket_dir=socket_dir),
+            process=process,
+            start_ticks=None,
+            owns_socket_dir=True,
+        )
+        quick_kill = [(signal.SIGQUIT, _KILL_GRACE), (signal.SIGKILL, _KILL_GRACE)]
+        try:
+            with trio.move_on_after(self._start_timeout):
+                if await _wait_ready(process, pgdata):
+                    return server
+                tail = _log_tail(log_path, log_offset)
+                if any(marker in tail for marker in _BIND_FAILURES):
+                    raise _PortTaken
+                raise RuntimeStartFailed(
+                    f"the server of branch {branch} exited during start-up "
+                    f"(status {process.returncode})",
+                    hint=tail,
+                )
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._signal_until_gone(server, quick_kill)
+            raise
+        with trio.CancelScope(shield=True):
+            await self._signal_until_gone(server, quick_kill)
+        raise RuntimeStartFailed(
+            f"the server of branch {branch} was not ready within {self._start_timeout:g} s",
+            hint=_log_tail(log_path, log_offset),
+        )
+
+    async def _wait_adopted_ready(
+        self, branch: str, pgdata: Path, pid: int, ticks: str
+    ) -> _PidFile | None:
+        """Wait for an adopted server that is still recovering; None if it exits meanwhile."""
+        with trio.move_on_after(self._start_timeout):
+            while _start_ticks(pid) == ticks:
+                pidfile = _read_pidfile(pgdata)
+                if pidfile is not None and pidfile.pid == pid and pidfile.status == _READY_STATUS:
+                    return pidfile
+                await trio.sleep(_POLL_INTERVAL)
+            return None
+        raise RuntimeStartFailed(
+            f"the running server of branch {branch} (pid {pid}) did not become ready within "
+            f"{self._start_timeout:g} s"
+        )
+
+    async def _signal_until_gone(
+        self, server: _Server, steps: Sequence[tuple[signal.Signals, float]]
+    ) -> None:
+        """Send each signal in turn until the server is gone; always reap our own child."""
+        for sig, patience in steps:
+            if not _alive(server):
+                break
+            if sig is not steps[0][0]:
+                logger.warning(
+                    "server slow to stop, escalating branch=%s pid=%d signal=%s",
+                    server.branch,
+                    server.pid,
+                    sig.name,
+                )
+            try:
+                os.kill(server.pid, sig)
+            except ProcessLookupError:
+                break
+            with trio.move_on_after(patience):
+                await _wait_gone(server)
+                break
+        if server.process is not None:
+            with trio.move_on_after(_KILL_GRACE):
+                await server.process.wait()
+        if _alive(server):
+            raise RuntimeStopFailed(
+                f"the server of branch {server.branch} (pid {server.pid}) "
+                "did not exit after SIGKILL"
+            )
+
+    async def _run(self, command: list[str]) -> subprocess.CompletedProcess[bytes]:
+        """Run a PostgreSQL tool to completion as the server user."""
+        return await trio.run_process(
+            command,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=_server_env(),
+            **self._install.spawn_options(),
+        )
+
+    def _socket_dir(self, branch: str) -> Path:
+        """The private socket directory of ``branch``, short enough for a Unix socket path."""
+        preferred = self._run_dir / branch
+        if len(os.fsencode(preferred / ".s.PGSQL.65535")) <= _SOCKET_PATH_MAX:
+            return preferred
+        digest = hashlib.sha256(os.fsencode(preferred)).hexdigest()[:16]
+        short = Path("/tmp") / f"prism-{os.geteuid()}-{digest}"
+        logger.debug(
+            "socket path too long, using short dir branch=%s preferred=%s dir=%s",
+            branch,
+            preferred,
+            short,
+        )
+        return short
+
+    def _prepare_start(self, pgdata: Path, socket_dir: Path) -> None:
+        """Blocking set-up before a start: data dir ownership, socket dir, log dir."""
+        if not pgdata.is_dir():
+            raise RuntimeStartFailed(f"the data directory {pgdata} does not exist")
+        self._own_pgdata(pgdata, False)
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        self._run_dir.mkdir(parents=True, exist_ok=True)
+        if self._install.switches_user:
+            # The server user must be able to pass through to its own socket directory.
+            self._run_dir.chmod(self._run_dir.stat().st_mode | 0o111)
+        self._make_socket_dir(socket_dir)
+
+    def _make_socket_dir(self, path: Path) -> None:
+        """Create ``path`` mode 0700 for the server user, refusing one somebody else planted."""
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            info = path.lstat()
+            ours = {os.geteuid(), self._install.run_as_uid}
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid not in ours:
+                raise RuntimeStartFailed(
+                    f"the socket directory {path} exists and is not Prism's",
+                    hint="remove it; Prism creates it with mode 0700",
+                ) from None
+        path.chmod(0o700)
+        self._install.chown(path)
+
+    def _own_pgdata(self, pgdata: Path, create: bool) -> None:
+        """Make ``pgdata`` the server user's, mode 0700, as Postgres insists.
+
+        A clone made by root (copy, reflink, snapshot) may carry root-owned files; when the top
+        directory is not the server user's, the whole tree is handed over.
+        """
+        if create:
+            pgdata.mkdir(parents=True, exist_ok=True)
+        if self._install.switches_user and pgdata.stat().st_uid != self._install.run_as_uid:
+            for dirpath, dirnames, filenames in os.walk(pgdata):
+                for name in (*dirnames, *filenames):
+                    os.lchown(
+                        os.path.join(dirpath, name),
+                        self._install.run_as_uid,
+                        self._install.run_as_gid,
+                    )
+            self._install.chown(pgdata)
+        pgdata.chmod(0o700)
+
+    def _write_pwfile(self, password: str) -> Path:
+        """A 0600 password file the server user can read, for ``initdb --pwfile``."""
+        fd, name = tempfile.mkstemp(prefix="prism-initdb-", suffix=".pw")
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as file:
+                file.write(password + "\n")
+            self._install.chown(path)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return path
+
+
+async def _wait_ready(process: trio.Process, pgdata: Path) -> bool:
+    """Poll ``postmaster.pid`` until this process reports ready (True) or exits (False).
+
+    The pid check matters: a crashed server leaves a pid file that may still say "ready".
+    The file is a few dozen bytes in the page cache, so it is read on the event loop.
+    """
+    # Polling is the only way: nothing signals a change of postmaster.pid.
+    while process.returncode is None:
+        pidfile = _read_pidfile(pgdata)
+        if pidfile is not None and pidfile.pid == process.pid and pidfile.status == _READY_STATUS:
+            return True
+        await trio.sleep(_POLL_INTERVAL)
+    return False
+
+
+async def _wait_gone(server: _Server) -> None:
+    """Return once the server has exited (and, for our child, been reaped)."""
+    if server.process is not None:
+        await server.process.wait()
+        return
+    # A pidfd becomes readable when the process exits, child of ours or not.
+    try:
+        pidfd = os.pidfd_open(server.pid)
+    except ProcessLookupError:
+        return
+    try:
+        # Checked after opening: the pidfd then surely refers to the server, not a reused pid.
+        if _alive(server):
+            await trio.lowlevel.wait_readable(pidfd)
+    finally:
+        os.close(pidfd)
+    _alive(server)  # reaps it if it was our child after all
+
+
+def _alive(server: _Server) -> bool:
+    """Whether the server process still runs: cheap enough to ask on every ``address()``."""
+    if server.process is not None:
+        return server.process.returncode is None
+    # An adopted server may be our child after all (same Prism process, new runtime);
+    # reaping it here keeps a zombie from counting as alive.
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(server.pid, os.WNOHANG)
+    return _start_ticks(server.pid) == server.start_ticks
+
+
+def _start_ticks(pid: int) -> str | None:
+    """The start time of a live (non-zombie) process from /proc, None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as file:
+            line = file.read()
+    except OSError:
+        return None
+    # The command name in parentheses may itself contain spaces or parentheses.
+    fields = line[line.rfind(")") + 2 :].split()
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
+
+
+def _is_postgres_on(pid: int, pgdata: Path) -> bool:
+    """Whether ``pid`` is a postgres server whose data directory is ``pgdata``.
+
+    Guards adoption against a pid reused by an unrelated process. The postmaster chdirs into
+    its data directory, so its cwd is the strongest evidence; the command line is the fallback
+    when /proc does not let us read the cwd.
+    """
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    if not argv or os.path.basename(argv[0]) not in (b"postgres", b"postmaster"):
+        return False
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd")) == pgdata.resolve()
+    except OSError:
+        return os.fsencode(pgdata) in argv or os.fsencode(pgdata.resolve()) in argv
+
+
+def _read_pidfile(pgdata: Path) -> _PidFile | None:
+    """Parse ``postmaster.pid``; None when it is absent or still being written."""
+    try:
+        lines = (pgdata / "postmaster.pid").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    fields = lines.split("\n")
+    if len(fields) < 8:
+        return None
+    try:
+        return _PidFile(
+            pid=int(fields[0]),
+            datadir=fields[1],
+            port=int(fields[3]),
+            socket_dir=fields[4].strip(),
+            listen_address=fields[5].strip(),
+            status=fields[7].strip(),
+        )
+    except ValueError:
+        return None
+
+
+def _client_host(listen_address: str) -> str | None:
+    """A host to reach a server listening on ``listen_address`` (a pid file's line 6)."""
+    if not listen_address:
+        return None
+    if listen_address in ("*", "0.0.0.0"):
+        return _HOST
+    if listen_address == "::":
+        return "::1"
+    return listen_address
+
+
+def _free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (the server may still lose a race)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((_HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _guc_list_item(value: str) -> str:
+    """Quote one element of a list-valued setting when it contains a separator."""
+    if any(char in value for char in ', "'):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+def _server_env() -> dict[str, str]:
+    """The environment of server processes: minimal, so Prism's secrets do not leak into it.
+
+    ``LC_ALL=C`` keeps server messages in English, which start-up failure detection relies on.
+    """
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
+    if "TZ" in os.environ:
+        env["TZ"] = os.environ["TZ"]
+    return env
+
+
+def _open_log(log_path: Path) -> BinaryIO:
+    """Open a server's log for appending; the server inherits the descriptor."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    return open(log_path, "ab")
+
+
+def _log_tail(log_path: Path, offset: int) -> str:
+    """The last lines the server wrote to its log since ``offset``."""
+    try:
+        with open(log_path, "rb") as log:
+            size = log.seek(0, os.SEEK_END)
+            log.seek(max(offset, size - _LOG_TAIL_BYTES))
+            text = log.read().decode(errors="replace")
+    except OSError as exc:
+        return f"(cannot read {log_path}: {exc})"
+    return _last_lines(text)
+
+
+def _last_lines(text: str) -> str:
+    """The last few non-empty lines of ``text``, for an error hint."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return "\n".join(lines[-_LOG_TAIL_LINES:])
+
+
+def _remove_dir(path: Path) -> None:
+    """Remove a socket directory and whatever a killed server left in it."""
+    shutil.rmtree(path, ignore_errors=True)
