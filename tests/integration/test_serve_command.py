@@ -1,0 +1,168 @@
+"""`prism serve` as a user runs it: a real process, real signals, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import trio
+
+from .harness import PASSWORD, fresh_dir, psql
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _serve_args(
+    data_dir: Path, pg_port: int, api_port: int, *, storage: str | None = "copy"
+) -> list[str]:
+    args = [
+        sys.executable,
+        "-m",
+        "prism.cli",
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--listen",
+        f"127.0.0.1:{pg_port}",
+        "--api",
+        f"127.0.0.1:{api_port}",
+        "--password",
+        PASSWORD,
+    ]
+    return args if storage is None else [*args, "--storage", storage]
+
+
+def _dsn(port: int, user: str) -> str:
+    return f"host=127.0.0.1 port={port} user={user} password={PASSWORD} dbname=postgres"
+
+
+def _postgres_pids_for(data_dir: Path) -> list[int]:
+    """Live postmaster processes whose data directory lies under ``data_dir``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline and cmdline[0].endswith(b"postgres") and b"-D" in cmdline:
+            pgdata = cmdline[cmdline.index(b"-D") + 1].decode()
+            if pgdata.startswith(str(data_dir)):
+                pids.append(int(entry.name))
+    return pids
+
+
+@asynccontextmanager
+async def running_prism(
+    data_dir: Path, *, env: dict[str, str] | None = None
+) -> AsyncIterator[tuple[trio.Process, int, int]]:
+    """Start `prism serve`, wait until its API answers, yield (process, pg port, api port)."""
+    pg_port, api_port = _free_port(), _free_port()
+    log = (data_dir.parent / f"{data_dir.name}.log").open("wb")
+    process = await trio.lowlevel.open_process(
+        _serve_args(data_dir, pg_port, api_port), stdout=log, stderr=subprocess.STDOUT, env=env
+    )
+    try:
+        async with httpx.AsyncClient() as http:
+            with trio.fail_after(60):
+                while True:
+                    assert process.poll() is None, "prism serve exited early"
+                    try:
+                        if (await http.get(f"http://127.0.0.1:{api_port}/branches")).is_success:
+                            break
+                    except httpx.TransportError:
+                        await trio.sleep(0.05)
+        yield process, pg_port, api_port
+    finally:
+        if process.poll() is None:
+            process.kill()
+        await process.wait()
+        log.close()
+
+
+async def test_sigterm_stops_every_branch_server_and_exits_cleanly(data_dir: Path) -> None:
+    async with running_prism(data_dir) as (process, pg_port, _):
+        await psql(_dsn(pg_port, "postgres@sigterm-branch"), "SELECT 1")
+        assert len(_postgres_pids_for(data_dir)) == 2
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            assert await process.wait() == 0
+    assert _postgres_pids_for(data_dir) == []
+    log = (data_dir.parent / f"{data_dir.name}.log").read_text()
+    assert "Traceback" not in log
+    assert "prism: stopped" in log
+
+
+async def test_restart_after_a_crash_adopts_running_servers(data_dir: Path) -> None:
+    async with running_prism(data_dir) as (process, pg_port, _):
+        await psql(_dsn(pg_port, "postgres@survivor"), "CREATE TABLE t AS SELECT 5 AS v")
+        before = sorted(_postgres_pids_for(data_dir))
+        process.kill()
+        await process.wait()
+    assert sorted(_postgres_pids_for(data_dir)) == before  # servers outlive a crashed Prism
+    async with running_prism(data_dir) as (process, pg_port, api_port):
+        assert sorted(_postgres_pids_for(data_dir)) == before  # adopted, not restarted
+        out = await psql(_dsn(pg_port, "postgres@survivor"), "SELECT v FROM t")
+        assert out.stdout.decode().strip() == "5"
+        async with httpx.AsyncClient() as http:
+            body = (await http.get(f"http://127.0.0.1:{api_port}/branches")).json()
+        assert sorted(body) == ["main", "survivor"]
+        process.send_signal(signal.SIGINT)
+        with trio.fail_after(30):
+            assert await process.wait() == 0
+    assert _postgres_pids_for(data_dir) == []
+
+
+async def _serve_expecting_failure(args: list[str]) -> str:
+    result = await trio.run_process(args, capture_stdout=True, capture_stderr=True, check=False)
+    assert result.returncode == 1
+    stderr = result.stderr.decode()
+    assert "Traceback" not in stderr
+    return stderr
+
+
+async def test_busy_port_is_a_one_line_error(data_dir: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        stderr = await _serve_expecting_failure(_serve_args(data_dir, port, _free_port()))
+    assert f"prism: error: cannot listen for clients on 127.0.0.1:{port}" in stderr
+    assert "prism: hint:" in stderr
+
+
+async def test_unusable_data_dir_is_a_one_line_error() -> None:
+    blocker = fresh_dir("blocker-") / "a-file"
+    blocker.write_text("not a directory")
+    stderr = await _serve_expecting_failure(
+        _serve_args(blocker / "data", _free_port(), _free_port())
+    )
+    assert f"prism: error: cannot create data directory {blocker / 'data'}" in stderr
+
+
+async def test_bad_setting_value_is_a_one_line_error(data_dir: Path) -> None:
+    args = [*_serve_args(data_dir, _free_port(), _free_port()), "--idle-timeout", "soon"]
+    stderr = await _serve_expecting_failure(args)
+    assert "invalid duration 'soon'" in stderr
+
+
+async def test_environment_sets_a_setting_and_a_flag_beats_it(data_dir: Path) -> None:
+    env = {**os.environ, "PRISM_STORAGE": "btrfs"}
+    args = _serve_args(data_dir, _free_port(), _free_port(), storage=None)
+    result = await trio.run_process(args, capture_stderr=True, check=False, env=env)
+    assert result.returncode == 1  # btrfs from the environment: this is no btrfs filesystem
+    assert "btrfs" in result.stderr.decode()
+    async with running_prism(data_dir, env=env):  # --storage copy on the command line wins
+        pass
