@@ -34,6 +34,15 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
+def format_duration(seconds: float) -> str:
+    """The shortest exact spelling of ``seconds`` in the units ``parse_duration`` reads."""
+    for unit in ("h", "m", "s"):
+        count = seconds / _UNIT_SECONDS[unit]
+        if count >= 1 and count == int(count):
+            return f"{int(count)}{unit}"
+    return f"{round(seconds * 1000)}ms" if seconds else "0"
+
+
 @dataclass(frozen=True)
 class HostPort:
     """A ``host:port`` pair to listen on."""
@@ -74,6 +83,12 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+def _positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ConfigError(f"invalid count {text!r}", hint="write a whole number of at least 1")
+    return int(text)
+
+
 def _optional_path(text: str) -> Path | None:
     return Path(text).expanduser() if text else None
 
@@ -112,6 +127,9 @@ class Settings:
     start_timeout: float = 60.0
     stop_timeout: float = 30.0
     idle_timeout: float = 900.0
+    main_scales_to_zero: bool = False
+    api_token: str = ""
+    event_buffer: int = 1000
     zfs_dataset: str = ""
     image: str = "postgres:15-alpine"
     docker_network: str = "auto"
@@ -136,6 +154,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("start_timeout", parse_duration, "time a branch server has to become ready"),
     Setting("stop_timeout", parse_duration, "time a fast shutdown may take before escalating"),
     Setting("idle_timeout", parse_duration, "stop branches idle this long (0 disables)"),
+    Setting("main_scales_to_zero", _parse_bool, "let the reaper stop main too when it is idle"),
+    Setting(
+        "api_token",
+        str,
+        "bearer token every API call and the web page must present (empty: none; "
+        "prefer $PRISM_API_TOKEN, flags show in ps)",
+    ),
+    Setting(
+        "event_buffer",
+        _positive_int,
+        "events held for a slow event subscriber before it is dropped",
+    ),
     Setting("zfs_dataset", str, "parent ZFS dataset for --storage zfs, e.g. pool/prism"),
     Setting("image", str, "Postgres image for --runtime docker"),
     Setting(

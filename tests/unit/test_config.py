@@ -1,0 +1,65 @@
+"""Settings: precedence of sources, parsing, and the generated reference being current."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from prism.config import HostPort, load_settings, parse_duration
+from prism.errors import ConfigError
+from tools.gen_config_doc import DOC, render
+
+
+def test_flags_beat_environment_beat_file_beat_defaults(tmp_path: Path) -> None:
+    toml = tmp_path / "prism.toml"
+    toml.write_text('storage = "reflink"\nidle_timeout = "2m"\nrun_as = "from-file"\n')
+    env = {"PRISM_STORAGE": "btrfs", "PRISM_IDLE_TIMEOUT": "30s"}
+    settings = load_settings({"storage": "copy"}, config_file=toml, environ=env)
+    assert settings.storage == "copy"
+    assert settings.idle_timeout == 30
+    assert settings.run_as == "from-file"
+    assert settings.listen == HostPort("127.0.0.1", 5432)
+
+
+def test_prism_table_in_toml_is_accepted(tmp_path: Path) -> None:
+    toml = tmp_path / "prism.toml"
+    toml.write_text('[prism]\nlisten = "0.0.0.0:6432"\n')
+    assert load_settings(config_file=toml, environ={}).listen == HostPort("0.0.0.0", 6432)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30s", 30), ("2m", 120), ("1h", 3600), ("250ms", 0.25), ("0", 0)]
+)
+def test_durations_take_units(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"idle_timeout": "soon"}, "invalid duration 'soon'"),
+        ({"listen": "nowhere"}, "invalid address 'nowhere'"),
+        ({"storage": "floppy"}, "invalid value 'floppy'"),
+    ],
+)
+def test_bad_values_name_the_setting_and_what_is_allowed(
+    flags: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(flags, environ={})
+    assert message in caught.value.message
+    assert caught.value.hint
+
+
+def test_unknown_setting_in_file_is_refused(tmp_path: Path) -> None:
+    toml = tmp_path / "prism.toml"
+    toml.write_text("storag = 'copy'\n")
+    with pytest.raises(ConfigError, match="unknown setting 'storag'"):
+        load_settings(config_file=toml, environ={})
+
+
+def test_configuration_reference_matches_the_code() -> None:
+    assert DOC.read_text(encoding="utf-8") == render(), (
+        "docs/configuration.md is stale: run .venv/bin/python tools/gen_config_doc.py"
+    )
