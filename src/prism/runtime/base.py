@@ -24,8 +24,13 @@ class Runtime(Protocol):
         """Initialise an empty data directory as a new cluster (scram-sha-256 over TCP)."""
         ...
 
-    async def start(self, branch: str, pgdata: Path) -> BackendAddress:
+    async def start(
+        self, branch: str, pgdata: Path, *, parent: str | None = None
+    ) -> BackendAddress:
         """Start ``branch``'s server on ``pgdata`` and return once it accepts connections.
+
+        ``parent`` is for drivers that label what they run (Docker), so an operator can see the
+        branch tree outside Prism.
 
         Raises ``RuntimeStartFailed`` (with the last lines of the server log as hint) if the
         server exits early or is not ready within the runtime's start timeout; nothing is left

@@ -141,8 +141,13 @@ class ProcessRuntime:
             )
         logger.info("cluster initialised pgdata=%s superuser=%s", pgdata, superuser)
 
-    async def start(self, branch: str, pgdata: Path) -> BackendAddress:
-        """Start ``branch``'s server and return once its status in ``postmaster.pid`` is ready."""
+    async def start(
+        self, branch: str, pgdata: Path, *, parent: str | None = None
+    ) -> BackendAddress:
+        """Start ``branch``'s server and return once its status in ``postmaster.pid`` is ready.
+
+        ``parent`` is unused: a local process has no labels to carry it.
+        """
         running = self.address(branch)
         if running is not None:
             return running
