@@ -89,6 +89,25 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def _count(text: str) -> int:
+    if not text.strip().isdigit():
+        raise ConfigError(f"invalid count {text!r}", hint="write a whole number (0 for no limit)")
+    return int(text)
+
+
+def _create_policy(text: str) -> str:
+    # Checked here so a bad pattern fails at start, not at the first connection.
+    if text not in ("on", "off"):
+        try:
+            re.compile(text)
+        except re.error as exc:
+            raise ConfigError(
+                f"invalid pattern {text!r}: {exc}",
+                hint="write on, off, or a regular expression branch names must match",
+            ) from None
+    return text
+
+
 def _optional_path(text: str) -> Path | None:
     return Path(text).expanduser() if text else None
 
@@ -134,6 +153,15 @@ class Settings:
     image: str = "postgres:15-alpine"
     docker_network: str = "auto"
     log_level: str = "info"
+    tls: str = "on"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    sni_domain: str = ""
+    auth: str = "verify"
+    max_startup_connections: int = 1000
+    max_branches: int = 0
+    max_running: int = 0
+    create_on_connect: str = "on"
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -174,6 +202,28 @@ SETTINGS: tuple[Setting, ...] = (
         "how Prism reaches branch containers",
     ),
     Setting("log_level", _choice("debug", "info", "warning", "error"), "how much Prism logs"),
+    Setting(
+        "tls",
+        _choice("off", "on", "required"),
+        "TLS for clients: off, on (offered), required (plaintext start-ups refused)",
+    ),
+    Setting("tls_cert", _optional_path, "TLS certificate chain (default: self-signed, generated)"),
+    Setting("tls_key", _optional_path, "TLS private key for --tls-cert"),
+    Setting("sni_domain", str, "route TLS host name <branch>.<domain> to <branch> (empty: off)"),
+    Setting(
+        "auth",
+        _choice("verify", "passthrough"),
+        "verify: Prism checks SCRAM before creating or waking a branch; passthrough: the "
+        "branch server does (trusted networks only)",
+    ),
+    Setting("max_startup_connections", _count, "connections allowed in start-up at once"),
+    Setting("max_branches", _count, "most branches that may exist (0: no limit)"),
+    Setting("max_running", _count, "most branch servers running at once (0: no limit)"),
+    Setting(
+        "create_on_connect",
+        _create_policy,
+        "on, off, or a regular expression: which unknown branches a connection may create",
+    ),
 )
 
 _BY_NAME = {setting.name: setting for setting in SETTINGS}

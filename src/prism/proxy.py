@@ -1,13 +1,20 @@
-"""The Postgres front door: one task per client connection, sniff → route → hold → splice.
+"""The Postgres front door: one task per client connection, from its first byte to its close.
 
-* **sniff**: read the start-up packets within ``startup_timeout`` (SSLRequest and GSSENCRequest
-  are declined with ``N`` for now, a CancelRequest is forwarded and the connection closed);
-* **route**: ``user@branch`` → branch and the start-up packet to replay;
-* **hold**: ``BranchManager.ensure_running`` creates, starts or wakes the branch while the client
-  waits — nothing is read from the client meanwhile;
-* **splice**: replay the start-up packet (plus anything the client already pipelined) to the
-  branch server and pump both ways. The server's messages are watched until its first
-  ReadyForQuery to learn the BackendKeyData, so a later CancelRequest reaches the right server.
+1. **hello** (:mod:`prism.frontdoor`): negotiate TLS (SSLRequest, direct TLS) and read the
+   start-up packet, within ``--startup-timeout``. A CancelRequest is forwarded by Prism's
+   own cancel key (:mod:`prism.cancel`) and the connection closed.
+2. **route** (:mod:`prism.router`): ``user@branch``, ``prism.branch`` or the SNI host name →
+   branch, and the start-up packet for the backend without Prism's own parameters.
+3. **negotiate**: a client asking for a protocol newer than 3.2 or for ``_pq_.*`` options
+   gets one NegotiateProtocolVersion from Prism; the backend is asked for what the client was
+   told, so it never sends a second one.
+4. **authenticate** (``--auth verify``, :mod:`prism.auth`): SCRAM against the role's verifier
+   before anything is created, started or woken.
+5. **hold**: limits (:mod:`prism.limits`), then ``BranchManager.ensure_running`` creates,
+   starts or wakes the branch while the client waits.
+6. **log in** to the branch server (with the client's ClientKey, or relaying the client's
+   answers in passthrough), relay its replies up to ReadyForQuery with BackendKeyData replaced
+   by a Prism-issued key, then **splice** both ways.
 
 Whatever goes wrong, the client is answered with a FATAL ErrorResponse carrying a SQLSTATE and a
 message that says what to do — never a silent close, never a traceback.
@@ -17,23 +24,38 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import secrets
 import time
-from collections.abc import Callable
+from pathlib import Path
+from typing import Final
 
 import trio
 
 from prism import wire
 from prism.address import BackendAddress
+from prism.auth import AuthMode, BackendLogin, Verified, VerifierStore, verify_client
 from prism.branches import BranchManager
+from prism.cancel import CancelKeys, CancelTarget
+from prism.config import Settings
 from prism.errors import PrismError, ProtocolViolation, find_prism_error
+from prism.frontdoor import ClientConn, ClientGone, read_hello
+from prism.limits import Gate, Limits, parse_create_policy
 from prism.pump import splice
-from prism.router import route
+from prism.router import Route, route
+from prism.tls import TlsConfig, TlsMode, load_tls
 
 log = logging.getLogger(__name__)
 
+NEWEST_MINOR: Final = 2
+"""Protocol 3.2 (PostgreSQL 18) is the newest Prism speaks."""
 
-class _ClientGone(Exception):
-    """The client closed before sending a complete start-up packet."""
+_PQ_PREFIX: Final = "_pq_."
+_MOCK_SECRET_FILE: Final = "mock_auth_secret"
+
+
+class _SessionRefused(Exception):
+    """The branch server refused the session; its ErrorResponse was relayed already."""
 
 
 def _peer_name(stream: trio.SocketStream) -> str:
@@ -44,84 +66,146 @@ def _peer_name(stream: trio.SocketStream) -> str:
     return f"{host}:{port}"
 
 
-class _KeyWatcher:
-    """Watches a server's start-up replies for BackendKeyData, stopping at ReadyForQuery."""
+def negotiate(startup: wire.StartupMessage) -> tuple[bytes, wire.StartupMessage]:
+    """The NegotiateProtocolVersion for the client (or b"") and the start-up for the backend.
 
-    def __init__(self, on_key: Callable[[int, bytes], None]) -> None:
-        self._reader = wire.MessageReader()
-        self._on_key = on_key
+    As Postgres: one message when the client asked for a newer minor version or for any
+    ``_pq_.*`` protocol option (Prism knows none), naming the newest version we speak and
+    every option we ignore. The backend is asked for the same version, without the options.
+    """
+    major, minor = startup.version
+    unknown = [name for name, _ in startup.params if name.startswith(_PQ_PREFIX)]
+    agreed = min(minor, NEWEST_MINOR)
+    message = wire.negotiate_protocol_version(agreed, unknown) if minor > agreed or unknown else b""
+    params = tuple(p for p in startup.params if not p[0].startswith(_PQ_PREFIX))
+    return message, wire.StartupMessage(major << 16 | agreed, params)
 
-    def __call__(self, data: bytes) -> bool:
-        self._reader.feed(data)
-        while (message := self._reader.next_message()) is not None:
-            if message.type == b"K":
-                self._on_key(*wire.parse_backend_key_data(message.payload))
-            elif message.type in (b"Z", b"E"):
-                return True
-        return False
+
+def _mock_secret(data_dir: Path) -> bytes:
+    """A per-installation secret for mock SCRAM salts, stable across restarts."""
+    path = data_dir / _MOCK_SECRET_FILE
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        secret = secrets.token_bytes(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(secret)
+        return secret
 
 
 class Proxy:
     """Serves client connections for one Prism server."""
 
-    def __init__(self, manager: BranchManager, *, startup_timeout: float) -> None:
+    def __init__(
+        self,
+        manager: BranchManager,
+        *,
+        startup_timeout: float,
+        tls: TlsConfig | None = None,
+        auth: AuthMode = AuthMode.PASSTHROUGH,
+        verifiers: VerifierStore | None = None,
+        mock_secret: bytes = b"",
+        sni_domain: str = "",
+        limits: Limits | None = None,
+    ) -> None:
+        if auth is AuthMode.VERIFY and verifiers is None:
+            raise ValueError("--auth verify needs a VerifierStore")
         self._manager = manager
         self._startup_timeout = startup_timeout
-        self._cancel_targets: dict[tuple[int, bytes], BackendAddress] = {}
+        self._tls = tls
+        self._auth = auth
+        self._verifiers = verifiers
+        self._mock_secret = mock_secret or secrets.token_bytes(32)
+        self._sni_domain = sni_domain
+        self.gate = Gate(manager, limits or Limits())
+        self.cancel_keys = CancelKeys()
+
+    @classmethod
+    def from_settings(cls, manager: BranchManager, settings: Settings, data_dir: Path) -> Proxy:
+        """A proxy configured by ``settings`` (TLS material and secrets live in ``data_dir``)."""
+        auth = AuthMode(settings.auth)
+        verifiers = None
+        if auth is AuthMode.PASSTHROUGH:
+            log.warning(
+                "auth: --auth passthrough: branches are created and woken before clients "
+                "authenticate; use it only on a trusted network"
+            )
+        else:
+            verifiers = VerifierStore(
+                manager, superuser=settings.superuser, password=settings.password
+            )
+        return cls(
+            manager,
+            startup_timeout=settings.startup_timeout,
+            tls=load_tls(
+                TlsMode(settings.tls),
+                cert=settings.tls_cert,
+                key=settings.tls_key,
+                data_dir=data_dir,
+            ),
+            auth=auth,
+            verifiers=verifiers,
+            mock_secret=_mock_secret(data_dir),
+            sni_domain=settings.sni_domain,
+            limits=Limits(
+                max_startup=settings.max_startup_connections,
+                max_branches=settings.max_branches,
+                max_running=settings.max_running,
+                create_on_connect=parse_create_policy(settings.create_on_connect),
+            ),
+        )
+
+    @property
+    def verifiers(self) -> VerifierStore | None:
+        return self._verifiers
 
     async def handle(self, client: trio.SocketStream) -> None:
         """Serve one client connection from its first byte to its close."""
-        peer = _peer_name(client)
-        async with client:
-            try:
-                await self._serve(client, peer)
-            except _ClientGone:
-                log.debug("proxy: client %s closed before its start-up packet", peer)
-            except PrismError as exc:
-                log.info("proxy: refused client %s: %s (%s)", peer, exc.message, exc.sqlstate)
-                await self._refuse(client, exc)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                log.debug("proxy: connection to %s broke", peer)
-            except Exception as exc:
-                error = find_prism_error(exc)
-                if error is None:
-                    log.exception("proxy: unexpected error serving %s", peer)
-                    error = PrismError(
-                        "internal error in Prism while opening this connection",
-                        hint="see the Prism server log for details",
-                    )
-                await self._refuse(client, error)
+        conn = ClientConn(client, _peer_name(client))
+        try:
+            await self._serve(conn)
+        except ClientGone:
+            log.debug("proxy: client %s closed during start-up", conn.peer)
+        except _SessionRefused:
+            log.debug("proxy: branch server refused client %s", conn.peer)
+        except PrismError as exc:
+            log.info("proxy: refused client %s: %s (%s)", conn.peer, exc.message, exc.sqlstate)
+            await self._refuse(conn, exc)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            log.debug("proxy: connection to %s broke", conn.peer)
+        except Exception as exc:
+            error = find_prism_error(exc)
+            if error is None:
+                log.exception("proxy: unexpected error serving %s", conn.peer)
+                error = PrismError(
+                    "internal error in Prism while opening this connection",
+                    hint="see the Prism server log for details",
+                )
+            await self._refuse(conn, error)
+        finally:
+            with (
+                trio.move_on_after(1),
+                trio.CancelScope(shield=True),
+                contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+            ):
+                await conn.stream.aclose()
+            await client.aclose()
 
-    async def _refuse(self, client: trio.SocketStream, exc: PrismError) -> None:
+    async def _refuse(self, conn: ClientConn, exc: PrismError) -> None:
         with (
             trio.move_on_after(1),
             trio.CancelScope(shield=True),
             contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
         ):
-            await client.send_all(wire.error_from(exc))
+            await conn.send(wire.error_from(exc))
 
-    async def _serve(self, client: trio.SocketStream, peer: str) -> None:
-        reader = wire.StartupReader()
-        message = await self._sniff(client, reader)
-        if isinstance(message, wire.CancelRequest):
-            await self._forward_cancel(message, peer)
+    async def _serve(self, conn: ClientConn) -> None:
+        with self.gate.startup_slot():
+            opened = await self._open(conn)
+        if opened is None:
             return
-        target = route(message)
-        address = await self._manager.ensure_running(target.branch)
-        try:
-            server = await address.connect()
-        except OSError as exc:
-            raise PrismError(
-                f'cannot reach the server of branch "{target.branch}": {exc.strerror or exc}',
-                hint="the branch server may have just stopped; connect again",
-                sqlstate="08006",
-            ) from exc
-        keys: list[tuple[int, bytes]] = []
-
-        def remember_key(pid: int, secret: bytes) -> None:
-            keys.append((pid, secret))
-            self._cancel_targets[(pid, secret)] = address
-
+        target, server, login, keys = opened
         branch = self._manager.get(target.branch)
 
         def count(nbytes: int) -> None:
@@ -129,47 +213,112 @@ class Proxy:
                 branch.bytes_proxied += nbytes
                 branch.last_active_ts = time.time()
 
-        self._manager.connection_opened(target.branch, peer)
         try:
             async with server:
-                await server.send_all(target.startup.encode() + reader.pending())
-                await splice(
-                    client, server, on_bytes=count, observe_server=_KeyWatcher(remember_key)
-                )
+                assert conn.reader is not None
+                if pending := conn.reader.pending():
+                    await server.send_all(pending)
+                if pending := login.reader.pending():
+                    await conn.send(pending)
+                # Reset, stop and delete end the session here, with a reason for the client.
+                with self._manager.terminable(target.branch, conn.peer):
+                    await splice(conn.stream, server, on_bytes=count)
         finally:
-            for key in keys:
-                self._cancel_targets.pop(key, None)
-            self._manager.connection_closed(target.branch, peer)
+            for pid in keys:
+                self.cancel_keys.revoke(pid)
+            self._manager.connection_closed(target.branch, conn.peer)
 
-    async def _sniff(
-        self, client: trio.SocketStream, reader: wire.StartupReader
-    ) -> wire.StartupMessage | wire.CancelRequest:
-        with trio.move_on_after(self._startup_timeout):
-            while True:
-                message = reader.next_message()
-                if message is None:
-                    data = await client.receive_some(wire.MAX_STARTUP_PACKET)
-                    if not data:
-                        raise _ClientGone
-                    reader.feed(data)
-                elif isinstance(message, wire.SSLRequest | wire.GSSENCRequest):
-                    await client.send_all(b"N")
-                else:
-                    return message
-        raise ProtocolViolation(
-            f"no complete start-up packet within {self._startup_timeout:g} s",
-            hint="connect with a PostgreSQL client; Prism speaks the Postgres protocol",
-        )
-
-    async def _forward_cancel(self, request: wire.CancelRequest, peer: str) -> None:
-        address = self._cancel_targets.get((request.pid, request.secret))
-        if address is None:
-            log.debug("proxy: cancel request from %s with an unknown key: ignored", peer)
-            return
+    async def _open(
+        self, conn: ClientConn
+    ) -> tuple[Route, trio.abc.HalfCloseableStream, BackendLogin, list[int]] | None:
+        """Everything up to the backend's first ReadyForQuery; None after a cancel request."""
+        verified: Verified | None = None
+        with trio.move_on_after(self._startup_timeout) as deadline:
+            packet = await read_hello(conn, self._tls)
+            if isinstance(packet, wire.CancelRequest):
+                await self.cancel_keys.forward(packet, conn.peer)
+                return None
+            target = route(packet, sni=conn.sni, sni_domain=self._sni_domain)
+            negotiation, startup = negotiate(target.startup)
+            if negotiation:
+                await conn.send(negotiation)
+            if self._verifiers is not None:
+                role = startup.get("user") or ""
+                secret = await self._verifiers.lookup(target.branch, role)
+                verified = await verify_client(
+                    conn,
+                    role,
+                    secret,
+                    channel_binding=self._tls.channel_binding if conn.tls and self._tls else None,
+                    mock_secret=self._mock_secret,
+                )
+        if deadline.cancelled_caught:
+            what = "start-up packet" if conn.reader is None else "authentication"
+            raise ProtocolViolation(
+                f"no complete {what} within {self._startup_timeout:g} s",
+                hint="connect with a PostgreSQL client; Prism speaks the Postgres protocol",
+            )
+        self.gate.may_create(target.branch)
+        async with self.gate.running_slot(target.branch):
+            address = await self._manager.ensure_running(target.branch)
+        server = await self._connect(target.branch, address)
+        self._manager.connection_opened(target.branch, conn.peer)
+        keys: list[int] = []
         try:
-            server = await address.connect()
-            async with server:
-                await server.send_all(request.encode())
-                await server.receive_some(1)
-        except (OSError, trio.BrokenResourceError):
-            log.info("proxy: could not forward a cancel request from %s", peer)
+            login = BackendLogin(conn, server, verified)
+            error = await login.run(startup)
+            if error is not None:
+                await conn.send(error.raw)
+                raise _SessionRefused
+            minor = startup.version[1]
+            await self._relay_until_ready(conn, login, address, target.branch, minor, keys)
+        except BaseException:
+            for pid in keys:
+                self.cancel_keys.revoke(pid)
+            self._manager.connection_closed(target.branch, conn.peer)
+            with trio.CancelScope(shield=True):
+                await server.aclose()
+            raise
+        return target, server, login, keys
+
+    async def _connect(self, branch: str, address: BackendAddress) -> trio.SocketStream:
+        try:
+            return await address.connect()
+        except OSError as exc:
+            raise PrismError(
+                f'cannot reach the server of branch "{branch}": {exc.strerror or exc}',
+                hint="the branch server may have just stopped; connect again",
+                sqlstate="08006",
+            ) from exc
+
+    async def _relay_until_ready(
+        self,
+        conn: ClientConn,
+        login: BackendLogin,
+        address: BackendAddress,
+        branch: str,
+        minor: int,
+        keys: list[int],
+    ) -> None:
+        """Pass the server's post-login messages on, with Prism's own cancel key."""
+        out = bytearray()
+        while True:
+            message = login.reader.next_message()
+            if message is None:
+                if out:
+                    await conn.send(bytes(out))
+                    out.clear()
+                message = await login.receive()
+            if message.type == b"K":
+                pid, secret = wire.parse_backend_key_data(message.payload)
+                target = CancelTarget(address, pid, secret, branch)
+                issued_pid, issued_secret = self.cancel_keys.issue(target, protocol_minor=minor)
+                keys.append(issued_pid)
+                out += wire.backend_key_data(issued_pid, issued_secret)
+            elif message.type != b"v":
+                out += message.raw
+            if message.type in (b"Z", b"E"):
+                await conn.send(bytes(out))
+                if message.type == b"E":
+                    raise _SessionRefused
+                return

@@ -99,7 +99,7 @@ class PrismServer:
             superuser=settings.superuser,
             password=settings.password,
         )
-        proxy = Proxy(manager, startup_timeout=settings.startup_timeout)
+        proxy = Proxy.from_settings(manager, settings, data_dir)
         try:
             await manager.open()
             async with trio.open_nursery() as nursery:
