@@ -9,15 +9,23 @@ States (each transition publishes one event)::
 
     absent ─create─▶ provisioning ─▶ starting ─▶ running ─idle/stop─▶ stopping ─▶ stopped
                          └─fail─▶ (rolled back: absent)      ▲──────── connect/start ─┘
+    running/stopped ─reset─▶ resetting ─▶ (re-cloned) ─▶ running/stopped as before
     running/stopped ─delete─▶ deleting ─▶ absent
+
+The manager also knows every proxied client session (``connection``), so an operation that
+takes a branch away from its clients (reset, stop, delete) can end their sessions with a clear
+message instead of letting the server's shutdown cut them off mid-sentence.
 """
 
 from __future__ import annotations
 
+import builtins
 import enum
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -26,8 +34,11 @@ import trio
 from prism.address import BackendAddress
 from prism.clone import clone_consistent
 from prism.errors import (
-    BranchConflict,
+    BranchExists,
+    BranchHasChildren,
     BranchNotFound,
+    BranchProtected,
+    ConnectionTerminated,
     PrismError,
     ProvisionFailed,
     StorageError,
@@ -47,6 +58,7 @@ class BranchStatus(enum.Enum):
     RUNNING = "running"
     STOPPING = "stopping"
     STOPPED = "stopped"
+    RESETTING = "resetting"
     DELETING = "deleting"
 
 
@@ -81,6 +93,26 @@ def _elapsed_ms(started: float) -> float:
     return round((trio.current_time() - started) * 1000, 1)
 
 
+# How long an operation waits for the sessions it ended to unwind before it goes on regardless;
+# their proxy tasks only have to send one ErrorResponse, so this is generous.
+_TERMINATE_WAIT = 5.0
+
+
+@dataclass(eq=False)
+class ClientSession:
+    """One proxied client session, so an operation on its branch can end it with a reason."""
+
+    branch: str
+    client: str
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    ended: trio.Event = field(default_factory=trio.Event)
+    terminated_by: ConnectionTerminated | None = None
+
+    def terminate(self, error: ConnectionTerminated) -> None:
+        self.terminated_by = error
+        self.scope.cancel()
+
+
 class BranchManager:
     """Owns the branches: their records, locks, storage and servers."""
 
@@ -102,16 +134,27 @@ class BranchManager:
         self._password = password
         self._branches: dict[str, Branch] = {}
         self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
+        self._sessions: defaultdict[str, set[ClientSession]] = defaultdict(set)
+        # Keyed by (branch, client address): what connection_closed reports about a session.
+        self._opened_at: dict[tuple[str, str], float] = {}
+        self._ended_by: dict[tuple[str, str], str] = {}
 
     # ---- queries -------------------------------------------------------------------------
 
     def get(self, name: str) -> Branch | None:
         return self._branches.get(name)
 
+    def require(self, name: str) -> Branch:
+        """The branch called ``name``, or ``BranchNotFound``."""
+        branch = self._branches.get(name)
+        if branch is None:
+            raise BranchNotFound(f'branch "{name}" does not exist')
+        return branch
+
     def list(self) -> list[Branch]:
         return sorted(self._branches.values(), key=lambda branch: branch.name)
 
-    def children(self, name: str) -> list[str]:
+    def children(self, name: str) -> builtins.list[str]:
         return sorted(b.name for b in self._branches.values() if b.parent == name)
 
     # ---- start-up and shut-down ------------------------------------------------------------
@@ -185,11 +228,16 @@ class BranchManager:
     # ---- the hot question: where do I send this client? --------------------------------
 
     async def ensure_running(self, name: str, *, create: bool = True) -> BackendAddress:
-        """The address of ``name``'s server, creating and/or starting the branch if needed."""
+        """The address of ``name``'s server, creating and/or starting the branch if needed.
+
+        Asking counts as activity: a client between this answer and its first byte must not
+        find the branch stopped by the reaper under its feet.
+        """
         branch = self._branches.get(name)
         if branch is not None and branch.status is BranchStatus.RUNNING:
             address = self.runtime.address(name)
             if address is not None:
+                branch.last_active_ts = time.time()
                 return address
         async with self._locks[name]:
             branch = self._branches.get(name)
@@ -209,36 +257,109 @@ class BranchManager:
         validate_branch_name(name)
         async with self._locks[name]:
             if name in self._branches:
-                raise BranchConflict(f'branch "{name}" already exists')
+                raise BranchExists(f'branch "{name}" already exists')
             return await self._provision(name, parent)
 
     async def start(self, name: str) -> Branch:
         async with self._locks[name]:
-            branch = self._require(name)
+            branch = self.require(name)
             if self.runtime.address(name) is None:
                 await self._start(branch, reason="start")
             return branch
 
     async def stop(self, name: str, *, reason: str = "stop") -> Branch:
+        """Stop ``name``'s server (fast shutdown); its open sessions are ended with a reason."""
         async with self._locks[name]:
-            branch = self._require(name)
+            branch = self.require(name)
+            await self._terminate_sessions(
+                name, f'branch "{name}" was stopped by an operator', hint="connect again to wake it"
+            )
             await self._stop(branch, reason=reason)
             return branch
 
-    async def delete(self, name: str, *, with_children: bool = False) -> None:
-        """Remove a branch (and, if asked, its descendants): server, data and record."""
+    async def stop_if_idle(self, name: str, *, idle_for: float, now: float) -> bool:
+        """Stop ``name`` (reason ``idle``) if, under its lock, it is still running and idle.
+
+        The reaper decides from a snapshot; a client may have arrived since, so the decision is
+        checked again where no client can slip in between the check and the stop.
+        """
+        async with self._locks[name]:
+            branch = self._branches.get(name)
+            if branch is None or not is_idle(branch, now=now, idle_for=idle_for):
+                return False
+            await self._stop(branch, reason="idle")
+            return True
+
+    async def reset(self, name: str) -> Branch:
+        """Throw away ``name``'s changes: re-clone it from its parent's current state.
+
+        Open sessions are ended first, with a message that says why. The branch comes back
+        running if it was running. If the new clone fails the branch is removed (its changes
+        were already gone) and the error says so.
+        """
+        async with self._locks[name]:
+            branch = self.require(name)
+            if branch.parent is None:
+                raise BranchProtected(
+                    f'branch "{name}" has no parent to reset from',
+                    hint="reset a branch made from main, not main itself",
+                )
+            parent = branch.parent
+            if parent not in self._branches:
+                raise BranchNotFound(f'parent branch "{parent}" of "{name}" no longer exists')
+            started = trio.current_time()
+            was_running = self.runtime.address(name) is not None
+            await self._terminate_sessions(
+                name,
+                f'branch "{name}" is being reset: its changes were thrown away',
+                hint="connect again to use the fresh copy of its parent",
+            )
+            await self._stop(branch, reason="reset")
+            branch.status = BranchStatus.RESETTING
+            self.events.publish("resetting", name, parent=parent)
+            try:
+                # Shielded: once the old data is going, a client hanging up must not leave
+                # the branch half-made; only a failure can stop it now.
+                with trio.CancelScope(shield=True):
+                    await self.storage.destroy(name)
+                    await self._clone_from(parent, name)
+            except BaseException as exc:
+                with trio.CancelScope(shield=True):
+                    await self._roll_back(name)
+                self._publish_failure(name, exc, started)
+                raise
+            branch.status = BranchStatus.STOPPED
+            branch.bytes_proxied = 0
+            branch.last_active_ts = time.time()
+            await self.state.put(branch.record())
+            if was_running:
+                await self._start(branch, reason="reset")
+            self.events.publish("reset", name, parent=parent, duration_ms=_elapsed_ms(started))
+            log.info(
+                "reset: branch %s re-cloned from %s in %.1f ms", name, parent, _elapsed_ms(started)
+            )
+            return branch
+
+    async def delete(self, name: str, *, with_children: bool = False) -> builtins.list[str]:
+        """Remove a branch (and, if asked, its descendants): server, data and record.
+
+        Returns the names deleted, descendants first.
+        """
         if name == MAIN_BRANCH:
-            raise BranchConflict("the main branch cannot be deleted")
+            raise BranchProtected("the main branch cannot be deleted")
+        self.require(name)
         children = self.children(name)
         if children and not with_children:
-            raise BranchConflict(
+            raise BranchHasChildren(
                 f'branch "{name}" has child branches: {", ".join(children)}',
                 hint="delete them first, or ask to delete the children too",
             )
+        deleted: builtins.list[str] = []
         for child in children:
-            await self.delete(child, with_children=True)
+            deleted += await self.delete(child, with_children=True)
         async with self._locks[name]:
-            branch = self._require(name)
+            branch = self.require(name)
+            await self._terminate_sessions(name, f'branch "{name}" was deleted')
             await self._stop(branch, reason="delete")
             branch.status = BranchStatus.DELETING
             self.events.publish("deleting", name)
@@ -246,14 +367,54 @@ class BranchManager:
             await self.state.delete(name)
             del self._branches[name]
             self.events.publish("deleted", name)
+        return [*deleted, name]
 
-    # ---- activity accounting (called by the proxy) -----------------------------------
+    # ---- client sessions (opened by the proxy) --------------------------------------------
+
+    @contextmanager
+    def terminable(self, name: str, client: str) -> Iterator[ClientSession]:
+        """Let an operation on ``name`` end the body (the proxy's splice) early, with a reason.
+
+        On the way out of an ended session this raises the ``ConnectionTerminated`` that says
+        why, for the proxy to send to the client as a FATAL error.
+        """
+        session = ClientSession(name, client)
+        self._sessions[name].add(session)
+        try:
+            with session.scope:
+                yield session
+        finally:
+            self._sessions[name].discard(session)
+            if not self._sessions[name]:
+                del self._sessions[name]
+            if session.terminated_by is not None:
+                self._ended_by[(name, client)] = session.terminated_by.message
+            session.ended.set()
+        if session.terminated_by is not None:
+            raise session.terminated_by
+
+    async def _terminate_sessions(
+        self, name: str, message: str, *, hint: str | None = None
+    ) -> None:
+        """End every open session on ``name`` with ``message`` and wait for them to unwind."""
+        sessions = list(self._sessions.get(name, ()))
+        if not sessions:
+            return
+        log.info("terminating %d session(s) of branch %s: %s", len(sessions), name, message)
+        for session in sessions:
+            session.terminate(ConnectionTerminated(message, hint=hint))
+        with trio.move_on_after(_TERMINATE_WAIT):
+            for session in sessions:
+                await session.ended.wait()
+
+    # ---- activity accounting -------------------------------------------------------------
 
     def connection_opened(self, name: str, client: str) -> None:
         branch = self._branches.get(name)
         if branch is not None:
             branch.connections += 1
             branch.last_active_ts = time.time()
+        self._opened_at[(name, client)] = trio.current_time()
         self.events.publish("connected", name, client=client)
 
     def connection_closed(self, name: str, client: str) -> None:
@@ -261,15 +422,16 @@ class BranchManager:
         if branch is not None:
             branch.connections -= 1
             branch.last_active_ts = time.time()
-        self.events.publish("disconnected", name, client=client)
+        fields: dict[str, object] = {}
+        opened = self._opened_at.pop((name, client), None)
+        if opened is not None:
+            fields["duration_ms"] = _elapsed_ms(opened)
+        error = self._ended_by.pop((name, client), None)
+        if error is not None:
+            fields["error"] = error
+        self.events.publish("disconnected", name, client=client, **fields)
 
     # ---- internals (callers hold the branch's lock) ------------------------------------
-
-    def _require(self, name: str) -> Branch:
-        branch = self._branches.get(name)
-        if branch is None:
-            raise BranchNotFound(f'branch "{name}" does not exist')
-        return branch
 
     async def _provision(self, name: str, parent_name: str) -> Branch:
         parent = self._branches.get(parent_name)
@@ -281,29 +443,21 @@ class BranchManager:
         self.events.publish("provisioning", name, parent=parent_name)
         try:
             await self.state.put(branch.record())
-            async with self._locks[parent_name]:
-                await clone_consistent(
-                    self.storage,
-                    parent_name,
-                    name,
-                    parent_address=self.runtime.address(parent_name),
-                    superuser=self._superuser,
-                )
+            await self._clone_from(parent_name, name)
             clone_ms = _elapsed_ms(started)
             await self._start(branch, reason="create")
         except BaseException as exc:
             with trio.CancelScope(shield=True):
                 await self._roll_back(name)
-            error = exc.message if isinstance(exc, PrismError) else repr(exc)
-            self.events.publish("failed", name, error=error, duration_ms=_elapsed_ms(started))
+            self._publish_failure(name, exc, started)
             if isinstance(exc, PrismError):
-                log.error("provision: branch %s failed: %s", name, error)
                 raise ProvisionFailed(
                     f'could not create branch "{name}": {exc.message}',
                     hint=exc.hint,
                     detail="the partial branch was removed; nothing was kept",
                 ) from exc
             raise
+        self.events.publish("created", name, parent=parent_name, duration_ms=_elapsed_ms(started))
         log.info(
             "provision: branch %s from %s in %.1f ms (clone %.1f ms)",
             name,
@@ -312,6 +466,22 @@ class BranchManager:
             clone_ms,
         )
         return branch
+
+    async def _clone_from(self, parent: str, child: str) -> None:
+        """Clone ``parent`` into ``child`` holding the parent's lock, so it holds still."""
+        async with self._locks[parent]:
+            await clone_consistent(
+                self.storage,
+                parent,
+                child,
+                parent_address=self.runtime.address(parent),
+                superuser=self._superuser,
+            )
+
+    def _publish_failure(self, name: str, exc: BaseException, started: float) -> None:
+        error = exc.message if isinstance(exc, PrismError) else repr(exc)
+        log.error("branch %s: operation failed and was rolled back: %s", name, error)
+        self.events.publish("failed", name, error=error, duration_ms=_elapsed_ms(started))
 
     async def _roll_back(self, name: str) -> None:
         try:
@@ -334,7 +504,9 @@ class BranchManager:
         branch.status = BranchStatus.STARTING
         self.events.publish("starting", branch.name, reason=reason)
         try:
-            branch.address = await self.runtime.start(branch.name, self.storage.path(branch.name))
+            branch.address = await self.runtime.start(
+                branch.name, self.storage.path(branch.name), parent=branch.parent
+            )
         except BaseException:
             branch.status = (
                 previous if previous is not BranchStatus.RUNNING else BranchStatus.STOPPED
@@ -355,3 +527,12 @@ class BranchManager:
         branch.status, branch.address = BranchStatus.STOPPED, None
         await self.state.put(branch.record())
         self.events.publish("stopped", branch.name, reason=reason, duration_ms=_elapsed_ms(started))
+
+
+def is_idle(branch: Branch, *, now: float, idle_for: float) -> bool:
+    """Whether the reaper may stop ``branch``: running, no open session, quiet for ``idle_for``."""
+    return (
+        branch.status is BranchStatus.RUNNING
+        and branch.connections == 0
+        and now - branch.last_active_ts >= idle_for
+    )

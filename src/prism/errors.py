@@ -52,6 +52,18 @@ class BranchConflict(PrismError):
     sqlstate = "55006"
 
 
+class BranchExists(BranchConflict):
+    """A branch of that name already exists."""
+
+
+class BranchHasChildren(BranchConflict):
+    """Deleting a branch would orphan branches cloned from it."""
+
+
+class BranchProtected(BranchConflict):
+    """The operation is not allowed on this branch (main cannot be deleted or reset)."""
+
+
 class StorageError(PrismError):
     """A storage driver could not clone, create or remove a branch's data directory."""
 
@@ -68,6 +80,12 @@ class RuntimeStopFailed(PrismError):
     """A branch's Postgres server did not stop when asked."""
 
     sqlstate = "58000"
+
+
+class ConnectionTerminated(PrismError):
+    """Prism closed a client's session because an operator reset, stopped or deleted its branch."""
+
+    sqlstate = "57P01"  # admin_shutdown: what clients already treat as "reconnect later"
 
 
 class ProvisionFailed(PrismError):

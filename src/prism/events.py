@@ -1,36 +1,112 @@
 """Fan-out of branch events to any number of subscribers, none of which can slow the publisher.
 
 Each subscriber gets a bounded buffer. Publishing never waits: when a subscriber's buffer is
-full it is told it fell behind (a final ``overflow`` event) and dropped, so a stalled browser
-tab or WebSocket never holds up the proxy.
+full it is dropped, and once it has read what was buffered it receives one final ``overflow``
+event, so a stalled browser tab or WebSocket never holds up the proxy and never silently misses
+events either.
+
+Listeners (``add_listener``) are called synchronously on every event; they are for Prism's own
+bookkeeping (metrics), must be quick and must not raise.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC
 from typing import Any
 
 import trio
 
-from prism.state import rfc3339, utcnow
+from prism.state import utcnow
 
 log = logging.getLogger(__name__)
 
 Event = dict[str, Any]
+Listener = Callable[[Event], None]
+
+
+def event_time() -> str:
+    """``2026-11-24T22:01:43.123Z``: RFC 3339, UTC, milliseconds (events are often sub-second)."""
+    return utcnow().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+class Subscription:
+    """One subscriber's view of the bus: events in order, then ``overflow`` if it fell behind."""
+
+    def __init__(self, receive: trio.MemoryReceiveChannel[Event], buffer: int) -> None:
+        self._receive = receive
+        self._buffer = buffer
+        self.overflowed = False
+        self._told = False
+
+    def _overflow_event(self) -> Event:
+        self._told = True
+        return {
+            "type": "overflow",
+            "branch": None,
+            "at": event_time(),
+            "error": f"subscriber fell more than {self._buffer} events behind and was dropped",
+        }
+
+    def receive_nowait(self) -> Event:
+        """The next buffered event; ``trio.WouldBlock`` if none, ``EndOfChannel`` when over."""
+        try:
+            return self._receive.receive_nowait()
+        except trio.EndOfChannel:
+            if self.overflowed and not self._told:
+                return self._overflow_event()
+            raise
+
+    async def receive(self) -> Event:
+        """The next event, waiting for it; ``trio.EndOfChannel`` once the subscription ended."""
+        try:
+            return await self._receive.receive()
+        except trio.EndOfChannel:
+            if self.overflowed and not self._told:
+                return self._overflow_event()
+            raise
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Event]:
+        while True:
+            try:
+                yield await self.receive()
+            except trio.EndOfChannel:
+                return
 
 
 class EventBus:
-    """Publishes events to the receive channels of current subscribers."""
+    """Publishes events to current subscribers and listeners."""
 
     def __init__(self, buffer: int = 1000) -> None:
-        self._buffer = buffer
-        self._subscribers: set[trio.MemorySendChannel[Event]] = set()
+        self.buffer = buffer
+        self._subscribers: dict[trio.MemorySendChannel[Event], Subscription] = {}
+        self._listeners: list[Listener] = []
+        self._seq = itertools.count(1)
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener`` with every event from now on (synchronously, in publish order)."""
+        self._listeners.append(listener)
 
     def publish(self, type_: str, branch: str | None = None, **fields: Any) -> Event:
-        """Send an event to every subscriber now; returns the event."""
-        event: Event = {"type": type_, "branch": branch, "at": rfc3339(utcnow()), **fields}
+        """Send an event to every subscriber now; returns the event.
+
+        ``seq`` numbers events from 1 so a subscriber (or a benchmark) can match them up.
+        """
+        event: Event = {
+            "type": type_,
+            "branch": branch,
+            "at": event_time(),
+            "seq": next(self._seq),
+            **fields,
+        }
+        for listener in self._listeners:
+            listener(event)
         for send in list(self._subscribers):
             try:
                 send.send_nowait(event)
@@ -41,21 +117,23 @@ class EventBus:
         return event
 
     def _drop(self, send: trio.MemorySendChannel[Event], *, overflow: bool) -> None:
-        self._subscribers.discard(send)
-        if overflow:
-            log.warning("events: dropping a subscriber that fell %d events behind", self._buffer)
+        subscription = self._subscribers.pop(send, None)
+        if overflow and subscription is not None:
+            subscription.overflowed = True
+            log.warning("events: dropping a subscriber that fell %d events behind", self.buffer)
         send.close()
 
     @asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[trio.MemoryReceiveChannel[Event]]:
-        """Receive events published from now on; the channel ends if the subscriber overflows."""
-        send, receive = trio.open_memory_channel[Event](self._buffer)
-        self._subscribers.add(send)
+    async def subscribe(self) -> AsyncIterator[Subscription]:
+        """Receive events published from now on; ends with ``overflow`` if the reader lags."""
+        send, receive = trio.open_memory_channel[Event](self.buffer)
+        subscription = Subscription(receive, self.buffer)
+        self._subscribers[send] = subscription
         try:
             async with receive:
-                yield receive
+                yield subscription
         finally:
-            self._subscribers.discard(send)
+            self._subscribers.pop(send, None)
             send.close()
 
     @property
