@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from prism.config import Settings
 from prism.errors import ConfigError
 from prism.events import EventBus
 from prism.proxy import Proxy
+from prism.reaper import run_reaper
 from prism.runtime import open_runtime
 from prism.state import StateStore
 from prism.storage import open_storage
@@ -90,7 +92,7 @@ class PrismServer:
         storage = await open_storage(settings.storage, data_dir, **storage_options)
         runtime = await open_runtime(settings, data_dir)
         state = StateStore(data_dir / "prism.db")
-        events = EventBus()
+        events = EventBus(buffer=settings.event_buffer)
         manager = BranchManager(
             storage=storage,
             runtime=runtime,
@@ -105,6 +107,15 @@ class PrismServer:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(trio.serve_listeners, proxy.handle, [pg_listener])
                 await nursery.start(_serve_api, create_app(manager), api_listener)
+                if settings.idle_timeout > 0:
+                    nursery.start_soon(
+                        functools.partial(
+                            run_reaper,
+                            manager,
+                            idle_timeout=settings.idle_timeout,
+                            include_main=settings.main_scales_to_zero,
+                        )
+                    )
                 info = ServerInfo(_bound(pg_listener), _bound(api_listener), manager)
                 log.info(
                     "prism: ready: postgres clients on %s:%d, API on %s; data in %s "

@@ -1,0 +1,66 @@
+"""Scale-to-zero: stop branch servers nobody has used for a while, so idle branches cost no RAM.
+
+A branch is idle when it is running, has no open client session and has moved no bytes for
+``idle_timeout``. Its data stays on disk; the next client wakes it (``ensure_running``) and
+simply waits, as it would on creation. ``main`` is left alone unless ``main_scales_to_zero``.
+
+The choice of whom to stop is pure (``due_for_stop``); the task only acts on it, and the
+manager checks again under the branch's lock, because a client may arrive in between.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+
+import trio
+
+from prism.branches import Branch, BranchManager, is_idle
+from prism.errors import PrismError
+from prism.storage.base import MAIN_BRANCH
+
+log = logging.getLogger(__name__)
+
+# Look often enough that a branch stops within ~a quarter of its timeout after going idle
+# (tests use 1-2 s timeouts), but never busy-loop nor sleep for minutes with a long timeout.
+_MIN_TICK = 0.1
+_MAX_TICK = 10.0
+
+
+def tick_interval(idle_timeout: float) -> float:
+    """How long the reaper sleeps between looks for a given ``idle_timeout``."""
+    return min(_MAX_TICK, max(_MIN_TICK, idle_timeout / 4))
+
+
+def due_for_stop(
+    branches: Iterable[Branch], *, now: float, idle_timeout: float, include_main: bool
+) -> list[str]:
+    """Names of the branches the reaper should stop now."""
+    return [
+        branch.name
+        for branch in branches
+        if (include_main or branch.name != MAIN_BRANCH)
+        and is_idle(branch, now=now, idle_for=idle_timeout)
+    ]
+
+
+async def run_reaper(manager: BranchManager, *, idle_timeout: float, include_main: bool) -> None:
+    """Stop idle branches until cancelled. A failed stop is logged and retried next time."""
+    interval = tick_interval(idle_timeout)
+    log.info(
+        "reaper: stopping branches idle for %gs (main %s)",
+        idle_timeout,
+        "included" if include_main else "excluded",
+    )
+    while True:
+        await trio.sleep(interval)
+        now = time.time()
+        for name in due_for_stop(
+            manager.list(), now=now, idle_timeout=idle_timeout, include_main=include_main
+        ):
+            try:
+                if await manager.stop_if_idle(name, idle_for=idle_timeout, now=time.time()):
+                    log.info("reaper: stopped idle branch %s", name)
+            except PrismError as exc:
+                log.error("reaper: could not stop idle branch %s: %s", name, exc.message)

@@ -1,0 +1,33 @@
+"""Helpers for tests of the control plane: an HTTP client on a running Prism, event waits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from .harness import PrismHandle
+
+
+def api(prism: PrismHandle, token: str | None = None) -> httpx.AsyncClient:
+    """An ``httpx.AsyncClient`` on ``prism``'s API (use as ``async with``)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.AsyncClient(base_url=prism.info.api_url, headers=headers, timeout=120)
+
+
+async def wait_for(subscription: Any, **fields: Any) -> list[dict[str, Any]]:
+    """Read events until one has all of ``fields``; returns every event read, that one last.
+
+    Callers bound the wait with ``trio.fail_after``.
+    """
+    seen = []
+    async for event in subscription:
+        seen.append(event)
+        if all(event.get(key) == value for key, value in fields.items()):
+            return seen
+    raise AssertionError(f"event stream ended before an event with {fields}: {seen}")
+
+
+def status(prism: PrismHandle, name: str) -> str | None:
+    branch: Any = prism.manager.get(name)
+    return None if branch is None else str(branch.status.value)
