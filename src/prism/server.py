@@ -106,7 +106,8 @@ class PrismServer:
             await manager.open()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(trio.serve_listeners, proxy.handle, [pg_listener])
-                await nursery.start(_serve_api, create_app(manager), api_listener)
+                app = create_app(manager, api_token=settings.api_token)
+                await nursery.start(_serve_api, app, api_listener)
                 if settings.idle_timeout > 0:
                     nursery.start_soon(
                         functools.partial(

@@ -1,21 +1,45 @@
-"""The control plane: a quart-trio app served by hypercorn inside Prism's own trio run."""
+"""The control plane: a quart-trio app served by hypercorn inside Prism's own trio run.
+
+One module per concern: ``routes`` (REST + ``/healthz`` + the seed's ``/branches``), ``stream``
+(the event WebSocket), ``page`` (the web page), ``auth`` (the optional bearer token), ``errors``
+(JSON errors), ``views`` (a branch's JSON shape). ``/metrics`` is served here from
+``prism.metrics``.
+"""
 
 from __future__ import annotations
 
-from quart import jsonify
+from quart import Response, jsonify
 from quart_trio import QuartTrio
 
+from prism.api.auth import install_auth
+from prism.api.errors import install_error_handlers
+from prism.api.page import register_page
+from prism.api.routes import register_routes
+from prism.api.stream import register_stream
 from prism.branches import BranchManager
+from prism.metrics import Metrics
 from prism.state import rfc3339
 
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
-def create_app(manager: BranchManager) -> QuartTrio:
+
+def create_app(manager: BranchManager, *, api_token: str = "") -> QuartTrio:
     """Build the HTTP app over ``manager``; every route reads or changes branches through it."""
-    app = QuartTrio("prism")
+    app = QuartTrio("prism.api", static_folder="static", static_url_path="/static")
+    metrics = Metrics(manager)
+    install_error_handlers(app)
+    install_auth(app, api_token)
+    register_routes(app, manager)
+    register_stream(app, manager)
+    register_page(app)
 
     @app.get("/branches")
-    async def branches_seed_format() -> object:
+    async def branches_seed_format() -> Response:
         """The seed's format: each branch name → its last activity time (RFC 3339, UTC)."""
         return jsonify({b.name: rfc3339(b.last_active) for b in manager.list()})
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), content_type=PROMETHEUS_TEXT)
 
     return app
