@@ -1,4 +1,5 @@
-"""The ``prism`` command: ``prism serve`` runs the daemon; more sub-commands talk to its API."""
+"""The ``prism`` command: ``prism serve`` runs the daemon; ``branch`` and ``events`` talk to its
+API (see ``prism.client``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import trio
 
 from prism import __version__
+from prism.client import add_client_commands, run_client
 from prism.config import SETTINGS, Settings, load_settings
 from prism.errors import find_prism_error
 from prism.server import PrismServer
@@ -41,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the Prism daemon")
     serve.add_argument("--config", type=Path, default=None, help="settings file (prism.toml)")
     _add_setting_flags(serve)
+    add_client_commands(commands)
     return parser
 
 
@@ -78,6 +81,8 @@ def _fail(message: str, hint: str | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "serve":
+        return run_client(args)
     flags = {s.name: getattr(args, s.name, None) for s in SETTINGS}
     try:
         settings = load_settings(flags, config_file=args.config)

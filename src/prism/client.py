@@ -1,0 +1,258 @@
+"""The ``prism branch …`` and ``prism events`` commands: a thin client of the daemon's API.
+
+Everything the commands do is an API call, so the CLI, the web page and scripts share one
+implementation of each operation (the daemon's ``BranchManager``). Output is for people by
+default (a table, one line per result or event) and JSON with ``--json``; any failure is a
+non-zero exit and one line on stderr saying why (the API's own message when there is one).
+
+The client finds the daemon the way the daemon finds its own address: the ``api`` and
+``api_token`` settings (``prism.toml``, ``$PRISM_API``, ``$PRISM_API_TOKEN``), overridable with
+``--api`` and ``--api-token``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, TextIO
+
+import httpx
+import trio
+import trio_websocket
+
+from prism.config import HostPort, load_settings
+from prism.errors import PrismError
+
+API_PREFIX = "/api/v1"
+# Creating a branch of a big main with the copy driver, or a cold Docker start, can take minutes.
+_OPERATION_TIMEOUT = httpx.Timeout(10.0, read=600.0)
+_WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+class ClientError(Exception):
+    """A command failed; ``message`` is the one line the user sees."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.code = message, code
+
+
+# ---- finding and calling the API -----------------------------------------------------------
+
+
+def base_url(api: str | None) -> str:
+    """``http://host:port`` from a URL or a ``host:port``, defaulting to the ``api`` setting."""
+    if api and api.startswith(("http://", "https://")):
+        return api.rstrip("/")
+    address = HostPort.parse(api) if api else load_settings().api
+    host = "127.0.0.1" if address.host in _WILDCARD_HOSTS else address.host
+    return f"http://{HostPort(host, address.port)}"
+
+
+def _token(flag: str | None) -> str:
+    return flag if flag is not None else load_settings().api_token
+
+
+class ApiClient:
+    """Synchronous calls to the REST API; each returns the decoded JSON or raises ClientError."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=url, headers=headers, timeout=_OPERATION_TIMEOUT)
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, API_PREFIX + path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ClientError(
+                f"cannot reach the Prism API at {self.url}: {exc or type(exc).__name__} "
+                "(is `prism serve` running? set --api or $PRISM_API)"
+            ) from None
+        if response.is_success:
+            return response.json()
+        try:
+            body = response.json()
+            message, code = str(body["message"]), str(body["code"])
+        except (ValueError, KeyError, TypeError):
+            message, code = f"HTTP {response.status_code}: {response.text[:200]}", None
+        raise ClientError(message, code)
+
+
+# ---- human output --------------------------------------------------------------------------
+
+
+def _ago(stamp: str, now: float) -> str:
+    seconds = max(0, int(now - datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def _size(nbytes: int | None) -> str:
+    if nbytes is None:
+        return "-"
+    value = float(nbytes)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def format_branches(branches: Sequence[dict[str, Any]], *, now: float | None = None) -> str:
+    """The branch table ``prism branch ls`` prints."""
+    now = time.time() if now is None else now
+    header = ("NAME", "STATUS", "PARENT", "CONNS", "LAST ACTIVE", "ADDRESS", "DISK")
+    rows = [header] + [
+        (
+            b["name"],
+            b["status"],
+            b["parent"] or "-",
+            str(b["connections"]),
+            _ago(b["last_active"], now),
+            b["address"] or "-",
+            _size(b["disk_bytes"]),
+        )
+        for b in branches
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def format_branch(branch: dict[str, Any]) -> str:
+    """One line about one branch, after an operation on it."""
+    parts = [f"parent {branch['parent']}" if branch["parent"] else "no parent"]
+    if branch["address"]:
+        parts.append(f"server {branch['address']}")
+    return f"{branch['name']}: {branch['status']} ({', '.join(parts)})"
+
+
+def format_event(event: dict[str, Any]) -> str:
+    """One line per event for ``prism events``."""
+    if event["type"] == "snapshot":
+        listed = ", ".join(f"{b['name']} ({b['status']})" for b in event["branches"])
+        return f"snapshot: {len(event['branches'])} branches: {listed}"
+    clock = str(event["at"])[11:23]
+    extra = " ".join(
+        f"{key}={value}"
+        for key, value in event.items()
+        if key not in ("type", "branch", "at", "seq") and value is not None
+    )
+    return " ".join(part for part in (clock, event["type"], event["branch"] or "", extra) if part)
+
+
+# ---- the commands --------------------------------------------------------------------------
+
+Command = Callable[[ApiClient, argparse.Namespace], Any]
+
+
+def _ls(api: ApiClient, args: argparse.Namespace) -> Any:
+    return api.call("GET", "/branches")["branches"]
+
+
+def _create(api: ApiClient, args: argparse.Namespace) -> Any:
+    return api.call("POST", "/branches", json={"name": args.name, "parent": args.parent})
+
+
+def _rm(api: ApiClient, args: argparse.Namespace) -> Any:
+    params = {"with_children": "true"} if args.with_children else {}
+    return api.call("DELETE", f"/branches/{args.name}", params=params)
+
+
+def _operation(verb: str) -> Command:
+    def run(api: ApiClient, args: argparse.Namespace) -> Any:
+        return api.call("POST", f"/branches/{args.name}/{verb}")
+
+    return run
+
+
+def _human(result: Any) -> str:
+    if isinstance(result, list):
+        return format_branches(result)
+    if "deleted" in result:
+        return f"deleted: {', '.join(result['deleted'])}"
+    return format_branch(result)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--api", default=None, help="API address: URL or host:port")
+    parser.add_argument("--api-token", default=None, help="bearer token (or $PRISM_API_TOKEN)")
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``branch …`` and ``events`` to the ``prism`` command's sub-commands."""
+    branch = commands.add_parser("branch", help="list and change branches of a running Prism")
+    verbs = branch.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, help_: str, run: Command, *, named: bool = True) -> argparse.ArgumentParser:
+        parser = verbs.add_parser(name, help=help_)
+        if named:
+            parser.add_argument("name", help="branch name")
+        _add_common(parser)
+        parser.set_defaults(run=run)
+        return parser
+
+    verb("ls", "list branches", _ls, named=False)
+    verb("create", "create a branch", _create).add_argument(
+        "--parent", default="main", help="branch to clone (default main)"
+    )
+    verb("rm", "delete a branch and its data", _rm).add_argument(
+        "--with-children", action="store_true", help="also delete branches cloned from it"
+    )
+    verb("reset", "throw away a branch's changes (re-clone from its parent)", _operation("reset"))
+    verb("stop", "stop a branch's server (data stays)", _operation("stop"))
+    verb("start", "start a branch's server", _operation("start"))
+
+    events = commands.add_parser("events", help="follow branch events live")
+    _add_common(events)
+
+
+def run_client(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    """Run a client sub-command; returns the exit status."""
+    try:
+        url, token = base_url(args.api), _token(args.api_token)
+        if args.command == "events":
+            trio.run(_follow_events, url, token, args.json, out)
+            return 0
+        result = args.run(ApiClient(url, token), args)
+    except ClientError as exc:
+        print(f"prism: error: {exc.message}", file=sys.stderr)
+        return 1
+    except PrismError as exc:  # a bad setting while finding the API
+        print(f"prism: error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    print(json.dumps(result, indent=2) if args.json else _human(result), file=out)
+    return 0
+
+
+async def _follow_events(url: str, token: str, as_json: bool, out: TextIO) -> None:
+    """Print events until interrupted; a dropped subscription is an error, not a quiet end."""
+    ws_url = url.replace("http", "ws", 1) + API_PREFIX + "/events"
+    headers = [(b"Authorization", f"Bearer {token}".encode())] if token else []
+    try:
+        async with trio_websocket.open_websocket_url(ws_url, extra_headers=headers) as socket:
+            while True:
+                event = json.loads(await socket.get_message())
+                print(json.dumps(event) if as_json else format_event(event), file=out, flush=True)
+                if event["type"] == "overflow":
+                    raise ClientError(f"the event stream dropped us: {event['error']}")
+    except trio_websocket.HandshakeError as exc:
+        status = getattr(exc, "status_code", None)
+        hint = " (wrong or missing --api-token?)" if status == 401 else ""
+        raise ClientError(f"cannot subscribe to {ws_url}: {exc}{hint}") from None
+    except trio_websocket.ConnectionClosed as exc:
+        raise ClientError(f"the event stream closed: {exc.reason}") from None
+    except OSError as exc:
+        raise ClientError(f"cannot reach the Prism API at {url}: {exc.strerror or exc}") from None

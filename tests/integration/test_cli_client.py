@@ -1,0 +1,111 @@
+"""The ``prism branch …`` and ``prism events`` commands against a running daemon."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import trio
+
+from .harness import PrismHandle
+
+
+async def _prism(*args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    result = await trio.run_process(
+        [sys.executable, "-m", "prism.cli", *args],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PRISM_")},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"prism {' '.join(args)} failed: {result.stderr.decode()}")
+    return result
+
+
+async def test_branch_commands_create_list_stop_start_reset_and_remove(
+    prism: PrismHandle,
+) -> None:
+    url = ("--api", prism.info.api_url)
+    created = await _prism("branch", "create", "cli-made", *url)
+    assert created.stdout.decode().startswith("cli-made: running (parent main, server 127.0.0.1:")
+
+    table = (await _prism("branch", "ls", *url)).stdout.decode().splitlines()
+    assert table[0].split() == [
+        "NAME",
+        "STATUS",
+        "PARENT",
+        "CONNS",
+        "LAST",
+        "ACTIVE",
+        "ADDRESS",
+        "DISK",
+    ]
+    assert [line.split()[:3] for line in table[1:]] == [
+        ["cli-made", "running", "main"],
+        ["main", "running", "-"],
+    ]
+    listed = json.loads((await _prism("branch", "ls", "--json", *url)).stdout)
+    assert [b["name"] for b in listed] == ["cli-made", "main"]
+
+    stopped = await _prism("branch", "stop", "cli-made", *url)
+    assert stopped.stdout.decode().strip() == "cli-made: stopped (parent main)"
+    started = json.loads((await _prism("branch", "start", "cli-made", "--json", *url)).stdout)
+    assert started["status"] == "running"
+    reset = await _prism("branch", "reset", "cli-made", *url)
+    assert reset.stdout.decode().startswith("cli-made: running")
+    removed = await _prism("branch", "rm", "cli-made", *url)
+    assert removed.stdout.decode().strip() == "deleted: cli-made"
+    assert [b.name for b in prism.manager.list()] == ["main"]
+
+
+async def test_failures_exit_non_zero_with_one_line_reason(prism: PrismHandle) -> None:
+    url = ("--api", prism.info.api_url)
+    refused = await _prism("branch", "rm", "main", *url, check=False)
+    assert refused.returncode == 1
+    assert refused.stderr.decode() == "prism: error: the main branch cannot be deleted\n"
+    missing = await _prism("branch", "stop", "ghost", *url, check=False)
+    assert missing.returncode == 1
+    assert missing.stderr.decode() == 'prism: error: branch "ghost" does not exist\n'
+
+
+async def test_unreachable_api_is_one_line_not_a_traceback() -> None:
+    result = await _prism("branch", "ls", "--api", "127.0.0.1:1", check=False)
+    assert result.returncode == 1
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("prism: error: cannot reach the Prism API")
+
+
+async def test_token_is_sent_and_a_missing_one_is_explained(start_prism: Any) -> None:
+    prism: PrismHandle = await start_prism(api_token="s3cret")
+    url = ("--api", prism.info.api_url)
+    refused = await _prism("branch", "ls", *url, check=False)
+    assert refused.returncode == 1 and "needs a token" in refused.stderr.decode()
+    allowed = await _prism("branch", "ls", "--api-token", "s3cret", *url)
+    assert "main" in allowed.stdout.decode()
+
+
+async def test_events_command_tails_the_live_stream(prism: PrismHandle) -> None:
+    command = [sys.executable, "-m", "prism.cli", "events", "--api", prism.info.api_url]
+    lines: list[str] = []
+    async with trio.open_nursery() as nursery:
+        process = await nursery.start(
+            functools.partial(trio.run_process, command, stdout=subprocess.PIPE, check=False)
+        )
+        buffer = b""
+        with trio.fail_after(30):
+            assert process.stdout is not None
+            while not any(" running tailed " in line for line in lines):
+                chunk = await process.stdout.receive_some()
+                buffer += chunk
+                *complete, buffer = buffer.split(b"\n")
+                lines += [line.decode() for line in complete]
+                if any(line.startswith("snapshot:") for line in lines) and len(lines) == 1:
+                    await prism.manager.create("tailed")
+        process.terminate()
+    assert lines[0] == "snapshot: 1 branches: main (running)"
+    assert any(" provisioning tailed parent=main" in line for line in lines)
