@@ -1,0 +1,205 @@
+"""Where branch data directories live under a storage root, shared by every driver.
+
+The layout is the seed's (see ``Storage``): main in ``<root>/master``, every other branch in
+``<root>/branches/<name>``. Keeping it in one place means no driver can disagree about where a
+branch is or which directories count as branches.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import trio
+
+from prism.errors import InvalidBranchName, StorageError
+from prism.storage.base import MAIN_BRANCH
+
+_log = logging.getLogger(__name__)
+
+MASTER_DIR = "master"
+BRANCHES_DIR = "branches"
+
+#: Postgres refuses to start on a data directory that group or others can read.
+PGDATA_MODE = 0o700
+
+#: Entries of ``branches/`` starting with this are a driver's work in progress (a clone being
+#: staged), never branches; listing skips them.
+HIDDEN_PREFIX = "."
+
+
+def check_component(name: str, what: str) -> None:
+    """Refuse ``name`` unless it is one plain path component.
+
+    The router validates branch names long before this; the check here is the last guard that
+    keeps a bad name from reaching outside the storage root (``..``, ``a/b``) or colliding with
+    a staging directory.
+    """
+    if (
+        not name
+        or name in (".", "..")
+        or name.startswith(HIDDEN_PREFIX)
+        or "/" in name
+        or "\0" in name
+    ):
+        raise InvalidBranchName(
+            f"{what} {name!r} cannot be used as a directory name",
+            hint="use letters, digits, '-' and '_', not starting with '.'",
+        )
+
+
+class BranchLayout:
+    """Path arithmetic and listing for one storage root; drivers inherit it.
+
+    Only pure path logic and cheap ``stat`` calls live here, so it is safe on the event loop.
+    """
+
+    name: str
+    atomic: bool
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def branches_dir(self) -> Path:
+        """The plain directory that holds every branch except main."""
+        return self.root / BRANCHES_DIR
+
+    def path(self, branch: str) -> Path:
+        """The data directory of ``branch`` (whether or not it exists)."""
+        if branch == MAIN_BRANCH:
+            return self.root / MASTER_DIR
+        check_component(branch, "branch name")
+        return self.branches_dir / branch
+
+    def exists(self, branch: str) -> bool:
+        """Whether ``branch``'s data directory exists."""
+        return self.path(branch).is_dir()
+
+    def list(self) -> list[str]:
+        """Names of every branch that has a data directory: main first, the rest sorted."""
+        names = [MAIN_BRANCH] if (self.root / MASTER_DIR).is_dir() else []
+        try:
+            entries = sorted(os.scandir(self.branches_dir), key=lambda entry: entry.name)
+        except FileNotFoundError:
+            return names
+        names.extend(
+            entry.name
+            for entry in entries
+            if not entry.name.startswith(HIDDEN_PREFIX) and entry.is_dir(follow_symlinks=False)
+        )
+        return names
+
+    def staging_path(self, branch: str, purpose: str) -> Path:
+        """A hidden sibling of ``branch``'s directory for building it before it appears.
+
+        It is a sibling so the final ``rename`` stays on one filesystem (atomic), and its name is
+        fixed per branch so a retry after a crash finds and removes the leftover.
+        """
+        target = self.path(branch)
+        return target.with_name(f"{HIDDEN_PREFIX}{target.name}.{purpose}")
+
+    def require_clone_endpoints(self, parent: str, child: str) -> tuple[Path, Path]:
+        """The parent's and child's paths, after checking the parent is there and the child not.
+
+        Checked up front so a clone fails with a message naming the branch instead of a tool's
+        "No such file" or, worse, copying *into* an existing child.
+        """
+        source, target = self.path(parent), self.path(child)
+        if not source.is_dir():
+            raise StorageError(
+                f"cannot clone branch {parent!r}: its data directory {source} does not exist",
+                hint=f"create {parent!r} first, or check the storage root {self.root}",
+            )
+        if target.exists() or target.is_symlink():
+            raise StorageError(
+                f"cannot clone into branch {child!r}: {target} already exists",
+                hint=f"delete branch {child!r} first, or pick another name",
+            )
+        return source, target
+
+    def require_absent(self, branch: str) -> Path:
+        """``branch``'s path, after checking nothing is there yet (for ``create``)."""
+        target = self.path(branch)
+        if target.exists() or target.is_symlink():
+            raise StorageError(
+                f"cannot create branch {branch!r}: {target} already exists",
+                hint=f"delete branch {branch!r} first, or reuse its data directory",
+            )
+        return target
+
+
+async def make_private_dir(path: Path) -> None:
+    """Create ``path`` (parents too) as an empty directory with mode 0700, exactly.
+
+    ``chmod`` after ``mkdir`` because ``mkdir``'s mode is filtered by the umask.
+    """
+
+    def _make() -> None:
+        path.mkdir(mode=PGDATA_MODE, parents=True)
+        path.chmod(PGDATA_MODE)
+
+    try:
+        await trio.to_thread.run_sync(_make)
+    except OSError as exc:
+        raise StorageError(
+            f"cannot create data directory {path}: {exc.strerror or exc}",
+            hint="check that Prism may write to the storage root",
+        ) from exc
+
+
+async def make_parent_dir(path: Path) -> None:
+    """Make sure the plain directory that will contain ``path`` exists (``branches/``)."""
+    try:
+        await trio.to_thread.run_sync(lambda: path.parent.mkdir(parents=True, exist_ok=True))
+    except OSError as exc:
+        raise StorageError(
+            f"cannot create directory {path.parent}: {exc.strerror or exc}",
+            hint="check that Prism may write to the storage root",
+        ) from exc
+
+
+async def set_private_mode(path: Path) -> None:
+    """Force a data directory to mode 0700 without touching its owner."""
+    try:
+        await trio.to_thread.run_sync(path.chmod, PGDATA_MODE)
+    except OSError as exc:
+        raise StorageError(
+            f"cannot set mode 0700 on {path}: {exc.strerror or exc}",
+            hint="Postgres refuses data directories others can read; check Prism's permissions",
+        ) from exc
+
+
+async def remove_tree(path: Path) -> None:
+    """Delete ``path`` and everything below it; a missing path is not an error."""
+
+    def _remove() -> None:
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.exists():
+            shutil.rmtree(path)
+
+    try:
+        await trio.to_thread.run_sync(_remove)
+    except OSError as exc:
+        raise StorageError(
+            f"cannot remove {path}: {exc.strerror or exc}",
+            hint="check permissions and that no process still uses the directory",
+        ) from exc
+
+
+async def remove_quietly(
+    path: Path, remove: Callable[[Path], Awaitable[None]] = remove_tree
+) -> None:
+    """Best-effort ``remove(path)`` on a failure path, where the original error must win.
+
+    A cleanup failure is logged rather than raised: replacing the real cause (the failed clone)
+    with "could not remove" would hide what the operator needs to fix.
+    """
+    try:
+        await remove(path)
+    except StorageError as exc:
+        _log.warning("storage: cleanup failed path=%s error=%s", path, exc.message)
