@@ -134,8 +134,9 @@ class VerifierStore:
         """Save ``branch``'s roles next to its data (called just before it stops)."""
         try:
             roles = await self._fetch(address)
-        except PrismError as exc:
-            log.warning("auth: could not snapshot roles of branch %s: %s", branch, exc.message)
+        except (PrismError, trio.TooSlowError) as exc:
+            why = exc.message if isinstance(exc, PrismError) else "timed out"
+            log.warning("auth: could not snapshot roles of branch %s: %s", branch, why)
             return
         self._cache.pop(branch, None)
         await trio.to_thread.run_sync(self._write_snapshot, branch, roles)

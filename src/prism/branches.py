@@ -24,7 +24,7 @@ import enum
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -134,6 +134,9 @@ class BranchManager:
         self._password = password
         self._branches: dict[str, Branch] = {}
         self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
+        self.before_stop: list[Callable[[str, BackendAddress], Awaitable[None]]] = []
+        """Called with a running server's address just before it is stopped (must not raise):
+        the proxy snapshots role verifiers so a stopped branch can check logins."""
         self._sessions: defaultdict[str, set[ClientSession]] = defaultdict(set)
         # Keyed by (branch, client address): what connection_closed reports about a session.
         self._opened_at: dict[tuple[str, str], float] = {}
@@ -523,6 +526,10 @@ class BranchManager:
         started = trio.current_time()
         branch.status = BranchStatus.STOPPING
         self.events.publish("stopping", branch.name, reason=reason)
+        address = self.runtime.address(branch.name)
+        if address is not None:
+            for hook in self.before_stop:
+                await hook(branch.name, address)
         await self.runtime.stop(branch.name)
         branch.status, branch.address = BranchStatus.STOPPED, None
         await self.state.put(branch.record())

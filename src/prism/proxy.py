@@ -135,6 +135,7 @@ class Proxy:
             verifiers = VerifierStore(
                 manager, superuser=settings.superuser, password=settings.password
             )
+            manager.before_stop.append(verifiers.snapshot)
         return cls(
             manager,
             startup_timeout=settings.startup_timeout,
