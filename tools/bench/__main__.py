@@ -1,0 +1,123 @@
+"""``python -m tools.bench``: run every benchmark and write docs/benchmarks.md with its plots.
+
+Sections run in a fixed order and each is bounded (counts and durations below), so the whole run
+stays well under 20 minutes on a 2-core machine. ``--only`` reruns some sections; the report
+keeps the last results of the others (``docs/benchmarks/results.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import asdict
+from typing import Any
+
+import trio
+
+from tools.bench import coldstart, idle, proxy, report, targets
+from tools.bench.common import SCRATCH, pg_install, prism_process, psql, raise_fd_limit, scratch_dir
+from tools.bench.machine import describe
+
+SECTIONS = ("coldstart", "o1", "proxy", "idle")
+DRIVERS = ("btrfs", "reflink", "zfs", "copy")
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+async def _coldstart(args: argparse.Namespace, install: Any) -> dict[str, Any]:
+    found, skipped = targets.available(DRIVERS)
+    results = []
+    for target in found:
+        result = await coldstart.measure_driver(
+            install, target, branches=args.branches, wakes=args.wakes, log=_log
+        )
+        results.append(asdict(result))
+    return {"drivers": results, "skipped": skipped}
+
+
+async def _o1(args: argparse.Namespace, install: Any) -> dict[str, Any]:
+    found, skipped = targets.available(("btrfs", "reflink", "copy"))
+    results = []
+    for target in found:
+        for scale in (1, args.big_scale):
+            result = await coldstart.measure_driver(
+                install,
+                target,
+                branches=args.o1_branches,
+                wakes=0,
+                load_scale=scale,
+                alternatives=target.kind == "copy",
+                log=_log,
+            )
+            results.append({"scale": scale, **asdict(result)})
+    return {"runs": results, "skipped": skipped}
+
+
+async def _proxy_and_idle(
+    args: argparse.Namespace, install: Any, wanted: set[str]
+) -> dict[str, Any]:
+    work = scratch_dir("proxy-")
+    out: dict[str, Any] = {}
+    data = work / "data"
+    async with prism_process(data) as prism:
+        direct = prism.branch_port("main")
+        await psql(install, direct, f"ALTER SYSTEM SET max_connections = {args.idle + 50}")
+    async with prism_process(data) as prism:
+        if "proxy" in wanted:
+            result = await proxy.measure(
+                install,
+                prism,
+                work,
+                clients=tuple(args.clients),
+                seconds=args.seconds,
+                rounds=args.rounds,
+                log=_log,
+            )
+            out["proxy"] = asdict(result)
+        if "idle" in wanted:
+            out["idle"] = asdict(await idle.measure(prism, connections=args.idle, log=_log))
+    return out
+
+
+async def _main(args: argparse.Namespace) -> None:
+    raise_fd_limit()
+    install = await pg_install(SCRATCH)
+    results = report.load_results()
+    results["machine"] = describe(install)
+    results["args"] = vars(args)
+    wanted = set(args.only or SECTIONS)
+    started = time.perf_counter()
+    if "coldstart" in wanted:
+        results["coldstart"] = await _coldstart(args, install)
+    if "o1" in wanted:
+        results["o1"] = await _o1(args, install)
+    if wanted & {"proxy", "idle"}:
+        results.update(await _proxy_and_idle(args, install, wanted))
+    results["duration_s"] = round(time.perf_counter() - started)
+    report.save_results(results)
+    report.write(results)
+    _log(f"bench: done in {results['duration_s']} s; wrote {report.DOC}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__)
+    parser.add_argument("--only", nargs="*", choices=SECTIONS, help="run only these sections")
+    parser.add_argument("--branches", type=int, default=20, help="cold starts per driver")
+    parser.add_argument("--wakes", type=int, default=10, help="wake-ups per driver")
+    parser.add_argument("--o1-branches", type=int, default=3, help="branches per size (O(1))")
+    parser.add_argument("--big-scale", type=int, default=100, help="pgbench scale of the big DB")
+    parser.add_argument("--clients", type=int, nargs="*", default=[1, 8, 32])
+    parser.add_argument("--seconds", type=float, default=5, help="length of one pgbench run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per cell")
+    parser.add_argument("--idle", type=int, default=1000, help="idle connections")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    trio.run(_main, args)
+
+
+if __name__ == "__main__":
+    main()

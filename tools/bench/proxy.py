@@ -1,0 +1,181 @@
+"""Proxy overhead: pgbench straight to a branch's Postgres, through Prism, through PgBouncer.
+
+All three paths end at the same server (Prism's main), in one run, interleaved: every round runs
+each (workload, clients) cell against the three targets back to back in a rotated order, so a
+noisy neighbour on this shared machine hits all three alike. Medians over rounds are reported,
+and ratios are taken to the direct figure of the same run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from prism.pgbin import PgInstall
+from tools.bench.common import (
+    HOST,
+    PASSWORD,
+    SUPERUSER,
+    PgbenchResult,
+    PrismProcess,
+    free_port,
+    median,
+    pgbench,
+    pgbench_command,
+    run,
+)
+
+TARGETS = ("direct", "prism", "pgbouncer")
+WORKLOADS = {"select-only (-S)": True, "TPC-B-like": False}
+PGBENCH_SCALE = 10
+
+
+@dataclass
+class ProxyResults:
+    """Every run, by (workload, clients, target), plus the commands used."""
+
+    clients: tuple[int, ...]
+    seconds: float
+    rounds: int
+    runs: dict[str, list[PgbenchResult]] = field(default_factory=dict)
+    commands: list[str] = field(default_factory=list)
+
+    @staticmethod
+    def key(workload: str, clients: int, target: str) -> str:
+        return f"{workload}|{clients}|{target}"
+
+    def tps(self, workload: str, clients: int, target: str) -> float:
+        return median([r.tps for r in self.runs.get(self.key(workload, clients, target), [])])
+
+    def p50_us(self, workload: str, clients: int, target: str) -> float:
+        return median([r.p50_us for r in self.runs.get(self.key(workload, clients, target), [])])
+
+    def ratio(self, workload: str, clients: int, target: str) -> float:
+        return self.tps(workload, clients, target) / self.tps(workload, clients, "direct")
+
+    def added_us(self, workload: str, clients: int, target: str) -> float:
+        direct = self.p50_us(workload, clients, "direct")
+        return self.p50_us(workload, clients, target) - direct
+
+
+_PGBOUNCER_INI = """\
+[databases]
+postgres = host={host} port={server_port} user={user} password={password} dbname=postgres
+
+[pgbouncer]
+listen_addr = {host}
+listen_port = {port}
+unix_socket_dir =
+auth_type = trust
+auth_file = {dir}/userlist.txt
+pool_mode = session
+max_client_conn = 500
+default_pool_size = 100
+max_db_connections = 100
+logfile = {dir}/pgbouncer.log
+pidfile = {dir}/pgbouncer.pid
+"""
+
+
+@contextlib.asynccontextmanager
+async def pgbouncer(install: PgInstall, work: Path, server_port: int) -> AsyncIterator[int]:
+    """Run Debian's pgbouncer (session mode) in front of ``server_port``; yields its port.
+
+    PgBouncer refuses to run as root, so it runs as the servers' user. Clients are trusted and
+    PgBouncer logs in to Postgres with the password (SCRAM), as Prism's clients do themselves.
+    """
+    port = free_port()
+    directory = work / "pgbouncer"
+    directory.mkdir(exist_ok=True)
+    ini = directory / "pgbouncer.ini"
+    ini.write_text(
+        _PGBOUNCER_INI.format(
+            host=HOST,
+            port=port,
+            server_port=server_port,
+            user=SUPERUSER,
+            password=PASSWORD,
+            dir=directory,
+        )
+    )
+    (directory / "userlist.txt").write_text(f'"{SUPERUSER}" ""\n')
+    install.chown(directory)
+    for path in directory.iterdir():
+        install.chown(path)
+    process = await trio.lowlevel.open_process(
+        ["pgbouncer", str(ini)], **install.spawn_options(), stdout=None, stderr=None
+    )
+    try:
+        with trio.fail_after(10):
+            while True:
+                with contextlib.suppress(OSError):
+                    stream = await trio.open_tcp_stream(HOST, port)
+                    await stream.aclose()
+                    break
+                await trio.sleep(0.05)
+        yield port
+    finally:
+        with trio.CancelScope(shield=True):
+            process.terminate()
+            await process.wait()
+
+
+async def prepare(install: PgInstall, prism: PrismProcess) -> int:
+    """Load pgbench tables (scale 10, so 32 TPC-B clients do not all queue on one row)."""
+    direct = prism.branch_port("main")
+    command = [str(install.bin("pgbench")), "-i", "-q", "-s", str(PGBENCH_SCALE)]
+    command += ["-I", "dtGvp", "-h", HOST, "-p", str(direct), "-U", SUPERUSER, "postgres"]
+    await run(command)
+    return direct
+
+
+async def measure(
+    install: PgInstall,
+    prism: PrismProcess,
+    work: Path,
+    *,
+    clients: tuple[int, ...],
+    seconds: float,
+    rounds: int,
+    log: object = print,
+) -> ProxyResults:
+    """Run every (workload, clients, target) cell ``rounds`` times, interleaved."""
+    direct = await prepare(install, prism)
+    results = ProxyResults(clients=clients, seconds=seconds, rounds=rounds)
+    async with pgbouncer(install, work, direct) as bouncer_port:
+        ports = {"direct": direct, "prism": prism.port, "pgbouncer": bouncer_port}
+        for select_only in WORKLOADS.values():
+            for count in clients:
+                for target in TARGETS:
+                    command = pgbench_command(
+                        install, ports[target], count, seconds, select_only, SUPERUSER
+                    )
+                    results.commands.append(
+                        f"{target}: {' '.join(command[0:1])} " + " ".join(command[1:])
+                    )
+        order = list(TARGETS)
+        shuffle = random.Random(6)
+        for round_no in range(rounds):
+            for workload, select_only in WORKLOADS.items():
+                for count in clients:
+                    shuffle.shuffle(order)
+                    for target in order:
+                        result = await pgbench(
+                            install,
+                            ports[target],
+                            clients=count,
+                            seconds=seconds,
+                            select_only=select_only,
+                        )
+                        key = results.key(workload, count, target)
+                        results.runs.setdefault(key, []).append(result)
+                        log(  # type: ignore[operator]
+                            f"proxy: round {round_no + 1} {workload} c={count} {target}: "
+                            f"{result.tps:.0f} tps p50 {result.p50_us:.0f} us"
+                        )
+    return results

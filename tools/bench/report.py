@@ -1,0 +1,285 @@
+"""Turn the results into docs/benchmarks.md and its plots.
+
+Results are kept as JSON beside the plots, so a rerun of one section (``--only``) rewrites the
+whole page with the latest figures of every section.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tools.bench.common import REPO, median, percentile
+
+DOC = REPO / "docs" / "benchmarks.md"
+ASSETS = REPO / "docs" / "benchmarks"
+RESULTS = ASSETS / "results.json"
+COMMAND = ".venv/bin/python -m tools.bench"
+
+Results = dict[str, Any]
+
+
+def load_results() -> Results:
+    if RESULTS.exists():
+        loaded: Results = json.loads(RESULTS.read_text())
+        return loaded
+    return {}
+
+
+def save_results(results: Results) -> None:
+    ASSETS.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+
+
+def _ms(values: list[float], q: float) -> str:
+    return f"{percentile(values, q) * 1000:.0f}"
+
+
+def _parts(splits: list[dict[str, float]], part: str) -> list[float]:
+    if part == "rest":
+        return [s["total"] - s["clone"] - s["start"] for s in splits]
+    return [s[part] for s in splits]
+
+
+def _coldstart(results: Results) -> list[str]:
+    section = results.get("coldstart")
+    if not section:
+        return []
+    lines = [
+        "## Cold start: connect to a missing branch → first query result",
+        "",
+        f"Command: `{COMMAND} --only coldstart` (process runtime; {results['args']['branches']} "
+        "fresh branches per driver, each deleted after its turn; main running, as in use).",
+        "The split comes from Prism's branch events: *clone* is provisioning → starting (for "
+        "reflink and copy it includes the online-backup bracket, because main is running), "
+        "*start* is the branch server's start-up, *rest* is connect + authentication through "
+        "the proxy + `SELECT 1`. The *floor* is the same machine and data without Prism: the "
+        "driver clones a stopped main, a bare `postgres` starts on it (readiness polled every "
+        "millisecond), and one direct connection runs `SELECT 1`.",
+        "",
+        "| driver | DB size | p50 ms | p95 ms | clone p50 | start p50 | rest p50 "
+        "| floor p50 | floor clone | floor start | wake-up p50 / p95 ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for d in section["drivers"]:
+        cold, floor = d["cold"], d["floor"]
+        wake = d["wake"]
+        lines.append(
+            f"| {d['label']} | {d['size_mb']:.0f} MB | **{_ms(_parts(cold, 'total'), 50)}** | "
+            f"{_ms(_parts(cold, 'total'), 95)} | {_ms(_parts(cold, 'clone'), 50)} | "
+            f"{_ms(_parts(cold, 'start'), 50)} | {_ms(_parts(cold, 'rest'), 50)} | "
+            f"{_ms(_parts(floor, 'total'), 50)} | {_ms(_parts(floor, 'clone'), 50)} | "
+            f"{_ms(_parts(floor, 'start'), 50)} | {_ms(wake, 50)} / {_ms(wake, 95)} |"
+        )
+    for kind, reason in section.get("skipped", {}).items():
+        lines.append(f"\n*{kind} skipped: {reason}.*")
+    lines += ["", "![cold start split](benchmarks/coldstart.png)", ""]
+    _plot_coldstart(section["drivers"])
+    return lines
+
+
+def _o1(results: Results) -> list[str]:
+    section = results.get("o1")
+    if not section:
+        return []
+    args = results["args"]
+    lines = [
+        "## Branching is O(1)",
+        "",
+        f"Command: `{COMMAND} --only o1` (main loaded with `pgbench -i -s 1` and "
+        f"`-s {args['big_scale']}`, then `CHECKPOINT`; {args['o1_branches']} branches per size, "
+        "cold start as above). Beside it, on the same data (copy driver's main, root disk), "
+        "what a user would do without Prism: `CREATE DATABASE copied TEMPLATE postgres` and "
+        "`pg_dump -Fc | pg_restore` into a new database.",
+        "",
+        f"| method | scale 1 | scale {args['big_scale']} | size at scale {args['big_scale']} |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    by_label: dict[str, dict[int, dict[str, Any]]] = {}
+    for run in section["runs"]:
+        by_label.setdefault(run["label"], {})[run["scale"]] = run
+    rows: dict[str, dict[int, float]] = {}
+    for label, runs in by_label.items():
+        rows[f"Prism branch, {label}"] = {
+            s: median(_parts(r["cold"], "total")) for s, r in runs.items()
+        }
+        for s, r in runs.items():
+            for method, seconds in r.get("alternatives", {}).items():
+                rows.setdefault(method, {})[s] = seconds
+    sizes = {
+        label: runs.get(args["big_scale"], {}).get("size_mb") for label, runs in by_label.items()
+    }
+    big = args["big_scale"]
+    for method, values in rows.items():
+        size = next((f"{v:.0f} MB" for k, v in sizes.items() if k in method and v), "")
+        lines.append(f"| {method} | {_fmt_s(values.get(1))} | {_fmt_s(values.get(big))} | {size} |")
+    lines += ["", "![O(1)](benchmarks/o1.png)", ""]
+    _plot_o1(rows, big)
+    return lines
+
+
+def _fmt_s(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
+
+
+def _proxy(results: Results) -> list[str]:
+    section = results.get("proxy")
+    if not section:
+        return []
+    clients = section["clients"]
+    runs = section["runs"]
+
+    def cell(workload: str, count: int, target: str, field: str) -> float:
+        return median([r[field] for r in runs.get(f"{workload}|{count}|{target}", [])])
+
+    lines = [
+        "## Proxy overhead: direct vs Prism vs PgBouncer (session mode)",
+        "",
+        f"Command: `{COMMAND} --only proxy`: pgbench (scale 10) for {section['seconds']:g} s per "
+        f"run, {section['rounds']} interleaved rounds (each round runs the three targets back to "
+        "back in a shuffled order), medians. All three reach the same server (Prism's main). "
+        "Added latency is the median per-transaction p50 (pgbench `-l`) minus direct's.",
+        "",
+        "| workload | clients | direct tps | Prism tps | PgBouncer tps | Prism / direct "
+        "| PgBouncer / direct | Prism added p50 µs | PgBouncer added p50 µs |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    ratios: dict[str, list[float]] = {"Prism": [], "PgBouncer": []}
+    labels = []
+    for workload in ("select-only (-S)", "TPC-B-like"):
+        for count in clients:
+            direct = cell(workload, count, "direct", "tps")
+            prism = cell(workload, count, "prism", "tps")
+            bouncer = cell(workload, count, "pgbouncer", "tps")
+            base = cell(workload, count, "direct", "p50_us")
+            lines.append(
+                f"| {workload} | {count} | {direct:.0f} | {prism:.0f} | {bouncer:.0f} | "
+                f"**{prism / direct:.2f}** | {bouncer / direct:.2f} | "
+                f"{cell(workload, count, 'prism', 'p50_us') - base:.0f} | "
+                f"{cell(workload, count, 'pgbouncer', 'p50_us') - base:.0f} |"
+            )
+            ratios["Prism"].append(prism / direct)
+            ratios["PgBouncer"].append(bouncer / direct)
+            labels.append(f"{'-S' if workload.startswith('select') else 'TPC-B'} c={count}")
+    lines += ["", "pgbench commands (per target, `-l` added for latencies):", "", "```"]
+    lines += [*sorted(set(section["commands"]))[:6], "```", ""]
+    lines += ["![TPS ratios](benchmarks/proxy.png)", ""]
+    _plot_ratios(labels, ratios)
+    return lines
+
+
+def _idle(results: Results) -> list[str]:
+    section = results.get("idle")
+    if not section:
+        return []
+    per = (section["rss_after_kb"] - section["rss_before_kb"]) / section["connections"]
+    before, during = section["latency_before_us"], section["latency_during_us"]
+    return [
+        "## Connection scale: idle sessions through one Prism",
+        "",
+        f"Command: `{COMMAND} --only idle`: {section['connections']} authenticated, idle "
+        "sessions through Prism (main runs with `max_connections` to match); Prism's RSS from "
+        "`/proc/<pid>/status` before and after; 500 `SELECT 1` round trips on one more session "
+        "before and during.",
+        "",
+        "| connections | Prism RSS before | after | per connection | SELECT 1 p50 / p95 before "
+        "| during |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| {section['connections']} | {section['rss_before_kb'] / 1024:.1f} MB | "
+        f"{section['rss_after_kb'] / 1024:.1f} MB | **{per:.1f} KB** | "
+        f"{before[0]:.0f} / {before[1]:.0f} µs | {during[0]:.0f} / {during[1]:.0f} µs |",
+        "",
+    ]
+
+
+def write(results: Results) -> None:
+    """Write docs/benchmarks.md (and plots) from ``results``."""
+    machine = results.get("machine", {})
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Every figure below is produced by one command, `{COMMAND}` (about "
+        f"{results.get('duration_s', 0) // 60 + 1} min here), which writes this page, its plots "
+        "and `docs/benchmarks/results.json`. Everything runs on 127.0.0.1; comparisons are "
+        "measured side by side in the same run. The machine is shared with other developers' "
+        "test runs, so expect a few percent of noise between runs.",
+        "",
+        "| | |",
+        "| --- | --- |",
+        *(f"| {key} | {value} |" for key, value in machine.items()),
+        "",
+    ]
+    lines += results.get("summary_md", "").splitlines()
+    for render in (_coldstart, _o1, _proxy, _idle):
+        lines += render(results)
+    lines += results.get("notes_md", "").splitlines()
+    DOC.write_text("\n".join(lines).rstrip() + "\n")
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_coldstart(drivers: list[dict[str, Any]]) -> None:
+    plt = _pyplot()
+    labels, parts = [], {"clone": [], "start": [], "rest": []}  # type: ignore[var-annotated]
+    for d in drivers:
+        for series, suffix in (("cold", ""), ("floor", " floor")):
+            labels.append(f"{d['label']} {d['size_mb']:.0f} MB{suffix}")
+            for part in parts:
+                parts[part].append(median(_parts(d[series], part)) * 1000)
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(labels) + 1.2))
+    left = [0.0] * len(labels)
+    for part, values in parts.items():
+        ax.barh(labels, values, left=left, label=part)
+        left = [a + b for a, b in zip(left, values, strict=True)]
+    ax.axvline(100, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel("milliseconds (medians); dashed: 100 ms target")
+    ax.invert_yaxis()
+    ax.legend()
+    ax.set_title("Cold start split: Prism vs physical floor")
+    _save(fig, "coldstart.png")
+
+
+def _plot_o1(rows: dict[str, dict[int, float]], big: int) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4))
+    names = list(rows)
+    width = 0.4
+    for offset, scale in ((-width / 2, 1), (width / 2, big)):
+        values = [rows[n].get(scale, float("nan")) for n in names]
+        ax.bar([i + offset for i in range(len(names))], values, width, label=f"scale {scale}")
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("seconds (log)")
+    ax.legend()
+    ax.set_title("Time to a usable copy vs database size")
+    _save(fig, "o1.png")
+
+
+def _plot_ratios(labels: list[str], ratios: dict[str, list[float]]) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.4
+    for offset, (name, values) in zip((-width / 2, width / 2), ratios.items(), strict=True):
+        ax.bar([i + offset for i in range(len(labels))], values, width, label=name)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_ylabel("TPS / direct TPS")
+    ax.set_ylim(0, 1.1)
+    ax.legend()
+    ax.set_title("Throughput relative to a direct connection")
+    _save(fig, "proxy.png")
+
+
+def _save(fig: Any, name: str) -> None:
+    ASSETS.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(ASSETS / name, dpi=100)
+    _pyplot().close(fig)
