@@ -40,9 +40,14 @@ class ServerInfo:
 
 
 def _prepare_data_dir(path: Path) -> None:
-    """Create the data dir (private) or explain in one line why it cannot be used."""
+    """Create the data dir (private) or explain in one line why it cannot be used.
+
+    As root the servers run as another user, who must be able to pass through the data dir to
+    reach its branch directories, so a new data dir is made searchable but not listable (0711).
+    """
+    mode = 0o711 if os.geteuid() == 0 else 0o700
     try:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.mkdir(parents=True, exist_ok=True, mode=mode)
     except OSError as exc:
         raise ConfigError(
             f"cannot create data directory {path}: {exc.strerror}",

@@ -133,6 +133,18 @@ async def _serve_expecting_failure(args: list[str]) -> str:
     return stderr
 
 
+async def test_a_data_dir_prism_creates_itself_works() -> None:
+    """The README's way: point --data-dir at a path that does not exist yet (as root the
+    servers run as another user, who must be able to pass through the new directory)."""
+    data_dir = fresh_dir("parent-") / "data"
+    async with running_prism(data_dir) as (process, pg_port, _):
+        out = await psql(_dsn(pg_port, "postgres@in-new-dir"), "SELECT 7")
+        assert out.stdout.decode().strip() == "7"
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            assert await process.wait() == 0
+
+
 async def test_busy_port_is_a_one_line_error(data_dir: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
