@@ -26,11 +26,9 @@ server's Unix socket directory: Prism's trusted service connection.
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import logging
 import os
-import shutil
 import stat
 import sys
 import tarfile
@@ -49,7 +47,16 @@ from docker.types import Mount
 
 from prism.address import BackendAddress
 from prism.errors import ConfigError, PrismError, RuntimeStartFailed, RuntimeStopFailed
-from prism.runtime.process import _free_port, _last_lines, _read_pidfile, _start_ticks
+from prism.runtime._postmaster import (
+    PortTaken,
+    free_port,
+    last_lines,
+    make_socket_dir,
+    read_pidfile,
+    remove_dir,
+    socket_dir_for,
+    start_ticks,
+)
 
 if TYPE_CHECKING:
     from prism.config import Settings
@@ -75,15 +82,11 @@ _DEFAULT_PGDATA = "/var/lib/postgresql/data"
 _SOCKET_TARGET = "/var/run/prism"
 _INIT_TARGET = "/var/run/prism-init"
 _CONTAINER_PORT = 5432
-# Postgres writes "ready" once it accepts connections, "standby" for a hot standby.
-_READY_STATES = frozenset({"ready", "standby"})
 _PID_POLL_S = 0.005
 # Asking the engine costs a thread and an HTTP round trip; an early exit may be noticed a
 # little later than readiness would be.
 _EXIT_POLL_S = 0.05
 _LOG_TAIL = 20
-# sun_path holds 108 bytes including the terminating NUL.
-_SOCKET_PATH_MAX = 107
 _INITDB_TIMEOUT_S = 300.0
 _PORT_ATTEMPTS = 5
 
@@ -203,7 +206,7 @@ class DockerRuntime:
             await self._run_initdb(pgdata, command, uid, gid, mounts)
         finally:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(_remove_tree, workdir)
+                await trio.to_thread.run_sync(remove_dir, workdir)
         # The official images open TCP to every address in pg_hba the same way; without it the
         # server refuses the bridge gateway Prism connects from.
         await trio.to_thread.run_sync(_allow_host_connections, pgdata)
@@ -273,15 +276,15 @@ class DockerRuntime:
         uid, gid = await trio.to_thread.run_sync(_server_owner, pgdata)
         socket_dir = self._socket_dir(branch) if self._local_engine else None
         if socket_dir is not None:
-            await trio.to_thread.run_sync(_make_socket_dir, socket_dir, uid, gid)
+            await trio.to_thread.run_sync(make_socket_dir, socket_dir, (uid, gid))
         try:
             for attempt in range(1, _PORT_ATTEMPTS + 1):
-                port = _CONTAINER_PORT if mode == "bridge-ip" else _free_port()
+                port = _CONTAINER_PORT if mode == "bridge-ip" else free_port()
                 try:
                     server = await self._launch(
                         branch, pgdata, parent, info, mode, port, uid, gid, socket_dir
                     )
-                except _PortTaken:
+                except PortTaken:
                     logger.debug("port taken branch=%s port=%d try=%d", branch, port, attempt)
                     continue
                 break
@@ -293,7 +296,7 @@ class DockerRuntime:
         except BaseException:
             if socket_dir is not None:
                 with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(_remove_tree, socket_dir)
+                    await trio.to_thread.run_sync(remove_dir, socket_dir)
             raise
         self._servers[branch] = server
         logger.info(
@@ -336,7 +339,7 @@ class DockerRuntime:
         await self._engine(RuntimeStopFailed, container.remove, v=True, force=True)
         socket_dir = container.labels.get(LABEL_SOCKET_DIR)
         if socket_dir:
-            await trio.to_thread.run_sync(_remove_tree, Path(socket_dir))
+            await trio.to_thread.run_sync(remove_dir, Path(socket_dir))
         self._forget(branch)
         logger.info(
             "container stopped branch=%s container=%s known=%s duration_ms=%d",
@@ -400,7 +403,7 @@ class DockerRuntime:
         server = self._servers.get(branch)
         if server is None:
             return None
-        if server.host_pid is None or _start_ticks(server.host_pid) == server.start_ticks:
+        if server.host_pid is None or start_ticks(server.host_pid) == server.start_ticks:
             return server.address
         del self._servers[branch]
         logger.warning("container exited unexpectedly branch=%s", branch)
@@ -483,7 +486,7 @@ class DockerRuntime:
                 await self._engine(RuntimeStartFailed, container.start)
             except docker.errors.APIError as exc:
                 if "address already in use" in str(exc).lower() or "port is already" in str(exc):
-                    raise _PortTaken from exc
+                    raise PortTaken from exc
                 raise RuntimeStartFailed(
                     f"the container of branch {branch} could not start: {exc.explanation or exc}",
                     hint=await self._log_tail(container),
@@ -555,7 +558,7 @@ class DockerRuntime:
             "container exited during start-up branch=%s exit_code=%s log=%r", branch, code, tail
         )
         if "could not bind" in tail or "Address already in use" in tail:
-            return _PortTaken()
+            return PortTaken()
         return RuntimeStartFailed(
             f"the server of branch {branch} exited during start-up (exit code {code})",
             hint=tail,
@@ -578,7 +581,7 @@ class DockerRuntime:
                 )
         socket_dir = labels.get(LABEL_SOCKET_DIR)
         host_pid: int | None = int(attrs.get("State", {}).get("Pid") or 0) or None
-        ticks = _start_ticks(host_pid) if host_pid is not None and self._local_engine else None
+        ticks = start_ticks(host_pid) if host_pid is not None and self._local_engine else None
         if ticks is None:
             host_pid = None
         return _Server(
@@ -731,7 +734,7 @@ class DockerRuntime:
             )
         except (PrismError, docker.errors.APIError) as exc:
             return f"(cannot read the container log: {exc})"
-        return _last_lines(raw.decode(errors="replace"))
+        return last_lines(raw.decode(errors="replace"))
 
     async def _remove_quietly(self, container: Container) -> None:
         """Force-remove a container on a failure path; the original error must win."""
@@ -747,15 +750,7 @@ class DockerRuntime:
 
     def _socket_dir(self, branch: str) -> Path:
         """The branch's private socket directory, short enough for a Unix socket path."""
-        preferred = self._run_dir / branch
-        if len(os.fsencode(preferred / ".s.PGSQL.65535")) <= _SOCKET_PATH_MAX:
-            return preferred
-        digest = hashlib.sha256(os.fsencode(preferred)).hexdigest()[:16]
-        return Path(tempfile.gettempdir()) / f"prism-docker-{digest}"
-
-
-class _PortTaken(Exception):
-    """The published port was taken between picking it and the engine binding it."""
+        return socket_dir_for(self._run_dir, branch, Path(tempfile.gettempdir()) / "prism-docker")
 
 
 async def open_docker_runtime(settings: Settings, data_dir: Path) -> DockerRuntime:
@@ -791,8 +786,8 @@ def _pidfile_ready(pgdata: Path, before: tuple[int, int] | None) -> bool:
     """
     if before is not None and _pidfile_stamp(pgdata) == before:
         return False
-    pidfile = _read_pidfile(pgdata)
-    return pidfile is not None and pidfile.status in _READY_STATES
+    pidfile = read_pidfile(pgdata)
+    return pidfile is not None and pidfile.ready
 
 
 def _same_path(a: Path, b: Path) -> bool:
@@ -855,7 +850,7 @@ def _initdb_workdir(run_dir: Path, password: str, uid: int, gid: int, passwd: st
         os.chown(workdir, uid, gid)
         workdir.chmod(0o700)
     except BaseException:
-        _remove_tree(workdir)
+        remove_dir(workdir)
         raise
     return workdir
 
@@ -865,26 +860,6 @@ def _allow_host_connections(pgdata: Path) -> None:
     with open(hba, "a", encoding="utf-8") as file:
         file.write("\n# Added by Prism: clients reach the container over its network.\n")
         file.write("host all all all scram-sha-256\n")
-
-
-def _make_socket_dir(path: Path, uid: int, gid: int) -> None:
-    """Create the private socket directory for the server's uid, refusing a planted one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        path.mkdir(mode=0o700)
-    except FileExistsError:
-        info = path.lstat()
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid not in (os.geteuid(), uid):
-            raise RuntimeStartFailed(
-                f"the socket directory {path} exists and is not Prism's",
-                hint="remove it; Prism creates it with mode 0700",
-            ) from None
-    os.chown(path, uid, gid)
-    path.chmod(0o700)
-
-
-def _remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _untar_one(data: bytes) -> str:

@@ -10,13 +10,9 @@ connections.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
-import shutil
 import signal
-import socket
-import stat
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -29,18 +25,23 @@ import trio
 from prism.address import BackendAddress
 from prism.errors import ConfigError, RuntimeStartFailed, RuntimeStopFailed
 from prism.pgbin import PgInstall
+from prism.runtime._postmaster import (
+    LOOPBACK,
+    PidFile,
+    PortTaken,
+    free_port,
+    last_lines,
+    make_socket_dir,
+    read_pidfile,
+    remove_dir,
+    socket_dir_for,
+    start_ticks,
+)
 
 logger = logging.getLogger(__name__)
 
-_HOST = "127.0.0.1"
-# Postgres writes "ready" once it accepts connections (a hot standby too). "standby" is not
-# ready: it is written when recovery begins, before any connection is accepted.
-_READY_STATUS = "ready"
 _POLL_INTERVAL = 0.005
 _PORT_ATTEMPTS = 5
-# sun_path holds 108 bytes including the terminating NUL.
-_SOCKET_PATH_MAX = 107
-_LOG_TAIL_LINES = 10
 _LOG_TAIL_BYTES = 64 * 1024
 # After SIGQUIT (immediate shutdown) and SIGKILL a server has this long to vanish.
 _KILL_GRACE = 5.0
@@ -49,10 +50,6 @@ _BIND_FAILURES = ("could not bind", "Address already in use")
 _MANAGED_SETTINGS = frozenset(
     {"listen_addresses", "port", "unix_socket_directories", "unix_socket_permissions"}
 )
-
-
-class _PortTaken(Exception):
-    """The chosen port was taken between picking it and the server binding it."""
 
 
 @dataclass
@@ -68,18 +65,6 @@ class _Server:
     process: trio.Process | None
     start_ticks: str | None
     owns_socket_dir: bool
-
-
-@dataclass(frozen=True)
-class _PidFile:
-    """The lines of ``postmaster.pid`` that Prism uses."""
-
-    pid: int
-    datadir: str
-    port: int
-    socket_dir: str
-    listen_address: str
-    status: str
 
 
 class ProcessRuntime:
@@ -137,7 +122,7 @@ class ProcessRuntime:
             output = (result.stdout + result.stderr).decode(errors="replace")
             raise RuntimeStartFailed(
                 f"initdb failed for {pgdata} (exit status {result.returncode})",
-                hint=_last_lines(output),
+                hint=last_lines(output),
             )
         logger.info("cluster initialised pgdata=%s superuser=%s", pgdata, superuser)
 
@@ -156,10 +141,10 @@ class ProcessRuntime:
         await trio.to_thread.run_sync(self._prepare_start, pgdata, socket_dir)
         try:
             for attempt in range(1, _PORT_ATTEMPTS + 1):
-                port = _free_port()
+                port = free_port()
                 try:
                     server = await self._launch(branch, pgdata, port, socket_dir)
-                except _PortTaken:
+                except PortTaken:
                     logger.debug(
                         "port taken before bind branch=%s port=%d try=%d", branch, port, attempt
                     )
@@ -175,9 +160,9 @@ class ProcessRuntime:
                 return server.address
         except BaseException:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(_remove_dir, socket_dir)
+                await trio.to_thread.run_sync(remove_dir, socket_dir)
             raise
-        await trio.to_thread.run_sync(_remove_dir, socket_dir)
+        await trio.to_thread.run_sync(remove_dir, socket_dir)
         raise RuntimeStartFailed(
             f"the server of branch {branch} found no free port in {_PORT_ATTEMPTS} attempts"
         )
@@ -196,7 +181,7 @@ class ProcessRuntime:
         await self._signal_until_gone(server, steps)
         del self._servers[branch]
         if server.owns_socket_dir and server.address.service_socket_dir is not None:
-            await trio.to_thread.run_sync(_remove_dir, server.address.service_socket_dir)
+            await trio.to_thread.run_sync(remove_dir, server.address.service_socket_dir)
         logger.info(
             "server stopped branch=%s pid=%d duration_ms=%d",
             branch,
@@ -212,10 +197,10 @@ class ProcessRuntime:
         running = self.address(branch)
         if running is not None:
             return running
-        pidfile = _read_pidfile(pgdata)
+        pidfile = read_pidfile(pgdata)
         if pidfile is None:
             return None
-        ticks = _start_ticks(pidfile.pid)
+        ticks = start_ticks(pidfile.pid)
         if ticks is None or not _is_postgres_on(pidfile.pid, pgdata):
             logger.debug("stale postmaster.pid branch=%s pid=%d", branch, pidfile.pid)
             return None
@@ -268,7 +253,7 @@ class ProcessRuntime:
             command += ["-c", f"{key}={value}"]
         command += [
             "-c",
-            f"listen_addresses={_HOST}",
+            f"listen_addresses={LOOPBACK}",
             "-c",
             f"port={port}",
             "-c",
@@ -295,7 +280,7 @@ class ProcessRuntime:
             branch=branch,
             pgdata=pgdata,
             pid=process.pid,
-            address=BackendAddress(host=_HOST, port=port, service_socket_dir=socket_dir),
+            address=BackendAddress(host=LOOPBACK, port=port, service_socket_dir=socket_dir),
             process=process,
             start_ticks=None,
             owns_socket_dir=True,
@@ -307,7 +292,7 @@ class ProcessRuntime:
                     return server
                 tail = _log_tail(log_path, log_offset)
                 if any(marker in tail for marker in _BIND_FAILURES):
-                    raise _PortTaken
+                    raise PortTaken
                 raise RuntimeStartFailed(
                     f"the server of branch {branch} exited during start-up "
                     f"(status {process.returncode})",
@@ -326,12 +311,12 @@ class ProcessRuntime:
 
     async def _wait_adopted_ready(
         self, branch: str, pgdata: Path, pid: int, ticks: str
-    ) -> _PidFile | None:
+    ) -> PidFile | None:
         """Wait for an adopted server that is still recovering; None if it exits meanwhile."""
         with trio.move_on_after(self._start_timeout):
-            while _start_ticks(pid) == ticks:
-                pidfile = _read_pidfile(pgdata)
-                if pidfile is not None and pidfile.pid == pid and pidfile.status == _READY_STATUS:
+            while start_ticks(pid) == ticks:
+                pidfile = read_pidfile(pgdata)
+                if pidfile is not None and pidfile.pid == pid and pidfile.ready:
                     return pidfile
                 await trio.sleep(_POLL_INTERVAL)
             return None
@@ -383,18 +368,7 @@ class ProcessRuntime:
 
     def _socket_dir(self, branch: str) -> Path:
         """The private socket directory of ``branch``, short enough for a Unix socket path."""
-        preferred = self._run_dir / branch
-        if len(os.fsencode(preferred / ".s.PGSQL.65535")) <= _SOCKET_PATH_MAX:
-            return preferred
-        digest = hashlib.sha256(os.fsencode(preferred)).hexdigest()[:16]
-        short = Path("/tmp") / f"prism-{os.geteuid()}-{digest}"
-        logger.debug(
-            "socket path too long, using short dir branch=%s preferred=%s dir=%s",
-            branch,
-            preferred,
-            short,
-        )
-        return short
+        return socket_dir_for(self._run_dir, branch, Path("/tmp") / f"prism-{os.geteuid()}")
 
     def _prepare_start(self, pgdata: Path, socket_dir: Path) -> None:
         """Blocking set-up before a start: data dir ownership, socket dir, log dir."""
@@ -406,22 +380,10 @@ class ProcessRuntime:
         if self._install.switches_user:
             # The server user must be able to pass through to its own socket directory.
             self._run_dir.chmod(self._run_dir.stat().st_mode | 0o111)
-        self._make_socket_dir(socket_dir)
-
-    def _make_socket_dir(self, path: Path) -> None:
-        """Create ``path`` mode 0700 for the server user, refusing one somebody else planted."""
-        try:
-            path.mkdir(mode=0o700)
-        except FileExistsError:
-            info = path.lstat()
-            ours = {os.geteuid(), self._install.run_as_uid}
-            if not stat.S_ISDIR(info.st_mode) or info.st_uid not in ours:
-                raise RuntimeStartFailed(
-                    f"the socket directory {path} exists and is not Prism's",
-                    hint="remove it; Prism creates it with mode 0700",
-                ) from None
-        path.chmod(0o700)
-        self._install.chown(path)
+        owner = self._install
+        make_socket_dir(
+            socket_dir, (owner.run_as_uid, owner.run_as_gid) if owner.switches_user else None
+        )
 
     def _own_pgdata(self, pgdata: Path, create: bool) -> None:
         """Make ``pgdata`` the server user's, mode 0700, as Postgres insists.
@@ -464,8 +426,8 @@ async def _wait_ready(process: trio.Process, pgdata: Path) -> bool:
     """
     # Polling is the only way: nothing signals a change of postmaster.pid.
     while process.returncode is None:
-        pidfile = _read_pidfile(pgdata)
-        if pidfile is not None and pidfile.pid == process.pid and pidfile.status == _READY_STATUS:
+        pidfile = read_pidfile(pgdata)
+        if pidfile is not None and pidfile.pid == process.pid and pidfile.ready:
             return True
         await trio.sleep(_POLL_INTERVAL)
     return False
@@ -498,21 +460,7 @@ def _alive(server: _Server) -> bool:
     # reaping it here keeps a zombie from counting as alive.
     with contextlib.suppress(ChildProcessError):
         os.waitpid(server.pid, os.WNOHANG)
-    return _start_ticks(server.pid) == server.start_ticks
-
-
-def _start_ticks(pid: int) -> str | None:
-    """The start time of a live (non-zombie) process from /proc, None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as file:
-            line = file.read()
-    except OSError:
-        return None
-    # The command name in parentheses may itself contain spaces or parentheses.
-    fields = line[line.rfind(")") + 2 :].split()
-    if len(fields) < 20 or fields[0] in ("Z", "X"):
-        return None
-    return fields[19]
+    return start_ticks(server.pid) == server.start_ticks
 
 
 def _is_postgres_on(pid: int, pgdata: Path) -> bool:
@@ -534,45 +482,15 @@ def _is_postgres_on(pid: int, pgdata: Path) -> bool:
         return os.fsencode(pgdata) in argv or os.fsencode(pgdata.resolve()) in argv
 
 
-def _read_pidfile(pgdata: Path) -> _PidFile | None:
-    """Parse ``postmaster.pid``; None when it is absent or still being written."""
-    try:
-        lines = (pgdata / "postmaster.pid").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    fields = lines.split("\n")
-    if len(fields) < 8:
-        return None
-    try:
-        return _PidFile(
-            pid=int(fields[0]),
-            datadir=fields[1],
-            port=int(fields[3]),
-            socket_dir=fields[4].strip(),
-            listen_address=fields[5].strip(),
-            status=fields[7].strip(),
-        )
-    except ValueError:
-        return None
-
-
 def _client_host(listen_address: str) -> str | None:
     """A host to reach a server listening on ``listen_address`` (a pid file's line 6)."""
     if not listen_address:
         return None
     if listen_address in ("*", "0.0.0.0"):
-        return _HOST
+        return LOOPBACK
     if listen_address == "::":
         return "::1"
     return listen_address
-
-
-def _free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now (the server may still lose a race)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _guc_list_item(value: str) -> str:
@@ -608,15 +526,4 @@ def _log_tail(log_path: Path, offset: int) -> str:
             text = log.read().decode(errors="replace")
     except OSError as exc:
         return f"(cannot read {log_path}: {exc})"
-    return _last_lines(text)
-
-
-def _last_lines(text: str) -> str:
-    """The last few non-empty lines of ``text``, for an error hint."""
-    lines = [line for line in text.splitlines() if line.strip()]
-    return "\n".join(lines[-_LOG_TAIL_LINES:])
-
-
-def _remove_dir(path: Path) -> None:
-    """Remove a socket directory and whatever a killed server left in it."""
-    shutil.rmtree(path, ignore_errors=True)
+    return last_lines(text)

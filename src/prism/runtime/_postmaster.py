@@ -1,0 +1,136 @@
+"""What every runtime knows about a Postgres server on this host, whoever started it.
+
+The process and docker runtimes both read ``postmaster.pid`` for readiness, tell a live process
+from a reused pid by its start time in /proc, give each server a private socket directory, pick
+free ports and quote the last lines of a log in errors. This is their one home, so a fix to any
+of it (say, which pid-file status means ready) reaches both runtimes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from prism.errors import RuntimeStartFailed
+
+LOOPBACK = "127.0.0.1"
+# Postgres writes "ready" once it accepts connections (a hot standby too). "standby" is not
+# ready: it means "up, won't accept connections" (pidfile.h), written when recovery begins.
+READY_STATUS = "ready"
+# sun_path holds 108 bytes including the terminating NUL.
+_SOCKET_PATH_MAX = 107
+_LOG_TAIL_LINES = 10
+
+
+class PortTaken(Exception):
+    """The chosen port was taken between picking it and the server binding it."""
+
+
+@dataclass(frozen=True)
+class PidFile:
+    """The lines of ``postmaster.pid`` that Prism uses."""
+
+    pid: int
+    datadir: str
+    port: int
+    socket_dir: str
+    listen_address: str
+    status: str
+
+    @property
+    def ready(self) -> bool:
+        """Whether the server that wrote this file accepts connections."""
+        return self.status == READY_STATUS
+
+
+def read_pidfile(pgdata: Path) -> PidFile | None:
+    """Parse ``postmaster.pid``; None when it is absent or still being written."""
+    try:
+        lines = (pgdata / "postmaster.pid").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    fields = lines.split("\n")
+    if len(fields) < 8:
+        return None
+    try:
+        return PidFile(
+            pid=int(fields[0]),
+            datadir=fields[1],
+            port=int(fields[3]),
+            socket_dir=fields[4].strip(),
+            listen_address=fields[5].strip(),
+            status=fields[7].strip(),
+        )
+    except ValueError:
+        return None
+
+
+def start_ticks(pid: int) -> str | None:
+    """The start time of a live (non-zombie) process from /proc, None if it is gone.
+
+    A pid plus its start time names one process for good: a reused pid has another start time.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as file:
+            line = file.read()
+    except OSError:
+        return None
+    # The command name in parentheses may itself contain spaces or parentheses.
+    fields = line[line.rfind(")") + 2 :].split()
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (the server may still lose a race)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def last_lines(text: str) -> str:
+    """The last few non-empty lines of ``text``, for an error hint."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return "\n".join(lines[-_LOG_TAIL_LINES:])
+
+
+def socket_dir_for(run_dir: Path, branch: str, short_dir: Path) -> Path:
+    """``run_dir/branch``, or ``short_dir/<hash>`` when that is too long for a socket path."""
+    preferred = run_dir / branch
+    if len(os.fsencode(preferred / ".s.PGSQL.65535")) <= _SOCKET_PATH_MAX:
+        return preferred
+    digest = hashlib.sha256(os.fsencode(preferred)).hexdigest()[:16]
+    return short_dir.parent / f"{short_dir.name}-{digest}"
+
+
+def make_socket_dir(path: Path, owner: tuple[int, int] | None) -> None:
+    """Create the private (0700) socket directory for ``owner``, refusing a planted one.
+
+    ``owner`` is the server's uid:gid, or None when the server runs as Prism's own user.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        info = path.lstat()
+        ours = {os.geteuid()} | ({owner[0]} if owner else set())
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid not in ours:
+            raise RuntimeStartFailed(
+                f"the socket directory {path} exists and is not Prism's",
+                hint="remove it; Prism creates it with mode 0700",
+            ) from None
+    if owner is not None:
+        os.chown(path, *owner)
+    path.chmod(0o700)
+
+
+def remove_dir(path: Path) -> None:
+    """Remove a private directory and whatever a killed server left in it."""
+    shutil.rmtree(path, ignore_errors=True)
