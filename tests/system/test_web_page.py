@@ -1,0 +1,171 @@
+"""The web page at ``/`` in a real headless Chromium: live table and feed, buttons, token prompt.
+
+Each test saves a screenshot of the page as a test artifact:
+``$PRISM_TEST_ARTIFACTS/web-page/<test name>.png``, where ``PRISM_TEST_ARTIFACTS`` defaults to
+``test-artifacts/`` at the repository root (git ignores it; CI keeps it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from prism.server import PrismServer
+from tests.integration.harness import PrismHandle, fresh_dir, make_settings, psql
+
+from .chromium import Page, open_page
+
+_REPO = Path(__file__).resolve().parents[2]
+TOKEN = "page-s3cret"
+
+
+def artifacts_dir() -> Path:
+    return Path(os.environ.get("PRISM_TEST_ARTIFACTS", _REPO / "test-artifacts")) / "web-page"
+
+
+def _row(name: str) -> str:
+    selector = json.dumps(f'tr[data-branch="{name}"]')
+    return f"document.querySelector({selector})"
+
+
+def _status_is(name: str, status: str) -> str:
+    return f'{_row(name)}?.dataset.status === "{status}"'
+
+
+def _feed_has(text: str) -> str:
+    feed = '[...document.querySelectorAll("#events li")]'
+    return f"{feed}.some((li) => li.textContent.includes({json.dumps(text)}))"
+
+
+_LIVE = 'document.querySelector("#link").dataset.state === "live"'
+_MESSAGE = 'document.querySelector("#message").textContent'
+
+
+Runner = Callable[..., AbstractAsyncContextManager[PrismHandle]]
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[Runner]:
+    """``async with running(**settings) as prism``: a real Prism in a fresh data dir."""
+    made: list[Path] = []
+
+    @asynccontextmanager
+    async def run(**overrides: Any) -> AsyncIterator[PrismHandle]:
+        data_dir = fresh_dir("web-")
+        made.append(data_dir)
+        async with trio.open_nursery() as nursery:
+            settings = make_settings(data_dir, **overrides)
+            info = await nursery.start(PrismServer(settings).run)
+            yield PrismHandle(info, settings)
+            nursery.cancel_scope.cancel()
+
+    yield run
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+async def page() -> AsyncIterator[Page]:
+    """A tab in a fresh headless Chromium."""
+    workdir = fresh_dir("chromium-")
+    try:
+        async with open_page(workdir) as tab:
+            yield tab
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@asynccontextmanager
+async def screenshot_at_end(page: Page, request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Save the page as the test leaves this block, passed or failed, while Prism still runs."""
+    try:
+        yield
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(10):
+            await page.screenshot(artifacts_dir() / f"{request.node.name}.png")
+
+
+async def test_page_shows_branches_live_and_its_reset_button_resets_the_branch(
+    running: Runner, page: Page, request: pytest.FixtureRequest
+) -> None:
+    async with (
+        running() as prism,
+        httpx.AsyncClient(base_url=prism.info.api_url) as http,
+        screenshot_at_end(page, request),
+    ):
+        await page.goto(prism.info.api_url + "/")
+        await page.wait_until(f"{_LIVE} && {_status_is('main', 'running')}")
+        assert (
+            await page.evaluate(f'{_row("main")}.querySelector("[data-field=parent]").textContent')
+            == "—"
+        )
+
+        await page.evaluate("window.notReloaded = true")
+        response = await http.post("/api/v1/branches", json={"name": "from-api"})
+        assert response.status_code == 201
+        await page.wait_until(_status_is("from-api", "running"))
+        assert await page.evaluate("window.notReloaded") is True  # it came over the socket
+
+        await psql(prism.dsn("postgres@from-api"), "CREATE TABLE scratch (x int)")
+        await page.click('tr[data-branch="from-api"] button[data-action="reset"]')
+        await page.wait_until(f'{_MESSAGE} === "reset from-api: done"')
+        await page.wait_until(_feed_has("reset from-api parent=main"))
+        await page.wait_until(_status_is("from-api", "running"))
+        assert page.dialogs == ["Reset from-api? Its changes will be thrown away."]
+        gone = await psql(prism.dsn("postgres@from-api"), "SELECT to_regclass('scratch') IS NULL")
+        assert gone.stdout.decode().strip() == "t"
+        assert page.errors == []
+
+
+async def test_page_buttons_create_stop_and_delete_a_branch(
+    running: Runner, page: Page, request: pytest.FixtureRequest
+) -> None:
+    async with running() as prism, screenshot_at_end(page, request):
+        await page.goto(prism.info.api_url + "/")
+        await page.wait_until(f"{_LIVE} && {_status_is('main', 'running')}")
+
+        await page.type_into("#create-name", "from-page")
+        await page.click('#create-form button[type="submit"]')
+        await page.wait_until(_status_is("from-page", "running"))
+        assert prism.manager.get("from-page").parent == "main"
+
+        await page.click('tr[data-branch="from-page"] button[data-action="stop"]')
+        await page.wait_until(_status_is("from-page", "stopped"))
+        assert prism.manager.runtime.address("from-page") is None
+
+        await page.click('tr[data-branch="from-page"] button[data-action="delete"]')
+        await page.wait_until(f"{_row('from-page')} === null")
+        assert prism.manager.get("from-page") is None
+        assert page.dialogs == ["Delete branch from-page and its data?"]
+        assert page.errors == []
+
+
+async def test_page_of_a_prism_with_a_token_asks_once_then_works(
+    running: Runner, page: Page, request: pytest.FixtureRequest
+) -> None:
+    async with running(api_token=TOKEN) as prism, screenshot_at_end(page, request):
+        await page.goto(prism.info.api_url + "/")
+        await page.wait_until('!document.querySelector("#token-form").hidden')
+        assert await page.evaluate(_row("main")) is None  # nothing shown without the token
+
+        await page.type_into("#token", TOKEN)
+        await page.click('#token-form button[type="submit"]')
+        await page.wait_until(f"{_LIVE} && {_status_is('main', 'running')}")
+        assert await page.evaluate('document.querySelector("#token-form").hidden') is True
+
+        await page.reload()  # the page remembers the token: it does not ask again
+        await page.wait_until(f"{_LIVE} && {_status_is('main', 'running')}")
+        assert await page.evaluate('document.querySelector("#token-form").hidden') is True
+
+        await page.click('tr[data-branch="main"] button[data-action="stop"]')
+        await page.wait_until(_status_is("main", "stopped"))
+        assert page.errors == []
