@@ -19,6 +19,7 @@ import httpx
 import pytest
 import trio
 
+from prism.config import HostPort
 from prism.server import PrismServer
 from tests.integration.harness import PrismHandle, fresh_dir, make_settings, psql
 
@@ -142,10 +143,32 @@ async def test_page_buttons_create_stop_and_delete_a_branch(
         await page.wait_until(_status_is("from-page", "stopped"))
         assert prism.manager.runtime.address("from-page") is None
 
+        await page.click('tr[data-branch="from-page"] button[data-action="reset"]')
+        await page.wait_until(f'{_MESSAGE} === "reset from-page: done"')
+        assert await page.evaluate(f"{_row('from-page')}.dataset.status") == "stopped"
+
         await page.click('tr[data-branch="from-page"] button[data-action="delete"]')
         await page.wait_until(f"{_row('from-page')} === null")
         assert prism.manager.get("from-page") is None
-        assert page.dialogs == ["Delete branch from-page and its data?"]
+        assert page.dialogs == [
+            "Reset from-page? Its changes will be thrown away.",
+            "Delete branch from-page and its data?",
+        ]
+        assert page.errors == []
+
+
+async def test_page_reconnects_when_prism_comes_back(
+    running: Runner, page: Page, request: pytest.FixtureRequest
+) -> None:
+    async with running() as first:
+        await page.goto(first.info.api_url + "/")
+        await page.wait_until(f"{_LIVE} && {_status_is('main', 'running')}")
+    await page.wait_until('document.querySelector("#link").dataset.state === "closed"')
+    await trio.sleep(2)  # the page's first retries find nobody there
+    again = HostPort(*first.info.api)
+    async with running(api=again) as second, screenshot_at_end(page, request):
+        await second.manager.create("after-restart")
+        await page.wait_until(f"{_LIVE} && {_status_is('after-restart', 'running')}")
         assert page.errors == []
 
 

@@ -126,6 +126,9 @@ function apply(event) {
   const b = branches.get(name);
   if (b === undefined) return render();
   if (STATUS_EVENTS.has(event.type)) b.status = event.type;
+  // A reset leaves the branch as it was: a running one announces "running" before "reset",
+  // a stopped one announces nothing more, so still "resetting" here means stopped.
+  if (event.type === "reset" && b.status === "resetting") b.status = "stopped";
   if (event.type === "connected") b.connections += 1;
   if (event.type === "disconnected") b.connections = Math.max(0, b.connections - 1);
   if (["connected", "disconnected", "running"].includes(event.type)) b.last_active = event.at;
@@ -145,8 +148,13 @@ function subscribe() {
   socket.onclose = () => {
     link.textContent = "reconnecting…";
     link.dataset.state = "closed";
-    // A refused token shows up as a failed handshake; check it over REST to ask for one.
-    call("GET", "/branches").then(() => setTimeout(subscribe, 1000), () => {});
+    // A refused token shows up as a failed handshake; check it over REST to ask for one
+    // (call shows the form; the form's submit subscribes). Anything else, e.g. Prism being
+    // restarted, is worth another try.
+    const retry = () => setTimeout(subscribe, 1000);
+    call("GET", "/branches").then(retry, (error) => {
+      if (error.code !== "unauthorized") retry();
+    });
   };
 }
 
