@@ -198,7 +198,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("image", str, "Postgres image for --runtime docker"),
     Setting(
         "docker_network",
-        _choice("auto", "bridge-ip", "published-port"),
+        _choice("auto", "host", "bridge-ip", "published-port"),
         "how Prism reaches branch containers",
     ),
     Setting("log_level", _choice("debug", "info", "warning", "error"), "how much Prism logs"),

@@ -228,12 +228,17 @@ async def test_a_stale_ready_pid_file_is_not_taken_for_readiness(
     assert await _psql(address, "select 1") == "1"
 
 
-async def test_adopt_finds_the_running_container_after_a_restart(env: Env) -> None:
+async def _left_running(env: Env, value: int) -> BackendAddress:
+    """Start the branch with a row ``value`` in table ``kept``, then close that runtime."""
     first = env.runtime()
     address = await first.start(env.branch, env.pgdata)
-    await _psql(address, "create table kept (x int); insert into kept values (7)")
+    await _psql(address, f"create table kept (x int); insert into kept values ({value})")
     await first.aclose()
+    return address
 
+
+async def test_adopt_finds_the_running_container_after_a_restart(env: Env) -> None:
+    address = await _left_running(env, 7)
     second = env.runtime()
     try:
         assert second.address(env.branch) is None
@@ -293,3 +298,34 @@ async def test_an_unreachable_engine_asks_whether_dockerd_runs(env: Env) -> None
     with pytest.raises(RuntimeStartFailed, match="cannot reach the Docker engine") as caught:
         await runtime.start(env.branch, env.pgdata)
     assert caught.value.hint is not None and "is dockerd running?" in caught.value.hint
+
+
+async def test_auto_network_on_a_local_engine_is_host_on_loopback(
+    env: Env, runtime: DockerRuntime
+) -> None:
+    address = await runtime.start(env.branch, env.pgdata)
+    assert (address.host, address.port != 5432) == ("127.0.0.1", True)
+    container = docker.from_env(version="auto").containers.get(f"prism-{env.branch}")
+    assert container.attrs["HostConfig"]["NetworkMode"] == "host"
+    assert container.labels["prism.network"] == "host"
+    # Only the loopback: branch servers are reached through Prism, not from the network.
+    listen = await _psql(address, "show listen_addresses")
+    assert listen == "127.0.0.1"
+
+
+async def test_start_adopts_a_running_container_and_replaces_a_stopped_one(env: Env) -> None:
+    address = await _left_running(env, 3)
+    second = env.runtime()
+    try:
+        assert await second.start(env.branch, env.pgdata) == address  # adopted, not restarted
+        assert await _psql(address, "select x from kept") == "3"
+        container = docker.from_env(version="auto").containers.get(f"prism-{env.branch}")
+        await trio.to_thread.run_sync(lambda: container.stop(timeout=10))
+        assert second.address(env.branch) is None  # noticed without the engine
+
+        started = await second.start(env.branch, env.pgdata)  # the stopped leftover is replaced
+        assert await _psql(started, "select x from kept") == "3"
+        assert _containers_on(env.root) == [f"prism-{env.branch}"]
+    finally:
+        await second.stop(env.branch)
+        await second.aclose()
