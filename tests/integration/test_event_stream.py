@@ -6,8 +6,10 @@ import itertools
 import json
 from typing import Any
 
+import psycopg
+import pytest
 import trio
-from trio_websocket import HandshakeError, open_websocket_url
+from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from .api_helpers import api
 from .harness import PrismHandle, psql
@@ -25,16 +27,22 @@ async def test_subscriber_gets_a_snapshot_then_a_create_connect_stop_cycle_in_or
         assert snapshot["type"] == "snapshot"
         assert [(b["name"], b["status"]) for b in snapshot["branches"]] == [("main", "running")]
 
+        seen: list[dict[str, Any]] = []
+
+        async def read_until(kind: str) -> None:
+            with trio.fail_after(10):
+                while not seen or seen[-1]["type"] != kind:
+                    event = json.loads(await socket.get_message())
+                    if event["branch"] == "cycle":
+                        seen.append(event)
+
         await http.post("/api/v1/branches", json={"name": "cycle"})
         await psql(prism.dsn("postgres@cycle"), "SELECT 1")
+        # Prism sees psql's goodbye a moment after psql exits; stop only once it has gone,
+        # or the stop would (rightly) be the one to end the session.
+        await read_until("disconnected")
         await http.post("/api/v1/branches/cycle/stop")
-
-        seen: list[dict[str, Any]] = []
-        with trio.fail_after(10):
-            while not seen or seen[-1]["type"] != "stopped":
-                event = json.loads(await socket.get_message())
-                if event["branch"] == "cycle":
-                    seen.append(event)
+        await read_until("stopped")
     assert [e["type"] for e in seen] == [
         "provisioning",
         "starting",
@@ -77,3 +85,42 @@ async def test_event_stream_needs_the_token_when_one_is_set(start_prism: Any) ->
     headers = [(b"Authorization", b"Bearer s3cret")]
     async with open_websocket_url(_ws_url(prism), extra_headers=headers) as socket:
         assert json.loads(await socket.get_message())["type"] == "snapshot"
+
+
+async def test_overflowing_subscriber_is_told_then_closed_to_resubscribe(start_prism: Any) -> None:
+    prism: PrismHandle = await start_prism(event_buffer=4)
+    async with open_websocket_url(_ws_url(prism)) as socket:
+        assert json.loads(await socket.get_message())["type"] == "snapshot"
+        for n in range(10):  # no checkpoint in between: the handler cannot keep up
+            prism.manager.events.publish("probe", None, n=n)
+        received = []
+        with trio.fail_after(10), pytest.raises(ConnectionClosed) as closed:
+            while True:
+                received.append(json.loads(await socket.get_message()))
+    # The buffer's 4, plus one more if the handler was already waiting to take it.
+    probes = [e["n"] for e in received[:-1]]
+    assert probes == list(range(len(probes))) and 4 <= len(probes) <= 5
+    assert received[-1]["type"] == "overflow"
+    assert "fell more than 4 events behind" in received[-1]["error"]
+    assert closed.value.reason.code == 1013
+    assert prism.manager.events.subscriber_count == 0
+
+
+async def test_session_ended_by_an_operation_is_reported_with_its_reason(
+    prism: PrismHandle,
+) -> None:
+    conn = await trio.to_thread.run_sync(
+        lambda: psycopg.connect(prism.dsn("postgres@ended"), autocommit=True)
+    )
+    try:
+        async with open_websocket_url(_ws_url(prism)) as socket, api(prism) as http:
+            snapshot = json.loads(await socket.get_message())
+            assert ("ended", 1) in [(b["name"], b["connections"]) for b in snapshot["branches"]]
+            await http.post("/api/v1/branches/ended/reset")
+            with trio.fail_after(10):
+                while (event := json.loads(await socket.get_message()))["type"] != "disconnected":
+                    pass
+    finally:
+        await trio.to_thread.run_sync(conn.close)
+    assert event["branch"] == "ended" and event["client"].startswith("127.0.0.1:")
+    assert event["error"] == 'branch "ended" is being reset: its changes were thrown away'
