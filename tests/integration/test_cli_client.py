@@ -14,13 +14,15 @@ import trio
 from .harness import PrismHandle
 
 
-async def _prism(*args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+async def _prism(
+    *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
     result = await trio.run_process(
         [sys.executable, "-m", "prism.cli", *args],
         capture_stdout=True,
         capture_stderr=True,
         check=False,
-        env={k: v for k, v in os.environ.items() if not k.startswith("PRISM_")},
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("PRISM_")}, **(env or {})},
     )
     if check and result.returncode != 0:
         raise AssertionError(f"prism {' '.join(args)} failed: {result.stderr.decode()}")
@@ -109,3 +111,68 @@ async def test_events_command_tails_the_live_stream(prism: PrismHandle) -> None:
         process.terminate()
     assert lines[0] == "snapshot: 1 branches: main (running)"
     assert any(" provisioning tailed parent=main" in line for line in lines)
+
+
+async def test_create_from_a_parent_and_rm_with_children_print_json(prism: PrismHandle) -> None:
+    url = ("--api", prism.info.api_url)
+    await _prism("branch", "create", "elder", *url)
+    child = json.loads(
+        (await _prism("branch", "create", "young", "--parent", "elder", "--json", *url)).stdout
+    )
+    assert (child["name"], child["parent"], child["status"]) == ("young", "elder", "running")
+
+    refused = await _prism("branch", "rm", "elder", *url, check=False)
+    assert refused.returncode == 1
+    assert refused.stderr.decode() == 'prism: error: branch "elder" has child branches: young\n'
+    removed = await _prism("branch", "rm", "elder", "--with-children", "--json", *url)
+    assert json.loads(removed.stdout) == {"deleted": ["young", "elder"]}
+
+
+async def test_bad_input_is_refused_with_the_apis_reason(prism: PrismHandle) -> None:
+    url = ("--api", prism.info.api_url)
+    bad_name = await _prism("branch", "create", "Not-Valid", *url, check=False)
+    assert bad_name.returncode == 1 and bad_name.stderr.decode().count("\n") == 1
+    assert "Not-Valid" in bad_name.stderr.decode()
+    orphan = await _prism("branch", "create", "orphan", "--parent", "nope", *url, check=False)
+    assert orphan.returncode == 1
+    assert orphan.stderr.decode() == 'prism: error: parent branch "nope" does not exist\n'
+
+
+async def test_usage_errors_exit_2() -> None:
+    missing_name = await _prism("branch", "create", check=False)
+    assert missing_name.returncode == 2
+    assert "the following arguments are required: name" in missing_name.stderr.decode()
+
+
+async def test_token_is_read_from_the_environment(start_prism: Any) -> None:
+    prism: PrismHandle = await start_prism(api_token="s3cret")
+    listed = await _prism(
+        "branch", "ls", "--json", "--api", prism.info.api_url, env={"PRISM_API_TOKEN": "s3cret"}
+    )
+    assert [b["name"] for b in json.loads(listed.stdout)] == ["main"]
+
+
+async def test_events_json_prints_one_object_per_line(prism: PrismHandle) -> None:
+    command = [sys.executable, "-m", "prism.cli", "events", "--json", "--api", prism.info.api_url]
+    async with trio.open_nursery() as nursery:
+        process = await nursery.start(
+            functools.partial(trio.run_process, command, stdout=subprocess.PIPE, check=False)
+        )
+        assert process.stdout is not None
+        buffer = b""
+        with trio.fail_after(30):
+            while b"\n" not in buffer:
+                buffer += await process.stdout.receive_some()
+        process.terminate()
+    first = json.loads(buffer.split(b"\n")[0])
+    assert first["type"] == "snapshot"
+    assert [b["name"] for b in first["branches"]] == ["main"]
+
+
+async def test_events_without_the_token_exit_1_and_say_so(start_prism: Any) -> None:
+    prism: PrismHandle = await start_prism(api_token="s3cret")
+    refused = await _prism("events", "--api", prism.info.api_url, check=False)
+    assert refused.returncode == 1
+    lines = refused.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("prism: error: cannot subscribe to ws://")
+    assert lines[0].endswith("(wrong or missing --api-token?)")
