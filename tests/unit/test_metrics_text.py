@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from prism.metrics import Histogram
+from datetime import UTC, datetime
+
+from prism.branches import Branch, BranchStatus
+from prism.events import EventBus
+from prism.metrics import Histogram, Metrics
 
 
 def test_histogram_buckets_are_cumulative_with_sum_and_count() -> None:
@@ -22,3 +26,62 @@ def test_value_on_a_bucket_bound_counts_in_that_bucket() -> None:
     histogram = Histogram(buckets=(1.0,))
     histogram.observe(1.0)
     assert histogram.lines("x")[0] == 'x_bucket{le="1"} 1'
+
+
+class _Manager:
+    """Just what ``Metrics`` reads: the event bus and the current branches."""
+
+    def __init__(self, branches: list[Branch]) -> None:
+        self.events = EventBus()
+        self._branches = branches
+
+    def list(self) -> list[Branch]:
+        return self._branches
+
+
+def _branch(name: str, status: BranchStatus, connections: int, proxied: int) -> Branch:
+    created = datetime(2026, 1, 1, tzinfo=UTC)
+    branch = Branch(name, None if name == "main" else "main", created, status)
+    branch.connections, branch.bytes_proxied = connections, proxied
+    return branch
+
+
+def test_metrics_count_what_the_events_say_and_read_gauges_from_branches() -> None:
+    manager = _Manager(
+        [
+            _branch("main", BranchStatus.RUNNING, 2, 4096),
+            _branch('odd"name', BranchStatus.STOPPED, 0, 10),
+        ]
+    )
+    metrics = Metrics(manager)  # type: ignore[arg-type]
+    publish = manager.events.publish
+    publish("created", "main", duration_ms=900.0)  # initdb of main: not a branch provision
+    publish("created", "a", parent="main", duration_ms=300.0)
+    publish("running", "a", reason="create", duration_ms=100.0)
+    publish("running", "a", reason="wake", duration_ms=200.0)
+    publish("stopped", "a", reason="stop", duration_ms=5.0)  # an operator, not the reaper
+    publish("stopped", "a", reason="idle", duration_ms=5.0)
+
+    lines = metrics.render().splitlines()
+    for family, kind in [
+        ("prism_branches", "gauge"),
+        ("prism_open_connections", "gauge"),
+        ("prism_bytes_proxied_total", "counter"),
+        ("prism_provision_duration_seconds", "histogram"),
+        ("prism_wake_duration_seconds", "histogram"),
+        ("prism_reaper_stops_total", "counter"),
+        ("prism_event_subscribers", "gauge"),
+    ]:
+        assert f"# TYPE {family} {kind}" in lines
+        assert any(line.startswith(f"# HELP {family} ") for line in lines)
+    assert 'prism_branches{status="running"} 1' in lines
+    assert 'prism_branches{status="stopped"} 1' in lines
+    assert 'prism_branches{status="provisioning"} 0' in lines
+    assert 'prism_open_connections{branch="main"} 2' in lines
+    assert 'prism_bytes_proxied_total{branch="odd\\"name"} 10' in lines
+    assert "prism_provision_duration_seconds_count 1" in lines
+    assert "prism_provision_duration_seconds_sum 0.3" in lines
+    assert "prism_wake_duration_seconds_count 1" in lines
+    assert 'prism_wake_duration_seconds_bucket{le="0.25"} 1' in lines
+    assert "prism_reaper_stops_total 1" in lines
+    assert "prism_event_subscribers 0" in lines
