@@ -211,7 +211,12 @@ async def test_metrics_count_branches_connections_provisions_and_wakes(
     async with api(prism) as http:
         await http.post(f"{V1}/branches/measured/stop")
         await psql(prism.dsn("postgres@measured"), "SELECT 1")
-        response = await http.get("/metrics")
+        # psql has exited; Prism notices its close a moment later (the pump's worker thread
+        # hands the end of stream back to trio), so wait for the session count to settle.
+        closed = 'prism_open_connections{branch="measured"} 0'
+        with trio.fail_after(5):
+            while closed not in (response := await http.get("/metrics")).text:  # noqa: ASYNC110
+                await trio.sleep(0.01)
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
     lines = response.text.splitlines()
     assert 'prism_branches{status="running"} 2' in lines

@@ -1,0 +1,161 @@
+"""The pump between a client and its branch server, on real loopback sockets (no Postgres).
+
+Both ways of moving bytes are exercised: plain sockets (worker threads splicing, waiting in trio
+while quiet) and the trio fallback used for TLS streams. The properties are the ones the proxy
+relies on: bytes arrive in order and are counted, a half-close is passed on, a reset or a cancel
+ends both directions promptly, and a quiet connection holds no thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+import trio
+
+from prism import pump
+
+pytestmark = pytest.mark.integration
+
+
+async def _tcp_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    try:
+        port = listeners[0].socket.getsockname()[1]
+        outer = await trio.open_tcp_stream("127.0.0.1", port)
+        inner = await listeners[0].accept()
+    finally:
+        await listeners[0].aclose()
+    return outer, inner
+
+
+@dataclass
+class Spliced:
+    """A client and a server talking through ``pump.splice`` and what it counted."""
+
+    client: trio.abc.HalfCloseableStream
+    server: trio.abc.HalfCloseableStream
+    done: trio.Event = field(default_factory=trio.Event)
+    counted: int = 0
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+    def count(self, nbytes: int) -> None:
+        self.counted += nbytes
+
+
+Opener = Callable[[], Awaitable[tuple[trio.abc.HalfCloseableStream, ...]]]
+
+
+async def _sockets() -> tuple[trio.abc.HalfCloseableStream, ...]:
+    client, client_side = await _tcp_pair()
+    server_side, server = await _tcp_pair()
+    return client, client_side, server_side, server
+
+
+async def _fallback() -> tuple[trio.abc.HalfCloseableStream, ...]:
+    """The client side as a non-socket stream, as a TLS stream would be."""
+    client, client_side = await _tcp_pair()
+    server_side, server = await _tcp_pair()
+    wrapped = trio.StapledStream(client_side, client_side)
+    return client, wrapped, server_side, server
+
+
+@pytest.fixture(params=[_sockets, _fallback], ids=["splice", "trio-fallback"])
+async def spliced(request: pytest.FixtureRequest) -> AsyncIterator[Spliced]:
+    opener: Opener = request.param
+    client, client_side, server_side, server = await opener()
+    spliced = Spliced(client, server)
+
+    async def run() -> None:
+        with spliced.scope:
+            await pump.splice(client_side, server_side, on_bytes=spliced.count)
+        spliced.done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        yield spliced
+        nursery.cancel_scope.cancel()
+    for stream in (client, client_side, server_side, server):
+        with contextlib.suppress(trio.ClosedResourceError):
+            await stream.aclose()
+
+
+async def _receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = await stream.receive_some(size - len(data))
+        assert chunk, f"stream ended after {len(data)} of {size} bytes"
+        data += chunk
+    return bytes(data)
+
+
+async def test_bytes_go_both_ways_in_order_and_are_counted(spliced: Spliced) -> None:
+    big = os.urandom(1_000_000)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(spliced.client.send_all, big)
+        assert await _receive_exactly(spliced.server, len(big)) == big
+    for n in range(50):  # many small round trips, like a query loop
+        await spliced.client.send_all(b"Q%d" % n)
+        assert await _receive_exactly(spliced.server, len(b"Q%d" % n)) == b"Q%d" % n
+        await spliced.server.send_all(b"R%d" % n)
+        assert await _receive_exactly(spliced.client, len(b"R%d" % n)) == b"R%d" % n
+    small = sum(2 * len(b"Q%d" % n) for n in range(50))
+    with trio.fail_after(2):  # a thread reports what it moved when it goes quiet
+        while spliced.counted < len(big) + small:  # noqa: ASYNC110 (polling is the point)
+            await trio.sleep(0.01)
+    assert spliced.counted == len(big) + small
+
+
+async def test_client_eof_is_passed_on_and_the_server_may_still_answer(spliced: Spliced) -> None:
+    await spliced.client.send_all(b"X")
+    await spliced.client.send_eof()
+    assert await _receive_exactly(spliced.server, 1) == b"X"
+    with trio.fail_after(2):
+        assert await spliced.server.receive_some(10) == b""
+    await spliced.server.send_all(b"bye")
+    assert await _receive_exactly(spliced.client, 3) == b"bye"
+    await spliced.server.aclose()
+    with trio.fail_after(2):
+        assert await spliced.client.receive_some(10) == b""
+        await spliced.done.wait()
+
+
+async def test_a_reset_on_one_side_ends_both(spliced: Spliced) -> None:
+    await spliced.client.send_all(b"hello")
+    await _receive_exactly(spliced.server, 5)
+    spliced.server.socket.setsockopt(  # type: ignore[attr-defined]
+        trio.socket.SOL_SOCKET, trio.socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+    )
+    await spliced.server.aclose()  # linger 0: an RST, not a FIN
+    with trio.fail_after(2):
+        await spliced.done.wait()
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["quiet", "busy"])
+async def test_a_cancel_ends_the_splice_promptly(spliced: Spliced, busy: bool) -> None:
+    if busy:  # a worker thread is moving bytes right now
+        await spliced.client.send_all(b"x" * 1000)
+        await _receive_exactly(spliced.server, 1000)
+    with trio.fail_after(1):
+        spliced.scope.cancel()
+        await spliced.done.wait()
+
+
+async def test_quiet_connections_hold_no_thread() -> None:
+    pairs = [await _sockets() for _ in range(20)]
+    async with trio.open_nursery() as nursery:
+        for client, client_side, server_side, server in pairs:
+            nursery.start_soon(
+                lambda a=client_side, b=server_side: pump.splice(a, b, on_bytes=lambda n: None)
+            )
+            await client.send_all(b"ping")
+            await _receive_exactly(server, 4)
+        await trio.sleep(pump.IDLE_RETURN + 5 * pump.TICK)
+        assert pump.threads_in_use() == 0
+        nursery.cancel_scope.cancel()
+    for streams in pairs:
+        for stream in streams:
+            await stream.aclose()
