@@ -1,0 +1,98 @@
+"""docs/api.md and docs/cli.md name everything the code offers, so the docs cannot fall behind.
+
+Read from the code itself: the app's routes, the error codes, the event types the manager
+publishes, and the CLI's commands and flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+import prism.api.auth
+import prism.api.routes
+import prism.branches
+from prism.api.app import create_app
+from prism.api.errors import _STATUS
+from prism.cli import build_parser
+from prism.events import EventBus
+
+_ROOT = Path(__file__).resolve().parents[2]
+API_DOC = (_ROOT / "docs" / "api.md").read_text()
+CLI_DOC = (_ROOT / "docs" / "cli.md").read_text()
+
+
+class _Manager:
+    events = EventBus()
+
+
+def _routes() -> list[str]:
+    app = create_app(_Manager())  # type: ignore[arg-type]
+    rules = [str(rule) for rule in app.url_map.iter_rules() if rule.endpoint != "static"]
+    return sorted({re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule) for rule in rules})
+
+
+def _string_args(module: object, function: str, position: int) -> set[str]:
+    """Literal string arguments at ``position`` of every call to ``function`` in ``module``."""
+    tree = ast.parse(Path(module.__file__).read_text())  # type: ignore[attr-defined]
+    found = set()
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "id", getattr(node.func, "attr", None)) == function
+            and len(node.args) > position
+            and isinstance(node.args[position], ast.Constant)
+        ):
+            found.add(node.args[position].value)
+    return found
+
+
+@pytest.mark.parametrize("route", _routes())
+def test_every_route_is_documented(route: str) -> None:
+    assert f"`{route}" in API_DOC or f" {route}`" in API_DOC
+
+
+def _error_codes() -> list[str]:
+    codes = {code for _, _, code in _STATUS} | {"internal_error", "not_found"}
+    for module in (prism.api.routes, prism.api.auth):
+        codes |= _string_args(module, "ApiError", 1)
+    return sorted(codes)
+
+
+@pytest.mark.parametrize("code", _error_codes())
+def test_every_error_code_is_documented(code: str) -> None:
+    assert f"| `{code}` |" in API_DOC
+
+
+def _event_types() -> list[str]:
+    return sorted(_string_args(prism.branches, "publish", 0) | {"snapshot", "overflow"})
+
+
+@pytest.mark.parametrize("kind", _event_types())
+def test_every_event_type_is_documented(kind: str) -> None:
+    assert f"`{kind}`" in API_DOC
+
+
+def _cli_words() -> list[str]:
+    words = set()
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    words.add(f"{path} {name}".strip())
+                    walk(sub, f"{path} {name}".strip())
+            elif path != "serve":  # serve's setting flags live in configuration.md
+                words.update(o for o in action.option_strings if o.startswith("--"))
+
+    walk(build_parser(), "")
+    return sorted(words - {"--help"})
+
+
+@pytest.mark.parametrize("word", _cli_words())
+def test_every_cli_command_and_flag_is_documented(word: str) -> None:
+    assert word in CLI_DOC
