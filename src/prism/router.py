@@ -149,7 +149,9 @@ def route(
     backend, not Prism, decides what it understands.
 
     When the client sent no ``database`` (or an empty one), Postgres would default it to the
-    user name it receives, which after rewriting is the bare role. Prism sets ``database`` to
+    user name it receives, which after rewriting is the bare role. A ``database`` equal to
+    the whole ``role@branch`` is libpq's client-side version of that default and becomes the
+    role too. Prism sets ``database`` to
     that role explicitly (right after ``user``) so the message the backend gets says plainly
     what the client will be connected to, independent of that default, whether a branch
     suffix was removed or not.
@@ -175,6 +177,12 @@ def route(
         if requested is None:
             requested = candidate
     branch = main_branch if requested is None else validate_branch_name(requested)
-    if not rewritten.get("database"):
+    database = rewritten.get("database")
+    if not database:
         rewritten = rewritten.with_param("database", role, after="user")
+    elif database == user and role != user:
+        # libpq (psql, psycopg, ...) fills in a missing dbname with the user name client-side,
+        # so "user=postgres@feature" alone asks for database "postgres@feature": what the
+        # client meant is the default, the role's own database.
+        rewritten = rewritten.with_param("database", role)
     return Route(branch=branch, startup=rewritten)

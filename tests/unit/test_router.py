@@ -123,6 +123,12 @@ def test_empty_database_is_treated_like_a_missing_one_as_postgres_does() -> None
     assert target.startup.params == (("user", "alice"), ("database", "alice"))
 
 
+def test_libpqs_default_database_of_user_at_branch_becomes_the_role() -> None:
+    """psql "user=postgres@feature" sends database=postgres@feature (libpq's default)."""
+    target = route(startup(("user", "postgres@feature"), ("database", "postgres@feature")))
+    assert target == Route("feature", startup(("user", "postgres"), ("database", "postgres")))
+
+
 def test_database_is_made_explicit_on_main_too() -> None:
     target = route(startup(("user", "alice")))
     assert target.startup.params == (("user", "alice"), ("database", "alice"))
