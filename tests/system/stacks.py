@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
@@ -271,3 +272,28 @@ def scratch_dir(prefix: str) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def populate_with_image(master: Path) -> None:
+    """Run the image once on the empty master, as the seed says: it initialises, then stops."""
+    name = f"prism-init-{uuid.uuid4().hex[:8]}"
+    _docker_cli(
+        "run", "-d", "--name", name, "-e", "POSTGRES_PASSWORD=password",
+        "-v", f"{master}:/var/lib/postgresql/data", DOCKER_IMAGE,
+    )  # fmt: skip
+    try:
+        # The entrypoint initialises the cluster, then runs the server: wait for the server.
+        for _ in range(600):
+            logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True)
+            if "database system is ready to accept connections" in logs.stderr + logs.stdout:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"the image did not initialise {master}:\n{logs.stderr}")
+        _docker_cli("stop", name)  # SIGINT: a clean shutdown
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
+def _docker_cli(*args: str) -> str:
+    return subprocess.run(["docker", *args], check=True, capture_output=True, text=True).stdout

@@ -34,7 +34,13 @@ import trio
 
 from prism.runtime.docker import LABEL_PGDATA
 from tests.sysenv import BTRFS_MOUNT, DOCKER_IMAGE, require_command, require_mount, unavailable
-from tests.system.stacks import ServeProcess, prism_serve, require_docker, scratch_dir
+from tests.system.stacks import (
+    ServeProcess,
+    populate_with_image,
+    prism_serve,
+    require_docker,
+    scratch_dir,
+)
 
 DATA_DIR = Path("/mnt/prism_data")
 DEMO_DSN = (
@@ -99,31 +105,10 @@ def prism_data() -> Iterator[Path]:
         DATA_DIR.rmdir()
 
 
-def _populate_master(master: Path) -> None:
-    """Run the image once on the empty master, as the seed says: it initialises, then stops."""
-    name = f"prism-demo-init-{uuid.uuid4().hex[:8]}"
-    _run(
-        "docker", "run", "-d", "--name", name, "-e", "POSTGRES_PASSWORD=password",
-        "-v", f"{master}:/var/lib/postgresql/data", DOCKER_IMAGE,
-    )  # fmt: skip
-    try:
-        # The entrypoint initialises the cluster, then runs the server: wait for the server.
-        for _ in range(600):
-            logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True)
-            if "database system is ready to accept connections" in logs.stderr + logs.stdout:
-                break
-            subprocess.run(["sleep", "0.1"])
-        else:
-            raise AssertionError(f"the image did not initialise {master}:\n{logs.stderr}")
-        _run("docker", "stop", name)  # SIGINT: a clean shutdown
-    finally:
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
-
-
 async def test_the_seeds_getting_started_runs_as_written(prism_data: Path) -> None:
     master = prism_data / "master"
     await trio.run_process(["btrfs", "subvolume", "create", str(master)], capture_stdout=True)
-    await trio.to_thread.run_sync(_populate_master, master)
+    await trio.to_thread.run_sync(populate_with_image, master)
     assert (master / "PG_VERSION").read_text().strip() == "15"
 
     prism = str(Path(sys.executable).with_name("prism"))
