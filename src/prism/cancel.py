@@ -1,12 +1,18 @@
 """Cancel keys: Prism gives every client its own BackendKeyData and remembers what it stands for.
 
-Each branch server numbers its backends with small process ids, so two branches easily have a
-backend with pid 4242 at once; forwarding a CancelRequest by the backend's own key would need
-the secret to tell them apart and, with protocol 3.2's variable-length keys, would tie the
-client to whatever key length the backend chose. Instead Prism issues a fresh random
-``(pid, secret)`` per session, in the length the client's protocol version allows (4 bytes up
-to 3.1, 32 bytes for 3.2 as PostgreSQL 18 does), and maps it to the backend's address and real
-key. A CancelRequest naming an unknown key is dropped, as Postgres drops it.
+Each branch server numbers its backends with small process ids, so two branches (two Docker
+containers, each with its own pid namespace) easily have a backend with pid 4242 at once;
+forwarding a CancelRequest by the backend's own key would need the backend's secret, and with
+protocol 3.2's variable-length keys would tie the client to whatever key length the backend
+chose. Instead Prism issues a fresh random secret per session, in the length the client's
+protocol version allows (4 bytes up to 3.1, 32 bytes for 3.2 as PostgreSQL 18 does), and maps
+``(pid, secret)`` to the backend's address and real key. A CancelRequest naming an unknown key
+is dropped, as Postgres drops it.
+
+The pid in the key stays the backend's real one. Clients compare it with what the server says
+elsewhere — the pid on a NOTIFY (psycopg's ``Notify.pid``, asyncpg listeners and pgjdbc skip
+their own notifications that way), ``pg_backend_pid()``, ``pg_stat_activity`` — so a made-up pid
+would make Prism behave unlike Postgres. The secret alone tells colliding pids apart.
 """
 
 from __future__ import annotations
@@ -44,33 +50,34 @@ class CancelKeys:
     """Issues client-facing cancel keys and forwards CancelRequests to the right backend."""
 
     def __init__(self) -> None:
-        self._by_pid: dict[int, tuple[bytes, CancelTarget]] = {}
+        self._by_pid: dict[int, dict[bytes, CancelTarget]] = {}
 
     def __len__(self) -> int:
-        return len(self._by_pid)
+        return sum(len(keys) for keys in self._by_pid.values())
 
     def issue(self, target: CancelTarget, *, protocol_minor: int) -> tuple[int, bytes]:
         """A fresh ``(pid, secret)`` for a client, mapped to ``target`` until :meth:`revoke`."""
         length = _LONG_SECRET if protocol_minor >= _LONG_KEY_MINOR else _SHORT_SECRET
-        while True:
-            # Positive int32, never 0: some clients treat pid 0 as "no key".
-            pid = secrets.randbelow(0x7FFF_FFFF) + 1
-            if pid not in self._by_pid:
-                break
-        secret = secrets.token_bytes(length)
-        self._by_pid[pid] = (secret, target)
-        return pid, secret
+        keys = self._by_pid.setdefault(target.pid, {})
+        while (secret := secrets.token_bytes(length)) in keys:
+            pass  # another branch's backend with this pid drew the same 4 bytes: draw again
+        keys[secret] = target
+        return target.pid, secret
 
-    def revoke(self, pid: int) -> None:
+    def revoke(self, pid: int, secret: bytes) -> None:
         """Forget a key: its session has ended, so a late cancel must not reach a reused pid."""
-        self._by_pid.pop(pid, None)
+        keys = self._by_pid.get(pid, {})
+        keys.pop(secret, None)
+        if not keys:
+            self._by_pid.pop(pid, None)
 
     def lookup(self, pid: int, secret: bytes) -> CancelTarget | None:
-        """The backend a key stands for, or None; the secret is compared in constant time."""
-        entry = self._by_pid.get(pid)
-        if entry is None or not hmac.compare_digest(entry[0], secret):
-            return None
-        return entry[1]
+        """The backend a key stands for, or None; secrets are compared in constant time."""
+        found: CancelTarget | None = None
+        for issued, target in self._by_pid.get(pid, {}).items():
+            if hmac.compare_digest(issued, secret):
+                found = target
+        return found
 
     async def forward(self, request: wire.CancelRequest, peer: str) -> None:
         """Send the backend's own CancelRequest for a client's key; unknown keys are dropped."""

@@ -225,13 +225,13 @@ class Proxy:
                 with self._manager.terminable(target.branch, conn.peer):
                     await splice(conn.stream, server, on_bytes=count)
         finally:
-            for pid in keys:
-                self.cancel_keys.revoke(pid)
+            for key in keys:
+                self.cancel_keys.revoke(*key)
             self._manager.connection_closed(target.branch, conn.peer)
 
     async def _open(
         self, conn: ClientConn
-    ) -> tuple[Route, trio.abc.HalfCloseableStream, BackendLogin, list[int]] | None:
+    ) -> tuple[Route, trio.abc.HalfCloseableStream, BackendLogin, list[tuple[int, bytes]]] | None:
         """Everything up to the backend's first ReadyForQuery; None after a cancel request."""
         verified: Verified | None = None
         with trio.move_on_after(self._startup_timeout) as deadline:
@@ -264,7 +264,7 @@ class Proxy:
             address = await self._manager.ensure_running(target.branch)
         server = await self._connect(target.branch, address)
         self._manager.connection_opened(target.branch, conn.peer)
-        keys: list[int] = []
+        keys: list[tuple[int, bytes]] = []
         try:
             login = BackendLogin(conn, server, verified)
             error = await login.run(startup)
@@ -274,8 +274,8 @@ class Proxy:
             minor = startup.version[1]
             await self._relay_until_ready(conn, login, address, target.branch, minor, keys)
         except BaseException:
-            for pid in keys:
-                self.cancel_keys.revoke(pid)
+            for key in keys:
+                self.cancel_keys.revoke(*key)
             self._manager.connection_closed(target.branch, conn.peer)
             with trio.CancelScope(shield=True):
                 await server.aclose()
@@ -299,7 +299,7 @@ class Proxy:
         address: BackendAddress,
         branch: str,
         minor: int,
-        keys: list[int],
+        keys: list[tuple[int, bytes]],
     ) -> None:
         """Pass the server's post-login messages on, with Prism's own cancel key."""
         out = bytearray()
@@ -314,7 +314,7 @@ class Proxy:
                 pid, secret = wire.parse_backend_key_data(message.payload)
                 target = CancelTarget(address, pid, secret, branch)
                 issued_pid, issued_secret = self.cancel_keys.issue(target, protocol_minor=minor)
-                keys.append(issued_pid)
+                keys.append((issued_pid, issued_secret))
                 out += wire.backend_key_data(issued_pid, issued_secret)
             elif message.type != b"v":
                 out += message.raw

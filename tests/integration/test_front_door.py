@@ -226,7 +226,10 @@ async def test_cancel_reaches_the_query_with_and_without_tls(
     assert await trio.to_thread.run_sync(run) < 1.0
 
 
-async def test_clients_get_prism_keys_not_the_backends(prism: PrismHandle) -> None:
+async def test_clients_are_told_the_backends_real_pid(prism: PrismHandle) -> None:
+    """As from Postgres: the key's pid is what pg_backend_pid() and NOTIFY say (the secret is
+    Prism's own, see tests/unit/test_cancel_keys.py)."""
+
     def pids() -> tuple[int, int]:
         with _connect(prism.dsn()) as conn:
             row = conn.execute("SELECT pg_backend_pid()").fetchone()
@@ -234,7 +237,7 @@ async def test_clients_get_prism_keys_not_the_backends(prism: PrismHandle) -> No
             return conn.info.backend_pid, row[0]
 
     client_pid, real_pid = await trio.to_thread.run_sync(pids)
-    assert client_pid != real_pid
+    assert client_pid == real_pid
 
 
 async def test_cancel_with_ten_branches_stops_only_its_own_query(prism: PrismHandle) -> None:
