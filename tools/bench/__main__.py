@@ -12,16 +12,18 @@ import logging
 import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import trio
 
-from tools.bench import coldstart, idle, proxy, report, targets
+from tools.bench import coldstart, docker_cold_start, events, idle, proxy, report, targets
 from tools.bench.common import SCRATCH, pg_install, prism_process, psql, raise_fd_limit, scratch_dir
 from tools.bench.machine import describe
 
-SECTIONS = ("coldstart", "o1", "proxy", "idle")
+SECTIONS = ("coldstart", "docker", "o1", "proxy", "idle", "events")
 DRIVERS = ("btrfs", "reflink", "zfs", "copy")
+IMAGE = "prism-test/postgres:15"
 
 
 def _log(message: str) -> None:
@@ -40,7 +42,7 @@ async def _coldstart(args: argparse.Namespace, install: Any) -> dict[str, Any]:
 
 
 async def _o1(args: argparse.Namespace, install: Any) -> dict[str, Any]:
-    found, skipped = targets.available(("btrfs", "reflink", "copy"))
+    found, skipped = targets.available(("btrfs", "reflink", "zfs", "copy"))
     results = []
     for target in found:
         for scale in (1, args.big_scale):
@@ -55,6 +57,41 @@ async def _o1(args: argparse.Namespace, install: Any) -> dict[str, Any]:
             )
             results.append({"scale": scale, **asdict(result)})
     return {"runs": results, "skipped": skipped}
+
+
+async def _docker(args: argparse.Namespace) -> dict[str, Any]:
+    """The docker runtime on btrfs: tools/bench/docker_cold_start.py, with its own split."""
+    ready, reason = targets.docker_ready(IMAGE)
+    if not ready:
+        return {"skipped": reason}
+    options = argparse.Namespace(
+        runs=args.branches,
+        warmup=2,
+        mount=Path("/mnt/prism-test/btrfs"),
+        storage="btrfs",
+        runtime="docker",
+        zfs_dataset="",
+        image=IMAGE,
+        network="auto",
+    )
+    prism_log = logging.getLogger("prism")
+    level = prism_log.level
+    try:
+        result: dict[str, Any] = await docker_cold_start.bench(options)
+    finally:
+        prism_log.setLevel(level)  # bench() turns on DEBUG to read the phase split
+    summary = result["summary"]
+    _log(
+        f"docker: cold p50 {summary['cold_ms']['p50']:.0f} ms, "
+        f"wake p50 {summary['wake_ms']['p50']:.0f} ms"
+    )
+    return result
+
+
+async def _events(args: argparse.Namespace) -> dict[str, Any]:
+    found, _ = targets.available(("copy",))
+    result = await events.measure(found[0], cycles=args.event_cycles, log=_log)
+    return asdict(result)
 
 
 async def _proxy_and_idle(
@@ -95,6 +132,10 @@ async def _main(args: argparse.Namespace) -> None:
         results["coldstart"] = await _coldstart(args, install)
     if "o1" in wanted:
         results["o1"] = await _o1(args, install)
+    if "docker" in wanted:
+        results["docker"] = await _docker(args)
+    if "events" in wanted:
+        results["events"] = await _events(args)
     if wanted & {"proxy", "idle"}:
         results.update(await _proxy_and_idle(args, install, wanted))
     results["duration_s"] = round(time.perf_counter() - started)
@@ -114,6 +155,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5, help="length of one pgbench run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per cell")
     parser.add_argument("--idle", type=int, default=1000, help="idle connections")
+    parser.add_argument("--event-cycles", type=int, default=20, help="stop/start cycles")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     trio.run(_main, args)

@@ -194,6 +194,149 @@ def _idle(results: Results) -> list[str]:
     ]
 
 
+def _docker(results: Results) -> list[str]:
+    section = results.get("docker")
+    if not section:
+        return []
+    if "skipped" in section:
+        title = "## Cold start with the docker runtime"
+        return [title, "", f"*Skipped: {section['skipped']}.*", ""]
+    summary = section["summary"]
+    config = section["config"]
+    lines = [
+        "## Cold start with the docker runtime (btrfs)",
+        "",
+        f"Command: `{COMMAND} --only docker` (the same as `.venv/bin/python -m "
+        f"tools.bench.docker_cold_start --runs {config['runs']}`): {config['runs']} fresh "
+        f"branches (after {config['warmup']} warm-up runs) on `{config['mount']}`, image "
+        f"`{config['image']}`; each branch is then stopped and woken once (*wake*), then "
+        "deleted. The split comes from Prism's own log records: the btrfs snapshot (*clone*) "
+        "and the docker runtime's container phases (create, start, inspect, ready).",
+        "",
+        "| | " + " | ".join(key[:-3] for key in summary) + " |",
+        "| --- |" + " ---: |" * len(summary),
+    ]
+    for stat in ("p50", "p90", "min", "max"):
+        cells = " | ".join(f"{summary[key][stat]:.0f}" for key in summary)
+        lines.append(f"| {stat} ms | {cells} |")
+    return [*lines, ""]
+
+
+def _wakeup(results: Results) -> list[str]:
+    rows = []
+    for d in (results.get("coldstart") or {}).get("drivers", []):
+        rows.append(f"| process, {d['label']} | {_ms(d['wake'], 50)} | {_ms(d['wake'], 95)} |")
+    docker = (results.get("docker") or {}).get("summary", {}).get("wake_ms")
+    if docker:
+        rows.append(f"| docker, btrfs | {docker['p50']:.0f} | {docker['p90']:.0f} (p90) |")
+    if not rows:
+        return []
+    wakes = results["args"]["wakes"]
+    return [
+        "## Wake-up: stopped branch → first query result",
+        "",
+        f"Command: `{COMMAND} --only coldstart` ({wakes} wake-ups per driver: stop the branch "
+        "with `BranchManager.stop`, then connect and `SELECT 1`) and `--only docker` (one wake "
+        "per branch).",
+        "",
+        "| runtime, storage | p50 ms | p95 ms |",
+        "| --- | ---: | ---: |",
+        *rows,
+        "",
+    ]
+
+
+def _events(results: Results) -> list[str]:
+    section = results.get("events")
+    if not section:
+        return []
+    latencies = section["latencies_us"]
+    every = [v for values in latencies.values() for v in values]
+    lines = [
+        "## Event delivery: lifecycle transition → WebSocket subscriber",
+        "",
+        f"Command: `{COMMAND} --only events`: {section['cycles']} stop/start cycles of one "
+        "branch (copy driver) while a WebSocket client listens on `/api/v1/events`; latency is "
+        "the time from `EventBus.publish` (stamped by a synchronous bus listener) to the "
+        "client's receipt of the same `seq`, both in one process.",
+        "",
+        "| event | count | p50 µs | p95 µs |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for kind, values in [*latencies.items(), ("all", every)]:
+        lines.append(
+            f"| {kind} | {len(values)} | {percentile(values, 50):.0f} | "
+            f"{percentile(values, 95):.0f} |"
+        )
+    return [*lines, ""]
+
+
+def _verdict(ok: bool) -> str:
+    return "**met**" if ok else "**missed**"
+
+
+def _targets(results: Results) -> list[str]:
+    """Issue 6's targets, each with the measured figure, met or missed and by how much."""
+    rows = []
+    proxy = results.get("proxy")
+    if proxy:
+        runs = proxy["runs"]
+
+        def cell(workload: str, count: int, target: str, field: str) -> float:
+            return median([r[field] for r in runs.get(f"{workload}|{count}|{target}", [])])
+
+        for workload in ("select-only (-S)", "TPC-B-like"):
+            for count in (1, 8):
+                if count not in proxy["clients"]:
+                    continue
+                direct = cell(workload, count, "direct", "tps")
+                prism = cell(workload, count, "prism", "tps") / direct
+                bouncer = cell(workload, count, "pgbouncer", "tps") / direct
+                rows.append(
+                    f"| TPS ratio ≥ PgBouncer's, {workload}, {count} client(s) | "
+                    f"{prism:.2f} vs {bouncer:.2f} | {_verdict(prism >= bouncer)} "
+                    f"({(prism - bouncer) * 100:+.0f} points) |"
+                )
+                base = cell(workload, count, "direct", "p50_us")
+                added = cell(workload, count, "prism", "p50_us") - base
+                limit = cell(workload, count, "pgbouncer", "p50_us") - base + 10
+                rows.append(
+                    f"| added p50 ≤ PgBouncer's + 10 µs, {workload}, {count} client(s) | "
+                    f"{added:.0f} µs vs ≤ {limit:.0f} µs | {_verdict(added <= limit)} "
+                    f"({added - limit:+.0f} µs) |"
+                )
+    idle = results.get("idle")
+    if idle:
+        per = (idle["rss_after_kb"] - idle["rss_before_kb"]) / idle["connections"]
+        rows.append(
+            f"| ≤ 50 KB Prism RSS per idle connection ({idle['connections']} idle) | "
+            f"{per:.1f} KB | {_verdict(per <= 50)} |"
+        )
+    for d in (results.get("coldstart") or {}).get("drivers", []):
+        if d["label"].split()[0] in ("btrfs", "reflink"):
+            p50 = percentile(_parts(d["cold"], "total"), 50) * 1000
+            rows.append(
+                f"| cold start p50 ≤ 100 ms, process, {d['label']} | {p50:.0f} ms | "
+                f"{_verdict(p50 <= 100)} ({p50 - 100:+.0f} ms) |"
+            )
+    docker = (results.get("docker") or {}).get("summary", {}).get("cold_ms")
+    if docker:
+        rows.append(
+            f"| cold start p50 ≤ 300 ms, docker, btrfs | {docker['p50']:.0f} ms | "
+            f"{_verdict(docker['p50'] <= 300)} ({docker['p50'] - 300:+.0f} ms) |"
+        )
+    if not rows:
+        return []
+    return [
+        "## Targets (issue 6)",
+        "",
+        "| target | measured | verdict |",
+        "| --- | --- | --- |",
+        *rows,
+        "",
+    ]
+
+
 def write(results: Results) -> None:
     """Write docs/benchmarks.md (and plots) from ``results``."""
     machine = results.get("machine", {})
@@ -211,8 +354,9 @@ def write(results: Results) -> None:
         *(f"| {key} | {value} |" for key, value in machine.items()),
         "",
     ]
+    lines += _targets(results)
     lines += results.get("summary_md", "").splitlines()
-    for render in (_coldstart, _o1, _proxy, _idle):
+    for render in (_coldstart, _docker, _wakeup, _o1, _proxy, _idle, _events):
         lines += render(results)
     lines += results.get("notes_md", "").splitlines()
     DOC.write_text("\n".join(lines).rstrip() + "\n")

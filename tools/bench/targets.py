@@ -68,6 +68,18 @@ def available(wanted: tuple[str, ...]) -> tuple[list[Target], dict[str, str]]:
     return found, skipped
 
 
+def docker_ready(image: str) -> tuple[bool, str]:
+    """Whether the docker runtime can run here: an engine answering and the image present."""
+    if not _mounted("/mnt/prism-test/btrfs", "btrfs"):
+        return False, "no btrfs at /mnt/prism-test/btrfs"
+    if shutil.which("docker") is None:
+        return False, "no docker command"
+    probe = subprocess.run(["docker", "image", "inspect", image], capture_output=True, check=False)
+    if probe.returncode != 0:
+        return False, f"no image {image} (tools/sysenv/)"
+    return True, ""
+
+
 def _zfs_ready() -> bool:
     if shutil.which("zfs") is None:
         return False
