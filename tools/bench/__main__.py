@@ -75,11 +75,12 @@ async def _docker(args: argparse.Namespace) -> dict[str, Any]:
         network="auto",
     )
     prism_log = logging.getLogger("prism")
-    level = prism_log.level
+    level, prism_log.propagate = prism_log.level, False  # bench() logs DEBUG for its split
     try:
         result: dict[str, Any] = await docker_cold_start.bench(options)
     finally:
-        prism_log.setLevel(level)  # bench() turns on DEBUG to read the phase split
+        prism_log.setLevel(level)
+        prism_log.propagate = True
     summary = result["summary"]
     _log(
         f"docker: cold p50 {summary['cold_ms']['p50']:.0f} ms, "

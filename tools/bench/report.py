@@ -28,7 +28,7 @@ def load_results() -> Results:
 
 def save_results(results: Results) -> None:
     ASSETS.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True, default=str) + "\n")
 
 
 def _ms(values: list[float], q: float) -> str:
