@@ -24,9 +24,12 @@ The script, in order, on one session unless a client cannot (psql's cancel ends 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from dataclasses import dataclass
 from typing import Any
+
+from tests.integration.harness import PASSWORD, PrismHandle
 
 SUM_ARGS = (40, 2)
 PREPARED_ARGS = (1, 2, 3)
@@ -52,6 +55,21 @@ class Target:
     def as_json(self) -> str:
         """The target for a client program in another language (argument 1 of its command)."""
         return json.dumps(dataclasses.asdict(self))
+
+
+_branches = itertools.count()
+
+
+def target_for(prism: PrismHandle, *, tls: bool) -> Target:
+    """A branch of ``prism`` that does not exist yet, for one client run."""
+    return Target(
+        host="127.0.0.1",
+        port=prism.port,
+        user=f"postgres@matrix-{next(_branches)}",
+        password=PASSWORD,
+        dbname="postgres",
+        tls=tls,
+    )
 
 
 @dataclass(frozen=True)
@@ -92,3 +110,8 @@ def assert_behaves_like_postgres(seen: Seen, target: Target) -> None:
     )
     assert seen == expected, f"saw {seen}, Postgres gives {expected}"
     assert 0 <= seen.cancelled_within < CANCEL_BOUND, "the cancel did not reach the query"
+
+
+async def assert_new_branch_was_made(prism: PrismHandle, target: Target) -> None:
+    """The client really went through branch creation, not to an existing server."""
+    assert prism.manager.get(target.user.split("@")[1]) is not None

@@ -19,6 +19,9 @@ BTRFS_MOUNT = TEST_ROOT / "btrfs"
 XFS_MOUNT = TEST_ROOT / "xfs"
 ZFS_POOL = "prismtest"
 DOCKER_IMAGE = "prism-test/postgres:15"
+PGJDBC_JAR = Path("/usr/share/java/postgresql.jar")
+NODE_MODULES = Path("/var/lib/prism-test/clients/node/node_modules")
+"""Where tools/sysenv/clients.sh installs node-postgres and pg-copy-streams."""
 
 
 def unavailable(reason: str) -> NoReturn:
@@ -62,4 +65,11 @@ def require_command(name: str) -> str:
     path = shutil.which(name)
     if path is None:
         unavailable(f"command {name!r} not installed; run tools/sysenv/setup.sh as root")
+    return path
+
+
+def require_file(path: Path, what: str) -> Path:
+    """Return ``path`` if it exists, else skip/fail naming what is missing."""
+    if not path.exists():
+        unavailable(f"{what} not installed at {path}; run tools/sysenv/setup.sh as root")
     return path

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import itertools
 import re
 import shutil
 import signal
@@ -47,11 +46,11 @@ from tests.clients import (
     Seen,
     Target,
     assert_behaves_like_postgres,
+    assert_new_branch_was_made,
+    target_for,
 )
 
-from .harness import PASSWORD, PrismHandle
-
-_branches = itertools.count()
+from .harness import PrismHandle
 
 
 class Driver(Protocol):
@@ -475,18 +474,6 @@ DRIVERS: dict[str, Driver] = {
 }
 
 
-def target_for(prism: PrismHandle, *, tls: bool) -> Target:
-    """A new branch on ``prism`` for one client run."""
-    return Target(
-        host="127.0.0.1",
-        port=prism.port,
-        user=f"postgres@matrix-{next(_branches)}",
-        password=PASSWORD,
-        dbname="postgres",
-        tls=tls,
-    )
-
-
 @pytest.fixture(scope="module")
 def psql(tmp_path_factory: pytest.TempPathFactory) -> Psql:
     return Psql(psql_with_tls(tmp_path_factory.mktemp("psql")))
@@ -502,4 +489,4 @@ async def test_client_behaves_through_prism_as_with_postgres(
     with trio.fail_after(120):
         seen = await trio.to_thread.run_sync(driver.play, target)
     assert_behaves_like_postgres(seen, target)
-    assert prism.manager.get(target.user.split("@")[1]) is not None
+    await assert_new_branch_was_made(prism, target)

@@ -18,7 +18,7 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-for part in filesystems docker zfs browser; do
+for part in filesystems docker zfs browser clients; do
     if [ -f "$here/$part.sh" ]; then
         echo "sysenv: $part"
         bash "$here/$part.sh"

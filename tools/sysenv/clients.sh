@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Provision the drivers the seed's users connect with, for the client system tests:
+# pgjdbc (what DBeaver uses) and node-postgres (what TypeORM uses), with pg-copy-streams (how
+# node-postgres users run COPY).
+#
+# Why system-wide: pgjdbc comes from Debian (libpostgresql-jdbc-java, /usr/share/java/
+# postgresql.jar) and needs a JDK to compile the test program; node-postgres comes from npm into
+# a cache directory the tests read, so a test run never touches the network.
+#
+# Idempotent: installs only missing packages, runs npm only when `pg` is not in the cache yet, and
+# says what it did or skipped. Paths match tests/sysenv.py (CLIENTS_DIR, PGJDBC_JAR).
+set -euo pipefail
+
+CLIENTS_DIR=/var/lib/prism-test/clients
+NODE_DIR=$CLIENTS_DIR/node
+PGJDBC_JAR=/usr/share/java/postgresql.jar
+
+say() { printf 'clients: %s\n' "$*"; }
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "clients: must run as root (it installs packages)" >&2
+    exit 1
+fi
+
+missing=()
+[[ -e $PGJDBC_JAR ]] || missing+=(libpostgresql-jdbc-java)
+command -v javac >/dev/null 2>&1 || missing+=(default-jdk-headless)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+if ((${#missing[@]} == 0)); then
+    say "pgjdbc, a JDK and node already installed"
+else
+    say "installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+NODE_PACKAGES=(pg pg-copy-streams)
+if [[ -f $NODE_DIR/node_modules/pg/package.json && -f $NODE_DIR/node_modules/pg-copy-streams/package.json ]]; then
+    say "node-postgres already in $NODE_DIR"
+else
+    say "installing ${NODE_PACKAGES[*]} into $NODE_DIR"
+    mkdir -p "$NODE_DIR"
+    [[ -f $NODE_DIR/package.json ]] || printf '{"name": "prism-client-tests", "private": true}\n' \
+        >"$NODE_DIR/package.json"
+    npm install --prefix "$NODE_DIR" --no-audit --no-fund --loglevel=error "${NODE_PACKAGES[@]}" >/dev/null
+fi
+# The tests run node as whoever runs pytest; let them read the cache.
+chmod -R a+rX "$CLIENTS_DIR"
