@@ -124,23 +124,56 @@ def _fmt_s(seconds: float | None) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
 
 
+class _Proxy:
+    """The proxy section's runs, read as medians and as per-round paired comparisons.
+
+    Each round runs direct, Prism and PgBouncer back to back, so a ratio (or a latency
+    difference) taken within a round cancels most of the shared machine's drift; the
+    median over rounds of those paired figures is what the report and the targets use.
+    """
+
+    def __init__(self, section: dict[str, Any]) -> None:
+        self.runs: dict[str, list[dict[str, float]]] = section["runs"]
+
+    def _series(self, workload: str, count: int, target: str, field: str) -> list[float]:
+        return [r[field] for r in self.runs.get(f"{workload}|{count}|{target}", [])]
+
+    def median(self, workload: str, count: int, target: str, field: str) -> float:
+        return median(self._series(workload, count, target, field))
+
+    def ratio(self, workload: str, count: int, target: str) -> float:
+        pairs = zip(
+            self._series(workload, count, target, "tps"),
+            self._series(workload, count, "direct", "tps"),
+            strict=True,
+        )
+        return median([mine / direct for mine, direct in pairs])
+
+    def added_us(self, workload: str, count: int, target: str) -> float:
+        pairs = zip(
+            self._series(workload, count, target, "p50_us"),
+            self._series(workload, count, "direct", "p50_us"),
+            strict=True,
+        )
+        return median([mine - direct for mine, direct in pairs])
+
+
 def _proxy(results: Results) -> list[str]:
     section = results.get("proxy")
     if not section:
         return []
     clients = section["clients"]
-    runs = section["runs"]
 
-    def cell(workload: str, count: int, target: str, field: str) -> float:
-        return median([r[field] for r in runs.get(f"{workload}|{count}|{target}", [])])
-
+    cells = _Proxy(section)
     lines = [
         "## Proxy overhead: direct vs Prism vs PgBouncer (session mode)",
         "",
         f"Command: `{COMMAND} --only proxy`: pgbench (scale 10) for {section['seconds']:g} s per "
         f"run, {section['rounds']} interleaved rounds (each round runs the three targets back to "
-        "back in a shuffled order), medians. All three reach the same server (Prism's main). "
-        "Added latency is the median per-transaction p50 (pgbench `-l`) minus direct's.",
+        "back in a shuffled order). All three reach the same server (Prism's main). TPS columns "
+        "are medians over rounds; ratios are the median of per-round ratios to direct, and "
+        "added latency the median of per-round differences of the per-transaction p50 "
+        "(pgbench `-l`) from direct's.",
         "",
         "| workload | clients | direct tps | Prism tps | PgBouncer tps | Prism / direct "
         "| PgBouncer / direct | Prism added p50 µs | PgBouncer added p50 µs |",
@@ -150,18 +183,18 @@ def _proxy(results: Results) -> list[str]:
     labels = []
     for workload in ("select-only (-S)", "TPC-B-like"):
         for count in clients:
-            direct = cell(workload, count, "direct", "tps")
-            prism = cell(workload, count, "prism", "tps")
-            bouncer = cell(workload, count, "pgbouncer", "tps")
-            base = cell(workload, count, "direct", "p50_us")
+            prism = cells.ratio(workload, count, "prism")
+            bouncer = cells.ratio(workload, count, "pgbouncer")
             lines.append(
-                f"| {workload} | {count} | {direct:.0f} | {prism:.0f} | {bouncer:.0f} | "
-                f"**{prism / direct:.2f}** | {bouncer / direct:.2f} | "
-                f"{cell(workload, count, 'prism', 'p50_us') - base:.0f} | "
-                f"{cell(workload, count, 'pgbouncer', 'p50_us') - base:.0f} |"
+                f"| {workload} | {count} | {cells.median(workload, count, 'direct', 'tps'):.0f} | "
+                f"{cells.median(workload, count, 'prism', 'tps'):.0f} | "
+                f"{cells.median(workload, count, 'pgbouncer', 'tps'):.0f} | "
+                f"**{prism:.2f}** | {bouncer:.2f} | "
+                f"{cells.added_us(workload, count, 'prism'):.0f} | "
+                f"{cells.added_us(workload, count, 'pgbouncer'):.0f} |"
             )
-            ratios["Prism"].append(prism / direct)
-            ratios["PgBouncer"].append(bouncer / direct)
+            ratios["Prism"].append(prism)
+            ratios["PgBouncer"].append(bouncer)
             labels.append(f"{'-S' if workload.startswith('select') else 'TPC-B'} c={count}")
     lines += ["", "pgbench commands (per target, `-l` added for latencies):", "", "```"]
     lines += [*sorted(set(section["commands"]))[:6], "```", ""]
@@ -280,26 +313,20 @@ def _targets(results: Results) -> list[str]:
     rows = []
     proxy = results.get("proxy")
     if proxy:
-        runs = proxy["runs"]
-
-        def cell(workload: str, count: int, target: str, field: str) -> float:
-            return median([r[field] for r in runs.get(f"{workload}|{count}|{target}", [])])
-
+        cells = _Proxy(proxy)
         for workload in ("select-only (-S)", "TPC-B-like"):
             for count in (1, 8):
                 if count not in proxy["clients"]:
                     continue
-                direct = cell(workload, count, "direct", "tps")
-                prism = cell(workload, count, "prism", "tps") / direct
-                bouncer = cell(workload, count, "pgbouncer", "tps") / direct
+                prism = cells.ratio(workload, count, "prism")
+                bouncer = cells.ratio(workload, count, "pgbouncer")
                 rows.append(
                     f"| TPS ratio ≥ PgBouncer's, {workload}, {count} client(s) | "
                     f"{prism:.2f} vs {bouncer:.2f} | {_verdict(prism >= bouncer)} "
                     f"({(prism - bouncer) * 100:+.0f} points) |"
                 )
-                base = cell(workload, count, "direct", "p50_us")
-                added = cell(workload, count, "prism", "p50_us") - base
-                limit = cell(workload, count, "pgbouncer", "p50_us") - base + 10
+                added = cells.added_us(workload, count, "prism")
+                limit = cells.added_us(workload, count, "pgbouncer") + 10
                 rows.append(
                     f"| added p50 ≤ PgBouncer's + 10 µs, {workload}, {count} client(s) | "
                     f"{added:.0f} µs vs ≤ {limit:.0f} µs | {_verdict(added <= limit)} "
