@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Undo tools/sysenv/docker.sh and tools/sysenv/zfs.sh: Prism's test containers, the test
-# images (with --images), the ZFS test pool and its file, and the daemons this set-up started.
+# images (with --images), the ZFS test pool and its file, and the daemons this set-up started;
+# also the private dockerd the engine-loss system test runs (its data root and bridge).
 #
 # Only what those scripts made is touched: containers labelled prism.managed=true, the
 # prism-test/* images, the pool `prismtest` and its backing file. Safe to run repeatedly.
@@ -51,6 +52,25 @@ if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
     fi
 else
     say "no Docker engine answering (nothing to remove there)"
+fi
+
+# The private engine tests/system/private_engine.py starts (and stops) for the engine-loss
+# test: normally stopped already; its data root caches a copy of the test image.
+PRIVATE_PID=/var/run/prism-dockerd.pid
+if [[ -s $PRIVATE_PID ]] && kill "$(cat "$PRIVATE_PID")" 2>/dev/null; then
+    while kill -0 "$(cat "$PRIVATE_PID" 2>/dev/null)" 2>/dev/null; do sleep 0.1; done
+    say "stopped the private test dockerd"
+fi
+if grep -q " $IMAGE_DIR/dockerd-private/" /proc/mounts; then
+    # A container left running by a live-restore engine still has its root mounted there.
+    say "$IMAGE_DIR/dockerd-private has mounts (a container still running?); left in place"
+elif [[ -d $IMAGE_DIR/dockerd-private ]]; then
+    rm -rf "$IMAGE_DIR/dockerd-private"
+    say "removed $IMAGE_DIR/dockerd-private"
+fi
+if [[ -e /sys/class/net/prismdkr0 ]]; then
+    ip link delete prismdkr0
+    say "removed bridge prismdkr0"
 fi
 
 if command -v zpool >/dev/null 2>&1 && zpool list >/dev/null 2>&1; then
