@@ -3,7 +3,8 @@
 Each session is real (authenticated by the branch server, one Postgres backend each), so main
 is given ``max_connections`` to match. Prism's RSS is read from /proc before and after; the
 per-connection figure is the difference divided by the count. Meanwhile one more session runs
-``SELECT 1`` in a loop, and its latency is compared with the same loop before the crowd came.
+``SELECT 1`` in a loop, and its latency is compared with the same loop before the crowd came,
+and with the same loop straight to the server (1,000 backends slow Postgres itself down).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ class IdleResult:
     rss_after_kb: int
     latency_before_us: tuple[float, float]
     latency_during_us: tuple[float, float]
+    #: The same loop straight to main's server, to tell Prism's share from Postgres's.
+    direct_before_us: tuple[float, float] = (float("nan"), float("nan"))
+    direct_during_us: tuple[float, float] = (float("nan"), float("nan"))
 
     @property
     def kb_per_connection(self) -> float:
@@ -50,7 +54,9 @@ async def measure(
     prism: PrismProcess, *, connections: int, log: Callable[[str], None] = print
 ) -> IdleResult:
     """Open ``connections`` idle sessions, measure, close them all."""
+    direct = prism.branch_port("main")
     before = await _latency(prism.port)
+    direct_before = await _latency(direct)
     await trio.sleep(0.5)
     rss_before = prism.rss_kb()
     async with AsyncExitStack() as stack:
@@ -67,9 +73,13 @@ async def measure(
         await trio.sleep(1.0)
         rss_after = prism.rss_kb()
         during = await _latency(prism.port)
+        direct_during = await _latency(direct)
         log(
             f"idle: {connections} connections: +{rss_after - rss_before} kB "
             f"({(rss_after - rss_before) / connections:.1f} kB each), "
-            f"SELECT 1 p50 {before[0]:.0f} -> {during[0]:.0f} us"
+            f"SELECT 1 p50 {before[0]:.0f} -> {during[0]:.0f} us "
+            f"(direct {direct_before[0]:.0f} -> {direct_during[0]:.0f} us)"
         )
-    return IdleResult(connections, rss_before, rss_after, before, during)
+    return IdleResult(
+        connections, rss_before, rss_after, before, during, direct_before, direct_during
+    )

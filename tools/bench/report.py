@@ -14,6 +14,9 @@ from tools.bench.common import REPO, median, percentile
 DOC = REPO / "docs" / "benchmarks.md"
 ASSETS = REPO / "docs" / "benchmarks"
 RESULTS = ASSETS / "results.json"
+#: Hand-written closing notes (what the figures mean, what is missed and why), kept as prose
+#: beside the generated figures and appended to the page.
+NOTES = ASSETS / "notes.md"
 COMMAND = ".venv/bin/python -m tools.bench"
 
 Results = dict[str, Any]
@@ -209,20 +212,25 @@ def _idle(results: Results) -> list[str]:
         return []
     per = (section["rss_after_kb"] - section["rss_before_kb"]) / section["connections"]
     before, during = section["latency_before_us"], section["latency_during_us"]
+    nan = [float("nan")] * 2
+    direct_before = section.get("direct_before_us", nan)
+    direct_during = section.get("direct_during_us", nan)
     return [
         "## Connection scale: idle sessions through one Prism",
         "",
         f"Command: `{COMMAND} --only idle`: {section['connections']} authenticated, idle "
         "sessions through Prism (main runs with `max_connections` to match); Prism's RSS from "
         "`/proc/<pid>/status` before and after; 500 `SELECT 1` round trips on one more session "
-        "before and during.",
+        "before and during, through Prism and straight to main's server.",
         "",
-        "| connections | Prism RSS before | after | per connection | SELECT 1 p50 / p95 before "
-        "| during |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| connections | Prism RSS before | after | per connection | SELECT 1 p50 / p95 via "
+        "Prism before | during | direct before | direct during |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         f"| {section['connections']} | {section['rss_before_kb'] / 1024:.1f} MB | "
         f"{section['rss_after_kb'] / 1024:.1f} MB | **{per:.1f} KB** | "
-        f"{before[0]:.0f} / {before[1]:.0f} µs | {during[0]:.0f} / {during[1]:.0f} µs |",
+        f"{before[0]:.0f} / {before[1]:.0f} µs | {during[0]:.0f} / {during[1]:.0f} µs | "
+        f"{direct_before[0]:.0f} / {direct_before[1]:.0f} µs | "
+        f"{direct_during[0]:.0f} / {direct_during[1]:.0f} µs |",
         "",
     ]
 
@@ -382,10 +390,10 @@ def write(results: Results) -> None:
         "",
     ]
     lines += _targets(results)
-    lines += results.get("summary_md", "").splitlines()
     for render in (_coldstart, _docker, _wakeup, _o1, _proxy, _idle, _events):
         lines += render(results)
-    lines += results.get("notes_md", "").splitlines()
+    if NOTES.exists():
+        lines += ["", *NOTES.read_text().splitlines()]
     DOC.write_text("\n".join(lines).rstrip() + "\n")
 
 
