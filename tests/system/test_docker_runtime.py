@@ -25,25 +25,16 @@ from prism.address import BackendAddress
 from prism.errors import RuntimeStartFailed
 from prism.runtime.base import Runtime
 from prism.runtime.docker import LABEL_PGDATA, DockerRuntime
-from tests.sysenv import DOCKER_IMAGE, require_command, require_root, unavailable
+from tests.sysenv import DOCKER_IMAGE, require_command
+from tests.system.stacks import require_docker
 
 PASSWORD = "secret-pw"
 _BASE = Path("/var/lib/prism-test/docker")
 
 
 def _engine() -> docker.DockerClient:
-    require_root()
     require_command("psql")
-    try:
-        client = docker.from_env(version="auto")
-        client.ping()
-    except docker.errors.DockerException as exc:
-        unavailable(f"no Docker engine answers ({exc}); run tools/sysenv/docker.sh as root")
-    try:
-        client.images.get(DOCKER_IMAGE)
-    except docker.errors.ImageNotFound:
-        unavailable(f"image {DOCKER_IMAGE} missing; run tools/sysenv/docker.sh as root")
-    return client
+    return require_docker()
 
 
 def _image_postgres_ids(client: docker.DockerClient) -> tuple[int, int]:

@@ -455,7 +455,6 @@ class DockerRuntime:
         # With the host's network the server shares the host's loopback: listen there only.
         listen = LOOPBACK if mode == "host" else "*"
         command = ["-D", info.pgdata, "-c", f"listen_addresses={listen}", "-c", f"port={port}"]
-        command += _recovery_settings(pgdata)
         mounts = [Mount(info.pgdata, str(pgdata), type="bind")]
         labels = {
             LABEL_MANAGED: "true",
@@ -838,21 +837,6 @@ def _pidfile_ready(pgdata: Path, before: tuple[int, int] | None) -> bool:
         return False
     pidfile = read_pidfile(pgdata)
     return pidfile is not None and pidfile.ready
-
-
-def _recovery_settings(pgdata: Path) -> list[str]:
-    """Server settings that shorten the crash recovery a clone of a running parent goes through.
-
-    Before replaying WAL, crash recovery fsyncs every file of the data directory; ``syncfs``
-    (PostgreSQL 14+, Linux) does it with one call per filesystem instead, 20-35 ms less on a
-    fresh cluster here. Older servers refuse unknown settings, so the version is read from the
-    data directory (a few bytes in the page cache, hence read on the event loop).
-    """
-    try:
-        major = int((pgdata / "PG_VERSION").read_text(encoding="ascii").strip().split(".")[0])
-    except (OSError, ValueError):
-        return []
-    return ["-c", "recovery_init_sync_method=syncfs"] if major >= 14 else []
 
 
 def _same_path(a: Path, b: Path) -> bool:
