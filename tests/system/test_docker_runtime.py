@@ -273,6 +273,19 @@ async def test_published_port_mode_reaches_the_server_on_localhost(env: Env) -> 
         await runtime.aclose()
 
 
+async def test_bridge_ip_mode_reaches_the_server_at_the_containers_address(env: Env) -> None:
+    runtime = env.runtime(network_mode="bridge-ip")
+    try:
+        address = await runtime.start(env.branch, env.pgdata)
+        container = docker.from_env(version="auto").containers.get(f"prism-{env.branch}")
+        assert address.host == container.attrs["NetworkSettings"]["IPAddress"]
+        assert address.port == 5432
+        assert await _psql(address, "select 3") == "3"
+    finally:
+        await runtime.stop(env.branch)
+        await runtime.aclose()
+
+
 async def test_a_missing_image_says_how_to_get_it(env: Env) -> None:
     runtime = DockerRuntime(run_dir=env.root / "run", image="prism-test/no-such-image:0")
     with pytest.raises(RuntimeStartFailed, match="not present") as caught:
