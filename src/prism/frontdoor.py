@@ -24,7 +24,7 @@ from typing import Final
 
 import trio
 
-from prism import wire
+from prism import clienthello, wire
 from prism.errors import PrismError, ProtocolViolation
 from prism.tls import ALPN_PROTOCOL, TLS_HANDSHAKE_RECORD, PrefixedStream, TlsConfig, accept_tls
 
@@ -84,7 +84,7 @@ async def read_hello(
     """
     first = await _receive(conn.stream)
     if tls is not None and first[0] == TLS_HANDSHAKE_RECORD:
-        await _start_tls(conn, PrefixedStream(conn.stream, first), tls, direct=True)
+        await _start_tls(conn, first, tls, direct=True)
         first = b""
     reader = wire.StartupReader()
     reader.feed(first)
@@ -109,7 +109,7 @@ async def read_hello(
                     "attempted man-in-the-middle attack",
                 )
             await conn.send(b"S")
-            await _start_tls(conn, conn.stream, tls, direct=False)
+            await _start_tls(conn, b"", tls, direct=False)
             reader = wire.StartupReader()
         else:
             plaintext = isinstance(message, wire.StartupMessage) and not conn.tls
@@ -124,11 +124,19 @@ async def read_hello(
             return message
 
 
-async def _start_tls(
-    conn: ClientConn, transport: trio.abc.HalfCloseableStream, tls: TlsConfig, *, direct: bool
-) -> None:
+async def _read_client_hello(conn: ClientConn, hello: bytes) -> tuple[bytes, str | None]:
+    """Read on until the ClientHello is complete: its bytes so far and its server name."""
+    while (name := clienthello.server_name(hello)) is clienthello.NEED_MORE:
+        hello += await _receive(conn.stream)
+    assert not isinstance(name, clienthello.NeedMore)
+    return hello, name
+
+
+async def _start_tls(conn: ClientConn, received: bytes, tls: TlsConfig, *, direct: bool) -> None:
+    """Handshake on ``conn``; ``received`` is the start of the ClientHello, if read already."""
+    hello, sni = await _read_client_hello(conn, received)
     try:
-        stream = await accept_tls(transport, tls)
+        stream = await accept_tls(PrefixedStream(conn.stream, hello), tls, sni)
     except trio.BrokenResourceError as exc:
         # Not worth an error message: there is no channel left to send it on.
         log.debug("tls: handshake with %s failed: %r", conn.peer, exc.__cause__ or exc)

@@ -15,7 +15,6 @@ Two details make TLS streams fit the byte pump, which was written for sockets:
 
 from __future__ import annotations
 
-import contextvars
 import datetime
 import enum
 import hashlib
@@ -43,14 +42,6 @@ TLS_HANDSHAKE_RECORD: Final = 0x16
 """First byte of a TLS ClientHello record: how a direct-TLS connection announces itself."""
 
 _SELF_SIGNED_DAYS: Final = 3650
-
-_sni_seen: contextvars.ContextVar[str | None] = contextvars.ContextVar("prism_sni", default=None)
-"""The SNI host name of the handshake running in the current task.
-
-OpenSSL calls the SNI callback synchronously from inside ``do_handshake``, i.e. in the task
-that owns the connection; a context variable carries the name back to that task without
-reaching into the SSL object's internals.
-"""
 
 
 class TlsMode(enum.Enum):
@@ -106,16 +97,13 @@ def load_tls(
             hint="check the paths and that the key matches the certificate",
         ) from None
     context.set_alpn_protocols([ALPN_PROTOCOL])
-    context.sni_callback = _remember_sni
+    # No sni_callback: the front door reads the name from the ClientHello itself
+    # (prism.clienthello explains why).
     return TlsConfig(
         context=context,
         channel_binding=server_end_point_hash(x509.load_pem_x509_certificate(pem)),
         required=mode is TlsMode.REQUIRED,
     )
-
-
-def _remember_sni(_obj: object, server_name: str | None, _context: ssl.SSLContext) -> None:
-    _sni_seen.set(server_name)
 
 
 def server_end_point_hash(cert: x509.Certificate) -> bytes:
@@ -219,17 +207,13 @@ class TlsStream(trio.abc.HalfCloseableStream):
         return selected
 
 
-async def accept_tls(transport: trio.abc.Stream, config: TlsConfig) -> TlsStream:
+async def accept_tls(transport: trio.abc.Stream, config: TlsConfig, sni: str | None) -> TlsStream:
     """Run the server side of a TLS handshake on ``transport``.
 
-    Raises trio.BrokenResourceError when the handshake fails (the client hung up, refused
-    our certificate or spoke something else).
+    ``sni`` is the server name the front door read from the ClientHello. Raises
+    trio.BrokenResourceError when the handshake fails (the client hung up, refused our
+    certificate or spoke something else).
     """
     ssl_stream = trio.SSLStream(transport, config.context, server_side=True)
-    token = _sni_seen.set(None)
-    try:
-        await ssl_stream.do_handshake()
-        sni = _sni_seen.get()
-    finally:
-        _sni_seen.reset(token)
+    await ssl_stream.do_handshake()
     return TlsStream(ssl_stream, sni)
