@@ -93,7 +93,8 @@ def _o1(results: Results) -> list[str]:
         f"`-s {args['big_scale']}`, then `CHECKPOINT`; {args['o1_branches']} branches per size, "
         "cold start as above: connect to a missing branch → first query result, medians; the "
         "clone step alone is the O(1) part, the rest is the server's start-up, which includes "
-        "crash recovery of the WAL since the last checkpoint). Beside it, on the same data (copy driver's main, root disk), "
+        "crash recovery of the WAL since the last checkpoint). Beside it, on the same data "
+        "(copy driver's main, root disk), "
         "what a user would do without Prism: `CREATE DATABASE copied TEMPLATE postgres` and "
         "`pg_dump -Fc | pg_restore` into a new database.",
         "",
