@@ -12,8 +12,11 @@ One difference, in the environment rather than the commands: there is no registr
 the default image (``postgres:15-alpine``) from, so ``PRISM_IMAGE`` names the local test image,
 which keeps the official image's contract (tools/sysenv/image/).
 
-``/mnt/prism_data`` is a fresh subvolume of the btrfs test pool bind-mounted there, and the
-demo needs ports 5432 and 8080: if any of these is taken the test cannot run (a failure in CI).
+``/mnt/prism_data`` is a fresh subvolume of the btrfs test pool bind-mounted there (an existing,
+non-empty one is never touched: the test cannot run then). The demo needs ports 5432 and 8080;
+no other test uses them (the others listen on port 0, and branch servers get ports from the
+ephemeral range), so a taken port is something outside the test run: the test waits a little
+for it, then fails naming the holder rather than skipping, since the demo is the point.
 Everything is removed afterwards.
 """
 
@@ -25,6 +28,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,6 +63,17 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _wait_for_free_ports(*ports: int) -> None:
+    """Wait up to 30 s for ``ports`` (something may be shutting down); fail naming the holder."""
+    deadline = time.monotonic() + 30
+    while taken := [port for port in ports if not _port_free(port)]:
+        if time.monotonic() > deadline:
+            holders = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True).stdout
+            lines = [line for line in holders.splitlines() if any(f":{p} " in line for p in taken)]
+            pytest.fail(f"the seed's demo needs ports {taken}, held by:\n" + "\n".join(lines))
+        time.sleep(0.5)
+
+
 def _run(*args: str) -> str:
     return subprocess.run(args, check=True, capture_output=True, text=True).stdout
 
@@ -82,9 +97,7 @@ def prism_data() -> Iterator[Path]:
     for tool in ("psql", "curl", "btrfs", "mount"):
         require_command(tool)
     client = require_docker()
-    taken = [port for port in (5432, 8080) if not _port_free(port)]
-    if taken:
-        unavailable(f"the seed's demo needs ports 5432 and 8080; taken: {taken}")
+    _wait_for_free_ports(5432, 8080)
     if DATA_DIR.exists() and (os.path.ismount(DATA_DIR) or any(DATA_DIR.iterdir())):
         unavailable(f"{DATA_DIR} exists and is not empty; the demo will not touch it")
     backing = _BACKING.with_name(f"{_BACKING.name}-{uuid.uuid4().hex[:8]}")
