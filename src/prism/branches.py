@@ -89,6 +89,11 @@ class Branch:
         )
 
 
+def _describe(exc: BaseException) -> str:
+    """What an event's ``error`` says about a failure: the user-facing message if it has one."""
+    return exc.message if isinstance(exc, PrismError) else repr(exc)
+
+
 def _elapsed_ms(started: float) -> float:
     return round((trio.current_time() - started) * 1000, 1)
 
@@ -482,7 +487,7 @@ class BranchManager:
             )
 
     def _publish_failure(self, name: str, exc: BaseException, started: float) -> None:
-        error = exc.message if isinstance(exc, PrismError) else repr(exc)
+        error = _describe(exc)
         log.error("branch %s: operation failed and was rolled back: %s", name, error)
         self.events.publish("failed", name, error=error, duration_ms=_elapsed_ms(started))
 
@@ -510,10 +515,20 @@ class BranchManager:
             branch.address = await self.runtime.start(
                 branch.name, self.storage.path(branch.name), parent=branch.parent
             )
-        except BaseException:
+        except BaseException as exc:
             branch.status = (
                 previous if previous is not BranchStatus.RUNNING else BranchStatus.STOPPED
             )
+            if branch.status is BranchStatus.STOPPED:
+                # Back to stopped: say so, or subscribers would show "starting" for good. (A
+                # new branch is rolled back instead, and its "failed" event says why.)
+                self.events.publish(
+                    "stopped",
+                    branch.name,
+                    reason=reason,
+                    error=_describe(exc),
+                    duration_ms=_elapsed_ms(started),
+                )
             raise
         branch.status = BranchStatus.RUNNING
         branch.last_active_ts = time.time()

@@ -123,3 +123,23 @@ async def test_refused_calls_are_401_and_logged_with_path_and_reason(
     assert refusals[0].endswith("no token")
     assert refusals[1].endswith("wrong token")
     assert status(prism, "main") == "running"
+
+
+async def test_a_failed_start_leaves_the_branch_stopped_and_says_why(prism: PrismHandle) -> None:
+    await psql(prism.dsn("postgres@fragile"), "SELECT 1")
+    async with prism.manager.events.subscribe() as events, api(prism) as http:
+        await http.post(f"{V1}/branches/fragile/stop")
+        conf = prism.manager.storage.path("fragile") / "postgresql.auto.conf"
+        original = conf.read_text()
+        conf.write_text(original + "\nthis is not a setting\n")
+        refused = await http.post(f"{V1}/branches/fragile/start")
+        assert (refused.status_code, refused.json()["code"]) == (503, "start_failed")
+        with trio.fail_after(10):
+            await wait_for(events, type="starting", branch="fragile", reason="start")
+            [failed] = (await wait_for(events, branch="fragile"))[-1:]
+        assert (failed["type"], failed["reason"]) == ("stopped", "start")
+        assert failed["error"] == refused.json()["message"]
+        assert (await http.get(f"{V1}/branches/fragile")).json()["status"] == "stopped"
+
+        conf.write_text(original)
+        assert (await http.post(f"{V1}/branches/fragile/start")).json()["status"] == "running"
