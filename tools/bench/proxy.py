@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,8 @@ max_client_conn = 500
 default_pool_size = 100
 max_db_connections = 100
 logfile = {dir}/pgbouncer.log
+log_connections = 0
+log_disconnections = 0
 pidfile = {dir}/pgbouncer.pid
 """
 
@@ -108,7 +111,10 @@ async def pgbouncer(install: PgInstall, work: Path, server_port: int) -> AsyncIt
     for path in directory.iterdir():
         install.chown(path)
     process = await trio.lowlevel.open_process(
-        ["pgbouncer", str(ini)], **install.spawn_options(), stdout=None, stderr=None
+        ["pgbouncer", "--quiet", str(ini)],
+        **install.spawn_options(),
+        stdout=subprocess.DEVNULL,
+        stderr=None,
     )
     try:
         with trio.fail_after(10):
