@@ -4,9 +4,9 @@ The unit property tests (tests/unit/test_wire.py, test_front_door_parsing.py) pr
 turn any bytes into a message or a clean protocol error. This proves the same of the whole
 front door on real sockets — encryption negotiation, TLS handshakes, cancel forwarding, the
 start-up timeout, closes in every state: hundreds of random and mutated start-up packets,
-truncated TLS ClientHellos (after an SSLRequest and as direct TLS) and cancel requests with
-garbage keys, many at a time. Afterwards Prism must still serve a real client, have no task or
-file descriptor left over, and have logged no traceback.
+truncated TLS ClientHellos (after an SSLRequest and as direct TLS), cancel requests with
+garbage keys and broken first SCRAM messages, many at a time. Afterwards Prism must still
+serve a real client, have no task or file descriptor left over, and have logged no traceback.
 
 The run is seeded, so a failure replays exactly; bounded to well under 30 s.
 """
@@ -105,6 +105,15 @@ def _garbage_cancel(rng: random.Random) -> bytes:
     return body + rng.randbytes(max(0, min(length, 400) - 12))
 
 
+def _sasl_garbage(rng: random.Random) -> bytes:
+    """A good start-up for a new branch, then a broken first SCRAM message: the auth path."""
+    startup = wire.StartupMessage(wire.PROTOCOL_3_0, (("user", "postgres@fuzz-auth"),))
+    first = wire.sasl_initial_response(
+        "SCRAM-SHA-256", b"n,,n=,r=" + rng.randbytes(8).hex().encode()
+    )
+    return startup.encode() + _mutate(rng, first)
+
+
 def _cases(rng: random.Random) -> list[Case]:
     endings = list(Ending)
     cases: list[Case] = []
@@ -117,6 +126,7 @@ def _cases(rng: random.Random) -> list[Case]:
                 "mutated", _mutate(rng, rng.choice(_valid_packets(rng))), ending=rng.choice(endings)
             ),
             Case("cancel", _garbage_cancel(rng), ending=rng.choice(endings)),
+            Case("sasl", _sasl_garbage(rng), ending=rng.choice(endings)),
             Case("direct-tls", truncated or b"\x16", ending=rng.choice(endings)),
             Case(
                 "tls-after-ssl-request", wire.SSLRequest().encode(), truncated, rng.choice(endings)
@@ -216,7 +226,8 @@ async def test_fuzzed_front_door_keeps_serving_and_leaks_nothing(
         for fields in _errors_in(answer):
             assert fields["S"] == "FATAL", (case, fields)
             assert fields["C"] != "XX000", (case, fields)  # an unexpected exception in Prism
-    assert {case.kind for case, answer in answers if _errors_in(answer)} >= {"random", "mutated"}
+    assert {case.kind for case, answer in answers if _errors_in(answer)} >= {"random", "sasl"}
+    assert prism.manager.get("fuzz-auth") is None  # no one authenticated, nothing was created
 
     tasks_after, fds_after = await _settled()
     assert tasks_after <= tasks, "a connection's task outlived it"
