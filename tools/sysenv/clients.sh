@@ -31,7 +31,9 @@ if ((${#missing[@]} == 0)); then
     say "pgjdbc, a JDK and node already installed"
 else
     say "installing ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    # setup.sh refreshes the package lists; run alone on a fresh box, refresh them here.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null ||
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; }
 fi
 
 NODE_PACKAGES=(pg pg-copy-streams)
