@@ -109,6 +109,23 @@ async def test_bytes_go_both_ways_in_order_and_are_counted(spliced: Spliced) -> 
     assert spliced.counted == len(big) + small
 
 
+async def test_bulk_both_ways_at_once_does_not_deadlock(spliced: Spliced) -> None:
+    """Each direction blocks only on its own peer: full buffers one way never stall the other."""
+    up, down = os.urandom(3_000_000), os.urandom(3_000_000)
+    received: dict[str, bytes] = {}
+
+    async def read(name: str, stream: trio.abc.ReceiveStream, size: int) -> None:
+        received[name] = await _receive_exactly(stream, size)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(spliced.client.send_all, up)
+            nursery.start_soon(spliced.server.send_all, down)
+            nursery.start_soon(read, "up", spliced.server, len(up))
+            nursery.start_soon(read, "down", spliced.client, len(down))
+    assert received == {"up": up, "down": down}
+
+
 async def test_client_eof_is_passed_on_and_the_server_may_still_answer(spliced: Spliced) -> None:
     await spliced.client.send_all(b"X")
     await spliced.client.send_eof()
