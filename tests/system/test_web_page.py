@@ -172,6 +172,21 @@ async def test_page_reconnects_when_prism_comes_back(
         assert page.errors == []
 
 
+async def test_page_that_falls_behind_is_told_and_resubscribes(
+    running: Runner, page: Page, request: pytest.FixtureRequest
+) -> None:
+    async with running(event_buffer=4) as prism, screenshot_at_end(page, request):
+        await page.goto(prism.info.api_url + "/")
+        await page.wait_until(f"{_LIVE} && {_status_is('main', 'running')}")
+        for n in range(20):  # all at once: more than the page's buffer of 4
+            prism.manager.events.publish("probe", None, n=n)
+        await page.wait_until(_feed_has("overflow"))
+        await prism.manager.create("after-overflow")
+        await page.wait_until(f"{_LIVE} && {_status_is('after-overflow', 'running')}")
+        assert await page.evaluate('document.querySelector("#events li.error") !== null')
+        assert page.errors == []
+
+
 async def test_page_of_a_prism_with_a_token_asks_once_then_works(
     running: Runner, page: Page, request: pytest.FixtureRequest
 ) -> None:
