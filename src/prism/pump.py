@@ -48,15 +48,25 @@ after :data:`IDLE_RETURN` of silence)."""
 
 _IDLE_TICKS: Final = round(IDLE_RETURN / TICK)
 _CLOCK_EVERY: Final = 64
-_threads = trio.CapacityLimiter(MAX_THREADS)
+#: Per trio run, as trio's own default thread limiter: a limiter's waiters belong to one run.
+_threads: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("prism_pump_threads")
 _can_splice: Final = hasattr(os, "splice")
 _TIMEVAL: Final = struct.pack("ll", 0, int(TICK * 1_000_000))
 _NO_TIMEOUT: Final = struct.pack("ll", 0, 0)
 
 
+def _limiter() -> trio.CapacityLimiter:
+    try:
+        return _threads.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(MAX_THREADS)
+        _threads.set(limiter)
+        return limiter
+
+
 def threads_in_use() -> int:
     """Directions moving bytes in worker threads right now (the rest wait in trio)."""
-    return int(_threads.borrowed_tokens)
+    return int(_limiter().borrowed_tokens)
 
 
 class _End(enum.Enum):
@@ -168,7 +178,7 @@ async def _pump_socket(
     job = _Job(source.socket.fileno(), sink.socket.fileno(), report)
     while True:
         await trio.lowlevel.wait_readable(source.socket)
-        async with _threads:
+        async with _limiter():
             job.moved = 0
             end = await _in_thread(job)
         if job.moved:
