@@ -6,13 +6,14 @@ server closing) completes; a reset or broken pipe on either side ends both direc
 
 Two ways to move the bytes, chosen per connection:
 
-* **plain sockets on Linux** (:func:`_splice_sockets`): a hybrid. While a direction is quiet it
+* **plain sockets on Linux** (:func:`_pump_socket`): a hybrid. While a direction is quiet it
   waits in trio (``wait_readable``: no thread, almost no memory, so thousands of idle sessions
   are cheap). Once bytes arrive it moves to a worker thread that runs blocking ``os.splice``
   through a pipe (socket → pipe → socket, never copied into Python), and hands the direction back
-  to trio after :data:`IDLE_RETURN` of silence. Profiling the pure-trio pump showed the time
-  going to trio's scheduler and epoll round trips per message (two wake-ups per round trip);
-  a blocked thread wakes straight from the kernel, which is what a PostgreSQL round trip needs.
+  to trio after :data:`IDLE_RETURN` of silence. Profiled with py-spy on a loopback echo, the
+  trio pump spent about a quarter of its time in epoll waits and as much again in trio's
+  scheduler around every receive and send (84 µs round trips vs 47 µs for the threads, 16 µs
+  direct); a thread blocked in the kernel wakes straight into the next ``splice``.
 * **anything else** (TLS streams, platforms without ``os.splice``): a plain trio
   ``receive_some``/``send_all`` loop (:func:`_pump_stream`), simple and portable.
 
