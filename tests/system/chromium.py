@@ -165,6 +165,28 @@ class Page:
 
     async def click(self, selector: str) -> None:
         """Press and release the mouse on the middle of the element ``selector`` names."""
+        await self.press(selector)
+        await self.release(selector)
+
+    async def press(self, selector: str) -> None:
+        """Press the mouse button on ``selector`` (and hold it: a slow person's click)."""
+        await self._mouse("mousePressed", await self._centre(selector))
+
+    async def release(self, selector: str) -> None:
+        """Release the mouse button where ``selector`` is."""
+        await self._mouse("mouseReleased", await self._centre(selector))
+
+    async def _mouse(self, kind: str, centre: list[float]) -> None:
+        await self.send(
+            "Input.dispatchMouseEvent",
+            type=kind,
+            x=centre[0],
+            y=centre[1],
+            button="left",
+            clickCount=1,
+        )
+
+    async def _centre(self, selector: str) -> list[float]:
         centre = await self.evaluate(
             f"""(() => {{
                 const element = document.querySelector({json.dumps(selector)});
@@ -176,15 +198,7 @@ class Page:
         )
         if centre is None:
             raise AssertionError(f"nothing on the page matches {selector}")
-        for kind in ("mousePressed", "mouseReleased"):
-            await self.send(
-                "Input.dispatchMouseEvent",
-                type=kind,
-                x=centre[0],
-                y=centre[1],
-                button="left",
-                clickCount=1,
-            )
+        return list(centre)
 
     async def type_into(self, selector: str, text: str) -> None:
         """Click into the field ``selector`` and type ``text`` as keyboard input."""

@@ -187,6 +187,26 @@ async def test_page_that_falls_behind_is_told_and_resubscribes(
         assert page.errors == []
 
 
+async def test_a_click_survives_live_updates_of_the_table(
+    running: Runner, page: Page, request: pytest.FixtureRequest
+) -> None:
+    """On a busy Prism events arrive all the time; a button must not vanish under the mouse."""
+    async with running() as prism, screenshot_at_end(page, request):
+        await prism.manager.create("busy")
+        await page.goto(prism.info.api_url + "/")
+        await page.wait_until(f"{_LIVE} && {_status_is('busy', 'running')}")
+        stop = 'tr[data-branch="busy"] button[data-action="stop"]'
+        await page.press(stop)
+        prism.manager.connection_opened("main", "127.0.0.1:1")  # the table changes meanwhile
+        await page.wait_until(
+            f'{_row("main")}.querySelector("[data-field=connections]").textContent === "1"'
+        )
+        await page.release(stop)
+        await page.wait_until(_status_is("busy", "stopped"))
+        prism.manager.connection_closed("main", "127.0.0.1:1")
+        assert page.errors == []
+
+
 async def test_page_of_a_prism_with_a_token_asks_once_then_works(
     running: Runner, page: Page, request: pytest.FixtureRequest
 ) -> None:

@@ -62,37 +62,60 @@ function button(label, action, name) {
   return b;
 }
 
-function cell(row, field, text) {
-  const td = row.insertCell();
-  td.dataset.field = field;
-  td.textContent = text;
+const FIELDS = ["name", "status", "parent", "connections", "last_active", "actions"];
+
+function actionsOf(b) {
+  const actions = b.status === "stopped" ? ["start"] : ["stop"];
+  return b.parent === null ? actions : ["reset", ...actions, "delete"];
+}
+
+// One row, created once per branch and then updated in place: replacing rows on every event
+// would swap a button for a new one between a person's mouse-down and mouse-up, and on a busy
+// Prism (events all the time) their click would be lost.
+function rowOf(body, name, index) {
+  let row = [...body.rows].find((r) => r.dataset.branch === name);
+  if (row === undefined) {
+    row = document.createElement("tr");
+    row.dataset.branch = name;
+    for (const field of FIELDS) row.insertCell().dataset.field = field;
+    row.cells[FIELDS.indexOf("actions")].className = "actions";
+  }
+  if (body.rows[index] !== row) body.insertBefore(row, body.rows[index] ?? null);
+  return row;
+}
+
+function show(row, field, text) {
+  const td = row.cells[FIELDS.indexOf(field)];
+  if (td.textContent !== text) td.textContent = text;
   return td;
 }
 
 function render() {
   const body = $("#branches tbody");
-  body.replaceChildren();
+  for (const row of [...body.rows]) if (!branches.has(row.dataset.branch)) row.remove();
   const names = [...branches.keys()].sort();
-  for (const name of names) {
+  names.forEach((name, index) => {
     const b = branches.get(name);
-    const row = body.insertRow();
-    row.dataset.branch = name;
+    const row = rowOf(body, name, index);
     row.dataset.status = b.status;
-    cell(row, "name", name);
-    cell(row, "status", b.status);
-    cell(row, "parent", b.parent ?? "—");
-    cell(row, "connections", String(b.connections));
-    cell(row, "last_active", ago(b.last_active)).title = b.last_active;
-    const actions = cell(row, "actions", "");
-    actions.className = "actions";
-    if (b.parent !== null) actions.append(button("reset", "reset", name));
-    if (b.status === "stopped") actions.append(button("start", "start", name));
-    else actions.append(button("stop", "stop", name));
-    if (b.parent !== null) actions.append(button("delete", "delete", name));
-  }
+    show(row, "name", name);
+    show(row, "status", b.status);
+    show(row, "parent", b.parent ?? "—");
+    show(row, "connections", String(b.connections));
+    show(row, "last_active", ago(b.last_active)).title = b.last_active;
+    const actions = row.cells[FIELDS.indexOf("actions")];
+    const wanted = actionsOf(b);
+    if (actions.dataset.actions !== wanted.join()) {
+      actions.replaceChildren(...wanted.map((action) => button(action, action, name)));
+      actions.dataset.actions = wanted.join();
+    }
+  });
   const parent = $("#create-parent");
-  const chosen = parent.value || "main";
-  parent.replaceChildren(...names.map((n) => new Option(n, n, false, n === chosen)));
+  if (parent.dataset.names !== names.join()) { // rebuilding would close an open list
+    const chosen = parent.value || "main";
+    parent.replaceChildren(...names.map((n) => new Option(n, n, false, n === chosen)));
+    parent.dataset.names = names.join();
+  }
 }
 
 function logEvent(event) {
