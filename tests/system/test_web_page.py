@@ -2,7 +2,7 @@
 
 Each test saves a screenshot of the page as a test artifact:
 ``$PRISM_TEST_ARTIFACTS/web-page/<test name>.png``, where ``PRISM_TEST_ARTIFACTS`` defaults to
-``test-artifacts/`` at the repository root (git ignores it; CI keeps it).
+``test-artifacts/`` at the repository root (git ignores it; CI should keep it as an artifact).
 """
 
 from __future__ import annotations
