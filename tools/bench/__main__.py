@@ -17,8 +17,25 @@ from typing import Any
 
 import trio
 
-from tools.bench import coldstart, docker_cold_start, events, idle, proxy, report, targets
-from tools.bench.common import SCRATCH, pg_install, prism_process, psql, raise_fd_limit, scratch_dir
+from tools.bench import (
+    coldstart,
+    docker_cold_start,
+    docker_floor,
+    events,
+    idle,
+    proxy,
+    report,
+    targets,
+)
+from tools.bench.common import (
+    SCRATCH,
+    percentile,
+    pg_install,
+    prism_process,
+    psql,
+    raise_fd_limit,
+    scratch_dir,
+)
 from tools.bench.machine import describe
 
 SECTIONS = ("coldstart", "docker", "o1", "proxy", "idle", "events")
@@ -82,9 +99,13 @@ async def _docker(args: argparse.Namespace) -> dict[str, Any]:
         prism_log.setLevel(level)
         prism_log.propagate = True
     summary = result["summary"]
+    result["floor"] = await docker_floor.measure(
+        image=IMAGE, mount=options.mount, samples=args.branches
+    )
+    floor = percentile([run["total"] for run in result["floor"]], 50) * 1000
     _log(
         f"docker: cold p50 {summary['cold_ms']['p50']:.0f} ms, "
-        f"wake p50 {summary['wake_ms']['p50']:.0f} ms"
+        f"wake p50 {summary['wake_ms']['p50']:.0f} ms, floor p50 {floor:.0f} ms"
     )
     return result
 

@@ -267,6 +267,24 @@ def _docker(results: Results) -> list[str]:
     for stat in ("p50", "p90", "min", "max"):
         cells = " | ".join(f"{summary[key][stat]:.0f}" for key in summary)
         lines.append(f"| {stat} ms | {cells} |")
+    floor = section.get("floor")
+    if floor:
+        lines += [
+            "",
+            f"The floor, {len(floor)} runs (`tools/bench/docker_floor.py`, part of the same "
+            "command): a btrfs snapshot of a stopped main, then a bare container of the same "
+            "image, mount, user and network through Docker's low-level API (create, start), "
+            "`postmaster.pid` polled every millisecond for *ready*, and `SELECT 1` directly.",
+            "",
+            "| floor | total | clone | create | start | ready |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for q in (50, 95):
+            cells = " | ".join(
+                _ms([run[part] for run in floor], q)
+                for part in ("total", "clone", "create", "start", "ready")
+            )
+            lines.append(f"| p{q} ms | {cells} |")
     return [*lines, ""]
 
 

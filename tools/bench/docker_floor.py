@@ -1,0 +1,110 @@
+"""The physical floor of a docker cold start: a btrfs snapshot and a bare container, no Prism.
+
+Beside the docker runtime's cold start (``docker_cold_start``) this is what the same machine
+needs at least: snapshot a stopped main (made by Prism's docker runtime, so file ownership is
+the container's), create and start a container of the same image with the same mount, network
+and user the runtime uses (Docker's low-level API, one call each, as the runtime does), wait
+for ``postmaster.pid`` to say ``ready`` (polled every millisecond) and run ``SELECT 1`` directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import docker
+import trio
+from docker.types import Mount
+
+from prism.config import HostPort, Settings
+from prism.storage import open_storage
+from prism.storage.base import MAIN_BRANCH
+from tools.bench.common import HOST, PASSWORD, SUPERUSER, first_query, free_port, scratch_dir
+from tools.bench.targets import prism_in_process
+
+_TARGET = "/pgdata"
+
+
+def _ready(pgdata: Path) -> bool:
+    with contextlib.suppress(OSError):
+        lines = (pgdata / "postmaster.pid").read_text().split("\n")
+        return len(lines) > 7 and lines[7].strip() == "ready"
+    return False
+
+
+async def measure(*, image: str, mount: Path, samples: int) -> list[dict[str, float]]:
+    """``samples`` floor runs; each a dict of seconds: clone, create, start, ready, total."""
+    root = scratch_dir("docker-floor-", mount)
+    settings = Settings(
+        data_dir=root,
+        listen=HostPort(HOST, 0),
+        api=HostPort(HOST, 0),
+        storage="btrfs",
+        runtime="docker",
+        image=image,
+        password=PASSWORD,
+        log_level="warning",
+        idle_timeout=0,
+    )
+    async with prism_in_process(settings):
+        pass  # main is initdb'd in a container, started, then stopped cleanly on the way out
+    storage = await open_storage("btrfs", root)
+    owner = os.stat(root / "master")
+    api = docker.from_env().api
+    runs: list[dict[str, float]] = []
+    try:
+        for number in range(samples):
+            runs.append(await _one(api, storage, image, f"floor{number}", owner))
+    finally:
+        for branch in storage.list():
+            with contextlib.suppress(Exception):
+                await storage.destroy(branch)
+        await trio.run_process(["rm", "-rf", str(root)], check=False)
+    return runs
+
+
+async def _one(
+    api: Any, storage: Any, image: str, name: str, owner: os.stat_result
+) -> dict[str, float]:
+    started = time.perf_counter()
+    pgdata: Path = await storage.clone(MAIN_BRANCH, name)
+    cloned = time.perf_counter()
+    port = free_port()
+    command = ["-D", _TARGET, "-c", f"listen_addresses={HOST}", "-c", f"port={port}"]
+    command += ["-c", "unix_socket_directories="]
+    created = await trio.to_thread.run_sync(
+        lambda: api.create_container(
+            image,
+            entrypoint=["postgres"],
+            command=command,
+            user=f"{owner.st_uid}:{owner.st_gid}",
+            environment={"LC_ALL": "C"},
+            host_config=api.create_host_config(
+                mounts=[Mount(_TARGET, str(pgdata), type="bind")], network_mode="host"
+            ),
+        )
+    )
+    made = time.perf_counter()
+    try:
+        await trio.to_thread.run_sync(api.start, created["Id"])
+        running = time.perf_counter()
+        with trio.fail_after(60):
+            while not _ready(pgdata):  # noqa: ASYNC110 (polling the pid file is the floor)
+                await trio.sleep(0.001)
+        ready = time.perf_counter()
+        await first_query(port, SUPERUSER)
+        done = time.perf_counter()
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(lambda: api.remove_container(created["Id"], force=True))
+            await storage.destroy(name)
+    return {
+        "clone": cloned - started,
+        "create": made - cloned,
+        "start": running - made,
+        "ready": ready - running,
+        "total": done - started,
+    }
