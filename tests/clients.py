@@ -6,7 +6,8 @@ node-postgres) each play the same script against a new branch and report what th
 :class:`Seen`; :func:`assert_behaves_like_postgres` holds the one definition of "right", so a
 client cannot pass by a looser standard than the others.
 
-The script, in order, on one session unless a client cannot (psql's cancel ends its run):
+The script, on one session unless a client cannot (psql's cancel ends its run); the order may
+suit the client (pipeline mode batches the queries):
 
 1. connect (TLS or not) as ``postgres@<new branch>``;
 2. ``SELECT $1::int + $2::int`` with 40 and 2 over the extended protocol;
