@@ -47,14 +47,18 @@ ZFS_PARENT = f"{ZFS_POOL}/prism"
 _ZFS_ROOTS = Path("/var/lib/prism-test/zfs-roots")
 
 
+def docker_client(docker_host: str | None = None) -> docker.DockerClient:
+    """A client of ``docker_host``, or of the engine the environment names (DOCKER_HOST)."""
+    if docker_host:
+        return docker.DockerClient(base_url=docker_host, version="auto")
+    return docker.from_env(version="auto")
+
+
 def require_docker(docker_host: str | None = None) -> docker.DockerClient:
     """A client of a Docker engine that answers and has the test image, else skip/fail."""
     require_root()
     try:
-        if docker_host:
-            client = docker.DockerClient(base_url=docker_host, version="auto")
-        else:
-            client = docker.from_env(version="auto")
+        client = docker_client(docker_host)
         client.ping()
     except docker.errors.DockerException as exc:
         unavailable(f"no Docker engine answers ({exc}); run tools/sysenv/docker.sh as root")
@@ -133,10 +137,7 @@ async def place(storage: str) -> AsyncIterator[Place]:
 def remove_containers_on(data_dir: Path, docker_host: str | None = None) -> None:
     """Force-remove every Prism container whose data directory lies under ``data_dir``."""
     try:
-        if docker_host:
-            client = docker.DockerClient(base_url=docker_host, version="auto")
-        else:
-            client = docker.from_env(version="auto")
+        client = docker_client(docker_host)
         containers = client.containers.list(all=True, filters={"label": "prism.managed=true"})
     except docker.errors.DockerException:
         return  # no engine, so no containers of ours to leave behind
@@ -156,7 +157,6 @@ async def prism_in_process(where: Place, runtime: str) -> AsyncIterator[PrismHan
         runtime=runtime,
         image=DOCKER_IMAGE,
         zfs_dataset=where.zfs_dataset,
-        start_timeout=60.0,
     )
     async with trio.open_nursery() as nursery:
         info = await nursery.start(PrismServer(settings).run)
