@@ -383,6 +383,10 @@ async def test_wrong_password_for_a_new_branch_creates_nothing(prism: PrismHandl
     out = await psql(dsn, "SELECT 1", check=False)
     assert out.returncode != 0
     assert 'password authentication failed for user "postgres"' in out.stderr.decode()
+    params = (("user", "postgres@never"), ("database", "postgres"))
+    seen = await _scram_login(prism.port, wire.StartupMessage(wire.PROTOCOL_3_0, params), "wrong")
+    fields = wire.parse_error_fields(seen[-1].payload)
+    assert (seen[-1].type, fields["S"], fields["C"]) == (b"E", "FATAL", "28P01")
     assert prism.manager.get("never") is None
     assert prism.manager.storage.list() == ["main"]
 
