@@ -1,7 +1,8 @@
 """The client matrix: psql, psycopg (sync, async, pipeline), asyncpg and pg8000 through Prism.
 
 Each client plays the script of :mod:`tests.clients` on a new branch, with TLS off and on, and
-must see what it would see talking to Postgres directly. Each driver below only translates the
+must see what it would see talking to Postgres directly; the libpq-based ones also with
+protocol 3.2 (PostgreSQL 18's, with 32-byte cancel keys). Each driver below only translates the
 script into its client's own API (each cancels the way its users do: psql on SIGINT, psycopg's
 ``cancel_safe``, asyncpg's query timeout, pg8000 — which has no cancel call — with the
 CancelRequest its key data allows); the expectations live in one place.
@@ -57,12 +58,21 @@ class Driver(Protocol):
     def play(self, target: Target) -> Seen: ...
 
 
-def _conninfo(target: Target) -> str:
-    """A libpq connection string for ``target`` (psql and psycopg)."""
+PROTOCOL_3_2 = "max_protocol_version=3.2"
+"""libpq 18's opt-in to protocol 3.2 (PostgreSQL 18): 32-byte cancel keys."""
+
+
+def _protocol(options: str) -> tuple[int, int]:
+    """The protocol a libpq client with ``options`` must end up speaking through Prism."""
+    return (3, 2) if PROTOCOL_3_2 in options else (3, 0)
+
+
+def _conninfo(target: Target, options: str = "") -> str:
+    """A libpq connection string for ``target`` (psql and psycopg), plus libpq ``options``."""
     sslmode = "require" if target.tls else "disable"
     return (
         f"host={target.host} port={target.port} user={target.user} password={target.password} "
-        f"dbname={target.dbname} sslmode={sslmode} connect_timeout=30"
+        f"dbname={target.dbname} sslmode={sslmode} connect_timeout=30 {options}"
     )
 
 
@@ -142,11 +152,12 @@ def psql_with_tls(root: Path) -> Path:
 class Psql:
     """psql 18: ``\\bind`` and ``\\parse`` for the extended protocol, SIGINT to cancel."""
 
-    def __init__(self, binary: Path) -> None:
+    def __init__(self, binary: Path, options: str = "") -> None:
         self.binary = binary
+        self.options = options
 
     def _command(self, target: Target, *args: str) -> list[str]:
-        return [str(self.binary), _conninfo(target), "-X", "-A", "-t", *args]
+        return [str(self.binary), _conninfo(target, self.options), "-X", "-A", "-t", *args]
 
     def play(self, target: Target) -> Seen:
         result = subprocess.run(
@@ -161,6 +172,7 @@ class Psql:
         out = result.stdout
         sections = self._sections(out)
         info = dict(line.split("|", 1) for line in sections["info"] if "|" in line)
+        assert info["Protocol Version"] == "{}.{}".format(*_protocol(self.options))
         payload, pid = _NOTIFICATION.findall(out)[0]
         return Seen(
             tls=info["SSL Connection"] == "true",
@@ -219,11 +231,14 @@ def _first(cursor: Any) -> Any:
 class PsycopgSync:
     """psycopg 3's blocking connection; with ``pipeline`` the queries go in pipeline mode."""
 
-    def __init__(self, *, pipeline: bool) -> None:
+    def __init__(self, *, pipeline: bool = False, options: str = "") -> None:
         self.pipeline = pipeline
+        self.options = options
 
     def play(self, target: Target) -> Seen:
-        with psycopg.connect(_conninfo(target), autocommit=True) as conn:
+        with psycopg.connect(_conninfo(target, self.options), autocommit=True) as conn:
+            major, minor = _protocol(self.options)
+            assert conn.pgconn.full_protocol_version == major * 10000 + minor
             if self.pipeline:
                 with conn.pipeline():
                     total, prepared, on_server, error = self._queries(conn)
@@ -465,27 +480,31 @@ class Pg8000:
             conn.close()
 
 
-DRIVERS: dict[str, Driver] = {
-    "psycopg-sync": PsycopgSync(pipeline=False),
-    "psycopg-pipeline": PsycopgSync(pipeline=True),
-    "psycopg-async": PsycopgAsync(),
-    "asyncpg": Asyncpg(),
-    "pg8000": Pg8000(),
+DRIVERS: dict[str, Callable[[Path], Driver]] = {
+    "psql": Psql,
+    "psql-protocol-3.2": lambda psql: Psql(psql, PROTOCOL_3_2),
+    "psycopg-sync": lambda _psql: PsycopgSync(),
+    "psycopg-sync-protocol-3.2": lambda _psql: PsycopgSync(options=PROTOCOL_3_2),
+    "psycopg-pipeline": lambda _psql: PsycopgSync(pipeline=True),
+    "psycopg-async": lambda _psql: PsycopgAsync(),
+    "asyncpg": lambda _psql: Asyncpg(),
+    "pg8000": lambda _psql: Pg8000(),
 }
+"""Each client by name, made from the path of the psql 18 to use."""
 
 
 @pytest.fixture(scope="module")
-def psql(tmp_path_factory: pytest.TempPathFactory) -> Psql:
-    return Psql(psql_with_tls(tmp_path_factory.mktemp("psql")))
+def psql_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return psql_with_tls(tmp_path_factory.mktemp("psql"))
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
-@pytest.mark.parametrize("client", ["psql", *sorted(DRIVERS)])
+@pytest.mark.parametrize("client", sorted(DRIVERS))
 async def test_client_behaves_through_prism_as_with_postgres(
-    prism: PrismHandle, psql: Psql, client: str, tls: bool
+    prism: PrismHandle, psql_binary: Path, client: str, tls: bool
 ) -> None:
     target = target_for(prism, tls=tls)
-    driver = psql if client == "psql" else DRIVERS[client]
+    driver = DRIVERS[client](psql_binary)
     with trio.fail_after(120):
         seen = await trio.to_thread.run_sync(driver.play, target)
     assert_behaves_like_postgres(seen, target)
