@@ -4,9 +4,10 @@ The unit property tests (tests/unit/test_wire.py, test_front_door_parsing.py) pr
 turn any bytes into a message or a clean protocol error. This proves the same of the whole
 front door on real sockets — encryption negotiation, TLS handshakes, cancel forwarding, the
 start-up timeout, closes in every state: hundreds of random and mutated start-up packets,
-truncated TLS ClientHellos (after an SSLRequest and as direct TLS), cancel requests with
-garbage keys and broken first SCRAM messages, many at a time. Afterwards Prism must still
-serve a real client, have no task or file descriptor left over, and have logged no traceback.
+truncated TLS ClientHellos (after an SSLRequest and as direct TLS), mutated packets inside a
+completed handshake, cancel requests with garbage keys and broken first SCRAM messages, many at
+a time. Afterwards Prism must still serve a real client, have no task or file descriptor left
+over, and have logged no traceback.
 
 The run is seeded, so a failure replays exactly; bounded to well under 30 s.
 """
@@ -51,6 +52,8 @@ class Case:
     after_answer: bytes | None = None
     """Sent once Prism answered ``first`` with one byte (``S``/``N`` to an SSLRequest)."""
     ending: Ending = Ending.HALF_CLOSE
+    inside_tls: bool = False
+    """Send ``first`` inside a completed TLS handshake (TLS cannot half-close: read on)."""
 
 
 def _client_hello(rng: random.Random) -> bytes:
@@ -127,6 +130,7 @@ def _cases(rng: random.Random) -> list[Case]:
             ),
             Case("cancel", _garbage_cancel(rng), ending=rng.choice(endings)),
             Case("sasl", _sasl_garbage(rng), ending=rng.choice(endings)),
+            Case("inside-tls", _mutate(rng, rng.choice(_valid_packets(rng))), inside_tls=True),
             Case("direct-tls", truncated or b"\x16", ending=rng.choice(endings)),
             Case(
                 "tls-after-ssl-request", wire.SSLRequest().encode(), truncated, rng.choice(endings)
@@ -139,8 +143,36 @@ def _cases(rng: random.Random) -> list[Case]:
     return cases
 
 
+def _unverified() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def _play_inside_tls(port: int, case: Case) -> bytes:
+    """Run a case over TLS, after a real handshake; everything Prism sent back in it."""
+    received = bytearray()
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(wire.SSLRequest().encode())
+        assert await stream.receive_some(1) == b"S"
+        tls = trio.SSLStream(stream, _unverified(), server_hostname="localhost")
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await tls.do_handshake()
+            await tls.send_all(case.first)
+            if case.ending is Ending.CLOSE:
+                return bytes(received)
+            with trio.fail_after(STARTUP_TIMEOUT + 5):
+                while chunk := await tls.receive_some(65536):
+                    received += chunk
+    return bytes(received)
+
+
 async def _play(port: int, case: Case) -> bytes:
     """Run one case; everything Prism sent back."""
+    if case.inside_tls:
+        return await _play_inside_tls(port, case)
     received = bytearray()
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
@@ -226,7 +258,8 @@ async def test_fuzzed_front_door_keeps_serving_and_leaks_nothing(
         for fields in _errors_in(answer):
             assert fields["S"] == "FATAL", (case, fields)
             assert fields["C"] != "XX000", (case, fields)  # an unexpected exception in Prism
-    assert {case.kind for case, answer in answers if _errors_in(answer)} >= {"random", "sasl"}
+    refused = {case.kind for case, answer in answers if _errors_in(answer)}
+    assert refused >= {"random", "sasl", "inside-tls"}
     assert prism.manager.get("fuzz-auth") is None  # no one authenticated, nothing was created
 
     tasks_after, fds_after = await _settled()
