@@ -52,7 +52,8 @@ def _coldstart(results: Results) -> list[str]:
         "## Cold start: connect to a missing branch → first query result",
         "",
         f"Command: `{COMMAND} --only coldstart` (process runtime; {results['args']['branches']} "
-        "fresh branches per driver, each deleted after its turn; main running, as in use).",
+        "fresh branches per driver after 2 uncounted warm-up ones, each deleted after its turn; "
+        "main running, as in use).",
         "The split comes from Prism's branch events: *clone* is provisioning → starting (for "
         "reflink and copy it includes the online-backup bracket, because main is running), "
         "*start* is the branch server's start-up, *rest* is connect + authentication through "
