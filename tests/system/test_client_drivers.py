@@ -1,13 +1,16 @@
-"""pgjdbc (DBeaver) and node-postgres (TypeORM) through Prism, as the seed's users run them.
+"""pgjdbc (DBeaver), node-postgres (TypeORM) and Prisma through Prism, as the seed's users run them.
 
 Each driver plays the client-matrix script of :mod:`tests.clients` from a small program in its
 own language (``clients/Matrix.java``, ``clients/matrix.js``) against a new branch, with TLS off
-and on, and prints what it saw; the expectation is the one every Python client meets too. The
-drivers come from ``tools/sysenv/clients.sh`` (Debian's pgjdbc, node-postgres from npm).
+and on, and prints what it saw; the expectation is the one every Python client meets too.
+Prisma, which has no COPY, LISTEN or cancel API, plays the part it can (``clients/prisma.js``).
+The drivers come from ``tools/sysenv/clients.sh`` (Debian's pgjdbc; node-postgres and Prisma 7
+from npm, with Prisma Client generated for ``clients/prisma/schema.prisma``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +20,7 @@ import trio
 
 from tests.clients import (
     Seen,
+    Target,
     assert_behaves_like_postgres,
     assert_new_branch_was_made,
     target_for,
@@ -37,25 +41,20 @@ def _pgjdbc() -> tuple[list[str], dict[str, str]]:
     return [java, "-cp", str(jar), str(_PROGRAMS / "Matrix.java")], {}
 
 
-def _node_postgres() -> tuple[list[str], dict[str, str]]:
-    modules = require_file(NODE_MODULES / "pg-copy-streams", "node-postgres")
+def _node(program: str, needs: str) -> tuple[list[str], dict[str, str]]:
+    require_file(NODE_MODULES / needs, needs)
     node = require_command("node")
-    return [node, str(_PROGRAMS / "matrix.js")], {"NODE_PATH": str(modules.parent)}
+    return [node, str(_PROGRAMS / program)], {"NODE_PATH": str(NODE_MODULES)}
 
 
 DRIVERS: dict[str, Callable[[], tuple[list[str], dict[str, str]]]] = {
     "pgjdbc": _pgjdbc,
-    "node-postgres": _node_postgres,
+    "node-postgres": lambda: _node("matrix.js", "pg-copy-streams"),
 }
 
 
-@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
-@pytest.mark.parametrize("driver", sorted(DRIVERS))
-async def test_driver_behaves_through_prism_as_with_postgres(
-    prism: PrismHandle, driver: str, tls: bool
-) -> None:
-    command, env = DRIVERS[driver]()
-    target = target_for(prism, tls=tls)
+async def _run(command: list[str], env: dict[str, str], target: Target) -> str:
+    """Run a client program against ``target``; the JSON line it printed last."""
     with trio.fail_after(120):
         result = await trio.run_process(
             [*command, target.as_json()],
@@ -65,6 +64,37 @@ async def test_driver_behaves_through_prism_as_with_postgres(
             env={**os.environ, **env},
         )
     assert result.returncode == 0, result.stderr.decode()
-    seen = Seen.from_json(result.stdout.decode().strip().splitlines()[-1])
+    return result.stdout.decode().strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+@pytest.mark.parametrize("driver", sorted(DRIVERS))
+async def test_driver_behaves_through_prism_as_with_postgres(
+    prism: PrismHandle, driver: str, tls: bool
+) -> None:
+    command, env = DRIVERS[driver]()
+    target = target_for(prism, tls=tls)
+    seen = Seen.from_json(await _run(command, env, target))
     assert_behaves_like_postgres(seen, target)
+    await assert_new_branch_was_made(prism, target)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+async def test_prisma_orm_behaves_through_prism_as_with_postgres(
+    prism: PrismHandle, tls: bool
+) -> None:
+    """Prisma 7 on @prisma/adapter-pg: models, a transaction, raw parameters, error then reuse.
+
+    Prisma's older Rust query engine is not covered: its binaries come from binaries.prisma.sh,
+    which test machines cannot reach.
+    """
+    command, env = _node("prisma.js", ".prisma/client/default.js")
+    target = target_for(prism, tls=tls)
+    seen = json.loads(await _run(command, env, target))
+    assert seen == {
+        "items": ["alpha", "beta"],
+        "sum": 42,
+        "error_sqlstate": "22012",
+        "after_error": 7,
+    }
     await assert_new_branch_was_made(prism, target)
