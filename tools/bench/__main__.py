@@ -150,14 +150,20 @@ async def _main(args: argparse.Namespace) -> None:
     results["args"] = vars(args)
     wanted = set(args.only or SECTIONS)
     started = time.perf_counter()
+    # Each finished section is saved at once: a later one failing (a full disk on a shared
+    # test filesystem, say) costs only itself, and ``--only`` can rerun it.
     if "coldstart" in wanted:
         results["coldstart"] = await _coldstart(args, install)
+        report.save_results(results)
     if "o1" in wanted:
         results["o1"] = await _o1(args, install)
+        report.save_results(results)
     if "docker" in wanted:
         results["docker"] = await _docker(args)
+        report.save_results(results)
     if "events" in wanted:
         results["events"] = await _events(args)
+        report.save_results(results)
     if wanted & {"proxy", "idle"}:
         results.update(await _proxy_and_idle(args, install, wanted))
     results["duration_s"] = round(time.perf_counter() - started)
