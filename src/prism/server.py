@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import resource
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,20 @@ class ServerInfo:
     @property
     def api_url(self) -> str:
         return f"http://{self.api[0]}:{self.api[1]}"
+
+
+def raise_open_file_limit() -> int:
+    """Raise the open-file soft limit to the hard limit; return the limit now in force.
+
+    Each proxied session holds two sockets (client and branch server) and, while busy, a pipe
+    for splice: the common soft limit of 1024 would refuse clients in the hundreds, long before
+    memory runs short. The hard limit is the operator's ceiling, so Prism goes up to it and no
+    further.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
 
 
 def _prepare_data_dir(path: Path) -> None:
@@ -89,6 +104,7 @@ class PrismServer:
         self, *, task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED
     ) -> None:
         settings = self.settings
+        log.debug("open-file limit %d", raise_open_file_limit())
         data_dir = settings.data_dir.resolve()
         _prepare_data_dir(data_dir)
         pg_listener = await _open_listener(settings.listen.host, settings.listen.port, "clients")

@@ -17,6 +17,7 @@ from typing import Any
 
 import trio
 
+from prism.server import raise_open_file_limit
 from tools.bench import (
     coldstart,
     docker_cold_start,
@@ -33,7 +34,6 @@ from tools.bench.common import (
     pg_install,
     prism_process,
     psql,
-    raise_fd_limit,
     scratch_dir,
 )
 from tools.bench.machine import describe
@@ -143,7 +143,7 @@ async def _proxy_and_idle(
 
 
 async def _main(args: argparse.Namespace) -> None:
-    raise_fd_limit()
+    raise_open_file_limit()
     install = await pg_install(SCRATCH)
     results = report.load_results()
     results["machine"] = describe(install)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -67,18 +66,6 @@ def median(values: Sequence[float]) -> float:
 
 def ms(seconds: float) -> float:
     return round(seconds * 1000, 1)
-
-
-def raise_fd_limit() -> int:
-    """Raise this process's open-file soft limit to the hard limit (children inherit it).
-
-    A thousand proxied connections need two thousand descriptors in Prism and a thousand in the
-    client; the usual soft limit of 1024 would fail them long before memory does.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
 
 
 async def pg_install(data_dir: Path) -> PgInstall:

@@ -410,6 +410,10 @@ def write(results: Results) -> None:
         "measured side by side in the same run. The machine is shared with other developers' "
         "test runs, so expect a few percent of noise between runs.",
         "",
+        "To reproduce: as root on Debian, `tools/sysenv/setup.sh` (pools, Docker, test image), "
+        "`apt-get install pgbouncer`, `.venv/bin/pip install -e '.[bench]'` (matplotlib for "
+        "the plots), then the command above.",
+        "",
         "| | |",
         "| --- | --- |",
         *(f"| {key} | {value} |" for key, value in machine.items()),
