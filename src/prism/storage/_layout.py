@@ -132,6 +132,18 @@ class BranchLayout:
         return target
 
 
+async def run_off_loop(step: Callable[[], object], *, failed: str, hint: str) -> None:
+    """Run a blocking filesystem ``step`` in a thread; an ``OSError`` becomes a StorageError
+    whose message is ``failed`` plus the system's reason."""
+    try:
+        await trio.to_thread.run_sync(step)
+    except OSError as exc:
+        raise StorageError(f"{failed}: {exc.strerror or exc}", hint=hint) from exc
+
+
+_WRITE_HINT = "check that Prism may write to the storage root"
+
+
 async def make_private_dir(path: Path) -> None:
     """Create ``path`` (parents too) as an empty directory with mode 0700, exactly.
 
@@ -142,35 +154,25 @@ async def make_private_dir(path: Path) -> None:
         path.mkdir(mode=PGDATA_MODE, parents=True)
         path.chmod(PGDATA_MODE)
 
-    try:
-        await trio.to_thread.run_sync(_make)
-    except OSError as exc:
-        raise StorageError(
-            f"cannot create data directory {path}: {exc.strerror or exc}",
-            hint="check that Prism may write to the storage root",
-        ) from exc
+    await run_off_loop(_make, failed=f"cannot create data directory {path}", hint=_WRITE_HINT)
 
 
 async def make_parent_dir(path: Path) -> None:
     """Make sure the plain directory that will contain ``path`` exists (``branches/``)."""
-    try:
-        await trio.to_thread.run_sync(lambda: path.parent.mkdir(parents=True, exist_ok=True))
-    except OSError as exc:
-        raise StorageError(
-            f"cannot create directory {path.parent}: {exc.strerror or exc}",
-            hint="check that Prism may write to the storage root",
-        ) from exc
+    await run_off_loop(
+        lambda: path.parent.mkdir(parents=True, exist_ok=True),
+        failed=f"cannot create directory {path.parent}",
+        hint=_WRITE_HINT,
+    )
 
 
 async def set_private_mode(path: Path) -> None:
     """Force a data directory to mode 0700 without touching its owner."""
-    try:
-        await trio.to_thread.run_sync(path.chmod, PGDATA_MODE)
-    except OSError as exc:
-        raise StorageError(
-            f"cannot set mode 0700 on {path}: {exc.strerror or exc}",
-            hint="Postgres refuses data directories others can read; check Prism's permissions",
-        ) from exc
+    await run_off_loop(
+        lambda: path.chmod(PGDATA_MODE),
+        failed=f"cannot set mode 0700 on {path}",
+        hint="Postgres refuses data directories others can read; check Prism's permissions",
+    )
 
 
 async def remove_tree(path: Path) -> None:
@@ -182,13 +184,11 @@ async def remove_tree(path: Path) -> None:
         elif path.exists():
             shutil.rmtree(path)
 
-    try:
-        await trio.to_thread.run_sync(_remove)
-    except OSError as exc:
-        raise StorageError(
-            f"cannot remove {path}: {exc.strerror or exc}",
-            hint="check permissions and that no process still uses the directory",
-        ) from exc
+    await run_off_loop(
+        _remove,
+        failed=f"cannot remove {path}",
+        hint="check permissions and that no process still uses the directory",
+    )
 
 
 async def remove_quietly(

@@ -28,6 +28,7 @@ from prism.storage._layout import (
     make_private_dir,
     remove_quietly,
     remove_tree,
+    run_off_loop,
     set_private_mode,
 )
 
@@ -66,13 +67,11 @@ async def copy_tree(source: Path, target: Path, *, reflink: ReflinkMode, hint: s
 
 async def rename_into_place(staging: Path, target: Path) -> None:
     """Make a fully built ``staging`` directory appear as ``target`` in one atomic step."""
-    try:
-        await trio.to_thread.run_sync(staging.rename, target)
-    except OSError as exc:
-        raise StorageError(
-            f"cannot move {staging} to {target}: {exc.strerror or exc}",
-            hint=f"check that {target} does not exist and that Prism may write there",
-        ) from exc
+    await run_off_loop(
+        lambda: staging.rename(target),
+        failed=f"cannot move {staging} to {target}",
+        hint=f"check that {target} does not exist and that Prism may write there",
+    )
 
 
 async def refresh_tree(source: Path, target: Path, *, reflink: ReflinkMode, hint: str) -> None:
@@ -108,6 +107,26 @@ async def refresh_tree(source: Path, target: Path, *, reflink: ReflinkMode, hint
             await remove_quietly(staging)
         raise
     await remove_tree(retired)
+
+
+async def refresh_branch_subdir(
+    layout: BranchLayout,
+    parent: str,
+    child: str,
+    relpath: str,
+    *,
+    reflink: ReflinkMode,
+    hint: str,
+) -> None:
+    """Replace ``child/relpath`` with a fresh copy of ``parent/relpath`` (e.g. ``pg_wal``).
+
+    Every driver's ``refresh_subdir``: even the atomic ones, which callers skip, do the real
+    thing so a caller that does ask gets what the contract promises.
+    """
+    rel = subdir_parts(relpath)
+    await refresh_tree(
+        layout.path(parent) / rel, layout.path(child) / rel, reflink=reflink, hint=hint
+    )
 
 
 def disk_usage(path: Path) -> int:
@@ -177,12 +196,8 @@ class TreeCopyStorage(BranchLayout):
 
     async def refresh_subdir(self, parent: str, child: str, relpath: str) -> None:
         """Replace ``child/relpath`` with a fresh copy of ``parent/relpath`` (e.g. ``pg_wal``)."""
-        rel = subdir_parts(relpath)
-        await refresh_tree(
-            self.path(parent) / rel,
-            self.path(child) / rel,
-            reflink=self.reflink,
-            hint=self.failure_hint(),
+        await refresh_branch_subdir(
+            self, parent, child, relpath, reflink=self.reflink, hint=self.failure_hint()
         )
 
     async def destroy(self, branch: str) -> None:

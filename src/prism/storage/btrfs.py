@@ -23,7 +23,7 @@ from prism.storage._layout import (
     set_private_mode,
 )
 from prism.storage._probe import btrfs_tool_works, filesystem_type, is_btrfs_subvolume
-from prism.storage._tree import refresh_tree, subdir_parts
+from prism.storage._tree import refresh_branch_subdir
 
 _log = logging.getLogger(__name__)
 
@@ -118,15 +118,12 @@ class BtrfsStorage(BranchLayout):
         return target
 
     async def refresh_subdir(self, parent: str, child: str, relpath: str) -> None:
-        """Re-copy ``parent/relpath`` into ``child`` (sharing extents where btrfs can).
-
-        Callers skip this for atomic drivers; it still does the real thing rather than nothing,
-        so a caller that does ask gets what the contract promises.
-        """
-        rel = subdir_parts(relpath)
-        await refresh_tree(
-            self.path(parent) / rel,
-            self.path(child) / rel,
+        """Re-copy ``parent/relpath`` into ``child`` (sharing extents where btrfs can)."""
+        await refresh_branch_subdir(
+            self,
+            parent,
+            child,
+            relpath,
             reflink="auto",
             hint="check free space (btrfs filesystem usage) and permissions",
         )

@@ -34,7 +34,7 @@ from prism.storage._layout import (
     remove_tree,
     set_private_mode,
 )
-from prism.storage._tree import refresh_tree, subdir_parts
+from prism.storage._tree import refresh_branch_subdir
 from prism.storage.base import MAIN_BRANCH
 
 _log = logging.getLogger(__name__)
@@ -166,15 +166,12 @@ class ZfsStorage(BranchLayout):
         return target
 
     async def refresh_subdir(self, parent: str, child: str, relpath: str) -> None:
-        """Re-copy ``parent/relpath`` into ``child``.
-
-        Callers skip this for atomic drivers; it still does the real thing, so a caller that
-        asks gets what the contract promises.
-        """
-        rel = subdir_parts(relpath)
-        await refresh_tree(
-            self.path(parent) / rel,
-            self.path(child) / rel,
+        """Re-copy ``parent/relpath`` into ``child``."""
+        await refresh_branch_subdir(
+            self,
+            parent,
+            child,
+            relpath,
             reflink="auto",
             hint="check free space (zpool list) and permissions",
         )
