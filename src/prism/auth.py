@@ -126,8 +126,12 @@ class VerifierStore:
                 log.info("auth: branch %s has no role snapshot; starting it to read roles", branch)
                 address = await self._manager.ensure_running(branch, create=False)
             roles = await self._fetch(address)
+            previous = self._cache.get(branch)
             self._cache[branch] = (time.monotonic(), roles)
-            await trio.to_thread.run_sync(self._write_snapshot, branch, roles)
+            # Logins refresh the cache every few seconds; the file only needs a write when
+            # the roles changed (or this Prism has not written it yet).
+            if previous is None or previous[1] != roles:
+                await trio.to_thread.run_sync(self._write_snapshot, branch, roles)
             return roles
 
     async def snapshot(self, branch: str, address: BackendAddress) -> None:
