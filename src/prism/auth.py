@@ -13,9 +13,9 @@ first and the client authenticates with the branch server through Prism.
 
 Verifiers are read from ``pg_authid`` over the branch's private service socket (trust, only
 Prism's OS user can enter its directory). They are cached for a few seconds, and a snapshot is
-written into the branch's data directory (0600) whenever they are read and just before the
-branch is stopped, so a stopped branch can check a login without being woken; the snapshot
-lives and dies with the branch's data.
+written into the branch's data directory (0600) whenever they are read and differ from the
+last read, and just before the branch is stopped, so a stopped branch can check a login
+without being woken; the snapshot lives and dies with the branch's data.
 """
 
 from __future__ import annotations
