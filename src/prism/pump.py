@@ -13,7 +13,8 @@ Two ways to move the bytes, chosen per connection:
   to trio after :data:`IDLE_RETURN` of silence. Profiled with py-spy on a loopback echo, the
   trio pump spent about a quarter of its time in epoll waits and as much again in trio's
   scheduler around every receive and send (84 µs round trips vs 47 µs for the threads, 16 µs
-  direct); a thread blocked in the kernel wakes straight into the next ``splice``.
+  direct, by hand with py-spy on 2026-11-25); a thread blocked in the kernel wakes straight
+  into the next ``splice``.
 * **anything else** (TLS streams, platforms without ``os.splice``): a plain trio
   ``receive_some``/``send_all`` loop (:func:`_pump_stream`), simple and portable.
 

@@ -14,8 +14,8 @@ Reaching a server:
 
 * ``host``: the container shares the host's network namespace and Postgres listens on
   127.0.0.1 at a free port, like the process runtime. No bridge, veth pair or NAT to set up:
-  measured here it starts a container ~130 ms faster than the bridge, the largest single phase
-  of a cold start.
+  measured with tools/bench/docker_cold_start.py on 2026-11-25 it starts a container ~130 ms
+  faster than the bridge, the largest single phase of a cold start.
 * ``bridge-ip``: the container's address on the default bridge; the host routes to it on Linux.
 * ``published-port``: a port published on 127.0.0.1, for Docker Desktop / WSL2 / rootless
   engines, whose container addresses the host cannot reach. Postgres then listens on that same

@@ -6,7 +6,8 @@ they live here once.
 
 ``cp -a`` rather than a Python walk: it preserves modes, owners, timestamps, symlinks, hard
 links, xattrs and ACLs, and on a 40 MB / 1000-file Postgres data dir on XFS it cloned in ~44 ms
-against ~49 ms for a per-file ``FICLONE`` ioctl loop in Python, without holding the GIL.
+against ~49 ms for a per-file ``FICLONE`` ioctl loop in Python (timed by hand on 2026-11-24),
+without holding the GIL.
 """
 
 from __future__ import annotations
