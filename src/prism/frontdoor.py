@@ -1,19 +1,27 @@
 """The first packets of a client connection: encryption negotiation and the start-up packet.
 
-Postgres clients open in one of three ways, and Prism answers each as Postgres 17+ does:
+Postgres clients open in one of three ways, and Prism answers each as Postgres 18 does:
 
-* an **SSLRequest**: answered ``S`` and followed by a TLS handshake when TLS is on, else ``N``
-  and the client goes on in plaintext (or gives up, with ``sslmode=require``). Bytes the
-  client sent after its SSLRequest but before the handshake are refused, never read as if
-  they had come over TLS (CVE-2021-23214, which Postgres and PgBouncer fixed the same way);
+* an **SSLRequest**: answered ``S`` and followed by a TLS handshake when TLS is on (and the
+  connection is not encrypted already), else ``N`` and the client goes on in plaintext (or
+  gives up, with ``sslmode=require``). Bytes the client sent after its SSLRequest but before
+  the ``S`` go into the TLS handshake, as in Postgres 17+, so they can never be read as if
+  they had come over TLS (CVE-2021-23214); after an ``N`` they are refused;
 * a **GSSENCRequest**: answered ``N`` (Prism has no Kerberos), then the next packet is read —
   libpq sends GSSENC first where it finds Kerberos credentials, then falls back to TLS;
 * a **TLS ClientHello** straight away (``sslnegotiation=direct``): the handshake must agree on
-  ALPN ``postgresql``, as Postgres insists, so a TLS client of another protocol is refused.
+  ALPN ``postgresql``, as Postgres insists, so a TLS client of another protocol is cut off.
 
-After that comes a StartupMessage or a CancelRequest, inside or outside TLS. With
-``--tls required`` a StartupMessage in plaintext is refused (a CancelRequest is not: older
-clients always cancel in plaintext, and a cancel key is its own credential).
+A second SSLRequest after the first was answered (or a second GSSENCRequest) is not one any
+more: as in Postgres it reads as a start-up packet of an unknown protocol version, refused
+with Postgres's own FATAL. After the negotiation comes a StartupMessage or a CancelRequest,
+inside or outside TLS. With ``--tls required`` a StartupMessage in plaintext is refused (a
+CancelRequest is not: older clients always cancel in plaintext, and a cancel key is its own
+credential).
+
+Where Postgres closes without a word (a length word out of range, a packet cut short, a
+malformed CancelRequest, direct TLS without ALPN) :class:`wire.UnansweredViolation` is raised,
+which the proxy logs and answers with silence; every other refusal is a FATAL as from Postgres.
 """
 
 from __future__ import annotations
@@ -67,11 +75,27 @@ class ClientConn:
         return message
 
 
+_MITM_DETAIL: Final = (
+    "This could be either a client-software bug or evidence of an attempted "
+    "man-in-the-middle attack."
+)
+
+
 async def _receive(stream: trio.abc.Stream) -> bytes:
     data = await stream.receive_some(wire.MAX_STARTUP_PACKET)
     if not data:
         raise ClientGone
     return bytes(data)
+
+
+async def _receive_more(conn: ClientConn, reader: wire.StartupReader) -> None:
+    """Feed ``reader`` the next bytes; a hang-up in the middle of a packet is worth a log line."""
+    try:
+        reader.feed(await _receive(conn.stream))
+    except ClientGone:
+        if reader.pending():
+            raise wire.UnansweredViolation("incomplete startup packet") from None
+        raise
 
 
 async def read_hello(
@@ -88,29 +112,35 @@ async def read_hello(
         first = b""
     reader = wire.StartupReader()
     reader.feed(first)
+    # Which encryption requests may still come, as Postgres 18 tracks them: each may be asked
+    # once, and an accepted one (only TLS here) ends the negotiation.
+    ssl_done = gss_done = False
     while True:
         message = reader.next_message()
         if message is None:
-            reader.feed(await _receive(conn.stream))
-        elif isinstance(message, wire.GSSENCRequest):
-            if conn.tls:
-                raise ProtocolViolation("GSSAPI encryption request inside a TLS connection")
+            await _receive_more(conn, reader)
+        elif isinstance(message, wire.SSLRequest) and not ssl_done:
+            accept = tls is not None and not conn.tls
+            await conn.send(b"S" if accept else b"N")
+            if accept:
+                assert tls is not None
+                await _start_tls(conn, reader.pending(), tls, direct=False)
+                reader = wire.StartupReader()
+            elif reader.pending():
+                raise ProtocolViolation(
+                    "received unencrypted data after SSL request", detail=_MITM_DETAIL
+                )
+            ssl_done, gss_done = True, gss_done or accept
+        elif isinstance(message, wire.GSSENCRequest) and not gss_done:
             await conn.send(b"N")
-        elif isinstance(message, wire.SSLRequest):
-            if conn.tls:
-                raise ProtocolViolation("SSL request inside a TLS connection")
-            if tls is None:
-                await conn.send(b"N")
-                continue
             if reader.pending():
                 raise ProtocolViolation(
-                    "received unencrypted data after SSL request",
-                    hint="this could be either a client-software bug or evidence of an "
-                    "attempted man-in-the-middle attack",
+                    "received unencrypted data after GSSAPI encryption request",
+                    detail=_MITM_DETAIL,
                 )
-            await conn.send(b"S")
-            await _start_tls(conn, b"", tls, direct=False)
-            reader = wire.StartupReader()
+            gss_done = True
+        elif isinstance(message, (wire.SSLRequest, wire.GSSENCRequest)):
+            raise wire.UnsupportedProtocol(message.code)
         else:
             plaintext = isinstance(message, wire.StartupMessage) and not conn.tls
             if plaintext and tls is not None and tls.required:
@@ -143,7 +173,7 @@ async def _start_tls(conn: ClientConn, received: bytes, tls: TlsConfig, *, direc
         raise ClientGone from exc
     conn.stream, conn.tls, conn.sni = stream, True, stream.sni
     if direct and stream.selected_alpn_protocol() != ALPN_PROTOCOL:
-        raise ProtocolViolation(
+        raise wire.UnansweredViolation(
             "received direct SSL connection request without ALPN protocol negotiation extension",
             hint=f'direct TLS needs ALPN "{ALPN_PROTOCOL}" (PostgreSQL 17+ clients send it)',
         )

@@ -17,7 +17,23 @@
    by a Prism-issued key, then **splice** both ways.
 
 Whatever goes wrong, the client is answered with a FATAL ErrorResponse carrying a SQLSTATE and a
-message that says what to do — never a silent close, never a traceback.
+message that says what to do — never a traceback — with the exceptions Postgres makes itself.
+Where the first bytes are not a start-up packet a Postgres client could have meant, Postgres
+logs the reason and closes without a word, and so does Prism (logged at INFO with the peer):
+
+* a length word below 8 or above 10,004 bytes (a Terminate sent before the start-up packet,
+  as node-postgres does when ``end()`` follows ``connect()`` at once; an HTTP request; a TLS
+  ClientHello when TLS is off);
+* a packet cut short by the client's hang-up ("incomplete startup packet");
+* a malformed CancelRequest, and every CancelRequest (no answer is part of the protocol);
+* direct TLS without ALPN ``postgresql``, after the handshake.
+
+Answering those would not help anyone: the peer may not speak Postgres at all, and a client
+that hung up or is closing cannot read the answer — but one that can (node-postgres) reports
+an unexpected FATAL as an error where Postgres's silence lets it end quietly. Everything else
+(an unknown protocol version, a broken parameter list, no user, a repeated encryption request,
+bytes pipelined after an SSLRequest answered ``N``) gets Postgres's own FATAL, SQLSTATE and text.
+tests/integration/test_front_door_conformance.py holds the two side by side, case by case.
 """
 
 from __future__ import annotations
@@ -47,9 +63,6 @@ from prism.tls import TlsConfig, TlsMode, load_tls
 
 log = logging.getLogger(__name__)
 
-NEWEST_MINOR: Final = 2
-"""Protocol 3.2 (PostgreSQL 18) is the newest Prism speaks."""
-
 _PQ_PREFIX: Final = "_pq_."
 _MOCK_SECRET_FILE: Final = "mock_auth_secret"
 
@@ -75,7 +88,7 @@ def negotiate(startup: wire.StartupMessage) -> tuple[bytes, wire.StartupMessage]
     """
     major, minor = startup.version
     unknown = [name for name, _ in startup.params if name.startswith(_PQ_PREFIX)]
-    agreed = min(minor, NEWEST_MINOR)
+    agreed = min(minor, wire.NEWEST_MINOR)
     message = wire.negotiate_protocol_version(agreed, unknown) if minor > agreed or unknown else b""
     params = tuple(p for p in startup.params if not p[0].startswith(_PQ_PREFIX))
     return message, wire.StartupMessage(major << 16 | agreed, params)
@@ -168,6 +181,8 @@ class Proxy:
             await self._serve(conn)
         except ClientGone:
             log.debug("proxy: client %s closed during start-up", conn.peer)
+        except wire.UnansweredViolation as exc:
+            log.info("proxy: closed connection from %s without an answer: %s", conn.peer, exc)
         except _SessionRefused:
             log.debug("proxy: branch server refused client %s", conn.peer)
         except PrismError as exc:
@@ -239,10 +254,12 @@ class Proxy:
             if isinstance(packet, wire.CancelRequest):
                 await self.cancel_keys.forward(packet, conn.peer)
                 return None
-            target = route(packet, sni=conn.sni, sni_domain=self._sni_domain)
-            negotiation, startup = negotiate(target.startup)
+            # As Postgres: the version is negotiated before a missing user is refused.
+            negotiation, packet = negotiate(packet)
             if negotiation:
                 await conn.send(negotiation)
+            target = route(packet, sni=conn.sni, sni_domain=self._sni_domain)
+            startup = target.startup
             if self._verifiers is not None:
                 role = startup.get("user") or ""
                 secret = await self._verifiers.lookup(target.branch, role)

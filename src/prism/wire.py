@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Final, Generic, TypeVar
+from typing import ClassVar, Final, Generic, TypeVar
 
 from prism.errors import PrismError, ProtocolViolation
 
 MAX_STARTUP_PACKET: Final = 10_000
-"""The largest start-up packet accepted, as Postgres's MAX_STARTUP_PACKET_LENGTH."""
+"""The largest start-up packet body accepted, as Postgres's MAX_STARTUP_PACKET_LENGTH.
+
+Like Postgres, this bounds the packet after its 4-byte length word: 10,004 bytes on the wire.
+"""
 
 MAX_MESSAGE_LENGTH: Final = 0x3FFF_FFFF
 """Default bound on a typed message: Postgres never allocates a message of 1 GiB or more."""
@@ -33,6 +36,8 @@ GSSENC_REQUEST_CODE: Final = 80877104
 CANCEL_REQUEST_CODE: Final = 80877102
 PROTOCOL_3_0: Final = 196608
 """Protocol 3.0 as ``major << 16 | minor``; every 3.x minor version shares this major."""
+NEWEST_MINOR: Final = 2
+"""Protocol 3.2 (PostgreSQL 18) is the newest Prism speaks."""
 
 _PROTOCOL_MAJOR: Final = 3
 _MIN_CANCEL_SECRET: Final = 4
@@ -51,20 +56,49 @@ _HEADER = struct.Struct("!ii")
 # --------------------------------------------------------------------------------------------
 
 
+class UnansweredViolation(ProtocolViolation):
+    """A start-up packet so broken that Postgres closes the connection without a word.
+
+    Postgres logs these (a COMMERROR) and sends nothing: the bytes may not come from a
+    Postgres client at all, and a client that sent a half packet is no longer listening. Prism
+    logs them too and closes just as silently; the message is for the log only.
+    """
+
+
+class UnsupportedProtocol(ProtocolViolation):
+    """A start-up packet asking for a protocol major version other than 3.
+
+    The text is Postgres's own, so a client shows the same error whichever server it reached.
+    """
+
+    sqlstate = "0A000"  # feature_not_supported, as Postgres
+
+    def __init__(self, code: int) -> None:
+        self.major, self.minor = code >> 16, code & 0xFFFF
+        super().__init__(
+            f"unsupported frontend protocol {self.major}.{self.minor}: "
+            f"server supports {_PROTOCOL_MAJOR}.0 to {_PROTOCOL_MAJOR}.{NEWEST_MINOR}"
+        )
+
+
 @dataclass(frozen=True)
 class SSLRequest:
     """The client asks to switch to TLS before sending its StartupMessage."""
 
+    code: ClassVar[int] = SSL_REQUEST_CODE
+
     def encode(self) -> bytes:
-        return _HEADER.pack(8, SSL_REQUEST_CODE)
+        return _HEADER.pack(8, self.code)
 
 
 @dataclass(frozen=True)
 class GSSENCRequest:
     """The client asks to switch to GSSAPI encryption before sending its StartupMessage."""
 
+    code: ClassVar[int] = GSSENC_REQUEST_CODE
+
     def encode(self) -> bytes:
-        return _HEADER.pack(8, GSSENC_REQUEST_CODE)
+        return _HEADER.pack(8, self.code)
 
 
 @dataclass(frozen=True)
@@ -229,81 +263,59 @@ class StartupReader(_Reader[StartupPacket]):
         if len(buf) < 4:
             return None
         (length,) = _INT32.unpack_from(buf)
-        if length < 8:
-            raise ProtocolViolation(f"invalid length of startup packet: {length} (at least 8)")
-        if length > MAX_STARTUP_PACKET:
-            raise ProtocolViolation(
-                f"startup packet too large: {length} bytes (at most {MAX_STARTUP_PACKET})"
-            )
-        if len(buf) < 8:
-            return None
-        (code,) = _UINT32.unpack_from(buf, 4)
-        _check_code(code, length)
+        if not 8 <= length <= MAX_STARTUP_PACKET + 4:
+            raise UnansweredViolation(f"invalid length of startup packet: {length}")
         if len(buf) < length:
             return None
+        # As Postgres, the code is judged only once the whole packet is in: a client that
+        # hangs up before that gets the same silent close whatever its first eight bytes said.
+        (code,) = _UINT32.unpack_from(buf, 4)
         body = bytes(buf[8:length])
         del buf[:length]
         return self._decode(code, body)
 
     def _decode(self, code: int, body: bytes) -> StartupPacket:
+        # Postgres ignores the body of an encryption request, so a longer one is still one.
         if code == SSL_REQUEST_CODE:
             return SSLRequest()
         if code == GSSENC_REQUEST_CODE:
             return GSSENCRequest()
         self._finished = True
         if code == CANCEL_REQUEST_CODE:
+            if not _MIN_CANCEL_SECRET <= len(body) - 4 <= _MAX_CANCEL_SECRET:
+                raise UnansweredViolation(
+                    f"invalid length of cancel request packet: {len(body) + 8} (secret key of "
+                    f"{_MIN_CANCEL_SECRET} to {_MAX_CANCEL_SECRET} bytes expected)"
+                )
             (pid,) = _INT32.unpack_from(body)
             return CancelRequest(pid, body[4:])
+        if code >> 16 != _PROTOCOL_MAJOR:
+            raise UnsupportedProtocol(code)
         return StartupMessage(code, _decode_params(body))
 
 
-def _check_code(code: int, length: int) -> None:
-    """Reject an unknown code or a length that does not fit it, before buffering the body."""
-    if code in (SSL_REQUEST_CODE, GSSENC_REQUEST_CODE):
-        if length != 8:
-            raise ProtocolViolation(f"invalid length of encryption request packet: {length}")
-    elif code == CANCEL_REQUEST_CODE:
-        secret = length - 12
-        if not _MIN_CANCEL_SECRET <= secret <= _MAX_CANCEL_SECRET:
-            raise ProtocolViolation(
-                f"invalid length of cancel request packet: {length} "
-                f"(secret key of {_MIN_CANCEL_SECRET} to {_MAX_CANCEL_SECRET} bytes expected)"
-            )
-    elif code >> 16 != _PROTOCOL_MAJOR:
-        raise ProtocolViolation(
-            f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: "
-            "Prism supports protocol 3.x (3.0 to 3.2; newer minor versions are negotiated down)"
-        )
+_BAD_LAYOUT: Final = "invalid startup packet layout: expected terminator as last byte"
 
 
 def _decode_params(body: bytes) -> tuple[tuple[str, str], ...]:
-    """Split the NUL-terminated name/value pairs of a StartupMessage, keeping their order."""
-    if not body.endswith(b"\0"):
-        raise ProtocolViolation("invalid startup packet layout: expected terminator as last byte")
-    fields = body[:-1].split(b"\0")
-    # ``a\0b\0`` splits as [a, b, ""]: the last empty string is the final pair's terminator.
-    if fields == [b""]:
-        fields = []
-    elif fields[-1] != b"" or len(fields) % 2 != 1:
-        raise ProtocolViolation(
-            "invalid startup packet layout: parameters must be NUL-terminated name/value pairs"
-        )
-    else:
-        fields.pop()
+    """Split the NUL-terminated name/value pairs of a StartupMessage, keeping their order.
+
+    Whether a user name was given is checked later, by routing: Postgres first answers a
+    newer protocol version or a ``_pq_`` option with NegotiateProtocolVersion, then refuses
+    a packet without a user.
+    """
+    fields = body.split(b"\0")
+    # ``a\0b\0\0`` splits as [a, b, "", ""]: an empty name (the terminator), then nothing.
+    # Postgres reads up to the first empty name and wants it to be the packet's last byte;
+    # an empty value is fine.
+    names = fields[0:-2:2]
+    if len(fields) % 2 or fields[-2:] != [b"", b""] or b"" in names:
+        raise ProtocolViolation(_BAD_LAYOUT)
     try:
-        text = [field.decode("utf-8") for field in fields]
+        text = [field.decode("utf-8") for field in fields[:-2]]
     except UnicodeDecodeError as exc:
         raise ProtocolViolation("invalid startup packet: parameters are not valid UTF-8") from exc
-    params = tuple(zip(text[0::2], text[1::2], strict=True))
-    if any(not name for name, _ in params):
-        raise ProtocolViolation("invalid startup packet layout: empty parameter name")
-    user = next((value for name, value in reversed(params) if name == "user"), None)
-    if not user:
-        # Postgres reports this one as invalid_authorization_specification, not 08P01.
-        raise ProtocolViolation(
-            "no PostgreSQL user name specified in startup packet", sqlstate="28000"
-        )
-    return params
+    return tuple(zip(text[0::2], text[1::2], strict=True))
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,6 +383,10 @@ def notice_response(
 
 def error_from(exc: PrismError, severity: str = "FATAL") -> bytes:
     """The ErrorResponse a client should see for one of Prism's own errors."""
+    if isinstance(exc, UnsupportedProtocol) and exc.major < _PROTOCOL_MAJOR:
+        # As Postgres: a client of an older protocol gets the error in its own format (2.0:
+        # 'E' and one line of text), which it can show, where a 3.0 message would be garbage.
+        return b"E" + _cstring(f"{severity}:  {exc.message}\n")
     return error_response(
         severity=severity,
         sqlstate=exc.sqlstate,

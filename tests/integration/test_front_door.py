@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ssl
 import struct
@@ -155,7 +156,8 @@ async def test_direct_tls_with_alpn_works(prism: PrismHandle) -> None:
     assert await trio.to_thread.run_sync(_query, dsn, "SELECT 4") == (4,)
 
 
-async def test_direct_tls_without_alpn_is_refused(prism: PrismHandle) -> None:
+async def test_direct_tls_without_alpn_is_cut_off_without_a_word(prism: PrismHandle) -> None:
+    """As Postgres: the handshake completes, then the connection closes with nothing sent."""
     context = ssl.create_default_context()
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     stream = await trio.open_tcp_stream("127.0.0.1", prism.port)
@@ -166,9 +168,7 @@ async def test_direct_tls_without_alpn_is_refused(prism: PrismHandle) -> None:
         with trio.fail_after(5):
             while chunk := await tls.receive_some(65536):
                 received += chunk
-    fields = _error(received)
-    assert fields["C"] == "08P01"
-    assert "ALPN" in fields["M"]
+    assert received == b""
 
 
 async def test_tls_required_refuses_plaintext_startup(start_prism: Any) -> None:
@@ -191,12 +191,39 @@ async def test_tls_off_declines_ssl_requests(start_prism: Any) -> None:
     assert (await psql(prism.dsn(sslmode="prefer"), "SELECT 6")).stdout.decode().strip() == "6"
 
 
-async def test_bytes_pipelined_after_ssl_request_are_refused(prism: PrismHandle) -> None:
+async def test_bytes_pipelined_after_ssl_request_go_into_the_tls_handshake(
+    prism: PrismHandle,
+) -> None:
+    """As Postgres 17+: smuggled plaintext is read as TLS, which it breaks, never as a packet."""
     startup = wire.StartupMessage(wire.PROTOCOL_3_0, (("user", "postgres"),)).encode()
-    received = await _raw(prism.port, wire.SSLRequest().encode() + startup)
-    fields = _error(received)
-    assert fields["C"] == "08P01"
-    assert "unencrypted data after SSL request" in fields["M"]
+    assert await _raw(prism.port, wire.SSLRequest().encode() + startup) == b"S"
+
+
+async def test_a_client_hello_pipelined_after_ssl_request_gets_tls(prism: PrismHandle) -> None:
+    """The other side of the same rule: a client need not wait for the S to say hello."""
+    stream = await trio.open_tcp_stream("127.0.0.1", prism.port)
+    async with stream:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+        with contextlib.suppress(ssl.SSLWantReadError):
+            tls.do_handshake()
+        await stream.send_all(wire.SSLRequest().encode() + outgoing.read())
+        received = b""
+        with trio.fail_after(10):
+            while len(received) < 1:
+                received += await stream.receive_some(65536)
+            assert received[:1] == b"S"
+            incoming.write(received[1:])
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    await stream.send_all(outgoing.read())
+                    incoming.write(await stream.receive_some(65536))
+    assert tls.version() is not None
 
 
 async def test_gssenc_request_is_declined_and_the_next_packet_read(prism: PrismHandle) -> None:

@@ -259,7 +259,10 @@ async def test_fuzzed_front_door_keeps_serving_and_leaks_nothing(
             assert fields["S"] == "FATAL", (case, fields)
             assert fields["C"] != "XX000", (case, fields)  # an unexpected exception in Prism
     refused = {case.kind for case, answer in answers if _errors_in(answer)}
-    assert refused >= {"random", "sasl", "inside-tls"}
+    assert refused >= {"mutated", "sasl", "inside-tls"}
+    # Random bytes hardly ever open with a length word Postgres would read on: it answers
+    # them with silence, and so must Prism (tests/integration/test_front_door_conformance.py).
+    assert any(case.kind == "random" and not answer for case, answer in answers)
     assert prism.manager.get("fuzz-auth") is None  # no one authenticated, nothing was created
 
     tasks_after, fds_after = await _settled()

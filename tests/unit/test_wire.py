@@ -159,9 +159,10 @@ def test_cancel_request_accepts_protocol_3_2_long_secret() -> None:
 
 
 @pytest.mark.parametrize("secret_len", [0, 3, 257])
-def test_cancel_request_with_bad_secret_length_is_refused(secret_len: int) -> None:
+def test_cancel_request_with_bad_secret_length_is_refused_silently(secret_len: int) -> None:
     exc = violation(packet(wire.CANCEL_REQUEST_CODE, b"\0\0\0\1" + b"s" * secret_len))
     assert "cancel request" in exc.message
+    assert isinstance(exc, wire.UnansweredViolation)
     with pytest.raises(ProtocolViolation):
         CancelRequest(1, b"s" * secret_len)
 
@@ -176,39 +177,57 @@ def test_partial_packets_need_more_bytes() -> None:
     assert isinstance(reader.next_message(), StartupMessage)
 
 
-@pytest.mark.parametrize("length", [0, 7, -1, -(2**31)])
-def test_length_below_eight_is_refused(length: int) -> None:
+@pytest.mark.parametrize("length", [0, 7, -1, -(2**31), wire.MAX_STARTUP_PACKET + 5, 0x58000000])
+def test_length_word_out_of_range_is_refused_silently_from_the_header_alone(length: int) -> None:
+    """As Postgres: no answer, since these bytes are no start-up packet a client meant.
+
+    0x58000000 is a Terminate message (``X``, length 4) sent before any start-up packet.
+    """
     exc = violation(struct.pack("!i", length))
-    assert exc.sqlstate == "08P01"
-    assert "invalid length of startup packet" in exc.message
-
-
-def test_oversized_startup_packet_is_refused_from_its_header_alone() -> None:
-    exc = violation(struct.pack("!i", wire.MAX_STARTUP_PACKET + 1))
-    assert exc.message.startswith("startup packet too large")
-    assert exc.sqlstate == "08P01"
+    assert isinstance(exc, wire.UnansweredViolation)
+    assert exc.message == f"invalid length of startup packet: {length}"
 
 
 def test_startup_packet_of_exactly_the_maximum_size_is_accepted() -> None:
-    filler = b"x" * (wire.MAX_STARTUP_PACKET - len(startup_bytes([(b"user", b"u"), (b"p", b"")])))
+    """Postgres's limit is on the body after the length word: 10,004 bytes in all."""
+    size = wire.MAX_STARTUP_PACKET + 4
+    filler = b"x" * (size - len(startup_bytes([(b"user", b"u"), (b"p", b"")])))
     raw = startup_bytes([(b"user", b"u"), (b"p", filler)])
-    assert len(raw) == wire.MAX_STARTUP_PACKET
+    assert len(raw) == size
     assert isinstance(read_one(raw), StartupMessage)
 
 
 @pytest.mark.parametrize(
     ("code", "shown"), [(2 << 16, "2.0"), (4 << 16 | 1, "4.1"), (12345678, "188.24910")]
 )
-def test_unknown_protocol_is_refused_naming_supported_versions(code: int, shown: str) -> None:
+def test_unknown_protocol_is_refused_in_postgres_words(code: int, shown: str) -> None:
     exc = violation(packet(code, b"user\0u\0\0"))
-    assert f"unsupported frontend protocol {shown}" in exc.message
-    assert "3.0" in exc.message
-    assert exc.sqlstate == "08P01"
+    assert exc.message == f"unsupported frontend protocol {shown}: server supports 3.0 to 3.2"
+    assert exc.sqlstate == "0A000"
+    assert not isinstance(exc, wire.UnansweredViolation)
 
 
-def test_ssl_request_with_a_body_is_refused() -> None:
-    exc = violation(packet(wire.SSL_REQUEST_CODE, b"junk"))
-    assert "encryption request" in exc.message
+def test_a_protocol_2_client_is_refused_in_the_protocol_2_error_format() -> None:
+    exc = violation(packet(2 << 16, b"user\0u\0\0"))
+    assert wire.error_from(exc) == (
+        b"EFATAL:  unsupported frontend protocol 2.0: server supports 3.0 to 3.2\n\0"
+    )
+    newer = violation(packet(4 << 16, b"user\0u\0\0"))
+    assert wire.error_from(newer)[:1] == b"E"
+    assert wire.parse_error_fields(wire.error_from(newer)[5:])["C"] == "0A000"
+
+
+def test_the_code_is_judged_only_once_the_whole_packet_is_in() -> None:
+    """A client that hangs up mid-packet gets silence, whatever its first bytes said."""
+    reader = StartupReader()
+    reader.feed(packet(4 << 16, b"user\0u\0\0")[:-1])
+    assert reader.next_message() is None
+
+
+def test_encryption_requests_with_a_body_still_count_as_requests() -> None:
+    """Postgres reads the code and ignores the rest of the packet."""
+    assert read_one(packet(wire.SSL_REQUEST_CODE, b"junk")) == SSLRequest()
+    assert read_one(packet(wire.GSSENC_REQUEST_CODE, b"junk")) == GSSENCRequest()
 
 
 @pytest.mark.parametrize(
@@ -228,14 +247,19 @@ def test_malformed_parameter_block_is_refused(body: bytes) -> None:
 
 def test_empty_parameter_name_in_the_middle_is_refused() -> None:
     exc = violation(packet(wire.PROTOCOL_3_0, b"user\0u\0\0x\0\0"))
-    assert "invalid startup packet layout" in exc.message
+    assert exc.message == "invalid startup packet layout: expected terminator as last byte"
+
+
+def test_empty_values_are_kept() -> None:
+    message = read_one(packet(wire.PROTOCOL_3_0, b"a\0\0user\0\0\0"))
+    assert message == StartupMessage(wire.PROTOCOL_3_0, (("a", ""), ("user", "")))
 
 
 @pytest.mark.parametrize("params", [[], [(b"database", b"d")], [(b"user", b"")]])
-def test_missing_user_is_refused_as_postgres_does(params: list[tuple[bytes, bytes]]) -> None:
-    exc = violation(startup_bytes(params))
-    assert exc.message == "no PostgreSQL user name specified in startup packet"
-    assert exc.sqlstate == "28000"
+def test_missing_user_is_left_to_routing(params: list[tuple[bytes, bytes]]) -> None:
+    """Postgres answers a newer protocol version before it refuses a packet without a user,
+    so the reader lets it through (see tests/unit/test_router.py for the refusal)."""
+    assert isinstance(read_one(startup_bytes(params)), StartupMessage)
 
 
 def test_non_utf8_parameters_are_refused() -> None:
