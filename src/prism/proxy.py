@@ -7,7 +7,8 @@
    branch, and the start-up packet for the backend without Prism's own parameters.
 3. **negotiate**: a client asking for a protocol newer than 3.2 or for ``_pq_.*`` options
    gets one NegotiateProtocolVersion from Prism; the backend is asked for what the client was
-   told, so it never sends a second one.
+   told, so it never sends a second one. It goes out before routing, as from Postgres, so it
+   comes before a missing-user FATAL.
 4. **authenticate** (``--auth verify``, :mod:`prism.auth`): SCRAM against the role's verifier
    before anything is created, started or woken.
 5. **hold**: limits (:mod:`prism.limits`), then ``BranchManager.ensure_running`` creates,
