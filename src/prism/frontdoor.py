@@ -174,6 +174,5 @@ async def _start_tls(conn: ClientConn, received: bytes, tls: TlsConfig, *, direc
     conn.stream, conn.tls, conn.sni = stream, True, stream.sni
     if direct and stream.selected_alpn_protocol() != ALPN_PROTOCOL:
         raise wire.UnansweredViolation(
-            "received direct SSL connection request without ALPN protocol negotiation extension",
-            hint=f'direct TLS needs ALPN "{ALPN_PROTOCOL}" (PostgreSQL 17+ clients send it)',
+            "received direct SSL connection request without ALPN protocol negotiation extension"
         )

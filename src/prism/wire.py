@@ -74,9 +74,9 @@ class UnsupportedProtocol(ProtocolViolation):
     sqlstate = "0A000"  # feature_not_supported, as Postgres
 
     def __init__(self, code: int) -> None:
-        self.major, self.minor = code >> 16, code & 0xFFFF
+        self.code = code
         super().__init__(
-            f"unsupported frontend protocol {self.major}.{self.minor}: "
+            f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: "
             f"server supports {_PROTOCOL_MAJOR}.0 to {_PROTOCOL_MAJOR}.{NEWEST_MINOR}"
         )
 
@@ -238,13 +238,14 @@ class StartupReader(_Reader[StartupPacket]):
     """Decodes the packets a client sends before the regular protocol starts.
 
     Feed it whatever the socket returned; ask for :meth:`next_message` until it says None
-    (need more bytes). Lengths and protocol codes are checked as soon as their 8 bytes have
-    arrived, so a hostile client cannot make Prism buffer more than MAX_STARTUP_PACKET.
+    (need more bytes). The length word is checked as soon as its 4 bytes have arrived, so a
+    hostile client cannot make Prism buffer more than one packet of MAX_STARTUP_PACKET; the
+    code and the body once the whole packet is in, as Postgres does.
 
     After a StartupMessage or CancelRequest the start-up phase is over: the reader is
     :attr:`finished`, returns None from then on and leaves later bytes in :meth:`pending`
-    for the proxy to forward (or, after an SSLRequest, to refuse: bytes pipelined before the
-    TLS handshake would otherwise be trusted as if they came over TLS).
+    for the proxy to forward (or, after an SSLRequest, to hand to the TLS handshake or refuse:
+    bytes pipelined before it would otherwise be trusted as if they came over TLS).
     """
 
     def __init__(self) -> None:
@@ -294,9 +295,6 @@ class StartupReader(_Reader[StartupPacket]):
         return StartupMessage(code, _decode_params(body))
 
 
-_BAD_LAYOUT: Final = "invalid startup packet layout: expected terminator as last byte"
-
-
 def _decode_params(body: bytes) -> tuple[tuple[str, str], ...]:
     """Split the NUL-terminated name/value pairs of a StartupMessage, keeping their order.
 
@@ -310,7 +308,7 @@ def _decode_params(body: bytes) -> tuple[tuple[str, str], ...]:
     # an empty value is fine.
     names = fields[0:-2:2]
     if len(fields) % 2 or fields[-2:] != [b"", b""] or b"" in names:
-        raise ProtocolViolation(_BAD_LAYOUT)
+        raise ProtocolViolation("invalid startup packet layout: expected terminator as last byte")
     try:
         text = [field.decode("utf-8") for field in fields[:-2]]
     except UnicodeDecodeError as exc:
@@ -383,9 +381,10 @@ def notice_response(
 
 def error_from(exc: PrismError, severity: str = "FATAL") -> bytes:
     """The ErrorResponse a client should see for one of Prism's own errors."""
-    if isinstance(exc, UnsupportedProtocol) and exc.major < _PROTOCOL_MAJOR:
+    if isinstance(exc, UnsupportedProtocol) and 0 < exc.code < PROTOCOL_3_0:
         # As Postgres: a client of an older protocol gets the error in its own format (2.0:
         # 'E' and one line of text), which it can show, where a 3.0 message would be garbage.
+        # Code 0 is Postgres's "no protocol chosen yet", answered in the 3.0 format.
         return b"E" + _cstring(f"{severity}:  {exc.message}\n")
     return error_response(
         severity=severity,

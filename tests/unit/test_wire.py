@@ -207,14 +207,20 @@ def test_unknown_protocol_is_refused_in_postgres_words(code: int, shown: str) ->
     assert not isinstance(exc, wire.UnansweredViolation)
 
 
-def test_a_protocol_2_client_is_refused_in_the_protocol_2_error_format() -> None:
-    exc = violation(packet(2 << 16, b"user\0u\0\0"))
+@pytest.mark.parametrize(("code", "shown"), [(2 << 16, "2.0"), (1, "0.1")])
+def test_an_older_protocol_is_refused_in_the_protocol_2_error_format(code: int, shown: str) -> None:
+    exc = violation(packet(code, b"user\0u\0\0"))
     assert wire.error_from(exc) == (
-        b"EFATAL:  unsupported frontend protocol 2.0: server supports 3.0 to 3.2\n\0"
+        f"EFATAL:  unsupported frontend protocol {shown}: server supports 3.0 to 3.2\n\0".encode()
     )
-    newer = violation(packet(4 << 16, b"user\0u\0\0"))
-    assert wire.error_from(newer)[:1] == b"E"
-    assert wire.parse_error_fields(wire.error_from(newer)[5:])["C"] == "0A000"
+
+
+@pytest.mark.parametrize("code", [0, 4 << 16])
+def test_protocol_0_0_and_newer_ones_are_refused_in_the_3_0_format(code: int) -> None:
+    """Postgres reads 0 as "no protocol chosen yet" and answers it as 3.0."""
+    answer = wire.error_from(violation(packet(code, b"user\0u\0\0")))
+    assert answer[:1] == b"E"
+    assert wire.parse_error_fields(answer[5:])["C"] == "0A000"
 
 
 def test_the_code_is_judged_only_once_the_whole_packet_is_in() -> None:
