@@ -38,8 +38,8 @@ from prism.address import BackendAddress
 from prism.branches import BranchManager
 from prism.errors import PrismError, ProtocolViolation
 from prism.frontdoor import ClientConn
+from prism.names import MAIN_BRANCH
 from prism.pgclient import connect_service
-from prism.storage.base import MAIN_BRANCH
 
 log = logging.getLogger(__name__)
 

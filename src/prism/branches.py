@@ -44,10 +44,10 @@ from prism.errors import (
     StorageError,
 )
 from prism.events import EventBus
-from prism.router import validate_branch_name
+from prism.names import MAIN_BRANCH, validate_branch_name
 from prism.runtime.base import Runtime
 from prism.state import BranchRecord, StateStore, utcnow
-from prism.storage.base import MAIN_BRANCH, Storage
+from prism.storage.base import Storage
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import trio
 
 from prism.branches import BranchManager, BranchStatus
 from prism.errors import BranchNotFound, ConfigError, PrismError
-from prism.storage.base import MAIN_BRANCH
+from prism.names import MAIN_BRANCH
 
 log = logging.getLogger(__name__)
 

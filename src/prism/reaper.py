@@ -18,7 +18,7 @@ import trio
 
 from prism.branches import Branch, BranchManager, is_idle
 from prism.errors import PrismError
-from prism.storage.base import MAIN_BRANCH
+from prism.names import MAIN_BRANCH
 
 log = logging.getLogger(__name__)
 

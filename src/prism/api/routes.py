@@ -16,7 +16,7 @@ from quart_trio import QuartTrio
 from prism.api.errors import ApiError
 from prism.api.views import branch_view
 from prism.branches import Branch, BranchManager
-from prism.storage.base import MAIN_BRANCH
+from prism.names import MAIN_BRANCH
 
 PREFIX = "/api/v1"
 _CREATE_FIELDS = {"name", "parent"}

@@ -17,9 +17,9 @@ from typing import Any, Protocol, cast, runtime_checkable
 
 from prism.errors import ConfigError
 from prism.storage._probe import probe_and_choose
-from prism.storage.base import MAIN_BRANCH, Storage
+from prism.storage.base import Storage
 
-__all__ = ["AUTO", "DRIVERS", "MAIN_BRANCH", "Storage", "driver_class", "open_storage"]
+__all__ = ["AUTO", "DRIVERS", "Storage", "driver_class", "open_storage"]
 
 _log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import trio
 
 from prism.errors import InvalidBranchName, StorageError
-from prism.storage.base import MAIN_BRANCH
+from prism.names import MAIN_BRANCH
 
 _log = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import trio
 
 from prism.errors import BranchConflict, ConfigError, StorageError
+from prism.names import MAIN_BRANCH
 from prism.storage._command import probe_tool, run_tool
 from prism.storage._layout import (
     BRANCHES_DIR,
@@ -35,7 +36,6 @@ from prism.storage._layout import (
     set_private_mode,
 )
 from prism.storage._tree import refresh_branch_subdir
-from prism.storage.base import MAIN_BRANCH
 
 _log = logging.getLogger(__name__)
 

@@ -1,0 +1,110 @@
+"""In-memory stand-ins for the storage and runtime drivers, for testing BranchManager alone.
+
+They satisfy the ``Storage`` and ``Runtime`` Protocols, keep what they hold in dicts, and let a
+test decide how long a step takes (``delay``, in Trio time, so a ``MockClock`` runs it at once)
+and which step fails (``fail``), so locks, rollback, admission and eviction are tested without
+a Postgres or a filesystem.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from prism.address import BackendAddress
+from prism.errors import StorageError
+from prism.names import MAIN_BRANCH
+
+
+class FakeStorage:
+    """Branch "data directories" that are names in a set."""
+
+    name = "fake"
+    atomic = True
+
+    def __init__(self, root: Path = Path("fake-root"), *, delay: float = 0.0) -> None:
+        self.root = root
+        self.delay = delay
+        self.branches: set[str] = set()
+        self.fail: dict[str, BaseException] = {}
+        """Step name (``clone``, ``destroy`` ...) → the exception it raises."""
+
+    async def _step(self, step: str) -> None:
+        await trio.sleep(self.delay)
+        if step in self.fail:
+            raise self.fail[step]
+
+    def path(self, branch: str) -> Path:
+        return self.root / ("master" if branch == MAIN_BRANCH else f"branches/{branch}")
+
+    def exists(self, branch: str) -> bool:
+        return branch in self.branches
+
+    def list(self) -> list[str]:
+        return sorted(self.branches)
+
+    async def create(self, branch: str) -> Path:
+        await self._step("create")
+        self.branches.add(branch)
+        return self.path(branch)
+
+    async def clone(self, parent: str, child: str) -> Path:
+        await self._step("clone")
+        if parent not in self.branches:
+            raise StorageError(f"no parent {parent}")
+        self.branches.add(child)
+        return self.path(child)
+
+    async def refresh_subdir(self, parent: str, child: str, relpath: str) -> None:
+        await self._step("refresh_subdir")
+
+    async def destroy(self, branch: str) -> None:
+        await self._step("destroy")
+        self.branches.discard(branch)
+
+    def usage_bytes(self, branch: str) -> int | None:
+        return 0 if branch in self.branches else None
+
+
+class FakeRuntime:
+    """Branch "servers" that are addresses in a dict; nothing listens on them."""
+
+    name = "fake"
+
+    def __init__(self, *, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.running: dict[str, BackendAddress] = {}
+        self.starts: list[str] = []
+        self.fail: dict[str, BaseException] = {}
+        self._port = 40000
+
+    async def _step(self, step: str) -> None:
+        await trio.sleep(self.delay)
+        if step in self.fail:
+            raise self.fail[step]
+
+    async def initdb(self, pgdata: Path, *, superuser: str, password: str) -> None:
+        await self._step("initdb")
+
+    async def start(
+        self, branch: str, pgdata: Path, *, parent: str | None = None
+    ) -> BackendAddress:
+        self.starts.append(branch)
+        await self._step("start")
+        self._port += 1
+        self.running[branch] = BackendAddress("127.0.0.1", self._port)
+        return self.running[branch]
+
+    async def stop(self, branch: str) -> None:
+        await self._step("stop")
+        self.running.pop(branch, None)
+
+    async def adopt(self, branch: str, pgdata: Path) -> BackendAddress | None:
+        return None
+
+    def address(self, branch: str) -> BackendAddress | None:
+        return self.running.get(branch)
+
+    async def aclose(self) -> None:
+        return None
