@@ -17,6 +17,12 @@ from prism.errors import StorageError
 from prism.names import MAIN_BRANCH
 
 
+def _raise_if_failing(fail: dict[str, BaseException], step: str, branch: str) -> None:
+    error = fail.get(f"{step}:{branch}") or fail.get(step)
+    if error is not None:
+        raise error
+
+
 class FakeStorage:
     """Branch "data directories" that are names in a set."""
 
@@ -28,12 +34,12 @@ class FakeStorage:
         self.delay = delay
         self.branches: set[str] = set()
         self.fail: dict[str, BaseException] = {}
-        """Step name (``clone``, ``destroy`` ...) → the exception it raises."""
+        """Step (``clone``, ``destroy`` ...) or step of one branch (``clone:feat``) → the
+        exception it raises."""
 
-    async def _step(self, step: str) -> None:
+    async def _step(self, step: str, branch: str) -> None:
         await trio.sleep(self.delay)
-        if step in self.fail:
-            raise self.fail[step]
+        _raise_if_failing(self.fail, step, branch)
 
     def path(self, branch: str) -> Path:
         return self.root / ("master" if branch == MAIN_BRANCH else f"branches/{branch}")
@@ -45,22 +51,22 @@ class FakeStorage:
         return sorted(self.branches)
 
     async def create(self, branch: str) -> Path:
-        await self._step("create")
+        await self._step("create", branch)
         self.branches.add(branch)
         return self.path(branch)
 
     async def clone(self, parent: str, child: str) -> Path:
-        await self._step("clone")
+        await self._step("clone", child)
         if parent not in self.branches:
             raise StorageError(f"no parent {parent}")
         self.branches.add(child)
         return self.path(child)
 
     async def refresh_subdir(self, parent: str, child: str, relpath: str) -> None:
-        await self._step("refresh_subdir")
+        await self._step("refresh_subdir", child)
 
     async def destroy(self, branch: str) -> None:
-        await self._step("destroy")
+        await self._step("destroy", branch)
         self.branches.discard(branch)
 
     def usage_bytes(self, branch: str) -> int | None:
@@ -75,29 +81,31 @@ class FakeRuntime:
     def __init__(self, *, delay: float = 0.0) -> None:
         self.delay = delay
         self.running: dict[str, BackendAddress] = {}
-        self.starts: list[str] = []
+        self.peak = 0
+        """The most servers running at once."""
         self.fail: dict[str, BaseException] = {}
+        """Step (``start``, ``stop`` ...) or step of one branch (``stop:feat``) → the
+        exception it raises."""
         self._port = 40000
 
-    async def _step(self, step: str) -> None:
+    async def _step(self, step: str, branch: str) -> None:
         await trio.sleep(self.delay)
-        if step in self.fail:
-            raise self.fail[step]
+        _raise_if_failing(self.fail, step, branch)
 
     async def initdb(self, pgdata: Path, *, superuser: str, password: str) -> None:
-        await self._step("initdb")
+        await self._step("initdb", pgdata.name)
 
     async def start(
         self, branch: str, pgdata: Path, *, parent: str | None = None
     ) -> BackendAddress:
-        self.starts.append(branch)
-        await self._step("start")
+        await self._step("start", branch)
         self._port += 1
         self.running[branch] = BackendAddress("127.0.0.1", self._port)
+        self.peak = max(self.peak, len(self.running))
         return self.running[branch]
 
     async def stop(self, branch: str) -> None:
-        await self._step("stop")
+        await self._step("stop", branch)
         self.running.pop(branch, None)
 
     async def adopt(self, branch: str, pgdata: Path) -> BackendAddress | None:
