@@ -552,7 +552,9 @@ class BranchManager:
                 return
             if not self._evictable(victim, for_branch=for_branch):
                 return
-            log.info("limits: stopping idle branch %s to make room for %s", victim.name, for_branch)
+            log.info(
+                "admission: stopping idle branch %s to make room for %s", victim.name, for_branch
+            )
             await self._stop(victim, reason="max-running")
 
     # ---- internals (callers hold the branch's lock) ------------------------------------

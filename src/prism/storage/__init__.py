@@ -21,7 +21,7 @@ from prism.storage.base import Storage
 
 __all__ = ["AUTO", "DRIVERS", "Storage", "driver_class", "open_storage"]
 
-_log = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 AUTO = "auto"
 
@@ -70,7 +70,7 @@ async def open_storage(kind: str, root: Path, **options: Any) -> Storage:
     if kind == AUTO:
         choice = await probe_and_choose(root)
         kind = choice.kind
-        _log.info("storage: %s (%s)", kind, choice.reason)
+        log.info("storage: %s (%s)", kind, choice.reason)
     cls = driver_class(kind)
     try:
         storage = cls(root, **options)  # type: ignore[call-arg]
