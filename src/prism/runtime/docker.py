@@ -498,6 +498,7 @@ class DockerRuntime:
                 stop_signal="SIGINT",
                 environment={"LC_ALL": "C"},
                 host_config=host_config,
+                passes=(docker.errors.APIError,),
             )
         except docker.errors.APIError as exc:
             if exc.status_code == 409:
@@ -506,14 +507,18 @@ class DockerRuntime:
                     hint=f"another Prism may be serving branch {branch}; or remove it: "
                     f"docker rm -f {name}",
                 ) from exc
-            raise
+            raise RuntimeStartFailed(
+                f"the container of branch {branch} could not be created: {exc.explanation or exc}"
+            ) from exc
         container: Container = self._containers().prepare_model(
             {"Id": created["Id"], "Name": f"/{name}"}
         )
         try:
             try:
                 t1 = trio.current_time()
-                await self._engine(RuntimeStartFailed, container.start)
+                await self._engine(
+                    RuntimeStartFailed, container.start, passes=(docker.errors.APIError,)
+                )
             except docker.errors.APIError as exc:
                 if "address already in use" in str(exc).lower() or "port is already" in str(exc):
                     raise PortTaken from exc
@@ -643,12 +648,15 @@ class DockerRuntime:
         call: Callable[..., T],
         *args: Any,
         abandon_on_cancel: bool = False,
+        passes: tuple[type[docker.errors.APIError], ...] = (),
         **kwargs: Any,
     ) -> T:
-        """Run one blocking SDK call in a thread, turning "engine unreachable" into ``error``.
+        """Run one blocking SDK call in a thread; whatever the engine raises becomes ``error``.
 
-        API errors (a missing image, a name conflict) are left to the caller, who knows what
-        they mean for the branch.
+        This is the driver's boundary: nothing but a PrismError leaves it, so a refusal by the
+        engine cannot escape as an SDK exception into a task that only expects Prism's errors.
+        The API errors in ``passes`` (a missing image, a name conflict) are left to the caller,
+        who knows what they mean for the branch.
         """
         try:
             return await trio.to_thread.run_sync(
@@ -659,8 +667,10 @@ class DockerRuntime:
             raise error(
                 "cannot reach the Docker engine", hint=_engine_hint(self._docker_host)
             ) from exc
-        except docker.errors.APIError:
+        except passes:
             raise
+        except docker.errors.APIError as exc:
+            raise error(f"the Docker engine refused: {exc.explanation or exc}") from exc
         except docker.errors.DockerException as exc:
             self._client = None
             raise error(
@@ -730,7 +740,12 @@ class DockerRuntime:
             return self._image_info
         client = await self._connect()
         try:
-            image = await self._engine(RuntimeStartFailed, client.images.get, self._image)
+            image = await self._engine(
+                RuntimeStartFailed,
+                client.images.get,
+                self._image,
+                passes=(docker.errors.ImageNotFound,),
+            )
         except docker.errors.ImageNotFound as exc:
             raise RuntimeStartFailed(
                 f"the Docker image {self._image} is not present on the engine",
@@ -750,7 +765,12 @@ class DockerRuntime:
         )
         try:
             try:
-                chunks, _ = await self._engine(RuntimeStartFailed, probe.get_archive, "/etc/passwd")
+                chunks, _ = await self._engine(
+                    RuntimeStartFailed,
+                    probe.get_archive,
+                    "/etc/passwd",
+                    passes=(docker.errors.NotFound,),
+                )
                 passwd = _untar_one(b"".join(chunks))
             except docker.errors.NotFound:
                 passwd = ""
@@ -776,18 +796,24 @@ class DockerRuntime:
             raw: bytes = await self._engine(
                 RuntimeStartFailed, container.logs, tail=_LOG_TAIL, stdout=True, stderr=True
             )
-        except (PrismError, docker.errors.APIError) as exc:
-            return f"(cannot read the container log: {exc})"
+        except PrismError as exc:
+            return f"(cannot read the container log: {exc.message})"
         return last_lines(raw.decode(errors="replace"))
 
     async def _remove_quietly(self, container: Container) -> None:
         """Force-remove a container on a failure path; the original error must win."""
         try:
-            await self._engine(RuntimeStartFailed, container.remove, v=True, force=True)
+            await self._engine(
+                RuntimeStartFailed,
+                container.remove,
+                v=True,
+                force=True,
+                passes=(docker.errors.NotFound,),
+            )
         except docker.errors.NotFound:
             pass
-        except (PrismError, docker.errors.APIError) as exc:
-            log.warning("cannot remove container %s: %s", container.name, exc)
+        except PrismError as exc:
+            log.warning("cannot remove container %s: %s", container.name, exc.message)
 
     def _forget(self, branch: str) -> None:
         self._servers.pop(branch, None)
