@@ -18,12 +18,17 @@ async def open_manager(
     *,
     storage: FakeStorage | None = None,
     runtime: FakeRuntime | None = None,
+    slow: bool = False,
     max_branches: int = 0,
     max_running: int = 0,
 ) -> AsyncIterator[tuple[BranchManager, FakeStorage, FakeRuntime]]:
-    """An opened manager (main created and running) and its drivers; closed on the way out."""
-    storage = storage or FakeStorage(tmp_path / "data")
-    runtime = runtime or FakeRuntime()
+    """An opened manager (main created and running) and its drivers; closed on the way out.
+
+    ``slow`` drivers take a moment (in Trio time) to clone and start: where an ``await`` between
+    a check and its reservation would let other tasks through.
+    """
+    storage = storage or FakeStorage(tmp_path / "data", delay=1.0 if slow else 0.0)
+    runtime = runtime or FakeRuntime(delay=0.5 if slow else 0.0)
     state = StateStore(tmp_path / "prism.db")
     manager = BranchManager(
         storage=storage,

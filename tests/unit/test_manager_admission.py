@@ -17,14 +17,7 @@ from prism.branches import BranchManager, BranchStatus, ClientSession
 from prism.errors import LimitExceeded, PrismError, TooManyConnections
 from prism.events import Event
 from prism.limits import Gate, Limits
-from tests.fakes import FakeRuntime, FakeStorage
 from tests.manager_kit import open_manager
-
-
-def _slow(tmp_path: Path) -> dict[str, object]:
-    """Drivers whose clone and start take a moment: where an await between check and
-    reservation would let others through."""
-    return {"storage": FakeStorage(tmp_path / "data", delay=1.0), "runtime": FakeRuntime(delay=0.5)}
 
 
 async def _try_admit(
@@ -39,7 +32,7 @@ async def _try_admit(
 async def test_max_branches_holds_for_concurrent_first_connections(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
-    async with open_manager(tmp_path, max_branches=3, **_slow(tmp_path)) as (manager, _, _):
+    async with open_manager(tmp_path, max_branches=3, slow=True) as (manager, _, _):
         gate = Gate(manager, Limits())
         admitted: list[ClientSession] = []
         refused: list[PrismError] = []
@@ -72,7 +65,7 @@ async def test_max_branches_also_caps_the_api_path(
 async def test_max_running_holds_for_concurrent_wakes(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
-    async with open_manager(tmp_path, max_running=3, **_slow(tmp_path)) as (manager, _, runtime):
+    async with open_manager(tmp_path, max_running=3, slow=True) as (manager, _, runtime):
         admitted: list[ClientSession] = []
         refused: list[PrismError] = []
         async with trio.open_nursery() as nursery:
@@ -104,7 +97,7 @@ async def test_eviction_under_load_never_cuts_a_session_and_keeps_the_cap(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
     """Many clients come and go on more branches than may run: eviction and admission race."""
-    async with open_manager(tmp_path, max_running=3, **_slow(tmp_path)) as (manager, _, runtime):
+    async with open_manager(tmp_path, max_running=3, slow=True) as (manager, _, runtime):
         cut: list[str] = []
         refused = 0
         seen: list[Event] = []

@@ -10,20 +10,22 @@ import trio.testing
 
 from prism.errors import ProvisionFailed, RuntimeStartFailed
 from prism.events import Event
+from prism.runtime.base import Runtime
 from prism.state import BranchRecord, StateStore, utcnow
+from prism.storage.base import Storage
 from tests.fakes import FakeRuntime, FakeStorage
 from tests.manager_kit import open_manager
+
+
+def test_the_fakes_satisfy_the_driver_protocols() -> None:
+    assert isinstance(FakeStorage(), Storage)
+    assert isinstance(FakeRuntime(), Runtime)
 
 
 async def test_twenty_clients_racing_to_a_new_branch_cause_one_provision(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
-    storage = FakeStorage(tmp_path / "data", delay=1.0)
-    async with open_manager(tmp_path, storage=storage, runtime=FakeRuntime(delay=0.5)) as (
-        manager,
-        _,
-        _,
-    ):
+    async with open_manager(tmp_path, slow=True) as (manager, _, _):
         seen: list[Event] = []
         manager.events.add_listener(seen.append)
         addresses = []
