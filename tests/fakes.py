@@ -15,6 +15,7 @@ import trio
 from prism.address import BackendAddress
 from prism.errors import StorageError
 from prism.names import MAIN_BRANCH
+from prism.state import StateStore
 
 
 def _raise_if_failing(fail: dict[str, BaseException], step: str, branch: str) -> None:
@@ -116,3 +117,17 @@ class FakeRuntime:
 
     async def aclose(self) -> None:
         return None
+
+
+class InlineStateStore(StateStore):
+    """The real sqlite registry, queried on the event loop instead of in a worker thread.
+
+    Under ``MockClock(autojump_threshold=0)`` a task waiting on a thread counts as blocked, so
+    the clock jumps ahead while sqlite works and the interleaving of a test changes from run to
+    run; inline, a test's timing is the same every run. (A few milliseconds of blocking are
+    fine in a test; Prism itself keeps sqlite off the loop.)
+    """
+
+    async def _run(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        await trio.lowlevel.checkpoint()
+        return self._db.execute(sql, params).fetchall()

@@ -8,8 +8,7 @@ from pathlib import Path
 
 from prism.branches import BranchManager
 from prism.events import EventBus
-from prism.state import StateStore
-from tests.fakes import FakeRuntime, FakeStorage
+from tests.fakes import FakeRuntime, FakeStorage, InlineStateStore
 
 
 @asynccontextmanager
@@ -29,7 +28,7 @@ async def open_manager(
     """
     storage = storage or FakeStorage(tmp_path / "data", delay=1.0 if slow else 0.0)
     runtime = runtime or FakeRuntime(delay=0.5 if slow else 0.0)
-    state = StateStore(tmp_path / "prism.db")
+    state = InlineStateStore(tmp_path / "prism.db")
     manager = BranchManager(
         storage=storage,
         runtime=runtime,

