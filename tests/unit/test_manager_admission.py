@@ -148,3 +148,22 @@ async def test_a_session_of_a_deleted_branch_does_not_touch_its_successor(
         await manager.create("phoenix")
         manager.connection_closed(session)
         assert manager.require("phoenix").connections == 0
+
+
+async def test_every_wake_path_is_held_to_the_running_cap(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """The API's start and the role lookup's wake-up go through the same reservation."""
+    async with open_manager(tmp_path, max_running=2) as (manager, _, runtime):
+        await manager.create("asleep")
+        await manager.stop("asleep")
+        session = await manager.admit("busy", "client-1")
+        with pytest.raises(TooManyConnections, match="all of them have clients"):
+            await manager.start("asleep")  # the API and the CLI
+        with pytest.raises(TooManyConnections):
+            await manager.ensure_running("asleep", create=False)  # the role lookup
+        assert "asleep" not in runtime.running
+        assert manager.require("asleep").status is BranchStatus.STOPPED
+        manager.connection_closed(session)
+        await manager.start("asleep")  # "busy" is idle now: it makes room
+        assert "asleep" in runtime.running and "busy" not in runtime.running
