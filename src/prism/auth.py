@@ -38,8 +38,8 @@ from prism.address import BackendAddress
 from prism.branches import BranchManager
 from prism.errors import PrismError, ProtocolViolation
 from prism.frontdoor import ClientConn
+from prism.names import MAIN_BRANCH
 from prism.pgclient import connect_service
-from prism.storage.base import MAIN_BRANCH
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class VerifierStore:
             cached = self._cache.get(branch)
             if cached is not None and time.monotonic() - cached[0] < _CACHE_SECONDS:
                 return cached[1]
-            address = self._manager.runtime.address(branch)
+            address = self._manager.address(branch)
             if address is None:
                 roles = await trio.to_thread.run_sync(self._read_snapshot, branch)
                 if roles is not None:
@@ -173,7 +173,7 @@ class VerifierStore:
         }
 
     def _snapshot_path(self, branch: str) -> Path:
-        return self._manager.storage.path(branch) / SNAPSHOT_NAME
+        return self._manager.data_path(branch) / SNAPSHOT_NAME
 
     def _read_snapshot(self, branch: str) -> Roles | None:
         try:

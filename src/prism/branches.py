@@ -15,6 +15,14 @@ States (each transition publishes one event)::
 The manager also knows every proxied client session (``connection``), so an operation that
 takes a branch away from its clients (reset, stop, delete) can end their sessions with a clear
 message instead of letting the server's shutdown cut them off mid-sentence.
+
+Admission: the caps (``max_branches``, ``max_running``) are checked here, on every path that
+creates or starts a server (proxy, API, CLI, role lookup), and each check is followed by its
+reservation with no ``await`` in between: a provisioning branch is in the registry and a
+starting one is ``starting`` before anyone else can look. A session is counted on the branch
+*instance* it was admitted to (``admit``), from before its server is reached, so the reaper and
+``--max-running`` eviction never take a branch with a session being set up, and a session of a
+deleted branch never touches the counts of a new branch of the same name.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import trio
 
@@ -39,15 +48,17 @@ from prism.errors import (
     BranchNotFound,
     BranchProtected,
     ConnectionTerminated,
+    LimitExceeded,
     PrismError,
     ProvisionFailed,
     StorageError,
+    TooManyConnections,
 )
 from prism.events import EventBus
-from prism.router import validate_branch_name
+from prism.names import MAIN_BRANCH, validate_branch_name
 from prism.runtime.base import Runtime
 from prism.state import BranchRecord, StateStore, utcnow
-from prism.storage.base import MAIN_BRANCH, Storage
+from prism.storage.base import Storage
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +114,24 @@ def _elapsed_ms(started: float) -> float:
 _TERMINATE_WAIT = 5.0
 
 
+# States in which a branch holds (or is about to hold) a server: what --max-running counts.
+_HOLDS_SERVER = frozenset(
+    {BranchStatus.PROVISIONING, BranchStatus.STARTING, BranchStatus.RUNNING, BranchStatus.STOPPING}
+)
+
+
 @dataclass(eq=False)
 class ClientSession:
-    """One proxied client session, so an operation on its branch can end it with a reason."""
+    """One admitted client session, counted on the branch instance it was admitted to.
 
-    branch: str
+    Holding the ``Branch`` object rather than its name is the point: if the branch is deleted
+    and made again under the same name, closing this session still settles the old one.
+    """
+
+    branch: Branch
     client: str
+    address: BackendAddress
+    opened_at: float = field(default_factory=trio.current_time)
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     ended: trio.Event = field(default_factory=trio.Event)
     terminated_by: ConnectionTerminated | None = None
@@ -130,6 +153,8 @@ class BranchManager:
         events: EventBus,
         superuser: str,
         password: str,
+        max_branches: int = 0,
+        max_running: int = 0,
     ) -> None:
         self.storage = storage
         self.runtime = runtime
@@ -137,15 +162,14 @@ class BranchManager:
         self.events = events
         self._superuser = superuser
         self._password = password
+        self._max_branches = max_branches
+        self._max_running = max_running
         self._branches: dict[str, Branch] = {}
         self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
         self.before_stop: list[Callable[[str, BackendAddress], Awaitable[None]]] = []
         """Called with a running server's address just before it is stopped (must not raise):
         the proxy snapshots role verifiers so a stopped branch can check logins."""
         self._sessions: defaultdict[str, set[ClientSession]] = defaultdict(set)
-        # Keyed by (branch, client address): what connection_closed reports about a session.
-        self._opened_at: dict[tuple[str, str], float] = {}
-        self._ended_by: dict[tuple[str, str], str] = {}
 
     # ---- queries -------------------------------------------------------------------------
 
@@ -165,6 +189,18 @@ class BranchManager:
     def children(self, name: str) -> builtins.list[str]:
         return sorted(b.name for b in self._branches.values() if b.parent == name)
 
+    def address(self, name: str) -> BackendAddress | None:
+        """Where ``name``'s server is reachable now, or None if it is not running."""
+        return self.runtime.address(name)
+
+    def data_path(self, name: str) -> Path:
+        """``name``'s data directory (whether or not it exists)."""
+        return self.storage.path(name)
+
+    async def usage_bytes(self, name: str) -> int | None:
+        """Bytes ``name`` uses on its own, if the driver can tell (off the loop: it may walk)."""
+        return await trio.to_thread.run_sync(self.storage.usage_bytes, name)
+
     # ---- start-up and shut-down ------------------------------------------------------------
 
     async def open(self) -> None:
@@ -175,14 +211,24 @@ class BranchManager:
         await self.ensure_running(MAIN_BRANCH)
 
     async def close(self) -> None:
-        """Stop every running branch and save last-activity times (runs shielded)."""
+        """Stop every running branch and save last-activity times (runs shielded).
+
+        A branch that fails to stop is logged, and the others are still stopped.
+        """
         with trio.CancelScope(shield=True):
             async with trio.open_nursery() as nursery:
                 for branch in self.list():
                     if self.runtime.address(branch.name) is not None:
-                        nursery.start_soon(self.stop, branch.name)
+                        nursery.start_soon(self._stop_for_close, branch.name)
             for branch in self.list():
                 await self.state.put(branch.record())
+
+    async def _stop_for_close(self, name: str) -> None:
+        # One branch that will not stop must not keep the others running: log it, go on.
+        try:
+            await self.stop(name)
+        except Exception:
+            log.exception("close: could not stop branch %s", name)
 
     async def _reconcile(self) -> None:
         on_disk = set(self.storage.list())
@@ -241,22 +287,37 @@ class BranchManager:
         Asking counts as activity: a client between this answer and its first byte must not
         find the branch stopped by the reaper under its feet.
         """
+        branch = await self._awake(name, create=create, admit=False)
+        assert branch.address is not None
+        return branch.address
+
+    async def admit(self, name: str, client: str, *, create: bool = True) -> ClientSession:
+        """Admit one client session to ``name``: the branch is running and the session counted.
+
+        The count is taken in the same step as the answer, so from here until
+        ``connection_closed`` the branch has a session and is nobody's idle victim.
+        """
+        branch = await self._awake(name, create=create, admit=True)
+        assert branch.address is not None
+        self.events.publish("connected", name, client=client)
+        return ClientSession(branch, client, branch.address)
+
+    async def _awake(self, name: str, *, create: bool, admit: bool) -> Branch:
         branch = self._branches.get(name)
-        if branch is not None and branch.status is BranchStatus.RUNNING:
-            address = self.runtime.address(name)
-            if address is not None:
-                branch.last_active_ts = time.time()
-                return address
-        async with self._locks[name]:
-            branch = self._branches.get(name)
-            if branch is None:
-                if not create:
-                    raise BranchNotFound(f'branch "{name}" does not exist')
-                branch = await self._provision(name, MAIN_BRANCH)
-            elif self.runtime.address(name) is None:
-                await self._start(branch, reason="wake")
-            assert branch.address is not None
-            return branch.address
+        if branch is None or branch.status is not BranchStatus.RUNNING or not self.address(name):
+            async with self._locks[name]:
+                branch = self._branches.get(name)
+                if branch is None:
+                    if not create:
+                        raise BranchNotFound(f'branch "{name}" does not exist')
+                    branch = await self._provision(name, MAIN_BRANCH)
+                elif self.runtime.address(name) is None:
+                    await self._start(branch, reason="wake")
+        # No await since the branch was last seen running: nothing can stop it in between.
+        branch.last_active_ts = time.time()
+        if admit:
+            branch.connections += 1
+        return branch
 
     # ---- operations ------------------------------------------------------------------------
 
@@ -380,13 +441,13 @@ class BranchManager:
     # ---- client sessions (opened by the proxy) --------------------------------------------
 
     @contextmanager
-    def terminable(self, name: str, client: str) -> Iterator[ClientSession]:
-        """Let an operation on ``name`` end the body (the proxy's splice) early, with a reason.
+    def terminable(self, session: ClientSession) -> Iterator[ClientSession]:
+        """Let an operation on the session's branch end the body (the proxy's splice) early.
 
         On the way out of an ended session this raises the ``ConnectionTerminated`` that says
         why, for the proxy to send to the client as a FATAL error.
         """
-        session = ClientSession(name, client)
+        name = session.branch.name
         self._sessions[name].add(session)
         try:
             with session.scope:
@@ -395,8 +456,6 @@ class BranchManager:
             self._sessions[name].discard(session)
             if not self._sessions[name]:
                 del self._sessions[name]
-            if session.terminated_by is not None:
-                self._ended_by[(name, client)] = session.terminated_by.message
             session.ended.set()
         if session.terminated_by is not None:
             raise session.terminated_by
@@ -417,27 +476,86 @@ class BranchManager:
 
     # ---- activity accounting -------------------------------------------------------------
 
-    def connection_opened(self, name: str, client: str) -> None:
-        branch = self._branches.get(name)
-        if branch is not None:
-            branch.connections += 1
-            branch.last_active_ts = time.time()
-        self._opened_at[(name, client)] = trio.current_time()
-        self.events.publish("connected", name, client=client)
+    def connection_closed(self, session: ClientSession) -> None:
+        """Settle an admitted session (once), on the branch instance it was admitted to."""
+        branch = session.branch
+        branch.connections -= 1
+        branch.last_active_ts = time.time()
+        fields: dict[str, object] = {"duration_ms": _elapsed_ms(session.opened_at)}
+        if session.terminated_by is not None:
+            fields["error"] = session.terminated_by.message
+        self.events.publish("disconnected", branch.name, client=session.client, **fields)
 
-    def connection_closed(self, name: str, client: str) -> None:
-        branch = self._branches.get(name)
-        if branch is not None:
-            branch.connections -= 1
-            branch.last_active_ts = time.time()
-        fields: dict[str, object] = {}
-        opened = self._opened_at.pop((name, client), None)
-        if opened is not None:
-            fields["duration_ms"] = _elapsed_ms(opened)
-        error = self._ended_by.pop((name, client), None)
-        if error is not None:
-            fields["error"] = error
-        self.events.publish("disconnected", name, client=client, **fields)
+    # ---- admission (callers hold the branch's lock) -------------------------------------
+
+    def _check_branch_cap(self, name: str) -> None:
+        cap = self._max_branches
+        if cap and len(self._branches) >= cap:
+            raise LimitExceeded(
+                f'cannot create branch "{name}": the server has reached its limit of {cap} '
+                "branches (--max-branches)",
+                hint="delete branches you no longer need",
+            )
+
+    def _holding_servers(self, other_than: str) -> int:
+        return sum(
+            1
+            for branch in self._branches.values()
+            if branch.name != other_than
+            and (branch.status in _HOLDS_SERVER or self.runtime.address(branch.name) is not None)
+        )
+
+    async def _make_room(self, name: str) -> None:
+        """Return once ``name`` may hold a server, stopping idle branches for room if needed.
+
+        The last check before returning is not followed by an ``await``, so the caller's next
+        synchronous step (marking the branch provisioning or starting) is the reservation.
+        """
+        cap = self._max_running
+        while cap and self._holding_servers(other_than=name) >= cap:
+            victim = self._victim(name)
+            if victim is None:
+                raise TooManyConnections(
+                    f'cannot start branch "{name}": {cap} branch servers are running '
+                    "(--max-running) and all of them have clients",
+                    hint="close sessions on other branches, or try again later",
+                )
+            await self._evict(victim, for_branch=name)
+
+    def _evictable(self, branch: Branch, *, for_branch: str) -> bool:
+        return (
+            branch.name not in (for_branch, MAIN_BRANCH)
+            and branch.status is BranchStatus.RUNNING
+            and branch.connections == 0
+        )
+
+    def _victim(self, for_branch: str) -> Branch | None:
+        """The least recently used branch that may be stopped for room.
+
+        Never main, and never one whose lock is held: it may have a session being set up.
+        """
+        idle = [
+            branch
+            for branch in self._branches.values()
+            if self._evictable(branch, for_branch=for_branch) and not self._busy(branch.name)
+        ]
+        return min(idle, key=lambda branch: branch.last_active_ts, default=None)
+
+    def _busy(self, name: str) -> bool:
+        lock = self._locks.get(name)
+        return lock is not None and lock.locked()
+
+    async def _evict(self, victim: Branch, *, for_branch: str) -> None:
+        """Stop ``victim`` for room if, under its lock, it may still be taken."""
+        async with self._locks[victim.name]:
+            if self._branches.get(victim.name) is not victim:
+                return
+            if not self._evictable(victim, for_branch=for_branch):
+                return
+            log.info(
+                "admission: stopping idle branch %s to make room for %s", victim.name, for_branch
+            )
+            await self._stop(victim, reason="max-running")
 
     # ---- internals (callers hold the branch's lock) ------------------------------------
 
@@ -446,6 +564,9 @@ class BranchManager:
         if parent is None:
             raise BranchNotFound(f'parent branch "{parent_name}" does not exist')
         started = trio.current_time()
+        self._check_branch_cap(name)  # refuse before stopping anyone for room
+        await self._make_room(name)
+        self._check_branch_cap(name)  # again: others may have been created meanwhile
         branch = Branch(name, parent_name, utcnow(), BranchStatus.PROVISIONING)
         self._branches[name] = branch
         self.events.publish("provisioning", name, parent=parent_name)
@@ -508,6 +629,7 @@ class BranchManager:
 
     async def _start(self, branch: Branch, *, reason: str) -> None:
         started = trio.current_time()
+        await self._make_room(branch.name)
         previous = branch.status
         branch.status = BranchStatus.STARTING
         self.events.publish("starting", branch.name, reason=reason)

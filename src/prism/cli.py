@@ -18,7 +18,7 @@ from prism.config import SETTINGS, Settings, load_settings
 from prism.errors import find_prism_error
 from prism.server import PrismServer
 
-log = logging.getLogger("prism")
+log = logging.getLogger(__name__)
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +64,7 @@ async def _serve_until_signalled(settings: Settings) -> None:
 
             async def watch_signals() -> None:
                 async for signum in signals:
-                    log.info("prism: received %s", signal.Signals(signum).name)
+                    log.info("cli: received %s", signal.Signals(signum).name)
                     nursery.cancel_scope.cancel()
                     return
 

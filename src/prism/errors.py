@@ -46,6 +46,18 @@ class BranchNotFound(PrismError):
     sqlstate = "3D000"
 
 
+class TooManyConnections(PrismError):
+    """A cap on connections or running servers is reached (Postgres's own SQLSTATE for it)."""
+
+    sqlstate = "53300"
+
+
+class LimitExceeded(PrismError):
+    """A configured cap, such as ``--max-branches``, refuses the operation."""
+
+    sqlstate = "53400"
+
+
 class BranchConflict(PrismError):
     """An operation that clashes with a branch's current state (exists, has children)."""
 

@@ -24,7 +24,7 @@ import trio
 
 from prism.errors import ConfigError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 DEFAULT_RUN_AS = "prism"
 
@@ -181,7 +181,7 @@ async def _create_user(name: str) -> pwd.struct_passwd:
             hint="create the user yourself or set run_as to an existing non-root user",
         ) from None
     if result.returncode == 0:
-        logger.info("created system user for postgres servers user=%s uid=%d", name, user.pw_uid)
+        log.info("created system user for postgres servers user=%s uid=%d", name, user.pw_uid)
     return user
 
 
@@ -204,7 +204,7 @@ async def _runs_as_user(install: PgInstall) -> bool:
     """Whether the server user can run ``postgres`` and ``initdb`` (which also needs libpq)."""
     for program in ("postgres", "initdb"):
         if not await _as_user(install, [str(install.bin(program)), "--version"]):
-            logger.debug(
+            log.debug(
                 "postgres binaries not usable by server user bin=%s user=%s",
                 install.bin(program),
                 install.run_as_name,
@@ -261,7 +261,7 @@ def _copy_embedded(bin_dir: Path, dest: Path) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    logger.info("copied embedded postgres for the server user dest=%s", dest)
+    log.info("copied embedded postgres for the server user dest=%s", dest)
     return copied_bin
 
 

@@ -11,8 +11,8 @@
    comes before a missing-user FATAL.
 4. **authenticate** (``--auth verify``, :mod:`prism.auth`): SCRAM against the role's verifier
    before anything is created, started or woken.
-5. **hold**: limits (:mod:`prism.limits`), then ``BranchManager.ensure_running`` creates,
-   starts or wakes the branch while the client waits.
+5. **hold**: the create policy (:mod:`prism.limits`), then ``BranchManager.admit`` creates,
+   starts or wakes the branch within its caps while the client waits, and counts the session.
 6. **log in** to the branch server (with the client's ClientKey, or relaying the client's
    answers in passthrough), relay its replies up to ReadyForQuery with BackendKeyData replaced
    by a Prism-issued key, then **splice** both ways.
@@ -52,14 +52,14 @@ import trio
 from prism import wire
 from prism.address import BackendAddress
 from prism.auth import AuthMode, BackendLogin, Verified, VerifierStore, verify_client
-from prism.branches import BranchManager
+from prism.branches import BranchManager, ClientSession
 from prism.cancel import CancelKeys, CancelTarget
 from prism.config import Settings
 from prism.errors import PrismError, ProtocolViolation, find_prism_error
 from prism.frontdoor import ClientConn, ClientGone, read_hello
 from prism.limits import Gate, Limits, parse_create_policy
 from prism.pump import splice
-from prism.router import Route, route
+from prism.router import route
 from prism.tls import TlsConfig, TlsMode, load_tls
 
 log = logging.getLogger(__name__)
@@ -165,8 +165,6 @@ class Proxy:
             sni_domain=settings.sni_domain,
             limits=Limits(
                 max_startup=settings.max_startup_connections,
-                max_branches=settings.max_branches,
-                max_running=settings.max_running,
                 create_on_connect=parse_create_policy(settings.create_on_connect),
             ),
         )
@@ -222,13 +220,12 @@ class Proxy:
             opened = await self._open(conn)
         if opened is None:
             return
-        target, server, login, keys = opened
-        branch = self._manager.get(target.branch)
+        session, server, login, keys = opened
+        branch = session.branch
 
         def count(nbytes: int) -> None:
-            if branch is not None:
-                branch.bytes_proxied += nbytes
-                branch.last_active_ts = time.time()
+            branch.bytes_proxied += nbytes
+            branch.last_active_ts = time.time()
 
         try:
             async with server:
@@ -238,16 +235,19 @@ class Proxy:
                 if pending := login.reader.pending():
                     await conn.send(pending)
                 # Reset, stop and delete end the session here, with a reason for the client.
-                with self._manager.terminable(target.branch, conn.peer):
+                with self._manager.terminable(session):
                     await splice(conn.stream, server, on_bytes=count)
         finally:
             for key in keys:
                 self.cancel_keys.revoke(*key)
-            self._manager.connection_closed(target.branch, conn.peer)
+            self._manager.connection_closed(session)
 
     async def _open(
         self, conn: ClientConn
-    ) -> tuple[Route, trio.abc.HalfCloseableStream, BackendLogin, list[tuple[int, bytes]]] | None:
+    ) -> (
+        tuple[ClientSession, trio.abc.HalfCloseableStream, BackendLogin, list[tuple[int, bytes]]]
+        | None
+    ):
         """Everything up to the backend's first ReadyForQuery; None after a cancel request."""
         verified: Verified | None = None
         with trio.move_on_after(self._startup_timeout) as deadline:
@@ -278,12 +278,12 @@ class Proxy:
                 hint="connect with a PostgreSQL client; Prism speaks the Postgres protocol",
             )
         self.gate.may_create(target.branch)
-        async with self.gate.running_slot(target.branch):
-            address = await self._manager.ensure_running(target.branch)
-        server = await self._connect(target.branch, address)
-        self._manager.connection_opened(target.branch, conn.peer)
+        session = await self._manager.admit(target.branch, conn.peer)
+        address = session.address
         keys: list[tuple[int, bytes]] = []
+        server: trio.SocketStream | None = None
         try:
+            server = await self._connect(target.branch, address)
             login = BackendLogin(conn, server, verified)
             error = await login.run(startup)
             if error is not None:
@@ -294,11 +294,12 @@ class Proxy:
         except BaseException:
             for key in keys:
                 self.cancel_keys.revoke(*key)
-            self._manager.connection_closed(target.branch, conn.peer)
-            with trio.CancelScope(shield=True):
-                await server.aclose()
+            self._manager.connection_closed(session)
+            if server is not None:
+                with trio.CancelScope(shield=True):
+                    await server.aclose()
             raise
-        return target, server, login, keys
+        return session, server, login, keys
 
     async def _connect(self, branch: str, address: BackendAddress) -> trio.SocketStream:
         try:

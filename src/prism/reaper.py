@@ -18,7 +18,7 @@ import trio
 
 from prism.branches import Branch, BranchManager, is_idle
 from prism.errors import PrismError
-from prism.storage.base import MAIN_BRANCH
+from prism.names import MAIN_BRANCH
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def due_for_stop(
 
 
 async def run_reaper(manager: BranchManager, *, idle_timeout: float, include_main: bool) -> None:
-    """Stop idle branches until cancelled. A failed stop is logged and retried next time."""
+    """Stop idle branches until cancelled. A failed stop is logged; the reaper carries on."""
     interval = tick_interval(idle_timeout)
     log.info(
         "reaper: stopping branches idle for %gs (main %s)",
@@ -64,3 +64,7 @@ async def run_reaper(manager: BranchManager, *, idle_timeout: float, include_mai
                     log.info("reaper: stopped idle branch %s", name)
             except PrismError as exc:
                 log.error("reaper: could not stop idle branch %s: %s", name, exc.message)
+            except Exception:
+                # Anything else (an engine or sqlite error) is one branch's problem too: it must
+                # not escape into the server's nursery and take every branch down with it.
+                log.exception("reaper: unexpected error stopping idle branch %s", name)

@@ -12,32 +12,12 @@ parameters are always removed before the startup message reaches Postgres.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Final
 
-from prism.errors import InvalidBranchName, PrismError
+from prism.errors import PrismError
+from prism.names import validate_branch_name
 from prism.wire import StartupMessage
-
-BRANCH_NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-"""A branch name: safe as a directory, dataset, container and DNS label without quoting."""
-
-_VALID_NAME = (
-    "a branch name is 1 to 63 characters: lower-case letters, digits, '-' and '_', "
-    "starting with a letter or digit"
-)
-
-
-def validate_branch_name(name: str) -> str:
-    """Return ``name`` if Prism accepts it as a branch name, else raise InvalidBranchName.
-
-    Names end up in paths, dataset names and container names, so they are checked before
-    anything touches the disk; ``..`` or ``a/b`` never get that far.
-    """
-    if BRANCH_NAME_RE.fullmatch(name) is None:
-        shown = name if len(name) <= 80 else name[:80] + "..."
-        raise InvalidBranchName(f"invalid branch name {shown!r}: {_VALID_NAME}")
-    return name
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,8 @@ class PrismServer:
             events=events,
             superuser=settings.superuser,
             password=settings.password,
+            max_branches=settings.max_branches,
+            max_running=settings.max_running,
         )
         proxy = Proxy.from_settings(manager, settings, data_dir)
         try:

@@ -143,3 +143,14 @@ async def test_a_failed_start_leaves_the_branch_stopped_and_says_why(prism: Pris
 
         conf.write_text(original)
         assert (await http.post(f"{V1}/branches/fragile/start")).json()["status"] == "running"
+
+
+async def test_the_api_is_held_to_max_branches_like_a_connecting_client(start_prism: Any) -> None:
+    prism = await start_prism(max_branches=2)
+    async with api(prism) as http:
+        first = await http.post(f"{V1}/branches", json={"name": "first"})
+        second = await http.post(f"{V1}/branches", json={"name": "second"})
+    assert first.status_code == 201
+    assert (second.status_code, second.json()["code"]) == (409, "limit_exceeded")
+    assert "limit of 2 branches" in second.json()["message"]
+    assert prism.manager.get("second") is None

@@ -18,7 +18,8 @@ import pytest
 import trio
 
 from prism.errors import StorageError
-from prism.storage import MAIN_BRANCH, open_storage
+from prism.names import MAIN_BRANCH
+from prism.storage import open_storage
 from prism.storage._probe import filesystem_type, probe_reflink
 from prism.storage.copy import CopyStorage
 from prism.storage.reflink import ReflinkStorage

@@ -295,6 +295,14 @@ async def test_a_missing_image_says_how_to_get_it(env: Env) -> None:
     assert _containers_on(env.root) == []
 
 
+async def test_an_engine_refusal_is_a_prism_error_not_an_sdk_exception(env: Env) -> None:
+    # The engine answers 400 (invalid reference format): an APIError, not ImageNotFound.
+    runtime = DockerRuntime(run_dir=env.root / "run", image="prism-test/Bad Image!")
+    with pytest.raises(RuntimeStartFailed, match="the Docker engine refused"):
+        await runtime.start(env.branch, env.pgdata)
+    assert _containers_on(env.root) == []
+
+
 async def test_an_unreachable_engine_asks_whether_dockerd_runs(env: Env) -> None:
     runtime = DockerRuntime(
         run_dir=env.root / "run", docker_host=f"unix://{env.root}/no-docker.sock"

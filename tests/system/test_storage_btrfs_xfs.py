@@ -20,7 +20,8 @@ import pytest
 import trio
 
 from prism.errors import StorageError
-from prism.storage import MAIN_BRANCH, Storage, open_storage
+from prism.names import MAIN_BRANCH
+from prism.storage import Storage, open_storage
 from prism.storage._probe import is_btrfs_subvolume
 from prism.storage.btrfs import BtrfsStorage
 from prism.storage.copy import CopyStorage

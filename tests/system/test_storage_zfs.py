@@ -18,7 +18,8 @@ import pytest
 import trio
 
 from prism.errors import BranchConflict, StorageError
-from prism.storage import MAIN_BRANCH, open_storage
+from prism.names import MAIN_BRANCH
+from prism.storage import open_storage
 from prism.storage.zfs import ZfsStorage
 from tests.sysenv import ZFS_POOL, require_command, require_root, unavailable
 from tests.system.test_storage_btrfs_xfs import _assert_clone_preserves_and_isolates

@@ -197,13 +197,13 @@ async def test_a_click_survives_live_updates_of_the_table(
         await page.wait_until(f"{_LIVE} && {_status_is('busy', 'running')}")
         stop = 'tr[data-branch="busy"] button[data-action="stop"]'
         await page.press(stop)
-        prism.manager.connection_opened("main", "127.0.0.1:1")  # the table changes meanwhile
+        session = await prism.manager.admit("main", "127.0.0.1:1")  # the table changes meanwhile
         await page.wait_until(
             f'{_row("main")}.querySelector("[data-field=connections]").textContent === "1"'
         )
         await page.release(stop)
         await page.wait_until(_status_is("busy", "stopped"))
-        prism.manager.connection_closed("main", "127.0.0.1:1")
+        prism.manager.connection_closed(session)
         assert page.errors == []
 
 

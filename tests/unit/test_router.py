@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from prism.errors import InvalidBranchName, PrismError
-from prism.router import BRANCH_NAME_RE, Route, route, split_user, validate_branch_name
+from prism.names import BRANCH_NAME_RE, validate_branch_name
+from prism.router import Route, route, split_user
 from prism.wire import PROTOCOL_3_0, StartupMessage
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from prism.errors import InvalidBranchName, StorageError
-from prism.storage import MAIN_BRANCH
+from prism.names import MAIN_BRANCH
 from prism.storage._layout import BranchLayout
 from prism.storage._tree import subdir_parts
 

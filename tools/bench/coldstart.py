@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import trio
 
 from prism.branches import BranchManager
+from prism.names import MAIN_BRANCH
 from prism.pgbin import PgInstall
-from prism.storage.base import MAIN_BRANCH
 from tools.bench.common import (
     HOST,
     SUPERUSER,

@@ -20,8 +20,8 @@ import trio
 from docker.types import Mount
 
 from prism.config import HostPort, Settings
+from prism.names import MAIN_BRANCH
 from prism.storage import open_storage
-from prism.storage.base import MAIN_BRANCH
 from tools.bench.common import HOST, PASSWORD, SUPERUSER, first_query, free_port, scratch_dir
 from tools.bench.targets import prism_in_process
 

@@ -20,10 +20,12 @@ from prism.errors import (
     BranchNotFound,
     BranchProtected,
     InvalidBranchName,
+    LimitExceeded,
     PrismError,
     ProvisionFailed,
     RuntimeStartFailed,
     StorageError,
+    TooManyConnections,
 )
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,8 @@ _STATUS: tuple[tuple[type[PrismError], int, str], ...] = (
     (BranchHasChildren, 409, "branch_has_children"),
     (BranchProtected, 409, "branch_protected"),
     (BranchConflict, 409, "conflict"),
+    (LimitExceeded, 409, "limit_exceeded"),
+    (TooManyConnections, 503, "too_many_running"),
     (ProvisionFailed, 500, "provision_failed"),
     (RuntimeStartFailed, 503, "start_failed"),
     (StorageError, 500, "storage_error"),

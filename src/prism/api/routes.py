@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import trio
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
 from prism.api.errors import ApiError
 from prism.api.views import branch_view
 from prism.branches import Branch, BranchManager
-from prism.storage.base import MAIN_BRANCH
+from prism.names import MAIN_BRANCH
 
 PREFIX = "/api/v1"
 _CREATE_FIELDS = {"name", "parent"}
@@ -47,9 +46,7 @@ def register_routes(app: QuartTrio, manager: BranchManager) -> None:
     """Add the REST routes, ``/healthz`` and the seed's ``/branches`` to ``app``."""
 
     async def view(branch: Branch) -> dict[str, Any]:
-        # Drivers that can tell may walk the directory: keep that off the event loop.
-        usage = await trio.to_thread.run_sync(manager.storage.usage_bytes, branch.name)
-        return branch_view(branch, disk_bytes=usage)
+        return branch_view(branch, disk_bytes=await manager.usage_bytes(branch.name))
 
     @app.get("/healthz")
     async def healthz() -> Response:

@@ -13,9 +13,8 @@ directory, polled every few milliseconds on the host: no fixed sleeps, no probe 
 Reaching a server:
 
 * ``host``: the container shares the host's network namespace and Postgres listens on
-  127.0.0.1 at a free port, like the process runtime. No bridge, veth pair or NAT to set up:
-  measured with tools/bench/docker_cold_start.py on 2026-11-25 it starts a container ~130 ms
-  faster than the bridge, the largest single phase of a cold start.
+  127.0.0.1 at a free port, like the process runtime. No bridge, veth pair or NAT to set up,
+  which saves the largest single phase of a cold start (figure in docs/benchmarks.md).
 * ``bridge-ip``: the container's address on the default bridge; the host routes to it on Linux.
 * ``published-port``: a port published on 127.0.0.1, for Docker Desktop / WSL2 / rootless
   engines, whose container addresses the host cannot reach. Postgres then listens on that same
@@ -66,7 +65,7 @@ from prism.runtime._postmaster import (
 if TYPE_CHECKING:
     from prism.config import Settings
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 NetworkMode = Literal["auto", "host", "bridge-ip", "published-port"]
 _NETWORK_MODES: tuple[str, ...] = ("auto", "host", "bridge-ip", "published-port")
@@ -229,7 +228,7 @@ class DockerRuntime:
         # The official images open TCP to every address in pg_hba the same way; without it the
         # server refuses the bridge gateway Prism connects from.
         await trio.to_thread.run_sync(_allow_host_connections, pgdata)
-        logger.info(
+        log.info(
             "cluster initialised pgdata=%s superuser=%s image=%s uid=%d duration_ms=%d",
             pgdata,
             superuser,
@@ -312,7 +311,7 @@ class DockerRuntime:
                     await trio.to_thread.run_sync(remove_dir, socket_dir)
             raise
         self._servers[branch] = server
-        logger.info(
+        log.info(
             "container started branch=%s container=%s address=%s:%d network=%s uid=%d "
             "duration_ms=%d",
             branch,
@@ -346,7 +345,7 @@ class DockerRuntime:
         exit_code = container.attrs.get("State", {}).get("ExitCode")
         if exit_code not in (0, None):
             # 137 = SIGKILL after the timeout: the next start runs crash recovery.
-            logger.warning(
+            log.warning(
                 "container did not shut down cleanly branch=%s exit_code=%s", branch, exit_code
             )
         await self._engine(RuntimeStopFailed, container.remove, v=True, force=True)
@@ -354,7 +353,7 @@ class DockerRuntime:
         if socket_dir:
             await trio.to_thread.run_sync(remove_dir, Path(socket_dir))
         self._forget(branch)
-        logger.info(
+        log.info(
             "container stopped branch=%s container=%s known=%s duration_ms=%d",
             branch,
             container.id[:12] if container.id else "?",
@@ -376,7 +375,7 @@ class DockerRuntime:
         if container is None:
             return None
         if container.status != "running":
-            logger.info("removing stopped leftover container branch=%s", branch)
+            log.info("removing stopped leftover container branch=%s", branch)
             await self._remove_quietly(container)
             return None
         labelled = container.labels.get(LABEL_PGDATA, "")
@@ -398,7 +397,7 @@ class DockerRuntime:
                 hint=await self._log_tail(container),
             )
         self._servers[branch] = server
-        logger.info(
+        log.info(
             "container adopted branch=%s container=%s address=%s:%d",
             branch,
             server.container_id[:12],
@@ -419,7 +418,7 @@ class DockerRuntime:
         if server.host_pid is None or start_ticks(server.host_pid) == server.start_ticks:
             return server.address
         del self._servers[branch]
-        logger.warning("container exited unexpectedly branch=%s", branch)
+        log.warning("container exited unexpectedly branch=%s", branch)
         return None
 
     async def aclose(self) -> None:
@@ -439,7 +438,7 @@ class DockerRuntime:
             try:
                 return await self._launch(spec, port)
             except PortTaken:
-                logger.debug("port taken branch=%s port=%d try=%d", spec.branch, port, attempt)
+                log.debug("port taken branch=%s port=%d try=%d", spec.branch, port, attempt)
         raise RuntimeStartFailed(
             f"the container of branch {spec.branch} found no free port in {_PORT_ATTEMPTS} attempts"
         )
@@ -499,6 +498,7 @@ class DockerRuntime:
                 stop_signal="SIGINT",
                 environment={"LC_ALL": "C"},
                 host_config=host_config,
+                passes=(docker.errors.APIError,),
             )
         except docker.errors.APIError as exc:
             if exc.status_code == 409:
@@ -507,14 +507,18 @@ class DockerRuntime:
                     hint=f"another Prism may be serving branch {branch}; or remove it: "
                     f"docker rm -f {name}",
                 ) from exc
-            raise
+            raise RuntimeStartFailed(
+                f"the container of branch {branch} could not be created: {exc.explanation or exc}"
+            ) from exc
         container: Container = self._containers().prepare_model(
             {"Id": created["Id"], "Name": f"/{name}"}
         )
         try:
             try:
                 t1 = trio.current_time()
-                await self._engine(RuntimeStartFailed, container.start)
+                await self._engine(
+                    RuntimeStartFailed, container.start, passes=(docker.errors.APIError,)
+                )
             except docker.errors.APIError as exc:
                 if "address already in use" in str(exc).lower() or "port is already" in str(exc):
                     raise PortTaken from exc
@@ -538,7 +542,7 @@ class DockerRuntime:
                 await self._remove_quietly(container)
             raise
         # The split shows where start-up time goes (the benchmark reads it from the log).
-        logger.debug(
+        log.debug(
             "container phases branch=%s create_ms=%d start_ms=%d inspect_ms=%d ready_ms=%d",
             branch,
             (t1 - t0) * 1000,
@@ -595,7 +599,7 @@ class DockerRuntime:
             await trio.sleep(_EXIT_POLL_S)
         code = container.attrs.get("State", {}).get("ExitCode")
         tail = await self._log_tail(container)
-        logger.warning(
+        log.warning(
             "container exited during start-up branch=%s exit_code=%s log=%r", branch, code, tail
         )
         if "could not bind" in tail or "Address already in use" in tail:
@@ -644,12 +648,15 @@ class DockerRuntime:
         call: Callable[..., T],
         *args: Any,
         abandon_on_cancel: bool = False,
+        passes: tuple[type[docker.errors.APIError], ...] = (),
         **kwargs: Any,
     ) -> T:
-        """Run one blocking SDK call in a thread, turning "engine unreachable" into ``error``.
+        """Run one blocking SDK call in a thread; whatever the engine raises becomes ``error``.
 
-        API errors (a missing image, a name conflict) are left to the caller, who knows what
-        they mean for the branch.
+        This is the driver's boundary: nothing but a PrismError leaves it, so a refusal by the
+        engine cannot escape as an SDK exception into a task that only expects Prism's errors.
+        The API errors in ``passes`` (a missing image, a name conflict) are left to the caller,
+        who knows what they mean for the branch.
         """
         try:
             return await trio.to_thread.run_sync(
@@ -660,8 +667,10 @@ class DockerRuntime:
             raise error(
                 "cannot reach the Docker engine", hint=_engine_hint(self._docker_host)
             ) from exc
-        except docker.errors.APIError:
+        except passes:
             raise
+        except docker.errors.APIError as exc:
+            raise error(f"the Docker engine refused: {exc.explanation or exc}") from exc
         except docker.errors.DockerException as exc:
             self._client = None
             raise error(
@@ -700,7 +709,7 @@ class DockerRuntime:
             self._mode = "host" if routable else "published-port"
         else:
             self._mode = cast(NetworkMode, self._network_mode)
-        logger.info(
+        log.info(
             "docker engine version=%s os=%r network=%s (asked: %s) service_socket=%s",
             engine.get("ServerVersion"),
             engine.get("OperatingSystem"),
@@ -731,7 +740,12 @@ class DockerRuntime:
             return self._image_info
         client = await self._connect()
         try:
-            image = await self._engine(RuntimeStartFailed, client.images.get, self._image)
+            image = await self._engine(
+                RuntimeStartFailed,
+                client.images.get,
+                self._image,
+                passes=(docker.errors.ImageNotFound,),
+            )
         except docker.errors.ImageNotFound as exc:
             raise RuntimeStartFailed(
                 f"the Docker image {self._image} is not present on the engine",
@@ -751,7 +765,12 @@ class DockerRuntime:
         )
         try:
             try:
-                chunks, _ = await self._engine(RuntimeStartFailed, probe.get_archive, "/etc/passwd")
+                chunks, _ = await self._engine(
+                    RuntimeStartFailed,
+                    probe.get_archive,
+                    "/etc/passwd",
+                    passes=(docker.errors.NotFound,),
+                )
                 passwd = _untar_one(b"".join(chunks))
             except docker.errors.NotFound:
                 passwd = ""
@@ -777,18 +796,24 @@ class DockerRuntime:
             raw: bytes = await self._engine(
                 RuntimeStartFailed, container.logs, tail=_LOG_TAIL, stdout=True, stderr=True
             )
-        except (PrismError, docker.errors.APIError) as exc:
-            return f"(cannot read the container log: {exc})"
+        except PrismError as exc:
+            return f"(cannot read the container log: {exc.message})"
         return last_lines(raw.decode(errors="replace"))
 
     async def _remove_quietly(self, container: Container) -> None:
         """Force-remove a container on a failure path; the original error must win."""
         try:
-            await self._engine(RuntimeStartFailed, container.remove, v=True, force=True)
+            await self._engine(
+                RuntimeStartFailed,
+                container.remove,
+                v=True,
+                force=True,
+                passes=(docker.errors.NotFound,),
+            )
         except docker.errors.NotFound:
             pass
-        except (PrismError, docker.errors.APIError) as exc:
-            logger.warning("cannot remove container %s: %s", container.name, exc)
+        except PrismError as exc:
+            log.warning("cannot remove container %s: %s", container.name, exc.message)
 
     def _forget(self, branch: str) -> None:
         self._servers.pop(branch, None)

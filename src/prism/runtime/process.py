@@ -38,7 +38,7 @@ from prism.runtime._postmaster import (
     start_ticks,
 )
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 _POLL_INTERVAL = 0.005
 _PORT_ATTEMPTS = 5
@@ -124,7 +124,7 @@ class ProcessRuntime:
                 f"initdb failed for {pgdata} (exit status {result.returncode})",
                 hint=last_lines(output),
             )
-        logger.info("cluster initialised pgdata=%s superuser=%s", pgdata, superuser)
+        log.info("cluster initialised pgdata=%s superuser=%s", pgdata, superuser)
 
     async def start(
         self, branch: str, pgdata: Path, *, parent: str | None = None
@@ -145,12 +145,12 @@ class ProcessRuntime:
                 try:
                     server = await self._launch(branch, pgdata, port, socket_dir)
                 except PortTaken:
-                    logger.debug(
+                    log.debug(
                         "port taken before bind branch=%s port=%d try=%d", branch, port, attempt
                     )
                     continue
                 self._servers[branch] = server
-                logger.info(
+                log.info(
                     "server started branch=%s port=%d pid=%d duration_ms=%d",
                     branch,
                     port,
@@ -182,7 +182,7 @@ class ProcessRuntime:
         del self._servers[branch]
         if server.owns_socket_dir and server.address.service_socket_dir is not None:
             await trio.to_thread.run_sync(remove_dir, server.address.service_socket_dir)
-        logger.info(
+        log.info(
             "server stopped branch=%s pid=%d duration_ms=%d",
             branch,
             server.pid,
@@ -202,7 +202,7 @@ class ProcessRuntime:
             return None
         ticks = start_ticks(pidfile.pid)
         if ticks is None or not _is_postgres_on(pidfile.pid, pgdata):
-            logger.debug("stale postmaster.pid branch=%s pid=%d", branch, pidfile.pid)
+            log.debug("stale postmaster.pid branch=%s pid=%d", branch, pidfile.pid)
             return None
         pidfile = await self._wait_adopted_ready(branch, pgdata, pidfile.pid, ticks)
         if pidfile is None:
@@ -224,7 +224,7 @@ class ProcessRuntime:
             start_ticks=ticks,
             owns_socket_dir=socket_dir == self._socket_dir(branch),
         )
-        logger.info("server adopted branch=%s port=%d pid=%d", branch, pidfile.port, pidfile.pid)
+        log.info("server adopted branch=%s port=%d pid=%d", branch, pidfile.port, pidfile.pid)
         return address
 
     def address(self, branch: str) -> BackendAddress | None:
@@ -236,7 +236,7 @@ class ProcessRuntime:
             return server.address
         del self._servers[branch]
         status = server.process.returncode if server.process is not None else None
-        logger.warning(
+        log.warning(
             "server exited unexpectedly branch=%s pid=%d status=%s", branch, server.pid, status
         )
         return None
@@ -261,15 +261,15 @@ class ProcessRuntime:
             "-c",
             "unix_socket_permissions=0700",
         ]
-        log = await trio.to_thread.run_sync(_open_log, log_path)
-        with log:
-            log_offset = log.tell()
+        server_log = await trio.to_thread.run_sync(_open_log, log_path)
+        with server_log:
+            log_offset = server_log.tell()
             try:
                 process = await trio.lowlevel.open_process(
                     command,
                     stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
+                    stdout=server_log,
+                    stderr=server_log,
                     start_new_session=True,
                     env=_server_env(),
                     **self._install.spawn_options(),
@@ -333,7 +333,7 @@ class ProcessRuntime:
             if not _alive(server):
                 break
             if sig is not steps[0][0]:
-                logger.warning(
+                log.warning(
                     "server slow to stop, escalating branch=%s pid=%d signal=%s",
                     server.branch,
                     server.pid,

@@ -17,11 +17,11 @@ from typing import Any, Protocol, cast, runtime_checkable
 
 from prism.errors import ConfigError
 from prism.storage._probe import probe_and_choose
-from prism.storage.base import MAIN_BRANCH, Storage
+from prism.storage.base import Storage
 
-__all__ = ["AUTO", "DRIVERS", "MAIN_BRANCH", "Storage", "driver_class", "open_storage"]
+__all__ = ["AUTO", "DRIVERS", "Storage", "driver_class", "open_storage"]
 
-_log = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 AUTO = "auto"
 
@@ -70,7 +70,7 @@ async def open_storage(kind: str, root: Path, **options: Any) -> Storage:
     if kind == AUTO:
         choice = await probe_and_choose(root)
         kind = choice.kind
-        _log.info("storage: %s (%s)", kind, choice.reason)
+        log.info("storage: %s (%s)", kind, choice.reason)
     cls = driver_class(kind)
     try:
         storage = cls(root, **options)  # type: ignore[call-arg]

@@ -15,7 +15,7 @@ import trio
 
 from prism.errors import StorageError
 
-_log = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: Where a missing tool comes from on Debian/Ubuntu, for the hint.
 _PACKAGES = {"btrfs": "btrfs-progs", "cp": "coreutils", "stat": "coreutils"}
@@ -40,7 +40,7 @@ async def run_tool(argv: Sequence[str], *, action: str, hint: str) -> str:
             hint=f"install it (Debian/Ubuntu: apt-get install {package})",
         ) from exc
     duration_ms = round((time.monotonic() - started) * 1000, 1)
-    _log.debug("storage: ran argv=%s rc=%s duration_ms=%s", argv, result.returncode, duration_ms)
+    log.debug("storage: ran argv=%s rc=%s duration_ms=%s", argv, result.returncode, duration_ms)
     if result.returncode != 0:
         raise StorageError(
             f"cannot {action}: {_failure(result.returncode, result.stderr)}", hint=hint
@@ -72,10 +72,10 @@ async def probe_tool(argv: Sequence[str]) -> str | None:
             list(argv), capture_stdout=True, capture_stderr=True, check=False
         )
     except OSError as exc:
-        _log.debug("storage: probe argv=%s failed error=%s", argv, exc)
+        log.debug("storage: probe argv=%s failed error=%s", argv, exc)
         return None
     if result.returncode != 0:
-        _log.debug(
+        log.debug(
             "storage: probe argv=%s rc=%s stderr=%s",
             argv,
             result.returncode,

@@ -16,9 +16,9 @@ from pathlib import Path
 import trio
 
 from prism.errors import InvalidBranchName, StorageError
-from prism.storage.base import MAIN_BRANCH
+from prism.names import MAIN_BRANCH
 
-_log = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 MASTER_DIR = "master"
 BRANCHES_DIR = "branches"
@@ -202,4 +202,4 @@ async def remove_quietly(
     try:
         await remove(path)
     except StorageError as exc:
-        _log.warning("storage: cleanup failed path=%s error=%s", path, exc.message)
+        log.warning("storage: cleanup failed path=%s error=%s", path, exc.message)

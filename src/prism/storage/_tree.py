@@ -5,9 +5,8 @@ The two drivers differ only in whether ``cp`` may, must or must not share extent
 they live here once.
 
 ``cp -a`` rather than a Python walk: it preserves modes, owners, timestamps, symlinks, hard
-links, xattrs and ACLs, and on a 40 MB / 1000-file Postgres data dir on XFS it cloned in ~44 ms
-against ~49 ms for a per-file ``FICLONE`` ioctl loop in Python (timed by hand on 2026-11-24),
-without holding the GIL.
+links, xattrs and ACLs, is a little faster than a per-file ``FICLONE`` loop in Python (figures
+in docs/benchmarks.md), and does not hold the GIL.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ from prism.storage._layout import (
     set_private_mode,
 )
 
-_log = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 ReflinkMode = Literal["never", "auto", "always"]
 
@@ -186,7 +185,7 @@ class TreeCopyStorage(BranchLayout):
             with trio.CancelScope(shield=True):
                 await remove_quietly(staging)
             raise
-        _log.info(
+        log.info(
             "storage: cloned driver=%s parent=%s branch=%s duration_ms=%.1f",
             self.name,
             parent,

@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-MAIN_BRANCH = "main"
-
 
 @runtime_checkable
 class Storage(Protocol):

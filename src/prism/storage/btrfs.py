@@ -25,7 +25,7 @@ from prism.storage._layout import (
 from prism.storage._probe import btrfs_tool_works, filesystem_type, is_btrfs_subvolume
 from prism.storage._tree import refresh_branch_subdir
 
-_log = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def _conversion_hint(path: Path) -> str:
@@ -63,7 +63,7 @@ class BtrfsStorage(BranchLayout):
             )
         master = self.path("main")
         if master.is_dir() and not is_btrfs_subvolume(master):
-            _log.warning(
+            log.warning(
                 "storage: %s is a plain directory, not a btrfs subvolume; branching from main "
                 "will fail until it is converted: %s",
                 master,
@@ -109,7 +109,7 @@ class BtrfsStorage(BranchLayout):
             with trio.CancelScope(shield=True):
                 await remove_quietly(target, self._delete)
             raise
-        _log.info(
+        log.info(
             "storage: cloned driver=btrfs parent=%s branch=%s duration_ms=%.1f",
             parent,
             child,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from prism.storage._tree import TreeCopyStorage, disk_usage
 
-_log = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 class CopyStorage(TreeCopyStorage):
@@ -30,7 +30,7 @@ class CopyStorage(TreeCopyStorage):
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
-        _log.warning(
+        log.warning(
             "storage: the copy driver copies every file, so a branch takes time and disk space "
             "in proportion to the database root=%s; for instant branches put the storage root "
             "on btrfs, ZFS or a reflink filesystem (XFS with reflink=1)",

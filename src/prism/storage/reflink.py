@@ -1,8 +1,8 @@
 """The ``reflink`` storage driver: a branch shares its parent's extents file by file.
 
 On XFS (``reflink=1``), btrfs, bcachefs and other filesystems with ``FICLONE`` a clone costs
-metadata only, so a 40 MB data dir clones in tens of milliseconds and uses no extra space until
-written to. It is not atomic: files are cloned one after another.
+metadata only, so a clone takes about as long whatever the data size (see docs/benchmarks.md)
+and uses no extra space until written to. It is not atomic: files are cloned one after another.
 """
 
 from __future__ import annotations

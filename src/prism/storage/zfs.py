@@ -25,6 +25,7 @@ from pathlib import Path
 import trio
 
 from prism.errors import BranchConflict, ConfigError, StorageError
+from prism.names import MAIN_BRANCH
 from prism.storage._command import probe_tool, run_tool
 from prism.storage._layout import (
     BRANCHES_DIR,
@@ -35,9 +36,8 @@ from prism.storage._layout import (
     set_private_mode,
 )
 from prism.storage._tree import refresh_branch_subdir
-from prism.storage.base import MAIN_BRANCH
 
-_log = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: Prefix of the snapshots this driver makes; only those are destroyed with a branch.
 SNAPSHOT_PREFIX = "prism-"
@@ -88,7 +88,7 @@ class ZfsStorage(BranchLayout):
         if await self._dataset_exists(master):
             await self._require_mountpoint(master, self.path(MAIN_BRANCH))
         elif self.path(MAIN_BRANCH).is_dir():
-            _log.warning(
+            log.warning(
                 "storage: %s is a plain directory, not the dataset %s; branching from main will "
                 "fail until it is moved into that dataset (zfs create -o mountpoint=%s %s, then "
                 "copy the data in)",
@@ -156,7 +156,7 @@ class ZfsStorage(BranchLayout):
                 await self._destroy_quietly(child_dataset)
                 await self._destroy_quietly(snapshot)
             raise
-        _log.info(
+        log.info(
             "storage: cloned driver=zfs parent=%s branch=%s snapshot=%s duration_ms=%.1f",
             parent,
             child,
@@ -201,7 +201,7 @@ class ZfsStorage(BranchLayout):
         if origin is not None and origin.partition("@")[2].startswith(SNAPSHOT_PREFIX):
             await self._destroy(origin, recursive=False)
         await _remove_empty_mountpoint(target)
-        _log.info(
+        log.info(
             "storage: destroyed driver=zfs branch=%s dataset=%s origin=%s duration_ms=%.1f",
             branch,
             dataset,
@@ -309,7 +309,7 @@ class ZfsStorage(BranchLayout):
             except StorageError as exc:
                 if "busy" not in exc.message or trio.current_time() >= deadline:
                     raise
-            _log.debug("storage: %s busy, retrying in %.2fs", name, pause)
+            log.debug("storage: %s busy, retrying in %.2fs", name, pause)
             await trio.sleep(pause)
             pause = min(pause * 2, 0.5)
 
@@ -320,7 +320,7 @@ class ZfsStorage(BranchLayout):
         try:
             await self._destroy(name, recursive=True)
         except StorageError as exc:
-            _log.warning("storage: rollback failed name=%s error=%s", name, exc.message)
+            log.warning("storage: rollback failed name=%s error=%s", name, exc.message)
 
 
 def _utc_stamp() -> str:

@@ -1,0 +1,133 @@
+"""In-memory stand-ins for the storage and runtime drivers, for testing BranchManager alone.
+
+They satisfy the ``Storage`` and ``Runtime`` Protocols, keep what they hold in dicts, and let a
+test decide how long a step takes (``delay``, in Trio time, so a ``MockClock`` runs it at once)
+and which step fails (``fail``), so locks, rollback, admission and eviction are tested without
+a Postgres or a filesystem.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from prism.address import BackendAddress
+from prism.errors import StorageError
+from prism.names import MAIN_BRANCH
+from prism.state import StateStore
+
+
+def _raise_if_failing(fail: dict[str, BaseException], step: str, branch: str) -> None:
+    error = fail.get(f"{step}:{branch}") or fail.get(step)
+    if error is not None:
+        raise error
+
+
+class FakeStorage:
+    """Branch "data directories" that are names in a set."""
+
+    name = "fake"
+    atomic = True
+
+    def __init__(self, root: Path = Path("fake-root"), *, delay: float = 0.0) -> None:
+        self.root = root
+        self.delay = delay
+        self.branches: set[str] = set()
+        self.fail: dict[str, BaseException] = {}
+        """Step (``clone``, ``destroy`` ...) or step of one branch (``clone:feat``) → the
+        exception it raises."""
+
+    async def _step(self, step: str, branch: str) -> None:
+        await trio.sleep(self.delay)
+        _raise_if_failing(self.fail, step, branch)
+
+    def path(self, branch: str) -> Path:
+        return self.root / ("master" if branch == MAIN_BRANCH else f"branches/{branch}")
+
+    def exists(self, branch: str) -> bool:
+        return branch in self.branches
+
+    def list(self) -> list[str]:
+        return sorted(self.branches)
+
+    async def create(self, branch: str) -> Path:
+        await self._step("create", branch)
+        self.branches.add(branch)
+        return self.path(branch)
+
+    async def clone(self, parent: str, child: str) -> Path:
+        await self._step("clone", child)
+        if parent not in self.branches:
+            raise StorageError(f"no parent {parent}")
+        self.branches.add(child)
+        return self.path(child)
+
+    async def refresh_subdir(self, parent: str, child: str, relpath: str) -> None:
+        await self._step("refresh_subdir", child)
+
+    async def destroy(self, branch: str) -> None:
+        await self._step("destroy", branch)
+        self.branches.discard(branch)
+
+    def usage_bytes(self, branch: str) -> int | None:
+        return 0 if branch in self.branches else None
+
+
+class FakeRuntime:
+    """Branch "servers" that are addresses in a dict; nothing listens on them."""
+
+    name = "fake"
+
+    def __init__(self, *, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.running: dict[str, BackendAddress] = {}
+        self.peak = 0
+        """The most servers running at once."""
+        self.fail: dict[str, BaseException] = {}
+        """Step (``start``, ``stop`` ...) or step of one branch (``stop:feat``) → the
+        exception it raises."""
+        self._port = 40000
+
+    async def _step(self, step: str, branch: str) -> None:
+        await trio.sleep(self.delay)
+        _raise_if_failing(self.fail, step, branch)
+
+    async def initdb(self, pgdata: Path, *, superuser: str, password: str) -> None:
+        await self._step("initdb", pgdata.name)
+
+    async def start(
+        self, branch: str, pgdata: Path, *, parent: str | None = None
+    ) -> BackendAddress:
+        await self._step("start", branch)
+        self._port += 1
+        self.running[branch] = BackendAddress("127.0.0.1", self._port)
+        self.peak = max(self.peak, len(self.running))
+        return self.running[branch]
+
+    async def stop(self, branch: str) -> None:
+        await self._step("stop", branch)
+        self.running.pop(branch, None)
+
+    async def adopt(self, branch: str, pgdata: Path) -> BackendAddress | None:
+        return None
+
+    def address(self, branch: str) -> BackendAddress | None:
+        return self.running.get(branch)
+
+    async def aclose(self) -> None:
+        return None
+
+
+class InlineStateStore(StateStore):
+    """The real sqlite registry, queried on the event loop instead of in a worker thread.
+
+    Under ``MockClock(autojump_threshold=0)`` a task waiting on a thread counts as blocked, so
+    the clock jumps ahead while sqlite works and the interleaving of a test changes from run to
+    run; inline, a test's timing is the same every run. (A few milliseconds of blocking are
+    fine in a test; Prism itself keeps sqlite off the loop.)
+    """
+
+    async def _run(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        await trio.lowlevel.checkpoint()
+        return self._db.execute(sql, params).fetchall()

@@ -1,0 +1,72 @@
+"""BranchManager alone over in-memory drivers: one provision per branch, rollback, reconcile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from prism.errors import ProvisionFailed, RuntimeStartFailed
+from prism.events import Event
+from prism.runtime.base import Runtime
+from prism.state import BranchRecord, StateStore, utcnow
+from prism.storage.base import Storage
+from tests.fakes import FakeRuntime, FakeStorage
+from tests.manager_kit import open_manager
+
+
+def test_the_fakes_satisfy_the_driver_protocols() -> None:
+    assert isinstance(FakeStorage(), Storage)
+    assert isinstance(FakeRuntime(), Runtime)
+
+
+async def test_twenty_clients_racing_to_a_new_branch_cause_one_provision(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with open_manager(tmp_path, slow=True) as (manager, _, _):
+        seen: list[Event] = []
+        manager.events.add_listener(seen.append)
+        addresses = []
+
+        async def connect() -> None:
+            addresses.append(await manager.ensure_running("crowded"))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(20):
+                nursery.start_soon(connect)
+        assert len(set(addresses)) == 1 and len(addresses) == 20
+        assert [e["type"] for e in seen].count("provisioning") == 1
+
+
+async def test_a_failed_start_rolls_the_new_branch_back_entirely(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with open_manager(tmp_path) as (manager, storage, runtime):
+        runtime.fail["start:broken"] = RuntimeStartFailed("the server would not start")
+        with pytest.raises(ProvisionFailed, match="could not create branch"):
+            await manager.create("broken")
+        assert manager.get("broken") is None
+        assert not storage.exists("broken")
+        assert "broken" not in runtime.running
+        assert [r.name for r in await manager.state.all()] == ["main"]
+
+
+async def test_reconcile_rolls_back_half_made_and_registers_found_branches(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    storage = FakeStorage(tmp_path / "data")
+    storage.branches |= {"main", "half-made", "found"}
+    state = StateStore(tmp_path / "prism.db")
+    now = utcnow()
+    await state.put(BranchRecord("main", None, now, now, "stopped"))
+    await state.put(BranchRecord("half-made", "main", now, now, "provisioning"))
+    await state.put(BranchRecord("gone", "main", now, now, "stopped"))
+    state.close()
+    async with open_manager(tmp_path, storage=storage) as (manager, _, runtime):
+        assert [b.name for b in manager.list()] == ["found", "main"]
+        assert not storage.exists("half-made")
+        assert manager.require("found").parent == "main"
+        assert sorted(r.name for r in await manager.state.all()) == ["found", "main"]
+        assert "main" in runtime.running
