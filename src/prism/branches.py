@@ -519,7 +519,7 @@ class BranchManager:
             if retired is not None:
                 await self._remove_retired(retired)
             crash_point("delete:freed")
-            await self.state.delete(name)
+            await self._forget_record(name)
             self.events.publish("deleted", name)
         return [*deleted, name]
 
@@ -686,6 +686,15 @@ class BranchManager:
             await self.storage.remove_path(path)
         except StorageError as exc:
             log.error("could not remove %s (removed at next start): %s", path, exc.message)
+
+    async def _forget_record(self, name: str) -> None:
+        """Drop a deleted branch's record; if the disk is still full (btrfs frees a deleted
+        subvolume's space in the background), reconcile forgets it at the next start, since
+        its directory is gone, and a new branch of the same name simply replaces it."""
+        try:
+            await self.state.delete(name)
+        except StorageError as exc:
+            log.warning("branch %s: deleted, but its record stays until restart: %s", name, exc)
 
     async def _save(self, branch: Branch) -> None:
         """Write ``branch``'s record where a failed write must not fail the operation.

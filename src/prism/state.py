@@ -86,7 +86,11 @@ class StateStore:
         previous = os.umask(0o077)
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            # A rollback journal, kept between transactions: WAL mode maps its -shm index into
+            # memory, and on a full btrfs a page fault there kills the process with SIGBUS
+            # instead of failing the write. PERSIST reuses the journal's blocks, so a small
+            # write (a delete's record) still fits when the disk has just filled up.
+            self._db.execute("PRAGMA journal_mode=PERSIST")
             # FULL: a journal row must be on disk before the step it announces starts.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)

@@ -178,6 +178,12 @@ class BranchLayout:
         leftovers = await trio.to_thread.run_sync(_leftovers)
         for path in leftovers:
             await self.remove_path(path)
+        # Made now, not at the first delete: on a full disk even a mkdir fails, a rename not.
+        await run_off_loop(
+            lambda: self.trash_dir.mkdir(mode=PGDATA_MODE, parents=True, exist_ok=True),
+            failed=f"cannot create {self.trash_dir}",
+            hint=_WRITE_HINT,
+        )
         return leftovers
 
     def staging_path(self, branch: str, purpose: str) -> Path:
