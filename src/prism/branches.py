@@ -162,6 +162,12 @@ class BranchManager:
         self.before_stop: list[Callable[[str, BackendAddress], Awaitable[None]]] = []
         """Called with a running server's address just before it is stopped (must not raise):
         the proxy snapshots role verifiers so a stopped branch can check logins."""
+        self.after_start: list[Callable[[str, BackendAddress], Awaitable[None]]] = []
+        """Called with a server's address once it is running (must not raise): the proxy
+        snapshots role verifiers, so even a branch that dies unseen has a snapshot."""
+        self.after_discard: list[Callable[[str], None]] = []
+        """Called with a branch's name when its data is thrown away (delete, reset, a failed
+        create), so nothing cached about the old data outlives it (must not raise)."""
         self._sessions: defaultdict[str, set[ClientSession]] = defaultdict(set)
         # Keyed by (branch, client address): what connection_closed reports about a session.
         self._opened_at: dict[tuple[str, str], float] = {}
@@ -463,6 +469,7 @@ class BranchManager:
                 with trio.CancelScope(shield=True):
                     retired = await self.storage.retire(name, token)
                     moved = True
+                    self._discarded(name)
                     crash_point("reset:retired")
                     await self._clone_from(parent, name)
                     crash_point("reset:cloned")
@@ -516,6 +523,7 @@ class BranchManager:
             retired = await self.storage.retire(name)
             crash_point("delete:retired")
             del self._branches[name]
+            self._discarded(name)
             if retired is not None:
                 await self._remove_retired(retired)
             crash_point("delete:freed")
@@ -648,6 +656,7 @@ class BranchManager:
         await self._destroy_quietly(name)
         await self.state.delete(name)
         self._branches.pop(name, None)
+        self._discarded(name)
 
     async def _destroy_quietly(self, name: str) -> None:
         try:
@@ -679,6 +688,10 @@ class BranchManager:
         except PrismError as exc:
             log.error("reset: could not undo the reset of branch %s: %s", name, exc.message)
         await self.state.finish(name)
+
+    def _discarded(self, name: str) -> None:
+        for hook in self.after_discard:
+            hook(name)
 
     async def _remove_retired(self, path: Path) -> None:
         """Free a retired directory now; on failure reconcile's sweep removes it later."""
@@ -714,9 +727,10 @@ class BranchManager:
         branch.status = BranchStatus.STARTING
         self.events.publish("starting", branch.name, reason=reason)
         try:
-            branch.address = await self.runtime.start(
+            address = await self.runtime.start(
                 branch.name, self.storage.path(branch.name), parent=branch.parent
             )
+            branch.address = address
         except BaseException as exc:
             branch.status = (
                 previous if previous is not BranchStatus.RUNNING else BranchStatus.STOPPED
@@ -735,6 +749,8 @@ class BranchManager:
         branch.status = BranchStatus.RUNNING
         branch.last_active_ts = time.time()
         await self.state.put(branch.record())
+        for hook in self.after_start:
+            await hook(branch.name, address)
         self.events.publish("running", branch.name, reason=reason, duration_ms=_elapsed_ms(started))
 
     async def _stop(self, branch: Branch, *, reason: str) -> None:

@@ -50,7 +50,8 @@ def json_depth(raw: str) -> int:
 
 
 async def _json_body() -> dict[str, Any]:
-    raw = await request.get_data(as_text=True)
+    data = await request.get_data(as_text=True)
+    raw = data if isinstance(data, str) else data.decode(errors="replace")
     if json_depth(raw) > MAX_JSON_DEPTH:
         raise ApiError(
             400,

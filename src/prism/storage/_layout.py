@@ -7,6 +7,7 @@ branch is or which directories count as branches.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import secrets
@@ -156,15 +157,15 @@ class BranchLayout:
         """Remove one retired or staged data directory; drivers with subvolumes override it."""
         await remove_tree(path)
 
-    async def sweep(self) -> list[Path]:
+    async def sweep(self) -> builtins.list[Path]:
         """Remove the trash and every staging leftover under ``branches/``; what was removed.
 
         Only for start-up, before any operation runs: a staging directory of a live clone looks
         exactly like a crashed one.
         """
 
-        def _leftovers() -> list[Path]:
-            found: list[Path] = []
+        def _leftovers() -> builtins.list[Path]:
+            found: builtins.list[Path] = []
             if self.trash_dir.is_dir():
                 found.extend(sorted(self.trash_dir.iterdir()))
             if self.branches_dir.is_dir():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -71,7 +72,7 @@ class Storage(Protocol):
         """Remove a retired data directory that ``retire`` returned."""
         ...
 
-    async def sweep(self) -> list[Path]:
+    async def sweep(self) -> builtins.list[Path]:
         """At start-up only: remove the trash and every staging leftover; what was removed."""
         ...
 
