@@ -18,9 +18,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -31,18 +29,11 @@ import httpx
 import trio
 
 from prism.runtime._postmaster import postmasters_under
+from tests.integration.harness import PASSWORD, free_port, psql, serve_args
 
-PASSWORD = "password"
 REPORT_ENV = "PRISM_CRASH_REPORT"
 MAIN_ROWS = 250
 VICTIM_VALUE = 42
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -73,22 +64,7 @@ async def spawn(data_dir: Path, storage: str, *, crash_at: str | None = None) ->
     log = (data_dir.parent / f"{data_dir.name}.log").open("ab")
     with log:
         process = await trio.lowlevel.open_process(
-            [
-                sys.executable,
-                "-m",
-                "prism.cli",
-                "serve",
-                "--data-dir",
-                str(data_dir),
-                "--listen",
-                f"127.0.0.1:{pg_port}",
-                "--api",
-                f"127.0.0.1:{api_port}",
-                "--password",
-                PASSWORD,
-                "--storage",
-                storage,
-            ],
+            serve_args(data_dir, pg_port, api_port, storage=storage),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -130,16 +106,7 @@ async def serving(data_dir: Path, storage: str) -> AsyncIterator[Prism]:
 
 async def sql(dsn: str, statement: str) -> str:
     """Run ``psql`` and return its unaligned output; AssertionError with stderr on failure."""
-    result = await trio.run_process(
-        ["psql", dsn, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", statement],
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
-        env={**os.environ, "PGCONNECT_TIMEOUT": "30"},
-    )
-    if result.returncode != 0:
-        raise AssertionError(f"psql failed: {result.stderr.decode()}")
-    return result.stdout.decode().strip()
+    return (await psql(dsn, statement)).stdout.decode().strip()
 
 
 async def seed(prism: Prism) -> None:
@@ -256,6 +223,16 @@ async def check_invariants(
     ]
 
 
+async def _after_kill(
+    data_dir: Path, storage: str, point: str, status: int, *, has_main_rows: bool
+) -> Outcome:
+    """Check the invariants after Prism exited with ``status``; record and return the outcome."""
+    outcome = Outcome(storage, point, killed=status == -signal.SIGKILL)
+    await check_invariants(data_dir, storage, outcome, has_main_rows=has_main_rows)
+    outcome.record()
+    return outcome
+
+
 async def crash_operation(data_dir: Path, storage: str, point: str) -> Outcome:
     """Seed, crash ``prism serve`` at ``point`` during its operation, restart and check."""
     operation = point.partition(":")[0]
@@ -267,10 +244,7 @@ async def crash_operation(data_dir: Path, storage: str, point: str) -> Outcome:
     await request(prism, method, path, body)
     with trio.fail_after(60):
         status = await prism.process.wait()
-    outcome = Outcome(storage, point, killed=status == -signal.SIGKILL)
-    await check_invariants(data_dir, storage, outcome, has_main_rows=True)
-    outcome.record()
-    return outcome
+    return await _after_kill(data_dir, storage, point, status, has_main_rows=True)
 
 
 def _wait_reaped(pids: list[int], timeout: float = 120.0) -> None:
@@ -312,10 +286,7 @@ async def crash_at_random(
     # are reaped by pid 1, and until then Postgres takes their zombies for live servers.
     await trio.to_thread.run_sync(_wait_reaped, killed)
     point = f"random:{delay:.2f}s{'+servers' if kill_servers else ''}"
-    outcome = Outcome(storage, point, killed=status == -signal.SIGKILL)
-    await check_invariants(data_dir, storage, outcome, has_main_rows=True)
-    outcome.record()
-    return outcome
+    return await _after_kill(data_dir, storage, point, status, has_main_rows=True)
 
 
 async def crash_initdb(data_dir: Path, storage: str, point: str) -> Outcome:
@@ -323,7 +294,4 @@ async def crash_initdb(data_dir: Path, storage: str, point: str) -> Outcome:
     prism = await spawn(data_dir, storage, crash_at=point)
     with trio.fail_after(120):
         status = await prism.process.wait()
-    outcome = Outcome(storage, point, killed=status == -signal.SIGKILL)
-    await check_invariants(data_dir, storage, outcome, has_main_rows=False)
-    outcome.record()
-    return outcome
+    return await _after_kill(data_dir, storage, point, status, has_main_rows=False)

@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
-
-import trio
-
-from prism.runtime._postmaster import read_pidfile
-
-from .harness import PrismHandle, psql
+from .harness import PrismHandle, kill_branch_server, psql
 
 
 async def _login(prism: PrismHandle, user: str, password: str) -> bool:
@@ -50,14 +43,7 @@ async def test_a_wrong_password_never_wakes_a_branch_whose_server_died(
     """The issue's case: created through the API, never connected to, then its server died."""
     manager = prism.manager
     await manager.create("sleepy")
-    pidfile = read_pidfile(manager.storage.path("sleepy"))
-    assert pidfile is not None
-    async with manager.events.subscribe() as events:
-        os.kill(pidfile.pid, signal.SIGKILL)
-        with trio.fail_after(5):
-            async for event in events:
-                if event["type"] == "stopped" and event["branch"] == "sleepy":
-                    break
+    await kill_branch_server(manager, "sleepy")
     assert not await _login(prism, "postgres@sleepy", "wrong")
     assert manager.runtime.address("sleepy") is None
     assert await _login(prism, "postgres@sleepy", "password")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 from typing import Any
 
 import httpx
@@ -11,9 +9,8 @@ import pytest
 import trio
 
 from prism.errors import RuntimeStopFailed
-from prism.runtime._postmaster import read_pidfile
 
-from .harness import PrismHandle, psql
+from .harness import PrismHandle, kill_branch_server, psql
 
 
 async def test_a_killed_branch_server_is_reported_within_a_second_and_restarted(
@@ -21,15 +18,8 @@ async def test_a_killed_branch_server_is_reported_within_a_second_and_restarted(
 ) -> None:
     manager = prism.manager
     await psql(prism.dsn("postgres@mortal"), "CREATE TABLE t AS SELECT 9 AS v")
-    pidfile = read_pidfile(manager.storage.path("mortal"))
-    assert pidfile is not None
-    async with manager.events.subscribe() as events:
-        os.kill(pidfile.pid, signal.SIGKILL)
-        with trio.fail_after(1.0):
-            async for event in events:
-                if event["type"] == "stopped" and event["branch"] == "mortal":
-                    break
-    assert event["reason"] == "exited"
+    with trio.fail_after(1.0):
+        await kill_branch_server(manager, "mortal")
     async with httpx.AsyncClient(base_url=prism.info.api_url) as http:
         view = (await http.get("/api/v1/branches/mortal")).json()
     assert view["status"] == "stopped"

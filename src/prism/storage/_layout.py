@@ -119,39 +119,13 @@ class BranchLayout:
         """
         source = self.path(branch)
         target = self.trash_path(branch, token or secrets.token_hex(4))
-
-        def _move() -> Path | None:
-            if not (source.exists() or source.is_symlink()):
-                return None
-            self.trash_dir.mkdir(mode=PGDATA_MODE, parents=True, exist_ok=True)
-            _durable_rename(source, target)
-            return target
-
-        try:
-            return await trio.to_thread.run_sync(_move)
-        except OSError as exc:
-            raise StorageError(
-                f"cannot move {source} into the trash: {exc.strerror or exc}",
-                hint=_WRITE_HINT,
-            ) from exc
+        moved = await _move_if_present(source, target, failed=f"cannot move {source} to the trash")
+        return target if moved else None
 
     async def restore(self, branch: str, token: str) -> bool:
         """Undo ``retire(branch, token)``: whether the directory was in the trash to put back."""
         source, target = self.trash_path(branch, token), self.path(branch)
-
-        def _move_back() -> bool:
-            if not source.exists() or target.exists():
-                return False
-            _durable_rename(source, target)
-            return True
-
-        try:
-            return await trio.to_thread.run_sync(_move_back)
-        except OSError as exc:
-            raise StorageError(
-                f"cannot move {source} back to {target}: {exc.strerror or exc}",
-                hint=_WRITE_HINT,
-            ) from exc
+        return await _move_if_present(source, target, failed=f"cannot move {source} back")
 
     async def remove_path(self, path: Path) -> None:
         """Remove one retired or staged data directory; drivers with subvolumes override it."""
@@ -224,6 +198,23 @@ class BranchLayout:
                 hint=f"delete branch {branch!r} first, or reuse its data directory",
             )
         return target
+
+
+async def _move_if_present(source: Path, target: Path, *, failed: str) -> bool:
+    """Durably rename ``source`` to ``target`` unless ``source`` is absent or ``target`` taken;
+    whether it moved. Off the event loop; an ``OSError`` becomes a StorageError."""
+
+    def _move() -> bool:
+        if not (source.exists() or source.is_symlink()) or target.exists():
+            return False
+        target.parent.mkdir(mode=PGDATA_MODE, parents=True, exist_ok=True)
+        _durable_rename(source, target)
+        return True
+
+    try:
+        return await trio.to_thread.run_sync(_move)
+    except OSError as exc:
+        raise StorageError(f"{failed}: {exc.strerror or exc}", hint=_WRITE_HINT) from exc
 
 
 def _durable_rename(source: Path, target: Path) -> None:
