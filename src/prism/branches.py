@@ -730,6 +730,7 @@ class BranchManager:
             address = await self.runtime.start(
                 branch.name, self.storage.path(branch.name), parent=branch.parent
             )
+            crash_point(f"{reason}:server-up")
             branch.address = address
         except BaseException as exc:
             branch.status = (

@@ -18,7 +18,7 @@ ENV_VAR = "PRISM_TEST_CRASH_AT"
 
 #: Every point an operation passes, in order; the suite iterates over these.
 POINTS: dict[str, tuple[str, ...]] = {
-    "create": ("create:recorded", "create:cloned", "create:started"),
+    "create": ("create:recorded", "create:cloned", "create:server-up", "create:started"),
     "delete": ("delete:stopped", "delete:retired", "delete:freed"),
     "reset": ("reset:recorded", "reset:stopped", "reset:retired", "reset:cloned"),
     "initdb": ("initdb:recorded", "initdb:created", "initdb:initialised", "initdb:registered"),
@@ -26,7 +26,13 @@ POINTS: dict[str, tuple[str, ...]] = {
 
 
 def crash_point(name: str) -> None:
-    """Kill this process group with SIGKILL if the test asked to crash at ``name``."""
+    """Kill this process group with SIGKILL if the test asked to crash at ``name``.
+
+    Only a group Prism leads (``setsid``, as the suite starts it): a Prism started inside its
+    caller's group kills just itself, never the caller.
+    """
     if os.environ.get(ENV_VAR) == name:
-        log.critical("crash point %s reached: killing the process group (test hook)", name)
-        os.killpg(os.getpgrp(), signal.SIGKILL)
+        log.critical("crash point %s reached: killing Prism (test hook)", name)
+        if os.getpgrp() == os.getpid():
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
