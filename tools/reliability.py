@@ -2,7 +2,8 @@
 
 Runs the crash-point suite (``tests/crash_suite.py``: every step boundary of create, delete,
 reset and the initdb of main, plus random-time kills) on the copy driver and, as root with the
-test btrfs mounted, on btrfs; and the disk-full cases (``tests/system/test_disk_full.py``) on
+test btrfs mounted, on btrfs (plus one interrupted create on the docker runtime); and the
+disk-full cases (``tests/system/test_disk_full.py``) on
 private 300 MB ext4, XFS and btrfs loop images. Then it sums up what the restarts found.
 
     .venv/bin/python -m tools.reliability            # writes docs/reliability.md
@@ -32,14 +33,18 @@ from prism.pgbin import embedded_bin_dir, server_version
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "reliability.md"
 SUITES = [
-    "tests/integration/test_crash_points.py",
     "tests/system/test_crash_points_btrfs.py",
     "tests/system/test_disk_full.py",
+    "tests/system/test_docker_restart_and_engine_loss.py::"
+    "test_a_crash_mid_create_leaves_no_container_behind",
+    "tests/integration/test_crash_points.py",
 ]
 _DISK_FULL = re.compile(
     r"^(PASSED|FAILED|SKIPPED|ERROR) tests/system/test_disk_full\.py::\S+\[(\S+)\]"
 )
-_SKIP_ALL = re.compile(r"^SKIPPED \[\d+\] (tests/system/test_disk_full\.py)\S*: (.*)$")
+_DOCKER = re.compile(
+    r"^(PASSED|FAILED|SKIPPED|ERROR) tests/system/test_docker_\S+::(test_a_crash_\S+)"
+)
 
 _HEAD = """# Reliability
 
@@ -106,19 +111,14 @@ def _crash_table(cases: list[dict[str, object]]) -> list[str]:
     return lines
 
 
-def _disk_full_table(summary: str) -> list[str]:
-    lines = ["| filesystem-driver | result |", "| --- | --- |"]
-    rows = 0
+def _results_table(summary: str, pattern: re.Pattern[str], header: str) -> list[str]:
+    """One row per test of ``pattern`` in pytest's ``-rA`` summary: its case and result."""
+    lines = [f"| {header} | result |", "| --- | --- |"]
     for line in summary.splitlines():
-        match = _DISK_FULL.match(line)
+        match = pattern.match(line)
         if match:
             lines.append(f"| {match.group(2)} | {match.group(1).lower()} |")
-            rows += 1
-        skipped = _SKIP_ALL.match(line)
-        if skipped:
-            lines.append(f"| (all) | skipped: {skipped.group(2)} |")
-            rows += 1
-    return lines if rows else ["No disk-full case ran (see the pytest output)."]
+    return lines if len(lines) > 2 else ["Not run or skipped (needs root; see pytest's output)."]
 
 
 def render(cases: list[dict[str, object]], summary: str) -> str:
@@ -149,7 +149,11 @@ def render(cases: list[dict[str, object]], summary: str) -> str:
         "",
         "## Full disk",
         "",
-        *_disk_full_table(summary),
+        *_results_table(summary, _DISK_FULL, "filesystem-driver"),
+        "",
+        "## Docker runtime (btrfs)",
+        "",
+        *_results_table(summary, _DOCKER, "case"),
         "",
         f"pytest: `{last.strip('= ')}`",
         "",
