@@ -34,6 +34,8 @@ class FakeStorage:
         self.root = root
         self.delay = delay
         self.branches: set[str] = set()
+        self.trash: dict[Path, str] = {}
+        """Retired "directories" → the branch they held, until removed or swept."""
         self.fail: dict[str, BaseException] = {}
         """Step (``clone``, ``destroy`` ...) or step of one branch (``clone:feat``) → the
         exception it raises."""
@@ -69,6 +71,31 @@ class FakeStorage:
     async def destroy(self, branch: str) -> None:
         await self._step("destroy", branch)
         self.branches.discard(branch)
+
+    async def retire(self, branch: str, token: str | None = None) -> Path | None:
+        await self._step("retire", branch)
+        if branch not in self.branches:
+            return None
+        self.branches.discard(branch)
+        trashed = self.root / ".trash" / (token or branch)
+        self.trash[trashed] = branch
+        return trashed
+
+    async def restore(self, branch: str, token: str) -> bool:
+        trashed = self.root / ".trash" / token
+        if self.trash.pop(trashed, None) != branch:
+            return False
+        self.branches.add(branch)
+        return True
+
+    async def remove_path(self, path: Path) -> None:
+        await self._step("remove_path", path.name)
+        self.trash.pop(path, None)
+
+    async def sweep(self) -> list[Path]:
+        leftovers = sorted(self.trash)
+        self.trash.clear()
+        return leftovers
 
     def usage_bytes(self, branch: str) -> int | None:
         return 0 if branch in self.branches else None

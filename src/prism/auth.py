@@ -12,10 +12,13 @@ reaches Prism.
 first and the client authenticates with the branch server through Prism.
 
 Verifiers are read from ``pg_authid`` over the branch's private service socket (trust, only
-Prism's OS user can enter its directory). They are cached for a few seconds, and a snapshot is
-written into the branch's data directory (0600) whenever they are read and differ from the
-last read, and just before the branch is stopped, so a stopped branch can check a login
-without being woken; the snapshot lives and dies with the branch's data.
+Prism's OS user can enter its directory) at every login to a running branch: SCRAM's salt
+changes with the password, so a cached verifier cannot be re-checked after a mismatch, and a
+stale one would refuse a password the branch accepts (``ALTER ROLE ... PASSWORD`` a moment
+ago). A snapshot is written into the branch's data directory (0600) when the roles read differ
+from the last read, after every start and just before every stop, so a stopped branch checks a
+login against its snapshot (or, for a clone that never ran, its parent's) and is never woken
+by a password check; the snapshot lives and dies with the branch's data.
 """
 
 from __future__ import annotations
@@ -44,7 +47,6 @@ from prism.pgclient import connect_service
 log = logging.getLogger(__name__)
 
 SNAPSHOT_NAME: Final = "prism_roles.json"
-_CACHE_SECONDS: Final = 5.0
 _SERVICE_TIMEOUT: Final = 10.0
 _ROLES_SQL: Final = (
     "SELECT rolname, rolpassword, rolcanlogin::text, "
@@ -103,7 +105,8 @@ class VerifierStore:
         self._manager = manager
         self._superuser = superuser
         self._password = password
-        self._cache: dict[str, tuple[float, Roles]] = {}
+        # What the snapshot file of each branch holds, as this Prism last wrote or saw it.
+        self._written: dict[str, Roles] = {}
         self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
 
     async def lookup(self, branch: str, role: str) -> RoleSecret | None:
@@ -113,41 +116,49 @@ class VerifierStore:
         return roles.get(role)
 
     async def _roles(self, branch: str) -> Roles:
-        async with self._locks[branch]:
-            cached = self._cache.get(branch)
-            if cached is not None and time.monotonic() - cached[0] < _CACHE_SECONDS:
-                return cached[1]
-            address = self._manager.address(branch)
-            if address is None:
-                roles = await trio.to_thread.run_sync(self._read_snapshot, branch)
+        """The roles of ``branch`` as its server would check them, never starting it."""
+        name: str | None = branch
+        while name is not None:
+            async with self._locks[name]:
+                address = self._manager.address(name)
+                if address is not None:
+                    try:
+                        return await self._read_live(name, address)
+                    except (PrismError, trio.TooSlowError) as exc:
+                        # It died or hangs: its snapshot is the best word on it now.
+                        why = exc.message if isinstance(exc, PrismError) else "timed out"
+                        log.warning("auth: cannot read roles of branch %s: %s", name, why)
+                roles = await trio.to_thread.run_sync(self._read_snapshot, name)
                 if roles is not None:
                     return roles
-                # A branch stopped before Prism kept snapshots: read it once, awake.
-                log.info("auth: branch %s has no role snapshot; starting it to read roles", branch)
-                address = await self._manager.ensure_running(branch, create=False)
-            roles = await self._fetch(address)
-            previous = self._cache.get(branch)
-            self._cache[branch] = (time.monotonic(), roles)
-            # Logins refresh the cache every few seconds; the file only needs a write when
-            # the roles changed (or this Prism has not written it yet).
-            if previous is None or previous[1] != roles:
-                await trio.to_thread.run_sync(self._write_snapshot, branch, roles)
-            return roles
+            # A clone that never ran here has its parent's roles; the parent knows them.
+            record = self._manager.get(name)
+            name = None if record is None else record.parent
+        log.warning("auth: no role snapshot for branch %s or its parents: login refused", branch)
+        return {}
+
+    async def _read_live(self, branch: str, address: BackendAddress) -> Roles:
+        roles = await self._fetch(address)
+        # The file only needs a write when the roles changed since it was last written.
+        if self._written.get(branch) != roles:
+            await trio.to_thread.run_sync(self._write_snapshot, branch, roles)
+        return roles
 
     async def snapshot(self, branch: str, address: BackendAddress) -> None:
-        """Save ``branch``'s roles next to its data (called just before it stops)."""
-        try:
-            roles = await self._fetch(address)
-        except (PrismError, trio.TooSlowError) as exc:
-            why = exc.message if isinstance(exc, PrismError) else "timed out"
-            log.warning("auth: could not snapshot roles of branch %s: %s", branch, why)
-            return
-        self._cache.pop(branch, None)
-        await trio.to_thread.run_sync(self._write_snapshot, branch, roles)
+        """Save ``branch``'s roles next to its data (called after a start and before a stop).
+
+        Must not raise: a failure only means the snapshot may be older than the roles.
+        """
+        async with self._locks[branch]:
+            try:
+                await self._read_live(branch, address)
+            except (PrismError, trio.TooSlowError) as exc:
+                why = exc.message if isinstance(exc, PrismError) else "timed out"
+                log.warning("auth: could not snapshot roles of branch %s: %s", branch, why)
 
     def forget(self, branch: str) -> None:
-        """Drop cached roles (the branch was reset or deleted)."""
-        self._cache.pop(branch, None)
+        """Drop what is known of ``branch``'s snapshot (it was reset, deleted or re-created)."""
+        self._written.pop(branch, None)
 
     async def _fetch(self, address: BackendAddress) -> Roles:
         socket = address.service_socket_path()
@@ -197,6 +208,7 @@ class VerifierStore:
             with os.fdopen(fd, "w") as handle:
                 json.dump(data, handle)
             temporary.replace(path)
+            self._written[branch] = roles
         except OSError as exc:
             log.warning("auth: could not write role snapshot of branch %s: %s", branch, exc)
             temporary.unlink(missing_ok=True)

@@ -12,6 +12,13 @@ States (each transition publishes one event)::
     running/stopped ─reset─▶ resetting ─▶ (re-cloned) ─▶ running/stopped as before
     running/stopped ─delete─▶ deleting ─▶ absent
 
+Crash safety: every multi-step change to the disk has a commit point and a durable intent.
+A new branch's record says ``provisioning`` before its clone starts; a reset and the initdb of
+main write an intent row (``StateStore.begin``) first; delete and reset take a directory away
+by renaming it into the storage's trash (one atomic step that needs no free space). Start-up
+reconcile (``_reconcile``) finishes or undoes whatever a crash interrupted, stops servers that
+belong to no branch and empties the trash and staging areas.
+
 The manager also knows every proxied client session (``connection``), so an operation that
 takes a branch away from its clients (reset, stop, delete) can end their sessions with a clear
 message instead of letting the server's shutdown cut them off mid-sentence.
@@ -30,6 +37,7 @@ from __future__ import annotations
 import builtins
 import enum
 import logging
+import secrets
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
@@ -42,6 +50,7 @@ import trio
 
 from prism.address import BackendAddress
 from prism.clone import clone_consistent
+from prism.crashpoints import crash_point
 from prism.errors import (
     BranchExists,
     BranchHasChildren,
@@ -57,7 +66,7 @@ from prism.errors import (
 from prism.events import EventBus
 from prism.names import MAIN_BRANCH, validate_branch_name
 from prism.runtime.base import Runtime
-from prism.state import BranchRecord, StateStore, utcnow
+from prism.state import BranchRecord, Intent, StateStore, utcnow
 from prism.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -112,6 +121,16 @@ def _elapsed_ms(started: float) -> float:
 # How long an operation waits for the sessions it ended to unwind before it goes on regardless;
 # their proxy tasks only have to send one ErrorResponse, so this is generous.
 _TERMINATE_WAIT = 5.0
+
+# Intent names in the journal (``StateStore.begin``).
+_OP_RESET = "reset"
+_OP_INITDB = "initdb"
+
+# Files every data directory initdb finished has; a directory without them is half-made.
+_PGDATA_MARKERS = ("PG_VERSION", "postgresql.conf", "global/pg_control")
+
+# How often ``watch`` looks for branch servers that exited behind Prism's back.
+WATCH_INTERVAL = 0.2
 
 
 # States in which a branch holds (or is about to hold) a server: what --max-running counts.
@@ -169,6 +188,12 @@ class BranchManager:
         self.before_stop: list[Callable[[str, BackendAddress], Awaitable[None]]] = []
         """Called with a running server's address just before it is stopped (must not raise):
         the proxy snapshots role verifiers so a stopped branch can check logins."""
+        self.after_start: list[Callable[[str, BackendAddress], Awaitable[None]]] = []
+        """Called with a server's address once it is running (must not raise): the proxy
+        snapshots role verifiers, so even a branch that dies unseen has a snapshot."""
+        self.after_discard: list[Callable[[str], None]] = []
+        """Called with a branch's name when its data is thrown away (delete, reset, a failed
+        create), so nothing cached about the old data outlives it (must not raise)."""
         self._sessions: defaultdict[str, set[ClientSession]] = defaultdict(set)
 
     # ---- queries -------------------------------------------------------------------------
@@ -210,35 +235,69 @@ class BranchManager:
             await self._create_main()
         await self.ensure_running(MAIN_BRANCH)
 
-    async def close(self) -> None:
+    async def close(self) -> dict[str, str]:
         """Stop every running branch and save last-activity times (runs shielded).
 
-        A branch that fails to stop is logged, and the others are still stopped.
+        One server that will not stop must not keep the others running: each stop runs on its
+        own, every failure is logged, and the failures come back as branch → reason.
         """
+        failures: dict[str, str] = {}
+
+        async def stop_one(name: str) -> None:
+            try:
+                await self.stop(name, reason="shutdown")
+            except Exception as exc:  # reported below, with every other failure
+                failures[name] = _describe(exc)
+
         with trio.CancelScope(shield=True):
             async with trio.open_nursery() as nursery:
                 for branch in self.list():
                     if self.runtime.address(branch.name) is not None:
-                        nursery.start_soon(self._stop_for_close, branch.name)
+                        nursery.start_soon(stop_one, branch.name)
             for branch in self.list():
-                await self.state.put(branch.record())
+                await self._save(branch)
+        for name, error in sorted(failures.items()):
+            log.error("shutdown: could not stop the server of branch %s: %s", name, error)
+        return failures
 
-    async def _stop_for_close(self, name: str) -> None:
-        # One branch that will not stop must not keep the others running: log it, go on.
-        try:
-            await self.stop(name)
-        except Exception:
-            log.exception("close: could not stop branch %s", name)
+    async def watch(self, *, interval: float = WATCH_INTERVAL) -> None:
+        """Notice branch servers that exit behind Prism's back (killed, crashed) within
+        ``interval``: mark them stopped and publish ``stopped`` with reason ``exited``.
+
+        Asking the runtime is cheap (the process runtime owns each server process and checks
+        its status; nothing is sent to the server), so polling costs next to nothing.
+        """
+        while True:
+            await trio.sleep(interval)
+            for branch in self.list():
+                if branch.status is not BranchStatus.RUNNING:
+                    continue
+                if self.runtime.address(branch.name) is not None:
+                    continue
+                log.warning("branch %s: server exited; the next client restarts it", branch.name)
+                branch.status, branch.address = BranchStatus.STOPPED, None
+                await self._save(branch)
+                self.events.publish("stopped", branch.name, reason="exited")
 
     async def _reconcile(self) -> None:
-        on_disk = set(self.storage.list())
+        """Make records, disk and servers agree again after whatever ended the last run.
+
+        In order: undo or finish the operations a crash interrupted (intents, ``provisioning``
+        records); forget records whose directory is gone; register whole directories found
+        without a record and retire half-made ones; adopt servers of branches; stop every
+        other server running under the storage root; empty the trash and staging areas.
+        """
         records = {record.name: record for record in await self.state.all()}
-        for name, record in records.items():
+        for intent in await self.state.intents():
+            await self._recover(intent, records)
+        for name, record in list(records.items()):
             if record.status == BranchStatus.PROVISIONING.value:
                 log.warning("reconcile: rolling back branch %s, left half-made by a crash", name)
-                await self._destroy_quietly(name)
+                await self._undo_on_disk(name)
                 await self.state.delete(name)
-                continue
+                del records[name]
+        on_disk = set(self.storage.list())
+        for name, record in records.items():
             if name not in on_disk:
                 log.warning("reconcile: forgetting branch %s: its data directory is gone", name)
                 await self.state.delete(name)
@@ -252,6 +311,10 @@ class BranchManager:
             )
         for name in sorted(on_disk - records.keys()):
             parent = None if name == MAIN_BRANCH else MAIN_BRANCH
+            if not await trio.to_thread.run_sync(_is_whole_pgdata, self.storage.path(name)):
+                log.warning("reconcile: removing half-made directory of %s (no record)", name)
+                await self._undo_on_disk(name)
+                continue
             log.warning("reconcile: registering branch %s found on disk without a record", name)
             now = utcnow()
             self._branches[name] = Branch(name, parent, now, BranchStatus.STOPPED)
@@ -262,21 +325,73 @@ class BranchManager:
                 log.info("reconcile: adopted running server of branch %s", branch.name)
                 branch.status, branch.address = BranchStatus.RUNNING, address
             await self.state.put(branch.record())
+        reap = getattr(self.runtime, "reap_strays", None)
+        if reap is not None:
+            for stray in await reap(self.storage.root):
+                log.warning("reconcile: stopped a server that belongs to no branch: %s", stray)
+        for leftover in await self.storage.sweep():
+            log.warning("reconcile: removed leftover %s", leftover)
+
+    async def _recover(self, intent: Intent, records: dict[str, BranchRecord]) -> None:
+        """Finish or undo one operation a crash interrupted, then drop its intent."""
+        name = intent.branch
+        if intent.op == _OP_INITDB:
+            # Main is not serving until its intent is gone, so nobody can have used it yet:
+            # throw the attempt away and let ``open`` run initdb again from scratch.
+            log.warning("reconcile: discarding the interrupted initdb of branch %s", name)
+            await self._undo_on_disk(name)
+            await self.state.delete(name)
+            records.pop(name, None)
+        elif intent.op == _OP_RESET:
+            await self._stop_leftover(name)
+            if self.storage.exists(name):
+                # The old data (crash before the retire) or the new clone (after it): whole
+                # either way, since a clone appears in one step.
+                log.warning("reconcile: the interrupted reset of branch %s left it whole", name)
+            elif intent.detail is not None and await self.storage.restore(name, intent.detail):
+                log.warning("reconcile: undid the interrupted reset of branch %s", name)
+            else:
+                log.error("reconcile: branch %s was lost by an interrupted reset", name)
+        else:
+            log.error("reconcile: unknown operation %r on branch %s ignored", intent.op, name)
+        await self.state.finish(name)
+
+    async def _stop_leftover(self, name: str) -> None:
+        """Stop a server an earlier Prism left running on ``name``'s directory, if any."""
+        try:
+            if await self.runtime.adopt(name, self.storage.path(name)) is not None:
+                await self.runtime.stop(name)
+        except PrismError as exc:
+            # The stray sweep at the end of reconcile kills it by force instead.
+            log.warning("reconcile: could not stop the server of %s: %s", name, exc.message)
+
+    async def _undo_on_disk(self, name: str) -> None:
+        """Stop ``name``'s server and retire its directory (the sweep removes it later)."""
+        await self._stop_leftover(name)
+        await self.storage.retire(name)
 
     async def _create_main(self) -> None:
+        """Initialise main; an intent recorded first lets reconcile discard a crashed attempt."""
         log.info("creating branch main: initdb into %s", self.storage.path(MAIN_BRANCH))
         started = trio.current_time()
+        await self.state.begin(MAIN_BRANCH, _OP_INITDB)
+        crash_point("initdb:recorded")
         try:
             path = await self.storage.create(MAIN_BRANCH)
+            crash_point("initdb:created")
             await self.runtime.initdb(path, superuser=self._superuser, password=self._password)
+            crash_point("initdb:initialised")
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self._destroy_quietly(MAIN_BRANCH)
+                await self.state.finish(MAIN_BRANCH)
             raise
         now = utcnow()
         branch = Branch(MAIN_BRANCH, None, now, BranchStatus.STOPPED)
-        self._branches[MAIN_BRANCH] = branch
         await self.state.put(branch.record())
+        crash_point("initdb:registered")
+        await self.state.finish(MAIN_BRANCH)
+        self._branches[MAIN_BRANCH] = branch
         self.events.publish("created", MAIN_BRANCH, duration_ms=_elapsed_ms(started))
 
     # ---- the hot question: where do I send this client? --------------------------------
@@ -378,29 +493,48 @@ class BranchManager:
                 raise BranchNotFound(f'parent branch "{parent}" of "{name}" no longer exists')
             started = trio.current_time()
             was_running = self.runtime.address(name) is not None
-            await self._terminate_sessions(
-                name,
-                f'branch "{name}" is being reset: its changes were thrown away',
-                hint="connect again to use the fresh copy of its parent",
-            )
-            await self._stop(branch, reason="reset")
+            # The old data goes to the trash under a name recorded first, so a crash at any
+            # step leaves either a whole branch or a way back to one.
+            token = secrets.token_hex(4)
+            await self.state.begin(name, _OP_RESET, parent=parent, detail=token)
+            crash_point("reset:recorded")
+            try:
+                await self._terminate_sessions(
+                    name,
+                    f'branch "{name}" is being reset: its changes were thrown away',
+                    hint="connect again to use the fresh copy of its parent",
+                )
+                await self._stop(branch, reason="reset")
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await self.state.finish(name)
+                raise
+            crash_point("reset:stopped")
             branch.status = BranchStatus.RESETTING
             self.events.publish("resetting", name, parent=parent)
+            moved = False
             try:
                 # Shielded: once the old data is going, a client hanging up must not leave
                 # the branch half-made; only a failure can stop it now.
                 with trio.CancelScope(shield=True):
-                    await self.storage.destroy(name)
+                    retired = await self.storage.retire(name, token)
+                    moved = True
+                    self._discarded(name)
+                    crash_point("reset:retired")
                     await self._clone_from(parent, name)
+                    crash_point("reset:cloned")
             except BaseException as exc:
                 with trio.CancelScope(shield=True):
-                    await self._roll_back(name)
+                    await self._undo_reset(branch, token, moved=moved)
                 self._publish_failure(name, exc, started)
                 raise
             branch.status = BranchStatus.STOPPED
             branch.bytes_proxied = 0
             branch.last_active_ts = time.time()
-            await self.state.put(branch.record())
+            await self._save(branch)
+            await self.state.finish(name)
+            if retired is not None:
+                await self._remove_retired(retired)
             if was_running:
                 await self._start(branch, reason="reset")
             self.events.publish("reset", name, parent=parent, duration_ms=_elapsed_ms(started))
@@ -430,11 +564,20 @@ class BranchManager:
             branch = self.require(name)
             await self._terminate_sessions(name, f'branch "{name}" was deleted')
             await self._stop(branch, reason="delete")
+            crash_point("delete:stopped")
             branch.status = BranchStatus.DELETING
             self.events.publish("deleting", name)
-            await self.storage.destroy(name)
-            await self.state.delete(name)
+            # Free first, record after: on a full disk the state file may not take a write
+            # until space is back. The rename into the trash is the commit point; a record
+            # whose directory is gone is forgotten by reconcile.
+            retired = await self.storage.retire(name)
+            crash_point("delete:retired")
             del self._branches[name]
+            self._discarded(name)
+            if retired is not None:
+                await self._remove_retired(retired)
+            crash_point("delete:freed")
+            await self._forget_record(name)
             self.events.publish("deleted", name)
         return [*deleted, name]
 
@@ -572,9 +715,12 @@ class BranchManager:
         self.events.publish("provisioning", name, parent=parent_name)
         try:
             await self.state.put(branch.record())
+            crash_point("create:recorded")
             await self._clone_from(parent_name, name)
+            crash_point("create:cloned")
             clone_ms = _elapsed_ms(started)
             await self._start(branch, reason="create")
+            crash_point("create:started")
         except BaseException as exc:
             with trio.CancelScope(shield=True):
                 await self._roll_back(name)
@@ -620,12 +766,70 @@ class BranchManager:
         await self._destroy_quietly(name)
         await self.state.delete(name)
         self._branches.pop(name, None)
+        self._discarded(name)
 
     async def _destroy_quietly(self, name: str) -> None:
         try:
             await self.storage.destroy(name)
         except StorageError as exc:
             log.error("rollback: could not remove data of branch %s: %s", name, exc.message)
+
+    async def _undo_reset(self, branch: Branch, token: str, *, moved: bool) -> None:
+        """A reset failed: put the old data back if it went to the trash, else drop the branch.
+
+        ``moved`` says whether the old data left for the trash; if not, it is still in place.
+        Only a driver that cannot keep a retired directory (ZFS destroys it at once) ends up
+        without the old data; then the branch is removed, as its changes were already gone.
+        """
+        name = branch.name
+        try:
+            if moved:
+                await self.runtime.stop(name)
+                await self._destroy_quietly(name)
+                restored = await self.storage.restore(name, token)
+            else:
+                restored = self.storage.exists(name)
+            if restored:
+                branch.status, branch.address = BranchStatus.STOPPED, None
+                await self._save(branch)
+                log.warning("reset: branch %s failed to re-clone; its old data was put back", name)
+            else:
+                await self._roll_back(name)
+        except PrismError as exc:
+            log.error("reset: could not undo the reset of branch %s: %s", name, exc.message)
+        await self.state.finish(name)
+
+    def _discarded(self, name: str) -> None:
+        for hook in self.after_discard:
+            hook(name)
+
+    async def _remove_retired(self, path: Path) -> None:
+        """Free a retired directory now; on failure reconcile's sweep removes it later."""
+        try:
+            await self.storage.remove_path(path)
+        except StorageError as exc:
+            log.error("could not remove %s (removed at next start): %s", path, exc.message)
+
+    async def _forget_record(self, name: str) -> None:
+        """Drop a deleted branch's record; if the disk is still full (btrfs frees a deleted
+        subvolume's space in the background), reconcile forgets it at the next start, since
+        its directory is gone, and a new branch of the same name simply replaces it."""
+        try:
+            await self.state.delete(name)
+        except StorageError as exc:
+            log.warning("branch %s: deleted, but its record stays until restart: %s", name, exc)
+
+    async def _save(self, branch: Branch) -> None:
+        """Write ``branch``'s record where a failed write must not fail the operation.
+
+        Status and last activity are advisory across a restart (reconcile adopts or stops
+        every server anyway), so a full disk here is logged rather than raised: it must never
+        keep a server from stopping or a branch from being deleted.
+        """
+        try:
+            await self.state.put(branch.record())
+        except StorageError as exc:
+            log.warning("branch %s: could not record its status: %s", branch.name, exc.message)
 
     async def _start(self, branch: Branch, *, reason: str) -> None:
         started = trio.current_time()
@@ -634,9 +838,11 @@ class BranchManager:
         branch.status = BranchStatus.STARTING
         self.events.publish("starting", branch.name, reason=reason)
         try:
-            branch.address = await self.runtime.start(
+            address = await self.runtime.start(
                 branch.name, self.storage.path(branch.name), parent=branch.parent
             )
+            crash_point(f"{reason}:server-up")
+            branch.address = address
         except BaseException as exc:
             branch.status = (
                 previous if previous is not BranchStatus.RUNNING else BranchStatus.STOPPED
@@ -655,6 +861,8 @@ class BranchManager:
         branch.status = BranchStatus.RUNNING
         branch.last_active_ts = time.time()
         await self.state.put(branch.record())
+        for hook in self.after_start:
+            await hook(branch.name, address)
         self.events.publish("running", branch.name, reason=reason, duration_ms=_elapsed_ms(started))
 
     async def _stop(self, branch: Branch, *, reason: str) -> None:
@@ -669,8 +877,13 @@ class BranchManager:
                 await hook(branch.name, address)
         await self.runtime.stop(branch.name)
         branch.status, branch.address = BranchStatus.STOPPED, None
-        await self.state.put(branch.record())
+        await self._save(branch)
         self.events.publish("stopped", branch.name, reason=reason, duration_ms=_elapsed_ms(started))
+
+
+def _is_whole_pgdata(path: Path) -> bool:
+    """Whether ``path`` looks like a data directory initdb finished (blocking, cheap)."""
+    return all((path / marker).exists() for marker in _PGDATA_MARKERS)
 
 
 def is_idle(branch: Branch, *, now: float, idle_for: float) -> bool:

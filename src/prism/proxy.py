@@ -150,6 +150,8 @@ class Proxy:
                 manager, superuser=settings.superuser, password=settings.password
             )
             manager.before_stop.append(verifiers.snapshot)
+            manager.after_start.append(verifiers.snapshot)
+            manager.after_discard.append(verifiers.forget)
         return cls(
             manager,
             startup_timeout=settings.startup_timeout,

@@ -129,6 +129,7 @@ class PrismServer:
             await manager.open()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(trio.serve_listeners, proxy.handle, [pg_listener])
+                nursery.start_soon(manager.watch)
                 app = create_app(manager, api_token=settings.api_token)
                 await nursery.start(_serve_api, app, api_listener)
                 if settings.idle_timeout > 0:

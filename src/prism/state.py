@@ -1,18 +1,26 @@
-"""The durable branch registry: one sqlite3 file in the data directory.
+"""The durable branch registry and intent journal: one sqlite3 file in the data directory.
 
 It records what Prism *meant* to have (name, parent, timestamps, status); storage and runtime
 drivers say what really exists. ``BranchManager`` reconciles the two at start. All calls go
 through a worker thread so a slow disk never stalls the event loop.
+
+The ``operations`` table is the intent journal: a multi-step disk change (reset, the initdb of
+main) writes its row *before* touching the disk and removes it when done, so a crash anywhere
+in between leaves a row that start-up reconcile finishes or undoes. The file and its WAL are
+0600: they name every branch and are nobody else's business.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import trio
+
+from prism.errors import StorageError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS branches (
@@ -21,8 +29,18 @@ CREATE TABLE IF NOT EXISTS branches (
     created_at  TEXT NOT NULL,
     last_active TEXT NOT NULL,
     status      TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS operations (
+    branch      TEXT PRIMARY KEY,
+    op          TEXT NOT NULL,
+    parent      TEXT,
+    detail      TEXT,
+    started_at  TEXT NOT NULL
 )
 """
+
+#: The database file and the files sqlite keeps beside it.
+_DB_SUFFIXES = ("", "-wal", "-shm", "-journal")
 
 
 def utcnow() -> datetime:
@@ -45,20 +63,54 @@ class BranchRecord:
     status: str
 
 
+class StateError(StorageError):
+    """The state file could not be read or written (most often: the disk is full)."""
+
+
+@dataclass(frozen=True)
+class Intent:
+    """One unfinished multi-step operation, as recorded before it touched the disk."""
+
+    branch: str
+    op: str
+    parent: str | None
+    detail: str | None = None
+
+
 class StateStore:
     """Reads and writes branch records; safe to share between tasks (calls are serialised)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(_SCHEMA)
+        # sqlite creates its files with the process umask; 077 keeps them 0600 from birth.
+        previous = os.umask(0o077)
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            # A rollback journal, kept between transactions: WAL mode maps its -shm index into
+            # memory, and on a full btrfs a page fault there kills the process with SIGBUS
+            # instead of failing the write. PERSIST reuses the journal's blocks, so a small
+            # write (a delete's record) still fits when the disk has just filled up.
+            self._db.execute("PRAGMA journal_mode=PERSIST")
+            # FULL: a journal row must be on disk before the step it announces starts.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        finally:
+            os.umask(previous)
+        _make_private(path)
         self._lock = trio.Lock()
 
     async def _run(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
         async with self._lock:
-            return await trio.to_thread.run_sync(lambda: self._db.execute(sql, params).fetchall())
+            try:
+                return await trio.to_thread.run_sync(
+                    lambda: self._db.execute(sql, params).fetchall()
+                )
+            except sqlite3.Error as exc:
+                raise StateError(
+                    f"cannot update Prism's state file {self.path.name}: {exc}",
+                    hint="free disk space in the data directory (deleting a branch works "
+                    "on a full disk) and try again",
+                ) from exc
 
     async def all(self) -> list[BranchRecord]:
         rows = await self._run(
@@ -90,5 +142,45 @@ class StateStore:
     async def delete(self, name: str) -> None:
         await self._run("DELETE FROM branches WHERE name = ?", (name,))
 
+    async def begin(
+        self, branch: str, op: str, *, parent: str | None = None, detail: str | None = None
+    ) -> None:
+        """Record the intent to run ``op`` on ``branch``, before any of its steps.
+
+        ``detail`` is what recovery needs to undo it (for a reset: where the old data went).
+        """
+        await self._run(
+            "INSERT OR REPLACE INTO operations VALUES (?, ?, ?, ?, ?)",
+            (branch, op, parent, detail, utcnow().isoformat()),
+        )
+
+    async def finish(self, branch: str) -> None:
+        """Drop ``branch``'s intent: its operation completed or was undone."""
+        await self._run("DELETE FROM operations WHERE branch = ?", (branch,))
+
+    async def intents(self) -> list[Intent]:
+        """Every operation a crash interrupted, oldest first."""
+        rows = await self._run(
+            "SELECT branch, op, parent, detail FROM operations ORDER BY started_at"
+        )
+        return [
+            Intent(
+                str(branch),
+                str(op),
+                None if parent is None else str(parent),
+                None if detail is None else str(detail),
+            )
+            for branch, op, parent, detail in rows
+        ]
+
     def close(self) -> None:
         self._db.close()
+
+
+def _make_private(path: Path) -> None:
+    """Force 0600 on the database and its companions (a file made by an older Prism: 0644)."""
+    for suffix in _DB_SUFFIXES:
+        try:
+            os.chmod(f"{path}{suffix}", 0o600)
+        except FileNotFoundError:
+            continue

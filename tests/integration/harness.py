@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
+import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,7 @@ from typing import Any
 import trio
 
 from prism.config import HostPort, Settings
+from prism.runtime._postmaster import read_pidfile
 from prism.server import ServerInfo
 
 PASSWORD = "password"
@@ -26,6 +30,34 @@ def fresh_dir(prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=_BASE))
     path.chmod(0o711)
     return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def serve_args(
+    data_dir: Path, pg_port: int, api_port: int, *, storage: str | None = "copy"
+) -> list[str]:
+    """The command line of ``prism serve`` on ``data_dir`` and the given ports."""
+    args = [
+        sys.executable,
+        "-m",
+        "prism.cli",
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--listen",
+        f"127.0.0.1:{pg_port}",
+        "--api",
+        f"127.0.0.1:{api_port}",
+        "--password",
+        PASSWORD,
+    ]
+    return args if storage is None else [*args, "--storage", storage]
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
@@ -66,6 +98,19 @@ class PrismHandle:
             **extra,
         }
         return " ".join(f"{key}={value}" for key, value in parts.items())
+
+
+async def kill_branch_server(manager: Any, name: str) -> None:
+    """SIGKILL the postmaster of ``name`` and wait for Prism's ``stopped`` event about it."""
+    pidfile = read_pidfile(manager.storage.path(name))
+    assert pidfile is not None, f"branch {name} has no running server"
+    async with manager.events.subscribe() as events:
+        os.kill(pidfile.pid, signal.SIGKILL)
+        with trio.fail_after(5):
+            async for event in events:
+                if event["type"] == "stopped" and event["branch"] == name:
+                    assert event["reason"] == "exited", event
+                    return
 
 
 async def psql(dsn: str, sql: str, *, check: bool = True) -> subprocess.CompletedProcess[bytes]:

@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,32 +14,8 @@ import httpx
 import trio
 
 from .harness import PASSWORD, fresh_dir, psql
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _serve_args(
-    data_dir: Path, pg_port: int, api_port: int, *, storage: str | None = "copy"
-) -> list[str]:
-    args = [
-        sys.executable,
-        "-m",
-        "prism.cli",
-        "serve",
-        "--data-dir",
-        str(data_dir),
-        "--listen",
-        f"127.0.0.1:{pg_port}",
-        "--api",
-        f"127.0.0.1:{api_port}",
-        "--password",
-        PASSWORD,
-    ]
-    return args if storage is None else [*args, "--storage", storage]
+from .harness import free_port as _free_port
+from .harness import serve_args as _serve_args
 
 
 def _dsn(port: int, user: str) -> str:

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager
@@ -110,6 +111,28 @@ async def test_a_restarted_prism_adopts_its_running_containers(
         assert _containers(btrfs_place.data_dir) == before
         assert "adopted running server of branch kept" in second.log_text()
     # Ctrl-C stops every branch server, adopted ones included.
+    assert _containers(btrfs_place.data_dir) == {}
+
+
+async def test_a_crash_mid_create_leaves_no_container_behind(
+    btrfs_place: Place, logs: Path
+) -> None:
+    """Killed once the new branch's container runs but before the branch is recorded: the
+    restart rolls the branch back and stops its container, found by Prism's labels."""
+    require_docker()
+    async with _serve(btrfs_place, logs, "first") as first:
+        await psql(first.dsn(), "CREATE TABLE t AS SELECT 1 AS v")
+    crash = {"PRISM_TEST_CRASH_AT": "create:server-up"}
+    async with _serve(btrfs_place, logs, "crashing", env=crash) as crashing:
+        async with httpx.AsyncClient(timeout=120) as http:
+            with contextlib.suppress(httpx.TransportError):
+                await http.post(f"{crashing.api}/api/v1/branches", json={"name": "doomed"})
+        assert await crashing.process.wait() == -signal.SIGKILL
+    assert "prism-doomed" in _containers(btrfs_place.data_dir)
+    async with _serve(btrfs_place, logs, "second") as second:
+        assert set(await _branches(second)) == {"main"}
+        assert set(_containers(btrfs_place.data_dir)) == {"prism-main"}
+        assert await _value(second, "postgres") == "1"
     assert _containers(btrfs_place.data_dir) == {}
 
 

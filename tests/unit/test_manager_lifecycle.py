@@ -58,6 +58,11 @@ async def test_reconcile_rolls_back_half_made_and_registers_found_branches(
 ) -> None:
     storage = FakeStorage(tmp_path / "data")
     storage.branches |= {"main", "half-made", "found"}
+    # Only a directory initdb finished is registered; a half-made one is removed.
+    found = storage.path("found")
+    (found / "global").mkdir(parents=True)
+    for marker in ("PG_VERSION", "postgresql.conf", "global/pg_control"):
+        (found / marker).touch()
     state = StateStore(tmp_path / "prism.db")
     now = utcnow()
     await state.put(BranchRecord("main", None, now, now, "stopped"))

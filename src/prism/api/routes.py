@@ -22,8 +22,42 @@ _CREATE_FIELDS = {"name", "parent"}
 _TRUE = ("1", "true", "yes")
 
 
+#: Deeper JSON than any request needs; refused before it can exhaust the parser's stack.
+MAX_JSON_DEPTH = 32
+
+
+def json_depth(raw: str) -> int:
+    """How deeply ``raw``'s arrays and objects nest (brackets inside strings do not count)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
 async def _json_body() -> dict[str, Any]:
-    raw = await request.get_data(as_text=True)
+    data = await request.get_data(as_text=True)
+    raw = data if isinstance(data, str) else data.decode(errors="replace")
+    if json_depth(raw) > MAX_JSON_DEPTH:
+        raise ApiError(
+            400,
+            "json_too_deep",
+            f"the request body nests JSON deeper than {MAX_JSON_DEPTH} levels",
+            hint='send a flat object such as {"name": "feature-x"}',
+        )
     try:
         body = json.loads(raw or "null")
     except json.JSONDecodeError as exc:

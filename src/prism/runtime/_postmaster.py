@@ -87,6 +87,35 @@ def start_ticks(pid: int) -> str | None:
     return fields[19]
 
 
+def postmasters_under(root: Path) -> dict[int, Path]:
+    """Every live postmaster whose working directory (its data directory) lies under ``root``.
+
+    A postmaster is a ``postgres`` process whose parent is not one of those processes (its
+    backends and helpers are its children, and each leads a session of its own, so sessions do
+    not tell them apart). The working directory survives the directory's removal (``/proc``
+    appends " (deleted)"), so a server left on a directory since removed is found too. Blocking.
+    """
+    prefix = str(root.resolve()).rstrip("/") + "/"
+    servers: dict[int, tuple[int, Path]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as file:
+                line = file.read()
+            cwd = os.readlink(f"/proc/{pid}/cwd").removesuffix(" (deleted)")
+        except OSError:
+            continue
+        name = line[line.find("(") + 1 : line.rfind(")")]
+        fields = line[line.rfind(")") + 2 :].split()
+        if name not in ("postgres", "postmaster") or len(fields) < 2 or fields[0] in ("Z", "X"):
+            continue
+        if (cwd + "/").startswith(prefix):
+            servers[pid] = (int(fields[1]), Path(cwd))
+    return {pid: cwd for pid, (ppid, cwd) in servers.items() if ppid not in servers}
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now (the server may still lose a race)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -406,6 +406,31 @@ class DockerRuntime:
         )
         return server.address
 
+    async def reap_strays(self, root: Path) -> list[str]:
+        """Stop every container on a data directory under ``root`` that no branch owns.
+
+        Found by Prism's labels, so containers of other Prisms (other data directories) on the
+        same engine are left alone. Called by reconcile after adoption: what is untracked here
+        runs a rolled-back clone or a branch whose directory is gone.
+        """
+        client = await self._connect()
+        containers: list[Container] = await self._engine(
+            RuntimeStopFailed,
+            client.containers.list,
+            all=True,
+            filters={"label": f"{LABEL_MANAGED}=true"},
+        )
+        prefix = str(root).rstrip("/") + "/"  # the storage root, already resolved
+        stopped = []
+        for container in containers:
+            branch = container.labels.get(LABEL_BRANCH)
+            pgdata = container.labels.get(LABEL_PGDATA, "")
+            if not branch or branch in self._servers or not (pgdata + "/").startswith(prefix):
+                continue
+            await self.stop(branch)
+            stopped.append(f"container {container.name} on {pgdata}")
+        return stopped
+
     def address(self, branch: str) -> BackendAddress | None:
         """Where ``branch``'s server listens; None once its container is known to have exited.
 

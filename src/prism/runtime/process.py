@@ -32,6 +32,7 @@ from prism.runtime._postmaster import (
     free_port,
     last_lines,
     make_socket_dir,
+    postmasters_under,
     read_pidfile,
     remove_dir,
     socket_dir_for,
@@ -173,12 +174,7 @@ class ProcessRuntime:
         if server is None:
             return
         started = trio.current_time()
-        steps = [
-            (signal.SIGINT, self._stop_timeout),
-            (signal.SIGQUIT, _KILL_GRACE),
-            (signal.SIGKILL, _KILL_GRACE),
-        ]
-        await self._signal_until_gone(server, steps)
+        await self._signal_until_gone(server, self._stop_steps())
         del self._servers[branch]
         if server.owns_socket_dir and server.address.service_socket_dir is not None:
             await trio.to_thread.run_sync(remove_dir, server.address.service_socket_dir)
@@ -226,6 +222,32 @@ class ProcessRuntime:
         )
         log.info("server adopted branch=%s port=%d pid=%d", branch, pidfile.port, pidfile.pid)
         return address
+
+    async def reap_strays(self, root: Path) -> list[str]:
+        """Stop every postmaster under ``root`` that no branch owns; describe each one.
+
+        Called by reconcile after adoption, so whatever is still untracked here runs on a
+        directory that is being thrown away (a rolled-back clone, a retired branch) or is
+        already gone. Fast shutdown first, escalating like ``stop``.
+        """
+        tracked = {server.pid for server in self._servers.values()}
+        strays = await trio.to_thread.run_sync(postmasters_under, root)
+        stopped = []
+        for pid, pgdata in strays.items():
+            if pid in tracked:
+                continue
+            server = _Server(
+                branch=f"(stray on {pgdata.name})",
+                pgdata=pgdata,
+                pid=pid,
+                address=BackendAddress(host=LOOPBACK, port=0, service_socket_dir=None),
+                process=None,
+                start_ticks=start_ticks(pid),
+                owns_socket_dir=False,
+            )
+            await self._signal_until_gone(server, self._stop_steps())
+            stopped.append(f"pid {pid} on {pgdata}")
+        return stopped
 
     def address(self, branch: str) -> BackendAddress | None:
         """Where ``branch``'s server listens; None once it is known to have exited."""
@@ -354,6 +376,14 @@ class ProcessRuntime:
                 f"the server of branch {server.branch} (pid {server.pid}) "
                 "did not exit after SIGKILL"
             )
+
+    def _stop_steps(self) -> list[tuple[signal.Signals, float]]:
+        """Fast shutdown, then immediate, then SIGKILL, each with its patience."""
+        return [
+            (signal.SIGINT, self._stop_timeout),
+            (signal.SIGQUIT, _KILL_GRACE),
+            (signal.SIGKILL, _KILL_GRACE),
+        ]
 
     async def _run(self, command: list[str]) -> subprocess.CompletedProcess[bytes]:
         """Run a PostgreSQL tool to completion as the server user."""

@@ -7,8 +7,10 @@ branch is or which directories count as branches.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
+import secrets
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -29,6 +31,11 @@ PGDATA_MODE = 0o700
 #: Entries of ``branches/`` starting with this are a driver's work in progress (a clone being
 #: staged), never branches; listing skips them.
 HIDDEN_PREFIX = "."
+
+#: Under ``branches/``: data directories on their way out. Moving a branch here is one rename,
+#: which needs no free space, so a full disk can always be freed; whatever a crash leaves here
+#: is Prism's own and start-up removes it.
+TRASH_DIR = ".trash"
 
 
 def check_component(name: str, what: str) -> None:
@@ -93,6 +100,67 @@ class BranchLayout:
         )
         return names
 
+    @property
+    def trash_dir(self) -> Path:
+        """Where retired data directories wait to be removed."""
+        return self.branches_dir / TRASH_DIR
+
+    def trash_path(self, branch: str, token: str) -> Path:
+        """Where ``retire(branch, token)`` puts the data directory."""
+        return self.trash_dir / f"{self.path(branch).name}.{token}"
+
+    async def retire(self, branch: str, token: str | None = None) -> Path | None:
+        """Move ``branch``'s data directory into the trash; the trash path, None if absent.
+
+        The rename is the instant the branch stops existing on disk: before it the directory is
+        whole, after it the directory is no branch's. That is what makes delete and reset
+        crash-safe, and it works on a full disk because a rename allocates nothing. ``token``
+        names the trash entry, so a caller that recorded it can ``restore`` it after a crash.
+        """
+        source = self.path(branch)
+        target = self.trash_path(branch, token or secrets.token_hex(4))
+        moved = await _move_if_present(source, target, failed=f"cannot move {source} to the trash")
+        return target if moved else None
+
+    async def restore(self, branch: str, token: str) -> bool:
+        """Undo ``retire(branch, token)``: whether the directory was in the trash to put back."""
+        source, target = self.trash_path(branch, token), self.path(branch)
+        return await _move_if_present(source, target, failed=f"cannot move {source} back")
+
+    async def remove_path(self, path: Path) -> None:
+        """Remove one retired or staged data directory; drivers with subvolumes override it."""
+        await remove_tree(path)
+
+    async def sweep(self) -> builtins.list[Path]:
+        """Remove the trash and every staging leftover under ``branches/``; what was removed.
+
+        Only for start-up, before any operation runs: a staging directory of a live clone looks
+        exactly like a crashed one.
+        """
+
+        def _leftovers() -> builtins.list[Path]:
+            found: builtins.list[Path] = []
+            if self.trash_dir.is_dir():
+                found.extend(sorted(self.trash_dir.iterdir()))
+            if self.branches_dir.is_dir():
+                found.extend(
+                    entry
+                    for entry in sorted(self.branches_dir.iterdir())
+                    if entry.name.startswith(HIDDEN_PREFIX) and entry.name != TRASH_DIR
+                )
+            return found
+
+        leftovers = await trio.to_thread.run_sync(_leftovers)
+        for path in leftovers:
+            await self.remove_path(path)
+        # Made now, not at the first delete: on a full disk even a mkdir fails, a rename not.
+        await run_off_loop(
+            lambda: self.trash_dir.mkdir(mode=PGDATA_MODE, parents=True, exist_ok=True),
+            failed=f"cannot create {self.trash_dir}",
+            hint=_WRITE_HINT,
+        )
+        return leftovers
+
     def staging_path(self, branch: str, purpose: str) -> Path:
         """A hidden sibling of ``branch``'s directory for building it before it appears.
 
@@ -130,6 +198,40 @@ class BranchLayout:
                 hint=f"delete branch {branch!r} first, or reuse its data directory",
             )
         return target
+
+
+async def _move_if_present(source: Path, target: Path, *, failed: str) -> bool:
+    """Durably rename ``source`` to ``target`` unless ``source`` is absent or ``target`` taken;
+    whether it moved. Off the event loop; an ``OSError`` becomes a StorageError."""
+
+    def _move() -> bool:
+        if not (source.exists() or source.is_symlink()) or target.exists():
+            return False
+        target.parent.mkdir(mode=PGDATA_MODE, parents=True, exist_ok=True)
+        _durable_rename(source, target)
+        return True
+
+    try:
+        return await trio.to_thread.run_sync(_move)
+    except OSError as exc:
+        raise StorageError(f"{failed}: {exc.strerror or exc}", hint=_WRITE_HINT) from exc
+
+
+def _durable_rename(source: Path, target: Path) -> None:
+    """``rename`` and make it survive a power cut (both directories synced; blocking)."""
+    source.rename(target)
+    fsync_dir(source.parent)
+    if target.parent != source.parent:
+        fsync_dir(target.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in directory ``path`` durable (blocking; call off the loop)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 async def run_off_loop(step: Callable[[], object], *, failed: str, hint: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -53,6 +54,24 @@ class Storage(Protocol):
 
     async def destroy(self, branch: str) -> None:
         """Remove ``branch``'s data directory entirely; a missing one is not an error."""
+        ...
+
+    async def retire(self, branch: str, token: str | None = None) -> Path | None:
+        """Take ``branch``'s data directory away in one atomic step (into the trash, whose path
+        is returned for ``remove_path``; None if nothing was there or nothing is left to remove).
+        Needs no free space."""
+        ...
+
+    async def restore(self, branch: str, token: str) -> bool:
+        """Put back what ``retire(branch, token)`` took, if it is still in the trash."""
+        ...
+
+    async def remove_path(self, path: Path) -> None:
+        """Remove a retired data directory that ``retire`` returned."""
+        ...
+
+    async def sweep(self) -> builtins.list[Path]:
+        """At start-up only: remove the trash and every staging leftover; what was removed."""
         ...
 
     def usage_bytes(self, branch: str) -> int | None:

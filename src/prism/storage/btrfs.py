@@ -132,6 +132,10 @@ class BtrfsStorage(BranchLayout):
         """Delete ``branch``'s subvolume (or plain directory); a missing one is not an error."""
         await self._delete(self.path(branch))
 
+    async def remove_path(self, path: Path) -> None:
+        """Delete a retired subvolume (or plain directory)."""
+        await self._delete(path)
+
     def usage_bytes(self, branch: str) -> int | None:
         """Unknown: a snapshot's exclusive size needs btrfs quotas, which Prism does not enable."""
         return None

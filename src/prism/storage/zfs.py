@@ -209,6 +209,12 @@ class ZfsStorage(BranchLayout):
             (time.monotonic() - started) * 1000,
         )
 
+    async def retire(self, branch: str, token: str | None = None) -> Path | None:
+        """Destroy the dataset at once: a mounted dataset cannot be renamed into the trash, and
+        ``zfs destroy`` is already all-or-nothing (and frees space on a full pool)."""
+        await self.destroy(branch)
+        return None
+
     def usage_bytes(self, branch: str) -> int | None:
         """Unknown here: ZFS knows it (``zfs get used``), but only through a command, and this
         method is synchronous, so it cannot ask without blocking the event loop."""

@@ -1,0 +1,38 @@
+"""Named step boundaries of lifecycle operations, where a test can kill Prism on purpose.
+
+The crash-point suite (``tests/integration/test_crash_points.py``) proves that every operation
+survives ``kill -9`` at each of its steps: it starts ``prism serve`` with
+``PRISM_TEST_CRASH_AT=<point>`` and Prism SIGKILLs its own process group (as systemd does to a
+unit) on reaching that point. Without the variable a crash point costs one environment lookup.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+log = logging.getLogger(__name__)
+
+ENV_VAR = "PRISM_TEST_CRASH_AT"
+
+#: Every point an operation passes, in order; the suite iterates over these.
+POINTS: dict[str, tuple[str, ...]] = {
+    "create": ("create:recorded", "create:cloned", "create:server-up", "create:started"),
+    "delete": ("delete:stopped", "delete:retired", "delete:freed"),
+    "reset": ("reset:recorded", "reset:stopped", "reset:retired", "reset:cloned"),
+    "initdb": ("initdb:recorded", "initdb:created", "initdb:initialised", "initdb:registered"),
+}
+
+
+def crash_point(name: str) -> None:
+    """Kill this process group with SIGKILL if the test asked to crash at ``name``.
+
+    Only a group Prism leads (``setsid``, as the suite starts it): a Prism started inside its
+    caller's group kills just itself, never the caller.
+    """
+    if os.environ.get(ENV_VAR) == name:
+        log.critical("crash point %s reached: killing Prism (test hook)", name)
+        if os.getpgrp() == os.getpid():
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)

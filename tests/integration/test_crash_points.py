@@ -1,0 +1,78 @@
+"""Every lifecycle operation survives ``kill -9`` of Prism's process group at every step
+(copy driver, process runtime); see ``tests/crash_suite.py`` for what is checked."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from prism.crashpoints import POINTS
+from prism.runtime._postmaster import postmasters_under
+from prism.state import StateStore
+from tests.crash_suite import (
+    Outcome,
+    check_invariants,
+    crash_at_random,
+    crash_initdb,
+    crash_operation,
+    seed,
+    serving,
+    spawn,
+    sql,
+    wait_ready,
+)
+
+from .harness import fresh_dir
+
+_OPERATION_POINTS = [point for op in ("create", "delete", "reset") for point in POINTS[op]]
+
+
+@pytest.mark.parametrize("point", _OPERATION_POINTS)
+async def test_operation_survives_a_kill_at(point: str, data_dir: Path) -> None:
+    outcome = await crash_operation(data_dir, "copy", point)
+    assert outcome.killed, f"prism did not die at {point}"
+    assert outcome.ok, outcome
+
+
+@pytest.mark.parametrize("point", POINTS["initdb"])
+async def test_initdb_of_main_survives_a_kill_at(point: str) -> None:
+    outcome = await crash_initdb(fresh_dir("crash-initdb-") / "data", "copy", point)
+    assert outcome.killed, f"prism did not die at {point}"
+    assert outcome.ok, outcome
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_a_kill_at_a_random_time_during_a_burst_of_operations(
+    seed: int, data_dir: Path
+) -> None:
+    """Six creates, a reset and a delete at once; the group (and, half the time, every branch
+    server, as systemd would) is killed at a random moment within the first 1.5 s."""
+    rng = random.Random(seed)
+    outcome = await crash_at_random(
+        data_dir, "copy", delay=rng.uniform(0.05, 1.5), kill_servers=seed % 2 == 1
+    )
+    assert outcome.ok, outcome
+
+
+async def test_a_server_left_on_a_directory_no_branch_owns_is_stopped(data_dir: Path) -> None:
+    """The issue's leftover: a branch server still running on a directory that has since
+    become no branch's (here: moved aside and its record dropped while Prism was dead)."""
+    async with serving(data_dir, "copy") as prism:
+        await seed(prism)
+    prism = await spawn(data_dir, "copy")
+    assert await wait_ready(prism)
+    await sql(prism.dsn("postgres@victim"), "SELECT 1")
+    prism.process.kill()
+    await prism.process.wait()
+    orphan = data_dir / "branches" / ".victim.partial"
+    (data_dir / "branches" / "victim").rename(orphan)
+    store = StateStore(data_dir / "prism.db")
+    await store.delete("victim")
+    store.close()
+    assert any(path == orphan for path in postmasters_under(data_dir).values())
+    outcome = Outcome("copy", "orphan", killed=True)
+    await check_invariants(data_dir, "copy", outcome, has_main_rows=True)
+    assert outcome.ok, outcome
+    assert not orphan.exists()

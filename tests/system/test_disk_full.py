@@ -1,0 +1,152 @@
+"""A full disk: branches are created until ENOSPC on a small loop filesystem of the test's own.
+
+Every failure must be a clear error that leaves nothing half-made, deleting a branch must work
+on the full disk (the state file cannot take a write then) and free space, and Prism must
+recover without a restart. Each test makes, mounts and removes its own 300 MB image under a
+temporary directory; the shared /mnt/prism-test filesystems are never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from prism.server import PrismServer
+from tests.integration.harness import PrismHandle, make_settings, psql
+from tests.sysenv import require_command, require_root
+
+pytestmark = pytest.mark.system
+
+_IMAGE_MB = 300
+_MKFS = {
+    "ext4": ["mkfs.ext4", "-q", "-F"],
+    "xfs": ["mkfs.xfs", "-q", "-f"],
+    "btrfs": ["mkfs.btrfs", "-q", "-f"],
+}
+# Left free before the branches fill the rest, so a copy driver needs a few clones to fill it.
+_HEADROOM = {"copy": 110 * 2**20, "btrfs": 12 * 2**20}
+
+
+@pytest.fixture
+def small_fs(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A fresh, private ``_IMAGE_MB`` MB loop filesystem of type ``request.param``."""
+    fstype: str = request.param
+    require_root()
+    require_command(_MKFS[fstype][0])
+    base = Path(tempfile.mkdtemp(prefix=f"prism-diskfull-{uuid.uuid4().hex[:8]}-"))
+    base.chmod(0o711)
+    image, mount = base / "fs.img", base / "mnt"
+    mount.mkdir()
+    with image.open("wb") as file:
+        file.truncate(_IMAGE_MB * 2**20)
+    subprocess.run([*_MKFS[fstype], str(image)], check=True, capture_output=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
+    try:
+        mount.chmod(0o711)
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+        image.unlink(missing_ok=True)
+        mount.rmdir()
+        base.rmdir()
+
+
+def _fill(path: Path, leave: int) -> None:
+    """Grow ``path`` until only ``leave`` bytes are free (0: until the disk refuses)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        while True:
+            free = _free_bytes(path.parent)
+            if leave and free <= leave:
+                return
+            size = 2**20 if free > 2**20 or leave else max(free, 4096)
+            try:
+                os.write(fd, b"\0" * size)
+                os.fsync(fd)
+            except OSError:
+                return
+    finally:
+        os.close(fd)
+
+
+def _free_bytes(path: Path) -> int:
+    stats = os.statvfs(path)
+    return stats.f_bavail * stats.f_frsize
+
+
+def _wait_freed(path: Path, before: int, timeout: float = 60.0) -> None:
+    """Block until more than ``before`` bytes are free (btrfs frees a deleted subvolume's
+    space in the background)."""
+    deadline = time.monotonic() + timeout
+    while _free_bytes(path) <= before:
+        assert time.monotonic() < deadline, "deleting a branch freed no space"
+        time.sleep(0.2)
+
+
+def _leftovers(data_dir: Path) -> list[str]:
+    branches = data_dir / "branches"
+    found = [e.name for e in branches.iterdir() if e.name.startswith(".") and e.name != ".trash"]
+    return found + [e.name for e in (branches / ".trash").iterdir()]
+
+
+@pytest.mark.parametrize(
+    ("small_fs", "storage"),
+    [("ext4", "copy"), ("xfs", "copy"), ("btrfs", "btrfs")],
+    indirect=["small_fs"],
+)
+async def test_a_full_disk_gives_clear_errors_and_deleting_frees_it(
+    small_fs: Path, storage: str
+) -> None:
+    data_dir = small_fs / "data"
+    settings = make_settings(data_dir, storage=storage, startup_timeout=60.0)
+    async with trio.open_nursery() as nursery:
+        prism = PrismHandle(await nursery.start(PrismServer(settings).run), settings)
+        await psql(prism.dsn(), "CREATE TABLE keep AS SELECT generate_series(1, 1000) AS id")
+        await psql(prism.dsn("postgres@before"), "SELECT 1")
+        filler = small_fs / "filler"
+        await trio.to_thread.run_sync(_fill, filler, _HEADROOM[storage])
+        async with httpx.AsyncClient(base_url=prism.info.api_url, timeout=300) as http:
+            created = ["before"]
+            failure = None
+            for index in range(60):
+                response = await http.post("/api/v1/branches", json={"name": f"fill{index}"})
+                if response.status_code != 201:
+                    failure = response
+                    break
+                created.append(f"fill{index}")
+            assert failure is not None, "the disk never filled up"
+            body = failure.json()
+            assert failure.status_code in (500, 503, 507), body
+            assert "Traceback" not in body["message"]
+            assert any(word in body["message"].lower() for word in ("space", "full", "quota")), body
+            names = {b["name"] for b in (await http.get("/api/v1/branches")).json()["branches"]}
+            assert names == {"main", *created}
+            assert await trio.to_thread.run_sync(_leftovers, data_dir) == []
+
+            # To the brim: now even the state file cannot take a write.
+            await trio.to_thread.run_sync(_fill, filler, 0)
+            before = _free_bytes(small_fs)
+            response = await http.delete(f"/api/v1/branches/{created[-1]}")
+            assert response.status_code == 200, response.text
+            await trio.to_thread.run_sync(_wait_freed, small_fs, before)
+            names = {b["name"] for b in (await http.get("/api/v1/branches")).json()["branches"]}
+            assert created[-1] not in names
+
+            # Recovery without a restart: with room again, creating works and main is intact.
+            filler.unlink()
+            response = await http.post("/api/v1/branches", json={"name": "after"})
+            assert response.status_code == 201, response.text
+        out = await psql(prism.dsn("postgres@after"), "SELECT count(*) FROM keep")
+        assert out.stdout.decode().strip() == "1000"
+        out = await psql(prism.dsn(), "SELECT count(*) FROM keep")
+        assert out.stdout.decode().strip() == "1000"
+        nursery.cancel_scope.cancel()
