@@ -16,6 +16,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from prism.api.app import create_app
 from prism.branches import BranchManager
 from prism.config import Settings
+from prism.dataplane import choose as choose_data_plane
 from prism.errors import ConfigError
 from prism.events import EventBus
 from prism.proxy import Proxy
@@ -122,12 +123,13 @@ class PrismServer:
             superuser=settings.superuser,
             password=settings.password,
         )
-        proxy = Proxy.from_settings(manager, settings, data_dir)
+        data_plane = choose_data_plane(settings.data_plane)
+        proxy = Proxy.from_settings(manager, settings, data_dir, data_plane)
         try:
             await manager.open()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(trio.serve_listeners, proxy.handle, [pg_listener])
-                app = create_app(manager, api_token=settings.api_token)
+                app = create_app(manager, api_token=settings.api_token, data_plane=data_plane)
                 await nursery.start(_serve_api, app, api_listener)
                 if settings.idle_timeout > 0:
                     nursery.start_soon(
@@ -155,6 +157,7 @@ class PrismServer:
                 await manager.close()
                 await runtime.aclose()
                 state.close()
+                data_plane.close()
                 log.info("prism: stopped")
 
 

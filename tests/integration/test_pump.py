@@ -1,22 +1,25 @@
-"""The pump between a client and its branch server, on real loopback sockets (no Postgres).
+"""The data planes between a client and its branch server, on real loopback sockets (no Postgres).
 
-Both ways of moving bytes are exercised: plain sockets (worker threads splicing, waiting in trio
-while quiet) and the trio fallback used for TLS streams. The properties are the ones the proxy
-relies on: bytes arrive in order and are counted, a half-close is passed on, a reset or a cancel
-ends both directions promptly, and a quiet connection holds no thread.
+Every way of moving bytes is exercised: the pump on plain sockets (worker threads splicing,
+waiting in trio while quiet), the pump's trio fallback used for TLS streams, and the kernel's
+sockmap (as root). The properties are the ones the proxy relies on: bytes arrive in order and
+are counted, a half-close is passed on, a reset or a cancel ends both directions promptly, and
+a quiet connection holds no thread.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
 import trio
 
 from prism import pump
+from prism.dataplane import PUMP, DataPlane
+from prism.sockmap import Sockmap
 
 pytestmark = pytest.mark.integration
 
@@ -63,15 +66,29 @@ async def _fallback() -> tuple[trio.abc.HalfCloseableStream, ...]:
     return client, wrapped, server_side, server
 
 
-@pytest.fixture(params=[_sockets, _fallback], ids=["splice", "trio-fallback"])
+@pytest.fixture(scope="module")
+def sockmap_plane() -> Iterator[DataPlane]:
+    """The kernel data plane; it needs root (or CAP_BPF + CAP_NET_ADMIN), as CI runs."""
+    if os.geteuid() != 0:
+        pytest.skip("the sockmap data plane needs root")
+    plane = DataPlane("sockmap", "test", Sockmap())
+    yield plane
+    plane.close()
+
+
+@pytest.fixture(
+    params=[("pump", _sockets), ("pump", _fallback), ("sockmap", _sockets)],
+    ids=["splice", "trio-fallback", "sockmap"],
+)
 async def spliced(request: pytest.FixtureRequest) -> AsyncIterator[Spliced]:
-    opener: Opener = request.param
+    plane_name, opener = request.param
+    plane = request.getfixturevalue("sockmap_plane") if plane_name == "sockmap" else PUMP
     client, client_side, server_side, server = await opener()
     spliced = Spliced(client, server)
 
     async def run() -> None:
         with spliced.scope:
-            await pump.splice(client_side, server_side, on_bytes=spliced.count)
+            await plane.splice(client_side, server_side, on_bytes=spliced.count)
         spliced.done.set()
 
     async with trio.open_nursery() as nursery:

@@ -1,0 +1,179 @@
+"""Handing a logged-in plain-TCP session to the kernel, watching it, and taking it back.
+
+After log-in both sockets of a session go into the :class:`~prism.sockmap.Sockmap`; from then
+on the kernel relays every segment and Prism is off the byte path. What Prism still does:
+
+* **hand-over without loss or reordering.** Bytes that reached a socket's receive queue before
+  it entered the map are not redirected by themselves. Setting ``SO_RCVLOWAT`` makes TCP call
+  the socket's data-ready hook, which the sockmap has replaced: the kernel then runs the queued
+  bytes through the verdict program, under the socket lock and ahead of anything that arrives
+  later, so order holds without Prism reading a byte.
+* **end of session.** Redirected bytes never reach the user-space receive queue, so a socket
+  that turns readable signals end of stream or an error. End of stream is passed on as a
+  half-close once everything received before it has left through the peer (TCP_INFO
+  counters say so); a reset ends both directions. Leaving the map comes before any write
+  Prism makes afterwards (a FATAL 57P01 on reset / stop / delete).
+* **accounting.** Bytes moved are read from TCP_INFO every :data:`~prism.pump.REPORT_EVERY`,
+  never per packet, and fed to the branch's activity like the pump's.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import socket
+import struct
+import termios
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+import trio
+
+from prism.pump import REPORT_EVERY, TICK
+from prism.sockmap import Sockmap
+
+log = logging.getLogger(__name__)
+
+FLUSH_WAIT: Final = 2.0
+"""Longest wait for redirected bytes to leave before a half-close is passed on (seconds)."""
+
+_TCP_INFO_SIZE: Final = 144
+_BYTES_ACKED_AT: Final = 120  # struct tcp_info: tcpi_bytes_acked, tcpi_bytes_received (u64)
+_PEER_CLOSED: Final = frozenset({6, 7, 8, 9, 11})
+"""TCP states after the peer's FIN: TIME_WAIT, CLOSE, CLOSE_WAIT, LAST_ACK, CLOSING."""
+
+
+def _ioctl_int(sock: trio.socket.SocketType, request: int) -> int:
+    value: int = struct.unpack("i", fcntl.ioctl(sock.fileno(), request, b"\0" * 4))[0]
+    return value
+
+
+def _acked_received(sock: trio.socket.SocketType) -> tuple[int, int]:
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+    acked, received = struct.unpack_from("=QQ", info, _BYTES_ACKED_AT)
+    return acked, received
+
+
+def _tcp_state(sock: trio.socket.SocketType) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+
+
+def _written(sock: trio.socket.SocketType) -> int:
+    """Bytes written to ``sock`` so far (acked + still queued), up to a constant."""
+    acked, _ = _acked_received(sock)  # before the queue: an ACK in between under-counts
+    return acked + _ioctl_int(sock, termios.TIOCOUTQ)
+
+
+def _consumed(sock: trio.socket.SocketType) -> int:
+    """Bytes ``sock`` received that are no longer in its receive queue, up to a constant."""
+    return _acked_received(sock)[1] - _ioctl_int(sock, termios.FIONREAD)
+
+
+@dataclass
+class _Direction:
+    """One direction of a session in the kernel, with TCP_INFO baselines from the hand-over."""
+
+    source: trio.socket.SocketType
+    sink: trio.socket.SocketType
+    base_in: int = 0
+    base_out: int = 0
+    reported: int = 0
+    done: bool = False
+
+    def __post_init__(self) -> None:
+        self.base_in = _consumed(self.source)
+        self.base_out = _written(self.sink)
+
+    def moved(self) -> int:
+        """Bytes that left through the sink since the hand-over."""
+        return _written(self.sink) - self.base_out
+
+    def report(self, on_bytes: Callable[[int], None]) -> None:
+        moved = self.moved()
+        if moved > self.reported:
+            on_bytes(moved - self.reported)
+            self.reported = moved
+
+    async def flushed(self) -> None:
+        """Wait (at most :data:`FLUSH_WAIT`) until all the source received, bar its FIN, left."""
+        with trio.move_on_after(FLUSH_WAIT):
+            pause = TICK / 20
+            while self.moved() < _acked_received(self.source)[1] - self.base_in - 1:
+                await trio.sleep(pause)
+                pause = min(pause * 2, TICK)
+
+
+async def _watch(
+    direction: _Direction, on_bytes: Callable[[int], None], both: trio.CancelScope
+) -> None:
+    """Report bytes every so often; on end of stream pass a half-close on, on error end both."""
+    source = direction.source
+    while True:
+        with trio.move_on_after(REPORT_EVERY):
+            await trio.lowlevel.wait_readable(source)
+        direction.report(on_bytes)
+        if source.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):  # a reset, mostly
+            both.cancel()
+            return
+        if _ioctl_int(source, termios.FIONREAD):
+            # The verdict redirects every segment, so this is not expected; relay rather than lose.
+            data = await source.recv(65536)
+            log.debug("kernel splice: %d byte(s) reached user space; relaying", len(data))
+            try:
+                await _send_all(direction.sink, data)
+            except OSError:
+                both.cancel()
+                return
+            continue
+        if _tcp_state(source) not in _PEER_CLOSED:
+            continue  # quiet, or a wake-up for bytes the kernel already moved
+        await direction.flushed()
+        direction.report(on_bytes)
+        direction.done = True
+        try:
+            direction.sink.shutdown(socket.SHUT_WR)
+        except OSError:
+            both.cancel()
+        return
+
+
+async def _send_all(sock: trio.socket.SocketType, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        sent = await sock.send(view)
+        view = view[sent:]
+
+
+async def splice(
+    sockmap: Sockmap,
+    client: trio.SocketStream,
+    server: trio.SocketStream,
+    *,
+    on_bytes: Callable[[int], None],
+) -> bool:
+    """Relay ``client`` ⇄ ``server`` in the kernel until both ends closed or one broke.
+
+    Returns False, having changed nothing, when the kernel would not take the sockets (e.g. one
+    side already closed); the caller then uses the pump.
+    """
+    a, b = client.socket, server.socket
+    directions = (_Direction(a, b), _Direction(b, a))
+    try:
+        keys = sockmap.join(a, b)
+    except OSError as exc:
+        log.debug("kernel splice: the sockmap refused a session (%s); using the pump", exc)
+        return False
+    try:
+        for sock in (a, b):
+            # Run what was queued before the sockets entered the map through the verdict.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+        async with trio.open_nursery() as nursery:
+            for direction in directions:
+                nursery.start_soon(_watch, direction, on_bytes, nursery.cancel_scope)
+    finally:
+        sockmap.leave(keys)
+        for direction in directions:
+            if not direction.done:
+                direction.report(on_bytes)
+    return True
