@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -31,6 +32,8 @@ class DataPlane:
     name: str
     reason: str
     sockmap: Sockmap | None = None
+    sessions: Counter[str] = field(default_factory=Counter)
+    """Sessions relayed so far by each plane ("sockmap", "pump"): TLS ones use the pump."""
 
     async def splice(
         self,
@@ -44,9 +47,12 @@ class DataPlane:
             self.sockmap is not None
             and isinstance(client, trio.SocketStream)
             and isinstance(server, trio.SocketStream)
-            and await kernelsplice.splice(self.sockmap, client, server, on_bytes=on_bytes)
+            and (session := kernelsplice.enter(self.sockmap, client, server)) is not None
         ):
+            self.sessions["sockmap"] += 1
+            await kernelsplice.relay(session, on_bytes=on_bytes)
             return
+        self.sessions["pump"] += 1
         await pump.splice(client, server, on_bytes=on_bytes)
 
     def close(self) -> None:

@@ -145,17 +145,20 @@ async def _send_all(sock: trio.socket.SocketType, data: bytes) -> None:
         view = view[sent:]
 
 
-async def splice(
-    sockmap: Sockmap,
-    client: trio.SocketStream,
-    server: trio.SocketStream,
-    *,
-    on_bytes: Callable[[int], None],
-) -> bool:
-    """Relay ``client`` ⇄ ``server`` in the kernel until both ends closed or one broke.
+@dataclass(frozen=True)
+class Session:
+    """A session whose sockets are in the sockmap: the keys to take them out, and the counters."""
 
-    Returns False, having changed nothing, when the kernel would not take the sockets (e.g. one
-    side already closed); the caller then uses the pump.
+    sockmap: Sockmap
+    keys: tuple[int, int]
+    directions: tuple[_Direction, _Direction]
+
+
+def enter(sockmap: Sockmap, client: trio.SocketStream, server: trio.SocketStream) -> Session | None:
+    """Put a session's sockets in the sockmap; None, having changed nothing, if the kernel refuses.
+
+    The kernel refuses, e.g., a socket that already saw its peer's FIN; the caller then uses the
+    pump. Whatever was queued before is run through the verdict here, ahead of later bytes.
     """
     a, b = client.socket, server.socket
     directions = (_Direction(a, b), _Direction(b, a))
@@ -163,17 +166,20 @@ async def splice(
         keys = sockmap.join(a, b)
     except OSError as exc:
         log.debug("kernel splice: the sockmap refused a session (%s); using the pump", exc)
-        return False
+        return None
+    for sock in (a, b):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+    return Session(sockmap, keys, directions)
+
+
+async def relay(session: Session, *, on_bytes: Callable[[int], None]) -> None:
+    """Watch an entered session until both ends closed or one broke; then take it out."""
     try:
-        for sock in (a, b):
-            # Run what was queued before the sockets entered the map through the verdict.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
         async with trio.open_nursery() as nursery:
-            for direction in directions:
+            for direction in session.directions:
                 nursery.start_soon(_watch, direction, on_bytes, nursery.cancel_scope)
     finally:
-        sockmap.leave(keys)
-        for direction in directions:
+        session.sockmap.leave(session.keys)
+        for direction in session.directions:
             if not direction.done:
                 direction.report(on_bytes)
-    return True

@@ -94,6 +94,15 @@ class Metrics:
                 [f"prism_data_plane_info{{{plane_labels}}} 1"],
             ),
             *_family(
+                "prism_sessions_relayed_total",
+                "counter",
+                "Client sessions handed to each data plane after log-in (TLS ones go to the pump).",
+                (
+                    f'prism_sessions_relayed_total{{plane="{name}"}} {plane.sessions[name]}'
+                    for name in ("sockmap", "pump")
+                ),
+            ),
+            *_family(
                 "prism_branches",
                 "gauge",
                 "Branches by lifecycle status.",

@@ -16,6 +16,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from prism.api.app import create_app
 from prism.branches import BranchManager
 from prism.config import Settings
+from prism.dataplane import DataPlane
 from prism.dataplane import choose as choose_data_plane
 from prism.errors import ConfigError
 from prism.events import EventBus
@@ -35,6 +36,7 @@ class ServerInfo:
     listen: tuple[str, int]
     api: tuple[str, int]
     manager: BranchManager
+    data_plane: DataPlane
 
     @property
     def api_url(self) -> str:
@@ -140,7 +142,7 @@ class PrismServer:
                             include_main=settings.main_scales_to_zero,
                         )
                     )
-                info = ServerInfo(_bound(pg_listener), _bound(api_listener), manager)
+                info = ServerInfo(_bound(pg_listener), _bound(api_listener), manager, data_plane)
                 log.info(
                     "prism: ready: postgres clients on %s:%d, API on %s; data in %s "
                     "(storage %s, runtime %s)",

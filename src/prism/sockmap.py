@@ -203,8 +203,10 @@ class Sockmap:
         try:
             return _bpf(_PROG_LOAD, attr)
         except OSError as exc:
+            # The verifier ends with statistics ("processed N insns ..."); its reason comes before.
             said = log.value.decode(errors="replace").strip().splitlines()
-            why = f": {said[-1]}" if said else ""
+            reasons = [line for line in said if not line.startswith(("processed ", "verification"))]
+            why = f": {reasons[-1]}" if reasons else ""
             raise SockmapUnavailable(
                 f"the kernel refused the stream-verdict program: {exc.strerror}{why}"
             ) from exc

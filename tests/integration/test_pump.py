@@ -178,6 +178,48 @@ async def test_a_cancel_ends_the_splice_promptly(spliced: Spliced, busy: bool) -
         await spliced.done.wait()
 
 
+@pytest.mark.parametrize("followed_by", [0, 200], ids=["alone", "followed"])
+@pytest.mark.parametrize("plane_name", ["pump", "sockmap"])
+async def test_bytes_queued_before_the_hand_over_keep_their_place(
+    request: pytest.FixtureRequest, plane_name: str, followed_by: int
+) -> None:
+    """What a client pipelined during log-in, and what follows while the relay starts, in order.
+
+    Alone, the queued bytes must still go (nothing later wakes the kernel's relay for them).
+    """
+    plane = request.getfixturevalue("sockmap_plane") if plane_name == "sockmap" else PUMP
+    client, client_side, server_side, server = await _sockets()
+    early_up, early_down = os.urandom(20_000), os.urandom(20_000)
+    late = [os.urandom(1000) for _ in range(followed_by)]
+    await client.send_all(early_up)  # small enough to sit in the receive queues
+    await server.send_all(early_down)
+    received: dict[str, bytes] = {}
+
+    async def keep_sending(stream: trio.abc.SendStream) -> None:
+        for chunk in late:
+            await stream.send_all(chunk)
+            await trio.lowlevel.checkpoint()  # interleave with the hand-over
+
+    async def read(name: str, stream: trio.abc.ReceiveStream, size: int) -> None:
+        received[name] = await _receive_exactly(stream, size)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keep_sending, client)
+            nursery.start_soon(keep_sending, server)
+            nursery.start_soon(
+                lambda: plane.splice(client_side, server_side, on_bytes=lambda n: None)
+            )
+            size = len(early_up) + sum(map(len, late))
+            async with trio.open_nursery() as readers:
+                readers.start_soon(read, "up", server, size)
+                readers.start_soon(read, "down", client, size)
+            nursery.cancel_scope.cancel()
+    assert received == {"up": early_up + b"".join(late), "down": early_down + b"".join(late)}
+    for stream in (client, client_side, server_side, server):
+        await stream.aclose()
+
+
 async def test_quiet_connections_hold_no_thread() -> None:
     pairs = [await _sockets() for _ in range(20)]
     async with trio.open_nursery() as nursery:
