@@ -59,15 +59,29 @@ def _tcp_state(sock: trio.socket.SocketType) -> int:
     return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
 
 
+def _steady(sock: trio.socket.SocketType, field: int, request: int) -> tuple[int, int]:
+    """A TCP_INFO counter and a queue length read together: retried until the counter held still.
+
+    The two come from separate calls; a segment or an ACK between them would skew their sum,
+    and with it the wait before a half-close (too long) or its bytes (too few).
+    """
+    while True:
+        counter = _acked_received(sock)[field]
+        queued = _ioctl_int(sock, request)
+        if _acked_received(sock)[field] == counter:
+            return counter, queued
+
+
 def _written(sock: trio.socket.SocketType) -> int:
     """Bytes written to ``sock`` so far (acked + still queued), up to a constant."""
-    acked, _ = _acked_received(sock)  # before the queue: an ACK in between under-counts
-    return acked + _ioctl_int(sock, termios.TIOCOUTQ)
+    acked, unacked = _steady(sock, 0, termios.TIOCOUTQ)
+    return acked + unacked
 
 
 def _consumed(sock: trio.socket.SocketType) -> int:
     """Bytes ``sock`` received that are no longer in its receive queue, up to a constant."""
-    return _acked_received(sock)[1] - _ioctl_int(sock, termios.FIONREAD)
+    received, queued = _steady(sock, 1, termios.FIONREAD)
+    return received - queued
 
 
 @dataclass
