@@ -239,11 +239,17 @@ class Sockmap:
         From here on, whatever either socket receives leaves through the other. Raises
         ``OSError`` (nothing left in the map) if the kernel refuses, e.g. a socket that is
         no longer established.
+
+        ``b`` goes in first, then ``a``: a segment that reaches a socket in the map whose peer
+        is not in it yet is dropped, so the first one in must be the side that is quiet at that
+        instant. The proxy passes the branch server as ``b`` (it sends nothing after
+        ReadyForQuery until asked); the client may send its first query at once, and what it
+        sends before it enters the map waits in its receive queue.
         """
-        keys = (cookie(b), cookie(a))
-        self._element(_MAP_UPDATE_ELEM, keys[0], a.fileno(), _NOEXIST)
+        keys = (cookie(a), cookie(b))  # b is stored under a's cookie, a under b's
+        self._element(_MAP_UPDATE_ELEM, keys[0], b.fileno(), _NOEXIST)
         try:
-            self._element(_MAP_UPDATE_ELEM, keys[1], b.fileno(), _NOEXIST)
+            self._element(_MAP_UPDATE_ELEM, keys[1], a.fileno(), _NOEXIST)
         except OSError:
             self.leave(keys[:1])
             raise
