@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,3 +117,12 @@ def assert_behaves_like_postgres(seen: Seen, target: Target) -> None:
 async def assert_new_branch_was_made(prism: PrismHandle, target: Target) -> None:
     """The client really went through branch creation, not to an existing server."""
     assert prism.manager.get(target.user.split("@")[1]) is not None
+
+
+def assert_relayed_by_the_expected_plane(prism: PrismHandle, target: Target) -> None:
+    """As root (as in CI) plain sessions went through the kernel's sockmap; TLS ones the pump."""
+    plane = prism.info.data_plane
+    if os.geteuid() == 0:
+        assert plane.name == "sockmap", plane.reason
+    expected = "pump" if target.tls or plane.sockmap is None else "sockmap"
+    assert plane.sessions[expected] >= 1, dict(plane.sessions)

@@ -162,6 +162,7 @@ class Settings:
     max_branches: int = 0
     max_running: int = 0
     create_on_connect: str = "on"
+    data_plane: str = "auto"
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -223,6 +224,12 @@ SETTINGS: tuple[Setting, ...] = (
         "create_on_connect",
         _create_policy,
         "on, off, or a regular expression: which unknown branches a connection may create",
+    ),
+    Setting(
+        "data_plane",
+        _choice("auto", "pump"),
+        "how spliced bytes move: auto (the kernel's sockmap for plain TCP when Prism may load "
+        "it, else the pump), pump (always Prism's user-space pump)",
     ),
 )
 

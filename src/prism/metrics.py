@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from prism.branches import BranchManager, BranchStatus
+from prism.dataplane import PUMP, DataPlane
 from prism.events import Event
 
 # Seconds. A copy-on-write clone plus a server start is ~0.2-2 s; plain copies of a big main,
@@ -62,8 +63,9 @@ def _family(name: str, kind: str, help_: str, samples: Iterable[str]) -> list[st
 class Metrics:
     """Collects Prism's metrics for one manager; ``render`` is the body of ``GET /metrics``."""
 
-    def __init__(self, manager: BranchManager) -> None:
+    def __init__(self, manager: BranchManager, data_plane: DataPlane = PUMP) -> None:
         self._manager = manager
+        self._data_plane = data_plane
         self.provision = Histogram()
         self.wake = Histogram()
         self.reaper_stops = 0
@@ -82,7 +84,24 @@ class Metrics:
     def render(self) -> str:
         branches = self._manager.list()
         by_status = Counter(branch.status for branch in branches)
+        plane = self._data_plane
+        plane_labels = f'plane="{plane.name}",reason="{_label(plane.reason)}"'
         lines = [
+            *_family(
+                "prism_data_plane_info",
+                "gauge",
+                "The data plane relaying sessions after log-in (1), and why it was chosen.",
+                [f"prism_data_plane_info{{{plane_labels}}} 1"],
+            ),
+            *_family(
+                "prism_sessions_relayed_total",
+                "counter",
+                "Client sessions handed to each data plane after log-in (TLS ones go to the pump).",
+                (
+                    f'prism_sessions_relayed_total{{plane="{name}"}} {plane.sessions[name]}'
+                    for name in ("sockmap", "pump")
+                ),
+            ),
             *_family(
                 "prism_branches",
                 "gauge",

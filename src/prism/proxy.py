@@ -55,10 +55,10 @@ from prism.auth import AuthMode, BackendLogin, Verified, VerifierStore, verify_c
 from prism.branches import BranchManager, ClientSession
 from prism.cancel import CancelKeys, CancelTarget
 from prism.config import Settings
+from prism.dataplane import PUMP, DataPlane
 from prism.errors import PrismError, ProtocolViolation, find_prism_error
 from prism.frontdoor import ClientConn, ClientGone, read_hello
 from prism.limits import Gate, Limits, parse_create_policy
-from prism.pump import splice
 from prism.router import route
 from prism.tls import TlsConfig, TlsMode, load_tls
 
@@ -122,6 +122,7 @@ class Proxy:
         mock_secret: bytes = b"",
         sni_domain: str = "",
         limits: Limits | None = None,
+        data_plane: DataPlane = PUMP,
     ) -> None:
         if auth is AuthMode.VERIFY and verifiers is None:
             raise ValueError("--auth verify needs a VerifierStore")
@@ -134,9 +135,16 @@ class Proxy:
         self._sni_domain = sni_domain
         self.gate = Gate(manager, limits or Limits())
         self.cancel_keys = CancelKeys()
+        self.data_plane = data_plane
 
     @classmethod
-    def from_settings(cls, manager: BranchManager, settings: Settings, data_dir: Path) -> Proxy:
+    def from_settings(
+        cls,
+        manager: BranchManager,
+        settings: Settings,
+        data_dir: Path,
+        data_plane: DataPlane = PUMP,
+    ) -> Proxy:
         """A proxy configured by ``settings`` (TLS material and secrets live in ``data_dir``)."""
         auth = AuthMode(settings.auth)
         verifiers = None
@@ -169,6 +177,7 @@ class Proxy:
                 max_startup=settings.max_startup_connections,
                 create_on_connect=parse_create_policy(settings.create_on_connect),
             ),
+            data_plane=data_plane,
         )
 
     @property
@@ -238,7 +247,7 @@ class Proxy:
                     await conn.send(pending)
                 # Reset, stop and delete end the session here, with a reason for the client.
                 with self._manager.terminable(session):
-                    await splice(conn.stream, server, on_bytes=count)
+                    await self.data_plane.splice(conn.stream, server, on_bytes=count)
         finally:
             for key in keys:
                 self.cancel_keys.revoke(*key)

@@ -16,6 +16,8 @@ from hypercorn.trio import serve as hypercorn_serve
 from prism.api.app import create_app
 from prism.branches import BranchManager
 from prism.config import Settings
+from prism.dataplane import DataPlane
+from prism.dataplane import choose as choose_data_plane
 from prism.errors import ConfigError
 from prism.events import EventBus
 from prism.proxy import Proxy
@@ -34,6 +36,7 @@ class ServerInfo:
     listen: tuple[str, int]
     api: tuple[str, int]
     manager: BranchManager
+    data_plane: DataPlane
 
     @property
     def api_url(self) -> str:
@@ -124,13 +127,14 @@ class PrismServer:
             max_branches=settings.max_branches,
             max_running=settings.max_running,
         )
-        proxy = Proxy.from_settings(manager, settings, data_dir)
+        data_plane = choose_data_plane(settings.data_plane)
+        proxy = Proxy.from_settings(manager, settings, data_dir, data_plane)
         try:
             await manager.open()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(trio.serve_listeners, proxy.handle, [pg_listener])
                 nursery.start_soon(manager.watch)
-                app = create_app(manager, api_token=settings.api_token)
+                app = create_app(manager, api_token=settings.api_token, data_plane=data_plane)
                 await nursery.start(_serve_api, app, api_listener)
                 if settings.idle_timeout > 0:
                     nursery.start_soon(
@@ -141,7 +145,7 @@ class PrismServer:
                             include_main=settings.main_scales_to_zero,
                         )
                     )
-                info = ServerInfo(_bound(pg_listener), _bound(api_listener), manager)
+                info = ServerInfo(_bound(pg_listener), _bound(api_listener), manager, data_plane)
                 log.info(
                     "prism: ready: postgres clients on %s:%d, API on %s; data in %s "
                     "(storage %s, runtime %s)",
@@ -158,6 +162,7 @@ class PrismServer:
                 await manager.close()
                 await runtime.aclose()
                 state.close()
+                data_plane.close()
                 log.info("prism: stopped")
 
 

@@ -48,6 +48,7 @@ from tests.clients import (
     Target,
     assert_behaves_like_postgres,
     assert_new_branch_was_made,
+    assert_relayed_by_the_expected_plane,
     target_for,
 )
 
@@ -509,3 +510,4 @@ async def test_client_behaves_through_prism_as_with_postgres(
         seen = await trio.to_thread.run_sync(driver.play, target)
     assert_behaves_like_postgres(seen, target)
     await assert_new_branch_was_made(prism, target)
+    assert_relayed_by_the_expected_plane(prism, target)

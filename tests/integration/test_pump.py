@@ -1,22 +1,25 @@
-"""The pump between a client and its branch server, on real loopback sockets (no Postgres).
+"""The data planes between a client and its branch server, on real loopback sockets (no Postgres).
 
-Both ways of moving bytes are exercised: plain sockets (worker threads splicing, waiting in trio
-while quiet) and the trio fallback used for TLS streams. The properties are the ones the proxy
-relies on: bytes arrive in order and are counted, a half-close is passed on, a reset or a cancel
-ends both directions promptly, and a quiet connection holds no thread.
+Every way of moving bytes is exercised: the pump on plain sockets (worker threads splicing,
+waiting in trio while quiet), the pump's trio fallback used for TLS streams, and the kernel's
+sockmap (as root). The properties are the ones the proxy relies on: bytes arrive in order and
+are counted, a half-close is passed on, a reset or a cancel ends both directions promptly, and
+a quiet connection holds no thread.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
 import trio
 
 from prism import pump
+from prism.dataplane import PUMP, DataPlane
+from prism.sockmap import Sockmap
 
 pytestmark = pytest.mark.integration
 
@@ -63,15 +66,29 @@ async def _fallback() -> tuple[trio.abc.HalfCloseableStream, ...]:
     return client, wrapped, server_side, server
 
 
-@pytest.fixture(params=[_sockets, _fallback], ids=["splice", "trio-fallback"])
+@pytest.fixture(scope="module")
+def sockmap_plane() -> Iterator[DataPlane]:
+    """The kernel data plane; it needs root (or CAP_BPF + CAP_NET_ADMIN), as CI runs."""
+    if os.geteuid() != 0:
+        pytest.skip("the sockmap data plane needs root")
+    plane = DataPlane("sockmap", "test", Sockmap())
+    yield plane
+    plane.close()
+
+
+@pytest.fixture(
+    params=[("pump", _sockets), ("pump", _fallback), ("sockmap", _sockets)],
+    ids=["splice", "trio-fallback", "sockmap"],
+)
 async def spliced(request: pytest.FixtureRequest) -> AsyncIterator[Spliced]:
-    opener: Opener = request.param
+    plane_name, opener = request.param
+    plane = request.getfixturevalue("sockmap_plane") if plane_name == "sockmap" else PUMP
     client, client_side, server_side, server = await opener()
     spliced = Spliced(client, server)
 
     async def run() -> None:
         with spliced.scope:
-            await pump.splice(client_side, server_side, on_bytes=spliced.count)
+            await plane.splice(client_side, server_side, on_bytes=spliced.count)
         spliced.done.set()
 
     async with trio.open_nursery() as nursery:
@@ -159,6 +176,48 @@ async def test_a_cancel_ends_the_splice_promptly(spliced: Spliced, busy: bool) -
     with trio.fail_after(1):
         spliced.scope.cancel()
         await spliced.done.wait()
+
+
+@pytest.mark.parametrize("followed_by", [0, 200], ids=["alone", "followed"])
+@pytest.mark.parametrize("plane_name", ["pump", "sockmap"])
+async def test_bytes_queued_before_the_hand_over_keep_their_place(
+    request: pytest.FixtureRequest, plane_name: str, followed_by: int
+) -> None:
+    """What a client pipelined during log-in, and what follows while the relay starts, in order.
+
+    Alone, the queued bytes must still go (nothing later wakes the kernel's relay for them).
+    """
+    plane = request.getfixturevalue("sockmap_plane") if plane_name == "sockmap" else PUMP
+    client, client_side, server_side, server = await _sockets()
+    early_up, early_down = os.urandom(20_000), os.urandom(20_000)
+    late = [os.urandom(1000) for _ in range(followed_by)]
+    await client.send_all(early_up)  # small enough to sit in the receive queues
+    await server.send_all(early_down)
+    received: dict[str, bytes] = {}
+
+    async def keep_sending(stream: trio.abc.SendStream) -> None:
+        for chunk in late:
+            await stream.send_all(chunk)
+            await trio.lowlevel.checkpoint()  # interleave with the hand-over
+
+    async def read(name: str, stream: trio.abc.ReceiveStream, size: int) -> None:
+        received[name] = await _receive_exactly(stream, size)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keep_sending, client)
+            nursery.start_soon(keep_sending, server)
+            nursery.start_soon(
+                lambda: plane.splice(client_side, server_side, on_bytes=lambda n: None)
+            )
+            size = len(early_up) + sum(map(len, late))
+            async with trio.open_nursery() as readers:
+                readers.start_soon(read, "up", server, size)
+                readers.start_soon(read, "down", client, size)
+            nursery.cancel_scope.cancel()
+    assert received == {"up": early_up + b"".join(late), "down": early_down + b"".join(late)}
+    for stream in (client, client_side, server_side, server):
+        await stream.aclose()
 
 
 async def test_quiet_connections_hold_no_thread() -> None:

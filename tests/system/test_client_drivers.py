@@ -25,6 +25,7 @@ from tests.clients import (
     Target,
     assert_behaves_like_postgres,
     assert_new_branch_was_made,
+    assert_relayed_by_the_expected_plane,
     target_for,
 )
 from tests.integration.conftest import data_dir, prism, start_prism, template_master
@@ -79,6 +80,7 @@ async def test_driver_behaves_through_prism_as_with_postgres(
     seen = Seen.from_json(await _run(command, env, target))
     assert_behaves_like_postgres(seen, target)
     await assert_new_branch_was_made(prism, target)
+    assert_relayed_by_the_expected_plane(prism, target)
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
@@ -100,6 +102,7 @@ async def test_prisma_orm_behaves_through_prism_as_with_postgres(
         "after_error": 7,
     }
     await assert_new_branch_was_made(prism, target)
+    assert_relayed_by_the_expected_plane(prism, target)
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])

@@ -8,6 +8,7 @@ keeps the last results of the others (``docs/benchmarks/results.json``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
@@ -121,15 +122,21 @@ async def _proxy_and_idle(
 ) -> dict[str, Any]:
     work = scratch_dir("proxy-")
     out: dict[str, Any] = {}
-    data = work / "data"
-    async with prism_process(data) as prism:
-        direct = prism.branch_port("main")
-        await psql(install, direct, f"ALTER SYSTEM SET max_connections = {args.idle + 50}")
-    async with prism_process(data) as prism:
+    data, pump_data = work / "data", work / "data-pump"
+    for each in (data, pump_data):
+        async with prism_process(each) as prism:
+            direct = prism.branch_port("main")
+            await psql(install, direct, f"ALTER SYSTEM SET max_connections = {args.idle + 50}")
+    async with contextlib.AsyncExitStack() as stack:
+        prism = await stack.enter_async_context(prism_process(data))
         if "proxy" in wanted:
+            pump_prism = await stack.enter_async_context(
+                prism_process(pump_data, extra=("--data-plane", "pump"))
+            )
             result = await proxy.measure(
                 install,
                 prism,
+                pump_prism,
                 work,
                 clients=tuple(args.clients),
                 seconds=args.seconds,

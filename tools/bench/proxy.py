@@ -1,15 +1,20 @@
 """Proxy overhead: pgbench straight to a branch's Postgres, through Prism, through PgBouncer.
 
-All three paths end at the same server (Prism's main), in one run, interleaved: every round runs
-each (workload, clients) cell against the three targets back to back in a rotated order, so a
-noisy neighbour on this shared machine hits all three alike. Medians over rounds are reported,
-and ratios are taken to the direct figure of the same run.
+Prism is measured with each data plane: the kernel's sockmap (``--data-plane auto`` as root) and
+the user-space pump (``--data-plane pump``). A data plane is chosen per Prism process and a main
+server belongs to one Prism, so the pump runs in a second Prism with its own main (same data,
+same settings), measured straight as well (``direct-pump-main``): each Prism column's ratio is
+to the direct figure of the server it reaches. Direct, Prism-sockmap and PgBouncer reach the
+same server. Everything runs in one run, interleaved: every round runs each (workload, clients)
+cell against all targets back to back in a shuffled order, so a noisy neighbour on this shared
+machine hits all alike. Medians over rounds are reported.
 """
 
 from __future__ import annotations
 
 import contextlib
 import random
+import re
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -31,7 +36,9 @@ from tools.bench.common import (
     run,
 )
 
-TARGETS = ("direct", "prism", "pgbouncer")
+TARGETS = ("direct", "prism-sockmap", "pgbouncer", "direct-pump-main", "prism-pump")
+REFERENCE = {"prism-pump": "direct-pump-main"}
+"""The direct target each target's ratio is taken to, when it is not ``direct``."""
 WORKLOADS = {"select-only (-S)": True, "TPC-B-like": False}
 PGBENCH_SCALE = 10
 
@@ -45,6 +52,8 @@ class ProxyResults:
     rounds: int
     runs: dict[str, list[PgbenchResult]] = field(default_factory=dict)
     commands: list[str] = field(default_factory=list)
+    data_planes: dict[str, str] = field(default_factory=dict)
+    """What each Prism target's start-up log said about its data plane."""
 
     @staticmethod
     def key(workload: str, clients: int, target: str) -> str:
@@ -57,10 +66,11 @@ class ProxyResults:
         return median([r.p50_us for r in self.runs.get(self.key(workload, clients, target), [])])
 
     def ratio(self, workload: str, clients: int, target: str) -> float:
-        return self.tps(workload, clients, target) / self.tps(workload, clients, "direct")
+        reference = REFERENCE.get(target, "direct")
+        return self.tps(workload, clients, target) / self.tps(workload, clients, reference)
 
     def added_us(self, workload: str, clients: int, target: str) -> float:
-        direct = self.p50_us(workload, clients, "direct")
+        direct = self.p50_us(workload, clients, REFERENCE.get(target, "direct"))
         return self.p50_us(workload, clients, target) - direct
 
 
@@ -140,9 +150,22 @@ async def prepare(install: PgInstall, prism: PrismProcess) -> int:
     return direct
 
 
+_DATA_PLANE_LINE = re.compile(r"data plane: (\w+) \((.*)\)")
+
+
+def data_plane(prism: PrismProcess) -> str:
+    """The data plane ``prism`` said it uses at start-up, with its reason."""
+    found = _DATA_PLANE_LINE.findall(prism.log_text())
+    if not found:
+        raise RuntimeError(f"no data plane line in {prism.log_path}")
+    name, reason = found[-1]
+    return f"{name} ({reason})"
+
+
 async def measure(
     install: PgInstall,
     prism: PrismProcess,
+    pump_prism: PrismProcess,
     work: Path,
     *,
     clients: tuple[int, ...],
@@ -150,20 +173,34 @@ async def measure(
     rounds: int,
     log: object = print,
 ) -> ProxyResults:
-    """Run every (workload, clients, target) cell ``rounds`` times, interleaved."""
+    """Run every (workload, clients, target) cell ``rounds`` times, interleaved.
+
+    ``prism`` must relay with the sockmap and ``pump_prism`` with the pump: a column labelled
+    with a data plane it did not use would be worse than none.
+    """
     direct = await prepare(install, prism)
+    pump_main = await prepare(install, pump_prism)
     results = ProxyResults(clients=clients, seconds=seconds, rounds=rounds)
+    results.data_planes = {"prism-sockmap": data_plane(prism), "prism-pump": data_plane(pump_prism)}
+    for target, plane in results.data_planes.items():
+        if not plane.startswith(target.removeprefix("prism-") + " "):
+            raise RuntimeError(f"{target} runs with data plane {plane}")
     async with pgbouncer(install, work, direct) as bouncer_port:
-        ports = {"direct": direct, "prism": prism.port, "pgbouncer": bouncer_port}
+        ports = {
+            "direct": direct,
+            "prism-sockmap": prism.port,
+            "pgbouncer": bouncer_port,
+            "direct-pump-main": pump_main,
+            "prism-pump": pump_prism.port,
+        }
         for select_only in WORKLOADS.values():
             for count in clients:
                 for target in TARGETS:
                     command = pgbench_command(
                         install, ports[target], count, seconds, select_only, SUPERUSER
                     )
-                    results.commands.append(
-                        f"{target}: {' '.join(command[0:1])} " + " ".join(command[1:])
-                    )
+                    # The binary by name: the page must not show this machine's paths.
+                    results.commands.append(f"{target}: pgbench " + " ".join(command[1:]))
         order = list(TARGETS)
         shuffle = random.Random(6)
         for round_no in range(rounds):

@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from tools.bench.common import REPO, median, percentile
+from tools.bench.proxy import REFERENCE
 
 DOC = REPO / "docs" / "benchmarks.md"
 ASSETS = REPO / "docs" / "benchmarks"
@@ -155,7 +156,7 @@ class _Proxy:
     def ratio(self, workload: str, count: int, target: str) -> float:
         pairs = zip(
             self._series(workload, count, target, "tps"),
-            self._series(workload, count, "direct", "tps"),
+            self._series(workload, count, REFERENCE.get(target, "direct"), "tps"),
             strict=True,
         )
         return median([mine / direct for mine, direct in pairs])
@@ -163,10 +164,14 @@ class _Proxy:
     def added_us(self, workload: str, count: int, target: str) -> float:
         pairs = zip(
             self._series(workload, count, target, "p50_us"),
-            self._series(workload, count, "direct", "p50_us"),
+            self._series(workload, count, REFERENCE.get(target, "direct"), "p50_us"),
             strict=True,
         )
         return median([mine - direct for mine, direct in pairs])
+
+
+_PROXY_COLUMNS = (("prism-sockmap", "Prism sockmap"), ("prism-pump", "Prism pump"))
+_PROXY_COLUMNS += (("pgbouncer", "PgBouncer"),)
 
 
 def _proxy(results: Results) -> list[str]:
@@ -174,41 +179,52 @@ def _proxy(results: Results) -> list[str]:
     if not section:
         return []
     clients = section["clients"]
+    planes = section.get("data_planes", {})
 
     cells = _Proxy(section)
+    names = [name for _, name in _PROXY_COLUMNS]
     lines = [
-        "## Proxy overhead: direct vs Prism vs PgBouncer (session mode)",
+        "## Proxy overhead: direct vs Prism (each data plane) vs PgBouncer (session mode)",
         "",
         f"Command: `{COMMAND} --only proxy`: pgbench (scale 10) for {section['seconds']:g} s per "
-        f"run, {section['rounds']} interleaved rounds (each round runs the three targets back to "
-        "back in a shuffled order). All three reach the same server (Prism's main). TPS columns "
-        "are medians over rounds; ratios are the median of per-round ratios to direct, and "
-        "added latency the median of per-round differences of the per-transaction p50 "
-        "(pgbench `-l`) from direct's.",
+        f"run, {section['rounds']} interleaved rounds (each round runs every target back to "
+        "back in a shuffled order). Direct, Prism sockmap and PgBouncer reach the same server "
+        "(Prism's main). A data plane is chosen per Prism process, so Prism pump is a second "
+        "Prism (`--data-plane pump`) with its own main, loaded and configured the same; its "
+        "ratio and added latency are to that main's own direct figures, measured in the same "
+        "rounds. TPS columns are medians over rounds; ratios are the median of per-round ratios "
+        "to direct, and added latency the median of per-round differences of the "
+        "per-transaction p50 (pgbench `-l`) from direct's.",
         "",
-        "| workload | clients | direct tps | Prism tps | PgBouncer tps | Prism / direct "
-        "| PgBouncer / direct | Prism added p50 µs | PgBouncer added p50 µs |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *(f"- {name}: data plane {planes.get(target, '?')}" for target, name in _PROXY_COLUMNS[:2]),
+        "",
+        "| workload | clients | direct tps | "
+        + " | ".join(f"{name} tps" for name in names)
+        + " | "
+        + " | ".join(f"{name} / direct" for name in names)
+        + " | "
+        + " | ".join(f"{name} added p50 µs" for name in names)
+        + " |",
+        "| --- | ---: |" + " ---: |" * (1 + 3 * len(names)),
     ]
-    ratios: dict[str, list[float]] = {"Prism": [], "PgBouncer": []}
+    ratios: dict[str, list[float]] = {name: [] for name in names}
     labels = []
     for workload in ("select-only (-S)", "TPC-B-like"):
         for count in clients:
-            prism = cells.ratio(workload, count, "prism")
-            bouncer = cells.ratio(workload, count, "pgbouncer")
-            lines.append(
-                f"| {workload} | {count} | {cells.median(workload, count, 'direct', 'tps'):.0f} | "
-                f"{cells.median(workload, count, 'prism', 'tps'):.0f} | "
-                f"{cells.median(workload, count, 'pgbouncer', 'tps'):.0f} | "
-                f"**{prism:.2f}** | {bouncer:.2f} | "
-                f"{cells.added_us(workload, count, 'prism'):.0f} | "
-                f"{cells.added_us(workload, count, 'pgbouncer'):.0f} |"
-            )
-            ratios["Prism"].append(prism)
-            ratios["PgBouncer"].append(bouncer)
+            row = [workload, str(count), f"{cells.median(workload, count, 'direct', 'tps'):.0f}"]
+            row += [f"{cells.median(workload, count, t, 'tps'):.0f}" for t, _ in _PROXY_COLUMNS]
+            for target, name in _PROXY_COLUMNS:
+                ratio = cells.ratio(workload, count, target)
+                ratios[name].append(ratio)
+                row.append(f"**{ratio:.2f}**" if target == "prism-sockmap" else f"{ratio:.2f}")
+            row += [f"{cells.added_us(workload, count, t):.0f}" for t, _ in _PROXY_COLUMNS]
+            lines.append("| " + " | ".join(row) + " |")
             labels.append(f"{'-S' if workload.startswith('select') else 'TPC-B'} c={count}")
-    lines += ["", "pgbench commands (per target, `-l` added for latencies):", "", "```"]
-    lines += [*sorted(set(section["commands"]))[:6], "```", ""]
+    lines += ["", "pgbench commands (direct's; the other targets differ only in the port; "]
+    lines[-1] += "`-l` added for latencies):"
+    lines += ["", "```"]
+    lines += [*(c for c in sorted(set(section["commands"])) if c.startswith("direct: ")), "```"]
+    lines += [""]
     lines += ["![TPS ratios](benchmarks/proxy.png)", ""]
     _plot_ratios(labels, ratios)
     return lines
@@ -349,20 +365,18 @@ def _targets(results: Results) -> list[str]:
     if proxy:
         cells = _Proxy(proxy)
         for workload in ("select-only (-S)", "TPC-B-like"):
-            for count in (1, 8):
-                if count not in proxy["clients"]:
-                    continue
-                prism = cells.ratio(workload, count, "prism")
+            for count in proxy["clients"]:
+                prism = cells.ratio(workload, count, "prism-sockmap")
                 bouncer = cells.ratio(workload, count, "pgbouncer")
                 rows.append(
-                    f"| TPS ratio ≥ PgBouncer's, {workload}, {count} client(s) | "
+                    f"| sockmap TPS ratio ≥ PgBouncer's, {workload}, {count} client(s) | "
                     f"{prism:.2f} vs {bouncer:.2f} | {_verdict(prism >= bouncer)} "
                     f"({(prism - bouncer) * 100:+.0f} points) |"
                 )
-                added = cells.added_us(workload, count, "prism")
-                limit = cells.added_us(workload, count, "pgbouncer") + 10
+                added = cells.added_us(workload, count, "prism-sockmap")
+                limit = cells.added_us(workload, count, "pgbouncer")
                 rows.append(
-                    f"| added p50 ≤ PgBouncer's + 10 µs, {workload}, {count} client(s) | "
+                    f"| sockmap added p50 ≤ PgBouncer's, {workload}, {count} client(s) | "
                     f"{added:.0f} µs vs ≤ {limit:.0f} µs | {_verdict(added <= limit)} "
                     f"({added - limit:+.0f} µs) |"
                 )
@@ -389,7 +403,7 @@ def _targets(results: Results) -> list[str]:
     if not rows:
         return []
     return [
-        "## Targets (issue 6)",
+        "## Targets (issues 6 and 11)",
         "",
         "| target | measured | verdict |",
         "| --- | --- | --- |",
@@ -476,8 +490,9 @@ def _plot_o1(rows: dict[str, dict[int, float]], big: int) -> None:
 def _plot_ratios(labels: list[str], ratios: dict[str, list[float]]) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 4))
-    width = 0.4
-    for offset, (name, values) in zip((-width / 2, width / 2), ratios.items(), strict=True):
+    width = 0.8 / len(ratios)
+    for n, (name, values) in enumerate(ratios.items()):
+        offset = (n - (len(ratios) - 1) / 2) * width
         ax.bar([i + offset for i in range(len(labels))], values, width, label=name)
     ax.set_xticks(range(len(labels)), labels)
     ax.set_ylabel("TPS / direct TPS")

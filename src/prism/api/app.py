@@ -17,6 +17,7 @@ from prism.api.page import register_page
 from prism.api.routes import register_routes
 from prism.api.stream import register_stream
 from prism.branches import BranchManager
+from prism.dataplane import PUMP, DataPlane
 from prism.metrics import Metrics
 from prism.state import rfc3339
 
@@ -29,15 +30,20 @@ MAX_BODY_BYTES = 64 * 1024
 BODY_TIMEOUT_SECONDS = 10
 
 
-def create_app(manager: BranchManager, *, api_token: str = "") -> QuartTrio:
-    """Build the HTTP app over ``manager``; every route reads or changes branches through it."""
+def create_app(
+    manager: BranchManager, *, api_token: str = "", data_plane: DataPlane = PUMP
+) -> QuartTrio:
+    """Build the HTTP app over ``manager``; every route reads or changes branches through it.
+
+    ``data_plane`` is only reported (``/healthz``, ``/metrics``): the proxy owns it.
+    """
     app = QuartTrio("prism.api", static_folder="static", static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["BODY_TIMEOUT"] = BODY_TIMEOUT_SECONDS
-    metrics = Metrics(manager)
+    metrics = Metrics(manager, data_plane)
     install_error_handlers(app)
     install_auth(app, api_token)
-    register_routes(app, manager)
+    register_routes(app, manager, data_plane)
     register_stream(app, manager)
     register_page(app)
 

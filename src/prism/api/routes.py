@@ -15,6 +15,7 @@ from quart_trio import QuartTrio
 from prism.api.errors import ApiError
 from prism.api.views import branch_view
 from prism.branches import Branch, BranchManager
+from prism.dataplane import DataPlane
 from prism.names import MAIN_BRANCH
 
 PREFIX = "/api/v1"
@@ -76,7 +77,7 @@ def _string_field(body: dict[str, Any], name: str, default: str | None = None) -
     return value
 
 
-def register_routes(app: QuartTrio, manager: BranchManager) -> None:
+def register_routes(app: QuartTrio, manager: BranchManager, data_plane: DataPlane) -> None:
     """Add the REST routes, ``/healthz`` and the seed's ``/branches`` to ``app``."""
 
     async def view(branch: Branch) -> dict[str, Any]:
@@ -84,8 +85,14 @@ def register_routes(app: QuartTrio, manager: BranchManager) -> None:
 
     @app.get("/healthz")
     async def healthz() -> Response:
-        """Liveness: the event loop answers and the manager is open."""
-        return jsonify({"status": "ok", "branches": len(manager.list())})
+        """Liveness: the event loop answers and the manager is open; which data plane is in use."""
+        return jsonify(
+            {
+                "status": "ok",
+                "branches": len(manager.list()),
+                "data_plane": {"name": data_plane.name, "reason": data_plane.reason},
+            }
+        )
 
     @app.get(f"{PREFIX}/branches")
     async def list_branches() -> Response:
