@@ -39,7 +39,6 @@ from prism.branches import BranchManager
 from prism.errors import PrismError, ProtocolViolation
 from prism.frontdoor import ClientConn
 from prism.pgclient import connect_service
-from prism.storage.base import MAIN_BRANCH
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +107,8 @@ class VerifierStore:
 
     async def lookup(self, branch: str, role: str) -> RoleSecret | None:
         """The secret of ``role`` as the server of ``branch`` would check it."""
-        source = branch if self._manager.get(branch) is not None else MAIN_BRANCH
+        # A branch about to be created on connect has its default parent's roles.
+        source = branch if self._manager.get(branch) is not None else self._manager.defaults.parent
         roles = await self._roles(source)
         return roles.get(role)
 

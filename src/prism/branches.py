@@ -33,6 +33,7 @@ import trio
 
 from prism.address import BackendAddress
 from prism.clone import clone_consistent
+from prism.dsn import ConnectionParams, Endpoint, params_for
 from prism.errors import (
     BranchExists,
     BranchHasChildren,
@@ -44,9 +45,18 @@ from prism.errors import (
     StorageError,
 )
 from prism.events import EventBus
+from prism.hooks import run_on_create
+from prism.policy import (
+    BranchPolicy,
+    CreateDefaults,
+    PolicyStore,
+    grace_over,
+    is_expired,
+    refuse_if_protected,
+)
 from prism.router import validate_branch_name
 from prism.runtime.base import Runtime
-from prism.state import BranchRecord, StateStore, utcnow
+from prism.state import BranchRecord, StateStore, rfc3339, utcnow
 from prism.storage.base import MAIN_BRANCH, Storage
 
 log = logging.getLogger(__name__)
@@ -130,6 +140,8 @@ class BranchManager:
         events: EventBus,
         superuser: str,
         password: str,
+        defaults: CreateDefaults | None = None,
+        endpoint: Endpoint | None = None,
     ) -> None:
         self.storage = storage
         self.runtime = runtime
@@ -137,6 +149,9 @@ class BranchManager:
         self.events = events
         self._superuser = superuser
         self._password = password
+        self.defaults = defaults or CreateDefaults()
+        self.endpoint = endpoint
+        self.policies = PolicyStore(state.path)
         self._branches: dict[str, Branch] = {}
         self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
         self.before_stop: list[Callable[[str, BackendAddress], Awaitable[None]]] = []
@@ -165,11 +180,33 @@ class BranchManager:
     def children(self, name: str) -> builtins.list[str]:
         return sorted(b.name for b in self._branches.values() if b.parent == name)
 
+    def descendants(self, name: str) -> builtins.list[str]:
+        """Every branch cloned, directly or not, from ``name``."""
+        found = []
+        for child in self.children(name):
+            found += [child, *self.descendants(child)]
+        return found
+
+    def policy(self, name: str) -> BranchPolicy:
+        """``name``'s protection, expiry and hook (``BranchNotFound`` if there is no branch)."""
+        self.require(name)
+        return self.policies.get(name)
+
+    def connection(
+        self, name: str, *, host: str | None = None, with_password: bool = False
+    ) -> ConnectionParams | None:
+        """How a client reaches ``name`` through the front door (None: Prism is not serving)."""
+        self.require(name)
+        if self.endpoint is None:
+            return None
+        return params_for(self.endpoint, name, host=host, with_password=with_password)
+
     # ---- start-up and shut-down ------------------------------------------------------------
 
     async def open(self) -> None:
         """Reconcile the registry with storage and runtime, create main if needed, start it."""
         await self._reconcile()
+        await self.policies.prune(self._branches)
         if MAIN_BRANCH not in self._branches:
             await self._create_main()
         await self.ensure_running(MAIN_BRANCH)
@@ -183,6 +220,7 @@ class BranchManager:
                         nursery.start_soon(self.stop, branch.name)
             for branch in self.list():
                 await self.state.put(branch.record())
+            self.policies.close()
 
     async def _reconcile(self) -> None:
         on_disk = set(self.storage.list())
@@ -252,7 +290,8 @@ class BranchManager:
             if branch is None:
                 if not create:
                     raise BranchNotFound(f'branch "{name}" does not exist')
-                branch = await self._provision(name, MAIN_BRANCH)
+                await self._record_new_policy(name, self.defaults.ttl)
+                branch = await self._provision(name, self.defaults.parent)
             elif self.runtime.address(name) is None:
                 await self._start(branch, reason="wake")
             assert branch.address is not None
@@ -260,12 +299,21 @@ class BranchManager:
 
     # ---- operations ------------------------------------------------------------------------
 
-    async def create(self, name: str, parent: str = MAIN_BRANCH) -> Branch:
-        """Create ``name`` from ``parent`` and start it."""
+    async def create(
+        self,
+        name: str,
+        parent: str = MAIN_BRANCH,
+        *,
+        ttl: float | None = None,
+        protected: bool = False,
+    ) -> Branch:
+        """Create ``name`` from ``parent`` and start it; ``ttl`` seconds from now it expires
+        (``None``: never; the on-connect default ``--branch-ttl`` is for created-on-connect)."""
         validate_branch_name(name)
         async with self._locks[name]:
             if name in self._branches:
                 raise BranchExists(f'branch "{name}" already exists')
+            await self._record_new_policy(name, ttl or 0.0, protected=protected)
             return await self._provision(name, parent)
 
     async def start(self, name: str) -> Branch:
@@ -307,6 +355,7 @@ class BranchManager:
         """
         async with self._locks[name]:
             branch = self.require(name)
+            refuse_if_protected(name, self.policies.get(name), "reset")
             if branch.parent is None:
                 raise BranchProtected(
                     f'branch "{name}" has no parent to reset from',
@@ -357,6 +406,8 @@ class BranchManager:
             raise BranchProtected("the main branch cannot be deleted")
         self.require(name)
         children = self.children(name)
+        for doomed in [name, *self.descendants(name)] if with_children else [name]:
+            refuse_if_protected(doomed, self.policies.get(doomed), "deleted")
         if children and not with_children:
             raise BranchHasChildren(
                 f'branch "{name}" has child branches: {", ".join(children)}',
@@ -373,9 +424,44 @@ class BranchManager:
             self.events.publish("deleting", name)
             await self.storage.destroy(name)
             await self.state.delete(name)
+            await self.policies.forget(name)
             del self._branches[name]
             self.events.publish("deleted", name)
         return [*deleted, name]
+
+    # ---- team policies -------------------------------------------------------------------
+
+    async def set_policy(self, name: str, **changes: object) -> BranchPolicy:
+        """Change ``name``'s ``protected``, ``expires_at`` or ``on_create``; returns the policy.
+
+        Held under the branch's lock so a change never interleaves with a delete or reset.
+        """
+        async with self._locks[name]:
+            self.require(name)
+            policy = await self.policies.update(name, **changes)
+        self.events.publish(
+            "policy",
+            name,
+            protected=policy.protected,
+            expires_at=None if policy.expires_at is None else rfc3339(policy.expires_at),
+        )
+        return policy
+
+    async def expire_if_due(self, name: str, *, grace: float) -> bool:
+        """Delete ``name`` if its time is up: at once with no session open, else only after
+        ``grace`` seconds, ending the sessions with 57P01. An ``expired`` event comes first."""
+        branch = self._branches.get(name)
+        now = utcnow()
+        if branch is None or not is_expired(self.policies.get(name), now) or self.children(name):
+            return False
+        if self._sessions.get(name) and not grace_over(self.policies.get(name), now, grace):
+            return False
+        self.events.publish("expired", name)
+        await self._terminate_sessions(
+            name, f'branch "{name}" expired and was deleted', hint="create it again if needed"
+        )
+        await self.delete(name)
+        return True
 
     # ---- client sessions (opened by the proxy) --------------------------------------------
 
@@ -475,6 +561,24 @@ class BranchManager:
         )
         return branch
 
+    async def _record_new_policy(self, name: str, ttl: float, *, protected: bool = False) -> None:
+        """Write a new branch's policy before it exists, so a crash cannot lose it."""
+        policy = BranchPolicy(protected=protected, expires_at=self.defaults.expiry(utcnow(), ttl))
+        if policy == BranchPolicy():
+            await self.policies.forget(name)  # a row left by a create that failed early
+        else:
+            await self.policies.put(name, policy)
+
+    async def _run_parent_hook(self, branch: Branch, address: BackendAddress) -> None:
+        sql = None if branch.parent is None else self.policies.get(branch.parent).on_create
+        if sql is None:
+            return
+        started = trio.current_time()
+        await run_on_create(address, sql, superuser=self._superuser, password=self._password)
+        self.events.publish(
+            "hook", branch.name, parent=branch.parent, duration_ms=_elapsed_ms(started)
+        )
+
     async def _clone_from(self, parent: str, child: str) -> None:
         """Clone ``parent`` into ``child`` holding the parent's lock, so it holds still."""
         async with self._locks[parent]:
@@ -498,6 +602,7 @@ class BranchManager:
             log.error("rollback: could not stop branch %s: %s", name, exc.message)
         await self._destroy_quietly(name)
         await self.state.delete(name)
+        await self.policies.forget(name)
         self._branches.pop(name, None)
 
     async def _destroy_quietly(self, name: str) -> None:
@@ -515,6 +620,9 @@ class BranchManager:
             branch.address = await self.runtime.start(
                 branch.name, self.storage.path(branch.name), parent=branch.parent
             )
+            if reason == "create":
+                # Before the branch is marked running, so no client can get in first.
+                await self._run_parent_hook(branch, branch.address)
         except BaseException as exc:
             branch.status = (
                 previous if previous is not BranchStatus.RUNNING else BranchStatus.STOPPED

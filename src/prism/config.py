@@ -162,6 +162,9 @@ class Settings:
     max_branches: int = 0
     max_running: int = 0
     create_on_connect: str = "on"
+    default_parent: str = "main"
+    branch_ttl: float = 0.0
+    expiry_grace: float = 600.0
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -223,6 +226,17 @@ SETTINGS: tuple[Setting, ...] = (
         "create_on_connect",
         _create_policy,
         "on, off, or a regular expression: which unknown branches a connection may create",
+    ),
+    Setting("default_parent", str, "the branch that branches created on connect are cloned from"),
+    Setting(
+        "branch_ttl",
+        parse_duration,
+        "branches created on connect expire this long after creation (0: never)",
+    ),
+    Setting(
+        "expiry_grace",
+        parse_duration,
+        "how long sessions open on an expired branch may go on before they are ended",
     ),
 )
 

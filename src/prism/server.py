@@ -16,10 +16,12 @@ from hypercorn.trio import serve as hypercorn_serve
 from prism.api.app import create_app
 from prism.branches import BranchManager
 from prism.config import Settings
+from prism.dsn import Endpoint
 from prism.errors import ConfigError
 from prism.events import EventBus
+from prism.policy import CreateDefaults
 from prism.proxy import Proxy
-from prism.reaper import run_reaper
+from prism.reaper import run_expiry, run_reaper
 from prism.runtime import open_runtime
 from prism.state import StateStore
 from prism.storage import open_storage
@@ -121,6 +123,18 @@ class PrismServer:
             events=events,
             superuser=settings.superuser,
             password=settings.password,
+            defaults=CreateDefaults(
+                parent=settings.default_parent,
+                ttl=settings.branch_ttl,
+                expiry_grace=settings.expiry_grace,
+            ),
+            endpoint=Endpoint(
+                host=settings.listen.host,
+                port=_bound(pg_listener)[1],
+                superuser=settings.superuser,
+                password=settings.password,
+                tls=settings.tls,
+            ),
         )
         proxy = Proxy.from_settings(manager, settings, data_dir)
         try:
@@ -138,6 +152,7 @@ class PrismServer:
                             include_main=settings.main_scales_to_zero,
                         )
                     )
+                nursery.start_soon(run_expiry, manager)
                 info = ServerInfo(_bound(pg_listener), _bound(api_listener), manager)
                 log.info(
                     "prism: ready: postgres clients on %s:%d, API on %s; data in %s "

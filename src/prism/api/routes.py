@@ -7,7 +7,9 @@ parents, conflicts) is decided by the manager, so the proxy, the API and the CLI
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import trio
 from quart import Response, jsonify, request
@@ -16,10 +18,15 @@ from quart_trio import QuartTrio
 from prism.api.errors import ApiError
 from prism.api.views import branch_view
 from prism.branches import Branch, BranchManager
+from prism.config import parse_duration
+from prism.dsn import connection_view
+from prism.errors import ConfigError
+from prism.state import utcnow
 from prism.storage.base import MAIN_BRANCH
 
 PREFIX = "/api/v1"
-_CREATE_FIELDS = {"name", "parent"}
+_CREATE_FIELDS = {"name", "parent", "ttl", "protected"}
+_PATCH_FIELDS = {"protected", "expires_at", "ttl", "on_create"}
 _TRUE = ("1", "true", "yes")
 
 
@@ -43,13 +50,78 @@ def _string_field(body: dict[str, Any], name: str, default: str | None = None) -
     return value
 
 
+def _ttl_field(body: dict[str, Any]) -> float | None:
+    """``ttl`` as seconds: a duration (``"72h"``) or a number of seconds; absent: None."""
+    value = body.get("ttl")
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ConfigError(f"invalid duration {value!r}")
+        seconds = float(value) if not isinstance(value, str) else parse_duration(value)
+    except ConfigError as exc:
+        raise ApiError(
+            422, "invalid_request", f'"ttl" must be a duration such as "72h": {exc.message}'
+        ) from None
+    if seconds <= 0:
+        raise ApiError(422, "invalid_request", '"ttl" must be more than 0')
+    return seconds
+
+
+def _expires_at_field(body: dict[str, Any]) -> datetime | None:
+    value = body["expires_at"]
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(_string_field(body, "expires_at").replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(
+            422, "invalid_request", '"expires_at" must be an RFC 3339 time or null'
+        ) from None
+    if moment.tzinfo is None:
+        raise ApiError(422, "invalid_request", '"expires_at" must say its time zone, e.g. Z')
+    return moment
+
+
+def _policy_changes(body: dict[str, Any]) -> dict[str, Any]:
+    """The policy fields a PATCH body changes, checked."""
+    unknown = sorted(set(body) - _PATCH_FIELDS)
+    if unknown:
+        raise ApiError(422, "invalid_request", f"unknown field(s): {', '.join(unknown)}")
+    if "ttl" in body and "expires_at" in body:
+        raise ApiError(422, "invalid_request", 'give "ttl" or "expires_at", not both')
+    changes: dict[str, Any] = {}
+    if "protected" in body:
+        if not isinstance(body["protected"], bool):
+            raise ApiError(422, "invalid_request", '"protected" must be true or false')
+        changes["protected"] = body["protected"]
+    if "expires_at" in body:
+        changes["expires_at"] = _expires_at_field(body)
+    ttl = _ttl_field(body)
+    if ttl is not None:
+        changes["expires_at"] = utcnow() + timedelta(seconds=ttl)
+    if "on_create" in body:
+        sql = body["on_create"]
+        if sql is not None and (not isinstance(sql, str) or not sql.strip()):
+            raise ApiError(422, "invalid_request", '"on_create" must be SQL text or null')
+        changes["on_create"] = sql
+    if not changes:
+        raise ApiError(422, "invalid_request", "nothing to change: " + ", ".join(_PATCH_FIELDS))
+    return changes
+
+
+def _request_host() -> str | None:
+    """The host name the caller reached the API under (for a wildcard front door)."""
+    return urlsplit("//" + request.host).hostname if request.host else None
+
+
 def register_routes(app: QuartTrio, manager: BranchManager) -> None:
     """Add the REST routes, ``/healthz`` and the seed's ``/branches`` to ``app``."""
 
     async def view(branch: Branch) -> dict[str, Any]:
         # Drivers that can tell may walk the directory: keep that off the event loop.
         usage = await trio.to_thread.run_sync(manager.storage.usage_bytes, branch.name)
-        return branch_view(branch, disk_bytes=usage)
+        return branch_view(branch, disk_bytes=usage, policy=manager.policy(branch.name))
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -62,6 +134,16 @@ def register_routes(app: QuartTrio, manager: BranchManager) -> None:
 
     @app.get(f"{PREFIX}/branches/<name>")
     async def get_branch(name: str) -> Response:
+        described = await view(manager.require(name))
+        with_password = request.args.get("password", "").lower() in _TRUE
+        params = manager.connection(name, host=_request_host(), with_password=with_password)
+        described["connection"] = None if params is None else connection_view(params)
+        return jsonify(described)
+
+    @app.patch(f"{PREFIX}/branches/<name>")
+    async def patch_branch(name: str) -> Response:
+        manager.require(name)
+        await manager.set_policy(name, **_policy_changes(await _json_body()))
         return jsonify(await view(manager.require(name)))
 
     @app.post(f"{PREFIX}/branches")
@@ -74,6 +156,10 @@ def register_routes(app: QuartTrio, manager: BranchManager) -> None:
             raise ApiError(422, "invalid_request", 'the "name" of the new branch is required')
         name = _string_field(body, "name")
         parent = _string_field(body, "parent", MAIN_BRANCH)
+        ttl = _ttl_field(body)
+        protected = body.get("protected", False)
+        if not isinstance(protected, bool):
+            raise ApiError(422, "invalid_request", '"protected" must be true or false')
         if manager.get(parent) is None:
             raise ApiError(
                 422,
@@ -81,7 +167,7 @@ def register_routes(app: QuartTrio, manager: BranchManager) -> None:
                 f'parent branch "{parent}" does not exist',
                 hint="list branches with GET /api/v1/branches",
             )
-        branch = await manager.create(name, parent)
+        branch = await manager.create(name, parent, ttl=ttl, protected=protected)
         return jsonify(await view(branch)), 201, {"Location": f"{PREFIX}/branches/{name}"}
 
     @app.delete(f"{PREFIX}/branches/<name>")

@@ -5,12 +5,32 @@ from __future__ import annotations
 from typing import Any
 
 from prism.branches import Branch
+from prism.policy import BranchPolicy
 from prism.state import rfc3339
 
 
-def branch_view(branch: Branch, *, disk_bytes: int | None = None) -> dict[str, Any]:
-    """One branch as the API shows it; ``disk_bytes`` is null where the driver cannot tell."""
+def policy_view(policy: BranchPolicy) -> dict[str, Any]:
+    """A branch's team policy as the API shows it (the hook's SQL itself only on request)."""
+    return {
+        "protected": policy.protected,
+        "expires_at": None if policy.expires_at is None else rfc3339(policy.expires_at),
+        "on_create": policy.on_create is not None,
+    }
+
+
+def branch_view(
+    branch: Branch,
+    *,
+    disk_bytes: int | None = None,
+    policy: BranchPolicy | None = None,
+    connection: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One branch as the API shows it; ``disk_bytes`` is null where the driver cannot tell,
+    ``connection`` is there for a single branch (``GET /api/v1/branches/{name}``)."""
     address = branch.address
+    extra: dict[str, Any] = {} if policy is None else policy_view(policy)
+    if connection is not None:
+        extra["connection"] = connection
     return {
         "name": branch.name,
         "parent": branch.parent,
@@ -21,4 +41,5 @@ def branch_view(branch: Branch, *, disk_bytes: int | None = None) -> dict[str, A
         "address": None if address is None else f"{address.host}:{address.port}",
         "bytes_proxied": branch.bytes_proxied,
         "disk_bytes": disk_bytes,
+        **extra,
     }
