@@ -380,6 +380,7 @@ class BranchManager:
                 with trio.CancelScope(shield=True):
                     await self.storage.destroy(name)
                     await self._clone_from(parent, name)
+                    await self._run_hook_unseen(branch)
             except BaseException as exc:
                 with trio.CancelScope(shield=True):
                     await self._roll_back(name)
@@ -578,6 +579,22 @@ class BranchManager:
         self.events.publish(
             "hook", branch.name, parent=branch.parent, duration_ms=_elapsed_ms(started)
         )
+
+    async def _run_hook_unseen(self, branch: Branch) -> None:
+        """Run the parent's hook in a re-cloned branch that no client can reach yet.
+
+        A reset is a fresh clone of the parent, so a sanitized template must be masked again
+        before anyone sees it. The branch is still ``resetting`` and its lock is held, so the
+        server started here is Prism's alone; it is stopped again afterwards.
+        """
+        if branch.parent is None or self.policies.get(branch.parent).on_create is None:
+            return
+        path = self.storage.path(branch.name)
+        address = await self.runtime.start(branch.name, path, parent=branch.parent)
+        try:
+            await self._run_parent_hook(branch, address)
+        finally:
+            await self.runtime.stop(branch.name)
 
     async def _clone_from(self, parent: str, child: str) -> None:
         """Clone ``parent`` into ``child`` holding the parent's lock, so it holds still."""

@@ -19,6 +19,7 @@ from prism.errors import (
     BranchHasChildren,
     BranchNotFound,
     BranchProtected,
+    HookFailed,
     InvalidBranchName,
     PrismError,
     ProvisionFailed,
@@ -37,6 +38,7 @@ _STATUS: tuple[tuple[type[PrismError], int, str], ...] = (
     (BranchProtected, 409, "branch_protected"),
     (BranchConflict, 409, "conflict"),
     (ProvisionFailed, 500, "provision_failed"),
+    (HookFailed, 500, "hook_failed"),
     (RuntimeStartFailed, 503, "start_failed"),
     (StorageError, 500, "storage_error"),
 )
