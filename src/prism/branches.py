@@ -33,6 +33,7 @@ import trio
 
 from prism.address import BackendAddress
 from prism.clone import clone_consistent
+from prism.diskuse import DiskUse, DiskUseCache
 from prism.dsn import ConnectionParams, Endpoint, params_for
 from prism.errors import (
     BranchExists,
@@ -152,6 +153,7 @@ class BranchManager:
         self.defaults = defaults or CreateDefaults()
         self.endpoint = endpoint
         self.policies = PolicyStore(state.path)
+        self.disk = DiskUseCache(storage)
         self._branches: dict[str, Branch] = {}
         self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
         self.before_stop: list[Callable[[str, BackendAddress], Awaitable[None]]] = []
@@ -191,6 +193,11 @@ class BranchManager:
         """``name``'s protection, expiry and hook (``BranchNotFound`` if there is no branch)."""
         self.require(name)
         return self.policies.get(name)
+
+    async def disk_use(self, name: str) -> DiskUse:
+        """Bytes ``name`` holds alone and shares with its parent, as far as the storage knows."""
+        self.require(name)
+        return await self.disk.get(name)
 
     def connection(
         self, name: str, *, host: str | None = None, with_password: bool = False

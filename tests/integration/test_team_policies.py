@@ -252,3 +252,18 @@ async def test_recent_events_are_served_since_a_seq(prism: PrismHandle) -> None:
     assert [e["type"] for e in after if e["branch"] == "ringed"][-1] == "created"
     assert all(e["seq"] > since for e in after)
     assert bad.status_code == 422
+
+
+# ---- disk use -------------------------------------------------------------------------------
+
+
+async def test_disk_use_is_shown_per_branch_and_in_metrics(prism: PrismHandle) -> None:
+    async with api(prism) as http:
+        await http.post(f"{V1}/branches", json={"name": "sized"})
+        disk = (await http.get(f"{V1}/branches/sized")).json()["disk"]
+        metrics = (await http.get("/metrics")).text.splitlines()
+    # The copy driver: a full copy, nothing shared.
+    assert disk["basis"].startswith("copy") and disk["shared"] == 0
+    assert disk["own"] == disk["total"] and disk["total"] > 1_000_000
+    assert f'prism_branch_disk_bytes{{branch="sized",kind="own"}} {disk["own"]}' in metrics
+    assert any(line.startswith('prism_disk_bytes{kind="total"} ') for line in metrics)

@@ -121,7 +121,9 @@ def register_routes(app: QuartTrio, manager: BranchManager) -> None:
     async def view(branch: Branch) -> dict[str, Any]:
         # Drivers that can tell may walk the directory: keep that off the event loop.
         usage = await trio.to_thread.run_sync(manager.storage.usage_bytes, branch.name)
-        return branch_view(branch, disk_bytes=usage, policy=manager.policy(branch.name))
+        described = branch_view(branch, disk_bytes=usage, policy=manager.policy(branch.name))
+        described["disk"] = (await manager.disk_use(branch.name)).as_dict()
+        return described
 
     @app.get("/healthz")
     async def healthz() -> Response:
