@@ -47,6 +47,7 @@ from prism.errors import (
 )
 from prism.events import EventBus
 from prism.hooks import run_on_create
+from prism.pgclient import connect_branch
 from prism.policy import (
     BranchPolicy,
     CreateDefaults,
@@ -57,6 +58,7 @@ from prism.policy import (
 )
 from prism.router import validate_branch_name
 from prism.runtime.base import Runtime
+from prism.schemadiff import SchemaDiff, diff_schemas, read_schema
 from prism.state import BranchRecord, StateStore, rfc3339, utcnow
 from prism.storage.base import MAIN_BRANCH, Storage
 
@@ -198,6 +200,27 @@ class BranchManager:
         """Bytes ``name`` holds alone and shares with its parent, as far as the storage knows."""
         self.require(name)
         return await self.disk.get(name)
+
+    async def schema_diff(self, name: str, against: str, *, database: str) -> SchemaDiff:
+        """How ``name``'s schema differs from ``against``'s, read from both servers' catalogs.
+
+        Both branches are woken if stopped (reading catalogs needs a server), which counts as
+        activity like any client would.
+        """
+        self.require(name)
+        self.require(against)
+        schemas = []
+        for branch in (name, against):
+            address = await self.ensure_running(branch, create=False)
+            async with await connect_branch(
+                address,
+                user=self._superuser,
+                password=self._password,
+                database=database,
+                application_name="prism diff",
+            ) as service:
+                schemas.append(await read_schema(service))
+        return diff_schemas(schemas[0], schemas[1])
 
     def connection(
         self, name: str, *, host: str | None = None, with_password: bool = False

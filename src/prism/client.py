@@ -28,6 +28,7 @@ import trio_websocket
 from prism.config import HostPort, load_settings
 from prism.dsn import FORMATS
 from prism.errors import PrismError
+from prism.schemadiff import format_diff
 
 API_PREFIX = "/api/v1"
 # Exit statuses a script can rely on (docs/cli.md): the API's error code decides.
@@ -237,6 +238,12 @@ class Text(str):
     """A result printed as it is, even with ``--json`` (a connection string for a script)."""
 
 
+def _diff(api: ApiClient, args: argparse.Namespace) -> Any:
+    params = {"against": args.against, "database": args.database}
+    view = api.call("GET", f"/branches/{args.branch}/diff", params=params)
+    return view if args.json else Text(format_diff(view))
+
+
 def _human(result: Any) -> str:
     if isinstance(result, list):
         return format_branches(result)
@@ -298,6 +305,13 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     verb("reset", "throw away a branch's changes (re-clone from its parent)", _operation("reset"))
     verb("stop", "stop a branch's server (data stays)", _operation("stop"))
     verb("start", "start a branch's server", _operation("start"))
+
+    diff = commands.add_parser("diff", help="compare two branches' schemas")
+    diff.add_argument("branch", help="the branch whose schema is wanted (A)")
+    diff.add_argument("against", help="the branch to compare with (B)")
+    diff.add_argument("--database", default="postgres", help="database to compare (postgres)")
+    _add_common(diff)
+    diff.set_defaults(run=_diff)
 
     events = commands.add_parser("events", help="follow branch events live")
     _add_common(events)

@@ -312,18 +312,24 @@ async def connect_service(
 
 
 async def connect_branch(
-    address: BackendAddress, *, user: str, password: str, application_name: str = "prism"
+    address: BackendAddress,
+    *,
+    user: str,
+    password: str,
+    database: str = "postgres",
+    application_name: str = "prism",
 ) -> ServiceConnection:
     """A service connection to a running branch: its private socket if it has one, else TCP."""
     socket = address.service_socket_path()
     if socket is not None:
         return await connect_service(
-            unix_socket=socket, user=user, application_name=application_name
+            unix_socket=socket, user=user, database=database, application_name=application_name
         )
     return await connect_service(
         host=address.host,
         port=address.port,
         user=user,
         password=password,
+        database=database,
         application_name=application_name,
     )

@@ -14,6 +14,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from prism.errors import (
+    BackendQueryError,
     BranchConflict,
     BranchExists,
     BranchHasChildren,
@@ -41,6 +42,7 @@ _STATUS: tuple[tuple[type[PrismError], int, str], ...] = (
     (HookFailed, 500, "hook_failed"),
     (RuntimeStartFailed, 503, "start_failed"),
     (StorageError, 500, "storage_error"),
+    (BackendQueryError, 422, "query_failed"),
 )
 
 

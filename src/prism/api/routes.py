@@ -21,6 +21,7 @@ from prism.branches import Branch, BranchManager
 from prism.config import parse_duration
 from prism.dsn import connection_view
 from prism.errors import ConfigError
+from prism.schemadiff import diff_view
 from prism.state import utcnow
 from prism.storage.base import MAIN_BRANCH
 
@@ -141,6 +142,17 @@ def register_routes(app: QuartTrio, manager: BranchManager) -> None:
         params = manager.connection(name, host=_request_host(), with_password=with_password)
         described["connection"] = None if params is None else connection_view(params)
         return jsonify(described)
+
+    @app.get(f"{PREFIX}/branches/<name>/diff")
+    async def diff_branch(name: str) -> Response:
+        against = request.args.get("against")
+        if not against:
+            raise ApiError(
+                422, "invalid_request", '"against" (the branch to compare with) is required'
+            )
+        database = request.args.get("database", "postgres")
+        diff = await manager.schema_diff(name, against, database=database)
+        return jsonify(diff_view(diff, a=name, b=against, database=database))
 
     @app.patch(f"{PREFIX}/branches/<name>")
     async def patch_branch(name: str) -> Response:
