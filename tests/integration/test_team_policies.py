@@ -53,11 +53,12 @@ async def test_connection_object_is_ready_to_paste_into_a_real_client(
     assert await _value(conn["keyword"], "SELECT 1") == "1"
 
 
-async def test_connection_is_not_in_the_list_nor_for_an_unknown_branch(prism: PrismHandle) -> None:
+async def test_the_list_has_connections_without_passwords(prism: PrismHandle) -> None:
     async with api(prism) as http:
         listed = (await http.get(f"{V1}/branches")).json()["branches"]
         missing = await http.get(f"{V1}/branches/ghost")
-    assert "connection" not in listed[0] and listed[0]["protected"] is True
+    assert listed[0]["connection"]["user"] == "postgres@main"
+    assert "password" not in listed[0]["connection"] and listed[0]["protected"] is True
     assert missing.status_code == 404
 
 

@@ -15,13 +15,14 @@ import trio
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
+from prism.activity import ActivityLog
 from prism.api.errors import ApiError
 from prism.api.views import branch_view
 from prism.branches import Branch, BranchManager
 from prism.config import parse_duration
 from prism.dsn import connection_view
 from prism.errors import ConfigError
-from prism.schemadiff import diff_view
+from prism.schemadiff import diff_view, format_diff
 from prism.state import utcnow
 from prism.storage.base import MAIN_BRANCH
 
@@ -119,12 +120,29 @@ def _request_host() -> str | None:
 def register_routes(app: QuartTrio, manager: BranchManager) -> None:
     """Add the REST routes, ``/healthz`` and the seed's ``/branches`` to ``app``."""
 
-    async def view(branch: Branch) -> dict[str, Any]:
+    async def view(branch: Branch, *, with_password: bool = False) -> dict[str, Any]:
         # Drivers that can tell may walk the directory: keep that off the event loop.
         usage = await trio.to_thread.run_sync(manager.storage.usage_bytes, branch.name)
-        described = branch_view(branch, disk_bytes=usage, policy=manager.policy(branch.name))
-        described["disk"] = (await manager.disk_use(branch.name)).as_dict()
-        return described
+        params = manager.connection(branch.name, host=_request_host(), with_password=with_password)
+        return branch_view(
+            branch,
+            disk_bytes=usage,
+            policy=manager.policy(branch.name),
+            disk=(await manager.disk_use(branch.name)).as_dict(),
+            connection=None if params is None else connection_view(params),
+        )
+
+    def bytes_of(name: str) -> int | None:
+        branch = manager.get(name)
+        return None if branch is None else branch.bytes_proxied
+
+    activity = ActivityLog(bytes_of)
+    manager.events.add_listener(activity.observe)
+
+    @app.get(f"{PREFIX}/activity")
+    async def branch_activity() -> Response:
+        """Each branch's sessions and bytes per minute over the last hour (the sparklines)."""
+        return jsonify({b.name: activity.sparkline(b.name) for b in manager.list()})
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -137,11 +155,8 @@ def register_routes(app: QuartTrio, manager: BranchManager) -> None:
 
     @app.get(f"{PREFIX}/branches/<name>")
     async def get_branch(name: str) -> Response:
-        described = await view(manager.require(name))
         with_password = request.args.get("password", "").lower() in _TRUE
-        params = manager.connection(name, host=_request_host(), with_password=with_password)
-        described["connection"] = None if params is None else connection_view(params)
-        return jsonify(described)
+        return jsonify(await view(manager.require(name), with_password=with_password))
 
     @app.get(f"{PREFIX}/branches/<name>/diff")
     async def diff_branch(name: str) -> Response:
@@ -152,7 +167,10 @@ def register_routes(app: QuartTrio, manager: BranchManager) -> None:
             )
         database = request.args.get("database", "postgres")
         diff = await manager.schema_diff(name, against, database=database)
-        return jsonify(diff_view(diff, a=name, b=against, database=database))
+        described = diff_view(diff, a=name, b=against, database=database)
+        if request.args.get("format") == "text":  # the page shows what `prism diff` prints
+            return Response(format_diff(described), content_type="text/plain; charset=utf-8")
+        return jsonify(described)
 
     @app.patch(f"{PREFIX}/branches/<name>")
     async def patch_branch(name: str) -> Response:

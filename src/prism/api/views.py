@@ -23,14 +23,14 @@ def branch_view(
     *,
     disk_bytes: int | None = None,
     policy: BranchPolicy | None = None,
-    connection: dict[str, Any] | None = None,
+    **more: Any,
 ) -> dict[str, Any]:
-    """One branch as the API shows it; ``disk_bytes`` is null where the driver cannot tell,
-    ``connection`` is there for a single branch (``GET /api/v1/branches/{name}``)."""
+    """One branch as the API shows it; ``disk_bytes`` is null where the driver cannot tell.
+
+    The REST API adds the policy and ``more`` (disk use, connection); the event snapshot leaves
+    them out, as measuring disk use for every subscriber would be slow (the page reads REST).
+    """
     address = branch.address
-    extra: dict[str, Any] = {} if policy is None else policy_view(policy)
-    if connection is not None:
-        extra["connection"] = connection
     return {
         "name": branch.name,
         "parent": branch.parent,
@@ -41,5 +41,6 @@ def branch_view(
         "address": None if address is None else f"{address.host}:{address.port}",
         "bytes_proxied": branch.bytes_proxied,
         "disk_bytes": disk_bytes,
-        **extra,
+        **({} if policy is None else policy_view(policy)),
+        **more,
     }
