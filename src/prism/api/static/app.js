@@ -89,8 +89,9 @@ function until(isoTime) {
   const seconds = Math.round((Date.parse(isoTime) - Date.now()) / 1000);
   if (seconds <= 0) return "expired";
   if (seconds < 3600) return `in ${Math.ceil(seconds / 60)}m`;
-  if (seconds < 86400) return `in ${Math.floor(seconds / 3600)}h`;
-  return `in ${Math.floor(seconds / 86400)}d`;
+  // Rounded: a TTL of 72h set a moment ago reads "in 3d", as it was asked.
+  if (seconds < 86400) return `in ${Math.round(seconds / 3600)}h`;
+  return `in ${Math.round(seconds / 86400)}d`;
 }
 
 // The tree, depth first: roots (no parent, or a parent not listed) by name, children by name.
