@@ -483,7 +483,12 @@ class BranchManager:
         ``grace`` seconds, ending the sessions with 57P01. An ``expired`` event comes first."""
         branch = self._branches.get(name)
         now = utcnow()
-        if branch is None or not is_expired(self.policies.get(name), now) or self.children(name):
+        if (
+            branch is None
+            or name == MAIN_BRANCH  # cannot be deleted at all: an expiry on it means nothing
+            or not is_expired(self.policies.get(name), now)
+            or self.children(name)
+        ):
             return False
         if self._sessions.get(name) and not grace_over(self.policies.get(name), now, grace):
             return False
