@@ -116,3 +116,14 @@ async def test_a_failing_refresh_leaves_no_unmasked_copy(start_prism: Any, tmp_p
     assert 'column "phone" of relation "customers" does not exist' in response.json()["message"]
     assert prism.manager.get("sanitized") is None
     assert "sanitized" not in prism.manager.storage.list()
+
+
+def test_github_actions_example_runs_the_tested_recipe() -> None:
+    """The workflow cannot run here (no GitHub); its script must be the recipe tested above."""
+    workflow = re.search(r"```yaml\n(.*?)```", _RECIPES.read_text(), re.S)
+    assert workflow is not None
+    script = workflow.group(1).split("run: |\n", 1)[1]
+    steps = [line.strip() for line in script.splitlines() if line.strip()]
+    tested = {line.strip() for line in recipe("ci-job").splitlines()}
+    assert steps[-2:] == ["./run-migrations.sh", "./run-tests.sh"]  # the job's own steps
+    assert all(step in tested for step in steps[:-2]), steps
