@@ -156,6 +156,7 @@ class BranchManager:
         self.endpoint = endpoint
         self.policies = PolicyStore(state.path)
         self.disk = DiskUseCache(storage)
+        events.add_listener(self.disk.observe)
         self._branches: dict[str, Branch] = {}
         self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
         self.before_stop: list[Callable[[str, BackendAddress], Awaitable[None]]] = []

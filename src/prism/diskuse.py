@@ -25,6 +25,7 @@ from typing import Any
 import trio
 
 from prism.errors import StorageError
+from prism.events import Event
 from prism.storage._command import run_tool
 from prism.storage._tree import disk_usage
 from prism.storage.base import Storage
@@ -114,6 +115,11 @@ class DiskUseCache:
             use = UNKNOWN
         self._known[branch] = (time.monotonic(), use)
         return use
+
+    def observe(self, event: Event) -> None:
+        """An event-bus listener: a deleted or reset branch's answer is stale at once."""
+        if event["type"] in ("deleted", "reset", "failed"):
+            self._known.pop(event["branch"], None)
 
     def known(self, branches: list[str]) -> dict[str, DiskUse]:
         """The last answers for ``branches`` (no measuring: for ``/metrics``)."""

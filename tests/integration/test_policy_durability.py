@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import trio
@@ -12,6 +13,8 @@ from prism.policy import BranchPolicy, PolicyStore
 from prism.server import PrismServer, ServerInfo
 
 from .harness import make_settings
+
+_NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
 
 async def _run_once(data_dir: Path, step: Callable[[BranchManager], Awaitable[None]]) -> None:
@@ -51,3 +54,27 @@ async def test_policy_of_a_branch_that_never_came_to_be_is_dropped(data_dir: Pat
     await _run_once(data_dir, look)
     assert seen["half-made"] == BranchPolicy()
     assert PolicyStore(data_dir / "prism.db").get("half-made") == BranchPolicy()
+
+
+def test_policies_survive_reopening_and_orphans_are_pruned(tmp_path: Path) -> None:
+    path = tmp_path / "prism.db"
+
+    async def write() -> None:
+        store = PolicyStore(path)
+        await store.put("keep", BranchPolicy(protected=True, expires_at=_NOW, on_create="SELECT 1"))
+        await store.put("ghost", BranchPolicy(expires_at=_NOW))
+        store.close()
+
+    async def read() -> tuple[BranchPolicy, list[str], BranchPolicy]:
+        store = PolicyStore(path)
+        kept = store.get("keep")
+        pruned = await store.prune(["keep", "main"])
+        ghost = store.get("ghost")
+        store.close()
+        return kept, pruned, ghost
+
+    trio.run(write)
+    kept, pruned, ghost = trio.run(read)
+    assert kept == BranchPolicy(protected=True, expires_at=_NOW, on_create="SELECT 1")
+    assert pruned == ["ghost"] and ghost == BranchPolicy()
+    assert PolicyStore(path).get("ghost") == BranchPolicy()

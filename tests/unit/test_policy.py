@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
-import trio
 
 from prism.errors import BranchProtected
 from prism.policy import (
     BranchPolicy,
     CreateDefaults,
-    PolicyStore,
     default_policy,
     grace_over,
     is_expired,
@@ -53,27 +50,3 @@ def test_create_defaults_turn_a_ttl_into_an_expiry() -> None:
     assert CreateDefaults().expiry(NOW) is None
     assert CreateDefaults(ttl=3600).expiry(NOW) == NOW + timedelta(hours=1)
     assert CreateDefaults(ttl=3600).expiry(NOW, 60) == NOW + timedelta(minutes=1)
-
-
-def test_policies_survive_reopening_and_orphans_are_pruned(tmp_path: Path) -> None:
-    path = tmp_path / "prism.db"
-
-    async def write() -> None:
-        store = PolicyStore(path)
-        await store.put("keep", BranchPolicy(protected=True, expires_at=NOW, on_create="SELECT 1"))
-        await store.put("ghost", BranchPolicy(expires_at=NOW))
-        store.close()
-
-    async def read() -> tuple[BranchPolicy, list[str], BranchPolicy]:
-        store = PolicyStore(path)
-        kept = store.get("keep")
-        pruned = await store.prune(["keep", "main"])
-        ghost = store.get("ghost")
-        store.close()
-        return kept, pruned, ghost
-
-    trio.run(write)
-    kept, pruned, ghost = trio.run(read)
-    assert kept == BranchPolicy(protected=True, expires_at=NOW, on_create="SELECT 1")
-    assert pruned == ["ghost"] and ghost == BranchPolicy()
-    assert PolicyStore(path).get("ghost") == BranchPolicy()
