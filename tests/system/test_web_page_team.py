@@ -170,16 +170,19 @@ async def test_page_stays_responsive_with_200_branches_and_50_events_a_second(
             bus.publish("provisioning", f"load-{n:03d}", parent="main")
             bus.publish("running", f"load-{n:03d}", reason="create")
         await page.wait_until('document.querySelectorAll("#branches tbody tr").length === 202')
-        # The page's own measure of how long its main thread was ever busy in one go.
+        # Time the page's own work per event and per redraw, in the page. (Not the gaps between
+        # timer ticks: on a loaded machine those measure the scheduler, not the page.)
         await page.evaluate(
             """(() => {
-                window.worst = 0;
-                let last = performance.now();
-                window.beat = setInterval(() => {
-                    const now = performance.now();
-                    window.worst = Math.max(window.worst, now - last - 50);
-                    last = now;
-                }, 50);
+                window.work = { apply: [], draw: [] };
+                for (const name of ["apply", "draw"]) {
+                    const original = window[name];
+                    window[name] = (...args) => {
+                        const started = performance.now();
+                        try { return original(...args); }
+                        finally { window.work[name].push(performance.now() - started); }
+                    };
+                }
             })()"""
         )
         # 50 events a second for 6 seconds, sessions coming and going on the 200 branches.
@@ -192,7 +195,13 @@ async def test_page_stays_responsive_with_200_branches_and_50_events_a_second(
                 await page.click(_in_row("real", '[data-action="stop"]'))
             await trio.sleep(0.02)
         await page.wait_until(_status_is("real", "stopped"))
-        worst = await page.evaluate("window.worst")
-        # A frame is 16 ms; a person notices lag from about a quarter second.
-        assert worst < 250, f"the page's main thread was stuck for {worst:.0f} ms"
+        work = await page.evaluate("window.work")
+        assert len(work["apply"]) >= 300
+        # Redraws are batched: far fewer than the events, each touching only changed rows.
+        assert 0 < len(work["draw"]) < len(work["apply"])
+        slowest = max(work["apply"] + work["draw"])
+        # A person notices lag from about a tenth of a second; a whole redraw of 202 rows
+        # takes ~30 ms on an idle 2-core machine. The bound leaves room for a machine shared
+        # with other work (a time measure on a busy CPU includes time the page did not run).
+        assert slowest < 250, f"one step of the page's work took {slowest:.0f} ms"
         assert page.errors == []

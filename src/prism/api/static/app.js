@@ -176,14 +176,16 @@ function buildControls(row, name) {
 // One row, created once per branch and then updated in place: replacing rows on every event
 // would swap a button for a new one between a person's mouse-down and mouse-up, and on a busy
 // Prism (events all the time) their click would be lost.
+const rows = new Map(); // name -> its row, so finding one never scans the table
 function rowOf(body, name, index) {
-  let row = [...body.rows].find((r) => r.dataset.branch === name);
+  let row = rows.get(name);
   if (row === undefined) {
     row = document.createElement("tr");
     row.dataset.branch = name;
     for (const field of FIELDS) row.insertCell().dataset.field = field;
     row.cells[FIELDS.indexOf("actions")].className = "actions";
     buildControls(row, name);
+    rows.set(name, row);
   }
   if (body.rows[index] !== row) body.insertBefore(row, body.rows[index] ?? null);
   return row;
@@ -199,18 +201,24 @@ function setText(element, text) {
   if (element.textContent !== text) element.textContent = text;
 }
 
+// Writes only what differs: with 200 rows redrawn, needless writes would each make the
+// browser recompute styles.
+function put(element, property, value) {
+  if (element[property] !== value) element[property] = value;
+}
+
 function renderRow(row, b, place) {
   const cell = (field) => row.cells[FIELDS.indexOf(field)];
-  row.dataset.status = b.status;
-  row.dataset.depth = String(place.depth);
-  row.hidden = place.hidden;
-  const toggle = cell("name").querySelector(".toggle");
-  toggle.hidden = place.parentOf.length === 0;
+  put(row.dataset, "status", b.status);
+  put(row.dataset, "depth", String(place.depth));
+  put(row, "hidden", place.hidden);
+  const toggle = cell("name").firstElementChild;
+  put(toggle, "hidden", place.parentOf.length === 0);
   setText(toggle, collapsed.has(b.name) ? "▸" : "▾");
-  toggle.title = `${collapsed.has(b.name) ? "show" : "hide"} ${place.parentOf.join(", ")}`;
-  const label = cell("name").querySelector(".label");
+  put(toggle, "title", `${collapsed.has(b.name) ? "show" : "hide"} ${place.parentOf.join(", ")}`);
+  const label = cell("name").lastElementChild;
   setText(label, b.name);
-  label.style.paddingLeft = `${place.depth * 1.2}em`;
+  put(label.style, "paddingLeft", `${place.depth * 1.2}em`);
   show(row, "status", b.status);
   show(row, "parent", b.parent ?? "—");
   show(row, "connections", String(b.connections));
@@ -218,13 +226,13 @@ function renderRow(row, b, place) {
   const disk = b.disk;
   const diskText = !disk ? "…" : disk.own === null ? `? / ? (${size(disk.total)} in all)`
     : `${size(disk.own)} / ${size(disk.shared)}`;
-  show(row, "disk", diskText).title = disk ? disk.basis : "";
-  const box = cell("protected").querySelector("input");
-  if (document.activeElement !== box) box.checked = Boolean(b.protected);
-  setText(cell("expires").querySelector(".when"), until(b.expires_at));
-  cell("expires").title = b.expires_at ?? "never expires";
-  setText(cell("connection").querySelector(".dsn"), b.connection ? b.connection.uri : "");
-  show(row, "last_active", ago(b.last_active)).title = b.last_active;
+  put(show(row, "disk", diskText), "title", disk ? disk.basis : "");
+  const box = cell("protected").firstElementChild;
+  if (document.activeElement !== box) put(box, "checked", Boolean(b.protected));
+  setText(cell("expires").firstElementChild, until(b.expires_at));
+  put(cell("expires"), "title", b.expires_at ?? "never expires");
+  setText(cell("connection").firstElementChild, b.connection ? b.connection.uri : "");
+  put(show(row, "last_active", ago(b.last_active)), "title", b.last_active);
   const actions = cell("actions");
   const wanted = actionsOf(b);
   const key = `${wanted.join()}|${Boolean(b.protected)}`;
@@ -248,19 +256,38 @@ function fillSelect(select, names, fallback) {
   select.dataset.names = names.join();
 }
 
-// Many events can arrive at once (50 a second on a busy Prism): draw at most once per 16 ms.
+// Many events can arrive at once (50 a second on a busy Prism): draw at most once per 16 ms,
+// and then only the rows whose branch changed, unless the tree itself did (``render()``).
 // (A timer, not requestAnimationFrame, which a hidden tab never runs: its table would go stale.)
 let drawing = false;
-function render() {
+let whole = true;
+const changed = new Set();
+let places = new Map(); // name -> its place in the tree, as of the last whole draw
+function render(name) {
+  if (name === undefined) whole = true;
+  else changed.add(name);
   if (drawing) return;
   drawing = true;
   setTimeout(() => { drawing = false; draw(); }, 16);
 }
 
 function draw() {
+  if (!whole) {
+    for (const name of changed) {
+      const row = rows.get(name);
+      if (row !== undefined && branches.has(name)) renderRow(row, branches.get(name), places.get(name));
+    }
+    changed.clear();
+    return;
+  }
+  whole = false;
+  changed.clear();
   const body = $("#branches tbody");
-  for (const row of [...body.rows]) if (!branches.has(row.dataset.branch)) row.remove();
+  for (const [name, row] of rows) {
+    if (!branches.has(name)) { row.remove(); rows.delete(name); }
+  }
   const order = treeOrder();
+  places = new Map(order.map((place) => [place.name, place]));
   order.forEach((place, index) => {
     renderRow(rowOf(body, place.name, index), branches.get(place.name), place);
   });
@@ -369,8 +396,10 @@ function apply(event) {
   if (["connected", "disconnected", "running"].includes(event.type)) b.last_active = event.at;
   if (event.type === "deleted" || (event.type === "failed" && b.status !== "running")) {
     branches.delete(name);
+    return render();
   }
-  render();
+  // A new branch changes the tree; anything else changes only its own row.
+  render(event.type === "provisioning" ? undefined : name);
 }
 
 function subscribe() {
