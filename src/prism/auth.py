@@ -41,7 +41,6 @@ from prism.address import BackendAddress
 from prism.branches import BranchManager
 from prism.errors import PrismError, ProtocolViolation
 from prism.frontdoor import ClientConn
-from prism.names import MAIN_BRANCH
 from prism.pgclient import connect_service
 
 log = logging.getLogger(__name__)
@@ -111,7 +110,8 @@ class VerifierStore:
 
     async def lookup(self, branch: str, role: str) -> RoleSecret | None:
         """The secret of ``role`` as the server of ``branch`` would check it."""
-        source = branch if self._manager.get(branch) is not None else MAIN_BRANCH
+        # A branch about to be created on connect has its default parent's roles.
+        source = branch if self._manager.get(branch) is not None else self._manager.defaults.parent
         roles = await self._roles(source)
         return roles.get(role)
 

@@ -51,6 +51,8 @@ import trio
 from prism.address import BackendAddress
 from prism.clone import clone_consistent
 from prism.crashpoints import crash_point
+from prism.diskuse import DiskUse, DiskUseCache
+from prism.dsn import ConnectionParams, Endpoint, params_for
 from prism.errors import (
     BranchExists,
     BranchHasChildren,
@@ -64,9 +66,20 @@ from prism.errors import (
     TooManyConnections,
 )
 from prism.events import EventBus
+from prism.hooks import run_on_create
 from prism.names import MAIN_BRANCH, validate_branch_name
+from prism.pgclient import connect_branch
+from prism.policy import (
+    BranchPolicy,
+    CreateDefaults,
+    PolicyStore,
+    grace_over,
+    is_expired,
+    refuse_if_protected,
+)
 from prism.runtime.base import Runtime
-from prism.state import BranchRecord, Intent, StateStore, utcnow
+from prism.schemadiff import SchemaDiff, diff_schemas, read_schema
+from prism.state import BranchRecord, Intent, StateStore, rfc3339, utcnow
 from prism.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -124,6 +137,9 @@ _TERMINATE_WAIT = 5.0
 
 # Intent names in the journal (``StateStore.begin``).
 _OP_RESET = "reset"
+# A reset whose parent has an on_create hook marks its intent with this once the old data is
+# gone: a clone found after a crash from then on may lack the hook, and is thrown away.
+_PHASE_HOOKED_CLONE = "hooked-clone"
 _OP_INITDB = "initdb"
 
 # Files every data directory initdb finished has; a directory without them is half-made.
@@ -174,6 +190,8 @@ class BranchManager:
         password: str,
         max_branches: int = 0,
         max_running: int = 0,
+        defaults: CreateDefaults | None = None,
+        endpoint: Endpoint | None = None,
     ) -> None:
         self.storage = storage
         self.runtime = runtime
@@ -183,6 +201,11 @@ class BranchManager:
         self._password = password
         self._max_branches = max_branches
         self._max_running = max_running
+        self.defaults = defaults or CreateDefaults()
+        self.endpoint = endpoint
+        self.policies = PolicyStore(state.path)
+        self.disk = DiskUseCache(storage)
+        events.add_listener(self.disk.observe)
         self._branches: dict[str, Branch] = {}
         self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
         self.before_stop: list[Callable[[str, BackendAddress], Awaitable[None]]] = []
@@ -226,11 +249,59 @@ class BranchManager:
         """Bytes ``name`` uses on its own, if the driver can tell (off the loop: it may walk)."""
         return await trio.to_thread.run_sync(self.storage.usage_bytes, name)
 
+    def descendants(self, name: str) -> builtins.list[str]:
+        """Every branch cloned, directly or not, from ``name``."""
+        found = []
+        for child in self.children(name):
+            found += [child, *self.descendants(child)]
+        return found
+
+    def policy(self, name: str) -> BranchPolicy:
+        """``name``'s protection, expiry and hook (``BranchNotFound`` if there is no branch)."""
+        self.require(name)
+        return self.policies.get(name)
+
+    async def disk_use(self, name: str) -> DiskUse:
+        """Bytes ``name`` holds alone and shares with its parent, as far as the storage knows."""
+        self.require(name)
+        return await self.disk.get(name)
+
+    async def schema_diff(self, name: str, against: str, *, database: str) -> SchemaDiff:
+        """How ``name``'s schema differs from ``against``'s, read from both servers' catalogs.
+
+        Both branches are woken if stopped (reading catalogs needs a server), which counts as
+        activity like any client would.
+        """
+        self.require(name)
+        self.require(against)
+        schemas = []
+        for branch in (name, against):
+            address = await self.ensure_running(branch, create=False)
+            async with await connect_branch(
+                address,
+                user=self._superuser,
+                password=self._password,
+                database=database,
+                application_name="prism diff",
+            ) as service:
+                schemas.append(await read_schema(service))
+        return diff_schemas(schemas[0], schemas[1])
+
+    def connection(
+        self, name: str, *, host: str | None = None, with_password: bool = False
+    ) -> ConnectionParams | None:
+        """How a client reaches ``name`` through the front door (None: Prism is not serving)."""
+        self.require(name)
+        if self.endpoint is None:
+            return None
+        return params_for(self.endpoint, name, host=host, with_password=with_password)
+
     # ---- start-up and shut-down ------------------------------------------------------------
 
     async def open(self) -> None:
         """Reconcile the registry with storage and runtime, create main if needed, start it."""
         await self._reconcile()
+        await self.policies.prune(self._branches)
         if MAIN_BRANCH not in self._branches:
             await self._create_main()
         await self.ensure_running(MAIN_BRANCH)
@@ -256,6 +327,7 @@ class BranchManager:
                         nursery.start_soon(stop_one, branch.name)
             for branch in self.list():
                 await self._save(branch)
+            self.policies.close()
         for name, error in sorted(failures.items()):
             log.error("shutdown: could not stop the server of branch %s: %s", name, error)
         return failures
@@ -344,17 +416,34 @@ class BranchManager:
             records.pop(name, None)
         elif intent.op == _OP_RESET:
             await self._stop_leftover(name)
-            if self.storage.exists(name):
+            token, _, phase = (intent.detail or "").partition(":")
+            if self.storage.exists(name) and phase == _PHASE_HOOKED_CLONE:
+                await self._undo_unhooked_reset(name, token)
+            elif self.storage.exists(name):
                 # The old data (crash before the retire) or the new clone (after it): whole
                 # either way, since a clone appears in one step.
                 log.warning("reconcile: the interrupted reset of branch %s left it whole", name)
-            elif intent.detail is not None and await self.storage.restore(name, intent.detail):
+            elif token and await self.storage.restore(name, token):
                 log.warning("reconcile: undid the interrupted reset of branch %s", name)
             else:
                 log.error("reconcile: branch %s was lost by an interrupted reset", name)
         else:
             log.error("reconcile: unknown operation %r on branch %s ignored", intent.op, name)
         await self.state.finish(name)
+
+    async def _undo_unhooked_reset(self, name: str, token: str) -> None:
+        """Throw away an interrupted reset's clone that may lack its parent's hook.
+
+        The hook (a sanitized template's masking, say) runs after the clone appears, so such a
+        clone cannot be kept: the old data goes back if the storage kept it (ZFS does not, and
+        the branch is then removed, as a failed reset on ZFS removes it).
+        """
+        await self.storage.retire(name)
+        if await self.storage.restore(name, token):
+            log.warning("reconcile: undid the interrupted reset of branch %s", name)
+        else:
+            log.error("reconcile: removed branch %s: its reset was interrupted", name)
+            await self.policies.forget(name)
 
     async def _stop_leftover(self, name: str) -> None:
         """Stop a server an earlier Prism left running on ``name``'s directory, if any."""
@@ -425,7 +514,8 @@ class BranchManager:
                 if branch is None:
                     if not create:
                         raise BranchNotFound(f'branch "{name}" does not exist')
-                    branch = await self._provision(name, MAIN_BRANCH)
+                    await self._record_new_policy(name, self.defaults.ttl)
+                    branch = await self._provision(name, self.defaults.parent)
                 elif self.runtime.address(name) is None:
                     await self._start(branch, reason="wake")
         # No await since the branch was last seen running: nothing can stop it in between.
@@ -436,12 +526,21 @@ class BranchManager:
 
     # ---- operations ------------------------------------------------------------------------
 
-    async def create(self, name: str, parent: str = MAIN_BRANCH) -> Branch:
-        """Create ``name`` from ``parent`` and start it."""
+    async def create(
+        self,
+        name: str,
+        parent: str = MAIN_BRANCH,
+        *,
+        ttl: float | None = None,
+        protected: bool = False,
+    ) -> Branch:
+        """Create ``name`` from ``parent`` and start it; ``ttl`` seconds from now it expires
+        (``None``: never; the on-connect default ``--branch-ttl`` is for created-on-connect)."""
         validate_branch_name(name)
         async with self._locks[name]:
             if name in self._branches:
                 raise BranchExists(f'branch "{name}" already exists')
+            await self._record_new_policy(name, ttl or 0.0, protected=protected)
             return await self._provision(name, parent)
 
     async def start(self, name: str) -> Branch:
@@ -478,11 +577,12 @@ class BranchManager:
         """Throw away ``name``'s changes: re-clone it from its parent's current state.
 
         Open sessions are ended first, with a message that says why. The branch comes back
-        running if it was running. If the new clone fails the branch is removed (its changes
-        were already gone) and the error says so.
+        running if it was running. If the new clone (or the parent's ``on_create`` hook in it)
+        fails, the branch's old data is put back and the error says so.
         """
         async with self._locks[name]:
             branch = self.require(name)
+            refuse_if_protected(name, self.policies.get(name), "reset")
             if branch.parent is None:
                 raise BranchProtected(
                     f'branch "{name}" has no parent to reset from',
@@ -521,8 +621,15 @@ class BranchManager:
                     moved = True
                     self._discarded(name)
                     crash_point("reset:retired")
+                    if self.policies.get(parent).on_create is not None:
+                        # From here a clone may stand without its hook run: reconcile must
+                        # know to throw it away rather than keep it.
+                        detail = f"{token}:{_PHASE_HOOKED_CLONE}"
+                        await self.state.begin(name, _OP_RESET, parent=parent, detail=detail)
                     await self._clone_from(parent, name)
                     crash_point("reset:cloned")
+                    await self._run_hook_unseen(branch)
+                    crash_point("reset:hooked")
             except BaseException as exc:
                 with trio.CancelScope(shield=True):
                     await self._undo_reset(branch, token, moved=moved)
@@ -552,6 +659,8 @@ class BranchManager:
             raise BranchProtected("the main branch cannot be deleted")
         self.require(name)
         children = self.children(name)
+        for doomed in [name, *self.descendants(name)] if with_children else [name]:
+            refuse_if_protected(doomed, self.policies.get(doomed), "deleted")
         if children and not with_children:
             raise BranchHasChildren(
                 f'branch "{name}" has child branches: {", ".join(children)}',
@@ -580,6 +689,45 @@ class BranchManager:
             await self._forget_record(name)
             self.events.publish("deleted", name)
         return [*deleted, name]
+
+    # ---- team policies -------------------------------------------------------------------
+
+    async def set_policy(self, name: str, **changes: object) -> BranchPolicy:
+        """Change ``name``'s ``protected``, ``expires_at`` or ``on_create``; returns the policy.
+
+        Held under the branch's lock so a change never interleaves with a delete or reset.
+        """
+        async with self._locks[name]:
+            self.require(name)
+            policy = await self.policies.update(name, **changes)
+        self.events.publish(
+            "policy",
+            name,
+            protected=policy.protected,
+            expires_at=None if policy.expires_at is None else rfc3339(policy.expires_at),
+        )
+        return policy
+
+    async def expire_if_due(self, name: str, *, grace: float) -> bool:
+        """Delete ``name`` if its time is up: at once with no session open, else only after
+        ``grace`` seconds, ending the sessions with 57P01. An ``expired`` event comes first."""
+        branch = self._branches.get(name)
+        now = utcnow()
+        if (
+            branch is None
+            or name == MAIN_BRANCH  # cannot be deleted at all: an expiry on it means nothing
+            or not is_expired(self.policies.get(name), now)
+            or self.children(name)
+        ):
+            return False
+        if self._sessions.get(name) and not grace_over(self.policies.get(name), now, grace):
+            return False
+        self.events.publish("expired", name)
+        await self._terminate_sessions(
+            name, f'branch "{name}" expired and was deleted', hint="create it again if needed"
+        )
+        await self.delete(name)
+        return True
 
     # ---- client sessions (opened by the proxy) --------------------------------------------
 
@@ -742,6 +890,40 @@ class BranchManager:
         )
         return branch
 
+    async def _record_new_policy(self, name: str, ttl: float, *, protected: bool = False) -> None:
+        """Write a new branch's policy before it exists, so a crash cannot lose it."""
+        policy = BranchPolicy(protected=protected, expires_at=self.defaults.expiry(utcnow(), ttl))
+        if policy == BranchPolicy():
+            await self.policies.forget(name)  # a row left by a create that failed early
+        else:
+            await self.policies.put(name, policy)
+
+    async def _run_parent_hook(self, branch: Branch, address: BackendAddress) -> None:
+        sql = None if branch.parent is None else self.policies.get(branch.parent).on_create
+        if sql is None:
+            return
+        started = trio.current_time()
+        await run_on_create(address, sql, superuser=self._superuser, password=self._password)
+        self.events.publish(
+            "hook", branch.name, parent=branch.parent, duration_ms=_elapsed_ms(started)
+        )
+
+    async def _run_hook_unseen(self, branch: Branch) -> None:
+        """Run the parent's hook in a re-cloned branch that no client can reach yet.
+
+        A reset is a fresh clone of the parent, so a sanitized template must be masked again
+        before anyone sees it. The branch is still ``resetting`` and its lock is held, so the
+        server started here is Prism's alone; it is stopped again afterwards.
+        """
+        if branch.parent is None or self.policies.get(branch.parent).on_create is None:
+            return
+        path = self.storage.path(branch.name)
+        address = await self.runtime.start(branch.name, path, parent=branch.parent)
+        try:
+            await self._run_parent_hook(branch, address)
+        finally:
+            await self.runtime.stop(branch.name)
+
     async def _clone_from(self, parent: str, child: str) -> None:
         """Clone ``parent`` into ``child`` holding the parent's lock, so it holds still."""
         async with self._locks[parent]:
@@ -765,6 +947,7 @@ class BranchManager:
             log.error("rollback: could not stop branch %s: %s", name, exc.message)
         await self._destroy_quietly(name)
         await self.state.delete(name)
+        await self.policies.forget(name)
         self._branches.pop(name, None)
         self._discarded(name)
 
@@ -816,6 +999,7 @@ class BranchManager:
         its directory is gone, and a new branch of the same name simply replaces it."""
         try:
             await self.state.delete(name)
+            await self.policies.forget(name)
         except StorageError as exc:
             log.warning("branch %s: deleted, but its record stays until restart: %s", name, exc)
 
@@ -843,6 +1027,9 @@ class BranchManager:
             )
             crash_point(f"{reason}:server-up")
             branch.address = address
+            if reason == "create":
+                # Before the branch is marked running, so no client can get in first.
+                await self._run_parent_hook(branch, address)
         except BaseException as exc:
             branch.status = (
                 previous if previous is not BranchStatus.RUNNING else BranchStatus.STOPPED

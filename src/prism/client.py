@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
@@ -25,9 +26,21 @@ import trio
 import trio_websocket
 
 from prism.config import HostPort, load_settings
+from prism.dsn import FORMATS
 from prism.errors import PrismError
+from prism.schemadiff import format_diff
 
 API_PREFIX = "/api/v1"
+# Exit statuses a script can rely on (docs/cli.md): the API's error code decides.
+EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT = 1, 2, 3, 4
+_EXIT_BY_CODE = {
+    "branch_not_found": EXIT_NOT_FOUND,
+    "unknown_parent": EXIT_NOT_FOUND,
+    "branch_exists": EXIT_CONFLICT,
+    "branch_has_children": EXIT_CONFLICT,
+    "branch_protected": EXIT_CONFLICT,
+    "conflict": EXIT_CONFLICT,
+}
 # Creating a branch of a big main with the copy driver, or a cold Docker start, can take minutes.
 _OPERATION_TIMEOUT = httpx.Timeout(10.0, read=600.0)
 _WILDCARD_HOSTS = ("0.0.0.0", "::", "")
@@ -159,13 +172,59 @@ def _ls(api: ApiClient, args: argparse.Namespace) -> Any:
     return api.call("GET", "/branches")["branches"]
 
 
+def _connection(api: ApiClient, name: str, args: argparse.Namespace) -> Text:
+    """``name``'s connection string in the asked format, as a bare line for ``$(...)``."""
+    params = {"password": "true"} if args.password else {}
+    branch = api.call("GET", f"/branches/{name}", params=params)
+    if branch.get("connection") is None:
+        raise ClientError(f'Prism does not say how to reach branch "{name}"')
+    return Text(branch["connection"][args.format])
+
+
 def _create(api: ApiClient, args: argparse.Namespace) -> Any:
-    return api.call("POST", "/branches", json={"name": args.name, "parent": args.parent})
+    body: dict[str, Any] = {"name": args.name, "parent": args.parent}
+    if args.ttl is not None:
+        body["ttl"] = args.ttl
+    if args.protected:
+        body["protected"] = True
+    created = api.call("POST", "/branches", json=body)
+    return _connection(api, args.name, args) if args.print_dsn else created
 
 
 def _rm(api: ApiClient, args: argparse.Namespace) -> Any:
     params = {"with_children": "true"} if args.with_children else {}
-    return api.call("DELETE", f"/branches/{args.name}", params=params)
+    try:
+        return api.call("DELETE", f"/branches/{args.name}", params=params)
+    except ClientError as exc:
+        if args.if_exists and exc.code == "branch_not_found":
+            return {"deleted": []}
+        raise
+
+
+def _dsn(api: ApiClient, args: argparse.Namespace) -> Any:
+    return _connection(api, args.name, args)
+
+
+def _patch(**body: Any) -> Command:
+    def run(api: ApiClient, args: argparse.Namespace) -> Any:
+        return api.call("PATCH", f"/branches/{args.name}", json=body)
+
+    return run
+
+
+def _expire(api: ApiClient, args: argparse.Namespace) -> Any:
+    body = {"expires_at": None} if args.ttl in ("never", "none") else {"ttl": args.ttl}
+    return api.call("PATCH", f"/branches/{args.name}", json=body)
+
+
+def _hook(api: ApiClient, args: argparse.Namespace) -> Any:
+    if args.on_create is None:
+        return api.call("PATCH", f"/branches/{args.name}", json={"on_create": None})
+    try:
+        sql = Path(args.on_create).read_text() if args.on_create != "-" else sys.stdin.read()
+    except OSError as exc:
+        raise ClientError(f"cannot read {args.on_create}: {exc.strerror}") from None
+    return api.call("PATCH", f"/branches/{args.name}", json={"on_create": sql})
 
 
 def _operation(verb: str) -> Command:
@@ -175,11 +234,21 @@ def _operation(verb: str) -> Command:
     return run
 
 
+class Text(str):
+    """A result printed as it is, even with ``--json`` (a connection string for a script)."""
+
+
+def _diff(api: ApiClient, args: argparse.Namespace) -> Any:
+    params = {"against": args.against, "database": args.database}
+    view = api.call("GET", f"/branches/{args.branch}/diff", params=params)
+    return view if args.json else Text(format_diff(view))
+
+
 def _human(result: Any) -> str:
     if isinstance(result, list):
         return format_branches(result)
     if "deleted" in result:
-        return f"deleted: {', '.join(result['deleted'])}"
+        return f"deleted: {', '.join(result['deleted']) or 'nothing (no such branch)'}"
     return format_branch(result)
 
 
@@ -202,16 +271,47 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         parser.set_defaults(run=run)
         return parser
 
+    def dsn_flags(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--format", choices=FORMATS, default="uri", help="connection string format (uri)"
+        )
+        parser.add_argument(
+            "--password", action="store_true", help="include the password (left out by default)"
+        )
+
     verb("ls", "list branches", _ls, named=False)
-    verb("create", "create a branch", _create).add_argument(
-        "--parent", default="main", help="branch to clone (default main)"
-    )
-    verb("rm", "delete a branch and its data", _rm).add_argument(
+    create = verb("create", "create a branch", _create)
+    create.add_argument("--parent", default="main", help="branch to clone (default main)")
+    create.add_argument("--ttl", default=None, help="delete it this long after now, e.g. 72h")
+    create.add_argument("--protected", action="store_true", help="protect it from delete/reset")
+    create.add_argument("--print-dsn", action="store_true", help="print only its connection string")
+    dsn_flags(create)
+    rm = verb("rm", "delete a branch and its data", _rm)
+    rm.add_argument(
         "--with-children", action="store_true", help="also delete branches cloned from it"
+    )
+    rm.add_argument(
+        "--if-exists", action="store_true", help="a branch that does not exist is not an error"
+    )
+    dsn_flags(verb("dsn", "print a branch's connection string", _dsn))
+    verb("protect", "refuse delete and reset of a branch", _patch(protected=True))
+    verb("unprotect", "allow delete and reset of a branch again", _patch(protected=False))
+    verb("expire", "set when a branch is deleted", _expire).add_argument(
+        "ttl", metavar="TTL", help="a duration from now (72h, 30m) or never"
+    )
+    verb("hook", "set the SQL run in every new child of a branch", _hook).add_argument(
+        "--on-create", metavar="FILE", default=None, help="SQL file (- for stdin); none: clear"
     )
     verb("reset", "throw away a branch's changes (re-clone from its parent)", _operation("reset"))
     verb("stop", "stop a branch's server (data stays)", _operation("stop"))
     verb("start", "start a branch's server", _operation("start"))
+
+    diff = commands.add_parser("diff", help="compare two branches' schemas")
+    diff.add_argument("branch", help="the branch whose schema is wanted (A)")
+    diff.add_argument("against", help="the branch to compare with (B)")
+    diff.add_argument("--database", default="postgres", help="database to compare (postgres)")
+    _add_common(diff)
+    diff.set_defaults(run=_diff)
 
     events = commands.add_parser("events", help="follow branch events live")
     _add_common(events)
@@ -227,13 +327,16 @@ def run_client(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         result = args.run(ApiClient(url, token), args)
     except ClientError as exc:
         print(f"prism: error: {exc.message}", file=sys.stderr)
-        return 1
+        return _EXIT_BY_CODE.get(exc.code or "", EXIT_FAILED)
     except PrismError as exc:  # a bad setting while finding the API
         print(f"prism: error: {exc.message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    print(json.dumps(result, indent=2) if args.json else _human(result), file=out)
+    if isinstance(result, Text):
+        print(result, file=out)
+    else:
+        print(json.dumps(result, indent=2) if args.json else _human(result), file=out)
     return 0
 
 

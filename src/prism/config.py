@@ -163,6 +163,9 @@ class Settings:
     max_running: int = 0
     create_on_connect: str = "on"
     data_plane: str = "auto"
+    default_parent: str = "main"
+    branch_ttl: float = 0.0
+    expiry_grace: float = 600.0
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -230,6 +233,17 @@ SETTINGS: tuple[Setting, ...] = (
         _choice("auto", "pump"),
         "how spliced bytes move: auto (the kernel's sockmap for plain TCP when Prism may load "
         "it, else the pump), pump (always Prism's user-space pump)",
+    ),
+    Setting("default_parent", str, "the branch that branches created on connect are cloned from"),
+    Setting(
+        "branch_ttl",
+        parse_duration,
+        "branches created on connect expire this long after creation (0: never)",
+    ),
+    Setting(
+        "expiry_grace",
+        parse_duration,
+        "how long sessions open on an expired branch may go on before they are ended",
     ),
 )
 

@@ -110,6 +110,10 @@ class BackendQueryError(PrismError):
     """A query on Prism's own service connection to a branch failed."""
 
 
+class HookFailed(PrismError):
+    """A parent's ``on_create`` SQL failed in a new child; the child was rolled back."""
+
+
 class ConfigError(PrismError):
     """A setting is missing, malformed or contradicts another one."""
 

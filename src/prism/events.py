@@ -11,6 +11,7 @@ bookkeeping (metrics), must be quick and must not raise.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 
 Event = dict[str, Any]
 Listener = Callable[[Event], None]
+# Events a page shows on load, so it is never an empty list until something happens.
+RECENT_EVENTS = 100
 
 
 def event_time() -> str:
@@ -88,6 +91,7 @@ class EventBus:
         self._subscribers: dict[trio.MemorySendChannel[Event], Subscription] = {}
         self._listeners: list[Listener] = []
         self._seq = itertools.count(1)
+        self._recent: collections.deque[Event] = collections.deque(maxlen=RECENT_EVENTS)
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener`` with every event from now on (synchronously, in publish order)."""
@@ -105,6 +109,7 @@ class EventBus:
             "seq": next(self._seq),
             **fields,
         }
+        self._recent.append(event)
         for listener in self._listeners:
             listener(event)
         for send in list(self._subscribers):
@@ -135,6 +140,10 @@ class EventBus:
         finally:
             self._subscribers.pop(send, None)
             send.close()
+
+    def recent(self, since: int = 0) -> list[Event]:
+        """The last ``RECENT_EVENTS`` events with ``seq`` above ``since``, oldest first."""
+        return [event for event in self._recent if event["seq"] > since]
 
     @property
     def subscriber_count(self) -> int:

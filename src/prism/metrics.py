@@ -144,6 +144,7 @@ class Metrics:
                 "Branches stopped by the reaper for being idle.",
                 [f"prism_reaper_stops_total {self.reaper_stops}"],
             ),
+            *self._disk_lines(),
             *_family(
                 "prism_event_subscribers",
                 "gauge",
@@ -152,3 +153,29 @@ class Metrics:
             ),
         ]
         return "\n".join(lines) + "\n"
+
+    def _disk_lines(self) -> list[str]:
+        """Disk use per branch and in total, as last measured (the page and API measure)."""
+        known = self._manager.disk.known([b.name for b in self._manager.list()])
+        samples = [
+            f'prism_branch_disk_bytes{{branch="{_label(name)}",kind="{kind}"}} {value}'
+            for name, use in sorted(known.items())
+            for kind, value in (("own", use.own), ("shared", use.shared), ("total", use.total))
+            if value is not None
+        ]
+        totals = [
+            f'prism_disk_bytes{{kind="{kind}"}} {sum(v for v in values if v is not None)}'
+            for kind, values in (
+                ("own", [use.own for use in known.values()]),
+                ("total", [use.total for use in known.values()]),
+            )
+        ]
+        return [
+            *_family(
+                "prism_branch_disk_bytes",
+                "gauge",
+                "Bytes a branch holds alone (own), shares with others (shared), in all (total).",
+                samples,
+            ),
+            *_family("prism_disk_bytes", "gauge", "Sums of prism_branch_disk_bytes.", totals),
+        ]

@@ -19,6 +19,7 @@ from types import TracebackType
 import trio
 
 from prism import scram, wire
+from prism.address import BackendAddress
 from prism.errors import BackendQueryError, PrismError
 
 log = logging.getLogger(__name__)
@@ -308,3 +309,27 @@ async def connect_service(
         await connection.aclose()
         raise
     return connection
+
+
+async def connect_branch(
+    address: BackendAddress,
+    *,
+    user: str,
+    password: str,
+    database: str = "postgres",
+    application_name: str = "prism",
+) -> ServiceConnection:
+    """A service connection to a running branch: its private socket if it has one, else TCP."""
+    socket = address.service_socket_path()
+    if socket is not None:
+        return await connect_service(
+            unix_socket=socket, user=user, database=database, application_name=application_name
+        )
+    return await connect_service(
+        host=address.host,
+        port=address.port,
+        user=user,
+        password=password,
+        database=database,
+        application_name=application_name,
+    )

@@ -68,3 +68,27 @@ async def run_reaper(manager: BranchManager, *, idle_timeout: float, include_mai
                 # Anything else (an engine or sqlite error) is one branch's problem too: it must
                 # not escape into the server's nursery and take every branch down with it.
                 log.exception("reaper: unexpected error stopping idle branch %s", name)
+
+
+# Expiry is in hours or days; a look every few seconds is plenty and costs nothing.
+EXPIRY_TICK = 2.0
+
+
+async def run_expiry(manager: BranchManager, *, tick: float = EXPIRY_TICK) -> None:
+    """Delete expired branches until cancelled (``BranchManager.expire_if_due`` decides).
+
+    A pass of its own beside the idle reaper: expiry applies even with ``idle_timeout`` 0.
+    """
+    while True:
+        await trio.sleep(tick)
+        for branch in manager.list():
+            try:
+                if await manager.expire_if_due(branch.name, grace=manager.defaults.expiry_grace):
+                    log.info("reaper: deleted expired branch %s", branch.name)
+            except PrismError as exc:
+                log.error(
+                    "reaper: could not delete expired branch %s: %s", branch.name, exc.message
+                )
+            except Exception:
+                # As in the idle pass: one branch's failure must never take Prism down.
+                log.exception("reaper: unexpected error deleting expired branch %s", branch.name)

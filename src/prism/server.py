@@ -18,10 +18,12 @@ from prism.branches import BranchManager
 from prism.config import Settings
 from prism.dataplane import DataPlane
 from prism.dataplane import choose as choose_data_plane
+from prism.dsn import Endpoint
 from prism.errors import ConfigError
 from prism.events import EventBus
+from prism.policy import CreateDefaults
 from prism.proxy import Proxy
-from prism.reaper import run_reaper
+from prism.reaper import run_expiry, run_reaper
 from prism.runtime import open_runtime
 from prism.state import StateStore
 from prism.storage import open_storage
@@ -126,6 +128,18 @@ class PrismServer:
             password=settings.password,
             max_branches=settings.max_branches,
             max_running=settings.max_running,
+            defaults=CreateDefaults(
+                parent=settings.default_parent,
+                ttl=settings.branch_ttl,
+                expiry_grace=settings.expiry_grace,
+            ),
+            endpoint=Endpoint(
+                host=settings.listen.host,
+                port=_bound(pg_listener)[1],
+                superuser=settings.superuser,
+                password=settings.password,
+                tls=settings.tls,
+            ),
         )
         data_plane = choose_data_plane(settings.data_plane)
         proxy = Proxy.from_settings(manager, settings, data_dir, data_plane)
@@ -145,6 +159,7 @@ class PrismServer:
                             include_main=settings.main_scales_to_zero,
                         )
                     )
+                nursery.start_soon(run_expiry, manager)
                 info = ServerInfo(_bound(pg_listener), _bound(api_listener), manager, data_plane)
                 log.info(
                     "prism: ready: postgres clients on %s:%d, API on %s; data in %s "

@@ -27,6 +27,7 @@ async def test_created_branch_is_listed_and_described(prism: PrismHandle) -> Non
         one = (await http.get(f"{V1}/branches/made")).json()
     assert [b["name"] for b in listed] == ["made", "main"]
     assert one == created.json()
+    assert one["connection"]["user"] == "postgres@made"
     assert one["parent"] == "main" and one["status"] == "running"
     assert one["connections"] == 0 and one["address"].startswith("127.0.0.1:")
     assert one["created_at"].endswith("Z") and one["last_active"].endswith("Z")

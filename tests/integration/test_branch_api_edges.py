@@ -89,7 +89,7 @@ async def test_deleting_with_children_asked_removes_grandchildren_first(
     ("method", "path", "status_code", "code"),
     [
         ("PUT", "/branches", 405, "method_not_allowed"),
-        ("PATCH", "/branches/main", 405, "method_not_allowed"),
+        ("PUT", "/branches/main", 405, "method_not_allowed"),
         ("GET", "/branches/main/reset", 405, "method_not_allowed"),
         ("POST", "/branches/main/explode", 404, "not_found"),
     ],

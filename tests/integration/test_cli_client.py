@@ -11,7 +11,7 @@ from typing import Any
 
 import trio
 
-from .harness import PrismHandle
+from .harness import PrismHandle, psql
 
 
 async def _prism(
@@ -68,10 +68,10 @@ async def test_branch_commands_create_list_stop_start_reset_and_remove(
 async def test_failures_exit_non_zero_with_one_line_reason(prism: PrismHandle) -> None:
     url = ("--api", prism.info.api_url)
     refused = await _prism("branch", "rm", "main", *url, check=False)
-    assert refused.returncode == 1
+    assert refused.returncode == 4  # a conflict: main is protected
     assert refused.stderr.decode() == "prism: error: the main branch cannot be deleted\n"
     missing = await _prism("branch", "stop", "ghost", *url, check=False)
-    assert missing.returncode == 1
+    assert missing.returncode == 3  # not found
     assert missing.stderr.decode() == 'prism: error: branch "ghost" does not exist\n'
 
 
@@ -122,7 +122,7 @@ async def test_create_from_a_parent_and_rm_with_children_print_json(prism: Prism
     assert (child["name"], child["parent"], child["status"]) == ("young", "elder", "running")
 
     refused = await _prism("branch", "rm", "elder", *url, check=False)
-    assert refused.returncode == 1
+    assert refused.returncode == 4  # a conflict: it has children
     assert refused.stderr.decode() == 'prism: error: branch "elder" has child branches: young\n'
     removed = await _prism("branch", "rm", "elder", "--with-children", "--json", *url)
     assert json.loads(removed.stdout) == {"deleted": ["young", "elder"]}
@@ -134,7 +134,7 @@ async def test_bad_input_is_refused_with_the_apis_reason(prism: PrismHandle) -> 
     assert bad_name.returncode == 1 and bad_name.stderr.decode().count("\n") == 1
     assert "Not-Valid" in bad_name.stderr.decode()
     orphan = await _prism("branch", "create", "orphan", "--parent", "nope", *url, check=False)
-    assert orphan.returncode == 1
+    assert orphan.returncode == 3  # the parent is not found
     assert orphan.stderr.decode() == 'prism: error: parent branch "nope" does not exist\n'
 
 
@@ -176,3 +176,77 @@ async def test_events_without_the_token_exit_1_and_say_so(start_prism: Any) -> N
     lines = refused.stderr.decode().splitlines()
     assert len(lines) == 1 and lines[0].startswith("prism: error: cannot subscribe to ws://")
     assert lines[0].endswith("(wrong or missing --api-token?)")
+
+
+async def test_a_branch_per_ci_job_create_print_dsn_use_and_rm_if_exists(
+    prism: PrismHandle,
+) -> None:
+    url = ("--api", prism.info.api_url)
+    created = await _prism(
+        "branch", "create", "pr-42", "--parent", "main", "--print-dsn", "--password", *url
+    )
+    dsn = created.stdout.decode().strip()
+    assert dsn.startswith("postgresql://postgres%40pr-42:password@127.0.0.1:")
+    used = await trio.run_process(
+        ["psql", dsn, "-XAtc", "SELECT current_database()"], capture_stdout=True
+    )
+    assert used.stdout.decode().strip() == "postgres"
+    again = await _prism("branch", "create", "pr-42", *url, check=False)
+    assert again.returncode == 4 and "already exists" in again.stderr.decode()
+    assert (await _prism("branch", "rm", "pr-42", "--if-exists", *url)).returncode == 0
+    gone = await _prism("branch", "rm", "pr-42", "--if-exists", "--json", *url)
+    assert json.loads(gone.stdout) == {"deleted": []}
+    missing = await _prism("branch", "rm", "pr-42", *url, check=False)
+    assert missing.returncode == 3
+
+
+async def test_dsn_formats_leave_the_password_out_unless_asked(prism: PrismHandle) -> None:
+    url = ("--api", prism.info.api_url)
+    await _prism("branch", "create", "fmt", *url)
+
+    async def dsn(*flags: str) -> str:
+        return (await _prism("branch", "dsn", "fmt", *flags, *url)).stdout.decode().strip()
+
+    port = prism.port
+    assert await dsn() == f"postgresql://postgres%40fmt@127.0.0.1:{port}/postgres?sslmode=require"
+    assert await dsn("--format", "keyword") == (
+        f"host=127.0.0.1 port={port} user=postgres@fmt dbname=postgres sslmode=require"
+    )
+    assert (await dsn("--format", "env")).splitlines()[2] == "PGUSER=postgres@fmt"
+    assert (await dsn("--format", "jdbc")).startswith("jdbc:postgresql://127.0.0.1:")
+    assert "password" not in await dsn("--format", "jdbc")
+    assert "password=password" in await dsn("--format", "jdbc", "--password")
+    assert (await dsn("--format", "prisma", "--json")).startswith("postgresql://postgres%40fmt@")
+    unknown = await _prism("branch", "dsn", "ghost", *url, check=False)
+    assert unknown.returncode == 3
+
+
+async def test_protect_expire_and_hook_commands(prism: PrismHandle, tmp_path: Any) -> None:
+    url = ("--api", prism.info.api_url)
+    await _prism("branch", "create", "guarded", *url)
+    protected = json.loads((await _prism("branch", "protect", "guarded", "--json", *url)).stdout)
+    assert protected["protected"] is True
+    refused = await _prism("branch", "rm", "guarded", *url, check=False)
+    assert refused.returncode == 4
+    assert (
+        refused.stderr.decode()
+        == 'prism: error: branch "guarded" is protected: it cannot be deleted\n'
+    )
+    await _prism("branch", "unprotect", "guarded", *url)
+    expiring = json.loads(
+        (await _prism("branch", "expire", "guarded", "72h", "--json", *url)).stdout
+    )
+    assert expiring["expires_at"].endswith("Z")
+    never = json.loads(
+        (await _prism("branch", "expire", "guarded", "never", "--json", *url)).stdout
+    )
+    assert never["expires_at"] is None
+    sql = tmp_path / "hook.sql"
+    sql.write_text("CREATE TABLE made_by_hook AS SELECT 42 AS v")
+    hooked = await _prism("branch", "hook", "guarded", "--on-create", str(sql), "--json", *url)
+    assert json.loads(hooked.stdout)["on_create"] is True
+    await _prism("branch", "create", "hooked-child", "--parent", "guarded", *url)
+    made = await psql(prism.dsn("postgres@hooked-child"), "SELECT v FROM made_by_hook")
+    assert made.stdout.decode().strip() == "42"
+    cleared = await _prism("branch", "hook", "guarded", "--json", *url)
+    assert json.loads(cleared.stdout)["on_create"] is False

@@ -6,7 +6,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import httpx
 import pytest
+import trio
 
 from prism.crashpoints import POINTS
 from prism.runtime._postmaster import postmasters_under
@@ -17,6 +19,7 @@ from tests.crash_suite import (
     crash_at_random,
     crash_initdb,
     crash_operation,
+    request,
     seed,
     serving,
     spawn,
@@ -76,3 +79,32 @@ async def test_a_server_left_on_a_directory_no_branch_owns_is_stopped(data_dir: 
     await check_invariants(data_dir, "copy", outcome, has_main_rows=True)
     assert outcome.ok, outcome
     assert not orphan.exists()
+
+
+@pytest.mark.parametrize("point", ["reset:cloned", "reset:hooked"])
+async def test_a_reset_cut_short_never_keeps_a_clone_its_hook_did_not_run_in(
+    point: str, data_dir: Path
+) -> None:
+    """A child of a template with an ``on_create`` hook (a sanitized branch's masking) is reset
+    and Prism is killed between the new clone and the end of the hook: after the restart the
+    child holds its old data, never an unmasked copy of the parent."""
+    async with serving(data_dir, "copy") as prism:
+        await sql(prism.dsn("postgres@tmpl"), "CREATE TABLE secret AS SELECT 'raw' AS v")
+        async with httpx.AsyncClient(timeout=120) as http:
+            hook = {"on_create": "UPDATE secret SET v = 'masked'"}
+            answer = await http.patch(f"{prism.api}/api/v1/branches/tmpl", json=hook)
+            assert answer.is_success, answer.text
+            body = {"name": "kid", "parent": "tmpl"}
+            answer = await http.post(f"{prism.api}/api/v1/branches", json=body)
+            assert answer.is_success, answer.text
+        await sql(prism.dsn("postgres@kid"), "CREATE TABLE mine AS SELECT 1 AS v")
+    prism = await spawn(data_dir, "copy", crash_at=point)
+    assert await wait_ready(prism), f"prism serve exited early; see {data_dir}.log"
+    await request(prism, "POST", "/api/v1/branches/kid/reset")
+    with trio.fail_after(60):
+        assert await prism.process.wait() != 0
+    async with serving(data_dir, "copy") as prism:
+        assert await sql(prism.dsn("postgres@kid"), "SELECT v FROM secret") == "masked"
+        # Until its intent is gone such a reset is not done: the old data is back either way.
+        kept_old = await sql(prism.dsn("postgres@kid"), "SELECT to_regclass('mine') IS NOT NULL")
+        assert kept_old == "t"

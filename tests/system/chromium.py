@@ -127,6 +127,12 @@ class Page:
     async def send(self, method: str, **params: Any) -> Any:
         return await self._connection.send(method, self._session, **params)
 
+    async def grant(self, origin: str, *permissions: str) -> None:
+        """Grant the page's ``origin`` browser permissions (the clipboard, for a copy button)."""
+        await self._connection.send(
+            "Browser.grantPermissions", None, origin=origin, permissions=list(permissions)
+        )
+
     async def goto(self, url: str) -> None:
         loaded = self._connection.expect("Page.loadEventFired", self._session)
         await self.send("Page.navigate", url=url)

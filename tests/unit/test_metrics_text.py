@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from prism.branches import Branch, BranchStatus
+from prism.diskuse import DiskUse
 from prism.events import EventBus
 from prism.metrics import Histogram, Metrics
 
@@ -34,6 +35,15 @@ class _Manager:
     def __init__(self, branches: list[Branch]) -> None:
         self.events = EventBus()
         self._branches = branches
+        self.disk = self
+
+    def known(self, names: list[str]) -> dict[str, DiskUse]:
+        """The disk cache's last answers: one exact, one from a storage that cannot tell."""
+        answers = {
+            "main": DiskUse(900, 100, 1000, "btrfs filesystem du"),
+            'odd"name': DiskUse(None, None, 500, "reflink"),
+        }
+        return {name: answers[name] for name in names}
 
     def list(self) -> list[Branch]:
         return self._branches
@@ -85,3 +95,20 @@ def test_metrics_count_what_the_events_say_and_read_gauges_from_branches() -> No
     assert 'prism_wake_duration_seconds_bucket{le="0.25"} 1' in lines
     assert "prism_reaper_stops_total 1" in lines
     assert "prism_event_subscribers 0" in lines
+
+
+def test_disk_use_is_reported_per_branch_and_summed_where_known() -> None:
+    manager = _Manager(
+        [
+            _branch("main", BranchStatus.RUNNING, 0, 0),
+            _branch('odd"name', BranchStatus.STOPPED, 0, 0),
+        ]
+    )
+    lines = Metrics(manager).render().splitlines()  # type: ignore[arg-type]
+    assert "# TYPE prism_branch_disk_bytes gauge" in lines
+    assert 'prism_branch_disk_bytes{branch="main",kind="own"} 900' in lines
+    assert 'prism_branch_disk_bytes{branch="main",kind="shared"} 100' in lines
+    assert 'prism_branch_disk_bytes{branch="odd\\"name",kind="total"} 500' in lines
+    assert not any('odd\\"name",kind="own"' in line for line in lines)  # unknown: no sample
+    assert 'prism_disk_bytes{kind="own"} 900' in lines
+    assert 'prism_disk_bytes{kind="total"} 1500' in lines

@@ -14,11 +14,13 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from prism.errors import (
+    BackendQueryError,
     BranchConflict,
     BranchExists,
     BranchHasChildren,
     BranchNotFound,
     BranchProtected,
+    HookFailed,
     InvalidBranchName,
     LimitExceeded,
     PrismError,
@@ -41,8 +43,10 @@ _STATUS: tuple[tuple[type[PrismError], int, str], ...] = (
     (LimitExceeded, 409, "limit_exceeded"),
     (TooManyConnections, 503, "too_many_running"),
     (ProvisionFailed, 500, "provision_failed"),
+    (HookFailed, 500, "hook_failed"),
     (RuntimeStartFailed, 503, "start_failed"),
     (StorageError, 500, "storage_error"),
+    (BackendQueryError, 422, "query_failed"),
 )
 
 

@@ -7,19 +7,28 @@ parents, conflicts) is decided by the manager, so the proxy, the API and the CLI
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
+from prism.activity import ActivityLog
 from prism.api.errors import ApiError
 from prism.api.views import branch_view
 from prism.branches import Branch, BranchManager
+from prism.config import parse_duration
 from prism.dataplane import DataPlane
+from prism.dsn import connection_view
+from prism.errors import ConfigError
 from prism.names import MAIN_BRANCH
+from prism.schemadiff import diff_view, format_diff
+from prism.state import utcnow
 
 PREFIX = "/api/v1"
-_CREATE_FIELDS = {"name", "parent"}
+_CREATE_FIELDS = {"name", "parent", "ttl", "protected"}
+_PATCH_FIELDS = {"protected", "expires_at", "ttl", "on_create"}
 _TRUE = ("1", "true", "yes")
 
 
@@ -77,11 +86,96 @@ def _string_field(body: dict[str, Any], name: str, default: str | None = None) -
     return value
 
 
+def _ttl_field(body: dict[str, Any]) -> float | None:
+    """``ttl`` as seconds: a duration (``"72h"``) or a number of seconds; absent: None."""
+    value = body.get("ttl")
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ConfigError(f"invalid duration {value!r}")
+        seconds = float(value) if not isinstance(value, str) else parse_duration(value)
+    except ConfigError as exc:
+        raise ApiError(
+            422, "invalid_request", f'"ttl" must be a duration such as "72h": {exc.message}'
+        ) from None
+    if seconds <= 0:
+        raise ApiError(422, "invalid_request", '"ttl" must be more than 0')
+    return seconds
+
+
+def _expires_at_field(body: dict[str, Any]) -> datetime | None:
+    value = body["expires_at"]
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(_string_field(body, "expires_at").replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(
+            422, "invalid_request", '"expires_at" must be an RFC 3339 time or null'
+        ) from None
+    if moment.tzinfo is None:
+        raise ApiError(422, "invalid_request", '"expires_at" must say its time zone, e.g. Z')
+    return moment
+
+
+def _policy_changes(body: dict[str, Any]) -> dict[str, Any]:
+    """The policy fields a PATCH body changes, checked."""
+    unknown = sorted(set(body) - _PATCH_FIELDS)
+    if unknown:
+        raise ApiError(422, "invalid_request", f"unknown field(s): {', '.join(unknown)}")
+    if "ttl" in body and "expires_at" in body:
+        raise ApiError(422, "invalid_request", 'give "ttl" or "expires_at", not both')
+    changes: dict[str, Any] = {}
+    if "protected" in body:
+        if not isinstance(body["protected"], bool):
+            raise ApiError(422, "invalid_request", '"protected" must be true or false')
+        changes["protected"] = body["protected"]
+    if "expires_at" in body:
+        changes["expires_at"] = _expires_at_field(body)
+    ttl = _ttl_field(body)
+    if ttl is not None:
+        changes["expires_at"] = utcnow() + timedelta(seconds=ttl)
+    if "on_create" in body:
+        sql = body["on_create"]
+        if sql is not None and (not isinstance(sql, str) or not sql.strip()):
+            raise ApiError(422, "invalid_request", '"on_create" must be SQL text or null')
+        changes["on_create"] = sql
+    if not changes:
+        raise ApiError(422, "invalid_request", "nothing to change: " + ", ".join(_PATCH_FIELDS))
+    return changes
+
+
+def _request_host() -> str | None:
+    """The host name the caller reached the API under (for a wildcard front door)."""
+    return urlsplit("//" + request.host).hostname if request.host else None
+
+
 def register_routes(app: QuartTrio, manager: BranchManager, data_plane: DataPlane) -> None:
     """Add the REST routes, ``/healthz`` and the seed's ``/branches`` to ``app``."""
 
-    async def view(branch: Branch) -> dict[str, Any]:
-        return branch_view(branch, disk_bytes=await manager.usage_bytes(branch.name))
+    async def view(branch: Branch, *, with_password: bool = False) -> dict[str, Any]:
+        usage = await manager.usage_bytes(branch.name)
+        params = manager.connection(branch.name, host=_request_host(), with_password=with_password)
+        return branch_view(
+            branch,
+            disk_bytes=usage,
+            policy=manager.policy(branch.name),
+            disk=(await manager.disk_use(branch.name)).as_dict(),
+            connection=None if params is None else connection_view(params),
+        )
+
+    def bytes_of(name: str) -> int | None:
+        branch = manager.get(name)
+        return None if branch is None else branch.bytes_proxied
+
+    activity = ActivityLog(bytes_of)
+    manager.events.add_listener(activity.observe)
+
+    @app.get(f"{PREFIX}/activity")
+    async def branch_activity() -> Response:
+        """Each branch's sessions and bytes per minute over the last hour (the sparklines)."""
+        return jsonify({b.name: activity.sparkline(b.name) for b in manager.list()})
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -100,6 +194,27 @@ def register_routes(app: QuartTrio, manager: BranchManager, data_plane: DataPlan
 
     @app.get(f"{PREFIX}/branches/<name>")
     async def get_branch(name: str) -> Response:
+        with_password = request.args.get("password", "").lower() in _TRUE
+        return jsonify(await view(manager.require(name), with_password=with_password))
+
+    @app.get(f"{PREFIX}/branches/<name>/diff")
+    async def diff_branch(name: str) -> Response:
+        against = request.args.get("against")
+        if not against:
+            raise ApiError(
+                422, "invalid_request", '"against" (the branch to compare with) is required'
+            )
+        database = request.args.get("database", "postgres")
+        diff = await manager.schema_diff(name, against, database=database)
+        described = diff_view(diff, a=name, b=against, database=database)
+        if request.args.get("format") == "text":  # the page shows what `prism diff` prints
+            return Response(format_diff(described), content_type="text/plain; charset=utf-8")
+        return jsonify(described)
+
+    @app.patch(f"{PREFIX}/branches/<name>")
+    async def patch_branch(name: str) -> Response:
+        manager.require(name)
+        await manager.set_policy(name, **_policy_changes(await _json_body()))
         return jsonify(await view(manager.require(name)))
 
     @app.post(f"{PREFIX}/branches")
@@ -112,6 +227,10 @@ def register_routes(app: QuartTrio, manager: BranchManager, data_plane: DataPlan
             raise ApiError(422, "invalid_request", 'the "name" of the new branch is required')
         name = _string_field(body, "name")
         parent = _string_field(body, "parent", MAIN_BRANCH)
+        ttl = _ttl_field(body)
+        protected = body.get("protected", False)
+        if not isinstance(protected, bool):
+            raise ApiError(422, "invalid_request", '"protected" must be true or false')
         if manager.get(parent) is None:
             raise ApiError(
                 422,
@@ -119,7 +238,7 @@ def register_routes(app: QuartTrio, manager: BranchManager, data_plane: DataPlan
                 f'parent branch "{parent}" does not exist',
                 hint="list branches with GET /api/v1/branches",
             )
-        branch = await manager.create(name, parent)
+        branch = await manager.create(name, parent, ttl=ttl, protected=protected)
         return jsonify(await view(branch)), 201, {"Location": f"{PREFIX}/branches/{name}"}
 
     @app.delete(f"{PREFIX}/branches/<name>")

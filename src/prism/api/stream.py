@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 
-from quart import websocket
+from quart import Response, jsonify, request, websocket
 from quart_trio import QuartTrio
 
+from prism.api.errors import ApiError
 from prism.api.routes import PREFIX
 from prism.api.views import branch_view
 from prism.branches import BranchManager
@@ -23,7 +24,14 @@ _TRY_AGAIN_LATER = 1013
 
 
 def register_stream(app: QuartTrio, manager: BranchManager) -> None:
-    """Add the ``/api/v1/events`` WebSocket to ``app``."""
+    """Add the ``/api/v1/events`` WebSocket and its plain-GET ring of recent events."""
+
+    @app.get(f"{PREFIX}/events")
+    async def recent_events() -> Response:
+        since = request.args.get("since", "0")
+        if not since.isdigit():
+            raise ApiError(422, "invalid_request", '"since" must be an event seq (a number)')
+        return jsonify({"events": manager.events.recent(int(since))})
 
     @app.websocket(f"{PREFIX}/events")
     async def events() -> None:

@@ -5,11 +5,31 @@ from __future__ import annotations
 from typing import Any
 
 from prism.branches import Branch
+from prism.policy import BranchPolicy
 from prism.state import rfc3339
 
 
-def branch_view(branch: Branch, *, disk_bytes: int | None = None) -> dict[str, Any]:
-    """One branch as the API shows it; ``disk_bytes`` is null where the driver cannot tell."""
+def policy_view(policy: BranchPolicy) -> dict[str, Any]:
+    """A branch's team policy as the API shows it (the hook's SQL itself only on request)."""
+    return {
+        "protected": policy.protected,
+        "expires_at": None if policy.expires_at is None else rfc3339(policy.expires_at),
+        "on_create": policy.on_create is not None,
+    }
+
+
+def branch_view(
+    branch: Branch,
+    *,
+    disk_bytes: int | None = None,
+    policy: BranchPolicy | None = None,
+    **more: Any,
+) -> dict[str, Any]:
+    """One branch as the API shows it; ``disk_bytes`` is null where the driver cannot tell.
+
+    The REST API adds the policy and ``more`` (disk use, connection); the event snapshot leaves
+    them out, as measuring disk use for every subscriber would be slow (the page reads REST).
+    """
     address = branch.address
     return {
         "name": branch.name,
@@ -21,4 +41,6 @@ def branch_view(branch: Branch, *, disk_bytes: int | None = None) -> dict[str, A
         "address": None if address is None else f"{address.host}:{address.port}",
         "bytes_proxied": branch.bytes_proxied,
         "disk_bytes": disk_bytes,
+        **({} if policy is None else policy_view(policy)),
+        **more,
     }

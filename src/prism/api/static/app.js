@@ -1,10 +1,13 @@
-// Prism's web page: a live branch table and event feed over the /api/v1/events WebSocket,
-// with buttons that call the REST API. Plain browser JavaScript, no framework, no build step.
+// Prism's web page: a live branch tree and event feed over the /api/v1/events WebSocket,
+// with controls that call the REST API. Plain browser JavaScript, no framework, no build step.
 "use strict";
 
 const API = "/api/v1";
 const MAX_EVENTS = 200;
 const branches = new Map(); // name -> branch view, as the REST API shapes it
+const collapsed = new Set(); // branches whose children are hidden
+let activity = {}; // name -> {sessions: [60], bytes: [60]}
+const logged = new Set(); // seq of events in the feed: the ring and the stream overlap
 let token = localStorage.getItem("prism-token") || "";
 
 // Event types that are a branch's new status; the rest change counts or remove the branch.
@@ -62,23 +65,127 @@ function button(label, action, name) {
   return b;
 }
 
-const FIELDS = ["name", "status", "parent", "connections", "last_active", "actions"];
+const FIELDS = [
+  "name", "status", "parent", "connections", "activity", "disk", "protected", "expires",
+  "connection", "last_active", "actions",
+];
 
 function actionsOf(b) {
   const actions = b.status === "stopped" ? ["start"] : ["stop"];
   return b.parent === null ? actions : ["reset", ...actions, "delete"];
 }
 
+function size(bytes) {
+  if (bytes === null || bytes === undefined) return "?";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) { value /= 1024; unit += 1; }
+  return unit === 0 ? `${value} B` : `${value.toFixed(1)} ${units[unit]}`;
+}
+
+function until(isoTime) {
+  if (!isoTime) return "never";
+  const seconds = Math.round((Date.parse(isoTime) - Date.now()) / 1000);
+  if (seconds <= 0) return "expired";
+  if (seconds < 3600) return `in ${Math.ceil(seconds / 60)}m`;
+  // Rounded: a TTL of 72h set a moment ago reads "in 3d", as it was asked.
+  if (seconds < 86400) return `in ${Math.round(seconds / 3600)}h`;
+  return `in ${Math.round(seconds / 86400)}d`;
+}
+
+// The tree, depth first: roots (no parent, or a parent not listed) by name, children by name.
+function treeOrder() {
+  const children = new Map();
+  const roots = [];
+  for (const name of [...branches.keys()].sort()) {
+    const parent = branches.get(name).parent;
+    if (parent !== null && branches.has(parent)) {
+      if (!children.has(parent)) children.set(parent, []);
+      children.get(parent).push(name);
+    } else {
+      roots.push(name);
+    }
+  }
+  const order = [];
+  const visit = (name, depth, hidden) => {
+    order.push({ name, depth, hidden, parentOf: children.get(name) ?? [] });
+    for (const child of children.get(name) ?? []) {
+      visit(child, depth + 1, hidden || collapsed.has(name));
+    }
+  };
+  for (const root of roots) visit(root, 0, false);
+  return order;
+}
+
+// A sparkline of sessions (orange) and bytes (blue) per minute: an inline SVG, redrawn only
+// when its numbers change.
+const SVG = "http://www.w3.org/2000/svg";
+function sparkline(td, series) {
+  const key = series ? `${series.sessions}|${series.bytes}` : "";
+  if (td.dataset.key === key) return;
+  td.dataset.key = key;
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("viewBox", "0 0 60 16");
+  svg.setAttribute("class", "spark");
+  if (series) {
+    for (const [values, kind] of [[series.bytes, "bytes"], [series.sessions, "sessions"]]) {
+      const top = Math.max(1, ...values);
+      const line = document.createElementNS(SVG, "polyline");
+      line.setAttribute("class", kind);
+      line.setAttribute("points", values.map((v, i) => `${i},${15 - (14 * v) / top}`).join(" "));
+      svg.append(line);
+    }
+    const sessions = series.sessions.reduce((a, b) => a + b, 0);
+    const moved = series.bytes.reduce((a, b) => a + b, 0);
+    td.title = `last hour: ${sessions} sessions, ${size(moved)} moved`;
+  }
+  td.replaceChildren(svg);
+}
+
+function control(tag, { dataset = {}, ...properties }, onEvent) {
+  const element = document.createElement(tag);
+  Object.assign(element, properties);
+  Object.assign(element.dataset, dataset);
+  if (onEvent) element.addEventListener(onEvent[0], onEvent[1]);
+  return element;
+}
+
+// Cells that hold controls are built once per row; later renders only update their state, so a
+// control never changes under a person's pointer (see rowOf).
+function buildControls(row, name) {
+  const cell = (field) => row.cells[FIELDS.indexOf(field)];
+  const toggle = control("button", { className: "toggle", textContent: "", dataset: { action: "toggle" } },
+    ["click", () => { collapsed.has(name) ? collapsed.delete(name) : collapsed.add(name); render(); }]);
+  cell("name").append(toggle, control("span", { className: "label" }));
+  cell("protected").append(control("input", { type: "checkbox", dataset: { action: "protect" } },
+    ["change", (change) => protect(name, change.target)]));
+  cell("expires").append(
+    control("span", { className: "when" }),
+    control("input", { size: 5, placeholder: "72h", dataset: { input: "ttl" } }),
+    control("button", { textContent: "set", dataset: { action: "expire" } },
+      ["click", () => expire(name, row)]),
+  );
+  cell("connection").append(
+    control("code", { className: "dsn" }),
+    control("button", { textContent: "copy", dataset: { action: "copy" } },
+      ["click", () => copy(name)]),
+  );
+}
+
 // One row, created once per branch and then updated in place: replacing rows on every event
 // would swap a button for a new one between a person's mouse-down and mouse-up, and on a busy
 // Prism (events all the time) their click would be lost.
+const rows = new Map(); // name -> its row, so finding one never scans the table
 function rowOf(body, name, index) {
-  let row = [...body.rows].find((r) => r.dataset.branch === name);
+  let row = rows.get(name);
   if (row === undefined) {
     row = document.createElement("tr");
     row.dataset.branch = name;
     for (const field of FIELDS) row.insertCell().dataset.field = field;
     row.cells[FIELDS.indexOf("actions")].className = "actions";
+    buildControls(row, name);
+    rows.set(name, row);
   }
   if (body.rows[index] !== row) body.insertBefore(row, body.rows[index] ?? null);
   return row;
@@ -90,45 +197,173 @@ function show(row, field, text) {
   return td;
 }
 
-function render() {
-  const body = $("#branches tbody");
-  for (const row of [...body.rows]) if (!branches.has(row.dataset.branch)) row.remove();
-  const names = [...branches.keys()].sort();
-  names.forEach((name, index) => {
-    const b = branches.get(name);
-    const row = rowOf(body, name, index);
-    row.dataset.status = b.status;
-    show(row, "name", name);
-    show(row, "status", b.status);
-    show(row, "parent", b.parent ?? "—");
-    show(row, "connections", String(b.connections));
-    show(row, "last_active", ago(b.last_active)).title = b.last_active;
-    const actions = row.cells[FIELDS.indexOf("actions")];
-    const wanted = actionsOf(b);
-    if (actions.dataset.actions !== wanted.join()) {
-      actions.replaceChildren(...wanted.map((action) => button(action, action, name)));
-      actions.dataset.actions = wanted.join();
+function setText(element, text) {
+  if (element.textContent !== text) element.textContent = text;
+}
+
+// Writes only what differs: with 200 rows redrawn, needless writes would each make the
+// browser recompute styles.
+function put(element, property, value) {
+  if (element[property] !== value) element[property] = value;
+}
+
+function renderRow(row, b, place) {
+  const cell = (field) => row.cells[FIELDS.indexOf(field)];
+  put(row.dataset, "status", b.status);
+  put(row.dataset, "depth", String(place.depth));
+  put(row, "hidden", place.hidden);
+  const toggle = cell("name").firstElementChild;
+  put(toggle, "hidden", place.parentOf.length === 0);
+  setText(toggle, collapsed.has(b.name) ? "▸" : "▾");
+  put(toggle, "title", `${collapsed.has(b.name) ? "show" : "hide"} ${place.parentOf.join(", ")}`);
+  const label = cell("name").lastElementChild;
+  setText(label, b.name);
+  put(label.style, "paddingLeft", `${place.depth * 1.2}em`);
+  show(row, "status", b.status);
+  show(row, "parent", b.parent ?? "—");
+  show(row, "connections", String(b.connections));
+  sparkline(cell("activity"), activity[b.name]);
+  const disk = b.disk;
+  const diskText = !disk ? "…" : disk.own === null ? `? / ? (${size(disk.total)} in all)`
+    : `${size(disk.own)} / ${size(disk.shared)}`;
+  put(show(row, "disk", diskText), "title", disk ? disk.basis : "");
+  const box = cell("protected").firstElementChild;
+  if (document.activeElement !== box) put(box, "checked", Boolean(b.protected));
+  setText(cell("expires").firstElementChild, until(b.expires_at));
+  put(cell("expires"), "title", b.expires_at ?? "never expires");
+  setText(cell("connection").firstElementChild, b.connection ? b.connection.uri : "");
+  put(show(row, "last_active", ago(b.last_active)), "title", b.last_active);
+  const actions = cell("actions");
+  const wanted = actionsOf(b);
+  const key = `${wanted.join()}|${Boolean(b.protected)}`;
+  if (actions.dataset.actions !== key) {
+    actions.replaceChildren(...wanted.map((action) => {
+      const made = button(action, action, b.name);
+      if (b.protected && (action === "reset" || action === "delete")) {
+        made.disabled = true;
+        made.title = "protected: unprotect it first";
+      }
+      return made;
+    }));
+    actions.dataset.actions = key;
+  }
+}
+
+function fillSelect(select, names, fallback) {
+  if (select.dataset.names === names.join()) return; // rebuilding would close an open list
+  const chosen = select.value || fallback;
+  select.replaceChildren(...names.map((n) => new Option(n, n, false, n === chosen)));
+  select.dataset.names = names.join();
+}
+
+// Many events can arrive at once (50 a second on a busy Prism): draw at most once per 16 ms,
+// and then only the rows whose branch changed, unless the tree itself did (``render()``).
+// (A timer, not requestAnimationFrame, which a hidden tab never runs: its table would go stale.)
+let drawing = false;
+let whole = true;
+const changed = new Set();
+let places = new Map(); // name -> its place in the tree, as of the last whole draw
+function render(name) {
+  if (name === undefined) whole = true;
+  else changed.add(name);
+  if (drawing) return;
+  drawing = true;
+  setTimeout(() => { drawing = false; draw(); }, 16);
+}
+
+function draw() {
+  if (!whole) {
+    for (const name of changed) {
+      const row = rows.get(name);
+      if (row !== undefined && branches.has(name)) renderRow(row, branches.get(name), places.get(name));
     }
+    changed.clear();
+    return;
+  }
+  whole = false;
+  changed.clear();
+  const body = $("#branches tbody");
+  for (const [name, row] of rows) {
+    if (!branches.has(name)) { row.remove(); rows.delete(name); }
+  }
+  const order = treeOrder();
+  places = new Map(order.map((place) => [place.name, place]));
+  order.forEach((place, index) => {
+    renderRow(rowOf(body, place.name, index), branches.get(place.name), place);
   });
-  const parent = $("#create-parent");
-  if (parent.dataset.names !== names.join()) { // rebuilding would close an open list
-    const chosen = parent.value || "main";
-    parent.replaceChildren(...names.map((n) => new Option(n, n, false, n === chosen)));
-    parent.dataset.names = names.join();
+  const names = [...branches.keys()].sort();
+  fillSelect($("#create-parent"), names, "main");
+  fillSelect($("#diff-a"), names, names.find((n) => n !== "main") ?? "main");
+  fillSelect($("#diff-b"), names, "main");
+  const known = [...branches.values()].filter((b) => b.disk && b.disk.total !== null);
+  const own = known.reduce((sum, b) => sum + (b.disk.own ?? 0), 0);
+  const total = known.reduce((sum, b) => sum + b.disk.total, 0);
+  setText($("#totals"), `${branches.size} branches · disk ${size(total)} in all, ${size(own)} own`);
+}
+
+// What only REST knows (policy, disk use, connection strings): fetched after the snapshot and
+// whenever an event may have changed it, at most once a second.
+let detailsDue = null;
+const DETAIL_EVENTS = new Set(["created", "policy", "reset", "hook", "expired"]);
+function refreshDetails() {
+  if (detailsDue !== null) return;
+  detailsDue = setTimeout(async () => {
+    detailsDue = null;
+    try {
+      const listed = (await call("GET", "/branches")).branches;
+      for (const fresh of listed) {
+        const b = branches.get(fresh.name);
+        if (b === undefined) continue;
+        for (const key of ["protected", "expires_at", "on_create", "disk", "connection"]) {
+          b[key] = fresh[key];
+        }
+      }
+      render();
+    } catch (error) {
+      say(`could not read branch details: ${error.message}`, true);
+    }
+  }, 0);
+}
+
+async function refreshActivity() {
+  try {
+    activity = await call("GET", "/activity");
+    render();
+  } catch (error) {
+    say(`could not read activity: ${error.message}`, true);
   }
 }
 
 function logEvent(event) {
+  if (event.seq !== undefined) {
+    if (logged.has(event.seq)) return;
+    logged.add(event.seq);
+  }
   const li = document.createElement("li");
+  li.dataset.seq = event.seq ?? "";
   const extra = Object.entries(event)
     .filter(([key]) => !["type", "branch", "at", "seq", "branches"].includes(key))
     .map(([key, value]) => `${key}=${value}`)
     .join(" ");
   li.textContent = `${event.at.slice(11, 23)} ${event.type} ${event.branch ?? ""} ${extra}`;
   if (event.type === "failed" || event.type === "overflow" || event.error) li.className = "error";
+  // Newest first, by seq: the ring fetched on load may land after live events.
   const list = $("#events");
-  list.prepend(li);
-  while (list.children.length > MAX_EVENTS) list.lastElementChild.remove();
+  const later = [...list.children].find((other) => Number(other.dataset.seq) < event.seq);
+  if (event.seq === undefined || later === list.firstElementChild) list.prepend(li);
+  else list.insertBefore(li, later ?? null);
+  while (list.children.length > MAX_EVENTS) {
+    logged.delete(Number(list.lastElementChild.dataset.seq));
+    list.lastElementChild.remove();
+  }
+}
+
+async function loadRecentEvents() {
+  try {
+    for (const event of (await call("GET", "/events")).events) logEvent(event);
+  } catch (error) {
+    say(`could not read recent events: ${error.message}`, true);
+  }
 }
 
 // Keep the table true to the stream: each event changes one branch the way the server did.
@@ -136,6 +371,9 @@ function apply(event) {
   if (event.type === "snapshot") {
     branches.clear();
     for (const b of event.branches) branches.set(b.name, b);
+    refreshDetails();
+    loadRecentEvents();
+    refreshActivity();
     return render();
   }
   logEvent(event);
@@ -146,6 +384,7 @@ function apply(event) {
       last_active: event.at, created_at: event.at,
     });
   }
+  if (DETAIL_EVENTS.has(event.type)) refreshDetails();
   const b = branches.get(name);
   if (b === undefined) return render();
   if (STATUS_EVENTS.has(event.type)) b.status = event.type;
@@ -157,8 +396,10 @@ function apply(event) {
   if (["connected", "disconnected", "running"].includes(event.type)) b.last_active = event.at;
   if (event.type === "deleted" || (event.type === "failed" && b.status !== "running")) {
     branches.delete(name);
+    return render();
   }
-  render();
+  // A new branch changes the tree; anything else changes only its own row.
+  render(event.type === "provisioning" ? undefined : name);
 }
 
 function subscribe() {
@@ -203,6 +444,74 @@ async function act(action, name) {
   }
 }
 
+async function protect(name, box) {
+  const wanted = box.checked;
+  try {
+    await call("PATCH", `/branches/${name}`, { protected: wanted });
+    branches.get(name).protected = wanted;
+    say(`${wanted ? "protected" : "unprotected"} ${name}`);
+    render();
+  } catch (error) {
+    box.checked = !wanted;
+    say(`protect ${name}: ${error.message}`, true);
+  }
+}
+
+async function expire(name, row) {
+  const input = row.querySelector('[data-input="ttl"]');
+  const ttl = input.value.trim();
+  const body = ["", "never", "none"].includes(ttl) ? { expires_at: null } : { ttl };
+  try {
+    const updated = await call("PATCH", `/branches/${name}`, body);
+    branches.get(name).expires_at = updated.expires_at;
+    input.value = "";
+    say(updated.expires_at ? `${name} expires ${updated.expires_at}` : `${name} never expires`);
+    render();
+  } catch (error) {
+    say(`expire ${name}: ${error.message}`, true);
+  }
+}
+
+// The clipboard API needs a secure context (localhost is one); elsewhere fall back to the
+// selection, which every browser still copies.
+async function copy(name) {
+  const text = branches.get(name).connection?.uri;
+  if (!text) return say(`no connection string for ${name} yet`, true);
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch {
+    const scratch = control("textarea", { value: text });
+    document.body.append(scratch);
+    scratch.select();
+    document.execCommand("copy");
+    scratch.remove();
+  }
+  say(`copied connection string of ${name}`);
+}
+
+$("#diff-form").addEventListener("submit", async (submit) => {
+  submit.preventDefault();
+  const a = $("#diff-a").value;
+  const b = $("#diff-b").value;
+  const output = $("#diff-output");
+  output.textContent = `comparing ${a} with ${b}…`;
+  try {
+    const response = await fetch(
+      `${API}/branches/${a}/diff?against=${encodeURIComponent(b)}&format=text`,
+      { headers: headers() },
+    );
+    if (!response.ok) throw new Error((await response.json()).message);
+    const text = await response.text();
+    output.replaceChildren(...text.split("\n").map((line) => {
+      const span = control("span", { textContent: `${line}\n` });
+      span.className = { "+": "added", "-": line.startsWith("--") ? "comment" : "removed", "~": "changed" }[line[0]] ?? "";
+      return span;
+    }));
+  } catch (error) {
+    output.textContent = `diff ${a} against ${b}: ${error.message}`;
+  }
+});
+
 $("#create-form").addEventListener("submit", async (submit) => {
   submit.preventDefault();
   const name = $("#create-name").value;
@@ -224,5 +533,6 @@ $("#token-form").addEventListener("submit", (submit) => {
   subscribe();
 });
 
-setInterval(render, 5000); // keep "last active" fresh
+setInterval(render, 5000); // keep "last active" and "expires" fresh
+setInterval(refreshActivity, 30000);
 subscribe();

@@ -1,0 +1,125 @@
+"""Connection strings for a branch, ready to paste into psql, an app's env, JDBC or Prisma.
+
+A branch is reached through Prism's front door as the role ``user@branch``. The ``@`` is what
+trips people up: inside a URI it must be written ``%40`` or the client takes everything before
+it for the user and password, so every format is built here, once, from the same parameters.
+The password is left out unless asked for (strings get pasted into chats and CI logs); TLS
+parameters follow the daemon's ``tls`` setting. Pure: no I/O, unit-tested.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode
+
+FORMATS = ("uri", "keyword", "env", "jdbc", "prisma")
+_WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how clients reach Prism's front door (from the settings and the bound port)."""
+
+    host: str
+    port: int
+    superuser: str
+    password: str
+    tls: str = "on"
+    dbname: str = "postgres"
+
+
+@dataclass(frozen=True)
+class ConnectionParams:
+    """The parameters every format is built from."""
+
+    host: str
+    port: int
+    user: str
+    dbname: str
+    sslmode: str
+    password: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "dbname": self.dbname,
+            "sslmode": self.sslmode,
+        }
+        if self.password is not None:
+            params["password"] = self.password
+        return params
+
+
+def params_for(
+    endpoint: Endpoint, branch: str, *, host: str | None = None, with_password: bool = False
+) -> ConnectionParams:
+    """The parameters for ``branch``; ``host`` is how the caller reached Prism, used when the
+    front door listens on a wildcard address (its own address would mean nothing elsewhere)."""
+    chosen = endpoint.host
+    if chosen in _WILDCARD_HOSTS:
+        chosen = host or "127.0.0.1"
+    # "on" offers TLS: require it, since the client can; "required" refuses plaintext anyway.
+    sslmode = "disable" if endpoint.tls == "off" else "require"
+    return ConnectionParams(
+        host=chosen,
+        port=endpoint.port,
+        user=f"{endpoint.superuser}@{branch}",
+        dbname=endpoint.dbname,
+        sslmode=sslmode,
+        password=endpoint.password if with_password else None,
+    )
+
+
+def _uri_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _keyword_value(value: object) -> str:
+    text = str(value)
+    if text and not any(c in text for c in " '\\"):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _uri(p: ConnectionParams, scheme: str, extra: dict[str, str] | None = None) -> str:
+    userinfo = quote(p.user, safe="")
+    if p.password is not None:
+        userinfo += ":" + quote(p.password, safe="")
+    query = urlencode({"sslmode": p.sslmode, **(extra or {})})
+    return f"{scheme}://{userinfo}@{_uri_host(p.host)}:{p.port}/{quote(p.dbname, safe='')}?{query}"
+
+
+def render(p: ConnectionParams, fmt: str) -> str:
+    """``p`` in one of ``FORMATS``; ``ValueError`` for an unknown format."""
+    if fmt == "uri":
+        return _uri(p, "postgresql")
+    if fmt == "prisma":
+        # Prisma reads libpq's URI; a self-signed certificate needs sslaccept to be usable.
+        extra = {"schema": "public"}
+        if p.sslmode != "disable":
+            extra["sslaccept"] = "accept_invalid_certs"
+        return _uri(p, "postgresql", extra)
+    if fmt == "keyword":
+        return " ".join(f"{key}={_keyword_value(value)}" for key, value in p.as_dict().items())
+    if fmt == "env":
+        names = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "dbname": "PGDATABASE"}
+        names |= {"sslmode": "PGSSLMODE", "password": "PGPASSWORD"}
+        return "\n".join(
+            f"{names[key]}={shlex.quote(str(value))}" for key, value in p.as_dict().items()
+        )
+    if fmt == "jdbc":
+        query = {"user": p.user, "sslmode": p.sslmode}
+        if p.password is not None:
+            query["password"] = p.password
+        dbname = quote(p.dbname, safe="")
+        return f"jdbc:postgresql://{_uri_host(p.host)}:{p.port}/{dbname}?{urlencode(query)}"
+    raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
+
+
+def connection_view(p: ConnectionParams) -> dict[str, Any]:
+    """The ``connection`` object of the API: the parameters and every format."""
+    return {**p.as_dict(), **{fmt: render(p, fmt) for fmt in FORMATS}}

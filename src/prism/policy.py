@@ -1,0 +1,149 @@
+"""Team policies on branches: protection, expiry and the ``on_create`` hook, kept durably.
+
+They live in their own table of the state database (``branch_policy``), beside the branch
+registry rather than in it, so a policy is one row written in one statement: either it is there
+or it is not, whatever moment a crash picks. A new branch's policy row is written *before* the
+branch is provisioned (intent first), so a branch never exists without the expiry it was
+created with; start-up reconcile drops rows whose branch never came to be (``prune``).
+
+``main`` is protected unless a row says otherwise. The decisions (may this be deleted, is this
+due to expire) are pure functions here, unit-tested; ``BranchManager`` enforces them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import trio
+
+from prism.errors import BranchProtected
+from prism.names import MAIN_BRANCH
+from prism.state import StateError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS branch_policy (
+    name        TEXT PRIMARY KEY,
+    protected   INTEGER NOT NULL,
+    expires_at  TEXT,
+    on_create   TEXT
+)
+"""
+
+
+@dataclass(frozen=True)
+class BranchPolicy:
+    """What a team decided about one branch."""
+
+    protected: bool = False
+    expires_at: datetime | None = None
+    on_create: str | None = None
+    """SQL run once in every new child of this branch before any client gets in."""
+
+
+def default_policy(name: str) -> BranchPolicy:
+    """The policy of a branch nobody set one for: main is protected, the rest are not."""
+    return BranchPolicy(protected=name == MAIN_BRANCH)
+
+
+def refuse_if_protected(name: str, policy: BranchPolicy, action: str) -> None:
+    """Raise ``BranchProtected`` if ``policy`` forbids ``action`` (delete, reset) on ``name``."""
+    if policy.protected:
+        raise BranchProtected(
+            f'branch "{name}" is protected: it cannot be {action}',
+            hint=f"unprotect it first: prism branch unprotect {name}",
+        )
+
+
+def is_expired(policy: BranchPolicy, now: datetime) -> bool:
+    """Whether the branch's time is up. Protected branches never expire."""
+    return not policy.protected and policy.expires_at is not None and policy.expires_at <= now
+
+
+def grace_over(policy: BranchPolicy, now: datetime, grace: float) -> bool:
+    """Whether an expired branch's open sessions have had their ``grace`` seconds."""
+    assert policy.expires_at is not None
+    return now >= policy.expires_at + timedelta(seconds=grace)
+
+
+class PolicyStore:
+    """Policies by branch name: a cache in memory, each change written through to sqlite."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA busy_timeout=5000")
+        # The same journal as the registry's connection (see state.py): no -shm mapping that
+        # a full disk turns into SIGBUS, and a commit is on disk when it returns.
+        self._db.execute("PRAGMA journal_mode=PERSIST")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(_SCHEMA)
+        self._lock = trio.Lock()
+        self._policies: dict[str, BranchPolicy] = {}
+        for name, protected, expires_at, on_create in self._db.execute(
+            "SELECT name, protected, expires_at, on_create FROM branch_policy"
+        ):
+            self._policies[str(name)] = BranchPolicy(
+                protected=bool(protected),
+                expires_at=None if expires_at is None else datetime.fromisoformat(expires_at),
+                on_create=None if on_create is None else str(on_create),
+            )
+
+    def get(self, name: str) -> BranchPolicy:
+        return self._policies.get(name) or default_policy(name)
+
+    async def put(self, name: str, policy: BranchPolicy) -> None:
+        expires = None if policy.expires_at is None else policy.expires_at.isoformat()
+        row = (name, int(policy.protected), expires, policy.on_create)
+        await self._write("INSERT OR REPLACE INTO branch_policy VALUES (?, ?, ?, ?)", row)
+        self._policies[name] = policy
+
+    async def update(self, name: str, **changes: object) -> BranchPolicy:
+        """Change some fields of ``name``'s policy; returns the new policy."""
+        policy = replace(self.get(name), **changes)  # type: ignore[arg-type]
+        await self.put(name, policy)
+        return policy
+
+    async def forget(self, name: str) -> None:
+        await self._write("DELETE FROM branch_policy WHERE name = ?", (name,))
+        self._policies.pop(name, None)
+
+    async def _write(self, sql: str, params: tuple[object, ...]) -> None:
+        async with self._lock:
+            try:
+                await trio.to_thread.run_sync(self._db.execute, sql, params)
+            except sqlite3.Error as exc:
+                raise StateError(
+                    f"cannot update branch policies in {self._path.name}: {exc}",
+                    hint="free disk space in the data directory (deleting a branch works "
+                    "on a full disk) and try again",
+                ) from exc
+
+    async def prune(self, existing: Iterable[str]) -> list[str]:
+        """Drop the rows of branches that do not exist (a create that a crash cut short)."""
+        gone = sorted(set(self._policies) - set(existing))
+        for name in gone:
+            await self.forget(name)
+        return gone
+
+    def close(self) -> None:
+        self._db.close()
+
+
+@dataclass(frozen=True)
+class CreateDefaults:
+    """How branches created on connect are made (``--default-parent``, ``--branch-ttl``)."""
+
+    parent: str = MAIN_BRANCH
+    ttl: float = 0.0
+    """Seconds a branch created on connect lives; 0: until deleted."""
+    expiry_grace: float = 600.0
+    """Seconds an expired branch's open sessions keep going before they are ended."""
+
+    def expiry(self, now: datetime, ttl: float | None = None) -> datetime | None:
+        """When a branch made ``now`` expires, for ``ttl`` (or the default); None: never."""
+        seconds = self.ttl if ttl is None else ttl
+        return now + timedelta(seconds=seconds) if seconds > 0 else None

@@ -1,0 +1,80 @@
+"""Policies survive a restart of Prism, and a policy left by a crash mid-create is dropped."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import trio
+
+from prism.branches import BranchManager
+from prism.policy import BranchPolicy, PolicyStore
+from prism.server import PrismServer, ServerInfo
+
+from .harness import make_settings
+
+_NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+
+
+async def _run_once(data_dir: Path, step: Callable[[BranchManager], Awaitable[None]]) -> None:
+    async with trio.open_nursery() as nursery:
+        info: ServerInfo = await nursery.start(PrismServer(make_settings(data_dir)).run)
+        await step(info.manager)
+        nursery.cancel_scope.cancel()
+
+
+async def test_protection_and_expiry_survive_a_restart(data_dir: Path) -> None:
+    async def first(manager: BranchManager) -> None:
+        await manager.create("kept", ttl=7200.0, protected=True)
+        await manager.set_policy("main", on_create="SELECT 1")
+
+    seen: dict[str, BranchPolicy] = {}
+
+    async def second(manager: BranchManager) -> None:
+        seen["kept"] = manager.policy("kept")
+        seen["main"] = manager.policy("main")
+
+    await _run_once(data_dir, first)
+    await _run_once(data_dir, second)
+    assert seen["kept"].protected and seen["kept"].expires_at is not None
+    assert seen["main"].on_create == "SELECT 1" and seen["main"].protected
+
+
+async def test_policy_of_a_branch_that_never_came_to_be_is_dropped(data_dir: Path) -> None:
+    # What a crash between writing the intent and provisioning leaves: a row, no branch.
+    store = PolicyStore(data_dir / "prism.db")
+    await store.put("half-made", BranchPolicy(protected=True))
+    store.close()
+    seen: dict[str, BranchPolicy] = {}
+
+    async def look(manager: BranchManager) -> None:
+        seen["half-made"] = manager.policies.get("half-made")
+
+    await _run_once(data_dir, look)
+    assert seen["half-made"] == BranchPolicy()
+    assert PolicyStore(data_dir / "prism.db").get("half-made") == BranchPolicy()
+
+
+def test_policies_survive_reopening_and_orphans_are_pruned(tmp_path: Path) -> None:
+    path = tmp_path / "prism.db"
+
+    async def write() -> None:
+        store = PolicyStore(path)
+        await store.put("keep", BranchPolicy(protected=True, expires_at=_NOW, on_create="SELECT 1"))
+        await store.put("ghost", BranchPolicy(expires_at=_NOW))
+        store.close()
+
+    async def read() -> tuple[BranchPolicy, list[str], BranchPolicy]:
+        store = PolicyStore(path)
+        kept = store.get("keep")
+        pruned = await store.prune(["keep", "main"])
+        ghost = store.get("ghost")
+        store.close()
+        return kept, pruned, ghost
+
+    trio.run(write)
+    kept, pruned, ghost = trio.run(read)
+    assert kept == BranchPolicy(protected=True, expires_at=_NOW, on_create="SELECT 1")
+    assert pruned == ["ghost"] and ghost == BranchPolicy()
+    assert PolicyStore(path).get("ghost") == BranchPolicy()
