@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import trio
 
@@ -130,6 +131,7 @@ class BranchManager:
         events: EventBus,
         superuser: str,
         password: str,
+        make_main: Callable[[Path], Awaitable[None]] | None = None,
     ) -> None:
         self.storage = storage
         self.runtime = runtime
@@ -137,6 +139,8 @@ class BranchManager:
         self.events = events
         self._superuser = superuser
         self._password = password
+        # Fills main's empty data directory instead of initdb (a base backup of a source).
+        self._make_main = make_main
         self._branches: dict[str, Branch] = {}
         self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
         self.before_stop: list[Callable[[str, BackendAddress], Awaitable[None]]] = []
@@ -218,11 +222,15 @@ class BranchManager:
             await self.state.put(branch.record())
 
     async def _create_main(self) -> None:
-        log.info("creating branch main: initdb into %s", self.storage.path(MAIN_BRANCH))
+        how = "initdb" if self._make_main is None else "base backup"
+        log.info("creating branch main: %s into %s", how, self.storage.path(MAIN_BRANCH))
         started = trio.current_time()
         try:
             path = await self.storage.create(MAIN_BRANCH)
-            await self.runtime.initdb(path, superuser=self._superuser, password=self._password)
+            if self._make_main is None:
+                await self.runtime.initdb(path, superuser=self._superuser, password=self._password)
+            else:
+                await self._make_main(path)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self._destroy_quietly(MAIN_BRANCH)

@@ -108,6 +108,16 @@ def _create_policy(text: str) -> str:
     return text
 
 
+def _slot_name(text: str) -> str:
+    # Spliced into a replication command, so only the names Postgres allows get through.
+    if text and not re.fullmatch(r"[a-z0-9_]{1,63}", text):
+        raise ConfigError(
+            f"invalid replication slot name {text!r}",
+            hint="use lower-case letters, digits and underscores, up to 63 characters",
+        )
+    return text
+
+
 def _optional_path(text: str) -> Path | None:
     return Path(text).expanduser() if text else None
 
@@ -166,6 +176,9 @@ class Settings:
     max_branches: int = 0
     max_running: int = 0
     create_on_connect: str = "on"
+    source: str = ""
+    source_password_file: Path | None = None
+    source_slot: str = ""
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -237,6 +250,23 @@ SETTINGS: tuple[Setting, ...] = (
         "create_on_connect",
         _create_policy,
         "on, off, or a regular expression: which unknown branches a connection may create",
+    ),
+    Setting(
+        "source",
+        str,
+        "libpq connection string or postgres:// URL of a server to back up into main and "
+        "follow as a hot standby (empty: main is Prism's own; see docs/production-data.md)",
+    ),
+    Setting(
+        "source_password_file",
+        _optional_path,
+        "file whose first line is the source role's password (else the one in --source, "
+        "or $PGPASSFILE)",
+    ),
+    Setting(
+        "source_slot",
+        _slot_name,
+        "physical replication slot main streams from, created on the source if missing",
     ),
 )
 

@@ -21,6 +21,7 @@ from prism.events import EventBus
 from prism.proxy import Proxy
 from prism.reaper import run_reaper
 from prism.runtime import open_runtime
+from prism.source.follow import open_source
 from prism.state import StateStore
 from prism.storage import open_storage
 
@@ -114,6 +115,9 @@ class PrismServer:
         runtime = await open_runtime(settings, data_dir)
         state = StateStore(data_dir / "prism.db")
         events = EventBus(buffer=settings.event_buffer)
+        source = await open_source(settings, data_dir, events)
+        if source is not None:
+            await source.reconcile(storage)
         manager = BranchManager(
             storage=storage,
             runtime=runtime,
@@ -121,6 +125,7 @@ class PrismServer:
             events=events,
             superuser=settings.superuser,
             password=settings.password,
+            make_main=None if source is None else source.make_main,
         )
         proxy = Proxy.from_settings(manager, settings, data_dir)
         try:
