@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from prism.branches import BranchManager, BranchStatus
 from prism.events import Event
@@ -79,7 +80,8 @@ class Metrics:
         elif kind == "stopped" and event.get("reason") == "idle":
             self.reaper_stops += 1
 
-    def render(self) -> str:
+    def render(self, *, source: dict[str, Any] | None = None) -> str:
+        """The metrics text; ``source`` is main's source health when main follows one."""
         branches = self._manager.list()
         by_status = Counter(branch.status for branch in branches)
         lines = [
@@ -132,4 +134,35 @@ class Metrics:
                 [f"prism_event_subscribers {self._manager.events.subscriber_count}"],
             ),
         ]
+        if source is not None:
+            lines += _source_families(source)
         return "\n".join(lines) + "\n"
+
+
+def _source_families(source: dict[str, Any]) -> list[str]:
+    """Main's replication from its source (``prism.source.health``); NaN where unknown."""
+
+    def value(key: str) -> str:
+        number = source.get(key)
+        return "NaN" if number is None else _number(number)
+
+    return [
+        *_family(
+            "prism_source_streaming",
+            "gauge",
+            "1 while main streams from its source, 0 while backing up or disconnected.",
+            [f"prism_source_streaming {int(source['state'] == 'streaming')}"],
+        ),
+        *_family(
+            "prism_source_replay_lag_bytes",
+            "gauge",
+            "WAL bytes the source has written that main has not replayed yet.",
+            [f"prism_source_replay_lag_bytes {value('replay_lag_bytes')}"],
+        ),
+        *_family(
+            "prism_source_replay_lag_seconds",
+            "gauge",
+            "Age of the last transaction main replayed while WAL is left to replay (0: none).",
+            [f"prism_source_replay_lag_seconds {value('replay_lag_seconds')}"],
+        ),
+    ]

@@ -8,6 +8,7 @@ import os
 import resource
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -22,6 +23,7 @@ from prism.proxy import Proxy
 from prism.reaper import run_reaper
 from prism.runtime import open_runtime
 from prism.source.follow import open_source
+from prism.source.health import read_health, watch_source
 from prism.state import StateStore
 from prism.storage import open_storage
 
@@ -132,7 +134,20 @@ class PrismServer:
             await manager.open()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(trio.serve_listeners, proxy.handle, [pg_listener])
-                app = create_app(manager, api_token=settings.api_token)
+                source_health = None
+                if source is not None:
+                    watched = source
+
+                    async def source_health() -> dict[str, Any]:
+                        health = await read_health(watched, manager, superuser=settings.superuser)
+                        return health.view()
+
+                    nursery.start_soon(
+                        functools.partial(
+                            watch_source, source, manager, superuser=settings.superuser
+                        )
+                    )
+                app = create_app(manager, api_token=settings.api_token, source_health=source_health)
                 await nursery.start(_serve_api, app, api_listener)
                 if settings.idle_timeout > 0:
                     nursery.start_soon(

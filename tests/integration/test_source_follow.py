@@ -12,8 +12,10 @@ import pytest
 import trio
 
 from prism.errors import find_prism_error
+from prism.server import PrismServer
 
-from .harness import PrismHandle, fresh_dir, psql
+from .api_helpers import api
+from .harness import PrismHandle, fresh_dir, make_settings, psql
 from .production import SUPERUSER_PASSWORD, Production, production_server, write_continuously
 
 CATCH_UP_S = 30
@@ -135,3 +137,58 @@ async def test_a_half_made_main_from_an_interrupted_backup_is_taken_again(
     prism = await start_prism(data_dir=empty_data_dir, source=production.source())
     await _caught_up(prism, production)
     assert not (empty_data_dir / "source" / "basebackup.incomplete").exists()
+
+
+async def _source_state(prism: PrismHandle, wanted: str, **fields: Any) -> dict[str, Any]:
+    """Poll ``GET /api/v1/branches/main`` until ``source`` has ``state`` ``wanted`` (and
+    ``fields``)."""
+    async with api(prism) as client:
+        with trio.fail_after(CATCH_UP_S):
+            while True:
+                main = (await client.get("/api/v1/branches/main")).json()
+                source: dict[str, Any] = main["source"]
+                if source["state"] == wanted and fields.items() <= source.items():
+                    return source
+                await trio.sleep(0.2)
+
+
+async def test_source_health_is_reported_and_survives_the_source_stopping(
+    production: Production, empty_data_dir: Path, start_prism: Callable[..., Any]
+) -> None:
+    prism = await start_prism(data_dir=empty_data_dir, source=production.source())
+    await _caught_up(prism, production)
+    # With the source idle, main has nothing left to replay.
+    await _source_state(prism, "streaming", replay_lag_bytes=0, replay_lag_seconds=0)
+    async with api(prism) as client:
+        metrics = (await client.get("/metrics")).text
+    assert "prism_source_streaming 1" in metrics
+    assert "prism_source_replay_lag_bytes 0" in metrics
+
+    await production.stop()
+    await _source_state(prism, "disconnected")
+    # Main keeps serving its last state, and branches keep working.
+    assert await _sql(prism, "SELECT count(*) FROM events") == "1000"
+    await _sql(prism, "INSERT INTO events (origin) VALUES ('branch')", "offline")
+
+    await production.start()
+    await production.sql("INSERT INTO events (origin) VALUES ('after-restart')")
+    await _caught_up(prism, production)  # Postgres' walreceiver reconnected by itself
+    source = await _source_state(prism, "streaming", replay_lag_bytes=0)
+    assert source["last_replayed"] is not None  # the commit just replayed
+
+
+async def test_prism_restarted_mid_stream_catches_up(
+    production: Production, empty_data_dir: Path
+) -> None:
+    settings = make_settings(empty_data_dir, source=production.source())
+    async with trio.open_nursery() as nursery:
+        info = await nursery.start(PrismServer(settings).run)
+        await _caught_up(PrismHandle(info, settings), production)
+        nursery.cancel_scope.cancel()
+    await production.sql("INSERT INTO events SELECT FROM generate_series(1, 500)")
+    async with trio.open_nursery() as nursery:
+        info = await nursery.start(PrismServer(settings).run)
+        prism = PrismHandle(info, settings)
+        assert await _caught_up(prism, production) == 1500
+        assert await _sql(prism, "SELECT pg_is_in_recovery()") == "t"
+        nursery.cancel_scope.cancel()

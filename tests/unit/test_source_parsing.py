@@ -7,6 +7,7 @@ import pytest
 from prism.errors import ConfigError
 from prism.source.basebackup import explain_failure, parse_progress
 from prism.source.conninfo import parse_conninfo, pgpass_line
+from prism.source.health import reading
 
 
 def test_a_keyword_string_loses_its_password_and_keeps_the_rest() -> None:
@@ -73,3 +74,21 @@ def test_each_refusal_names_the_setting_to_change(stderr: str, names: str) -> No
     error = explain_failure(stderr, user="replicator", where="replicator@db:5432")
     assert names in f"{error.message} {error.hint}"
     assert error.detail is not None and stderr.strip() in error.detail
+
+
+def test_an_idle_caught_up_main_has_no_lag_even_without_a_replayed_commit() -> None:
+    health = reading("streaming", "0", None, now=1000.0)
+    assert health.view() == {
+        "state": "streaming",
+        "replay_lag_bytes": 0,
+        "replay_lag_seconds": 0.0,
+        "last_replayed": None,
+        "backup": None,
+    }
+
+
+def test_a_main_behind_lags_by_the_age_of_its_last_replayed_commit() -> None:
+    health = reading(None, "4096", "990.5", now=1000.0)
+    assert health.state.value == "disconnected"
+    assert (health.lag_bytes, health.lag_seconds) == (4096, 9.5)
+    assert health.view()["last_replayed"] == "1970-01-01T00:16:30Z"

@@ -8,6 +8,9 @@ One module per concern: ``routes`` (REST + ``/healthz`` + the seed's ``/branches
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 from quart import Response, jsonify
 from quart_trio import QuartTrio
 
@@ -23,13 +26,21 @@ from prism.state import rfc3339
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def create_app(manager: BranchManager, *, api_token: str = "") -> QuartTrio:
-    """Build the HTTP app over ``manager``; every route reads or changes branches through it."""
+def create_app(
+    manager: BranchManager,
+    *,
+    api_token: str = "",
+    source_health: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+) -> QuartTrio:
+    """Build the HTTP app over ``manager``; every route reads or changes branches through it.
+
+    ``source_health`` reads main's replication from its source, when main follows one.
+    """
     app = QuartTrio("prism.api", static_folder="static", static_url_path="/static")
     metrics = Metrics(manager)
     install_error_handlers(app)
     install_auth(app, api_token)
-    register_routes(app, manager)
+    register_routes(app, manager, source_health)
     register_stream(app, manager)
     register_page(app)
 
@@ -40,6 +51,7 @@ def create_app(manager: BranchManager, *, api_token: str = "") -> QuartTrio:
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
-        return Response(metrics.render(), content_type=PROMETHEUS_TEXT)
+        source = None if source_health is None else await source_health()
+        return Response(metrics.render(source=source), content_type=PROMETHEUS_TEXT)
 
     return app

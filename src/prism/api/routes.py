@@ -7,6 +7,7 @@ parents, conflicts) is decided by the manager, so the proxy, the API and the CLI
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -43,7 +44,11 @@ def _string_field(body: dict[str, Any], name: str, default: str | None = None) -
     return value
 
 
-def register_routes(app: QuartTrio, manager: BranchManager) -> None:
+def register_routes(
+    app: QuartTrio,
+    manager: BranchManager,
+    source_health: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+) -> None:
     """Add the REST routes, ``/healthz`` and the seed's ``/branches`` to ``app``."""
 
     async def view(branch: Branch) -> dict[str, Any]:
@@ -62,7 +67,10 @@ def register_routes(app: QuartTrio, manager: BranchManager) -> None:
 
     @app.get(f"{PREFIX}/branches/<name>")
     async def get_branch(name: str) -> Response:
-        return jsonify(await view(manager.require(name)))
+        shown = await view(manager.require(name))
+        if name == MAIN_BRANCH and source_health is not None:
+            shown["source"] = await source_health()
+        return jsonify(shown)
 
     @app.post(f"{PREFIX}/branches")
     async def create_branch() -> tuple[Response, int, dict[str, str]]:
