@@ -131,9 +131,7 @@ class PrismServer:
         )
         proxy = Proxy.from_settings(manager, settings, data_dir)
         try:
-            await manager.open()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(trio.serve_listeners, proxy.handle, [pg_listener])
                 source_health = None
                 if source is not None:
                     watched = source
@@ -142,13 +140,15 @@ class PrismServer:
                         health = await read_health(watched, manager, superuser=settings.superuser)
                         return health.view()
 
-                    nursery.start_soon(
-                        functools.partial(
-                            watch_source, source, manager, superuser=settings.superuser
-                        )
-                    )
                 app = create_app(manager, api_token=settings.api_token, source_health=source_health)
+                # The control plane answers while main is made: a base backup of a source takes
+                # long, and its progress is on the event stream and in /metrics.
                 await nursery.start(_serve_api, app, api_listener)
+                await manager.open()
+                nursery.start_soon(trio.serve_listeners, proxy.handle, [pg_listener])
+                if source is not None:
+                    watch = functools.partial(watch_source, superuser=settings.superuser)
+                    nursery.start_soon(watch, source, manager)
                 if settings.idle_timeout > 0:
                     nursery.start_soon(
                         functools.partial(
@@ -175,6 +175,8 @@ class PrismServer:
                 await manager.close()
                 await runtime.aclose()
                 state.close()
+                for listener in (pg_listener, api_listener):
+                    listener.socket.close()
                 log.info("prism: stopped")
 
 
@@ -187,7 +189,9 @@ async def _serve_api(
     """Serve the control plane on an already-bound socket (so port 0 and busy ports are ours)."""
     config = HypercornConfig()
     host, port = _bound(listener)
-    fd = listener.socket.fileno()
+    # Hypercorn wraps the fd in a socket of its own and closes it when it stops; a duplicate
+    # keeps that close from hitting our listener's fd number, which by then may be reused.
+    fd = os.dup(listener.socket.fileno())
     config.bind = [f"fd://{fd}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("prism.api")

@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from prism.errors import find_prism_error
+from prism.events import EventBus
 from prism.server import PrismServer
 
 from .api_helpers import api
@@ -192,3 +193,33 @@ async def test_prism_restarted_mid_stream_catches_up(
         assert await _caught_up(prism, production) == 1500
         assert await _sql(prism, "SELECT pg_is_in_recovery()") == "t"
         nursery.cancel_scope.cancel()
+
+
+async def test_base_backup_progress_is_logged_and_published(
+    production: Production,
+    empty_data_dir: Path,
+    start_prism: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[dict[str, Any]] = []
+
+    class RecordingBus(EventBus):
+        """The real bus, also keeping every event for the test to read."""
+
+        def publish(self, type_: str, branch: str | None = None, **fields: Any) -> Any:
+            event = super().publish(type_, branch, **fields)
+            seen.append(event)
+            return event
+
+    monkeypatch.setattr("prism.server.EventBus", RecordingBus)
+    caplog.set_level("INFO", logger="prism.source")
+    await start_prism(data_dir=empty_data_dir, source=production.source())
+    kinds = [event["type"] for event in seen]
+    assert kinds.index("backing_up") < kinds.index("backup_progress") < kinds.index("backed_up")
+    assert kinds.index("backed_up") < kinds.index("created")
+    last = [event for event in seen if event["type"] == "backup_progress"][-1]
+    assert last["percent"] == 100
+    assert last["done_bytes"] == last["total_bytes"] > 0
+    assert last["rate_bytes_s"] > 0
+    assert "base backup 100%" in caplog.text
