@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from prism.config import load_settings
-from prism.errors import RuntimeStartFailed
+from prism.errors import ConfigError, RuntimeStartFailed
 from prism.pgbin import PgInstall, PgInstalls
+from prism.runtime.docker import DockerRuntime
 from prism.serverconf import FIXED_OVERRIDES, memory_kb, overrides, parse_conf, server_conf
 
 PRODUCTION_CONF = """\
@@ -108,3 +109,18 @@ def test_the_servers_conf_comments_out_overridden_lines_and_anchors_includes(
 
 def test_a_data_dir_without_postgresql_conf_gets_an_empty_one(tmp_path: Path) -> None:
     assert parse_conf(server_conf(tmp_path, FIXED_OVERRIDES)) == {}
+
+
+def test_a_docker_image_per_major_version() -> None:
+    runtime = DockerRuntime(
+        run_dir=Path("/nonexistent"), image="postgres:{major}-alpine", default_major=18
+    )
+    assert runtime._image_for(16) == "postgres:16-alpine"
+    assert runtime._image_for(None) == "postgres:18-alpine"  # a new cluster
+    fixed = DockerRuntime(run_dir=Path("/nonexistent"), image="postgres:15-alpine")
+    assert fixed._image_for(16) == "postgres:15-alpine"  # checked against PG_MAJOR at start
+
+
+def test_an_image_per_major_needs_a_major_for_new_clusters() -> None:
+    with pytest.raises(ConfigError, match="no major version"):
+        DockerRuntime(run_dir=Path("/nonexistent"), image="postgres:{major}")
