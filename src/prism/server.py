@@ -131,7 +131,9 @@ class PrismServer:
         )
         proxy = Proxy.from_settings(manager, settings, data_dir)
         try:
+            await manager.open()
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.serve_listeners, proxy.handle, [pg_listener])
                 source_health = None
                 if source is not None:
                     watched = source
@@ -141,11 +143,7 @@ class PrismServer:
                         return health.view()
 
                 app = create_app(manager, api_token=settings.api_token, source_health=source_health)
-                # The control plane answers while main is made: a base backup of a source takes
-                # long, and its progress is on the event stream and in /metrics.
                 await nursery.start(_serve_api, app, api_listener)
-                await manager.open()
-                nursery.start_soon(trio.serve_listeners, proxy.handle, [pg_listener])
                 if source is not None:
                     watch = functools.partial(watch_source, superuser=settings.superuser)
                     nursery.start_soon(watch, source, manager)
