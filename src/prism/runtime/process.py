@@ -150,6 +150,7 @@ class ProcessRuntime:
         started = trio.current_time()
         # A few bytes in the page cache, read on the event loop like postmaster.pid.
         install = self._installs.for_data(pgdata, what=f"the data of branch {branch}")
+        install.require_unchanged()
         socket_dir = self._socket_dir(branch)
         owned = await trio.to_thread.run_sync(self._prepare_start, install, pgdata, socket_dir)
         try:
