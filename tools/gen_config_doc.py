@@ -39,7 +39,7 @@ def _default(name: str) -> str:
     value = getattr(Settings(), name)
     if _BY_NAME[name].parse is parse_duration:
         return f"`{format_duration(value)}`"
-    if value is None or value == "":
+    if value is None or value == "" or value == ():
         return "(none)"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"

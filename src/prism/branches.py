@@ -192,6 +192,7 @@ class BranchManager:
         max_running: int = 0,
         defaults: CreateDefaults | None = None,
         endpoint: Endpoint | None = None,
+        make_main: Callable[[Path], Awaitable[None]] | None = None,
     ) -> None:
         self.storage = storage
         self.runtime = runtime
@@ -206,6 +207,8 @@ class BranchManager:
         self.policies = PolicyStore(state.path)
         self.disk = DiskUseCache(storage)
         events.add_listener(self.disk.observe)
+        # Fills main's empty data directory instead of initdb (a base backup of a source).
+        self._make_main = make_main
         self._branches: dict[str, Branch] = {}
         self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
         self.before_stop: list[Callable[[str, BackendAddress], Awaitable[None]]] = []
@@ -460,15 +463,20 @@ class BranchManager:
         await self.storage.retire(name)
 
     async def _create_main(self) -> None:
-        """Initialise main; an intent recorded first lets reconcile discard a crashed attempt."""
-        log.info("creating branch main: initdb into %s", self.storage.path(MAIN_BRANCH))
+        """Initialise main (initdb, or ``make_main``: a base backup of a source); an intent
+        recorded first lets reconcile discard a crashed attempt."""
+        how = "initdb" if self._make_main is None else "base backup"
+        log.info("creating branch main: %s into %s", how, self.storage.path(MAIN_BRANCH))
         started = trio.current_time()
         await self.state.begin(MAIN_BRANCH, _OP_INITDB)
         crash_point("initdb:recorded")
         try:
             path = await self.storage.create(MAIN_BRANCH)
             crash_point("initdb:created")
-            await self.runtime.initdb(path, superuser=self._superuser, password=self._password)
+            if self._make_main is None:
+                await self.runtime.initdb(path, superuser=self._superuser, password=self._password)
+            else:
+                await self._make_main(path)
             crash_point("initdb:initialised")
         except BaseException:
             with trio.CancelScope(shield=True):

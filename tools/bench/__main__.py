@@ -27,6 +27,7 @@ from tools.bench import (
     idle,
     proxy,
     report,
+    source_backup,
     targets,
 )
 from tools.bench.common import (
@@ -39,7 +40,7 @@ from tools.bench.common import (
 )
 from tools.bench.machine import describe
 
-SECTIONS = ("coldstart", "docker", "o1", "proxy", "idle", "events")
+SECTIONS = ("coldstart", "docker", "o1", "proxy", "idle", "events", "source")
 DRIVERS = ("btrfs", "reflink", "zfs", "copy")
 IMAGE = "prism-test/postgres:15"
 
@@ -171,6 +172,13 @@ async def _main(args: argparse.Namespace) -> None:
     if "events" in wanted:
         results["events"] = await _events(args)
         report.save_results(results)
+    if "source" in wanted:
+        results["source"] = await source_backup.measure(
+            install, scale=args.source_scale, rounds=args.source_rounds, log=_log
+        )
+        # Kept with the section: a later --only run of other sections must not re-date it.
+        results["source"]["machine"] = results["machine"]
+        report.save_results(results)
     if wanted & {"proxy", "idle"}:
         results.update(await _proxy_and_idle(args, install, wanted))
     results["duration_s"] = round(time.perf_counter() - started)
@@ -191,6 +199,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per cell")
     parser.add_argument("--idle", type=int, default=1000, help="idle connections")
     parser.add_argument("--event-cycles", type=int, default=20, help="stop/start cycles")
+    parser.add_argument("--source-scale", type=int, default=20, help="pgbench scale of the source")
+    parser.add_argument("--source-rounds", type=int, default=3, help="backups of each kind")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     trio.run(_main, args)

@@ -354,6 +354,39 @@ def _events(results: Results) -> list[str]:
     return [*lines, ""]
 
 
+def _source(results: Results) -> list[str]:
+    section = results.get("source")
+    if not section:
+        return []
+    size_mb = section["bytes"] / 2**20
+    return [
+        "## Base backup of a source: Prism's `--source` vs plain `pg_basebackup` (issue 9)",
+        "",
+        f"Command: `{COMMAND} --only source`: a bare server with a pgbench database of scale "
+        f"{section['scale']} ({size_mb:.0f} MB backed up) on 127.0.0.1, backed up "
+        f"{section['rounds']} times each way, alternating: `pg_basebackup -X stream "
+        "--checkpoint=fast` as an operator runs it, and Prism's `Source.make_main` (the same "
+        "command with `--progress` parsed into events, then main configured as a standby).",
+        "",
+        "| | median s | MB/s |",
+        "| --- | ---: | ---: |",
+        f"| plain pg_basebackup | {percentile(section['plain_s'], 50):.2f} | "
+        f"{section['plain_mb_s']:.0f} |",
+        f"| Prism --source | {percentile(section['prism_s'], 50):.2f} | "
+        f"{section['prism_mb_s']:.0f} |",
+        "",
+        f"Prism / plain: {section['ratio']:.2f}x. Replay lag under pgbench, cold start from a "
+        "standby main and point-in-time branches are not measured yet.",
+        "",
+        "Measured on (this section only; the table at the top describes the full run):",
+        "",
+        "| | |",
+        "| --- | --- |",
+        *(f"| {key} | {value} |" for key, value in section.get("machine", {}).items()),
+        "",
+    ]
+
+
 def _verdict(ok: bool) -> str:
     return "**met**" if ok else "**missed**"
 
@@ -434,7 +467,7 @@ def write(results: Results) -> None:
         "",
     ]
     lines += _targets(results)
-    for render in (_coldstart, _docker, _wakeup, _o1, _proxy, _idle, _events):
+    for render in (_coldstart, _docker, _wakeup, _o1, _proxy, _idle, _events, _source):
         lines += render(results)
     if NOTES.exists():
         lines += ["", *NOTES.read_text().splitlines()]

@@ -8,6 +8,9 @@ One module per concern: ``routes`` (REST + ``/healthz`` + the seed's ``/branches
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 from quart import Response, jsonify
 from quart_trio import QuartTrio
 
@@ -31,11 +34,16 @@ BODY_TIMEOUT_SECONDS = 10
 
 
 def create_app(
-    manager: BranchManager, *, api_token: str = "", data_plane: DataPlane = PUMP
+    manager: BranchManager,
+    *,
+    api_token: str = "",
+    data_plane: DataPlane = PUMP,
+    source_health: Callable[[], Awaitable[dict[str, Any]]] | None = None,
 ) -> QuartTrio:
     """Build the HTTP app over ``manager``; every route reads or changes branches through it.
 
     ``data_plane`` is only reported (``/healthz``, ``/metrics``): the proxy owns it.
+    ``source_health`` reads main's replication from its source, when main follows one.
     """
     app = QuartTrio("prism.api", static_folder="static", static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -43,7 +51,7 @@ def create_app(
     metrics = Metrics(manager, data_plane)
     install_error_handlers(app)
     install_auth(app, api_token)
-    register_routes(app, manager, data_plane)
+    register_routes(app, manager, data_plane, source_health)
     register_stream(app, manager)
     register_page(app)
 
@@ -54,6 +62,7 @@ def create_app(
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
-        return Response(metrics.render(), content_type=PROMETHEUS_TEXT)
+        source = None if source_health is None else await source_health()
+        return Response(metrics.render(source=source), content_type=PROMETHEUS_TEXT)
 
     return app

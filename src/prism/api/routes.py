@@ -7,6 +7,7 @@ parents, conflicts) is decided by the manager, so the proxy, the API and the CLI
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -151,7 +152,12 @@ def _request_host() -> str | None:
     return urlsplit("//" + request.host).hostname if request.host else None
 
 
-def register_routes(app: QuartTrio, manager: BranchManager, data_plane: DataPlane) -> None:
+def register_routes(
+    app: QuartTrio,
+    manager: BranchManager,
+    data_plane: DataPlane,
+    source_health: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+) -> None:
     """Add the REST routes, ``/healthz`` and the seed's ``/branches`` to ``app``."""
 
     async def view(branch: Branch, *, with_password: bool = False) -> dict[str, Any]:
@@ -195,7 +201,10 @@ def register_routes(app: QuartTrio, manager: BranchManager, data_plane: DataPlan
     @app.get(f"{PREFIX}/branches/<name>")
     async def get_branch(name: str) -> Response:
         with_password = request.args.get("password", "").lower() in _TRUE
-        return jsonify(await view(manager.require(name), with_password=with_password))
+        shown = await view(manager.require(name), with_password=with_password)
+        if name == MAIN_BRANCH and source_health is not None:
+            shown["source"] = await source_health()
+        return jsonify(shown)
 
     @app.get(f"{PREFIX}/branches/<name>/diff")
     async def diff_branch(name: str) -> Response:

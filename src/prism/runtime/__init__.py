@@ -12,10 +12,12 @@ from prism.runtime.base import Runtime
 async def open_runtime(settings: Settings, data_dir: Path) -> Runtime:
     """Build the runtime named by ``settings.runtime`` for a Prism whose data is in ``data_dir``."""
     if settings.runtime == "process":
-        from prism.pgbin import resolve_pg_install
+        from prism.pgbin import resolve_pg_installs
         from prism.runtime.process import ProcessRuntime
 
-        install = await resolve_pg_install(data_dir, pg_bin=settings.pg_bin, run_as=settings.run_as)
+        install = await resolve_pg_installs(
+            data_dir, pg_bins=settings.pg_bin, run_as=settings.run_as
+        )
         return ProcessRuntime(
             install,
             run_dir=data_dir / "run",

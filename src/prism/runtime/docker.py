@@ -48,8 +48,10 @@ import trio
 from docker.models.containers import Container
 from docker.types import Mount
 
+from prism import serverconf
 from prism.address import BackendAddress
 from prism.errors import ConfigError, PrismError, RuntimeStartFailed, RuntimeStopFailed
+from prism.pgbin import embedded_bin_dir, read_data_major, server_version
 from prism.runtime._postmaster import (
     LOOPBACK,
     PortTaken,
@@ -71,6 +73,8 @@ NetworkMode = Literal["auto", "host", "bridge-ip", "published-port"]
 _NETWORK_MODES: tuple[str, ...] = ("auto", "host", "bridge-ip", "published-port")
 
 DEFAULT_IMAGE = "postgres:15-alpine"
+#: Replaced in ``--image`` by the major version of the data a container runs on.
+MAJOR_FIELD = "{major}"
 CONTAINER_PREFIX = "prism-"
 LABEL_MANAGED = "prism.managed"
 LABEL_BRANCH = "prism.branch"
@@ -111,10 +115,13 @@ class EngineUnreachable(RuntimeStartFailed):
 
 @dataclass(frozen=True)
 class _ImageInfo:
-    """What Prism needs to know about the configured image."""
+    """What Prism needs to know about one image."""
 
+    image: str
     pgdata: str
     passwd: str
+    # From the official images' PG_MAJOR; None when an image does not say.
+    major: int | None
 
 
 @dataclass(frozen=True)
@@ -129,6 +136,9 @@ class _Launch:
     uid: int
     gid: int
     socket_dir: Path | None
+    # The settings Prism overrides on this data (serverconf); the image's libraries are unknown,
+    # so shared_preload_libraries is left alone.
+    owned: dict[str, str]
 
 
 @dataclass
@@ -160,6 +170,7 @@ class DockerRuntime:
         stop_timeout: float = 30.0,
         docker_host: str | None = None,
         shm_size: str = "256m",
+        default_major: int | None = None,
     ) -> None:
         if network_mode not in _NETWORK_MODES:
             raise ConfigError(
@@ -167,7 +178,13 @@ class DockerRuntime:
                 hint=f"choose one of: {', '.join(_NETWORK_MODES)}",
             )
         self._run_dir = run_dir
+        if MAJOR_FIELD in image and default_major is None:
+            raise ConfigError(
+                f"the image {image} names {MAJOR_FIELD} but no major version for new clusters "
+                "is known"
+            )
         self._image = image
+        self._default_major = default_major
         self._network_mode = network_mode
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
@@ -176,14 +193,14 @@ class DockerRuntime:
         self._client: docker.DockerClient | None = None
         self._local_engine = False
         self._mode: NetworkMode | None = None
-        self._image_info: _ImageInfo | None = None
+        self._image_info: dict[str, _ImageInfo] = {}
         self._servers: dict[str, _Server] = {}
 
     # --- the Runtime contract ----------------------------------------------------------------
 
     async def check(self) -> None:
         """Fail now if the engine is unreachable or the image is missing, saying how to fix it."""
-        await self._image_details()
+        await self._image_details(self._image_for(None))
 
     async def initdb(self, pgdata: Path, *, superuser: str, password: str) -> None:
         """Initialise ``pgdata`` with the image's own ``initdb``, as the data directory's owner.
@@ -193,7 +210,7 @@ class DockerRuntime:
         refuses to run as root. A uid the image does not know gets a passwd entry bind-mounted
         in, because ``initdb`` looks its own user up.
         """
-        info = await self._image_details()
+        info = await self._image_details(self._image_for(None))
         uid, gid = await trio.to_thread.run_sync(_initdb_owner, pgdata, info.passwd)
         workdir = await trio.to_thread.run_sync(
             _initdb_workdir, self._run_dir, password, uid, gid, info.passwd
@@ -221,7 +238,7 @@ class DockerRuntime:
         ]
         started = trio.current_time()
         try:
-            await self._run_initdb(pgdata, command, uid, gid, mounts)
+            await self._run_initdb(info.image, pgdata, command, uid, gid, mounts)
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(remove_dir, workdir)
@@ -232,19 +249,19 @@ class DockerRuntime:
             "cluster initialised pgdata=%s superuser=%s image=%s uid=%d duration_ms=%d",
             pgdata,
             superuser,
-            self._image,
+            info.image,
             uid,
             (trio.current_time() - started) * 1000,
         )
 
     async def _run_initdb(
-        self, pgdata: Path, command: list[str], uid: int, gid: int, mounts: list[Mount]
+        self, image: str, pgdata: Path, command: list[str], uid: int, gid: int, mounts: list[Mount]
     ) -> None:
         """Run ``initdb`` in a one-off container and remove it, whatever happens."""
         container: Container = await self._engine(
             RuntimeStartFailed,
             self._containers().create,
-            self._image,
+            image,
             entrypoint=["initdb"],
             command=command,
             user=f"{uid}:{gid}",
@@ -267,7 +284,7 @@ class DockerRuntime:
             status = int(result.get("StatusCode", -1))
             if status != 0:
                 raise RuntimeStartFailed(
-                    f"initdb failed for {pgdata} in image {self._image} (exit status {status})",
+                    f"initdb failed for {pgdata} in image {image} (exit status {status})",
                     hint=await self._log_tail(container),
                 )
         finally:
@@ -286,13 +303,15 @@ class DockerRuntime:
         if running is not None:
             return running
         started = trio.current_time()
-        info = await self._image_details()
+        info = await self._server_image(branch, pgdata)
         mode = await self._network()
         uid, gid = await trio.to_thread.run_sync(_server_owner, pgdata)
         socket_dir = self._socket_dir(branch) if self._local_engine else None
         if socket_dir is not None:
             await trio.to_thread.run_sync(make_socket_dir, socket_dir, (uid, gid))
-        spec = _Launch(branch, pgdata, parent, info, mode, uid, gid, socket_dir)
+        configured = await trio.to_thread.run_sync(serverconf.configured_values, pgdata)
+        owned = serverconf.overrides(configured, has_library=None)
+        spec = _Launch(branch, pgdata, parent, info, mode, uid, gid, socket_dir, owned)
         launch = functools.partial(self._launch_on_a_free_port, spec)
         try:
             try:
@@ -478,7 +497,8 @@ class DockerRuntime:
         name = f"{CONTAINER_PREFIX}{branch}"
         # With the host's network the server shares the host's loopback: listen there only.
         listen = LOOPBACK if mode == "host" else "*"
-        command = ["-D", info.pgdata, "-c", f"listen_addresses={listen}", "-c", f"port={port}"]
+        command = ["-D", info.pgdata, *serverconf.as_flags(spec.owned)]
+        command += ["-c", f"listen_addresses={listen}", "-c", f"port={port}"]
         mounts = [Mount(info.pgdata, str(pgdata), type="bind")]
         labels = {
             LABEL_MANAGED: "true",
@@ -513,7 +533,7 @@ class DockerRuntime:
             created: dict[str, Any] = await self._engine(
                 RuntimeStartFailed,
                 api.create_container,
-                self._image,
+                info.image,
                 name=name,
                 entrypoint=["postgres"],
                 command=command,
@@ -758,23 +778,48 @@ class DockerRuntime:
         assert self._mode is not None
         return self._mode
 
-    async def _image_details(self) -> _ImageInfo:
-        """PGDATA and /etc/passwd of the configured image, read once; a missing image is an error
-        that says how to get it (Prism never pulls: a pull can hang on an unreachable registry)."""
-        if self._image_info is not None:
-            return self._image_info
+    def _image_for(self, major: int | None) -> str:
+        """The image for data of ``major`` (None: a new cluster): ``--image`` with its
+        ``{major}`` filled in."""
+        if MAJOR_FIELD not in self._image:
+            return self._image
+        return self._image.replace(MAJOR_FIELD, str(major or self._default_major))
+
+    async def _server_image(self, branch: str, pgdata: Path) -> _ImageInfo:
+        """The image whose server can read ``pgdata``, or a clear error before any container.
+
+        A server of another major version exits at once on this data; refusing here keeps a
+        client or the reaper from starting that doomed container again and again.
+        """
+        major = await trio.to_thread.run_sync(read_data_major, pgdata)
+        info = await self._image_details(self._image_for(major))
+        if major is not None and info.major is not None and info.major != major:
+            raise RuntimeStartFailed(
+                f"the data of branch {branch} is PostgreSQL {major}, and the image {info.image} "
+                f"runs PostgreSQL {info.major}",
+                hint=f"choose an image per major version with --image "
+                f"(e.g. postgres:{MAJOR_FIELD}-alpine), or an image of PostgreSQL {major}",
+            )
+        return info
+
+    async def _image_details(self, name: str) -> _ImageInfo:
+        """PGDATA, /etc/passwd and major version of an image, read once; a missing image is an
+        error that says how to get it (Prism never pulls: a pull can hang on an unreachable
+        registry)."""
+        if name in self._image_info:
+            return self._image_info[name]
         client = await self._connect()
         try:
             image = await self._engine(
                 RuntimeStartFailed,
                 client.images.get,
-                self._image,
+                name,
                 passes=(docker.errors.ImageNotFound,),
             )
         except docker.errors.ImageNotFound as exc:
             raise RuntimeStartFailed(
-                f"the Docker image {self._image} is not present on the engine",
-                hint=f"pull it (docker pull {self._image}) or build it, or choose another "
+                f"the Docker image {name} is not present on the engine",
+                hint=f"pull it (docker pull {name}) or build it, or choose another "
                 "image with --image",
             ) from exc
         env = dict(item.split("=", 1) for item in (image.attrs.get("Config", {}).get("Env") or []))
@@ -784,7 +829,7 @@ class DockerRuntime:
         probe: Container = await self._engine(
             RuntimeStartFailed,
             client.containers.create,
-            self._image,
+            name,
             entrypoint=["true"],
             labels={LABEL_MANAGED: "true"},
         )
@@ -801,8 +846,10 @@ class DockerRuntime:
                 passwd = ""
         finally:
             await self._remove_quietly(probe)
-        self._image_info = _ImageInfo(pgdata=pgdata, passwd=passwd)
-        return self._image_info
+        major = env.get("PG_MAJOR", "").split(".")[0]
+        info = _ImageInfo(name, pgdata, passwd, int(major) if major.isdigit() else None)
+        self._image_info[name] = info
+        return info
 
     async def _find(self, branch: str, error: type[PrismError]) -> Container | None:
         """The container of ``branch`` Prism made, running or not, by name and label."""
@@ -854,9 +901,14 @@ class _NameTaken(RuntimeStartFailed):
 
 async def open_docker_runtime(settings: Settings, data_dir: Path) -> DockerRuntime:
     """The docker runtime for a Prism whose data lives in ``data_dir``, checked before use."""
+    default_major = None
+    if MAJOR_FIELD in settings.image:
+        # New clusters get the major version the process runtime would give them.
+        default_major = int((await server_version(embedded_bin_dir())).split(".")[0])
     runtime = DockerRuntime(
         run_dir=data_dir / "run",
         image=settings.image,
+        default_major=default_major,
         network_mode=settings.docker_network,
         start_timeout=settings.start_timeout,
         stop_timeout=settings.stop_timeout,

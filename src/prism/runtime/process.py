@@ -22,9 +22,10 @@ from typing import BinaryIO
 
 import trio
 
+from prism import serverconf
 from prism.address import BackendAddress
 from prism.errors import ConfigError, RuntimeStartFailed, RuntimeStopFailed
-from prism.pgbin import PgInstall
+from prism.pgbin import PgInstall, PgInstalls
 from prism.runtime._postmaster import (
     LOOPBACK,
     PidFile,
@@ -49,7 +50,15 @@ _KILL_GRACE = 5.0
 _BIND_FAILURES = ("could not bind", "Address already in use")
 # Settings Prism must own: the returned BackendAddress is built from them.
 _MANAGED_SETTINGS = frozenset(
-    {"listen_addresses", "port", "unix_socket_directories", "unix_socket_permissions"}
+    {
+        "listen_addresses",
+        "port",
+        "unix_socket_directories",
+        "unix_socket_permissions",
+        "hba_file",
+        "ident_file",
+        "config_file",
+    }
 )
 
 
@@ -75,7 +84,7 @@ class ProcessRuntime:
 
     def __init__(
         self,
-        install: PgInstall,
+        install: PgInstall | PgInstalls,
         *,
         run_dir: Path,
         log_dir: Path,
@@ -90,7 +99,9 @@ class ProcessRuntime:
                 f"server settings {', '.join(clash)} are managed by the process runtime",
                 hint="remove them from the extra server settings",
             )
-        self._install = install
+        self._installs = install if isinstance(install, PgInstalls) else PgInstalls(install)
+        # The binaries for new clusters; every install runs as the same user.
+        self._install = self._installs.default
         self._run_dir = run_dir
         self._log_dir = log_dir
         self._start_timeout = start_timeout
@@ -138,13 +149,16 @@ class ProcessRuntime:
         if running is not None:
             return running
         started = trio.current_time()
+        # A few bytes in the page cache, read on the event loop like postmaster.pid.
+        install = self._installs.for_data(pgdata, what=f"the data of branch {branch}")
+        install.require_unchanged()
         socket_dir = self._socket_dir(branch)
-        await trio.to_thread.run_sync(self._prepare_start, pgdata, socket_dir)
+        owned = await trio.to_thread.run_sync(self._prepare_start, install, pgdata, socket_dir)
         try:
             for attempt in range(1, _PORT_ATTEMPTS + 1):
                 port = free_port()
                 try:
-                    server = await self._launch(branch, pgdata, port, socket_dir)
+                    server = await self._launch(install, owned, branch, pgdata, port, socket_dir)
                 except PortTaken:
                     log.debug(
                         "port taken before bind branch=%s port=%d try=%d", branch, port, attempt
@@ -267,12 +281,24 @@ class ProcessRuntime:
         """Forget the servers; they keep running and a later runtime can adopt them."""
         self._servers.clear()
 
-    async def _launch(self, branch: str, pgdata: Path, port: int, socket_dir: Path) -> _Server:
-        """Spawn one server on ``port`` and wait until it is ready; kill it on any failure."""
+    async def _launch(
+        self,
+        install: PgInstall,
+        owned: dict[str, str],
+        branch: str,
+        pgdata: Path,
+        port: int,
+        socket_dir: Path,
+    ) -> _Server:
+        """Spawn one server on ``port`` and wait until it is ready; kill it on any failure.
+
+        ``owned`` are the settings Prism overrides (``serverconf``); the operator's extra
+        settings come after them and win, the runtime's own come last.
+        """
         log_path = self._log_dir / f"{branch}.log"
-        command = [str(self._install.bin("postgres")), "-D", str(pgdata)]
-        for key, value in self._settings.items():
-            command += ["-c", f"{key}={value}"]
+        command = [str(install.bin("postgres")), "-D", str(pgdata)]
+        command += serverconf.as_flags(owned)
+        command += serverconf.as_flags(self._settings)
         command += [
             "-c",
             f"listen_addresses={LOOPBACK}",
@@ -400,8 +426,9 @@ class ProcessRuntime:
         """The private socket directory of ``branch``, short enough for a Unix socket path."""
         return socket_dir_for(self._run_dir, branch, Path("/tmp") / f"prism-{os.geteuid()}")
 
-    def _prepare_start(self, pgdata: Path, socket_dir: Path) -> None:
-        """Blocking set-up before a start: data dir ownership, socket dir, log dir."""
+    def _prepare_start(self, install: PgInstall, pgdata: Path, socket_dir: Path) -> dict[str, str]:
+        """Blocking set-up before a start: data dir ownership, socket dir, log dir, Prism's own
+        hba file; returns the settings Prism overrides for this data (``serverconf``)."""
         if not pgdata.is_dir():
             raise RuntimeStartFailed(f"the data directory {pgdata} does not exist")
         self._own_pgdata(pgdata, False)
@@ -411,9 +438,30 @@ class ProcessRuntime:
             # The server user must be able to pass through to its own socket directory.
             self._run_dir.chmod(self._run_dir.stat().st_mode | 0o111)
         owner = self._install
-        make_socket_dir(
-            socket_dir, (owner.run_as_uid, owner.run_as_gid) if owner.switches_user else None
-        )
+        server_ids = (owner.run_as_uid, owner.run_as_gid) if owner.switches_user else None
+        make_socket_dir(socket_dir, server_ids)
+        hba, ident = serverconf.write_prism_files(self._run_dir, server_ids)
+        configured = serverconf.configured_values(pgdata)
+        has_library = serverconf.library_checker(install.bin_dir.parent / "lib")
+        if has_library is not None:
+            for name in serverconf.missing_libraries(configured, has_library):
+                log.warning(
+                    "shared_preload_libraries: %s is not in PostgreSQL %s's libraries; "
+                    "starting without it pgdata=%s",
+                    name,
+                    install.version,
+                    pgdata,
+                )
+        owned = serverconf.overrides(configured, has_library=has_library)
+        # The private socket directory lives exactly as long as the server: a fine home.
+        conf = socket_dir / "postgresql.conf"
+        serverconf.write_private(conf, serverconf.server_conf(pgdata, owned), server_ids)
+        return {
+            "config_file": str(conf),
+            **owned,
+            "hba_file": str(hba),
+            "ident_file": str(ident),
+        }
 
     def _own_pgdata(self, pgdata: Path, create: bool) -> None:
         """Make ``pgdata`` the server user's, mode 0700, as Postgres insists.

@@ -1,0 +1,220 @@
+"""The server settings Prism owns, whatever the data directory's configuration says.
+
+A main made from a base backup of production carries production's ``postgresql.conf``,
+``postgresql.auto.conf`` and ``pg_hba.conf``. Prism does not edit them (they are the source's,
+and a later refresh would bring them back); it starts every server with ``-c`` settings that
+win over both files:
+
+* its own ``pg_hba.conf`` (``hba_file``): trust on the private 0700 socket directory for
+  Prism's service connection, SCRAM over TCP for clients. Production's rules (no local trust,
+  client certificates, LDAP...) would lock Prism out, and methods the binaries were built
+  without (GSSAPI, PAM) would stop the server from starting at all.
+* settings that reach outside the host or cannot work on it: ``ssl`` (certificate paths of
+  production; Prism terminates TLS in front), ``archive_mode`` (an ``archive_command`` copying
+  to production's WAL archive), ``synchronous_standby_names`` (a branch would wait for ever
+  for production's synchronous standby), ``logging_collector`` (log paths of production; Prism
+  keeps each server's log), ``unix_socket_group``, ``external_pid_file``.
+* memory a development host may not have: ``shared_buffers`` above ``_SHARED_BUFFERS_CAP`` is
+  lowered to it and ``huge_pages = on`` becomes ``try``.
+* ``shared_preload_libraries`` loses the libraries the binaries lack (a server refuses to start
+  when one is missing); those present stay.
+
+The parsing here is sans-IO except for ``configured_value``, which reads the two files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+HBA_FILE_NAME = "prism_hba.conf"
+IDENT_FILE_NAME = "prism_ident.conf"
+
+#: ``pg_hba.conf`` of every server Prism starts: its service socket is private (0700), so
+#: trusting it admits only Prism; TCP asks every client for its password.
+PRISM_HBA_RULES = """\
+# Written by Prism; the server reads this file instead of the data directory's pg_hba.conf.
+local all all trust
+host all all 0.0.0.0/0 scram-sha-256
+host all all ::/0 scram-sha-256
+"""
+
+#: Overridden whatever the configuration says (see the module docstring for why).
+FIXED_OVERRIDES: dict[str, str] = {
+    "ssl": "off",
+    "archive_mode": "off",
+    "synchronous_standby_names": "",
+    "logging_collector": "off",
+    "unix_socket_group": "",
+    "external_pid_file": "",
+}
+
+_SHARED_BUFFERS_CAP = "1GB"
+_UNIT_KB = {"kb": 1, "mb": 1024, "gb": 1024**2, "tb": 1024**3}
+_PAGE_KB = 8
+_INCLUDES = ("include", "include_if_exists", "include_dir")
+_CONF_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*=?\s*(.*?)\s*$")
+
+
+def memory_kb(value: str) -> int | None:
+    """Kilobytes in a memory setting (``64GB``, ``131072`` pages of 8 kB); None if unreadable."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kKmMgGtT][bB])?\s*", value)
+    if match is None:
+        return None
+    number, unit = int(match.group(1)), match.group(2)
+    return number * _UNIT_KB[unit.lower()] if unit else number * _PAGE_KB
+
+
+def parse_conf(text: str) -> dict[str, str]:
+    """``name = value`` pairs of a ``postgresql.conf`` text, the last one of a name winning.
+
+    Quoted values lose their quotes ('' inside means '); comments are dropped. ``include``
+    directives are not followed: settings that hide in included files are not seen here (the
+    fixed overrides apply regardless).
+    """
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        match = _CONF_LINE.match(line)
+        if match is None:
+            continue
+        name, rest = match.group(1).lower(), match.group(2)
+        if rest.startswith("'"):
+            value, index = [], 1
+            while index < len(rest):
+                char = rest[index]
+                if char == "'" and rest[index + 1 : index + 2] == "'":
+                    value.append("'")
+                    index += 2
+                    continue
+                if char == "'":
+                    break
+                if char == "\\" and index + 1 < len(rest):
+                    index += 1
+                    char = rest[index]
+                value.append(char)
+                index += 1
+            values[name] = "".join(value)
+        else:
+            values[name] = rest.split("#", 1)[0].strip()
+    return values
+
+
+def configured_values(pgdata: Path) -> dict[str, str]:
+    """What ``postgresql.conf`` then ``postgresql.auto.conf`` in ``pgdata`` set (later wins)."""
+    values: dict[str, str] = {}
+    for name in ("postgresql.conf", "postgresql.auto.conf"):
+        try:
+            values.update(parse_conf((pgdata / name).read_text(encoding="utf-8", errors="replace")))
+        except OSError:
+            continue
+    return values
+
+
+def overrides(
+    configured: dict[str, str], *, has_library: Callable[[str], bool] | None
+) -> dict[str, str]:
+    """The ``-c`` settings a server on data configured as ``configured`` must be started with.
+
+    ``has_library`` says whether the binaries have a shared library; None when that cannot be
+    known (a container image), and then ``shared_preload_libraries`` is left as it is.
+    """
+    result = dict(FIXED_OVERRIDES)
+    buffers = memory_kb(configured.get("shared_buffers", ""))
+    cap = memory_kb(_SHARED_BUFFERS_CAP)
+    if buffers is not None and cap is not None and buffers > cap:
+        result["shared_buffers"] = _SHARED_BUFFERS_CAP
+    if configured.get("huge_pages", "").lower() == "on":
+        result["huge_pages"] = "try"
+    preload = configured.get("shared_preload_libraries", "")
+    if preload and has_library is not None:
+        libraries = _list_items(preload)
+        kept = [name for name in libraries if has_library(name)]
+        if kept != libraries:
+            result["shared_preload_libraries"] = ",".join(kept)
+    return result
+
+
+def missing_libraries(configured: dict[str, str], has_library: Callable[[str], bool]) -> list[str]:
+    """The preloaded libraries the binaries lack: what ``overrides`` drops, for a warning."""
+    preload = configured.get("shared_preload_libraries", "")
+    return [name for name in _list_items(preload) if not has_library(name)]
+
+
+def library_checker(pkglibdir: Path) -> Callable[[str], bool] | None:
+    """Whether a library is in ``pkglibdir``; None when that directory is unknown."""
+    if not pkglibdir.is_dir():
+        return None
+
+    def has_library(name: str) -> bool:
+        base = name.removeprefix("$libdir/")
+        return (pkglibdir / f"{base}.so").exists() or (pkglibdir / base).exists()
+
+    return has_library
+
+
+def write_prism_files(directory: Path, readable_by: tuple[int, int] | None) -> tuple[Path, Path]:
+    """Write Prism's ``pg_hba.conf`` and an empty ident map into ``directory``; return both.
+
+    ``readable_by`` is the server's uid:gid when it is not Prism's own user.
+    """
+    paths = []
+    for name, content in ((HBA_FILE_NAME, PRISM_HBA_RULES), (IDENT_FILE_NAME, "")):
+        write_private(directory / name, content, readable_by)
+        paths.append(directory / name)
+    return paths[0], paths[1]
+
+
+def server_conf(pgdata: Path, drop: Iterable[str]) -> str:
+    """The ``postgresql.conf`` Prism gives the server (``config_file``): the data's own, with
+    the lines that set a name in ``drop`` commented out.
+
+    A value in the file is checked at start-up even when a ``-c`` flag overrides it, so
+    ``ssl = on`` alone stops a server built without SSL; such lines must not reach it.
+    ``include`` paths are made absolute, since the copy lives elsewhere. A data directory
+    without ``postgresql.conf`` (packaged servers keep theirs in /etc) gets an empty one.
+    """
+    try:
+        text = (pgdata / "postgresql.conf").read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        text = ""
+    dropped = {name.lower() for name in drop}
+    lines = ["# Written by Prism from the data directory's postgresql.conf; see serverconf.py."]
+    for line in text.splitlines():
+        match = _CONF_LINE.match(line)
+        name = match.group(1).lower() if match else ""
+        if name in dropped or name.startswith("ssl"):
+            lines.append(f"# overridden by Prism: {line}")
+        elif name in _INCLUDES and match is not None:
+            target = parse_conf(f"x = {match.group(2)}").get("x", "")
+            path = target if target.startswith("/") else str(pgdata / target)
+            lines.append(f"{name} '{path.replace(chr(39), chr(39) * 2)}'")
+        else:
+            lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def write_private(path: Path, content: str, readable_by: tuple[int, int] | None) -> None:
+    """Write ``content`` to ``path`` (0600) atomically, owned by ``readable_by`` if given."""
+    if path.exists() and path.read_text(encoding="utf-8") == content:
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(content, encoding="utf-8")
+    tmp.chmod(0o600)
+    if readable_by is not None:
+        os.chown(tmp, *readable_by)
+    tmp.replace(path)
+
+
+def _list_items(value: str) -> list[str]:
+    return [item.strip().strip('"') for item in value.split(",") if item.strip()]
+
+
+def as_flags(settings: dict[str, str] | Iterable[tuple[str, str]]) -> list[str]:
+    """``-c name=value`` arguments for a ``postgres`` command line."""
+    items = settings.items() if isinstance(settings, dict) else settings
+    flags: list[str] = []
+    for key, value in items:
+        flags += ["-c", f"{key}={value}"]
+    return flags

@@ -1,0 +1,215 @@
+"""Taking a base backup of the source with ``pg_basebackup``, and explaining why one failed.
+
+``pg_basebackup -X stream`` copies the data and streams the WAL written meanwhile, so the copy
+is consistent on its own; with ``--progress`` it reports bytes done once a second, which
+becomes the progress (bytes, %, rate, ETA) in the log and the events. The parsing and the
+explanations are sans-IO; the two coroutines at the end run the real tools.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from prism.errors import PrismError
+from prism.pgbin import PgInstall
+
+log = logging.getLogger(__name__)
+
+_PROGRESS = re.compile(r"(\d+)/(\d+) kB \((\d+)%\)")
+
+
+class SourceError(PrismError):
+    """The source cannot be backed up or followed; the message names the setting to change."""
+
+    sqlstate = "08001"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a base backup is: bytes done of the total, the rate so far and what is left."""
+
+    done_bytes: int
+    total_bytes: int
+    percent: int
+    rate_bytes_s: float
+    eta_s: float | None
+
+    def fields(self) -> dict[str, object]:
+        """The progress as event fields."""
+        return {
+            "done_bytes": self.done_bytes,
+            "total_bytes": self.total_bytes,
+            "percent": self.percent,
+            "rate_bytes_s": round(self.rate_bytes_s),
+            "eta_s": None if self.eta_s is None else round(self.eta_s, 1),
+        }
+
+
+def parse_progress(line: str, *, elapsed_s: float) -> Progress | None:
+    """The progress in one line of ``pg_basebackup --progress`` output, None if it has none."""
+    match = _PROGRESS.search(line)
+    if match is None:
+        return None
+    done, total, percent = (int(group) for group in match.groups())
+    rate = done * 1024 / elapsed_s if elapsed_s > 0 else 0.0
+    eta = (total - done) * 1024 / rate if rate > 0 else None
+    return Progress(done * 1024, total * 1024, percent, rate, eta)
+
+
+# (pattern in the tool's stderr, message, hint); the first match explains the failure.
+_EXPLANATIONS: tuple[tuple[str, str, str], ...] = (
+    (
+        "no pg_hba.conf entry for replication connection",
+        "the source's pg_hba.conf allows no replication connection for role {user} from "
+        "Prism's host",
+        "add a line like 'host replication {user} <prism-host>/32 scram-sha-256' to "
+        "pg_hba.conf on the source, then SELECT pg_reload_conf() there",
+    ),
+    (
+        "permission denied to start WAL sender|must be superuser or replication role",
+        "the source refuses role {user}: it lacks the REPLICATION attribute",
+        "on the source: ALTER ROLE {user} REPLICATION",
+    ),
+    (
+        "exceeds max_wal_senders|wal_level",
+        "the source is not configured for replication (wal_level / max_wal_senders)",
+        "on the source set wal_level = replica and max_wal_senders >= 2 in postgresql.conf, "
+        "then restart it",
+    ),
+    (
+        "password authentication failed",
+        "the source refused the password of role {user}",
+        "check the password in --source, --source-password-file or PGPASSFILE",
+    ),
+    (
+        "no password supplied|fe_sendauth",
+        "the source asks role {user} for a password and Prism has none",
+        "put it in --source (password=...), --source-password-file or PGPASSFILE",
+    ),
+    (
+        "Connection refused|could not connect|could not translate host name|timeout expired",
+        "cannot reach the source at {where}",
+        "check host and port in --source, and that the source listens there",
+    ),
+)
+
+
+def explain_failure(stderr: str, *, user: str, where: str) -> SourceError:
+    """One clear error for a failed connection to the source, naming what to change there."""
+    tail = "\n".join(line for line in stderr.strip().splitlines()[-5:])
+    for pattern, message, hint in _EXPLANATIONS:
+        if re.search(pattern, stderr):
+            return SourceError(
+                message.format(user=user, where=where),
+                hint=hint.format(user=user, where=where),
+                detail=tail,
+            )
+    return SourceError(f"the source at {where} failed: {tail}")
+
+
+class ToolFailed(Exception):
+    """A PostgreSQL tool run against the source failed; ``stderr`` says why."""
+
+    def __init__(self, stderr: str) -> None:
+        super().__init__(stderr)
+        self.stderr = stderr
+
+
+def tool_env(passfile: Path | None) -> dict[str, str]:
+    """The environment of the PostgreSQL tools Prism runs against the source."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "PGAPPNAME": "prism"}
+    if passfile is not None:
+        env["PGPASSFILE"] = str(passfile)
+    return env
+
+
+async def replication_command(
+    install: PgInstall, conninfo: str, command: str, env: dict[str, str]
+) -> subprocess.CompletedProcess[bytes]:
+    """Run one replication-protocol command (``SHOW``, ``CREATE_REPLICATION_SLOT``) with psql.
+
+    A replication connection needs only the pg_hba line pg_basebackup needs anyway.
+    """
+    argv = [str(install.bin("psql")), f"{conninfo} replication=true", "-XAt", "-c", command]
+    return await trio.run_process(
+        argv,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        env=env,
+        **install.spawn_options(),
+    )
+
+
+async def take_base_backup(
+    install: PgInstall,
+    conninfo: str,
+    target: Path,
+    *,
+    env: dict[str, str],
+    slot: str | None,
+    on_progress: Callable[[Progress], None],
+) -> None:
+    """``pg_basebackup -X stream`` of the source into ``target`` (empty), reporting progress.
+
+    Raises ``ToolFailed`` with the tool's messages when it fails.
+    """
+    argv = [
+        str(install.bin("pg_basebackup")),
+        "-d",
+        conninfo,
+        "-D",
+        str(target),
+        "-X",
+        "stream",
+        "--checkpoint=fast",
+        "--progress",
+        "--no-password",
+    ]
+    if slot:
+        argv.append(f"--slot={slot}")
+    started = trio.current_time()
+    errors: list[str] = []
+
+    async def read_stderr(stream: trio.abc.ReceiveStream) -> None:
+        buffer = b""
+        async for chunk in stream:
+            buffer += chunk
+            *lines, buffer = re.split(rb"[\r\n]", buffer)
+            for raw in lines:
+                line = raw.decode(errors="replace")
+                progress = parse_progress(line, elapsed_s=trio.current_time() - started)
+                if progress is not None:
+                    on_progress(progress)
+                elif line.strip():
+                    errors.append(line)
+
+    async with trio.open_nursery() as nursery:
+        process = await trio.lowlevel.open_process(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+            **install.spawn_options(),
+        )
+        assert process.stderr is not None
+        nursery.start_soon(read_stderr, process.stderr)
+        try:
+            await process.wait()
+        except BaseException:
+            process.kill()
+            with trio.CancelScope(shield=True):
+                await process.wait()
+            raise
+    if process.returncode != 0:
+        raise ToolFailed("\n".join(errors) or f"pg_basebackup exit status {process.returncode}")
+    log.debug("pg_basebackup finished target=%s", target)

@@ -1,0 +1,126 @@
+"""How main is keeping up with its source: read from main itself, shown in the API, metrics, events.
+
+Main's walreceiver knows both ends: ``pg_stat_wal_receiver.latest_end_lsn`` is the end of the
+source's WAL as the source last reported it, ``pg_last_wal_replay_lsn()`` is how far main has
+applied. Their difference is the replay lag in bytes; the lag in seconds is how old the last
+replayed commit is, and 0 when nothing is left to replay (an idle source is not "behind").
+Reconnecting is Postgres' own walreceiver's job (every ``wal_retrieve_retry_interval``); Prism
+only reports.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import trio
+
+from prism.branches import BranchManager
+from prism.errors import PrismError
+from prism.names import MAIN_BRANCH
+from prism.pgclient import connect_service
+from prism.source.basebackup import Progress
+from prism.source.follow import Source
+from prism.state import rfc3339
+
+log = logging.getLogger(__name__)
+
+WATCH_INTERVAL_S = 2.0
+
+_QUERY = """
+SELECT (SELECT status FROM pg_stat_wal_receiver),
+       greatest(0, pg_wal_lsn_diff(
+           coalesce((SELECT latest_end_lsn FROM pg_stat_wal_receiver), pg_last_wal_receive_lsn()),
+           pg_last_wal_replay_lsn()))::bigint,
+       extract(epoch FROM pg_last_xact_replay_timestamp())
+"""
+
+
+class SourceState(enum.Enum):
+    BACKING_UP = "backing_up"
+    STREAMING = "streaming"
+    DISCONNECTED = "disconnected"
+
+
+@dataclass(frozen=True)
+class SourceHealth:
+    """One reading of main's replication from the source."""
+
+    state: SourceState
+    lag_bytes: int | None = None
+    lag_seconds: float | None = None
+    last_replayed: datetime | None = None
+    backup: Progress | None = None
+
+    def view(self) -> dict[str, Any]:
+        """The ``source`` object of ``GET /api/v1/branches/main``."""
+        return {
+            "state": self.state.value,
+            "replay_lag_bytes": self.lag_bytes,
+            "replay_lag_seconds": self.lag_seconds,
+            "last_replayed": None if self.last_replayed is None else rfc3339(self.last_replayed),
+            "backup": None if self.backup is None else self.backup.fields(),
+        }
+
+
+def reading(
+    status: str | None, lag_bytes: str | None, replayed_epoch: str | None, *, now: float
+) -> SourceHealth:
+    """A ``SourceHealth`` from one row of ``_QUERY`` (sans-IO)."""
+    state = SourceState.STREAMING if status == "streaming" else SourceState.DISCONNECTED
+    lag = int(lag_bytes) if lag_bytes is not None else None
+    replayed = float(replayed_epoch) if replayed_epoch is not None else None
+    seconds = None
+    if lag == 0:
+        seconds = 0.0
+    elif replayed is not None:
+        seconds = round(max(0.0, now - replayed), 3)
+    return SourceHealth(
+        state,
+        lag_bytes=lag,
+        lag_seconds=seconds,
+        last_replayed=None if replayed is None else datetime.fromtimestamp(replayed, UTC),
+    )
+
+
+async def read_health(source: Source, manager: BranchManager, *, superuser: str) -> SourceHealth:
+    """Ask main how far behind the source it is; disconnected when main cannot be asked."""
+    if source.backing_up:
+        return SourceHealth(SourceState.BACKING_UP, backup=source.progress)
+    address = manager.address(MAIN_BRANCH)
+    if address is None or address.service_socket_dir is None:
+        return SourceHealth(SourceState.DISCONNECTED)
+    try:
+        async with await connect_service(
+            unix_socket=address.service_socket_path(),
+            port=address.port,
+            user=superuser,
+            application_name="prism source health",
+        ) as service:
+            rows = await service.query(_QUERY)
+    except PrismError as exc:
+        log.debug("source health: cannot ask main: %s", exc.message)
+        return SourceHealth(SourceState.DISCONNECTED)
+    status, lag, replayed = rows[0]
+    return reading(status, lag, replayed, now=time.time())
+
+
+async def watch_source(source: Source, manager: BranchManager, *, superuser: str) -> None:
+    """Publish a ``source`` event (and log) whenever main starts or stops streaming."""
+    previous: SourceState | None = None
+    while True:
+        health = await read_health(source, manager, superuser=superuser)
+        if health.state is not previous and health.state is not SourceState.BACKING_UP:
+            level = logging.WARNING if health.state is SourceState.DISCONNECTED else logging.INFO
+            log.log(
+                level, "source: main is %s (%s)", health.state.value, source.conninfo.describe()
+            )
+            view = health.view()
+            del view["backup"]
+            manager.events.publish("source", MAIN_BRANCH, **view)
+            previous = health.state
+        await trio.sleep(WATCH_INTERVAL_S)

@@ -1,0 +1,227 @@
+"""--source: main is a base backup of a real "production" server and follows it as a hot standby;
+branches of it are writable copies as of their clone, and nothing they do reaches the source."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from prism.errors import find_prism_error
+from prism.events import EventBus
+from prism.server import PrismServer
+
+from .api_helpers import api
+from .harness import PrismHandle, fresh_dir, make_settings, psql
+from .production import SUPERUSER_PASSWORD, Production, production_server, write_continuously
+
+CATCH_UP_S = 30
+
+
+@pytest.fixture
+async def production() -> AsyncIterator[Production]:
+    async with production_server() as server:
+        yield server
+
+
+@pytest.fixture
+def empty_data_dir() -> Any:
+    path = fresh_dir("source-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _dsn(prism: PrismHandle, branch: str | None = None) -> str:
+    user = "postgres" if branch is None else f"postgres@{branch}"
+    return prism.dsn(user).replace("password=password", f"password={SUPERUSER_PASSWORD}")
+
+
+async def _sql(prism: PrismHandle, sql: str, branch: str | None = None) -> str:
+    return (await psql(_dsn(prism, branch), sql)).stdout.decode().strip()
+
+
+async def _caught_up(prism: PrismHandle, production: Production) -> int:
+    """Wait until main holds every row the source had committed when asked; return that id."""
+    target = int(await production.sql("SELECT max(id) FROM events"))
+    with trio.fail_after(CATCH_UP_S):
+        # Polling: replay offers nothing to wait on from outside the server.
+        while int(await _sql(prism, "SELECT coalesce(max(id), 0) FROM events")) < target:  # noqa: ASYNC110
+            await trio.sleep(0.05)
+    return target
+
+
+async def test_main_follows_the_source_and_branches_are_writable_copies_of_it(
+    production: Production, empty_data_dir: Path, start_prism: Callable[..., Any]
+) -> None:
+    async with trio.open_nursery() as writers:
+        await writers.start(write_continuously, production)
+        prism = await start_prism(data_dir=empty_data_dir, source=production.source())
+        await _caught_up(prism, production)  # and again while the source keeps writing:
+        await _caught_up(prism, production)
+
+        # Main is a hot standby: reads work, writes get Postgres' own read-only error.
+        assert await _sql(prism, "SELECT pg_is_in_recovery()") == "t"
+        refused = await psql(_dsn(prism), "INSERT INTO events DEFAULT VALUES", check=False)
+        assert "read-only transaction" in refused.stderr.decode()
+
+        # A branch cut while the source writes is a consistent prefix of the source's history.
+        assert await _sql(prism, "SELECT pg_is_in_recovery()", "busy") == "f"
+        count, top = (await _sql(prism, "SELECT count(*), max(id) FROM events", "busy")).split("|")
+        assert count == top
+        writers.cancel_scope.cancel()
+
+    # With the source quiet, a branch holds exactly what the source committed before its clone.
+    committed = await _caught_up(prism, production)
+    await prism.manager.create("quiet")
+    await production.sql("INSERT INTO events DEFAULT VALUES")
+    assert await _sql(prism, "SELECT count(*), max(id) FROM events", "quiet") == (
+        f"{committed}|{committed}"
+    )
+
+    # Branches are writable, and nothing written there reaches the source.
+    await _sql(
+        prism, "INSERT INTO events (origin) VALUES ('branch'); CREATE TABLE mine (x int)", "quiet"
+    )
+    assert await _sql(prism, "SELECT count(*) FROM events WHERE origin = 'branch'", "quiet") == "1"
+    assert await production.sql("SELECT count(*) FROM events WHERE origin = 'branch'") == "0"
+    assert await production.sql("SELECT to_regclass('mine') IS NULL") == "t"
+    # Nor does a branch hold the source's address.
+    conninfo = await _sql(prism, "SELECT current_setting('primary_conninfo')", "quiet")
+    assert conninfo == ""
+
+    # Main keeps following after branches were cut from it.
+    await _caught_up(prism, production)
+    # And a branch of a branch works as always: it has its parent's writes.
+    await prism.manager.create("quiet-child", parent="quiet")
+    query = "SELECT count(*) FROM events WHERE origin = 'branch'"
+    assert await _sql(prism, query, "quiet-child") == "1"
+
+
+@pytest.mark.parametrize(
+    ("user", "password", "message"),
+    [
+        ("replicator", "wrong-password", "refused the password of role replicator"),
+        ("no_repl_role", "repl-secret", "lacks the REPLICATION attribute"),
+        ("postgres", SUPERUSER_PASSWORD, "pg_hba.conf allows no replication connection"),
+    ],
+)
+async def test_a_source_that_refuses_gets_one_clear_error(
+    production: Production,
+    empty_data_dir: Path,
+    start_prism: Callable[..., Any],
+    user: str,
+    password: str,
+    message: str,
+) -> None:
+    with pytest.raises(BaseException) as caught:
+        await start_prism(data_dir=empty_data_dir, source=production.source(user, password))
+    error = find_prism_error(caught.value)
+    assert error is not None, caught.value
+    assert message in error.message
+    assert error.hint
+    # Nothing half-made is left as main.
+    assert not (empty_data_dir / "master").exists()
+
+
+async def test_a_half_made_main_from_an_interrupted_backup_is_taken_again(
+    production: Production, empty_data_dir: Path, start_prism: Callable[..., Any]
+) -> None:
+    # What a crash mid-backup leaves: the intent marker and a main with part of the files.
+    (empty_data_dir / "source").mkdir()
+    (empty_data_dir / "source" / "basebackup.incomplete").write_text("in progress\n")
+    (empty_data_dir / "master" / "base").mkdir(parents=True)
+    (empty_data_dir / "master" / "PG_VERSION").write_text("18\n")
+    prism = await start_prism(data_dir=empty_data_dir, source=production.source())
+    await _caught_up(prism, production)
+    assert not (empty_data_dir / "source" / "basebackup.incomplete").exists()
+
+
+async def _source_state(prism: PrismHandle, wanted: str, **fields: Any) -> dict[str, Any]:
+    """Poll ``GET /api/v1/branches/main`` until ``source`` has ``state`` ``wanted`` (and
+    ``fields``)."""
+    async with api(prism) as client:
+        with trio.fail_after(CATCH_UP_S):
+            while True:
+                main = (await client.get("/api/v1/branches/main")).json()
+                source: dict[str, Any] = main["source"]
+                if source["state"] == wanted and fields.items() <= source.items():
+                    return source
+                await trio.sleep(0.2)
+
+
+async def test_source_health_is_reported_and_survives_the_source_stopping(
+    production: Production, empty_data_dir: Path, start_prism: Callable[..., Any]
+) -> None:
+    prism = await start_prism(data_dir=empty_data_dir, source=production.source())
+    await _caught_up(prism, production)
+    # With the source idle, main has nothing left to replay.
+    await _source_state(prism, "streaming", replay_lag_bytes=0, replay_lag_seconds=0)
+    async with api(prism) as client:
+        metrics = (await client.get("/metrics")).text
+    assert "prism_source_streaming 1" in metrics.splitlines()
+    # A separate reading: the source may have written a checkpoint record since, so any count.
+    lag = next(x for x in metrics.splitlines() if x.startswith("prism_source_replay_lag_bytes "))
+    assert int(lag.split()[1]) >= 0
+
+    await production.stop()
+    await _source_state(prism, "disconnected")
+    # Main keeps serving its last state, and branches keep working.
+    assert await _sql(prism, "SELECT count(*) FROM events") == "1000"
+    await _sql(prism, "INSERT INTO events (origin) VALUES ('branch')", "offline")
+
+    await production.start()
+    await production.sql("INSERT INTO events (origin) VALUES ('after-restart')")
+    await _caught_up(prism, production)  # Postgres' walreceiver reconnected by itself
+    source = await _source_state(prism, "streaming", replay_lag_bytes=0)
+    assert source["last_replayed"] is not None  # the commit just replayed
+
+
+async def test_prism_restarted_mid_stream_catches_up(
+    production: Production, empty_data_dir: Path
+) -> None:
+    settings = make_settings(empty_data_dir, source=production.source())
+    async with trio.open_nursery() as nursery:
+        info = await nursery.start(PrismServer(settings).run)
+        await _caught_up(PrismHandle(info, settings), production)
+        nursery.cancel_scope.cancel()
+    await production.sql("INSERT INTO events SELECT FROM generate_series(1, 500)")
+    async with trio.open_nursery() as nursery:
+        info = await nursery.start(PrismServer(settings).run)
+        prism = PrismHandle(info, settings)
+        assert await _caught_up(prism, production) == 1500
+        assert await _sql(prism, "SELECT pg_is_in_recovery()") == "t"
+        nursery.cancel_scope.cancel()
+
+
+async def test_base_backup_progress_is_logged_and_published(
+    production: Production,
+    empty_data_dir: Path,
+    start_prism: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[dict[str, Any]] = []
+
+    class RecordingBus(EventBus):
+        """The real bus, also keeping every event for the test to read."""
+
+        def publish(self, type_: str, branch: str | None = None, **fields: Any) -> Any:
+            event = super().publish(type_, branch, **fields)
+            seen.append(event)
+            return event
+
+    monkeypatch.setattr("prism.server.EventBus", RecordingBus)
+    caplog.set_level("INFO", logger="prism.source")
+    await start_prism(data_dir=empty_data_dir, source=production.source())
+    kinds = [event["type"] for event in seen]
+    assert kinds.index("backing_up") < kinds.index("backup_progress") < kinds.index("backed_up")
+    assert kinds.index("backed_up") < kinds.index("created")
+    last = [event for event in seen if event["type"] == "backup_progress"][-1]
+    assert last["percent"] == 100
+    assert last["done_bytes"] == last["total_bytes"] > 0
+    assert last["rate_bytes_s"] > 0
+    assert "base backup 100%" in caplog.text
