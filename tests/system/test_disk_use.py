@@ -8,7 +8,7 @@ from pathlib import Path
 import trio
 
 from prism.diskuse import measure
-from prism.storage import MAIN_BRANCH
+from prism.names import MAIN_BRANCH
 from prism.storage.btrfs import BtrfsStorage
 from prism.storage.zfs import ZfsStorage
 from tests.system.test_storage_btrfs_xfs import btrfs_root  # noqa: F401 (a fixture)
