@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -218,13 +219,23 @@ def _expire(api: ApiClient, args: argparse.Namespace) -> Any:
 
 
 def _hook(api: ApiClient, args: argparse.Namespace) -> Any:
-    if args.on_create is None:
-        return api.call("PATCH", f"/branches/{args.name}", json={"on_create": None})
-    try:
-        sql = Path(args.on_create).read_text() if args.on_create != "-" else sys.stdin.read()
-    except OSError as exc:
-        raise ClientError(f"cannot read {args.on_create}: {exc.strerror}") from None
-    return api.call("PATCH", f"/branches/{args.name}", json={"on_create": sql})
+    """Set the SQL and/or the command given; with neither, remove both."""
+    body: dict[str, Any] = {}
+    if args.on_create is not None:
+        try:
+            body["on_create"] = (
+                Path(args.on_create).read_text() if args.on_create != "-" else sys.stdin.read()
+            )
+        except OSError as exc:
+            raise ClientError(f"cannot read {args.on_create}: {exc.strerror}") from None
+    if args.on_create_command is not None:
+        try:
+            body["on_create_command"] = shlex.split(args.on_create_command)
+        except ValueError as exc:
+            raise ClientError(f"cannot read the command: {exc}") from None
+    if not body:
+        body = {"on_create": None, "on_create_command": None}
+    return api.call("PATCH", f"/branches/{args.name}", json=body)
 
 
 def _operation(verb: str) -> Command:
@@ -299,8 +310,13 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     verb("expire", "set when a branch is deleted", _expire).add_argument(
         "ttl", metavar="TTL", help="a duration from now (72h, 30m) or never"
     )
-    verb("hook", "set the SQL run in every new child of a branch", _hook).add_argument(
-        "--on-create", metavar="FILE", default=None, help="SQL file (- for stdin); none: clear"
+    hook = verb("hook", "set the SQL or command run for every new child of a branch", _hook)
+    hook.add_argument("--on-create", metavar="FILE", default=None, help="SQL file (- for stdin)")
+    hook.add_argument(
+        "--on-create-command",
+        metavar="COMMAND",
+        default=None,
+        help="program and arguments, split like a shell (needs --allow-hook-commands)",
     )
     verb("reset", "throw away a branch's changes (re-clone from its parent)", _operation("reset"))
     verb("stop", "stop a branch's server (data stays)", _operation("stop"))
