@@ -150,6 +150,35 @@ def format_branch(branch: dict[str, Any]) -> str:
     return f"{branch['name']}: {branch['status']} ({', '.join(parts)})"
 
 
+def _disk_text(disk: dict[str, Any] | None) -> str:
+    if disk is None or disk["total"] is None:
+        return "unknown"
+    if disk["own"] is None:
+        return f"{_size(disk['total'])} in all, own and shared unknown ({disk['basis']})"
+    return (
+        f"own {_size(disk['own'])}, shared {_size(disk['shared'])}, "
+        f"total {_size(disk['total'])} ({disk['basis']})"
+    )
+
+
+def format_details(branch: dict[str, Any], *, now: float | None = None) -> str:
+    """Everything ``prism branch show`` says about one branch: a line per fact."""
+    now = time.time() if now is None else now
+    hooks = [kind for kind in ("on_create", "on_create_command") if branch.get(kind)]
+    connection = branch.get("connection")
+    facts = (
+        ("created", branch["created_at"]),
+        ("last active", _ago(branch["last_active"], now)),
+        ("connections", str(branch["connections"])),
+        ("protected", "yes" if branch["protected"] else "no"),
+        ("expires", branch["expires_at"] or "never"),
+        ("hooks", ", ".join(hooks) or "none"),
+        ("disk", _disk_text(branch.get("disk"))),
+        ("connect", connection["uri"] if connection else "-"),
+    )
+    return "\n".join([format_branch(branch), *(f"  {key:<12} {value}" for key, value in facts)])
+
+
 def format_event(event: dict[str, Any]) -> str:
     """One line per event for ``prism events``."""
     if event["type"] == "snapshot":
@@ -200,6 +229,11 @@ def _rm(api: ApiClient, args: argparse.Namespace) -> Any:
         if args.if_exists and exc.code == "branch_not_found":
             return {"deleted": []}
         raise
+
+
+def _show(api: ApiClient, args: argparse.Namespace) -> Any:
+    branch = api.call("GET", f"/branches/{args.name}")
+    return branch if args.json else Text(format_details(branch))
 
 
 def _dsn(api: ApiClient, args: argparse.Namespace) -> Any:
@@ -291,6 +325,7 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         )
 
     verb("ls", "list branches", _ls, named=False)
+    verb("show", "everything about one branch: policy, hooks, disk use, how to connect", _show)
     create = verb("create", "create a branch", _create)
     create.add_argument("--parent", default="main", help="branch to clone (default main)")
     create.add_argument("--ttl", default=None, help="delete it this long after now, e.g. 72h")

@@ -300,3 +300,26 @@ async def test_hook_command_is_refused_unless_allowed_and_set_and_cleared_when_i
     assert marker.read_text() == "cmd-child\n"
     cleared = json.loads((await _prism("branch", "hook", "main", "--json", *url)).stdout)
     assert (cleared["on_create"], cleared["on_create_command"]) == (False, False)
+
+
+async def test_show_tells_policy_hooks_disk_and_connection_of_one_branch(
+    prism: PrismHandle,
+) -> None:
+    url = ("--api", prism.info.api_url)
+    await _prism("branch", "create", "shown", "--ttl", "2h", "--protected", *url)
+    lines = (await _prism("branch", "show", "shown", *url)).stdout.decode().splitlines()
+    assert lines[0].startswith("shown: running (parent main, server 127.0.0.1:")
+    facts = dict(line.strip().split(None, 1) for line in lines[1:] if "  " in line)
+    assert facts["protected"] == "yes" and facts["hooks"] == "none"
+    assert facts["expires"].endswith("Z")
+    assert facts["disk"].startswith("own ")
+    assert ", shared 0 B, total " in facts["disk"]  # a copy shares nothing
+    assert facts["disk"].endswith("(copy: a full copy shares nothing)")
+    assert facts["connect"] == (
+        f"postgresql://postgres%40shown@127.0.0.1:{prism.port}/postgres?sslmode=require"
+    )
+    as_json = json.loads((await _prism("branch", "show", "shown", "--json", *url)).stdout)
+    assert as_json["name"] == "shown" and as_json["protected"] is True
+    missing = await _prism("branch", "show", "ghost", *url, check=False)
+    assert missing.returncode == 3
+    assert missing.stderr.decode() == 'prism: error: branch "ghost" does not exist\n'
