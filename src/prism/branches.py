@@ -60,6 +60,7 @@ from prism.errors import (
     BranchNotFound,
     BranchProtected,
     ConnectionTerminated,
+    HookFailed,
     LimitExceeded,
     PrismError,
     ProvisionFailed,
@@ -898,6 +899,8 @@ class BranchManager:
                     f'could not create branch "{name}": {exc.message}',
                     hint=exc.hint,
                     detail="the partial branch was removed; nothing was kept",
+                    # A connecting client sees the hook's own SQLSTATE (42P01, say).
+                    sqlstate=exc.sqlstate if isinstance(exc, HookFailed) else None,
                 ) from exc
             raise
         self.events.publish("created", name, parent=parent_name, duration_ms=_elapsed_ms(started))

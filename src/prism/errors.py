@@ -111,7 +111,11 @@ class BackendQueryError(PrismError):
 
 
 class HookFailed(PrismError):
-    """A parent's ``on_create`` SQL or command failed in a new child; the child was rolled back."""
+    """A parent's ``on_create`` SQL or command failed in a new child; the child was rolled back.
+
+    Failed SQL carries the server's SQLSTATE; a failed command this one (system_error)."""
+
+    sqlstate = "58000"
 
 
 class HookCommandsNotAllowed(PrismError):

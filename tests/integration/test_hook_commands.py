@@ -13,7 +13,7 @@ from typing import Any
 import trio
 
 from .api_helpers import api, wait_for
-from .harness import PrismHandle, psql
+from .harness import PrismHandle, psql, refused_sqlstate
 
 V1 = "/api/v1"
 
@@ -139,7 +139,9 @@ async def test_failing_command_fails_the_create_with_its_stderr_and_leaves_nothi
     refused = await psql(prism.dsn("postgres@nope"), "SELECT 1", check=False)
     assert refused.returncode != 0
     assert 'mask: column "phone" is gone' in refused.stderr.decode()
+    assert await refused_sqlstate(prism, "nope2") == "58000"
     _nothing_left_of(prism, "nope")
+    _nothing_left_of(prism, "nope2")
     assert sorted(prism.manager.storage.list()) == ["main"]
 
 
@@ -194,6 +196,7 @@ async def test_command_left_by_a_run_that_allowed_it_is_refused_before_anything_
         )
         refused = await psql(prism.dsn("postgres@child"), "SELECT 1", check=False)
         assert "on_create commands are off" in refused.stderr.decode()
+        assert await refused_sqlstate(prism, "child") == "42501"
         _nothing_left_of(prism, "child")
 
         # Removing the command is always allowed; then children can be made again.
