@@ -942,6 +942,8 @@ class BranchManager:
                 address, policy.on_create, superuser=self._superuser, password=self._password
             )
         if policy.on_create_command is not None:
+            # Create, connect and reset refuse earlier, before anything is made; this keeps a
+            # command from running on any other path to a new child.
             self.hook_commands.refuse_unless_allowed(
                 f'cannot run the on_create command of branch "{branch.parent}"'
             )

@@ -175,9 +175,8 @@ _PROBE = """(() => {
 
 # The page's budget: main-thread CPU time per event. At 50 events a second, 20 ms each is a
 # whole core: a page over it cannot keep up even with a core to itself, and falls further
-# behind with every event. This page needs about 9 ms (2026-11-29, on the 2-core test machine:
-# mostly layout of the 202-row table, once per redraw); rebuilding the table on every event
-# needs several times the budget.
+# behind with every event. The test prints what the page used (mostly layout of the 202-row
+# table, once per redraw).
 _CPU_PER_EVENT_MS = 20.0
 
 
