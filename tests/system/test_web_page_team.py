@@ -173,18 +173,22 @@ _PROBE = """(() => {
     window.probe = probe;
 })()"""
 
-# The page's budget: main-thread CPU time per event. At 50 events a second, 20 ms each is a
-# whole core: a page over it cannot keep up even with a core to itself, and falls further
-# behind with every event. The test prints what the page used (mostly layout of the 202-row
-# table, once per redraw).
-_CPU_PER_EVENT_MS = 20.0
+# The page's budget: CPU time its JavaScript spends per event. Rendering (style, layout,
+# paint) is not in it: that is done once per frame, and the browser makes as many frames as
+# the machine allows, so its cost per event is higher on an idle machine than on a busy one.
+# Script work happens per event, whatever the machine is doing. 5 ms is a quarter of what 50
+# events a second allow on one core; a page over it spends a core on JavaScript alone and
+# falls further behind with every event. The test prints what the page used.
+_SCRIPT_PER_EVENT_MS = 5.0
 
 
-async def _main_thread_cpu(page: Page) -> float:  # noqa: F811
-    """Seconds of CPU the page's main thread has used (thread time: not stretched when the
-    machine is busy and the browser waits for a core, as wall-clock time would be)."""
-    metrics = (await page.send("Performance.getMetrics"))["metrics"]
-    return float(next(m["value"] for m in metrics if m["name"] == "ThreadTime"))
+async def _cpu_times(page: Page) -> tuple[float, float]:  # noqa: F811
+    """Seconds of CPU the page's main thread has used in all and running JavaScript (thread
+    time: not stretched when the machine is busy and the browser waits for a core, as
+    wall-clock time would be)."""
+    reply = await page.send("Performance.getMetrics")
+    metrics = {metric["name"]: metric["value"] for metric in reply["metrics"]}
+    return float(metrics["ThreadTime"]), float(metrics["ScriptDuration"])
 
 
 async def _publish_at(bus: Any, events: list[tuple[str, str]], per_second: float) -> int:
@@ -212,12 +216,11 @@ async def test_page_stays_responsive_with_200_branches_and_50_events_a_second(
     request: pytest.FixtureRequest,
 ) -> None:
     """Every event is rendered, a click in the middle of the load is handled, redraws are
-    batched, and the page's own work per event stays within a CPU budget.
+    batched, and the page's script work per event stays within a CPU budget.
 
-    The budget is CPU time of the page's main thread, which a loaded CI machine does not
-    inflate the way it inflates wall-clock durations (those include the time the browser
-    waited for a core), so the check holds on a busy machine and still fails a page that
-    cannot keep up.
+    The budget is CPU time, which a loaded CI machine does not inflate the way it inflates
+    wall-clock durations (those include the time the browser waited for a core), so the
+    check holds on a busy machine and still fails a page that cannot keep up.
     """
     async with running() as prism, screenshot_at_end(page, request):
         await prism.manager.create("real")
@@ -239,14 +242,15 @@ async def test_page_stays_responsive_with_200_branches_and_50_events_a_second(
         load = [("connected", name) for name in names] + [
             ("disconnected", name) for name in names[:100]
         ]
-        cpu_before = await _main_thread_cpu(page)
+        cpu_before, script_before = await _cpu_times(page)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_publish_at, bus, load[:150], 50)
             await trio.sleep(3)
             await page.click(_in_row("real", '[data-action="stop"]'))
         last_seq = await _publish_at(bus, load[150:], per_second=50)
         await page.wait_until(f"window.probe.apply >= {len(load)}")
-        cpu_used = await _main_thread_cpu(page) - cpu_before
+        cpu_after, script_after = await _cpu_times(page)
+        cpu_used, script_used = cpu_after - cpu_before, script_after - script_before
 
         # Every event is rendered: each row's session count (once the last redraw, at most
         # 16 ms after the last event, has run), and the feed's last event.
@@ -266,15 +270,16 @@ async def test_page_stays_responsive_with_200_branches_and_50_events_a_second(
         probe = await page.evaluate("window.probe")
         # Redraws are batched: far fewer than the events, each touching only changed rows.
         assert 0 < probe["draw"] < probe["apply"]
-        per_event_ms = 1000 * cpu_used / probe["apply"]
+        per_event_ms = 1000 * script_used / probe["apply"]
         lag = sorted(probe["lag"])
         print(
-            f"page main thread: {1000 * cpu_used:.0f} ms CPU for {probe['apply']} events "
-            f"({per_event_ms:.2f} ms each), {probe['draw']} redraws; event-to-page lag "
-            f"median {lag[len(lag) // 2]} ms, max {lag[-1]} ms"
+            f"page main thread: {1000 * cpu_used:.0f} ms CPU in all, {1000 * script_used:.0f} "
+            f"ms in script for {probe['apply']} events ({per_event_ms:.2f} ms each), "
+            f"{probe['draw']} redraws; event-to-page lag median {lag[len(lag) // 2]} ms, "
+            f"max {lag[-1]} ms"
         )
-        assert per_event_ms <= _CPU_PER_EVENT_MS, (
-            f"the page used {per_event_ms:.1f} ms of CPU per event; at 50 a second it needs "
-            f"at most {_CPU_PER_EVENT_MS:g} ms to keep up on one core"
+        assert per_event_ms <= _SCRIPT_PER_EVENT_MS, (
+            f"the page's script used {per_event_ms:.1f} ms of CPU per event; the budget is "
+            f"{_SCRIPT_PER_EVENT_MS:g} ms"
         )
         assert page.errors == []
