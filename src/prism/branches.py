@@ -37,6 +37,7 @@ from __future__ import annotations
 import builtins
 import enum
 import logging
+import os
 import secrets
 import time
 from collections import defaultdict
@@ -59,6 +60,7 @@ from prism.errors import (
     BranchNotFound,
     BranchProtected,
     ConnectionTerminated,
+    HookFailed,
     LimitExceeded,
     PrismError,
     ProvisionFailed,
@@ -66,7 +68,7 @@ from prism.errors import (
     TooManyConnections,
 )
 from prism.events import EventBus
-from prism.hooks import run_on_create
+from prism.hooks import HookCommands, command_environment, run_on_create, run_on_create_command
 from prism.names import MAIN_BRANCH, validate_branch_name
 from prism.pgclient import connect_branch
 from prism.policy import (
@@ -193,6 +195,7 @@ class BranchManager:
         defaults: CreateDefaults | None = None,
         endpoint: Endpoint | None = None,
         make_main: Callable[[Path], Awaitable[None]] | None = None,
+        hook_commands: HookCommands | None = None,
     ) -> None:
         self.storage = storage
         self.runtime = runtime
@@ -204,6 +207,7 @@ class BranchManager:
         self._max_running = max_running
         self.defaults = defaults or CreateDefaults()
         self.endpoint = endpoint
+        self.hook_commands = hook_commands or HookCommands()
         self.policies = PolicyStore(state.path)
         self.disk = DiskUseCache(storage)
         events.add_listener(self.disk.observe)
@@ -522,6 +526,7 @@ class BranchManager:
                 if branch is None:
                     if not create:
                         raise BranchNotFound(f'branch "{name}" does not exist')
+                    self._refuse_unrunnable_hook(self.defaults.parent)
                     await self._record_new_policy(name, self.defaults.ttl)
                     branch = await self._provision(name, self.defaults.parent)
                 elif self.runtime.address(name) is None:
@@ -548,6 +553,7 @@ class BranchManager:
         async with self._locks[name]:
             if name in self._branches:
                 raise BranchExists(f'branch "{name}" already exists')
+            self._refuse_unrunnable_hook(parent)
             await self._record_new_policy(name, ttl or 0.0, protected=protected)
             return await self._provision(name, parent)
 
@@ -599,6 +605,7 @@ class BranchManager:
             parent = branch.parent
             if parent not in self._branches:
                 raise BranchNotFound(f'parent branch "{parent}" of "{name}" no longer exists')
+            self._refuse_unrunnable_hook(parent)
             started = trio.current_time()
             was_running = self.runtime.address(name) is not None
             # The old data goes to the trash under a name recorded first, so a crash at any
@@ -629,7 +636,7 @@ class BranchManager:
                     moved = True
                     self._discarded(name)
                     crash_point("reset:retired")
-                    if self.policies.get(parent).on_create is not None:
+                    if self.policies.get(parent).has_hook:
                         # From here a clone may stand without its hook run: reconcile must
                         # know to throw it away rather than keep it.
                         detail = f"{token}:{_PHASE_HOOKED_CLONE}"
@@ -701,10 +708,16 @@ class BranchManager:
     # ---- team policies -------------------------------------------------------------------
 
     async def set_policy(self, name: str, **changes: object) -> BranchPolicy:
-        """Change ``name``'s ``protected``, ``expires_at`` or ``on_create``; returns the policy.
+        """Change ``name``'s ``protected``, ``expires_at``, ``on_create`` or
+        ``on_create_command``; returns the policy.
 
-        Held under the branch's lock so a change never interleaves with a delete or reset.
+        Held under the branch's lock so a change never interleaves with a delete or reset. A
+        command is refused unless the operator allowed commands (removing one never is).
         """
+        if changes.get("on_create_command") is not None:
+            self.hook_commands.refuse_unless_allowed(
+                f'cannot give branch "{name}" an on_create command'
+            )
         async with self._locks[name]:
             self.require(name)
             policy = await self.policies.update(name, **changes)
@@ -886,6 +899,8 @@ class BranchManager:
                     f'could not create branch "{name}": {exc.message}',
                     hint=exc.hint,
                     detail="the partial branch was removed; nothing was kept",
+                    # A connecting client sees the hook's own SQLSTATE (42P01, say).
+                    sqlstate=exc.sqlstate if isinstance(exc, HookFailed) else None,
                 ) from exc
             raise
         self.events.publish("created", name, parent=parent_name, duration_ms=_elapsed_ms(started))
@@ -906,12 +921,46 @@ class BranchManager:
         else:
             await self.policies.put(name, policy)
 
+    def _refuse_unrunnable_hook(self, parent: str) -> None:
+        """Refuse, before anything is made, a child whose parent's command may not run here
+        (set by an earlier run of Prism that allowed commands)."""
+        if self.policies.get(parent).on_create_command is not None:
+            self.hook_commands.refuse_unless_allowed(
+                f'cannot make a child of branch "{parent}", whose on_create hook is a command'
+            )
+
     async def _run_parent_hook(self, branch: Branch, address: BackendAddress) -> None:
-        sql = None if branch.parent is None else self.policies.get(branch.parent).on_create
-        if sql is None:
+        """Run the parent's ``on_create`` SQL, then its command, in the new child."""
+        if branch.parent is None:
+            return
+        policy = self.policies.get(branch.parent)
+        if not policy.has_hook:
             return
         started = trio.current_time()
-        await run_on_create(address, sql, superuser=self._superuser, password=self._password)
+        if policy.on_create is not None:
+            await run_on_create(
+                address, policy.on_create, superuser=self._superuser, password=self._password
+            )
+        if policy.on_create_command is not None:
+            # Create, connect and reset refuse earlier, before anything is made; this keeps a
+            # command from running on any other path to a new child.
+            self.hook_commands.refuse_unless_allowed(
+                f'cannot run the on_create command of branch "{branch.parent}"'
+            )
+            params = ConnectionParams(
+                host=address.host,
+                port=address.port,
+                user=self._superuser,
+                dbname="postgres",
+                sslmode="disable",  # branch servers speak plaintext, on Prism's host only
+                password=self._password,
+            )
+            env = command_environment(
+                params, branch=branch.name, parent=branch.parent, inherited=os.environ
+            )
+            await run_on_create_command(
+                policy.on_create_command, env=env, time_limit=self.hook_commands.timeout
+            )
         self.events.publish(
             "hook", branch.name, parent=branch.parent, duration_ms=_elapsed_ms(started)
         )
@@ -923,7 +972,7 @@ class BranchManager:
         before anyone sees it. The branch is still ``resetting`` and its lock is held, so the
         server started here is Prism's alone; it is stopped again afterwards.
         """
-        if branch.parent is None or self.policies.get(branch.parent).on_create is None:
+        if branch.parent is None or not self.policies.get(branch.parent).has_hook:
             return
         path = self.storage.path(branch.name)
         address = await self.runtime.start(branch.name, path, parent=branch.parent)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -149,6 +150,35 @@ def format_branch(branch: dict[str, Any]) -> str:
     return f"{branch['name']}: {branch['status']} ({', '.join(parts)})"
 
 
+def _disk_text(disk: dict[str, Any] | None) -> str:
+    if disk is None or disk["total"] is None:
+        return "unknown"
+    if disk["own"] is None:
+        return f"{_size(disk['total'])} in all, own and shared unknown ({disk['basis']})"
+    return (
+        f"own {_size(disk['own'])}, shared {_size(disk['shared'])}, "
+        f"total {_size(disk['total'])} ({disk['basis']})"
+    )
+
+
+def format_details(branch: dict[str, Any], *, now: float | None = None) -> str:
+    """Everything ``prism branch show`` says about one branch: a line per fact."""
+    now = time.time() if now is None else now
+    hooks = [kind for kind in ("on_create", "on_create_command") if branch.get(kind)]
+    connection = branch.get("connection")
+    facts = (
+        ("created", branch["created_at"]),
+        ("last active", _ago(branch["last_active"], now)),
+        ("connections", str(branch["connections"])),
+        ("protected", "yes" if branch["protected"] else "no"),
+        ("expires", branch["expires_at"] or "never"),
+        ("hooks", ", ".join(hooks) or "none"),
+        ("disk", _disk_text(branch.get("disk"))),
+        ("connect", connection["uri"] if connection else "-"),
+    )
+    return "\n".join([format_branch(branch), *(f"  {key:<12} {value}" for key, value in facts)])
+
+
 def format_event(event: dict[str, Any]) -> str:
     """One line per event for ``prism events``."""
     if event["type"] == "snapshot":
@@ -201,6 +231,11 @@ def _rm(api: ApiClient, args: argparse.Namespace) -> Any:
         raise
 
 
+def _show(api: ApiClient, args: argparse.Namespace) -> Any:
+    branch = api.call("GET", f"/branches/{args.name}")
+    return branch if args.json else Text(format_details(branch))
+
+
 def _dsn(api: ApiClient, args: argparse.Namespace) -> Any:
     return _connection(api, args.name, args)
 
@@ -218,13 +253,23 @@ def _expire(api: ApiClient, args: argparse.Namespace) -> Any:
 
 
 def _hook(api: ApiClient, args: argparse.Namespace) -> Any:
-    if args.on_create is None:
-        return api.call("PATCH", f"/branches/{args.name}", json={"on_create": None})
-    try:
-        sql = Path(args.on_create).read_text() if args.on_create != "-" else sys.stdin.read()
-    except OSError as exc:
-        raise ClientError(f"cannot read {args.on_create}: {exc.strerror}") from None
-    return api.call("PATCH", f"/branches/{args.name}", json={"on_create": sql})
+    """Set the SQL and/or the command given; with neither, remove both."""
+    body: dict[str, Any] = {}
+    if args.on_create is not None:
+        try:
+            body["on_create"] = (
+                Path(args.on_create).read_text() if args.on_create != "-" else sys.stdin.read()
+            )
+        except OSError as exc:
+            raise ClientError(f"cannot read {args.on_create}: {exc.strerror}") from None
+    if args.on_create_command is not None:
+        try:
+            body["on_create_command"] = shlex.split(args.on_create_command)
+        except ValueError as exc:
+            raise ClientError(f"cannot read the command: {exc}") from None
+    if not body:
+        body = {"on_create": None, "on_create_command": None}
+    return api.call("PATCH", f"/branches/{args.name}", json=body)
 
 
 def _operation(verb: str) -> Command:
@@ -280,6 +325,7 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         )
 
     verb("ls", "list branches", _ls, named=False)
+    verb("show", "everything about one branch: policy, hooks, disk use, how to connect", _show)
     create = verb("create", "create a branch", _create)
     create.add_argument("--parent", default="main", help="branch to clone (default main)")
     create.add_argument("--ttl", default=None, help="delete it this long after now, e.g. 72h")
@@ -299,8 +345,13 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     verb("expire", "set when a branch is deleted", _expire).add_argument(
         "ttl", metavar="TTL", help="a duration from now (72h, 30m) or never"
     )
-    verb("hook", "set the SQL run in every new child of a branch", _hook).add_argument(
-        "--on-create", metavar="FILE", default=None, help="SQL file (- for stdin); none: clear"
+    hook = verb("hook", "set the SQL or command run for every new child of a branch", _hook)
+    hook.add_argument("--on-create", metavar="FILE", default=None, help="SQL file (- for stdin)")
+    hook.add_argument(
+        "--on-create-command",
+        metavar="COMMAND",
+        default=None,
+        help="program and arguments, split like a shell (needs --allow-hook-commands)",
     )
     verb("reset", "throw away a branch's changes (re-clone from its parent)", _operation("reset"))
     verb("stop", "stop a branch's server (data stays)", _operation("stop"))

@@ -180,6 +180,8 @@ class Settings:
     default_parent: str = "main"
     branch_ttl: float = 0.0
     expiry_grace: float = 600.0
+    allow_hook_commands: bool = False
+    hook_command_timeout: float = 300.0
     source: str = ""
     source_password_file: Path | None = None
     source_slot: str = ""
@@ -271,6 +273,17 @@ SETTINGS: tuple[Setting, ...] = (
         "expiry_grace",
         parse_duration,
         "how long sessions open on an expired branch may go on before they are ended",
+    ),
+    Setting(
+        "allow_hook_commands",
+        _parse_bool,
+        "let branches carry an on_create command, a program Prism runs on this host for "
+        "every new child (off: SQL hooks only; see docs/security.md)",
+    ),
+    Setting(
+        "hook_command_timeout",
+        parse_duration,
+        "time an on_create command may take before it is killed and the create fails",
     ),
     Setting(
         "source",

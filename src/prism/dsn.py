@@ -93,6 +93,21 @@ def _uri(p: ConnectionParams, scheme: str, extra: dict[str, str] | None = None) 
     return f"{scheme}://{userinfo}@{_uri_host(p.host)}:{p.port}/{quote(p.dbname, safe='')}?{query}"
 
 
+_ENV_NAMES = {
+    "host": "PGHOST",
+    "port": "PGPORT",
+    "user": "PGUSER",
+    "dbname": "PGDATABASE",
+    "sslmode": "PGSSLMODE",
+    "password": "PGPASSWORD",
+}
+
+
+def environment(p: ConnectionParams) -> dict[str, str]:
+    """``p`` as libpq's environment variables (``PGHOST``, ``PGPORT``, ...)."""
+    return {_ENV_NAMES[key]: str(value) for key, value in p.as_dict().items()}
+
+
 def render(p: ConnectionParams, fmt: str) -> str:
     """``p`` in one of ``FORMATS``; ``ValueError`` for an unknown format."""
     if fmt == "uri":
@@ -106,11 +121,7 @@ def render(p: ConnectionParams, fmt: str) -> str:
     if fmt == "keyword":
         return " ".join(f"{key}={_keyword_value(value)}" for key, value in p.as_dict().items())
     if fmt == "env":
-        names = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "dbname": "PGDATABASE"}
-        names |= {"sslmode": "PGSSLMODE", "password": "PGPASSWORD"}
-        return "\n".join(
-            f"{names[key]}={shlex.quote(str(value))}" for key, value in p.as_dict().items()
-        )
+        return "\n".join(f"{key}={shlex.quote(value)}" for key, value in environment(p).items())
     if fmt == "jdbc":
         query = {"user": p.user, "sslmode": p.sslmode}
         if p.password is not None:

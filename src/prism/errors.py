@@ -111,7 +111,18 @@ class BackendQueryError(PrismError):
 
 
 class HookFailed(PrismError):
-    """A parent's ``on_create`` SQL failed in a new child; the child was rolled back."""
+    """A parent's ``on_create`` SQL or command failed in a new child; the child was rolled back.
+
+    Failed SQL carries the server's SQLSTATE; a failed command this one (system_error)."""
+
+    sqlstate = "58000"
+
+
+class HookCommandsNotAllowed(PrismError):
+    """An ``on_create`` command was to be set or run in a Prism started without
+    ``--allow-hook-commands``; nothing was changed."""
+
+    sqlstate = "42501"  # insufficient_privilege: the operator has not granted it
 
 
 class ConfigError(PrismError):

@@ -12,6 +12,7 @@ due to expire) are pure functions here, unit-tested; ``BranchManager`` enforces 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -29,9 +30,12 @@ CREATE TABLE IF NOT EXISTS branch_policy (
     name        TEXT PRIMARY KEY,
     protected   INTEGER NOT NULL,
     expires_at  TEXT,
-    on_create   TEXT
+    on_create   TEXT,
+    on_create_command TEXT
 )
 """
+# Tables written before hook commands existed lack the column; it is added in place (NULL: none).
+_ADD_COMMAND = "ALTER TABLE branch_policy ADD COLUMN on_create_command TEXT"
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,14 @@ class BranchPolicy:
     expires_at: datetime | None = None
     on_create: str | None = None
     """SQL run once in every new child of this branch before any client gets in."""
+    on_create_command: tuple[str, ...] | None = None
+    """A program (argv, no shell) run once for every new child, after ``on_create``'s SQL;
+    it runs only in a Prism started with ``--allow-hook-commands`` (see hooks.py)."""
+
+    @property
+    def has_hook(self) -> bool:
+        """Whether new children of this branch need a hook run before anyone gets in."""
+        return self.on_create is not None or self.on_create_command is not None
 
 
 def default_policy(name: str) -> BranchPolicy:
@@ -81,15 +93,19 @@ class PolicyStore:
         self._db.execute("PRAGMA journal_mode=PERSIST")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(branch_policy)")}
+        if "on_create_command" not in columns:
+            self._db.execute(_ADD_COMMAND)
         self._lock = trio.Lock()
         self._policies: dict[str, BranchPolicy] = {}
-        for name, protected, expires_at, on_create in self._db.execute(
-            "SELECT name, protected, expires_at, on_create FROM branch_policy"
+        for name, protected, expires_at, on_create, command in self._db.execute(
+            "SELECT name, protected, expires_at, on_create, on_create_command FROM branch_policy"
         ):
             self._policies[str(name)] = BranchPolicy(
                 protected=bool(protected),
                 expires_at=None if expires_at is None else datetime.fromisoformat(expires_at),
                 on_create=None if on_create is None else str(on_create),
+                on_create_command=None if command is None else tuple(json.loads(command)),
             )
 
     def get(self, name: str) -> BranchPolicy:
@@ -97,8 +113,19 @@ class PolicyStore:
 
     async def put(self, name: str, policy: BranchPolicy) -> None:
         expires = None if policy.expires_at is None else policy.expires_at.isoformat()
-        row = (name, int(policy.protected), expires, policy.on_create)
-        await self._write("INSERT OR REPLACE INTO branch_policy VALUES (?, ?, ?, ?)", row)
+        command = policy.on_create_command
+        row = (
+            name,
+            int(policy.protected),
+            expires,
+            policy.on_create,
+            None if command is None else json.dumps(list(command)),
+        )
+        await self._write(
+            "INSERT OR REPLACE INTO branch_policy"
+            " (name, protected, expires_at, on_create, on_create_command) VALUES (?, ?, ?, ?, ?)",
+            row,
+        )
         self._policies[name] = policy
 
     async def update(self, name: str, **changes: object) -> BranchPolicy:

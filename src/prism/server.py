@@ -22,6 +22,7 @@ from prism.dataplane import choose as choose_data_plane
 from prism.dsn import Endpoint
 from prism.errors import ConfigError
 from prism.events import EventBus
+from prism.hooks import HookCommands
 from prism.policy import CreateDefaults
 from prism.proxy import Proxy
 from prism.reaper import run_expiry, run_reaper
@@ -147,6 +148,9 @@ class PrismServer:
                 tls=settings.tls,
             ),
             make_main=None if source is None else source.make_main,
+            hook_commands=HookCommands(
+                allowed=settings.allow_hook_commands, timeout=settings.hook_command_timeout
+            ),
         )
         data_plane = choose_data_plane(settings.data_plane)
         proxy = Proxy.from_settings(manager, settings, data_dir, data_plane)

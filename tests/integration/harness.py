@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pg8000.native
+import pytest
 import trio
 
 from prism.config import HostPort, Settings
@@ -125,6 +127,19 @@ async def psql(dsn: str, sql: str, *, check: bool = True) -> subprocess.Complete
     if check and result.returncode != 0:
         raise AssertionError(f"psql failed ({result.returncode}): {result.stderr.decode()}")
     return result
+
+
+async def refused_sqlstate(prism: PrismHandle, branch: str) -> str:
+    """The SQLSTATE of the ErrorResponse a client connecting to ``branch`` gets (pg8000)."""
+
+    def connect() -> str:
+        with pytest.raises(pg8000.native.DatabaseError) as refused:
+            pg8000.native.Connection(
+                f"postgres@{branch}", password=PASSWORD, host="127.0.0.1", port=prism.port
+            )
+        return str(refused.value.args[0]["C"])
+
+    return await trio.to_thread.run_sync(connect)
 
 
 _ACCOUNTS = """

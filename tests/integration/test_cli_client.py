@@ -5,13 +5,17 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
-from .harness import PrismHandle, psql
+from .harness import PrismHandle, fresh_dir, psql
 
 
 async def _prism(
@@ -250,3 +254,72 @@ async def test_protect_expire_and_hook_commands(prism: PrismHandle, tmp_path: An
     assert made.stdout.decode().strip() == "42"
     cleared = await _prism("branch", "hook", "guarded", "--json", *url)
     assert json.loads(cleared.stdout)["on_create"] is False
+
+
+@pytest.fixture
+def other_data_dir() -> Iterator[Path]:
+    """A second data directory; requested before ``start_prism``, so removed after it stops."""
+    path = fresh_dir("hooks-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def test_hook_command_is_refused_unless_allowed_and_set_and_cleared_when_it_is(
+    other_data_dir: Path, start_prism: Any, tmp_path: Path
+) -> None:
+    off: PrismHandle = await start_prism()
+    refused = await _prism(
+        "branch",
+        "hook",
+        "main",
+        "--on-create-command",
+        "true",
+        "--api",
+        off.info.api_url,
+        check=False,
+    )
+    assert refused.returncode == 1
+    assert refused.stderr.decode() == (
+        'prism: error: cannot give branch "main" an on_create command: on_create commands are '
+        "off (Prism was not started with --allow-hook-commands)\n"
+    )
+
+    # A second Prism, on a data directory of its own, whose operator allowed commands.
+    on: PrismHandle = await start_prism(allow_hook_commands=True, data_dir=other_data_dir)
+    url = ("--api", on.info.api_url)
+    marker = tmp_path / "ran"
+    command = f"sh -c 'echo \"$PRISM_BRANCH\" > {marker}'"
+    hooked = await _prism("branch", "hook", "main", "--on-create-command", command, "--json", *url)
+    assert json.loads(hooked.stdout)["on_create_command"] is True
+    assert on.manager.policies.get("main").on_create_command == (
+        "sh",
+        "-c",
+        f'echo "$PRISM_BRANCH" > {marker}',
+    )
+    await _prism("branch", "create", "cmd-child", *url)
+    assert marker.read_text() == "cmd-child\n"
+    cleared = json.loads((await _prism("branch", "hook", "main", "--json", *url)).stdout)
+    assert (cleared["on_create"], cleared["on_create_command"]) == (False, False)
+
+
+async def test_show_tells_policy_hooks_disk_and_connection_of_one_branch(
+    prism: PrismHandle,
+) -> None:
+    url = ("--api", prism.info.api_url)
+    await _prism("branch", "create", "shown", "--ttl", "2h", "--protected", *url)
+    lines = (await _prism("branch", "show", "shown", *url)).stdout.decode().splitlines()
+    assert lines[0].startswith("shown: running (parent main, server 127.0.0.1:")
+    facts = dict(line.strip().split(None, 1) for line in lines[1:] if "  " in line)
+    assert facts["protected"] == "yes" and facts["hooks"] == "none"
+    assert facts["expires"].endswith("Z")
+    assert facts["disk"].startswith("own ")
+    assert ", shared 0 B, total " in facts["disk"]  # a copy shares nothing
+    assert facts["disk"].endswith("(copy: a full copy shares nothing)")
+    assert facts["connect"] == (
+        f"postgresql://postgres%40shown@127.0.0.1:{prism.port}/postgres?sslmode=require"
+    )
+    as_json = json.loads((await _prism("branch", "show", "shown", "--json", *url)).stdout)
+    assert as_json["name"] == "shown" and as_json["protected"] is True
+    missing = await _prism("branch", "show", "ghost", *url, check=False)
+    assert missing.returncode == 3
+    assert missing.stderr.decode() == 'prism: error: branch "ghost" does not exist\n'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,3 +79,29 @@ def test_policies_survive_reopening_and_orphans_are_pruned(tmp_path: Path) -> No
     assert kept == BranchPolicy(protected=True, expires_at=_NOW, on_create="SELECT 1")
     assert pruned == ["ghost"] and ghost == BranchPolicy()
     assert PolicyStore(path).get("ghost") == BranchPolicy()
+
+
+def test_hook_commands_are_kept_and_an_older_policy_table_gains_the_column(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "prism.db"
+    with sqlite3.connect(path) as old:  # the table as Prism wrote it before commands existed
+        old.execute(
+            "CREATE TABLE branch_policy (name TEXT PRIMARY KEY, protected INTEGER NOT NULL,"
+            " expires_at TEXT, on_create TEXT)"
+        )
+        old.execute("INSERT INTO branch_policy VALUES ('tpl', 1, NULL, 'SELECT 1')")
+    old.close()
+    command = ("psql", "-c", "UPDATE t SET x = 'a b'")
+
+    async def write() -> BranchPolicy:
+        store = PolicyStore(path)
+        before = store.get("tpl")
+        await store.update("tpl", on_create_command=command)
+        store.close()
+        return before
+
+    assert trio.run(write) == BranchPolicy(protected=True, on_create="SELECT 1")
+    assert PolicyStore(path).get("tpl") == BranchPolicy(
+        protected=True, on_create="SELECT 1", on_create_command=command
+    )

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from .api_helpers import api
 from .harness import PrismHandle, psql
 
 _RECIPES = Path(__file__).resolve().parents[2] / "docs" / "recipes.md"
@@ -22,11 +22,13 @@ def recipe(name: str) -> str:
     return blocks[name]
 
 
-async def run_recipe(prism: PrismHandle, name: str, cwd: Path, **env: str) -> str:
+async def run_block(
+    prism: PrismHandle, name: str, cwd: Path, **env: str
+) -> subprocess.CompletedProcess[bytes]:
     """Run a shell block with the ``prism`` client on PATH, pointed at ``prism``."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("PRISM_", "PG"))}
     path = f"{Path(sys.executable).parent}:{clean.get('PATH', '')}"
-    result = await trio.run_process(
+    return await trio.run_process(
         ["bash", "-c", recipe(name)],
         cwd=cwd,
         capture_stdout=True,
@@ -34,6 +36,11 @@ async def run_recipe(prism: PrismHandle, name: str, cwd: Path, **env: str) -> st
         check=False,
         env={**clean, "PATH": path, "PRISM_API": "{}:{}".format(*prism.info.api), **env},
     )
+
+
+async def run_recipe(prism: PrismHandle, name: str, cwd: Path, **env: str) -> str:
+    """Run a shell block that must succeed; its standard output."""
+    result = await run_block(prism, name, cwd, **env)
     assert result.returncode == 0, result.stderr.decode()
     return result.stdout.decode()
 
@@ -102,20 +109,52 @@ async def test_sanitized_template_recipe_end_to_end(start_prism: Any, tmp_path: 
     assert await _value(prism, "alice-feature", "SELECT count(*) FROM customers") == "2"
 
 
-async def test_a_failing_refresh_leaves_no_unmasked_copy(start_prism: Any, tmp_path: Path) -> None:
+async def test_a_failing_refresh_keeps_the_masked_copy_protected(
+    start_prism: Any, tmp_path: Path
+) -> None:
     prism: PrismHandle = await start_prism(default_parent="sanitized")
     await psql(prism.dsn(), _PRODUCTION)
     (tmp_path / "mask.sql").write_text(recipe("mask.sql"))
     await run_recipe(prism, "sanitized-setup", tmp_path)
-    # Production renamed a column the masking SQL needs.
-    await psql(prism.dsn(), "ALTER TABLE customers RENAME COLUMN phone TO mobile")
-    async with api(prism) as http:
-        await http.patch("/api/v1/branches/sanitized", json={"protected": False})
-        response = await http.post("/api/v1/branches/sanitized/reset")
-    assert (response.status_code, response.json()["code"]) == (500, "hook_failed")
-    assert 'column "phone" of relation "customers" does not exist' in response.json()["message"]
-    assert prism.manager.get("sanitized") is None
-    assert "sanitized" not in prism.manager.storage.list()
+    # Production renamed a column the masking SQL needs, and took in a new customer.
+    await psql(
+        prism.dsn(),
+        "ALTER TABLE customers RENAME COLUMN phone TO mobile;"
+        "INSERT INTO customers VALUES (3, 'Alan Turing', 'alan@bletchley.example', '1')",
+    )
+    failed = await run_block(prism, "sanitized-refresh", tmp_path)
+    assert failed.returncode == 1
+    assert 'column "phone" of relation "customers" does not exist' in failed.stderr.decode()
+    # The previous masked copy is back, and protected again: nothing unmasked is reachable.
+    assert prism.manager.policy("sanitized").protected
+    assert await _value(prism, "sanitized", "SELECT count(*) FROM customers") == "2"
+    assert await _value(prism, "sanitized", _LEAK) == "0"
+    assert await _value(prism, "carol-new", _LEAK) == "0"
+
+
+async def _file_holds(prism: PrismHandle, branch: str, table: str, text: bytes) -> bool:
+    """Whether ``table``'s file in ``branch`` holds ``text``, dead row versions included."""
+    await psql(prism.dsn(f"postgres@{branch}"), "CHECKPOINT")
+    relpath = await _value(prism, branch, f"SELECT pg_relation_filepath('{table}')")
+    return text in (prism.manager.data_path(branch) / relpath).read_bytes()
+
+
+async def test_sanitized_template_with_a_hook_command_leaves_no_old_rows(
+    start_prism: Any, tmp_path: Path
+) -> None:
+    prism: PrismHandle = await start_prism(default_parent="sanitized", allow_hook_commands=True)
+    await psql(prism.dsn(), _PRODUCTION)
+    (tmp_path / "mask.sql").write_text(recipe("mask.sql"))
+    (tmp_path / "mask.sh").write_text(recipe("mask.sh"))
+    await run_recipe(prism, "sanitized-setup-command", tmp_path)
+
+    assert prism.manager.policy("sanitized").protected
+    assert prism.manager.policy("main").on_create_command == (str(tmp_path / "mask.sh"),)
+    assert await _value(prism, "sanitized", _LEAK) == "0"
+    assert await _value(prism, "dave-feature", _LEAK) == "0"
+    # The real e-mail is in main's table file; VACUUM FULL left no old version in the copy's.
+    assert await _file_holds(prism, "main", "customers", b"ada@analytical.example")
+    assert not await _file_holds(prism, "sanitized", "customers", b"ada@analytical.example")
 
 
 def test_github_actions_example_runs_the_tested_recipe() -> None:

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from .api_helpers import api, wait_for
-from .harness import PrismHandle, psql
+from .harness import PrismHandle, psql, refused_sqlstate
 
 V1 = "/api/v1"
 
@@ -237,6 +237,7 @@ async def test_failing_hook_refuses_a_create_on_connect_with_its_error(prism: Pr
     refused = await psql(prism.dsn("postgres@nope"), "SELECT 1", check=False)
     assert refused.returncode != 0
     assert "the on_create hook failed: division by zero" in refused.stderr.decode()
+    assert await refused_sqlstate(prism, "nope") == "22012"  # the hook's own SQLSTATE
     assert prism.manager.get("nope") is None
 
 

@@ -5,6 +5,7 @@ with 200 branches and 50 events a second. Screenshots are kept as in test_web_pa
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import trio
@@ -156,52 +157,129 @@ async def test_recent_events_sparkline_disk_and_diff_view(
         assert page.errors == []
 
 
+# In the page: how many events were applied and how many redraws ran, and for each event how
+# long after Prism published it (browser and Prism share the machine's clock: reported, not
+# asserted, as on a loaded machine it measures the scheduler as much as the page).
+_PROBE = """(() => {
+    const probe = { lag: [], apply: 0, draw: 0 };
+    const original = { apply: window.apply, draw: window.draw };
+    window.apply = (event) => {
+        try { return original.apply(event); } finally {
+            probe.apply += 1;
+            if (event.at) probe.lag.push(Date.now() - Date.parse(event.at));
+        }
+    };
+    window.draw = (...args) => { probe.draw += 1; return original.draw(...args); };
+    window.probe = probe;
+})()"""
+
+# The page's budget: CPU time its JavaScript spends per event. Rendering (style, layout,
+# paint) is not in it: that is done once per frame, and the browser makes as many frames as
+# the machine allows, so its cost per event is higher on an idle machine than on a busy one.
+# Script work happens per event, whatever the machine is doing. 5 ms is a quarter of what 50
+# events a second allow on one core; a page over it spends a core on JavaScript alone and
+# falls further behind with every event. The test prints what the page used.
+_SCRIPT_PER_EVENT_MS = 5.0
+
+
+async def _cpu_times(page: Page) -> tuple[float, float]:  # noqa: F811
+    """Seconds of CPU the page's main thread has used in all and running JavaScript (thread
+    time: not stretched when the machine is busy and the browser waits for a core, as
+    wall-clock time would be)."""
+    reply = await page.send("Performance.getMetrics")
+    metrics = {metric["name"]: metric["value"] for metric in reply["metrics"]}
+    return float(metrics["ThreadTime"]), float(metrics["ScriptDuration"])
+
+
+async def _publish_at(bus: Any, events: list[tuple[str, str]], per_second: float) -> int:
+    """Publish ``events`` on a fixed schedule (late ticks catch up, so the rate holds on a
+    loaded machine); the seq of the last one."""
+    started, seq = trio.current_time(), 0
+    for index, (kind, name) in enumerate(events):
+        await trio.sleep_until(started + index / per_second)
+        seq = bus.publish(kind, name, client=f"127.0.0.1:{10000 + index}")["seq"]
+    return seq
+
+
+def _counted(events: list[tuple[str, str]]) -> dict[str, str]:
+    """What the page must show after ``events``: sessions per branch, never below 0."""
+    counts: dict[str, int] = {}
+    for kind, name in events:
+        now = counts.get(name, 0)
+        counts[name] = now + 1 if kind == "connected" else max(0, now - 1)
+    return {name: str(count) for name, count in counts.items()}
+
+
 async def test_page_stays_responsive_with_200_branches_and_50_events_a_second(
     running: Runner,  # noqa: F811
     page: Page,  # noqa: F811
     request: pytest.FixtureRequest,
 ) -> None:
+    """Every event is rendered, a click in the middle of the load is handled, redraws are
+    batched, and the page's script work per event stays within a CPU budget.
+
+    The budget is CPU time, which a loaded CI machine does not inflate the way it inflates
+    wall-clock durations (those include the time the browser waited for a core), so the
+    check holds on a busy machine and still fails a page that cannot keep up.
+    """
     async with running() as prism, screenshot_at_end(page, request):
         await prism.manager.create("real")
         await _open(page, prism.info.api_url, "real")
+        await page.send("Performance.enable", timeDomain="threadTicks")
         bus = prism.manager.events
+        names = [f"load-{n:03d}" for n in range(200)]
         # 200 branches as the page learns of them: from the event stream.
-        for n in range(200):
-            bus.publish("provisioning", f"load-{n:03d}", parent="main")
-            bus.publish("running", f"load-{n:03d}", reason="create")
-        await page.wait_until('document.querySelectorAll("#branches tbody tr").length === 202')
-        # Time the page's own work per event and per redraw, in the page. (Not the gaps between
-        # timer ticks: on a loaded machine those measure the scheduler, not the page.)
-        await page.evaluate(
-            """(() => {
-                window.work = { apply: [], draw: [] };
-                for (const name of ["apply", "draw"]) {
-                    const original = window[name];
-                    window[name] = (...args) => {
-                        const started = performance.now();
-                        try { return original(...args); }
-                        finally { window.work[name].push(performance.now() - started); }
-                    };
-                }
-            })()"""
+        for name in names:
+            bus.publish("provisioning", name, parent="main")
+            bus.publish("running", name, reason="create")
+        await page.wait_until(
+            'document.querySelectorAll("#branches tbody tr[data-status=running]").length === 202'
         )
-        # 50 events a second for 6 seconds, sessions coming and going on the 200 branches.
-        for tick in range(300):
-            name = f"load-{tick % 200:03d}"
-            kind = "connected" if tick % 2 == 0 else "disconnected"
-            bus.publish(kind, name, client=f"127.0.0.1:{10000 + tick}")
-            if tick == 150:
-                # A person clicks in the middle of it: the click is handled.
-                await page.click(_in_row("real", '[data-action="stop"]'))
-            await trio.sleep(0.02)
-        await page.wait_until(_status_is("real", "stopped"))
-        work = await page.evaluate("window.work")
-        assert len(work["apply"]) >= 300
+        await page.evaluate(_PROBE)
+
+        # 50 events a second for 6 seconds, sessions opening on all 200 branches and closing
+        # on half of them; a person clicks "stop" in the middle of it.
+        load = [("connected", name) for name in names] + [
+            ("disconnected", name) for name in names[:100]
+        ]
+        cpu_before, script_before = await _cpu_times(page)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_publish_at, bus, load[:150], 50)
+            await trio.sleep(3)
+            await page.click(_in_row("real", '[data-action="stop"]'))
+        last_seq = await _publish_at(bus, load[150:], per_second=50)
+        await page.wait_until(f"window.probe.apply >= {len(load)}")
+        cpu_after, script_after = await _cpu_times(page)
+        cpu_used, script_used = cpu_after - cpu_before, script_after - script_before
+
+        # Every event is rendered: each row's session count (once the last redraw, at most
+        # 16 ms after the last event, has run), and the feed's last event.
+        shown = (
+            "Object.fromEntries([...document.querySelectorAll('#branches tbody tr')]"
+            ".map((r) => [r.dataset.branch, r.querySelector('[data-field=connections]')"
+            ".textContent]))"
+        )
+        expected = json.dumps(_counted(load))
+        await page.wait_until(
+            f"(() => {{ const shown = {shown}, expected = {expected};"
+            " return Object.keys(expected).every((n) => shown[n] === expected[n]); })()"
+        )
+        await page.wait_until(f"document.querySelector('#events li[data-seq=\"{last_seq}\"]')")
+        await page.wait_until(_status_is("real", "stopped"))  # the click was handled
+
+        probe = await page.evaluate("window.probe")
         # Redraws are batched: far fewer than the events, each touching only changed rows.
-        assert 0 < len(work["draw"]) < len(work["apply"])
-        slowest = max(work["apply"] + work["draw"])
-        # A person notices lag from about a tenth of a second; a whole redraw of 202 rows
-        # takes ~30 ms on an idle 2-core machine. The bound leaves room for a machine shared
-        # with other work (a time measure on a busy CPU includes time the page did not run).
-        assert slowest < 250, f"one step of the page's work took {slowest:.0f} ms"
+        assert 0 < probe["draw"] < probe["apply"]
+        per_event_ms = 1000 * script_used / probe["apply"]
+        lag = sorted(probe["lag"])
+        print(
+            f"page main thread: {1000 * cpu_used:.0f} ms CPU in all, {1000 * script_used:.0f} "
+            f"ms in script for {probe['apply']} events ({per_event_ms:.2f} ms each), "
+            f"{probe['draw']} redraws; event-to-page lag median {lag[len(lag) // 2]} ms, "
+            f"max {lag[-1]} ms"
+        )
+        assert per_event_ms <= _SCRIPT_PER_EVENT_MS, (
+            f"the page's script used {per_event_ms:.1f} ms of CPU per event; the budget is "
+            f"{_SCRIPT_PER_EVENT_MS:g} ms"
+        )
         assert page.errors == []

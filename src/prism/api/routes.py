@@ -29,7 +29,7 @@ from prism.state import utcnow
 
 PREFIX = "/api/v1"
 _CREATE_FIELDS = {"name", "parent", "ttl", "protected"}
-_PATCH_FIELDS = {"protected", "expires_at", "ttl", "on_create"}
+_PATCH_FIELDS = {"protected", "expires_at", "ttl", "on_create", "on_create_command"}
 _TRUE = ("1", "true", "yes")
 
 
@@ -120,6 +120,25 @@ def _expires_at_field(body: dict[str, Any]) -> datetime | None:
     return moment
 
 
+def _command_field(value: Any) -> tuple[str, ...] | None:
+    """``on_create_command``: a program and its arguments as a list of strings, or null."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(arg, str) for arg in value)
+        or not value[0].strip()
+    ):
+        raise ApiError(
+            422,
+            "invalid_request",
+            '"on_create_command" must be a program and its arguments, e.g. '
+            '["psql", "-f", "/etc/prism/mask.sql"], or null',
+        )
+    return tuple(value)
+
+
 def _policy_changes(body: dict[str, Any]) -> dict[str, Any]:
     """The policy fields a PATCH body changes, checked."""
     unknown = sorted(set(body) - _PATCH_FIELDS)
@@ -142,8 +161,11 @@ def _policy_changes(body: dict[str, Any]) -> dict[str, Any]:
         if sql is not None and (not isinstance(sql, str) or not sql.strip()):
             raise ApiError(422, "invalid_request", '"on_create" must be SQL text or null')
         changes["on_create"] = sql
+    if "on_create_command" in body:
+        changes["on_create_command"] = _command_field(body["on_create_command"])
     if not changes:
-        raise ApiError(422, "invalid_request", "nothing to change: " + ", ".join(_PATCH_FIELDS))
+        fields = ", ".join(sorted(_PATCH_FIELDS))
+        raise ApiError(422, "invalid_request", f"nothing to change: give one of {fields}")
     return changes
 
 

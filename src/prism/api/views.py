@@ -10,11 +10,12 @@ from prism.state import rfc3339
 
 
 def policy_view(policy: BranchPolicy) -> dict[str, Any]:
-    """A branch's team policy as the API shows it (the hook's SQL itself only on request)."""
+    """A branch's team policy as the API shows it (whether it has hooks, not what they are)."""
     return {
         "protected": policy.protected,
         "expires_at": None if policy.expires_at is None else rfc3339(policy.expires_at),
         "on_create": policy.on_create is not None,
+        "on_create_command": policy.on_create_command is not None,
     }
 
 

@@ -1,0 +1,66 @@
+"""``prism branch show``: one branch's policy, hooks, disk use and connection, a line each."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from prism.client import format_details
+
+_NOW = datetime(2026, 11, 25, 11, 5, 0, tzinfo=UTC).timestamp()
+
+
+def _branch(**changes: Any) -> dict[str, Any]:
+    branch = {
+        "name": "feature-1",
+        "parent": "main",
+        "status": "running",
+        "created_at": "2026-11-25T11:02:43Z",
+        "last_active": "2026-11-25T11:04:56Z",
+        "connections": 1,
+        "address": "127.0.0.1:41237",
+        "disk": {"own": 524288, "shared": 40710144, "total": 41234432, "basis": "btrfs"},
+        "protected": False,
+        "expires_at": "2026-11-28T11:02:43Z",
+        "on_create": False,
+        "on_create_command": False,
+        "connection": {"uri": "postgresql://postgres%40feature-1@127.0.0.1:5432/postgres"},
+    }
+    return {**branch, **changes}
+
+
+def test_show_says_every_fact_the_table_leaves_out() -> None:
+    assert format_details(_branch(), now=_NOW).splitlines() == [
+        "feature-1: running (parent main, server 127.0.0.1:41237)",
+        "  created      2026-11-25T11:02:43Z",
+        "  last active  4s ago",
+        "  connections  1",
+        "  protected    no",
+        "  expires      2026-11-28T11:02:43Z",
+        "  hooks        none",
+        "  disk         own 512.0 KiB, shared 38.8 MiB, total 39.3 MiB (btrfs)",
+        "  connect      postgresql://postgres%40feature-1@127.0.0.1:5432/postgres",
+    ]
+
+
+def test_show_names_hooks_and_what_the_storage_cannot_tell() -> None:
+    lines = format_details(
+        _branch(
+            protected=True,
+            expires_at=None,
+            on_create=True,
+            on_create_command=True,
+            disk={"own": None, "shared": None, "total": 2048, "basis": "reflink"},
+            connection=None,
+        ),
+        now=_NOW,
+    ).splitlines()
+    assert lines[4:] == [
+        "  protected    yes",
+        "  expires      never",
+        "  hooks        on_create, on_create_command",
+        "  disk         2.0 KiB in all, own and shared unknown (reflink)",
+        "  connect      -",
+    ]
+    unknown = format_details(_branch(disk=None), now=_NOW).splitlines()
+    assert unknown[7] == "  disk         unknown"
