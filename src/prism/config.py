@@ -183,6 +183,8 @@ class Settings:
     source: str = ""
     source_password_file: Path | None = None
     source_slot: str = ""
+    snapshot_every: float = 3600.0
+    retention: float = 7 * 86400.0
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -288,6 +290,17 @@ SETTINGS: tuple[Setting, ...] = (
         "source_slot",
         _slot_name,
         "physical replication slot main streams from, created on the source if missing",
+    ),
+    Setting(
+        "snapshot_every",
+        parse_duration,
+        "snapshot main this often and archive its WAL, for branches as of a past time "
+        "(0: neither; --runtime process only)",
+    ),
+    Setting(
+        "retention",
+        parse_duration,
+        "how long main's snapshots and archived WAL are kept: how far back --at reaches",
     ),
 )
 

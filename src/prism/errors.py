@@ -114,6 +114,12 @@ class HookFailed(PrismError):
     """A parent's ``on_create`` SQL failed in a new child; the child was rolled back."""
 
 
+class OutsideWindow(PrismError):
+    """A point-in-time branch asks for a time Prism kept no snapshot and WAL for."""
+
+    sqlstate = "22023"  # invalid_parameter_value
+
+
 class ConfigError(PrismError):
     """A setting is missing, malformed or contradicts another one."""
 

@@ -1,0 +1,68 @@
+"""The pure rules of point in time: when a snapshot is due, which ones retention drops, which
+archived WAL they no longer need, and how ``at`` is read."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from prism.pitr import parse_at
+from prism.snapshots import Snapshot, expired, is_due
+from prism.walarchive import WalArchive
+
+NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+HOUR = timedelta(hours=1)
+
+
+def _snapshot(hours_ago: float) -> Snapshot:
+    return Snapshot(f"snap:main:{hours_ago}", "main", NOW - hours_ago * HOUR, "0" * 24)
+
+
+def test_a_snapshot_is_due_when_none_is_kept_or_the_newest_is_old_enough() -> None:
+    assert is_due([], NOW, HOUR)
+    assert not is_due([_snapshot(0.5)], NOW, HOUR)
+    assert is_due([_snapshot(1)], NOW, HOUR)
+
+
+def test_retention_keeps_the_newest_snapshot_at_or_before_its_cutoff() -> None:
+    kept = [_snapshot(h) for h in (10, 8, 6, 4, 2)]  # oldest first
+    dropped = expired(kept, NOW, 5 * HOUR)
+    # 6 h ago covers the cutoff (5 h ago) onward, so only 10 and 8 go.
+    assert [s.name for s in dropped] == ["snap:main:10", "snap:main:8"]
+
+
+def test_retention_never_drops_the_newest_snapshot() -> None:
+    assert expired([_snapshot(50), _snapshot(40)], NOW, HOUR) == [_snapshot(50)]
+    assert expired([_snapshot(50)], NOW, HOUR) == []
+
+
+def test_pruning_the_archive_compares_positions_and_keeps_history(tmp_path: Path) -> None:
+    archive = WalArchive(tmp_path)
+    names = [
+        "000000010000000000000003",
+        "000000010000000000000004",
+        "000000010000000000000005.partial",
+        "000000020000000000000002",  # a later timeline, an earlier position
+        "00000002.history",
+        ".000000010000000000000006.tmp",
+    ]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    assert archive.prune("000000010000000000000004") == 2
+    left = sorted(path.name for path in tmp_path.iterdir())
+    assert left == sorted(set(names) - {"000000010000000000000003", "000000020000000000000002"})
+
+
+def test_restore_command_tries_the_archive_then_mains_live_wal(tmp_path: Path) -> None:
+    command = WalArchive(tmp_path / "a b").restore_command(tmp_path / "pg_wal")
+    assert command.startswith(f"cp '{tmp_path}/a b'/%f %p || cp {tmp_path}/pg_wal/%f %p")
+
+
+def test_at_is_rfc_3339_with_a_zone_or_a_duration_before_now() -> None:
+    assert parse_at("2026-11-29T07:31:00Z", NOW) == datetime(2026, 11, 29, 7, 31, tzinfo=UTC)
+    assert parse_at("-15m", NOW) == NOW - timedelta(minutes=15)
+    for bad in ("2026-11-29T07:31:00", "yesterday", "-soon"):
+        with pytest.raises(ValueError):
+            parse_at(bad, NOW)
