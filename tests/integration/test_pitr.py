@@ -1,23 +1,29 @@
 """Point in time: main's snapshots and archived WAL give a branch as of any moment in the window.
 
-Rows are stamped into main every 100 ms; a branch at a time T between two commits holds exactly
-the rows committed at or before T, and a time outside the window is refused with the window.
+Rows are stamped into main (a local primary, or the source a standby main follows) every
+100 ms; a branch at a time T between two commits holds exactly the rows committed at or before
+T, and a time outside the window is refused with the window.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 import trio
 
 from prism.snapshots import precise_time
 
 from .api_helpers import api, wait_for
-from .harness import PrismHandle, psql
+from .harness import PASSWORD, PrismHandle, fresh_dir, psql
+from .production import SUPERUSER_PASSWORD, production_server
 
 ROWS = 30
 GAP_S = 0.1
@@ -46,9 +52,26 @@ def _stamp_rows(dsn: str) -> list[tuple[datetime, datetime]]:
     return moments
 
 
-async def _rows(prism: PrismHandle, branch: str) -> list[int]:
-    out = await psql(prism.dsn(f"postgres@{branch}"), "SELECT id FROM stamps ORDER BY id")
+def _dsn(prism: PrismHandle, branch: str, password: str = PASSWORD) -> str:
+    return prism.dsn(f"postgres@{branch}").replace(f"password={PASSWORD}", f"password={password}")
+
+
+async def _rows(prism: PrismHandle, branch: str, password: str = PASSWORD) -> list[int]:
+    out = await psql(_dsn(prism, branch, password), "SELECT id FROM stamps ORDER BY id")
     return [int(line) for line in out.stdout.decode().split()]
+
+
+async def _branch_at(prism: PrismHandle, name: str, at: datetime | str) -> None:
+    shown = at if isinstance(at, str) else precise_time(at)
+    async with api(prism) as client:
+        reply = await client.post("/api/v1/branches", json={"name": name, "at": shown})
+    assert reply.status_code == 201, reply.text
+
+
+def _between(moments: list[tuple[datetime, datetime]], last_row: int) -> datetime:
+    """A time after ``last_row``'s commit and before the next row's insert began."""
+    committed, next_begun = moments[last_row]
+    return committed + (next_begun - committed) / 2
 
 
 async def test_branch_at_a_time_holds_exactly_the_rows_committed_by_then(
@@ -57,19 +80,48 @@ async def test_branch_at_a_time_holds_exactly_the_rows_committed_by_then(
     prism = await start_prism(snapshot_every=3600.0)
     await _first_snapshot(prism)
     moments = await trio.to_thread.run_sync(_stamp_rows, prism.dsn())
-    async with api(prism) as client:
-        for last_row in (4, 17, ROWS - 2):
-            committed, next_begun = moments[last_row]
-            target = committed + (next_begun - committed) / 2
-            name = f"at-{last_row}"
-            reply = await client.post(
-                "/api/v1/branches", json={"name": name, "at": precise_time(target)}
-            )
-            assert reply.status_code == 201, reply.text
-            assert await _rows(prism, name) == list(range(last_row + 1))
-        # Writable, and its writes stay its own.
-        await psql(prism.dsn("postgres@at-4"), "INSERT INTO stamps VALUES (1000, now())")
-        assert await _rows(prism, "main") == list(range(ROWS))
+    for last_row in (4, 17, ROWS - 2):
+        await _branch_at(prism, f"at-{last_row}", _between(moments, last_row))
+        assert await _rows(prism, f"at-{last_row}") == list(range(last_row + 1))
+    # Writable, and its writes stay its own.
+    await psql(prism.dsn("postgres@at-4"), "INSERT INTO stamps VALUES (1000, now())")
+    assert await _rows(prism, "main") == list(range(ROWS))
+
+
+@pytest.fixture
+def empty_data_dir() -> Iterator[Path]:
+    path = fresh_dir("pitr-source-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def test_a_standby_main_gives_branches_as_of_a_time_on_the_source(
+    start_prism: Any, empty_data_dir: Path
+) -> None:
+    async with production_server() as production:
+        data_dir = empty_data_dir
+        prism = await start_prism(
+            data_dir=data_dir, source=production.source(), snapshot_every=3600.0
+        )
+        await _first_snapshot(prism)
+        moments = await trio.to_thread.run_sync(_stamp_rows, production.dsn())
+        with trio.fail_after(60):
+            # Polling: replay offers nothing to wait on from outside the server.
+            while len(await _rows(prism, "main", SUPERUSER_PASSWORD)) < ROWS:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        for last_row in (3, ROWS - 2):
+            await _branch_at(prism, f"src-{last_row}", _between(moments, last_row))
+            rows = await _rows(prism, f"src-{last_row}", SUPERUSER_PASSWORD)
+            assert rows == list(range(last_row + 1))
+        # After the source's last commit: main as it is now.
+        await _branch_at(prism, "src-now", "-0s")
+        assert await _rows(prism, "src-now", SUPERUSER_PASSWORD) == list(range(ROWS))
+        # Branches are writable; main (a standby) and the source are not touched.
+        await psql(
+            _dsn(prism, "src-3", SUPERUSER_PASSWORD),
+            "INSERT INTO stamps VALUES (1000, now())",
+        )
+        assert await production.sql("SELECT count(*) FROM stamps") == str(ROWS)
 
 
 async def test_a_time_outside_the_window_is_refused_with_the_window(start_prism: Any) -> None:
