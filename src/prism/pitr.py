@@ -157,17 +157,19 @@ class PointInTime:
         while True:
             try:
                 snapshots = await trio.to_thread.run_sync(self.snapshots)
+                taken = None
                 if is_due(snapshots, utcnow(), period):
-                    snapshot = await take_snapshot(
+                    taken = await take_snapshot(
                         self.store, wake_main=wake_main, clone_main=clone_main, superuser=superuser
                     )
+                await self.prune(keep)
+                if taken is not None:  # after the prune: what is kept is settled
                     self.events.publish(
                         "snapshot_taken",
                         MAIN_BRANCH,
-                        snapshot=snapshot.name,
-                        taken_at=precise_time(snapshot.taken_at),
+                        snapshot=taken.name,
+                        taken_at=precise_time(taken.taken_at),
                     )
-                await self.prune(keep)
                 snapshots = await trio.to_thread.run_sync(self.snapshots)
                 due = snapshots[-1].taken_at + period if snapshots else utcnow()
                 wait = max((due - utcnow()).total_seconds(), 0.0)

@@ -7,10 +7,11 @@ T, and a time outside the window is refused with the window.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,13 @@ import psycopg
 import pytest
 import trio
 
-from prism.snapshots import precise_time
+from prism.config import Settings
+from prism.server import PrismServer
+from prism.snapshots import Snapshot, precise_time, snapshot_name
+from prism.state import utcnow
 
 from .api_helpers import api, wait_for
-from .harness import PASSWORD, PrismHandle, fresh_dir, psql
+from .harness import PASSWORD, PrismHandle, fresh_dir, make_settings, psql
 from .production import SUPERUSER_PASSWORD, production_server
 
 ROWS = 30
@@ -157,3 +161,58 @@ async def test_relative_time_and_the_snapshot_cli(start_prism: Any) -> None:
     command = [sys.executable, "-m", "prism.cli", "snapshot", "ls", "--api", prism.info.api_url]
     listed = await trio.run_process(command, capture_stdout=True)
     assert first.name in listed.stdout.decode()
+
+
+@contextlib.asynccontextmanager
+async def _serving(settings: Settings) -> AsyncIterator[PrismHandle]:
+    """A Prism that stops (cleanly) at the end of the block, so the next one reconciles."""
+    async with trio.open_nursery() as nursery:
+        info = await nursery.start(PrismServer(settings).run)
+        yield PrismHandle(info, settings)
+        nursery.cancel_scope.cancel()
+
+
+async def test_snapshots_are_pruned_with_the_wal_only_they_needed(data_dir: Path) -> None:
+    settings = make_settings(data_dir, snapshot_every=1.0, retention=1.0)
+    switch = "SELECT pg_switch_wal() FROM pg_create_restore_point('x')"
+    async with _serving(settings) as prism:
+        kept, storage = prism.manager.point_in_time, prism.manager.storage
+        async with prism.manager.events.subscribe() as events:
+            with trio.fail_after(120):
+                # Main finishes a segment between snapshots: WAL to archive, then to prune.
+                for _ in range(4):
+                    await psql(prism.dsn(), switch)
+                    await wait_for(events, type="snapshot_taken")
+                snapshots = kept.snapshots()
+    # Retention 1 s: the newest, and at most the one before it that covers the cutoff.
+    assert 1 <= len(snapshots) <= 2
+    # Checked once Prism has stopped: a snapshot being taken is not on disk half-made.
+    assert {name for name in storage.list() if name.startswith("snap:")} == {
+        snapshot.name for snapshot in kept.snapshots()
+    }
+    oldest_needed = snapshots[0].redo_wal[8:]
+    archived = kept.archive.segments()
+    assert archived, "main archived no WAL"
+    assert all(name[8:24] >= oldest_needed for name in archived)
+
+
+async def test_a_snapshot_half_made_by_a_crash_is_removed_at_start(data_dir: Path) -> None:
+    settings = make_settings(data_dir, snapshot_every=3600.0)
+    async with _serving(settings) as prism:
+        storage, kept = prism.manager.storage, prism.manager.point_in_time
+        async with prism.manager.events.subscribe() as events:
+            if not kept.snapshots():
+                with trio.fail_after(120):
+                    await wait_for(events, type="snapshot_taken")
+        whole = kept.snapshots()[0]
+    # What a crash leaves: a clone whose record was never written (its intent marker only),
+    # and a record whose clone is gone.
+    half = snapshot_name("main", datetime(2026, 1, 1, tzinfo=UTC))
+    await storage.clone(whole.name, half)
+    kept.store.begin(half)
+    gone = Snapshot(snapshot_name("main", datetime(2026, 1, 2, tzinfo=UTC)), "main", utcnow(), "")
+    kept.store.commit(gone)
+    async with _serving(settings) as prism:
+        assert [s.name for s in prism.manager.point_in_time.snapshots()] == [whole.name]
+        assert not prism.manager.storage.exists(half)
+        assert [b.name for b in prism.manager.list()] == ["main"]
