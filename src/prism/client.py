@@ -275,6 +275,21 @@ def _human(result: Any) -> str:
     return format_branch(result)
 
 
+def join_relative_times(argv: Sequence[str]) -> list[str]:
+    """``--at -15m`` as ``--at=-15m``: argparse takes a value starting with ``-`` for a flag
+    and would refuse the form the docs and the issue use."""
+    joined: list[str] = []
+    index = 0
+    while index < len(argv):
+        if argv[index] == "--at" and index + 1 < len(argv) and argv[index + 1].startswith("-"):
+            joined.append(f"--at={argv[index + 1]}")
+            index += 2
+        else:
+            joined.append(argv[index])
+            index += 1
+    return joined
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api", default=None, help="API address: URL or host:port")
     parser.add_argument("--api-token", default=None, help="bearer token (or $PRISM_API_TOKEN)")

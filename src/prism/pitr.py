@@ -78,6 +78,8 @@ class PointInTime:
         self.events = events
         self.archive = WalArchive(data_dir / "wal-archive" / MAIN_BRANCH)
         self.store = SnapshotStore(data_dir / "snapshots", storage)
+        # A snapshot being cloned into a branch is not pruned under it.
+        self._lock = trio.Lock()
 
     # ---- what main's server is started with -------------------------------------------
 
@@ -128,8 +130,9 @@ class PointInTime:
             log.info("pitr: main has no commit after %s yet; %s is main now", at, child)
             await clone_current()
             return
-        snapshot = self.check(at, utcnow())
-        path = await self.storage.clone(snapshot.name, child)
+        async with self._lock:
+            snapshot = self.check(at, utcnow())
+            path = await self.storage.clone(snapshot.name, child)
         restore = self.archive.restore_command(self.storage.path(MAIN_BRANCH) / "pg_wal")
         target = at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
         await trio.to_thread.run_sync(
@@ -182,13 +185,14 @@ class PointInTime:
 
     async def prune(self, retention: timedelta) -> None:
         """Remove snapshots past ``retention`` and the archived WAL only they needed."""
-        snapshots = await trio.to_thread.run_sync(self.snapshots)
-        for snapshot in expired(snapshots, utcnow(), retention):
-            await self.store.discard(snapshot.name)
-            log.info("snapshot: %s removed (older than the retention)", snapshot.name)
-        kept = await trio.to_thread.run_sync(self.snapshots)
-        if kept:
-            await trio.to_thread.run_sync(self.archive.prune, kept[0].redo_wal)
+        async with self._lock:
+            snapshots = await trio.to_thread.run_sync(self.snapshots)
+            for snapshot in expired(snapshots, utcnow(), retention):
+                await self.store.discard(snapshot.name)
+                log.info("snapshot: %s removed (older than the retention)", snapshot.name)
+            kept = await trio.to_thread.run_sync(self.snapshots)
+            if kept:
+                await trio.to_thread.run_sync(self.archive.prune, kept[0].redo_wal)
 
 
 async def _commit_after(main: BackendAddress, at: datetime, *, superuser: str) -> bool:

@@ -154,13 +154,19 @@ async def test_relative_time_and_the_snapshot_cli(start_prism: Any) -> None:
     prism = await start_prism(snapshot_every=3600.0)
     first = await _first_snapshot(prism)
     await trio.to_thread.run_sync(_stamp_rows, prism.dsn())
-    async with api(prism) as client:
-        reply = await client.post("/api/v1/branches", json={"name": "just-now", "at": "-0s"})
-        assert reply.status_code == 201, reply.text
+    cli = [sys.executable, "-m", "prism.cli"]
+    where = ["--api", prism.info.api_url]
+    await trio.run_process([*cli, "branch", "create", "just-now", "--at", "-0s", *where])
     assert await _rows(prism, "just-now") == list(range(ROWS))
-    command = [sys.executable, "-m", "prism.cli", "snapshot", "ls", "--api", prism.info.api_url]
-    listed = await trio.run_process(command, capture_stdout=True)
+    listed = await trio.run_process([*cli, "snapshot", "ls", *where], capture_stdout=True)
     assert first.name in listed.stdout.decode()
+    refused = await trio.run_process(
+        [*cli, "branch", "create", "long-ago", "--at", "-30d", *where],
+        capture_stderr=True,
+        check=False,
+    )
+    assert refused.returncode != 0
+    assert "outside the point-in-time window of main" in refused.stderr.decode()
 
 
 @contextlib.asynccontextmanager
