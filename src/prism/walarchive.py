@@ -58,7 +58,10 @@ class WalArchive:
         """
         archived = f"{shlex.quote(str(self.directory))}/%f"
         live = f"{shlex.quote(str(live_wal))}/%f"
-        return f"cp {archived} %p || cp {live} %p || cp {archived} %p"
+        # Only the last attempt's complaint reaches the server log: a missing file is normal
+        # (recovery asks for timeline history files that never existed).
+        quiet = "2>/dev/null"
+        return f"cp {archived} %p {quiet} || cp {live} %p {quiet} || cp {archived} %p"
 
     def segments(self) -> list[str]:
         """Names of the archived segments (and their ``.partial``/``.backup`` files), sorted."""

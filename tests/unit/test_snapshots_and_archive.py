@@ -57,7 +57,10 @@ def test_pruning_the_archive_compares_positions_and_keeps_history(tmp_path: Path
 
 def test_restore_command_tries_the_archive_then_mains_live_wal(tmp_path: Path) -> None:
     command = WalArchive(tmp_path / "a b").restore_command(tmp_path / "pg_wal")
-    assert command.startswith(f"cp '{tmp_path}/a b'/%f %p || cp {tmp_path}/pg_wal/%f %p")
+    archived, live = f"'{tmp_path}/a b'/%f", f"{tmp_path}/pg_wal/%f"
+    assert command == (
+        f"cp {archived} %p 2>/dev/null || cp {live} %p 2>/dev/null || cp {archived} %p"
+    )
 
 
 def test_at_is_rfc_3339_with_a_zone_or_a_duration_before_now() -> None:
