@@ -29,7 +29,7 @@ from pathlib import Path
 import trio
 
 from prism.address import BackendAddress
-from prism.config import Settings, parse_duration
+from prism.config import Settings, format_duration, parse_duration
 from prism.errors import ConfigError, OutsideWindow, PrismError
 from prism.events import EventBus
 from prism.names import MAIN_BRANCH
@@ -233,6 +233,13 @@ def open_point_in_time(
             runtime.name,
         )
         return None
+    if not storage.atomic and storage.name == "copy":
+        log.warning(
+            "snapshots: with the copy driver every snapshot of main is a full copy of it, one "
+            "every %s kept for %s; set --snapshot-every to what the disk affords, or 0",
+            format_duration(settings.snapshot_every),
+            format_duration(settings.retention),
+        )
     point_in_time = PointInTime(data_dir, storage, events)
     runtime.settings_for = point_in_time.server_settings
     return point_in_time

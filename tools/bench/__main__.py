@@ -25,6 +25,7 @@ from tools.bench import (
     docker_floor,
     events,
     idle,
+    pitr,
     proxy,
     report,
     source_backup,
@@ -40,7 +41,7 @@ from tools.bench.common import (
 )
 from tools.bench.machine import describe
 
-SECTIONS = ("coldstart", "docker", "o1", "proxy", "idle", "events", "source")
+SECTIONS = ("coldstart", "docker", "o1", "proxy", "idle", "events", "source", "pitr")
 DRIVERS = ("btrfs", "reflink", "zfs", "copy")
 IMAGE = "prism-test/postgres:15"
 
@@ -178,6 +179,10 @@ async def _main(args: argparse.Namespace) -> None:
         )
         # Kept with the section: a later --only run of other sections must not re-date it.
         results["source"]["machine"] = results["machine"]
+        report.save_results(results)
+    if "pitr" in wanted:
+        results["pitr"] = await pitr.measure(log=_log)
+        results["pitr"]["machine"] = results["machine"]
         report.save_results(results)
     if wanted & {"proxy", "idle"}:
         results.update(await _proxy_and_idle(args, install, wanted))

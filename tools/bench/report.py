@@ -387,6 +387,40 @@ def _source(results: Results) -> list[str]:
     ]
 
 
+def _pitr(results: Results) -> list[str]:
+    section = results.get("pitr")
+    if not section:
+        return []
+    floor = percentile(section["floor_s"], 50)
+    rows = []
+    for run in section["runs"]:
+        pitr_s = percentile(run["pitr_s"], 50)
+        replay_s = pitr_s - floor
+        rate = f"{run['wal_mb'] / replay_s:.0f}" if replay_s > 0 else "-"
+        rows.append(f"| {run['wal_mb']:.0f} | {pitr_s:.2f} | {replay_s:.2f} | {rate} |")
+    return [
+        "## Point-in-time branches: time to a branch by WAL to replay (issue 9)",
+        "",
+        f"Command: `{COMMAND} --only pitr`: a fresh main ({section['driver']} driver) and its "
+        "first snapshot, taken before any data; then main writes wide rows until the WAL "
+        "since the snapshot reaches each size, and a branch is created `at` that moment "
+        "(clone of the snapshot, replay of the archived WAL, promote). The floor is a branch "
+        f"at the snapshot's own time (clone and start, nearly no WAL): {floor:.2f} s. Each "
+        f"branch is made {len(section['floor_s'])} times; medians.",
+        "",
+        "| WAL replayed MB | branch at a time s (median) | minus the floor s | WAL MB/s |",
+        "| ---: | ---: | ---: | ---: |",
+        *rows,
+        "",
+        "Measured on (this section only; the table at the top describes the full run):",
+        "",
+        "| | |",
+        "| --- | --- |",
+        *(f"| {key} | {value} |" for key, value in section.get("machine", {}).items()),
+        "",
+    ]
+
+
 def _verdict(ok: bool) -> str:
     return "**met**" if ok else "**missed**"
 
@@ -467,7 +501,7 @@ def write(results: Results) -> None:
         "",
     ]
     lines += _targets(results)
-    for render in (_coldstart, _docker, _wakeup, _o1, _proxy, _idle, _events, _source):
+    for render in (_coldstart, _docker, _wakeup, _o1, _proxy, _idle, _events, _source, _pitr):
         lines += render(results)
     if NOTES.exists():
         lines += ["", *NOTES.read_text().splitlines()]
