@@ -8,7 +8,10 @@ T, and a time outside the window is refused with the window.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -16,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 import trio
@@ -26,7 +30,15 @@ from prism.snapshots import Snapshot, precise_time, snapshot_name
 from prism.state import utcnow
 
 from .api_helpers import api, wait_for
-from .harness import PASSWORD, PrismHandle, fresh_dir, make_settings, psql
+from .harness import (
+    PASSWORD,
+    PrismHandle,
+    free_port,
+    fresh_dir,
+    make_settings,
+    psql,
+    serve_args,
+)
 from .production import SUPERUSER_PASSWORD, production_server
 
 ROWS = 30
@@ -222,3 +234,41 @@ async def test_a_snapshot_half_made_by_a_crash_is_removed_at_start(data_dir: Pat
         assert [s.name for s in prism.manager.point_in_time.snapshots()] == [whole.name]
         assert not prism.manager.storage.exists(half)
         assert [b.name for b in prism.manager.list()] == ["main"]
+
+
+@pytest.mark.parametrize("point", ["create:cloned", "create:server-up"])
+async def test_a_branch_at_a_time_half_made_by_a_crash_is_undone(
+    point: str, data_dir: Path
+) -> None:
+    """``prism serve`` SIGKILLs its own process group at ``point`` of a create with ``at``;
+    the next start removes the half-made branch and keeps the snapshots."""
+    pg_port, api_port = free_port(), free_port()
+    command = [*serve_args(data_dir, pg_port, api_port), "--snapshot-every", "1h"]
+    env = {**os.environ, "PRISM_TEST_CRASH_AT": point}
+    log_path = data_dir.parent / f"{data_dir.name}.log"
+    with log_path.open("ab") as log:
+        process = await trio.lowlevel.open_process(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{api_port}/api/v1"
+    async with httpx.AsyncClient(timeout=120) as http:
+        with trio.fail_after(120):
+            while True:
+                with contextlib.suppress(httpx.TransportError):
+                    listed = (await http.get(f"{url}/branches/main/snapshots")).json()
+                    if listed["snapshots"]:
+                        break
+                assert process.poll() is None, log_path.read_text()
+                await trio.sleep(0.1)
+        with contextlib.suppress(httpx.TransportError):
+            await http.post(f"{url}/branches", json={"name": "half", "at": "-0s"})
+    with trio.fail_after(60):
+        assert await process.wait() == -signal.SIGKILL
+    # The next start undoes the create (a server it left running is stopped first).
+    async with _serving(make_settings(data_dir, snapshot_every=3600.0)) as prism:
+        assert prism.manager.get("half") is None
+        assert not prism.manager.storage.exists("half")
+        assert [s["name"] for s in listed["snapshots"]] == [
+            s.name for s in prism.manager.point_in_time.snapshots()
+        ]
+        await _branch_at(prism, "whole", "-0s")
