@@ -33,7 +33,6 @@ from prism.config import Settings, format_duration, parse_duration
 from prism.errors import ConfigError, OutsideWindow, PrismError
 from prism.events import EventBus
 from prism.names import MAIN_BRANCH
-from prism.pgclient import connect_service
 from prism.runtime.base import Runtime
 from prism.snapshots import (
     RETRY_SECONDS,
@@ -42,6 +41,7 @@ from prism.snapshots import (
     expired,
     is_due,
     precise_time,
+    service_of,
     take_snapshot,
 )
 from prism.source.standby import is_standby, recover_to
@@ -198,12 +198,7 @@ class PointInTime:
 async def _commit_after(main: BackendAddress, at: datetime, *, superuser: str) -> bool:
     """Whether main's WAL has a commit after ``at`` (making one on a primary main)."""
     literal = at.astimezone(UTC).strftime("'%Y-%m-%d %H:%M:%S.%f+00'::timestamptz")
-    async with await connect_service(
-        unix_socket=main.service_socket_path(),
-        port=main.port,
-        user=superuser,
-        application_name="prism pitr",
-    ) as service:
+    async with await service_of(main, superuser=superuser, purpose="pitr") as service:
         rows = await service.query(
             f"SELECT pg_is_in_recovery(), coalesce(pg_last_xact_replay_timestamp() > {literal}, "
             "false)"

@@ -30,7 +30,7 @@ import trio
 
 from prism.address import BackendAddress
 from prism.names import MAIN_BRANCH, SNAPSHOT_PREFIX, is_snapshot_name
-from prism.pgclient import connect_service
+from prism.pgclient import ServiceConnection, connect_service
 from prism.state import utcnow
 from prism.storage.base import Storage
 
@@ -159,15 +159,20 @@ class SnapshotStore:
             return []
 
 
+async def service_of(main: BackendAddress, *, superuser: str, purpose: str) -> ServiceConnection:
+    """Prism's trusted connection to main's server (its private socket), for ``purpose``."""
+    return await connect_service(
+        unix_socket=main.service_socket_path(),
+        port=main.port,
+        user=superuser,
+        application_name=f"prism {purpose}",
+    )
+
+
 async def redo_wal_file(address: BackendAddress, *, superuser: str) -> str:
     """The WAL segment of the redo point of the last checkpoint of the server at ``address``:
     everything a clone taken after now needs is at or after it."""
-    async with await connect_service(
-        unix_socket=address.service_socket_path(),
-        port=address.port,
-        user=superuser,
-        application_name="prism snapshot",
-    ) as service:
+    async with await service_of(address, superuser=superuser, purpose="snapshot") as service:
         rows = await service.query("SELECT redo_wal_file FROM pg_control_checkpoint()")
     return str(rows[0][0])
 
