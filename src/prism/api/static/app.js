@@ -515,10 +515,14 @@ $("#diff-form").addEventListener("submit", async (submit) => {
 $("#create-form").addEventListener("submit", async (submit) => {
   submit.preventDefault();
   const name = $("#create-name").value;
+  const body = { name, parent: $("#create-parent").value || "main" };
+  const at = $("#create-at").value.trim();
+  if (at) body.at = at; // main's data as of then (RFC 3339 or -15m); the API checks the window
   say(`creating ${name}…`);
   try {
-    await call("POST", "/branches", { name, parent: $("#create-parent").value || "main" });
+    await call("POST", "/branches", body);
     $("#create-name").value = "";
+    $("#create-at").value = "";
     say(`created ${name}`);
   } catch (error) {
     say(`create ${name}: ${error.message}`, true);
