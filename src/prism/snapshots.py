@@ -18,6 +18,7 @@ a failed snapshot is tried again a minute later, and never stops Prism.
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -152,7 +153,7 @@ class SnapshotStore:
     def _path(self, name: str, suffix: str) -> Path:
         return self.directory / f"{name}{suffix}"
 
-    def _files(self, suffix: str) -> list[Path]:
+    def _files(self, suffix: str) -> builtins.list[Path]:
         try:
             return sorted(p for p in self.directory.iterdir() if p.name.endswith(suffix))
         except FileNotFoundError:
