@@ -3,14 +3,21 @@ archived WAL they no longer need, and how ``at`` is read."""
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 
-from prism.pitr import parse_at
-from prism.snapshots import Snapshot, expired, is_due
+from prism.address import BackendAddress
+from prism.errors import RuntimeStartFailed
+from prism.events import EventBus
+from prism.pitr import PointInTime, parse_at
+from prism.snapshots import RETRY_SECONDS, Snapshot, expired, is_due
 from prism.walarchive import WalArchive
+from tests.fakes import FakeStorage
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -69,3 +76,46 @@ def test_at_is_rfc_3339_with_a_zone_or_a_duration_before_now() -> None:
     for bad in ("2026-11-29T07:31:00", "yesterday", "-soon"):
         with pytest.raises(ValueError):
             parse_at(bad, NOW)
+
+
+async def test_a_failing_snapshot_is_reported_tried_again_and_leaves_nothing(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Main that cannot be woken (a fault no real test can cause on demand): the schedule
+    publishes ``snapshot_failed``, retries a minute later, and never raises."""
+    events, storage = EventBus(), FakeStorage(tmp_path / "root")
+    kept = PointInTime(tmp_path, storage, events)
+    woken = 0
+
+    async def wake_main() -> BackendAddress:
+        nonlocal woken
+        woken += 1
+        raise RuntimeStartFailed("main would not start")
+
+    async def clone_main(name: str) -> None:
+        raise AssertionError("no clone without main")
+
+    run = functools.partial(
+        kept.run,
+        every=3600.0,
+        retention=86400.0,
+        wake_main=wake_main,
+        clone_main=clone_main,
+        superuser="postgres",
+    )
+    failures = []
+    async with events.subscribe() as subscription, trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        started = trio.current_time()
+        async for event in subscription:
+            failures.append(event)
+            if len(failures) == 2:
+                break
+        nursery.cancel_scope.cancel()
+    assert trio.current_time() - started >= RETRY_SECONDS
+    assert [(e["type"], e["error"]) for e in failures] == 2 * [
+        ("snapshot_failed", "main would not start")
+    ]
+    assert woken == 2
+    assert kept.snapshots() == [] and storage.list() == []
+    assert list((tmp_path / "snapshots").iterdir()) == []  # no intent marker left
