@@ -104,6 +104,15 @@ _REFUSED = (
 )
 
 
+def test_a_source_that_became_another_cluster_is_named_with_the_way_out() -> None:
+    line = "FATAL:  database system identifier differs between the primary and standby"
+    failure = receiver_failure(_STREAMED + line + "\n")
+    assert failure is not None
+    error = explain_failure(failure, user="replicator", where="replicator@db:5432")
+    assert "no longer the cluster main was backed up from" in error.message
+    assert error.hint is not None and "--data-dir" in error.hint
+
+
 def test_the_walreceivers_last_failure_is_found_in_mains_log() -> None:
     assert receiver_failure(_STREAMED + _REFUSED) == _REFUSED.strip()
     # Streaming again since: nothing is wrong any more.
