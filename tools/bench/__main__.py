@@ -29,6 +29,7 @@ from tools.bench import (
     proxy,
     report,
     source_backup,
+    standby,
     targets,
 )
 from tools.bench.common import (
@@ -41,7 +42,7 @@ from tools.bench.common import (
 )
 from tools.bench.machine import describe
 
-SECTIONS = ("coldstart", "docker", "o1", "proxy", "idle", "events", "source", "pitr")
+SECTIONS = ("coldstart", "docker", "o1", "proxy", "idle", "events", "source", "pitr", "standby")
 DRIVERS = ("btrfs", "reflink", "zfs", "copy")
 IMAGE = "prism-test/postgres:15"
 
@@ -184,6 +185,12 @@ async def _main(args: argparse.Namespace) -> None:
         results["pitr"] = await pitr.measure(log=_log)
         results["pitr"]["machine"] = results["machine"]
         report.save_results(results)
+    if "standby" in wanted:
+        results["standby"] = await standby.measure(
+            install, scale=args.standby_scale, rounds=args.standby_rounds, log=_log
+        )
+        results["standby"]["machine"] = results["machine"]
+        report.save_results(results)
     if wanted & {"proxy", "idle"}:
         results.update(await _proxy_and_idle(args, install, wanted))
     results["duration_s"] = round(time.perf_counter() - started)
@@ -206,6 +213,8 @@ def main() -> None:
     parser.add_argument("--event-cycles", type=int, default=20, help="stop/start cycles")
     parser.add_argument("--source-scale", type=int, default=20, help="pgbench scale of the source")
     parser.add_argument("--source-rounds", type=int, default=3, help="backups of each kind")
+    parser.add_argument("--standby-scale", type=int, default=10, help="pgbench scale of mains")
+    parser.add_argument("--standby-rounds", type=int, default=10, help="branches of each main")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     trio.run(_main, args)
