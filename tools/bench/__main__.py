@@ -187,7 +187,11 @@ async def _main(args: argparse.Namespace) -> None:
         report.save_results(results)
     if "standby" in wanted:
         results["standby"] = await standby.measure(
-            install, scale=args.standby_scale, rounds=args.standby_rounds, log=_log
+            install,
+            scale=args.standby_scale,
+            rounds=args.standby_rounds,
+            lag_seconds=args.lag_seconds,
+            log=_log,
         )
         results["standby"]["machine"] = results["machine"]
         report.save_results(results)
@@ -215,6 +219,7 @@ def main() -> None:
     parser.add_argument("--source-rounds", type=int, default=3, help="backups of each kind")
     parser.add_argument("--standby-scale", type=int, default=10, help="pgbench scale of mains")
     parser.add_argument("--standby-rounds", type=int, default=10, help="branches of each main")
+    parser.add_argument("--lag-seconds", type=float, default=20, help="pgbench run for replay lag")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     trio.run(_main, args)

@@ -375,8 +375,8 @@ def _source(results: Results) -> list[str]:
         f"| Prism --source | {percentile(section['prism_s'], 50):.2f} | "
         f"{section['prism_mb_s']:.0f} |",
         "",
-        f"Prism / plain: {section['ratio']:.2f}x. Replay lag under pgbench is not measured "
-        "yet; cold start from a standby main and point-in-time branches have sections below.",
+        f"Prism / plain: {section['ratio']:.2f}x. Cold start from a standby main, replay lag "
+        "under pgbench and point-in-time branches have sections below.",
         "",
         *_measured_on(section),
     ]
@@ -441,7 +441,26 @@ def _standby(results: Results) -> list[str]:
         "",
         f"Standby / primary (medians): {ratio:.2f}x; goal within 1.2x: {_verdict(ratio <= 1.2)}.",
         "",
+        *_replay(section.get("replay")),
         *_measured_on(section),
+    ]
+
+
+def _replay(replay: dict[str, Any] | None) -> list[str]:
+    if not replay or not replay["samples"]:
+        return []
+    kib = [value / 1024 for value in replay["lag_bytes"]]
+    ms = [value * 1000 for value in replay["lag_s"]]
+    return [
+        f"**Replay lag** while pgbench (TPC-B-like, 4 clients, {replay['seconds']:g} s) writes "
+        "to the source, as the source sees its standby (`pg_stat_replication`), sampled every "
+        f"100 ms ({replay['samples']} samples):",
+        "",
+        "| | p50 | p95 |",
+        "| --- | ---: | ---: |",
+        f"| WAL not yet replayed, KiB | {percentile(kib, 50):.0f} | {percentile(kib, 95):.0f} |",
+        f"| `replay_lag`, ms | {percentile(ms, 50):.1f} | {percentile(ms, 95):.1f} |",
+        "",
     ]
 
 
