@@ -26,7 +26,7 @@ data_dir = "/mnt/prism_data"
 idle_timeout = "15m"
 ```
 
-Durations take a unit: `250ms`, `30s`, `2m`, `1h` (a bare number is seconds; `0` disables).
+Durations take a unit: `250ms`, `30s`, `2m`, `1h`, `7d` (a bare number is seconds; `0` disables).
 
 | flag | environment | default | what it does |
 | --- | --- | --- | --- |

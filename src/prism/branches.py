@@ -62,6 +62,7 @@ from prism.errors import (
     ConnectionTerminated,
     HookFailed,
     LimitExceeded,
+    OutsideWindow,
     PrismError,
     ProvisionFailed,
     StorageError,
@@ -69,8 +70,9 @@ from prism.errors import (
 )
 from prism.events import EventBus
 from prism.hooks import HookCommands, command_environment, run_on_create, run_on_create_command
-from prism.names import MAIN_BRANCH, validate_branch_name
+from prism.names import MAIN_BRANCH, is_snapshot_name, validate_branch_name
 from prism.pgclient import connect_branch
+from prism.pitr import PointInTime
 from prism.policy import (
     BranchPolicy,
     CreateDefaults,
@@ -225,6 +227,9 @@ class BranchManager:
         """Called with a branch's name when its data is thrown away (delete, reset, a failed
         create), so nothing cached about the old data outlives it (must not raise)."""
         self._sessions: defaultdict[str, set[ClientSession]] = defaultdict(set)
+        self.point_in_time: PointInTime | None = None
+        """Main's snapshots and WAL archive, when kept (``--snapshot-every``): what ``create``
+        with ``at`` needs."""
 
     # ---- queries -------------------------------------------------------------------------
 
@@ -375,7 +380,7 @@ class BranchManager:
                 await self._undo_on_disk(name)
                 await self.state.delete(name)
                 del records[name]
-        on_disk = set(self.storage.list())
+        on_disk = {name for name in self.storage.list() if not is_snapshot_name(name)}
         for name, record in records.items():
             if name not in on_disk:
                 log.warning("reconcile: forgetting branch %s: its data directory is gone", name)
@@ -546,16 +551,38 @@ class BranchManager:
         *,
         ttl: float | None = None,
         protected: bool = False,
+        at: datetime | None = None,
     ) -> Branch:
         """Create ``name`` from ``parent`` and start it; ``ttl`` seconds from now it expires
-        (``None``: never; the on-connect default ``--branch-ttl`` is for created-on-connect)."""
+        (``None``: never; the on-connect default ``--branch-ttl`` is for created-on-connect).
+        ``at``: the branch holds the parent's data as of that time (``prism.pitr``)."""
         validate_branch_name(name)
+        if at is not None:
+            self._check_at(parent, at)
         async with self._locks[name]:
             if name in self._branches:
                 raise BranchExists(f'branch "{name}" already exists')
             self._refuse_unrunnable_hook(parent)
             await self._record_new_policy(name, ttl or 0.0, protected=protected)
-            return await self._provision(name, parent)
+            return await self._provision(name, parent, at=at)
+
+    def _check_at(self, parent: str, at: datetime) -> None:
+        """Refuse a point-in-time create before anything is made, saying why."""
+        if self.point_in_time is None:
+            raise OutsideWindow(
+                "branches as of a time are off: Prism keeps no snapshots or WAL of main",
+                hint="start Prism with --snapshot-every (and --runtime process)",
+            )
+        if parent != MAIN_BRANCH:
+            raise OutsideWindow(
+                f'branches as of a time are made from main only, not from "{parent}"',
+                hint="leave out the parent, or give main",
+            )
+        self.point_in_time.check(at, utcnow())
+
+    async def clone_main(self, target: str) -> None:
+        """Clone main, consistently, into storage name ``target`` (a snapshot)."""
+        await self._clone_from(MAIN_BRANCH, target)
 
     async def start(self, name: str) -> Branch:
         async with self._locks[name]:
@@ -871,7 +898,9 @@ class BranchManager:
 
     # ---- internals (callers hold the branch's lock) ------------------------------------
 
-    async def _provision(self, name: str, parent_name: str) -> Branch:
+    async def _provision(
+        self, name: str, parent_name: str, *, at: datetime | None = None
+    ) -> Branch:
         parent = self._branches.get(parent_name)
         if parent is None:
             raise BranchNotFound(f'parent branch "{parent_name}" does not exist')
@@ -885,7 +914,10 @@ class BranchManager:
         try:
             await self.state.put(branch.record())
             crash_point("create:recorded")
-            await self._clone_from(parent_name, name)
+            if at is None:
+                await self._clone_from(parent_name, name)
+            else:
+                await self._clone_at(name, at)
             crash_point("create:cloned")
             clone_ms = _elapsed_ms(started)
             await self._start(branch, reason="create")
@@ -980,6 +1012,16 @@ class BranchManager:
             await self._run_parent_hook(branch, address)
         finally:
             await self.runtime.stop(branch.name)
+
+    async def _clone_at(self, child: str, at: datetime) -> None:
+        assert self.point_in_time is not None  # checked by create
+        await self.point_in_time.clone(
+            child,
+            at,
+            main=await self.ensure_running(MAIN_BRANCH, create=False),
+            superuser=self._superuser,
+            clone_current=lambda: self._clone_from(MAIN_BRANCH, child),
+        )
 
     async def _clone_from(self, parent: str, child: str) -> None:
         """Clone ``parent`` into ``child`` holding the parent's lock, so it holds still."""

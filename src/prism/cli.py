@@ -13,7 +13,7 @@ from pathlib import Path
 import trio
 
 from prism import __version__
-from prism.client import add_client_commands, run_client
+from prism.client import add_client_commands, join_relative_times, run_client
 from prism.config import SETTINGS, Settings, load_settings
 from prism.errors import find_prism_error
 from prism.server import PrismServer
@@ -80,7 +80,7 @@ def _fail(message: str, hint: str | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(join_relative_times(sys.argv[1:] if argv is None else argv))
     if args.command != "serve":
         return run_client(args)
     flags = {s.name: getattr(args, s.name, None) for s in SETTINGS}

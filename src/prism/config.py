@@ -19,24 +19,25 @@ from typing import Any
 
 from prism.errors import ConfigError
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 def parse_duration(text: str) -> float:
-    """Seconds from ``"30s"``, ``"2m"``, ``"1h"``, ``"250ms"`` or a bare number of seconds."""
+    """Seconds from ``"30s"``, ``"2m"``, ``"1h"``, ``"7d"``, ``"250ms"`` or a bare number of
+    seconds."""
     match = _DURATION.match(text)
     if match is None:
         raise ConfigError(
             f"invalid duration {text!r}",
-            hint="write a number with an optional unit: 250ms, 30s, 2m, 1h (0 disables)",
+            hint="write a number with an optional unit: 250ms, 30s, 2m, 1h, 7d (0 disables)",
         )
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
 def format_duration(seconds: float) -> str:
     """The shortest exact spelling of ``seconds`` in the units ``parse_duration`` reads."""
-    for unit in ("h", "m", "s"):
+    for unit in ("d", "h", "m", "s"):
         count = seconds / _UNIT_SECONDS[unit]
         if count >= 1 and count == int(count):
             return f"{int(count)}{unit}"
@@ -185,6 +186,8 @@ class Settings:
     source: str = ""
     source_password_file: Path | None = None
     source_slot: str = ""
+    snapshot_every: float = 3600.0
+    retention: float = 7 * 86400.0
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -301,6 +304,17 @@ SETTINGS: tuple[Setting, ...] = (
         "source_slot",
         _slot_name,
         "physical replication slot main streams from, created on the source if missing",
+    ),
+    Setting(
+        "snapshot_every",
+        parse_duration,
+        "snapshot main this often and archive its WAL, for branches as of a past time "
+        "(0: neither; --runtime process only)",
+    ),
+    Setting(
+        "retention",
+        parse_duration,
+        "how long main's snapshots and archived WAL are kept: how far back --at reaches",
     ),
 )
 

@@ -125,6 +125,12 @@ class HookCommandsNotAllowed(PrismError):
     sqlstate = "42501"  # insufficient_privilege: the operator has not granted it
 
 
+class OutsideWindow(PrismError):
+    """A point-in-time branch asks for a time Prism kept no snapshot and WAL for."""
+
+    sqlstate = "22023"  # invalid_parameter_value
+
+
 class ConfigError(PrismError):
     """A setting is missing, malformed or contradicts another one."""
 

@@ -33,3 +33,13 @@ def validate_branch_name(name: str) -> str:
         shown = name if len(name) <= 80 else name[:80] + "..."
         raise InvalidBranchName(f"invalid branch name {shown!r}: {_VALID_NAME}")
     return name
+
+
+SNAPSHOT_PREFIX: Final = "snap:"
+"""Storage names of main's snapshots (``snap:main:<time>``): a ``:`` no branch name may hold,
+so a snapshot never collides with a branch and reconcile never takes one for a branch."""
+
+
+def is_snapshot_name(name: str) -> bool:
+    """Whether a storage entry is a snapshot (``prism.snapshots``), not a branch."""
+    return name.startswith(SNAPSHOT_PREFIX)

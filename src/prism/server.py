@@ -23,6 +23,8 @@ from prism.dsn import Endpoint
 from prism.errors import ConfigError
 from prism.events import EventBus
 from prism.hooks import HookCommands
+from prism.names import MAIN_BRANCH
+from prism.pitr import open_point_in_time
 from prism.policy import CreateDefaults
 from prism.proxy import Proxy
 from prism.reaper import run_expiry, run_reaper
@@ -152,9 +154,13 @@ class PrismServer:
                 allowed=settings.allow_hook_commands, timeout=settings.hook_command_timeout
             ),
         )
+        point_in_time = open_point_in_time(settings, data_dir, storage, runtime, events)
+        manager.point_in_time = point_in_time
         data_plane = choose_data_plane(settings.data_plane)
         proxy = Proxy.from_settings(manager, settings, data_dir, data_plane)
         try:
+            if point_in_time is not None:
+                await point_in_time.reconcile()
             await manager.open()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(trio.serve_listeners, proxy.handle, [pg_listener])
@@ -187,6 +193,19 @@ class PrismServer:
                         )
                     )
                 nursery.start_soon(run_expiry, manager)
+                if point_in_time is not None:
+                    nursery.start_soon(
+                        functools.partial(
+                            point_in_time.run,
+                            every=settings.snapshot_every,
+                            retention=settings.retention,
+                            wake_main=functools.partial(
+                                manager.ensure_running, MAIN_BRANCH, create=False
+                            ),
+                            clone_main=manager.clone_main,
+                            superuser=settings.superuser,
+                        )
+                    )
                 info = ServerInfo(_bound(pg_listener), _bound(api_listener), manager, data_plane)
                 log.info(
                     "prism: ready: postgres clients on %s:%d, API on %s; data in %s "

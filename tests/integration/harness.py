@@ -58,6 +58,9 @@ def serve_args(
         f"127.0.0.1:{api_port}",
         "--password",
         PASSWORD,
+        # Snapshots of main (on by default) only where a test asks: tests/integration/test_pitr.py
+        "--snapshot-every",
+        "0",
     ]
     return args if storage is None else [*args, "--storage", storage]
 
@@ -70,6 +73,7 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         storage="copy",
         password=PASSWORD,
         startup_timeout=3.0,
+        snapshot_every=0.0,  # snapshots of main only where a test asks for them
     )
     return dataclasses.replace(base, **overrides)
 

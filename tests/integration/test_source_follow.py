@@ -15,7 +15,7 @@ from prism.errors import find_prism_error
 from prism.events import EventBus
 from prism.server import PrismServer
 
-from .api_helpers import api
+from .api_helpers import api, wait_for
 from .harness import PrismHandle, fresh_dir, make_settings, psql
 from .production import SUPERUSER_PASSWORD, Production, production_server, write_continuously
 
@@ -178,6 +178,26 @@ async def test_source_health_is_reported_and_survives_the_source_stopping(
     await _caught_up(prism, production)  # Postgres' walreceiver reconnected by itself
     source = await _source_state(prism, "streaming", replay_lag_bytes=0)
     assert source["last_replayed"] is not None  # the commit just replayed
+
+
+async def test_a_role_that_loses_replication_while_followed_is_named_with_the_fix(
+    production: Production, empty_data_dir: Path, start_prism: Callable[..., Any]
+) -> None:
+    prism = await start_prism(data_dir=empty_data_dir, source=production.source())
+    await _caught_up(prism, production)
+    await production.sql(
+        "ALTER ROLE replicator NOREPLICATION;"
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_replication"
+    )
+    message = "the source refuses role replicator: it lacks the REPLICATION attribute"
+    async with prism.manager.events.subscribe() as events:
+        source = await _source_state(prism, "disconnected", error=message)
+        assert source["hint"] == "on the source: ALTER ROLE replicator REPLICATION"
+        with trio.fail_after(CATCH_UP_S):
+            await wait_for(events, type="source", error=message)
+    # Fixed on the source: main streams again by itself and the error is gone.
+    await production.sql("ALTER ROLE replicator REPLICATION")
+    await _source_state(prism, "streaming", error=None, hint=None)
 
 
 async def test_prism_restarted_mid_stream_catches_up(

@@ -207,6 +207,8 @@ def serve_args(where: Place, runtime: str, pg_port: int, api_port: int) -> list[
         PASSWORD,
         "--image",
         DOCKER_IMAGE,
+        "--snapshot-every",  # snapshots of main only where a test asks for them
+        "0",
     ]
     return [*args, "--zfs-dataset", where.zfs_dataset] if where.zfs_dataset else args
 

@@ -22,6 +22,7 @@ import trio
 from prism.config import HostPort
 from prism.server import PrismServer
 from tests.integration.harness import PrismHandle, fresh_dir, make_settings, psql
+from tests.integration.production import production_server
 
 from .chromium import Page, open_page
 
@@ -155,6 +156,64 @@ async def test_page_buttons_create_stop_and_delete_a_branch(
             "Delete branch from-page and its data?",
         ]
         assert page.errors == []
+
+
+async def test_page_creates_a_branch_as_of_a_time_and_shows_a_refusal(
+    running: Runner, page: Page, request: pytest.FixtureRequest
+) -> None:
+    async with running(snapshot_every=3600.0) as prism, screenshot_at_end(page, request):
+        async with prism.manager.events.subscribe() as events:
+            if not prism.manager.point_in_time.snapshots():
+                with trio.fail_after(120):
+                    async for event in events:
+                        if event["type"] == "snapshot_taken":
+                            break
+        await page.goto(prism.info.api_url + "/")
+        await page.wait_until(f"{_LIVE} && {_status_is('main', 'running')}")
+
+        await page.type_into("#create-name", "long-ago")
+        await page.type_into("#create-at", "-30d")
+        await page.click('#create-form button[type="submit"]')
+        await page.wait_until(f"{_MESSAGE}.includes('outside the point-in-time window of main')")
+        assert prism.manager.get("long-ago") is None
+
+        await psql(prism.dsn(), "CREATE TABLE before_now (x int)")
+        await page.evaluate('document.querySelector("#create-name").value = ""')
+        await page.evaluate('document.querySelector("#create-at").value = ""')
+        await page.type_into("#create-name", "as-of-now")
+        await page.type_into("#create-at", "-0s")
+        await page.click('#create-form button[type="submit"]')
+        await page.wait_until(_status_is("as-of-now", "running"))
+        found = await psql(prism.dsn("postgres@as-of-now"), "SELECT to_regclass('before_now')")
+        assert found.stdout.decode().strip() == "before_now"
+        assert page.errors == []
+
+
+async def test_page_shows_the_source_of_main_and_when_it_is_gone(
+    running: Runner, page: Page, request: pytest.FixtureRequest
+) -> None:
+    source = 'document.querySelector("#source")'
+    async with (
+        production_server() as production,
+        running(source=production.source()) as prism,
+        screenshot_at_end(page, request),
+    ):
+        await page.goto(prism.info.api_url + "/")
+        await page.wait_until(f'{_LIVE} && {source}.dataset.state === "streaming"')
+        assert (await page.evaluate(f"{source}.textContent")).startswith("source: streaming")
+        await production.stop()
+        # From the "source" event: main's walreceiver lost the source.
+        await page.wait_until(f'{source}.dataset.state === "disconnected"')
+        assert page.errors == []
+
+
+async def test_page_without_a_source_shows_none(
+    running: Runner, page: Page, request: pytest.FixtureRequest
+) -> None:
+    async with running() as prism, screenshot_at_end(page, request):
+        await page.goto(prism.info.api_url + "/")
+        await page.wait_until(f"{_LIVE} && {_status_is('main', 'running')}")
+        assert await page.evaluate('document.querySelector("#source").hidden') is True
 
 
 async def test_page_reconnects_when_prism_comes_back(

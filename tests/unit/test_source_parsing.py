@@ -7,7 +7,7 @@ import pytest
 from prism.errors import ConfigError
 from prism.source.basebackup import explain_failure, parse_progress
 from prism.source.conninfo import parse_conninfo, pgpass_line
-from prism.source.health import reading
+from prism.source.health import reading, receiver_failure
 
 
 def test_a_keyword_string_loses_its_password_and_keeps_the_rest() -> None:
@@ -84,6 +84,8 @@ def test_an_idle_caught_up_main_has_no_lag_even_without_a_replayed_commit() -> N
         "replay_lag_seconds": 0.0,
         "last_replayed": None,
         "backup": None,
+        "error": None,
+        "hint": None,
     }
 
 
@@ -92,3 +94,27 @@ def test_a_main_behind_lags_by_the_age_of_its_last_replayed_commit() -> None:
     assert health.state.value == "disconnected"
     assert (health.lag_bytes, health.lag_seconds) == (4096, 9.5)
     assert health.view()["last_replayed"] == "1970-01-01T00:16:30Z"
+
+
+_STREAMED = "LOG:  started streaming WAL from primary at 0/3000000 on timeline 1\n"
+_REFUSED = (
+    "FATAL:  could not connect to the primary server: connection to server at "
+    '"127.0.0.1", port 5433 failed: FATAL:  must be superuser or replication role to start '
+    "walsender\n"
+)
+
+
+def test_a_source_that_became_another_cluster_is_named_with_the_way_out() -> None:
+    line = "FATAL:  database system identifier differs between the primary and standby"
+    failure = receiver_failure(_STREAMED + line + "\n")
+    assert failure is not None
+    error = explain_failure(failure, user="replicator", where="replicator@db:5432")
+    assert "no longer the cluster main was backed up from" in error.message
+    assert error.hint is not None and "--data-dir" in error.hint
+
+
+def test_the_walreceivers_last_failure_is_found_in_mains_log() -> None:
+    assert receiver_failure(_STREAMED + _REFUSED) == _REFUSED.strip()
+    # Streaming again since: nothing is wrong any more.
+    assert receiver_failure(_REFUSED + _STREAMED) is None
+    assert receiver_failure("LOG:  database system is ready to accept connections\n") is None

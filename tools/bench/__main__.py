@@ -25,9 +25,11 @@ from tools.bench import (
     docker_floor,
     events,
     idle,
+    pitr,
     proxy,
     report,
     source_backup,
+    standby,
     targets,
 )
 from tools.bench.common import (
@@ -40,7 +42,7 @@ from tools.bench.common import (
 )
 from tools.bench.machine import describe
 
-SECTIONS = ("coldstart", "docker", "o1", "proxy", "idle", "events", "source")
+SECTIONS = ("coldstart", "docker", "o1", "proxy", "idle", "events", "source", "pitr", "standby")
 DRIVERS = ("btrfs", "reflink", "zfs", "copy")
 IMAGE = "prism-test/postgres:15"
 
@@ -179,6 +181,20 @@ async def _main(args: argparse.Namespace) -> None:
         # Kept with the section: a later --only run of other sections must not re-date it.
         results["source"]["machine"] = results["machine"]
         report.save_results(results)
+    if "pitr" in wanted:
+        results["pitr"] = await pitr.measure(log=_log)
+        results["pitr"]["machine"] = results["machine"]
+        report.save_results(results)
+    if "standby" in wanted:
+        results["standby"] = await standby.measure(
+            install,
+            scale=args.standby_scale,
+            rounds=args.standby_rounds,
+            lag_seconds=args.lag_seconds,
+            log=_log,
+        )
+        results["standby"]["machine"] = results["machine"]
+        report.save_results(results)
     if wanted & {"proxy", "idle"}:
         results.update(await _proxy_and_idle(args, install, wanted))
     results["duration_s"] = round(time.perf_counter() - started)
@@ -201,6 +217,9 @@ def main() -> None:
     parser.add_argument("--event-cycles", type=int, default=20, help="stop/start cycles")
     parser.add_argument("--source-scale", type=int, default=20, help="pgbench scale of the source")
     parser.add_argument("--source-rounds", type=int, default=3, help="backups of each kind")
+    parser.add_argument("--standby-scale", type=int, default=10, help="pgbench scale of mains")
+    parser.add_argument("--standby-rounds", type=int, default=10, help="branches of each main")
+    parser.add_argument("--lag-seconds", type=float, default=20, help="pgbench run for replay lag")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     trio.run(_main, args)

@@ -221,7 +221,7 @@ async def prism_process(
     log_path = data_dir.parent / f"{data_dir.name}.prism.log"
     command = [sys.executable, "-m", "prism.cli", "serve", "--data-dir", str(data_dir)]
     command += ["--listen", f"{HOST}:{port}", "--api", f"{HOST}:0", "--storage", storage]
-    command += ["--password", PASSWORD, "--log-level", "info", *extra]
+    command += ["--password", PASSWORD, "--log-level", "info", "--snapshot-every", "0", *extra]
     with _append(log_path) as log:
         offset = log.tell()
         process = await trio.lowlevel.open_process(command, stdout=log, stderr=log)

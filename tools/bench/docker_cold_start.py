@@ -90,6 +90,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         zfs_dataset=args.zfs_dataset,
         password=PASSWORD,
         idle_timeout=0,
+        snapshot_every=0.0,  # no snapshot of main being taken while cold starts are timed
     )
     runs: list[dict[str, Any]] = []
     try:

@@ -375,9 +375,98 @@ def _source(results: Results) -> list[str]:
         f"| Prism --source | {percentile(section['prism_s'], 50):.2f} | "
         f"{section['prism_mb_s']:.0f} |",
         "",
-        f"Prism / plain: {section['ratio']:.2f}x. Replay lag under pgbench, cold start from a "
-        "standby main and point-in-time branches are not measured yet.",
+        f"Prism / plain: {section['ratio']:.2f}x. Cold start from a standby main, replay lag "
+        "under pgbench and point-in-time branches have sections below.",
         "",
+        *_measured_on(section),
+    ]
+
+
+def _pitr(results: Results) -> list[str]:
+    section = results.get("pitr")
+    if not section:
+        return []
+    floor = percentile(section["floor_s"], 50)
+    rows = []
+    for run in section["runs"]:
+        pitr_s = percentile(run["pitr_s"], 50)
+        replay_s = pitr_s - floor
+        rate = f"{run['wal_mb'] / replay_s:.0f}" if replay_s > 0 else "-"
+        rows.append(f"| {run['wal_mb']:.0f} | {pitr_s:.2f} | {replay_s:.2f} | {rate} |")
+    return [
+        "## Point-in-time branches: time to a branch by WAL to replay (issue 9)",
+        "",
+        f"Command: `{COMMAND} --only pitr`: a fresh main ({section['driver']} driver) and its "
+        "first snapshot, taken before any data; then main writes wide rows until the WAL "
+        "since the snapshot reaches each size, and a branch is created `at` that moment "
+        "(clone of the snapshot, replay of the archived WAL, promote). The floor is a branch "
+        f"at the snapshot's own time (clone and start, nearly no WAL): {floor:.2f} s. Each "
+        f"branch is made {len(section['floor_s'])} times; medians.",
+        "",
+        "| WAL replayed MB | branch at a time s (median) | minus the floor s | WAL MB/s |",
+        "| ---: | ---: | ---: | ---: |",
+        *rows,
+        "",
+        "The time grows with the WAL to replay, not with the data: the snapshot was taken "
+        "before the data was written, so every branch clones the same small snapshot. Each "
+        "round's time is in `results.json`; on a shared 2-CPU machine rounds differ by up to "
+        "2x, so the small sizes say little beyond a few seconds.",
+        "",
+        *_measured_on(section),
+    ]
+
+
+def _standby(results: Results) -> list[str]:
+    section = results.get("standby")
+    if not section:
+        return []
+    rows = [
+        f"| {label} | {percentile(section[key], 50):.3f} | {percentile(section[key], 95):.3f} |"
+        for label, key in (("primary main", "primary_s"), ("standby main", "standby_s"))
+    ]
+    ratio = section["ratio"]
+    return [
+        "## Cold start of a branch from a standby main (issue 9)",
+        "",
+        f"Command: `{COMMAND} --only standby`: two Prisms on the {section['driver']} driver, "
+        f"each main a pgbench database of scale {section['scale']}; one main is Prism's own, "
+        "the other a hot standby of a bare source server (`--source`). "
+        f"{len(section['primary_s'])} branches of each, created in alternating rounds (each "
+        "deleted again); snapshots off in both. A branch of a standby main replays what its "
+        "clone holds and promotes before it admits clients.",
+        "",
+        "| main | create p50 s | create p95 s |",
+        "| --- | ---: | ---: |",
+        *rows,
+        "",
+        f"Standby / primary (medians): {ratio:.2f}x; goal within 1.2x: {_verdict(ratio <= 1.2)}.",
+        "",
+        *_replay(section.get("replay")),
+        *_measured_on(section),
+    ]
+
+
+def _replay(replay: dict[str, Any] | None) -> list[str]:
+    if not replay or not replay["samples"]:
+        return []
+    kib = [value / 1024 for value in replay["lag_bytes"]]
+    ms = [value * 1000 for value in replay["lag_s"]]
+    return [
+        f"**Replay lag** while pgbench (TPC-B-like, 4 clients, {replay['seconds']:g} s) writes "
+        "to the source, as the source sees its standby (`pg_stat_replication`), sampled every "
+        f"100 ms ({replay['samples']} samples):",
+        "",
+        "| | p50 | p95 |",
+        "| --- | ---: | ---: |",
+        f"| WAL not yet replayed, KiB | {percentile(kib, 50):.0f} | {percentile(kib, 95):.0f} |",
+        f"| `replay_lag`, ms | {percentile(ms, 50):.1f} | {percentile(ms, 95):.1f} |",
+        "",
+    ]
+
+
+def _measured_on(section: dict[str, Any]) -> list[str]:
+    """The machine a section kept from its own run (``--only`` reruns sections alone)."""
+    return [
         "Measured on (this section only; the table at the top describes the full run):",
         "",
         "| | |",
@@ -467,7 +556,8 @@ def write(results: Results) -> None:
         "",
     ]
     lines += _targets(results)
-    for render in (_coldstart, _docker, _wakeup, _o1, _proxy, _idle, _events, _source):
+    sections = (_coldstart, _docker, _wakeup, _o1, _proxy, _idle, _events, _source, _pitr)
+    for render in (*sections, _standby):
         lines += render(results)
     if NOTES.exists():
         lines += ["", *NOTES.read_text().splitlines()]

@@ -104,6 +104,9 @@ async def data_dir(target: Target) -> AsyncIterator[tuple[Path, Settings]]:
         zfs_dataset=dataset,
         log_level="warning",
         idle_timeout=0,
+        # No snapshot of main being taken while a section measures (sections that want
+        # point in time turn it on).
+        snapshot_every=0.0,
     )
     try:
         yield root, settings

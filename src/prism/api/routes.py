@@ -24,11 +24,13 @@ from prism.dataplane import DataPlane
 from prism.dsn import connection_view
 from prism.errors import ConfigError
 from prism.names import MAIN_BRANCH
+from prism.pitr import parse_at
 from prism.schemadiff import diff_view, format_diff
+from prism.snapshots import precise_time
 from prism.state import utcnow
 
 PREFIX = "/api/v1"
-_CREATE_FIELDS = {"name", "parent", "ttl", "protected"}
+_CREATE_FIELDS = {"name", "parent", "ttl", "protected", "at"}
 _PATCH_FIELDS = {"protected", "expires_at", "ttl", "on_create", "on_create_command"}
 _TRUE = ("1", "true", "yes")
 
@@ -139,6 +141,18 @@ def _command_field(value: Any) -> tuple[str, ...] | None:
     return tuple(value)
 
 
+def _at_field(body: dict[str, Any]) -> datetime | None:
+    """``at``: the time a new branch's data is as of (RFC 3339, or ``-15m``); absent: None."""
+    if body.get("at") is None:
+        return None
+    try:
+        return parse_at(_string_field(body, "at"), utcnow())
+    except ValueError as exc:
+        raise ApiError(
+            422, "invalid_request", f'"at" must be an RFC 3339 time or -DURATION: {exc}'
+        ) from None
+
+
 def _policy_changes(body: dict[str, Any]) -> dict[str, Any]:
     """The policy fields a PATCH body changes, checked."""
     unknown = sorted(set(body) - _PATCH_FIELDS)
@@ -228,6 +242,17 @@ def register_routes(
             shown["source"] = await source_health()
         return jsonify(shown)
 
+    @app.get(f"{PREFIX}/branches/<name>/snapshots")
+    async def list_snapshots(name: str) -> Response:
+        """The snapshots kept of ``name`` (main only) and the window ``at`` may name."""
+        manager.require(name)
+        kept = manager.point_in_time
+        snapshots = [] if kept is None or name != MAIN_BRANCH else kept.snapshots()
+        window = None
+        if snapshots:
+            window = {"start": precise_time(snapshots[0].taken_at), "end": precise_time(utcnow())}
+        return jsonify({"snapshots": [snapshot.view() for snapshot in snapshots], "window": window})
+
     @app.get(f"{PREFIX}/branches/<name>/diff")
     async def diff_branch(name: str) -> Response:
         against = request.args.get("against")
@@ -269,7 +294,8 @@ def register_routes(
                 f'parent branch "{parent}" does not exist',
                 hint="list branches with GET /api/v1/branches",
             )
-        branch = await manager.create(name, parent, ttl=ttl, protected=protected)
+        at = _at_field(body)
+        branch = await manager.create(name, parent, ttl=ttl, protected=protected, at=at)
         return jsonify(await view(branch)), 201, {"Location": f"{PREFIX}/branches/{name}"}
 
     @app.delete(f"{PREFIX}/branches/<name>")

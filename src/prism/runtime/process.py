@@ -15,7 +15,7 @@ import os
 import signal
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -108,6 +108,9 @@ class ProcessRuntime:
         self._stop_timeout = stop_timeout
         self._settings = extra
         self._servers: dict[str, _Server] = {}
+        self.settings_for: Callable[[str, Path], dict[str, str]] | None = None
+        """Extra settings of one branch's server (main's WAL archive), asked where a start is
+        prepared (blocking); they win over the settings Prism overrides for every server."""
 
     async def initdb(self, pgdata: Path, *, superuser: str, password: str) -> None:
         """Initialise ``pgdata`` as a new cluster: trust on the private socket, SCRAM over TCP."""
@@ -153,7 +156,9 @@ class ProcessRuntime:
         install = self._installs.for_data(pgdata, what=f"the data of branch {branch}")
         install.require_unchanged()
         socket_dir = self._socket_dir(branch)
-        owned = await trio.to_thread.run_sync(self._prepare_start, install, pgdata, socket_dir)
+        owned = await trio.to_thread.run_sync(
+            self._prepare_start, install, pgdata, socket_dir, branch
+        )
         try:
             for attempt in range(1, _PORT_ATTEMPTS + 1):
                 port = free_port()
@@ -426,7 +431,9 @@ class ProcessRuntime:
         """The private socket directory of ``branch``, short enough for a Unix socket path."""
         return socket_dir_for(self._run_dir, branch, Path("/tmp") / f"prism-{os.geteuid()}")
 
-    def _prepare_start(self, install: PgInstall, pgdata: Path, socket_dir: Path) -> dict[str, str]:
+    def _prepare_start(
+        self, install: PgInstall, pgdata: Path, socket_dir: Path, branch: str
+    ) -> dict[str, str]:
         """Blocking set-up before a start: data dir ownership, socket dir, log dir, Prism's own
         hba file; returns the settings Prism overrides for this data (``serverconf``)."""
         if not pgdata.is_dir():
@@ -453,6 +460,8 @@ class ProcessRuntime:
                     pgdata,
                 )
         owned = serverconf.overrides(configured, has_library=has_library)
+        if self.settings_for is not None:
+            owned.update(self.settings_for(branch, pgdata))
         # The private socket directory lives exactly as long as the server: a fine home.
         conf = socket_dir / "postgresql.conf"
         serverconf.write_private(conf, serverconf.server_conf(pgdata, owned), server_ids)

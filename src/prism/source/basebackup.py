@@ -85,6 +85,13 @@ _EXPLANATIONS: tuple[tuple[str, str, str], ...] = (
         "then restart it",
     ),
     (
+        "database system identifier differs",
+        "the source at {where} is no longer the cluster main was backed up from (it was "
+        "re-initialised, restored or upgraded to another major version)",
+        "main cannot follow it any more: start Prism on a new --data-dir for a fresh base "
+        "backup of the source as it is now",
+    ),
+    (
         "password authentication failed",
         "the source refused the password of role {user}",
         "check the password in --source, --source-password-file or PGPASSFILE",

@@ -57,6 +57,12 @@ class Source:
         return self.directory / "pgpass"
 
     @property
+    def server_log(self) -> Path:
+        """Main's server log (the process runtime's ``<data-dir>/logs/main.log``), where its
+        walreceiver says why it cannot stream."""
+        return self.directory.parent / "logs" / f"{MAIN_BRANCH}.log"
+
+    @property
     def marker(self) -> Path:
         return self.directory / "basebackup.incomplete"
 

@@ -5,16 +5,21 @@ source's WAL as the source last reported it, ``pg_last_wal_replay_lsn()`` is how
 applied. Their difference is the replay lag in bytes; the lag in seconds is how old the last
 replayed commit is, and 0 when nothing is left to replay (an idle source is not "behind").
 Reconnecting is Postgres' own walreceiver's job (every ``wal_retrieve_retry_interval``); Prism
-only reports.
+only reports. When main is disconnected, the walreceiver's last failure in main's server log
+(written after it last started streaming) is explained like a failed base backup: one message
+naming what to change on the source (a role that lost ``REPLICATION``, a ``pg_hba.conf`` line,
+a password), in ``error`` and ``hint``.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -23,13 +28,17 @@ from prism.branches import BranchManager
 from prism.errors import PrismError
 from prism.names import MAIN_BRANCH
 from prism.pgclient import connect_service
-from prism.source.basebackup import Progress
+from prism.source.basebackup import Progress, explain_failure
 from prism.source.follow import Source
 from prism.state import rfc3339
 
 log = logging.getLogger(__name__)
 
 WATCH_INTERVAL_S = 2.0
+#: How much of the end of main's server log is read for the walreceiver's last failure.
+_LOG_TAIL_BYTES = 64 * 1024
+_STREAMING_STARTED = "started streaming WAL from primary"
+_RECEIVER_FAILURE = re.compile(r"FATAL:\s+(could not connect to the primary server|.*primary).*")
 
 _QUERY = """
 SELECT (SELECT status FROM pg_stat_wal_receiver),
@@ -55,6 +64,8 @@ class SourceHealth:
     lag_seconds: float | None = None
     last_replayed: datetime | None = None
     backup: Progress | None = None
+    error: str | None = None
+    hint: str | None = None
 
     def view(self) -> dict[str, Any]:
         """The ``source`` object of ``GET /api/v1/branches/main``."""
@@ -64,7 +75,42 @@ class SourceHealth:
             "replay_lag_seconds": self.lag_seconds,
             "last_replayed": None if self.last_replayed is None else rfc3339(self.last_replayed),
             "backup": None if self.backup is None else self.backup.fields(),
+            "error": self.error,
+            "hint": self.hint,
         }
+
+
+def receiver_failure(log_text: str) -> str | None:
+    """The walreceiver's last failure in a server log, unless it streamed again since."""
+    started = log_text.rfind(_STREAMING_STARTED)
+    failures = list(_RECEIVER_FAILURE.finditer(log_text, max(started, 0)))
+    return failures[-1].group(0) if failures else None
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        with path.open("rb") as log_file:
+            log_file.seek(max(0, path.stat().st_size - _LOG_TAIL_BYTES))
+            return log_file.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+async def _explained(health: SourceHealth, source: Source) -> SourceHealth:
+    """``health`` with why main is disconnected, if main's log says."""
+    failure = receiver_failure(await trio.to_thread.run_sync(_log_tail, source.server_log))
+    if failure is None:
+        return health
+    user = source.conninfo.get("user") or "?"
+    explained = explain_failure(failure, user=user, where=source.conninfo.describe())
+    return SourceHealth(
+        health.state,
+        lag_bytes=health.lag_bytes,
+        lag_seconds=health.lag_seconds,
+        last_replayed=health.last_replayed,
+        error=explained.message,
+        hint=explained.hint,
+    )
 
 
 def reading(
@@ -106,21 +152,29 @@ async def read_health(source: Source, manager: BranchManager, *, superuser: str)
         log.debug("source health: cannot ask main: %s", exc.message)
         return SourceHealth(SourceState.DISCONNECTED)
     status, lag, replayed = rows[0]
-    return reading(status, lag, replayed, now=time.time())
+    health = reading(status, lag, replayed, now=time.time())
+    if health.state is SourceState.DISCONNECTED:
+        return await _explained(health, source)
+    return health
 
 
 async def watch_source(source: Source, manager: BranchManager, *, superuser: str) -> None:
     """Publish a ``source`` event (and log) whenever main starts or stops streaming."""
-    previous: SourceState | None = None
+    previous: tuple[SourceState, str | None] | None = None
     while True:
         health = await read_health(source, manager, superuser=superuser)
-        if health.state is not previous and health.state is not SourceState.BACKING_UP:
+        now = (health.state, health.error)
+        if now != previous and health.state is not SourceState.BACKING_UP:
             level = logging.WARNING if health.state is SourceState.DISCONNECTED else logging.INFO
             log.log(
-                level, "source: main is %s (%s)", health.state.value, source.conninfo.describe()
+                level,
+                "source: main is %s (%s)%s",
+                health.state.value,
+                source.conninfo.describe(),
+                "" if health.error is None else f": {health.error} (hint: {health.hint})",
             )
             view = health.view()
             del view["backup"]
             manager.events.publish("source", MAIN_BRANCH, **view)
-            previous = health.state
+            previous = now
         await trio.sleep(WATCH_INTERVAL_S)

@@ -18,7 +18,14 @@ import os
 from pathlib import Path
 
 AUTO_CONF = "postgresql.auto.conf"
-_SOURCE_SETTINGS = ("primary_conninfo", "primary_slot_name", "restore_command", "hot_standby")
+_SOURCE_SETTINGS = (
+    "primary_conninfo",
+    "primary_slot_name",
+    "restore_command",
+    "hot_standby",
+    "recovery_target_time",
+    "recovery_target_action",
+)
 
 
 def conf_line(name: str, value: str) -> str:
@@ -62,6 +69,26 @@ def detach_clone(pgdata: Path) -> bool:
     _write_owned(pgdata, "recovery.signal", "")
     (pgdata / "standby.signal").unlink()
     return True
+
+
+def recover_to(pgdata: Path, *, restore_command: str, target_time: str) -> None:
+    """Make a clone of a snapshot replay archived WAL up to ``target_time``, then promote.
+
+    Commits at or before the target are kept, later ones are not (``recovery_target_inclusive``
+    is on by default). ``hot_standby = off`` keeps clients out until it has promoted.
+    """
+    lines = [
+        "# Added by Prism: a branch as of a point in time.\n",
+        conf_line("primary_conninfo", ""),
+        conf_line("primary_slot_name", ""),
+        conf_line("restore_command", restore_command),
+        conf_line("recovery_target_time", target_time),
+        conf_line("recovery_target_action", "promote"),
+        conf_line("hot_standby", "off"),
+    ]
+    _rewrite_auto_conf(pgdata, lines)
+    _write_owned(pgdata, "recovery.signal", "")
+    (pgdata / "standby.signal").unlink(missing_ok=True)
 
 
 def _rewrite_auto_conf(pgdata: Path, lines: list[str]) -> None:

@@ -325,6 +325,27 @@ function refreshDetails() {
   }, 0);
 }
 
+// Main's source (--source), if it has one: read on load, then kept current by "source" events.
+function showSource(source) {
+  const span = $("#source");
+  span.hidden = !source;
+  if (!source) return;
+  span.dataset.state = source.state;
+  const lag = source.replay_lag_bytes === null ? "" : ` · lag ${size(source.replay_lag_bytes)}`;
+  const seconds = source.replay_lag_seconds === null ? "" : ` / ${source.replay_lag_seconds} s`;
+  const why = source.error ? ` · ${source.error}` : "";
+  span.textContent = `source: ${source.state}${lag}${seconds}${why}`;
+  span.title = source.hint ?? `last replayed commit: ${source.last_replayed ?? "none yet"}`;
+}
+
+async function refreshSource() {
+  try {
+    showSource((await call("GET", "/branches/main")).source);
+  } catch (error) {
+    say(`could not read main's source: ${error.message}`, true);
+  }
+}
+
 async function refreshActivity() {
   try {
     activity = await call("GET", "/activity");
@@ -374,9 +395,11 @@ function apply(event) {
     refreshDetails();
     loadRecentEvents();
     refreshActivity();
+    refreshSource();
     return render();
   }
   logEvent(event);
+  if (event.type === "source") showSource(event);
   const name = event.branch;
   if (event.type === "provisioning") {
     branches.set(name, {
@@ -515,10 +538,14 @@ $("#diff-form").addEventListener("submit", async (submit) => {
 $("#create-form").addEventListener("submit", async (submit) => {
   submit.preventDefault();
   const name = $("#create-name").value;
+  const body = { name, parent: $("#create-parent").value || "main" };
+  const at = $("#create-at").value.trim();
+  if (at) body.at = at; // main's data as of then (RFC 3339 or -15m); the API checks the window
   say(`creating ${name}…`);
   try {
-    await call("POST", "/branches", { name, parent: $("#create-parent").value || "main" });
+    await call("POST", "/branches", body);
     $("#create-name").value = "";
+    $("#create-at").value = "";
     say(`created ${name}`);
   } catch (error) {
     say(`create ${name}: ${error.message}`, true);

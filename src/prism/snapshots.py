@@ -1,0 +1,208 @@
+"""Snapshots of main, taken every ``--snapshot-every`` and kept for ``--retention``.
+
+A snapshot is a clone of main in the storage under a name no branch can have
+(``snap:main:<time>``, see ``prism.names``), taken the way a branch is cloned (consistent even
+while main runs), plus a small JSON record beside it: when it was complete and the first WAL
+segment its recovery needs (the redo point of main's last checkpoint before the clone). With
+main's WAL archive (``prism.walarchive``) it is the starting point of a branch as of any time
+after it (``prism.pitr``).
+
+Crash safety: a ``<name>.taking`` marker is written before the clone and the record after it;
+the record is the commit point. Start-up (``SnapshotStore.reconcile``) removes a clone whose
+record was never written and a record whose clone is gone. Deleting one removes the record
+first, so a half-deleted snapshot is never offered.
+
+The schedule (``run_snapshots``) is a background task that logs and survives every failure:
+a failed snapshot is tried again a minute later, and never stops Prism.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from prism.address import BackendAddress
+from prism.names import MAIN_BRANCH, SNAPSHOT_PREFIX, is_snapshot_name
+from prism.pgclient import ServiceConnection, connect_service
+from prism.state import utcnow
+from prism.storage.base import Storage
+
+log = logging.getLogger(__name__)
+
+_RECORD = ".json"
+_TAKING = ".taking"
+#: How soon a failed snapshot is tried again (or sooner, if snapshots are more frequent).
+RETRY_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One kept snapshot of a branch (main)."""
+
+    name: str
+    branch: str
+    taken_at: datetime
+    redo_wal: str
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "branch": self.branch,
+            "taken_at": precise_time(self.taken_at),
+            "redo_wal": self.redo_wal,
+        }
+
+
+def precise_time(moment: datetime) -> str:
+    """RFC 3339 in UTC to the millisecond: a window's edge must not be rounded into it."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def snapshot_name(branch: str, when: datetime) -> str:
+    """The storage name of a snapshot of ``branch`` begun at ``when`` (unique to the µs)."""
+    return f"{SNAPSHOT_PREFIX}{branch}:{when.strftime('%Y%m%dT%H%M%S%fZ')}"
+
+
+def is_due(snapshots: list[Snapshot], now: datetime, every: timedelta) -> bool:
+    """Whether a new snapshot is due: none yet, or the newest is ``every`` old."""
+    return not snapshots or snapshots[-1].taken_at + every <= now
+
+
+def expired(snapshots: list[Snapshot], now: datetime, retention: timedelta) -> list[Snapshot]:
+    """The snapshots ``retention`` no longer needs (``snapshots`` oldest first).
+
+    The newest one taken at or before the cutoff stays: branches as of a time just after the
+    cutoff start from it. So does the newest of all, however old.
+    """
+    older = [s for s in snapshots if s.taken_at <= now - retention]
+    return older[:-1]
+
+
+class SnapshotStore:
+    """The records of the snapshots, one JSON file each in ``directory``."""
+
+    def __init__(self, directory: Path, storage: Storage) -> None:
+        self.directory = directory
+        self.storage = storage
+
+    def list(self) -> list[Snapshot]:
+        """Every complete snapshot, oldest first (blocking, cheap)."""
+        found = []
+        for path in self._files(_RECORD):
+            try:
+                raw = json.loads(path.read_text(encoding="utf-8"))
+                found.append(
+                    Snapshot(
+                        name=raw["name"],
+                        branch=raw["branch"],
+                        taken_at=datetime.fromisoformat(raw["taken_at"]),
+                        redo_wal=raw["redo_wal"],
+                    )
+                )
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("snapshots: ignoring unreadable record %s: %s", path.name, exc)
+        return sorted(found, key=lambda snapshot: snapshot.taken_at)
+
+    def begin(self, name: str) -> None:
+        """Record that ``name`` is being taken, before anything reaches the disk."""
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._path(name, _TAKING).write_text("", encoding="utf-8")
+
+    def commit(self, snapshot: Snapshot) -> None:
+        """Record a whole snapshot: from here on it is offered (the commit point)."""
+        raw = {**snapshot.view(), "taken_at": snapshot.taken_at.isoformat()}
+        tmp = self._path(snapshot.name, ".tmp")
+        tmp.write_text(json.dumps(raw), encoding="utf-8")
+        tmp.replace(self._path(snapshot.name, _RECORD))
+        self._path(snapshot.name, _TAKING).unlink(missing_ok=True)
+
+    def forget(self, name: str) -> None:
+        """Stop offering ``name`` (its clone is removed after this)."""
+        for suffix in (_RECORD, _TAKING):
+            self._path(name, suffix).unlink(missing_ok=True)
+
+    async def discard(self, name: str) -> None:
+        """Forget ``name`` and remove its clone."""
+        await trio.to_thread.run_sync(self.forget, name)
+        retired = await self.storage.retire(name)
+        if retired is not None:
+            await self.storage.remove_path(retired)
+
+    async def reconcile(self) -> None:
+        """Remove what a crash left: clones without a record, records without a clone."""
+        recorded = {snapshot.name for snapshot in await trio.to_thread.run_sync(self.list)}
+        for name in sorted(set(self.storage.list()) - recorded):
+            if is_snapshot_name(name):
+                log.warning("reconcile: removing snapshot %s, left half-made by a crash", name)
+                await self.discard(name)
+        for name in sorted(recorded):
+            if not self.storage.exists(name):
+                log.warning("reconcile: forgetting snapshot %s: its data is gone", name)
+                await trio.to_thread.run_sync(self.forget, name)
+        for path in self._files(_TAKING):
+            path.unlink(missing_ok=True)
+
+    def _path(self, name: str, suffix: str) -> Path:
+        return self.directory / f"{name}{suffix}"
+
+    def _files(self, suffix: str) -> builtins.list[Path]:
+        try:
+            return sorted(p for p in self.directory.iterdir() if p.name.endswith(suffix))
+        except FileNotFoundError:
+            return []
+
+
+async def service_of(main: BackendAddress, *, superuser: str, purpose: str) -> ServiceConnection:
+    """Prism's trusted connection to main's server (its private socket), for ``purpose``."""
+    return await connect_service(
+        unix_socket=main.service_socket_path(),
+        port=main.port,
+        user=superuser,
+        application_name=f"prism {purpose}",
+    )
+
+
+async def redo_wal_file(address: BackendAddress, *, superuser: str) -> str:
+    """The WAL segment of the redo point of the last checkpoint of the server at ``address``:
+    everything a clone taken after now needs is at or after it."""
+    async with await service_of(address, superuser=superuser, purpose="snapshot") as service:
+        rows = await service.query("SELECT redo_wal_file FROM pg_control_checkpoint()")
+    return str(rows[0][0])
+
+
+async def take_snapshot(
+    store: SnapshotStore,
+    *,
+    wake_main: Callable[[], Awaitable[BackendAddress]],
+    clone_main: Callable[[str], Awaitable[None]],
+    superuser: str,
+) -> Snapshot:
+    """Take one snapshot of main; a failure leaves nothing behind."""
+    started = utcnow()
+    name = snapshot_name(MAIN_BRANCH, started)
+    await trio.to_thread.run_sync(store.begin, name)
+    try:
+        redo = await redo_wal_file(await wake_main(), superuser=superuser)
+        await clone_main(name)
+        # Complete now: a backup-mode clone is consistent only as of its end.
+        snapshot = Snapshot(name, MAIN_BRANCH, utcnow(), redo)
+        await trio.to_thread.run_sync(store.commit, snapshot)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await store.discard(name)
+        raise
+    log.info(
+        "snapshot: %s taken in %.1f s (redo from %s)",
+        name,
+        (snapshot.taken_at - started).total_seconds(),
+        redo,
+    )
+    return snapshot

@@ -1,0 +1,106 @@
+"""Main's WAL archive: every segment main writes (or, as a standby, receives), kept by Prism.
+
+A snapshot of main alone only gives main's state at the instant it was taken; the WAL written
+after it is what lets a branch be made as of any later moment (``prism.pitr``). Main's server
+copies each finished segment here with ``archive_command`` (``archive_mode = on`` on a local
+main, ``always`` on a standby of a source, which archives what it receives); a branch being
+recovered reads them back with ``restore_command``.
+
+The archive is a plain directory of segment files under Prism's data dir. A segment is copied
+to a hidden name and renamed, so a file under its own name is always whole; copying one again
+(after a crash, or the same segment from a standby that restarted) overwrites it with the same
+bytes. Pruning only removes segments older than the oldest kept snapshot's redo point, which no
+recovery can need.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: A WAL segment file name: timeline, then the 16 hex digits of its position.
+_SEGMENT = re.compile(r"^([0-9A-F]{8})([0-9A-F]{16})(\.partial|\.[0-9A-F]{8}\.backup)?$")
+
+
+class WalArchive:
+    """One directory of archived WAL segments and the commands that fill and read it."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def prepare(self, owner_of: Path) -> None:
+        """Create the directory (0700), owned like ``owner_of`` (main's data directory), so a
+        server running as another user than Prism's may write to it (blocking, cheap)."""
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        owner = owner_of.stat()
+        mine = self.directory.stat()
+        if os.geteuid() == 0 and (mine.st_uid, mine.st_gid) != (owner.st_uid, owner.st_gid):
+            os.chown(self.directory, owner.st_uid, owner.st_gid)
+
+    def server_settings(self, *, standby: bool) -> dict[str, str]:
+        """The settings main's server archives with: ``always`` on a standby, which otherwise
+        archives nothing, ``on`` on a primary."""
+        target = shlex.quote(str(self.directory))
+        command = f"cp %p {target}/.%f.tmp && mv -f {target}/.%f.tmp {target}/%f"
+        return {"archive_mode": "always" if standby else "on", "archive_command": command}
+
+    def restore_command(self, live_wal: Path) -> str:
+        """``restore_command`` of a branch recovered from this archive.
+
+        The archive first; then main's own ``pg_wal`` for the segment main is still writing,
+        which is not archived yet (recovery stops at the first record that is not whole);
+        then the archive again, for a segment archived and recycled between the two looks.
+        """
+        archived = f"{shlex.quote(str(self.directory))}/%f"
+        live = f"{shlex.quote(str(live_wal))}/%f"
+        # Only the last attempt's complaint reaches the server log: a missing file is normal
+        # (recovery asks for timeline history files that never existed).
+        quiet = "2>/dev/null"
+        return f"cp {archived} %p {quiet} || cp {live} %p {quiet} || cp {archived} %p"
+
+    def segments(self) -> list[str]:
+        """Names of the archived segments (and their ``.partial``/``.backup`` files), sorted."""
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        return sorted(name for name in names if _SEGMENT.match(name))
+
+    def size_bytes(self) -> int:
+        """Bytes the archive holds."""
+        total = 0
+        for name in self.segments():
+            try:
+                total += (self.directory / name).stat().st_size
+            except FileNotFoundError:
+                continue
+        return total
+
+    def prune(self, oldest_needed: str) -> int:
+        """Remove segments before ``oldest_needed`` (a segment name); return how many.
+
+        Positions are compared, not whole names: a later timeline's segment name sorts after
+        an earlier one's whatever its position. Timeline history files are always kept.
+        """
+        keep_from = _position(oldest_needed)
+        if keep_from is None:
+            return 0
+        removed = 0
+        for name in self.segments():
+            position = _position(name)
+            if position is not None and position < keep_from:
+                (self.directory / name).unlink(missing_ok=True)
+                removed += 1
+        if removed:
+            log.info("wal archive: removed %d segment(s) before %s", removed, oldest_needed)
+        return removed
+
+
+def _position(name: str) -> str | None:
+    match = _SEGMENT.match(name)
+    return None if match is None else match.group(2)
