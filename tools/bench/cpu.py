@@ -3,10 +3,12 @@
 ``perf`` is not available here, so the profile is read from /proc around each pgbench run:
 
 * the relay process's run time (Prism, PgBouncer), summed over its threads from
-  ``/proc/<pid>/task/*/schedstat`` (nanoseconds, not the 10 ms ticks of ``stat``);
-* the run time of every ``kworker`` thread: the sockmap plane moves no byte in Prism, but the
-  kernel sends each redirected segment from a worker (``sk_psock_backlog``), so its cost shows
-  there and not in any process of ours;
+  ``/proc/<pid>/task/*/schedstat`` (nanoseconds, not the 10 ms ticks of ``stat``), and the
+  time those threads were runnable but waiting for a CPU (the second schedstat field): on a
+  saturated machine a hop waits for the relay to be scheduled;
+* the same two for every ``kworker`` thread: the sockmap plane moves no byte in Prism, but the
+  kernel sends each redirected segment from a worker (``sk_psock_backlog``), so its cost and
+  its waits show there and not in any process of ours;
 * the machine's context switches (``ctxt`` in ``/proc/stat``).
 
 Each is divided by the run's transactions. The machine-wide figures include other processes'
@@ -24,10 +26,12 @@ _PROC = Path("/proc")
 
 @dataclass(frozen=True)
 class Counters:
-    """The three counters at one instant (nanoseconds, nanoseconds, switches)."""
+    """The counters at one instant (run and wait times in nanoseconds, switches)."""
 
     relay_ns: int
+    relay_wait_ns: int
     kworker_ns: int
+    kworker_wait_ns: int
     switches: int
 
 
@@ -37,31 +41,41 @@ class CpuCost:
 
     relay_us: float
     """CPU of the relaying process (0 for direct)."""
+    relay_wait_us: float
+    """Time the relay's threads waited, runnable, for a CPU."""
     kworker_us: float
     """CPU of the kernel's worker threads, machine-wide."""
+    kworker_wait_us: float
+    """Time the kernel's worker threads waited, runnable, for a CPU."""
     switches: float
     """Context switches, machine-wide."""
 
 
-def _run_ns(task: Path) -> int:
+def _times(task: Path) -> tuple[int, int]:
+    """Run and run-queue wait time of one task (ns)."""
     with contextlib.suppress(OSError, ValueError, IndexError):  # the task may have ended
-        return int((task / "schedstat").read_text().split()[0])
-    return 0
+        run, wait, _ = (task / "schedstat").read_text().split()
+        return int(run), int(wait)
+    return 0, 0
 
 
-def _process_ns(pid: int) -> int:
-    return sum(_run_ns(task) for task in (_PROC / str(pid) / "task").iterdir())
+def _sum(tasks: list[tuple[int, int]]) -> tuple[int, int]:
+    return sum(run for run, _ in tasks), sum(wait for _, wait in tasks)
 
 
-def _kworkers_ns() -> int:
-    total = 0
+def _process(pid: int) -> tuple[int, int]:
+    return _sum([_times(task) for task in (_PROC / str(pid) / "task").iterdir()])
+
+
+def _kworkers() -> tuple[int, int]:
+    found = []
     for entry in _PROC.iterdir():
         if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError):
             if (entry / "comm").read_text().startswith("kworker"):
-                total += _run_ns(entry)
-    return total
+                found.append(_times(entry))
+    return _sum(found)
 
 
 def _switches() -> int:
@@ -73,15 +87,22 @@ def _switches() -> int:
 
 def read(relay_pid: int | None) -> Counters:
     """The counters now; ``relay_pid`` None (direct) counts no relay."""
-    relay = _process_ns(relay_pid) if relay_pid is not None else 0
-    return Counters(relay, _kworkers_ns(), _switches())
+    relay = _process(relay_pid) if relay_pid is not None else (0, 0)
+    kworkers = _kworkers()
+    return Counters(*relay, *kworkers, _switches())
 
 
 def cost(before: Counters, after: Counters, transactions: int) -> CpuCost:
     """Per-transaction cost between two readings."""
     per = max(transactions, 1)
+
+    def us(field: str) -> float:
+        return float(getattr(after, field) - getattr(before, field)) / per / 1000
+
     return CpuCost(
-        relay_us=(after.relay_ns - before.relay_ns) / per / 1000,
-        kworker_us=(after.kworker_ns - before.kworker_ns) / per / 1000,
+        relay_us=us("relay_ns"),
+        relay_wait_us=us("relay_wait_ns"),
+        kworker_us=us("kworker_ns"),
+        kworker_wait_us=us("kworker_wait_ns"),
         switches=(after.switches - before.switches) / per,
     )

@@ -257,7 +257,8 @@ async def measure(
                         log(  # type: ignore[operator]
                             f"proxy: round {round_no + 1} {workload} c={count} {target}: "
                             f"{result.tps:.0f} tps p50 {result.p50_us:.0f} us; per tx "
-                            f"relay {spent.relay_us:.1f} us, kworkers {spent.kworker_us:.1f} us, "
-                            f"{spent.switches:.1f} switches"
+                            f"relay {spent.relay_us:.1f} us (waited {spent.relay_wait_us:.1f}), "
+                            f"kworkers {spent.kworker_us:.1f} us "
+                            f"(waited {spent.kworker_wait_us:.1f}), {spent.switches:.1f} switches"
                         )
     return results

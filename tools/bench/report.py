@@ -238,11 +238,17 @@ def _proxy(results: Results) -> list[str]:
 
 _COST_COLUMNS = (
     ("direct", "direct", ("kworker_us", "switches")),
-    ("prism-sockmap", "Prism sockmap", ("relay_us", "kworker_us", "switches")),
-    ("pgbouncer", "PgBouncer", ("relay_us", "kworker_us", "switches")),
-    ("prism-pump", "Prism pump", ("relay_us", "switches")),
+    ("prism-sockmap", "Prism sockmap", ("relay_us", "kworker_us", "kworker_wait_us", "switches")),
+    ("pgbouncer", "PgBouncer", ("relay_us", "relay_wait_us", "kworker_us", "switches")),
+    ("prism-pump", "Prism pump", ("relay_us", "relay_wait_us", "switches")),
 )
-_COST_NAMES = {"relay_us": "relay CPU µs", "kworker_us": "kworker CPU µs", "switches": "switches"}
+_COST_NAMES = {
+    "relay_us": "relay CPU µs",
+    "relay_wait_us": "relay wait µs",
+    "kworker_us": "kworker CPU µs",
+    "kworker_wait_us": "kworker wait µs",
+    "switches": "switches",
+}
 
 
 def _proxy_costs(cells: _Proxy, clients: list[int]) -> list[str]:
@@ -255,7 +261,8 @@ def _proxy_costs(cells: _Proxy, clients: list[int]) -> list[str]:
         "third of every run above, so the clients' log-ins are not counted; medians over "
         "rounds, per transaction). *Relay CPU* is the Prism or PgBouncer process (all "
         "threads); *kworker CPU* is every kernel worker thread on the machine, where the "
-        "sockmap's redirected segments are sent from; *switches* are the machine's context "
+        "sockmap's redirected segments are sent from; *wait* is the time those threads were "
+        "runnable but waiting for a CPU; *switches* are the machine's context "
         "switches. The machine-wide columns include other processes' work on this shared "
         "machine: read them against direct's.",
         "",
