@@ -85,6 +85,15 @@ def _switches() -> int:
     raise RuntimeError("no ctxt line in /proc/stat")
 
 
+def established(port: int) -> int:
+    """Established IPv4 TCP connections whose local port is ``port`` (a server's clients)."""
+    count = 0
+    for line in (_PROC / "net" / "tcp").read_text().splitlines()[1:]:
+        local, _, state = line.split()[1:4]
+        count += state == "01" and int(local.rsplit(":", 1)[1], 16) == port
+    return count
+
+
 def read(relay_pid: int | None) -> Counters:
     """The counters now; ``relay_pid`` None (direct) counts no relay."""
     relay = _process(relay_pid) if relay_pid is not None else (0, 0)

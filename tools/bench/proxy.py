@@ -169,15 +169,24 @@ def data_plane(prism: PrismProcess) -> str:
 
 
 class _Probe:
-    """Reads :mod:`cpu` counters over the middle third of a run, after the clients logged in."""
+    """Reads :mod:`cpu` counters over a third of a run, once every client has logged in.
 
-    def __init__(self, relay_pid: int | None, seconds: float) -> None:
+    pgbench's clock starts when its clients are connected; log-ins (SCRAM through Prism, a
+    backend fork each) are not per-transaction work and must stay out of the window.
+    """
+
+    def __init__(self, relay_pid: int | None, port: int, clients: int, seconds: float) -> None:
         self._pid = relay_pid
+        self._port = port
+        self._clients = clients
         self._seconds = seconds
         self._readings: list[cpu.Counters] = []
 
     async def watch(self) -> tuple[float, float]:
-        await trio.sleep(self._seconds / 3)
+        with trio.fail_after(60):
+            while cpu.established(self._port) < self._clients:  # noqa: ASYNC110 (no event)
+                await trio.sleep(0.01)
+        await trio.sleep(self._seconds / 6)  # the last log-in finishes its exchange
         start = time.time()
         self._readings.append(cpu.read(self._pid))
         await trio.sleep(self._seconds / 3)
@@ -241,7 +250,7 @@ async def measure(
                 for count in clients:
                     shuffle.shuffle(order)
                     for target in order:
-                        probe = _Probe(relays.get(target), seconds)
+                        probe = _Probe(relays.get(target), ports[target], count, seconds)
                         result = await pgbench(
                             install,
                             ports[target],
