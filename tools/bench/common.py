@@ -130,6 +130,7 @@ class PgbenchResult:
 
 
 _TPS = re.compile(rb"tps = ([0-9.]+) \((?:without|excluding)")
+_NONE_DONE = b"number of transactions actually processed: 0\n"
 
 Window = Callable[[], Awaitable[tuple[float, float]]]
 """Run beside pgbench; returns the (start, end) wall-clock times of what it watched."""
@@ -165,7 +166,7 @@ async def pgbench(
                 nursery.start_soon(watch)
             result = await run(command)
         match = _TPS.search(result.stdout)
-        if match is None:
+        if match is None and _NONE_DONE not in result.stdout:
             raise RuntimeError(f"cannot read tps from pgbench: {result.stdout.decode()[-800:]}")
         latencies: list[float] = []
         in_window = 0
@@ -176,8 +177,8 @@ async def pgbench(
                     latencies.append(float(fields[2]))
                     ended = int(fields[4]) + int(fields[5]) / 1e6
                     in_window += window[0] <= ended < window[1]
-        return PgbenchResult(
-            tps=float(match.group(1)),
+        return PgbenchResult(  # no transaction in the whole run is a result too: 0 tps
+            tps=float(match.group(1)) if match else 0.0,
             p50_us=percentile(latencies, 50),
             p95_us=percentile(latencies, 95),
             transactions=len(latencies),
