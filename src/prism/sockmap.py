@@ -1,11 +1,24 @@
-"""The kernel side of the in-kernel data plane: a BPF sockhash and its stream-verdict program.
+"""The kernel side of the in-kernel data plane: two BPF sockhashes and a stream-verdict program.
 
-Two sockets of a session go into one ``BPF_MAP_TYPE_SOCKHASH``, each stored under the *socket
-cookie of its peer*. An ``sk_skb`` stream-verdict program attached to the map runs for every
-segment either socket receives: it asks for the receiving socket's cookie and redirects the
-segment to the socket stored under that key, i.e. out of the peer. The bytes never reach user
-space. Keying by cookie (``SO_COOKIE``, unique per socket for the life of the boot) rather than
-by ports keeps two clients with the same source port on different hosts apart.
+A session's two sockets go into two ``BPF_MAP_TYPE_SOCKHASH`` maps:
+
+* **peers**, with no program: each socket stored under the *socket cookie of its peer*. It only
+  says where a segment goes.
+* **relayed**, with the ``sk_skb`` stream-verdict program attached: each socket under its own
+  cookie. Entering it is what makes the kernel relay the socket's segments.
+
+The program runs for every segment a socket in *relayed* receives: it asks for the receiving
+socket's cookie and redirects the segment to the socket stored under that key in *peers*, i.e.
+out of the peer. The bytes never reach user space. Keying by cookie (``SO_COOKIE``, unique per
+socket for the life of the boot) rather than by ports keeps two clients with the same source
+port on different hosts apart.
+
+Why two maps: a segment that reaches a relayed socket whose peer cannot be found is dropped (the
+kernel has acked it already: it is lost). With one map, the first socket of a pair to go in is
+relayed before its peer is there to receive, and bytes that arrive in between are lost (a server
+sending right after log-in, as a backend's idle-session FATAL does, or the answer to a query the
+client pipelined during log-in). With the peers entered first, a socket is relayed only once its
+peer can take the bytes, so there is no such window. On the way out, *relayed* is left first.
 
 The program is thirteen instructions, encoded here by hand and loaded with the ``bpf(2)``
 system call through ctypes: no compiler, no kernel headers, no libbpf, at install or run time.
@@ -27,6 +40,7 @@ from typing import Final
 _MAP_CREATE: Final = 0
 _MAP_UPDATE_ELEM: Final = 2
 _MAP_DELETE_ELEM: Final = 3
+_MAP_GET_NEXT_KEY: Final = 4
 _PROG_LOAD: Final = 5
 _PROG_ATTACH: Final = 8
 
@@ -157,22 +171,22 @@ def cookie(sock: socket.socket) -> int:
 
 
 class Sockmap:
-    """The sockhash with the verdict program attached: sockets put in it relay to their peer.
+    """The two sockhashes with the verdict program attached: paired sockets relay to each other.
 
     One per Prism process, made at start-up; its file descriptors live as long as the process
-    (the kernel frees the map and the program when they close).
+    (the kernel frees the maps and the program when they close).
     """
 
     def __init__(self, program: bytes | None = None) -> None:
-        """Create the map, load the program (``program`` replaces it, for tests) and attach.
+        """Create the maps, load the program (``program`` replaces it, for tests) and attach.
 
         Raises :class:`SockmapUnavailable` saying which step failed and the kernel's reason.
         """
-        self._map_fd = -1
-        self._prog_fd = -1
+        self._peers_fd = self._relayed_fd = self._prog_fd = -1
         try:
-            self._map_fd = self._create_map()
-            self._prog_fd = self._load(program or verdict_program(self._map_fd))
+            self._peers_fd = self._create_map()
+            self._relayed_fd = self._create_map()
+            self._prog_fd = self._load(program or verdict_program(self._peers_fd))
             self._attach()
         except SockmapUnavailable:
             self.close()
@@ -212,7 +226,7 @@ class Sockmap:
             ) from exc
 
     def _attach(self) -> None:
-        attr = struct.pack("=4I", self._map_fd, self._prog_fd, _SK_SKB_STREAM_VERDICT, 0)
+        attr = struct.pack("=4I", self._relayed_fd, self._prog_fd, _SK_SKB_STREAM_VERDICT, 0)
         try:
             _bpf(_PROG_ATTACH, attr)
         except OSError as exc:
@@ -220,49 +234,71 @@ class Sockmap:
                 f"cannot attach the stream-verdict program: {exc.strerror}"
             ) from exc
 
-    def _element(self, command: int, key: int, value: int | None, flags: int = 0) -> None:
+    def _element(self, map_fd: int, command: int, key: int, value: int | None) -> None:
         key_buffer = ctypes.create_string_buffer(struct.pack("=Q", key), 8)
         value_buffer = ctypes.create_string_buffer(struct.pack("=I", value or 0), 4)
         attr = struct.pack(
             "=IIQQQ",
-            self._map_fd,
+            map_fd,
             0,
             _address(key_buffer),
             _address(value_buffer) if value is not None else 0,
-            flags,
+            _NOEXIST if value is not None else 0,
         )
         _bpf(command, attr)
 
     def join(self, a: socket.socket, b: socket.socket) -> tuple[int, int]:
-        """Put both sockets in the map, each under its peer's cookie; return the two keys.
+        """Relay ``a`` ⇄ ``b`` in the kernel; return the two keys that :meth:`leave` takes.
 
-        From here on, whatever either socket receives leaves through the other. Raises
-        ``OSError`` (nothing left in the map) if the kernel refuses, e.g. a socket that is
-        no longer established.
-
-        ``b`` goes in first, then ``a``: a segment that reaches a socket in the map whose peer
-        is not in it yet is dropped, so the first one in must be the side that is quiet at that
-        instant. The proxy passes the branch server as ``b`` (it sends nothing after
-        ReadyForQuery until asked); the client may send its first query at once, and what it
-        sends before it enters the map waits in its receive queue.
+        Each socket goes into *peers* under its peer's cookie, then both into *relayed*: from
+        the first entry into *relayed* on, what that socket receives leaves through its peer,
+        which is in *peers* already, so no segment meets a missing peer. What a socket had
+        received before it entered *relayed* waits in its receive queue, ahead of later bytes.
+        Raises ``OSError`` (nothing left in either map) if the kernel refuses, e.g. a socket
+        that is no longer established.
         """
-        keys = (cookie(a), cookie(b))  # b is stored under a's cookie, a under b's
-        self._element(_MAP_UPDATE_ELEM, keys[0], b.fileno(), _NOEXIST)
+        keys = (cookie(a), cookie(b))
+        entries = (
+            (self._peers_fd, keys[0], b),
+            (self._peers_fd, keys[1], a),
+            (self._relayed_fd, keys[0], a),
+            (self._relayed_fd, keys[1], b),
+        )
         try:
-            self._element(_MAP_UPDATE_ELEM, keys[1], a.fileno(), _NOEXIST)
+            for map_fd, key, sock in entries:
+                self._element(map_fd, _MAP_UPDATE_ELEM, key, sock.fileno())
         except OSError:
-            self.leave(keys[:1])
+            self.leave(keys)
             raise
         return keys
 
     def leave(self, keys: tuple[int, ...]) -> None:
-        """Take the sockets stored under ``keys`` out of the map (absent ones are fine)."""
-        for key in keys:
-            with contextlib.suppress(FileNotFoundError):  # closed sockets leave by themselves
-                self._element(_MAP_DELETE_ELEM, key, None)
+        """Take the sockets of a pair out of both maps (absent entries are fine).
+
+        *relayed* first: a socket still relayed while its peer has left *peers* would drop
+        what it receives.
+        """
+        for map_fd in (self._relayed_fd, self._peers_fd):
+            for key in keys:
+                with contextlib.suppress(FileNotFoundError):  # closed sockets leave by themselves
+                    self._element(map_fd, _MAP_DELETE_ELEM, key, None)
+
+    def relayed(self) -> int:
+        """Sockets the kernel relays right now (walks the map: for diagnostics and tests)."""
+        key = ctypes.create_string_buffer(8)
+        count = 0
+        while True:
+            attr = struct.pack(
+                "=IIQQ", self._relayed_fd, 0, _address(key) if count else 0, _address(key)
+            )
+            try:
+                _bpf(_MAP_GET_NEXT_KEY, attr)
+            except FileNotFoundError:  # past the last key
+                return count
+            count += 1
 
     def close(self) -> None:
-        for fd in (self._prog_fd, self._map_fd):
+        for fd in (self._prog_fd, self._relayed_fd, self._peers_fd):
             if fd >= 0:
                 os.close(fd)
-        self._map_fd = self._prog_fd = -1
+        self._peers_fd = self._relayed_fd = self._prog_fd = -1

@@ -1,24 +1,40 @@
 """Choosing the data plane at start-up: the kernel's sockmap when it loads, else the pump and why.
 
-These load real BPF programs into the running kernel, so they need root (as CI runs them).
+These load real BPF programs into the running kernel, or run Prism without the privilege to, so
+they need root (as CI runs them; there a skip is a failure).
 """
 
 from __future__ import annotations
 
 import logging
-import os
+from pathlib import Path
 
+import httpx
 import pytest
 
 from prism import dataplane
 from prism.sockmap import insn
+from tests.sysenv import require_command, require_root
+
+from .harness import PASSWORD, psql
+from .test_serve_command import log_of, running_prism
 
 pytestmark = pytest.mark.integration
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")
+_KERNEL_SAYS_NO = (
+    "cannot create a BPF sockhash: Operation not permitted"
+    " (needs root, or CAP_BPF and CAP_NET_ADMIN)"
+)
+_WITHOUT_BPF = ["bpf", "net_admin", "sys_admin"]
+"""The capabilities that grant a sockhash (CAP_SYS_ADMIN stands in for the other two)."""
 
 
-@needs_root
+@pytest.fixture
+def root() -> None:
+    require_root()
+
+
+@pytest.mark.usefixtures("root")
 def test_auto_takes_the_sockmap_when_the_kernel_loads_it(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="prism.dataplane")
     plane = dataplane.choose("auto")
@@ -30,7 +46,7 @@ def test_auto_takes_the_sockmap_when_the_kernel_loads_it(caplog: pytest.LogCaptu
         plane.close()
 
 
-@needs_root
+@pytest.mark.usefixtures("root")
 def test_a_program_the_kernel_refuses_falls_back_to_the_pump_with_the_reason_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -51,3 +67,26 @@ def test_pump_when_asked_for(caplog: pytest.LogCaptureFixture) -> None:
     assert [r.getMessage() for r in caplog.records] == [
         "data plane: pump (chosen with --data-plane pump)"
     ]
+
+
+@pytest.mark.usefixtures("root")
+async def test_prism_without_the_privilege_uses_the_pump_says_why_and_serves(
+    data_dir: Path,
+) -> None:
+    """`prism serve` as root with CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN taken away."""
+    setpriv = require_command("setpriv")
+    drop = ",".join(f"-{cap}" for cap in _WITHOUT_BPF)
+    prefix = [setpriv, f"--bounding-set={drop}", f"--inh-caps={drop}"]
+    async with running_prism(data_dir, prefix=prefix) as (_, pg_port, api_port):
+        dsn = f"host=127.0.0.1 port={pg_port} user=postgres password={PASSWORD} dbname=postgres"
+        assert (await psql(dsn, "SELECT 6 * 7")).stdout.strip() == b"42"
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}") as http:
+            health = (await http.get("/healthz")).json()
+            metrics = (await http.get("/metrics")).text.splitlines()
+    assert health["data_plane"] == {"name": "pump", "reason": _KERNEL_SAYS_NO}
+    assert f'prism_data_plane_info{{plane="pump",reason="{_KERNEL_SAYS_NO}"}} 1' in metrics
+    assert 'prism_sessions_relayed_total{plane="pump"} 1' in metrics
+    assert 'prism_sessions_relayed_total{plane="sockmap"} 0' in metrics
+    said = [line for line in log_of(data_dir).read_text().splitlines() if "data plane:" in line]
+    assert len(said) == 1, said
+    assert said[0].endswith(f"prism.dataplane: data plane: pump ({_KERNEL_SAYS_NO})")

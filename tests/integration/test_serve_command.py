@@ -6,7 +6,7 @@ import os
 import signal
 import socket
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -39,15 +39,27 @@ def _postgres_pids_for(data_dir: Path) -> list[int]:
     return pids
 
 
+def log_of(data_dir: Path) -> Path:
+    """Where :func:`running_prism` writes the output of `prism serve` on ``data_dir``."""
+    return data_dir.parent / f"{data_dir.name}.log"
+
+
 @asynccontextmanager
 async def running_prism(
-    data_dir: Path, *, env: dict[str, str] | None = None
+    data_dir: Path, *, env: dict[str, str] | None = None, prefix: Sequence[str] = ()
 ) -> AsyncIterator[tuple[trio.Process, int, int]]:
-    """Start `prism serve`, wait until its API answers, yield (process, pg port, api port)."""
+    """Start `prism serve`, wait until its API answers, yield (process, pg port, api port).
+
+    ``prefix`` goes before the command (e.g. ``setpriv`` to drop privileges); the output goes
+    to ``<data_dir>.log`` beside the data directory.
+    """
     pg_port, api_port = _free_port(), _free_port()
-    log = (data_dir.parent / f"{data_dir.name}.log").open("wb")
+    log = log_of(data_dir).open("wb")
     process = await trio.lowlevel.open_process(
-        _serve_args(data_dir, pg_port, api_port), stdout=log, stderr=subprocess.STDOUT, env=env
+        [*prefix, *_serve_args(data_dir, pg_port, api_port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
     )
     try:
         async with httpx.AsyncClient() as http:
@@ -75,7 +87,7 @@ async def test_sigterm_stops_every_branch_server_and_exits_cleanly(data_dir: Pat
         with trio.fail_after(30):
             assert await process.wait() == 0
     assert _postgres_pids_for(data_dir) == []
-    log = (data_dir.parent / f"{data_dir.name}.log").read_text()
+    log = log_of(data_dir).read_text()
     assert "Traceback" not in log
     assert "prism: stopped" in log
 

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -125,9 +125,15 @@ class PgbenchResult:
     p50_us: float
     p95_us: float
     transactions: int
+    in_window: int = 0
+    """Transactions that ended within the window ``during`` returned (0 without one)."""
 
 
 _TPS = re.compile(rb"tps = ([0-9.]+) \((?:without|excluding)")
+_NONE_DONE = b"number of transactions actually processed: 0\n"
+
+Window = Callable[[], Awaitable[tuple[float, float]]]
+"""Run beside pgbench; returns the (start, end) wall-clock times of what it watched."""
 
 
 async def pgbench(
@@ -138,27 +144,45 @@ async def pgbench(
     seconds: float,
     select_only: bool,
     user: str = SUPERUSER,
+    during: Window | None = None,
 ) -> PgbenchResult:
-    """Run pgbench against ``port``; latency percentiles come from its per-transaction log."""
+    """Run pgbench against ``port``; latency percentiles come from its per-transaction log.
+
+    ``during`` runs meanwhile (a probe reading counters once the clients are connected); the
+    result then counts the transactions that ended inside the window it returns.
+    """
     log_dir = scratch_dir("pgbench-log-")
+    window = (0.0, 0.0)
     try:
         command = pgbench_command(install, port, clients, seconds, select_only, user)
         command += ["-l", f"--log-prefix={log_dir}/tx"]
-        result = await run(command)
+        async with trio.open_nursery() as nursery:
+            if during is not None:
+
+                async def watch() -> None:
+                    nonlocal window
+                    window = await during()
+
+                nursery.start_soon(watch)
+            result = await run(command)
         match = _TPS.search(result.stdout)
-        if match is None:
+        if match is None and _NONE_DONE not in result.stdout:
             raise RuntimeError(f"cannot read tps from pgbench: {result.stdout.decode()[-800:]}")
         latencies: list[float] = []
+        in_window = 0
         for path in log_dir.iterdir():
             for line in path.read_bytes().splitlines():
                 fields = line.split()
-                if len(fields) >= 3:
+                if len(fields) >= 6:  # client, tx, latency µs, script, end s, end µs
                     latencies.append(float(fields[2]))
-        return PgbenchResult(
-            tps=float(match.group(1)),
+                    ended = int(fields[4]) + int(fields[5]) / 1e6
+                    in_window += window[0] <= ended < window[1]
+        return PgbenchResult(  # no transaction in the whole run is a result too: 0 tps
+            tps=float(match.group(1)) if match else 0.0,
             p50_us=percentile(latencies, 50),
             p95_us=percentile(latencies, 95),
             transactions=len(latencies),
+            in_window=in_window,
         )
     finally:
         shutil.rmtree(log_dir, ignore_errors=True)

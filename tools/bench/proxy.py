@@ -16,6 +16,7 @@ import contextlib
 import random
 import re
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from pathlib import Path
 import trio
 
 from prism.pgbin import PgInstall
+from tools.bench import cpu
 from tools.bench.common import (
     HOST,
     PASSWORD,
@@ -54,6 +56,8 @@ class ProxyResults:
     commands: list[str] = field(default_factory=list)
     data_planes: dict[str, str] = field(default_factory=dict)
     """What each Prism target's start-up log said about its data plane."""
+    costs: dict[str, list[cpu.CpuCost]] = field(default_factory=dict)
+    """Per run, by the same keys as ``runs``: where the transactions' CPU went (see cpu.py)."""
 
     @staticmethod
     def key(workload: str, clients: int, target: str) -> str:
@@ -96,8 +100,10 @@ pidfile = {dir}/pgbouncer.pid
 
 
 @contextlib.asynccontextmanager
-async def pgbouncer(install: PgInstall, work: Path, server_port: int) -> AsyncIterator[int]:
-    """Run Debian's pgbouncer (session mode) in front of ``server_port``; yields its port.
+async def pgbouncer(
+    install: PgInstall, work: Path, server_port: int
+) -> AsyncIterator[tuple[int, int]]:
+    """Run Debian's pgbouncer (session mode) in front of ``server_port``; yields port and pid.
 
     PgBouncer refuses to run as root, so it runs as the servers' user. Clients are trusted and
     PgBouncer logs in to Postgres with the password (SCRAM), as Prism's clients do themselves.
@@ -134,7 +140,7 @@ async def pgbouncer(install: PgInstall, work: Path, server_port: int) -> AsyncIt
                     await stream.aclose()
                     break
                 await trio.sleep(0.05)
-        yield port
+        yield port, process.pid
     finally:
         with trio.CancelScope(shield=True):
             process.terminate()
@@ -162,6 +168,37 @@ def data_plane(prism: PrismProcess) -> str:
     return f"{name} ({reason})"
 
 
+class _Probe:
+    """Reads :mod:`cpu` counters over a third of a run, once every client has logged in.
+
+    pgbench's clock starts when its clients are connected; log-ins (SCRAM through Prism, a
+    backend fork each) are not per-transaction work and must stay out of the window.
+    """
+
+    def __init__(self, relay_pid: int | None, port: int, clients: int, seconds: float) -> None:
+        self._pid = relay_pid
+        self._port = port
+        self._clients = clients
+        self._seconds = seconds
+        self._readings: list[cpu.Counters] = []
+
+    async def watch(self) -> tuple[float, float]:
+        with trio.fail_after(60):
+            while cpu.established(self._port) < self._clients:  # noqa: ASYNC110 (no event)
+                await trio.sleep(0.01)
+        await trio.sleep(self._seconds / 6)  # the last log-in finishes its exchange
+        start = time.time()
+        self._readings.append(cpu.read(self._pid))
+        await trio.sleep(self._seconds / 3)
+        end = time.time()
+        self._readings.append(cpu.read(self._pid))
+        return start, end
+
+    def cost(self, transactions: int) -> cpu.CpuCost:
+        before, after = self._readings
+        return cpu.cost(before, after, transactions)
+
+
 async def measure(
     install: PgInstall,
     prism: PrismProcess,
@@ -185,7 +222,12 @@ async def measure(
     for target, plane in results.data_planes.items():
         if not plane.startswith(target.removeprefix("prism-") + " "):
             raise RuntimeError(f"{target} runs with data plane {plane}")
-    async with pgbouncer(install, work, direct) as bouncer_port:
+    async with pgbouncer(install, work, direct) as (bouncer_port, bouncer_pid):
+        relays = {
+            "prism-sockmap": prism.pid,
+            "pgbouncer": bouncer_pid,
+            "prism-pump": pump_prism.pid,
+        }
         ports = {
             "direct": direct,
             "prism-sockmap": prism.port,
@@ -208,17 +250,24 @@ async def measure(
                 for count in clients:
                     shuffle.shuffle(order)
                     for target in order:
+                        probe = _Probe(relays.get(target), ports[target], count, seconds)
                         result = await pgbench(
                             install,
                             ports[target],
                             clients=count,
                             seconds=seconds,
                             select_only=select_only,
+                            during=probe.watch,
                         )
                         key = results.key(workload, count, target)
                         results.runs.setdefault(key, []).append(result)
+                        spent = probe.cost(result.in_window)
+                        results.costs.setdefault(key, []).append(spent)
                         log(  # type: ignore[operator]
                             f"proxy: round {round_no + 1} {workload} c={count} {target}: "
-                            f"{result.tps:.0f} tps p50 {result.p50_us:.0f} us"
+                            f"{result.tps:.0f} tps p50 {result.p50_us:.0f} us; per tx "
+                            f"relay {spent.relay_us:.1f} us (waited {spent.relay_wait_us:.1f}), "
+                            f"kworkers {spent.kworker_us:.1f} us "
+                            f"(waited {spent.kworker_wait_us:.1f}), {spent.switches:.1f} switches"
                         )
     return results

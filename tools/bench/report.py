@@ -146,6 +146,11 @@ class _Proxy:
 
     def __init__(self, section: dict[str, Any]) -> None:
         self.runs: dict[str, list[dict[str, float]]] = section["runs"]
+        self.costs: dict[str, list[dict[str, float]]] = section.get("costs", {})
+
+    def cost(self, workload: str, count: int, target: str, field: str) -> float:
+        """Median over rounds of one per-transaction CPU figure (see tools/bench/cpu.py)."""
+        return median([c[field] for c in self.costs.get(f"{workload}|{count}|{target}", [])])
 
     def _series(self, workload: str, count: int, target: str, field: str) -> list[float]:
         return [r[field] for r in self.runs.get(f"{workload}|{count}|{target}", [])]
@@ -226,8 +231,51 @@ def _proxy(results: Results) -> list[str]:
     lines += [*(c for c in sorted(set(section["commands"])) if c.startswith("direct: ")), "```"]
     lines += [""]
     lines += ["![TPS ratios](benchmarks/proxy.png)", ""]
+    lines += _proxy_costs(cells, clients)
     _plot_ratios(labels, ratios)
     return lines
+
+
+_COST_COLUMNS = (
+    ("direct", "direct", ("kworker_us", "switches")),
+    ("prism-sockmap", "Prism sockmap", ("relay_us", "kworker_us", "kworker_wait_us", "switches")),
+    ("pgbouncer", "PgBouncer", ("relay_us", "relay_wait_us", "kworker_us", "switches")),
+    ("prism-pump", "Prism pump", ("relay_us", "relay_wait_us", "switches")),
+)
+_COST_NAMES = {
+    "relay_us": "relay CPU µs",
+    "relay_wait_us": "relay wait µs",
+    "kworker_us": "kworker CPU µs",
+    "kworker_wait_us": "kworker wait µs",
+    "switches": "switches",
+}
+
+
+def _proxy_costs(cells: _Proxy, clients: list[int]) -> list[str]:
+    """Per transaction: the relay's CPU, the kernel workers' CPU and the context switches."""
+    if not cells.costs:
+        return []
+    header = [f"{name} {_COST_NAMES[f]}" for _, name, fields in _COST_COLUMNS for f in fields]
+    lines = [
+        "Where a transaction's CPU goes (tools/bench/cpu.py, read from /proc over the middle "
+        "third of every run above, so the clients' log-ins are not counted; medians over "
+        "rounds, per transaction). *Relay CPU* is the Prism or PgBouncer process (all "
+        "threads); *kworker CPU* is every kernel worker thread on the machine, where the "
+        "sockmap's redirected segments are sent from; *wait* is the time those threads were "
+        "runnable but waiting for a CPU; *switches* are the machine's context "
+        "switches. The machine-wide columns include other processes' work on this shared "
+        "machine: read them against direct's.",
+        "",
+        "| workload | clients | " + " | ".join(header) + " |",
+        "| --- | ---: |" + " ---: |" * len(header),
+    ]
+    for workload in ("select-only (-S)", "TPC-B-like"):
+        for count in clients:
+            row = [workload, str(count)]
+            for target, _, fields in _COST_COLUMNS:
+                row += [f"{cells.cost(workload, count, target, f):.1f}" for f in fields]
+            lines.append("| " + " | ".join(row) + " |")
+    return [*lines, ""]
 
 
 def _idle(results: Results) -> list[str]:

@@ -2,6 +2,7 @@
 # Provision the drivers the seed's users connect with, for the client system tests:
 # pgjdbc (what DBeaver uses), node-postgres (what TypeORM uses) with pg-copy-streams (how
 # node-postgres users run COPY), and Prisma ORM 7 with its client generated for the test model.
+# Also Debian's pgbouncer, which `python -m tools.bench --only proxy` compares Prism against.
 #
 # Why system-wide: pgjdbc comes from Debian (libpostgresql-jdbc-java, /usr/share/java/
 # postgresql.jar) and needs a JDK to compile the test program; node-postgres comes from npm into
@@ -28,8 +29,9 @@ missing=()
 command -v javac >/dev/null 2>&1 || missing+=(default-jdk-headless)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+command -v pgbouncer >/dev/null 2>&1 || [[ -x /usr/sbin/pgbouncer ]] || missing+=(pgbouncer)
 if ((${#missing[@]} == 0)); then
-    say "pgjdbc, a JDK and node already installed"
+    say "pgjdbc, a JDK, node and pgbouncer already installed"
 else
     say "installing ${missing[*]}"
     # setup.sh refreshes the package lists; run alone on a fresh box, refresh them here.
