@@ -14,6 +14,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from prism.api.app import create_app
+from prism.api.closing import CloseAfterEarlyAnswer
 from prism.branches import BranchManager
 from prism.config import Settings
 from prism.errors import ConfigError
@@ -128,7 +129,11 @@ class PrismServer:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(trio.serve_listeners, proxy.handle, [pg_listener])
                 nursery.start_soon(manager.watch)
-                app = create_app(manager, api_token=settings.api_token)
+                app = create_app(
+                    manager,
+                    api_token=settings.api_token,
+                    body_timeout=settings.api_body_timeout,
+                )
                 await nursery.start(_serve_api, app, api_listener)
                 if settings.idle_timeout > 0:
                     nursery.start_soon(
@@ -174,4 +179,4 @@ async def _serve_api(
     config.errorlog = logging.getLogger("prism.api")
     config.graceful_timeout = 1
     log.debug("api: serving on %s:%d (fd %d)", host, port, fd)
-    await hypercorn_serve(app, config, task_status=task_status)  # type: ignore[arg-type]
+    await hypercorn_serve(CloseAfterEarlyAnswer(app), config, task_status=task_status)

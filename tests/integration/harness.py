@@ -9,9 +9,12 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import trio
 
 from prism.config import HostPort, Settings
@@ -58,6 +61,34 @@ def serve_args(
         PASSWORD,
     ]
     return args if storage is None else [*args, "--storage", storage]
+
+
+@asynccontextmanager
+async def running_prism(
+    data_dir: Path, *, env: dict[str, str] | None = None
+) -> AsyncIterator[tuple[trio.Process, int, int]]:
+    """Start `prism serve`, wait until its API answers, yield (process, pg port, api port)."""
+    pg_port, api_port = free_port(), free_port()
+    log = (data_dir.parent / f"{data_dir.name}.log").open("wb")
+    process = await trio.lowlevel.open_process(
+        serve_args(data_dir, pg_port, api_port), stdout=log, stderr=subprocess.STDOUT, env=env
+    )
+    try:
+        async with httpx.AsyncClient() as http:
+            with trio.fail_after(60):
+                while True:
+                    assert process.poll() is None, "prism serve exited early"
+                    try:
+                        if (await http.get(f"http://127.0.0.1:{api_port}/branches")).is_success:
+                            break
+                    except httpx.TransportError:
+                        await trio.sleep(0.05)
+        yield process, pg_port, api_port
+    finally:
+        if process.poll() is None:
+            process.kill()
+        await process.wait()
+        log.close()
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:

@@ -17,6 +17,7 @@ from prism.api.page import register_page
 from prism.api.routes import register_routes
 from prism.api.stream import register_stream
 from prism.branches import BranchManager
+from prism.config import Settings
 from prism.metrics import Metrics
 from prism.state import rfc3339
 
@@ -24,16 +25,23 @@ PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 #: Request bodies are a branch name and a parent; anything near this size is not a request.
 MAX_BODY_BYTES = 64 * 1024
-#: A client that sent its headers has this long to send the body, or gets 408 and is closed:
-#: a local user must not be able to pin Prism's descriptors with bodies that never come.
-BODY_TIMEOUT_SECONDS = 10
 
 
-def create_app(manager: BranchManager, *, api_token: str = "") -> QuartTrio:
-    """Build the HTTP app over ``manager``; every route reads or changes branches through it."""
+def create_app(
+    manager: BranchManager,
+    *,
+    api_token: str = "",
+    body_timeout: float = Settings.api_body_timeout,
+) -> QuartTrio:
+    """Build the HTTP app over ``manager``; every route reads or changes branches through it.
+
+    A client that sent its headers has ``body_timeout`` seconds to send the body, or gets 408
+    and is closed (see ``prism.api.closing``): a local user must not be able to pin Prism's
+    descriptors with bodies that never come.
+    """
     app = QuartTrio("prism.api", static_folder="static", static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    app.config["BODY_TIMEOUT"] = BODY_TIMEOUT_SECONDS
+    app.config["BODY_TIMEOUT"] = body_timeout
     metrics = Metrics(manager)
     install_error_handlers(app)
     install_auth(app, api_token)
