@@ -765,6 +765,7 @@ class BranchManager:
             for hook in self.before_stop:
                 await hook(branch.name, address)
         await self.runtime.stop(branch.name)
+        crash_point(f"{reason}:server-down")
         branch.status, branch.address = BranchStatus.STOPPED, None
         await self._save(branch)
         self.events.publish("stopped", branch.name, reason=reason, duration_ms=_elapsed_ms(started))

@@ -22,6 +22,8 @@ POINTS: dict[str, tuple[str, ...]] = {
     "delete": ("delete:stopped", "delete:retired", "delete:freed"),
     "reset": ("reset:recorded", "reset:stopped", "reset:retired", "reset:cloned"),
     "initdb": ("initdb:recorded", "initdb:created", "initdb:initialised", "initdb:registered"),
+    "start": ("start:server-up",),
+    "stop": ("stop:server-down",),
 }
 
 
