@@ -167,6 +167,11 @@ class Outcome:
     orphan_servers: list[str] = field(default_factory=list)
     leftover_dirs: list[str] = field(default_factory=list)
     rows_lost: int = 0
+    #: What was interrupted; a point's prefix unless the point lies in shared code.
+    operation: str = ""
+
+    def __post_init__(self) -> None:
+        self.operation = self.operation or operation_of(self.point)
 
     @property
     def ok(self) -> bool:
@@ -200,6 +205,12 @@ async def _branch_serves(prism: Prism, name: str, has_main_rows: bool) -> bool:
         print(f"branch {name} does not serve: {exc}")
         return False
     return True
+
+
+def operation_of(point: str) -> str:
+    """The operation a crash point belongs to (``clone:appeared`` is a reset's, say)."""
+    owners = [operation for operation, points in POINTS.items() if point in points]
+    return owners[0] if owners else point.partition(":")[0]
 
 
 def _label(storage: str, runtime: str) -> str:
@@ -313,7 +324,7 @@ async def crash_operation(
     data_dir: Path, storage: str, point: str, *, runtime: str = "process"
 ) -> Outcome:
     """Seed, crash ``prism serve`` at ``point`` during its operation, restart and check."""
-    operation = point.partition(":")[0]
+    operation = operation_of(point)
     async with serving(data_dir, storage, runtime=runtime) as prism:
         await seed(prism)
     prism = await spawn(data_dir, storage, crash_at=point, runtime=runtime)

@@ -87,7 +87,7 @@ def _run_suites(report: Path) -> str:
 def _crash_table(cases: list[dict[str, object]]) -> list[str]:
     groups: dict[tuple[str, str], list[dict[str, object]]] = defaultdict(list)
     for case in cases:
-        operation = str(case["point"]).partition(":")[0]
+        operation = str(case.get("operation") or str(case["point"]).partition(":")[0])
         groups[(str(case["driver"]), operation)].append(case)
     lines = [
         "| driver | operation | points / kills | killed there | branches broken | "

@@ -41,7 +41,7 @@ from pathlib import Path
 import trio
 
 from prism.address import BackendAddress
-from prism.clone import clone_consistent
+from prism.clone import clone_consistent, remove_parent_lock_file
 from prism.crashpoints import crash_point
 from prism.errors import (
     BranchExists,
@@ -114,6 +114,9 @@ _TERMINATE_WAIT = 5.0
 
 # Intent names in the journal (``StateStore.begin``).
 _OP_RESET = "reset"
+# A reset marks its intent with this while the new clone is being made (see prism.clone): a
+# directory found under the branch's name after a crash then may be an unfinished clone.
+_PHASE_CLONING = "cloning"
 _OP_INITDB = "initdb"
 
 # Files every data directory initdb finished has; a directory without them is half-made.
@@ -309,17 +312,36 @@ class BranchManager:
             records.pop(name, None)
         elif intent.op == _OP_RESET:
             await self._stop_leftover(name)
-            if self.storage.exists(name):
-                # The old data (crash before the retire) or the new clone (after it): whole
-                # either way, since a clone appears in one step.
+            token, _, phase = (intent.detail or "").partition(":")
+            if self.storage.exists(name) and phase == _PHASE_CLONING:
+                await self._recover_unfinished_clone(name, token)
+            elif self.storage.exists(name):
+                # The old data (crash before the retire) or the finished new clone.
                 log.warning("reconcile: the interrupted reset of branch %s left it whole", name)
-            elif intent.detail is not None and await self.storage.restore(name, intent.detail):
+            elif token and await self.storage.restore(name, token):
                 log.warning("reconcile: undid the interrupted reset of branch %s", name)
             else:
                 log.error("reconcile: branch %s was lost by an interrupted reset", name)
         else:
             log.error("reconcile: unknown operation %r on branch %s ignored", intent.op, name)
         await self.state.finish(name)
+
+    async def _recover_unfinished_clone(self, name: str, token: str) -> None:
+        """Make whole a reset whose crash may have cut its new clone short.
+
+        A snapshot (btrfs, ZFS) is whole the moment it appears but for the parent's lock file,
+        so it is kept (ZFS keeps no old data to go back to anyway). A copy may lack the files
+        that make it consistent, so it is thrown away and the old data put back.
+        """
+        if self.storage.atomic:
+            await trio.to_thread.run_sync(remove_parent_lock_file, self.storage.path(name))
+            log.warning("reconcile: finished the new clone of interrupted reset of %s", name)
+            return
+        await self.storage.retire(name)
+        if await self.storage.restore(name, token):
+            log.warning("reconcile: undid the interrupted reset of branch %s", name)
+        else:
+            log.error("reconcile: branch %s was lost by an interrupted reset", name)
 
     async def _stop_leftover(self, name: str) -> None:
         """Stop a server an earlier Prism left running on ``name``'s directory, if any."""
@@ -471,7 +493,10 @@ class BranchManager:
                     moved = True
                     self._discarded(name)
                     crash_point("reset:retired")
+                    cloning = f"{token}:{_PHASE_CLONING}"
+                    await self.state.begin(name, _OP_RESET, parent=parent, detail=cloning)
                     await self._clone_from(parent, name)
+                    await self.state.begin(name, _OP_RESET, parent=parent, detail=token)
                     crash_point("reset:cloned")
             except BaseException as exc:
                 with trio.CancelScope(shield=True):

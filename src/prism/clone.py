@@ -16,6 +16,11 @@ Three cases, cheapest first:
 
 In every case the parent's ``postmaster.pid`` is removed from the child: it names a live process
 and would stop the child's server from starting.
+
+So a clone is finished only when ``clone_consistent`` returns, not when its directory appears:
+a crash in between can leave the parent's lock file in it, or (copy, reflink) a copy without
+its ``backup_label``. A caller that must survive a crash there records that the clone is under
+way (a reset does) and has reconcile finish or discard it.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from pathlib import Path
 import trio
 
 from prism.address import BackendAddress
+from prism.crashpoints import crash_point
 from prism.errors import StorageError
 from prism.pgclient import connect_service
 from prism.storage.base import Storage
@@ -46,6 +52,7 @@ async def clone_consistent(
     socket_dir = None if parent_address is None else parent_address.service_socket_dir
     if parent_address is None or storage.atomic:
         path = await storage.clone(parent, child)
+        crash_point("clone:appeared")
     elif socket_dir is None or parent_address is None:
         raise StorageError(
             f"cannot clone running branch {parent!r} with the {storage.name} driver: "
@@ -54,7 +61,7 @@ async def clone_consistent(
         )
     else:
         path = await _clone_in_backup_mode(storage, parent, child, parent_address, superuser)
-    await trio.to_thread.run_sync(_remove_if_present, path / "postmaster.pid")
+    await trio.to_thread.run_sync(remove_parent_lock_file, path)
     return path
 
 
@@ -70,6 +77,7 @@ async def _clone_in_backup_mode(
         await service.query(f"SELECT pg_backup_start('prism: branch {child}', true)")
         try:
             path = await storage.clone(parent, child)
+            crash_point("clone:appeared")
         except BaseException:
             with trio.CancelScope(shield=True):
                 await service.query("SELECT pg_backup_stop(false)")
@@ -95,5 +103,9 @@ def _write_backup_files(pgdata: Path, label: str, spcmap: str) -> None:
             os.chown(target, owner.st_uid, owner.st_gid)
 
 
-def _remove_if_present(path: Path) -> None:
-    path.unlink(missing_ok=True)
+def remove_parent_lock_file(pgdata: Path) -> None:
+    """Remove a clone's ``postmaster.pid``, which it copied from its running parent (blocking).
+
+    Only for a clone no server has run on yet: there the file can only be the parent's.
+    """
+    (pgdata / "postmaster.pid").unlink(missing_ok=True)

@@ -20,7 +20,13 @@ ENV_VAR = "PRISM_TEST_CRASH_AT"
 POINTS: dict[str, tuple[str, ...]] = {
     "create": ("create:recorded", "create:cloned", "create:server-up", "create:started"),
     "delete": ("delete:stopped", "delete:retired", "delete:freed"),
-    "reset": ("reset:recorded", "reset:stopped", "reset:retired", "reset:cloned"),
+    "reset": (
+        "reset:recorded",
+        "reset:stopped",
+        "reset:retired",
+        "clone:appeared",
+        "reset:cloned",
+    ),
     "initdb": ("initdb:recorded", "initdb:created", "initdb:initialised", "initdb:registered"),
     "start": ("start:server-up",),
     "stop": ("stop:server-down",),
