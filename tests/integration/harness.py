@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -135,13 +136,30 @@ async def kill_branch_server(manager: Any, name: str) -> None:
     """SIGKILL the postmaster of ``name`` and wait for Prism's ``stopped`` event about it."""
     pidfile = read_pidfile(manager.storage.path(name))
     assert pidfile is not None, f"branch {name} has no running server"
+    await exit_reported(manager, name, functools.partial(os.kill, pidfile.pid, signal.SIGKILL))
+
+
+async def exit_reported(manager: Any, name: str, kill: Callable[[], object]) -> None:
+    """Run ``kill`` (in a thread: it may block) and wait for Prism's ``stopped`` event about
+    ``name``, which must give the reason ``exited``."""
     async with manager.events.subscribe() as events:
-        os.kill(pidfile.pid, signal.SIGKILL)
+        await trio.to_thread.run_sync(kill)
         with trio.fail_after(5):
             async for event in events:
                 if event["type"] == "stopped" and event["branch"] == name:
                     assert event["reason"] == "exited", event
                     return
+
+
+async def assert_listed_stopped_then_woken(prism: PrismHandle, name: str) -> None:
+    """After its server died: ``name`` is listed stopped, and the next client gets a session
+    (on the data of table ``t``, ``v = 9``) that wakes it."""
+    async with httpx.AsyncClient(base_url=prism.info.api_url) as http:
+        view = (await http.get(f"/api/v1/branches/{name}")).json()
+    assert view["status"] == "stopped"
+    out = await psql(prism.dsn(f"postgres@{name}"), "SELECT v FROM t")
+    assert out.stdout.decode().strip() == "9"
+    assert prism.manager.require(name).status.value == "running"
 
 
 async def psql(dsn: str, sql: str, *, check: bool = True) -> subprocess.CompletedProcess[bytes]:
