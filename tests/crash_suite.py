@@ -245,18 +245,23 @@ def _containers_under(data_dir: Path) -> list[Any]:
 def kill_servers_under(data_dir: Path, runtime: str) -> list[int]:
     """SIGKILL every server under ``data_dir``, as systemd does to a unit; the pids killed.
 
-    A container is waited for until it has exited; a postmaster's pid is returned to be waited
-    for until reaped (by pid 1, not by us).
+    A killed postmaster's children outlive it for a moment and then look like postmasters of
+    their own (their parent is gone), so the scan repeats until nothing is left, as systemd
+    kills every process of the unit. A container is waited for until it has exited; the pids
+    are returned to be waited for until reaped (by pid 1, not by us).
     """
-    pids = list(postmasters_under(data_dir))
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
+    killed: list[int] = []
+    while pids := list(postmasters_under(data_dir)):
+        for pid in pids:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        killed += pids
     if runtime == "docker":
         for container in _containers_under(data_dir):
             if container.status == "running":
                 container.kill()
                 container.wait(timeout=60)
-    return pids
+    return killed
 
 
 def _directories(data_dir: Path) -> tuple[set[str], list[str]]:
