@@ -179,4 +179,5 @@ async def _serve_api(
     config.errorlog = logging.getLogger("prism.api")
     config.graceful_timeout = 1
     log.debug("api: serving on %s:%d (fd %d)", host, port, fd)
-    await hypercorn_serve(CloseAfterEarlyAnswer(app), config, task_status=task_status)
+    app = CloseAfterEarlyAnswer(app)  # else a request answered early keeps its connection
+    await hypercorn_serve(app, config, task_status=task_status)  # type: ignore[arg-type]
