@@ -61,7 +61,7 @@ async def clone_consistent(
         )
     else:
         path = await _clone_in_backup_mode(storage, parent, child, parent_address, superuser)
-    await trio.to_thread.run_sync(remove_parent_lock_file, path)
+    await trio.to_thread.run_sync(_remove_if_present, path / "postmaster.pid")
     return path
 
 
@@ -108,4 +108,8 @@ def remove_parent_lock_file(pgdata: Path) -> None:
 
     Only for a clone no server has run on yet: there the file can only be the parent's.
     """
-    (pgdata / "postmaster.pid").unlink(missing_ok=True)
+    _remove_if_present(pgdata / "postmaster.pid")
+
+
+def _remove_if_present(path: Path) -> None:
+    path.unlink(missing_ok=True)
