@@ -9,8 +9,11 @@ point, starts it again and asserts the invariants of issue #10:
 * no Postgres server runs under the data directory without a branch;
 * main's committed rows are all there.
 
+Every case runs on a storage driver and a runtime (``process``, or ``docker``, whose servers
+are containers: those count as servers under the data directory too).
+
 With ``PRISM_CRASH_REPORT=<file>`` every case appends one JSON line (driver, point, what was
-found), which ``tools/crash_report.py`` sums up for docs/reliability.md.
+found), which ``tools/reliability.py`` sums up for docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -24,16 +27,25 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+import docker
 import httpx
 import trio
 
+from prism.crashpoints import POINTS
 from prism.runtime._postmaster import postmasters_under
+from prism.runtime.docker import LABEL_PGDATA
 from tests.integration.harness import PASSWORD, free_port, psql, serve_args
+from tests.sysenv import DOCKER_IMAGE
 
 REPORT_ENV = "PRISM_CRASH_REPORT"
 MAIN_ROWS = 250
 VICTIM_VALUE = 42
+#: Every step boundary of the operations on an existing branch, for the parametrized cases.
+OPERATION_POINTS = [
+    point for op in ("create", "delete", "reset", "start", "stop") for point in POINTS[op]
+]
 
 
 @dataclass
@@ -55,16 +67,21 @@ class Prism:
         )
 
 
-async def spawn(data_dir: Path, storage: str, *, crash_at: str | None = None) -> Prism:
+async def spawn(
+    data_dir: Path, storage: str, *, crash_at: str | None = None, runtime: str = "process"
+) -> Prism:
     """Start ``prism serve`` in its own process group (SIGKILL of the group spares pytest)."""
     pg_port, api_port = free_port(), free_port()
+    args = serve_args(data_dir, pg_port, api_port, storage=storage)
+    if runtime != "process":
+        args += ["--runtime", runtime, "--image", DOCKER_IMAGE]
     env = {key: value for key, value in os.environ.items() if key != "PRISM_TEST_CRASH_AT"}
     if crash_at is not None:
         env["PRISM_TEST_CRASH_AT"] = crash_at
     log = (data_dir.parent / f"{data_dir.name}.log").open("ab")
     with log:
         process = await trio.lowlevel.open_process(
-            serve_args(data_dir, pg_port, api_port, storage=storage),
+            args,
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -88,9 +105,11 @@ async def wait_ready(prism: Prism) -> bool:
 
 
 @asynccontextmanager
-async def serving(data_dir: Path, storage: str) -> AsyncIterator[Prism]:
+async def serving(
+    data_dir: Path, storage: str, *, runtime: str = "process"
+) -> AsyncIterator[Prism]:
     """A ready ``prism serve``; stopped with SIGINT (a clean shutdown) afterwards."""
-    prism = await spawn(data_dir, storage)
+    prism = await spawn(data_dir, storage, runtime=runtime)
     try:
         assert await wait_ready(prism), f"prism serve exited early; see {data_dir}.log"
         yield prism
@@ -130,7 +149,11 @@ CALLS: dict[str, tuple[str, str, object]] = {
     "create": ("POST", "/api/v1/branches", {"name": "fresh"}),
     "delete": ("DELETE", "/api/v1/branches/victim", None),
     "reset": ("POST", "/api/v1/branches/victim/reset", None),
+    "start": ("POST", "/api/v1/branches/victim/start", None),
+    "stop": ("POST", "/api/v1/branches/victim/stop", None),
 }
+#: Operations that need a call first: a branch is stopped after the seeding Prism's shutdown.
+BEFORE: dict[str, tuple[str, str, object]] = {"stop": CALLS["start"]}
 
 
 @dataclass
@@ -144,6 +167,11 @@ class Outcome:
     orphan_servers: list[str] = field(default_factory=list)
     leftover_dirs: list[str] = field(default_factory=list)
     rows_lost: int = 0
+    #: What was interrupted; a point's prefix unless the point lies in shared code.
+    operation: str = ""
+
+    def __post_init__(self) -> None:
+        self.operation = self.operation or operation_of(self.point)
 
     @property
     def ok(self) -> bool:
@@ -179,6 +207,63 @@ async def _branch_serves(prism: Prism, name: str, has_main_rows: bool) -> bool:
     return True
 
 
+def operation_of(point: str) -> str:
+    """The operation a crash point belongs to (``clone:appeared`` is a reset's, say)."""
+    owners = [operation for operation, points in POINTS.items() if point in points]
+    return owners[0] if owners else point.partition(":")[0]
+
+
+def _label(storage: str, runtime: str) -> str:
+    """The ``driver`` of a case in the report: the storage, and the runtime unless process."""
+    return storage if runtime == "process" else f"{storage}+{runtime}"
+
+
+def servers_under(data_dir: Path, runtime: str) -> dict[str, str]:
+    """Every Postgres server on a directory under ``data_dir``: id → its data directory.
+
+    Postmasters are found in /proc; containers (any state: an exited one is a leftover too) by
+    the data directory Prism labels them with, since their processes see another filesystem.
+    Blocking.
+    """
+    found = {str(pid): str(path) for pid, path in postmasters_under(data_dir).items()}
+    if runtime == "docker":
+        for container in _containers_under(data_dir):
+            found[f"{container.name}({container.status})"] = container.labels[LABEL_PGDATA]
+    return found
+
+
+def _containers_under(data_dir: Path) -> list[Any]:
+    client = docker.from_env(version="auto")
+    prefix = str(data_dir.resolve()) + "/"
+    return [
+        container
+        for container in client.containers.list(all=True, filters={"label": LABEL_PGDATA})
+        if container.labels[LABEL_PGDATA].startswith(prefix)
+    ]
+
+
+def kill_servers_under(data_dir: Path, runtime: str) -> list[int]:
+    """SIGKILL every server under ``data_dir``, as systemd does to a unit; the pids killed.
+
+    A killed postmaster's children outlive it for a moment and then look like postmasters of
+    their own (their parent is gone), so the scan repeats until nothing is left, as systemd
+    kills every process of the unit. A container is waited for until it has exited; the pids
+    are returned to be waited for until reaped (by pid 1, not by us).
+    """
+    killed: list[int] = []
+    while pids := list(postmasters_under(data_dir)):
+        for pid in pids:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        killed += pids
+    if runtime == "docker":
+        for container in _containers_under(data_dir):
+            if container.status == "running":
+                container.kill()
+                container.wait(timeout=60)
+    return killed
+
+
 def _directories(data_dir: Path) -> tuple[set[str], list[str]]:
     """Branch directories on disk, and anything else under ``branches/`` (trash, staging)."""
     names = {"main"} if (data_dir / "master").is_dir() else set()
@@ -196,10 +281,15 @@ def _directories(data_dir: Path) -> tuple[set[str], list[str]]:
 
 
 async def check_invariants(
-    data_dir: Path, storage: str, outcome: Outcome, *, has_main_rows: bool
+    data_dir: Path,
+    storage: str,
+    outcome: Outcome,
+    *,
+    has_main_rows: bool,
+    runtime: str = "process",
 ) -> None:
     """Restart Prism on ``data_dir`` and fill ``outcome`` with every invariant that broke."""
-    async with serving(data_dir, storage) as prism:
+    async with serving(data_dir, storage, runtime=runtime) as prism:
         async with httpx.AsyncClient() as http:
             listed = (await http.get(f"{prism.api}/api/v1/branches")).json()["branches"]
         names = sorted(branch["name"] for branch in listed)
@@ -212,39 +302,44 @@ async def check_invariants(
         on_disk, others = _directories(data_dir)
         outcome.leftover_dirs += sorted(on_disk - set(names)) + others
         owned = {str(data_dir / "master")} | {str(data_dir / "branches" / n) for n in names}
-        servers = await trio.to_thread.run_sync(postmasters_under, data_dir)
+        servers = await trio.to_thread.run_sync(servers_under, data_dir, runtime)
         outcome.orphan_servers += [
-            f"{pid}:{path}" for pid, path in servers.items() if str(path) not in owned
+            f"{server}:{path}" for server, path in servers.items() if path not in owned
         ]
     # A clean shutdown must leave no server behind either.
     outcome.orphan_servers += [
-        f"{pid}:{path} (after shutdown)"
-        for pid, path in (await trio.to_thread.run_sync(postmasters_under, data_dir)).items()
+        f"{server}:{path} (after shutdown)"
+        for server, path in (
+            await trio.to_thread.run_sync(servers_under, data_dir, runtime)
+        ).items()
     ]
 
 
 async def _after_kill(
-    data_dir: Path, storage: str, point: str, status: int, *, has_main_rows: bool
+    data_dir: Path, storage: str, point: str, status: int, *, has_main_rows: bool, runtime: str
 ) -> Outcome:
     """Check the invariants after Prism exited with ``status``; record and return the outcome."""
-    outcome = Outcome(storage, point, killed=status == -signal.SIGKILL)
-    await check_invariants(data_dir, storage, outcome, has_main_rows=has_main_rows)
+    outcome = Outcome(_label(storage, runtime), point, killed=status == -signal.SIGKILL)
+    await check_invariants(data_dir, storage, outcome, has_main_rows=has_main_rows, runtime=runtime)
     outcome.record()
     return outcome
 
 
-async def crash_operation(data_dir: Path, storage: str, point: str) -> Outcome:
+async def crash_operation(
+    data_dir: Path, storage: str, point: str, *, runtime: str = "process"
+) -> Outcome:
     """Seed, crash ``prism serve`` at ``point`` during its operation, restart and check."""
-    operation = point.partition(":")[0]
-    async with serving(data_dir, storage) as prism:
+    operation = operation_of(point)
+    async with serving(data_dir, storage, runtime=runtime) as prism:
         await seed(prism)
-    prism = await spawn(data_dir, storage, crash_at=point)
+    prism = await spawn(data_dir, storage, crash_at=point, runtime=runtime)
     assert await wait_ready(prism), f"prism serve exited early; see {data_dir}.log"
-    method, path, body = CALLS[operation]
-    await request(prism, method, path, body)
+    if operation in BEFORE:
+        await request(prism, *BEFORE[operation])
+    await request(prism, *CALLS[operation])
     with trio.fail_after(60):
         status = await prism.process.wait()
-    return await _after_kill(data_dir, storage, point, status, has_main_rows=True)
+    return await _after_kill(data_dir, storage, point, status, has_main_rows=True, runtime=runtime)
 
 
 def _wait_reaped(pids: list[int], timeout: float = 120.0) -> None:
@@ -256,18 +351,18 @@ def _wait_reaped(pids: list[int], timeout: float = 120.0) -> None:
 
 
 async def crash_at_random(
-    data_dir: Path, storage: str, *, delay: float, kill_servers: bool
+    data_dir: Path, storage: str, *, delay: float, kill_servers: bool, runtime: str = "process"
 ) -> Outcome:
     """Kill the process group ``delay`` s into a burst of creates, a reset and a delete.
 
-    ``kill_servers`` also SIGKILLs every postmaster under the data directory, as systemd does
+    ``kill_servers`` also SIGKILLs every server under the data directory, as systemd does
     to a whole unit; without it the branch servers outlive Prism and must be adopted or
     stopped by the next start.
     """
-    async with serving(data_dir, storage) as prism:
+    async with serving(data_dir, storage, runtime=runtime) as prism:
         await seed(prism)
         await sql(prism.dsn("postgres@doomed"), "SELECT 1")
-    prism = await spawn(data_dir, storage)
+    prism = await spawn(data_dir, storage, runtime=runtime)
     assert await wait_ready(prism), f"prism serve exited early; see {data_dir}.log"
     async with trio.open_nursery() as nursery:
         for index in range(6):
@@ -278,20 +373,20 @@ async def crash_at_random(
         os.killpg(prism.process.pid, signal.SIGKILL)
         killed = []
         if kill_servers:
-            for pid in await trio.to_thread.run_sync(postmasters_under, data_dir):
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
+            killed = await trio.to_thread.run_sync(kill_servers_under, data_dir, runtime)
     status = await prism.process.wait()
     # systemd restarts a unit once its processes are gone and reaped; the orphaned postmasters
     # are reaped by pid 1, and until then Postgres takes their zombies for live servers.
     await trio.to_thread.run_sync(_wait_reaped, killed)
     point = f"random:{delay:.2f}s{'+servers' if kill_servers else ''}"
-    return await _after_kill(data_dir, storage, point, status, has_main_rows=True)
+    return await _after_kill(data_dir, storage, point, status, has_main_rows=True, runtime=runtime)
 
 
-async def crash_initdb(data_dir: Path, storage: str, point: str) -> Outcome:
+async def crash_initdb(
+    data_dir: Path, storage: str, point: str, *, runtime: str = "process"
+) -> Outcome:
     """Crash the very first start (initdb of main) at ``point``, restart and check."""
-    prism = await spawn(data_dir, storage, crash_at=point)
+    prism = await spawn(data_dir, storage, crash_at=point, runtime=runtime)
     with trio.fail_after(120):
         status = await prism.process.wait()
-    return await _after_kill(data_dir, storage, point, status, has_main_rows=False)
+    return await _after_kill(data_dir, storage, point, status, has_main_rows=False, runtime=runtime)

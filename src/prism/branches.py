@@ -50,7 +50,7 @@ from pathlib import Path
 import trio
 
 from prism.address import BackendAddress
-from prism.clone import clone_consistent
+from prism.clone import clone_consistent, remove_parent_lock_file
 from prism.crashpoints import crash_point
 from prism.diskuse import DiskUse, DiskUseCache
 from prism.dsn import ConnectionParams, Endpoint, params_for
@@ -83,6 +83,7 @@ from prism.policy import (
 )
 from prism.runtime.base import Runtime
 from prism.schemadiff import SchemaDiff, diff_schemas, read_schema
+from prism.source.standby import detach_clone
 from prism.state import BranchRecord, Intent, StateStore, rfc3339, utcnow
 from prism.storage.base import Storage
 
@@ -144,6 +145,9 @@ _OP_RESET = "reset"
 # A reset whose parent has an on_create hook marks its intent with this once the old data is
 # gone: a clone found after a crash from then on may lack the hook, and is thrown away.
 _PHASE_HOOKED_CLONE = "hooked-clone"
+# A reset marks its intent with this while the new clone is being made (see prism.clone): a
+# directory found under the branch's name after a crash then may be an unfinished clone.
+_PHASE_CLONING = "cloning"
 _OP_INITDB = "initdb"
 
 # Files every data directory initdb finished has; a directory without them is half-made.
@@ -431,9 +435,10 @@ class BranchManager:
             token, _, phase = (intent.detail or "").partition(":")
             if self.storage.exists(name) and phase == _PHASE_HOOKED_CLONE:
                 await self._undo_unhooked_reset(name, token)
+            elif self.storage.exists(name) and phase == _PHASE_CLONING:
+                await self._recover_unfinished_clone(name, token)
             elif self.storage.exists(name):
-                # The old data (crash before the retire) or the new clone (after it): whole
-                # either way, since a clone appears in one step.
+                # The old data (crash before the retire) or the finished new clone.
                 log.warning("reconcile: the interrupted reset of branch %s left it whole", name)
             elif token and await self.storage.restore(name, token):
                 log.warning("reconcile: undid the interrupted reset of branch %s", name)
@@ -450,6 +455,25 @@ class BranchManager:
         clone cannot be kept: the old data goes back if the storage kept it (ZFS does not, and
         the branch is then removed, as a failed reset on ZFS removes it).
         """
+        await self._put_old_data_back(name, token)
+
+    async def _recover_unfinished_clone(self, name: str, token: str) -> None:
+        """Make whole a reset whose crash may have cut its new clone short.
+
+        A snapshot (btrfs, ZFS) is whole the moment it appears but for the parent's lock file,
+        so it is kept (ZFS keeps no old data to go back to anyway). A copy may lack the files
+        that make it consistent, so it is thrown away and the old data put back.
+        """
+        if self.storage.atomic:
+            path = self.storage.path(name)
+            await trio.to_thread.run_sync(remove_parent_lock_file, path)
+            await trio.to_thread.run_sync(detach_clone, path)
+            log.warning("reconcile: finished the new clone of interrupted reset of %s", name)
+            return
+        await self._put_old_data_back(name, token)
+
+    async def _put_old_data_back(self, name: str, token: str) -> None:
+        """Replace what stands under ``name`` with the old data a reset put in the trash."""
         await self.storage.retire(name)
         if await self.storage.restore(name, token):
             log.warning("reconcile: undid the interrupted reset of branch %s", name)
@@ -666,9 +690,17 @@ class BranchManager:
                     if self.policies.get(parent).has_hook:
                         # From here a clone may stand without its hook run: reconcile must
                         # know to throw it away rather than keep it.
-                        detail = f"{token}:{_PHASE_HOOKED_CLONE}"
-                        await self.state.begin(name, _OP_RESET, parent=parent, detail=detail)
+                        phase = _PHASE_HOOKED_CLONE
+                    else:
+                        # A clone cut short by a crash must not pass for a finished one.
+                        phase = _PHASE_CLONING
+                    await self.state.begin(
+                        name, _OP_RESET, parent=parent, detail=f"{token}:{phase}"
+                    )
                     await self._clone_from(parent, name)
+                    if phase == _PHASE_CLONING:
+                        # Finished: a crash from here on keeps the new clone.
+                        await self.state.begin(name, _OP_RESET, parent=parent, detail=token)
                     crash_point("reset:cloned")
                     await self._run_hook_unseen(branch)
                     crash_point("reset:hooked")
@@ -1162,6 +1194,7 @@ class BranchManager:
             for hook in self.before_stop:
                 await hook(branch.name, address)
         await self.runtime.stop(branch.name)
+        crash_point(f"{reason}:server-down")
         branch.status, branch.address = BranchStatus.STOPPED, None
         await self._save(branch)
         self.events.publish("stopped", branch.name, reason=reason, duration_ms=_elapsed_ms(started))

@@ -16,6 +16,11 @@ Three cases, cheapest first:
 
 In every case the parent's ``postmaster.pid`` is removed from the child: it names a live process
 and would stop the child's server from starting.
+
+So a clone is finished only when ``clone_consistent`` returns, not when its directory appears:
+a crash in between can leave the parent's lock file in it, or (copy, reflink) a copy without
+its ``backup_label``. A caller that must survive a crash there records that the clone is under
+way (a reset does) and has reconcile finish or discard it.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from pathlib import Path
 import trio
 
 from prism.address import BackendAddress
+from prism.crashpoints import crash_point
 from prism.errors import StorageError
 from prism.pgclient import connect_service
 from prism.source.standby import detach_clone
@@ -47,6 +53,7 @@ async def clone_consistent(
     socket_dir = None if parent_address is None else parent_address.service_socket_dir
     if parent_address is None or storage.atomic:
         path = await storage.clone(parent, child)
+        crash_point("clone:appeared")
     elif socket_dir is None or parent_address is None:
         raise StorageError(
             f"cannot clone running branch {parent!r} with the {storage.name} driver: "
@@ -73,6 +80,7 @@ async def _clone_in_backup_mode(
         await service.query(f"SELECT pg_backup_start('prism: branch {child}', true)")
         try:
             path = await storage.clone(parent, child)
+            crash_point("clone:appeared")
         except BaseException:
             with trio.CancelScope(shield=True):
                 await service.query("SELECT pg_backup_stop(false)")
@@ -96,6 +104,14 @@ def _write_backup_files(pgdata: Path, label: str, spcmap: str) -> None:
         target.chmod(0o600)
         if os.geteuid() == 0:
             os.chown(target, owner.st_uid, owner.st_gid)
+
+
+def remove_parent_lock_file(pgdata: Path) -> None:
+    """Remove a clone's ``postmaster.pid``, which it copied from its running parent (blocking).
+
+    Only for a clone no server has run on yet: there the file can only be the parent's.
+    """
+    _remove_if_present(pgdata / "postmaster.pid")
 
 
 def _remove_if_present(path: Path) -> None:

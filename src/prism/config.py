@@ -90,6 +90,13 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def _positive_duration(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ConfigError(f"invalid duration {text!r}", hint="write a duration above 0: 5s, 1m")
+    return seconds
+
+
 def _count(text: str) -> int:
     if not text.strip().isdigit():
         raise ConfigError(f"invalid count {text!r}", hint="write a whole number (0 for no limit)")
@@ -163,6 +170,7 @@ class Settings:
     idle_timeout: float = 900.0
     main_scales_to_zero: bool = False
     api_token: str = ""
+    api_body_timeout: float = 10.0
     event_buffer: int = 1000
     zfs_dataset: str = ""
     image: str = "postgres:15-alpine"
@@ -219,6 +227,11 @@ SETTINGS: tuple[Setting, ...] = (
         str,
         "bearer token every API call and the web page must present (empty: none; "
         "prefer $PRISM_API_TOKEN, flags show in ps)",
+    ),
+    Setting(
+        "api_body_timeout",
+        _positive_duration,
+        "time an API client has to send a request body after its headers (then 408 and closed)",
     ),
     Setting(
         "event_buffer",

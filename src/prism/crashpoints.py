@@ -24,10 +24,13 @@ POINTS: dict[str, tuple[str, ...]] = {
         "reset:recorded",
         "reset:stopped",
         "reset:retired",
+        "clone:appeared",
         "reset:cloned",
         "reset:hooked",
     ),
     "initdb": ("initdb:recorded", "initdb:created", "initdb:initialised", "initdb:registered"),
+    "start": ("start:server-up",),
+    "stop": ("stop:server-down",),
 }
 
 

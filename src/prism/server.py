@@ -15,6 +15,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from prism.api.app import create_app
+from prism.api.closing import CloseAfterEarlyAnswer
 from prism.branches import BranchManager
 from prism.config import Settings
 from prism.dataplane import DataPlane
@@ -178,6 +179,7 @@ class PrismServer:
                     api_token=settings.api_token,
                     data_plane=data_plane,
                     source_health=source_health,
+                    body_timeout=settings.api_body_timeout,
                 )
                 await nursery.start(_serve_api, app, api_listener)
                 if source is not None:
@@ -246,4 +248,5 @@ async def _serve_api(
     config.errorlog = logging.getLogger("prism.api")
     config.graceful_timeout = 1
     log.debug("api: serving on %s:%d (fd %d)", host, port, fd)
+    app = CloseAfterEarlyAnswer(app)  # else a request answered early keeps its connection
     await hypercorn_serve(app, config, task_status=task_status)  # type: ignore[arg-type]

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pg8000.native
 import pytest
 import trio
@@ -65,6 +69,46 @@ def serve_args(
     return args if storage is None else [*args, "--storage", storage]
 
 
+@asynccontextmanager
+async def running_prism(
+    data_dir: Path, *, env: dict[str, str] | None = None, prefix: Sequence[str] = ()
+) -> AsyncIterator[tuple[trio.Process, int, int]]:
+    """Start `prism serve`, wait until its API answers, yield (process, pg port, api port).
+
+    ``prefix`` goes before the command (e.g. ``setpriv`` to drop privileges); the output goes
+    to :func:`log_of` the data directory.
+    """
+    pg_port, api_port = free_port(), free_port()
+    log = log_of(data_dir).open("wb")
+    process = await trio.lowlevel.open_process(
+        [*prefix, *serve_args(data_dir, pg_port, api_port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    try:
+        async with httpx.AsyncClient() as http:
+            with trio.fail_after(60):
+                while True:
+                    assert process.poll() is None, "prism serve exited early"
+                    try:
+                        if (await http.get(f"http://127.0.0.1:{api_port}/branches")).is_success:
+                            break
+                    except httpx.TransportError:
+                        await trio.sleep(0.05)
+        yield process, pg_port, api_port
+    finally:
+        if process.poll() is None:
+            process.kill()
+        await process.wait()
+        log.close()
+
+
+def log_of(data_dir: Path) -> Path:
+    """Where :func:`running_prism` writes the output of `prism serve` on ``data_dir``."""
+    return data_dir.parent / f"{data_dir.name}.log"
+
+
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     base = Settings(
         data_dir=data_dir,
@@ -110,13 +154,30 @@ async def kill_branch_server(manager: Any, name: str) -> None:
     """SIGKILL the postmaster of ``name`` and wait for Prism's ``stopped`` event about it."""
     pidfile = read_pidfile(manager.storage.path(name))
     assert pidfile is not None, f"branch {name} has no running server"
+    await exit_reported(manager, name, functools.partial(os.kill, pidfile.pid, signal.SIGKILL))
+
+
+async def exit_reported(manager: Any, name: str, kill: Callable[[], object]) -> None:
+    """Run ``kill`` (in a thread: it may block) and wait for Prism's ``stopped`` event about
+    ``name``, which must give the reason ``exited``."""
     async with manager.events.subscribe() as events:
-        os.kill(pidfile.pid, signal.SIGKILL)
+        await trio.to_thread.run_sync(kill)
         with trio.fail_after(5):
             async for event in events:
                 if event["type"] == "stopped" and event["branch"] == name:
                     assert event["reason"] == "exited", event
                     return
+
+
+async def assert_listed_stopped_then_woken(prism: PrismHandle, name: str) -> None:
+    """After its server died: ``name`` is listed stopped, and the next client gets a session
+    (on the data of table ``t``, ``v = 9``) that wakes it."""
+    async with httpx.AsyncClient(base_url=prism.info.api_url) as http:
+        view = (await http.get(f"/api/v1/branches/{name}")).json()
+    assert view["status"] == "stopped"
+    out = await psql(prism.dsn(f"postgres@{name}"), "SELECT v FROM t")
+    assert out.stdout.decode().strip() == "9"
+    assert prism.manager.require(name).status.value == "running"
 
 
 async def psql(dsn: str, sql: str, *, check: bool = True) -> subprocess.CompletedProcess[bytes]:

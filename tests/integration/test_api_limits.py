@@ -3,12 +3,22 @@ or a 500."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import httpx
 import trio
 
-from prism.api.app import BODY_TIMEOUT_SECONDS, MAX_BODY_BYTES
+from prism.api.app import MAX_BODY_BYTES
+from prism.config import Settings
 
-from .harness import PrismHandle
+from .harness import PASSWORD, PrismHandle, psql, running_prism
+
+#: A body that was announced (Content-Length: 100) and never comes.
+_STALLED = (
+    b"POST /api/v1/branches HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b'Content-Length: 100\r\n\r\n{"name":'
+)
 
 
 async def _raw_request(prism: PrismHandle, head: bytes, body: bytes = b"") -> bytes:
@@ -38,14 +48,80 @@ def _complete(answer: bytes) -> bool:
 
 
 async def test_a_body_that_never_arrives_is_answered_408_in_time(prism: PrismHandle) -> None:
-    head = (
-        b"POST /api/v1/branches HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Content-Length: 100\r\n\r\n"
-    )
-    with trio.fail_after(BODY_TIMEOUT_SECONDS + 20):
-        answer = await _raw_request(prism, head, b'{"name":')
+    with trio.fail_after(Settings.api_body_timeout + 20):
+        answer = await _raw_request(prism, _STALLED)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"connection: close" in answer.lower()
     assert b'"code":"request_timeout"' in answer.replace(b" ", b"")
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _sockets_held_for(pid: int, client_ports: set[int]) -> int:
+    """How many of ``pid``'s descriptors are TCP sockets whose peer is one of ``client_ports``."""
+    held = {
+        target[len("socket:[") : -1]
+        for fd in os.listdir(f"/proc/{pid}/fd")
+        if (target := _readlink(f"/proc/{pid}/fd/{fd}")).startswith("socket:[")
+    }
+    count = 0
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[2].rpartition(":")[2], 16) in client_ports and fields[9] in held:
+            count += 1
+    return count
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except FileNotFoundError:  # closed since the listing
+        return ""
+
+
+async def _answer_then_eof(stream: trio.SocketStream, answers: list[bytes]) -> None:
+    """Read until the server closes; keep what it said."""
+    answer = b""
+    async with stream:
+        while chunk := await stream.receive_some(65536):
+            answer += chunk
+    answers.append(answer)
+
+
+async def test_stalled_bodies_are_closed_and_free_their_descriptors(data_dir: Path) -> None:
+    """The issue's descriptor exhaustion: 50 requests whose body never comes. Each gets its
+    408 and then EOF, and ``prism serve`` is back to the descriptors it held before, while the
+    API and the Postgres port keep serving all along."""
+    env = {**os.environ, "PRISM_API_BODY_TIMEOUT": "5s"}
+    async with running_prism(data_dir, env=env) as (process, pg_port, api_port):
+        dsn = f"host=127.0.0.1 port={pg_port} user=postgres password={PASSWORD} dbname=postgres"
+        await psql(dsn, "SELECT 1")  # main runs from here on: its descriptors are the baseline
+        baseline = _open_fds(process.pid)
+        answers: list[bytes] = []
+        ports: set[int] = set()
+        async with trio.open_nursery() as nursery:
+            for _ in range(50):
+                stream = await trio.open_tcp_stream("127.0.0.1", api_port)
+                ports.add(stream.socket.getsockname()[1])
+                await stream.send_all(_STALLED)
+                nursery.start_soon(_answer_then_eof, stream, answers)
+            with trio.fail_after(30):  # accepted by the kernel is not yet accepted by Prism
+                while _sockets_held_for(process.pid, ports) < 50:  # noqa: ASYNC110 (polling /proc)
+                    await trio.sleep(0.05)
+            async with httpx.AsyncClient() as http:
+                listed = await http.get(f"http://127.0.0.1:{api_port}/api/v1/branches")
+            assert listed.is_success, listed.text
+            assert (await psql(dsn, "SELECT 7")).stdout.decode().strip() == "7"
+            # Every reader returns only on EOF; the deadline is 5 s, so this bound is generous.
+            nursery.cancel_scope.deadline = trio.current_time() + 60
+        assert len(answers) == 50, "some stalled requests were never closed by the server"
+        assert all(answer.startswith(b"HTTP/1.1 408") for answer in answers)
+        with trio.fail_after(30):
+            while _sockets_held_for(process.pid, ports):  # noqa: ASYNC110 (polling /proc)
+                await trio.sleep(0.05)
+        assert _open_fds(process.pid) <= baseline
 
 
 async def test_a_huge_body_is_refused_with_413(prism: PrismHandle) -> None:

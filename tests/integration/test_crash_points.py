@@ -14,6 +14,7 @@ from prism.crashpoints import POINTS
 from prism.runtime._postmaster import postmasters_under
 from prism.state import StateStore
 from tests.crash_suite import (
+    OPERATION_POINTS,
     Outcome,
     check_invariants,
     crash_at_random,
@@ -29,10 +30,8 @@ from tests.crash_suite import (
 
 from .harness import fresh_dir
 
-_OPERATION_POINTS = [point for op in ("create", "delete", "reset") for point in POINTS[op]]
 
-
-@pytest.mark.parametrize("point", _OPERATION_POINTS)
+@pytest.mark.parametrize("point", OPERATION_POINTS)
 async def test_operation_survives_a_kill_at(point: str, data_dir: Path) -> None:
     outcome = await crash_operation(data_dir, "copy", point)
     assert outcome.killed, f"prism did not die at {point}"

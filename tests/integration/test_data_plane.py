@@ -16,8 +16,7 @@ from prism import dataplane
 from prism.sockmap import insn
 from tests.sysenv import require_command, require_root
 
-from .harness import PASSWORD, psql
-from .test_serve_command import log_of, running_prism
+from .harness import PASSWORD, log_of, psql, running_prism
 
 pytestmark = pytest.mark.integration
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import pytest
 import trio
 
 from prism.errors import RuntimeStopFailed
 
-from .harness import PrismHandle, kill_branch_server, psql
+from .harness import PrismHandle, assert_listed_stopped_then_woken, kill_branch_server, psql
 
 
 async def test_a_killed_branch_server_is_reported_within_a_second_and_restarted(
@@ -20,12 +19,7 @@ async def test_a_killed_branch_server_is_reported_within_a_second_and_restarted(
     await psql(prism.dsn("postgres@mortal"), "CREATE TABLE t AS SELECT 9 AS v")
     with trio.fail_after(1.0):
         await kill_branch_server(manager, "mortal")
-    async with httpx.AsyncClient(base_url=prism.info.api_url) as http:
-        view = (await http.get("/api/v1/branches/mortal")).json()
-    assert view["status"] == "stopped"
-    out = await psql(prism.dsn("postgres@mortal"), "SELECT v FROM t")
-    assert out.stdout.decode().strip() == "9"
-    assert manager.require("mortal").status.value == "running"
+    await assert_listed_stopped_then_woken(prism, "mortal")
 
 
 async def test_shutdown_stops_every_server_even_when_one_stop_fails(

@@ -5,15 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import trio
 
-from .harness import PASSWORD, fresh_dir, psql
+from .harness import PASSWORD, fresh_dir, log_of, psql, running_prism
 from .harness import free_port as _free_port
 from .harness import serve_args as _serve_args
 
@@ -37,46 +34,6 @@ def _postgres_pids_for(data_dir: Path) -> list[int]:
             if pgdata.startswith(str(data_dir)):
                 pids.append(int(entry.name))
     return pids
-
-
-def log_of(data_dir: Path) -> Path:
-    """Where :func:`running_prism` writes the output of `prism serve` on ``data_dir``."""
-    return data_dir.parent / f"{data_dir.name}.log"
-
-
-@asynccontextmanager
-async def running_prism(
-    data_dir: Path, *, env: dict[str, str] | None = None, prefix: Sequence[str] = ()
-) -> AsyncIterator[tuple[trio.Process, int, int]]:
-    """Start `prism serve`, wait until its API answers, yield (process, pg port, api port).
-
-    ``prefix`` goes before the command (e.g. ``setpriv`` to drop privileges); the output goes
-    to ``<data_dir>.log`` beside the data directory.
-    """
-    pg_port, api_port = _free_port(), _free_port()
-    log = log_of(data_dir).open("wb")
-    process = await trio.lowlevel.open_process(
-        [*prefix, *_serve_args(data_dir, pg_port, api_port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    try:
-        async with httpx.AsyncClient() as http:
-            with trio.fail_after(60):
-                while True:
-                    assert process.poll() is None, "prism serve exited early"
-                    try:
-                        if (await http.get(f"http://127.0.0.1:{api_port}/branches")).is_success:
-                            break
-                    except httpx.TransportError:
-                        await trio.sleep(0.05)
-        yield process, pg_port, api_port
-    finally:
-        if process.poll() is None:
-            process.kill()
-        await process.wait()
-        log.close()
 
 
 async def test_sigterm_stops_every_branch_server_and_exits_cleanly(data_dir: Path) -> None:

@@ -1,6 +1,8 @@
 """The crash-point suite (``tests/crash_suite.py``) on btrfs: snapshots, subvolumes in the
-trash, the process runtime. Each case works in its own directory on the shared test btrfs and
-deletes every subvolume it made afterwards."""
+trash, and both runtimes: branch servers as processes, and as Docker containers (which outlive
+Prism's process group and are found again by their labels). Each case works in its own
+directory on the shared test btrfs and deletes every container and subvolume it made
+afterwards."""
 
 from __future__ import annotations
 
@@ -15,12 +17,11 @@ import trio
 
 from prism.crashpoints import POINTS
 from prism.storage._probe import is_btrfs_subvolume
-from tests.crash_suite import crash_at_random, crash_initdb, crash_operation
+from tests.crash_suite import OPERATION_POINTS, crash_at_random, crash_initdb, crash_operation
 from tests.sysenv import BTRFS_MOUNT, require_command, require_mount
+from tests.system.stacks import remove_containers_on, require_docker
 
 pytestmark = pytest.mark.system
-
-_OPERATION_POINTS = [point for op in ("create", "delete", "reset") for point in POINTS[op]]
 
 
 def _delete_subvolumes(root: Path) -> None:
@@ -35,6 +36,13 @@ def _delete_subvolumes(root: Path) -> None:
     shutil.rmtree(root)
 
 
+@pytest.fixture(params=["process", "docker"])
+def runtime(request: pytest.FixtureRequest) -> str:
+    if request.param == "docker":
+        require_docker()
+    return str(request.param)
+
+
 @pytest.fixture
 async def btrfs_data_dir() -> AsyncIterator[Path]:
     require_mount(BTRFS_MOUNT, "btrfs")
@@ -45,26 +53,37 @@ async def btrfs_data_dir() -> AsyncIterator[Path]:
     try:
         yield root / "data"
     finally:
+        await trio.to_thread.run_sync(remove_containers_on, root)
         await trio.to_thread.run_sync(_delete_subvolumes, root)
 
 
-@pytest.mark.parametrize("point", _OPERATION_POINTS)
-async def test_operation_on_btrfs_survives_a_kill_at(point: str, btrfs_data_dir: Path) -> None:
-    outcome = await crash_operation(btrfs_data_dir, "btrfs", point)
+@pytest.mark.parametrize("point", OPERATION_POINTS)
+async def test_operation_on_btrfs_survives_a_kill_at(
+    point: str, runtime: str, btrfs_data_dir: Path
+) -> None:
+    outcome = await crash_operation(btrfs_data_dir, "btrfs", point, runtime=runtime)
     assert outcome.killed, f"prism did not die at {point}"
     assert outcome.ok, outcome
 
 
 @pytest.mark.parametrize("point", POINTS["initdb"])
-async def test_initdb_of_main_on_btrfs_survives_a_kill_at(point: str, btrfs_data_dir: Path) -> None:
-    outcome = await crash_initdb(btrfs_data_dir, "btrfs", point)
+async def test_initdb_of_main_on_btrfs_survives_a_kill_at(
+    point: str, runtime: str, btrfs_data_dir: Path
+) -> None:
+    outcome = await crash_initdb(btrfs_data_dir, "btrfs", point, runtime=runtime)
     assert outcome.killed, f"prism did not die at {point}"
     assert outcome.ok, outcome
 
 
 @pytest.mark.parametrize("seed", range(2))
-async def test_a_kill_at_a_random_time_on_btrfs(seed: int, btrfs_data_dir: Path) -> None:
+async def test_a_kill_at_a_random_time_on_btrfs(
+    seed: int, runtime: str, btrfs_data_dir: Path
+) -> None:
     outcome = await crash_at_random(
-        btrfs_data_dir, "btrfs", delay=0.2 + 0.6 * seed, kill_servers=seed % 2 == 1
+        btrfs_data_dir,
+        "btrfs",
+        delay=0.2 + 0.6 * seed,
+        kill_servers=seed % 2 == 1,
+        runtime=runtime,
     )
     assert outcome.ok, outcome

@@ -20,6 +20,7 @@ from prism.api.page import register_page
 from prism.api.routes import register_routes
 from prism.api.stream import register_stream
 from prism.branches import BranchManager
+from prism.config import Settings
 from prism.dataplane import PUMP, DataPlane
 from prism.metrics import Metrics
 from prism.state import rfc3339
@@ -28,9 +29,6 @@ PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 #: Request bodies are a branch name and a parent; anything near this size is not a request.
 MAX_BODY_BYTES = 64 * 1024
-#: A client that sent its headers has this long to send the body, or gets 408 and is closed:
-#: a local user must not be able to pin Prism's descriptors with bodies that never come.
-BODY_TIMEOUT_SECONDS = 10
 
 
 def create_app(
@@ -38,16 +36,20 @@ def create_app(
     *,
     api_token: str = "",
     data_plane: DataPlane = PUMP,
+    body_timeout: float = Settings.api_body_timeout,
     source_health: Callable[[], Awaitable[dict[str, Any]]] | None = None,
 ) -> QuartTrio:
     """Build the HTTP app over ``manager``; every route reads or changes branches through it.
 
     ``data_plane`` is only reported (``/healthz``, ``/metrics``): the proxy owns it.
     ``source_health`` reads main's replication from its source, when main follows one.
+    A client that sent its headers has ``body_timeout`` seconds to send the body, or gets 408
+    and is closed (see ``prism.api.closing``): a local user must not be able to pin Prism's
+    descriptors with bodies that never come.
     """
     app = QuartTrio("prism.api", static_folder="static", static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    app.config["BODY_TIMEOUT"] = BODY_TIMEOUT_SECONDS
+    app.config["BODY_TIMEOUT"] = body_timeout
     metrics = Metrics(manager, data_plane)
     install_error_handlers(app)
     install_auth(app, api_token)

@@ -53,6 +53,9 @@ _STATUS: tuple[tuple[type[PrismError], int, str], ...] = (
     (BackendQueryError, 422, "query_failed"),
 )
 
+#: Statuses sent before the request body was read to its end (too slow, too large).
+_BODY_LEFT_UNREAD = (408, 413)
+
 
 class ApiError(Exception):
     """A request the API refuses before it reaches the manager (bad body, bad token)."""
@@ -96,4 +99,8 @@ def install_error_handlers(app: QuartTrio) -> None:
     @app.errorhandler(HTTPException)
     async def _http_error(error: HTTPException) -> Response:
         code = (error.name or "error").lower().replace(" ", "_")
-        return error_response(error.code or 500, code, error.description or code)
+        response = error_response(error.code or 500, code, error.description or code)
+        if error.code in _BODY_LEFT_UNREAD:
+            # Part of the body may still be on its way: this connection carries no more requests.
+            response.headers["Connection"] = "close"
+        return response
