@@ -15,8 +15,7 @@ import ssl
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prism import clienthello, scram
-from prism.auth import _parse_sasl_initial
+from prism import clienthello, scram, wire
 from prism.errors import PrismError, ProtocolViolation
 from prism.router import Route, route, take_branch_option
 from prism.wire import StartupMessage
@@ -94,8 +93,8 @@ def test_mutated_client_hellos_never_crash(host: str, flips: list[tuple[int, int
 @given(st.binary(max_size=200))
 def test_sasl_initial_response_parses_or_is_a_protocol_violation(payload: bytes) -> None:
     with contextlib.suppress(ProtocolViolation):
-        mechanism, data = _parse_sasl_initial(payload)
-        assert isinstance(mechanism, str) and isinstance(data, bytes)
+        message = wire.SASLInitialResponse.decode(payload)
+        assert isinstance(message.mechanism, str) and isinstance(message.data, bytes)
 
 
 VERIFIER = scram.ScramVerifier.mock("alice", b"k" * 32)
