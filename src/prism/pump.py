@@ -10,11 +10,10 @@ Two ways to move the bytes, chosen per connection:
   waits in trio (``wait_readable``: no thread, almost no memory, so thousands of idle sessions
   are cheap). Once bytes arrive it moves to a worker thread that runs blocking ``os.splice``
   through a pipe (socket → pipe → socket, never copied into Python), and hands the direction back
-  to trio after :data:`IDLE_RETURN` of silence. Profiled with py-spy on a loopback echo, the
-  trio pump spent about a quarter of its time in epoll waits and as much again in trio's
-  scheduler around every receive and send (84 µs round trips vs 47 µs for the threads, 16 µs
-  direct, by hand with py-spy on 2026-11-25); a thread blocked in the kernel wakes straight
-  into the next ``splice``.
+  to trio after :data:`IDLE_RETURN` of silence. A pure trio pump pays for epoll waits and
+  trio's scheduler around every receive and send, where a thread blocked in the kernel wakes
+  straight into the next ``splice``; what this costs and saves against a direct connection is
+  measured by ``tools.bench --only proxy`` (docs/benchmarks.md, "Proxy overhead").
 * **anything else** (TLS streams, platforms without ``os.splice``): a plain trio
   ``receive_some``/``send_all`` loop (:func:`_pump_stream`), simple and portable.
 
