@@ -27,11 +27,10 @@ _RECEIVE_SIZE = 65536
 
 @dataclass
 class ClientConn:
-    """A client connection: the stream to use (TLS once started) and what we know of it."""
+    """A client connection: the stream to use (TLS once started), its peer and SNI name."""
 
     stream: trio.abc.HalfCloseableStream
     peer: str
-    tls: bool = False
     sni: str | None = None
 
     async def send(self, data: bytes) -> None:
@@ -66,7 +65,7 @@ async def start_tls(conn: ClientConn, received: bytes, tls: TlsConfig, *, direct
         # Not worth an error message: there is no channel left to send it on.
         log.debug("tls: handshake with %s failed: %r", conn.peer, exc.__cause__ or exc)
         raise ClientGone from exc
-    conn.stream, conn.tls, conn.sni = stream, True, stream.sni
+    conn.stream, conn.sni = stream, stream.sni
     if direct and stream.selected_alpn_protocol() != ALPN_PROTOCOL:
         raise wire.UnansweredViolation(
             "received direct SSL connection request without ALPN protocol negotiation extension"

@@ -119,7 +119,6 @@ class Proxy:
         self._manager = manager
         self._startup_timeout = startup_timeout
         self._tls = tls
-        self._auth = auth
         self._verifiers = verifiers
         self._mock_secret = mock_secret or secrets.token_bytes(32)
         self._sni_domain = sni_domain
