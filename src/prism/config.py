@@ -95,17 +95,40 @@ def _count(text: str) -> int:
     return int(text)
 
 
-def _create_policy(text: str) -> str:
-    # Checked here so a bad pattern fails at start, not at the first connection.
-    if text not in ("on", "off"):
+@dataclass(frozen=True)
+class CreatePolicy:
+    """``--create-on-connect``: which unknown branches a connection may create.
+
+    Parsed once, at start: a bad pattern fails then, not at the first connection, and the
+    pattern is compiled once for every connection after.
+    """
+
+    allowed: bool
+    """For ``on`` / ``off``; with a pattern, True."""
+    pattern: re.Pattern[str] | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> CreatePolicy:
+        if text in ("on", "off"):
+            return cls(text == "on")
         try:
-            re.compile(text)
+            return cls(True, re.compile(text))
         except re.error as exc:
             raise ConfigError(
                 f"invalid pattern {text!r}: {exc}",
                 hint="write on, off, or a regular expression branch names must match",
             ) from None
-    return text
+
+    def allows(self, branch: str) -> bool:
+        """Whether a connection may create ``branch``."""
+        if self.pattern is None:
+            return self.allowed
+        return self.pattern.fullmatch(branch) is not None
+
+    def __str__(self) -> str:
+        if self.pattern is not None:
+            return self.pattern.pattern
+        return "on" if self.allowed else "off"
 
 
 def _slot_name(text: str) -> str:
@@ -296,10 +319,10 @@ class Settings:
         default=0,
         metadata=_about(_count, "most branch servers running at once (0: no limit)"),
     )
-    create_on_connect: str = field(
-        default="on",
+    create_on_connect: CreatePolicy = field(
+        default=CreatePolicy(True),
         metadata=_about(
-            _create_policy,
+            CreatePolicy.parse,
             "on, off, or a regular expression: which unknown branches a connection may create",
         ),
     )

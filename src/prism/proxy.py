@@ -63,7 +63,7 @@ from prism.config import Settings
 from prism.dataplane import PUMP, DataPlane
 from prism.errors import PrismError, ProtocolViolation, find_prism_error
 from prism.frontdoor import ClientConn, start_tls
-from prism.limits import Gate, Limits, parse_create_policy
+from prism.limits import Gate, Limits
 from prism.startup import ClientGone, Startup, StartupConfig
 from prism.tls import TlsConfig, TlsMode, load_tls
 
@@ -164,7 +164,7 @@ class Proxy:
             sni_domain=settings.sni_domain,
             limits=Limits(
                 max_startup=settings.max_startup_connections,
-                create_on_connect=parse_create_policy(settings.create_on_connect),
+                create_on_connect=settings.create_on_connect,
             ),
             data_plane=data_plane,
         )
