@@ -12,7 +12,7 @@ import contextlib
 import functools
 import ssl
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prism import clienthello, scram, wire
@@ -75,6 +75,9 @@ def test_any_bytes_give_a_name_none_or_need_more(data: bytes) -> None:
     assert result is None or result is clienthello.NEED_MORE or isinstance(result, str)
 
 
+# No deadline: the first example makes the real ClientHello with an OpenSSL handshake, which
+# on a loaded machine takes longer than hypothesis's 200 ms, and speed is not what this proves.
+@settings(deadline=None)
 @given(
     st.sampled_from(["x.db.localhost", "localhost"]),
     st.lists(st.tuples(st.integers(0, 600), st.integers(0, 255)), min_size=1, max_size=6),
