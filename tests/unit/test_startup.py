@@ -322,3 +322,32 @@ def test_a_request_is_repeated_until_the_driver_answers_it() -> None:
     assert machine.next_event() == machine.next_event() == LookupRole("dev", "alice")
     with pytest.raises(RuntimeError):
         machine.connected()
+
+
+def test_verify_mode_refuses_a_branch_server_that_asks_for_another_method() -> None:
+    machine, admit = prove(scram.ScramClient(PASSWORD))
+    assert isinstance(admit, Admit)
+    machine.connected()
+    machine.next_event()
+    machine.receive_backend(wire.Authentication(wire.AuthCode.MD5_PASSWORD, b"salt").encode())
+    with pytest.raises(PrismError, match="authentication method 5") as refused:
+        machine.next_event()
+    assert refused.value.sqlstate == "28000"
+
+
+def test_the_servers_own_negotiation_is_absorbed() -> None:
+    machine = Startup(StartupConfig())
+    machine.receive_client(startup_packet(minor=9))
+    machine.next_event()
+    told = machine.data_for_client()
+    machine.connected()
+    machine.next_event()
+    machine.receive_backend(
+        wire.negotiate_protocol_version(2, []) + wire.authentication_ok() + ready_backend_tail()
+    )
+    assert isinstance(machine.next_event(), IssueKey)
+    machine.key_issued(1, b"1234")
+    assert machine.next_event() == Ready()
+    sent = messages(machine.data_for_client())
+    assert [m.type for m in sent] == [b"R", b"S", b"K", b"Z"]
+    assert told == wire.negotiate_protocol_version(2, [])
