@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import secrets
-import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,6 @@ from prism import scram, wire
 from prism.address import BackendAddress
 from prism.branches import BranchManager
 from prism.errors import PrismError, ProtocolViolation
-from prism.frontdoor import ClientConn
 from prism.pgclient import connect_service
 
 log = logging.getLogger(__name__)
@@ -51,15 +49,6 @@ _ROLES_SQL: Final = (
     "SELECT rolname, rolpassword, rolcanlogin::text, "
     "extract(epoch FROM rolvaliduntil)::text FROM pg_authid"
 )
-
-# Authentication request codes (the int32 at the start of an 'R' message).
-AUTH_OK: Final = 0
-AUTH_CLEARTEXT: Final = 3
-AUTH_MD5: Final = 5
-AUTH_SASL: Final = 10
-AUTH_SASL_CONTINUE: Final = 11
-AUTH_SASL_FINAL: Final = 12
-_NEEDS_ANSWER: Final = frozenset({AUTH_CLEARTEXT, AUTH_MD5, AUTH_SASL, AUTH_SASL_CONTINUE})
 
 
 class AuthMode(enum.Enum):
@@ -90,11 +79,6 @@ class RoleSecret:
 
 
 Roles = dict[str, RoleSecret]
-
-
-def authentication(code: int, data: bytes = b"") -> bytes:
-    """An Authentication ('R') message."""
-    return wire.Message(b"R", code.to_bytes(4, "big") + data).raw
 
 
 class VerifierStore:
@@ -223,148 +207,56 @@ class Verified:
     server_final: bytes
 
 
-def _parse_sasl_initial(payload: bytes) -> tuple[str, bytes]:
-    end = payload.find(b"\0")
-    if end < 0 or len(payload) < end + 5:
-        raise ProtocolViolation("malformed SASLInitialResponse message")
-    mechanism = payload[:end].decode("utf-8", errors="replace")
-    length = int.from_bytes(payload[end + 1 : end + 5], "big", signed=True)
-    data = payload[end + 5 :]
-    if length != len(data):
-        raise ProtocolViolation("malformed SASLInitialResponse message: wrong length")
-    return mechanism, data
+class ClientVerification:
+    """The server side of SCRAM with one client, sans-IO: the client's messages in, ours out.
+
+    Driven by :class:`prism.startup.Startup`. The final message (with Prism's server signature)
+    is not sent here: the client gets it together with AuthenticationOk once the branch server
+    has accepted the login too.
+    """
+
+    def __init__(
+        self,
+        role: str,
+        secret: RoleSecret | None,
+        *,
+        now: float,
+        channel_binding: bytes | None,
+        mock_secret: bytes,
+    ) -> None:
+        self._role = role
+        self._known = secret is not None
+        verifier = secret.usable_verifier(now) if secret is not None else None
+        self._server = scram.ScramServer(
+            role, verifier, mock_secret=mock_secret, channel_binding=channel_binding
+        )
+
+    def challenge(self) -> bytes:
+        """AuthenticationSASL, naming the mechanisms the client may choose from."""
+        mechanisms = b"".join(m.encode() + b"\0" for m in self._server.mechanisms) + b"\0"
+        return wire.Authentication(wire.AuthCode.SASL, mechanisms).encode()
+
+    def client_first(self, message: wire.Message) -> bytes:
+        """The AuthenticationSASLContinue answering the client's SASLInitialResponse."""
+        initial = wire.SASLInitialResponse.decode(_password_payload(message))
+        server_first = self._server.server_first(initial.mechanism, initial.data)
+        return wire.Authentication(wire.AuthCode.SASL_CONTINUE, server_first).encode()
+
+    def client_final(self, message: wire.Message, peer: str) -> Verified:
+        """The verified client; AuthenticationFailed unless its proof is right."""
+        try:
+            final = self._server.server_final(_password_payload(message))
+        except scram.AuthenticationFailed:
+            why = "no such role" if not self._known else "wrong password or no usable SCRAM secret"
+            log.info("auth: login of role %r from %s failed: %s", self._role, peer, why)
+            raise
+        assert self._server.client_key is not None
+        return Verified(self._server.verifier, self._server.client_key, final)
 
 
-async def _expect_password_message(conn: ClientConn) -> bytes:
-    message = await conn.receive_message()
+def _password_payload(message: wire.Message) -> bytes:
     if message.type != b"p":
         raise ProtocolViolation(
             f"expected SASL response, got message type {message.type.decode('latin-1')!r}"
         )
     return message.payload
-
-
-async def verify_client(
-    conn: ClientConn,
-    role: str,
-    secret: RoleSecret | None,
-    *,
-    channel_binding: bytes | None,
-    mock_secret: bytes,
-) -> Verified:
-    """Run the server side of SCRAM with the client; AuthenticationFailed unless it proves.
-
-    The final message (with Prism's server signature) is not sent yet: the client gets it
-    together with AuthenticationOk once the branch server has accepted the login too.
-    """
-    verifier = secret.usable_verifier(time.time()) if secret is not None else None
-    server = scram.ScramServer(
-        role, verifier, mock_secret=mock_secret, channel_binding=channel_binding
-    )
-    mechanisms = b"".join(m.encode() + b"\0" for m in server.mechanisms) + b"\0"
-    await conn.send(authentication(AUTH_SASL, mechanisms))
-    mechanism, first = _parse_sasl_initial(await _expect_password_message(conn))
-    await conn.send(authentication(AUTH_SASL_CONTINUE, server.server_first(mechanism, first)))
-    try:
-        final = server.server_final(await _expect_password_message(conn))
-    except scram.AuthenticationFailed:
-        why = "no such role" if secret is None else "wrong password or no usable SCRAM secret"
-        log.info("auth: login of role %r from %s failed: %s", role, conn.peer, why)
-        raise
-    assert server.client_key is not None
-    return Verified(server.verifier, server.client_key, final)
-
-
-class BackendLogin:
-    """Logs a client's session in to its branch server, up to the server's AuthenticationOk.
-
-    With a :class:`Verified` client, Prism answers the server's SCRAM challenge itself with
-    the client's ClientKey; otherwise (passthrough) each challenge is relayed to the client
-    and its answer back. Either way the client gets exactly one AuthenticationOk.
-    """
-
-    def __init__(self, conn: ClientConn, server: trio.abc.Stream, verified: Verified | None):
-        self._conn = conn
-        self._server = server
-        self._verified = verified
-        self.reader = wire.MessageReader()
-        """Server messages; whatever it holds after :meth:`run` belongs to the session."""
-
-    async def receive(self) -> wire.Message:
-        """The next message from the server."""
-        while (message := self.reader.next_message()) is None:
-            data = await self._server.receive_some(65536)
-            if not data:
-                raise PrismError(
-                    "the branch server closed the connection during start-up",
-                    hint="see the branch's server log",
-                    sqlstate="08006",
-                )
-            self.reader.feed(data)
-        return message
-
-    async def run(self, startup: wire.StartupMessage) -> wire.Message | None:
-        """Send ``startup`` and authenticate; an ErrorResponse from the server, or None."""
-        await self._server.send_all(startup.encode())
-        client: scram.ScramClient | None = None
-        while True:
-            message = await self.receive()
-            if message.type == b"E":
-                return message
-            if message.type == b"v":
-                # Prism told the client what it gets; the server's own answer is absorbed
-                # (Prism re-issues the cancel key, the only thing that differs by version).
-                continue
-            if message.type == b"N":
-                await self._conn.send(message.raw)
-                continue
-            if message.type != b"R":
-                raise ProtocolViolation(
-                    f"branch server sent {message.type!r} before authentication finished"
-                )
-            code, data = wire.parse_authentication(message.payload)
-            if self._verified is None:
-                await self._conn.send(message.raw)
-                if code == AUTH_OK:
-                    return None
-                if code in _NEEDS_ANSWER:
-                    answer = await self._conn.receive_message()
-                    await self._server.send_all(answer.raw)
-                continue
-            if code == AUTH_OK:
-                await self._conn.send(
-                    authentication(AUTH_SASL_FINAL, self._verified.server_final)
-                    + authentication(AUTH_OK)
-                )
-                return None
-            client = await self._answer(code, data, client)
-
-    async def _answer(
-        self, code: int, data: bytes, client: scram.ScramClient | None
-    ) -> scram.ScramClient | None:
-        assert self._verified is not None
-        if code == AUTH_SASL:
-            mechanisms = [m.decode(errors="replace") for m in data.split(b"\0") if m]
-            if scram.MECHANISM not in mechanisms:
-                raise PrismError(
-                    f"the branch server offers {mechanisms}, not {scram.MECHANISM}",
-                    sqlstate="28000",
-                )
-            client = scram.ScramClient.from_client_key(
-                self._verified.verifier, self._verified.client_key
-            )
-            await self._server.send_all(
-                wire.sasl_initial_response(scram.MECHANISM, client.client_first())
-            )
-        elif code == AUTH_SASL_CONTINUE and client is not None:
-            await self._server.send_all(wire.password_message(client.client_final(data)))
-        elif code == AUTH_SASL_FINAL and client is not None:
-            client.verify_server_final(data)
-        else:
-            raise PrismError(
-                f"the branch server asks for authentication method {code}; --auth verify "
-                "needs scram-sha-256 for TCP connections in the branch's pg_hba.conf",
-                hint="fix pg_hba.conf, or run Prism with --auth passthrough",
-                sqlstate="28000",
-            )
-        return client

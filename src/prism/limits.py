@@ -9,22 +9,12 @@ the limit, so an operator reading a client's error knows which knob to turn.
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prism.branches import BranchManager
-from prism.errors import BranchNotFound, ConfigError, TooManyConnections
-
-
-def parse_create_policy(text: str) -> re.Pattern[str] | bool:
-    """``--create-on-connect``: ``on``, ``off``, or a regular expression names must match."""
-    if text in ("on", "off"):
-        return text == "on"
-    try:
-        return re.compile(text)
-    except re.error as exc:
-        raise ConfigError(f"invalid --create-on-connect pattern {text!r}: {exc}") from None
+from prism.config import CreatePolicy
+from prism.errors import BranchNotFound, TooManyConnections
 
 
 @dataclass
@@ -32,7 +22,7 @@ class Limits:
     """The proxy's own limits; 0 means no cap."""
 
     max_startup: int = 0
-    create_on_connect: re.Pattern[str] | bool = True
+    create_on_connect: CreatePolicy = field(default=CreatePolicy(True))
 
 
 class Gate:
@@ -70,10 +60,10 @@ class Gate:
         if self._manager.get(branch) is not None:
             return
         policy = self._limits.create_on_connect
-        if policy is False or (not isinstance(policy, bool) and not policy.fullmatch(branch)):
+        if not policy.allows(branch):
             raise BranchNotFound(
                 f'branch "{branch}" does not exist, and this server does not create it on connect',
                 hint="create it through the API first"
-                if policy is False
-                else f"names created on connect must match {policy.pattern!r}",
+                if policy.pattern is None
+                else f"names created on connect must match {policy.pattern.pattern!r}",
             )

@@ -26,14 +26,6 @@ log = logging.getLogger(__name__)
 
 _RECEIVE_SIZE = 65536
 
-# Authentication request codes (the int32 at the start of an 'R' message).
-_AUTH_OK = 0
-_AUTH_CLEARTEXT = 3
-_AUTH_MD5 = 5
-_AUTH_SASL = 10
-_AUTH_SASL_CONTINUE = 11
-_AUTH_SASL_FINAL = 12
-
 Row = tuple[str | None, ...]
 
 
@@ -126,10 +118,10 @@ class ServiceConnection:
             if message.type == b"E":
                 raise _server_error(wire.parse_error_fields(message.payload))
             if message.type == b"R":
-                code, data = wire.parse_authentication(message.payload)
-                if code == _AUTH_OK:
+                request = wire.Authentication.decode(message.payload)
+                if request.code == wire.AuthCode.OK:
                     continue
-                sasl = await self._authenticate(code, data, sasl, user=user, password=password)
+                sasl = await self._authenticate(request, sasl, user=user, password=password)
             elif message.type == b"K":
                 self.backend_pid, self.backend_secret = wire.parse_backend_key_data(message.payload)
             elif message.type == b"Z":
@@ -142,23 +134,27 @@ class ServiceConnection:
 
     async def _authenticate(
         self,
-        code: int,
-        data: bytes,
+        request: wire.Authentication,
         sasl: scram.ScramClient | None,
         *,
         user: str,
         password: str | None,
     ) -> scram.ScramClient | None:
         """Answer one authentication request; returns the SCRAM exchange in progress."""
-        if code in (_AUTH_SASL_CONTINUE, _AUTH_SASL_FINAL):
+        code, data = request.code, request.data
+        if code in (wire.AuthCode.SASL_CONTINUE, wire.AuthCode.SASL_FINAL):
             if sasl is None:
                 raise _lost("SASL message before SASL started")
-            if code == _AUTH_SASL_CONTINUE:
+            if code == wire.AuthCode.SASL_CONTINUE:
                 await self._send(wire.password_message(sasl.client_final(data)))
             else:
                 sasl.verify_server_final(data)
             return sasl
-        if code not in (_AUTH_CLEARTEXT, _AUTH_MD5, _AUTH_SASL):
+        if code not in (
+            wire.AuthCode.CLEARTEXT_PASSWORD,
+            wire.AuthCode.MD5_PASSWORD,
+            wire.AuthCode.SASL,
+        ):
             raise PrismError(
                 f"server asks for authentication method {code}, which Prism does not support",
                 sqlstate="28000",
@@ -168,9 +164,9 @@ class ServiceConnection:
                 "server asks for a password but none was given for the service connection",
                 sqlstate="28000",
             )
-        if code == _AUTH_CLEARTEXT:
+        if code == wire.AuthCode.CLEARTEXT_PASSWORD:
             await self._send(wire.password_message(password.encode() + b"\0"))
-        elif code == _AUTH_MD5:
+        elif code == wire.AuthCode.MD5_PASSWORD:
             await self._send(wire.password_message(_md5_password(user, password, data)))
         else:
             mechanisms = [m.decode(errors="replace") for m in data.split(b"\0") if m]
@@ -180,7 +176,9 @@ class ServiceConnection:
                     sqlstate="28000",
                 )
             sasl = scram.ScramClient(password)
-            await self._send(wire.sasl_initial_response(scram.MECHANISM, sasl.client_first()))
+            await self._send(
+                wire.SASLInitialResponse(scram.MECHANISM, sasl.client_first()).encode()
+            )
         return sasl
 
     async def query(self, sql: str) -> list[Row]:

@@ -1,6 +1,11 @@
 """The Postgres front door: one task per client connection, from its first byte to its close.
 
-1. **hello** (:mod:`prism.frontdoor`): negotiate TLS (SSLRequest, direct TLS) and read the
+What each start-up step decides lives in one pure state machine, :class:`prism.startup.Startup`
+(bytes in, events out); this module is the thin async loop that drives it — it reads and
+sends, runs the TLS handshake, looks up roles, admits the client to its branch and issues
+cancel keys when the machine asks — and then splices.
+
+1. **hello**: negotiate TLS (SSLRequest, direct TLS) and read the
    start-up packet, within ``--startup-timeout``. A CancelRequest is forwarded by Prism's
    own cancel key (:mod:`prism.cancel`) and the connection closed.
 2. **route** (:mod:`prism.router`): ``user@branch``, ``prism.branch`` or the SNI host name →
@@ -13,9 +18,9 @@
    before anything is created, started or woken.
 5. **hold**: the create policy (:mod:`prism.limits`), then ``BranchManager.admit`` creates,
    starts or wakes the branch within its caps while the client waits, and counts the session.
-6. **log in** to the branch server (with the client's ClientKey, or relaying the client's
-   answers in passthrough), relay its replies up to ReadyForQuery with BackendKeyData replaced
-   by a Prism-issued key, then **splice** both ways.
+6. **log in** (:mod:`prism.backendlogin`) to the branch server (with the client's ClientKey,
+   or relaying the client's answers in passthrough), relay its replies up to ReadyForQuery
+   with BackendKeyData replaced by a Prism-issued key, then **splice** both ways.
 
 Whatever goes wrong, the client is answered with a FATAL ErrorResponse carrying a SQLSTATE and a
 message that says what to do — never a traceback — with the exceptions Postgres makes itself.
@@ -49,23 +54,23 @@ from typing import Final
 
 import trio
 
-from prism import wire
+from prism import startup, wire
 from prism.address import BackendAddress
-from prism.auth import AuthMode, BackendLogin, Verified, VerifierStore, verify_client
+from prism.auth import AuthMode, VerifierStore
 from prism.branches import BranchManager, ClientSession
 from prism.cancel import CancelKeys, CancelTarget
 from prism.config import Settings
 from prism.dataplane import PUMP, DataPlane
 from prism.errors import PrismError, ProtocolViolation, find_prism_error
-from prism.frontdoor import ClientConn, ClientGone, read_hello
-from prism.limits import Gate, Limits, parse_create_policy
-from prism.router import route
+from prism.frontdoor import ClientConn, start_tls
+from prism.limits import Gate, Limits
+from prism.startup import ClientGone, Startup, StartupConfig
 from prism.tls import TlsConfig, TlsMode, load_tls
 
 log = logging.getLogger(__name__)
 
-_PQ_PREFIX: Final = "_pq_."
 _MOCK_SECRET_FILE: Final = "mock_auth_secret"
+_RECEIVE_SIZE: Final = 65536
 
 
 class _SessionRefused(Exception):
@@ -78,21 +83,6 @@ def _peer_name(stream: trio.SocketStream) -> str:
     except (OSError, ValueError):
         return "unknown"
     return f"{host}:{port}"
-
-
-def negotiate(startup: wire.StartupMessage) -> tuple[bytes, wire.StartupMessage]:
-    """The NegotiateProtocolVersion for the client (or b"") and the start-up for the backend.
-
-    As Postgres: one message when the client asked for a newer minor version or for any
-    ``_pq_.*`` protocol option (Prism knows none), naming the newest version we speak and
-    every option we ignore. The backend is asked for the same version, without the options.
-    """
-    major, minor = startup.version
-    unknown = [name for name, _ in startup.params if name.startswith(_PQ_PREFIX)]
-    agreed = min(minor, wire.NEWEST_MINOR)
-    message = wire.negotiate_protocol_version(agreed, unknown) if minor > agreed or unknown else b""
-    params = tuple(p for p in startup.params if not p[0].startswith(_PQ_PREFIX))
-    return message, wire.StartupMessage(major << 16 | agreed, params)
 
 
 def _mock_secret(data_dir: Path) -> bytes:
@@ -129,7 +119,6 @@ class Proxy:
         self._manager = manager
         self._startup_timeout = startup_timeout
         self._tls = tls
-        self._auth = auth
         self._verifiers = verifiers
         self._mock_secret = mock_secret or secrets.token_bytes(32)
         self._sni_domain = sni_domain
@@ -175,7 +164,7 @@ class Proxy:
             sni_domain=settings.sni_domain,
             limits=Limits(
                 max_startup=settings.max_startup_connections,
-                create_on_connect=parse_create_policy(settings.create_on_connect),
+                create_on_connect=settings.create_on_connect,
             ),
             data_plane=data_plane,
         )
@@ -187,8 +176,18 @@ class Proxy:
     async def handle(self, client: trio.SocketStream) -> None:
         """Serve one client connection from its first byte to its close."""
         conn = ClientConn(client, _peer_name(client))
+        machine = Startup(
+            StartupConfig(
+                tls=self._tls is not None,
+                tls_required=self._tls is not None and self._tls.required,
+                verify=self._verifiers is not None,
+                mock_secret=self._mock_secret,
+                sni_domain=self._sni_domain,
+            ),
+            peer=conn.peer,
+        )
         try:
-            await self._serve(conn)
+            await self._serve(conn, machine)
         except ClientGone:
             log.debug("proxy: client %s closed during start-up", conn.peer)
         except wire.UnansweredViolation as exc:
@@ -197,7 +196,7 @@ class Proxy:
             log.debug("proxy: branch server refused client %s", conn.peer)
         except PrismError as exc:
             log.info("proxy: refused client %s: %s (%s)", conn.peer, exc.message, exc.sqlstate)
-            await self._refuse(conn, exc)
+            await self._refuse(conn, machine, exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             log.debug("proxy: connection to %s broke", conn.peer)
         except Exception as exc:
@@ -208,7 +207,7 @@ class Proxy:
                     "internal error in Prism while opening this connection",
                     hint="see the Prism server log for details",
                 )
-            await self._refuse(conn, error)
+            await self._refuse(conn, machine, error)
         finally:
             with (
                 trio.move_on_after(1),
@@ -218,20 +217,21 @@ class Proxy:
                 await conn.stream.aclose()
             await client.aclose()
 
-    async def _refuse(self, conn: ClientConn, exc: PrismError) -> None:
+    async def _refuse(self, conn: ClientConn, machine: Startup, exc: PrismError) -> None:
+        """The FATAL for ``exc``, after what the machine still had for the client (an ``N``)."""
         with (
             trio.move_on_after(1),
             trio.CancelScope(shield=True),
             contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
         ):
-            await conn.send(wire.error_from(exc))
+            await conn.send(machine.data_for_client() + wire.error_from(exc))
 
-    async def _serve(self, conn: ClientConn) -> None:
+    async def _serve(self, conn: ClientConn, machine: Startup) -> None:
         with self.gate.startup_slot():
-            opened = await self._open(conn)
+            opened = await self._open(conn, machine)
         if opened is None:
             return
-        session, server, login, keys = opened
+        session, server, keys = opened
         branch = session.branch
 
         def count(nbytes: int) -> None:
@@ -240,11 +240,11 @@ class Proxy:
 
         try:
             async with server:
-                assert conn.reader is not None
-                if pending := conn.reader.pending():
-                    await server.send_all(pending)
-                if pending := login.reader.pending():
-                    await conn.send(pending)
+                from_client, from_server = machine.leftovers()
+                if from_client:
+                    await server.send_all(from_client)
+                if from_server:
+                    await conn.send(from_server)
                 # Reset, stop and delete end the session here, with a reason for the client.
                 with self._manager.terminable(session):
                     await self.data_plane.splice(conn.stream, server, on_bytes=count)
@@ -254,54 +254,33 @@ class Proxy:
             self._manager.connection_closed(session)
 
     async def _open(
-        self, conn: ClientConn
-    ) -> (
-        tuple[ClientSession, trio.abc.HalfCloseableStream, BackendLogin, list[tuple[int, bytes]]]
-        | None
-    ):
+        self, conn: ClientConn, machine: Startup
+    ) -> tuple[ClientSession, trio.SocketStream, list[tuple[int, bytes]]] | None:
         """Everything up to the backend's first ReadyForQuery; None after a cancel request."""
-        verified: Verified | None = None
         with trio.move_on_after(self._startup_timeout) as deadline:
-            packet = await read_hello(conn, self._tls)
-            if isinstance(packet, wire.CancelRequest):
-                await self.cancel_keys.forward(packet, conn.peer)
+            event = await self._drive(conn, machine)
+            if isinstance(event, startup.Cancel):
+                await self.cancel_keys.forward(event.request, conn.peer)
                 return None
-            # As Postgres: the version is negotiated before a missing user is refused.
-            negotiation, packet = negotiate(packet)
-            if negotiation:
-                await conn.send(negotiation)
-            target = route(packet, sni=conn.sni, sni_domain=self._sni_domain)
-            startup = target.startup
-            if self._verifiers is not None:
-                role = startup.get("user") or ""
-                secret = await self._verifiers.lookup(target.branch, role)
-                verified = await verify_client(
-                    conn,
-                    role,
-                    secret,
-                    channel_binding=self._tls.channel_binding if conn.tls and self._tls else None,
-                    mock_secret=self._mock_secret,
-                )
         if deadline.cancelled_caught:
-            what = "start-up packet" if conn.reader is None else "authentication"
+            hello = machine.state in (startup.State.HELLO, startup.State.TLS_HANDSHAKE)
+            what = "start-up packet" if hello else "authentication"
             raise ProtocolViolation(
                 f"no complete {what} within {self._startup_timeout:g} s",
                 hint="connect with a PostgreSQL client; Prism speaks the Postgres protocol",
             )
+        assert isinstance(event, startup.Admit)
+        target = event.route
         self.gate.may_create(target.branch)
         session = await self._manager.admit(target.branch, conn.peer)
-        address = session.address
         keys: list[tuple[int, bytes]] = []
         server: trio.SocketStream | None = None
         try:
-            server = await self._connect(target.branch, address)
-            login = BackendLogin(conn, server, verified)
-            error = await login.run(startup)
-            if error is not None:
-                await conn.send(error.raw)
+            server = await self._connect(target.branch, session.address)
+            machine.connected()
+            event = await self._drive(conn, machine, server, session.address, keys)
+            if isinstance(event, startup.Refused):
                 raise _SessionRefused
-            minor = startup.version[1]
-            await self._relay_until_ready(conn, login, address, target.branch, minor, keys)
         except BaseException:
             for key in keys:
                 self.cancel_keys.revoke(*key)
@@ -310,7 +289,47 @@ class Proxy:
                 with trio.CancelScope(shield=True):
                     await server.aclose()
             raise
-        return session, server, login, keys
+        return session, server, keys
+
+    async def _drive(
+        self,
+        conn: ClientConn,
+        machine: Startup,
+        server: trio.SocketStream | None = None,
+        address: BackendAddress | None = None,
+        keys: list[tuple[int, bytes]] | None = None,
+    ) -> startup.Event:
+        """Do what the machine asks until it asks for admission, a cancel, or is done."""
+        while True:
+            event = machine.next_event()
+            if isinstance(event, startup.IssueKey):
+                assert address is not None and keys is not None and machine.route is not None
+                target = CancelTarget(address, event.pid, event.secret, machine.route.branch)
+                key = self.cancel_keys.issue(target, protocol_minor=machine.protocol_minor)
+                keys.append(key)
+                machine.key_issued(*key)
+                continue
+            # Flush before anything that waits, so each side has what it must answer.
+            if data := machine.data_for_client():
+                await conn.send(data)
+            if data := machine.data_for_backend():
+                assert server is not None
+                await server.send_all(data)
+            if isinstance(event, startup.NeedClientData):
+                machine.receive_client(await conn.receive())
+            elif isinstance(event, startup.NeedBackendData):
+                assert server is not None
+                machine.receive_backend(await server.receive_some(_RECEIVE_SIZE))
+            elif isinstance(event, startup.StartTls):
+                assert self._tls is not None
+                await start_tls(conn, event.received, self._tls, direct=event.direct)
+                machine.tls_started(sni=conn.sni, channel_binding=self._tls.channel_binding)
+            elif isinstance(event, startup.LookupRole):
+                assert self._verifiers is not None
+                secret = await self._verifiers.lookup(event.branch, event.role)
+                machine.role_found(secret, now=time.time())
+            else:
+                return event
 
     async def _connect(self, branch: str, address: BackendAddress) -> trio.SocketStream:
         try:
@@ -321,35 +340,3 @@ class Proxy:
                 hint="the branch server may have just stopped; connect again",
                 sqlstate="08006",
             ) from exc
-
-    async def _relay_until_ready(
-        self,
-        conn: ClientConn,
-        login: BackendLogin,
-        address: BackendAddress,
-        branch: str,
-        minor: int,
-        keys: list[tuple[int, bytes]],
-    ) -> None:
-        """Pass the server's post-login messages on, with Prism's own cancel key."""
-        out = bytearray()
-        while True:
-            message = login.reader.next_message()
-            if message is None:
-                if out:
-                    await conn.send(bytes(out))
-                    out.clear()
-                message = await login.receive()
-            if message.type == b"K":
-                pid, secret = wire.parse_backend_key_data(message.payload)
-                target = CancelTarget(address, pid, secret, branch)
-                issued_pid, issued_secret = self.cancel_keys.issue(target, protocol_minor=minor)
-                keys.append((issued_pid, issued_secret))
-                out += wire.backend_key_data(issued_pid, issued_secret)
-            elif message.type != b"v":
-                out += message.raw
-            if message.type in (b"Z", b"E"):
-                await conn.send(bytes(out))
-                if message.type == b"E":
-                    raise _SessionRefused
-                return

@@ -10,17 +10,18 @@ Two ways to move the bytes, chosen per connection:
   waits in trio (``wait_readable``: no thread, almost no memory, so thousands of idle sessions
   are cheap). Once bytes arrive it moves to a worker thread that runs blocking ``os.splice``
   through a pipe (socket → pipe → socket, never copied into Python), and hands the direction back
-  to trio after :data:`IDLE_RETURN` of silence. Profiled with py-spy on a loopback echo, the
-  trio pump spent about a quarter of its time in epoll waits and as much again in trio's
-  scheduler around every receive and send (84 µs round trips vs 47 µs for the threads, 16 µs
-  direct, by hand with py-spy on 2026-11-25); a thread blocked in the kernel wakes straight
-  into the next ``splice``.
+  to trio after :data:`IDLE_RETURN` of silence. A pure trio pump pays for epoll waits and
+  trio's scheduler around every receive and send, where a thread blocked in the kernel wakes
+  straight into the next ``splice``; what this costs and saves against a direct connection is
+  measured by ``tools.bench --only proxy`` (docs/benchmarks.md, "Proxy overhead").
 * **anything else** (TLS streams, platforms without ``os.splice``): a plain trio
   ``receive_some``/``send_all`` loop (:func:`_pump_stream`), simple and portable.
 
-A worker thread still belongs to its direction's task: the task waits for it, cannot finish
-before it, and a cancellation of the task tells the thread to stop (it looks every
-:data:`TICK`), so a branch reset/stop/delete or Prism's shutdown ends spliced sessions as before.
+A worker thread still belongs to its direction's task: it runs in ``trio.to_thread.run_sync``
+without abandoning on cancel, so the task waits for it and cannot finish before it, and the
+thread looks for a cancellation of the task (``trio.from_thread.check_cancelled``) after every
+message and every :data:`TICK` of silence, so a branch reset/stop/delete or Prism's shutdown
+ends spliced sessions within a tick.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-import outcome
 import trio
 
 CHUNK: Final = 65536
@@ -77,47 +77,45 @@ class _End(enum.Enum):
     IDLE = "idle"  # no bytes for IDLE_RETURN: wait in trio again
     EOF = "eof"  # the source half-closed: pass the half-close on
     BROKEN = "broken"  # reset, broken pipe: end both directions
-    CANCELLED = "cancelled"
 
 
 @dataclass
 class _Job:
-    """One activation of a worker thread for one direction; ``cancelled`` is set from trio."""
+    """One activation of a worker thread for one direction."""
 
     source: int
     sink: int
     report: Callable[[int], None]
-    cancelled: bool = False
     moved: int = 0
     """Bytes moved but not yet reported when the thread returned."""
 
 
-def _drain(pipe_r: int, sink: int, count: int, job: _Job) -> bool:
-    """Write the ``count`` bytes left in the pipe to ``sink``; False if cancelled first."""
+def _drain(pipe_r: int, sink: int, count: int) -> None:
+    """Write the ``count`` bytes left in the pipe to ``sink``, unless cancelled first."""
     while count:
         try:
             count -= os.splice(pipe_r, sink, count)
         except BlockingIOError:  # SO_SNDTIMEO: the peer is slow to read; look for a cancel
-            if job.cancelled:
-                return False
-    return True
+            trio.from_thread.check_cancelled()
 
 
 def _move(job: _Job) -> _End:
     """Worker thread: splice ``source`` → pipe → ``sink`` until silence, EOF, error or cancel.
 
     The sockets are blocking with a :data:`TICK` send/receive timeout while the connection is
-    spliced, so each call blocks in the kernel and a timeout is a chance to look at
-    ``job.cancelled`` and to count a tick of silence. The per-message path is two ``splice``
-    calls and a few local operations (it is the proxy's hot loop): the clock is read only
-    every :data:`_CLOCK_EVERY` messages.
+    spliced, so each call blocks in the kernel and a timeout is a chance to look for a
+    cancellation (raised here as ``trio.Cancelled``) and to count a tick of silence. The
+    per-message path is two ``splice`` calls and a few local operations (it is the proxy's
+    hot loop): the clock is read only every :data:`_CLOCK_EVERY` messages.
     """
     pipe_r, pipe_w = os.pipe()
     source, sink, splice_ = job.source, job.sink, os.splice
+    check_cancelled = trio.from_thread.check_cancelled
     quiet_ticks = unreported = messages = 0
     reported_at = time.monotonic()
     try:
-        while not job.cancelled:
+        while True:
+            check_cancelled()
             try:
                 count = splice_(source, pipe_w, CHUNK)
             except BlockingIOError:  # SO_RCVTIMEO: a tick without bytes
@@ -131,38 +129,20 @@ def _move(job: _Job) -> _End:
                 written = splice_(pipe_r, sink, count)
             except BlockingIOError:  # SO_SNDTIMEO: the peer is slow to read
                 written = 0
-            if written != count and not _drain(pipe_r, sink, count - written, job):
-                break
+            if written != count:
+                _drain(pipe_r, sink, count - written)
             quiet_ticks = 0
             unreported += count
             messages += 1
             if messages % _CLOCK_EVERY == 0 and time.monotonic() - reported_at >= REPORT_EVERY:
                 job.report(unreported)
                 unreported, reported_at = 0, time.monotonic()
-        return _End.CANCELLED
     except OSError:
         return _End.BROKEN
     finally:
         os.close(pipe_r)
         os.close(pipe_w)
         job.moved = unreported
-
-
-async def _in_thread(job: _Job) -> _End:
-    """Run :func:`_move` in a (cached) worker thread; a cancel asks it to stop and waits."""
-    task = trio.lowlevel.current_task()
-    token = trio.lowlevel.current_trio_token()
-
-    def deliver(result: outcome.Outcome[_End]) -> None:
-        token.run_sync_soon(trio.lowlevel.reschedule, task, result)
-
-    def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
-        job.cancelled = True  # the thread sees it within a TICK and delivers
-        return trio.lowlevel.Abort.FAILED
-
-    trio.lowlevel.start_thread_soon(lambda: _move(job), deliver, name="prism-pump")
-    end: _End = await trio.lowlevel.wait_task_rescheduled(abort)
-    return end
 
 
 async def _pump_socket(
@@ -180,11 +160,12 @@ async def _pump_socket(
     job = _Job(source.socket.fileno(), sink.socket.fileno(), report)
     while True:
         await trio.lowlevel.wait_readable(source.socket)
-        async with _limiter():
-            job.moved = 0
-            end = await _in_thread(job)
-        if job.moved:
-            on_bytes(job.moved)
+        job.moved = 0
+        try:
+            end = await trio.to_thread.run_sync(_move, job, limiter=_limiter())
+        finally:
+            if job.moved:
+                on_bytes(job.moved)
         if end is _End.EOF:
             try:
                 sink.socket.shutdown(socket.SHUT_WR)
@@ -194,7 +175,7 @@ async def _pump_socket(
         if end is _End.BROKEN:
             both.cancel()
             return
-        await trio.lowlevel.checkpoint()  # CANCELLED: raise here; IDLE: wait in trio again
+        # IDLE: wait in trio again.
 
 
 def _set_spliceable(streams: tuple[trio.SocketStream, ...], on: bool) -> None:

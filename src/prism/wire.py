@@ -16,6 +16,7 @@ Two framings exist on the wire:
 
 from __future__ import annotations
 
+import enum
 import struct
 from dataclasses import dataclass
 from typing import ClassVar, Final, Generic, TypeVar
@@ -404,13 +405,12 @@ def ready_for_query(status: bytes = b"I") -> bytes:
 
 def backend_key_data(pid: int, secret: bytes) -> bytes:
     """BackendKeyData ('K'): what the client must quote in a later CancelRequest."""
-    _check_cancel_secret(secret)
-    return _message(b"K", _INT32.pack(pid) + secret)
+    return BackendKeyData(pid, secret).encode()
 
 
 def authentication_ok() -> bytes:
     """AuthenticationOk ('R', code 0)."""
-    return _message(b"R", _INT32.pack(0))
+    return Authentication(AuthCode.OK).encode()
 
 
 def parameter_status(name: str, value: str) -> bytes:
@@ -525,6 +525,96 @@ class _Cursor:
             raise self._fail(f"{len(self._data) - self._pos} unexpected trailing bytes")
 
 
+# --------------------------------------------------------------------------------------------
+# Authentication messages, both directions: one frozen dataclass each, with encode and decode
+# --------------------------------------------------------------------------------------------
+
+
+class AuthCode(enum.IntEnum):
+    """Authentication request codes (the int32 at the start of an 'R' message)."""
+
+    OK = 0
+    CLEARTEXT_PASSWORD = 3
+    MD5_PASSWORD = 5
+    SASL = 10
+    SASL_CONTINUE = 11
+    SASL_FINAL = 12
+
+
+_NEEDS_ANSWER: Final = frozenset(
+    {AuthCode.CLEARTEXT_PASSWORD, AuthCode.MD5_PASSWORD, AuthCode.SASL, AuthCode.SASL_CONTINUE}
+)
+
+
+@dataclass(frozen=True)
+class Authentication:
+    """An Authentication ('R') request from a server; ``data`` depends on the code.
+
+    ``code`` stays a plain int: a server may ask for a method Prism has no name for (GSS,
+    SSPI), and saying which one is the useful error.
+    """
+
+    code: int
+    data: bytes = b""
+
+    @property
+    def needs_answer(self) -> bool:
+        """True where the client must answer with a 'p' message before the server goes on."""
+        return self.code in _NEEDS_ANSWER
+
+    def encode(self) -> bytes:
+        return _message(b"R", _INT32.pack(self.code) + self.data)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Authentication:
+        cur = _Cursor(payload, "Authentication")
+        return cls(cur.int32(), cur.rest())
+
+
+@dataclass(frozen=True)
+class BackendKeyData:
+    """BackendKeyData ('K'): what the client must quote in a later CancelRequest."""
+
+    pid: int
+    secret: bytes
+
+    def __post_init__(self) -> None:
+        _check_cancel_secret(self.secret)
+
+    def encode(self) -> bytes:
+        return _message(b"K", _INT32.pack(self.pid) + self.secret)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> BackendKeyData:
+        cur = _Cursor(payload, "BackendKeyData")
+        pid = cur.int32()
+        secret = cur.rest()
+        if not _MIN_CANCEL_SECRET <= len(secret) <= _MAX_CANCEL_SECRET:
+            raise ProtocolViolation(f"malformed BackendKeyData message: {len(secret)}-byte secret")
+        return cls(pid, secret)
+
+
+@dataclass(frozen=True)
+class SASLInitialResponse:
+    """SASLInitialResponse: the 'p' message that opens a SASL exchange."""
+
+    mechanism: str
+    data: bytes
+
+    def encode(self) -> bytes:
+        return password_message(_cstring(self.mechanism) + _INT32.pack(len(self.data)) + self.data)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> SASLInitialResponse:
+        cur = _Cursor(payload, "SASLInitialResponse")
+        mechanism = cur.cstring()
+        length = cur.int32()
+        data = cur.rest()
+        if length != len(data):
+            raise ProtocolViolation("malformed SASLInitialResponse message: wrong length")
+        return cls(mechanism, data)
+
+
 def parse_error_fields(payload: bytes) -> dict[str, str]:
     """The fields of an ErrorResponse or NoticeResponse, keyed by their one-letter code."""
     cur = _Cursor(payload, "error/notice")
@@ -540,12 +630,8 @@ def parse_error_fields(payload: bytes) -> dict[str, str]:
 
 def parse_backend_key_data(payload: bytes) -> tuple[int, bytes]:
     """``(pid, secret)`` from BackendKeyData."""
-    cur = _Cursor(payload, "BackendKeyData")
-    pid = cur.int32()
-    secret = cur.rest()
-    if not _MIN_CANCEL_SECRET <= len(secret) <= _MAX_CANCEL_SECRET:
-        raise ProtocolViolation(f"malformed BackendKeyData message: {len(secret)}-byte secret")
-    return pid, secret
+    key = BackendKeyData.decode(payload)
+    return key.pid, key.secret
 
 
 def parse_row_description(payload: bytes) -> list[str]:
@@ -589,8 +675,8 @@ def parse_parameter_status(payload: bytes) -> tuple[str, str]:
 
 def parse_authentication(payload: bytes) -> tuple[int, bytes]:
     """``(code, data)`` from an Authentication message; data depends on the code."""
-    cur = _Cursor(payload, "Authentication")
-    return cur.int32(), cur.rest()
+    message = Authentication.decode(payload)
+    return message.code, message.data
 
 
 # --------------------------------------------------------------------------------------------
@@ -617,7 +703,7 @@ def password_message(data: bytes) -> bytes:
 
 def sasl_initial_response(mechanism: str, data: bytes) -> bytes:
     """SASLInitialResponse: the 'p' message that opens a SASL exchange."""
-    return password_message(_cstring(mechanism) + _INT32.pack(len(data)) + data)
+    return SASLInitialResponse(mechanism, data).encode()
 
 
 def copy_fail(reason: str) -> bytes:

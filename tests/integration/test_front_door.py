@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from prism import scram, wire
+from prism.config import CreatePolicy
 
 from .harness import PrismHandle, psql
 
@@ -478,7 +479,7 @@ async def test_passthrough_lets_the_branch_server_authenticate(start_prism: Any)
 
 
 async def test_create_on_connect_off_refuses_new_branches(start_prism: Any) -> None:
-    prism = await start_prism(create_on_connect="off")
+    prism = await start_prism(create_on_connect=CreatePolicy.parse("off"))
     out = await psql(prism.dsn("postgres@newbie"), "SELECT 1", check=False)
     assert 'branch "newbie" does not exist' in out.stderr.decode()
     assert prism.manager.get("newbie") is None
@@ -486,7 +487,7 @@ async def test_create_on_connect_off_refuses_new_branches(start_prism: Any) -> N
 
 
 async def test_create_on_connect_pattern_limits_names(start_prism: Any) -> None:
-    prism = await start_prism(create_on_connect="pr-[0-9]+")
+    prism = await start_prism(create_on_connect=CreatePolicy.parse("pr-[0-9]+"))
     assert (await psql(prism.dsn("postgres@pr-42"), "SELECT 1")).returncode == 0
     out = await psql(prism.dsn("postgres@random"), "SELECT 1", check=False)
     assert "must match" in out.stderr.decode()

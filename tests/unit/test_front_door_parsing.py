@@ -12,11 +12,10 @@ import contextlib
 import functools
 import ssl
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prism import clienthello, scram
-from prism.auth import _parse_sasl_initial
+from prism import clienthello, scram, wire
 from prism.errors import PrismError, ProtocolViolation
 from prism.router import Route, route, take_branch_option
 from prism.wire import StartupMessage
@@ -76,6 +75,9 @@ def test_any_bytes_give_a_name_none_or_need_more(data: bytes) -> None:
     assert result is None or result is clienthello.NEED_MORE or isinstance(result, str)
 
 
+# No deadline: the first example makes the real ClientHello with an OpenSSL handshake, which
+# on a loaded machine takes longer than hypothesis's 200 ms, and speed is not what this proves.
+@settings(deadline=None)
 @given(
     st.sampled_from(["x.db.localhost", "localhost"]),
     st.lists(st.tuples(st.integers(0, 600), st.integers(0, 255)), min_size=1, max_size=6),
@@ -94,8 +96,8 @@ def test_mutated_client_hellos_never_crash(host: str, flips: list[tuple[int, int
 @given(st.binary(max_size=200))
 def test_sasl_initial_response_parses_or_is_a_protocol_violation(payload: bytes) -> None:
     with contextlib.suppress(ProtocolViolation):
-        mechanism, data = _parse_sasl_initial(payload)
-        assert isinstance(mechanism, str) and isinstance(data, bytes)
+        message = wire.SASLInitialResponse.decode(payload)
+        assert isinstance(message.mechanism, str) and isinstance(message.data, bytes)
 
 
 VERIFIER = scram.ScramVerifier.mock("alice", b"k" * 32)

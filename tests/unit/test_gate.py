@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 import trio.testing
 
+from prism.config import CreatePolicy
 from prism.errors import BranchNotFound, TooManyConnections
 from prism.limits import Gate, Limits
 from tests.manager_kit import open_manager
@@ -33,11 +33,11 @@ async def test_create_policy_off_and_pattern_refuse_unknown_names_only(
 ) -> None:
     async with open_manager(tmp_path) as (manager, _, _):
         await manager.create("existing")
-        off = Gate(manager, Limits(create_on_connect=False))
+        off = Gate(manager, Limits(create_on_connect=CreatePolicy.parse("off")))
         off.may_create("existing")
         with pytest.raises(BranchNotFound, match="does not create it on connect"):
             off.may_create("new")
-        pattern = Gate(manager, Limits(create_on_connect=re.compile(r"pr-[0-9]+")))
+        pattern = Gate(manager, Limits(create_on_connect=CreatePolicy.parse("pr-[0-9]+")))
         pattern.may_create("pr-7")
         with pytest.raises(BranchNotFound) as refused:
             pattern.may_create("random")

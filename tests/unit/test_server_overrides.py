@@ -9,6 +9,8 @@ import pytest
 from prism.config import load_settings
 from prism.errors import ConfigError, RuntimeStartFailed
 from prism.pgbin import PgInstall, PgInstalls
+from prism.runtime._docker_engine import DockerEngine
+from prism.runtime._docker_image import Images
 from prism.runtime.docker import DockerRuntime
 from prism.serverconf import FIXED_OVERRIDES, memory_kb, overrides, parse_conf, server_conf
 
@@ -112,13 +114,11 @@ def test_a_data_dir_without_postgresql_conf_gets_an_empty_one(tmp_path: Path) ->
 
 
 def test_a_docker_image_per_major_version() -> None:
-    runtime = DockerRuntime(
-        run_dir=Path("/nonexistent"), image="postgres:{major}-alpine", default_major=18
-    )
-    assert runtime._image_for(16) == "postgres:16-alpine"
-    assert runtime._image_for(None) == "postgres:18-alpine"  # a new cluster
-    fixed = DockerRuntime(run_dir=Path("/nonexistent"), image="postgres:15-alpine")
-    assert fixed._image_for(16) == "postgres:15-alpine"  # checked against PG_MAJOR at start
+    images = Images(DockerEngine(), "postgres:{major}-alpine", default_major=18)
+    assert images.for_major(16) == "postgres:16-alpine"
+    assert images.for_major(None) == "postgres:18-alpine"  # a new cluster
+    fixed = Images(DockerEngine(), "postgres:15-alpine")
+    assert fixed.for_major(16) == "postgres:15-alpine"  # checked against PG_MAJOR at start
 
 
 def test_an_image_per_major_needs_a_major_for_new_clusters() -> None:

@@ -6,9 +6,12 @@ clone is bind-mounted as the data directory and the container runs as the direct
 has. Prism starts ``postgres -D ...`` itself instead of the image's entrypoint: the entrypoint's
 checks and ``chown``s are start-up time a branch does not need.
 
-Every Docker Engine call blocks (HTTP over a socket), so each goes through ``trio.to_thread``.
-Readiness is the status line Postgres writes to ``postmaster.pid`` in the bind-mounted data
-directory, polled every few milliseconds on the host: no fixed sleeps, no probe connections.
+This module is the runtime itself (starting, adopting, stopping containers); engine access
+(every blocking SDK call in a thread, errors as PrismErrors, the network mode) is in
+:mod:`prism.runtime._docker_engine`, and which image serves which data, with its ``initdb``,
+in :mod:`prism.runtime._docker_image`. Readiness is the status line Postgres writes to
+``postmaster.pid`` in the bind-mounted data directory, polled every few milliseconds on the
+host: no fixed sleeps, no probe connections.
 
 Reaching a server:
 
@@ -29,34 +32,38 @@ server's Unix socket directory: Prism's trusted service connection.
 from __future__ import annotations
 
 import functools
-import io
 import logging
-import os
 import stat
-import sys
-import tarfile
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any
 
-import docker
 import docker.errors
-import requests.exceptions
 import trio
 from docker.models.containers import Container
 from docker.types import Mount
 
 from prism import serverconf
 from prism.address import BackendAddress
-from prism.errors import ConfigError, PrismError, RuntimeStartFailed, RuntimeStopFailed
-from prism.pgbin import embedded_bin_dir, read_data_major, server_version
+from prism.errors import PrismError, RuntimeStartFailed, RuntimeStopFailed
+from prism.pgbin import embedded_bin_dir, server_version
+from prism.runtime._docker_engine import (
+    LABEL_BRANCH,
+    LABEL_MANAGED,
+    LABEL_NETWORK,
+    LABEL_PARENT,
+    LABEL_PGDATA,
+    LABEL_PORT,
+    LABEL_SOCKET_DIR,
+    DockerEngine,
+    NetworkMode,
+)
+from prism.runtime._docker_image import DEFAULT_IMAGE, MAJOR_FIELD, ImageInfo, Images
 from prism.runtime._postmaster import (
     LOOPBACK,
     PortTaken,
     free_port,
-    last_lines,
     make_socket_dir,
     read_pidfile,
     remove_dir,
@@ -69,59 +76,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-NetworkMode = Literal["auto", "host", "bridge-ip", "published-port"]
-_NETWORK_MODES: tuple[str, ...] = ("auto", "host", "bridge-ip", "published-port")
-
-DEFAULT_IMAGE = "postgres:15-alpine"
-#: Replaced in ``--image`` by the major version of the data a container runs on.
-MAJOR_FIELD = "{major}"
 CONTAINER_PREFIX = "prism-"
-LABEL_MANAGED = "prism.managed"
-LABEL_BRANCH = "prism.branch"
-LABEL_PARENT = "prism.parent"
-LABEL_PGDATA = "prism.pgdata"
-LABEL_SOCKET_DIR = "prism.socket-dir"
-LABEL_NETWORK = "prism.network"
-LABEL_PORT = "prism.port"
-
-#: Where the official images keep PGDATA (and declare a VOLUME): mounting the clone exactly
-#: there keeps Docker from creating an anonymous volume for it.
-_DEFAULT_PGDATA = "/var/lib/postgresql/data"
 _SOCKET_TARGET = "/var/run/prism"
-_INIT_TARGET = "/var/run/prism-init"
 _CONTAINER_PORT = 5432
 _PID_POLL_S = 0.005
 # Asking the engine costs a thread and an HTTP round trip; an early exit may be noticed a
 # little later than readiness would be.
 _EXIT_POLL_S = 0.05
-_LOG_TAIL = 20
-_INITDB_TIMEOUT_S = 300.0
 _PORT_ATTEMPTS = 5
-
-T = TypeVar("T")
-
-
-def _engine_hint(host: str | None) -> str:
-    where = host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-    return (
-        f"is dockerd running? Prism talks to it at {where}; start it (systemctl start docker, "
-        "or dockerd &), or set DOCKER_HOST"
-    )
-
-
-class EngineUnreachable(RuntimeStartFailed):
-    """The Docker engine did not answer; nothing about the branch itself is known to be wrong."""
-
-
-@dataclass(frozen=True)
-class _ImageInfo:
-    """What Prism needs to know about one image."""
-
-    image: str
-    pgdata: str
-    passwd: str
-    # From the official images' PG_MAJOR; None when an image does not say.
-    major: int | None
 
 
 @dataclass(frozen=True)
@@ -131,7 +93,7 @@ class _Launch:
     branch: str
     pgdata: Path
     parent: str | None
-    info: _ImageInfo
+    info: ImageInfo
     mode: NetworkMode
     uid: int
     gid: int
@@ -172,124 +134,25 @@ class DockerRuntime:
         shm_size: str = "256m",
         default_major: int | None = None,
     ) -> None:
-        if network_mode not in _NETWORK_MODES:
-            raise ConfigError(
-                f"unknown docker network mode {network_mode!r}",
-                hint=f"choose one of: {', '.join(_NETWORK_MODES)}",
-            )
         self._run_dir = run_dir
-        if MAJOR_FIELD in image and default_major is None:
-            raise ConfigError(
-                f"the image {image} names {MAJOR_FIELD} but no major version for new clusters "
-                "is known"
-            )
-        self._image = image
-        self._default_major = default_major
-        self._network_mode = network_mode
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
-        self._docker_host = docker_host
         self._shm_size = shm_size
-        self._client: docker.DockerClient | None = None
-        self._local_engine = False
-        self._mode: NetworkMode | None = None
-        self._image_info: dict[str, _ImageInfo] = {}
+        self._engine = DockerEngine(docker_host=docker_host, network_mode=network_mode)
+        self._images = Images(self._engine, image, default_major)
         self._servers: dict[str, _Server] = {}
 
     # --- the Runtime contract ----------------------------------------------------------------
 
     async def check(self) -> None:
         """Fail now if the engine is unreachable or the image is missing, saying how to fix it."""
-        await self._image_details(self._image_for(None))
+        await self._images.details(self._images.for_major(None))
 
     async def initdb(self, pgdata: Path, *, superuser: str, password: str) -> None:
-        """Initialise ``pgdata`` with the image's own ``initdb``, as the data directory's owner.
-
-        A root-owned directory (what a storage driver running as root makes) is first handed to
-        the image's ``postgres`` user, read from the image's ``/etc/passwd``, since Postgres
-        refuses to run as root. A uid the image does not know gets a passwd entry bind-mounted
-        in, because ``initdb`` looks its own user up.
-        """
-        info = await self._image_details(self._image_for(None))
-        uid, gid = await trio.to_thread.run_sync(_initdb_owner, pgdata, info.passwd)
-        workdir = await trio.to_thread.run_sync(
-            _initdb_workdir, self._run_dir, password, uid, gid, info.passwd
+        """Initialise ``pgdata`` with the image's own ``initdb``, as the data directory's owner."""
+        await self._images.initdb(
+            pgdata, run_dir=self._run_dir, superuser=superuser, password=password
         )
-        target = info.pgdata
-        mounts = [
-            Mount(target, str(pgdata), type="bind"),
-            Mount(_INIT_TARGET, str(workdir), type="bind", read_only=True),
-        ]
-        if (workdir / "passwd").exists():
-            mounts.append(
-                Mount("/etc/passwd", str(workdir / "passwd"), type="bind", read_only=True)
-            )
-        command = [
-            "-D",
-            target,
-            "-U",
-            superuser,
-            "--auth-local=trust",
-            "--auth-host=scram-sha-256",
-            f"--pwfile={_INIT_TARGET}/pwfile",
-            "-E",
-            "UTF8",
-            "--locale=C",
-        ]
-        started = trio.current_time()
-        try:
-            await self._run_initdb(info.image, pgdata, command, uid, gid, mounts)
-        finally:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(remove_dir, workdir)
-        # The official images open TCP to every address in pg_hba the same way; without it the
-        # server refuses the bridge gateway Prism connects from.
-        await trio.to_thread.run_sync(_allow_host_connections, pgdata)
-        log.info(
-            "cluster initialised pgdata=%s superuser=%s image=%s uid=%d duration_ms=%d",
-            pgdata,
-            superuser,
-            info.image,
-            uid,
-            (trio.current_time() - started) * 1000,
-        )
-
-    async def _run_initdb(
-        self, image: str, pgdata: Path, command: list[str], uid: int, gid: int, mounts: list[Mount]
-    ) -> None:
-        """Run ``initdb`` in a one-off container and remove it, whatever happens."""
-        container: Container = await self._engine(
-            RuntimeStartFailed,
-            self._containers().create,
-            image,
-            entrypoint=["initdb"],
-            command=command,
-            user=f"{uid}:{gid}",
-            mounts=mounts,
-            labels={LABEL_MANAGED: "true", LABEL_PGDATA: str(pgdata)},
-            environment={"LC_ALL": "C"},
-        )
-        try:
-            await self._engine(RuntimeStartFailed, container.start)
-            result: Any = None
-            with trio.move_on_after(_INITDB_TIMEOUT_S):
-                result = await self._engine(
-                    RuntimeStartFailed, container.wait, abandon_on_cancel=True
-                )
-            if result is None:
-                raise RuntimeStartFailed(
-                    f"initdb for {pgdata} did not finish within {_INITDB_TIMEOUT_S:g} s",
-                    hint=await self._log_tail(container),
-                )
-            status = int(result.get("StatusCode", -1))
-            if status != 0:
-                raise RuntimeStartFailed(
-                    f"initdb failed for {pgdata} in image {image} (exit status {status})",
-                    hint=await self._log_tail(container),
-                )
-        finally:
-            with trio.CancelScope(shield=True):
-                await self._remove_quietly(container)
 
     async def start(
         self, branch: str, pgdata: Path, *, parent: str | None = None
@@ -303,10 +166,10 @@ class DockerRuntime:
         if running is not None:
             return running
         started = trio.current_time()
-        info = await self._server_image(branch, pgdata)
-        mode = await self._network()
+        info = await self._images.for_data(branch, pgdata)
+        mode = await self._engine.network()
         uid, gid = await trio.to_thread.run_sync(_server_owner, pgdata)
-        socket_dir = self._socket_dir(branch) if self._local_engine else None
+        socket_dir = self._socket_dir(branch) if self._engine.local_engine else None
         if socket_dir is not None:
             await trio.to_thread.run_sync(make_socket_dir, socket_dir, (uid, gid))
         configured = await trio.to_thread.run_sync(serverconf.configured_values, pgdata)
@@ -355,19 +218,19 @@ class DockerRuntime:
         if container is None:
             self._forget(branch)
             return
-        await self._engine(
+        await self._engine.call(
             RuntimeStopFailed,
             container.stop,
             timeout=max(1, round(self._stop_timeout)),
         )
-        await self._engine(RuntimeStopFailed, container.reload)
+        await self._engine.call(RuntimeStopFailed, container.reload)
         exit_code = container.attrs.get("State", {}).get("ExitCode")
         if exit_code not in (0, None):
             # 137 = SIGKILL after the timeout: the next start runs crash recovery.
             log.warning(
                 "container did not shut down cleanly branch=%s exit_code=%s", branch, exit_code
             )
-        await self._engine(RuntimeStopFailed, container.remove, v=True, force=True)
+        await self._engine.call(RuntimeStopFailed, container.remove, v=True, force=True)
         socket_dir = container.labels.get(LABEL_SOCKET_DIR)
         if socket_dir:
             await trio.to_thread.run_sync(remove_dir, Path(socket_dir))
@@ -395,7 +258,7 @@ class DockerRuntime:
             return None
         if container.status != "running":
             log.info("removing stopped leftover container branch=%s", branch)
-            await self._remove_quietly(container)
+            await self._engine.remove_quietly(container)
             return None
         labelled = container.labels.get(LABEL_PGDATA, "")
         if not await trio.to_thread.run_sync(_same_path, Path(labelled), pgdata):
@@ -413,7 +276,7 @@ class DockerRuntime:
             raise RuntimeStartFailed(
                 f"the running container of branch {branch} did not become ready within "
                 f"{self._start_timeout:g} s",
-                hint=await self._log_tail(container),
+                hint=await self._engine.log_tail(container),
             )
         self._servers[branch] = server
         log.info(
@@ -432,8 +295,8 @@ class DockerRuntime:
         same engine are left alone. Called by reconcile after adoption: what is untracked here
         runs a rolled-back clone or a branch whose directory is gone.
         """
-        client = await self._connect()
-        containers: list[Container] = await self._engine(
+        client = await self._engine.connect()
+        containers: list[Container] = await self._engine.call(
             RuntimeStopFailed,
             client.containers.list,
             all=True,
@@ -468,9 +331,7 @@ class DockerRuntime:
     async def aclose(self) -> None:
         """Close the engine connection; containers keep running for a later Prism to adopt."""
         self._servers.clear()
-        client, self._client = self._client, None
-        if client is not None:
-            await trio.to_thread.run_sync(client.close)
+        await self._engine.aclose()
 
     # --- starting one container --------------------------------------------------------------
 
@@ -520,7 +381,7 @@ class DockerRuntime:
         else:
             command += ["-c", "unix_socket_directories="]
         published = mode == "published-port"
-        api = self._api()
+        api = self._engine.api()
         host_config = api.create_host_config(
             mounts=mounts,
             port_bindings={port: (LOOPBACK, port)} if published else None,
@@ -530,7 +391,7 @@ class DockerRuntime:
         before = _pidfile_stamp(pgdata)
         t0 = trio.current_time()
         try:
-            created: dict[str, Any] = await self._engine(
+            created: dict[str, Any] = await self._engine.call(
                 RuntimeStartFailed,
                 api.create_container,
                 info.image,
@@ -555,13 +416,13 @@ class DockerRuntime:
             raise RuntimeStartFailed(
                 f"the container of branch {branch} could not be created: {exc.explanation or exc}"
             ) from exc
-        container: Container = self._containers().prepare_model(
+        container: Container = self._engine.containers().prepare_model(
             {"Id": created["Id"], "Name": f"/{name}"}
         )
         try:
             try:
                 t1 = trio.current_time()
-                await self._engine(
+                await self._engine.call(
                     RuntimeStartFailed, container.start, passes=(docker.errors.APIError,)
                 )
             except docker.errors.APIError as exc:
@@ -569,10 +430,10 @@ class DockerRuntime:
                     raise PortTaken from exc
                 raise RuntimeStartFailed(
                     f"the container of branch {branch} could not start: {exc.explanation or exc}",
-                    hint=await self._log_tail(container),
+                    hint=await self._engine.log_tail(container),
                 ) from exc
             t2 = trio.current_time()
-            await self._engine(RuntimeStartFailed, container.reload)
+            await self._engine.call(RuntimeStartFailed, container.reload)
             server = self._server_from(branch, pgdata, container)
             t3 = trio.current_time()
             with trio.move_on_after(self._start_timeout) as scope:
@@ -580,11 +441,11 @@ class DockerRuntime:
             if scope.cancelled_caught:
                 raise RuntimeStartFailed(
                     f"the server of branch {branch} was not ready within {self._start_timeout:g} s",
-                    hint=await self._log_tail(container),
+                    hint=await self._engine.log_tail(container),
                 )
         except BaseException:
             with trio.CancelScope(shield=True):
-                await self._remove_quietly(container)
+                await self._engine.remove_quietly(container)
             raise
         # The split shows where start-up time goes (the benchmark reads it from the log).
         log.debug(
@@ -638,12 +499,12 @@ class DockerRuntime:
     async def _exit_failure(self, branch: str, container: Container) -> Exception:
         """Wait until ``container`` exits, then describe why, with the last lines of its log."""
         while True:
-            await self._engine(RuntimeStartFailed, container.reload, abandon_on_cancel=True)
+            await self._engine.call(RuntimeStartFailed, container.reload, abandon_on_cancel=True)
             if container.status not in ("created", "running"):
                 break
             await trio.sleep(_EXIT_POLL_S)
         code = container.attrs.get("State", {}).get("ExitCode")
-        tail = await self._log_tail(container)
+        tail = await self._engine.log_tail(container)
         log.warning(
             "container exited during start-up branch=%s exit_code=%s log=%r", branch, code, tail
         )
@@ -671,7 +532,9 @@ class DockerRuntime:
                 )
         socket_dir = labels.get(LABEL_SOCKET_DIR)
         host_pid: int | None = int(attrs.get("State", {}).get("Pid") or 0) or None
-        ticks = start_ticks(host_pid) if host_pid is not None and self._local_engine else None
+        ticks = (
+            start_ticks(host_pid) if host_pid is not None and self._engine.local_engine else None
+        )
         if ticks is None:
             host_pid = None
         return _Server(
@@ -685,207 +548,16 @@ class DockerRuntime:
             start_ticks=ticks,
         )
 
-    # --- the engine ----------------------------------------------------------------------------
-
-    async def _engine(
-        self,
-        error: type[PrismError],
-        call: Callable[..., T],
-        *args: Any,
-        abandon_on_cancel: bool = False,
-        passes: tuple[type[docker.errors.APIError], ...] = (),
-        **kwargs: Any,
-    ) -> T:
-        """Run one blocking SDK call in a thread; whatever the engine raises becomes ``error``.
-
-        This is the driver's boundary: nothing but a PrismError leaves it, so a refusal by the
-        engine cannot escape as an SDK exception into a task that only expects Prism's errors.
-        The API errors in ``passes`` (a missing image, a name conflict) are left to the caller,
-        who knows what they mean for the branch.
-        """
-        try:
-            return await trio.to_thread.run_sync(
-                functools.partial(call, *args, **kwargs), abandon_on_cancel=abandon_on_cancel
-            )
-        except requests.exceptions.ConnectionError as exc:
-            self._client = None  # reconnect (and re-check the engine) next time
-            raise error(
-                "cannot reach the Docker engine", hint=_engine_hint(self._docker_host)
-            ) from exc
-        except passes:
-            raise
-        except docker.errors.APIError as exc:
-            raise error(f"the Docker engine refused: {exc.explanation or exc}") from exc
-        except docker.errors.DockerException as exc:
-            self._client = None
-            raise error(
-                f"cannot reach the Docker engine: {exc}", hint=_engine_hint(self._docker_host)
-            ) from exc
-
-    async def _connect(self) -> docker.DockerClient:
-        """The engine client, made on first use so Prism can start before the engine does."""
-        if self._client is not None:
-            return self._client
-        host = self._docker_host
-
-        def connect() -> tuple[docker.DockerClient, dict[str, Any]]:
-            # version="auto": the engine may be older than the SDK's default API version.
-            if host:
-                client = docker.DockerClient(base_url=host, version="auto")
-            else:
-                client = docker.from_env(version="auto")
-            return client, client.info()
-
-        try:
-            client, engine = await trio.to_thread.run_sync(connect)
-        except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
-            raise EngineUnreachable(
-                f"cannot reach the Docker engine: {exc}", hint=_engine_hint(host)
-            ) from exc
-        base_url = str(client.api.base_url)
-        desktop = "docker desktop" in str(engine.get("OperatingSystem", "")).lower()
-        rootless = any("rootless" in str(opt) for opt in engine.get("SecurityOptions") or [])
-        local_socket = base_url.startswith(
-            ("http+docker://localhost", "http+docker://localunixsocket")
-        )
-        self._local_engine = sys.platform.startswith("linux") and local_socket and not desktop
-        routable = self._local_engine and not rootless
-        if self._network_mode == "auto":
-            self._mode = "host" if routable else "published-port"
-        else:
-            self._mode = cast(NetworkMode, self._network_mode)
-        log.info(
-            "docker engine version=%s os=%r network=%s (asked: %s) service_socket=%s",
-            engine.get("ServerVersion"),
-            engine.get("OperatingSystem"),
-            self._mode,
-            self._network_mode,
-            self._local_engine,
-        )
-        self._client = client
-        return client
-
-    def _api(self) -> Any:
-        assert self._client is not None, "connect before using the engine"
-        return self._client.api
-
-    def _containers(self) -> Any:
-        assert self._client is not None, "connect before using the engine"
-        return self._client.containers
-
-    async def _network(self) -> NetworkMode:
-        await self._connect()
-        assert self._mode is not None
-        return self._mode
-
-    def _image_for(self, major: int | None) -> str:
-        """The image for data of ``major`` (None: a new cluster): ``--image`` with its
-        ``{major}`` filled in."""
-        if MAJOR_FIELD not in self._image:
-            return self._image
-        return self._image.replace(MAJOR_FIELD, str(major or self._default_major))
-
-    async def _server_image(self, branch: str, pgdata: Path) -> _ImageInfo:
-        """The image whose server can read ``pgdata``, or a clear error before any container.
-
-        A server of another major version exits at once on this data; refusing here keeps a
-        client or the reaper from starting that doomed container again and again.
-        """
-        major = await trio.to_thread.run_sync(read_data_major, pgdata)
-        info = await self._image_details(self._image_for(major))
-        if major is not None and info.major is not None and info.major != major:
-            raise RuntimeStartFailed(
-                f"the data of branch {branch} is PostgreSQL {major}, and the image {info.image} "
-                f"runs PostgreSQL {info.major}",
-                hint=f"choose an image per major version with --image "
-                f"(e.g. postgres:{MAJOR_FIELD}-alpine), or an image of PostgreSQL {major}",
-            )
-        return info
-
-    async def _image_details(self, name: str) -> _ImageInfo:
-        """PGDATA, /etc/passwd and major version of an image, read once; a missing image is an
-        error that says how to get it (Prism never pulls: a pull can hang on an unreachable
-        registry)."""
-        if name in self._image_info:
-            return self._image_info[name]
-        client = await self._connect()
-        try:
-            image = await self._engine(
-                RuntimeStartFailed,
-                client.images.get,
-                name,
-                passes=(docker.errors.ImageNotFound,),
-            )
-        except docker.errors.ImageNotFound as exc:
-            raise RuntimeStartFailed(
-                f"the Docker image {name} is not present on the engine",
-                hint=f"pull it (docker pull {name}) or build it, or choose another "
-                "image with --image",
-            ) from exc
-        env = dict(item.split("=", 1) for item in (image.attrs.get("Config", {}).get("Env") or []))
-        pgdata = env.get("PGDATA") or _DEFAULT_PGDATA
-        # A created (never started) container is the only way to read a file from any image,
-        # shell or not.
-        probe: Container = await self._engine(
-            RuntimeStartFailed,
-            client.containers.create,
-            name,
-            entrypoint=["true"],
-            labels={LABEL_MANAGED: "true"},
-        )
-        try:
-            try:
-                chunks, _ = await self._engine(
-                    RuntimeStartFailed,
-                    probe.get_archive,
-                    "/etc/passwd",
-                    passes=(docker.errors.NotFound,),
-                )
-                passwd = _untar_one(b"".join(chunks))
-            except docker.errors.NotFound:
-                passwd = ""
-        finally:
-            await self._remove_quietly(probe)
-        major = env.get("PG_MAJOR", "").split(".")[0]
-        info = _ImageInfo(name, pgdata, passwd, int(major) if major.isdigit() else None)
-        self._image_info[name] = info
-        return info
-
     async def _find(self, branch: str, error: type[PrismError]) -> Container | None:
         """The container of ``branch`` Prism made, running or not, by name and label."""
-        client = await self._connect()
-        containers: list[Container] = await self._engine(
+        client = await self._engine.connect()
+        containers: list[Container] = await self._engine.call(
             error,
             client.containers.list,
             all=True,
             filters={"name": f"^/{CONTAINER_PREFIX}{branch}$", "label": f"{LABEL_MANAGED}=true"},
         )
         return containers[0] if containers else None
-
-    async def _log_tail(self, container: Container) -> str:
-        """The last lines the container's server wrote, for an error hint."""
-        try:
-            raw: bytes = await self._engine(
-                RuntimeStartFailed, container.logs, tail=_LOG_TAIL, stdout=True, stderr=True
-            )
-        except PrismError as exc:
-            return f"(cannot read the container log: {exc.message})"
-        return last_lines(raw.decode(errors="replace"))
-
-    async def _remove_quietly(self, container: Container) -> None:
-        """Force-remove a container on a failure path; the original error must win."""
-        try:
-            await self._engine(
-                RuntimeStartFailed,
-                container.remove,
-                v=True,
-                force=True,
-                passes=(docker.errors.NotFound,),
-            )
-        except docker.errors.NotFound:
-            pass
-        except PrismError as exc:
-            log.warning("cannot remove container %s: %s", container.name, exc.message)
 
     def _forget(self, branch: str) -> None:
         self._servers.pop(branch, None)
@@ -962,64 +634,6 @@ def _server_owner(pgdata: Path) -> tuple[int, int]:
             f"{pgdata} for the Debian postgres images, 70:70 for alpine)",
         )
     return info.st_uid, info.st_gid
-
-
-def _initdb_owner(pgdata: Path, passwd: str) -> tuple[int, int]:
-    """Who runs ``initdb``: the directory's owner, or the image's postgres user if that is root."""
-    pgdata.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = pgdata.stat()
-    if info.st_uid != 0:
-        return info.st_uid, info.st_gid
-    for line in passwd.splitlines():
-        fields = line.split(":")
-        if len(fields) >= 4 and fields[0] == "postgres":
-            uid, gid = int(fields[2]), int(fields[3])
-            os.chown(pgdata, uid, gid)
-            return uid, gid
-    raise RuntimeStartFailed(
-        f"cannot tell which user should own {pgdata}: it is root's, and the image has no "
-        "'postgres' user",
-        hint=f"chown {pgdata} to the uid the image runs Postgres as",
-    )
-
-
-def _initdb_workdir(run_dir: Path, password: str, uid: int, gid: int, passwd: str) -> Path:
-    """A private directory with the password file (and a passwd entry if the image lacks uid)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=".initdb-", dir=run_dir))
-    try:
-        pwfile = workdir / "pwfile"
-        pwfile.write_text(password + "\n", encoding="utf-8")
-        pwfile.chmod(0o600)
-        os.chown(pwfile, uid, gid)
-        known = {line.split(":")[2] for line in passwd.splitlines() if line.count(":") >= 3}
-        if str(uid) not in known:
-            entry = f"prism:x:{uid}:{gid}:Prism branch server:/tmp:/sbin/nologin\n"
-            body = passwd if not passwd or passwd.endswith("\n") else passwd + "\n"
-            (workdir / "passwd").write_text(body + entry, encoding="utf-8")
-            (workdir / "passwd").chmod(0o644)
-        os.chown(workdir, uid, gid)
-        workdir.chmod(0o700)
-    except BaseException:
-        remove_dir(workdir)
-        raise
-    return workdir
-
-
-def _allow_host_connections(pgdata: Path) -> None:
-    hba = pgdata / "pg_hba.conf"
-    with open(hba, "a", encoding="utf-8") as file:
-        file.write("\n# Added by Prism: clients reach the container over its network.\n")
-        file.write("host all all all scram-sha-256\n")
-
-
-def _untar_one(data: bytes) -> str:
-    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
-        for member in archive:
-            extracted = archive.extractfile(member)
-            if extracted is not None:
-                return extracted.read().decode("utf-8", errors="replace")
-    return ""
 
 
 def _container_ip(attrs: dict[str, Any]) -> str:
