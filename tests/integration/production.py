@@ -1,5 +1,9 @@
 """A "production" PostgreSQL for tests of --source: the same binaries, its own data dir and port,
-wal_level=replica, a replication role with a password and a pg_hba.conf with no local trust."""
+wal_level=replica, a replication role with a password and a pg_hba.conf with no local trust.
+
+The binaries are the embedded ones, or a bin dir of the major the branch servers run (the docker
+runtime's image); helpers read main and branches through a Prism following it.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +19,10 @@ import trio
 from prism.pgbin import PgInstall, resolve_pg_install
 from prism.runtime._postmaster import free_port
 
-from .harness import fresh_dir, psql
+from .harness import PASSWORD, PrismHandle, fresh_dir, psql
 
 SUPERUSER_PASSWORD = "prod-superuser-secret"
+CATCH_UP_S = 30
 REPLICATOR = "replicator"
 REPLICATOR_PASSWORD = "repl-secret"
 PRODUCTION_HBA = f"""\
@@ -64,10 +69,13 @@ class Production:
 
 
 @contextlib.asynccontextmanager
-async def production_server() -> AsyncIterator[Production]:
-    """Start a production-like server with a table ``events`` and stop it at the end."""
+async def production_server(bin_dir: Path | None = None) -> AsyncIterator[Production]:
+    """Start a production-like server with a table ``events`` and stop it at the end.
+
+    ``bin_dir`` holds the binaries to run it with; the embedded ones without it.
+    """
     base = fresh_dir("production-")
-    install = await resolve_pg_install(base)
+    install = await resolve_pg_install(base, pg_bin=bin_dir)
     pgdata = base / "pgdata"
     install.chown(base)
     pwfile = base / "pw"
@@ -115,6 +123,27 @@ async def production_server() -> AsyncIterator[Production]:
             shutil.rmtree(base, ignore_errors=True)
 
 
+def prism_dsn(prism: PrismHandle, branch: str | None = None) -> str:
+    """A DSN of main (or ``branch``) through Prism, as the source's superuser."""
+    user = "postgres" if branch is None else f"postgres@{branch}"
+    return prism.dsn(user).replace(f"password={PASSWORD}", f"password={SUPERUSER_PASSWORD}")
+
+
+async def prism_sql(prism: PrismHandle, sql: str, branch: str | None = None) -> str:
+    """Run ``sql`` on main (or ``branch``) through Prism; its output, stripped."""
+    return (await psql(prism_dsn(prism, branch), sql)).stdout.decode().strip()
+
+
+async def caught_up(prism: PrismHandle, production: Production) -> int:
+    """Wait until main holds every row the source had committed when asked; return that id."""
+    target = int(await production.sql("SELECT max(id) FROM events"))
+    with trio.fail_after(CATCH_UP_S):
+        # Polling: replay offers nothing to wait on from outside the server.
+        while int(await prism_sql(prism, "SELECT coalesce(max(id), 0) FROM events")) < target:  # noqa: ASYNC110
+            await trio.sleep(0.05)
+    return target
+
+
 async def write_continuously(production: Production, *, task_status: trio.TaskStatus[None]) -> None:
     """Insert one row at a time into ``events`` until cancelled (one psql per row)."""
     task_status.started()
@@ -123,4 +152,11 @@ async def write_continuously(production: Production, *, task_status: trio.TaskSt
         await trio.sleep(0.01)
 
 
-__all__ = ["Production", "production_server", "write_continuously"]
+__all__ = [
+    "Production",
+    "caught_up",
+    "prism_dsn",
+    "prism_sql",
+    "production_server",
+    "write_continuously",
+]

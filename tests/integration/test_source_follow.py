@@ -17,9 +17,16 @@ from prism.server import PrismServer
 
 from .api_helpers import api, wait_for
 from .harness import PrismHandle, fresh_dir, make_settings, psql
-from .production import SUPERUSER_PASSWORD, Production, production_server, write_continuously
-
-CATCH_UP_S = 30
+from .production import (
+    CATCH_UP_S,
+    SUPERUSER_PASSWORD,
+    Production,
+    production_server,
+    write_continuously,
+)
+from .production import caught_up as _caught_up
+from .production import prism_dsn as _dsn
+from .production import prism_sql as _sql
 
 
 @pytest.fixture
@@ -33,25 +40,6 @@ def empty_data_dir() -> Any:
     path = fresh_dir("source-")
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-def _dsn(prism: PrismHandle, branch: str | None = None) -> str:
-    user = "postgres" if branch is None else f"postgres@{branch}"
-    return prism.dsn(user).replace("password=password", f"password={SUPERUSER_PASSWORD}")
-
-
-async def _sql(prism: PrismHandle, sql: str, branch: str | None = None) -> str:
-    return (await psql(_dsn(prism, branch), sql)).stdout.decode().strip()
-
-
-async def _caught_up(prism: PrismHandle, production: Production) -> int:
-    """Wait until main holds every row the source had committed when asked; return that id."""
-    target = int(await production.sql("SELECT max(id) FROM events"))
-    with trio.fail_after(CATCH_UP_S):
-        # Polling: replay offers nothing to wait on from outside the server.
-        while int(await _sql(prism, "SELECT coalesce(max(id), 0) FROM events")) < target:  # noqa: ASYNC110
-            await trio.sleep(0.05)
-    return target
 
 
 async def test_main_follows_the_source_and_branches_are_writable_copies_of_it(

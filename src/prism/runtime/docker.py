@@ -26,7 +26,13 @@ Reaching a server:
   engine's "host" network is its own namespace), ``published-port`` otherwise.
 
 Where the engine shares this kernel, a private per-branch host directory is bind-mounted as the
-server's Unix socket directory: Prism's trusted service connection.
+server's Unix socket directory: Prism's trusted service connection. Prism's own ``pg_hba.conf``
+lives there too (``hba_file``), so a data directory's own rules (production's, after a base
+backup of a source) cannot lock Prism out.
+
+Following a source, the programs that take main's base backup run in containers of the same
+images (:mod:`prism.runtime._docker_tools`), and main's container gets Prism's source directory
+(the passfile) mounted.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from docker.types import Mount
 from prism import serverconf
 from prism.address import BackendAddress
 from prism.errors import PrismError, RuntimeStartFailed, RuntimeStopFailed
+from prism.names import MAIN_BRANCH
 from prism.pgbin import embedded_bin_dir, server_version
 from prism.runtime._docker_engine import (
     LABEL_BRANCH,
@@ -60,6 +67,7 @@ from prism.runtime._docker_engine import (
     NetworkMode,
 )
 from prism.runtime._docker_image import DEFAULT_IMAGE, MAJOR_FIELD, ImageInfo, Images
+from prism.runtime._docker_tools import ContainerSourceTools, require_reachable
 from prism.runtime._postmaster import (
     LOOPBACK,
     PortTaken,
@@ -84,6 +92,8 @@ _PID_POLL_S = 0.005
 # little later than readiness would be.
 _EXIT_POLL_S = 0.05
 _PORT_ATTEMPTS = 5
+# Enough of a server log for the walreceiver's last failure (it retries every 5 s).
+_SERVER_LOG_LINES = 500
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,9 @@ class _Launch:
     # The settings Prism overrides on this data (serverconf); the image's libraries are unknown,
     # so shared_preload_libraries is left alone.
     owned: dict[str, str]
+    # Host directories the server reads, mounted read-only at their host paths (main's
+    # passfile for its walreceiver, when it follows a source).
+    shares: tuple[Path, ...] = ()
 
 
 @dataclass
@@ -141,6 +154,7 @@ class DockerRuntime:
         self._engine = DockerEngine(docker_host=docker_host, network_mode=network_mode)
         self._images = Images(self._engine, image, default_major)
         self._servers: dict[str, _Server] = {}
+        self._main_shares: tuple[Path, ...] = ()
 
     # --- the Runtime contract ----------------------------------------------------------------
 
@@ -174,7 +188,10 @@ class DockerRuntime:
             await trio.to_thread.run_sync(make_socket_dir, socket_dir, (uid, gid))
         configured = await trio.to_thread.run_sync(serverconf.configured_values, pgdata)
         owned = serverconf.overrides(configured, has_library=None)
-        spec = _Launch(branch, pgdata, parent, info, mode, uid, gid, socket_dir, owned)
+        if socket_dir is not None:
+            owned.update(await trio.to_thread.run_sync(_prism_files, socket_dir, (uid, gid)))
+        shares = self._main_shares if branch == MAIN_BRANCH else ()
+        spec = _Launch(branch, pgdata, parent, info, mode, uid, gid, socket_dir, owned, shares)
         launch = functools.partial(self._launch_on_a_free_port, spec)
         try:
             try:
@@ -313,6 +330,39 @@ class DockerRuntime:
             stopped.append(f"container {container.name} on {pgdata}")
         return stopped
 
+    async def source_tools(
+        self, directory: Path, *, source_host: str | None
+    ) -> ContainerSourceTools:
+        """The programs for following a source, run in containers of this runtime's images.
+
+        ``directory`` (Prism's, with the passfile) is mounted into main's container from now on,
+        at its host path, so the ``passfile=`` of main's ``primary_conninfo`` names it there too.
+        Branches never get it: nothing in a branch can reach the source. A source at
+        ``source_host`` that the containers cannot reach is refused here.
+        """
+        mode = await self._engine.network()
+        require_reachable(source_host, mode)
+        tools = ContainerSourceTools(
+            self._engine,
+            self._images,
+            directory=directory,
+            mode=mode,
+            server_log=functools.partial(self.server_log, MAIN_BRANCH),
+        )
+        await tools.open()
+        self._main_shares = (directory,)
+        return tools
+
+    async def server_log(self, branch: str) -> str:
+        """The end of the log of ``branch``'s container (its server's stderr); "" if none."""
+        container = await self._find(branch, RuntimeStartFailed)
+        if container is None:
+            return ""
+        raw: bytes = await self._engine.call(
+            RuntimeStartFailed, container.logs, tail=_SERVER_LOG_LINES, stdout=True, stderr=True
+        )
+        return raw.decode(errors="replace")
+
     def address(self, branch: str) -> BackendAddress | None:
         """Where ``branch``'s server listens; None once its container is known to have exited.
 
@@ -361,6 +411,7 @@ class DockerRuntime:
         command = ["-D", info.pgdata, *serverconf.as_flags(spec.owned)]
         command += ["-c", f"listen_addresses={listen}", "-c", f"port={port}"]
         mounts = [Mount(info.pgdata, str(pgdata), type="bind")]
+        mounts += [Mount(str(path), str(path), type="bind", read_only=True) for path in spec.shares]
         labels = {
             LABEL_MANAGED: "true",
             LABEL_BRANCH: branch,
@@ -611,6 +662,19 @@ def _pidfile_ready(pgdata: Path, before: tuple[int, int] | None) -> bool:
         return False
     pidfile = read_pidfile(pgdata)
     return pidfile is not None and pidfile.ready
+
+
+def _prism_files(socket_dir: Path, owner: tuple[int, int]) -> dict[str, str]:
+    """Prism's ``pg_hba.conf`` and ident map in the server's socket directory, as settings.
+
+    As with the process runtime, the data's own ``pg_hba.conf`` (production's, after a base
+    backup: no local trust) must not lock Prism's service connection out.
+    """
+    hba, ident = serverconf.write_prism_files(socket_dir, owner)
+    return {
+        "hba_file": f"{_SOCKET_TARGET}/{hba.name}",
+        "ident_file": f"{_SOCKET_TARGET}/{ident.name}",
+    }
 
 
 def _same_path(a: Path, b: Path) -> bool:

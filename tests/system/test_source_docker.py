@@ -1,0 +1,147 @@
+"""--source with the docker runtime, on btrfs and on ZFS: main is a base backup taken by
+``pg_basebackup`` in a container of the image, runs in its container as a hot standby of a
+production-like source, and its branches are writable copies as of their clone.
+
+The source runs from the host's PostgreSQL of the image's major (a source's major must match the
+image's), on 127.0.0.1 with the production-like ``pg_hba.conf`` of the integration tests.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import docker
+import pytest
+import trio
+
+from tests.integration.api_helpers import api
+from tests.integration.harness import PrismHandle, psql
+from tests.integration.production import (
+    CATCH_UP_S,
+    REPLICATOR_PASSWORD,
+    Production,
+    caught_up,
+    prism_dsn,
+    prism_sql,
+    production_server,
+    write_continuously,
+)
+from tests.sysenv import HOST_PG_BIN, require_file
+from tests.system.stacks import place, prism_in_process, require_docker
+
+
+@dataclass
+class Followed:
+    prism: PrismHandle
+    production: Production
+    writes: trio.CancelScope
+
+
+@pytest.fixture(params=["btrfs", "zfs"])
+async def followed(request: pytest.FixtureRequest) -> AsyncIterator[Followed]:
+    require_docker()
+    bin_dir = require_file(HOST_PG_BIN, "PostgreSQL of the test image's major")
+    async with (
+        production_server(bin_dir) as production,
+        place(request.param) as where,
+        trio.open_nursery() as writers,
+    ):
+        # The base backup is taken while the source writes, as production's would be; the
+        # test stops the writes on their own scope (cancelling the nursery would end the test).
+        writes = trio.CancelScope()
+
+        async def write(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            with writes:
+                await write_continuously(production, task_status=task_status)
+
+        await writers.start(write)
+        async with prism_in_process(where, "docker", source=production.source()) as prism:
+            yield Followed(prism, production, writes)
+            writes.cancel()
+
+
+def _container(name: str) -> Any:
+    return docker.from_env(version="auto").containers.get(name)
+
+
+async def _source_state(prism: PrismHandle, wanted: str, **fields: Any) -> dict[str, Any]:
+    """Poll the ``source`` object of main until it has ``state`` ``wanted`` (and ``fields``)."""
+    async with api(prism) as client:
+        with trio.fail_after(CATCH_UP_S):
+            while True:
+                main = (await client.get("/api/v1/branches/main")).json()
+                source: dict[str, Any] = main["source"]
+                if source["state"] == wanted and fields.items() <= source.items():
+                    return source
+                await trio.sleep(0.2)
+
+
+async def test_docker_main_follows_the_source_and_its_branches_are_writable_copies(
+    followed: Followed,
+) -> None:
+    prism, production = followed.prism, followed.production
+    await caught_up(prism, production)  # and again while the source keeps writing:
+    await caught_up(prism, production)
+
+    # Main is a hot standby in its container: reads work, writes get Postgres' read-only error.
+    assert await prism_sql(prism, "SELECT pg_is_in_recovery()") == "t"
+    refused = await psql(prism_dsn(prism), "INSERT INTO events DEFAULT VALUES", check=False)
+    assert "read-only transaction" in refused.stderr.decode()
+    # The password is in no command line and no environment the engine shows: main reads it
+    # from Prism's passfile, mounted read-only at its host path and private to main's user.
+    main = _container("prism-main")
+    assert REPLICATOR_PASSWORD not in str(main.attrs["Config"]) + str(main.attrs["Args"])
+    passfile = prism.settings.data_dir / "source" / "pgpass"
+    mounts = {mount["Source"]: mount["RW"] for mount in main.attrs["Mounts"]}
+    assert mounts[str(passfile.parent)] is False
+    owner = passfile.stat()
+    assert stat.S_IMODE(owner.st_mode) == 0o600
+    assert main.attrs["Config"]["User"] == f"{owner.st_uid}:{owner.st_gid}"
+    conninfo = await prism_sql(prism, "SELECT current_setting('primary_conninfo')")
+    assert f"passfile={passfile}" in conninfo
+    await _source_state(prism, "streaming")
+
+    # A branch cut while the source writes is a consistent prefix of the source's history.
+    assert await prism_sql(prism, "SELECT pg_is_in_recovery()", "busy") == "f"
+    counted = await prism_sql(prism, "SELECT count(*), max(id) FROM events", "busy")
+    count, top = counted.split("|")
+    assert count == top
+    # No branch's container has the passfile.
+    busy = _container("prism-busy")
+    assert str(passfile.parent) not in [mount["Source"] for mount in busy.attrs["Mounts"]]
+
+    # With the source quiet, a branch holds exactly what it committed before the clone.
+    followed.writes.cancel()
+    committed = await caught_up(prism, production)
+    await prism.manager.create("quiet")
+    await production.sql("INSERT INTO events DEFAULT VALUES")
+    quiet = await prism_sql(prism, "SELECT count(*), max(id) FROM events", "quiet")
+    assert quiet == f"{committed}|{committed}"
+
+    # Branches are writable, and nothing written there reaches the source.
+    await prism_sql(
+        prism, "INSERT INTO events (origin) VALUES ('branch'); CREATE TABLE mine (x int)", "quiet"
+    )
+    query = "SELECT count(*) FROM events WHERE origin = 'branch'"
+    assert await prism_sql(prism, query, "quiet") == "1"
+    assert await production.sql(query) == "0"
+    assert await production.sql("SELECT to_regclass('mine') IS NULL") == "t"
+    assert await prism_sql(prism, "SELECT current_setting('primary_conninfo')", "quiet") == ""
+    # Main keeps following after branches were cut from it.
+    await caught_up(prism, production)
+
+    # Why main cannot stream is read from its container's log and named with the fix.
+    await production.sql(
+        "ALTER ROLE replicator NOREPLICATION;"
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_replication"
+    )
+    message = "the source refuses role replicator: it lacks the REPLICATION attribute"
+    source = await _source_state(prism, "disconnected", error=message)
+    assert source["hint"] == "on the source: ALTER ROLE replicator REPLICATION"
+    await production.sql("ALTER ROLE replicator REPLICATION")
+    await _source_state(prism, "streaming", error=None)
+    await production.sql("INSERT INTO events DEFAULT VALUES")
+    await caught_up(prism, production)
