@@ -8,15 +8,20 @@ image's), on 127.0.0.1 with the production-like ``pg_hba.conf`` of the integrati
 
 from __future__ import annotations
 
+import contextlib
 import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import docker
+import docker.errors
 import pytest
 import trio
 
+from prism.runtime._docker_engine import LABEL_MANAGED
+from prism.runtime._docker_tools import LABEL_SOURCE_DIR
+from prism.storage import open_storage
 from tests.integration.api_helpers import api
 from tests.integration.harness import PrismHandle, psql
 from tests.integration.production import (
@@ -29,7 +34,7 @@ from tests.integration.production import (
     production_server,
     write_continuously,
 )
-from tests.sysenv import HOST_PG_BIN, require_file
+from tests.sysenv import DOCKER_IMAGE, HOST_PG_BIN, require_file
 from tests.system.stacks import place, prism_in_process, require_docker
 
 
@@ -145,3 +150,33 @@ async def test_docker_main_follows_the_source_and_its_branches_are_writable_copi
     await _source_state(prism, "streaming", error=None)
     await production.sql("INSERT INTO events DEFAULT VALUES")
     await caught_up(prism, production)
+
+
+async def test_a_backup_left_half_made_by_a_crash_is_stopped_removed_and_taken_again() -> None:
+    client = require_docker()
+    bin_dir = require_file(HOST_PG_BIN, "PostgreSQL of the test image's major")
+    async with production_server(bin_dir) as production, place("btrfs") as where:
+        # What a Prism killed mid-backup leaves: the intent marker, a half main, and the
+        # backup's container still running (it is not Prism's child).
+        source_dir = where.data_dir / "source"
+        source_dir.mkdir(mode=0o700)
+        marker = source_dir / "basebackup.incomplete"
+        marker.write_text("a base backup into main is in progress\n")
+        half = await (await open_storage("btrfs", where.data_dir)).create("main")
+        (half / "PG_VERSION").write_text("15\n")
+        leftover = client.containers.run(
+            DOCKER_IMAGE,
+            entrypoint=["sleep", "600"],
+            detach=True,
+            labels={LABEL_MANAGED: "true", LABEL_SOURCE_DIR: str(source_dir)},
+        )
+        try:
+            async with prism_in_process(where, "docker", source=production.source()) as prism:
+                await caught_up(prism, production)
+                assert not marker.exists()
+                assert await prism_sql(prism, "SELECT pg_is_in_recovery()") == "t"
+            with pytest.raises(docker.errors.NotFound):
+                leftover.reload()
+        finally:
+            with contextlib.suppress(docker.errors.NotFound):
+                leftover.remove(force=True)
