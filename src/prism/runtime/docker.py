@@ -52,7 +52,7 @@ from docker.types import Mount
 
 from prism import serverconf
 from prism.address import BackendAddress
-from prism.errors import PrismError, RuntimeStartFailed, RuntimeStopFailed
+from prism.errors import ConfigError, PrismError, RuntimeStartFailed, RuntimeStopFailed
 from prism.names import MAIN_BRANCH
 from prism.pgbin import embedded_bin_dir, server_version
 from prism.runtime._docker_engine import (
@@ -341,6 +341,12 @@ class DockerRuntime:
         ``source_host`` that the containers cannot reach is refused here.
         """
         mode = await self._engine.network()
+        if not self._engine.local_engine:
+            raise ConfigError(
+                "--source with the docker runtime needs a Docker engine on this Linux host",
+                hint="the base backup and main's passfile are shared with the containers by "
+                "bind mounts of Prism's directories; use --runtime process with this engine",
+            )
         require_reachable(source_host, mode)
         tools = ContainerSourceTools(
             self._engine,
