@@ -13,12 +13,14 @@ import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from prism.pgbin import PgInstall, resolve_pg_install
 from prism.runtime._postmaster import free_port
 
+from .api_helpers import api
 from .harness import PASSWORD, PrismHandle, fresh_dir, psql
 
 SUPERUSER_PASSWORD = "prod-superuser-secret"
@@ -144,6 +146,19 @@ async def caught_up(prism: PrismHandle, production: Production) -> int:
     return target
 
 
+async def source_state(prism: PrismHandle, wanted: str, **fields: Any) -> dict[str, Any]:
+    """Poll ``GET /api/v1/branches/main`` until ``source`` has ``state`` ``wanted`` (and
+    ``fields``)."""
+    async with api(prism) as client:
+        with trio.fail_after(CATCH_UP_S):
+            while True:
+                main = (await client.get("/api/v1/branches/main")).json()
+                source: dict[str, Any] = main["source"]
+                if source["state"] == wanted and fields.items() <= source.items():
+                    return source
+                await trio.sleep(0.2)
+
+
 async def write_continuously(production: Production, *, task_status: trio.TaskStatus[None]) -> None:
     """Insert one row at a time into ``events`` until cancelled (one psql per row)."""
     task_status.started()
@@ -158,5 +173,6 @@ __all__ = [
     "prism_dsn",
     "prism_sql",
     "production_server",
+    "source_state",
     "write_continuously",
 ]

@@ -27,6 +27,7 @@ from .production import (
 from .production import caught_up as _caught_up
 from .production import prism_dsn as _dsn
 from .production import prism_sql as _sql
+from .production import source_state as _source_state
 
 
 @pytest.fixture
@@ -126,19 +127,6 @@ async def test_a_half_made_main_from_an_interrupted_backup_is_taken_again(
     prism = await start_prism(data_dir=empty_data_dir, source=production.source())
     await _caught_up(prism, production)
     assert not (empty_data_dir / "source" / "basebackup.incomplete").exists()
-
-
-async def _source_state(prism: PrismHandle, wanted: str, **fields: Any) -> dict[str, Any]:
-    """Poll ``GET /api/v1/branches/main`` until ``source`` has ``state`` ``wanted`` (and
-    ``fields``)."""
-    async with api(prism) as client:
-        with trio.fail_after(CATCH_UP_S):
-            while True:
-                main = (await client.get("/api/v1/branches/main")).json()
-                source: dict[str, Any] = main["source"]
-                if source["state"] == wanted and fields.items() <= source.items():
-                    return source
-                await trio.sleep(0.2)
 
 
 async def test_source_health_is_reported_and_survives_the_source_stopping(

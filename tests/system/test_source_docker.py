@@ -22,16 +22,15 @@ import trio
 from prism.runtime._docker_engine import LABEL_MANAGED
 from prism.runtime._docker_tools import LABEL_SOURCE_DIR
 from prism.storage import open_storage
-from tests.integration.api_helpers import api
 from tests.integration.harness import PrismHandle, psql
 from tests.integration.production import (
-    CATCH_UP_S,
     REPLICATOR_PASSWORD,
     Production,
     caught_up,
     prism_dsn,
     prism_sql,
     production_server,
+    source_state,
     write_continuously,
 )
 from tests.sysenv import DOCKER_IMAGE, HOST_PG_BIN, require_file
@@ -72,18 +71,6 @@ def _container(name: str) -> Any:
     return docker.from_env(version="auto").containers.get(name)
 
 
-async def _source_state(prism: PrismHandle, wanted: str, **fields: Any) -> dict[str, Any]:
-    """Poll the ``source`` object of main until it has ``state`` ``wanted`` (and ``fields``)."""
-    async with api(prism) as client:
-        with trio.fail_after(CATCH_UP_S):
-            while True:
-                main = (await client.get("/api/v1/branches/main")).json()
-                source: dict[str, Any] = main["source"]
-                if source["state"] == wanted and fields.items() <= source.items():
-                    return source
-                await trio.sleep(0.2)
-
-
 async def test_docker_main_follows_the_source_and_its_branches_are_writable_copies(
     followed: Followed,
 ) -> None:
@@ -107,7 +94,7 @@ async def test_docker_main_follows_the_source_and_its_branches_are_writable_copi
     assert main.attrs["Config"]["User"] == f"{owner.st_uid}:{owner.st_gid}"
     conninfo = await prism_sql(prism, "SELECT current_setting('primary_conninfo')")
     assert f"passfile={passfile}" in conninfo
-    await _source_state(prism, "streaming")
+    await source_state(prism, "streaming")
 
     # A branch cut while the source writes is a consistent prefix of the source's history.
     assert await prism_sql(prism, "SELECT pg_is_in_recovery()", "busy") == "f"
@@ -144,10 +131,10 @@ async def test_docker_main_follows_the_source_and_its_branches_are_writable_copi
         "SELECT pg_terminate_backend(pid) FROM pg_stat_replication"
     )
     message = "the source refuses role replicator: it lacks the REPLICATION attribute"
-    source = await _source_state(prism, "disconnected", error=message)
+    source = await source_state(prism, "disconnected", error=message)
     assert source["hint"] == "on the source: ALTER ROLE replicator REPLICATION"
     await production.sql("ALTER ROLE replicator REPLICATION")
-    await _source_state(prism, "streaming", error=None)
+    await source_state(prism, "streaming", error=None)
     await production.sql("INSERT INTO events DEFAULT VALUES")
     await caught_up(prism, production)
 

@@ -89,17 +89,17 @@ class HostTools:
     """The host's PostgreSQL binaries, run as the server user (the process runtime)."""
 
     def __init__(self, installs: PgInstalls, server_log: Path) -> None:
-        self.installs = installs
+        self._installs = installs
         self._server_log = server_log
 
     async def for_major(self, major: int | None, *, what: str) -> Tools:
-        install = self.installs.default
+        install = self._installs.default
         if major is not None:
-            install = self.installs.for_major(major, what=what)
+            install = self._installs.for_major(major, what=what)
         return _HostPrograms(install)
 
     def chown(self, path: Path) -> None:
-        self.installs.default.chown(path)
+        self._installs.default.chown(path)
 
     async def server_log(self) -> str:
         return await trio.to_thread.run_sync(_file_tail, self._server_log)
