@@ -36,6 +36,8 @@ from tests.integration.production import (
 from tests.sysenv import DOCKER_IMAGE, HOST_PG_BIN, require_file
 from tests.system.stacks import place, prism_in_process, require_docker
 
+SLOT = "prism_docker"
+
 
 @dataclass
 class Followed:
@@ -62,7 +64,8 @@ async def followed(request: pytest.FixtureRequest) -> AsyncIterator[Followed]:
                 await write_continuously(production, task_status=task_status)
 
         await writers.start(write)
-        async with prism_in_process(where, "docker", source=production.source()) as prism:
+        settings = {"source": production.source(), "source_slot": SLOT}
+        async with prism_in_process(where, "docker", **settings) as prism:
             yield Followed(prism, production, writes)
             writes.cancel()
 
@@ -95,6 +98,9 @@ async def test_docker_main_follows_the_source_and_its_branches_are_writable_copi
     conninfo = await prism_sql(prism, "SELECT current_setting('primary_conninfo')")
     assert f"passfile={passfile}" in conninfo
     await source_state(prism, "streaming")
+    # The slot was made by psql in a container, and main's walreceiver streams through it.
+    slot = f"SELECT active FROM pg_replication_slots WHERE slot_name = '{SLOT}'"
+    assert await production.sql(slot) == "t"
 
     # A branch cut while the source writes is a consistent prefix of the source's history.
     assert await prism_sql(prism, "SELECT pg_is_in_recovery()", "busy") == "f"
