@@ -19,7 +19,8 @@ import docker.errors
 import pytest
 import trio
 
-from prism.runtime._docker_engine import LABEL_MANAGED
+from prism.errors import find_prism_error
+from prism.runtime._docker_engine import LABEL_MANAGED, LABEL_PGDATA
 from prism.runtime._docker_tools import LABEL_SOURCE_DIR
 from prism.storage import open_storage
 from tests.integration.harness import PrismHandle, psql
@@ -173,3 +174,40 @@ async def test_a_backup_left_half_made_by_a_crash_is_stopped_removed_and_taken_a
         finally:
             with contextlib.suppress(docker.errors.NotFound):
                 leftover.remove(force=True)
+
+
+async def test_a_docker_source_that_refuses_gets_one_clear_error_and_leaves_nothing() -> None:
+    client = require_docker()
+    bin_dir = require_file(HOST_PG_BIN, "PostgreSQL of the test image's major")
+    async with production_server(bin_dir) as production, place("btrfs") as where:
+        source = production.source(password="wrong-password")
+        with pytest.raises(BaseException) as caught:
+            async with prism_in_process(where, "docker", source=source):
+                pass
+        error = find_prism_error(caught.value)
+        assert error is not None, caught.value
+        # psql's stderr, read from its container, is explained as on the host.
+        assert "the source refused the password of role replicator" in error.message
+        assert not (where.data_dir / "master").exists()
+        label = f"{LABEL_SOURCE_DIR}={where.data_dir / 'source'}"
+        assert client.containers.list(all=True, filters={"label": label}) == []
+
+
+async def test_a_restarted_prism_starts_main_in_its_container_following_again() -> None:
+    client = require_docker()
+    bin_dir = require_file(HOST_PG_BIN, "PostgreSQL of the test image's major")
+    async with production_server(bin_dir) as production, place("btrfs") as where:
+        async with prism_in_process(where, "docker", source=production.source()) as prism:
+            await caught_up(prism, production)
+        # Prism stopped main's container on its way out (the next one is made anew, with the
+        # passfile mounted again); the source went on meanwhile.
+        on_data = [
+            container
+            for container in client.containers.list(all=True, filters={"label": LABEL_MANAGED})
+            if container.labels.get(LABEL_PGDATA, "").startswith(str(where.data_dir))
+        ]
+        assert on_data == []
+        await production.sql("INSERT INTO events SELECT FROM generate_series(1, 500)")
+        async with prism_in_process(where, "docker", source=production.source()) as prism:
+            assert await caught_up(prism, production) == 1500
+            assert await prism_sql(prism, "SELECT pg_is_in_recovery()") == "t"
