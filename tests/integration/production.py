@@ -42,13 +42,16 @@ class Production:
     install: PgInstall
     pgdata: Path
     port: int
+    #: Where Prism reaches it: the loopback, or an address its containers can route to.
+    source_host: str = "127.0.0.1"
 
     def dsn(self, user: str = "postgres", password: str = SUPERUSER_PASSWORD) -> str:
         return f"host=127.0.0.1 port={self.port} user={user} password={password} dbname=postgres"
 
     def source(self, user: str = REPLICATOR, password: str = REPLICATOR_PASSWORD) -> str:
         """What Prism's --source is set to."""
-        return f"host=127.0.0.1 port={self.port} user={user} password={password} dbname=postgres"
+        host, port = self.source_host, self.port
+        return f"host={host} port={port} user={user} password={password} dbname=postgres"
 
     async def sql(self, sql: str) -> str:
         return (await psql(self.dsn(), sql)).stdout.decode().strip()
@@ -71,10 +74,14 @@ class Production:
 
 
 @contextlib.asynccontextmanager
-async def production_server(bin_dir: Path | None = None) -> AsyncIterator[Production]:
+async def production_server(
+    bin_dir: Path | None = None, *, bridge: tuple[str, str] | None = None
+) -> AsyncIterator[Production]:
     """Start a production-like server with a table ``events`` and stop it at the end.
 
-    ``bin_dir`` holds the binaries to run it with; the embedded ones without it.
+    ``bin_dir`` holds the binaries to run it with; the embedded ones without it. ``bridge``
+    (an address of this host, a network) makes it listen there too and take replication
+    connections from that network (a docker bridge's gateway and subnet), Prism's source host.
     """
     base = fresh_dir("production-")
     install = await resolve_pg_install(base, pg_bin=bin_dir)
@@ -95,14 +102,18 @@ async def production_server(bin_dir: Path | None = None) -> AsyncIterator[Produc
             env={"PATH": os.environ["PATH"], "LC_ALL": "C"},
             **install.spawn_options(),
         )
+        listen, hba = "127.0.0.1", PRODUCTION_HBA
+        if bridge is not None:
+            listen += f",{bridge[0]}"
+            hba += f"host        replication  {REPLICATOR}   {bridge[1]} scram-sha-256\n"
         with (pgdata / "postgresql.conf").open("a") as conf:
             conf.write(
-                f"port = {port}\nlisten_addresses = '127.0.0.1'\n"
+                f"port = {port}\nlisten_addresses = '{listen}'\n"
                 f"unix_socket_directories = '{base}'\nwal_level = replica\n"
                 "max_wal_senders = 5\nmax_replication_slots = 5\n"
             )
-        (pgdata / "pg_hba.conf").write_text(PRODUCTION_HBA)
-        production = Production(install, pgdata, port)
+        (pgdata / "pg_hba.conf").write_text(hba)
+        production = Production(install, pgdata, port, bridge[0] if bridge else "127.0.0.1")
         await production.start()
         await production.sql(
             f"CREATE ROLE {REPLICATOR} REPLICATION LOGIN PASSWORD '{REPLICATOR_PASSWORD}';"
@@ -160,10 +171,15 @@ async def source_state(prism: PrismHandle, wanted: str, **fields: Any) -> dict[s
 
 
 async def write_continuously(production: Production, *, task_status: trio.TaskStatus[None]) -> None:
-    """Insert one row at a time into ``events`` until cancelled (one psql per row)."""
+    """Insert one row at a time into ``events`` until cancelled (one psql per row).
+
+    A cancelled writer finishes the insert it is in rather than killing its psql: the server
+    may commit a killed client's insert after the test has read what the source committed.
+    """
     task_status.started()
     while True:
-        await psql(production.dsn(), "INSERT INTO events DEFAULT VALUES")
+        with trio.CancelScope(shield=True):
+            await psql(production.dsn(), "INSERT INTO events DEFAULT VALUES")
         await trio.sleep(0.01)
 
 

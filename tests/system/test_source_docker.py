@@ -38,6 +38,7 @@ from tests.sysenv import DOCKER_IMAGE, HOST_PG_BIN, require_file
 from tests.system.stacks import place, prism_in_process, require_docker
 
 SLOT = "prism_docker"
+BRIDGE = {"docker_network": "bridge-ip"}
 
 
 @dataclass
@@ -45,6 +46,12 @@ class Followed:
     prism: PrismHandle
     production: Production
     writes: trio.CancelScope
+    stopped: trio.Event
+
+    async def stop_writes(self) -> None:
+        """Stop the writer and wait until its last insert has finished."""
+        self.writes.cancel()
+        await self.stopped.wait()
 
 
 @pytest.fixture(params=["btrfs", "zfs"])
@@ -58,16 +65,17 @@ async def followed(request: pytest.FixtureRequest) -> AsyncIterator[Followed]:
     ):
         # The base backup is taken while the source writes, as production's would be; the
         # test stops the writes on their own scope (cancelling the nursery would end the test).
-        writes = trio.CancelScope()
+        writes, stopped = trio.CancelScope(), trio.Event()
 
         async def write(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
             with writes:
                 await write_continuously(production, task_status=task_status)
+            stopped.set()
 
         await writers.start(write)
         settings = {"source": production.source(), "source_slot": SLOT}
         async with prism_in_process(where, "docker", **settings) as prism:
-            yield Followed(prism, production, writes)
+            yield Followed(prism, production, writes, stopped)
             writes.cancel()
 
 
@@ -113,7 +121,7 @@ async def test_docker_main_follows_the_source_and_its_branches_are_writable_copi
     assert str(passfile.parent) not in [mount["Source"] for mount in busy.attrs["Mounts"]]
 
     # With the source quiet, a branch holds exactly what it committed before the clone.
-    followed.writes.cancel()
+    await followed.stop_writes()
     committed = await caught_up(prism, production)
     await prism.manager.create("quiet")
     await production.sql("INSERT INTO events DEFAULT VALUES")
@@ -211,3 +219,29 @@ async def test_a_restarted_prism_starts_main_in_its_container_following_again() 
         async with prism_in_process(where, "docker", source=production.source()) as prism:
             assert await caught_up(prism, production) == 1500
             assert await prism_sql(prism, "SELECT pg_is_in_recovery()") == "t"
+
+
+async def test_on_the_docker_bridge_main_follows_a_source_at_a_routable_address() -> None:
+    client = require_docker()
+    bin_dir = require_file(HOST_PG_BIN, "PostgreSQL of the test image's major")
+    (bridge,) = client.networks.get("bridge").attrs["IPAM"]["Config"]
+    async with (
+        production_server(bin_dir, bridge=(bridge["Gateway"], bridge["Subnet"])) as production,
+        place("btrfs") as where,
+    ):
+        # 127.0.0.1 would be each container itself: refused, naming the way out.
+        loopback = production.source().replace(production.source_host, "127.0.0.1")
+        with pytest.raises(BaseException) as caught:
+            async with prism_in_process(where, "docker", source=loopback, **BRIDGE):
+                pass
+        error = find_prism_error(caught.value)
+        assert error is not None and "loopback" in error.message, caught.value
+        # The host's address on the bridge: the backup's container and main's reach it.
+        source = production.source()
+        async with prism_in_process(where, "docker", source=source, **BRIDGE) as prism:
+            await caught_up(prism, production)
+            await production.sql("INSERT INTO events DEFAULT VALUES")
+            await caught_up(prism, production)
+            main = _container("prism-main")
+            assert main.attrs["HostConfig"]["NetworkMode"] != "host"
+            assert await prism_sql(prism, "SELECT count(*) FROM events", "on-bridge") == "1001"

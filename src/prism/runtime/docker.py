@@ -360,13 +360,18 @@ class DockerRuntime:
         return tools
 
     async def server_log(self, branch: str) -> str:
-        """The end of the log of ``branch``'s container (its server's stderr); "" if none."""
-        container = await self._find(branch, RuntimeStartFailed)
-        if container is None:
+        """The end of the log of ``branch``'s container (its server's stderr); "" if there is
+        none, or the engine cannot tell: the log only explains, it must not fail a caller."""
+        try:
+            container = await self._find(branch, RuntimeStartFailed)
+            if container is None:
+                return ""
+            raw: bytes = await self._engine.call(
+                RuntimeStartFailed, container.logs, tail=_SERVER_LOG_LINES, stdout=True, stderr=True
+            )
+        except PrismError as exc:
+            log.debug("cannot read the log of branch %s: %s", branch, exc.message)
             return ""
-        raw: bytes = await self._engine.call(
-            RuntimeStartFailed, container.logs, tail=_SERVER_LOG_LINES, stdout=True, stderr=True
-        )
         return raw.decode(errors="replace")
 
     def address(self, branch: str) -> BackendAddress | None:
