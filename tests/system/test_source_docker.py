@@ -3,7 +3,8 @@
 production-like source, and its branches are writable copies as of their clone.
 
 The source runs from the host's PostgreSQL of the image's major (a source's major must match the
-image's), on 127.0.0.1 with the production-like ``pg_hba.conf`` of the integration tests.
+image's) with the production-like ``pg_hba.conf`` of the integration tests: on 127.0.0.1 for the
+host network (the default), and on the docker bridge's gateway for ``bridge-ip``.
 """
 
 from __future__ import annotations
