@@ -20,7 +20,7 @@ import docker.errors
 import pytest
 import trio
 
-from prism.errors import find_prism_error
+from prism.errors import PrismError, find_prism_error
 from prism.runtime._docker_engine import LABEL_MANAGED, LABEL_PGDATA
 from prism.runtime._docker_tools import LABEL_SOURCE_DIR
 from prism.storage import open_storage
@@ -36,7 +36,7 @@ from tests.integration.production import (
     write_continuously,
 )
 from tests.sysenv import DOCKER_IMAGE, HOST_PG_BIN, require_file
-from tests.system.stacks import place, prism_in_process, require_docker
+from tests.system.stacks import Place, place, prism_in_process, require_docker
 
 SLOT = "prism_docker"
 BRIDGE = {"docker_network": "bridge-ip"}
@@ -82,6 +82,16 @@ async def followed(request: pytest.FixtureRequest) -> AsyncIterator[Followed]:
 
 def _container(name: str) -> Any:
     return docker.from_env(version="auto").containers.get(name)
+
+
+async def _refusal(where: Place, source: str, **settings: Any) -> PrismError:
+    """The error a Prism following ``source`` fails to start with."""
+    with pytest.raises(BaseException) as caught:
+        async with prism_in_process(where, "docker", source=source, **settings):
+            pass
+    error = find_prism_error(caught.value)
+    assert error is not None, caught.value
+    return error
 
 
 async def test_docker_main_follows_the_source_and_its_branches_are_writable_copies(
@@ -189,17 +199,26 @@ async def test_a_docker_source_that_refuses_gets_one_clear_error_and_leaves_noth
     client = require_docker()
     bin_dir = require_file(HOST_PG_BIN, "PostgreSQL of the test image's major")
     async with production_server(bin_dir) as production, place("btrfs") as where:
-        source = production.source(password="wrong-password")
-        with pytest.raises(BaseException) as caught:
-            async with prism_in_process(where, "docker", source=source):
-                pass
-        error = find_prism_error(caught.value)
-        assert error is not None, caught.value
+        error = await _refusal(where, production.source(password="wrong-password"))
         # psql's stderr, read from its container, is explained as on the host.
         assert "the source refused the password of role replicator" in error.message
         assert not (where.data_dir / "master").exists()
         label = f"{LABEL_SOURCE_DIR}={where.data_dir / 'source'}"
         assert client.containers.list(all=True, filters={"label": label}) == []
+
+
+async def test_a_source_of_another_major_than_the_image_is_refused_naming_the_image() -> None:
+    require_docker()
+    # The embedded binaries' major; the test image (which does not say its PG_MAJOR) runs 15.
+    async with production_server() as production, place("btrfs") as where:
+        assert production.install.major != 15
+        error = await _refusal(where, production.source())
+        assert error.message.endswith(
+            f"is PostgreSQL {production.install.major}, and the image {DOCKER_IMAGE} "
+            "runs PostgreSQL 15"
+        )
+        assert error.hint is not None and "--image" in error.hint
+        assert not (where.data_dir / "master").exists()
 
 
 async def test_a_restarted_prism_starts_main_in_its_container_following_again() -> None:
@@ -232,11 +251,7 @@ async def test_on_the_docker_bridge_main_follows_a_source_at_a_routable_address(
     ):
         # 127.0.0.1 would be each container itself: refused, naming the way out.
         loopback = production.source().replace(production.source_host, "127.0.0.1")
-        with pytest.raises(BaseException) as caught:
-            async with prism_in_process(where, "docker", source=loopback, **BRIDGE):
-                pass
-        error = find_prism_error(caught.value)
-        assert error is not None and "loopback" in error.message, caught.value
+        assert "loopback" in (await _refusal(where, loopback, **BRIDGE)).message
         # The host's address on the bridge: the backup's container and main's reach it.
         source = production.source()
         async with prism_in_process(where, "docker", source=source, **BRIDGE) as prism:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from prism.errors import ConfigError
+from prism.pgbin import version_in
 from prism.runtime._docker_image import image_user
 from prism.runtime._docker_tools import require_reachable
 from prism.source.basebackup import parse_progress
@@ -21,6 +22,12 @@ def test_lines_are_cut_at_carriage_returns_and_newlines_across_chunks() -> None:
     assert list(lines.feed(b"\nerror: gone\n")) == ["2048/4096 kB (50%)", "error: gone"]
     progress = parse_progress("2048/4096 kB (50%)", elapsed_s=1.0)
     assert progress is not None and progress.percent == 50
+
+
+def test_the_version_is_read_from_a_programs_version_line() -> None:
+    line = "pg_basebackup (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n"
+    assert version_in(line) == "15.18"
+    assert version_in("exec: pg_basebackup: not found") is None
 
 
 def test_the_image_user_is_postgres_from_its_passwd() -> None:

@@ -89,12 +89,7 @@ class Images:
         naming ``what`` (the data, or the source) in the error."""
         info = await self.details(self.for_major(major))
         if info.major is not None and info.major != major:
-            raise RuntimeStartFailed(
-                f"{what} is PostgreSQL {major}, and the image {info.image} "
-                f"runs PostgreSQL {info.major}",
-                hint=f"choose an image per major version with --image "
-                f"(e.g. postgres:{MAJOR_FIELD}-alpine), or an image of PostgreSQL {major}",
-            )
+            raise wrong_major(what, major, info.image, info.major)
         return info
 
     async def details(self, name: str) -> ImageInfo:
@@ -253,6 +248,15 @@ def _initdb_owner(pgdata: Path, passwd: str) -> tuple[int, int]:
         f"cannot tell which user should own {pgdata}: it is root's, and the image has no "
         "'postgres' user",
         hint=f"chown {pgdata} to the uid the image runs Postgres as",
+    )
+
+
+def wrong_major(what: str, major: int, image: str, runs: int) -> RuntimeStartFailed:
+    """The error for data (or a source) of ``major`` and an image of PostgreSQL ``runs``."""
+    return RuntimeStartFailed(
+        f"{what} is PostgreSQL {major}, and the image {image} runs PostgreSQL {runs}",
+        hint=f"choose an image per major version with --image "
+        f"(e.g. postgres:{MAJOR_FIELD}-alpine), or an image of PostgreSQL {major}",
     )
 
 

@@ -23,8 +23,9 @@ from docker.models.containers import Container
 from docker.types import Mount
 
 from prism.errors import ConfigError, RuntimeStartFailed
+from prism.pgbin import version_in
 from prism.runtime._docker_engine import LABEL_MANAGED, DockerEngine, NetworkMode
-from prism.runtime._docker_image import ImageInfo, Images, image_user
+from prism.runtime._docker_image import ImageInfo, Images, image_user, wrong_major
 from prism.source.tools import LineSplitter, Tools
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,19 @@ class ContainerSourceTools:
             info = await self._images.details(self._images.for_major(None))
         else:
             info = await self._images.of_major(major, what=what)
+            if info.major is None:
+                await self._require_major(info, major, what)
         return _ContainerPrograms(self, info)
+
+    async def _require_major(self, info: ImageInfo, major: int, what: str) -> None:
+        """Ask an image that does not say its ``PG_MAJOR`` (one container), so a source of
+        another major gets the same error as with an image that does, not pg_basebackup's."""
+        shown = await self.run_in(
+            info, "pg_basebackup", ["--version"], env={}, shares=(), on_stderr_line=None
+        )
+        version = version_in(shown.stdout.decode(errors="replace"))
+        if version is not None and int(version.split(".")[0]) != major:
+            raise wrong_major(what, major, info.image, int(version.split(".")[0]))
 
     def chown(self, path: Path) -> None:
         if os.geteuid() == 0 and self._owner is not None:
