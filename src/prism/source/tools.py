@@ -105,7 +105,8 @@ class HostTools:
         return await trio.to_thread.run_sync(_file_tail, self._server_log)
 
     async def stop_leftovers(self) -> None:
-        """Nothing to do: a program is a child of Prism and ends with it."""
+        """Nothing is looked for: a host process carries no mark to be found by, as a
+        container does (one a killed Prism left running fails once its target is removed)."""
 
 
 class _HostPrograms:
