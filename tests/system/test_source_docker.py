@@ -117,6 +117,9 @@ async def test_docker_main_follows_the_source_and_its_branches_are_writable_copi
     assert main.attrs["Config"]["User"] == f"{owner.st_uid}:{owner.st_gid}"
     conninfo = await prism_sql(prism, "SELECT current_setting('primary_conninfo')")
     assert f"passfile={passfile}" in conninfo
+    # Prism's overrides apply, its own pg_hba.conf among them (production's has no local trust).
+    assert "synchronous_standby_names=" in main.attrs["Args"]
+    assert (await prism_sql(prism, "SHOW hba_file")).endswith("/prism_hba.conf")
     await source_state(prism, "streaming")
     # The slot was made by psql in a container, and main's walreceiver streams through it.
     slot = f"SELECT active FROM pg_replication_slots WHERE slot_name = '{SLOT}'"
