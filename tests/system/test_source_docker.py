@@ -224,12 +224,17 @@ async def test_a_source_of_another_major_than_the_image_is_refused_naming_the_im
         assert not (where.data_dir / "master").exists()
 
 
-async def test_a_restarted_prism_starts_main_in_its_container_following_again() -> None:
+async def test_a_restarted_prism_starts_main_in_its_container_following_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     client = require_docker()
     bin_dir = require_file(HOST_PG_BIN, "PostgreSQL of the test image's major")
+    caplog.set_level("INFO", logger="prism.source")
     async with production_server(bin_dir) as production, place("btrfs") as where:
         async with prism_in_process(where, "docker", source=production.source()) as prism:
             await caught_up(prism, production)
+        # The progress came from pg_basebackup's stderr, streamed from its container.
+        assert "source: base backup 100%" in caplog.text
         # Prism stopped main's container on its way out (the next one is made anew, with the
         # passfile mounted again); the source went on meanwhile.
         on_data = [
