@@ -139,6 +139,30 @@ class CreatePolicy:
         return "on" if self.allowed else "off"
 
 
+@dataclass(frozen=True)
+class BranchPattern:
+    """A regular expression whole branch names must match (``--point-in-time-branches``),
+    compiled once at start so a bad one fails then."""
+
+    pattern: re.Pattern[str]
+
+    @classmethod
+    def parse(cls, text: str) -> BranchPattern:
+        try:
+            return cls(re.compile(text))
+        except re.error as exc:
+            raise ConfigError(
+                f"invalid pattern {text!r}: {exc}",
+                hint="write a regular expression whole branch names must match, e.g. main|dev",
+            ) from None
+
+    def matches(self, branch: str) -> bool:
+        return self.pattern.fullmatch(branch) is not None
+
+    def __str__(self) -> str:
+        return self.pattern.pattern
+
+
 def _slot_name(text: str) -> str:
     # Spliced into a replication command, so only the names Postgres allows get through.
     if text and not re.fullmatch(r"[a-z0-9_]{1,63}", text):
@@ -408,15 +432,23 @@ class Settings:
         default=3600.0,
         metadata=_about(
             parse_duration,
-            "snapshot main this often and archive its WAL, for branches as of a past time "
-            "(0: neither; --runtime process only)",
+            "snapshot the branches that keep WAL this often and archive their WAL, for "
+            "branches as of a past time (0: neither)",
         ),
     )
     retention: float = field(
         default=7 * 86400.0,
         metadata=_about(
             parse_duration,
-            "how long main's snapshots and archived WAL are kept: how far back --at reaches",
+            "how long snapshots and archived WAL are kept: how far back --at reaches",
+        ),
+    )
+    point_in_time_branches: BranchPattern = field(
+        default=BranchPattern(re.compile("main")),
+        metadata=_about(
+            BranchPattern.parse,
+            "branches that keep their WAL and snapshots, so --at works from them (a regular "
+            "expression whole names match, e.g. main|dev|release-.*)",
         ),
     )
 
