@@ -1,0 +1,51 @@
+"""Point in time with the docker runtime on btrfs and ZFS: main's container archives its WAL
+through a bind mount, and a branch at a time replays that archive inside its own container.
+
+The checks are the integration test's (``tests.integration.pitr_checks``): rows stamped every
+100 ms, a branch at a time between two commits holds exactly those committed by then.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from prism.pitr import CONTAINER_ARCHIVE
+from tests.integration.harness import psql
+from tests.integration.pitr_checks import check_branches_at, first_snapshot, stamp_rows
+from tests.system.stacks import docker_client, place, prism_in_process
+
+
+@pytest.mark.parametrize("storage", ["btrfs", "zfs"])
+async def test_a_docker_main_gives_branches_as_of_a_time(storage: str) -> None:
+    async with (
+        place(storage) as where,
+        prism_in_process(where, "docker", snapshot_every=3600.0) as prism,
+    ):
+        await first_snapshot(prism)
+        archive = prism.manager.point_in_time.archive_of("main")
+        moments = await trio.to_thread.run_sync(stamp_rows, prism.dsn())
+        # The segment holding the rows is archived from inside main's container, as the
+        # container's user; recovery then reads it from the archive (its first choice).
+        await psql(prism.dsn(), "SELECT pg_switch_wal() FROM pg_create_restore_point('x')")
+        with trio.fail_after(30):
+            # Polling: the archiver sends nothing Prism could wait on.
+            while not archive.segments():  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        client = docker_client()
+        main = await trio.to_thread.run_sync(client.containers.get, "prism-main")
+        mounts = {m["Destination"]: m["Source"] for m in main.attrs["Mounts"]}
+        assert mounts[str(CONTAINER_ARCHIVE)] == str(archive.directory)
+        owner = (await trio.to_thread.run_sync(prism.manager.storage.path("main").stat)).st_uid
+        segment = archive.directory / archive.segments()[0]
+        assert (await trio.to_thread.run_sync(segment.stat)).st_uid == owner
+
+        await check_branches_at(prism, "main", moments)
+        # Each branch replayed in its own container, from main's archive and pg_wal, mounted
+        # read-only.
+        branch = await trio.to_thread.run_sync(client.containers.get, "prism-main-at-4")
+        restore = [m for m in branch.attrs["Mounts"] if "/restore/" in m["Destination"]]
+        assert sorted(m["Source"] for m in restore) == sorted(
+            [str(archive.directory), str(prism.manager.storage.path("main") / "pg_wal")]
+        )
+        assert not any(m["RW"] for m in restore)
