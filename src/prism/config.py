@@ -103,6 +103,14 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def _compile(pattern: str, hint: str) -> re.Pattern[str]:
+    """A setting's regular expression, compiled; ``ConfigError`` with ``hint`` if invalid."""
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"invalid pattern {pattern!r}: {exc}", hint=hint) from None
+
+
 @dataclass(frozen=True)
 class CreatePolicy:
     """``--create-on-connect``: which unknown branches a connection may create.
@@ -119,13 +127,9 @@ class CreatePolicy:
     def parse(cls, text: str) -> CreatePolicy:
         if text in ("on", "off"):
             return cls(text == "on")
-        try:
-            return cls(True, re.compile(text))
-        except re.error as exc:
-            raise ConfigError(
-                f"invalid pattern {text!r}: {exc}",
-                hint="write on, off, or a regular expression branch names must match",
-            ) from None
+        return cls(
+            True, _compile(text, "write on, off, or a regular expression branch names must match")
+        )
 
     def allows(self, branch: str) -> bool:
         """Whether a connection may create ``branch``."""
@@ -148,13 +152,8 @@ class BranchPattern:
 
     @classmethod
     def parse(cls, text: str) -> BranchPattern:
-        try:
-            return cls(re.compile(text))
-        except re.error as exc:
-            raise ConfigError(
-                f"invalid pattern {text!r}: {exc}",
-                hint="write a regular expression whole branch names must match, e.g. main|dev",
-            ) from None
+        hint = "write a regular expression whole branch names must match, e.g. main|dev"
+        return cls(_compile(text, hint))
 
     def matches(self, branch: str) -> bool:
         return self.pattern.fullmatch(branch) is not None
