@@ -242,14 +242,15 @@ async def test_a_snapshot_half_made_by_a_crash_is_removed_at_start(data_dir: Pat
         assert [b.name for b in prism.manager.list()] == ["main"]
 
 
-@pytest.mark.parametrize("point", ["create:cloned", "create:server-up"])
-async def test_a_branch_at_a_time_half_made_by_a_crash_is_undone(
-    point: str, data_dir: Path
-) -> None:
-    """``prism serve`` SIGKILLs its own process group at ``point`` of a create with ``at``;
-    the next start removes the half-made branch and keeps the snapshots."""
+@contextlib.asynccontextmanager
+async def _serve_to_crash(
+    data_dir: Path, point: str, *flags: str, branch: str = "main"
+) -> AsyncIterator[tuple[httpx.AsyncClient, str, list[dict[str, Any]]]]:
+    """``prism serve`` set to SIGKILL its own process group at ``point``, once ``branch``
+    has a snapshot: yields an HTTP client, the API's URL and that branch's snapshots; the
+    block must bring Prism to ``point``."""
     pg_port, api_port = free_port(), free_port()
-    command = [*serve_args(data_dir, pg_port, api_port), "--snapshot-every", "1h"]
+    command = [*serve_args(data_dir, pg_port, api_port), "--snapshot-every", "1h", *flags]
     env = {**os.environ, "PRISM_TEST_CRASH_AT": point}
     log_path = data_dir.parent / f"{data_dir.name}.log"
     with log_path.open("ab") as log:
@@ -261,20 +262,60 @@ async def test_a_branch_at_a_time_half_made_by_a_crash_is_undone(
         with trio.fail_after(120):
             while True:
                 with contextlib.suppress(httpx.TransportError):
-                    listed = (await http.get(f"{url}/branches/main/snapshots")).json()
-                    if listed["snapshots"]:
+                    if branch != "main":
+                        await http.post(f"{url}/branches", json={"name": branch})
+                    listed = (await http.get(f"{url}/branches/{branch}/snapshots")).json()
+                    if listed.get("snapshots"):
                         break
                 assert process.poll() is None, log_path.read_text()
                 await trio.sleep(0.1)
-        with contextlib.suppress(httpx.TransportError):
-            await http.post(f"{url}/branches", json={"name": "half", "at": "-0s"})
+        yield http, url, listed["snapshots"]
     with trio.fail_after(60):
         assert await process.wait() == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("point", ["create:cloned", "create:server-up"])
+async def test_a_branch_at_a_time_half_made_by_a_crash_is_undone(
+    point: str, data_dir: Path
+) -> None:
+    """``prism serve`` SIGKILLs its own process group at ``point`` of a create with ``at``;
+    the next start removes the half-made branch and keeps the snapshots."""
+    async with _serve_to_crash(data_dir, point) as (http, url, snapshots):
+        with contextlib.suppress(httpx.TransportError):
+            await http.post(f"{url}/branches", json={"name": "half", "at": "-0s"})
     # The next start undoes the create (a server it left running is stopped first).
     async with _serving(make_settings(data_dir, snapshot_every=3600.0)) as prism:
         assert prism.manager.get("half") is None
         assert not prism.manager.storage.exists("half")
-        assert [s["name"] for s in listed["snapshots"]] == [
+        assert [s["name"] for s in snapshots] == [
             s.name for s in prism.manager.point_in_time.snapshots()
         ]
         await branch_at(prism, "whole", "-0s")
+
+
+async def test_a_delete_cut_short_by_a_crash_still_removes_the_window(data_dir: Path) -> None:
+    """Killed after ``dev``'s data went and before its window was dropped: the next start
+    frees ``dev``'s snapshots and archive."""
+    pattern = "main|dev"
+    flags = ("--point-in-time-branches", pattern)
+    async with _serve_to_crash(data_dir, "delete:retired", *flags, branch="dev") as (
+        http,
+        url,
+        snapshots,
+    ):
+        with contextlib.suppress(httpx.TransportError):
+            await http.delete(f"{url}/branches/dev")
+    archives = data_dir / "wal-archive"
+    assert (archives / "dev").is_dir()
+    settings = make_settings(
+        data_dir, snapshot_every=3600.0, point_in_time_branches=BranchPattern.parse(pattern)
+    )
+    async with _serving(settings) as prism:
+        storage = prism.manager.storage
+        assert prism.manager.get("dev") is None
+        with trio.fail_after(60):
+            # Polling: the timer's first round frees it, and sends no event for that.
+            while (archives / "dev").exists() or storage.exists(snapshots[0]["name"]):  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        assert [p.name for p in archives.iterdir()] == ["main"]
+        assert {s.branch for s in prism.manager.point_in_time.store.list()} == {"main"}
