@@ -245,9 +245,12 @@ class PointInTime:
         """``branch``'s data was thrown away (``BranchManager.after_discard``: delete, reset,
         a failed create): end its window now; the next round frees the space."""
         self._drops[branch] += 1
-        self.store.forget_branch(branch)
-        walarchive.retire(self.archives, branch, secrets.token_hex(4))
         self._poke.set()
+        try:
+            self.store.forget_branch(branch)
+            walarchive.retire(self.archives, branch, secrets.token_hex(4))
+        except OSError as exc:  # a discard hook must not raise; a sweep still frees a deleted one's
+            log.error("could not end the point-in-time window of %s: %s", branch, exc)
 
     async def sweep(self, existing: set[str]) -> None:
         """Free what dropped windows left, and the windows of branches gone without a drop
