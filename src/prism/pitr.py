@@ -256,7 +256,7 @@ class PointInTime:
         """Free what dropped windows left, and the windows of branches gone without a drop
         (a crash between a delete and its drop)."""
         async with self._lock:
-            for name in await trio.to_thread.run_sync(walarchive.unretired, self.archives):
+            for name in await trio.to_thread.run_sync(walarchive.archived_branches, self.archives):
                 if name not in existing:
                     walarchive.retire(self.archives, name, secrets.token_hex(4))
             for snapshot in await trio.to_thread.run_sync(self.store.list):

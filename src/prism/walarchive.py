@@ -123,7 +123,7 @@ def retire(root: Path, branch: str, token: str) -> None:
         (root / branch).rename(root / f"{_RETIRED}{branch}-{token}")
 
 
-def unretired(root: Path) -> list[str]:
+def archived_branches(root: Path) -> list[str]:
     """The branches with an archive under ``root`` (blocking, cheap)."""
     try:
         return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))

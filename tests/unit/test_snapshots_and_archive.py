@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 import trio
@@ -68,6 +68,17 @@ def test_restore_command_tries_the_archive_then_mains_live_wal(tmp_path: Path) -
     archived, live = f"'{tmp_path}/a b'/%f", f"{tmp_path}/pg_wal/%f"
     assert command == (
         f"cp {archived} %p 2>/dev/null || cp {live} %p 2>/dev/null || cp {archived} %p"
+    )
+
+
+def test_a_container_archives_and_restores_through_the_paths_it_sees(tmp_path: Path) -> None:
+    archive = WalArchive(tmp_path / "main")
+    inside = PurePosixPath("/var/lib/prism/wal-archive")
+    command = archive.server_settings(standby=False, seen_at=inside)["archive_command"]
+    assert f"{inside}/%f" in command and str(tmp_path) not in command
+    restore = archive.restore_command(PurePosixPath("/r/pg_wal"), seen_at=PurePosixPath("/r/a"))
+    assert restore == (
+        "cp /r/a/%f %p 2>/dev/null || cp /r/pg_wal/%f %p 2>/dev/null || cp /r/a/%f %p"
     )
 
 
