@@ -1,5 +1,6 @@
-"""Point in time with the docker runtime on btrfs and ZFS: main's container archives its WAL
-through a bind mount, and a branch at a time replays that archive inside its own container.
+"""Point in time with the docker runtime on btrfs and ZFS: the container of main (or of another
+branch that keeps WAL) archives its WAL through a bind mount, and a branch at a time replays
+that archive inside its own container.
 
 The checks are the integration test's (``tests.integration.pitr_checks``): rows stamped every
 100 ms, a branch at a time between two commits holds exactly those committed by then.
@@ -10,9 +11,10 @@ from __future__ import annotations
 import pytest
 import trio
 
+from prism.config import BranchPattern
 from prism.pitr import CONTAINER_ARCHIVE
 from tests.integration.harness import psql
-from tests.integration.pitr_checks import check_branches_at, first_snapshot, stamp_rows
+from tests.integration.pitr_checks import ROWS, check_branches_at, first_snapshot, stamp_rows
 from tests.system.stacks import docker_client, place, prism_in_process
 
 
@@ -49,3 +51,21 @@ async def test_a_docker_main_gives_branches_as_of_a_time(storage: str) -> None:
             [str(archive.directory), str(prism.manager.storage.path("main") / "pg_wal")]
         )
         assert not any(m["RW"] for m in restore)
+
+
+async def test_a_docker_branch_that_keeps_wal_gives_branches_as_of_a_time() -> None:
+    pattern = BranchPattern.parse("main|dev")
+    async with (
+        place("btrfs") as where,
+        prism_in_process(
+            where, "docker", snapshot_every=3600.0, point_in_time_branches=pattern
+        ) as prism,
+    ):
+        await prism.manager.create("dev")
+        await first_snapshot(prism, "dev")
+        moments = await trio.to_thread.run_sync(stamp_rows, prism.dsn("postgres@dev"))
+        await check_branches_at(prism, "dev", moments, (5, ROWS - 2))
+        dev = await trio.to_thread.run_sync(docker_client().containers.get, "prism-dev")
+        mounts = {m["Destination"]: m["Source"] for m in dev.attrs["Mounts"]}
+        archive = prism.manager.point_in_time.archive_of("dev")
+        assert mounts[str(CONTAINER_ARCHIVE)] == str(archive.directory)
