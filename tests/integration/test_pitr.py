@@ -27,7 +27,7 @@ from prism.server import PrismServer
 from prism.snapshots import Snapshot, precise_time, snapshot_name
 from prism.state import utcnow
 
-from .api_helpers import api, wait_for
+from .api_helpers import api, status, wait_for
 from .harness import PrismHandle, free_port, fresh_dir, make_settings, psql, serve_args
 from .pitr_checks import (
     ROWS,
@@ -108,6 +108,29 @@ async def test_a_branch_that_keeps_wal_gives_branches_as_of_a_time(start_prism: 
         ):
             await trio.sleep(0.05)
     assert [s.branch for s in kept.store.list()] == ["main"]
+
+
+async def test_the_snapshot_timer_leaves_a_stopped_branch_stopped(start_prism: Any) -> None:
+    """While ``dev`` is stopped, snapshots of main go on and none of dev is taken (it is not
+    woken); once dev runs again, its overdue snapshot is taken."""
+    prism = await start_prism(
+        snapshot_every=1.0, point_in_time_branches=BranchPattern.parse("main|dev")
+    )
+    manager, kept = prism.manager, prism.manager.point_in_time
+    await manager.create("dev")
+    await first_snapshot(prism, "dev")
+    await manager.stop("dev")
+    before = kept.snapshots("dev")
+    async with manager.events.subscribe() as events:
+        with trio.fail_after(120):
+            for _ in range(3):
+                await wait_for(events, type="snapshot_taken", branch="main")
+        assert status(prism, "dev") == "stopped"
+        assert kept.snapshots("dev") == before
+        await manager.start("dev")
+        with trio.fail_after(120):
+            await wait_for(events, type="snapshot_taken", branch="dev")
+    assert kept.snapshots("dev")[-1].taken_at > before[-1].taken_at
 
 
 @pytest.fixture
