@@ -262,7 +262,7 @@ class PointInTime:
             for snapshot in await trio.to_thread.run_sync(self.store.list):
                 if snapshot.branch not in existing:
                     await trio.to_thread.run_sync(self.store.forget, snapshot.name)
-            await self.store.reconcile(why="its branch was deleted or reset")
+            await self.store.reconcile(why="no longer recorded (expired, or of a branch gone)")
             await trio.to_thread.run_sync(walarchive.remove_retired, self.archives)
 
     # ---- the schedule ------------------------------------------------------------------
@@ -336,8 +336,8 @@ class PointInTime:
         async with self._lock:
             snapshots = await trio.to_thread.run_sync(self.snapshots, branch)
             for snapshot in expired(snapshots, utcnow(), retention):
-                await self.store.discard(snapshot.name)
-                log.info("snapshot: %s removed (older than the retention)", snapshot.name)
+                if await self.store.discard(snapshot.name):
+                    log.info("snapshot: %s removed (older than the retention)", snapshot.name)
             kept = await trio.to_thread.run_sync(self.snapshots, branch)
             if kept:
                 await trio.to_thread.run_sync(self.archive_of(branch).prune, kept[0].redo_wal)

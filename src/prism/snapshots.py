@@ -32,6 +32,7 @@ from typing import Any
 import trio
 
 from prism.address import BackendAddress
+from prism.errors import BranchConflict
 from prism.names import SNAPSHOT_PREFIX, is_snapshot_name
 from prism.pgclient import ServiceConnection, connect_service
 from prism.state import utcnow
@@ -138,21 +139,30 @@ class SnapshotStore:
         for suffix in (_RECORD, _TAKING):
             self._path(name, suffix).unlink(missing_ok=True)
 
-    async def discard(self, name: str) -> None:
-        """Forget ``name`` and remove its clone."""
+    async def discard(self, name: str) -> bool:
+        """Forget ``name`` and remove its clone; False if the clone must stay for now.
+
+        On ZFS a branch made at a time is a clone of its snapshot, which cannot be destroyed
+        under it: the snapshot is no longer offered, and ``reconcile`` removes its data once
+        those branches are deleted.
+        """
         await trio.to_thread.run_sync(self.forget, name)
-        retired = await self.storage.retire(name)
+        try:
+            retired = await self.storage.retire(name)
+        except BranchConflict as exc:
+            log.info("snapshot: %s is no longer offered; its data stays: %s", name, exc.message)
+            return False
         if retired is not None:
             await self.storage.remove_path(retired)
+        return True
 
     async def reconcile(self, why: str = "left half-made by a crash") -> None:
         """Remove what a crash (or a forgotten branch: ``why``) left: clones without a record,
         records without a clone."""
         recorded = {snapshot.name for snapshot in await trio.to_thread.run_sync(self.list)}
         for name in sorted(set(self.storage.list()) - recorded):
-            if is_snapshot_name(name):
-                log.warning("reconcile: removing snapshot %s, %s", name, why)
-                await self.discard(name)
+            if is_snapshot_name(name) and await self.discard(name):
+                log.warning("reconcile: removed snapshot %s, %s", name, why)
         for name in sorted(recorded):
             if not self.storage.exists(name):
                 log.warning("reconcile: forgetting snapshot %s: its data is gone", name)

@@ -1,6 +1,7 @@
-"""Point in time with the docker runtime on btrfs and ZFS: the container of main (or of another
-branch that keeps WAL) archives its WAL through a bind mount, and a branch at a time replays
-that archive inside its own container.
+"""Point in time on the system: with the docker runtime on btrfs and ZFS, the container of main
+(or of another branch that keeps WAL) archives its WAL through a bind mount, and a branch at a
+time replays that archive inside its own container; on ZFS, a snapshot a branch was cloned from
+outlives its retention until that branch is deleted.
 
 The checks are the integration test's (``tests.integration.pitr_checks``): rows stamped every
 100 ms, a branch at a time between two commits holds exactly those committed by then.
@@ -13,6 +14,7 @@ import trio
 
 from prism.config import BranchPattern
 from prism.pitr import CONTAINER_ARCHIVE
+from tests.integration.api_helpers import wait_for
 from tests.integration.harness import psql
 from tests.integration.pitr_checks import ROWS, check_branches_at, first_snapshot, stamp_rows
 from tests.system.stacks import docker_client, place, prism_in_process
@@ -69,3 +71,28 @@ async def test_a_docker_branch_that_keeps_wal_gives_branches_as_of_a_time() -> N
         mounts = {m["Destination"]: m["Source"] for m in dev.attrs["Mounts"]}
         archive = prism.manager.point_in_time.archive_of("dev")
         assert mounts[str(CONTAINER_ARCHIVE)] == str(archive.directory)
+
+
+async def test_a_zfs_snapshot_with_a_branch_cloned_from_it_outlives_its_retention() -> None:
+    """On ZFS a branch at a time is a clone of its snapshot, which cannot be destroyed under
+    it: retention stops offering the snapshot, keeps its data until that branch is deleted,
+    and a restart in between starts cleanly."""
+    async with place("zfs") as where:
+        overrides = {"snapshot_every": 1.0, "retention": 1.0}
+        async with prism_in_process(where, "process", **overrides) as prism:
+            manager = prism.manager
+            first = await first_snapshot(prism)
+            await psql(prism.dsn(), "CREATE TABLE t AS SELECT 1 AS v")
+            await manager.create("child", at=first.taken_at)
+            async with manager.events.subscribe() as events:
+                with trio.fail_after(120):
+                    while first in manager.point_in_time.snapshots():
+                        seen = await wait_for(events, type="snapshot_taken", branch="main")
+                        assert not [e for e in seen if e["type"] == "snapshot_failed"]
+            assert manager.storage.exists(first.name)
+        async with prism_in_process(where, "process", **overrides) as prism:
+            await prism.manager.delete("child")
+            with trio.fail_after(60):
+                # Polling: the timer's next round removes it, and sends no event for that.
+                while prism.manager.storage.exists(first.name):  # noqa: ASYNC110
+                    await trio.sleep(0.05)
