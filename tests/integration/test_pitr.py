@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,6 @@ from .harness import (
     PASSWORD,
     PrismHandle,
     free_port,
-    fresh_dir,
     make_settings,
     psql,
     serve_args,
@@ -102,13 +100,6 @@ async def test_branch_at_a_time_holds_exactly_the_rows_committed_by_then(
     # Writable, and its writes stay its own.
     await psql(prism.dsn("postgres@at-4"), "INSERT INTO stamps VALUES (1000, now())")
     assert await _rows(prism, "main") == list(range(ROWS))
-
-
-@pytest.fixture
-def empty_data_dir() -> Iterator[Path]:
-    path = fresh_dir("pitr-source-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 async def test_a_standby_main_gives_branches_as_of_a_time_on_the_source(

@@ -3,7 +3,6 @@ branches of it are writable copies as of their clone, and nothing they do reache
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from prism.events import EventBus
 from prism.server import PrismServer
 
 from .api_helpers import api, wait_for
-from .harness import PrismHandle, fresh_dir, make_settings, psql
+from .harness import PrismHandle, make_settings, psql
 from .production import SUPERUSER_PASSWORD, Production, production_server, write_continuously
 
 CATCH_UP_S = 30
@@ -26,13 +25,6 @@ CATCH_UP_S = 30
 async def production() -> AsyncIterator[Production]:
     async with production_server() as server:
         yield server
-
-
-@pytest.fixture
-def empty_data_dir() -> Any:
-    path = fresh_dir("source-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _dsn(prism: PrismHandle, branch: str | None = None) -> str:
