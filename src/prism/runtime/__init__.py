@@ -29,4 +29,4 @@ async def open_runtime(settings: Settings, data_dir: Path) -> Runtime:
         from prism.runtime.docker import open_docker_runtime
 
         return await open_docker_runtime(settings, data_dir)
-    raise ConfigError(f"unknown runtime {settings.runtime!r}", hint="choose process or docker")
+    raise ConfigError(f"unknown runtime '{settings.runtime}'", hint="choose process or docker")
