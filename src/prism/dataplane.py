@@ -69,7 +69,7 @@ def choose(setting: DataPlaneChoice, *, program: bytes | None = None) -> DataPla
 
     ``program`` replaces the verdict program (a test loads a broken one to see the fallback).
     """
-    if setting is DataPlaneChoice.PUMP:
+    if setting == DataPlaneChoice.PUMP:
         plane = DataPlane("pump", "chosen with --data-plane pump")
     elif not sys.platform.startswith("linux"):
         plane = DataPlane("pump", f"the sockmap needs Linux, not {sys.platform}")
