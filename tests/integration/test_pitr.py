@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,13 +27,13 @@ from prism.config import Settings
 from prism.server import PrismServer
 from prism.snapshots import Snapshot, precise_time, snapshot_name
 from prism.state import utcnow
+from tests.waiting import wait_until
 
 from .api_helpers import api, wait_for
 from .harness import (
     PASSWORD,
     PrismHandle,
     free_port,
-    fresh_dir,
     make_settings,
     psql,
     serve_args,
@@ -104,13 +103,6 @@ async def test_branch_at_a_time_holds_exactly_the_rows_committed_by_then(
     assert await _rows(prism, "main") == list(range(ROWS))
 
 
-@pytest.fixture
-def empty_data_dir() -> Iterator[Path]:
-    path = fresh_dir("pitr-source-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 async def test_a_standby_main_gives_branches_as_of_a_time_on_the_source(
     start_prism: Any, empty_data_dir: Path
 ) -> None:
@@ -121,10 +113,12 @@ async def test_a_standby_main_gives_branches_as_of_a_time_on_the_source(
         )
         await _first_snapshot(prism)
         moments = await trio.to_thread.run_sync(_stamp_rows, production.dsn())
-        with trio.fail_after(60):
+
+        async def replayed() -> bool:
             # Polling: replay offers nothing to wait on from outside the server.
-            while len(await _rows(prism, "main", SUPERUSER_PASSWORD)) < ROWS:  # noqa: ASYNC110
-                await trio.sleep(0.05)
+            return len(await _rows(prism, "main", SUPERUSER_PASSWORD)) >= ROWS
+
+        await wait_until(replayed, what="main to replay every row", within=60)
         for last_row in (3, ROWS - 2):
             await _branch_at(prism, f"src-{last_row}", _between(moments, last_row))
             rows = await _rows(prism, f"src-{last_row}", SUPERUSER_PASSWORD)
@@ -252,14 +246,15 @@ async def test_a_branch_at_a_time_half_made_by_a_crash_is_undone(
         )
     url = f"http://127.0.0.1:{api_port}/api/v1"
     async with httpx.AsyncClient(timeout=120) as http:
-        with trio.fail_after(120):
-            while True:
-                with contextlib.suppress(httpx.TransportError):
-                    listed = (await http.get(f"{url}/branches/main/snapshots")).json()
-                    if listed["snapshots"]:
-                        break
-                assert process.poll() is None, log_path.read_text()
-                await trio.sleep(0.1)
+
+        async def snapshotted() -> dict[str, Any] | None:
+            assert process.poll() is None, log_path.read_text()
+            with contextlib.suppress(httpx.TransportError):
+                listed: dict[str, Any] = (await http.get(f"{url}/branches/main/snapshots")).json()
+                return listed if listed["snapshots"] else None
+            return None
+
+        listed = await wait_until(snapshotted, what="main's first snapshot", within=120)
         with contextlib.suppress(httpx.TransportError):
             await http.post(f"{url}/branches", json={"name": "half", "at": "-0s"})
     with trio.fail_after(60):
