@@ -214,7 +214,7 @@ class BranchManager:
         self.defaults = defaults or CreateDefaults()
         self.endpoint = endpoint
         self.hook_commands = hook_commands or HookCommands()
-        self.policies = PolicyStore(state.path)
+        self.policies = PolicyStore(state)
         self.disk = DiskUseCache(storage)
         events.add_listener(self.disk.observe)
         # Fills main's empty data directory instead of initdb (a base backup of a source).
@@ -343,7 +343,6 @@ class BranchManager:
                         nursery.start_soon(stop_one, branch.name)
             for branch in self.list():
                 await self._save(branch)
-            self.policies.close()
         for name, error in sorted(failures.items()):
             log.error("shutdown: could not stop the server of branch %s: %s", name, error)
         return failures
@@ -413,10 +412,8 @@ class BranchManager:
                 log.info("reconcile: adopted running server of branch %s", branch.name)
                 branch.status, branch.address = BranchStatus.RUNNING, address
             await self.state.put(branch.record())
-        reap = getattr(self.runtime, "reap_strays", None)
-        if reap is not None:
-            for stray in await reap(self.storage.root):
-                log.warning("reconcile: stopped a server that belongs to no branch: %s", stray)
+        for stray in await self.runtime.reap_strays(self.storage.root):
+            log.warning("reconcile: stopped a server that belongs to no branch: %s", stray)
         for leftover in await self.storage.sweep():
             log.warning("reconcile: removed leftover %s", leftover)
 

@@ -17,7 +17,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from prism.api.app import create_app
 from prism.api.closing import CloseAfterEarlyAnswer
 from prism.branches import BranchManager
-from prism.config import Settings
+from prism.config import Settings, StorageKind
 from prism.dataplane import DataPlane
 from prism.dataplane import choose as choose_data_plane
 from prism.dsn import Endpoint
@@ -120,7 +120,9 @@ class PrismServer:
         _prepare_data_dir(data_dir)
         pg_listener = await _open_listener(settings.listen.host, settings.listen.port, "clients")
         api_listener = await _open_listener(settings.api.host, settings.api.port, "the API")
-        storage_options = {"dataset": settings.zfs_dataset} if settings.storage == "zfs" else {}
+        storage_options = (
+            {"dataset": settings.zfs_dataset} if settings.storage is StorageKind.ZFS else {}
+        )
         storage = await open_storage(settings.storage, data_dir, **storage_options)
         runtime = await open_runtime(settings, data_dir)
         state = StateStore(data_dir / "prism.db")

@@ -120,7 +120,7 @@ async def write_continuously(production: Production, *, task_status: trio.TaskSt
     task_status.started()
     while True:
         await psql(production.dsn(), "INSERT INTO events DEFAULT VALUES")
-        await trio.sleep(0.01)
+        await trio.sleep(0.01)  # the pace of the load, not a wait for anything
 
 
 __all__ = ["Production", "production_server", "write_continuously"]

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,10 @@ from prism.config import BranchPattern, Settings
 from prism.server import PrismServer
 from prism.snapshots import Snapshot, precise_time, snapshot_name
 from prism.state import utcnow
+from tests.waiting import wait_until
 
 from .api_helpers import api, status, wait_for
-from .harness import PrismHandle, free_port, fresh_dir, make_settings, psql, serve_args
+from .harness import PrismHandle, free_port, make_settings, psql, serve_args
 from .pitr_checks import (
     ROWS,
     between,
@@ -101,12 +101,15 @@ async def test_a_branch_that_keeps_wal_gives_branches_as_of_a_time(start_prism: 
     # A delete: dev's archive and snapshots go with it.
     await manager.delete("dev", with_children=True)
     assert kept.snapshots("dev") == []
-    with trio.fail_after(60):
+
+    def freed() -> bool:
         # Polling: the timer frees the space in its next round, which sends no event.
-        while sorted(p.name for p in kept.archives.iterdir()) != ["main"] or any(  # noqa: ASYNC110
+        archives = sorted(p.name for p in kept.archives.iterdir())
+        return archives == ["main"] and not any(
             name.startswith("snap:dev:") for name in manager.storage.list()
-        ):
-            await trio.sleep(0.05)
+        )
+
+    await wait_until(freed, what="dev's archive and snapshots removed", within=60)
     assert [s.branch for s in kept.store.list()] == ["main"]
 
 
@@ -133,13 +136,6 @@ async def test_the_snapshot_timer_leaves_a_stopped_branch_stopped(start_prism: A
     assert kept.snapshots("dev")[-1].taken_at > before[-1].taken_at
 
 
-@pytest.fixture
-def empty_data_dir() -> Iterator[Path]:
-    path = fresh_dir("pitr-source-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 async def test_a_standby_main_gives_branches_as_of_a_time_on_the_source(
     start_prism: Any, empty_data_dir: Path
 ) -> None:
@@ -150,10 +146,12 @@ async def test_a_standby_main_gives_branches_as_of_a_time_on_the_source(
         )
         await first_snapshot(prism)
         moments = await trio.to_thread.run_sync(stamp_rows, production.dsn())
-        with trio.fail_after(60):
+
+        async def replayed() -> bool:
             # Polling: replay offers nothing to wait on from outside the server.
-            while len(await stamped_rows(prism, "main", SUPERUSER_PASSWORD)) < ROWS:  # noqa: ASYNC110
-                await trio.sleep(0.05)
+            return len(await stamped_rows(prism, "main", SUPERUSER_PASSWORD)) >= ROWS
+
+        await wait_until(replayed, what="main to replay every row", within=60)
         for last_row in (3, ROWS - 2):
             await branch_at(prism, f"src-{last_row}", between(moments, last_row))
             rows = await stamped_rows(prism, f"src-{last_row}", SUPERUSER_PASSWORD)
@@ -282,17 +280,21 @@ async def _serve_to_crash(
         )
     url = f"http://127.0.0.1:{api_port}/api/v1"
     async with httpx.AsyncClient(timeout=120) as http:
-        with trio.fail_after(120):
-            while True:
-                with contextlib.suppress(httpx.TransportError):
-                    if branch != "main":
-                        await http.post(f"{url}/branches", json={"name": branch})
-                    listed = (await http.get(f"{url}/branches/{branch}/snapshots")).json()
-                    if listed.get("snapshots"):
-                        break
-                assert process.poll() is None, log_path.read_text()
-                await trio.sleep(0.1)
-        yield http, url, listed["snapshots"]
+
+        async def snapshotted() -> list[dict[str, Any]] | None:
+            assert process.poll() is None, log_path.read_text()
+            with contextlib.suppress(httpx.TransportError):
+                if branch != "main":
+                    await http.post(f"{url}/branches", json={"name": branch})
+                listed = (await http.get(f"{url}/branches/{branch}/snapshots")).json()
+                return listed.get("snapshots") or None
+            return None
+
+        yield (
+            http,
+            url,
+            await wait_until(snapshotted, what=f"{branch}'s first snapshot", within=120),
+        )
     with trio.fail_after(60):
         assert await process.wait() == -signal.SIGKILL
 
@@ -336,12 +338,10 @@ async def test_a_delete_cut_short_by_a_crash_still_removes_the_window(data_dir: 
     async with _serving(settings) as prism:
         assert prism.manager.get("dev") is None
 
-        def left() -> bool:
-            snapshot = prism.manager.storage.exists(snapshots[0]["name"])
-            return snapshot or [p.name for p in archives.iterdir()] != ["main"]
-
-        with trio.fail_after(60):
+        def freed() -> bool:
             # Polling: the timer's first round frees it, and sends no event for that.
-            while left():  # noqa: ASYNC110
-                await trio.sleep(0.05)
+            snapshot = prism.manager.storage.exists(snapshots[0]["name"])
+            return not snapshot and [p.name for p in archives.iterdir()] == ["main"]
+
+        await wait_until(freed, what="dev's archive and snapshots removed", within=60)
         assert {s.branch for s in prism.manager.point_in_time.store.list()} == {"main"}

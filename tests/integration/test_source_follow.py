@@ -3,7 +3,6 @@ branches of it are writable copies as of their clone, and nothing they do reache
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,10 @@ import trio
 from prism.errors import find_prism_error
 from prism.events import EventBus
 from prism.server import PrismServer
+from tests.waiting import wait_until
 
 from .api_helpers import api, wait_for
-from .harness import PrismHandle, fresh_dir, make_settings, psql
+from .harness import PrismHandle, make_settings, psql
 from .production import SUPERUSER_PASSWORD, Production, production_server, write_continuously
 
 CATCH_UP_S = 30
@@ -26,13 +26,6 @@ CATCH_UP_S = 30
 async def production() -> AsyncIterator[Production]:
     async with production_server() as server:
         yield server
-
-
-@pytest.fixture
-def empty_data_dir() -> Any:
-    path = fresh_dir("source-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _dsn(prism: PrismHandle, branch: str | None = None) -> str:
@@ -47,10 +40,12 @@ async def _sql(prism: PrismHandle, sql: str, branch: str | None = None) -> str:
 async def _caught_up(prism: PrismHandle, production: Production) -> int:
     """Wait until main holds every row the source had committed when asked; return that id."""
     target = int(await production.sql("SELECT max(id) FROM events"))
-    with trio.fail_after(CATCH_UP_S):
+
+    async def replayed() -> bool:
         # Polling: replay offers nothing to wait on from outside the server.
-        while int(await _sql(prism, "SELECT coalesce(max(id), 0) FROM events")) < target:  # noqa: ASYNC110
-            await trio.sleep(0.05)
+        return int(await _sql(prism, "SELECT coalesce(max(id), 0) FROM events")) >= target
+
+    await wait_until(replayed, what=f"main to replay row {target}", within=CATCH_UP_S)
     return target
 
 
@@ -144,13 +139,13 @@ async def _source_state(prism: PrismHandle, wanted: str, **fields: Any) -> dict[
     """Poll ``GET /api/v1/branches/main`` until ``source`` has ``state`` ``wanted`` (and
     ``fields``)."""
     async with api(prism) as client:
-        with trio.fail_after(CATCH_UP_S):
-            while True:
-                main = (await client.get("/api/v1/branches/main")).json()
-                source: dict[str, Any] = main["source"]
-                if source["state"] == wanted and fields.items() <= source.items():
-                    return source
-                await trio.sleep(0.2)
+
+        async def reported() -> dict[str, Any] | None:
+            source: dict[str, Any] = (await client.get("/api/v1/branches/main")).json()["source"]
+            matches = source["state"] == wanted and fields.items() <= source.items()
+            return source if matches else None
+
+        return await wait_until(reported, what=f"source {wanted} {fields}", within=CATCH_UP_S)
 
 
 async def test_source_health_is_reported_and_survives_the_source_stopping(

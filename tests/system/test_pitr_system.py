@@ -18,6 +18,7 @@ from tests.integration.api_helpers import wait_for
 from tests.integration.harness import psql
 from tests.integration.pitr_checks import ROWS, check_branches_at, first_snapshot, stamp_rows
 from tests.system.stacks import docker_client, place, prism_in_process
+from tests.waiting import wait_until
 
 
 @pytest.mark.parametrize("storage", ["btrfs", "zfs"])
@@ -32,10 +33,8 @@ async def test_a_docker_main_gives_branches_as_of_a_time(storage: str) -> None:
         # The segment holding the rows is archived from inside main's container, as the
         # container's user; recovery then reads it from the archive (its first choice).
         await psql(prism.dsn(), "SELECT pg_switch_wal() FROM pg_create_restore_point('x')")
-        with trio.fail_after(30):
-            # Polling: the archiver sends nothing Prism could wait on.
-            while not archive.segments():  # noqa: ASYNC110
-                await trio.sleep(0.05)
+        # Polling: the archiver sends nothing Prism could wait on.
+        await wait_until(archive.segments, what="main's first archived segment", within=30)
         client = docker_client()
         main = await trio.to_thread.run_sync(client.containers.get, "prism-main")
         mounts = {m["Destination"]: m["Source"] for m in main.attrs["Mounts"]}
@@ -92,7 +91,9 @@ async def test_a_zfs_snapshot_with_a_branch_cloned_from_it_outlives_its_retentio
             assert manager.storage.exists(first.name)
         async with prism_in_process(where, "process", **overrides) as prism:
             await prism.manager.delete("child")
-            with trio.fail_after(60):
-                # Polling: the timer's next round removes it, and sends no event for that.
-                while prism.manager.storage.exists(first.name):  # noqa: ASYNC110
-                    await trio.sleep(0.05)
+            # Polling: the timer's next round removes it, and sends no event for that.
+            await wait_until(
+                lambda: not prism.manager.storage.exists(first.name),
+                what=f"{first.name} removed",
+                within=60,
+            )

@@ -66,6 +66,14 @@ class Runtime(Protocol):
         """Take over a server of ``branch`` left running by an earlier Prism; None if none."""
         ...
 
+    async def reap_strays(self, root: Path) -> list[str]:
+        """Stop every server on a directory under ``root`` that no branch owns; describe each.
+
+        Start-up reconcile calls it after adopting what belongs to known branches: what is
+        still running then serves a rolled-back clone or a directory already gone.
+        """
+        ...
+
     def address(self, branch: str) -> BackendAddress | None:
         """Where ``branch``'s server is reachable, or None if Prism does not know it running."""
         ...

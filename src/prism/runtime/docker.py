@@ -47,6 +47,7 @@ from docker.types import Mount
 
 from prism import serverconf
 from prism.address import BackendAddress
+from prism.config import DockerNetwork
 from prism.errors import PrismError, RuntimeStartFailed, RuntimeStopFailed
 from prism.pgbin import embedded_bin_dir, server_version
 from prism.runtime._docker_engine import (
@@ -58,7 +59,6 @@ from prism.runtime._docker_engine import (
     LABEL_PORT,
     LABEL_SOCKET_DIR,
     DockerEngine,
-    NetworkMode,
 )
 from prism.runtime._docker_image import DEFAULT_IMAGE, MAJOR_FIELD, ImageInfo, Images
 from prism.runtime._postmaster import (
@@ -96,7 +96,7 @@ class _Launch:
     pgdata: Path
     parent: str | None
     info: ImageInfo
-    mode: NetworkMode
+    mode: DockerNetwork
     uid: int
     gid: int
     socket_dir: Path | None
@@ -131,7 +131,7 @@ class DockerRuntime:
         *,
         run_dir: Path,
         image: str = DEFAULT_IMAGE,
-        network_mode: str = "auto",
+        network_mode: str = DockerNetwork.AUTO,
         start_timeout: float = 60.0,
         stop_timeout: float = 30.0,
         docker_host: str | None = None,
@@ -352,7 +352,7 @@ class DockerRuntime:
         """``_launch`` with a fresh port, again if another process took the port first."""
         for attempt in range(1, _PORT_ATTEMPTS + 1):
             # On the bridge each container has its own address; elsewhere ports are shared.
-            port = _CONTAINER_PORT if spec.mode == "bridge-ip" else free_port()
+            port = _CONTAINER_PORT if spec.mode is DockerNetwork.BRIDGE_IP else free_port()
             try:
                 return await self._launch(spec, port)
             except PortTaken:
@@ -370,7 +370,7 @@ class DockerRuntime:
         branch, pgdata, info, mode = spec.branch, spec.pgdata, spec.info, spec.mode
         name = f"{CONTAINER_PREFIX}{branch}"
         # With the host's network the server shares the host's loopback: listen there only.
-        listen = LOOPBACK if mode == "host" else "*"
+        listen = LOOPBACK if mode is DockerNetwork.HOST else "*"
         command = ["-D", info.pgdata, *serverconf.as_flags(spec.owned)]
         command += ["-c", f"listen_addresses={listen}", "-c", f"port={port}"]
         mounts = [Mount(info.pgdata, str(pgdata), type="bind")]
@@ -396,12 +396,12 @@ class DockerRuntime:
             ]
         else:
             command += ["-c", "unix_socket_directories="]
-        published = mode == "published-port"
+        published = mode is DockerNetwork.PUBLISHED_PORT
         api = self._engine.api()
         host_config = api.create_host_config(
             mounts=mounts,
             port_bindings={port: (LOOPBACK, port)} if published else None,
-            network_mode="host" if mode == "host" else None,
+            network_mode="host" if mode is DockerNetwork.HOST else None,
             shm_size=self._shm_size,
         )
         before = _pidfile_stamp(pgdata)
@@ -535,9 +535,9 @@ class DockerRuntime:
         """The address and liveness handle of a started (or adopted) container."""
         labels = container.labels
         attrs = container.attrs
-        mode = labels.get(LABEL_NETWORK, "bridge-ip")
+        mode = labels.get(LABEL_NETWORK, DockerNetwork.BRIDGE_IP)
         port = int(labels.get(LABEL_PORT, _CONTAINER_PORT))
-        if mode in ("published-port", "host"):
+        if mode in (DockerNetwork.PUBLISHED_PORT, DockerNetwork.HOST):
             host = LOOPBACK
         else:
             host = _container_ip(attrs)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import trio
 
-from prism.config import Settings
+from prism.config import RuntimeKind, Settings
 from prism.errors import ConfigError
 from prism.events import EventBus
 from prism.names import MAIN_BRANCH
@@ -177,7 +177,7 @@ async def open_source(settings: Settings, data_dir: Path, events: EventBus) -> S
     """The configured source, or None when main is Prism's own (no ``--source``)."""
     if not settings.source:
         return None
-    if settings.runtime != "process":
+    if settings.runtime is not RuntimeKind.PROCESS:
         raise ConfigError(
             "--source works with the process runtime only, so far",
             hint="use --runtime process with --source",
