@@ -232,8 +232,8 @@ class BranchManager:
         create), so nothing cached about the old data outlives it (must not raise)."""
         self._sessions: defaultdict[str, set[ClientSession]] = defaultdict(set)
         self.point_in_time: PointInTime | None = None
-        """Main's snapshots and WAL archive, when kept (``--snapshot-every``): what ``create``
-        with ``at`` needs."""
+        """Snapshots and WAL archives of the branches that keep WAL, when kept
+        (``--snapshot-every``): what ``create`` with ``at`` needs."""
 
     # ---- queries -------------------------------------------------------------------------
 
@@ -591,19 +591,14 @@ class BranchManager:
         """Refuse a point-in-time create before anything is made, saying why."""
         if self.point_in_time is None:
             raise OutsideWindow(
-                "branches as of a time are off: Prism keeps no snapshots or WAL of main",
-                hint="start Prism with --snapshot-every (and --runtime process)",
+                "branches as of a time are off: Prism keeps no snapshots or WAL",
+                hint="start Prism with --snapshot-every",
             )
-        if parent != MAIN_BRANCH:
-            raise OutsideWindow(
-                f'branches as of a time are made from main only, not from "{parent}"',
-                hint="leave out the parent, or give main",
-            )
-        self.point_in_time.check(at, utcnow())
+        self.point_in_time.check(at, utcnow(), parent)
 
-    async def clone_main(self, target: str) -> None:
-        """Clone main, consistently, into storage name ``target`` (a snapshot)."""
-        await self._clone_from(MAIN_BRANCH, target)
+    async def clone_to(self, name: str, target: str) -> None:
+        """Clone branch ``name``, consistently, into storage name ``target`` (a snapshot)."""
+        await self._clone_from(name, target)
 
     async def start(self, name: str) -> Branch:
         async with self._locks[name]:
@@ -946,7 +941,7 @@ class BranchManager:
             if at is None:
                 await self._clone_from(parent_name, name)
             else:
-                await self._clone_at(name, at)
+                await self._clone_at(name, parent_name, at)
             crash_point("create:cloned")
             clone_ms = _elapsed_ms(started)
             await self._start(branch, reason="create")
@@ -1042,14 +1037,15 @@ class BranchManager:
         finally:
             await self.runtime.stop(branch.name)
 
-    async def _clone_at(self, child: str, at: datetime) -> None:
+    async def _clone_at(self, child: str, parent: str, at: datetime) -> None:
         assert self.point_in_time is not None  # checked by create
         await self.point_in_time.clone(
             child,
             at,
-            main=await self.ensure_running(MAIN_BRANCH, create=False),
+            parent=parent,
+            address=await self.ensure_running(parent, create=False),
             superuser=self._superuser,
-            clone_current=lambda: self._clone_from(MAIN_BRANCH, child),
+            clone_current=lambda: self._clone_from(parent, child),
         )
 
     async def _clone_from(self, parent: str, child: str) -> None:

@@ -166,6 +166,14 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def _compile(pattern: str, hint: str) -> re.Pattern[str]:
+    """A setting's regular expression, compiled; ``ConfigError`` with ``hint`` if invalid."""
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"invalid pattern {pattern!r}: {exc}", hint=hint) from None
+
+
 @dataclass(frozen=True)
 class CreatePolicy:
     """``--create-on-connect``: which unknown branches a connection may create.
@@ -182,13 +190,9 @@ class CreatePolicy:
     def parse(cls, text: str) -> CreatePolicy:
         if text in ("on", "off"):
             return cls(text == "on")
-        try:
-            return cls(True, re.compile(text))
-        except re.error as exc:
-            raise ConfigError(
-                f"invalid pattern {text!r}: {exc}",
-                hint="write on, off, or a regular expression branch names must match",
-            ) from None
+        return cls(
+            True, _compile(text, "write on, off, or a regular expression branch names must match")
+        )
 
     def allows(self, branch: str) -> bool:
         """Whether a connection may create ``branch``."""
@@ -200,6 +204,25 @@ class CreatePolicy:
         if self.pattern is not None:
             return self.pattern.pattern
         return "on" if self.allowed else "off"
+
+
+@dataclass(frozen=True)
+class BranchPattern:
+    """A regular expression whole branch names must match (``--point-in-time-branches``),
+    compiled once at start so a bad one fails then."""
+
+    pattern: re.Pattern[str]
+
+    @classmethod
+    def parse(cls, text: str) -> BranchPattern:
+        hint = "write a regular expression whole branch names must match, e.g. main|dev"
+        return cls(_compile(text, hint))
+
+    def matches(self, branch: str) -> bool:
+        return self.pattern.fullmatch(branch) is not None
+
+    def __str__(self) -> str:
+        return self.pattern.pattern
 
 
 def _slot_name(text: str) -> str:
@@ -480,15 +503,23 @@ class Settings:
         default=3600.0,
         metadata=_about(
             parse_duration,
-            "snapshot main this often and archive its WAL, for branches as of a past time "
-            "(0: neither; --runtime process only)",
+            "snapshot the branches that keep WAL this often and archive their WAL, for "
+            "branches as of a past time (0: neither)",
         ),
     )
     retention: float = field(
         default=7 * 86400.0,
         metadata=_about(
             parse_duration,
-            "how long main's snapshots and archived WAL are kept: how far back --at reaches",
+            "how long snapshots and archived WAL are kept: how far back --at reaches",
+        ),
+    )
+    point_in_time_branches: BranchPattern = field(
+        default=BranchPattern(re.compile("main")),
+        metadata=_about(
+            BranchPattern.parse,
+            "branches that keep their WAL and snapshots, so --at works from them (a regular "
+            "expression whole names match, e.g. main|dev|release-.*)",
         ),
     )
 

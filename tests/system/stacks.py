@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
@@ -147,8 +148,11 @@ def remove_containers_on(data_dir: Path, docker_host: str | None = None) -> None
 
 
 @asynccontextmanager
-async def prism_in_process(where: Place, runtime: str) -> AsyncIterator[PrismHandle]:
-    """A Prism in this process on ``where`` with ``runtime``; stopped (servers too) on exit."""
+async def prism_in_process(
+    where: Place, runtime: str, **overrides: Any
+) -> AsyncIterator[PrismHandle]:
+    """A Prism in this process on ``where`` with ``runtime`` (and other ``overrides`` of its
+    settings); stopped (servers too) on exit."""
     if runtime == "docker":
         require_docker()
     settings = make_settings(
@@ -157,6 +161,7 @@ async def prism_in_process(where: Place, runtime: str) -> AsyncIterator[PrismHan
         runtime=runtime,
         image=DOCKER_IMAGE,
         zfs_dataset=where.zfs_dataset,
+        **overrides,
     )
     async with trio.open_nursery() as nursery:
         info = await nursery.start(PrismServer(settings).run)

@@ -53,6 +53,7 @@ def test_durations_take_units(text: str, seconds: float) -> None:
         ({"idle_timeout": "soon"}, "invalid duration 'soon'"),
         ({"listen": "nowhere"}, "invalid address 'nowhere'"),
         ({"storage": "floppy"}, "invalid value 'floppy'"),
+        ({"point_in_time_branches": "main|("}, "invalid pattern 'main|('"),
     ],
 )
 def test_bad_values_name_the_setting_and_what_is_allowed(
@@ -62,6 +63,18 @@ def test_bad_values_name_the_setting_and_what_is_allowed(
         load_settings(flags, environ={})
     assert message in caught.value.message
     assert caught.value.hint
+
+
+def test_point_in_time_branches_match_whole_names() -> None:
+    assert load_settings(environ={}).point_in_time_branches.matches("main")
+    pattern = load_settings({"point_in_time_branches": "main|rel-.*"}, environ={})
+    kept = pattern.point_in_time_branches
+    assert [kept.matches(name) for name in ("main", "rel-1", "dev", "mainly")] == [
+        True,
+        True,
+        False,
+        False,
+    ]
 
 
 CHOICES = [

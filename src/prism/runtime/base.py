@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from prism.address import BackendAddress
+
+
+@dataclass(frozen=True)
+class BindMount:
+    """A host directory a containerised server sees at ``target``."""
+
+    source: Path
+    target: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class ServerExtras:
+    """Settings and mounts one server is started with beyond Prism's own (the WAL archive a
+    container writes, the archive a recovering container reads); the settings name paths as
+    the server sees them."""
+
+    settings: dict[str, str]
+    mounts: tuple[BindMount, ...] = ()
 
 
 @runtime_checkable

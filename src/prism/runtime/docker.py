@@ -35,6 +35,7 @@ import functools
 import logging
 import stat
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,6 +71,7 @@ from prism.runtime._postmaster import (
     socket_dir_for,
     start_ticks,
 )
+from prism.runtime.base import BindMount, ServerExtras
 
 if TYPE_CHECKING:
     from prism.config import Settings
@@ -101,6 +103,8 @@ class _Launch:
     # The settings Prism overrides on this data (serverconf); the image's libraries are unknown,
     # so shared_preload_libraries is left alone.
     owned: dict[str, str]
+    # Host directories beyond the data and socket ones (a WAL archive: prism.pitr).
+    mounts: tuple[BindMount, ...] = ()
 
 
 @dataclass
@@ -141,6 +145,9 @@ class DockerRuntime:
         self._engine = DockerEngine(docker_host=docker_host, network_mode=network_mode)
         self._images = Images(self._engine, image, default_major)
         self._servers: dict[str, _Server] = {}
+        self.extras_for: Callable[[str, Path, str | None], ServerExtras] | None = None
+        """Extra settings and mounts of one branch's container (its WAL archive), asked where
+        a start is prepared (blocking); the settings win over the ones Prism overrides."""
 
     # --- the Runtime contract ----------------------------------------------------------------
 
@@ -174,7 +181,13 @@ class DockerRuntime:
             await trio.to_thread.run_sync(make_socket_dir, socket_dir, (uid, gid))
         configured = await trio.to_thread.run_sync(serverconf.configured_values, pgdata)
         owned = serverconf.overrides(configured, has_library=None)
-        spec = _Launch(branch, pgdata, parent, info, mode, uid, gid, socket_dir, owned)
+        extras = ServerExtras({})
+        if self.extras_for is not None:
+            extras = await trio.to_thread.run_sync(self.extras_for, branch, pgdata, parent)
+        owned.update(extras.settings)
+        spec = _Launch(
+            branch, pgdata, parent, info, mode, uid, gid, socket_dir, owned, extras.mounts
+        )
         launch = functools.partial(self._launch_on_a_free_port, spec)
         try:
             try:
@@ -361,6 +374,9 @@ class DockerRuntime:
         command = ["-D", info.pgdata, *serverconf.as_flags(spec.owned)]
         command += ["-c", f"listen_addresses={listen}", "-c", f"port={port}"]
         mounts = [Mount(info.pgdata, str(pgdata), type="bind")]
+        mounts += [
+            Mount(m.target, str(m.source), type="bind", read_only=m.read_only) for m in spec.mounts
+        ]
         labels = {
             LABEL_MANAGED: "true",
             LABEL_BRANCH: branch,
