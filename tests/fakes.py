@@ -111,6 +111,9 @@ class FakeRuntime:
         self.running: dict[str, BackendAddress] = {}
         self.peak = 0
         """The most servers running at once."""
+        self.strays: list[str] = []
+        """Servers an earlier Prism left running that belong to no branch: reconcile reaps
+        them."""
         self.fail: dict[str, BaseException] = {}
         """Step (``start``, ``stop`` ...) or step of one branch (``stop:feat``) → the
         exception it raises."""
@@ -138,6 +141,11 @@ class FakeRuntime:
 
     async def adopt(self, branch: str, pgdata: Path) -> BackendAddress | None:
         return None
+
+    async def reap_strays(self, root: Path) -> list[str]:
+        await self._step("reap_strays", root.name)
+        reaped, self.strays = self.strays, []
+        return reaped
 
     def address(self, branch: str) -> BackendAddress | None:
         return self.running.get(branch)

@@ -23,7 +23,6 @@ by a password check; the snapshot lives and dies with the branch's data.
 
 from __future__ import annotations
 
-import enum
 import json
 import logging
 import os
@@ -49,13 +48,6 @@ _ROLES_SQL: Final = (
     "SELECT rolname, rolpassword, rolcanlogin::text, "
     "extract(epoch FROM rolvaliduntil)::text FROM pg_authid"
 )
-
-
-class AuthMode(enum.Enum):
-    """``--auth``: who checks the client's password, and when."""
-
-    VERIFY = "verify"
-    PASSTHROUGH = "passthrough"
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,7 @@ class BackendLogin:
             self._scram = scram.ScramClient.from_client_key(verified.verifier, verified.client_key)
             return wire.SASLInitialResponse(scram.MECHANISM, self._scram.client_first()).encode()
         if request.code == wire.AuthCode.SASL_CONTINUE and self._scram is not None:
-            return wire.password_message(self._scram.client_final(request.data))
+            return wire.PasswordMessage(self._scram.client_final(request.data)).encode()
         if request.code == wire.AuthCode.SASL_FINAL and self._scram is not None:
             self._scram.verify_server_final(request.data)
             return b""

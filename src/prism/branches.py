@@ -214,7 +214,7 @@ class BranchManager:
         self.defaults = defaults or CreateDefaults()
         self.endpoint = endpoint
         self.hook_commands = hook_commands or HookCommands()
-        self.policies = PolicyStore(state.path)
+        self.policies = PolicyStore(state)
         self.disk = DiskUseCache(storage)
         events.add_listener(self.disk.observe)
         # Fills main's empty data directory instead of initdb (a base backup of a source).
@@ -232,8 +232,8 @@ class BranchManager:
         create), so nothing cached about the old data outlives it (must not raise)."""
         self._sessions: defaultdict[str, set[ClientSession]] = defaultdict(set)
         self.point_in_time: PointInTime | None = None
-        """Main's snapshots and WAL archive, when kept (``--snapshot-every``): what ``create``
-        with ``at`` needs."""
+        """Snapshots and WAL archives of the branches that keep WAL, when kept
+        (``--snapshot-every``): what ``create`` with ``at`` needs."""
 
     # ---- queries -------------------------------------------------------------------------
 
@@ -343,7 +343,6 @@ class BranchManager:
                         nursery.start_soon(stop_one, branch.name)
             for branch in self.list():
                 await self._save(branch)
-            self.policies.close()
         for name, error in sorted(failures.items()):
             log.error("shutdown: could not stop the server of branch %s: %s", name, error)
         return failures
@@ -413,10 +412,8 @@ class BranchManager:
                 log.info("reconcile: adopted running server of branch %s", branch.name)
                 branch.status, branch.address = BranchStatus.RUNNING, address
             await self.state.put(branch.record())
-        reap = getattr(self.runtime, "reap_strays", None)
-        if reap is not None:
-            for stray in await reap(self.storage.root):
-                log.warning("reconcile: stopped a server that belongs to no branch: %s", stray)
+        for stray in await self.runtime.reap_strays(self.storage.root):
+            log.warning("reconcile: stopped a server that belongs to no branch: %s", stray)
         for leftover in await self.storage.sweep():
             log.warning("reconcile: removed leftover %s", leftover)
 
@@ -594,19 +591,14 @@ class BranchManager:
         """Refuse a point-in-time create before anything is made, saying why."""
         if self.point_in_time is None:
             raise OutsideWindow(
-                "branches as of a time are off: Prism keeps no snapshots or WAL of main",
-                hint="start Prism with --snapshot-every (and --runtime process)",
+                "branches as of a time are off: Prism keeps no snapshots or WAL",
+                hint="start Prism with --snapshot-every",
             )
-        if parent != MAIN_BRANCH:
-            raise OutsideWindow(
-                f'branches as of a time are made from main only, not from "{parent}"',
-                hint="leave out the parent, or give main",
-            )
-        self.point_in_time.check(at, utcnow())
+        self.point_in_time.check(at, utcnow(), parent)
 
-    async def clone_main(self, target: str) -> None:
-        """Clone main, consistently, into storage name ``target`` (a snapshot)."""
-        await self._clone_from(MAIN_BRANCH, target)
+    async def clone_to(self, name: str, target: str) -> None:
+        """Clone branch ``name``, consistently, into storage name ``target`` (a snapshot)."""
+        await self._clone_from(name, target)
 
     async def start(self, name: str) -> Branch:
         async with self._locks[name]:
@@ -949,7 +941,7 @@ class BranchManager:
             if at is None:
                 await self._clone_from(parent_name, name)
             else:
-                await self._clone_at(name, at)
+                await self._clone_at(name, parent_name, at)
             crash_point("create:cloned")
             clone_ms = _elapsed_ms(started)
             await self._start(branch, reason="create")
@@ -1045,14 +1037,15 @@ class BranchManager:
         finally:
             await self.runtime.stop(branch.name)
 
-    async def _clone_at(self, child: str, at: datetime) -> None:
+    async def _clone_at(self, child: str, parent: str, at: datetime) -> None:
         assert self.point_in_time is not None  # checked by create
         await self.point_in_time.clone(
             child,
             at,
-            main=await self.ensure_running(MAIN_BRANCH, create=False),
+            parent=parent,
+            address=await self.ensure_running(parent, create=False),
             superuser=self._superuser,
-            clone_current=lambda: self._clone_from(MAIN_BRANCH, child),
+            clone_current=lambda: self._clone_from(parent, child),
         )
 
     async def _clone_from(self, parent: str, child: str) -> None:

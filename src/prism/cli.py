@@ -14,7 +14,7 @@ import trio
 
 from prism import __version__
 from prism.client import add_client_commands, join_relative_times, run_client
-from prism.config import SETTINGS, Settings, load_settings
+from prism.config import SETTINGS, LogLevel, Settings, load_settings
 from prism.errors import find_prism_error
 from prism.server import PrismServer
 
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(level: str) -> None:
+def _configure_logging(level: LogLevel) -> None:
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",

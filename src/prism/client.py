@@ -304,7 +304,7 @@ def _snapshots(api: ApiClient, args: argparse.Namespace) -> Any:
 def format_snapshots(snapshots: Sequence[dict[str, Any]]) -> str:
     """A table of snapshots, oldest first; the first one's time is where ``--at`` can reach."""
     if not snapshots:
-        return "no snapshots kept (see --snapshot-every)"
+        return "no snapshots kept (see --snapshot-every and --point-in-time-branches)"
     lines = [f"{'TAKEN AT':<26} {'REDO WAL':<26} NAME"]
     lines += [f"{s['taken_at']:<26} {s['redo_wal']:<26} {s['name']}" for s in snapshots]
     return "\n".join(lines)
@@ -372,7 +372,8 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "--at",
         default=None,
         metavar="TIME",
-        help="the parent's data as of TIME: RFC 3339 or before now (-15m); main only",
+        help="the parent's data as of TIME: RFC 3339 or before now (-15m); the parent must "
+        "keep WAL (--point-in-time-branches)",
     )
     create.add_argument("--print-dsn", action="store_true", help="print only its connection string")
     dsn_flags(create)
@@ -408,10 +409,10 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     _add_common(diff)
     diff.set_defaults(run=_diff)
 
-    snapshot = commands.add_parser("snapshot", help="main's snapshots (point in time)")
+    snapshot = commands.add_parser("snapshot", help="snapshots kept for point in time")
     snapshot_verbs = snapshot.add_subparsers(dest="verb", required=True, metavar="VERB")
-    ls = snapshot_verbs.add_parser("ls", help="list the snapshots kept of main")
-    ls.add_argument("--branch", default="main", help="whose snapshots (main)")
+    ls = snapshot_verbs.add_parser("ls", help="list the snapshots kept of a branch")
+    ls.add_argument("--branch", default="main", help="whose snapshots (default main)")
     _add_common(ls)
     ls.set_defaults(run=_snapshots)
 

@@ -40,6 +40,8 @@ from prism.storage.base import Storage
 
 log = logging.getLogger(__name__)
 
+_WAL_COPY_ATTEMPTS = 3
+
 
 async def clone_consistent(
     storage: Storage,
@@ -87,10 +89,27 @@ async def _clone_in_backup_mode(
             raise
         rows = await service.query("SELECT labelfile, spcmapfile FROM pg_backup_stop(false)")
     label, spcmap = rows[0]
-    await storage.refresh_subdir(parent, child, "pg_wal")
+    await _refresh_live_wal(storage, parent, child)
     await trio.to_thread.run_sync(_write_backup_files, path, label or "", spcmap or "")
     log.debug("clone: %s -> %s in backup mode", parent, child)
     return path
+
+
+async def _refresh_live_wal(storage: Storage, parent: str, child: str) -> None:
+    """Copy the running parent's ``pg_wal`` into the clone, again if a file vanished.
+
+    The parent keeps writing while it is copied: its archiver renames ``archive_status`` files
+    and a checkpoint recycles old segments, so a copy can meet a file that is gone by the time
+    it is read. A fresh attempt sees the directory as it is now; the WAL the backup needs stays.
+    """
+    for attempt in range(1, _WAL_COPY_ATTEMPTS + 1):
+        try:
+            await storage.refresh_subdir(parent, child, "pg_wal")
+            return
+        except StorageError as exc:
+            if attempt == _WAL_COPY_ATTEMPTS or "No such file" not in exc.message:
+                raise
+            log.debug("clone: %s's pg_wal changed while copied; again (%d)", parent, attempt)
 
 
 def _write_backup_files(pgdata: Path, label: str, spcmap: str) -> None:

@@ -14,8 +14,9 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from prism.errors import ConfigError
 
@@ -73,13 +74,75 @@ def _parse_bool(text: str) -> bool:
     raise ConfigError(f"invalid boolean {text!r}", hint="write true or false")
 
 
-def _choice(*allowed: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if text not in allowed:
-            raise ConfigError(
-                f"invalid value {text!r}", hint=f"choose one of: {', '.join(allowed)}"
-            )
-        return text
+class StorageKind(StrEnum):
+    """``--storage``: how branches are cloned."""
+
+    AUTO = "auto"
+    BTRFS = "btrfs"
+    ZFS = "zfs"
+    REFLINK = "reflink"
+    COPY = "copy"
+
+
+class RuntimeKind(StrEnum):
+    """``--runtime``: how branch servers are run."""
+
+    PROCESS = "process"
+    DOCKER = "docker"
+
+
+class DockerNetwork(StrEnum):
+    """``--docker-network``: how Prism reaches branch containers."""
+
+    AUTO = "auto"
+    HOST = "host"
+    BRIDGE_IP = "bridge-ip"
+    PUBLISHED_PORT = "published-port"
+
+
+class LogLevel(StrEnum):
+    """``--log-level``: how much Prism logs."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class TlsMode(StrEnum):
+    """``--tls``: whether the front door offers TLS, and whether it insists on it."""
+
+    OFF = "off"
+    ON = "on"
+    REQUIRED = "required"
+
+
+class AuthMode(StrEnum):
+    """``--auth``: who checks the client's password, and when."""
+
+    VERIFY = "verify"
+    PASSTHROUGH = "passthrough"
+
+
+class DataPlaneChoice(StrEnum):
+    """``--data-plane``: how spliced bytes move."""
+
+    AUTO = "auto"
+    PUMP = "pump"
+
+
+_E = TypeVar("_E", bound=StrEnum)
+
+
+def _choice(kind: type[_E]) -> Callable[[str], _E]:
+    """A parser into ``kind``: the setting's text becomes a member once, at start."""
+
+    def parse(text: str) -> _E:
+        try:
+            return kind(text)
+        except ValueError:
+            allowed = ", ".join(kind)
+            raise ConfigError(f"invalid value {text!r}", hint=f"choose one of: {allowed}") from None
 
     return parse
 
@@ -103,6 +166,14 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def _compile(pattern: str, hint: str) -> re.Pattern[str]:
+    """A setting's regular expression, compiled; ``ConfigError`` with ``hint`` if invalid."""
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"invalid pattern {pattern!r}: {exc}", hint=hint) from None
+
+
 @dataclass(frozen=True)
 class CreatePolicy:
     """``--create-on-connect``: which unknown branches a connection may create.
@@ -119,13 +190,9 @@ class CreatePolicy:
     def parse(cls, text: str) -> CreatePolicy:
         if text in ("on", "off"):
             return cls(text == "on")
-        try:
-            return cls(True, re.compile(text))
-        except re.error as exc:
-            raise ConfigError(
-                f"invalid pattern {text!r}: {exc}",
-                hint="write on, off, or a regular expression branch names must match",
-            ) from None
+        return cls(
+            True, _compile(text, "write on, off, or a regular expression branch names must match")
+        )
 
     def allows(self, branch: str) -> bool:
         """Whether a connection may create ``branch``."""
@@ -137,6 +204,25 @@ class CreatePolicy:
         if self.pattern is not None:
             return self.pattern.pattern
         return "on" if self.allowed else "off"
+
+
+@dataclass(frozen=True)
+class BranchPattern:
+    """A regular expression whole branch names must match (``--point-in-time-branches``),
+    compiled once at start so a bad one fails then."""
+
+    pattern: re.Pattern[str]
+
+    @classmethod
+    def parse(cls, text: str) -> BranchPattern:
+        hint = "write a regular expression whole branch names must match, e.g. main|dev"
+        return cls(_compile(text, hint))
+
+    def matches(self, branch: str) -> bool:
+        return self.pattern.fullmatch(branch) is not None
+
+    def __str__(self) -> str:
+        return self.pattern.pattern
 
 
 def _slot_name(text: str) -> str:
@@ -188,6 +274,15 @@ def _about(parse: Callable[[str], Any], text: str) -> dict[str, Any]:
 class Settings:
     """Everything Prism can be told, one field per setting. Built by ``load_settings``."""
 
+    def __post_init__(self) -> None:
+        # Tests and the bench build Settings from text too: a choice still becomes its enum
+        # member here, once, so the code compares members whichever way the settings came.
+        for setting in dataclasses.fields(self):
+            kind = type(setting.default)
+            value = getattr(self, setting.name)
+            if issubclass(kind, StrEnum) and not isinstance(value, kind):
+                object.__setattr__(self, setting.name, setting.metadata["parse"](value))
+
     data_dir: Path = field(
         default_factory=default_data_dir,
         metadata=_about(lambda s: Path(s).expanduser(), "where branches, state and logs live"),
@@ -200,16 +295,16 @@ class Settings:
         default=HostPort("127.0.0.1", 8080),
         metadata=_about(HostPort.parse, "address of the HTTP control plane"),
     )
-    storage: str = field(
-        default="auto",
+    storage: StorageKind = field(
+        default=StorageKind.AUTO,
         metadata=_about(
-            _choice("auto", "btrfs", "zfs", "reflink", "copy"),
+            _choice(StorageKind),
             "how branches are cloned; auto picks the best the data dir's filesystem supports",
         ),
     )
-    runtime: str = field(
-        default="process",
-        metadata=_about(_choice("process", "docker"), "how branch servers are run"),
+    runtime: RuntimeKind = field(
+        default=RuntimeKind.PROCESS,
+        metadata=_about(_choice(RuntimeKind), "how branch servers are run"),
     )
     password: str = field(
         default="password",
@@ -284,21 +379,21 @@ class Settings:
             "of the data a server runs on (e.g. postgres:{major}-alpine)",
         ),
     )
-    docker_network: str = field(
-        default="auto",
+    docker_network: DockerNetwork = field(
+        default=DockerNetwork.AUTO,
         metadata=_about(
-            _choice("auto", "host", "bridge-ip", "published-port"),
+            _choice(DockerNetwork),
             "how Prism reaches branch containers",
         ),
     )
-    log_level: str = field(
-        default="info",
-        metadata=_about(_choice("debug", "info", "warning", "error"), "how much Prism logs"),
+    log_level: LogLevel = field(
+        default=LogLevel.INFO,
+        metadata=_about(_choice(LogLevel), "how much Prism logs"),
     )
-    tls: str = field(
-        default="on",
+    tls: TlsMode = field(
+        default=TlsMode.ON,
         metadata=_about(
-            _choice("off", "on", "required"),
+            _choice(TlsMode),
             "TLS for clients: off, on (offered), required (plaintext start-ups refused)",
         ),
     )
@@ -314,10 +409,10 @@ class Settings:
         default="",
         metadata=_about(str, "route TLS host name <branch>.<domain> to <branch> (empty: off)"),
     )
-    auth: str = field(
-        default="verify",
+    auth: AuthMode = field(
+        default=AuthMode.VERIFY,
         metadata=_about(
-            _choice("verify", "passthrough"),
+            _choice(AuthMode),
             "verify: Prism checks SCRAM before creating or waking a branch; passthrough: the "
             "branch server does (trusted networks only)",
         ),
@@ -341,10 +436,10 @@ class Settings:
             "on, off, or a regular expression: which unknown branches a connection may create",
         ),
     )
-    data_plane: str = field(
-        default="auto",
+    data_plane: DataPlaneChoice = field(
+        default=DataPlaneChoice.AUTO,
         metadata=_about(
-            _choice("auto", "pump"),
+            _choice(DataPlaneChoice),
             "how spliced bytes move: auto (the kernel's sockmap for plain TCP when Prism may load "
             "it, else the pump), pump (always Prism's user-space pump)",
         ),
@@ -408,15 +503,23 @@ class Settings:
         default=3600.0,
         metadata=_about(
             parse_duration,
-            "snapshot main this often and archive its WAL, for branches as of a past time "
-            "(0: neither; --runtime process only)",
+            "snapshot the branches that keep WAL this often and archive their WAL, for "
+            "branches as of a past time (0: neither)",
         ),
     )
     retention: float = field(
         default=7 * 86400.0,
         metadata=_about(
             parse_duration,
-            "how long main's snapshots and archived WAL are kept: how far back --at reaches",
+            "how long snapshots and archived WAL are kept: how far back --at reaches",
+        ),
+    )
+    point_in_time_branches: BranchPattern = field(
+        default=BranchPattern(re.compile("main")),
+        metadata=_about(
+            BranchPattern.parse,
+            "branches that keep their WAL and snapshots, so --at works from them (a regular "
+            "expression whole names match, e.g. main|dev|release-.*)",
         ),
     )
 

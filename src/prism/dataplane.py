@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import trio
 
 from prism import kernelsplice, pump
+from prism.config import DataPlaneChoice
 from prism.sockmap import Sockmap, SockmapUnavailable
 
 log = logging.getLogger(__name__)
@@ -63,12 +64,12 @@ class DataPlane:
 PUMP = DataPlane("pump", "the user-space pump")
 
 
-def choose(setting: str, *, program: bytes | None = None) -> DataPlane:
+def choose(setting: DataPlaneChoice, *, program: bytes | None = None) -> DataPlane:
     """The data plane for ``--data-plane setting``; logs one line saying which and why.
 
     ``program`` replaces the verdict program (a test loads a broken one to see the fallback).
     """
-    if setting == "pump":
+    if setting == DataPlaneChoice.PUMP:
         plane = DataPlane("pump", "chosen with --data-plane pump")
     elif not sys.platform.startswith("linux"):
         plane = DataPlane("pump", f"the sockmap needs Linux, not {sys.platform}")

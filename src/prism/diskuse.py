@@ -24,6 +24,7 @@ from typing import Any
 
 import trio
 
+from prism.config import StorageKind
 from prism.errors import StorageError
 from prism.events import Event
 from prism.storage._command import run_tool
@@ -75,14 +76,14 @@ async def measure(storage: Storage, branch: str) -> DiskUse:
     path = storage.path(branch)
     if not path.is_dir():
         return UNKNOWN
-    if storage.name == "btrfs":
+    if storage.name == StorageKind.BTRFS:
         output = await run_tool(
             ["btrfs", "filesystem", "du", "-s", "--raw", str(path)],
             action=f"measure disk use of branch {branch}",
             hint="btrfs-progs must be installed and the data readable by Prism",
         )
         return parse_btrfs_du(output)
-    if storage.name == "zfs":
+    if storage.name == StorageKind.ZFS:
         dataset = storage.dataset_of(branch)  # type: ignore[attr-defined]
         output = await run_tool(
             ["zfs", "get", "-Hp", "-o", "value", "used,referenced", dataset],
@@ -91,7 +92,7 @@ async def measure(storage: Storage, branch: str) -> DiskUse:
         )
         return parse_zfs_used_referenced(output)
     total = await trio.to_thread.run_sync(disk_usage, path)
-    if storage.name == "copy":
+    if storage.name == StorageKind.COPY:
         return DiskUse(total, 0, total, "copy: a full copy shares nothing")
     return DiskUse(None, None, total, f"{storage.name}: shared extents are not reported")
 

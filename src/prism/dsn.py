@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from prism.config import TlsMode
+
 FORMATS = ("uri", "keyword", "env", "jdbc", "prisma")
 _WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 
@@ -26,7 +28,7 @@ class Endpoint:
     port: int
     superuser: str
     password: str
-    tls: str = "on"
+    tls: TlsMode = TlsMode.ON
     dbname: str = "postgres"
 
 
@@ -63,7 +65,7 @@ def params_for(
     if chosen in _WILDCARD_HOSTS:
         chosen = host or "127.0.0.1"
     # "on" offers TLS: require it, since the client can; "required" refuses plaintext anyway.
-    sslmode = "disable" if endpoint.tls == "off" else "require"
+    sslmode = "disable" if endpoint.tls == TlsMode.OFF else "require"
     return ConnectionParams(
         host=chosen,
         port=endpoint.port,

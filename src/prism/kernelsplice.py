@@ -10,8 +10,8 @@ on the kernel relays every segment and Prism is off the byte path. What Prism st
   later, so order holds without Prism reading a byte.
 * **end of session.** Prism waits on an epoll set of the two sockets registered for
   EPOLLRDHUP only, so the kernel wakes it for a FIN or an error and never for the segments it
-  redirects (waiting for readability did: a wake-up of Prism per segment, ~5 µs of Prism CPU
-  and two context switches per pgbench transaction, measured by hand on 2026-11-29). End of
+  redirects (waiting for readability would wake Prism once per segment, putting it back on
+  the byte path it just left; docs/benchmarks.md says what that cost). End of
   stream is passed on as a half-close once everything received before it has left through the
   peer (TCP_INFO counters say so); a reset ends both directions. Leaving the map comes before
   any write Prism makes afterwards (a FATAL 57P01 on reset / stop / delete).

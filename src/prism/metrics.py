@@ -20,8 +20,9 @@ from prism.branches import BranchManager, BranchStatus
 from prism.dataplane import PUMP, DataPlane
 from prism.events import Event
 
-# Seconds. A copy-on-write clone plus a server start is ~0.2-2 s; plain copies of a big main,
-# or a cold Docker start, take longer.
+# Seconds, spanning what a provision or a wake-up takes: a copy-on-write clone plus a server
+# start at the low end (docs/benchmarks.md, "Cold start"), a plain copy of a big main or a cold
+# Docker start at the high end.
 DURATION_BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 

@@ -29,13 +29,13 @@ _RECEIVE_SIZE = 65536
 Row = tuple[str | None, ...]
 
 
-def _server_error(fields: dict[str, str]) -> BackendQueryError:
+def _server_error(error: wire.ErrorResponse) -> BackendQueryError:
     """A BackendQueryError carrying what the server said, SQLSTATE included."""
     return BackendQueryError(
-        fields.get("M", "unknown server error"),
-        sqlstate=fields.get("C", "XX000"),
-        hint=fields.get("H"),
-        detail=fields.get("D"),
+        error.message or "unknown server error",
+        sqlstate=error.sqlstate,
+        hint=error.hint,
+        detail=error.detail,
     )
 
 
@@ -99,11 +99,11 @@ class ServiceConnection:
     def _absorb(self, message: wire.Message) -> bool:
         """Handle asynchronous messages any phase may see; True if it was one."""
         if message.type == b"S":
-            name, value = wire.parse_parameter_status(message.payload)
-            self.parameters[name] = value
+            status = wire.ParameterStatus.decode(message.payload)
+            self.parameters[status.name] = status.value
         elif message.type == b"N":
-            fields = wire.parse_error_fields(message.payload)
-            log.debug("server notice severity=%s message=%s", fields.get("V"), fields.get("M"))
+            notice = wire.NoticeResponse.decode(message.payload)
+            log.debug("server notice severity=%s message=%s", notice.severity, notice.message)
         elif message.type != b"A":  # NotificationResponse: nobody LISTENs here
             return False
         return True
@@ -116,14 +116,15 @@ class ServiceConnection:
         while True:
             message = await self._receive()
             if message.type == b"E":
-                raise _server_error(wire.parse_error_fields(message.payload))
+                raise _server_error(wire.ErrorResponse.decode(message.payload))
             if message.type == b"R":
                 request = wire.Authentication.decode(message.payload)
                 if request.code == wire.AuthCode.OK:
                     continue
                 sasl = await self._authenticate(request, sasl, user=user, password=password)
             elif message.type == b"K":
-                self.backend_pid, self.backend_secret = wire.parse_backend_key_data(message.payload)
+                key = wire.BackendKeyData.decode(message.payload)
+                self.backend_pid, self.backend_secret = key.pid, key.secret
             elif message.type == b"Z":
                 return
             elif message.type == b"v" or self._absorb(message):
@@ -146,7 +147,7 @@ class ServiceConnection:
             if sasl is None:
                 raise _lost("SASL message before SASL started")
             if code == wire.AuthCode.SASL_CONTINUE:
-                await self._send(wire.password_message(sasl.client_final(data)))
+                await self._send(wire.PasswordMessage(sasl.client_final(data)).encode())
             else:
                 sasl.verify_server_final(data)
             return sasl
@@ -165,9 +166,9 @@ class ServiceConnection:
                 sqlstate="28000",
             )
         if code == wire.AuthCode.CLEARTEXT_PASSWORD:
-            await self._send(wire.password_message(password.encode() + b"\0"))
+            await self._send(wire.PasswordMessage(password.encode() + b"\0").encode())
         elif code == wire.AuthCode.MD5_PASSWORD:
-            await self._send(wire.password_message(_md5_password(user, password, data)))
+            await self._send(wire.PasswordMessage(_md5_password(user, password, data)).encode())
         else:
             mechanisms = [m.decode(errors="replace") for m in data.split(b"\0") if m]
             if scram.MECHANISM not in mechanisms:
@@ -206,7 +207,7 @@ class ServiceConnection:
 
     async def _query(self, sql: str) -> tuple[list[Row], BackendQueryError | None]:
         """Send one Query and read up to ReadyForQuery: the last rows and any error."""
-        await self._send(wire.query(sql))
+        await self._send(wire.Query(sql).encode())
         last: list[Row] = []
         current: list[Row] | None = None
         error: BackendQueryError | None = None
@@ -218,15 +219,15 @@ class ServiceConnection:
             elif kind == b"D":
                 if current is None:
                     raise _lost("DataRow without RowDescription")
-                values = wire.parse_data_row(message.payload)
+                values = wire.DataRow.decode(message.payload).values
                 current.append(tuple(None if v is None else v.decode() for v in values))
             elif kind in (b"C", b"I"):
                 last, current = current or [], None
             elif kind == b"E":
-                error = _server_error(wire.parse_error_fields(message.payload))
+                error = _server_error(wire.ErrorResponse.decode(message.payload))
             elif kind == b"G":
                 # COPY FROM STDIN: refuse, the server answers with an error and carries on.
-                await self._send(wire.copy_fail("COPY FROM STDIN is not supported here"))
+                await self._send(wire.CopyFail("COPY FROM STDIN is not supported here").encode())
             elif kind in (b"H", b"d", b"c"):
                 pass  # COPY TO STDOUT data: not ours to keep
             elif kind == b"Z":
@@ -241,7 +242,7 @@ class ServiceConnection:
         self._closed = True
         try:
             if not self._broken:
-                await self._stream.send_all(wire.terminate())
+                await self._stream.send_all(wire.Terminate().encode())
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             log.debug("server gone before Terminate: %s", exc)
         finally:

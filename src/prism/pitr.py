@@ -1,19 +1,30 @@
-"""Branches of main as of a moment in the past: snapshots plus main's archived WAL.
+"""Branches as of a moment in the past: snapshots plus a branch's archived WAL.
 
-``prism serve --snapshot-every 1h --retention 7d`` (the defaults) makes main archive its WAL
+``prism serve --snapshot-every 1h --retention 7d`` (the defaults) makes every branch that
+keeps WAL (``--point-in-time-branches``, default ``main``) archive its WAL
 (``prism.walarchive``) and snapshot itself (``prism.snapshots``). A branch ``at`` a time T in
-the window (from the oldest kept snapshot to now) is the clone of the newest snapshot complete
-at or before T, started with ``recovery_target_time = T``, ``restore_command`` reading the
-archive and ``recovery_target_action = promote``: Postgres replays the archive up to the first
-commit after T and promotes, so the branch holds exactly the transactions committed at or
-before T. The branch's server refuses clients (``hot_standby = off``) until it has promoted,
-so the ordinary start of a new branch waits for it.
+its parent's window (from the oldest kept snapshot to now) is the clone of the newest snapshot
+complete at or before T, started with ``recovery_target_time = T``, ``restore_command`` reading
+the parent's archive and ``recovery_target_action = promote``: Postgres replays the archive up
+to the first commit after T and promotes, so the branch holds exactly the transactions
+committed at or before T. The branch's server refuses clients (``hot_standby = off``) until it
+has promoted, so the ordinary start of a new branch waits for it.
 
-Recovery only stops at a commit *after* the target; when main's WAL has none yet, Postgres
-would end recovery with an error. So first: a local main (a primary) commits one empty
+Recovery only stops at a commit *after* the target; when the parent's WAL has none yet,
+Postgres would end recovery with an error. So first: a primary parent commits one empty
 transaction, whose time is after T; a standby main whose last replayed commit is at or before
 T has nothing later to offer, and its current state *is* its state at T, so the branch is a
-plain clone of main.
+plain clone of it.
+
+The snapshot timer never starts a stopped branch: a stopped server writes no WAL, so the
+newest snapshot and the archive still reach to now; its next snapshot is taken once it runs
+again. Deleting or resetting a branch ends its window: its snapshot records are forgotten and
+its archive renamed away at once (the commit point), the clones and files are removed by the
+timer's next round, or by the next start after a crash.
+
+With the docker runtime a server sees these directories through bind mounts at fixed paths
+(``CONTAINER_ARCHIVE`` and the two under ``/var/lib/prism/restore``), and the commands name
+those paths.
 
 Everything the create path does for crash safety applies unchanged: the new branch is recorded
 ``provisioning`` before the clone, and reconcile removes a half-made one.
@@ -22,18 +33,22 @@ Everything the create path does for crash safety applies unchanged: the new bran
 from __future__ import annotations
 
 import logging
+import secrets
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import trio
 
+from prism import walarchive
 from prism.address import BackendAddress
-from prism.config import Settings, format_duration, parse_duration
+from prism.config import BranchPattern, Settings, format_duration, parse_duration
 from prism.errors import ConfigError, OutsideWindow, PrismError
 from prism.events import EventBus
 from prism.names import MAIN_BRANCH
-from prism.runtime.base import Runtime
+from prism.runtime.base import BindMount, Runtime, ServerExtras
 from prism.snapshots import (
     RETRY_SECONDS,
     Snapshot,
@@ -44,7 +59,7 @@ from prism.snapshots import (
     service_of,
     take_snapshot,
 )
-from prism.source.standby import is_standby, recover_to
+from prism.source.standby import is_recovering, is_standby, recover_to
 from prism.state import utcnow
 from prism.storage.base import Storage
 from prism.walarchive import WalArchive
@@ -70,45 +85,121 @@ def parse_at(text: str, now: datetime) -> datetime:
     return moment
 
 
-class PointInTime:
-    """Main's WAL archive and snapshots, and branches made from them as of a time."""
+CONTAINER_ARCHIVE = PurePosixPath("/var/lib/prism/wal-archive")
+"""Where a container sees its own branch's archive (read-write)."""
+_CONTAINER_RESTORE_ARCHIVE = PurePosixPath("/var/lib/prism/restore/archive")
+_CONTAINER_RESTORE_WAL = PurePosixPath("/var/lib/prism/restore/pg_wal")
 
-    def __init__(self, data_dir: Path, storage: Storage, events: EventBus) -> None:
+
+@dataclass(frozen=True)
+class SnapshotSource:
+    """What the snapshot timer needs of the branch manager."""
+
+    names: Callable[[], list[str]]
+    """The branches that exist."""
+    running: Callable[[str], BackendAddress | None]
+    """A branch's server address if it runs; never starts it."""
+    clone: Callable[[str, str], Awaitable[None]]
+    """Clone a branch, consistently, into a storage name (a snapshot)."""
+
+
+class PointInTime:
+    """The WAL archives and snapshots of the branches that keep WAL, and branches made from
+    them as of a time."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        storage: Storage,
+        events: EventBus,
+        *,
+        branches: BranchPattern | None = None,
+        in_containers: bool = False,
+    ) -> None:
         self.storage = storage
         self.events = events
-        self.archive = WalArchive(data_dir / "wal-archive" / MAIN_BRANCH)
+        self.branches = branches or BranchPattern.parse(MAIN_BRANCH)
+        self.archives = data_dir / "wal-archive"
         self.store = SnapshotStore(data_dir / "snapshots", storage)
-        # A snapshot being cloned into a branch is not pruned under it.
+        # Servers run in containers and see the archives through bind mounts.
+        self._in_containers = in_containers
+        # A snapshot being cloned into a branch is not pruned or swept under it.
         self._lock = trio.Lock()
+        # Set when a branch that keeps WAL starts: its first snapshot is due at once.
+        self._poke = trio.Event()
+        # Drops per branch, so a snapshot that raced a delete or reset is not kept.
+        self._drops: Counter[str] = Counter()
 
-    # ---- what main's server is started with -------------------------------------------
+    def keeps_wal(self, branch: str) -> bool:
+        return self.branches.matches(branch)
+
+    def archive_of(self, branch: str) -> WalArchive:
+        return WalArchive(self.archives / branch)
+
+    # ---- what a server is started with -------------------------------------------------
 
     def server_settings(self, branch: str, pgdata: Path) -> dict[str, str]:
-        """Extra settings of ``branch``'s server: main archives its WAL, no other server does
-        (blocking: called where the runtime prepares a start)."""
-        if branch != MAIN_BRANCH:
+        """Extra settings of ``branch``'s local server: a branch that keeps WAL archives it
+        (blocking: called where the process runtime prepares a start)."""
+        if not self.keeps_wal(branch):
             return {}
-        self.archive.prepare(owner_of=pgdata)
-        return self.archive.server_settings(standby=is_standby(pgdata))
+        archive = self.archive_of(branch)
+        archive.prepare(owner_of=pgdata)
+        return archive.server_settings(standby=is_standby(pgdata))
+
+    def container_extras(self, branch: str, pgdata: Path, parent: str | None) -> ServerExtras:
+        """Extra settings and bind mounts of ``branch``'s container (blocking): its own
+        archive if it keeps WAL, and while it recovers to a time, its parent's archive and
+        ``pg_wal`` (read-only) for its ``restore_command``."""
+        settings: dict[str, str] = {}
+        mounts: list[BindMount] = []
+        if self.keeps_wal(branch):
+            archive = self.archive_of(branch)
+            archive.prepare(owner_of=pgdata)
+            standby = is_standby(pgdata)
+            settings.update(archive.server_settings(standby=standby, seen_at=CONTAINER_ARCHIVE))
+            mounts.append(BindMount(archive.directory, str(CONTAINER_ARCHIVE)))
+        if parent is not None and is_recovering(pgdata):
+            source = self.archive_of(parent).directory
+            if source.is_dir():
+                live = self.storage.path(parent) / "pg_wal"
+                mounts += [
+                    BindMount(source, str(_CONTAINER_RESTORE_ARCHIVE), read_only=True),
+                    BindMount(live, str(_CONTAINER_RESTORE_WAL), read_only=True),
+                ]
+        return ServerExtras(settings, tuple(mounts))
+
+    async def started(self, branch: str, address: BackendAddress) -> None:
+        """A server started (``BranchManager.after_start``): a branch that keeps WAL may be
+        due its first snapshot."""
+        if self.keeps_wal(branch):
+            self._poke.set()
 
     # ---- the window --------------------------------------------------------------------
 
-    def snapshots(self) -> list[Snapshot]:
-        """Kept snapshots, oldest first (blocking, cheap)."""
-        return self.store.list()
+    def snapshots(self, branch: str = MAIN_BRANCH) -> list[Snapshot]:
+        """``branch``'s kept snapshots, oldest first (blocking, cheap)."""
+        return [snapshot for snapshot in self.store.list() if snapshot.branch == branch]
 
-    def check(self, at: datetime, now: datetime) -> Snapshot:
-        """The snapshot a branch at ``at`` starts from; ``OutsideWindow`` naming the window."""
-        snapshots = self.snapshots()
+    def check(self, at: datetime, now: datetime, branch: str = MAIN_BRANCH) -> Snapshot:
+        """The snapshot a branch of ``branch`` at ``at`` starts from; ``OutsideWindow`` saying
+        why there is none."""
+        if not self.keeps_wal(branch):
+            raise OutsideWindow(
+                f'branch "{branch}" keeps no WAL, so no branch can be made from it as of a time',
+                hint=f"start Prism with --point-in-time-branches matching it (now "
+                f"{self.branches}); its window opens at its first snapshot after that",
+            )
+        snapshots = self.snapshots(branch)
         if not snapshots:
             raise OutsideWindow(
-                "no snapshot of main is kept yet, so no branch can be made as of a time",
-                hint="the first is taken when Prism starts; see --snapshot-every",
+                f"no snapshot of {branch} is kept yet, so no branch can be made as of a time",
+                hint="the first is taken when it runs; see --snapshot-every",
             )
         start = snapshots[0].taken_at
         if not start <= at <= now:
             raise OutsideWindow(
-                f"{precise_time(at)} is outside the point-in-time window of main: "
+                f"{precise_time(at)} is outside the point-in-time window of {branch}: "
                 f"{precise_time(start)} to {precise_time(now)} (now)",
                 hint="choose a time in the window; --retention sets how far back it reaches",
             )
@@ -121,24 +212,58 @@ class PointInTime:
         child: str,
         at: datetime,
         *,
-        main: BackendAddress,
+        parent: str,
+        address: BackendAddress,
         superuser: str,
         clone_current: Callable[[], Awaitable[None]],
     ) -> None:
-        """Make ``child``'s data: main's as of ``at``, recovered and promoted at first start."""
-        if not await _commit_after(main, at, superuser=superuser):
-            log.info("pitr: main has no commit after %s yet; %s is main now", at, child)
+        """Make ``child``'s data: ``parent``'s (running at ``address``) as of ``at``,
+        recovered and promoted at first start."""
+        if not await _commit_after(address, at, superuser=superuser):
+            log.info("pitr: %s has no commit after %s yet; %s is %s now", parent, at, child, parent)
             await clone_current()
             return
         async with self._lock:
-            snapshot = self.check(at, utcnow())
+            snapshot = self.check(at, utcnow(), parent)
             path = await self.storage.clone(snapshot.name, child)
-        restore = self.archive.restore_command(self.storage.path(MAIN_BRANCH) / "pg_wal")
+        archive = self.archive_of(parent)
+        if self._in_containers:
+            restore = archive.restore_command(
+                _CONTAINER_RESTORE_WAL, seen_at=_CONTAINER_RESTORE_ARCHIVE
+            )
+        else:
+            restore = archive.restore_command(self.storage.path(parent) / "pg_wal")
         target = at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
         await trio.to_thread.run_sync(
             lambda: recover_to(path, restore_command=restore, target_time=target)
         )
         log.info("pitr: %s cloned from %s, to replay WAL up to %s", child, snapshot.name, target)
+
+    # ---- the end of a window -----------------------------------------------------------
+
+    def drop(self, branch: str) -> None:
+        """``branch``'s data was thrown away (``BranchManager.after_discard``: delete, reset,
+        a failed create): end its window now; the next round frees the space."""
+        self._drops[branch] += 1
+        self._poke.set()
+        try:
+            self.store.forget_branch(branch)
+            walarchive.retire(self.archives, branch, secrets.token_hex(4))
+        except OSError as exc:  # a discard hook must not raise; a sweep still frees a deleted one's
+            log.error("could not end the point-in-time window of %s: %s", branch, exc)
+
+    async def sweep(self, existing: set[str]) -> None:
+        """Free what dropped windows left, and the windows of branches gone without a drop
+        (a crash between a delete and its drop)."""
+        async with self._lock:
+            for name in await trio.to_thread.run_sync(walarchive.archived_branches, self.archives):
+                if name not in existing:
+                    walarchive.retire(self.archives, name, secrets.token_hex(4))
+            for snapshot in await trio.to_thread.run_sync(self.store.list):
+                if snapshot.branch not in existing:
+                    await trio.to_thread.run_sync(self.store.forget, snapshot.name)
+            await self.store.reconcile(why="no longer recorded (expired, or of a branch gone)")
+            await trio.to_thread.run_sync(walarchive.remove_retired, self.archives)
 
     # ---- the schedule ------------------------------------------------------------------
 
@@ -146,59 +271,83 @@ class PointInTime:
         await self.store.reconcile()
 
     async def run(
-        self,
-        *,
-        every: float,
-        retention: float,
-        wake_main: Callable[[], Awaitable[BackendAddress]],
-        clone_main: Callable[[str], Awaitable[None]],
-        superuser: str,
+        self, *, every: float, retention: float, source: SnapshotSource, superuser: str
     ) -> None:
-        """Take a snapshot whenever one is due and prune old ones, for ever; never raises a
-        failure (it is logged and published as a ``snapshot_failed`` event)."""
+        """Take a snapshot of each running branch that keeps WAL whenever one is due and prune
+        old ones, for ever; never raises a failure (it is logged and published as a
+        ``snapshot_failed`` event, and that branch is tried again later)."""
         period, keep = timedelta(seconds=every), timedelta(seconds=retention)
         while True:
+            self._poke = trio.Event()
+            wait = every
             try:
-                snapshots = await trio.to_thread.run_sync(self.snapshots)
+                await self.sweep(set(source.names()))
+            except Exception as exc:  # a background task: log and try again later
+                log.error("snapshots: could not free dropped windows (retrying): %r", exc)
+                wait = min(wait, RETRY_SECONDS)
+            for branch in sorted(filter(self.keeps_wal, source.names())):
+                try:
+                    due = await self._round(branch, period, keep, source, superuser)
+                except Exception as exc:  # a background task: log, report, try again later
+                    error = exc.message if isinstance(exc, PrismError) else repr(exc)
+                    log.error("snapshot of %s failed (retrying): %s", branch, error)
+                    self.events.publish("snapshot_failed", branch, error=error)
+                    due = min(every, RETRY_SECONDS)
+                wait = min(wait, due)
+            with trio.move_on_after(wait):
+                await self._poke.wait()
+
+    async def _round(
+        self,
+        branch: str,
+        period: timedelta,
+        keep: timedelta,
+        source: SnapshotSource,
+        superuser: str,
+    ) -> float:
+        """One branch's turn: a snapshot if due and the branch runs, then the prune; returns
+        the seconds until its next snapshot is due."""
+        address = source.running(branch)
+        snapshots = await trio.to_thread.run_sync(self.snapshots, branch)
+        taken = None
+        if address is not None and is_due(snapshots, utcnow(), period):
+            drops = self._drops[branch]
+            taken = await take_snapshot(
+                self.store, branch, address=address, clone=source.clone, superuser=superuser
+            )
+            if self._drops[branch] != drops:  # deleted or reset meanwhile: of data now gone
+                await self.store.discard(taken.name)
                 taken = None
-                if is_due(snapshots, utcnow(), period):
-                    taken = await take_snapshot(
-                        self.store, wake_main=wake_main, clone_main=clone_main, superuser=superuser
-                    )
-                await self.prune(keep)
-                if taken is not None:  # after the prune: what is kept is settled
-                    self.events.publish(
-                        "snapshot_taken",
-                        MAIN_BRANCH,
-                        snapshot=taken.name,
-                        taken_at=precise_time(taken.taken_at),
-                    )
-                snapshots = await trio.to_thread.run_sync(self.snapshots)
-                due = snapshots[-1].taken_at + period if snapshots else utcnow()
-                wait = max((due - utcnow()).total_seconds(), 0.0)
-            except Exception as exc:  # a background task: log, report, try again later
-                error = exc.message if isinstance(exc, PrismError) else repr(exc)
-                log.error("snapshot of main failed (retrying): %s", error)
-                self.events.publish("snapshot_failed", MAIN_BRANCH, error=error)
-                wait = min(every, RETRY_SECONDS)
-            await trio.sleep(wait)
+        await self.prune(keep, branch)
+        if taken is not None:  # after the prune: what is kept is settled
+            self.events.publish(
+                "snapshot_taken",
+                branch,
+                snapshot=taken.name,
+                taken_at=precise_time(taken.taken_at),
+            )
+        snapshots = await trio.to_thread.run_sync(self.snapshots, branch)
+        due = snapshots[-1].taken_at + period if snapshots else utcnow()
+        return max((due - utcnow()).total_seconds(), 0.0)
 
-    async def prune(self, retention: timedelta) -> None:
-        """Remove snapshots past ``retention`` and the archived WAL only they needed."""
+    async def prune(self, retention: timedelta, branch: str = MAIN_BRANCH) -> None:
+        """Remove ``branch``'s snapshots past ``retention`` and the archived WAL only they
+        needed."""
         async with self._lock:
-            snapshots = await trio.to_thread.run_sync(self.snapshots)
+            snapshots = await trio.to_thread.run_sync(self.snapshots, branch)
             for snapshot in expired(snapshots, utcnow(), retention):
-                await self.store.discard(snapshot.name)
-                log.info("snapshot: %s removed (older than the retention)", snapshot.name)
-            kept = await trio.to_thread.run_sync(self.snapshots)
+                if await self.store.discard(snapshot.name):
+                    log.info("snapshot: %s removed (older than the retention)", snapshot.name)
+            kept = await trio.to_thread.run_sync(self.snapshots, branch)
             if kept:
-                await trio.to_thread.run_sync(self.archive.prune, kept[0].redo_wal)
+                await trio.to_thread.run_sync(self.archive_of(branch).prune, kept[0].redo_wal)
 
 
-async def _commit_after(main: BackendAddress, at: datetime, *, superuser: str) -> bool:
-    """Whether main's WAL has a commit after ``at`` (making one on a primary main)."""
+async def _commit_after(address: BackendAddress, at: datetime, *, superuser: str) -> bool:
+    """Whether the WAL of the server at ``address`` has a commit after ``at`` (making one on a
+    primary)."""
     literal = at.astimezone(UTC).strftime("'%Y-%m-%d %H:%M:%S.%f+00'::timestamptz")
-    async with await service_of(main, superuser=superuser, purpose="pitr") as service:
+    async with await service_of(address, superuser=superuser, purpose="pitr") as service:
         rows = await service.query(
             f"SELECT pg_is_in_recovery(), coalesce(pg_last_xact_replay_timestamp() > {literal}, "
             "false)"
@@ -214,27 +363,33 @@ async def _commit_after(main: BackendAddress, at: datetime, *, superuser: str) -
 def open_point_in_time(
     settings: Settings, data_dir: Path, storage: Storage, runtime: Runtime, events: EventBus
 ) -> PointInTime | None:
-    """Main's snapshots and WAL archive as ``settings`` ask; None when they are off.
-
-    Only the process runtime can start main with the archive settings so far; with another,
-    point in time is off and the log says so.
-    """
+    """The WAL archives and snapshots ``settings`` ask for; None when they are off."""
     if settings.snapshot_every <= 0:
-        return None
-    if not hasattr(runtime, "settings_for"):
-        log.warning(
-            "snapshots and point-in-time branches are off: --runtime %s cannot archive "
-            "main's WAL yet (use --runtime process, or --snapshot-every 0 to silence this)",
-            runtime.name,
-        )
         return None
     if not storage.atomic and storage.name == "copy":
         log.warning(
-            "snapshots: with the copy driver every snapshot of main is a full copy of it, one "
+            "snapshots: with the copy driver every snapshot is a full copy of its branch, one "
             "every %s kept for %s; set --snapshot-every to what the disk affords, or 0",
             format_duration(settings.snapshot_every),
             format_duration(settings.retention),
         )
-    point_in_time = PointInTime(data_dir, storage, events)
-    runtime.settings_for = point_in_time.server_settings
+    in_containers = hasattr(runtime, "extras_for")
+    if not in_containers and not hasattr(runtime, "settings_for"):
+        log.warning(
+            "snapshots and point-in-time branches are off: --runtime %s cannot archive WAL "
+            "(use --runtime process or docker, or --snapshot-every 0 to silence this)",
+            runtime.name,
+        )
+        return None
+    point_in_time = PointInTime(
+        data_dir,
+        storage,
+        events,
+        branches=settings.point_in_time_branches,
+        in_containers=in_containers,
+    )
+    if in_containers:
+        runtime.extras_for = point_in_time.container_extras  # type: ignore[attr-defined]
+    else:
+        runtime.settings_for = point_in_time.server_settings  # type: ignore[attr-defined]
     return point_in_time

@@ -13,17 +13,13 @@ due to expire) are pure functions here, unit-tested; ``BranchManager`` enforces 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from pathlib import Path
-
-import trio
 
 from prism.errors import BranchProtected
 from prism.names import MAIN_BRANCH
-from prism.state import StateError
+from prism.state import StateStore
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS branch_policy (
@@ -82,30 +78,24 @@ def grace_over(policy: BranchPolicy, now: datetime, grace: float) -> bool:
 
 
 class PolicyStore:
-    """Policies by branch name: a cache in memory, each change written through to sqlite."""
+    """Policies by branch name: a cache in memory, each change written through to sqlite.
 
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA busy_timeout=5000")
-        # The same journal as the registry's connection (see state.py): no -shm mapping that
-        # a full disk turns into SIGBUS, and a commit is on disk when it returns.
-        self._db.execute("PRAGMA journal_mode=PERSIST")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(_SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(branch_policy)")}
-        if "on_create_command" not in columns:
-            self._db.execute(_ADD_COMMAND)
-        self._lock = trio.Lock()
+    The table lives in the state file and goes through its ``StateStore``: one connection,
+    one set of journal settings, one way a failed write is reported.
+    """
+
+    def __init__(self, state: StateStore) -> None:
+        self._state = state
+        state.open_table("branch_policy", _SCHEMA, columns={"on_create_command": _ADD_COMMAND})
         self._policies: dict[str, BranchPolicy] = {}
-        for name, protected, expires_at, on_create, command in self._db.execute(
+        for name, protected, expires_at, on_create, command in state.load(
             "SELECT name, protected, expires_at, on_create, on_create_command FROM branch_policy"
         ):
             self._policies[str(name)] = BranchPolicy(
                 protected=bool(protected),
-                expires_at=None if expires_at is None else datetime.fromisoformat(expires_at),
+                expires_at=None if expires_at is None else datetime.fromisoformat(str(expires_at)),
                 on_create=None if on_create is None else str(on_create),
-                on_create_command=None if command is None else tuple(json.loads(command)),
+                on_create_command=None if command is None else tuple(json.loads(str(command))),
             )
 
     def get(self, name: str) -> BranchPolicy:
@@ -139,15 +129,7 @@ class PolicyStore:
         self._policies.pop(name, None)
 
     async def _write(self, sql: str, params: tuple[object, ...]) -> None:
-        async with self._lock:
-            try:
-                await trio.to_thread.run_sync(self._db.execute, sql, params)
-            except sqlite3.Error as exc:
-                raise StateError(
-                    f"cannot update branch policies in {self._path.name}: {exc}",
-                    hint="free disk space in the data directory (deleting a branch works "
-                    "on a full disk) and try again",
-                ) from exc
+        await self._state.execute(sql, params, what="branch policies in")
 
     async def prune(self, existing: Iterable[str]) -> list[str]:
         """Drop the rows of branches that do not exist (a create that a crash cut short)."""
@@ -155,9 +137,6 @@ class PolicyStore:
         for name in gone:
             await self.forget(name)
         return gone
-
-    def close(self) -> None:
-        self._db.close()
 
 
 @dataclass(frozen=True)

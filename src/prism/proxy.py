@@ -56,16 +56,16 @@ import trio
 
 from prism import startup, wire
 from prism.address import BackendAddress
-from prism.auth import AuthMode, VerifierStore
+from prism.auth import VerifierStore
 from prism.branches import BranchManager, ClientSession
 from prism.cancel import CancelKeys, CancelTarget
-from prism.config import Settings
+from prism.config import AuthMode, Settings
 from prism.dataplane import PUMP, DataPlane
 from prism.errors import PrismError, ProtocolViolation, find_prism_error
 from prism.frontdoor import ClientConn, start_tls
 from prism.limits import Gate, Limits
 from prism.startup import ClientGone, Startup, StartupConfig
-from prism.tls import TlsConfig, TlsMode, load_tls
+from prism.tls import TlsConfig, load_tls
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class Proxy:
         data_plane: DataPlane = PUMP,
     ) -> Proxy:
         """A proxy configured by ``settings`` (TLS material and secrets live in ``data_dir``)."""
-        auth = AuthMode(settings.auth)
+        auth = settings.auth
         verifiers = None
         if auth is AuthMode.PASSTHROUGH:
             log.warning(
@@ -153,7 +153,7 @@ class Proxy:
             manager,
             startup_timeout=settings.startup_timeout,
             tls=load_tls(
-                TlsMode(settings.tls),
+                settings.tls,
                 cert=settings.tls_cert,
                 key=settings.tls_key,
                 data_dir=data_dir,

@@ -17,15 +17,14 @@ from hypercorn.trio import serve as hypercorn_serve
 from prism.api.app import create_app
 from prism.api.closing import CloseAfterEarlyAnswer
 from prism.branches import BranchManager
-from prism.config import Settings
+from prism.config import Settings, StorageKind
 from prism.dataplane import DataPlane
 from prism.dataplane import choose as choose_data_plane
 from prism.dsn import Endpoint
 from prism.errors import ConfigError
 from prism.events import EventBus
 from prism.hooks import HookCommands
-from prism.names import MAIN_BRANCH
-from prism.pitr import open_point_in_time
+from prism.pitr import SnapshotSource, open_point_in_time
 from prism.policy import CreateDefaults
 from prism.proxy import Proxy
 from prism.reaper import run_expiry, run_reaper
@@ -121,7 +120,9 @@ class PrismServer:
         _prepare_data_dir(data_dir)
         pg_listener = await _open_listener(settings.listen.host, settings.listen.port, "clients")
         api_listener = await _open_listener(settings.api.host, settings.api.port, "the API")
-        storage_options = {"dataset": settings.zfs_dataset} if settings.storage == "zfs" else {}
+        storage_options = (
+            {"dataset": settings.zfs_dataset} if settings.storage is StorageKind.ZFS else {}
+        )
         storage = await open_storage(settings.storage, data_dir, **storage_options)
         runtime = await open_runtime(settings, data_dir)
         state = StateStore(data_dir / "prism.db")
@@ -157,6 +158,9 @@ class PrismServer:
         )
         point_in_time = open_point_in_time(settings, data_dir, storage, runtime, events)
         manager.point_in_time = point_in_time
+        if point_in_time is not None:
+            manager.after_start.append(point_in_time.started)
+            manager.after_discard.append(point_in_time.drop)
         data_plane = choose_data_plane(settings.data_plane)
         proxy = Proxy.from_settings(manager, settings, data_dir, data_plane)
         try:
@@ -196,15 +200,17 @@ class PrismServer:
                     )
                 nursery.start_soon(run_expiry, manager)
                 if point_in_time is not None:
+                    source_of_snapshots = SnapshotSource(
+                        names=lambda: [branch.name for branch in manager.list()],
+                        running=manager.address,
+                        clone=manager.clone_to,
+                    )
                     nursery.start_soon(
                         functools.partial(
                             point_in_time.run,
                             every=settings.snapshot_every,
                             retention=settings.retention,
-                            wake_main=functools.partial(
-                                manager.ensure_running, MAIN_BRANCH, create=False
-                            ),
-                            clone_main=manager.clone_main,
+                            source=source_of_snapshots,
                             superuser=settings.superuser,
                         )
                     )

@@ -1,18 +1,20 @@
-"""Snapshots of main, taken every ``--snapshot-every`` and kept for ``--retention``.
+"""Snapshots of the branches that keep WAL, taken every ``--snapshot-every``, kept for
+``--retention``.
 
-A snapshot is a clone of main in the storage under a name no branch can have
-(``snap:main:<time>``, see ``prism.names``), taken the way a branch is cloned (consistent even
-while main runs), plus a small JSON record beside it: when it was complete and the first WAL
-segment its recovery needs (the redo point of main's last checkpoint before the clone). With
-main's WAL archive (``prism.walarchive``) it is the starting point of a branch as of any time
-after it (``prism.pitr``).
+A snapshot is a clone of a branch in the storage under a name no branch can have
+(``snap:<branch>:<time>``, see ``prism.names``), taken the way a branch is cloned (consistent
+even while the branch runs), plus a small JSON record beside it: when it was complete and the
+first WAL segment its recovery needs (the redo point of the branch's last checkpoint before the
+clone). With the branch's WAL archive (``prism.walarchive``) it is the starting point of a
+branch as of any time after it (``prism.pitr``).
 
 Crash safety: a ``<name>.taking`` marker is written before the clone and the record after it;
 the record is the commit point. Start-up (``SnapshotStore.reconcile``) removes a clone whose
 record was never written and a record whose clone is gone. Deleting one removes the record
-first, so a half-deleted snapshot is never offered.
+first, so a half-deleted snapshot is never offered; deleting a branch forgets all of its
+records at once and leaves the clones to ``reconcile``.
 
-The schedule (``run_snapshots``) is a background task that logs and survives every failure:
+The schedule (``PointInTime.run``) is a background task that logs and survives every failure:
 a failed snapshot is tried again a minute later, and never stops Prism.
 """
 
@@ -30,7 +32,8 @@ from typing import Any
 import trio
 
 from prism.address import BackendAddress
-from prism.names import MAIN_BRANCH, SNAPSHOT_PREFIX, is_snapshot_name
+from prism.errors import BranchConflict
+from prism.names import SNAPSHOT_PREFIX, is_snapshot_name
 from prism.pgclient import ServiceConnection, connect_service
 from prism.state import utcnow
 from prism.storage.base import Storage
@@ -45,7 +48,7 @@ RETRY_SECONDS = 60.0
 
 @dataclass(frozen=True)
 class Snapshot:
-    """One kept snapshot of a branch (main)."""
+    """One kept snapshot of a branch."""
 
     name: str
     branch: str
@@ -124,25 +127,42 @@ class SnapshotStore:
         tmp.replace(self._path(snapshot.name, _RECORD))
         self._path(snapshot.name, _TAKING).unlink(missing_ok=True)
 
+    def forget_branch(self, branch: str) -> None:
+        """Stop offering every snapshot of ``branch`` (blocking, cheap); their clones are
+        removed by the next ``reconcile``."""
+        for snapshot in self.list():
+            if snapshot.branch == branch:
+                self.forget(snapshot.name)
+
     def forget(self, name: str) -> None:
         """Stop offering ``name`` (its clone is removed after this)."""
         for suffix in (_RECORD, _TAKING):
             self._path(name, suffix).unlink(missing_ok=True)
 
-    async def discard(self, name: str) -> None:
-        """Forget ``name`` and remove its clone."""
+    async def discard(self, name: str) -> bool:
+        """Forget ``name`` and remove its clone; False if the clone must stay for now.
+
+        On ZFS a branch made at a time is a clone of its snapshot, which cannot be destroyed
+        under it: the snapshot is no longer offered, and ``reconcile`` removes its data once
+        those branches are deleted.
+        """
         await trio.to_thread.run_sync(self.forget, name)
-        retired = await self.storage.retire(name)
+        try:
+            retired = await self.storage.retire(name)
+        except BranchConflict as exc:
+            log.info("snapshot: %s is no longer offered; its data stays: %s", name, exc.message)
+            return False
         if retired is not None:
             await self.storage.remove_path(retired)
+        return True
 
-    async def reconcile(self) -> None:
-        """Remove what a crash left: clones without a record, records without a clone."""
+    async def reconcile(self, why: str = "left half-made by a crash") -> None:
+        """Remove what a crash (or a forgotten branch: ``why``) left: clones without a record,
+        records without a clone."""
         recorded = {snapshot.name for snapshot in await trio.to_thread.run_sync(self.list)}
         for name in sorted(set(self.storage.list()) - recorded):
-            if is_snapshot_name(name):
-                log.warning("reconcile: removing snapshot %s, left half-made by a crash", name)
-                await self.discard(name)
+            if is_snapshot_name(name) and await self.discard(name):
+                log.warning("reconcile: removed snapshot %s, %s", name, why)
         for name in sorted(recorded):
             if not self.storage.exists(name):
                 log.warning("reconcile: forgetting snapshot %s: its data is gone", name)
@@ -160,11 +180,11 @@ class SnapshotStore:
             return []
 
 
-async def service_of(main: BackendAddress, *, superuser: str, purpose: str) -> ServiceConnection:
-    """Prism's trusted connection to main's server (its private socket), for ``purpose``."""
+async def service_of(address: BackendAddress, *, superuser: str, purpose: str) -> ServiceConnection:
+    """Prism's trusted connection to a branch's server (its private socket), for ``purpose``."""
     return await connect_service(
-        unix_socket=main.service_socket_path(),
-        port=main.port,
+        unix_socket=address.service_socket_path(),
+        port=address.port,
         user=superuser,
         application_name=f"prism {purpose}",
     )
@@ -180,20 +200,22 @@ async def redo_wal_file(address: BackendAddress, *, superuser: str) -> str:
 
 async def take_snapshot(
     store: SnapshotStore,
+    branch: str,
     *,
-    wake_main: Callable[[], Awaitable[BackendAddress]],
-    clone_main: Callable[[str], Awaitable[None]],
+    address: BackendAddress,
+    clone: Callable[[str, str], Awaitable[None]],
     superuser: str,
 ) -> Snapshot:
-    """Take one snapshot of main; a failure leaves nothing behind."""
+    """Take one snapshot of ``branch``, whose server runs at ``address``; ``clone(branch,
+    target)`` clones it consistently. A failure leaves nothing behind."""
     started = utcnow()
-    name = snapshot_name(MAIN_BRANCH, started)
+    name = snapshot_name(branch, started)
     await trio.to_thread.run_sync(store.begin, name)
     try:
-        redo = await redo_wal_file(await wake_main(), superuser=superuser)
-        await clone_main(name)
+        redo = await redo_wal_file(address, superuser=superuser)
+        await clone(branch, name)
         # Complete now: a backup-mode clone is consistent only as of its end.
-        snapshot = Snapshot(name, MAIN_BRANCH, utcnow(), redo)
+        snapshot = Snapshot(name, branch, utcnow(), redo)
         await trio.to_thread.run_sync(store.commit, snapshot)
     except BaseException:
         with trio.CancelScope(shield=True):

@@ -178,7 +178,9 @@ def negotiate(startup: wire.StartupMessage) -> tuple[bytes, wire.StartupMessage]
     major, minor = startup.version
     unknown = [name for name, _ in startup.params if name.startswith(_PQ_PREFIX)]
     agreed = min(minor, wire.NEWEST_MINOR)
-    message = wire.negotiate_protocol_version(agreed, unknown) if minor > agreed or unknown else b""
+    message = b""
+    if minor > agreed or unknown:
+        message = wire.NegotiateProtocolVersion(agreed, tuple(unknown)).encode()
     params = tuple(p for p in startup.params if not p[0].startswith(_PQ_PREFIX))
     return message, wire.StartupMessage(major << 16 | agreed, params)
 

@@ -99,21 +99,44 @@ class StateStore:
         _make_private(path)
         self._lock = trio.Lock()
 
+    def open_table(self, table: str, schema: str, *, columns: dict[str, str] | None = None) -> None:
+        """Create ``table``, kept in this file by another module, at start before any task runs.
+
+        ``schema`` is its ``CREATE TABLE IF NOT EXISTS``; ``columns`` maps a column added
+        since to its ``ALTER TABLE ... ADD COLUMN``, run in place on a table from an older
+        Prism. One connection for the whole file keeps its journal settings and error
+        handling in one place.
+        """
+        self._db.execute(schema)
+        have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+        for column, alter in (columns or {}).items():
+            if column not in have:
+                self._db.execute(alter)
+
+    def load(self, sql: str) -> list[tuple[object, ...]]:
+        """Rows read at start, before any task runs (so without the lock or a thread)."""
+        return self._db.execute(sql).fetchall()
+
+    async def execute(
+        self, sql: str, params: tuple[object, ...] = (), *, what: str = "Prism's state file"
+    ) -> list[tuple[object, ...]]:
+        """Run one statement in a worker thread; a failure is a ``StateError`` saying how to
+        get going again. ``what`` names the data in that message ("branch policies in")."""
+        try:
+            return await self._run(sql, params)
+        except sqlite3.Error as exc:
+            raise StateError(
+                f"cannot update {what} {self.path.name}: {exc}",
+                hint="free disk space in the data directory (deleting a branch works "
+                "on a full disk) and try again",
+            ) from exc
+
     async def _run(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
         async with self._lock:
-            try:
-                return await trio.to_thread.run_sync(
-                    lambda: self._db.execute(sql, params).fetchall()
-                )
-            except sqlite3.Error as exc:
-                raise StateError(
-                    f"cannot update Prism's state file {self.path.name}: {exc}",
-                    hint="free disk space in the data directory (deleting a branch works "
-                    "on a full disk) and try again",
-                ) from exc
+            return await trio.to_thread.run_sync(lambda: self._db.execute(sql, params).fetchall())
 
     async def all(self) -> list[BranchRecord]:
-        rows = await self._run(
+        rows = await self.execute(
             "SELECT name, parent, created_at, last_active, status FROM branches ORDER BY name"
         )
         return [
@@ -128,7 +151,7 @@ class StateStore:
         ]
 
     async def put(self, record: BranchRecord) -> None:
-        await self._run(
+        await self.execute(
             "INSERT OR REPLACE INTO branches VALUES (?, ?, ?, ?, ?)",
             (
                 record.name,
@@ -140,7 +163,7 @@ class StateStore:
         )
 
     async def delete(self, name: str) -> None:
-        await self._run("DELETE FROM branches WHERE name = ?", (name,))
+        await self.execute("DELETE FROM branches WHERE name = ?", (name,))
 
     async def begin(
         self, branch: str, op: str, *, parent: str | None = None, detail: str | None = None
@@ -149,18 +172,18 @@ class StateStore:
 
         ``detail`` is what recovery needs to undo it (for a reset: where the old data went).
         """
-        await self._run(
+        await self.execute(
             "INSERT OR REPLACE INTO operations VALUES (?, ?, ?, ?, ?)",
             (branch, op, parent, detail, utcnow().isoformat()),
         )
 
     async def finish(self, branch: str) -> None:
         """Drop ``branch``'s intent: its operation completed or was undone."""
-        await self._run("DELETE FROM operations WHERE branch = ?", (branch,))
+        await self.execute("DELETE FROM operations WHERE branch = ?", (branch,))
 
     async def intents(self) -> list[Intent]:
         """Every operation a crash interrupted, oldest first."""
-        rows = await self._run(
+        rows = await self.execute(
             "SELECT branch, op, parent, detail FROM operations ORDER BY started_at"
         )
         return [

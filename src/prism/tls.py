@@ -16,7 +16,6 @@ Two details make TLS streams fit the byte pump, which was written for sockets:
 from __future__ import annotations
 
 import datetime
-import enum
 import hashlib
 import logging
 import os
@@ -31,6 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from prism.config import TlsMode
 from prism.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -42,14 +42,6 @@ TLS_HANDSHAKE_RECORD: Final = 0x16
 """First byte of a TLS ClientHello record: how a direct-TLS connection announces itself."""
 
 _SELF_SIGNED_DAYS: Final = 3650
-
-
-class TlsMode(enum.Enum):
-    """``--tls``: whether the front door offers TLS, and whether it insists on it."""
-
-    OFF = "off"
-    ON = "on"
-    REQUIRED = "required"
 
 
 @dataclass(frozen=True)

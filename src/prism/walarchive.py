@@ -1,12 +1,15 @@
-"""Main's WAL archive: every segment main writes (or, as a standby, receives), kept by Prism.
+"""A branch's WAL archive: every segment its server writes (or, as a standby, receives).
 
-A snapshot of main alone only gives main's state at the instant it was taken; the WAL written
-after it is what lets a branch be made as of any later moment (``prism.pitr``). Main's server
-copies each finished segment here with ``archive_command`` (``archive_mode = on`` on a local
-main, ``always`` on a standby of a source, which archives what it receives); a branch being
-recovered reads them back with ``restore_command``.
+A snapshot of a branch alone only gives its state at the instant it was taken; the WAL written
+after it is what lets a branch be made as of any later moment (``prism.pitr``). The server of
+a branch that keeps WAL (main by default) copies each finished segment here with
+``archive_command`` (``archive_mode = on`` on a primary, ``always`` on a standby of a source,
+which archives what it receives); a branch being recovered reads them back with
+``restore_command``.
 
-The archive is a plain directory of segment files under Prism's data dir. A segment is copied
+The archive is a plain directory of segment files under Prism's data dir
+(``wal-archive/<branch>``). A deleted branch's archive is first renamed to a hidden name (the
+commit point), then removed (``retire`` / ``remove_retired``). A segment is copied
 to a hidden name and renamed, so a file under its own name is always whole; copying one again
 (after a crash, or the same segment from a standby that restarted) overwrites it with the same
 bytes. Pruning only removes segments older than the oldest kept snapshot's redo point, which no
@@ -15,11 +18,13 @@ recovery can need.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shlex
-from pathlib import Path
+import shutil
+from pathlib import Path, PurePath
 
 log = logging.getLogger(__name__)
 
@@ -42,21 +47,23 @@ class WalArchive:
         if os.geteuid() == 0 and (mine.st_uid, mine.st_gid) != (owner.st_uid, owner.st_gid):
             os.chown(self.directory, owner.st_uid, owner.st_gid)
 
-    def server_settings(self, *, standby: bool) -> dict[str, str]:
-        """The settings main's server archives with: ``always`` on a standby, which otherwise
-        archives nothing, ``on`` on a primary."""
-        target = shlex.quote(str(self.directory))
+    def server_settings(self, *, standby: bool, seen_at: PurePath | None = None) -> dict[str, str]:
+        """The settings a server archives here with: ``always`` on a standby, which otherwise
+        archives nothing, ``on`` on a primary. ``seen_at``: where the server sees this
+        directory, when not at its own path (a container's bind mount)."""
+        target = shlex.quote(str(seen_at or self.directory))
         command = f"cp %p {target}/.%f.tmp && mv -f {target}/.%f.tmp {target}/%f"
         return {"archive_mode": "always" if standby else "on", "archive_command": command}
 
-    def restore_command(self, live_wal: Path) -> str:
+    def restore_command(self, live_wal: PurePath, *, seen_at: PurePath | None = None) -> str:
         """``restore_command`` of a branch recovered from this archive.
 
-        The archive first; then main's own ``pg_wal`` for the segment main is still writing,
-        which is not archived yet (recovery stops at the first record that is not whole);
-        then the archive again, for a segment archived and recycled between the two looks.
+        The archive first; then the parent's own ``pg_wal`` for the segment it is still
+        writing, which is not archived yet (recovery stops at the first record that is not
+        whole); then the archive again, for a segment archived and recycled between the two
+        looks. Both paths are as the recovering server sees them (``seen_at``: the archive's).
         """
-        archived = f"{shlex.quote(str(self.directory))}/%f"
+        archived = f"{shlex.quote(str(seen_at or self.directory))}/%f"
         live = f"{shlex.quote(str(live_wal))}/%f"
         # Only the last attempt's complaint reaches the server log: a missing file is normal
         # (recovery asks for timeline history files that never existed).
@@ -104,3 +111,32 @@ class WalArchive:
 def _position(name: str) -> str | None:
     match = _SEGMENT.match(name)
     return None if match is None else match.group(2)
+
+
+_RETIRED = ".retired-"
+
+
+def retire(root: Path, branch: str, token: str) -> None:
+    """Take ``branch``'s archive out of use at once (a rename; cheap enough for the event
+    loop); ``remove_retired`` frees it later, and a crash in between leaves only that."""
+    with contextlib.suppress(FileNotFoundError):
+        (root / branch).rename(root / f"{_RETIRED}{branch}-{token}")
+
+
+def archived_branches(root: Path) -> list[str]:
+    """The branches with an archive under ``root`` (blocking, cheap)."""
+    try:
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
+def remove_retired(root: Path) -> None:
+    """Remove every retired archive under ``root`` (blocking)."""
+    try:
+        retired = [p for p in root.iterdir() if p.name.startswith(_RETIRED)]
+    except FileNotFoundError:
+        return
+    for path in retired:
+        shutil.rmtree(path, ignore_errors=True)
+        log.info("wal archive: removed %s (its branch was deleted or reset)", path.name)

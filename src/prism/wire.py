@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass
-from typing import ClassVar, Final, Generic, TypeVar
+from typing import ClassVar, Final, Generic, Self, TypeVar
 
 from prism.errors import PrismError, ProtocolViolation
 
@@ -119,6 +119,17 @@ class CancelRequest:
         body = _INT32.pack(CANCEL_REQUEST_CODE) + _INT32.pack(self.pid) + self.secret
         return _INT32.pack(len(body) + 4) + body
 
+    @classmethod
+    def decode(cls, body: bytes) -> CancelRequest:
+        """The request from a packet's body: what follows its length word and code."""
+        if not _MIN_CANCEL_SECRET <= len(body) - 4 <= _MAX_CANCEL_SECRET:
+            raise UnansweredViolation(
+                f"invalid length of cancel request packet: {len(body) + 8} (secret key of "
+                f"{_MIN_CANCEL_SECRET} to {_MAX_CANCEL_SECRET} bytes expected)"
+            )
+        (pid,) = _INT32.unpack_from(body)
+        return cls(pid, body[4:])
+
 
 @dataclass(frozen=True)
 class StartupMessage:
@@ -181,6 +192,11 @@ class StartupMessage:
         parts.append(b"\0")
         body = b"".join(parts)
         return _INT32.pack(len(body) + 4) + body
+
+    @classmethod
+    def decode(cls, protocol: int, body: bytes) -> StartupMessage:
+        """The message from a packet's body: the parameters after its protocol version."""
+        return cls(protocol, _decode_params(body))
 
 
 StartupPacket = SSLRequest | GSSENCRequest | CancelRequest | StartupMessage
@@ -284,16 +300,10 @@ class StartupReader(_Reader[StartupPacket]):
             return GSSENCRequest()
         self._finished = True
         if code == CANCEL_REQUEST_CODE:
-            if not _MIN_CANCEL_SECRET <= len(body) - 4 <= _MAX_CANCEL_SECRET:
-                raise UnansweredViolation(
-                    f"invalid length of cancel request packet: {len(body) + 8} (secret key of "
-                    f"{_MIN_CANCEL_SECRET} to {_MAX_CANCEL_SECRET} bytes expected)"
-                )
-            (pid,) = _INT32.unpack_from(body)
-            return CancelRequest(pid, body[4:])
+            return CancelRequest.decode(body)
         if code >> 16 != _PROTOCOL_MAJOR:
             raise UnsupportedProtocol(code)
-        return StartupMessage(code, _decode_params(body))
+        return StartupMessage.decode(code, body)
 
 
 def _decode_params(body: bytes) -> tuple[tuple[str, str], ...]:
@@ -318,7 +328,7 @@ def _decode_params(body: bytes) -> tuple[tuple[str, str], ...]:
 
 
 # --------------------------------------------------------------------------------------------
-# Server → client builders
+# Typed messages, both directions
 # --------------------------------------------------------------------------------------------
 
 
@@ -332,106 +342,6 @@ def _cstring(text: str) -> bytes:
         # An embedded NUL would end the field early and let the rest read as other fields.
         data = data.replace(b"\0", b"\\0")
     return data + b"\0"
-
-
-def _fields_response(
-    type_: bytes,
-    *,
-    severity: str,
-    sqlstate: str,
-    message: str,
-    hint: str | None,
-    detail: str | None,
-) -> bytes:
-    fields = [(b"S", severity), (b"V", severity), (b"C", sqlstate), (b"M", message)]
-    if detail is not None:
-        fields.append((b"D", detail))
-    if hint is not None:
-        fields.append((b"H", hint))
-    payload = b"".join(code + _cstring(value) for code, value in fields) + b"\0"
-    return _message(type_, payload)
-
-
-def error_response(
-    *,
-    severity: str = "FATAL",
-    sqlstate: str,
-    message: str,
-    hint: str | None = None,
-    detail: str | None = None,
-) -> bytes:
-    """An ErrorResponse ('E'); Prism never localizes, so 'S' and 'V' carry the same text."""
-    return _fields_response(
-        b"E", severity=severity, sqlstate=sqlstate, message=message, hint=hint, detail=detail
-    )
-
-
-def notice_response(
-    *,
-    severity: str = "NOTICE",
-    sqlstate: str = "00000",
-    message: str,
-    hint: str | None = None,
-    detail: str | None = None,
-) -> bytes:
-    """A NoticeResponse ('N'): information for the client that does not end anything."""
-    return _fields_response(
-        b"N", severity=severity, sqlstate=sqlstate, message=message, hint=hint, detail=detail
-    )
-
-
-def error_from(exc: PrismError, severity: str = "FATAL") -> bytes:
-    """The ErrorResponse a client should see for one of Prism's own errors."""
-    if isinstance(exc, UnsupportedProtocol) and 0 < exc.code < PROTOCOL_3_0:
-        # As Postgres: a client of an older protocol gets the error in its own format (2.0:
-        # 'E' and one line of text), which it can show, where a 3.0 message would be garbage.
-        # Code 0 is Postgres's "no protocol chosen yet", answered in the 3.0 format.
-        return b"E" + _cstring(f"{severity}:  {exc.message}\n")
-    return error_response(
-        severity=severity,
-        sqlstate=exc.sqlstate,
-        message=exc.message,
-        hint=exc.hint,
-        detail=exc.detail,
-    )
-
-
-def ready_for_query(status: bytes = b"I") -> bytes:
-    """ReadyForQuery ('Z') with transaction status I (idle), T (in block) or E (failed)."""
-    if status not in (b"I", b"T", b"E"):
-        raise ValueError(f"transaction status must be b'I', b'T' or b'E', not {status!r}")
-    return _message(b"Z", status)
-
-
-def backend_key_data(pid: int, secret: bytes) -> bytes:
-    """BackendKeyData ('K'): what the client must quote in a later CancelRequest."""
-    return BackendKeyData(pid, secret).encode()
-
-
-def authentication_ok() -> bytes:
-    """AuthenticationOk ('R', code 0)."""
-    return Authentication(AuthCode.OK).encode()
-
-
-def parameter_status(name: str, value: str) -> bytes:
-    """ParameterStatus ('S'): a run-time parameter the client should know about."""
-    return _message(b"S", _cstring(name) + _cstring(value))
-
-
-def negotiate_protocol_version(newest_minor: int, unrecognized: list[str]) -> bytes:
-    """NegotiateProtocolVersion ('v').
-
-    The first field is documented as the newest minor version, but Postgres sends (and libpq
-    checks) the full version number ``3 << 16 | minor``, so that is what goes on the wire.
-    """
-    payload = _INT32.pack(_PROTOCOL_MAJOR << 16 | newest_minor) + _INT32.pack(len(unrecognized))
-    payload += b"".join(_cstring(name) for name in unrecognized)
-    return _message(b"v", payload)
-
-
-# --------------------------------------------------------------------------------------------
-# Typed messages, both directions
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -526,7 +436,9 @@ class _Cursor:
 
 
 # --------------------------------------------------------------------------------------------
-# Authentication messages, both directions: one frozen dataclass each, with encode and decode
+# The messages Prism builds or reads: one frozen dataclass each, with encode and decode.
+# ``encode()`` gives the framed bytes; ``decode(payload)`` reads the payload of a framed
+# :class:`Message` of that type (the reader has already taken the type byte and length).
 # --------------------------------------------------------------------------------------------
 
 
@@ -595,6 +507,25 @@ class BackendKeyData:
 
 
 @dataclass(frozen=True)
+class PasswordMessage:
+    """A 'p' message carrying ``data`` verbatim.
+
+    One type serves PasswordMessage, SASLResponse and the MD5 answer: on the wire they are the
+    same bytes, and which one it is depends on what the server asked. A cleartext password
+    carries its own NUL.
+    """
+
+    data: bytes
+
+    def encode(self) -> bytes:
+        return _message(b"p", self.data)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> PasswordMessage:
+        return cls(payload)
+
+
+@dataclass(frozen=True)
 class SASLInitialResponse:
     """SASLInitialResponse: the 'p' message that opens a SASL exchange."""
 
@@ -602,7 +533,8 @@ class SASLInitialResponse:
     data: bytes
 
     def encode(self) -> bytes:
-        return password_message(_cstring(self.mechanism) + _INT32.pack(len(self.data)) + self.data)
+        body = _cstring(self.mechanism) + _INT32.pack(len(self.data)) + self.data
+        return PasswordMessage(body).encode()
 
     @classmethod
     def decode(cls, payload: bytes) -> SASLInitialResponse:
@@ -615,97 +547,239 @@ class SASLInitialResponse:
         return cls(mechanism, data)
 
 
-def parse_error_fields(payload: bytes) -> dict[str, str]:
-    """The fields of an ErrorResponse or NoticeResponse, keyed by their one-letter code."""
-    cur = _Cursor(payload, "error/notice")
-    fields: dict[str, str] = {}
-    while True:
-        code = cur.take(1)
-        if code == b"\0":
-            break
-        fields[code.decode("latin-1")] = cur.cstring()
-    cur.end()
-    return fields
+@dataclass(frozen=True, kw_only=True)
+class _Report:
+    """The fields an ErrorResponse and a NoticeResponse share, and their codec.
+
+    Prism never localizes, so 'S' and 'V' carry the same text; reading, the unlocalized 'V'
+    wins where a server sent both. Fields Prism has no use for (file, line, routine...) are
+    not kept. A server that leaves out the code or the text still yields a report: what it
+    did say is worth more to whoever reads it than a protocol error.
+    """
+
+    type: ClassVar[bytes]
+    severity: str
+    sqlstate: str
+    message: str
+    detail: str | None = None
+    hint: str | None = None
+
+    def encode(self) -> bytes:
+        fields = [(b"S", self.severity), (b"V", self.severity), (b"C", self.sqlstate)]
+        fields.append((b"M", self.message))
+        if self.detail is not None:
+            fields.append((b"D", self.detail))
+        if self.hint is not None:
+            fields.append((b"H", self.hint))
+        payload = b"".join(code + _cstring(value) for code, value in fields) + b"\0"
+        return _message(self.type, payload)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Self:
+        cur = _Cursor(payload, "error/notice")
+        fields: dict[bytes, str] = {}
+        while (code := cur.take(1)) != b"\0":
+            fields[code] = cur.cstring()
+        cur.end()
+        return cls(
+            severity=fields.get(b"V", fields.get(b"S", "")),
+            sqlstate=fields.get(b"C", "XX000"),
+            message=fields.get(b"M", ""),
+            detail=fields.get(b"D"),
+            hint=fields.get(b"H"),
+        )
 
 
-def parse_backend_key_data(payload: bytes) -> tuple[int, bytes]:
-    """``(pid, secret)`` from BackendKeyData."""
-    key = BackendKeyData.decode(payload)
-    return key.pid, key.secret
+@dataclass(frozen=True, kw_only=True)
+class ErrorResponse(_Report):
+    """An ErrorResponse ('E'): the statement, or at FATAL the session, has failed."""
+
+    type: ClassVar[bytes] = b"E"
+    severity: str = "FATAL"
 
 
-def parse_row_description(payload: bytes) -> list[str]:
-    """The column names of a RowDescription."""
-    cur = _Cursor(payload, "RowDescription")
-    names: list[str] = []
-    for _ in range(cur.int16()):
-        names.append(cur.cstring())
-        # table oid, column number, type oid, type size, type modifier, format code
-        cur.take(18)
-    cur.end()
-    return names
+@dataclass(frozen=True, kw_only=True)
+class NoticeResponse(_Report):
+    """A NoticeResponse ('N'): information for the client that does not end anything."""
+
+    type: ClassVar[bytes] = b"N"
+    severity: str = "NOTICE"
+    sqlstate: str = "00000"
 
 
-def parse_data_row(payload: bytes) -> list[bytes | None]:
-    """The column values of a DataRow; SQL NULL is None."""
-    cur = _Cursor(payload, "DataRow")
-    values: list[bytes | None] = []
-    for _ in range(cur.int16()):
-        length = cur.int32()
-        values.append(None if length == -1 else cur.take(length))
-    cur.end()
-    return values
+def error_from(exc: PrismError, severity: str = "FATAL") -> bytes:
+    """The bytes a client should see for one of Prism's own errors, in its protocol's format."""
+    if isinstance(exc, UnsupportedProtocol) and 0 < exc.code < PROTOCOL_3_0:
+        # As Postgres: a client of an older protocol gets the error in its own format (2.0:
+        # 'E' and one line of text), which it can show, where a 3.0 message would be garbage.
+        # Code 0 is Postgres's "no protocol chosen yet", answered in the 3.0 format.
+        return b"E" + _cstring(f"{severity}:  {exc.message}\n")
+    return ErrorResponse(
+        severity=severity,
+        sqlstate=exc.sqlstate,
+        message=exc.message,
+        hint=exc.hint,
+        detail=exc.detail,
+    ).encode()
 
 
-def parse_command_complete(payload: bytes) -> str:
-    """The command tag of a CommandComplete, e.g. ``SELECT 1``."""
-    cur = _Cursor(payload, "CommandComplete")
-    tag = cur.cstring()
-    cur.end()
-    return tag
+_TRANSACTION_STATUS: Final = (b"I", b"T", b"E")
 
 
-def parse_parameter_status(payload: bytes) -> tuple[str, str]:
-    """``(name, value)`` from a ParameterStatus."""
-    cur = _Cursor(payload, "ParameterStatus")
-    name, value = cur.cstring(), cur.cstring()
-    cur.end()
-    return name, value
+@dataclass(frozen=True)
+class ReadyForQuery:
+    """ReadyForQuery ('Z') with transaction status I (idle), T (in block) or E (failed)."""
+
+    status: bytes = b"I"
+
+    def __post_init__(self) -> None:
+        if self.status not in _TRANSACTION_STATUS:
+            raise ValueError(f"transaction status must be b'I', b'T' or b'E', not {self.status!r}")
+
+    def encode(self) -> bytes:
+        return _message(b"Z", self.status)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> ReadyForQuery:
+        if payload not in _TRANSACTION_STATUS:
+            raise ProtocolViolation(f"malformed ReadyForQuery message: status {payload!r}")
+        return cls(payload)
 
 
-def parse_authentication(payload: bytes) -> tuple[int, bytes]:
-    """``(code, data)`` from an Authentication message; data depends on the code."""
-    message = Authentication.decode(payload)
-    return message.code, message.data
+@dataclass(frozen=True)
+class ParameterStatus:
+    """ParameterStatus ('S'): a run-time parameter the client should know about."""
+
+    name: str
+    value: str
+
+    def encode(self) -> bytes:
+        return _message(b"S", _cstring(self.name) + _cstring(self.value))
+
+    @classmethod
+    def decode(cls, payload: bytes) -> ParameterStatus:
+        cur = _Cursor(payload, "ParameterStatus")
+        name, value = cur.cstring(), cur.cstring()
+        cur.end()
+        return cls(name, value)
 
 
-# --------------------------------------------------------------------------------------------
-# Client → server builders
-# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NegotiateProtocolVersion:
+    """NegotiateProtocolVersion ('v'): the newest minor version and the options not known.
+
+    The first field is documented as the newest minor version, but Postgres sends (and libpq
+    checks) the full version number ``3 << 16 | minor``, so that is what goes on the wire.
+    """
+
+    newest_minor: int
+    unrecognized: tuple[str, ...] = ()
+
+    def encode(self) -> bytes:
+        payload = _INT32.pack(_PROTOCOL_MAJOR << 16 | self.newest_minor)
+        payload += _INT32.pack(len(self.unrecognized))
+        payload += b"".join(_cstring(name) for name in self.unrecognized)
+        return _message(b"v", payload)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> NegotiateProtocolVersion:
+        cur = _Cursor(payload, "NegotiateProtocolVersion")
+        version = cur.int32()
+        count = cur.int32()
+        if count < 0:
+            raise ProtocolViolation("malformed NegotiateProtocolVersion message: negative count")
+        names = tuple(cur.cstring() for _ in range(count))
+        cur.end()
+        return cls(version & 0xFFFF, names)
 
 
-def query(sql: str) -> bytes:
+@dataclass(frozen=True)
+class DataRow:
+    """DataRow ('D'): one row's column values; SQL NULL is None."""
+
+    values: tuple[bytes | None, ...]
+
+    def encode(self) -> bytes:
+        payload = _INT16.pack(len(self.values))
+        for value in self.values:
+            payload += _INT32.pack(-1) if value is None else _INT32.pack(len(value)) + value
+        return _message(b"D", payload)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> DataRow:
+        cur = _Cursor(payload, "DataRow")
+        values: list[bytes | None] = []
+        for _ in range(cur.int16()):
+            length = cur.int32()
+            values.append(None if length == -1 else cur.take(length))
+        cur.end()
+        return cls(tuple(values))
+
+
+@dataclass(frozen=True)
+class Query:
     """A simple-protocol Query ('Q')."""
-    if "\0" in sql:
-        raise ValueError("a query cannot contain a NUL character")
-    return _message(b"Q", sql.encode() + b"\0")
+
+    sql: str
+
+    def __post_init__(self) -> None:
+        if "\0" in self.sql:
+            raise ValueError("a query cannot contain a NUL character")
+
+    def encode(self) -> bytes:
+        return _message(b"Q", self.sql.encode() + b"\0")
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Query:
+        cur = _Cursor(payload, "Query")
+        sql = cur.cstring()
+        cur.end()
+        return cls(sql)
 
 
-def terminate() -> bytes:
+@dataclass(frozen=True)
+class Terminate:
     """Terminate ('X'): the polite way to close a session."""
-    return _message(b"X", b"")
+
+    def encode(self) -> bytes:
+        return _message(b"X", b"")
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Terminate:
+        _Cursor(payload, "Terminate").end()
+        return cls()
 
 
-def password_message(data: bytes) -> bytes:
-    """A 'p' message carrying ``data`` verbatim (a cleartext password needs its own NUL)."""
-    return _message(b"p", data)
-
-
-def sasl_initial_response(mechanism: str, data: bytes) -> bytes:
-    """SASLInitialResponse: the 'p' message that opens a SASL exchange."""
-    return SASLInitialResponse(mechanism, data).encode()
-
-
-def copy_fail(reason: str) -> bytes:
+@dataclass(frozen=True)
+class CopyFail:
     """CopyFail ('f'): refuse a COPY FROM STDIN the server started."""
-    return _message(b"f", _cstring(reason))
+
+    reason: str
+
+    def encode(self) -> bytes:
+        return _message(b"f", _cstring(self.reason))
+
+    @classmethod
+    def decode(cls, payload: bytes) -> CopyFail:
+        cur = _Cursor(payload, "CopyFail")
+        reason = cur.cstring()
+        cur.end()
+        return cls(reason)
+
+
+TypedMessage = (
+    Authentication
+    | BackendKeyData
+    | PasswordMessage
+    | SASLInitialResponse
+    | ErrorResponse
+    | NoticeResponse
+    | ReadyForQuery
+    | ParameterStatus
+    | NegotiateProtocolVersion
+    | DataRow
+    | Query
+    | Terminate
+    | CopyFail
+)
+"""Every typed message Prism builds or reads; each has ``encode()`` and ``decode(payload)``."""

@@ -46,6 +46,17 @@ def data_dir(template_master: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
+def empty_data_dir() -> Iterator[Path]:
+    """A second, empty data directory (for ``start_prism(data_dir=...)``).
+
+    Request it before ``start_prism`` so that it is removed after that Prism has stopped.
+    """
+    path = fresh_dir("empty-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 async def start_prism(data_dir: Path) -> AsyncIterator[Any]:
     """``await start_prism(**settings)`` → a running ``PrismHandle``; all stop at test end."""
     async with trio.open_nursery() as nursery:

@@ -23,6 +23,7 @@ import trio
 from prism.config import HostPort, Settings
 from prism.runtime._postmaster import read_pidfile
 from prism.server import ServerInfo
+from tests.waiting import wait_until
 
 PASSWORD = "password"
 # Data dirs must be reachable by the non-root user Postgres runs as when the tests run as root;
@@ -88,14 +89,15 @@ async def running_prism(
     )
     try:
         async with httpx.AsyncClient() as http:
-            with trio.fail_after(60):
-                while True:
-                    assert process.poll() is None, "prism serve exited early"
-                    try:
-                        if (await http.get(f"http://127.0.0.1:{api_port}/branches")).is_success:
-                            break
-                    except httpx.TransportError:
-                        await trio.sleep(0.05)
+
+            async def serving() -> bool:
+                assert process.poll() is None, "prism serve exited early"
+                try:
+                    return (await http.get(f"http://127.0.0.1:{api_port}/branches")).is_success
+                except httpx.TransportError:
+                    return False
+
+            await wait_until(serving, what="prism serve to answer", within=60)
         yield process, pg_port, api_port
     finally:
         if process.poll() is None:
@@ -245,7 +247,7 @@ async def assert_clones_of_busy_parent_are_consistent(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(writer)
         for n in range(branches):
-            await trio.sleep(0.2)
+            await trio.sleep(0.2)  # the load: writes land between one branch and the next
             out = await psql(prism.dsn(f"postgres@busy-{n}"), _CHECK)
             assert out.stdout.decode().strip() == "50000"
         nursery.cancel_scope.cancel()

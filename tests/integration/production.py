@@ -19,6 +19,7 @@ import trio
 
 from prism.pgbin import PgInstall, resolve_pg_install
 from prism.runtime._postmaster import free_port
+from tests.waiting import wait_until
 
 from .api_helpers import api
 from .harness import PASSWORD, PrismHandle, fresh_dir, psql
@@ -150,10 +151,12 @@ async def prism_sql(prism: PrismHandle, sql: str, branch: str | None = None) -> 
 async def caught_up(prism: PrismHandle, production: Production) -> int:
     """Wait until main holds every row the source had committed when asked; return that id."""
     target = int(await production.sql("SELECT max(id) FROM events"))
-    with trio.fail_after(CATCH_UP_S):
+
+    async def replayed() -> bool:
         # Polling: replay offers nothing to wait on from outside the server.
-        while int(await prism_sql(prism, "SELECT coalesce(max(id), 0) FROM events")) < target:  # noqa: ASYNC110
-            await trio.sleep(0.05)
+        return int(await prism_sql(prism, "SELECT coalesce(max(id), 0) FROM events")) >= target
+
+    await wait_until(replayed, what=f"main to replay row {target}", within=CATCH_UP_S)
     return target
 
 
@@ -161,13 +164,13 @@ async def source_state(prism: PrismHandle, wanted: str, **fields: Any) -> dict[s
     """Poll ``GET /api/v1/branches/main`` until ``source`` has ``state`` ``wanted`` (and
     ``fields``)."""
     async with api(prism) as client:
-        with trio.fail_after(CATCH_UP_S):
-            while True:
-                main = (await client.get("/api/v1/branches/main")).json()
-                source: dict[str, Any] = main["source"]
-                if source["state"] == wanted and fields.items() <= source.items():
-                    return source
-                await trio.sleep(0.2)
+
+        async def reported() -> dict[str, Any] | None:
+            source: dict[str, Any] = (await client.get("/api/v1/branches/main")).json()["source"]
+            matches = source["state"] == wanted and fields.items() <= source.items()
+            return source if matches else None
+
+        return await wait_until(reported, what=f"source {wanted} {fields}", within=CATCH_UP_S)
 
 
 async def write_continuously(production: Production, *, task_status: trio.TaskStatus[None]) -> None:
@@ -180,7 +183,7 @@ async def write_continuously(production: Production, *, task_status: trio.TaskSt
     while True:
         with trio.CancelScope(shield=True):
             await psql(production.dsn(), "INSERT INTO events DEFAULT VALUES")
-        await trio.sleep(0.01)
+        await trio.sleep(0.01)  # the pace of the load, not a wait for anything
 
 
 __all__ = [

@@ -11,6 +11,7 @@ import trio
 
 from prism.api.app import MAX_BODY_BYTES
 from prism.config import Settings
+from tests.waiting import wait_until
 
 from .harness import PASSWORD, PrismHandle, psql, running_prism
 
@@ -107,9 +108,12 @@ async def test_stalled_bodies_are_closed_and_free_their_descriptors(data_dir: Pa
                 ports.add(stream.socket.getsockname()[1])
                 await stream.send_all(_STALLED)
                 nursery.start_soon(_answer_then_eof, stream, answers)
-            with trio.fail_after(30):  # accepted by the kernel is not yet accepted by Prism
-                while _sockets_held_for(process.pid, ports) < 50:  # noqa: ASYNC110 (polling /proc)
-                    await trio.sleep(0.05)
+            # Accepted by the kernel is not yet accepted by Prism.
+            await wait_until(
+                lambda: _sockets_held_for(process.pid, ports) == 50,
+                what="Prism to hold all 50 stalled requests",
+                within=30,
+            )
             async with httpx.AsyncClient() as http:
                 listed = await http.get(f"http://127.0.0.1:{api_port}/api/v1/branches")
             assert listed.is_success, listed.text
@@ -118,9 +122,11 @@ async def test_stalled_bodies_are_closed_and_free_their_descriptors(data_dir: Pa
             nursery.cancel_scope.deadline = trio.current_time() + 60
         assert len(answers) == 50, "some stalled requests were never closed by the server"
         assert all(answer.startswith(b"HTTP/1.1 408") for answer in answers)
-        with trio.fail_after(30):
-            while _sockets_held_for(process.pid, ports):  # noqa: ASYNC110 (polling /proc)
-                await trio.sleep(0.05)
+        await wait_until(
+            lambda: not _sockets_held_for(process.pid, ports),
+            what="Prism to close every stalled request",
+            within=30,
+        )
         assert _open_fds(process.pid) <= baseline
 
 

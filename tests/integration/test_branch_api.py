@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 import trio
+
+from tests.waiting import wait_until
 
 from .api_helpers import api, status
 from .harness import PrismHandle, psql
@@ -222,9 +225,12 @@ async def test_metrics_count_branches_connections_provisions_and_wakes(
         # psql has exited; Prism notices its close a moment later (the pump's worker thread
         # hands the end of stream back to trio), so wait for the session count to settle.
         closed = 'prism_open_connections{branch="measured"} 0'
-        with trio.fail_after(5):
-            while closed not in (response := await http.get("/metrics")).text:  # noqa: ASYNC110
-                await trio.sleep(0.01)
+
+        async def settled() -> httpx.Response | None:
+            response = await http.get("/metrics")
+            return response if closed in response.text else None
+
+        response = await wait_until(settled, what=closed, within=5)
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
     lines = response.text.splitlines()
     assert 'prism_branches{status="running"} 2' in lines

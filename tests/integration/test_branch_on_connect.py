@@ -12,6 +12,7 @@ import trio
 
 from prism.server import PrismServer
 from prism.state import StateStore
+from tests.waiting import wait_until
 
 from .harness import PrismHandle, make_settings, psql
 
@@ -165,8 +166,7 @@ async def test_silent_client_is_timed_out_without_leaking_tasks(
     fields = _error_fields(data)
     assert fields["C"] == "08P01"
     assert "start-up packet" in fields["M"]
-    await trio.sleep(0.1)
-    assert _task_count() == before
+    await wait_until(lambda: _task_count() == before, what="the connection's tasks to end")
     # The server goes on serving real clients.
     assert (await psql(prism.dsn(), "SELECT 7")).stdout.decode().strip() == "7"
 

@@ -5,17 +5,14 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
 
-from .harness import PrismHandle, fresh_dir, psql
+from .harness import PrismHandle, psql
 
 
 async def _prism(
@@ -256,16 +253,8 @@ async def test_protect_expire_and_hook_commands(prism: PrismHandle, tmp_path: An
     assert json.loads(cleared.stdout)["on_create"] is False
 
 
-@pytest.fixture
-def other_data_dir() -> Iterator[Path]:
-    """A second data directory; requested before ``start_prism``, so removed after it stops."""
-    path = fresh_dir("hooks-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 async def test_hook_command_is_refused_unless_allowed_and_set_and_cleared_when_it_is(
-    other_data_dir: Path, start_prism: Any, tmp_path: Path
+    empty_data_dir: Path, start_prism: Any, tmp_path: Path
 ) -> None:
     off: PrismHandle = await start_prism()
     refused = await _prism(
@@ -285,7 +274,7 @@ async def test_hook_command_is_refused_unless_allowed_and_set_and_cleared_when_i
     )
 
     # A second Prism, on a data directory of its own, whose operator allowed commands.
-    on: PrismHandle = await start_prism(allow_hook_commands=True, data_dir=other_data_dir)
+    on: PrismHandle = await start_prism(allow_hook_commands=True, data_dir=empty_data_dir)
     url = ("--api", on.info.api_url)
     marker = tmp_path / "ran"
     command = f"sh -c 'echo \"$PRISM_BRANCH\" > {marker}'"

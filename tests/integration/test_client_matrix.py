@@ -417,9 +417,9 @@ class Asyncpg:
 
 def send_cancel_request(target: Target, key_data: bytes) -> None:
     """What libpq's PQcancel does: a CancelRequest with the session's key on a new connection."""
-    pid, secret = wire.parse_backend_key_data(key_data)
+    key = wire.BackendKeyData.decode(key_data)
     with socket.create_connection((target.host, target.port), timeout=10) as sock:
-        sock.sendall(wire.CancelRequest(pid, secret).encode())
+        sock.sendall(wire.CancelRequest(key.pid, key.secret).encode())
         sock.recv(1)
 
 

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from prism import dataplane
+from prism.config import DataPlaneChoice
 from prism.sockmap import insn
 from tests.sysenv import require_command, require_root
 
@@ -36,7 +37,7 @@ def root() -> None:
 @pytest.mark.usefixtures("root")
 def test_auto_takes_the_sockmap_when_the_kernel_loads_it(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="prism.dataplane")
-    plane = dataplane.choose("auto")
+    plane = dataplane.choose(DataPlaneChoice.AUTO)
     try:
         assert plane.name == "sockmap"
         assert plane.sockmap is not None
@@ -51,7 +52,7 @@ def test_a_program_the_kernel_refuses_falls_back_to_the_pump_with_the_reason_log
 ) -> None:
     caplog.set_level(logging.INFO, logger="prism.dataplane")
     exit_without_verdict = insn(0x95)  # BPF_EXIT with r0 never set: the verifier says no
-    plane = dataplane.choose("auto", program=exit_without_verdict)
+    plane = dataplane.choose(DataPlaneChoice.AUTO, program=exit_without_verdict)
     assert plane.name == "pump"
     assert plane.sockmap is None
     assert plane.reason.startswith("the kernel refused the stream-verdict program: ")
@@ -61,7 +62,7 @@ def test_a_program_the_kernel_refuses_falls_back_to_the_pump_with_the_reason_log
 
 def test_pump_when_asked_for(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="prism.dataplane")
-    plane = dataplane.choose("pump")
+    plane = dataplane.choose(DataPlaneChoice.PUMP)
     assert (plane.name, plane.reason) == ("pump", "chosen with --data-plane pump")
     assert [r.getMessage() for r in caplog.records] == [
         "data plane: pump (chosen with --data-plane pump)"

@@ -94,10 +94,10 @@ def _messages(data: bytes) -> list[wire.Message]:
     return out
 
 
-def _error(data: bytes) -> dict[str, str]:
+def _error(data: bytes) -> wire.ErrorResponse:
     errors = [m for m in _messages(data) if m.type == b"E"]
     assert errors, data
-    return wire.parse_error_fields(errors[0].payload)
+    return wire.ErrorResponse.decode(errors[0].payload)
 
 
 def _connect(dsn: str) -> psycopg.Connection[Any]:
@@ -319,16 +319,21 @@ async def _scram_login(
                     continue
                 seen.append(message)
                 if message.type == b"R":
-                    code, data = wire.parse_authentication(message.payload)
+                    request = wire.Authentication.decode(message.payload)
+                    code, data = request.code, request.data
                     if code == 10:
-                        first = wire.sasl_initial_response(scram.MECHANISM, client.client_first())
+                        first = wire.SASLInitialResponse(
+                            scram.MECHANISM, client.client_first()
+                        ).encode()
                         await stream.send_all(first)
                     elif code == 11:
-                        await stream.send_all(wire.password_message(client.client_final(data)))
+                        await stream.send_all(
+                            wire.PasswordMessage(client.client_final(data)).encode()
+                        )
                     elif code == 12:
                         client.verify_server_final(data)
                 elif message.type in (b"Z", b"E"):
-                    await stream.send_all(wire.terminate())
+                    await stream.send_all(wire.Terminate().encode())
                     return seen
 
 
@@ -413,8 +418,8 @@ async def test_wrong_password_for_a_new_branch_creates_nothing(prism: PrismHandl
     assert 'password authentication failed for user "postgres"' in out.stderr.decode()
     params = (("user", "postgres@never"), ("database", "postgres"))
     seen = await _scram_login(prism.port, wire.StartupMessage(wire.PROTOCOL_3_0, params), "wrong")
-    fields = wire.parse_error_fields(seen[-1].payload)
-    assert (seen[-1].type, fields["S"], fields["C"]) == (b"E", "FATAL", "28P01")
+    error = wire.ErrorResponse.decode(seen[-1].payload)
+    assert (seen[-1].type, error.severity, error.sqlstate) == (b"E", "FATAL", "28P01")
     assert prism.manager.get("never") is None
     assert prism.manager.storage.list() == ["main"]
 
@@ -530,12 +535,12 @@ async def test_startup_connection_cap_refuses_with_too_many_connections(
     silent = [await trio.open_tcp_stream("127.0.0.1", prism.port) for _ in range(3)]
     await trio.sleep(0.2)
     try:
-        fields = _error(await _raw(prism.port, b""))
+        error = _error(await _raw(prism.port, b""))
     finally:
         for stream in silent:
             await stream.aclose()
-    assert fields["C"] == "53300"
-    assert "start-up" in fields["M"]
+    assert error.sqlstate == "53300"
+    assert "start-up" in error.message
 
 
 async def test_five_hundred_silent_clients_do_not_block_a_real_one(start_prism: Any) -> None:

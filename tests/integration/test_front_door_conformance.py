@@ -32,7 +32,9 @@ from .harness import PrismHandle
 
 SSL = wire.SSLRequest().encode()
 GSS = wire.GSSENCRequest().encode()
-TERMINATE = wire.terminate()  # what node-postgres sends when end() follows connect() at once
+TERMINATE = (
+    wire.Terminate().encode()
+)  # what node-postgres sends when end() follows connect() at once
 
 
 class Tls(enum.Enum):
@@ -223,8 +225,8 @@ def _describe(data: bytes) -> list[str]:
     with contextlib.suppress(wire.ProtocolViolation):
         while (message := reader.next_message()) is not None:
             if message.type == b"E":
-                fields = wire.parse_error_fields(message.payload)
-                out.append(f"E {fields['S']} {fields['C']}: {fields['M']}")
+                error = wire.ErrorResponse.decode(message.payload)
+                out.append(f"E {error.severity} {error.sqlstate}: {error.message}")
             elif message.type == b"v":
                 out.append(f"v {message.payload.hex()}")
             else:

@@ -1,114 +1,139 @@
-"""Point in time: main's snapshots and archived WAL give a branch as of any moment in the window.
+"""Point in time: snapshots and archived WAL give a branch as of any moment in the window.
 
-Rows are stamped into main (a local primary, or the source a standby main follows) every
-100 ms; a branch at a time T between two commits holds exactly the rows committed at or before
-T, and a time outside the window is refused with the window.
+Rows are stamped into main (a local primary, or the source a standby main follows), or into a
+branch that keeps WAL, every 100 ms; a branch at a time T between two commits holds exactly
+the rows committed at or before T, and a time outside the window is refused with the window.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 import trio
 
-from prism.config import Settings
+from prism.config import BranchPattern, Settings
 from prism.server import PrismServer
 from prism.snapshots import Snapshot, precise_time, snapshot_name
 from prism.state import utcnow
+from tests.waiting import wait_until
 
-from .api_helpers import api, wait_for
-from .harness import (
-    PASSWORD,
-    PrismHandle,
-    free_port,
-    fresh_dir,
-    make_settings,
-    psql,
-    serve_args,
+from .api_helpers import api, status, wait_for
+from .harness import PrismHandle, free_port, make_settings, psql, serve_args
+from .pitr_checks import (
+    ROWS,
+    between,
+    branch_at,
+    branch_dsn,
+    check_branches_at,
+    first_snapshot,
+    stamp_rows,
+    stamped_rows,
 )
 from .production import SUPERUSER_PASSWORD, production_server
-
-ROWS = 30
-GAP_S = 0.1
-
-
-async def _first_snapshot(prism: PrismHandle) -> Any:
-    """Wait for the snapshot Prism takes when it starts."""
-    kept = prism.manager.point_in_time
-    async with prism.manager.events.subscribe() as events:
-        if not kept.snapshots():
-            with trio.fail_after(120):
-                await wait_for(events, type="snapshot_taken")
-    return kept.snapshots()[0]
-
-
-def _stamp_rows(dsn: str) -> list[tuple[datetime, datetime]]:
-    """Insert ``ROWS`` rows ``GAP_S`` apart; each row's (committed by, next begun after)."""
-    moments = []
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE stamps (id int PRIMARY KEY, at timestamptz NOT NULL)")
-        for row in range(ROWS):
-            conn.execute("INSERT INTO stamps VALUES (%s, clock_timestamp())", (row,))
-            committed = datetime.now(UTC)
-            time.sleep(GAP_S)  # a worker thread, not the event loop
-            moments.append((committed, datetime.now(UTC)))
-    return moments
-
-
-def _dsn(prism: PrismHandle, branch: str, password: str = PASSWORD) -> str:
-    return prism.dsn(f"postgres@{branch}").replace(f"password={PASSWORD}", f"password={password}")
-
-
-async def _rows(prism: PrismHandle, branch: str, password: str = PASSWORD) -> list[int]:
-    out = await psql(_dsn(prism, branch, password), "SELECT id FROM stamps ORDER BY id")
-    return [int(line) for line in out.stdout.decode().split()]
-
-
-async def _branch_at(prism: PrismHandle, name: str, at: datetime | str) -> None:
-    shown = at if isinstance(at, str) else precise_time(at)
-    async with api(prism) as client:
-        reply = await client.post("/api/v1/branches", json={"name": name, "at": shown})
-    assert reply.status_code == 201, reply.text
-
-
-def _between(moments: list[tuple[datetime, datetime]], last_row: int) -> datetime:
-    """A time after ``last_row``'s commit and before the next row's insert began."""
-    committed, next_begun = moments[last_row]
-    return committed + (next_begun - committed) / 2
 
 
 async def test_branch_at_a_time_holds_exactly_the_rows_committed_by_then(
     start_prism: Any,
 ) -> None:
     prism = await start_prism(snapshot_every=3600.0)
-    await _first_snapshot(prism)
-    moments = await trio.to_thread.run_sync(_stamp_rows, prism.dsn())
-    for last_row in (4, 17, ROWS - 2):
-        await _branch_at(prism, f"at-{last_row}", _between(moments, last_row))
-        assert await _rows(prism, f"at-{last_row}") == list(range(last_row + 1))
-    # Writable, and its writes stay its own.
-    await psql(prism.dsn("postgres@at-4"), "INSERT INTO stamps VALUES (1000, now())")
-    assert await _rows(prism, "main") == list(range(ROWS))
+    await first_snapshot(prism)
+    moments = await trio.to_thread.run_sync(stamp_rows, prism.dsn())
+    await check_branches_at(prism, "main", moments)
+    # The branches' writes stay their own.
+    assert await stamped_rows(prism, "main") == list(range(ROWS))
 
 
-@pytest.fixture
-def empty_data_dir() -> Iterator[Path]:
-    path = fresh_dir("pitr-source-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+async def test_a_branch_that_keeps_wal_gives_branches_as_of_a_time(start_prism: Any) -> None:
+    """``dev`` keeps WAL (``--point-in-time-branches``): its own window and snapshots, ``at``
+    from it; a branch that keeps none is refused, saying how to turn it on; a reset restarts
+    dev's window and a delete removes its archive and snapshots."""
+    prism = await start_prism(
+        snapshot_every=3600.0, point_in_time_branches=BranchPattern.parse("main|dev")
+    )
+    manager, kept = prism.manager, prism.manager.point_in_time
+    await manager.create("dev")
+    await manager.create("other")
+    first = await first_snapshot(prism, "dev")
+    moments = await trio.to_thread.run_sync(stamp_rows, prism.dsn("postgres@dev"))
+    await check_branches_at(prism, "dev", moments, (3, ROWS - 2))
+    async with api(prism) as client:
+        listed = (await client.get("/api/v1/branches/dev/snapshots")).json()
+        assert listed["keeps_wal"] is True
+        assert [s["name"] for s in listed["snapshots"]] == [first.name]
+        assert listed["window"]["start"] == precise_time(first.taken_at)
+        other = (await client.get("/api/v1/branches/other/snapshots")).json()
+        assert other == {"snapshots": [], "window": None, "keeps_wal": False}
+        reply = await client.post(
+            "/api/v1/branches", json={"name": "no", "parent": "other", "at": "-0s"}
+        )
+        assert reply.status_code == 422, reply.text
+        assert reply.json()["code"] == "outside_window"
+        assert '"other" keeps no WAL' in reply.json()["message"]
+        assert "--point-in-time-branches" in reply.json()["hint"]
+    assert manager.get("no") is None
+    cli = [sys.executable, "-m", "prism.cli", "snapshot", "ls", "--branch", "dev"]
+    shown = await trio.run_process([*cli, "--api", prism.info.api_url], capture_stdout=True)
+    assert first.name in shown.stdout.decode()
+    archive = kept.archive_of("dev").directory
+    assert archive.is_dir()
+
+    # A reset: dev's old window ends, a new one opens when it runs again.
+    async with manager.events.subscribe() as events:
+        await manager.reset("dev")
+        assert kept.snapshots("dev") == []
+        await manager.start("dev")
+        with trio.fail_after(120):
+            await wait_for(events, type="snapshot_taken", branch="dev")
+    renewed = kept.snapshots("dev")
+    assert len(renewed) == 1 and renewed[0].taken_at > first.taken_at
+    assert not manager.storage.exists(first.name)
+
+    # A delete: dev's archive and snapshots go with it.
+    await manager.delete("dev", with_children=True)
+    assert kept.snapshots("dev") == []
+
+    def freed() -> bool:
+        # Polling: the timer frees the space in its next round, which sends no event.
+        archives = sorted(p.name for p in kept.archives.iterdir())
+        return archives == ["main"] and not any(
+            name.startswith("snap:dev:") for name in manager.storage.list()
+        )
+
+    await wait_until(freed, what="dev's archive and snapshots removed", within=60)
+    assert [s.branch for s in kept.store.list()] == ["main"]
+
+
+async def test_the_snapshot_timer_leaves_a_stopped_branch_stopped(start_prism: Any) -> None:
+    """While ``dev`` is stopped, snapshots of main go on and none of dev is taken (it is not
+    woken); once dev runs again, its overdue snapshot is taken."""
+    prism = await start_prism(
+        snapshot_every=1.0, point_in_time_branches=BranchPattern.parse("main|dev")
+    )
+    manager, kept = prism.manager, prism.manager.point_in_time
+    await manager.create("dev")
+    await first_snapshot(prism, "dev")
+    await manager.stop("dev")
+    before = kept.snapshots("dev")
+    async with manager.events.subscribe() as events:
+        with trio.fail_after(120):
+            for _ in range(3):
+                await wait_for(events, type="snapshot_taken", branch="main")
+        assert status(prism, "dev") == "stopped"
+        assert kept.snapshots("dev") == before
+        await manager.start("dev")
+        with trio.fail_after(120):
+            await wait_for(events, type="snapshot_taken", branch="dev")
+    assert kept.snapshots("dev")[-1].taken_at > before[-1].taken_at
 
 
 async def test_a_standby_main_gives_branches_as_of_a_time_on_the_source(
@@ -119,22 +144,24 @@ async def test_a_standby_main_gives_branches_as_of_a_time_on_the_source(
         prism = await start_prism(
             data_dir=data_dir, source=production.source(), snapshot_every=3600.0
         )
-        await _first_snapshot(prism)
-        moments = await trio.to_thread.run_sync(_stamp_rows, production.dsn())
-        with trio.fail_after(60):
+        await first_snapshot(prism)
+        moments = await trio.to_thread.run_sync(stamp_rows, production.dsn())
+
+        async def replayed() -> bool:
             # Polling: replay offers nothing to wait on from outside the server.
-            while len(await _rows(prism, "main", SUPERUSER_PASSWORD)) < ROWS:  # noqa: ASYNC110
-                await trio.sleep(0.05)
+            return len(await stamped_rows(prism, "main", SUPERUSER_PASSWORD)) >= ROWS
+
+        await wait_until(replayed, what="main to replay every row", within=60)
         for last_row in (3, ROWS - 2):
-            await _branch_at(prism, f"src-{last_row}", _between(moments, last_row))
-            rows = await _rows(prism, f"src-{last_row}", SUPERUSER_PASSWORD)
+            await branch_at(prism, f"src-{last_row}", between(moments, last_row))
+            rows = await stamped_rows(prism, f"src-{last_row}", SUPERUSER_PASSWORD)
             assert rows == list(range(last_row + 1))
         # After the source's last commit: main as it is now.
-        await _branch_at(prism, "src-now", "-0s")
-        assert await _rows(prism, "src-now", SUPERUSER_PASSWORD) == list(range(ROWS))
+        await branch_at(prism, "src-now", "-0s")
+        assert await stamped_rows(prism, "src-now", SUPERUSER_PASSWORD) == list(range(ROWS))
         # Branches are writable; main (a standby) and the source are not touched.
         await psql(
-            _dsn(prism, "src-3", SUPERUSER_PASSWORD),
+            branch_dsn(prism, "src-3", SUPERUSER_PASSWORD),
             "INSERT INTO stamps VALUES (1000, now())",
         )
         assert await production.sql("SELECT count(*) FROM stamps") == str(ROWS)
@@ -142,7 +169,7 @@ async def test_a_standby_main_gives_branches_as_of_a_time_on_the_source(
 
 async def test_a_time_outside_the_window_is_refused_with_the_window(start_prism: Any) -> None:
     prism = await start_prism(snapshot_every=3600.0)
-    first = await _first_snapshot(prism)
+    first = await first_snapshot(prism)
     async with api(prism) as client:
         listed = (await client.get("/api/v1/branches/main/snapshots")).json()
         assert [s["name"] for s in listed["snapshots"]] == [first.name]
@@ -164,12 +191,12 @@ async def test_a_time_outside_the_window_is_refused_with_the_window(start_prism:
 
 async def test_relative_time_and_the_snapshot_cli(start_prism: Any) -> None:
     prism = await start_prism(snapshot_every=3600.0)
-    first = await _first_snapshot(prism)
-    await trio.to_thread.run_sync(_stamp_rows, prism.dsn())
+    first = await first_snapshot(prism)
+    await trio.to_thread.run_sync(stamp_rows, prism.dsn())
     cli = [sys.executable, "-m", "prism.cli"]
     where = ["--api", prism.info.api_url]
     await trio.run_process([*cli, "branch", "create", "just-now", "--at", "-0s", *where])
-    assert await _rows(prism, "just-now") == list(range(ROWS))
+    assert await stamped_rows(prism, "just-now") == list(range(ROWS))
     listed = await trio.run_process([*cli, "snapshot", "ls", *where], capture_stdout=True)
     assert first.name in listed.stdout.decode()
     refused = await trio.run_process(
@@ -209,7 +236,7 @@ async def test_snapshots_are_pruned_with_the_wal_only_they_needed(data_dir: Path
         snapshot.name for snapshot in kept.snapshots()
     }
     oldest_needed = snapshots[0].redo_wal[8:]
-    archived = kept.archive.segments()
+    archived = kept.archive_of("main").segments()
     assert archived, "main archived no WAL"
     assert all(name[8:24] >= oldest_needed for name in archived)
 
@@ -236,14 +263,15 @@ async def test_a_snapshot_half_made_by_a_crash_is_removed_at_start(data_dir: Pat
         assert [b.name for b in prism.manager.list()] == ["main"]
 
 
-@pytest.mark.parametrize("point", ["create:cloned", "create:server-up"])
-async def test_a_branch_at_a_time_half_made_by_a_crash_is_undone(
-    point: str, data_dir: Path
-) -> None:
-    """``prism serve`` SIGKILLs its own process group at ``point`` of a create with ``at``;
-    the next start removes the half-made branch and keeps the snapshots."""
+@contextlib.asynccontextmanager
+async def _serve_to_crash(
+    data_dir: Path, point: str, *flags: str, branch: str = "main"
+) -> AsyncIterator[tuple[httpx.AsyncClient, str, list[dict[str, Any]]]]:
+    """``prism serve`` set to SIGKILL its own process group at ``point``, once ``branch``
+    has a snapshot: yields an HTTP client, the API's URL and that branch's snapshots; the
+    block must bring Prism to ``point``."""
     pg_port, api_port = free_port(), free_port()
-    command = [*serve_args(data_dir, pg_port, api_port), "--snapshot-every", "1h"]
+    command = [*serve_args(data_dir, pg_port, api_port), "--snapshot-every", "1h", *flags]
     env = {**os.environ, "PRISM_TEST_CRASH_AT": point}
     log_path = data_dir.parent / f"{data_dir.name}.log"
     with log_path.open("ab") as log:
@@ -252,23 +280,68 @@ async def test_a_branch_at_a_time_half_made_by_a_crash_is_undone(
         )
     url = f"http://127.0.0.1:{api_port}/api/v1"
     async with httpx.AsyncClient(timeout=120) as http:
-        with trio.fail_after(120):
-            while True:
-                with contextlib.suppress(httpx.TransportError):
-                    listed = (await http.get(f"{url}/branches/main/snapshots")).json()
-                    if listed["snapshots"]:
-                        break
-                assert process.poll() is None, log_path.read_text()
-                await trio.sleep(0.1)
-        with contextlib.suppress(httpx.TransportError):
-            await http.post(f"{url}/branches", json={"name": "half", "at": "-0s"})
+
+        async def snapshotted() -> list[dict[str, Any]] | None:
+            assert process.poll() is None, log_path.read_text()
+            with contextlib.suppress(httpx.TransportError):
+                if branch != "main":
+                    await http.post(f"{url}/branches", json={"name": branch})
+                listed = (await http.get(f"{url}/branches/{branch}/snapshots")).json()
+                return listed.get("snapshots") or None
+            return None
+
+        yield (
+            http,
+            url,
+            await wait_until(snapshotted, what=f"{branch}'s first snapshot", within=120),
+        )
     with trio.fail_after(60):
         assert await process.wait() == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("point", ["create:cloned", "create:server-up"])
+async def test_a_branch_at_a_time_half_made_by_a_crash_is_undone(
+    point: str, data_dir: Path
+) -> None:
+    """``prism serve`` SIGKILLs its own process group at ``point`` of a create with ``at``;
+    the next start removes the half-made branch and keeps the snapshots."""
+    async with _serve_to_crash(data_dir, point) as (http, url, snapshots):
+        with contextlib.suppress(httpx.TransportError):
+            await http.post(f"{url}/branches", json={"name": "half", "at": "-0s"})
     # The next start undoes the create (a server it left running is stopped first).
     async with _serving(make_settings(data_dir, snapshot_every=3600.0)) as prism:
         assert prism.manager.get("half") is None
         assert not prism.manager.storage.exists("half")
-        assert [s["name"] for s in listed["snapshots"]] == [
+        assert [s["name"] for s in snapshots] == [
             s.name for s in prism.manager.point_in_time.snapshots()
         ]
-        await _branch_at(prism, "whole", "-0s")
+        await branch_at(prism, "whole", "-0s")
+
+
+async def test_a_delete_cut_short_by_a_crash_still_removes_the_window(data_dir: Path) -> None:
+    """Killed after ``dev``'s data went and before its window was dropped: the next start
+    frees ``dev``'s snapshots and archive."""
+    pattern = "main|dev"
+    flags = ("--point-in-time-branches", pattern)
+    async with _serve_to_crash(data_dir, "delete:retired", *flags, branch="dev") as (
+        http,
+        url,
+        snapshots,
+    ):
+        with contextlib.suppress(httpx.TransportError):
+            await http.delete(f"{url}/branches/dev")
+    archives = data_dir / "wal-archive"
+    assert (archives / "dev").is_dir()
+    settings = make_settings(
+        data_dir, snapshot_every=3600.0, point_in_time_branches=BranchPattern.parse(pattern)
+    )
+    async with _serving(settings) as prism:
+        assert prism.manager.get("dev") is None
+
+        def freed() -> bool:
+            # Polling: the timer's first round frees it, and sends no event for that.
+            snapshot = prism.manager.storage.exists(snapshots[0]["name"])
+            return not snapshot and [p.name for p in archives.iterdir()] == ["main"]
+
+        await wait_until(freed, what="dev's archive and snapshots removed", within=60)
+        assert {s.branch for s in prism.manager.point_in_time.store.list()} == {"main"}

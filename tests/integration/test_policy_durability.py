@@ -12,6 +12,7 @@ import trio
 from prism.branches import BranchManager
 from prism.policy import BranchPolicy, PolicyStore
 from prism.server import PrismServer, ServerInfo
+from prism.state import StateStore
 
 from .harness import make_settings
 
@@ -44,9 +45,10 @@ async def test_protection_and_expiry_survive_a_restart(data_dir: Path) -> None:
 
 async def test_policy_of_a_branch_that_never_came_to_be_is_dropped(data_dir: Path) -> None:
     # What a crash between writing the intent and provisioning leaves: a row, no branch.
-    store = PolicyStore(data_dir / "prism.db")
+    state = StateStore(data_dir / "prism.db")
+    store = PolicyStore(state)
     await store.put("half-made", BranchPolicy(protected=True))
-    store.close()
+    state.close()
     seen: dict[str, BranchPolicy] = {}
 
     async def look(manager: BranchManager) -> None:
@@ -54,31 +56,33 @@ async def test_policy_of_a_branch_that_never_came_to_be_is_dropped(data_dir: Pat
 
     await _run_once(data_dir, look)
     assert seen["half-made"] == BranchPolicy()
-    assert PolicyStore(data_dir / "prism.db").get("half-made") == BranchPolicy()
+    assert PolicyStore(StateStore(data_dir / "prism.db")).get("half-made") == BranchPolicy()
 
 
 def test_policies_survive_reopening_and_orphans_are_pruned(tmp_path: Path) -> None:
     path = tmp_path / "prism.db"
 
     async def write() -> None:
-        store = PolicyStore(path)
+        state = StateStore(path)
+        store = PolicyStore(state)
         await store.put("keep", BranchPolicy(protected=True, expires_at=_NOW, on_create="SELECT 1"))
         await store.put("ghost", BranchPolicy(expires_at=_NOW))
-        store.close()
+        state.close()
 
     async def read() -> tuple[BranchPolicy, list[str], BranchPolicy]:
-        store = PolicyStore(path)
+        state = StateStore(path)
+        store = PolicyStore(state)
         kept = store.get("keep")
         pruned = await store.prune(["keep", "main"])
         ghost = store.get("ghost")
-        store.close()
+        state.close()
         return kept, pruned, ghost
 
     trio.run(write)
     kept, pruned, ghost = trio.run(read)
     assert kept == BranchPolicy(protected=True, expires_at=_NOW, on_create="SELECT 1")
     assert pruned == ["ghost"] and ghost == BranchPolicy()
-    assert PolicyStore(path).get("ghost") == BranchPolicy()
+    assert PolicyStore(StateStore(path)).get("ghost") == BranchPolicy()
 
 
 def test_hook_commands_are_kept_and_an_older_policy_table_gains_the_column(
@@ -95,13 +99,14 @@ def test_hook_commands_are_kept_and_an_older_policy_table_gains_the_column(
     command = ("psql", "-c", "UPDATE t SET x = 'a b'")
 
     async def write() -> BranchPolicy:
-        store = PolicyStore(path)
+        state = StateStore(path)
+        store = PolicyStore(state)
         before = store.get("tpl")
         await store.update("tpl", on_create_command=command)
-        store.close()
+        state.close()
         return before
 
     assert trio.run(write) == BranchPolicy(protected=True, on_create="SELECT 1")
-    assert PolicyStore(path).get("tpl") == BranchPolicy(
+    assert PolicyStore(StateStore(path)).get("tpl") == BranchPolicy(
         protected=True, on_create="SELECT 1", on_create_command=command
     )

@@ -21,6 +21,7 @@ from prism.errors import ConfigError, RuntimeStartFailed
 from prism.pgbin import PgInstall, embedded_bin_dir, resolve_pg_install
 from prism.runtime.base import Runtime
 from prism.runtime.process import ProcessRuntime
+from tests.waiting import wait_until
 
 PASSWORD = "s3cret-password"
 
@@ -111,9 +112,7 @@ def _kill_servers_under(path: Path) -> None:
 
 
 async def _wait_for_no_servers_under(path: Path) -> None:
-    with trio.fail_after(10):
-        while _server_pids_under(path):  # noqa: ASYNC110 (polling /proc is the point)
-            await trio.sleep(0.01)
+    await wait_until(lambda: not _server_pids_under(path), what=f"no server under {path}")
 
 
 def _hidden_embedded_copy(base: Path) -> Path:
@@ -241,9 +240,7 @@ async def test_unexpected_exit_makes_the_address_unknown(
     await runtime.start("main", pgdata)
     pid = int((pgdata / "postmaster.pid").read_text().split("\n")[0])
     os.kill(pid, signal.SIGQUIT)
-    with trio.fail_after(10):
-        while runtime.address("main") is not None:  # noqa: ASYNC110 (polling is the point)
-            await trio.sleep(0.01)
+    await wait_until(lambda: runtime.address("main") is None, what="main's address to go")
     await runtime.stop("main")  # nothing left to stop: a no-op
     await _wait_for_no_servers_under(pgdata)
 

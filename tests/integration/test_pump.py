@@ -26,6 +26,7 @@ from prism import pump
 from prism.dataplane import PUMP, DataPlane
 from prism.sockmap import Sockmap
 from tests.sysenv import require_root
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -137,9 +138,10 @@ async def test_bytes_go_both_ways_in_order_and_are_counted(spliced: Spliced) -> 
         await spliced.server.send_all(b"R%d" % n)
         assert await _receive_exactly(spliced.client, len(b"R%d" % n)) == b"R%d" % n
     small = sum(2 * len(b"Q%d" % n) for n in range(50))
-    with trio.fail_after(2):  # a thread reports what it moved when it goes quiet
-        while spliced.counted < len(big) + small:  # noqa: ASYNC110 (polling is the point)
-            await trio.sleep(0.01)
+    # A thread reports what it moved when it goes quiet.
+    await wait_until(
+        lambda: spliced.counted >= len(big) + small, what="every byte counted", within=2
+    )
     assert spliced.counted == len(big) + small
 
 
@@ -336,8 +338,11 @@ async def test_quiet_connections_hold_no_thread() -> None:
             )
             await client.send_all(b"ping")
             await _receive_exactly(server, 4)
-        await trio.sleep(pump.IDLE_RETURN + 5 * pump.TICK)
-        assert pump.threads_in_use() == 0
+        await wait_until(
+            lambda: pump.threads_in_use() == 0,
+            what="every quiet session's thread to return",
+            within=pump.IDLE_RETURN + 5,
+        )
         nursery.cancel_scope.cancel()
     for streams in pairs:
         for stream in streams:

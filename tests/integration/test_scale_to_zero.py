@@ -63,7 +63,7 @@ async def test_idle_timeout_zero_disables_the_reaper(start_prism: Any) -> None:
     prism: PrismHandle = await start_prism(idle_timeout=0.0, main_scales_to_zero=True)
     await psql(prism.dsn("postgres@forever"), "SELECT 1")
     prism.manager.get("forever").last_active_ts -= 10**6
-    await trio.sleep(1.0)
+    await trio.sleep(1.0)  # the behaviour under test: time passes and nothing is stopped
     assert status(prism, "forever") == "running"
 
 

@@ -3,7 +3,6 @@ branches of it are writable copies as of their clone, and nothing they do reache
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from prism.events import EventBus
 from prism.server import PrismServer
 
 from .api_helpers import api, wait_for
-from .harness import PrismHandle, fresh_dir, make_settings, psql
+from .harness import PrismHandle, make_settings, psql
 from .production import (
     CATCH_UP_S,
     SUPERUSER_PASSWORD,
@@ -34,13 +33,6 @@ from .production import source_state as _source_state
 async def production() -> AsyncIterator[Production]:
     async with production_server() as server:
         yield server
-
-
-@pytest.fixture
-def empty_data_dir() -> Any:
-    path = fresh_dir("source-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 async def test_main_follows_the_source_and_branches_are_writable_copies_of_it(

@@ -13,7 +13,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -32,6 +31,7 @@ from prism.runtime.docker import LABEL_PGDATA
 from prism.server import PrismServer
 from prism.storage import open_storage
 from tests.integration.harness import PASSWORD, PrismHandle, make_settings
+from tests.integration.harness import serve_args as harness_serve_args
 from tests.sysenv import (
     BTRFS_MOUNT,
     DOCKER_IMAGE,
@@ -149,10 +149,10 @@ def remove_containers_on(data_dir: Path, docker_host: str | None = None) -> None
 
 @asynccontextmanager
 async def prism_in_process(
-    where: Place, runtime: str, **settings_: Any
+    where: Place, runtime: str, **overrides: Any
 ) -> AsyncIterator[PrismHandle]:
-    """A Prism in this process on ``where`` with ``runtime`` (and other ``settings_``); stopped
-    (servers too) on exit."""
+    """A Prism in this process on ``where`` with ``runtime`` (and other ``overrides`` of its
+    settings); stopped (servers too) on exit."""
     if runtime == "docker":
         require_docker()
     settings = make_settings(
@@ -161,7 +161,7 @@ async def prism_in_process(
         runtime=runtime,
         image=DOCKER_IMAGE,
         zfs_dataset=where.zfs_dataset,
-        **settings_,
+        **overrides,
     )
     async with trio.open_nursery() as nursery:
         info = await nursery.start(PrismServer(settings).run)
@@ -193,28 +193,9 @@ class ServeProcess:
 
 
 def serve_args(where: Place, runtime: str, pg_port: int, api_port: int) -> list[str]:
-    args = [
-        sys.executable,
-        "-m",
-        "prism.cli",
-        "serve",
-        "--storage",
-        where.storage,
-        "--runtime",
-        runtime,
-        "--data-dir",
-        str(where.data_dir),
-        "--listen",
-        f"127.0.0.1:{pg_port}",
-        "--api",
-        f"127.0.0.1:{api_port}",
-        "--password",
-        PASSWORD,
-        "--image",
-        DOCKER_IMAGE,
-        "--snapshot-every",  # snapshots of main only where a test asks for them
-        "0",
-    ]
+    """The integration tier's ``prism serve`` command line, on ``where`` and ``runtime``."""
+    args = harness_serve_args(where.data_dir, pg_port, api_port, storage=where.storage)
+    args += ["--runtime", runtime, "--image", DOCKER_IMAGE]
     return [*args, "--zfs-dataset", where.zfs_dataset] if where.zfs_dataset else args
 
 

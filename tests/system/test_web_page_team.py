@@ -5,12 +5,14 @@ with 200 branches and 50 events a second. Screenshots are kept as in test_web_pa
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import pytest
 import trio
 
-from tests.integration.harness import psql
+from tests.integration.harness import PrismHandle, psql
 
 from .chromium import Page
 from .test_web_page import (  # noqa: F401 (fixtures)
@@ -37,6 +39,33 @@ def _in_row(name: str, selector: str) -> str:
 async def _open(page: Page, url: str, ready: str = "main") -> None:  # noqa: F811
     await page.goto(url + "/")
     await page.wait_until(f"{_LIVE} && {_status_is(ready, 'running')}")
+
+
+PageWith = Callable[[str], AbstractAsyncContextManager[PrismHandle]]
+
+
+@pytest.fixture
+def page_with(
+    running: Runner,  # noqa: F811
+    page: Page,  # noqa: F811
+    request: pytest.FixtureRequest,
+) -> PageWith:
+    """``async with page_with(branch) as prism``: a Prism with ``branch`` made, the page open
+    and live once it runs; a screenshot at the end, passed or failed."""
+
+    @asynccontextmanager
+    async def opened(branch: str) -> AsyncIterator[PrismHandle]:
+        async with running() as prism, screenshot_at_end(page, request):
+            await prism.manager.create(branch)
+            await _open(page, prism.info.api_url, branch)
+            yield prism
+
+    return opened
+
+
+async def _set_expiry(page: Page, branch: str, ttl: str) -> None:  # noqa: F811
+    await page.type_into(_in_row(branch, '[data-input="ttl"]'), ttl)
+    await page.click(_in_row(branch, '[data-action="expire"]'))
 
 
 async def test_tree_follows_creates_and_deletes_from_the_api_and_collapses(
@@ -67,13 +96,10 @@ async def test_tree_follows_creates_and_deletes_from_the_api_and_collapses(
 
 
 async def test_protect_and_expiry_controls_change_the_branch(
-    running: Runner,  # noqa: F811
     page: Page,  # noqa: F811
-    request: pytest.FixtureRequest,
+    page_with: PageWith,
 ) -> None:
-    async with running() as prism, screenshot_at_end(page, request):
-        await prism.manager.create("guarded")
-        await _open(page, prism.info.api_url, "guarded")
+    async with page_with("guarded") as prism:
         await page.wait_until(f'{_cell("main", "protected")}.querySelector("input").checked')
 
         await page.click(_in_row("guarded", '[data-action="protect"]'))
@@ -84,30 +110,24 @@ async def test_protect_and_expiry_controls_change_the_branch(
         await page.wait_until(f'{_MESSAGE} === "unprotected guarded"')
         assert not prism.manager.policy("guarded").protected
 
-        await page.type_into(_in_row("guarded", '[data-input="ttl"]'), "72h")
-        await page.click(_in_row("guarded", '[data-action="expire"]'))
+        await _set_expiry(page, "guarded", "72h")
         await page.wait_until(f'{_cell("guarded", "expires")}.textContent.includes("in 3d")')
         assert prism.manager.policy("guarded").expires_at is not None
-        await page.type_into(_in_row("guarded", '[data-input="ttl"]'), "never")
-        await page.click(_in_row("guarded", '[data-action="expire"]'))
+        await _set_expiry(page, "guarded", "never")
         await page.wait_until(f'{_MESSAGE} === "guarded never expires"')
         assert prism.manager.policy("guarded").expires_at is None
 
-        await page.type_into(_in_row("guarded", '[data-input="ttl"]'), "soon")
-        await page.click(_in_row("guarded", '[data-action="expire"]'))
+        await _set_expiry(page, "guarded", "soon")
         await page.wait_until(f'{_MESSAGE}.startsWith("expire guarded: ")')
         assert page.errors == []
 
 
 async def test_copy_button_puts_the_connection_string_on_the_clipboard(
-    running: Runner,  # noqa: F811
     page: Page,  # noqa: F811
-    request: pytest.FixtureRequest,
+    page_with: PageWith,
 ) -> None:
-    async with running() as prism, screenshot_at_end(page, request):
-        await prism.manager.create("copied")
+    async with page_with("copied") as prism:
         await page.grant(prism.info.api_url, "clipboardReadWrite", "clipboardSanitizedWrite")
-        await _open(page, prism.info.api_url, "copied")
         await page.wait_until(f'{_cell("copied", "connection")}.textContent.includes("%40")')
         await page.click(_in_row("copied", '[data-action="copy"]'))
         await page.wait_until(f'{_MESSAGE} === "copied connection string of copied"')
@@ -211,9 +231,8 @@ def _counted(events: list[tuple[str, str]]) -> dict[str, str]:
 
 
 async def test_page_stays_responsive_with_200_branches_and_50_events_a_second(
-    running: Runner,  # noqa: F811
     page: Page,  # noqa: F811
-    request: pytest.FixtureRequest,
+    page_with: PageWith,
 ) -> None:
     """Every event is rendered, a click in the middle of the load is handled, redraws are
     batched, and the page's script work per event stays within a CPU budget.
@@ -222,9 +241,7 @@ async def test_page_stays_responsive_with_200_branches_and_50_events_a_second(
     wall-clock durations (those include the time the browser waited for a core), so the
     check holds on a busy machine and still fails a page that cannot keep up.
     """
-    async with running() as prism, screenshot_at_end(page, request):
-        await prism.manager.create("real")
-        await _open(page, prism.info.api_url, "real")
+    async with page_with("real") as prism:
         await page.send("Performance.enable", timeDomain="threadTicks")
         bus = prism.manager.events
         names = [f"load-{n:03d}" for n in range(200)]

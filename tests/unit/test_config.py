@@ -6,7 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from prism.config import HostPort, load_settings, parse_duration
+from prism.config import (
+    AuthMode,
+    DataPlaneChoice,
+    DockerNetwork,
+    HostPort,
+    LogLevel,
+    RuntimeKind,
+    Settings,
+    StorageKind,
+    TlsMode,
+    load_settings,
+    parse_duration,
+)
 from prism.errors import ConfigError
 from tools.gen_config_doc import DOC, render
 
@@ -41,6 +53,7 @@ def test_durations_take_units(text: str, seconds: float) -> None:
         ({"idle_timeout": "soon"}, "invalid duration 'soon'"),
         ({"listen": "nowhere"}, "invalid address 'nowhere'"),
         ({"storage": "floppy"}, "invalid value 'floppy'"),
+        ({"point_in_time_branches": "main|("}, "invalid pattern 'main|('"),
     ],
 )
 def test_bad_values_name_the_setting_and_what_is_allowed(
@@ -50,6 +63,56 @@ def test_bad_values_name_the_setting_and_what_is_allowed(
         load_settings(flags, environ={})
     assert message in caught.value.message
     assert caught.value.hint
+
+
+def test_point_in_time_branches_match_whole_names() -> None:
+    assert load_settings(environ={}).point_in_time_branches.matches("main")
+    pattern = load_settings({"point_in_time_branches": "main|rel-.*"}, environ={})
+    kept = pattern.point_in_time_branches
+    assert [kept.matches(name) for name in ("main", "rel-1", "dev", "mainly")] == [
+        True,
+        True,
+        False,
+        False,
+    ]
+
+
+CHOICES = [
+    ("storage", StorageKind, "auto, btrfs, zfs, reflink, copy"),
+    ("runtime", RuntimeKind, "process, docker"),
+    ("docker_network", DockerNetwork, "auto, host, bridge-ip, published-port"),
+    ("log_level", LogLevel, "debug, info, warning, error"),
+    ("tls", TlsMode, "off, on, required"),
+    ("auth", AuthMode, "verify, passthrough"),
+    ("data_plane", DataPlaneChoice, "auto, pump"),
+]
+
+
+@pytest.mark.parametrize(("name", "kind", "allowed"), CHOICES)
+def test_a_choice_is_parsed_once_into_its_enum(name: str, kind: type, allowed: str) -> None:
+    """From a flag, the environment or code, the setting holds a member, never the text."""
+    last = allowed.split(", ")[-1]
+    from_flag = getattr(load_settings({name: last}, environ={}), name)
+    from_env = getattr(load_settings(environ={f"PRISM_{name.upper()}": last}), name)
+    from_code = getattr(Settings(**{name: last}), name)
+    for value in (from_flag, from_env, from_code):
+        assert type(value) is kind
+        assert value is kind(last)
+    assert type(getattr(Settings(), name)) is kind
+
+
+@pytest.mark.parametrize(("name", "kind", "allowed"), CHOICES)
+def test_a_bad_choice_names_the_value_and_every_allowed_one(
+    name: str, kind: type, allowed: str
+) -> None:
+    for build in (
+        lambda: load_settings({name: "floppy"}, environ={}),
+        lambda: Settings(**{name: "floppy"}),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            build()
+        assert caught.value.message.endswith("invalid value 'floppy'")
+        assert caught.value.hint == f"choose one of: {allowed}"
 
 
 def test_unknown_setting_in_file_is_refused(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ every interleaving the awaits allow is exercised in milliseconds and without rea
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,13 +21,28 @@ from prism.limits import Gate, Limits
 from tests.manager_kit import open_manager
 
 
-async def _try_admit(
-    manager: BranchManager, name: str, admitted: list[ClientSession], refused: list[PrismError]
-) -> None:
-    try:
-        admitted.append(await manager.admit(name, f"client-{name}"))
-    except PrismError as exc:
-        refused.append(exc)
+async def _admit_at_once(
+    manager: BranchManager, names: list[str], *, first: Callable[[str], object] | None = None
+) -> tuple[list[ClientSession], list[PrismError]]:
+    """A client for each of ``names``, all at once: the sessions admitted and the refusals.
+
+    ``first`` runs before each admission, outside it (what the proxy asks before admitting).
+    """
+    admitted: list[ClientSession] = []
+    refused: list[PrismError] = []
+
+    async def connect(name: str) -> None:
+        if first is not None:
+            first(name)
+        try:
+            admitted.append(await manager.admit(name, f"client-{name}"))
+        except PrismError as exc:
+            refused.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for name in names:
+            nursery.start_soon(connect, name)
+    return admitted, refused
 
 
 async def test_max_branches_holds_for_concurrent_first_connections(
@@ -34,16 +50,8 @@ async def test_max_branches_holds_for_concurrent_first_connections(
 ) -> None:
     async with open_manager(tmp_path, max_branches=3, slow=True) as (manager, _, _):
         gate = Gate(manager, Limits())
-        admitted: list[ClientSession] = []
-        refused: list[PrismError] = []
-
-        async def connect(name: str) -> None:
-            gate.may_create(name)  # what the proxy asks first
-            await _try_admit(manager, name, admitted, refused)
-
-        async with trio.open_nursery() as nursery:
-            for i in range(5):
-                nursery.start_soon(connect, f"new-{i}")
+        names = [f"new-{i}" for i in range(5)]
+        admitted, refused = await _admit_at_once(manager, names, first=gate.may_create)
         assert len(admitted) == 2
         assert len(refused) == 3
         assert all(isinstance(exc, LimitExceeded) for exc in refused)
@@ -66,11 +74,7 @@ async def test_max_running_holds_for_concurrent_wakes(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
     async with open_manager(tmp_path, max_running=3, slow=True) as (manager, _, runtime):
-        admitted: list[ClientSession] = []
-        refused: list[PrismError] = []
-        async with trio.open_nursery() as nursery:
-            for i in range(6):
-                nursery.start_soon(_try_admit, manager, f"busy-{i}", admitted, refused)
+        admitted, refused = await _admit_at_once(manager, [f"busy-{i}" for i in range(6)])
         # main plus two branches with clients fit; the rest are told every server has clients.
         assert len(admitted) == 2
         assert all(isinstance(exc, TooManyConnections) for exc in refused)

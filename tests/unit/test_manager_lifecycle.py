@@ -75,3 +75,14 @@ async def test_reconcile_rolls_back_half_made_and_registers_found_branches(
         assert manager.require("found").parent == "main"
         assert sorted(r.name for r in await manager.state.all()) == ["found", "main"]
         assert "main" in runtime.running
+
+
+async def test_reconcile_stops_the_servers_no_branch_owns(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    runtime = FakeRuntime()
+    runtime.strays = ["a postmaster on data/rolled-back"]
+    async with open_manager(tmp_path, runtime=runtime) as (manager, _, _):
+        assert runtime.strays == []
+        assert manager.get("rolled-back") is None
+    assert "belongs to no branch: a postmaster on data/rolled-back" in caplog.text

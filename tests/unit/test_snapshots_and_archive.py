@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import functools
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 import trio
 import trio.testing
 
 from prism.address import BackendAddress
+from prism.config import BranchPattern
 from prism.errors import RuntimeStartFailed
 from prism.events import EventBus
-from prism.pitr import PointInTime, parse_at
+from prism.pitr import PointInTime, SnapshotSource, parse_at
 from prism.snapshots import RETRY_SECONDS, Snapshot, expired, is_due
 from prism.walarchive import WalArchive
 from tests.fakes import FakeStorage
@@ -70,6 +71,17 @@ def test_restore_command_tries_the_archive_then_mains_live_wal(tmp_path: Path) -
     )
 
 
+def test_a_container_archives_and_restores_through_the_paths_it_sees(tmp_path: Path) -> None:
+    archive = WalArchive(tmp_path / "main")
+    inside = PurePosixPath("/var/lib/prism/wal-archive")
+    command = archive.server_settings(standby=False, seen_at=inside)["archive_command"]
+    assert f"{inside}/%f" in command and str(tmp_path) not in command
+    restore = archive.restore_command(PurePosixPath("/r/pg_wal"), seen_at=PurePosixPath("/r/a"))
+    assert restore == (
+        "cp /r/a/%f %p 2>/dev/null || cp /r/pg_wal/%f %p 2>/dev/null || cp /r/a/%f %p"
+    )
+
+
 def test_at_is_rfc_3339_with_a_zone_or_a_duration_before_now() -> None:
     assert parse_at("2026-11-29T07:31:00Z", NOW) == datetime(2026, 11, 29, 7, 31, tzinfo=UTC)
     assert parse_at("-15m", NOW) == NOW - timedelta(minutes=15)
@@ -81,27 +93,23 @@ def test_at_is_rfc_3339_with_a_zone_or_a_duration_before_now() -> None:
 async def test_a_failing_snapshot_is_reported_tried_again_and_leaves_nothing(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
-    """Main that cannot be woken (a fault no real test can cause on demand): the schedule
+    """Main whose server cannot be reached (nothing listens on its port): the schedule
     publishes ``snapshot_failed``, retries a minute later, and never raises."""
     events, storage = EventBus(), FakeStorage(tmp_path / "root")
     kept = PointInTime(tmp_path, storage, events)
-    woken = 0
+    asked: list[str] = []
+    nowhere = BackendAddress(host="127.0.0.1", port=1, service_socket_dir=None)
 
-    async def wake_main() -> BackendAddress:
-        nonlocal woken
-        woken += 1
-        raise RuntimeStartFailed("main would not start")
+    def running(name: str) -> BackendAddress | None:
+        asked.append(name)
+        return nowhere
 
-    async def clone_main(name: str) -> None:
-        raise AssertionError("no clone without main")
+    async def clone(name: str, target: str) -> None:
+        raise AssertionError("no clone without the redo point")
 
+    source = SnapshotSource(names=lambda: ["main", "dev"], running=running, clone=clone)
     run = functools.partial(
-        kept.run,
-        every=3600.0,
-        retention=86400.0,
-        wake_main=wake_main,
-        clone_main=clone_main,
-        superuser="postgres",
+        kept.run, every=3600.0, retention=86400.0, source=source, superuser="postgres"
     )
     failures = []
     async with events.subscribe() as subscription, trio.open_nursery() as nursery:
@@ -113,9 +121,40 @@ async def test_a_failing_snapshot_is_reported_tried_again_and_leaves_nothing(
                 break
         nursery.cancel_scope.cancel()
     assert trio.current_time() - started >= RETRY_SECONDS
-    assert [(e["type"], e["error"]) for e in failures] == 2 * [
-        ("snapshot_failed", "main would not start")
-    ]
-    assert woken == 2
+    assert [(e["type"], e["branch"]) for e in failures] == 2 * [("snapshot_failed", "main")]
+    assert asked == ["main", "main"]  # only main keeps WAL by default: dev is never asked
     assert kept.snapshots() == [] and storage.list() == []
     assert list((tmp_path / "snapshots").iterdir()) == []  # no intent marker left
+
+
+async def test_the_timer_never_starts_a_stopped_branch(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """A stopped branch writes no WAL: the timer skips it, and takes its snapshot once its
+    server has started (it is poked, not a minute or an hour later)."""
+    events, storage = EventBus(), FakeStorage(tmp_path / "root")
+    kept = PointInTime(tmp_path, storage, events, branches=BranchPattern.parse("main|dev"))
+    address: BackendAddress | None = None
+    cloned: list[str] = []
+
+    async def clone(name: str, target: str) -> None:
+        cloned.append(name)
+        raise RuntimeStartFailed("the clone failed")
+
+    source = SnapshotSource(names=lambda: ["dev"], running=lambda name: address, clone=clone)
+    run = functools.partial(
+        kept.run, every=3600.0, retention=86400.0, source=source, superuser="postgres"
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        await trio.sleep(7200)
+        assert cloned == []
+        address = BackendAddress(host="127.0.0.1", port=1, service_socket_dir=None)
+        woken = trio.current_time()
+        async with events.subscribe() as subscription:
+            await kept.started("dev", address)
+            async for event in subscription:
+                assert event["type"] == "snapshot_failed" and event["branch"] == "dev"
+                break
+        assert trio.current_time() - woken < 1
+        nursery.cancel_scope.cancel()

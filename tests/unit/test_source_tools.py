@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from prism.config import DockerNetwork
 from prism.errors import ConfigError
 from prism.pgbin import version_in
 from prism.runtime._docker_image import image_user
@@ -39,14 +40,14 @@ def test_the_image_user_is_postgres_from_its_passwd() -> None:
 @pytest.mark.parametrize("host", ["db.internal", "10.0.0.5", "172.17.0.1"])
 @pytest.mark.parametrize("mode", ["host", "bridge-ip", "published-port"])
 def test_a_routable_source_is_reachable_on_every_network(host: str, mode: str) -> None:
-    require_reachable(host, mode)  # type: ignore[arg-type]
+    require_reachable(host, DockerNetwork(mode))
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1"])
 def test_a_loopback_source_needs_the_hosts_network(host: str) -> None:
-    require_reachable(host, "host")
+    require_reachable(host, DockerNetwork.HOST)
     with pytest.raises(ConfigError) as refused:
-        require_reachable(host, "bridge-ip")
+        require_reachable(host, DockerNetwork.BRIDGE_IP)
     assert "loopback" in refused.value.message
     assert refused.value.hint is not None and "--docker-network host" in refused.value.hint
 
@@ -54,4 +55,4 @@ def test_a_loopback_source_needs_the_hosts_network(host: str) -> None:
 @pytest.mark.parametrize("host", [None, "/var/run/postgresql"])
 def test_a_unix_socket_source_is_refused_with_the_docker_runtime(host: str | None) -> None:
     with pytest.raises(ConfigError, match="Unix socket"):
-        require_reachable(host, "host")
+        require_reachable(host, DockerNetwork.HOST)

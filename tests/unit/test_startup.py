@@ -64,9 +64,9 @@ def messages(data: bytes) -> list[wire.Message]:
 def ready_backend_tail(pid: int = 1234, secret: bytes = b"abcd") -> bytes:
     """What a server sends after AuthenticationOk, up to ReadyForQuery."""
     return (
-        wire.parameter_status("server_version", "18.0")
-        + wire.backend_key_data(pid, secret)
-        + wire.ready_for_query()
+        wire.ParameterStatus("server_version", "18.0").encode()
+        + wire.BackendKeyData(pid, secret).encode()
+        + wire.ReadyForQuery().encode()
     )
 
 
@@ -91,7 +91,7 @@ def prove(
     [cont] = messages(machine.data_for_client())
     server_first = wire.Authentication.decode(cont.payload)
     assert server_first.code == wire.AuthCode.SASL_CONTINUE
-    machine.receive_client(wire.password_message(client.client_final(server_first.data)))
+    machine.receive_client(wire.PasswordMessage(client.client_final(server_first.data)).encode())
     try:
         return machine, machine.next_event()
     except scram.AuthenticationFailed as exc:
@@ -138,7 +138,7 @@ def test_full_scram_login_answers_the_server_with_the_clients_key_and_rewrites_t
     [final] = messages(machine.data_for_backend())
     machine.receive_backend(
         wire.Authentication(wire.AuthCode.SASL_FINAL, server.server_final(final.payload)).encode()
-        + wire.authentication_ok()
+        + wire.Authentication(wire.AuthCode.OK).encode()
         + ready_backend_tail(pid=1234, secret=b"abcd")
     )
     assert machine.next_event() == IssueKey(1234, b"abcd")
@@ -189,7 +189,10 @@ def test_a_newer_minor_and_pq_options_get_one_negotiate_protocol_version() -> No
     machine.receive_client(startup_packet("alice", ("_pq_.compression", "on"), minor=9))
     event = machine.next_event()
     assert isinstance(event, Admit)
-    assert machine.data_for_client() == wire.negotiate_protocol_version(2, ["_pq_.compression"])
+    assert (
+        machine.data_for_client()
+        == wire.NegotiateProtocolVersion(2, ("_pq_.compression",)).encode()
+    )
     assert machine.protocol_minor == 2
     # The backend is asked for what the client was told, without the options.
     assert event.route.startup.version == (3, 2)
@@ -203,7 +206,7 @@ def test_negotiation_goes_out_before_a_missing_user_is_refused() -> None:
     )
     with pytest.raises(PrismError):
         machine.next_event()
-    assert machine.data_for_client() == wire.negotiate_protocol_version(2, [])
+    assert machine.data_for_client() == wire.NegotiateProtocolVersion(2).encode()
 
 
 def test_a_cancel_request_is_an_event_and_gets_no_answer() -> None:
@@ -220,7 +223,7 @@ def test_a_backend_error_during_login_is_relayed_and_refuses_the_session() -> No
     machine.connected()
     assert machine.next_event() == NEED_BACKEND_DATA
     machine.data_for_backend()
-    error = wire.error_response(sqlstate="3D000", message='database "x" does not exist')
+    error = wire.ErrorResponse(sqlstate="3D000", message='database "x" does not exist').encode()
     machine.receive_backend(error)
     assert machine.next_event() == Refused()
     assert machine.data_for_client() == error
@@ -249,7 +252,7 @@ def test_passthrough_relays_a_password_challenge_and_the_clients_answer() -> Non
     machine.receive_backend(challenge)
     assert machine.next_event() == NEED_CLIENT_DATA
     assert machine.data_for_client() == challenge
-    answer = wire.password_message(b"secret\0")
+    answer = wire.PasswordMessage(b"secret\0").encode()
     machine.receive_client(answer)
     assert machine.next_event() == NEED_BACKEND_DATA
     assert machine.data_for_backend() == answer
@@ -257,13 +260,15 @@ def test_passthrough_relays_a_password_challenge_and_the_clients_answer() -> Non
 
 def test_bytes_pipelined_after_the_startup_packet_belong_to_the_session() -> None:
     machine = Startup(StartupConfig())
-    query = wire.query("select 1")
+    query = wire.Query("select 1").encode()
     machine.receive_client(startup_packet() + query)
     assert isinstance(machine.next_event(), Admit)
     machine.connected()
     machine.next_event()
-    notice = wire.notice_response(message="first words of the session")
-    machine.receive_backend(wire.authentication_ok() + ready_backend_tail() + notice)
+    notice = wire.NoticeResponse(message="first words of the session").encode()
+    machine.receive_backend(
+        wire.Authentication(wire.AuthCode.OK).encode() + ready_backend_tail() + notice
+    )
     assert isinstance(machine.next_event(), IssueKey)
     machine.key_issued(1, b"1234")
     assert machine.next_event() == Ready()
@@ -343,11 +348,13 @@ def test_the_servers_own_negotiation_is_absorbed() -> None:
     machine.connected()
     machine.next_event()
     machine.receive_backend(
-        wire.negotiate_protocol_version(2, []) + wire.authentication_ok() + ready_backend_tail()
+        wire.NegotiateProtocolVersion(2).encode()
+        + wire.Authentication(wire.AuthCode.OK).encode()
+        + ready_backend_tail()
     )
     assert isinstance(machine.next_event(), IssueKey)
     machine.key_issued(1, b"1234")
     assert machine.next_event() == Ready()
     sent = messages(machine.data_for_client())
     assert [m.type for m in sent] == [b"R", b"S", b"K", b"Z"]
-    assert told == wire.negotiate_protocol_version(2, [])
+    assert told == wire.NegotiateProtocolVersion(2).encode()

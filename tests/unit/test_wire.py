@@ -220,7 +220,7 @@ def test_protocol_0_0_and_newer_ones_are_refused_in_the_3_0_format(code: int) ->
     """Postgres reads 0 as "no protocol chosen yet" and answers it as 3.0."""
     answer = wire.error_from(violation(packet(code, b"user\0u\0\0")))
     assert answer[:1] == b"E"
-    assert wire.parse_error_fields(answer[5:])["C"] == "0A000"
+    assert wire.ErrorResponse.decode(answer[5:]).sqlstate == "0A000"
 
 
 def test_the_code_is_judged_only_once_the_whole_packet_is_in() -> None:
@@ -287,59 +287,63 @@ def test_protocol_violation_is_sticky() -> None:
 
 
 def test_error_response_is_byte_exact() -> None:
-    raw = wire.error_response(sqlstate="08P01", message="bad", hint="h", detail="d")
+    raw = wire.ErrorResponse(sqlstate="08P01", message="bad", hint="h", detail="d").encode()
     payload = b"SFATAL\0VFATAL\0C08P01\0Mbad\0Dd\0Hh\0\0"
     assert raw == b"E" + struct.pack("!i", len(payload) + 4) + payload
 
 
-def test_error_response_round_trips_through_the_parser() -> None:
-    raw = wire.error_response(severity="ERROR", sqlstate="42602", message="nope")
+def test_error_response_round_trips_through_the_reader() -> None:
+    error = wire.ErrorResponse(severity="ERROR", sqlstate="42602", message="nope")
+    raw = error.encode()
     reader = MessageReader()
     reader.feed(raw)
     message = reader.next_message()
     assert message is not None
     assert message.type == b"E"
     assert message.raw == raw
-    fields = wire.parse_error_fields(message.payload)
-    assert fields == {"S": "ERROR", "V": "ERROR", "C": "42602", "M": "nope"}
+    assert wire.ErrorResponse.decode(message.payload) == error
 
 
 def test_error_from_carries_a_prism_errors_sqlstate_message_and_hint() -> None:
     exc = InvalidBranchName("invalid branch name '..'", hint="use letters")
     raw = wire.error_from(exc)
-    fields = wire.parse_error_fields(raw[5:])
-    assert fields == {
-        "S": "FATAL",
-        "V": "FATAL",
-        "C": "42602",
-        "M": "invalid branch name '..'",
-        "H": "use letters",
-    }
+    assert raw[:1] == b"E"
+    assert wire.ErrorResponse.decode(raw[5:]) == wire.ErrorResponse(
+        severity="FATAL", sqlstate="42602", message="invalid branch name '..'", hint="use letters"
+    )
+
+
+def test_error_response_reads_a_servers_unlocalized_severity_and_skips_other_fields() -> None:
+    payload = b"SFEHLER\0VERROR\0C42P01\0Mno table\0Fparse.c\0L42\0\0"
+    error = wire.ErrorResponse.decode(payload)
+    assert (error.severity, error.sqlstate, error.message) == ("ERROR", "42P01", "no table")
 
 
 def test_nul_in_error_text_cannot_end_the_field_early() -> None:
-    fields = wire.parse_error_fields(wire.error_response(sqlstate="X", message="a\0Mevil")[5:])
-    assert fields["M"] == "a\\0Mevil"
+    raw = wire.ErrorResponse(sqlstate="X", message="a\0Mevil").encode()
+    assert wire.ErrorResponse.decode(raw[5:]).message == "a\\0Mevil"
 
 
 def test_notice_response_defaults() -> None:
-    fields = wire.parse_error_fields(wire.notice_response(message="hi")[5:])
-    assert fields == {"S": "NOTICE", "V": "NOTICE", "C": "00000", "M": "hi"}
-    assert wire.notice_response(message="hi")[:1] == b"N"
+    raw = wire.NoticeResponse(message="hi").encode()
+    assert raw[:1] == b"N"
+    assert raw[5:] == b"SNOTICE\0VNOTICE\0C00000\0Mhi\0\0"
 
 
 def test_small_server_messages_are_byte_exact() -> None:
-    assert wire.ready_for_query() == b"Z\0\0\0\x05I"
-    assert wire.ready_for_query(b"T") == b"Z\0\0\0\x05T"
-    assert wire.authentication_ok() == b"R\0\0\0\x08\0\0\0\0"
-    assert wire.backend_key_data(42, b"abcd") == b"K\0\0\0\x0c\0\0\0\x2aabcd"
-    assert wire.parameter_status("a", "b") == b"S\0\0\0\x08a\0b\0"
+    assert wire.ReadyForQuery().encode() == b"Z\0\0\0\x05I"
+    assert wire.ReadyForQuery(b"T").encode() == b"Z\0\0\0\x05T"
+    assert wire.Authentication(wire.AuthCode.OK).encode() == b"R\0\0\0\x08\0\0\0\0"
+    assert wire.BackendKeyData(42, b"abcd").encode() == b"K\0\0\0\x0c\0\0\0\x2aabcd"
+    assert wire.ParameterStatus("a", "b").encode() == b"S\0\0\0\x08a\0b\0"
     with pytest.raises(ValueError):
-        wire.ready_for_query(b"X")
+        wire.ReadyForQuery(b"X")
+    with pytest.raises(ProtocolViolation):
+        wire.ReadyForQuery.decode(b"X")
 
 
 def test_negotiate_protocol_version_sends_the_full_version_number() -> None:
-    raw = wire.negotiate_protocol_version(0, ["_pq_.a", "_pq_.b"])
+    raw = wire.NegotiateProtocolVersion(0, ("_pq_.a", "_pq_.b")).encode()
     payload = struct.pack("!ii", 196608, 2) + b"_pq_.a\0_pq_.b\0"
     assert raw == b"v" + struct.pack("!i", len(payload) + 4) + payload
 
@@ -348,7 +352,8 @@ def test_negotiate_protocol_version_sends_the_full_version_number() -> None:
 
 
 def test_message_reader_frames_several_messages_across_chunks() -> None:
-    stream = wire.query("select 1") + wire.terminate() + wire.password_message(b"pw\0")
+    stream = wire.Query("select 1").encode() + wire.Terminate().encode()
+    stream += wire.PasswordMessage(b"pw\0").encode()
     reader = MessageReader()
     got: list[Message] = []
     for i in range(0, len(stream), 3):
@@ -370,64 +375,95 @@ def test_message_with_impossible_length_is_refused(length: int) -> None:
         reader.next_message()
 
 
-def test_parse_backend_key_data() -> None:
-    assert wire.parse_backend_key_data(wire.backend_key_data(99, b"wxyz")[5:]) == (99, b"wxyz")
+def test_backend_key_data_refuses_a_short_secret() -> None:
     with pytest.raises(ProtocolViolation):
-        wire.parse_backend_key_data(b"\0\0")
-
-
-def row_description(names: list[bytes]) -> bytes:
-    out = struct.pack("!h", len(names))
-    for name in names:
-        out += name + b"\0" + struct.pack("!ihihih", 0, 0, 25, -1, -1, 0)
-    return out
-
-
-def test_parse_row_description_returns_column_names() -> None:
-    assert wire.parse_row_description(row_description([b"a", b"b c"])) == ["a", "b c"]
+        wire.BackendKeyData.decode(b"\0\0")
     with pytest.raises(ProtocolViolation):
-        wire.parse_row_description(row_description([b"a"])[:-1])
+        wire.BackendKeyData.decode(struct.pack("!i", 1) + b"abc")
 
 
-def test_parse_data_row_turns_minus_one_length_into_none() -> None:
+def test_data_row_turns_minus_one_length_into_none() -> None:
     payload = struct.pack("!h", 3) + struct.pack("!i", 2) + b"hi" + struct.pack("!i", -1)
     payload += struct.pack("!i", 0)
-    assert wire.parse_data_row(payload) == [b"hi", None, b""]
+    assert wire.DataRow.decode(payload).values == (b"hi", None, b"")
     with pytest.raises(ProtocolViolation):
-        wire.parse_data_row(struct.pack("!hi", 1, 5) + b"abc")
+        wire.DataRow.decode(struct.pack("!hi", 1, 5) + b"abc")
 
 
-def test_parse_command_complete_and_parameter_status() -> None:
-    assert wire.parse_command_complete(b"SELECT 1\0") == "SELECT 1"
-    assert wire.parse_parameter_status(wire.parameter_status("TimeZone", "UTC")[5:]) == (
-        "TimeZone",
-        "UTC",
+def test_parameter_status_refuses_trailing_bytes() -> None:
+    with pytest.raises(ProtocolViolation):
+        wire.ParameterStatus.decode(b"a\0b\0c")
+
+
+def test_authentication_decodes_code_and_data() -> None:
+    assert wire.Authentication.decode(struct.pack("!i", 5) + b"salt") == wire.Authentication(
+        wire.AuthCode.MD5_PASSWORD, b"salt"
     )
     with pytest.raises(ProtocolViolation):
-        wire.parse_command_complete(b"SELECT 1")
+        wire.Authentication.decode(b"\0")
 
 
-def test_parse_authentication() -> None:
-    assert wire.parse_authentication(wire.authentication_ok()[5:]) == (0, b"")
-    assert wire.parse_authentication(struct.pack("!i", 5) + b"salt") == (5, b"salt")
+def test_error_fields_refuse_unterminated_payloads() -> None:
     with pytest.raises(ProtocolViolation):
-        wire.parse_authentication(b"\0")
-
-
-def test_parse_error_fields_refuses_unterminated_payloads() -> None:
+        wire.ErrorResponse.decode(b"Mabc")
     with pytest.raises(ProtocolViolation):
-        wire.parse_error_fields(b"Mabc")
-    with pytest.raises(ProtocolViolation):
-        wire.parse_error_fields(b"Mabc\0")
+        wire.ErrorResponse.decode(b"Mabc\0")
 
 
-def test_client_builders_are_byte_exact() -> None:
-    assert wire.query("select 1") == b"Q\0\0\0\x0dselect 1\0"
-    assert wire.terminate() == b"X\0\0\0\x04"
-    assert wire.password_message(b"x\0") == b"p\0\0\0\x06x\0"
-    assert wire.sasl_initial_response("M", b"ab") == b"p\0\0\0\x0cM\0\0\0\0\x02ab"
+def test_client_messages_are_byte_exact() -> None:
+    assert wire.Query("select 1").encode() == b"Q\0\0\0\x0dselect 1\0"
+    assert wire.Terminate().encode() == b"X\0\0\0\x04"
+    assert wire.PasswordMessage(b"x\0").encode() == b"p\0\0\0\x06x\0"
+    assert wire.SASLInitialResponse("M", b"ab").encode() == b"p\0\0\0\x0cM\0\0\0\0\x02ab"
     with pytest.raises(ValueError):
-        wire.query("select\0")
+        wire.Query("select\0")
+
+
+ROUND_TRIPS = [
+    wire.ErrorResponse(sqlstate="57P01", message="bye", detail="d", hint="h"),
+    wire.ErrorResponse(severity="ERROR", sqlstate="42601", message="syntax"),
+    wire.NoticeResponse(message="hello"),
+    wire.NoticeResponse(severity="WARNING", sqlstate="01000", message="careful", hint="h"),
+    wire.ReadyForQuery(b"E"),
+    wire.ParameterStatus("TimeZone", "UTC"),
+    wire.BackendKeyData(7, bytes(range(32))),
+    wire.Authentication(wire.AuthCode.SASL, b"SCRAM-SHA-256\0\0"),
+    wire.NegotiateProtocolVersion(2, ("_pq_.a",)),
+    wire.NegotiateProtocolVersion(0),
+    wire.PasswordMessage(b"secret\0"),
+    wire.SASLInitialResponse("SCRAM-SHA-256", b"n,,n=,r=abc"),
+    wire.DataRow((b"1", None, b"")),
+    wire.Query("select 1"),
+    wire.Terminate(),
+    wire.CopyFail("no"),
+]
+
+
+@pytest.mark.parametrize("message", ROUND_TRIPS, ids=lambda m: type(m).__name__)
+def test_typed_messages_round_trip(message: wire.TypedMessage) -> None:
+    """Encode then decode gives the same message back."""
+    reader = MessageReader()
+    reader.feed(message.encode())
+    framed = reader.next_message()
+    assert framed is not None
+    assert reader.pending() == b""
+    assert type(message).decode(framed.payload) == message
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        SSLRequest(),
+        GSSENCRequest(),
+        CancelRequest(42, b"abcd"),
+        CancelRequest(-1, bytes(256)),
+        StartupMessage(wire.PROTOCOL_3_0, (("user", "u"), ("database", "d"))),
+    ],
+    ids=lambda p: type(p).__name__,
+)
+def test_startup_packets_round_trip(packet: wire.StartupPacket) -> None:
+    """Encode then read gives the same packet back."""
+    assert read_one(packet.encode()) == packet
 
 
 # ---- properties -----------------------------------------------------------------------------
@@ -468,15 +504,7 @@ def test_any_bytes_in_any_chunking_frame_or_fail_cleanly(data: bytes, cuts: list
 
 @given(st.binary(max_size=200))
 def test_payload_parsers_never_crash(payload: bytes) -> None:
-    parsers = [
-        wire.parse_error_fields,
-        wire.parse_backend_key_data,
-        wire.parse_row_description,
-        wire.parse_data_row,
-        wire.parse_command_complete,
-        wire.parse_parameter_status,
-        wire.parse_authentication,
-    ]
+    parsers = [kind.decode for kind in dict.fromkeys(type(m) for m in ROUND_TRIPS)]
     for parse in parsers:
         with contextlib.suppress(ProtocolViolation):
             parse(payload)

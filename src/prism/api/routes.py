@@ -244,14 +244,17 @@ def register_routes(
 
     @app.get(f"{PREFIX}/branches/<name>/snapshots")
     async def list_snapshots(name: str) -> Response:
-        """The snapshots kept of ``name`` (main only) and the window ``at`` may name."""
+        """The snapshots kept of ``name``, whether it keeps WAL, and the window ``at`` may
+        name."""
         manager.require(name)
         kept = manager.point_in_time
-        snapshots = [] if kept is None or name != MAIN_BRANCH else kept.snapshots()
+        keeps_wal = kept is not None and kept.keeps_wal(name)
+        snapshots = kept.snapshots(name) if kept is not None and keeps_wal else []
         window = None
         if snapshots:
             window = {"start": precise_time(snapshots[0].taken_at), "end": precise_time(utcnow())}
-        return jsonify({"snapshots": [snapshot.view() for snapshot in snapshots], "window": window})
+        shown = [snapshot.view() for snapshot in snapshots]
+        return jsonify({"snapshots": shown, "window": window, "keeps_wal": keeps_wal})
 
     @app.get(f"{PREFIX}/branches/<name>/diff")
     async def diff_branch(name: str) -> Response:

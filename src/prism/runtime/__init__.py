@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prism.config import Settings
+from prism.config import RuntimeKind, Settings
 from prism.errors import ConfigError
 from prism.runtime.base import Runtime
 
 
 async def open_runtime(settings: Settings, data_dir: Path) -> Runtime:
     """Build the runtime named by ``settings.runtime`` for a Prism whose data is in ``data_dir``."""
-    if settings.runtime == "process":
+    if settings.runtime is RuntimeKind.PROCESS:
         from prism.pgbin import resolve_pg_installs
         from prism.runtime.process import ProcessRuntime
 
@@ -25,8 +25,8 @@ async def open_runtime(settings: Settings, data_dir: Path) -> Runtime:
             start_timeout=settings.start_timeout,
             stop_timeout=settings.stop_timeout,
         )
-    if settings.runtime == "docker":
+    if settings.runtime is RuntimeKind.DOCKER:
         from prism.runtime.docker import open_docker_runtime
 
         return await open_docker_runtime(settings, data_dir)
-    raise ConfigError(f"unknown runtime {settings.runtime!r}", hint="choose process or docker")
+    raise ConfigError(f"unknown runtime '{settings.runtime}'", hint="choose process or docker")

@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, TypeVar
 
 import docker
 import docker.errors
@@ -22,13 +22,12 @@ import requests.exceptions
 import trio
 from docker.models.containers import Container
 
+from prism.config import DockerNetwork
 from prism.errors import ConfigError, PrismError, RuntimeStartFailed
 from prism.runtime._postmaster import last_lines
 
 log = logging.getLogger(__name__)
 
-NetworkMode = Literal["auto", "host", "bridge-ip", "published-port"]
-_NETWORK_MODES: tuple[str, ...] = ("auto", "host", "bridge-ip", "published-port")
 
 # Prism's marks on what it creates in the engine, so a restarted Prism finds it again.
 LABEL_MANAGED = "prism.managed"
@@ -59,18 +58,21 @@ class EngineUnreachable(RuntimeStartFailed):
 class DockerEngine:
     """The docker runtime's connection to one engine (``docker_host``, else the environment's)."""
 
-    def __init__(self, *, docker_host: str | None = None, network_mode: str = "auto") -> None:
-        if network_mode not in _NETWORK_MODES:
+    def __init__(
+        self, *, docker_host: str | None = None, network_mode: str = DockerNetwork.AUTO
+    ) -> None:
+        try:
+            self._network_mode = DockerNetwork(network_mode)
+        except ValueError:
             raise ConfigError(
                 f"unknown docker network mode {network_mode!r}",
-                hint=f"choose one of: {', '.join(_NETWORK_MODES)}",
-            )
+                hint=f"choose one of: {', '.join(DockerNetwork)}",
+            ) from None
         self._docker_host = docker_host
-        self._network_mode = network_mode
         self._client: docker.DockerClient | None = None
         self.local_engine = False
         """The engine shares this Linux kernel: its /proc pids and bind mounts mean something."""
-        self._mode: NetworkMode | None = None
+        self._mode: DockerNetwork | None = None
 
     async def call(
         self,
@@ -135,10 +137,10 @@ class DockerEngine:
         )
         self.local_engine = sys.platform.startswith("linux") and local_socket and not desktop
         routable = self.local_engine and not rootless
-        if self._network_mode == "auto":
-            self._mode = "host" if routable else "published-port"
+        if self._network_mode is DockerNetwork.AUTO:
+            self._mode = DockerNetwork.HOST if routable else DockerNetwork.PUBLISHED_PORT
         else:
-            self._mode = cast(NetworkMode, self._network_mode)
+            self._mode = self._network_mode
         log.info(
             "docker engine version=%s os=%r network=%s (asked: %s) service_socket=%s",
             engine.get("ServerVersion"),
@@ -158,7 +160,7 @@ class DockerEngine:
         assert self._client is not None, "connect before using the engine"
         return self._client.containers
 
-    async def network(self) -> NetworkMode:
+    async def network(self) -> DockerNetwork:
         """How containers are reached: the asked mode, or what ``auto`` chose for this engine."""
         await self.connect()
         assert self._mode is not None

@@ -22,9 +22,10 @@ import trio
 from docker.models.containers import Container
 from docker.types import Mount
 
+from prism.config import DockerNetwork
 from prism.errors import ConfigError, RuntimeStartFailed
 from prism.pgbin import version_in
-from prism.runtime._docker_engine import LABEL_MANAGED, DockerEngine, NetworkMode
+from prism.runtime._docker_engine import LABEL_MANAGED, DockerEngine
 from prism.runtime._docker_image import ImageInfo, Images, image_user, wrong_major
 from prism.source.tools import LineSplitter, Tools
 
@@ -36,7 +37,7 @@ LABEL_SOURCE_DIR = "prism.source-dir"
 _LOOPBACK_HOSTS = ("localhost", "127.", "::1")
 
 
-def require_reachable(host: str | None, mode: NetworkMode) -> None:
+def require_reachable(host: str | None, mode: DockerNetwork) -> None:
     """Refuse a source a container on the ``mode`` network cannot reach (sans-IO).
 
     On the host's network a container reaches what Prism reaches. On a bridge, 127.0.0.1 is
@@ -49,7 +50,7 @@ def require_reachable(host: str | None, mode: NetworkMode) -> None:
             "cannot reach",
             hint="give --source a TCP host (host=... port=...) the containers reach",
         )
-    if mode != "host" and host.startswith(_LOOPBACK_HOSTS):
+    if mode is not DockerNetwork.HOST and host.startswith(_LOOPBACK_HOSTS):
         raise ConfigError(
             f"the source at {host} is on this host's loopback, which containers on the "
             f"{mode} network cannot reach",
@@ -68,7 +69,7 @@ class ContainerSourceTools:
         images: Images,
         *,
         directory: Path,
-        mode: NetworkMode,
+        mode: DockerNetwork,
         server_log: Callable[[], Awaitable[str]],
     ) -> None:
         self._engine = engine
@@ -154,7 +155,7 @@ class ContainerSourceTools:
             # The image's PATH finds its programs; the host's would not.
             environment={name: value for name, value in env.items() if name != "PATH"},
             mounts=[Mount(str(path), str(path), type="bind") for path in dict.fromkeys(shares)],
-            network_mode="host" if self._mode == "host" else None,
+            network_mode="host" if self._mode is DockerNetwork.HOST else None,
             labels={LABEL_MANAGED: "true", LABEL_SOURCE_DIR: str(self._directory)},
         )
         stderr: list[bytes] = []

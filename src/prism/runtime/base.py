@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from prism.address import BackendAddress
+
+
+@dataclass(frozen=True)
+class BindMount:
+    """A host directory a containerised server sees at ``target``."""
+
+    source: Path
+    target: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class ServerExtras:
+    """Settings and mounts one server is started with beyond Prism's own (the WAL archive a
+    container writes, the archive a recovering container reads); the settings name paths as
+    the server sees them."""
+
+    settings: dict[str, str]
+    mounts: tuple[BindMount, ...] = ()
 
 
 @runtime_checkable
@@ -44,6 +64,14 @@ class Runtime(Protocol):
 
     async def adopt(self, branch: str, pgdata: Path) -> BackendAddress | None:
         """Take over a server of ``branch`` left running by an earlier Prism; None if none."""
+        ...
+
+    async def reap_strays(self, root: Path) -> list[str]:
+        """Stop every server on a directory under ``root`` that no branch owns; describe each.
+
+        Start-up reconcile calls it after adopting what belongs to known branches: what is
+        still running then serves a rolled-back clone or a directory already gone.
+        """
         ...
 
     def address(self, branch: str) -> BackendAddress | None:

@@ -41,6 +41,7 @@ import functools
 import logging
 import stat
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,7 @@ from docker.types import Mount
 
 from prism import serverconf
 from prism.address import BackendAddress
+from prism.config import DockerNetwork
 from prism.errors import ConfigError, PrismError, RuntimeStartFailed, RuntimeStopFailed
 from prism.names import MAIN_BRANCH
 from prism.pgbin import embedded_bin_dir, server_version
@@ -64,7 +66,6 @@ from prism.runtime._docker_engine import (
     LABEL_PORT,
     LABEL_SOCKET_DIR,
     DockerEngine,
-    NetworkMode,
 )
 from prism.runtime._docker_image import DEFAULT_IMAGE, MAJOR_FIELD, ImageInfo, Images
 from prism.runtime._docker_tools import ContainerSourceTools, require_reachable
@@ -78,6 +79,7 @@ from prism.runtime._postmaster import (
     socket_dir_for,
     start_ticks,
 )
+from prism.runtime.base import BindMount, ServerExtras
 
 if TYPE_CHECKING:
     from prism.config import Settings
@@ -104,16 +106,16 @@ class _Launch:
     pgdata: Path
     parent: str | None
     info: ImageInfo
-    mode: NetworkMode
+    mode: DockerNetwork
     uid: int
     gid: int
     socket_dir: Path | None
     # The settings Prism overrides on this data (serverconf); the image's libraries are unknown,
     # so shared_preload_libraries is left alone.
     owned: dict[str, str]
-    # Host directories the server reads, mounted read-only at their host paths (main's
+    # Host directories beyond the data and socket ones (a WAL archive: prism.pitr; main's
     # passfile for its walreceiver, when it follows a source).
-    shares: tuple[Path, ...] = ()
+    mounts: tuple[BindMount, ...] = ()
 
 
 @dataclass
@@ -140,7 +142,7 @@ class DockerRuntime:
         *,
         run_dir: Path,
         image: str = DEFAULT_IMAGE,
-        network_mode: str = "auto",
+        network_mode: str = DockerNetwork.AUTO,
         start_timeout: float = 60.0,
         stop_timeout: float = 30.0,
         docker_host: str | None = None,
@@ -154,7 +156,10 @@ class DockerRuntime:
         self._engine = DockerEngine(docker_host=docker_host, network_mode=network_mode)
         self._images = Images(self._engine, image, default_major)
         self._servers: dict[str, _Server] = {}
-        self._main_shares: tuple[Path, ...] = ()
+        self.extras_for: Callable[[str, Path, str | None], ServerExtras] | None = None
+        """Extra settings and mounts of one branch's container (its WAL archive), asked where
+        a start is prepared (blocking); the settings win over the ones Prism overrides."""
+        self._main_mounts: tuple[BindMount, ...] = ()
 
     # --- the Runtime contract ----------------------------------------------------------------
 
@@ -190,8 +195,12 @@ class DockerRuntime:
         owned = serverconf.overrides(configured, has_library=None)
         if socket_dir is not None:
             owned.update(await trio.to_thread.run_sync(_prism_files, socket_dir, (uid, gid)))
-        shares = self._main_shares if branch == MAIN_BRANCH else ()
-        spec = _Launch(branch, pgdata, parent, info, mode, uid, gid, socket_dir, owned, shares)
+        extras = ServerExtras({})
+        if self.extras_for is not None:
+            extras = await trio.to_thread.run_sync(self.extras_for, branch, pgdata, parent)
+        owned.update(extras.settings)
+        mounts = extras.mounts + (self._main_mounts if branch == MAIN_BRANCH else ())
+        spec = _Launch(branch, pgdata, parent, info, mode, uid, gid, socket_dir, owned, mounts)
         launch = functools.partial(self._launch_on_a_free_port, spec)
         try:
             try:
@@ -356,7 +365,7 @@ class DockerRuntime:
             server_log=functools.partial(self.server_log, MAIN_BRANCH),
         )
         await tools.open()
-        self._main_shares = (directory,)
+        self._main_mounts = (BindMount(directory, str(directory), read_only=True),)
         return tools
 
     async def server_log(self, branch: str) -> str:
@@ -400,7 +409,7 @@ class DockerRuntime:
         """``_launch`` with a fresh port, again if another process took the port first."""
         for attempt in range(1, _PORT_ATTEMPTS + 1):
             # On the bridge each container has its own address; elsewhere ports are shared.
-            port = _CONTAINER_PORT if spec.mode == "bridge-ip" else free_port()
+            port = _CONTAINER_PORT if spec.mode is DockerNetwork.BRIDGE_IP else free_port()
             try:
                 return await self._launch(spec, port)
             except PortTaken:
@@ -418,11 +427,13 @@ class DockerRuntime:
         branch, pgdata, info, mode = spec.branch, spec.pgdata, spec.info, spec.mode
         name = f"{CONTAINER_PREFIX}{branch}"
         # With the host's network the server shares the host's loopback: listen there only.
-        listen = LOOPBACK if mode == "host" else "*"
+        listen = LOOPBACK if mode is DockerNetwork.HOST else "*"
         command = ["-D", info.pgdata, *serverconf.as_flags(spec.owned)]
         command += ["-c", f"listen_addresses={listen}", "-c", f"port={port}"]
         mounts = [Mount(info.pgdata, str(pgdata), type="bind")]
-        mounts += [Mount(str(path), str(path), type="bind", read_only=True) for path in spec.shares]
+        mounts += [
+            Mount(m.target, str(m.source), type="bind", read_only=m.read_only) for m in spec.mounts
+        ]
         labels = {
             LABEL_MANAGED: "true",
             LABEL_BRANCH: branch,
@@ -442,12 +453,12 @@ class DockerRuntime:
             ]
         else:
             command += ["-c", "unix_socket_directories="]
-        published = mode == "published-port"
+        published = mode is DockerNetwork.PUBLISHED_PORT
         api = self._engine.api()
         host_config = api.create_host_config(
             mounts=mounts,
             port_bindings={port: (LOOPBACK, port)} if published else None,
-            network_mode="host" if mode == "host" else None,
+            network_mode="host" if mode is DockerNetwork.HOST else None,
             shm_size=self._shm_size,
         )
         before = _pidfile_stamp(pgdata)
@@ -581,9 +592,9 @@ class DockerRuntime:
         """The address and liveness handle of a started (or adopted) container."""
         labels = container.labels
         attrs = container.attrs
-        mode = labels.get(LABEL_NETWORK, "bridge-ip")
+        mode = labels.get(LABEL_NETWORK, DockerNetwork.BRIDGE_IP)
         port = int(labels.get(LABEL_PORT, _CONTAINER_PORT))
-        if mode in ("published-port", "host"):
+        if mode in (DockerNetwork.PUBLISHED_PORT, DockerNetwork.HOST):
             host = LOOPBACK
         else:
             host = _container_ip(attrs)

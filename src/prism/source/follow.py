@@ -16,7 +16,7 @@ from pathlib import Path
 
 import trio
 
-from prism.config import Settings
+from prism.config import RuntimeKind, Settings
 from prism.errors import ConfigError
 from prism.events import EventBus
 from prism.names import MAIN_BRANCH
@@ -183,7 +183,7 @@ async def open_source(
     conninfo = parse_conninfo(settings.source)
     directory = data_dir / "source"
     tools: SourceTools
-    if settings.runtime == "docker":
+    if settings.runtime is RuntimeKind.DOCKER:
         from prism.runtime.docker import DockerRuntime
 
         assert isinstance(runtime, DockerRuntime), "the docker runtime follows with its own tools"

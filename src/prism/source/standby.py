@@ -38,6 +38,12 @@ def is_standby(pgdata: Path) -> bool:
     return (pgdata / "standby.signal").exists()
 
 
+def is_recovering(pgdata: Path) -> bool:
+    """Whether the server on ``pgdata`` will start in archive recovery (a clone to a time, or
+    of a standby, that has not promoted yet)."""
+    return (pgdata / "recovery.signal").exists()
+
+
 def make_standby(pgdata: Path, *, primary_conninfo: str, slot: str | None) -> None:
     """Configure main, fresh from a base backup, to follow the source."""
     lines = [

@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any, Protocol, cast, runtime_checkable
 
+from prism.config import StorageKind
 from prism.errors import ConfigError
 from prism.storage._probe import probe_and_choose
 from prism.storage.base import Storage
@@ -23,14 +24,14 @@ __all__ = ["AUTO", "DRIVERS", "Storage", "driver_class", "open_storage"]
 
 log = logging.getLogger(__name__)
 
-AUTO = "auto"
+AUTO = StorageKind.AUTO
 
 #: Storage kind → ``module:Class`` of its driver. A new driver adds one line here.
 DRIVERS: dict[str, str] = {
-    "btrfs": "prism.storage.btrfs:BtrfsStorage",
-    "zfs": "prism.storage.zfs:ZfsStorage",
-    "reflink": "prism.storage.reflink:ReflinkStorage",
-    "copy": "prism.storage.copy:CopyStorage",
+    StorageKind.BTRFS: "prism.storage.btrfs:BtrfsStorage",
+    StorageKind.ZFS: "prism.storage.zfs:ZfsStorage",
+    StorageKind.REFLINK: "prism.storage.reflink:ReflinkStorage",
+    StorageKind.COPY: "prism.storage.copy:CopyStorage",
 }
 
 
@@ -45,7 +46,7 @@ def driver_class(kind: str) -> type[Storage]:
         target = DRIVERS[kind]
     except KeyError:
         raise ConfigError(
-            f"unknown storage driver {kind!r}",
+            f"unknown storage driver '{kind}'",
             hint=f"choose one of: {', '.join([AUTO, *DRIVERS])}",
         ) from None
     module_name, _, class_name = target.partition(":")
@@ -53,7 +54,7 @@ def driver_class(kind: str) -> type[Storage]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(
-            f"storage driver {kind!r} is not available: {exc}",
+            f"storage driver '{kind}' is not available: {exc}",
             hint="choose another storage driver, or 'auto'",
         ) from exc
     return cast("type[Storage]", getattr(module, class_name))
@@ -76,7 +77,7 @@ async def open_storage(kind: str, root: Path, **options: Any) -> Storage:
         storage = cls(root, **options)  # type: ignore[call-arg]
     except TypeError as exc:
         raise ConfigError(
-            f"storage driver {kind!r} does not accept these options: {exc}",
+            f"storage driver '{kind}' does not accept these options: {exc}",
             hint="remove the options that belong to another driver",
         ) from exc
     if isinstance(storage, _SelfChecking):

@@ -2,6 +2,7 @@
 // Run as `node matrix.js '<target json>'` with NODE_PATH at the cache tools/sysenv/clients.sh
 // fills; prints one JSON object (a Seen).
 'use strict'
+const { connectionConfig } = require('./env')
 const { Client } = require('pg')
 const { from, to } = require('pg-copy-streams')
 const { finished } = require('node:stream/promises')
@@ -25,15 +26,7 @@ async function cancelled (client, config) {
 }
 
 async function main () {
-  const target = JSON.parse(process.argv[2])
-  const config = {
-    host: target.host,
-    port: target.port,
-    user: target.user,
-    password: target.password,
-    database: target.dbname,
-    ssl: target.tls ? { rejectUnauthorized: false } : false
-  }
+  const config = connectionConfig()
   const client = new Client(config)
   await client.connect()
   try {

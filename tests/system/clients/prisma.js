@@ -4,19 +4,12 @@
 // Run as `node prisma.js '<target json>'` with NODE_PATH at the cache tools/sysenv/clients.sh
 // fills; prints one JSON object.
 'use strict'
+const { connectionConfig } = require('./env')
 const { PrismaClient } = require('@prisma/client')
 const { PrismaPg } = require('@prisma/adapter-pg')
 
 async function main () {
-  const target = JSON.parse(process.argv[2])
-  const adapter = new PrismaPg({
-    host: target.host,
-    port: target.port,
-    user: target.user,
-    password: target.password,
-    database: target.dbname,
-    ssl: target.tls ? { rejectUnauthorized: false } : false
-  })
+  const adapter = new PrismaPg(connectionConfig())
   const prisma = new PrismaClient({ adapter })
   try {
     await prisma.$executeRawUnsafe('CREATE TABLE "Item" (id serial PRIMARY KEY, name text NOT NULL)')

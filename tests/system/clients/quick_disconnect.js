@@ -6,18 +6,11 @@
 // has resolved. There is no error handler, on purpose: as in its users' code, an unexpected
 // answer from the server crashes the process with an uncaught error.
 'use strict'
+const { connectionConfig } = require('./env')
 const { Client } = require('pg')
 
 async function main () {
-  const target = JSON.parse(process.argv[2])
-  const client = new Client({
-    host: target.host,
-    port: target.port,
-    user: target.user,
-    password: target.password,
-    database: target.dbname,
-    ssl: target.tls ? { rejectUnauthorized: false } : false
-  })
+  const client = new Client(connectionConfig())
   client.connect()
   await client.end()
   console.log(JSON.stringify({ ended: true }))

@@ -540,7 +540,7 @@ $("#create-form").addEventListener("submit", async (submit) => {
   const name = $("#create-name").value;
   const body = { name, parent: $("#create-parent").value || "main" };
   const at = $("#create-at").value.trim();
-  if (at) body.at = at; // main's data as of then (RFC 3339 or -15m); the API checks the window
+  if (at) body.at = at; // the parent's data as of then (RFC 3339 or -15m); the API checks the window
   say(`creating ${name}…`);
   try {
     await call("POST", "/branches", body);
