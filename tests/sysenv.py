@@ -19,6 +19,8 @@ BTRFS_MOUNT = TEST_ROOT / "btrfs"
 XFS_MOUNT = TEST_ROOT / "xfs"
 ZFS_POOL = "prismtest"
 DOCKER_IMAGE = "prism-test/postgres:15"
+HOST_PG_BIN = Path("/usr/lib/postgresql/15/bin")
+"""The host's PostgreSQL of the image's major (tools/sysenv/docker.sh): a source for the image."""
 PGJDBC_JAR = Path("/usr/share/java/postgresql.jar")
 NODE_MODULES = Path("/var/lib/prism-test/clients/node/node_modules")
 """Where tools/sysenv/clients.sh installs node-postgres and pg-copy-streams."""

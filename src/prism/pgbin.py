@@ -184,11 +184,17 @@ async def server_version(bin_dir: Path) -> str:
     except OSError as exc:
         raise ConfigError(f"cannot run {postgres}: {exc}") from exc
     output = result.stdout.decode(errors="replace")
-    match = _VERSION_RE.search(output)
-    if result.returncode != 0 or match is None:
+    version = version_in(output)
+    if result.returncode != 0 or version is None:
         stderr = result.stderr.decode(errors="replace").strip()
         raise ConfigError(f"{postgres} --version failed: {stderr or output.strip()}")
-    return match.group(1)
+    return version
+
+
+def version_in(output: str) -> str | None:
+    """The version in a PostgreSQL program's ``--version`` output (``18.6``); None if none."""
+    match = _VERSION_RE.search(output)
+    return None if match is None else match.group(1)
 
 
 async def resolve_pg_install(

@@ -127,7 +127,7 @@ class PrismServer:
         runtime = await open_runtime(settings, data_dir)
         state = StateStore(data_dir / "prism.db")
         events = EventBus(buffer=settings.event_buffer)
-        source = await open_source(settings, data_dir, events)
+        source = await open_source(settings, data_dir, events, runtime)
         if source is not None:
             await source.reconcile(storage)
         manager = BranchManager(

@@ -13,40 +13,26 @@ import trio
 from prism.errors import find_prism_error
 from prism.events import EventBus
 from prism.server import PrismServer
-from tests.waiting import wait_until
 
 from .api_helpers import api, wait_for
 from .harness import PrismHandle, make_settings, psql
-from .production import SUPERUSER_PASSWORD, Production, production_server, write_continuously
-
-CATCH_UP_S = 30
+from .production import (
+    CATCH_UP_S,
+    SUPERUSER_PASSWORD,
+    Production,
+    production_server,
+    write_continuously,
+)
+from .production import caught_up as _caught_up
+from .production import prism_dsn as _dsn
+from .production import prism_sql as _sql
+from .production import source_state as _source_state
 
 
 @pytest.fixture
 async def production() -> AsyncIterator[Production]:
     async with production_server() as server:
         yield server
-
-
-def _dsn(prism: PrismHandle, branch: str | None = None) -> str:
-    user = "postgres" if branch is None else f"postgres@{branch}"
-    return prism.dsn(user).replace("password=password", f"password={SUPERUSER_PASSWORD}")
-
-
-async def _sql(prism: PrismHandle, sql: str, branch: str | None = None) -> str:
-    return (await psql(_dsn(prism, branch), sql)).stdout.decode().strip()
-
-
-async def _caught_up(prism: PrismHandle, production: Production) -> int:
-    """Wait until main holds every row the source had committed when asked; return that id."""
-    target = int(await production.sql("SELECT max(id) FROM events"))
-
-    async def replayed() -> bool:
-        # Polling: replay offers nothing to wait on from outside the server.
-        return int(await _sql(prism, "SELECT coalesce(max(id), 0) FROM events")) >= target
-
-    await wait_until(replayed, what=f"main to replay row {target}", within=CATCH_UP_S)
-    return target
 
 
 async def test_main_follows_the_source_and_branches_are_writable_copies_of_it(
@@ -133,19 +119,6 @@ async def test_a_half_made_main_from_an_interrupted_backup_is_taken_again(
     prism = await start_prism(data_dir=empty_data_dir, source=production.source())
     await _caught_up(prism, production)
     assert not (empty_data_dir / "source" / "basebackup.incomplete").exists()
-
-
-async def _source_state(prism: PrismHandle, wanted: str, **fields: Any) -> dict[str, Any]:
-    """Poll ``GET /api/v1/branches/main`` until ``source`` has ``state`` ``wanted`` (and
-    ``fields``)."""
-    async with api(prism) as client:
-
-        async def reported() -> dict[str, Any] | None:
-            source: dict[str, Any] = (await client.get("/api/v1/branches/main")).json()["source"]
-            matches = source["state"] == wanted and fields.items() <= source.items()
-            return source if matches else None
-
-        return await wait_until(reported, what=f"source {wanted} {fields}", within=CATCH_UP_S)
 
 
 async def test_source_health_is_reported_and_survives_the_source_stopping(

@@ -21,6 +21,7 @@ from prism.events import EventBus
 from prism.pgbin import PgInstall, PgInstalls
 from prism.source.conninfo import parse_conninfo
 from prism.source.follow import Source
+from prism.source.tools import HostTools
 from tools.bench.common import HOST, SUPERUSER, median, run, scratch_dir, start_bare, stop_bare
 
 
@@ -54,9 +55,8 @@ async def measure(
     try:
         log(f"source: pgbench -i -s {scale}")
         await run([str(install.bin("pgbench")), "-i", "-q", "-s", str(scale), conninfo], env=env)
-        source = Source(
-            parse_conninfo(conninfo), None, PgInstalls(install), work / "prism-source", EventBus()
-        )
+        tools = HostTools(PgInstalls(install), work / "main.log")
+        source = Source(parse_conninfo(conninfo), None, tools, work / "prism-source", EventBus())
         plain: list[float] = []
         prism: list[float] = []
         size = 0

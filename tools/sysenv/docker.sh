@@ -32,8 +32,11 @@ install_missing() {
     command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
     command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
     command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
+    # A source of the image's major for the docker runtime's --source tests (HOST_PG_BIN in
+    # tests/sysenv.py); its packaged cluster is not used (no systemd here to start it anyway).
+    [[ -x /usr/lib/postgresql/15/bin/postgres ]] || missing+=(postgresql-15)
     if ((${#missing[@]} == 0)); then
-        say "docker.io, mmdebstrap and postgresql-client already installed"
+        say "docker.io, mmdebstrap, postgresql-client and postgresql-15 already installed"
         return
     fi
     say "installing ${missing[*]}"

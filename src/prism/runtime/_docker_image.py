@@ -80,14 +80,16 @@ class Images:
         client or the reaper from starting that doomed container again and again.
         """
         major = await trio.to_thread.run_sync(read_data_major, pgdata)
+        if major is None:
+            return await self.details(self.for_major(None))
+        return await self.of_major(major, what=f"the data of branch {branch}")
+
+    async def of_major(self, major: int, *, what: str) -> ImageInfo:
+        """The image for PostgreSQL ``major``; one that says it runs another major is refused,
+        naming ``what`` (the data, or the source) in the error."""
         info = await self.details(self.for_major(major))
-        if major is not None and info.major is not None and info.major != major:
-            raise RuntimeStartFailed(
-                f"the data of branch {branch} is PostgreSQL {major}, and the image {info.image} "
-                f"runs PostgreSQL {info.major}",
-                hint=f"choose an image per major version with --image "
-                f"(e.g. postgres:{MAJOR_FIELD}-alpine), or an image of PostgreSQL {major}",
-            )
+        if info.major is not None and info.major != major:
+            raise wrong_major(what, major, info.image, info.major)
         return info
 
     async def details(self, name: str) -> ImageInfo:
@@ -238,17 +240,33 @@ def _initdb_owner(pgdata: Path, passwd: str) -> tuple[int, int]:
     info = pgdata.stat()
     if info.st_uid != 0:
         return info.st_uid, info.st_gid
-    for line in passwd.splitlines():
-        fields = line.split(":")
-        if len(fields) >= 4 and fields[0] == "postgres":
-            uid, gid = int(fields[2]), int(fields[3])
-            os.chown(pgdata, uid, gid)
-            return uid, gid
+    owner = image_user(passwd)
+    if owner is not None:
+        os.chown(pgdata, *owner)
+        return owner
     raise RuntimeStartFailed(
         f"cannot tell which user should own {pgdata}: it is root's, and the image has no "
         "'postgres' user",
         hint=f"chown {pgdata} to the uid the image runs Postgres as",
     )
+
+
+def wrong_major(what: str, major: int, image: str, runs: int) -> RuntimeStartFailed:
+    """The error for data (or a source) of ``major`` and an image of PostgreSQL ``runs``."""
+    return RuntimeStartFailed(
+        f"{what} is PostgreSQL {major}, and the image {image} runs PostgreSQL {runs}",
+        hint=f"choose an image per major version with --image "
+        f"(e.g. postgres:{MAJOR_FIELD}-alpine), or an image of PostgreSQL {major}",
+    )
+
+
+def image_user(passwd: str) -> tuple[int, int] | None:
+    """uid and gid of the ``postgres`` user in an image's ``/etc/passwd``; None if it has none."""
+    for line in passwd.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 4 and fields[0] == "postgres":
+            return int(fields[2]), int(fields[3])
+    return None
 
 
 def _initdb_workdir(run_dir: Path, password: str, uid: int, gid: int, passwd: str) -> Path:

@@ -26,7 +26,13 @@ Reaching a server:
   engine's "host" network is its own namespace), ``published-port`` otherwise.
 
 Where the engine shares this kernel, a private per-branch host directory is bind-mounted as the
-server's Unix socket directory: Prism's trusted service connection.
+server's Unix socket directory: Prism's trusted service connection. Prism's own ``pg_hba.conf``
+lives there too (``hba_file``), so a data directory's own rules (production's, after a base
+backup of a source) cannot lock Prism out.
+
+Following a source, the programs that take main's base backup run in containers of the same
+images (:mod:`prism.runtime._docker_tools`), and main's container gets Prism's source directory
+(the passfile) mounted.
 """
 
 from __future__ import annotations
@@ -48,7 +54,8 @@ from docker.types import Mount
 from prism import serverconf
 from prism.address import BackendAddress
 from prism.config import DockerNetwork
-from prism.errors import PrismError, RuntimeStartFailed, RuntimeStopFailed
+from prism.errors import ConfigError, PrismError, RuntimeStartFailed, RuntimeStopFailed
+from prism.names import MAIN_BRANCH
 from prism.pgbin import embedded_bin_dir, server_version
 from prism.runtime._docker_engine import (
     LABEL_BRANCH,
@@ -61,6 +68,7 @@ from prism.runtime._docker_engine import (
     DockerEngine,
 )
 from prism.runtime._docker_image import DEFAULT_IMAGE, MAJOR_FIELD, ImageInfo, Images
+from prism.runtime._docker_tools import ContainerSourceTools, require_reachable
 from prism.runtime._postmaster import (
     LOOPBACK,
     PortTaken,
@@ -86,6 +94,8 @@ _PID_POLL_S = 0.005
 # little later than readiness would be.
 _EXIT_POLL_S = 0.05
 _PORT_ATTEMPTS = 5
+# Enough of a server log for the walreceiver's last failure (it retries every 5 s).
+_SERVER_LOG_LINES = 500
 
 
 @dataclass(frozen=True)
@@ -103,7 +113,8 @@ class _Launch:
     # The settings Prism overrides on this data (serverconf); the image's libraries are unknown,
     # so shared_preload_libraries is left alone.
     owned: dict[str, str]
-    # Host directories beyond the data and socket ones (a WAL archive: prism.pitr).
+    # Host directories beyond the data and socket ones (a WAL archive: prism.pitr; main's
+    # passfile for its walreceiver, when it follows a source).
     mounts: tuple[BindMount, ...] = ()
 
 
@@ -148,6 +159,7 @@ class DockerRuntime:
         self.extras_for: Callable[[str, Path, str | None], ServerExtras] | None = None
         """Extra settings and mounts of one branch's container (its WAL archive), asked where
         a start is prepared (blocking); the settings win over the ones Prism overrides."""
+        self._main_mounts: tuple[BindMount, ...] = ()
 
     # --- the Runtime contract ----------------------------------------------------------------
 
@@ -181,13 +193,14 @@ class DockerRuntime:
             await trio.to_thread.run_sync(make_socket_dir, socket_dir, (uid, gid))
         configured = await trio.to_thread.run_sync(serverconf.configured_values, pgdata)
         owned = serverconf.overrides(configured, has_library=None)
+        if socket_dir is not None:
+            owned.update(await trio.to_thread.run_sync(_prism_files, socket_dir, (uid, gid)))
         extras = ServerExtras({})
         if self.extras_for is not None:
             extras = await trio.to_thread.run_sync(self.extras_for, branch, pgdata, parent)
         owned.update(extras.settings)
-        spec = _Launch(
-            branch, pgdata, parent, info, mode, uid, gid, socket_dir, owned, extras.mounts
-        )
+        mounts = extras.mounts + (self._main_mounts if branch == MAIN_BRANCH else ())
+        spec = _Launch(branch, pgdata, parent, info, mode, uid, gid, socket_dir, owned, mounts)
         launch = functools.partial(self._launch_on_a_free_port, spec)
         try:
             try:
@@ -325,6 +338,50 @@ class DockerRuntime:
             await self.stop(branch)
             stopped.append(f"container {container.name} on {pgdata}")
         return stopped
+
+    async def source_tools(
+        self, directory: Path, *, source_host: str | None
+    ) -> ContainerSourceTools:
+        """The programs for following a source, run in containers of this runtime's images.
+
+        ``directory`` (Prism's, with the passfile) is mounted into main's container from now on,
+        at its host path, so the ``passfile=`` of main's ``primary_conninfo`` names it there too.
+        Branches never get it: nothing in a branch can reach the source. A source at
+        ``source_host`` that the containers cannot reach is refused here.
+        """
+        mode = await self._engine.network()
+        if not self._engine.local_engine:
+            raise ConfigError(
+                "--source with the docker runtime needs a Docker engine on this Linux host",
+                hint="the base backup and main's passfile are shared with the containers by "
+                "bind mounts of Prism's directories; use --runtime process with this engine",
+            )
+        require_reachable(source_host, mode)
+        tools = ContainerSourceTools(
+            self._engine,
+            self._images,
+            directory=directory,
+            mode=mode,
+            server_log=functools.partial(self.server_log, MAIN_BRANCH),
+        )
+        await tools.open()
+        self._main_mounts = (BindMount(directory, str(directory), read_only=True),)
+        return tools
+
+    async def server_log(self, branch: str) -> str:
+        """The end of the log of ``branch``'s container (its server's stderr); "" if there is
+        none, or the engine cannot tell: the log only explains, it must not fail a caller."""
+        try:
+            container = await self._find(branch, RuntimeStartFailed)
+            if container is None:
+                return ""
+            raw: bytes = await self._engine.call(
+                RuntimeStartFailed, container.logs, tail=_SERVER_LOG_LINES, stdout=True, stderr=True
+            )
+        except PrismError as exc:
+            log.debug("cannot read the log of branch %s: %s", branch, exc.message)
+            return ""
+        return raw.decode(errors="replace")
 
     def address(self, branch: str) -> BackendAddress | None:
         """Where ``branch``'s server listens; None once its container is known to have exited.
@@ -627,6 +684,19 @@ def _pidfile_ready(pgdata: Path, before: tuple[int, int] | None) -> bool:
         return False
     pidfile = read_pidfile(pgdata)
     return pidfile is not None and pidfile.ready
+
+
+def _prism_files(socket_dir: Path, owner: tuple[int, int]) -> dict[str, str]:
+    """Prism's ``pg_hba.conf`` and ident map in the server's socket directory, as settings.
+
+    As with the process runtime, the data's own ``pg_hba.conf`` (production's, after a base
+    backup: no local trust) must not lock Prism's service connection out.
+    """
+    hba, ident = serverconf.write_prism_files(socket_dir, owner)
+    return {
+        "hba_file": f"{_SOCKET_TARGET}/{hba.name}",
+        "ident_file": f"{_SOCKET_TARGET}/{ident.name}",
+    }
 
 
 def _same_path(a: Path, b: Path) -> bool:

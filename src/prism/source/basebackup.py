@@ -3,7 +3,8 @@
 ``pg_basebackup -X stream`` copies the data and streams the WAL written meanwhile, so the copy
 is consistent on its own; with ``--progress`` it reports bytes done once a second, which
 becomes the progress (bytes, %, rate, ETA) in the log and the events. The parsing and the
-explanations are sans-IO; the two coroutines at the end run the real tools.
+explanations are sans-IO; the two coroutines at the end run the real tools, on the host or in a
+container (:mod:`prism.source.tools`).
 """
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ import logging
 import os
 import re
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
 from prism.errors import PrismError
-from prism.pgbin import PgInstall
+from prism.source.tools import Tools
 
 log = logging.getLogger(__name__)
 
@@ -139,38 +140,36 @@ def tool_env(passfile: Path | None) -> dict[str, str]:
 
 
 async def replication_command(
-    install: PgInstall, conninfo: str, command: str, env: dict[str, str]
+    tools: Tools,
+    conninfo: str,
+    command: str,
+    env: dict[str, str],
+    shares: Sequence[Path] = (),
 ) -> subprocess.CompletedProcess[bytes]:
     """Run one replication-protocol command (``SHOW``, ``CREATE_REPLICATION_SLOT``) with psql.
 
     A replication connection needs only the pg_hba line pg_basebackup needs anyway.
     """
-    argv = [str(install.bin("psql")), f"{conninfo} replication=true", "-XAt", "-c", command]
-    return await trio.run_process(
-        argv,
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
-        env=env,
-        **install.spawn_options(),
-    )
+    args = [f"{conninfo} replication=true", "-XAt", "-c", command]
+    return await tools.run("psql", args, env=env, shares=shares)
 
 
 async def take_base_backup(
-    install: PgInstall,
+    tools: Tools,
     conninfo: str,
     target: Path,
     *,
     env: dict[str, str],
     slot: str | None,
     on_progress: Callable[[Progress], None],
+    shares: Sequence[Path] = (),
 ) -> None:
     """``pg_basebackup -X stream`` of the source into ``target`` (empty), reporting progress.
 
-    Raises ``ToolFailed`` with the tool's messages when it fails.
+    ``shares`` are other directories the tool reads (the passfile's). Raises ``ToolFailed``
+    with the tool's messages when it fails.
     """
-    argv = [
-        str(install.bin("pg_basebackup")),
+    args = [
         "-d",
         conninfo,
         "-D",
@@ -182,41 +181,20 @@ async def take_base_backup(
         "--no-password",
     ]
     if slot:
-        argv.append(f"--slot={slot}")
+        args.append(f"--slot={slot}")
     started = trio.current_time()
     errors: list[str] = []
 
-    async def read_stderr(stream: trio.abc.ReceiveStream) -> None:
-        buffer = b""
-        async for chunk in stream:
-            buffer += chunk
-            *lines, buffer = re.split(rb"[\r\n]", buffer)
-            for raw in lines:
-                line = raw.decode(errors="replace")
-                progress = parse_progress(line, elapsed_s=trio.current_time() - started)
-                if progress is not None:
-                    on_progress(progress)
-                elif line.strip():
-                    errors.append(line)
+    def read_line(line: str) -> None:
+        progress = parse_progress(line, elapsed_s=trio.current_time() - started)
+        if progress is not None:
+            on_progress(progress)
+        elif line.strip():
+            errors.append(line)
 
-    async with trio.open_nursery() as nursery:
-        process = await trio.lowlevel.open_process(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=env,
-            **install.spawn_options(),
-        )
-        assert process.stderr is not None
-        nursery.start_soon(read_stderr, process.stderr)
-        try:
-            await process.wait()
-        except BaseException:
-            process.kill()
-            with trio.CancelScope(shield=True):
-                await process.wait()
-            raise
-    if process.returncode != 0:
-        raise ToolFailed("\n".join(errors) or f"pg_basebackup exit status {process.returncode}")
+    result = await tools.run(
+        "pg_basebackup", args, env=env, shares=(target, *shares), on_stderr_line=read_line
+    )
+    if result.returncode != 0:
+        raise ToolFailed("\n".join(errors) or f"pg_basebackup exit status {result.returncode}")
     log.debug("pg_basebackup finished target=%s", target)

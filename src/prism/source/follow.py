@@ -20,7 +20,8 @@ from prism.config import RuntimeKind, Settings
 from prism.errors import ConfigError
 from prism.events import EventBus
 from prism.names import MAIN_BRANCH
-from prism.pgbin import PgInstall, PgInstalls, resolve_pg_installs
+from prism.pgbin import resolve_pg_installs
+from prism.runtime.base import Runtime
 from prism.source import standby
 from prism.source.basebackup import (
     Progress,
@@ -32,6 +33,7 @@ from prism.source.basebackup import (
     tool_env,
 )
 from prism.source.conninfo import ConnInfo, parse_conninfo, pgpass_line
+from prism.source.tools import HostTools, SourceTools, Tools
 from prism.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ class Source:
 
     conninfo: ConnInfo
     slot: str | None
-    installs: PgInstalls
+    tools: SourceTools
     directory: Path
     events: EventBus
     backing_up: bool = False
@@ -55,12 +57,6 @@ class Source:
     @property
     def passfile(self) -> Path:
         return self.directory / "pgpass"
-
-    @property
-    def server_log(self) -> Path:
-        """Main's server log (the process runtime's ``<data-dir>/logs/main.log``), where its
-        walreceiver says why it cannot stream."""
-        return self.directory.parent / "logs" / f"{MAIN_BRANCH}.log"
 
     @property
     def marker(self) -> Path:
@@ -78,6 +74,7 @@ class Source:
         if not self.marker.exists():
             return
         log.warning("source: removing main left half-made by an interrupted base backup")
+        await self.tools.stop_leftovers()
         if MAIN_BRANCH in storage.list():
             await storage.destroy(MAIN_BRANCH)
         self.marker.unlink()
@@ -85,30 +82,31 @@ class Source:
     async def make_main(self, pgdata: Path) -> None:
         """Fill the empty ``pgdata`` with a base backup of the source and make it a standby."""
         await trio.to_thread.run_sync(self._prepare)
-        install = self.installs.default
         env = tool_env(self.passfile if self.conninfo.password is not None else None)
         where, user = self.conninfo.describe(), self.conninfo.get("user") or "?"
+        tools = await self.tools.for_major(None, what=f"the source at {where}")
         shown = await replication_command(
-            install, self.conninfo.render(), "SHOW server_version_num", env
+            tools, self.conninfo.render(), "SHOW server_version_num", env, (self.directory,)
         )
         if shown.returncode != 0:
             raise explain_failure(shown.stderr.decode(errors="replace"), user=user, where=where)
         major = int(shown.stdout.decode().strip()) // 10000
-        install = self.installs.for_major(major, what=f"the source at {where}")
+        tools = await self.tools.for_major(major, what=f"the source at {where}")
         if self.slot:
-            await self._create_slot(install, env, user=user, where=where)
+            await self._create_slot(tools, env, user=user, where=where)
         await trio.to_thread.run_sync(self._own, pgdata)
         self.backing_up = True
         self.events.publish("backing_up", MAIN_BRANCH, source=where, major=major)
         log.info("source: base backup of %s (PostgreSQL %d) into %s", where, major, pgdata)
         try:
             await take_base_backup(
-                install,
+                tools,
                 self.conninfo.render(),
                 pgdata,
                 env=env,
                 slot=self.slot,
                 on_progress=self._report,
+                shares=(self.directory,),
             )
         except ToolFailed as exc:
             raise explain_failure(exc.stderr, user=user, where=where) from None
@@ -127,14 +125,15 @@ class Source:
         self.events.publish("backed_up", MAIN_BRANCH, source=where)
 
     async def _create_slot(
-        self, install: PgInstall, env: dict[str, str], *, user: str, where: str
+        self, tools: Tools, env: dict[str, str], *, user: str, where: str
     ) -> None:
         """Create the replication slot on the source; one that exists already is used as is."""
         result = await replication_command(
-            install,
+            tools,
             self.conninfo.render(),
             f"CREATE_REPLICATION_SLOT {self.slot} PHYSICAL RESERVE_WAL",
             env,
+            (self.directory,),
         )
         stderr = result.stderr.decode(errors="replace")
         if result.returncode == 0:
@@ -159,31 +158,49 @@ class Source:
 
     def _prepare(self) -> None:
         """The private directory with the passfile and the intent marker, the server user's."""
-        install = self.installs.default
         self.directory.mkdir(mode=0o700, exist_ok=True)
-        install.chown(self.directory)
+        self.tools.chown(self.directory)
         self.marker.write_text("a base backup into main is in progress\n")
         if self.conninfo.password is not None:
             self.passfile.write_text(pgpass_line(self.conninfo.password))
             self.passfile.chmod(0o600)
-            install.chown(self.passfile)
+            self.tools.chown(self.passfile)
 
     def _own(self, pgdata: Path) -> None:
-        self.installs.default.chown(pgdata)
+        self.tools.chown(pgdata)
         pgdata.chmod(0o700)
 
 
-async def open_source(settings: Settings, data_dir: Path, events: EventBus) -> Source | None:
-    """The configured source, or None when main is Prism's own (no ``--source``)."""
+async def open_source(
+    settings: Settings, data_dir: Path, events: EventBus, runtime: Runtime | None = None
+) -> Source | None:
+    """The configured source, or None when main is Prism's own (no ``--source``).
+
+    With the docker runtime (``runtime``) the programs run in its containers, else on the host.
+    """
     if not settings.source:
         return None
-    if settings.runtime is not RuntimeKind.PROCESS:
-        raise ConfigError(
-            "--source works with the process runtime only, so far",
-            hint="use --runtime process with --source",
-        )
-    installs = await resolve_pg_installs(data_dir, pg_bins=settings.pg_bin, run_as=settings.run_as)
     conninfo = parse_conninfo(settings.source)
+    directory = data_dir / "source"
+    tools: SourceTools
+    if settings.runtime is RuntimeKind.DOCKER:
+        from prism.runtime.docker import DockerRuntime
+
+        assert isinstance(runtime, DockerRuntime), "the docker runtime follows with its own tools"
+        if conninfo.password is None and settings.source_password_file is None:
+            # A passfile of the host's is not in the containers; Prism's own passfile is.
+            raise ConfigError(
+                "with --runtime docker the source's password must come from --source or "
+                "--source-password-file",
+                hint="PGPASSFILE is not read with the docker runtime",
+            )
+        host = conninfo.get("host") or conninfo.get("hostaddr")
+        tools = await runtime.source_tools(directory, source_host=host)
+    else:
+        installs = await resolve_pg_installs(
+            data_dir, pg_bins=settings.pg_bin, run_as=settings.run_as
+        )
+        tools = HostTools(installs, data_dir / "logs" / f"{MAIN_BRANCH}.log")
     password = conninfo.password
     if settings.source_password_file is not None:
         try:
@@ -197,8 +214,8 @@ async def open_source(settings: Settings, data_dir: Path, events: EventBus) -> S
     return Source(
         ConnInfo(conninfo.params, password),
         settings.source_slot or None,
-        installs,
-        data_dir / "source",
+        tools,
+        directory,
         events,
     )
 

@@ -19,7 +19,6 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -35,8 +34,6 @@ from prism.state import rfc3339
 log = logging.getLogger(__name__)
 
 WATCH_INTERVAL_S = 2.0
-#: How much of the end of main's server log is read for the walreceiver's last failure.
-_LOG_TAIL_BYTES = 64 * 1024
 _STREAMING_STARTED = "started streaming WAL from primary"
 _RECEIVER_FAILURE = re.compile(r"FATAL:\s+(could not connect to the primary server|.*primary).*")
 
@@ -87,18 +84,9 @@ def receiver_failure(log_text: str) -> str | None:
     return failures[-1].group(0) if failures else None
 
 
-def _log_tail(path: Path) -> str:
-    try:
-        with path.open("rb") as log_file:
-            log_file.seek(max(0, path.stat().st_size - _LOG_TAIL_BYTES))
-            return log_file.read().decode(errors="replace")
-    except OSError:
-        return ""
-
-
 async def _explained(health: SourceHealth, source: Source) -> SourceHealth:
     """``health`` with why main is disconnected, if main's log says."""
-    failure = receiver_failure(await trio.to_thread.run_sync(_log_tail, source.server_log))
+    failure = receiver_failure(await source.tools.server_log())
     if failure is None:
         return health
     user = source.conninfo.get("user") or "?"
