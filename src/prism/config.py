@@ -404,6 +404,23 @@ class Settings:
             "physical replication slot main streams from, created on the source if missing",
         ),
     )
+    source_mode: str = field(
+        default="stream",
+        metadata=_about(
+            _choice("stream", "dump"),
+            "how main gets the source's data: stream (a hot standby by physical replication) "
+            "or dump (pg_dump piped into pg_restore, a new generation of main at a time, for "
+            "sources that forbid replication)",
+        ),
+    )
+    refresh_every: float = field(
+        default=0.0,
+        metadata=_about(
+            parse_duration,
+            "with --source-mode dump, take a new generation of main this often (0: only on "
+            "demand, prism main refresh)",
+        ),
+    )
     snapshot_every: float = field(
         default=3600.0,
         metadata=_about(

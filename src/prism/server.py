@@ -23,6 +23,7 @@ from prism.dataplane import choose as choose_data_plane
 from prism.dsn import Endpoint
 from prism.errors import ConfigError
 from prism.events import EventBus
+from prism.generations import open_generations
 from prism.hooks import HookCommands
 from prism.names import MAIN_BRANCH
 from prism.pitr import open_point_in_time
@@ -127,8 +128,14 @@ class PrismServer:
         state = StateStore(data_dir / "prism.db")
         events = EventBus(buffer=settings.event_buffer)
         source = await open_source(settings, data_dir, events)
-        if source is not None:
+        generations = open_generations(settings, source, storage, runtime, state, events)
+        if generations is not None:
+            await generations.reconcile()
+        elif source is not None:
             await source.reconcile(storage)
+        make_main = None if source is None else source.make_main
+        if generations is not None:
+            make_main = generations.make_first
         manager = BranchManager(
             storage=storage,
             runtime=runtime,
@@ -150,12 +157,14 @@ class PrismServer:
                 password=settings.password,
                 tls=settings.tls,
             ),
-            make_main=None if source is None else source.make_main,
+            make_main=make_main,
             hook_commands=HookCommands(
                 allowed=settings.allow_hook_commands, timeout=settings.hook_command_timeout
             ),
         )
-        point_in_time = open_point_in_time(settings, data_dir, storage, runtime, events)
+        point_in_time = None
+        if generations is None:  # each generation is a new cluster: its WAL starts over
+            point_in_time = open_point_in_time(settings, data_dir, storage, runtime, events)
         manager.point_in_time = point_in_time
         data_plane = choose_data_plane(settings.data_plane)
         proxy = Proxy.from_settings(manager, settings, data_dir, data_plane)
@@ -163,11 +172,13 @@ class PrismServer:
             if point_in_time is not None:
                 await point_in_time.reconcile()
             await manager.open()
+            if generations is not None:
+                generations.attach(manager)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(trio.serve_listeners, proxy.handle, [pg_listener])
                 nursery.start_soon(manager.watch)
                 source_health = None
-                if source is not None:
+                if source is not None and generations is None:
                     watched = source
 
                     async def source_health() -> dict[str, Any]:
@@ -182,7 +193,10 @@ class PrismServer:
                     body_timeout=settings.api_body_timeout,
                 )
                 await nursery.start(_serve_api, app, api_listener)
-                if source is not None:
+                if generations is not None:
+                    run = functools.partial(generations.run, every=settings.refresh_every)
+                    await nursery.start(run)
+                elif source is not None:
                     watch = functools.partial(watch_source, superuser=settings.superuser)
                     nursery.start_soon(watch, source, manager)
                 if settings.idle_timeout > 0:
@@ -225,6 +239,8 @@ class PrismServer:
                 await manager.close()
                 await runtime.aclose()
                 state.close()
+                if generations is not None:
+                    generations.store.close()
                 data_plane.close()
                 for listener in (pg_listener, api_listener):
                     listener.socket.close()

@@ -86,7 +86,7 @@ class Source:
         """Fill the empty ``pgdata`` with a base backup of the source and make it a standby."""
         await trio.to_thread.run_sync(self._prepare)
         install = self.installs.default
-        env = tool_env(self.passfile if self.conninfo.password is not None else None)
+        env = self.tool_env()
         where, user = self.conninfo.describe(), self.conninfo.get("user") or "?"
         shown = await replication_command(
             install, self.conninfo.render(), "SHOW server_version_num", env
@@ -159,14 +159,22 @@ class Source:
 
     def _prepare(self) -> None:
         """The private directory with the passfile and the intent marker, the server user's."""
+        self.write_passfile()
+        self.marker.write_text("a base backup into main is in progress\n")
+
+    def write_passfile(self) -> None:
+        """The source's password in the private passfile the tools read (blocking)."""
         install = self.installs.default
         self.directory.mkdir(mode=0o700, exist_ok=True)
         install.chown(self.directory)
-        self.marker.write_text("a base backup into main is in progress\n")
         if self.conninfo.password is not None:
             self.passfile.write_text(pgpass_line(self.conninfo.password))
             self.passfile.chmod(0o600)
             install.chown(self.passfile)
+
+    def tool_env(self) -> dict[str, str]:
+        """The environment of the PostgreSQL tools Prism runs against the source."""
+        return tool_env(self.passfile if self.conninfo.password is not None else None)
 
     def _own(self, pgdata: Path) -> None:
         self.installs.default.chown(pgdata)

@@ -215,6 +215,14 @@ class ZfsStorage(BranchLayout):
         await self.destroy(branch)
         return None
 
+    async def rename(self, branch: str, new_name: str) -> bool:
+        """Refused: a dataset's mountpoint would have to move with it, and clones of main's
+        snapshots tie an old generation of main to its dataset (``--source-mode dump``)."""
+        raise StorageError(
+            f"cannot rename branch {branch!r}: the zfs driver does not move datasets",
+            hint="use --storage btrfs, reflink or copy with --source-mode dump",
+        )
+
     def usage_bytes(self, branch: str) -> int | None:
         """Unknown here: ZFS knows it (``zfs get used``), but only through a command, and this
         method is synchronous, so it cannot ask without blocking the event loop."""
