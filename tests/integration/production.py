@@ -1,5 +1,9 @@
 """A "production" PostgreSQL for tests of --source: the same binaries, its own data dir and port,
-wal_level=replica, a replication role with a password and a pg_hba.conf with no local trust."""
+wal_level=replica, a replication role with a password and a pg_hba.conf with no local trust.
+
+``production_server(replication=False)`` is a managed database instead (for --source-mode
+dump): no replication line in pg_hba.conf, and an application role ``app`` (no REPLICATION, no
+superuser) owning its database ``appdb`` with a table ``events`` of its own."""
 
 from __future__ import annotations
 
@@ -26,6 +30,13 @@ host        all          all          127.0.0.1/32 scram-sha-256
 host        replication  {REPLICATOR}   127.0.0.1/32 scram-sha-256
 host        replication  no_repl_role 127.0.0.1/32 scram-sha-256
 """
+MANAGED_HBA = """\
+local       all          all                       scram-sha-256
+host        all          all          127.0.0.1/32 scram-sha-256
+"""
+APP = "app"
+APP_PASSWORD = "app-secret"
+APP_DB = "appdb"
 
 
 @dataclass
@@ -36,15 +47,25 @@ class Production:
     pgdata: Path
     port: int
 
-    def dsn(self, user: str = "postgres", password: str = SUPERUSER_PASSWORD) -> str:
-        return f"host=127.0.0.1 port={self.port} user={user} password={password} dbname=postgres"
+    def dsn(
+        self, user: str = "postgres", password: str = SUPERUSER_PASSWORD, dbname: str = "postgres"
+    ) -> str:
+        return f"host=127.0.0.1 port={self.port} user={user} password={password} dbname={dbname}"
 
     def source(self, user: str = REPLICATOR, password: str = REPLICATOR_PASSWORD) -> str:
         """What Prism's --source is set to."""
         return f"host=127.0.0.1 port={self.port} user={user} password={password} dbname=postgres"
 
+    def app_source(self, password: str = APP_PASSWORD) -> str:
+        """--source of a managed database: the application role and its database."""
+        return self.dsn(APP, password, APP_DB)
+
     async def sql(self, sql: str) -> str:
         return (await psql(self.dsn(), sql)).stdout.decode().strip()
+
+    async def app_sql(self, sql: str) -> str:
+        """Run ``sql`` as the application role in its database."""
+        return (await psql(self.dsn(APP, APP_PASSWORD, APP_DB), sql)).stdout.decode().strip()
 
     async def pg_ctl(self, *args: str) -> None:
         log = self.pgdata.parent / "production.log"
@@ -64,7 +85,7 @@ class Production:
 
 
 @contextlib.asynccontextmanager
-async def production_server() -> AsyncIterator[Production]:
+async def production_server(*, replication: bool = True) -> AsyncIterator[Production]:
     """Start a production-like server with a table ``events`` and stop it at the end."""
     base = fresh_dir("production-")
     install = await resolve_pg_install(base)
@@ -91,7 +112,7 @@ async def production_server() -> AsyncIterator[Production]:
                 f"unix_socket_directories = '{base}'\nwal_level = replica\n"
                 "max_wal_senders = 5\nmax_replication_slots = 5\n"
             )
-        (pgdata / "pg_hba.conf").write_text(PRODUCTION_HBA)
+        (pgdata / "pg_hba.conf").write_text(PRODUCTION_HBA if replication else MANAGED_HBA)
         production = Production(install, pgdata, port)
         await production.start()
         await production.sql(
@@ -101,6 +122,14 @@ async def production_server() -> AsyncIterator[Production]:
             "DEFAULT clock_timestamp(), origin text NOT NULL DEFAULT 'source');"
             "INSERT INTO events SELECT FROM generate_series(1, 1000)"
         )
+        if not replication:
+            await production.sql(f"CREATE ROLE {APP} LOGIN PASSWORD '{APP_PASSWORD}'")
+            await production.sql(f"CREATE DATABASE {APP_DB} OWNER {APP}")
+            await production.app_sql(
+                "CREATE TABLE events (id bigserial PRIMARY KEY, at timestamptz NOT NULL "
+                "DEFAULT clock_timestamp(), origin text NOT NULL DEFAULT 'source');"
+                "INSERT INTO events SELECT FROM generate_series(1, 1000)"
+            )
         yield production
     finally:
         with trio.CancelScope(shield=True):

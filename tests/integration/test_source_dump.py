@@ -1,0 +1,294 @@
+"""--source-mode dump: main is a generation of pg_dump | pg_restore of a source that forbids
+replication (a managed database); a refresh makes the next generation, and branches keep the
+generation they were cloned from."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from prism.errors import find_prism_error
+
+from .api_helpers import api, wait_for
+from .harness import PASSWORD, PrismHandle, free_port, fresh_dir, psql, serve_args
+from .production import APP, APP_DB, Production, production_server
+
+ROWS = 1000  # what production_server puts in appdb's events
+
+
+@pytest.fixture
+async def managed() -> AsyncIterator[Production]:
+    async with production_server(replication=False) as server:
+        yield server
+
+
+@pytest.fixture
+def empty_data_dir() -> Any:
+    path = fresh_dir("dump-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def _count(prism: PrismHandle, branch: str | None = None) -> int:
+    user = "postgres" if branch is None else f"postgres@{branch}"
+    result = await psql(prism.dsn(user, dbname=APP_DB), "SELECT count(*) FROM events")
+    return int(result.stdout.decode())
+
+
+async def _prism_cli(*args: str) -> str:
+    result = await trio.run_process(
+        [sys.executable, "-m", "prism.cli", *args],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PRISM_")},
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout.decode()
+
+
+async def test_main_is_a_dump_and_a_refresh_makes_a_new_generation_branches_keep_theirs(
+    managed: Production, empty_data_dir: Path, start_prism: Callable[..., Any]
+) -> None:
+    prism = await start_prism(
+        data_dir=empty_data_dir, source=managed.app_source(), source_mode="dump"
+    )
+    # Generation 1 holds the source's rows; main is an ordinary writable primary.
+    assert await _count(prism) == ROWS
+    recovery = await psql(prism.dsn(dbname=APP_DB), "SELECT pg_is_in_recovery()")
+    assert recovery.stdout.decode().strip() == "f"
+    # The source's role came along (without its password: app may not read pg_authid) and
+    # still owns its table.
+    owner = await psql(
+        prism.dsn(dbname=APP_DB), "SELECT tableowner FROM pg_tables WHERE tablename = 'events'"
+    )
+    assert owner.stdout.decode().strip() == APP
+
+    await prism.manager.create("b1")
+    await psql(prism.dsn("postgres@b1", dbname=APP_DB), "INSERT INTO events (origin) VALUES ('b1')")
+    await managed.app_sql("INSERT INTO events SELECT FROM generate_series(1, 500)")
+
+    async with api(prism) as client, prism.manager.events.subscribe() as events:
+        main = (await client.get("/api/v1/branches/main")).json()
+        assert main["generation"] == 1
+        answer = await client.post("/api/v1/branches/main/refresh")
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["generation"] == 2
+        assert answer.json()["generation_taken_at"] >= main["generation_taken_at"]
+        with trio.fail_after(30):
+            seen = await wait_for(events, type="refresh_done", generation=2)
+        types = [event["type"] for event in seen]
+        assert types.index("refresh_started") < types.index("refresh_progress")
+        progress = [event for event in seen if event["type"] == "refresh_progress"]
+        assert {"phase": "roles", "passwords": False}.items() <= progress[0].items()
+        assert any(event.get("phase") == "data" and event["done_bytes"] > 0 for event in progress)
+
+        # Main is generation 2; b1 still holds generation 1's rows and its own, and works.
+        assert await _count(prism) == ROWS + 500
+        assert await _count(prism, "b1") == ROWS + 1
+        await psql(prism.dsn("postgres@b1", dbname=APP_DB), "INSERT INTO events DEFAULT VALUES")
+        # A new branch is cloned from generation 2.
+        await prism.manager.create("b2")
+        assert await _count(prism, "b2") == ROWS + 500
+
+        shown = {
+            b["name"]: b["generation"]
+            for b in (await client.get("/api/v1/branches")).json()["branches"]
+        }
+        assert shown == {"main": 2, "b1": 1, "b2": 2}
+        # A branch of a branch holds its parent's generation.
+        await prism.manager.create("b1-child", parent="b1")
+        child = (await client.get("/api/v1/branches/b1-child")).json()
+        assert child["generation"] == 1
+
+    url = ("--api", prism.info.api_url)
+    table = (await _prism_cli("branch", "ls", *url)).splitlines()
+    assert table[0].split()[-1] == "GEN"
+    assert {line.split()[0]: line.split()[-1] for line in table[1:]} == {
+        "b1": "1",
+        "b1-child": "1",
+        "b2": "2",
+        "main": "2",
+    }
+    assert "generation 1 of " in await _prism_cli("branch", "show", "b1", *url)
+    refreshed = await _prism_cli("main", "refresh", *url)
+    assert refreshed.startswith("main: running (no parent, generation 3 of ")
+    assert await _count(prism, "b1") == ROWS + 2
+
+
+async def test_a_refresh_the_source_refuses_leaves_the_generation_serving(
+    managed: Production, empty_data_dir: Path, start_prism: Callable[..., Any]
+) -> None:
+    prism = await start_prism(
+        data_dir=empty_data_dir, source=managed.app_source(), source_mode="dump"
+    )
+    await managed.sql(f"ALTER ROLE {APP} PASSWORD 'changed'")
+    async with api(prism) as client:
+        answer = await client.post("/api/v1/branches/main/refresh")
+        assert answer.status_code == 502, answer.text
+        assert answer.json()["message"] == f"the source refused the password of role {APP}"
+        assert "--source-password-file" in answer.json()["hint"]
+        main = (await client.get("/api/v1/branches/main")).json()
+    assert main["generation"] == 1
+    assert main["status"] == "running"
+    assert await _count(prism) == ROWS
+    assert [p.name for p in (empty_data_dir / "branches").iterdir() if p.name != ".trash"] == []
+
+
+@pytest.mark.parametrize(
+    ("password", "dbname", "message"),
+    [
+        ("wrong", APP_DB, f"the source refused the password of role {APP}"),
+        (None, APP_DB, f"the source asks role {APP} for a password and Prism has none"),
+        ("app-secret", "nodb", 'database "nodb" does not exist'),
+    ],
+)
+async def test_a_source_that_refuses_the_first_dump_gets_one_clear_error(
+    managed: Production,
+    empty_data_dir: Path,
+    start_prism: Callable[..., Any],
+    password: str | None,
+    dbname: str,
+    message: str,
+) -> None:
+    source = f"host=127.0.0.1 port={managed.port} user={APP} dbname={dbname}"
+    if password is not None:
+        source += f" password={password}"
+    with pytest.raises(BaseException) as caught:
+        await start_prism(data_dir=empty_data_dir, source=source, source_mode="dump")
+    error = find_prism_error(caught.value)
+    assert error is not None, caught.value
+    assert message in error.message + (error.detail or "")
+    # Nothing half-made is left as main.
+    assert not (empty_data_dir / "master").exists()
+
+
+async def test_refresh_without_dump_mode_is_refused_with_what_to_change(
+    prism: PrismHandle,
+) -> None:
+    async with api(prism) as client:
+        answer = await client.post("/api/v1/branches/main/refresh")
+    assert answer.status_code == 409
+    assert answer.json()["code"] == "not_dump_mode"
+    assert "--source-mode dump" in answer.json()["message"]
+
+
+def test_dump_mode_on_zfs_is_refused_before_anything_is_made() -> None:
+    from prism.config import Settings
+    from prism.generations import open_generations
+
+    class Zfs:
+        name = "zfs"
+
+        async def rename(self, branch: str, new_name: str) -> bool:
+            raise AssertionError("never called")
+
+    settings = Settings(source="host=db", source_mode="dump")
+    with pytest.raises(Exception, match="does not work with --storage zfs") as caught:
+        open_generations(settings, object(), Zfs(), object(), object(), object())  # type: ignore[arg-type]
+    assert "btrfs, reflink or copy" in (caught.value.hint or "")  # type: ignore[attr-defined]
+
+
+# ---- a Prism killed mid-refresh --------------------------------------------------------------
+
+
+async def _serve(
+    data_dir: Path, source: str, crash_at: str | None = None
+) -> tuple[trio.Process, int, int]:
+    """``prism serve`` in dump mode in its own process group; ready unless it is to crash."""
+    pg_port, api_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRISM_")}
+    env |= {"PRISM_SOURCE": source, "PRISM_SOURCE_MODE": "dump"}
+    if crash_at is not None:
+        env["PRISM_TEST_CRASH_AT"] = crash_at
+    with (data_dir.parent / f"{data_dir.name}.log").open("ab") as log:
+        process = await trio.lowlevel.open_process(
+            serve_args(data_dir, pg_port, api_port),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    async with httpx.AsyncClient() as http:
+        with trio.fail_after(120):
+            while True:
+                assert process.poll() is None, f"prism serve exited early; see {data_dir}.log"
+                try:
+                    if (await http.get(f"http://127.0.0.1:{api_port}/healthz")).is_success:
+                        return process, pg_port, api_port
+                except httpx.TransportError:
+                    await trio.sleep(0.05)
+
+
+async def _stop(process: trio.Process) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        with trio.move_on_after(60):
+            await process.wait()
+    if process.poll() is None:
+        process.kill()
+        await process.wait()
+
+
+def _dsn(pg_port: int, user: str = "postgres") -> str:
+    return (
+        f"host=127.0.0.1 port={pg_port} user={user} password={PASSWORD} dbname={APP_DB} "
+        "sslmode=disable"
+    )
+
+
+@pytest.mark.parametrize(
+    ("point", "generation"),
+    [
+        ("refresh:created", 1),
+        ("refresh:restored", 1),
+        ("refresh:recorded", 1),
+        ("refresh:retired", 2),  # main was gone, the whole new generation stood: finished
+        ("refresh:swapped", 2),
+    ],
+)
+async def test_a_refresh_killed_at_any_step_leaves_one_whole_generation_and_no_leftovers(
+    managed: Production, empty_data_dir: Path, point: str, generation: int
+) -> None:
+    data_dir = empty_data_dir / "data"
+    source = managed.app_source()
+    process, pg_port, api_port = await _serve(data_dir, source)
+    try:
+        await psql(_dsn(pg_port, "postgres@kept"), "INSERT INTO events (origin) VALUES ('kept')")
+    finally:
+        await _stop(process)
+    await managed.app_sql("INSERT INTO events SELECT FROM generate_series(1, 500)")
+
+    process, pg_port, api_port = await _serve(data_dir, source, crash_at=point)
+    async with httpx.AsyncClient(timeout=120) as http:
+        with contextlib.suppress(httpx.TransportError):  # killed mid-answer, as meant
+            await http.post(f"http://127.0.0.1:{api_port}/api/v1/branches/main/refresh")
+    with trio.fail_after(60):
+        assert await process.wait() == -signal.SIGKILL
+
+    process, pg_port, api_port = await _serve(data_dir, source)
+    try:
+        async with httpx.AsyncClient(timeout=120) as http:
+            listed = (await http.get(f"http://127.0.0.1:{api_port}/api/v1/branches")).json()
+        shown = {b["name"]: b["generation"] for b in listed["branches"]}
+        assert shown == {"main": generation, "kept": 1}
+        rows = await psql(_dsn(pg_port), "SELECT count(*) FROM events")
+        assert int(rows.stdout.decode()) == ROWS + (500 if generation == 2 else 0)
+        kept = await psql(_dsn(pg_port, "postgres@kept"), "SELECT count(*) FROM events")
+        assert int(kept.stdout.decode()) == ROWS + 1
+        leftovers = sorted(p.name for p in (data_dir / "branches").iterdir())
+        assert leftovers == [".trash", "kept"]
+        assert list((data_dir / "branches" / ".trash").iterdir()) == []
+    finally:
+        await _stop(process)
