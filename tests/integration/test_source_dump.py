@@ -127,6 +127,23 @@ async def test_main_is_a_dump_and_a_refresh_makes_a_new_generation_branches_keep
     assert await _count(prism, "b1") == ROWS + 2
 
 
+async def test_refresh_every_makes_new_generations_on_its_own(
+    managed: Production, empty_data_dir: Path, start_prism: Callable[..., Any]
+) -> None:
+    prism = await start_prism(
+        data_dir=empty_data_dir, source=managed.app_source(), source_mode="dump", refresh_every=1.0
+    )
+    async with prism.manager.events.subscribe() as events:
+        await managed.app_sql("INSERT INTO events SELECT FROM generate_series(1, 500)")
+        # The generation after the next one surely began after the insert.
+        after = prism.manager.require("main").generation.number + 2
+        with trio.fail_after(120):
+            await wait_for(events, type="refresh_done", generation=after)
+    branch = await prism.manager.create("fresh")
+    assert branch.generation.number >= after
+    assert await _count(prism, "fresh") == ROWS + 500
+
+
 async def test_a_refresh_the_source_refuses_leaves_the_generation_serving(
     managed: Production, empty_data_dir: Path, start_prism: Callable[..., Any]
 ) -> None:

@@ -194,27 +194,23 @@ async def copy_database(
         finally:
             await sink.aclose()
 
+    async def spawn(argv: list[str], *, stdin: int, stdout: int) -> trio.Process:
+        process = await trio.lowlevel.open_process(
+            argv,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            env=env,
+            **install.spawn_options(),
+        )
+        processes.append(process)
+        return process
+
     processes: list[trio.Process] = []
     try:
         async with trio.open_nursery() as nursery:
-            dump = await trio.lowlevel.open_process(
-                dump_argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=env,
-                **install.spawn_options(),
-            )
-            processes.append(dump)
-            restore = await trio.lowlevel.open_process(
-                restore_argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                env=env,
-                **install.spawn_options(),
-            )
-            processes.append(restore)
+            dump = await spawn(dump_argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+            restore = await spawn(restore_argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
             assert dump.stdout and dump.stderr and restore.stdin and restore.stderr
             nursery.start_soon(collect, "pg_dump", dump.stderr)
             nursery.start_soon(collect, "pg_restore", restore.stderr)
@@ -229,14 +225,15 @@ async def copy_database(
                 if process.returncode is None:
                     process.kill()
                     await process.wait()
+    # pg_dump killed because pg_restore failed says nothing worth showing.
     failed = [
         f"{name}: {line}"
         for name, process in zip(("pg_dump", "pg_restore"), processes, strict=True)
-        if process.returncode != 0
+        if process.returncode != 0 and (errors[name] or name == "pg_restore")
         for line in errors[name][-5:] or [f"exit status {process.returncode}"]
     ]
-    if failed:
-        raise ToolFailed("\n".join(failed))
+    if failed or any(process.returncode != 0 for process in processes):
+        raise ToolFailed("\n".join(failed) or "pg_dump failed without a message")
 
 
 __all__ = [
