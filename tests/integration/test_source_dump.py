@@ -163,12 +163,29 @@ async def test_a_refresh_the_source_refuses_leaves_the_generation_serving(
     assert [p.name for p in (empty_data_dir / "branches").iterdir() if p.name != ".trash"] == []
 
 
+async def test_a_table_the_role_may_not_read_fails_the_refresh_with_the_grant_to_give(
+    managed: Production, empty_data_dir: Path, start_prism: Callable[..., Any]
+) -> None:
+    prism = await start_prism(
+        data_dir=empty_data_dir, source=managed.app_source(), source_mode="dump"
+    )
+    await psql(managed.dsn(dbname=APP_DB), "CREATE TABLE secret (x int)")  # the superuser's
+    async with api(prism) as client:
+        answer = await client.post("/api/v1/branches/main/refresh")
+    assert answer.status_code == 502, answer.text
+    assert (
+        answer.json()["message"] == f"role {APP} may not read everything in the source's database"
+    )
+    assert f"GRANT pg_read_all_data TO {APP}" in answer.json()["hint"]
+    assert await _count(prism) == ROWS
+
+
 @pytest.mark.parametrize(
     ("password", "dbname", "message"),
     [
         ("wrong", APP_DB, f"the source refused the password of role {APP}"),
         (None, APP_DB, f"the source asks role {APP} for a password and Prism has none"),
-        ("app-secret", "nodb", 'database "nodb" does not exist'),
+        ("app-secret", "nodb", "has no database of the name --source gives"),
     ],
 )
 async def test_a_source_that_refuses_the_first_dump_gets_one_clear_error(
