@@ -14,8 +14,9 @@ the API and the ``--refresh-every`` timer make the next one in a staging directo
 Start-up reconcile finishes a swap whose main is gone but whose staging directory stands, and
 removes every other staging directory: a refresh cut short anywhere leaves the old generation
 serving and nothing half-made. Branches keep the generation they were cloned from: on btrfs,
-reflink and copy a clone shares nothing with main's directory that a rename could take away.
-The zfs driver is refused, since its clones hang on main's dataset's snapshots.
+reflink and copy a clone shares nothing with main's directory that a rename could take away; on
+ZFS a clone hangs on a snapshot of main's dataset, so the driver sets the old dataset aside
+(unmounted) instead of destroying it, until no branch needs it (``prism.storage.zfs``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from __future__ import annotations
 import logging
 import secrets
 import sqlite3
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -267,8 +267,7 @@ class Generations:
                 log.warning("refresh: old main stays in the trash until restart: %s", exc.message)
 
     async def _rename(self, name: str, new_name: str) -> None:
-        rename: Callable[[str, str], Awaitable[bool]] = getattr(self.storage, "rename")  # noqa: B009
-        if not await rename(name, new_name):
+        if not await self.storage.rename(name, new_name):
             raise SourceError(f"cannot move {name} into main's place: it is gone or main is back")
 
     async def _discard(self, staged: str) -> None:
@@ -290,12 +289,14 @@ class Generations:
                 continue
             staged, token, number, taken_at = (intent.detail or "").split(" ")
             generation = Generation(int(number), datetime.fromisoformat(taken_at))
-            if not self.storage.exists(MAIN_BRANCH) and self.storage.exists(staged):
+            if self._whole(staged) and not self._whole(MAIN_BRANCH):
                 await self._rename(staged, MAIN_BRANCH)
                 log.warning("reconcile: finished the swap of main to generation %s", number)
-            if self.storage.exists(MAIN_BRANCH) and not self.storage.exists(staged):
+            if self._whole(MAIN_BRANCH) and not self._whole(staged):
                 finished = generation
-            elif not self.storage.exists(MAIN_BRANCH):
+            else:
+                # Cut short before main left, or (zfs) while it was being set aside: main's
+                # own data back in place (a no-op where it never moved); staged goes below.
                 await self.storage.restore(MAIN_BRANCH, token)
             await self.state.finish(MAIN_BRANCH)
         if finished is not None:
@@ -307,6 +308,10 @@ class Generations:
                 if adopted is not None:
                     await self.runtime.stop(name)
                 await self.storage.destroy(name)
+
+    def _whole(self, name: str) -> bool:
+        """Whether ``name`` holds a data directory (a crash may leave an empty mountpoint)."""
+        return (self.storage.path(name) / "PG_VERSION").is_file()
 
     # ---- one copy of the source --------------------------------------------------------------
 
@@ -394,12 +399,6 @@ def open_generations(
     if source is None:
         raise ConfigError(
             "--source-mode dump needs a source to dump", hint="give --source CONNINFO"
-        )
-    if not hasattr(storage, "rename") or storage.name == "zfs":
-        raise ConfigError(
-            f"--source-mode dump does not work with --storage {storage.name} yet: branches "
-            "must keep old generations of main, which zfs clones tie to main's dataset",
-            hint="use --storage btrfs, reflink or copy",
         )
     return Generations(
         source,

@@ -10,7 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -218,27 +218,11 @@ async def test_refresh_without_dump_mode_is_refused_with_what_to_change(
     assert "--source-mode dump" in answer.json()["message"]
 
 
-def test_dump_mode_on_zfs_is_refused_before_anything_is_made() -> None:
-    from prism.config import Settings
-    from prism.generations import open_generations
-
-    class Zfs:
-        name = "zfs"
-
-        async def rename(self, branch: str, new_name: str) -> bool:
-            raise AssertionError("never called")
-
-    settings = Settings(source="host=db", source_mode="dump")
-    with pytest.raises(Exception, match="does not work with --storage zfs") as caught:
-        open_generations(settings, object(), Zfs(), object(), object(), object())  # type: ignore[arg-type]
-    assert "btrfs, reflink or copy" in (caught.value.hint or "")  # type: ignore[attr-defined]
-
-
 # ---- a Prism killed mid-refresh --------------------------------------------------------------
 
 
 async def _serve(
-    data_dir: Path, source: str, crash_at: str | None = None
+    data_dir: Path, source: str, storage: Sequence[str], crash_at: str | None = None
 ) -> tuple[trio.Process, int, int]:
     """``prism serve`` in dump mode in its own process group; ready unless it is to crash."""
     pg_port, api_port = free_port(), free_port()
@@ -248,7 +232,7 @@ async def _serve(
         env["PRISM_TEST_CRASH_AT"] = crash_at
     with (data_dir.parent / f"{data_dir.name}.log").open("ab") as log:
         process = await trio.lowlevel.open_process(
-            serve_args(data_dir, pg_port, api_port),
+            [*serve_args(data_dir, pg_port, api_port, storage=None), *storage],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -282,45 +266,60 @@ def _dsn(pg_port: int, user: str = "postgres") -> str:
     )
 
 
-@pytest.mark.parametrize(
-    ("point", "generation"),
-    [
-        ("refresh:created", 1),
-        ("refresh:restored", 1),
-        ("refresh:recorded", 1),
-        ("refresh:retired", 2),  # main was gone, the whole new generation stood: finished
-        ("refresh:swapped", 2),
-    ],
-)
-async def test_a_refresh_killed_at_any_step_leaves_one_whole_generation_and_no_leftovers(
-    managed: Production, empty_data_dir: Path, point: str, generation: int
-) -> None:
-    data_dir = empty_data_dir / "data"
+#: Each step a refresh passes, and the generation main holds after a kill there and a restart.
+REFRESH_KILLS = [
+    ("refresh:created", 1),
+    ("refresh:restored", 1),
+    ("refresh:recorded", 1),
+    ("refresh:retired", 2),  # main was gone, the whole new generation stood: finished
+    ("refresh:swapped", 2),
+]
+
+
+async def kill_a_refresh(
+    managed: Production, data_dir: Path, point: str, storage: Sequence[str]
+) -> tuple[trio.Process, int, int]:
+    """Main of generation 1 with a branch ``kept`` (a row of its own), 500 more rows on the
+    source, a refresh killed at ``point``: returns the Prism started again afterwards."""
     source = managed.app_source()
-    process, pg_port, api_port = await _serve(data_dir, source)
+    process, pg_port, api_port = await _serve(data_dir, source, storage)
     try:
         await psql(_dsn(pg_port, "postgres@kept"), "INSERT INTO events (origin) VALUES ('kept')")
     finally:
         await _stop(process)
     await managed.app_sql("INSERT INTO events SELECT FROM generate_series(1, 500)")
 
-    process, pg_port, api_port = await _serve(data_dir, source, crash_at=point)
+    process, pg_port, api_port = await _serve(data_dir, source, storage, crash_at=point)
     async with httpx.AsyncClient(timeout=120) as http:
         with contextlib.suppress(httpx.TransportError):  # killed mid-answer, as meant
             await http.post(f"http://127.0.0.1:{api_port}/api/v1/branches/main/refresh")
     with trio.fail_after(60):
         assert await process.wait() == -signal.SIGKILL
+    return await _serve(data_dir, source, storage)
 
-    process, pg_port, api_port = await _serve(data_dir, source)
+
+async def assert_one_whole_generation(pg_port: int, api_port: int, generation: int) -> None:
+    """Main serves ``generation`` whole, and ``kept`` its generation-1 rows and its own."""
+    async with httpx.AsyncClient(timeout=120) as http:
+        listed = (await http.get(f"http://127.0.0.1:{api_port}/api/v1/branches")).json()
+    shown = {b["name"]: b["generation"] for b in listed["branches"]}
+    assert shown == {"main": generation, "kept": 1}
+    rows = await psql(_dsn(pg_port), "SELECT count(*) FROM events")
+    assert int(rows.stdout.decode()) == ROWS + (500 if generation == 2 else 0)
+    kept = await psql(_dsn(pg_port, "postgres@kept"), "SELECT count(*) FROM events")
+    assert int(kept.stdout.decode()) == ROWS + 1
+
+
+@pytest.mark.parametrize(("point", "generation"), REFRESH_KILLS)
+async def test_a_refresh_killed_at_any_step_leaves_one_whole_generation_and_no_leftovers(
+    managed: Production, empty_data_dir: Path, point: str, generation: int
+) -> None:
+    data_dir = empty_data_dir / "data"
+    process, pg_port, api_port = await kill_a_refresh(
+        managed, data_dir, point, ["--storage", "copy"]
+    )
     try:
-        async with httpx.AsyncClient(timeout=120) as http:
-            listed = (await http.get(f"http://127.0.0.1:{api_port}/api/v1/branches")).json()
-        shown = {b["name"]: b["generation"] for b in listed["branches"]}
-        assert shown == {"main": generation, "kept": 1}
-        rows = await psql(_dsn(pg_port), "SELECT count(*) FROM events")
-        assert int(rows.stdout.decode()) == ROWS + (500 if generation == 2 else 0)
-        kept = await psql(_dsn(pg_port, "postgres@kept"), "SELECT count(*) FROM events")
-        assert int(kept.stdout.decode()) == ROWS + 1
+        await assert_one_whole_generation(pg_port, api_port, generation)
         leftovers = sorted(p.name for p in (data_dir / "branches").iterdir())
         assert leftovers == [".trash", "kept"]
         assert list((data_dir / "branches" / ".trash").iterdir()) == []

@@ -1,5 +1,7 @@
 """--source-mode dump on btrfs (subvolume snapshots) and XFS (reflinks): after a refresh the
-old main's directory is gone, and a branch cloned from it still holds and serves its data."""
+old main's directory is gone, and a branch cloned from it still holds and serves its data. On
+ZFS, where a branch is a clone of a snapshot of main's dataset, the old dataset is set aside
+until no branch needs it."""
 
 from __future__ import annotations
 
@@ -15,7 +17,14 @@ from prism.server import PrismServer
 from prism.storage import open_storage
 from tests.integration.harness import PrismHandle, make_settings, psql
 from tests.integration.production import APP_DB, Production, production_server
+from tests.integration.test_source_dump import (
+    REFRESH_KILLS,
+    _stop,
+    assert_one_whole_generation,
+    kill_a_refresh,
+)
 from tests.sysenv import BTRFS_MOUNT, XFS_MOUNT, require_mount
+from tests.system.stacks import place
 
 FILESYSTEMS = {"btrfs": (BTRFS_MOUNT, "btrfs"), "xfs": (XFS_MOUNT, "reflink")}
 ROWS = 1000
@@ -76,3 +85,78 @@ async def test_a_branch_keeps_its_generation_after_the_old_main_is_removed(
     await manager.create("b2")
     assert await _count(prism, "postgres@b2") == ROWS + 500
     assert manager.require("b2").generation.number == 2
+
+
+async def _zfs(*args: str) -> str:
+    result = await trio.run_process(["zfs", *args], capture_stdout=True)
+    return result.stdout.decode().strip()
+
+
+async def test_on_zfs_the_old_generation_is_set_aside_while_a_branch_needs_it(
+    request: pytest.FixtureRequest,
+) -> None:
+    async with (
+        place("zfs") as where,
+        production_server(replication=False) as source,
+        trio.open_nursery() as nursery,
+    ):
+        settings = make_settings(
+            where.data_dir,
+            storage="zfs",
+            zfs_dataset=where.zfs_dataset,
+            source=source.app_source(),
+            source_mode="dump",
+        )
+        info = await nursery.start(PrismServer(settings).run)
+        prism, manager = PrismHandle(info, settings), info.manager
+        await manager.create("b1")
+        await source.app_sql("INSERT INTO events SELECT FROM generate_series(1, 500)")
+        assert (await manager.refresh_main()).number == 2
+
+        # The old main's dataset is kept, marked and unmounted, for b1's origin snapshot; the
+        # new generation's dataset is main now.
+        marks = await _zfs(
+            "get", "-H", "-r", "-s", "local", "-o", "name,value", "prism:aside", where.zfs_dataset
+        )
+        aside = [line.split("\t")[0] for line in marks.splitlines()]
+        assert aside == [f"{where.zfs_dataset}/master"]
+        assert await _zfs("get", "-H", "-o", "value", "mountpoint", aside[0]) == "none"
+        assert manager.storage.dataset_of("main") == f"{where.zfs_dataset}/branches/gen:2"
+        origin = await _zfs("get", "-H", "-o", "value", "origin", manager.storage.dataset_of("b1"))
+        assert origin.startswith(f"{aside[0]}@")
+        await manager.stop("b1")
+        assert await _count(prism, "postgres@b1") == ROWS
+        assert await _count(prism) == ROWS + 500
+        await manager.create("b2")
+        assert await _count(prism, "postgres@b2") == ROWS + 500
+        assert manager.require("b1").generation.number == 1
+
+        # Once no branch needs it, start-up's sweep destroys it; nothing else is touched.
+        assert await manager.storage.sweep() == []  # b1 still needs it
+        await manager.delete("b1")
+        swept = await manager.storage.sweep()
+        assert [str(path) for path in swept] == aside
+        assert await _count(prism, "postgres@b2") == ROWS + 500
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(("point", "generation"), REFRESH_KILLS)
+async def test_on_zfs_a_refresh_killed_at_any_step_leaves_one_whole_generation(
+    point: str, generation: int
+) -> None:
+    async with place("zfs") as where, production_server(replication=False) as managed:
+        storage = ["--storage", "zfs", "--zfs-dataset", where.zfs_dataset]
+        process, pg_port, api_port = await kill_a_refresh(managed, where.data_dir, point, storage)
+        try:
+            await assert_one_whole_generation(pg_port, api_port, generation)
+            leftovers = sorted(p.name for p in (where.data_dir / "branches").iterdir())
+            assert leftovers == [".trash", "kept"]
+            # Only main and kept's datasets (and the old main, set aside for kept) are left.
+            listed = await _zfs("list", "-H", "-r", "-o", "name,mountpoint", where.zfs_dataset)
+            mounted = sorted(line.split("\t")[1] for line in listed.splitlines() if "\t/" in line)
+            assert mounted == [
+                str(where.data_dir / "branches" / "kept"),
+                str(where.data_dir / "master"),
+            ]
+        finally:
+            await _stop(process)
