@@ -20,7 +20,7 @@ import trio
 
 from prism.errors import find_prism_error
 
-from .api_helpers import api, wait_for
+from .api_helpers import api, error_of_next_query, open_session, wait_for
 from .harness import PASSWORD, PrismHandle, free_port, fresh_dir, psql, serve_args
 from .production import APP, APP_DB, Production, production_server
 
@@ -79,11 +79,15 @@ async def test_main_is_a_dump_and_a_refresh_makes_a_new_generation_branches_keep
     await psql(prism.dsn("postgres@b1", dbname=APP_DB), "INSERT INTO events (origin) VALUES ('b1')")
     await managed.app_sql("INSERT INTO events SELECT FROM generate_series(1, 500)")
 
+    session = await trio.to_thread.run_sync(open_session, prism.dsn(dbname=APP_DB))
     async with api(prism) as client, prism.manager.events.subscribe() as events:
         main = (await client.get("/api/v1/branches/main")).json()
         assert main["generation"] == 1
         answer = await client.post("/api/v1/branches/main/refresh")
         assert answer.status_code == 200, answer.text
+        # A session open on main was ended at the swap, saying why.
+        message = await trio.to_thread.run_sync(error_of_next_query, session)
+        assert "main is being replaced by generation 2 of the source" in message
         assert answer.json()["generation"] == 2
         assert answer.json()["generation_taken_at"] >= main["generation_taken_at"]
         with trio.fail_after(30):
