@@ -396,6 +396,13 @@ def open_generations(
     """Main's generations when ``--source-mode dump`` asks for them; None otherwise."""
     if settings.source_mode != "dump":
         return None
+    if settings.runtime != "process":
+        # The copy is restored through the new server's private socket, which only the
+        # process runtime offers so far.
+        raise ConfigError(
+            "--source-mode dump works with the process runtime only, so far",
+            hint="use --runtime process with --source-mode dump",
+        )
     if source is None:
         raise ConfigError(
             "--source-mode dump needs a source to dump", hint="give --source CONNINFO"

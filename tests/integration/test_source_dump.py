@@ -220,6 +220,25 @@ async def test_refresh_without_dump_mode_is_refused_with_what_to_change(
     assert answer.status_code == 409
     assert answer.json()["code"] == "not_dump_mode"
     assert "--source-mode dump" in answer.json()["message"]
+    cli = await trio.run_process(
+        [sys.executable, "-m", "prism.cli", "main", "refresh", "--api", prism.info.api_url],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert cli.returncode == 4  # a conflict with how Prism runs (docs/cli.md)
+    assert cli.stderr.decode().startswith("prism: error: refreshing main needs --source-mode dump")
+
+
+async def test_dump_mode_without_a_source_is_refused_before_anything_is_made(
+    empty_data_dir: Path, start_prism: Callable[..., Any]
+) -> None:
+    with pytest.raises(BaseException) as caught:
+        await start_prism(data_dir=empty_data_dir, source_mode="dump")
+    error = find_prism_error(caught.value)
+    assert error is not None, caught.value
+    assert error.message == "--source-mode dump needs a source to dump"
+    assert not (empty_data_dir / "master").exists()
 
 
 # ---- a Prism killed mid-refresh --------------------------------------------------------------

@@ -1,0 +1,47 @@
+"""Which settings give main generations (--source-mode dump), decided before anything is made."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from prism.config import Settings
+from prism.errors import ConfigError
+from prism.generations import open_generations
+from prism.source.dump import roles_script
+
+# open_generations decides from the settings alone before it touches any of these.
+_UNUSED: Any = None
+
+
+def test_stream_mode_has_no_generations() -> None:
+    settings = Settings(source="host=db")
+    assert open_generations(settings, _UNUSED, _UNUSED, _UNUSED, _UNUSED, _UNUSED) is None
+
+
+def test_dump_mode_needs_the_process_runtime() -> None:
+    # --source refuses the docker runtime today; this keeps dump mode refusing it by name
+    # should --source ever accept it (the restore goes through a private Unix socket).
+    settings = Settings(source="host=db", source_mode="dump", runtime="docker")
+    with pytest.raises(ConfigError, match="works with the process runtime only") as caught:
+        open_generations(settings, _UNUSED, _UNUSED, _UNUSED, _UNUSED, _UNUSED)
+    assert caught.value.hint == "use --runtime process with --source-mode dump"
+
+
+def test_the_role_script_leaves_prisms_superuser_alone() -> None:
+    script = (
+        "CREATE ROLE app;\n"
+        "ALTER ROLE app WITH NOSUPERUSER LOGIN PASSWORD 'SCRAM-SHA-256$x';\n"
+        "CREATE ROLE postgres;\n"
+        "ALTER ROLE postgres WITH SUPERUSER LOGIN PASSWORD 'SCRAM-SHA-256$y';\n"
+        'ALTER ROLE "postgres" WITH SUPERUSER;\n'
+        "CREATE ROLE postgres_reader;\n"
+        "GRANT pg_read_all_data TO postgres;\n"
+    )
+    assert roles_script(script, keep_out="postgres") == (
+        "CREATE ROLE app;\n"
+        "ALTER ROLE app WITH NOSUPERUSER LOGIN PASSWORD 'SCRAM-SHA-256$x';\n"
+        "CREATE ROLE postgres_reader;\n"
+        "GRANT pg_read_all_data TO postgres;\n"
+    )
