@@ -232,9 +232,11 @@ class Generations:
                 why=f"main is being replaced by generation {number} of the source",
             )
         except BaseException as exc:
-            with trio.CancelScope(shield=True):
-                await self._discard(staged)
-            self._publish_failure(number, exc)
+            swapped = self.store.known.get(MAIN_BRANCH) == generation
+            if not swapped:
+                with trio.CancelScope(shield=True):
+                    await self._discard(staged)
+            self._publish_failure(number, exc, swapped=swapped)
             raise
         self._publish_done(generation, started)
         return generation
@@ -251,7 +253,7 @@ class Generations:
             await self._rename(staged, MAIN_BRANCH)
         except BaseException:
             with trio.CancelScope(shield=True):
-                if not self.storage.exists(MAIN_BRANCH):
+                if not self._whole(MAIN_BRANCH):
                     await self.storage.restore(MAIN_BRANCH, token)
                 await self.state.finish(MAIN_BRANCH)
             raise
@@ -375,9 +377,12 @@ class Generations:
             "refresh_done", MAIN_BRANCH, generation=generation.number, duration_ms=duration_ms
         )
 
-    def _publish_failure(self, number: int, exc: BaseException) -> None:
+    def _publish_failure(self, number: int, exc: BaseException, *, swapped: bool = False) -> None:
         error = exc.message if isinstance(exc, PrismError) else repr(exc)
-        log.error("refresh: generation %d of main failed; nothing changed: %s", number, error)
+        if swapped:  # only main's start after the swap failed: the next client starts it
+            log.error("refresh: main is generation %d but did not start: %s", number, error)
+        else:
+            log.error("refresh: generation %d of main failed; nothing changed: %s", number, error)
         self.events.publish("refresh_failed", MAIN_BRANCH, generation=number, error=error)
 
 

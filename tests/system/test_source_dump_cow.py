@@ -137,6 +137,18 @@ async def test_on_zfs_the_old_generation_is_set_aside_while_a_branch_needs_it(
         swept = await manager.storage.sweep()
         assert [str(path) for path in swept] == aside
         assert await _count(prism, "postgres@b2") == ROWS + 500
+
+        # A main nothing is cloned from is destroyed as soon as the next generation serves.
+        await manager.delete("b2")
+        assert (await manager.refresh_main()).number == 3
+        assert await _zfs("get", "-H", "-r", "-s", "local", "prism:aside", where.zfs_dataset) == ""
+        listed = (await _zfs("list", "-H", "-o", "name", "-r", where.zfs_dataset)).split()
+        assert listed == [
+            where.zfs_dataset,
+            f"{where.zfs_dataset}/branches",
+            f"{where.zfs_dataset}/branches/gen:3",
+        ]
+        assert await _count(prism) == ROWS + 500
         nursery.cancel_scope.cancel()
 
 

@@ -242,18 +242,14 @@ class ZfsStorage(BranchLayout):
         """Destroy the dataset at once: a mounted dataset cannot be renamed into the trash, and
         ``zfs destroy`` is already all-or-nothing (and frees space on a full pool).
 
-        Main with a ``token`` (replaced by a new generation) whose snapshots have clones is set
-        aside instead: marked with the token and unmounted, for ``restore`` or, once no clone
-        needs it, ``sweep``. Renaming it is no option: ``zfs rename`` of an origin remounts
-        its clones, which fails under their running servers.
+        Main with a ``token`` (replaced by a new generation) is set aside instead: marked with
+        the token and unmounted, for ``restore`` until the new generation is in its place, and
+        destroyed then or, while branches are clones of its snapshots, once none is. Renaming
+        it is no option: ``zfs rename`` of an origin remounts its clones, which fails under
+        their running servers.
         """
         main = self.dataset_of(MAIN_BRANCH)
-        if (
-            branch == MAIN_BRANCH
-            and token is not None
-            and await self._dataset_exists(main)
-            and await self._clones_of(main)
-        ):
+        if branch == MAIN_BRANCH and token is not None and await self._dataset_exists(main):
             await self._zfs(
                 ["set", f"{_ASIDE}={token}", main], action=f"mark {main}", hint="check ZFS runs"
             )
@@ -291,23 +287,42 @@ class ZfsStorage(BranchLayout):
         if not await self._dataset_exists(dataset) or not await self._mount_as_main(dataset):
             return False
         await _remove_empty_mountpoint(self.path(branch))
+        await self._destroy_unneeded_asides()
         return True
 
     async def _mount_as_main(self, dataset: str) -> bool:
         """Mount ``dataset`` at main's path unless main is there; it serves as main from now."""
         if (self.path(MAIN_BRANCH) / "PG_VERSION").exists():
             return False
-        await self._zfs(
-            ["set", f"mountpoint={self.path(MAIN_BRANCH)}", dataset],
-            action=f"mount {dataset} as main",
-            hint=f"check that {self.path(MAIN_BRANCH)} is empty",
+        hint = f"check that {self.path(MAIN_BRANCH)} is empty"
+        try:
+            await self._zfs(
+                ["set", f"mountpoint={self.path(MAIN_BRANCH)}", dataset],
+                action=f"mount {dataset} as main",
+                hint=hint,
+            )
+        except StorageError as exc:
+            # Right after main's old dataset left, zfs-fuse may still call the mountpoint
+            # busy: the property is set all the same, and the mount is tried again below.
+            if "busy" not in exc.message:
+                raise
+        mounted = await self._zfs(
+            ["get", "-H", "-o", "value", "mounted", dataset],
+            action=f"read whether {dataset} is mounted",
+            hint="check that ZFS is running",
         )
+        if mounted != "yes":
+            await self._zfs_patiently(["mount", dataset], action=f"mount {dataset}", hint=hint)
         self._main = dataset
         return True
 
     async def sweep(self) -> builtins.list[Path]:
         """Also destroy main's datasets set aside by refreshes that no branch is a clone of."""
-        removed = await super().sweep()
+        return [*await super().sweep(), *await self._destroy_unneeded_asides()]
+
+    async def _destroy_unneeded_asides(self) -> builtins.list[Path]:
+        """Destroy the set-aside datasets of old mains that no branch is a clone of."""
+        removed = []
         for dataset, _ in await self._marks():
             if dataset != self.dataset_of(MAIN_BRANCH) and not await self._clones_of(dataset):
                 await self._destroy(dataset, recursive=True)
@@ -418,21 +433,24 @@ class ZfsStorage(BranchLayout):
             # Unmount separately: the error of a failed unmount names the real culprit (a
             # process with files open there), where destroy would only say "busy".
             await probe_tool(["zfs", "unmount", name])
-        args = ["destroy", *(["-r"] if recursive else []), name]
+        await self._zfs_patiently(
+            ["destroy", *(["-r"] if recursive else []), name],
+            action=f"destroy {name}",
+            hint="check that no process (a Postgres server, a shell) uses its files",
+        )
+
+    async def _zfs_patiently(self, args: list[str], *, action: str, hint: str) -> None:
+        """Run ``zfs args``, riding out "busy" for a while (see ``_BUSY_RETRY_S``)."""
         pause = 0.01
         deadline = trio.current_time() + _BUSY_RETRY_S
         while True:
             try:
-                await self._zfs(
-                    args,
-                    action=f"destroy {name}",
-                    hint="check that no process (a Postgres server, a shell) uses its files",
-                )
+                await self._zfs(args, action=action, hint=hint)
                 return
             except StorageError as exc:
                 if "busy" not in exc.message or trio.current_time() >= deadline:
                     raise
-            log.debug("storage: %s busy, retrying in %.2fs", name, pause)
+            log.debug("storage: %s: busy, retrying in %.2fs", action, pause)
             await trio.sleep(pause)
             pause = min(pause * 2, 0.5)
 
