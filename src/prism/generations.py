@@ -22,6 +22,7 @@ ZFS a clone hangs on a snapshot of main's dataset, so the driver sets the old da
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import sqlite3
 from dataclasses import dataclass
@@ -91,6 +92,20 @@ class GenerationStore:
 
 
 @dataclass
+class Every:
+    """Says yes at most once every ``seconds`` (sans-IO: the caller gives the time)."""
+
+    seconds: float
+    last: float = -math.inf
+
+    def due(self, now: float) -> bool:
+        if now - self.last < self.seconds:
+            return False
+        self.last = now
+        return True
+
+
+@dataclass
 class _Outcome:
     done: trio.Event
     generation: Generation | None = None
@@ -122,7 +137,8 @@ class Generations:
         self._manager: BranchManager | None = None
         self._nursery: trio.Nursery | None = None
         self._running: _Outcome | None = None
-        self._last_logged = -_LOG_EVERY_S
+        # pg_dump writes in small pieces: an event a second and a log line every 5 s.
+        self._events_due, self._log_due = Every(1.0), Every(_LOG_EVERY_S)
 
     # ---- wiring ------------------------------------------------------------------------------
 
@@ -358,17 +374,16 @@ class Generations:
 
     def _report(self, progress: CopyProgress) -> None:
         now = trio.current_time()
-        if now - self._last_logged < 1.0:
-            return  # pg_dump writes in small pieces: one event a second is plenty
+        if not self._events_due.due(now):
+            return
         self.events.publish("refresh_progress", MAIN_BRANCH, phase="data", **progress.fields())
-        if now - self._last_logged >= _LOG_EVERY_S:
+        if self._log_due.due(now):
             log.info(
                 "dump: %s: %d MB copied (%.1f MB/s)",
                 progress.database,
                 progress.done_bytes // 2**20,
                 progress.rate_bytes_s / 2**20,
             )
-        self._last_logged = now
 
     def _publish_done(self, generation: Generation, started: float) -> None:
         duration_ms = round((trio.current_time() - started) * 1000, 1)
@@ -423,4 +438,4 @@ def open_generations(
     )
 
 
-__all__ = ["OP_REFRESH", "GenerationStore", "Generations", "open_generations"]
+__all__ = ["OP_REFRESH", "Every", "GenerationStore", "Generations", "open_generations"]

@@ -8,7 +8,7 @@ import pytest
 
 from prism.config import Settings
 from prism.errors import ConfigError
-from prism.generations import open_generations
+from prism.generations import Every, open_generations
 from prism.source.dump import roles_script
 
 # open_generations decides from the settings alone before it touches any of these.
@@ -45,3 +45,17 @@ def test_the_role_script_leaves_prisms_superuser_alone() -> None:
         "CREATE ROLE postgres_reader;\n"
         "GRANT pg_read_all_data TO postgres;\n"
     )
+
+
+def test_progress_is_reported_at_most_once_a_period_each_on_its_own_clock() -> None:
+    events, log = Every(1.0), Every(5.0)
+    said = [(now, events.due(now), log.due(now)) for now in (0.0, 0.5, 1.0, 2.5, 4.9, 5.0, 5.5)]
+    assert said == [
+        (0.0, True, True),
+        (0.5, False, False),
+        (1.0, True, False),
+        (2.5, True, False),
+        (4.9, True, False),
+        (5.0, False, True),
+        (5.5, False, False),
+    ]
