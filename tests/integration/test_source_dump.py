@@ -272,7 +272,7 @@ async def _serve(
                     await trio.sleep(0.05)
 
 
-async def _stop(process: trio.Process) -> None:
+async def stop_serve(process: trio.Process) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
         with trio.move_on_after(60):
@@ -309,7 +309,7 @@ async def kill_a_refresh(
     try:
         await psql(_dsn(pg_port, "postgres@kept"), "INSERT INTO events (origin) VALUES ('kept')")
     finally:
-        await _stop(process)
+        await stop_serve(process)
     await managed.app_sql("INSERT INTO events SELECT FROM generate_series(1, 500)")
 
     process, pg_port, api_port = await _serve(data_dir, source, storage, crash_at=point)
@@ -347,4 +347,4 @@ async def test_a_refresh_killed_at_any_step_leaves_one_whole_generation_and_no_l
         assert leftovers == [".trash", "kept"]
         assert list((data_dir / "branches" / ".trash").iterdir()) == []
     finally:
-        await _stop(process)
+        await stop_serve(process)

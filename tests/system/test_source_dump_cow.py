@@ -19,9 +19,9 @@ from tests.integration.harness import PrismHandle, make_settings, psql
 from tests.integration.production import APP_DB, Production, production_server
 from tests.integration.test_source_dump import (
     REFRESH_KILLS,
-    _stop,
     assert_one_whole_generation,
     kill_a_refresh,
+    stop_serve,
 )
 from tests.sysenv import BTRFS_MOUNT, XFS_MOUNT, require_mount
 from tests.system.stacks import place
@@ -171,4 +171,4 @@ async def test_on_zfs_a_refresh_killed_at_any_step_leaves_one_whole_generation(
                 str(where.data_dir / "master"),
             ]
         finally:
-            await _stop(process)
+            await stop_serve(process)
