@@ -88,6 +88,14 @@ class FakeStorage:
         self.branches.add(branch)
         return True
 
+    async def rename(self, branch: str, new_name: str) -> bool:
+        await self._step("rename", branch)
+        if branch not in self.branches or new_name in self.branches:
+            return False
+        self.branches.discard(branch)
+        self.branches.add(new_name)
+        return True
+
     async def remove_path(self, path: Path) -> None:
         await self._step("remove_path", path.name)
         self.trash.pop(path, None)

@@ -70,7 +70,7 @@ from prism.errors import (
 )
 from prism.events import EventBus
 from prism.hooks import HookCommands, command_environment, run_on_create, run_on_create_command
-from prism.names import MAIN_BRANCH, is_snapshot_name, validate_branch_name
+from prism.names import MAIN_BRANCH, is_generation_name, is_snapshot_name, validate_branch_name
 from prism.pgclient import connect_branch
 from prism.pitr import PointInTime
 from prism.policy import (
@@ -84,7 +84,7 @@ from prism.policy import (
 from prism.runtime.base import Runtime
 from prism.schemadiff import SchemaDiff, diff_schemas, read_schema
 from prism.source.standby import detach_clone
-from prism.state import BranchRecord, Intent, StateStore, rfc3339, utcnow
+from prism.state import BranchRecord, Generation, Intent, StateStore, rfc3339, utcnow
 from prism.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,8 @@ class Branch:
     address: BackendAddress | None = None
     connections: int = 0
     bytes_proxied: int = 0
+    generation: Generation | None = None
+    """The generation of main this branch holds (``--source-mode dump``; else None)."""
 
     @property
     def last_active(self) -> datetime:
@@ -234,6 +236,11 @@ class BranchManager:
         self.point_in_time: PointInTime | None = None
         """Snapshots and WAL archives of the branches that keep WAL, when kept
         (``--snapshot-every``): what ``create`` with ``at`` needs."""
+        self.after_clone: list[Callable[[str, str], Awaitable[None]]] = []
+        """Called with parent and child once a clone stands, the parent's lock still held (so
+        main cannot be replaced in between): records which generation of main it holds."""
+        self.refresh_main: Callable[[], Awaitable[Generation]] | None = None
+        """Makes a new generation of main (``--source-mode dump``); None in other modes."""
 
     # ---- queries -------------------------------------------------------------------------
 
@@ -383,7 +390,11 @@ class BranchManager:
                 await self._undo_on_disk(name)
                 await self.state.delete(name)
                 del records[name]
-        on_disk = {name for name in self.storage.list() if not is_snapshot_name(name)}
+        on_disk = {
+            name
+            for name in self.storage.list()
+            if not (is_snapshot_name(name) or is_generation_name(name))
+        }
         for name, record in records.items():
             if name not in on_disk:
                 log.warning("reconcile: forgetting branch %s: its data directory is gone", name)
@@ -715,6 +726,25 @@ class BranchManager:
                 "reset: branch %s re-cloned from %s in %.1f ms", name, parent, _elapsed_ms(started)
             )
             return branch
+
+    async def replace_main(self, swap: Callable[[], Awaitable[None]], *, why: str) -> None:
+        """Run ``swap``, which puts other data in main's directory, with main stopped and locked.
+
+        No clone of main and no session of main spans the swap; sessions are ended with
+        ``why``. Main comes back running if it was, on the new data or (``swap`` failed and put
+        the old data back) the old.
+        """
+        async with self._locks[MAIN_BRANCH]:
+            branch = self.require(MAIN_BRANCH)
+            was_running = self.runtime.address(MAIN_BRANCH) is not None
+            await self._terminate_sessions(MAIN_BRANCH, why, hint="connect again")
+            await self._stop(branch, reason="refresh")
+            try:
+                await swap()
+                self._discarded(MAIN_BRANCH)
+            finally:
+                if was_running:
+                    await self._start(branch, reason="refresh")
 
     async def delete(self, name: str, *, with_children: bool = False) -> builtins.list[str]:
         """Remove a branch (and, if asked, its descendants): server, data and record.
@@ -1058,6 +1088,8 @@ class BranchManager:
                 parent_address=self.runtime.address(parent),
                 superuser=self._superuser,
             )
+            for hook in self.after_clone:
+                await hook(parent, child)
 
     def _publish_failure(self, name: str, exc: BaseException, started: float) -> None:
         error = _describe(exc)

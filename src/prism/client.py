@@ -42,6 +42,7 @@ _EXIT_BY_CODE = {
     "branch_has_children": EXIT_CONFLICT,
     "branch_protected": EXIT_CONFLICT,
     "conflict": EXIT_CONFLICT,
+    "not_dump_mode": EXIT_CONFLICT,
 }
 # Creating a branch of a big main with the copy driver, or a cold Docker start, can take minutes.
 _OPERATION_TIMEOUT = httpx.Timeout(10.0, read=600.0)
@@ -136,7 +137,12 @@ def format_branches(branches: Sequence[dict[str, Any]], *, now: float | None = N
         )
         for b in branches
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    if any(b.get("generation") is not None for b in branches):  # --source-mode dump
+        rows = [(*rows[0], "GEN")] + [
+            (*row, str(b.get("generation") or "-"))
+            for row, b in zip(rows[1:], branches, strict=True)
+        ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in rows
@@ -146,6 +152,8 @@ def format_branches(branches: Sequence[dict[str, Any]], *, now: float | None = N
 def format_branch(branch: dict[str, Any]) -> str:
     """One line about one branch, after an operation on it."""
     parts = [f"parent {branch['parent']}" if branch["parent"] else "no parent"]
+    if branch.get("generation") is not None:
+        parts.append(f"generation {branch['generation']} of {branch['generation_taken_at']}")
     if branch["address"]:
         parts.append(f"server {branch['address']}")
     return f"{branch['name']}: {branch['status']} ({', '.join(parts)})"
@@ -282,6 +290,11 @@ def _operation(verb: str) -> Command:
     return run
 
 
+def _refresh(api: ApiClient, args: argparse.Namespace) -> Any:
+    # No read timeout: the answer comes when the whole dump is restored, however long it takes.
+    return api.call("POST", "/branches/main/refresh", timeout=None)
+
+
 class Text(str):
     """A result printed as it is, even with ``--json`` (a connection string for a script)."""
 
@@ -415,6 +428,14 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     ls.add_argument("--branch", default="main", help="whose snapshots (default main)")
     _add_common(ls)
     ls.set_defaults(run=_snapshots)
+
+    main = commands.add_parser("main", help="main's generations (--source-mode dump)")
+    main_verbs = main.add_subparsers(dest="verb", required=True, metavar="VERB")
+    refresh = main_verbs.add_parser(
+        "refresh", help="make a new generation of main from the source (waits until it serves)"
+    )
+    _add_common(refresh)
+    refresh.set_defaults(run=_refresh)
 
     events = commands.add_parser("events", help="follow branch events live")
     _add_common(events)

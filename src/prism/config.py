@@ -124,6 +124,13 @@ class AuthMode(StrEnum):
     PASSTHROUGH = "passthrough"
 
 
+class SourceMode(StrEnum):
+    """``--source-mode``: how main gets the source's data."""
+
+    STREAM = "stream"
+    DUMP = "dump"
+
+
 class DataPlaneChoice(StrEnum):
     """``--data-plane``: how spliced bytes move."""
 
@@ -497,6 +504,23 @@ class Settings:
         metadata=_about(
             _slot_name,
             "physical replication slot main streams from, created on the source if missing",
+        ),
+    )
+    source_mode: SourceMode = field(
+        default=SourceMode.STREAM,
+        metadata=_about(
+            _choice(SourceMode),
+            "how main gets the source's data: stream (a hot standby by physical replication) "
+            "or dump (pg_dump piped into pg_restore, a new generation of main at a time, for "
+            "sources that forbid replication)",
+        ),
+    )
+    refresh_every: float = field(
+        default=0.0,
+        metadata=_about(
+            parse_duration,
+            "with --source-mode dump, take a new generation of main this often (0: only on "
+            "demand, prism main refresh)",
         ),
     )
     snapshot_every: float = field(

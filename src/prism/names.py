@@ -40,6 +40,16 @@ SNAPSHOT_PREFIX: Final = "snap:"
 so a snapshot never collides with a branch and reconcile never takes one for a branch."""
 
 
+GENERATION_PREFIX: Final = "gen:"
+"""Storage names of main's generations being restored (``gen:<number>``; ``prism.generations``),
+which a ``:`` keeps apart from branches like the snapshots."""
+
+
+def is_generation_name(name: str) -> bool:
+    """Whether a storage entry is a generation of main being made, not a branch."""
+    return name.startswith(GENERATION_PREFIX)
+
+
 def is_snapshot_name(name: str) -> bool:
     """Whether a storage entry is a snapshot (``prism.snapshots``), not a branch."""
     return name.startswith(SNAPSHOT_PREFIX)

@@ -23,6 +23,7 @@ from prism.dataplane import choose as choose_data_plane
 from prism.dsn import Endpoint
 from prism.errors import ConfigError
 from prism.events import EventBus
+from prism.generations import open_generations
 from prism.hooks import HookCommands
 from prism.pitr import SnapshotSource, open_point_in_time
 from prism.policy import CreateDefaults
@@ -128,8 +129,16 @@ class PrismServer:
         state = StateStore(data_dir / "prism.db")
         events = EventBus(buffer=settings.event_buffer)
         source = await open_source(settings, data_dir, events, runtime)
-        if source is not None:
+        generations = await open_generations(
+            settings, data_dir, source, storage, runtime, state, events
+        )
+        if generations is not None:
+            await generations.reconcile()
+        elif source is not None:
             await source.reconcile(storage)
+        make_main = None if source is None else source.make_main
+        if generations is not None:
+            make_main = generations.make_first
         manager = BranchManager(
             storage=storage,
             runtime=runtime,
@@ -151,12 +160,14 @@ class PrismServer:
                 password=settings.password,
                 tls=settings.tls,
             ),
-            make_main=None if source is None else source.make_main,
+            make_main=make_main,
             hook_commands=HookCommands(
                 allowed=settings.allow_hook_commands, timeout=settings.hook_command_timeout
             ),
         )
-        point_in_time = open_point_in_time(settings, data_dir, storage, runtime, events)
+        point_in_time = None
+        if generations is None:  # each generation is a new cluster: its WAL starts over
+            point_in_time = open_point_in_time(settings, data_dir, storage, runtime, events)
         manager.point_in_time = point_in_time
         if point_in_time is not None:
             manager.after_start.append(point_in_time.started)
@@ -167,11 +178,13 @@ class PrismServer:
             if point_in_time is not None:
                 await point_in_time.reconcile()
             await manager.open()
+            if generations is not None:
+                generations.attach(manager)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(trio.serve_listeners, proxy.handle, [pg_listener])
                 nursery.start_soon(manager.watch)
                 source_health = None
-                if source is not None:
+                if source is not None and generations is None:
                     watched = source
 
                     async def source_health() -> dict[str, Any]:
@@ -186,7 +199,10 @@ class PrismServer:
                     body_timeout=settings.api_body_timeout,
                 )
                 await nursery.start(_serve_api, app, api_listener)
-                if source is not None:
+                if generations is not None:
+                    run = functools.partial(generations.run, every=settings.refresh_every)
+                    await nursery.start(run)
+                elif source is not None:
                     watch = functools.partial(watch_source, superuser=settings.superuser)
                     nursery.start_soon(watch, source, manager)
                 if settings.idle_timeout > 0:

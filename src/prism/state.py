@@ -63,6 +63,15 @@ class BranchRecord:
     status: str
 
 
+@dataclass(frozen=True)
+class Generation:
+    """One copy of the source in main (``--source-mode dump``): its number, counted from 1,
+    and when its dump was taken. A branch carries the generation of main it was cloned from."""
+
+    number: int
+    taken_at: datetime
+
+
 class StateError(StorageError):
     """The state file could not be read or written (most often: the disk is full)."""
 

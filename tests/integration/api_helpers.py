@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import psycopg
+import pytest
 
 from .harness import PrismHandle
 
@@ -31,3 +33,18 @@ async def wait_for(subscription: Any, **fields: Any) -> list[dict[str, Any]]:
 def status(prism: PrismHandle, name: str) -> str | None:
     branch: Any = prism.manager.get(name)
     return None if branch is None else str(branch.status.value)
+
+
+def open_session(dsn: str) -> psycopg.Connection[Any]:
+    """A psycopg session that has run one query (blocking: call it in a thread)."""
+    conn = psycopg.connect(dsn, autocommit=True)
+    conn.execute("SELECT 1")
+    return conn
+
+
+def error_of_next_query(conn: psycopg.Connection[Any]) -> str:
+    """The error a session that Prism ended gets at its next query (blocking)."""
+    with pytest.raises(psycopg.OperationalError) as caught:
+        conn.execute("SELECT 1")
+    conn.close()
+    return str(caught.value)

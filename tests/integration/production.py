@@ -3,7 +3,9 @@ wal_level=replica, a replication role with a password and a pg_hba.conf with no 
 
 The binaries are the embedded ones, or a bin dir of the major the branch servers run (the docker
 runtime's image); helpers read main and branches through a Prism following it.
-"""
+``production_server(replication=False)`` is a managed database instead (for --source-mode
+dump): no replication line in pg_hba.conf, and an application role ``app`` (no REPLICATION, no
+superuser) owning its database ``appdb`` with a table ``events`` of its own."""
 
 from __future__ import annotations
 
@@ -34,6 +36,13 @@ host        all          all          127.0.0.1/32 scram-sha-256
 host        replication  {REPLICATOR}   127.0.0.1/32 scram-sha-256
 host        replication  no_repl_role 127.0.0.1/32 scram-sha-256
 """
+MANAGED_HBA = """\
+local       all          all                       scram-sha-256
+host        all          all          127.0.0.1/32 scram-sha-256
+"""
+APP = "app"
+APP_PASSWORD = "app-secret"
+APP_DB = "appdb"
 
 
 @dataclass
@@ -46,16 +55,26 @@ class Production:
     #: Where Prism reaches it: the loopback, or an address its containers can route to.
     source_host: str = "127.0.0.1"
 
-    def dsn(self, user: str = "postgres", password: str = SUPERUSER_PASSWORD) -> str:
-        return f"host=127.0.0.1 port={self.port} user={user} password={password} dbname=postgres"
+    def dsn(
+        self, user: str = "postgres", password: str = SUPERUSER_PASSWORD, dbname: str = "postgres"
+    ) -> str:
+        return f"host=127.0.0.1 port={self.port} user={user} password={password} dbname={dbname}"
 
     def source(self, user: str = REPLICATOR, password: str = REPLICATOR_PASSWORD) -> str:
         """What Prism's --source is set to."""
         host, port = self.source_host, self.port
         return f"host={host} port={port} user={user} password={password} dbname=postgres"
 
+    def app_source(self, password: str = APP_PASSWORD) -> str:
+        """--source of a managed database: the application role and its database."""
+        return self.dsn(APP, password, APP_DB)
+
     async def sql(self, sql: str) -> str:
         return (await psql(self.dsn(), sql)).stdout.decode().strip()
+
+    async def app_sql(self, sql: str) -> str:
+        """Run ``sql`` as the application role in its database."""
+        return (await psql(self.dsn(APP, APP_PASSWORD, APP_DB), sql)).stdout.decode().strip()
 
     async def pg_ctl(self, *args: str) -> None:
         log = self.pgdata.parent / "production.log"
@@ -76,13 +95,17 @@ class Production:
 
 @contextlib.asynccontextmanager
 async def production_server(
-    bin_dir: Path | None = None, *, bridge: tuple[str, str] | None = None
+    bin_dir: Path | None = None,
+    *,
+    bridge: tuple[str, str] | None = None,
+    replication: bool = True,
 ) -> AsyncIterator[Production]:
     """Start a production-like server with a table ``events`` and stop it at the end.
 
     ``bin_dir`` holds the binaries to run it with; the embedded ones without it. ``bridge``
     (an address of this host, a network) makes it listen there too and take replication
     connections from that network (a docker bridge's gateway and subnet), Prism's source host.
+    ``replication=False`` makes it a managed database (no replication line; see above).
     """
     base = fresh_dir("production-")
     install = await resolve_pg_install(base, pg_bin=bin_dir)
@@ -103,7 +126,7 @@ async def production_server(
             env={"PATH": os.environ["PATH"], "LC_ALL": "C"},
             **install.spawn_options(),
         )
-        listen, hba = "127.0.0.1", PRODUCTION_HBA
+        listen, hba = "127.0.0.1", PRODUCTION_HBA if replication else MANAGED_HBA
         if bridge is not None:
             listen += f",{bridge[0]}"
             hba += f"host        replication  {REPLICATOR}   {bridge[1]} scram-sha-256\n"
@@ -123,6 +146,14 @@ async def production_server(
             "DEFAULT clock_timestamp(), origin text NOT NULL DEFAULT 'source');"
             "INSERT INTO events SELECT FROM generate_series(1, 1000)"
         )
+        if not replication:
+            await production.sql(f"CREATE ROLE {APP} LOGIN PASSWORD '{APP_PASSWORD}'")
+            await production.sql(f"CREATE DATABASE {APP_DB} OWNER {APP}")
+            await production.app_sql(
+                "CREATE TABLE events (id bigserial PRIMARY KEY, at timestamptz NOT NULL "
+                "DEFAULT clock_timestamp(), origin text NOT NULL DEFAULT 'source');"
+                "INSERT INTO events SELECT FROM generate_series(1, 1000)"
+            )
         yield production
     finally:
         with trio.CancelScope(shield=True):

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 import trio
 
 from tests.waiting import wait_until
 
-from .api_helpers import api, status
+from .api_helpers import api, error_of_next_query, open_session, status
 from .harness import PrismHandle, psql
 
 V1 = "/api/v1"
@@ -57,30 +56,17 @@ async def test_stop_keeps_data_and_start_brings_the_branch_back(prism: PrismHand
     assert await _value(prism, "pausable", "SELECT v FROM t") == "5"
 
 
-def _open_session(dsn: str) -> psycopg.Connection[Any]:
-    conn = psycopg.connect(dsn, autocommit=True)
-    conn.execute("SELECT 1")
-    return conn
-
-
-def _error_of_next_query(conn: psycopg.Connection[Any]) -> str:
-    with pytest.raises(psycopg.OperationalError) as caught:
-        conn.execute("SELECT 1")
-    conn.close()
-    return str(caught.value)
-
-
 async def test_reset_throws_changes_away_and_ends_open_sessions_with_a_reason(
     prism: PrismHandle,
 ) -> None:
     await psql(prism.dsn(), "CREATE TABLE base AS SELECT 'v1' AS v")
     await psql(prism.dsn("postgres@work"), "CREATE TABLE scratch (x int); UPDATE base SET v='w'")
     await psql(prism.dsn(), "UPDATE base SET v = 'v2'")
-    session = await trio.to_thread.run_sync(_open_session, prism.dsn("postgres@work"))
+    session = await trio.to_thread.run_sync(open_session, prism.dsn("postgres@work"))
     async with api(prism) as http:
         response = await http.post(f"{V1}/branches/work/reset")
     assert response.status_code == 200 and response.json()["status"] == "running"
-    message = await trio.to_thread.run_sync(_error_of_next_query, session)
+    message = await trio.to_thread.run_sync(error_of_next_query, session)
     assert 'branch "work" is being reset' in message
     check = "SELECT to_regclass('scratch') IS NULL, (SELECT v FROM base)"
     assert await _value(prism, "work", check) == "t|v2"  # the parent's current state
@@ -142,12 +128,12 @@ async def test_delete_refuses_a_branch_with_children_unless_asked(prism: PrismHa
 async def test_deleting_a_branch_ends_its_sessions_and_removes_its_data(
     prism: PrismHandle,
 ) -> None:
-    session = await trio.to_thread.run_sync(_open_session, prism.dsn("postgres@doomed"))
+    session = await trio.to_thread.run_sync(open_session, prism.dsn("postgres@doomed"))
     async with api(prism) as http:
         response = await http.delete(f"{V1}/branches/doomed")
     assert response.json() == {"deleted": ["doomed"]}
     assert 'branch "doomed" was deleted' in await trio.to_thread.run_sync(
-        _error_of_next_query, session
+        error_of_next_query, session
     )
     assert not prism.manager.storage.path("doomed").exists()
 

@@ -31,6 +31,7 @@ from prism.errors import (
     StorageError,
     TooManyConnections,
 )
+from prism.source.basebackup import SourceError
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ _STATUS: tuple[tuple[type[PrismError], int, str], ...] = (
     (RuntimeStartFailed, 503, "start_failed"),
     (StorageError, 500, "storage_error"),
     (BackendQueryError, 422, "query_failed"),
+    (SourceError, 502, "source_failed"),
 )
 
 #: Statuses sent before the request body was read to its end (too slow, too large).

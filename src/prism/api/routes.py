@@ -311,6 +311,19 @@ def register_routes(
     async def reset_branch(name: str) -> Response:
         return jsonify(await view(await manager.reset(name)))
 
+    @app.post(f"{PREFIX}/branches/main/refresh")
+    async def refresh_main() -> Response:
+        """A new generation of main from the source (``--source-mode dump``), once it serves."""
+        if manager.refresh_main is None:
+            raise ApiError(
+                409,
+                "not_dump_mode",
+                "refreshing main needs --source-mode dump (a source copied with pg_dump)",
+                hint="start Prism with --source CONNINFO --source-mode dump",
+            )
+        await manager.refresh_main()
+        return jsonify(await view(manager.require(MAIN_BRANCH)))
+
     @app.post(f"{PREFIX}/branches/<name>/stop")
     async def stop_branch(name: str) -> Response:
         return jsonify(await view(await manager.stop(name)))

@@ -42,6 +42,10 @@ def branch_view(
         "address": None if address is None else f"{address.host}:{address.port}",
         "bytes_proxied": branch.bytes_proxied,
         "disk_bytes": disk_bytes,
+        "generation": None if branch.generation is None else branch.generation.number,
+        "generation_taken_at": (
+            None if branch.generation is None else rfc3339(branch.generation.taken_at)
+        ),
         **({} if policy is None else policy_view(policy)),
         **more,
     }

@@ -75,6 +75,23 @@ _EXPLANATIONS: tuple[tuple[str, str, str], ...] = (
         "pg_hba.conf on the source, then SELECT pg_reload_conf() there",
     ),
     (
+        "no pg_hba.conf entry for host",
+        "the source's pg_hba.conf allows no connection for role {user} from Prism's host",
+        "add a line like 'host <database> {user} <prism-host>/32 scram-sha-256' to "
+        "pg_hba.conf on the source (a managed service: allow Prism's address), then reload it",
+    ),
+    (
+        "permission denied for (table|sequence|schema|relation|large object|function)",
+        "role {user} may not read everything in the source's database",
+        "on the source: GRANT pg_read_all_data TO {user} (PostgreSQL 14+), or give the "
+        "database owner's role in --source",
+    ),
+    (
+        'database ".*" does not exist',
+        "the source at {where} has no database of the name --source gives",
+        "check dbname in --source (without one, libpq takes the user's name)",
+    ),
+    (
         "permission denied to start WAL sender|must be superuser or replication role",
         "the source refuses role {user}: it lacks the REPLICATION attribute",
         "on the source: ALTER ROLE {user} REPLICATION",

@@ -82,7 +82,7 @@ class Source:
     async def make_main(self, pgdata: Path) -> None:
         """Fill the empty ``pgdata`` with a base backup of the source and make it a standby."""
         await trio.to_thread.run_sync(self._prepare)
-        env = tool_env(self.passfile if self.conninfo.password is not None else None)
+        env = self.tool_env()
         where, user = self.conninfo.describe(), self.conninfo.get("user") or "?"
         tools = await self.tools.for_major(None, what=f"the source at {where}")
         shown = await replication_command(
@@ -158,13 +158,21 @@ class Source:
 
     def _prepare(self) -> None:
         """The private directory with the passfile and the intent marker, the server user's."""
+        self.write_passfile()
+        self.marker.write_text("a base backup into main is in progress\n")
+
+    def write_passfile(self) -> None:
+        """The source's password in the private passfile the tools read (blocking)."""
         self.directory.mkdir(mode=0o700, exist_ok=True)
         self.tools.chown(self.directory)
-        self.marker.write_text("a base backup into main is in progress\n")
         if self.conninfo.password is not None:
             self.passfile.write_text(pgpass_line(self.conninfo.password))
             self.passfile.chmod(0o600)
             self.tools.chown(self.passfile)
+
+    def tool_env(self) -> dict[str, str]:
+        """The environment of the PostgreSQL tools Prism runs against the source."""
+        return tool_env(self.passfile if self.conninfo.password is not None else None)
 
     def _own(self, pgdata: Path) -> None:
         self.tools.chown(pgdata)

@@ -127,6 +127,12 @@ class BranchLayout:
         source, target = self.trash_path(branch, token), self.path(branch)
         return await _move_if_present(source, target, failed=f"cannot move {source} back")
 
+    async def rename(self, branch: str, new_name: str) -> bool:
+        """Give ``branch``'s data directory ``new_name``'s place in one durable rename; whether
+        it moved (not when ``branch`` is absent or ``new_name`` taken). Needs no free space."""
+        source, target = self.path(branch), self.path(new_name)
+        return await _move_if_present(source, target, failed=f"cannot move {source} to {target}")
+
     async def remove_path(self, path: Path) -> None:
         """Remove one retired or staged data directory; drivers with subvolumes override it."""
         await remove_tree(path)

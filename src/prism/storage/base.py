@@ -66,6 +66,12 @@ class Storage(Protocol):
         """Put back what ``retire(branch, token)`` took, if it is still in the trash."""
         ...
 
+    async def rename(self, branch: str, new_name: str) -> bool:
+        """Move ``branch``'s data directory into ``new_name``'s (empty) place in one step that
+        needs no free space; whether it moved (``--source-mode dump``: a new generation of main
+        taking main's place)."""
+        ...
+
     async def remove_path(self, path: Path) -> None:
         """Remove a retired data directory that ``retire`` returned."""
         ...

@@ -10,6 +10,13 @@ A clone is ``zfs snapshot <parent>@prism-<child>-<utc time>`` then ``zfs clone``
 (one instant of a running parent) and O(1) in the database's size. Each snapshot belongs to
 exactly one child, so deleting the child deletes its origin snapshot too and nothing piles up.
 
+With ``--source-mode dump`` main is replaced by a new generation while branches are clones of
+the old one's snapshots: ``retire(main, token)`` then sets the old dataset aside (the user
+property ``prism:aside=<token>``, unmounted) instead of destroying it, ``rename`` mounts the new
+generation's dataset (``<dataset>/branches/gen:<n>``) at main's path, and start-up's ``sweep``
+destroys a set-aside dataset once no clone needs it. Main's dataset is then whichever is
+mounted at main's path (found by ``check``), ``<dataset>/master`` until the first refresh.
+
 Deleting a branch that other branches were cloned from is *refused* (``BranchConflict``),
 never done by destroying the children with it and never by ``zfs promote``: promotion would
 silently move the parent's history into a child and make the child's deletion the dangerous one
@@ -18,6 +25,7 @@ later, which is harder to explain to an operator than "delete the children first
 
 from __future__ import annotations
 
+import builtins
 import logging
 import time
 from pathlib import Path
@@ -46,6 +54,9 @@ SNAPSHOT_PREFIX = "prism-"
 #: unmount; a destroy is retried with growing pauses for about this long before it fails.
 _BUSY_RETRY_S = 10.0
 
+#: The user property that marks a dataset set aside by ``retire``, and with which token.
+_ASIDE = "prism:aside"
+
 _INSTALL_HINT = "install ZFS (Debian/Ubuntu: apt-get install zfsutils-linux, or zfs-fuse)"
 
 
@@ -64,12 +75,14 @@ class ZfsStorage(BranchLayout):
                 hint="pass --zfs-dataset POOL/NAME (create it with: zfs create POOL/NAME)",
             )
         self.dataset = dataset
+        self._main: str | None = None
+        """The dataset mounted as main when it is not ``<dataset>/master`` (a generation)."""
 
     def dataset_of(self, branch: str) -> str:
         """The dataset that holds ``branch``'s data directory (whether or not it exists)."""
         self.path(branch)  # validates the name before it reaches a zfs command line
         if branch == MAIN_BRANCH:
-            return f"{self.dataset}/{MASTER_DIR}"
+            return self._main or f"{self.dataset}/{MASTER_DIR}"
         return f"{self.dataset}/{BRANCHES_DIR}/{branch}"
 
     async def check(self) -> None:
@@ -84,8 +97,20 @@ class ZfsStorage(BranchLayout):
                 f"storage 'zfs' needs the dataset {self.dataset!r}, which does not exist",
                 hint=f"create it: zfs create -o mountpoint=none {self.dataset}",
             )
+        listed = await self._zfs(
+            ["list", "-H", "-r", "-t", "filesystem", "-o", "name,mountpoint", self.dataset],
+            action=f"list the datasets under {self.dataset}",
+            hint="check that ZFS is running",
+        )
+        for line in listed.splitlines():
+            name, _, mountpoint = line.partition("\t")
+            if Path(mountpoint) == self.path(MAIN_BRANCH):
+                self._main = name  # a generation of main (--source-mode dump), or master
         master = self.dataset_of(MAIN_BRANCH)
-        if await self._dataset_exists(master):
+        if master in {dataset for dataset, _ in await self._marks()}:
+            # Set aside by a refresh a crash cut short: start-up reconcile finishes or undoes it.
+            log.warning("storage: main's dataset %s is set aside by an unfinished refresh", master)
+        elif await self._dataset_exists(master):
             await self._require_mountpoint(master, self.path(MAIN_BRANCH))
         elif self.path(MAIN_BRANCH).is_dir():
             log.warning(
@@ -187,6 +212,10 @@ class ZfsStorage(BranchLayout):
         if not await self._dataset_exists(dataset):
             await remove_tree(target)
             return
+        if branch != MAIN_BRANCH and await self._mountpoint(dataset) != target:
+            # Moved on (a generation now main, or set aside): only its old mountpoint is left.
+            await _remove_empty_mountpoint(target)
+            return
         children = await self._clones_of(dataset)
         if children:
             names = ", ".join(sorted(self._branch_name(child) for child in children))
@@ -211,9 +240,104 @@ class ZfsStorage(BranchLayout):
 
     async def retire(self, branch: str, token: str | None = None) -> Path | None:
         """Destroy the dataset at once: a mounted dataset cannot be renamed into the trash, and
-        ``zfs destroy`` is already all-or-nothing (and frees space on a full pool)."""
+        ``zfs destroy`` is already all-or-nothing (and frees space on a full pool).
+
+        Main with a ``token`` (replaced by a new generation) is set aside instead: marked with
+        the token and unmounted, for ``restore`` until the new generation is in its place, and
+        destroyed then or, while branches are clones of its snapshots, once none is. Renaming
+        it is no option: ``zfs rename`` of an origin remounts its clones, which fails under
+        their running servers.
+        """
+        main = self.dataset_of(MAIN_BRANCH)
+        if branch == MAIN_BRANCH and token is not None and await self._dataset_exists(main):
+            await self._zfs(
+                ["set", f"{_ASIDE}={token}", main], action=f"mark {main}", hint="check ZFS runs"
+            )
+            await self._zfs(
+                ["set", "mountpoint=none", main],
+                action=f"unmount {main}",
+                hint="check that no process uses files under main's directory",
+            )
+            await _remove_empty_mountpoint(self.path(MAIN_BRANCH))
+            return None
         await self.destroy(branch)
         return None
+
+    async def restore(self, branch: str, token: str) -> bool:
+        """Mount main's dataset that ``retire(main, token)`` set aside in main's place again."""
+        if branch != MAIN_BRANCH:
+            return False
+        for dataset, mark in await self._marks():
+            if mark == token:
+                moved = await self._mount_as_main(dataset)
+                await self._zfs(
+                    ["inherit", _ASIDE, dataset], action=f"unmark {dataset}", hint="check ZFS runs"
+                )
+                return moved
+        return False
+
+    async def rename(self, branch: str, new_name: str) -> bool:
+        """Mount ``branch``'s dataset as main (a new generation of it, ``--source-mode dump``);
+        whether it moved. Only main's place can be taken: no other move is needed."""
+        if new_name != MAIN_BRANCH:
+            raise StorageError(
+                f"the zfs driver only moves a dataset into main's place, not {new_name!r}"
+            )
+        dataset = self.dataset_of(branch)
+        if not await self._dataset_exists(dataset) or not await self._mount_as_main(dataset):
+            return False
+        await _remove_empty_mountpoint(self.path(branch))
+        await self._destroy_unneeded_asides()
+        return True
+
+    async def _mount_as_main(self, dataset: str) -> bool:
+        """Mount ``dataset`` at main's path unless main is there; it serves as main from now."""
+        if (self.path(MAIN_BRANCH) / "PG_VERSION").exists():
+            return False
+        hint = f"check that {self.path(MAIN_BRANCH)} is empty"
+        try:
+            await self._zfs(
+                ["set", f"mountpoint={self.path(MAIN_BRANCH)}", dataset],
+                action=f"mount {dataset} as main",
+                hint=hint,
+            )
+        except StorageError as exc:
+            # Right after main's old dataset left, zfs-fuse may still call the mountpoint
+            # busy: the property is set all the same, and the mount is tried again below.
+            if "busy" not in exc.message:
+                raise
+        mounted = await self._zfs(
+            ["get", "-H", "-o", "value", "mounted", dataset],
+            action=f"read whether {dataset} is mounted",
+            hint="check that ZFS is running",
+        )
+        if mounted != "yes":
+            await self._zfs_patiently(["mount", dataset], action=f"mount {dataset}", hint=hint)
+        self._main = dataset
+        return True
+
+    async def sweep(self) -> builtins.list[Path]:
+        """Also destroy main's datasets set aside by refreshes that no branch is a clone of."""
+        return [*await super().sweep(), *await self._destroy_unneeded_asides()]
+
+    async def _destroy_unneeded_asides(self) -> builtins.list[Path]:
+        """Destroy the set-aside datasets of old mains that no branch is a clone of."""
+        removed = []
+        for dataset, _ in await self._marks():
+            if dataset != self.dataset_of(MAIN_BRANCH) and not await self._clones_of(dataset):
+                await self._destroy(dataset, recursive=True)
+                removed.append(Path(dataset))
+        return removed
+
+    async def _marks(self) -> builtins.list[tuple[str, str]]:
+        """(dataset, token) of every dataset ``retire`` set aside."""
+        output = await self._zfs(
+            ["get", "-H", "-r", "-s", "local", "-o", "name,value", _ASIDE, self.dataset],
+            action=f"list the datasets set aside under {self.dataset}",
+            hint="check that ZFS is running",
+        )
+        pairs = (line.partition("\t") for line in output.splitlines())
+        return [(name, value) for name, _, value in pairs if "@" not in name]
 
     def usage_bytes(self, branch: str) -> int | None:
         """Unknown here: ZFS knows it (``zfs get used``), but only through a command, and this
@@ -263,6 +387,14 @@ class ZfsStorage(BranchLayout):
                 hint=f"zfs mount {dataset}",
             )
 
+    async def _mountpoint(self, dataset: str) -> Path:
+        output = await self._zfs(
+            ["get", "-H", "-o", "value", "mountpoint", dataset],
+            action=f"read the mountpoint of {dataset}",
+            hint="check that the dataset exists",
+        )
+        return Path(output)
+
     async def _clones_of(self, dataset: str) -> list[str]:
         """Datasets anywhere under the parent dataset whose origin is a snapshot of ``dataset``.
 
@@ -301,21 +433,24 @@ class ZfsStorage(BranchLayout):
             # Unmount separately: the error of a failed unmount names the real culprit (a
             # process with files open there), where destroy would only say "busy".
             await probe_tool(["zfs", "unmount", name])
-        args = ["destroy", *(["-r"] if recursive else []), name]
+        await self._zfs_patiently(
+            ["destroy", *(["-r"] if recursive else []), name],
+            action=f"destroy {name}",
+            hint="check that no process (a Postgres server, a shell) uses its files",
+        )
+
+    async def _zfs_patiently(self, args: list[str], *, action: str, hint: str) -> None:
+        """Run ``zfs args``, riding out "busy" for a while (see ``_BUSY_RETRY_S``)."""
         pause = 0.01
         deadline = trio.current_time() + _BUSY_RETRY_S
         while True:
             try:
-                await self._zfs(
-                    args,
-                    action=f"destroy {name}",
-                    hint="check that no process (a Postgres server, a shell) uses its files",
-                )
+                await self._zfs(args, action=action, hint=hint)
                 return
             except StorageError as exc:
                 if "busy" not in exc.message or trio.current_time() >= deadline:
                     raise
-            log.debug("storage: %s busy, retrying in %.2fs", name, pause)
+            log.debug("storage: %s: busy, retrying in %.2fs", action, pause)
             await trio.sleep(pause)
             pause = min(pause * 2, 0.5)
 

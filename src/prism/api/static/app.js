@@ -157,7 +157,8 @@ function buildControls(row, name) {
   const cell = (field) => row.cells[FIELDS.indexOf(field)];
   const toggle = control("button", { className: "toggle", textContent: "", dataset: { action: "toggle" } },
     ["click", () => { collapsed.has(name) ? collapsed.delete(name) : collapsed.add(name); render(); }]);
-  cell("name").append(toggle, control("span", { className: "label" }));
+  cell("name").append(toggle, control("span", { className: "label" }),
+    control("span", { className: "generation" }));
   cell("protected").append(control("input", { type: "checkbox", dataset: { action: "protect" } },
     ["change", (change) => protect(name, change.target)]));
   cell("expires").append(
@@ -216,9 +217,12 @@ function renderRow(row, b, place) {
   put(toggle, "hidden", place.parentOf.length === 0);
   setText(toggle, collapsed.has(b.name) ? "▸" : "▾");
   put(toggle, "title", `${collapsed.has(b.name) ? "show" : "hide"} ${place.parentOf.join(", ")}`);
-  const label = cell("name").lastElementChild;
+  const [, label, generation] = cell("name").children;
   setText(label, b.name);
   put(label.style, "paddingLeft", `${place.depth * 1.2}em`);
+  // --source-mode dump: which copy of the source the branch holds, and when it was taken.
+  setText(generation, b.generation == null ? "" : `gen ${b.generation}`);
+  put(generation, "title", b.generation_taken_at ? `dump taken ${b.generation_taken_at}` : "");
   show(row, "status", b.status);
   show(row, "parent", b.parent ?? "—");
   show(row, "connections", String(b.connections));
@@ -304,7 +308,7 @@ function draw() {
 // What only REST knows (policy, disk use, connection strings): fetched after the snapshot and
 // whenever an event may have changed it, at most once a second.
 let detailsDue = null;
-const DETAIL_EVENTS = new Set(["created", "policy", "reset", "hook", "expired"]);
+const DETAIL_EVENTS = new Set(["created", "policy", "reset", "hook", "expired", "refresh_done"]);
 function refreshDetails() {
   if (detailsDue !== null) return;
   detailsDue = setTimeout(async () => {
@@ -314,7 +318,8 @@ function refreshDetails() {
       for (const fresh of listed) {
         const b = branches.get(fresh.name);
         if (b === undefined) continue;
-        for (const key of ["protected", "expires_at", "on_create", "disk", "connection"]) {
+        for (const key of ["protected", "expires_at", "on_create", "disk", "connection",
+          "generation", "generation_taken_at"]) {
           b[key] = fresh[key];
         }
       }

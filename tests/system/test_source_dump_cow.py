@@ -1,0 +1,174 @@
+"""--source-mode dump on btrfs (subvolume snapshots) and XFS (reflinks): after a refresh the
+old main's directory is gone, and a branch cloned from it still holds and serves its data. On
+ZFS, where a branch is a clone of a snapshot of main's dataset, the old dataset is set aside
+until no branch needs it."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from prism.server import PrismServer
+from prism.storage import open_storage
+from tests.integration.harness import PrismHandle, make_settings, psql
+from tests.integration.production import APP_DB, Production, production_server
+from tests.integration.test_source_dump import (
+    REFRESH_KILLS,
+    assert_one_whole_generation,
+    kill_a_refresh,
+    stop_serve,
+)
+from tests.sysenv import BTRFS_MOUNT, XFS_MOUNT, require_mount
+from tests.system.stacks import place
+
+FILESYSTEMS = {"btrfs": (BTRFS_MOUNT, "btrfs"), "xfs": (XFS_MOUNT, "reflink")}
+ROWS = 1000
+
+
+@pytest.fixture(params=sorted(FILESYSTEMS))
+async def dump_prism(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[tuple[PrismHandle, Production]]:
+    """A managed-database-like source and a Prism in dump mode on the mounted filesystem."""
+    mount, driver = FILESYSTEMS[request.param]
+    require_mount(mount, request.param)
+    path = Path(tempfile.mkdtemp(prefix="prism-dump-", dir=mount))
+    await trio.to_thread.run_sync(path.chmod, 0o711)
+    try:
+        async with production_server(replication=False) as source, trio.open_nursery() as nursery:
+            settings = make_settings(
+                path, storage=driver, source=source.app_source(), source_mode="dump"
+            )
+            info = await nursery.start(PrismServer(settings).run)
+            yield PrismHandle(info, settings), source
+            nursery.cancel_scope.cancel()
+    finally:
+        storage = await open_storage(driver, path)
+        for branch in sorted(storage.list(), key=lambda name: name == "main"):
+            await storage.destroy(branch)
+        await trio.to_thread.run_sync(lambda: shutil.rmtree(path, ignore_errors=True))
+
+
+async def _count(prism: PrismHandle, user: str = "postgres") -> int:
+    result = await psql(prism.dsn(user, dbname=APP_DB), "SELECT count(*) FROM events")
+    return int(result.stdout.decode())
+
+
+async def test_a_branch_keeps_its_generation_after_the_old_main_is_removed(
+    dump_prism: tuple[PrismHandle, Production],
+) -> None:
+    prism, source = dump_prism
+    manager = prism.manager
+    await manager.create("b1")
+    await psql(prism.dsn("postgres@b1", dbname=APP_DB), "INSERT INTO events (origin) VALUES ('b1')")
+    await source.app_sql("INSERT INTO events SELECT FROM generate_series(1, 500)")
+    cluster = "SELECT system_identifier FROM pg_control_system()"
+    old_main = await psql(prism.dsn(dbname=APP_DB), cluster)
+
+    assert (await manager.refresh_main()).number == 2
+    # Main is another cluster now (a fresh initdb), ...
+    assert (await psql(prism.dsn(dbname=APP_DB), cluster)).stdout != old_main.stdout
+    # The old generation's directory is gone (nothing left in the trash either) ...
+    trash = manager.storage.trash_dir
+    assert [p.name for p in trash.iterdir()] == []
+    # ... and b1, cloned from it, holds its rows and its own, stops, wakes and takes writes.
+    await manager.stop("b1")
+    assert await _count(prism, "postgres@b1") == ROWS + 1
+    await psql(prism.dsn("postgres@b1", dbname=APP_DB), "INSERT INTO events DEFAULT VALUES")
+    assert manager.require("b1").generation.number == 1
+    assert await _count(prism) == ROWS + 500
+    await manager.create("b2")
+    assert await _count(prism, "postgres@b2") == ROWS + 500
+    assert manager.require("b2").generation.number == 2
+
+
+async def _zfs(*args: str) -> str:
+    result = await trio.run_process(["zfs", *args], capture_stdout=True)
+    return result.stdout.decode().strip()
+
+
+async def test_on_zfs_the_old_generation_is_set_aside_while_a_branch_needs_it(
+    request: pytest.FixtureRequest,
+) -> None:
+    async with (
+        place("zfs") as where,
+        production_server(replication=False) as source,
+        trio.open_nursery() as nursery,
+    ):
+        settings = make_settings(
+            where.data_dir,
+            storage="zfs",
+            zfs_dataset=where.zfs_dataset,
+            source=source.app_source(),
+            source_mode="dump",
+        )
+        info = await nursery.start(PrismServer(settings).run)
+        prism, manager = PrismHandle(info, settings), info.manager
+        await manager.create("b1")
+        await source.app_sql("INSERT INTO events SELECT FROM generate_series(1, 500)")
+        assert (await manager.refresh_main()).number == 2
+
+        # The old main's dataset is kept, marked and unmounted, for b1's origin snapshot; the
+        # new generation's dataset is main now.
+        marks = await _zfs(
+            "get", "-H", "-r", "-s", "local", "-o", "name,value", "prism:aside", where.zfs_dataset
+        )
+        aside = [line.split("\t")[0] for line in marks.splitlines()]
+        assert aside == [f"{where.zfs_dataset}/master"]
+        assert await _zfs("get", "-H", "-o", "value", "mountpoint", aside[0]) == "none"
+        assert manager.storage.dataset_of("main") == f"{where.zfs_dataset}/branches/gen:2"
+        origin = await _zfs("get", "-H", "-o", "value", "origin", manager.storage.dataset_of("b1"))
+        assert origin.startswith(f"{aside[0]}@")
+        await manager.stop("b1")
+        assert await _count(prism, "postgres@b1") == ROWS
+        assert await _count(prism) == ROWS + 500
+        await manager.create("b2")
+        assert await _count(prism, "postgres@b2") == ROWS + 500
+        assert manager.require("b1").generation.number == 1
+
+        # Once no branch needs it, start-up's sweep destroys it; nothing else is touched.
+        assert await manager.storage.sweep() == []  # b1 still needs it
+        await manager.delete("b1")
+        swept = await manager.storage.sweep()
+        assert [str(path) for path in swept] == aside
+        assert await _count(prism, "postgres@b2") == ROWS + 500
+
+        # A main nothing is cloned from is destroyed as soon as the next generation serves.
+        await manager.delete("b2")
+        assert (await manager.refresh_main()).number == 3
+        assert await _zfs("get", "-H", "-r", "-s", "local", "prism:aside", where.zfs_dataset) == ""
+        listed = (await _zfs("list", "-H", "-o", "name", "-r", where.zfs_dataset)).split()
+        assert listed == [
+            where.zfs_dataset,
+            f"{where.zfs_dataset}/branches",
+            f"{where.zfs_dataset}/branches/gen:3",
+        ]
+        assert await _count(prism) == ROWS + 500
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(("point", "generation"), REFRESH_KILLS)
+async def test_on_zfs_a_refresh_killed_at_any_step_leaves_one_whole_generation(
+    point: str, generation: int
+) -> None:
+    async with place("zfs") as where, production_server(replication=False) as managed:
+        storage = ["--storage", "zfs", "--zfs-dataset", where.zfs_dataset]
+        process, pg_port, api_port = await kill_a_refresh(managed, where.data_dir, point, storage)
+        try:
+            await assert_one_whole_generation(pg_port, api_port, generation)
+            leftovers = sorted(p.name for p in (where.data_dir / "branches").iterdir())
+            assert leftovers == [".trash", "kept"]
+            # Only main and kept's datasets (and the old main, set aside for kept) are left.
+            listed = await _zfs("list", "-H", "-r", "-o", "name,mountpoint", where.zfs_dataset)
+            mounted = sorted(line.split("\t")[1] for line in listed.splitlines() if "\t/" in line)
+            assert mounted == [
+                str(where.data_dir / "branches" / "kept"),
+                str(where.data_dir / "master"),
+            ]
+        finally:
+            await stop_serve(process)

@@ -1,0 +1,61 @@
+"""Which settings give main generations (--source-mode dump), decided before anything is made."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from prism.config import Settings
+from prism.errors import ConfigError
+from prism.generations import Every, open_generations
+from prism.source.dump import roles_script
+
+# open_generations decides from the settings alone before it touches any of these.
+_UNUSED: Any = None
+
+
+async def test_stream_mode_has_no_generations() -> None:
+    settings = Settings(source="host=db")
+    assert await open_generations(settings, *[_UNUSED] * 6) is None
+
+
+async def test_dump_mode_needs_the_process_runtime() -> None:
+    # --source follows with the docker runtime; the dump mode refuses it by name (the restore
+    # goes through the new server's private Unix socket, which only the process runtime has).
+    settings = Settings(source="host=db", source_mode="dump", runtime="docker")
+    with pytest.raises(ConfigError, match="works with the process runtime only") as caught:
+        await open_generations(settings, *[_UNUSED] * 6)
+    assert caught.value.hint == "use --runtime process with --source-mode dump"
+
+
+def test_the_role_script_leaves_prisms_superuser_alone() -> None:
+    script = (
+        "CREATE ROLE app;\n"
+        "ALTER ROLE app WITH NOSUPERUSER LOGIN PASSWORD 'SCRAM-SHA-256$x';\n"
+        "CREATE ROLE postgres;\n"
+        "ALTER ROLE postgres WITH SUPERUSER LOGIN PASSWORD 'SCRAM-SHA-256$y';\n"
+        'ALTER ROLE "postgres" WITH SUPERUSER;\n'
+        "CREATE ROLE postgres_reader;\n"
+        "GRANT pg_read_all_data TO postgres;\n"
+    )
+    assert roles_script(script, keep_out="postgres") == (
+        "CREATE ROLE app;\n"
+        "ALTER ROLE app WITH NOSUPERUSER LOGIN PASSWORD 'SCRAM-SHA-256$x';\n"
+        "CREATE ROLE postgres_reader;\n"
+        "GRANT pg_read_all_data TO postgres;\n"
+    )
+
+
+def test_progress_is_reported_at_most_once_a_period_each_on_its_own_clock() -> None:
+    events, log = Every(1.0), Every(5.0)
+    said = [(now, events.due(now), log.due(now)) for now in (0.0, 0.5, 1.0, 2.5, 4.9, 5.0, 5.5)]
+    assert said == [
+        (0.0, True, True),
+        (0.5, False, False),
+        (1.0, True, False),
+        (2.5, True, False),
+        (4.9, True, False),
+        (5.0, False, True),
+        (5.5, False, False),
+    ]
