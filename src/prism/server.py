@@ -157,15 +157,22 @@ class PrismServer:
         )
         point_in_time = open_point_in_time(settings, data_dir, storage, runtime, events)
         manager.point_in_time = point_in_time
+        if source is not None:
+            manager.main_progress = source.describe_progress
         data_plane = choose_data_plane(settings.data_plane)
         proxy = Proxy.from_settings(manager, settings, data_dir, data_plane)
         try:
             if point_in_time is not None:
                 await point_in_time.reconcile()
-            await manager.open()
+            await manager.recover()
+            # A base backup of a source may take hours: the API and the front door are served
+            # meanwhile, showing the progress and telling clients how far it is
+            # (manager.check_available). initdb takes seconds: clients wait in the backlog.
+            serve_early = source is not None
+            if not serve_early:
+                await manager.open_main()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(trio.serve_listeners, proxy.handle, [pg_listener])
-                nursery.start_soon(manager.watch)
                 source_health = None
                 if source is not None:
                     watched = source
@@ -182,6 +189,9 @@ class PrismServer:
                     body_timeout=settings.api_body_timeout,
                 )
                 await nursery.start(_serve_api, app, api_listener)
+                if serve_early:
+                    await manager.open_main()
+                nursery.start_soon(manager.watch)
                 if source is not None:
                     watch = functools.partial(watch_source, superuser=settings.superuser)
                     nursery.start_soon(watch, source, manager)

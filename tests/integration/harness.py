@@ -73,7 +73,10 @@ def serve_args(
 async def running_prism(
     data_dir: Path, *, env: dict[str, str] | None = None, prefix: Sequence[str] = ()
 ) -> AsyncIterator[tuple[trio.Process, int, int]]:
-    """Start `prism serve`, wait until its API answers, yield (process, pg port, api port).
+    """Start `prism serve`, wait until it is ready, yield (process, pg port, api port).
+
+    Ready is ``/healthz`` answering 200: with ``--source`` the API answers during the base
+    backup already.
 
     ``prefix`` goes before the command (e.g. ``setpriv`` to drop privileges); the output goes
     to :func:`log_of` the data directory.
@@ -92,10 +95,11 @@ async def running_prism(
                 while True:
                     assert process.poll() is None, "prism serve exited early"
                     try:
-                        if (await http.get(f"http://127.0.0.1:{api_port}/branches")).is_success:
+                        if (await http.get(f"http://127.0.0.1:{api_port}/healthz")).is_success:
                             break
                     except httpx.TransportError:
-                        await trio.sleep(0.05)
+                        pass
+                    await trio.sleep(0.05)
         yield process, pg_port, api_port
     finally:
         if process.poll() is None:

@@ -52,6 +52,14 @@ class Progress:
             "eta_s": None if self.eta_s is None else round(self.eta_s, 1),
         }
 
+    def summary(self) -> str:
+        """The progress in words, for the log and for clients refused meanwhile."""
+        eta = "?" if self.eta_s is None else f"{self.eta_s:.0f}"
+        return (
+            f"{self.percent}% ({self.done_bytes // 2**20} of {self.total_bytes // 2**20} MB, "
+            f"{self.rate_bytes_s / 2**20:.1f} MB/s, eta {eta} s)"
+        )
+
 
 def parse_progress(line: str, *, elapsed_s: float) -> Progress | None:
     """The progress in one line of ``pg_basebackup --progress`` output, None if it has none."""
@@ -163,11 +171,14 @@ async def take_base_backup(
     *,
     env: dict[str, str],
     slot: str | None,
+    max_rate_kb: int = 0,
     on_progress: Callable[[Progress], None],
 ) -> None:
     """``pg_basebackup -X stream`` of the source into ``target`` (empty), reporting progress.
 
-    Raises ``ToolFailed`` with the tool's messages when it fails.
+    ``max_rate_kb`` (kB/s, 0: no limit) spares a production source's disks. The tool runs in
+    ``target``, so a Prism killed mid-backup leaves a process that start-up finds by its working
+    directory (``stray_backups``). Raises ``ToolFailed`` with the tool's messages when it fails.
     """
     argv = [
         str(install.bin("pg_basebackup")),
@@ -183,6 +194,8 @@ async def take_base_backup(
     ]
     if slot:
         argv.append(f"--slot={slot}")
+    if max_rate_kb:
+        argv.append(f"--max-rate={max_rate_kb}k")
     started = trio.current_time()
     errors: list[str] = []
 
@@ -206,6 +219,7 @@ async def take_base_backup(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             env=env,
+            cwd=target,
             **install.spawn_options(),
         )
         assert process.stderr is not None

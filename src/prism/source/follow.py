@@ -8,9 +8,11 @@ half-made main and starts over: a half backup is never main.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from prism.errors import ConfigError
 from prism.events import EventBus
 from prism.names import MAIN_BRANCH
 from prism.pgbin import PgInstall, PgInstalls, resolve_pg_installs
+from prism.runtime._postmaster import processes_under
 from prism.source import standby
 from prism.source.basebackup import (
     Progress,
@@ -37,6 +40,8 @@ from prism.storage.base import Storage
 log = logging.getLogger(__name__)
 
 _LOG_EVERY_S = 5.0
+#: How long a killed stray pg_basebackup may take to disappear (it is reaped by init).
+_STRAY_GONE_S = 10.0
 
 
 @dataclass
@@ -48,6 +53,7 @@ class Source:
     installs: PgInstalls
     directory: Path
     events: EventBus
+    max_rate_kb: int = 0
     backing_up: bool = False
     progress: Progress | None = None
     _last_logged: float = field(default=-_LOG_EVERY_S)
@@ -73,11 +79,22 @@ class Source:
             extra["passfile"] = str(self.passfile)
         return self.conninfo.render(**extra)
 
+    def describe_progress(self) -> str:
+        """What Prism is doing to main, for the clients refused until it is done."""
+        if self.progress is None:
+            return "Prism is starting a base backup of the source"
+        return f"Prism is taking a base backup of the source: {self.progress.summary()}"
+
     async def reconcile(self, storage: Storage) -> None:
-        """Undo a base backup a crash or a stop left half-made, so it is taken again whole."""
+        """Undo a base backup a crash or a stop left half-made, so it is taken again whole.
+
+        A Prism killed mid-backup leaves its ``pg_basebackup`` running (writing into main, and
+        holding the slot): it is killed first.
+        """
         if not self.marker.exists():
             return
         log.warning("source: removing main left half-made by an interrupted base backup")
+        await _kill_strays(storage.path(MAIN_BRANCH))
         if MAIN_BRANCH in storage.list():
             await storage.destroy(MAIN_BRANCH)
         self.marker.unlink()
@@ -108,6 +125,7 @@ class Source:
                 pgdata,
                 env=env,
                 slot=self.slot,
+                max_rate_kb=self.max_rate_kb,
                 on_progress=self._report,
             )
         except ToolFailed as exc:
@@ -148,14 +166,7 @@ class Source:
         now = trio.current_time()
         if now - self._last_logged >= _LOG_EVERY_S or progress.percent == 100:
             self._last_logged = now
-            log.info(
-                "source: base backup %d%% (%d of %d MB, %.1f MB/s, eta %s s)",
-                progress.percent,
-                progress.done_bytes // 2**20,
-                progress.total_bytes // 2**20,
-                progress.rate_bytes_s / 2**20,
-                "?" if progress.eta_s is None else f"{progress.eta_s:.0f}",
-            )
+            log.info("source: base backup %s", progress.summary())
 
     def _prepare(self) -> None:
         """The private directory with the passfile and the intent marker, the server user's."""
@@ -200,7 +211,20 @@ async def open_source(settings: Settings, data_dir: Path, events: EventBus) -> S
         installs,
         data_dir / "source",
         events,
+        max_rate_kb=settings.source_max_rate,
     )
+
+
+async def _kill_strays(main: Path) -> None:
+    """Kill the ``pg_basebackup`` processes (and their WAL streamer) a killed Prism left in
+    ``main``, and wait until they are gone: their half-made copy is thrown away."""
+    with trio.fail_after(_STRAY_GONE_S):
+        while strays := await trio.to_thread.run_sync(processes_under, main, ("pg_basebackup",)):
+            for pid in strays:
+                log.warning("source: killing pg_basebackup (pid %d) left by an earlier Prism", pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            await trio.sleep(0.05)
 
 
 __all__ = ["Source", "SourceError", "open_source"]

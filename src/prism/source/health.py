@@ -24,7 +24,7 @@ from typing import Any
 
 import trio
 
-from prism.branches import BranchManager
+from prism.branches import BranchManager, BranchStatus
 from prism.errors import PrismError
 from prism.names import MAIN_BRANCH
 from prism.pgclient import connect_service
@@ -135,7 +135,8 @@ def reading(
 
 async def read_health(source: Source, manager: BranchManager, *, superuser: str) -> SourceHealth:
     """Ask main how far behind the source it is; disconnected when main cannot be asked."""
-    if source.backing_up:
+    main = manager.get(MAIN_BRANCH)
+    if source.backing_up or (main is not None and main.status is BranchStatus.BACKING_UP):
         return SourceHealth(SourceState.BACKING_UP, backup=source.progress)
     address = manager.address(MAIN_BRANCH)
     if address is None or address.service_socket_dir is None:
