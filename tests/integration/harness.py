@@ -71,20 +71,24 @@ def serve_args(
 
 @asynccontextmanager
 async def running_prism(
-    data_dir: Path, *, env: dict[str, str] | None = None, prefix: Sequence[str] = ()
+    data_dir: Path,
+    *,
+    env: dict[str, str] | None = None,
+    prefix: Sequence[str] = (),
+    args: Sequence[str] = (),
 ) -> AsyncIterator[tuple[trio.Process, int, int]]:
     """Start `prism serve`, wait until it is ready, yield (process, pg port, api port).
 
     Ready is ``/healthz`` answering 200: with ``--source`` the API answers during the base
     backup already.
 
-    ``prefix`` goes before the command (e.g. ``setpriv`` to drop privileges); the output goes
-    to :func:`log_of` the data directory.
+    ``prefix`` goes before the command (e.g. ``setpriv`` to drop privileges), ``args`` after
+    it; the output goes to :func:`log_of` the data directory.
     """
     pg_port, api_port = free_port(), free_port()
     log = log_of(data_dir).open("wb")
     process = await trio.lowlevel.open_process(
-        [*prefix, *serve_args(data_dir, pg_port, api_port)],
+        [*prefix, *serve_args(data_dir, pg_port, api_port), *args],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
