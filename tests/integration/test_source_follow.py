@@ -336,3 +336,31 @@ async def test_base_backup_progress_reaches_the_api_the_stream_and_clients(
         names = [b["name"] for b in (await http.get("/api/v1/branches")).json()["branches"]]
         assert names == ["main"]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_gone_source_is_retried_ever_less_often_and_at_the_base_rate_once_back(
+    production: Production, empty_data_dir: Path, start_prism: Callable[..., Any]
+) -> None:
+    prism = await start_prism(data_dir=empty_data_dir, source=production.source())
+    await _caught_up(prism, production)
+    streaming = await _source_state(prism, "streaming", retry_interval_s=5.0)
+    assert streaming["next_attempt"] is None
+
+    await production.stop()
+    # The interval doubles after each failed retry: 5 s, then 10 s, then 20 s.
+    first = await _source_state(prism, "disconnected", retry_interval_s=10.0)
+    assert first["next_attempt"] is not None
+    second = await _source_state(prism, "disconnected", retry_interval_s=20.0)
+    assert second["next_attempt"] > first["next_attempt"]
+    # Main keeps serving its last state meanwhile, and branches keep working.
+    assert await _sql(prism, "SELECT current_setting('wal_retrieve_retry_interval')") == "20s"
+    assert await _sql(prism, "SELECT count(*) FROM events") == "1000"
+    await _sql(prism, "INSERT INTO events (origin) VALUES ('branch')", "while-gone")
+    # A branch does not inherit main's backoff.
+    query = "SELECT current_setting('wal_retrieve_retry_interval')"
+    assert await _sql(prism, query, "while-gone") == "5s"
+
+    await production.start()
+    await production.sql("INSERT INTO events (origin) VALUES ('back')")
+    await _caught_up(prism, production)
+    await _source_state(prism, "streaming", retry_interval_s=5.0, next_attempt=None)

@@ -77,7 +77,7 @@ def test_each_refusal_names_the_setting_to_change(stderr: str, names: str) -> No
 
 
 def test_an_idle_caught_up_main_has_no_lag_even_without_a_replayed_commit() -> None:
-    health = reading("streaming", "0", None, now=1000.0)
+    health = reading("streaming", "0", None, now=1000.0, retry_ms="5000")
     assert health.view() == {
         "state": "streaming",
         "replay_lag_bytes": 0,
@@ -86,6 +86,8 @@ def test_an_idle_caught_up_main_has_no_lag_even_without_a_replayed_commit() -> N
         "backup": None,
         "error": None,
         "hint": None,
+        "retry_interval_s": 5.0,
+        "next_attempt": None,
     }
 
 

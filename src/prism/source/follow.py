@@ -25,6 +25,7 @@ from prism.names import MAIN_BRANCH
 from prism.pgbin import PgInstall, PgInstalls, resolve_pg_installs
 from prism.runtime._postmaster import processes_under
 from prism.source import standby
+from prism.source.backoff import Backoff
 from prism.source.basebackup import (
     Progress,
     SourceError,
@@ -54,6 +55,7 @@ class Source:
     directory: Path
     events: EventBus
     max_rate_kb: int = 0
+    backoff: Backoff = field(default_factory=Backoff)
     backing_up: bool = False
     progress: Progress | None = None
     _last_logged: float = field(default=-_LOG_EVERY_S)

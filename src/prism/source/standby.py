@@ -25,6 +25,7 @@ _SOURCE_SETTINGS = (
     "hot_standby",
     "recovery_target_time",
     "recovery_target_action",
+    "wal_retrieve_retry_interval",  # main's backoff (prism.source.backoff), not a branch's
 )
 
 

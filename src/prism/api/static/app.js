@@ -360,7 +360,9 @@ function showSource(source) {
   const lag = source.replay_lag_bytes === null ? "" : ` · lag ${size(source.replay_lag_bytes)}`;
   const seconds = source.replay_lag_seconds === null ? "" : ` / ${source.replay_lag_seconds} s`;
   const why = source.error ? ` · ${source.error}` : "";
-  span.textContent = `source: ${source.state}${lag}${seconds}${why}`;
+  const retry = source.state === "disconnected" && source.retry_interval_s !== null
+    ? ` · retrying every ${source.retry_interval_s} s` : "";
+  span.textContent = `source: ${source.state}${lag}${seconds}${why}${retry}`;
   span.title = source.hint ?? `last replayed commit: ${source.last_replayed ?? "none yet"}`;
 }
 
