@@ -43,6 +43,12 @@ class Production:
         """What Prism's --source is set to."""
         return f"host=127.0.0.1 port={self.port} user={user} password={password} dbname=postgres"
 
+    async def max_rate_for(self, seconds: float) -> int:
+        """A ``source_max_rate`` (kB/s) that makes a base backup of this server last
+        ``seconds``."""
+        size = int(await self.sql("SELECT sum(pg_database_size(oid)) FROM pg_database"))
+        return max(32, int(size / 1024 / seconds))
+
     async def sql(self, sql: str) -> str:
         return (await psql(self.dsn(), sql)).stdout.decode().strip()
 

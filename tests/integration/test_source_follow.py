@@ -253,22 +253,14 @@ async def test_base_backup_progress_is_logged_and_published(
     assert "base backup 100%" in caplog.text
 
 
-async def _throttle_for(production: Production, seconds: float) -> int:
-    """A ``--source-max-rate`` (kB/s) that makes the base backup of ``production`` last about
-    ``seconds``."""
-    size = int(await production.sql("SELECT sum(pg_database_size(oid)) FROM pg_database"))
-    return max(32, int(size / 1024 / seconds))
-
-
 async def test_base_backup_progress_reaches_the_api_the_stream_and_clients(
     production: Production, empty_data_dir: Path
 ) -> None:
-    rate = await _throttle_for(production, 8)
     pg_port, api_port = free_port(), free_port()
     settings = make_settings(
         empty_data_dir,
         source=production.source(),
-        source_max_rate=rate,
+        source_max_rate=await production.max_rate_for(8),
         listen=HostPort("127.0.0.1", pg_port),
         api=HostPort("127.0.0.1", api_port),
     )

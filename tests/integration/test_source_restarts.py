@@ -65,8 +65,8 @@ def _refused_sqlstate(pg_port: int) -> str:
 async def test_prism_killed_mid_backup_takes_it_again_and_never_serves_a_half_main(
     production: Production, data_dir: Path
 ) -> None:
-    size = int(await production.sql("SELECT sum(pg_database_size(oid)) FROM pg_database"))
-    throttle = ["--source", production.source(), "--source-max-rate", f"{size // 1024 // 10}k"]
+    rate = await production.max_rate_for(10)
+    throttle = ["--source", production.source(), "--source-max-rate", f"{rate}k"]
     pg_port, api_port = free_port(), free_port()
     with log_of(data_dir).open("wb") as log:
         process = await trio.lowlevel.open_process(
