@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,23 +21,10 @@ from prism.events import EventBus
 from prism.server import PrismServer
 
 from .api_helpers import api, wait_for
-from .harness import PrismHandle, free_port, fresh_dir, make_settings, psql
-from .production import SUPERUSER_PASSWORD, Production, production_server, write_continuously
+from .harness import PrismHandle, free_port, make_settings, psql
+from .production import SUPERUSER_PASSWORD, Production, write_continuously
 
 CATCH_UP_S = 30
-
-
-@pytest.fixture
-async def production() -> AsyncIterator[Production]:
-    async with production_server() as server:
-        yield server
-
-
-@pytest.fixture
-def empty_data_dir() -> Any:
-    path = fresh_dir("source-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _dsn(prism: PrismHandle, branch: str | None = None) -> str:

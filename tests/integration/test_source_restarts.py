@@ -4,13 +4,8 @@ throws a half backup away and takes it again (no half main is ever served, the k
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pg8000.native
@@ -18,25 +13,12 @@ import pytest
 import trio
 
 from prism.runtime._postmaster import postmasters_under, processes_under
+from tests.crash_suite import _wait_reaped, kill_servers_under
 
-from .harness import free_port, fresh_dir, log_of, psql, running_prism, serve_args
-from .production import SUPERUSER_PASSWORD, Production, production_server, write_continuously
+from .harness import free_port, log_of, psql, running_prism, serve_args
+from .production import SUPERUSER_PASSWORD, Production, write_continuously
 
 TIMEOUT_S = 60
-
-
-@pytest.fixture
-async def production() -> AsyncIterator[Production]:
-    async with production_server() as server:
-        yield server
-
-
-@pytest.fixture
-def data_dir() -> Any:
-    path = fresh_dir("source-restart-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-    log_of(path).unlink(missing_ok=True)
 
 
 def _dsn(production: Production, pg_port: int, user: str = "postgres") -> str:
@@ -63,14 +45,14 @@ def _refused_sqlstate(pg_port: int) -> str:
 
 
 async def test_prism_killed_mid_backup_takes_it_again_and_never_serves_a_half_main(
-    production: Production, data_dir: Path
+    production: Production, empty_data_dir: Path
 ) -> None:
     rate = await production.max_rate_for(10)
     throttle = ["--source", production.source(), "--source-max-rate", f"{rate}k"]
     pg_port, api_port = free_port(), free_port()
-    with log_of(data_dir).open("wb") as log:
+    with log_of(empty_data_dir).open("wb") as log:
         process = await trio.lowlevel.open_process(
-            [*serve_args(data_dir, pg_port, api_port), *throttle],
+            [*serve_args(empty_data_dir, pg_port, api_port), *throttle],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -90,46 +72,44 @@ async def test_prism_killed_mid_backup_takes_it_again_and_never_serves_a_half_ma
         process.kill()
         await process.wait()
     # What kill -9 leaves: a pg_basebackup still writing into main, and the intent marker.
-    assert _backups(data_dir), "the killed Prism's pg_basebackup should outlive it"
-    assert (data_dir / "source" / "basebackup.incomplete").exists()
+    assert _backups(empty_data_dir), "the killed Prism's pg_basebackup should outlive it"
+    assert (empty_data_dir / "source" / "basebackup.incomplete").exists()
 
     # The next start kills it, throws the half main away and takes the backup again, whole.
-    async with running_prism(data_dir, args=["--source", production.source()]) as (
+    async with running_prism(empty_data_dir, args=["--source", production.source()]) as (
         _,
         pg_port,
         api_port,
     ):
         assert await _count(_dsn(production, pg_port)) == 1000
-        assert not _backups(data_dir)
-        assert not (data_dir / "source" / "basebackup.incomplete").exists()
+        assert not _backups(empty_data_dir)
+        assert not (empty_data_dir / "source" / "basebackup.incomplete").exists()
         await _streaming(api_port)
-    log_text = log_of(data_dir).read_text()
+    log_text = log_of(empty_data_dir).read_text()
     assert "killing pg_basebackup" in log_text
     assert "removing main left half-made by an interrupted base backup" in log_text
 
 
 @pytest.mark.parametrize("servers_too", [False, True], ids=["prism", "prism-and-main"])
 async def test_prism_killed_mid_stream_resumes_and_a_branch_holds_every_row_before_it(
-    production: Production, data_dir: Path, servers_too: bool
+    production: Production, empty_data_dir: Path, servers_too: bool
 ) -> None:
     source = ["--source", production.source()]
     async with trio.open_nursery() as writers:
         await writers.start(write_continuously, production)
-        async with running_prism(data_dir, args=source) as (process, pg_port, _):
+        async with running_prism(empty_data_dir, args=source) as (process, pg_port, _):
             await _caught_up(production, pg_port)
             process.kill()
             await process.wait()
         # Main's server outlives the killed Prism (and streams on, on its own), unless it is
         # killed as well, as systemd kills a unit's every process.
-        [server] = postmasters_under(data_dir)
+        [server] = postmasters_under(empty_data_dir)
         if servers_too:
-            os.kill(server, signal.SIGKILL)
-            with trio.fail_after(TIMEOUT_S):
-                while postmasters_under(data_dir):  # noqa: ASYNC110
-                    await trio.sleep(0.05)
-        async with running_prism(data_dir, args=source) as (process, pg_port, api_port):
+            killed = kill_servers_under(empty_data_dir, "process")
+            await trio.to_thread.run_sync(_wait_reaped, killed)
+        async with running_prism(empty_data_dir, args=source) as (process, pg_port, api_port):
             # The killed Prism's main is adopted, or restarted: one server either way.
-            [again] = postmasters_under(data_dir)
+            [again] = postmasters_under(empty_data_dir)
             assert (again == server) is not servers_too
             await _streaming(api_port)
             await _caught_up(production, pg_port)
