@@ -41,6 +41,9 @@ def test_durations_take_units(text: str, seconds: float) -> None:
         ({"idle_timeout": "soon"}, "invalid duration 'soon'"),
         ({"listen": "nowhere"}, "invalid address 'nowhere'"),
         ({"storage": "floppy"}, "invalid value 'floppy'"),
+        ({"source_max_rate": "10"}, "invalid rate '10'"),  # no unit: kB or MB?
+        ({"source_max_rate": "16k"}, "invalid rate '16k'"),  # below pg_basebackup's 32k
+        ({"source_max_rate": "2048M"}, "invalid rate '2048M'"),  # above its 1024M
     ],
 )
 def test_bad_values_name_the_setting_and_what_is_allowed(
@@ -50,6 +53,11 @@ def test_bad_values_name_the_setting_and_what_is_allowed(
         load_settings(flags, environ={})
     assert message in caught.value.message
     assert caught.value.hint
+
+
+@pytest.mark.parametrize(("text", "kb"), [("0", 0), ("32k", 32), ("500k", 500), ("20M", 20480)])
+def test_source_max_rate_is_read_in_kilobytes_per_second(text: str, kb: int) -> None:
+    assert load_settings({"source_max_rate": text}, environ={}).source_max_rate == kb
 
 
 def test_unknown_setting_in_file_is_refused(tmp_path: Path) -> None:
