@@ -489,8 +489,29 @@ def _standby(results: Results) -> list[str]:
         "",
         f"Standby / primary (medians): {ratio:.2f}x; goal within 1.2x: {_verdict(ratio <= 1.2)}.",
         "",
+        *_phases(section.get("phases")),
         *_replay(section.get("replay")),
         *_measured_on(section),
+    ]
+
+
+def _phases(phases: dict[str, dict[str, list[float]]] | None) -> list[str]:
+    """Where a create's time goes, from each branch server's log (``standby.start_phases``)."""
+    if not phases or not phases.get("primary"):
+        return []
+    rows = [
+        f"| {name} | {percentile(phases['primary'].get(name, [0.0]), 50) * 1000:.0f} | "
+        f"{percentile(phases['standby'].get(name, [0.0]), 50) * 1000:.0f} |"
+        for name in phases["primary"]
+    ]
+    return [
+        "**Where the time goes** (medians, ms; the server's phases from its log, the rest of "
+        "each create is Prism's):",
+        "",
+        "| phase | primary main | standby main |",
+        "| --- | ---: | ---: |",
+        *rows,
+        "",
     ]
 
 
