@@ -53,6 +53,8 @@ PHASES = (
     ("end-of-recovery checkpoint", "checkpoint complete"),
     ("to ready", "ready to accept connections"),
 )
+#: The rest of a create: cloning, spawning the server, polling for readiness.
+PRISM_PHASE = "Prism (clone, spawn, readiness)"
 _STARTED = "starting PostgreSQL"
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})")
 
@@ -85,7 +87,7 @@ async def _create_delete(manager: Any, name: str, logs: Path) -> tuple[float, di
     log_text = await trio.Path(logs / f"{name}.log").read_text()
     await manager.delete(name)
     phases = start_phases(log_text) or {}
-    phases["Prism (clone, spawn, readiness)"] = elapsed - sum(phases.values())
+    phases[PRISM_PHASE] = elapsed - sum(phases.values())
     return elapsed, phases
 
 
