@@ -65,6 +65,7 @@ from prism.errors import (
     OutsideWindow,
     PrismError,
     ProvisionFailed,
+    StartingUp,
     StorageError,
     TooManyConnections,
 )
@@ -91,6 +92,7 @@ log = logging.getLogger(__name__)
 
 
 class BranchStatus(enum.Enum):
+    BACKING_UP = "backing_up"  # main only: being made from a base backup of the source
     PROVISIONING = "provisioning"
     STARTING = "starting"
     RUNNING = "running"
@@ -157,6 +159,8 @@ _PGDATA_MARKERS = ("PG_VERSION", "postgresql.conf", "global/pg_control")
 
 # How often ``watch`` looks for branch servers that exited behind Prism's back.
 WATCH_INTERVAL = 0.2
+#: Main's statuses while it is being made: nothing can use it yet.
+_MAKING = (BranchStatus.BACKING_UP, BranchStatus.PROVISIONING)
 
 
 # States in which a branch holds (or is about to hold) a server: what --max-running counts.
@@ -241,6 +245,11 @@ class BranchManager:
         main cannot be replaced in between): records which generation of main it holds."""
         self.refresh_main: Callable[[], Awaitable[Generation]] | None = None
         """Makes a new generation of main (``--source-mode dump``); None in other modes."""
+        self.main_progress: Callable[[], str] | None = None
+        """How far the making of main is, for the clients refused meanwhile (a base backup's
+        percent and time left); None: initdb, which has no progress to tell."""
+        self.opened = False
+        """Main is made and running: Prism is ready (``/healthz`` answers 200)."""
 
     # ---- queries -------------------------------------------------------------------------
 
@@ -323,11 +332,45 @@ class BranchManager:
 
     async def open(self) -> None:
         """Reconcile the registry with storage and runtime, create main if needed, start it."""
+        await self.recover()
+        await self.open_main()
+
+    async def recover(self) -> None:
+        """Reconcile the registry with storage and runtime: the quick first half of ``open``."""
         await self._reconcile()
         await self.policies.prune(self._branches)
+
+    async def open_main(self) -> None:
+        """Create main if needed, then start it: the second half of ``open``.
+
+        A base backup of a source may take hours, so the front door and the API are served
+        meanwhile: main is listed as ``backing_up`` and whatever needs it is refused with
+        ``StartingUp`` (``check_available``) saying how far the backup is.
+        """
         if MAIN_BRANCH not in self._branches:
             await self._create_main()
         await self.ensure_running(MAIN_BRANCH)
+        self.opened = True
+
+    def check_available(self, name: str) -> None:
+        """Refuse a client of ``name`` or its creation while main is still being made.
+
+        A new branch would be cut from main, so only branches that exist already (none, on a
+        new Prism) are left alone.
+        """
+        main = self._branches.get(MAIN_BRANCH)
+        if main is None or main.status not in _MAKING:
+            return
+        if name != MAIN_BRANCH and name in self._branches:
+            return
+        if self.main_progress is None:
+            what = "Prism is creating it (initdb)"
+        else:
+            what = self.main_progress()
+        raise StartingUp(
+            f"branch main is not ready yet: {what}",
+            hint="connect again when it is done; GET /api/v1/branches/main shows the progress",
+        )
 
     async def close(self) -> dict[str, str]:
         """Stop every running branch and save last-activity times (runs shielded).
@@ -509,6 +552,11 @@ class BranchManager:
         how = "initdb" if self._make_main is None else "base backup"
         log.info("creating branch main: %s into %s", how, self.storage.path(MAIN_BRANCH))
         started = trio.current_time()
+        # Listed while it is made (clients of it are refused by check_available), never saved:
+        # the intent below is what a crash leaves.
+        making = BranchStatus.PROVISIONING if self._make_main is None else BranchStatus.BACKING_UP
+        branch = Branch(MAIN_BRANCH, None, utcnow(), making)
+        self._branches[MAIN_BRANCH] = branch
         await self.state.begin(MAIN_BRANCH, _OP_INITDB)
         crash_point("initdb:recorded")
         try:
@@ -520,16 +568,15 @@ class BranchManager:
                 await self._make_main(path)
             crash_point("initdb:initialised")
         except BaseException:
+            del self._branches[MAIN_BRANCH]
             with trio.CancelScope(shield=True):
                 await self._destroy_quietly(MAIN_BRANCH)
                 await self.state.finish(MAIN_BRANCH)
             raise
-        now = utcnow()
-        branch = Branch(MAIN_BRANCH, None, now, BranchStatus.STOPPED)
+        branch.created_at, branch.status = utcnow(), BranchStatus.STOPPED
         await self.state.put(branch.record())
         crash_point("initdb:registered")
         await self.state.finish(MAIN_BRANCH)
-        self._branches[MAIN_BRANCH] = branch
         self.events.publish("created", MAIN_BRANCH, duration_ms=_elapsed_ms(started))
 
     # ---- the hot question: where do I send this client? --------------------------------
@@ -556,6 +603,7 @@ class BranchManager:
         return ClientSession(branch, client, branch.address)
 
     async def _awake(self, name: str, *, create: bool, admit: bool) -> Branch:
+        self.check_available(name)
         branch = self._branches.get(name)
         if branch is None or branch.status is not BranchStatus.RUNNING or not self.address(name):
             async with self._locks[name]:
@@ -589,6 +637,7 @@ class BranchManager:
         (``None``: never; the on-connect default ``--branch-ttl`` is for created-on-connect).
         ``at``: the branch holds the parent's data as of that time (``prism.pitr``)."""
         validate_branch_name(name)
+        self.check_available(name)
         if at is not None:
             self._check_at(parent, at)
         async with self._locks[name]:
@@ -612,6 +661,7 @@ class BranchManager:
         await self._clone_from(name, target)
 
     async def start(self, name: str) -> Branch:
+        self.check_available(name)
         async with self._locks[name]:
             branch = self.require(name)
             if self.runtime.address(name) is None:
@@ -620,6 +670,7 @@ class BranchManager:
 
     async def stop(self, name: str, *, reason: str = "stop") -> Branch:
         """Stop ``name``'s server (fast shutdown); its open sessions are ended with a reason."""
+        self.check_available(name)
         async with self._locks[name]:
             branch = self.require(name)
             await self._terminate_sessions(

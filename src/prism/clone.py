@@ -66,7 +66,7 @@ async def clone_consistent(
         path = await _clone_in_backup_mode(storage, parent, child, parent_address, superuser)
     await trio.to_thread.run_sync(_remove_if_present, path / "postmaster.pid")
     if await trio.to_thread.run_sync(detach_clone, path):
-        log.debug("clone: %s is a standby; %s will promote at the end of its WAL", parent, child)
+        log.debug("clone: %s is a standby; %s recovers its WAL, opens writable", parent, child)
     return path
 
 

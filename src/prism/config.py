@@ -167,6 +167,18 @@ def _positive_duration(text: str) -> float:
     return seconds
 
 
+def _rate(text: str) -> int:
+    """kB/s from ``"500k"``, ``"20M"`` or ``"0"`` (no limit), within what pg_basebackup takes."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kM]?)\s*", text)
+    kb = 0 if match is None else int(match.group(1)) * (1024 if match.group(2) == "M" else 1)
+    if match is None or (kb and not 32 <= kb <= 1024 * 1024) or (kb and not match.group(2)):
+        raise ConfigError(
+            f"invalid rate {text!r}",
+            hint="write kilobytes or megabytes per second from 32k to 1024M (0: no limit)",
+        )
+    return kb
+
+
 def _count(text: str) -> int:
     if not text.strip().isdigit():
         raise ConfigError(f"invalid count {text!r}", hint="write a whole number (0 for no limit)")
@@ -497,6 +509,14 @@ class Settings:
             _optional_path,
             "file whose first line is the source role's password (else the one in --source, "
             "or $PGPASSFILE)",
+        ),
+    )
+    source_max_rate: int = field(
+        default=0,
+        metadata=_about(
+            _rate,
+            "cap on the base backup's read rate from the source, to spare its disks: 500k, "
+            "20M (per second; 0: no limit)",
         ),
     )
     source_slot: str = field(

@@ -88,6 +88,16 @@ class RuntimeStartFailed(PrismError):
     sqlstate = "57P03"
 
 
+class StartingUp(PrismError):
+    """Main is still being made (a base backup of the source, initdb): nothing can use it yet.
+
+    57P03 (cannot_connect_now) is what Postgres itself answers while it starts up, so clients
+    and poolers already know to try again later.
+    """
+
+    sqlstate = "57P03"
+
+
 class RuntimeStopFailed(PrismError):
     """A branch's Postgres server did not stop when asked."""
 

@@ -326,6 +326,8 @@ class Proxy:
                 machine.tls_started(sni=conn.sni, channel_binding=self._tls.channel_binding)
             elif isinstance(event, startup.LookupRole):
                 assert self._verifiers is not None
+                # While main is made it has no roles yet: say so, not "password failed".
+                self._manager.check_available(event.branch)
                 secret = await self._verifiers.lookup(event.branch, event.role)
                 machine.role_found(secret, now=time.time())
             else:

@@ -172,17 +172,25 @@ class PrismServer:
         if point_in_time is not None:
             manager.after_start.append(point_in_time.started)
             manager.after_discard.append(point_in_time.drop)
+        if source is not None and generations is None:
+            manager.main_progress = source.describe_progress
         data_plane = choose_data_plane(settings.data_plane)
         proxy = Proxy.from_settings(manager, settings, data_dir, data_plane)
         try:
             if point_in_time is not None:
                 await point_in_time.reconcile()
-            await manager.open()
+            await manager.recover()
+            # A base backup of a source may take hours: the API and the front door are served
+            # meanwhile, showing the progress and telling clients how far it is
+            # (manager.check_available). initdb, and a first dump (whose progress is in the
+            # log), are made before serving: clients wait in the backlog.
+            serve_early = source is not None and generations is None
+            if not serve_early:
+                await manager.open_main()
             if generations is not None:
                 generations.attach(manager)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(trio.serve_listeners, proxy.handle, [pg_listener])
-                nursery.start_soon(manager.watch)
                 source_health = None
                 if source is not None and generations is None:
                     watched = source
@@ -199,6 +207,9 @@ class PrismServer:
                     body_timeout=settings.api_body_timeout,
                 )
                 await nursery.start(_serve_api, app, api_listener)
+                if serve_early:
+                    await manager.open_main()
+                nursery.start_soon(manager.watch)
                 if generations is not None:
                     run = functools.partial(generations.run, every=settings.refresh_every)
                     await nursery.start(run)

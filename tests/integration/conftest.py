@@ -19,6 +19,7 @@ import trio
 from prism.server import PrismServer
 
 from .harness import PrismHandle, fresh_dir, make_settings
+from .production import Production, production_server
 
 
 @pytest.fixture(scope="session")
@@ -74,3 +75,10 @@ async def start_prism(data_dir: Path) -> AsyncIterator[Any]:
 async def prism(start_prism: Any) -> PrismHandle:
     handle: PrismHandle = await start_prism()
     return handle
+
+
+@pytest.fixture
+async def production() -> AsyncIterator[Production]:
+    """A running production-like source server (``--source`` tests)."""
+    async with production_server() as server:
+        yield server

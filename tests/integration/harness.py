@@ -72,17 +72,24 @@ def serve_args(
 
 @asynccontextmanager
 async def running_prism(
-    data_dir: Path, *, env: dict[str, str] | None = None, prefix: Sequence[str] = ()
+    data_dir: Path,
+    *,
+    env: dict[str, str] | None = None,
+    prefix: Sequence[str] = (),
+    args: Sequence[str] = (),
 ) -> AsyncIterator[tuple[trio.Process, int, int]]:
-    """Start `prism serve`, wait until its API answers, yield (process, pg port, api port).
+    """Start `prism serve`, wait until it is ready, yield (process, pg port, api port).
 
-    ``prefix`` goes before the command (e.g. ``setpriv`` to drop privileges); the output goes
-    to :func:`log_of` the data directory.
+    Ready is ``/healthz`` answering 200: with ``--source`` the API answers during the base
+    backup already.
+
+    ``prefix`` goes before the command (e.g. ``setpriv`` to drop privileges), ``args`` after
+    it; the output goes to :func:`log_of` the data directory.
     """
     pg_port, api_port = free_port(), free_port()
     log = log_of(data_dir).open("wb")
     process = await trio.lowlevel.open_process(
-        [*prefix, *serve_args(data_dir, pg_port, api_port)],
+        [*prefix, *serve_args(data_dir, pg_port, api_port), *args],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
@@ -93,11 +100,11 @@ async def running_prism(
             async def serving() -> bool:
                 assert process.poll() is None, "prism serve exited early"
                 try:
-                    return (await http.get(f"http://127.0.0.1:{api_port}/branches")).is_success
+                    return (await http.get(f"http://127.0.0.1:{api_port}/healthz")).is_success
                 except httpx.TransportError:
                     return False
 
-            await wait_until(serving, what="prism serve to answer", within=60)
+            await wait_until(serving, what="prism serve to be ready", within=60)
         yield process, pg_port, api_port
     finally:
         if process.poll() is None:

@@ -69,6 +69,12 @@ class Production:
         """--source of a managed database: the application role and its database."""
         return self.dsn(APP, password, APP_DB)
 
+    async def max_rate_for(self, seconds: float) -> int:
+        """A ``source_max_rate`` (kB/s) that makes a base backup of this server last
+        ``seconds``."""
+        size = int(await self.sql("SELECT sum(pg_database_size(oid)) FROM pg_database"))
+        return max(32, int(size / 1024 / seconds))
+
     async def sql(self, sql: str) -> str:
         return (await psql(self.dsn(), sql)).stdout.decode().strip()
 

@@ -3,36 +3,35 @@ branches of it are writable copies as of their clone, and nothing they do reache
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import json
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
+import pg8000.native
 import pytest
 import trio
+from trio_websocket import open_websocket_url
 
+from prism.config import HostPort
 from prism.errors import find_prism_error
 from prism.events import EventBus
 from prism.server import PrismServer
 
 from .api_helpers import api, wait_for
-from .harness import PrismHandle, make_settings, psql
+from .harness import PrismHandle, free_port, make_settings, psql
 from .production import (
     CATCH_UP_S,
     SUPERUSER_PASSWORD,
     Production,
-    production_server,
     write_continuously,
 )
 from .production import caught_up as _caught_up
 from .production import prism_dsn as _dsn
 from .production import prism_sql as _sql
 from .production import source_state as _source_state
-
-
-@pytest.fixture
-async def production() -> AsyncIterator[Production]:
-    async with production_server() as server:
-        yield server
 
 
 async def test_main_follows_the_source_and_branches_are_writable_copies_of_it(
@@ -213,3 +212,108 @@ async def test_base_backup_progress_is_logged_and_published(
     assert last["done_bytes"] == last["total_bytes"] > 0
     assert last["rate_bytes_s"] > 0
     assert "base backup 100%" in caplog.text
+
+
+async def test_base_backup_progress_reaches_the_api_the_stream_and_clients(
+    production: Production, empty_data_dir: Path
+) -> None:
+    pg_port, api_port = free_port(), free_port()
+    settings = make_settings(
+        empty_data_dir,
+        source=production.source(),
+        source_max_rate=await production.max_rate_for(8),
+        listen=HostPort("127.0.0.1", pg_port),
+        api=HostPort("127.0.0.1", api_port),
+    )
+    base = f"http://127.0.0.1:{api_port}"
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(base_url=base) as http:
+        nursery.start_soon(PrismServer(settings).run)
+        # The API answers while the backup runs: main is listed as backing_up, with progress.
+        with trio.fail_after(CATCH_UP_S):
+            while True:
+                try:
+                    listed = (await http.get("/api/v1/branches")).json()["branches"]
+                except httpx.TransportError:
+                    listed = []
+                if listed and (listed[0]["source"] or {}).get("backup"):
+                    break
+                await trio.sleep(0.1)
+        [main] = listed
+        assert main["name"] == "main"
+        assert main["status"] == "backing_up"
+        assert main["source"]["state"] == "backing_up"
+        progress = main["source"]["backup"]
+        assert 0 < progress["done_bytes"] < progress["total_bytes"]
+        assert progress["percent"] < 100
+        assert progress["rate_bytes_s"] > 0
+        health = await http.get("/healthz")
+        assert (health.status_code, health.json()["status"]) == (503, "starting")
+
+        # The event stream: a snapshot with main backing up, then live progress.
+        async with open_websocket_url(f"ws://127.0.0.1:{api_port}/api/v1/events") as socket:
+            snapshot = json.loads(await socket.get_message())
+            assert [b["status"] for b in snapshot["branches"]] == ["backing_up"]
+            with trio.fail_after(CATCH_UP_S):
+                event = json.loads(await socket.get_message())
+                while event["type"] != "backup_progress":
+                    event = json.loads(await socket.get_message())
+            assert event["branch"] == "main"
+            assert event["percent"] < 100
+
+        # A client of main, or of a new branch, is told to come back, with the progress.
+        for user in ("postgres", "postgres@early"):
+
+            def connect(user: str = user) -> dict[str, str]:
+                with pytest.raises(pg8000.native.DatabaseError) as refused:
+                    pg8000.native.Connection(
+                        user, password=SUPERUSER_PASSWORD, host="127.0.0.1", port=pg_port
+                    )
+                fields: dict[str, str] = refused.value.args[0]
+                return fields
+
+            fields = await trio.to_thread.run_sync(connect)
+            assert fields["C"] == "57P03"
+            assert "branch main is not ready yet" in fields["M"]
+            assert re.search(r"base backup of the source: \d+% \(", fields["M"]), fields["M"]
+            assert "eta" in fields["M"]
+        refused = await http.post("/api/v1/branches", json={"name": "early"})
+        assert (refused.status_code, refused.json()["code"]) == (503, "starting_up")
+
+        # Then main is whole, streaming and serving; the refused branch was never made.
+        with trio.fail_after(CATCH_UP_S * 4):
+            # Polling: the test sees Prism from outside, as an operator's probe does.
+            while (await http.get("/healthz")).status_code != 200:  # noqa: ASYNC110
+                await trio.sleep(0.1)
+        dsn = production.dsn().replace(str(production.port), str(pg_port))
+        assert (await psql(dsn, "SELECT count(*) FROM events")).stdout.decode().strip() == "1000"
+        names = [b["name"] for b in (await http.get("/api/v1/branches")).json()["branches"]]
+        assert names == ["main"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_gone_source_is_retried_ever_less_often_and_at_the_base_rate_once_back(
+    production: Production, empty_data_dir: Path, start_prism: Callable[..., Any]
+) -> None:
+    prism = await start_prism(data_dir=empty_data_dir, source=production.source())
+    await _caught_up(prism, production)
+    streaming = await _source_state(prism, "streaming", retry_interval_s=5.0)
+    assert streaming["next_attempt"] is None
+
+    await production.stop()
+    # The interval doubles after each failed retry: 5 s, then 10 s, then 20 s.
+    first = await _source_state(prism, "disconnected", retry_interval_s=10.0)
+    assert first["next_attempt"] is not None
+    second = await _source_state(prism, "disconnected", retry_interval_s=20.0)
+    assert second["next_attempt"] > first["next_attempt"]
+    # Main keeps serving its last state meanwhile, and branches keep working.
+    assert await _sql(prism, "SELECT current_setting('wal_retrieve_retry_interval')") == "20s"
+    assert await _sql(prism, "SELECT count(*) FROM events") == "1000"
+    await _sql(prism, "INSERT INTO events (origin) VALUES ('branch')", "while-gone")
+    # A branch does not inherit main's backoff.
+    query = "SELECT current_setting('wal_retrieve_retry_interval')"
+    assert await _sql(prism, query, "while-gone") == "5s"
+
+    await production.start()
+    await production.sql("INSERT INTO events (origin) VALUES ('back')")
+    await _caught_up(prism, production)
+    await _source_state(prism, "streaming", retry_interval_s=5.0, next_attempt=None)

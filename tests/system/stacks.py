@@ -229,17 +229,19 @@ async def prism_serve(
 
 
 async def wait_until_serving(served: ServeProcess) -> None:
-    """Return once the API answers; fail with the log if the process exits first."""
+    """Return once Prism is ready (``/healthz`` 200: with ``--source`` the API answers during
+    the base backup already); fail with the log if the process exits first."""
     async with httpx.AsyncClient() as http:
         with trio.fail_after(120):
             while True:
                 if served.process.returncode is not None:
                     raise AssertionError(f"prism serve exited early:\n{served.log_text()}")
                 try:
-                    await http.get(f"{served.api}/branches")
-                    return
+                    if (await http.get(f"{served.api}/healthz")).is_success:
+                        return
                 except httpx.TransportError:
-                    await trio.sleep(0.1)
+                    pass
+                await trio.sleep(0.1)
 
 
 async def stop_serve(process: trio.Process) -> None:

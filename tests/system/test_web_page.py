@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -21,7 +22,7 @@ import trio
 
 from prism.config import HostPort
 from prism.server import PrismServer
-from tests.integration.harness import PrismHandle, fresh_dir, make_settings, psql
+from tests.integration.harness import PrismHandle, free_port, fresh_dir, make_settings, psql
 from tests.integration.production import production_server
 
 from .chromium import Page, open_page
@@ -286,3 +287,48 @@ async def test_page_of_a_prism_with_a_token_asks_once_then_works(
         await page.click('tr[data-branch="main"] button[data-action="stop"]')
         await page.wait_until(_status_is("main", "stopped"))
         assert page.errors == []
+
+
+async def test_page_shows_the_base_backup_of_main_as_a_bar_on_its_row(
+    page: Page, request: pytest.FixtureRequest
+) -> None:
+    data_dir = fresh_dir("web-")
+    api_port = free_port()
+    status = f'{_row("main")}?.querySelector("td[data-field=status]")'
+    bar = f"{status}?.querySelector('progress')"
+    try:
+        async with production_server() as production, trio.open_nursery() as nursery:
+            settings = make_settings(
+                data_dir,
+                source=production.source(),
+                source_max_rate=await production.max_rate_for(8),
+                api=HostPort("127.0.0.1", api_port),
+            )
+            # Not nursery.start: Prism is "started" once main is whole, and the page is for
+            # before that.
+            nursery.start_soon(PrismServer(settings).run)
+            url = f"http://127.0.0.1:{api_port}/"
+            async with httpx.AsyncClient() as http:
+                with trio.fail_after(30):
+                    while True:
+                        try:
+                            await http.get(url + "healthz")
+                            break
+                        except httpx.TransportError:
+                            await trio.sleep(0.1)
+            async with screenshot_at_end(page, request):
+                await page.goto(url)
+                await page.wait_until(
+                    f"{_LIVE} && {_status_is('main', 'backing_up')} && {bar}?.value > 0"
+                )
+                assert await page.evaluate(f"{bar}.value < 100") is True
+                text = await page.evaluate(f"{status}.textContent")
+                assert re.fullmatch(r"backing_up \d+%(, \d+ s left)?", text), text
+                assert "of" in await page.evaluate(f"{bar}.title")
+                await page.screenshot(artifacts_dir() / f"{request.node.name}-backing-up.png")
+                # Main's row turns running and the bar goes when the backup is done.
+                await page.wait_until(f"{_status_is('main', 'running')} && !{bar}")
+                assert page.errors == []
+            nursery.cancel_scope.cancel()
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)

@@ -54,6 +54,9 @@ def test_durations_take_units(text: str, seconds: float) -> None:
         ({"listen": "nowhere"}, "invalid address 'nowhere'"),
         ({"storage": "floppy"}, "invalid value 'floppy'"),
         ({"point_in_time_branches": "main|("}, "invalid pattern 'main|('"),
+        ({"source_max_rate": "10"}, "invalid rate '10'"),  # no unit: kB or MB?
+        ({"source_max_rate": "16k"}, "invalid rate '16k'"),  # below pg_basebackup's 32k
+        ({"source_max_rate": "2048M"}, "invalid rate '2048M'"),  # above its 1024M
     ],
 )
 def test_bad_values_name_the_setting_and_what_is_allowed(
@@ -113,6 +116,11 @@ def test_a_bad_choice_names_the_value_and_every_allowed_one(
             build()
         assert caught.value.message.endswith("invalid value 'floppy'")
         assert caught.value.hint == f"choose one of: {allowed}"
+
+
+@pytest.mark.parametrize(("text", "kb"), [("0", 0), ("32k", 32), ("500k", 500), ("20M", 20480)])
+def test_source_max_rate_is_read_in_kilobytes_per_second(text: str, kb: int) -> None:
+    assert load_settings({"source_max_rate": text}, environ={}).source_max_rate == kb
 
 
 def test_unknown_setting_in_file_is_refused(tmp_path: Path) -> None:

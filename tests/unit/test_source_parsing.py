@@ -77,7 +77,7 @@ def test_each_refusal_names_the_setting_to_change(stderr: str, names: str) -> No
 
 
 def test_an_idle_caught_up_main_has_no_lag_even_without_a_replayed_commit() -> None:
-    health = reading("streaming", "0", None, now=1000.0)
+    health = reading("streaming", "0", None, now=1000.0, retry_ms="5000")
     assert health.view() == {
         "state": "streaming",
         "replay_lag_bytes": 0,
@@ -86,6 +86,8 @@ def test_an_idle_caught_up_main_has_no_lag_even_without_a_replayed_commit() -> N
         "backup": None,
         "error": None,
         "hint": None,
+        "retry_interval_s": 5.0,
+        "next_attempt": None,
     }
 
 
@@ -118,3 +120,11 @@ def test_the_walreceivers_last_failure_is_found_in_mains_log() -> None:
     # Streaming again since: nothing is wrong any more.
     assert receiver_failure(_REFUSED + _STREAMED) is None
     assert receiver_failure("LOG:  database system is ready to accept connections\n") is None
+
+
+def test_progress_in_words_says_percent_megabytes_rate_and_time_left() -> None:
+    progress = parse_progress("123904/297216 kB (41%), 0/1 tablespace", elapsed_s=30.0)
+    assert progress is not None
+    assert progress.summary() == "41% (121 of 290 MB, 4.0 MB/s, eta 42 s)"
+    first = parse_progress("0/297216 kB (0%), 0/1 tablespace", elapsed_s=0.0)
+    assert first is not None and first.summary() == "0% (0 of 290 MB, 0.0 MB/s, eta ? s)"

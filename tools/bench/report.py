@@ -11,6 +11,7 @@ from typing import Any
 
 from tools.bench.common import REPO, median, percentile
 from tools.bench.proxy import REFERENCE
+from tools.bench.standby import PHASES, PRISM_PHASE
 
 DOC = REPO / "docs" / "benchmarks.md"
 ASSETS = REPO / "docs" / "benchmarks"
@@ -480,8 +481,8 @@ def _standby(results: Results) -> list[str]:
         f"each main a pgbench database of scale {section['scale']}; one main is Prism's own, "
         "the other a hot standby of a bare source server (`--source`). "
         f"{len(section['primary_s'])} branches of each, created in alternating rounds (each "
-        "deleted again); snapshots off in both. A branch of a standby main replays what its "
-        "clone holds and promotes before it admits clients.",
+        "deleted again); snapshots off in both. A branch of a standby main recovers what its "
+        "clone holds (crash recovery, as a primary main's branch) before it admits clients.",
         "",
         "| main | create p50 s | create p95 s |",
         "| --- | ---: | ---: |",
@@ -489,8 +490,29 @@ def _standby(results: Results) -> list[str]:
         "",
         f"Standby / primary (medians): {ratio:.2f}x; goal within 1.2x: {_verdict(ratio <= 1.2)}.",
         "",
+        *_phases(section.get("phases")),
         *_replay(section.get("replay")),
         *_measured_on(section),
+    ]
+
+
+def _phases(phases: dict[str, dict[str, list[float]]] | None) -> list[str]:
+    """Where a create's time goes, from each branch server's log (``standby.start_phases``)."""
+    if not phases or not phases.get("primary"):
+        return []
+    rows = [
+        f"| {name} | {percentile(phases['primary'].get(name, [0.0]), 50) * 1000:.0f} | "
+        f"{percentile(phases['standby'].get(name, [0.0]), 50) * 1000:.0f} |"
+        for name in (*(name for name, _ in PHASES), PRISM_PHASE)
+    ]
+    return [
+        "**Where the time goes** (medians, ms; the server's phases from its log, the rest of "
+        "each create is Prism's):",
+        "",
+        "| phase | primary main | standby main |",
+        "| --- | ---: | ---: |",
+        *rows,
+        "",
     ]
 
 

@@ -9,6 +9,11 @@ standby main also replays what the clone holds and promotes before it admits cli
 ratio is what that costs. Snapshots are off in both (``--snapshot-every 0``) and both mains
 are checkpointed after the load: like for like.
 
+Each branch's server log then says where its start went (``phases``): the start of recovery
+(the fsync of the data directory a crash-consistent clone needs), replay, for a standby's clone
+the end of archive recovery (a new timeline), the end-of-recovery checkpoint, and readiness; the
+rest of a create is Prism's (clone, spawn, readiness polling).
+
 Then pgbench (TPC-B-like, 4 clients) writes to the source while the source's own view of its
 standby (``pg_stat_replication``: bytes not yet replayed, and ``replay_lag``) is sampled every
 100 ms.
@@ -19,9 +24,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import re
 import shutil
 import time
 from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -36,12 +44,51 @@ FROM pg_stat_replication WHERE application_name = 'prism'
 """
 
 
-async def _create_delete(manager: Any, name: str) -> float:
+#: The phases of a branch server's start, each ended by a line of its log; a phase whose line
+#: is missing (a primary's clone ends no archive recovery) takes 0 and the next one its time.
+PHASES = (
+    ("start to redo (data directory fsync)", "redo starts at"),
+    ("redo", "redo done at"),
+    ("end of archive recovery (new timeline)", "archive recovery complete"),
+    ("end-of-recovery checkpoint", "checkpoint complete"),
+    ("to ready", "ready to accept connections"),
+)
+#: The rest of a create: cloning, spawning the server, polling for readiness.
+PRISM_PHASE = "Prism (clone, spawn, readiness)"
+_STARTED = "starting PostgreSQL"
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})")
+
+
+def start_phases(log_text: str) -> dict[str, float] | None:
+    """Seconds of each of ``PHASES`` in one server start's log (sans-IO); None if it has none."""
+    stamps: dict[str, datetime] = {}
+    for line in log_text.splitlines():
+        stamp = _STAMP.match(line)
+        if stamp is None:
+            continue
+        for marker in (_STARTED, *(marker for _, marker in PHASES)):
+            if marker in line and marker not in stamps:
+                stamps[marker] = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S.%f")
+    if _STARTED not in stamps or PHASES[-1][1] not in stamps:
+        return None
+    phases, last = {}, stamps[_STARTED]
+    for name, marker in PHASES:
+        at = stamps.get(marker, last)
+        phases[name] = (at - last).total_seconds()
+        last = at
+    return phases
+
+
+async def _create_delete(manager: Any, name: str, logs: Path) -> tuple[float, dict[str, float]]:
+    """Seconds to create ``name`` (then deleted), and its server's start phases."""
     started = time.perf_counter()
     await manager.create(name)
     elapsed = time.perf_counter() - started
+    log_text = await trio.Path(logs / f"{name}.log").read_text()
     await manager.delete(name)
-    return elapsed
+    phases = start_phases(log_text) or {}
+    phases[PRISM_PHASE] = elapsed - sum(phases.values())
+    return elapsed, phases
 
 
 async def _replay_lag(install: Any, conninfo: str, port: int, seconds: float) -> dict[str, Any]:
@@ -89,10 +136,11 @@ async def measure(
     conninfo = f"host={HOST} port={port} user={SUPERUSER} dbname=postgres"
     primary_s: list[float] = []
     standby_s: list[float] = []
+    phases: dict[str, dict[str, list[float]]] = {"primary": {}, "standby": {}}
     try:
         await run([str(install.bin("pgbench")), "-i", "-q", "-s", str(scale), conninfo])
         async with contextlib.AsyncExitStack() as stack:
-            managers = []
+            managers, logs = [], []
             for source_setting in ("", conninfo):
                 _, settings = await stack.enter_async_context(targets.data_dir(target))
                 settings = dataclasses.replace(
@@ -100,6 +148,7 @@ async def measure(
                 )
                 info = await stack.enter_async_context(targets.prism_in_process(settings))
                 managers.append(info.manager)
+                logs.append(settings.data_dir / "logs")
             primary, standby = managers
             main = await primary.ensure_running("main", create=False)
             await run(
@@ -118,8 +167,14 @@ async def measure(
                 ) as service:
                     await service.query("CHECKPOINT")
             for n in range(rounds):
-                primary_s.append(await _create_delete(primary, f"p{n}"))
-                standby_s.append(await _create_delete(standby, f"s{n}"))
+                for kind, manager, log_dir, times in (
+                    ("primary", primary, logs[0], primary_s),
+                    ("standby", standby, logs[1], standby_s),
+                ):
+                    elapsed, phased = await _create_delete(manager, f"{kind[0]}{n}", log_dir)
+                    times.append(elapsed)
+                    for phase, seconds in phased.items():
+                        phases[kind].setdefault(phase, []).append(seconds)
                 log(
                     f"standby: round {n + 1}: primary {primary_s[-1]:.3f} s, "
                     f"standby {standby_s[-1]:.3f} s"
@@ -135,5 +190,6 @@ async def measure(
         "scale": scale,
         "primary_s": primary_s,
         "standby_s": standby_s,
+        "phases": phases,
         "ratio": median(standby_s) / median(primary_s),
     }

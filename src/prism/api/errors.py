@@ -28,6 +28,7 @@ from prism.errors import (
     PrismError,
     ProvisionFailed,
     RuntimeStartFailed,
+    StartingUp,
     StorageError,
     TooManyConnections,
 )
@@ -46,6 +47,7 @@ _STATUS: tuple[tuple[type[PrismError], int, str], ...] = (
     (LimitExceeded, 409, "limit_exceeded"),
     (OutsideWindow, 422, "outside_window"),
     (TooManyConnections, 503, "too_many_running"),
+    (StartingUp, 503, "starting_up"),
     (ProvisionFailed, 500, "provision_failed"),
     (HookFailed, 500, "hook_failed"),
     (HookCommandsNotAllowed, 403, "hook_commands_not_allowed"),

@@ -221,26 +221,33 @@ def register_routes(
 
     @app.get("/healthz")
     async def healthz() -> Response:
-        """Liveness: the event loop answers and the manager is open; which data plane is in use."""
-        return jsonify(
+        """Readiness: the event loop answers and main is made and running (503 while main is
+        made: a base backup is served but not ready); which data plane is in use."""
+        response = jsonify(
             {
-                "status": "ok",
+                "status": "ok" if manager.opened else "starting",
                 "branches": len(manager.list()),
                 "data_plane": {"name": data_plane.name, "reason": data_plane.reason},
             }
         )
+        response.status_code = 200 if manager.opened else 503
+        return response
+
+    async def full_view(branch: Branch, *, with_password: bool = False) -> dict[str, Any]:
+        """``view``, and for main following a source its ``source`` (a base backup's progress)."""
+        shown = await view(branch, with_password=with_password)
+        if branch.name == MAIN_BRANCH and source_health is not None:
+            shown["source"] = await source_health()
+        return shown
 
     @app.get(f"{PREFIX}/branches")
     async def list_branches() -> Response:
-        return jsonify({"branches": [await view(b) for b in manager.list()]})
+        return jsonify({"branches": [await full_view(b) for b in manager.list()]})
 
     @app.get(f"{PREFIX}/branches/<name>")
     async def get_branch(name: str) -> Response:
         with_password = request.args.get("password", "").lower() in _TRUE
-        shown = await view(manager.require(name), with_password=with_password)
-        if name == MAIN_BRANCH and source_health is not None:
-            shown["source"] = await source_health()
-        return jsonify(shown)
+        return jsonify(await full_view(manager.require(name), with_password=with_password))
 
     @app.get(f"{PREFIX}/branches/<name>/snapshots")
     async def list_snapshots(name: str) -> Response:

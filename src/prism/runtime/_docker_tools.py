@@ -118,8 +118,9 @@ class ContainerSourceTools:
     async def server_log(self) -> str:
         return await self._server_log()
 
-    async def stop_leftovers(self) -> None:
-        """Remove program containers of this source that a crashed Prism left behind."""
+    async def stop_leftovers(self, main: Path) -> None:
+        """Remove program containers of this source that a crashed Prism left behind (found
+        by their label, wherever they write)."""
         client = await self._engine.connect()
         containers: list[Container] = await self._engine.call(
             RuntimeStartFailed,
@@ -202,8 +203,10 @@ class _ContainerPrograms:
         *,
         env: Mapping[str, str],
         shares: Sequence[Path] = (),
+        cwd: Path | None = None,
         on_stderr_line: Callable[[str], None] | None = None,
     ) -> subprocess.CompletedProcess[bytes]:
+        del cwd  # a container is found by its label, not by where it runs
         return await self._tools.run_in(
             self._info, program, args, env=env, shares=shares, on_stderr_line=on_stderr_line
         )

@@ -92,11 +92,20 @@ def postmasters_under(root: Path) -> dict[int, Path]:
 
     A postmaster is a ``postgres`` process whose parent is not one of those processes (its
     backends and helpers are its children, and each leads a session of its own, so sessions do
-    not tell them apart). The working directory survives the directory's removal (``/proc``
-    appends " (deleted)"), so a server left on a directory since removed is found too. Blocking.
+    not tell them apart). Blocking.
+    """
+    servers = processes_under(root, ("postgres", "postmaster"))
+    return {pid: cwd for pid, (ppid, cwd) in servers.items() if ppid not in servers}
+
+
+def processes_under(root: Path, names: tuple[str, ...]) -> dict[int, tuple[int, Path]]:
+    """Every live process named one of ``names`` working under ``root``: pid → (parent, cwd).
+
+    The working directory survives the directory's removal (``/proc`` appends " (deleted)"),
+    so a process left on a directory since removed is found too. Blocking.
     """
     prefix = str(root.resolve()).rstrip("/") + "/"
-    servers: dict[int, tuple[int, Path]] = {}
+    found: dict[int, tuple[int, Path]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -109,11 +118,11 @@ def postmasters_under(root: Path) -> dict[int, Path]:
             continue
         name = line[line.find("(") + 1 : line.rfind(")")]
         fields = line[line.rfind(")") + 2 :].split()
-        if name not in ("postgres", "postmaster") or len(fields) < 2 or fields[0] in ("Z", "X"):
+        if name not in names or len(fields) < 2 or fields[0] in ("Z", "X"):
             continue
         if (cwd + "/").startswith(prefix):
-            servers[pid] = (int(fields[1]), Path(cwd))
-    return {pid: cwd for pid, (ppid, cwd) in servers.items() if ppid not in servers}
+            found[pid] = (int(fields[1]), Path(cwd))
+    return found
 
 
 def free_port() -> int:

@@ -53,6 +53,14 @@ class Progress:
             "eta_s": None if self.eta_s is None else round(self.eta_s, 1),
         }
 
+    def summary(self) -> str:
+        """The progress in words, for the log and for clients refused meanwhile."""
+        eta = "?" if self.eta_s is None else f"{self.eta_s:.0f}"
+        return (
+            f"{self.percent}% ({self.done_bytes // 2**20} of {self.total_bytes // 2**20} MB, "
+            f"{self.rate_bytes_s / 2**20:.1f} MB/s, eta {eta} s)"
+        )
+
 
 def parse_progress(line: str, *, elapsed_s: float) -> Progress | None:
     """The progress in one line of ``pg_basebackup --progress`` output, None if it has none."""
@@ -178,13 +186,17 @@ async def take_base_backup(
     *,
     env: dict[str, str],
     slot: str | None,
+    max_rate_kb: int = 0,
     on_progress: Callable[[Progress], None],
     shares: Sequence[Path] = (),
 ) -> None:
     """``pg_basebackup -X stream`` of the source into ``target`` (empty), reporting progress.
 
-    ``shares`` are other directories the tool reads (the passfile's). Raises ``ToolFailed``
-    with the tool's messages when it fails.
+    ``shares`` are other directories the tool reads (the passfile's). ``max_rate_kb`` (kB/s,
+    0: no limit) spares a production source's disks. The tool runs in ``target``, so a Prism
+    killed mid-backup leaves a process that start-up finds by its working directory
+    (``SourceTools.stop_leftovers``). Raises ``ToolFailed`` with the tool's messages when it
+    fails.
     """
     args = [
         "-d",
@@ -199,6 +211,8 @@ async def take_base_backup(
     ]
     if slot:
         args.append(f"--slot={slot}")
+    if max_rate_kb:
+        args.append(f"--max-rate={max_rate_kb}k")
     started = trio.current_time()
     errors: list[str] = []
 
@@ -210,7 +224,12 @@ async def take_base_backup(
             errors.append(line)
 
     result = await tools.run(
-        "pg_basebackup", args, env=env, shares=(target, *shares), on_stderr_line=read_line
+        "pg_basebackup",
+        args,
+        env=env,
+        shares=(target, *shares),
+        cwd=target,
+        on_stderr_line=read_line,
     )
     if result.returncode != 0:
         raise ToolFailed("\n".join(errors) or f"pg_basebackup exit status {result.returncode}")

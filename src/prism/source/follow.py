@@ -23,6 +23,7 @@ from prism.names import MAIN_BRANCH
 from prism.pgbin import resolve_pg_installs
 from prism.runtime.base import Runtime
 from prism.source import standby
+from prism.source.backoff import Backoff
 from prism.source.basebackup import (
     Progress,
     SourceError,
@@ -39,6 +40,7 @@ from prism.storage.base import Storage
 log = logging.getLogger(__name__)
 
 _LOG_EVERY_S = 5.0
+#: How long a killed stray pg_basebackup may take to disappear (it is reaped by init).
 
 
 @dataclass
@@ -50,6 +52,8 @@ class Source:
     tools: SourceTools
     directory: Path
     events: EventBus
+    max_rate_kb: int = 0
+    backoff: Backoff = field(default_factory=Backoff)
     backing_up: bool = False
     progress: Progress | None = None
     _last_logged: float = field(default=-_LOG_EVERY_S)
@@ -69,12 +73,22 @@ class Source:
             extra["passfile"] = str(self.passfile)
         return self.conninfo.render(**extra)
 
+    def describe_progress(self) -> str:
+        """What Prism is doing to main, for the clients refused until it is done."""
+        if self.progress is None:
+            return "Prism is starting a base backup of the source"
+        return f"Prism is taking a base backup of the source: {self.progress.summary()}"
+
     async def reconcile(self, storage: Storage) -> None:
-        """Undo a base backup a crash or a stop left half-made, so it is taken again whole."""
+        """Undo a base backup a crash or a stop left half-made, so it is taken again whole.
+
+        A Prism killed mid-backup leaves its ``pg_basebackup`` running (writing into main, and
+        holding the slot): it is killed first.
+        """
         if not self.marker.exists():
             return
         log.warning("source: removing main left half-made by an interrupted base backup")
-        await self.tools.stop_leftovers()
+        await self.tools.stop_leftovers(storage.path(MAIN_BRANCH))
         if MAIN_BRANCH in storage.list():
             await storage.destroy(MAIN_BRANCH)
         self.marker.unlink()
@@ -105,6 +119,7 @@ class Source:
                 pgdata,
                 env=env,
                 slot=self.slot,
+                max_rate_kb=self.max_rate_kb,
                 on_progress=self._report,
                 shares=(self.directory,),
             )
@@ -147,14 +162,7 @@ class Source:
         now = trio.current_time()
         if now - self._last_logged >= _LOG_EVERY_S or progress.percent == 100:
             self._last_logged = now
-            log.info(
-                "source: base backup %d%% (%d of %d MB, %.1f MB/s, eta %s s)",
-                progress.percent,
-                progress.done_bytes // 2**20,
-                progress.total_bytes // 2**20,
-                progress.rate_bytes_s / 2**20,
-                "?" if progress.eta_s is None else f"{progress.eta_s:.0f}",
-            )
+            log.info("source: base backup %s", progress.summary())
 
     def _prepare(self) -> None:
         """The private directory with the passfile and the intent marker, the server user's."""
@@ -225,6 +233,7 @@ async def open_source(
         tools,
         directory,
         events,
+        max_rate_kb=settings.source_max_rate,
     )
 
 

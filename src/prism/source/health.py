@@ -4,8 +4,9 @@ Main's walreceiver knows both ends: ``pg_stat_wal_receiver.latest_end_lsn`` is t
 source's WAL as the source last reported it, ``pg_last_wal_replay_lsn()`` is how far main has
 applied. Their difference is the replay lag in bytes; the lag in seconds is how old the last
 replayed commit is, and 0 when nothing is left to replay (an idle source is not "behind").
-Reconnecting is Postgres' own walreceiver's job (every ``wal_retrieve_retry_interval``); Prism
-only reports. When main is disconnected, the walreceiver's last failure in main's server log
+Reconnecting is Postgres' own walreceiver's job (every ``wal_retrieve_retry_interval``); while
+the source is gone the watcher makes that interval grow (``prism.source.backoff``). When main is
+disconnected, the walreceiver's last failure in main's server log
 (written after it last started streaming) is explained like a failed base backup: one message
 naming what to change on the source (a role that lost ``REPLICATION``, a ``pg_hba.conf`` line,
 a password), in ``error`` and ``hint``.
@@ -13,20 +14,23 @@ a password), in ``error`` and ``hint``.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import enum
 import logging
 import re
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import trio
 
-from prism.branches import BranchManager
+from prism.branches import BranchManager, BranchStatus
 from prism.errors import PrismError
 from prism.names import MAIN_BRANCH
-from prism.pgclient import connect_service
+from prism.pgclient import ServiceConnection, connect_service
 from prism.source.basebackup import Progress, explain_failure
 from prism.source.follow import Source
 from prism.state import rfc3339
@@ -42,7 +46,8 @@ SELECT (SELECT status FROM pg_stat_wal_receiver),
        greatest(0, pg_wal_lsn_diff(
            coalesce((SELECT latest_end_lsn FROM pg_stat_wal_receiver), pg_last_wal_receive_lsn()),
            pg_last_wal_replay_lsn()))::bigint,
-       extract(epoch FROM pg_last_xact_replay_timestamp())
+       extract(epoch FROM pg_last_xact_replay_timestamp()),
+       (SELECT setting FROM pg_settings WHERE name = 'wal_retrieve_retry_interval')
 """
 
 
@@ -63,6 +68,8 @@ class SourceHealth:
     backup: Progress | None = None
     error: str | None = None
     hint: str | None = None
+    retry_interval_s: float | None = None
+    next_attempt: datetime | None = None
 
     def view(self) -> dict[str, Any]:
         """The ``source`` object of ``GET /api/v1/branches/main``."""
@@ -74,6 +81,8 @@ class SourceHealth:
             "backup": None if self.backup is None else self.backup.fields(),
             "error": self.error,
             "hint": self.hint,
+            "retry_interval_s": self.retry_interval_s,
+            "next_attempt": None if self.next_attempt is None else rfc3339(self.next_attempt),
         }
 
 
@@ -91,18 +100,16 @@ async def _explained(health: SourceHealth, source: Source) -> SourceHealth:
         return health
     user = source.conninfo.get("user") or "?"
     explained = explain_failure(failure, user=user, where=source.conninfo.describe())
-    return SourceHealth(
-        health.state,
-        lag_bytes=health.lag_bytes,
-        lag_seconds=health.lag_seconds,
-        last_replayed=health.last_replayed,
-        error=explained.message,
-        hint=explained.hint,
-    )
+    return dataclasses.replace(health, error=explained.message, hint=explained.hint)
 
 
 def reading(
-    status: str | None, lag_bytes: str | None, replayed_epoch: str | None, *, now: float
+    status: str | None,
+    lag_bytes: str | None,
+    replayed_epoch: str | None,
+    *,
+    now: float,
+    retry_ms: str | None = None,
 ) -> SourceHealth:
     """A ``SourceHealth`` from one row of ``_QUERY`` (sans-IO)."""
     state = SourceState.STREAMING if status == "streaming" else SourceState.DISCONNECTED
@@ -118,40 +125,56 @@ def reading(
         lag_bytes=lag,
         lag_seconds=seconds,
         last_replayed=None if replayed is None else datetime.fromtimestamp(replayed, UTC),
+        retry_interval_s=None if retry_ms is None else int(retry_ms) / 1000,
     )
+
+
+@contextlib.asynccontextmanager
+async def _main_service(manager: BranchManager, superuser: str) -> AsyncIterator[ServiceConnection]:
+    """Prism's own connection to main's running server; ``PrismError`` if it has none."""
+    address = manager.address(MAIN_BRANCH)
+    if address is None or address.service_socket_dir is None:
+        raise PrismError("main is not running")
+    async with await connect_service(
+        unix_socket=address.service_socket_path(),
+        port=address.port,
+        user=superuser,
+        application_name="prism source health",
+    ) as service:
+        yield service
 
 
 async def read_health(source: Source, manager: BranchManager, *, superuser: str) -> SourceHealth:
     """Ask main how far behind the source it is; disconnected when main cannot be asked."""
-    if source.backing_up:
+    main = manager.get(MAIN_BRANCH)
+    if source.backing_up or (main is not None and main.status is BranchStatus.BACKING_UP):
         return SourceHealth(SourceState.BACKING_UP, backup=source.progress)
-    address = manager.address(MAIN_BRANCH)
-    if address is None or address.service_socket_dir is None:
-        return SourceHealth(SourceState.DISCONNECTED)
     try:
-        async with await connect_service(
-            unix_socket=address.service_socket_path(),
-            port=address.port,
-            user=superuser,
-            application_name="prism source health",
-        ) as service:
+        async with _main_service(manager, superuser) as service:
             rows = await service.query(_QUERY)
     except PrismError as exc:
         log.debug("source health: cannot ask main: %s", exc.message)
         return SourceHealth(SourceState.DISCONNECTED)
-    status, lag, replayed = rows[0]
-    health = reading(status, lag, replayed, now=time.time())
+    status, lag, replayed, retry_ms = rows[0]
+    health = reading(status, lag, replayed, now=time.time(), retry_ms=retry_ms)
+    if health.retry_interval_s is not None:
+        attempt = source.backoff.next_attempt(health.retry_interval_s)
+        if attempt is not None:
+            health = dataclasses.replace(health, next_attempt=datetime.fromtimestamp(attempt, UTC))
     if health.state is SourceState.DISCONNECTED:
         return await _explained(health, source)
     return health
 
 
 async def watch_source(source: Source, manager: BranchManager, *, superuser: str) -> None:
-    """Publish a ``source`` event (and log) whenever main starts or stops streaming."""
-    previous: tuple[SourceState, str | None] | None = None
+    """Publish a ``source`` event (and log) whenever main starts or stops streaming, or its
+    retry interval changes; make that interval grow while the source is gone."""
+    previous: tuple[SourceState, str | None, float | None] | None = None
     while True:
         health = await read_health(source, manager, superuser=superuser)
-        now = (health.state, health.error)
+        if health.retry_interval_s is not None:
+            health = await _back_off(source, manager, health, superuser=superuser)
+        now = (health.state, health.error, health.retry_interval_s)
         if now != previous and health.state is not SourceState.BACKING_UP:
             level = logging.WARNING if health.state is SourceState.DISCONNECTED else logging.INFO
             log.log(
@@ -166,3 +189,33 @@ async def watch_source(source: Source, manager: BranchManager, *, superuser: str
             manager.events.publish("source", MAIN_BRANCH, **view)
             previous = now
         await trio.sleep(WATCH_INTERVAL_S)
+
+
+async def _back_off(
+    source: Source, manager: BranchManager, health: SourceHealth, *, superuser: str
+) -> SourceHealth:
+    """Give main the retry interval the backoff wants now; ``health`` as it is then."""
+    assert health.retry_interval_s is not None
+    wanted = source.backoff.decide(
+        streaming=health.state is SourceState.STREAMING,
+        current_s=health.retry_interval_s,
+        now=time.time(),
+    )
+    if wanted is None:
+        return health
+    try:
+        async with _main_service(manager, superuser) as service:
+            # Two statements: ALTER SYSTEM cannot run in the implicit transaction of one query.
+            await service.query(f"ALTER SYSTEM SET wal_retrieve_retry_interval = '{wanted:g}s'")
+            await service.query("SELECT pg_reload_conf()")
+    except PrismError as exc:
+        log.warning("source: could not set main's retry interval: %s", exc.message)
+        return health
+    attempt = source.backoff.next_attempt(wanted)
+    next_attempt = None if attempt is None else datetime.fromtimestamp(attempt, UTC)
+    log.info(
+        "source: main tries the source every %g s%s",
+        wanted,
+        "" if next_attempt is None else f" (next attempt about {rfc3339(next_attempt)})",
+    )
+    return dataclasses.replace(health, retry_interval_s=wanted, next_attempt=next_attempt)

@@ -6,10 +6,14 @@ Both are a few files in a data directory Prism owns (main is Prism's copy of the
   ``primary_conninfo`` without the password (that is in Prism's private passfile) and the
   optional ``primary_slot_name``. Postgres' own walreceiver then follows the source and retries
   every ``wal_retrieve_retry_interval`` when it is gone: no Prism task is needed for either.
-* a clone of a standby loses ``standby.signal`` and every line naming the source, and gets
-  ``recovery.signal`` with ``restore_command = 'false'``: it replays the WAL it holds, finds no
-  more, and promotes at its end, as of the instant it was cloned. ``hot_standby = off`` keeps
-  clients out until then, so no one sees a read-only branch.
+* a clone of a standby loses ``standby.signal`` and every line naming the source, and starts
+  with no signal file at all: crash recovery, as a clone of a primary does. It replays all the
+  WAL it holds (main received and flushed it before replaying any of it, so every change in
+  the clone's pages is there) and opens writable on main's timeline, as of the instant it was
+  cloned; until then its server admits no client. Archive recovery (``recovery.signal``) would
+  do the same and then switch to a new timeline, which writes and fsyncs a whole WAL segment
+  and a history file: on btrfs that was most of a standby main's extra cold start
+  (``tools/bench/standby.py``, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ _SOURCE_SETTINGS = (
     "hot_standby",
     "recovery_target_time",
     "recovery_target_action",
+    "wal_retrieve_retry_interval",  # main's backoff (prism.source.backoff), not a branch's
 )
 
 
@@ -58,21 +63,19 @@ def make_standby(pgdata: Path, *, primary_conninfo: str, slot: str | None) -> No
 
 
 def detach_clone(pgdata: Path) -> bool:
-    """Make a clone of a standby promote at the end of the WAL it holds; False if not a standby.
+    """Make a clone of a standby recover to the end of the WAL it holds and open writable;
+    False if it is not a standby.
 
     Nothing naming the source stays in the clone, so a branch can never reach it.
     """
     if not is_standby(pgdata):
         return False
     lines = [
-        "# Added by Prism: a branch replays what it holds, then promotes.\n",
+        "# Added by Prism: a branch recovers what it holds and opens writable.\n",
         conf_line("primary_conninfo", ""),
         conf_line("primary_slot_name", ""),
-        conf_line("restore_command", "false"),
-        conf_line("hot_standby", "off"),
     ]
     _rewrite_auto_conf(pgdata, lines)
-    _write_owned(pgdata, "recovery.signal", "")
     (pgdata / "standby.signal").unlink()
     return True
 

@@ -15,7 +15,11 @@ the passfile its ``primary_conninfo`` names.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import re
+import signal
 import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -24,9 +28,15 @@ from typing import Protocol
 import trio
 
 from prism.pgbin import PgInstall, PgInstalls
+from prism.runtime._postmaster import processes_under
+
+log = logging.getLogger(__name__)
 
 #: How much of the end of main's server log is read for the walreceiver's last failure.
 LOG_TAIL_BYTES = 64 * 1024
+
+#: How long leftover programs of a killed Prism get to die once killed.
+_LEFTOVERS_GONE_S = 10.0
 
 
 class Tools(Protocol):
@@ -39,11 +49,13 @@ class Tools(Protocol):
         *,
         env: Mapping[str, str],
         shares: Sequence[Path] = (),
+        cwd: Path | None = None,
         on_stderr_line: Callable[[str], None] | None = None,
     ) -> subprocess.CompletedProcess[bytes]:
         """Run ``program`` to its end; its stdout and stderr are returned.
 
         ``shares`` are the directories it reads or writes (a container gets them mounted);
+        ``cwd`` the directory a host process runs in, by which ``stop_leftovers`` finds it;
         ``on_stderr_line`` sees each line of stderr as it comes (``pg_basebackup --progress``
         ends its lines with a carriage return). Cancelled, the program is killed first.
         """
@@ -66,8 +78,9 @@ class SourceTools(Protocol):
         """The end of main's server log, where its walreceiver says why it cannot stream."""
         ...
 
-    async def stop_leftovers(self) -> None:
-        """Stop programs an earlier Prism left running (a crash mid-backup)."""
+    async def stop_leftovers(self, main: Path) -> None:
+        """Stop programs an earlier Prism left running (a crash mid-backup into ``main``), and
+        wait until they are gone: their half-made copy is about to be thrown away."""
         ...
 
 
@@ -104,9 +117,20 @@ class HostTools:
     async def server_log(self) -> str:
         return await trio.to_thread.run_sync(_file_tail, self._server_log)
 
-    async def stop_leftovers(self) -> None:
-        """Nothing is looked for: a host process carries no mark to be found by, as a
-        container does (one a killed Prism left running fails once its target is removed)."""
+    async def stop_leftovers(self, main: Path) -> None:
+        """Kill the ``pg_basebackup`` processes (and their WAL streamer) running in ``main``:
+        a host process is found by its working directory, as a container by its label."""
+        with trio.fail_after(_LEFTOVERS_GONE_S):
+            while strays := await trio.to_thread.run_sync(
+                processes_under, main, ("pg_basebackup",)
+            ):
+                for pid in strays:
+                    log.warning(
+                        "source: killing pg_basebackup (pid %d) left by an earlier Prism", pid
+                    )
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                await trio.sleep(0.05)
 
 
 class _HostPrograms:
@@ -122,6 +146,7 @@ class _HostPrograms:
         *,
         env: Mapping[str, str],
         shares: Sequence[Path] = (),
+        cwd: Path | None = None,
         on_stderr_line: Callable[[str], None] | None = None,
     ) -> subprocess.CompletedProcess[bytes]:
         argv = [str(self._install.bin(program)), *args]
@@ -143,6 +168,7 @@ class _HostPrograms:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=dict(env),
+                cwd=cwd,
                 **self._install.spawn_options(),
             )
             assert process.stdout is not None and process.stderr is not None

@@ -12,7 +12,7 @@ let token = localStorage.getItem("prism-token") || "";
 
 // Event types that are a branch's new status; the rest change counts or remove the branch.
 const STATUS_EVENTS = new Set([
-  "provisioning", "starting", "running", "stopping", "stopped", "resetting", "deleting",
+  "backing_up", "provisioning", "starting", "running", "stopping", "stopped", "resetting", "deleting",
 ]);
 
 const $ = (selector) => document.querySelector(selector);
@@ -71,6 +71,7 @@ const FIELDS = [
 ];
 
 function actionsOf(b) {
+  if (b.status === "backing_up") return []; // nothing can use main until its backup is done
   const actions = b.status === "stopped" ? ["start"] : ["stop"];
   return b.parent === null ? actions : ["reset", ...actions, "delete"];
 }
@@ -198,6 +199,30 @@ function show(row, field, text) {
   return td;
 }
 
+// Main being made from a base backup of its source: the percent and time left in the status,
+// a bar beside it, the bytes and rate on hover (kept current by "backup_progress" events).
+function statusText(b) {
+  if (b.status !== "backing_up" || !b.backup) return b.status;
+  const eta = b.backup.eta_s === null ? "" : `, ${Math.round(b.backup.eta_s)} s left`;
+  return `${b.status} ${b.backup.percent}%${eta}`;
+}
+
+function backupBar(td, b) {
+  let bar = td.querySelector("progress");
+  if (b.status !== "backing_up" || !b.backup) {
+    if (bar) bar.remove();
+    return;
+  }
+  if (!bar) {
+    bar = document.createElement("progress");
+    bar.max = 100;
+    td.append(bar);
+  }
+  const { percent, done_bytes: done, total_bytes: total, rate_bytes_s: rate } = b.backup;
+  put(bar, "value", percent);
+  put(bar, "title", `${size(done)} of ${size(total)} at ${size(rate)}/s`);
+}
+
 function setText(element, text) {
   if (element.textContent !== text) element.textContent = text;
 }
@@ -223,7 +248,7 @@ function renderRow(row, b, place) {
   // --source-mode dump: which copy of the source the branch holds, and when it was taken.
   setText(generation, b.generation == null ? "" : `gen ${b.generation}`);
   put(generation, "title", b.generation_taken_at ? `dump taken ${b.generation_taken_at}` : "");
-  show(row, "status", b.status);
+  backupBar(show(row, "status", statusText(b)), b);
   show(row, "parent", b.parent ?? "—");
   show(row, "connections", String(b.connections));
   sparkline(cell("activity"), activity[b.name]);
@@ -322,6 +347,7 @@ function refreshDetails() {
           "generation", "generation_taken_at"]) {
           b[key] = fresh[key];
         }
+        if (fresh.source) b.backup = fresh.source.backup;
       }
       render();
     } catch (error) {
@@ -339,7 +365,9 @@ function showSource(source) {
   const lag = source.replay_lag_bytes === null ? "" : ` · lag ${size(source.replay_lag_bytes)}`;
   const seconds = source.replay_lag_seconds === null ? "" : ` / ${source.replay_lag_seconds} s`;
   const why = source.error ? ` · ${source.error}` : "";
-  span.textContent = `source: ${source.state}${lag}${seconds}${why}`;
+  const retry = source.state === "disconnected" && source.retry_interval_s !== null
+    ? ` · retrying every ${source.retry_interval_s} s` : "";
+  span.textContent = `source: ${source.state}${lag}${seconds}${why}${retry}`;
   span.title = source.hint ?? `last replayed commit: ${source.last_replayed ?? "none yet"}`;
 }
 
@@ -405,6 +433,9 @@ function apply(event) {
   }
   logEvent(event);
   if (event.type === "source") showSource(event);
+  if (event.type === "backup_progress" && branches.has(event.branch)) {
+    branches.get(event.branch).backup = event;
+  }
   const name = event.branch;
   if (event.type === "provisioning") {
     branches.set(name, {
