@@ -149,23 +149,20 @@ async def _zfs(*args: str) -> str:
     return result.stdout.decode().strip()
 
 
+@pytest.mark.parametrize("runtime", ["process", "docker"])
 async def test_on_zfs_the_old_generation_is_set_aside_while_a_branch_needs_it(
-    request: pytest.FixtureRequest,
+    runtime: str,
 ) -> None:
+    # The source runs the docker image's major; the process runtime's, the embedded binaries.
+    bin_dir = None
+    if runtime == "docker":
+        bin_dir = require_file(HOST_PG_BIN, "PostgreSQL of the test image's major")
     async with (
         place("zfs") as where,
-        production_server(replication=False) as source,
-        trio.open_nursery() as nursery,
+        production_server(bin_dir, replication=False) as source,
+        prism_in_process(where, runtime, source=source.app_source(), source_mode="dump") as prism,
     ):
-        settings = make_settings(
-            where.data_dir,
-            storage="zfs",
-            zfs_dataset=where.zfs_dataset,
-            source=source.app_source(),
-            source_mode="dump",
-        )
-        info = await nursery.start(PrismServer(settings).run)
-        prism, manager = PrismHandle(info, settings), info.manager
+        manager = prism.manager
         await manager.create("b1")
         await source.app_sql("INSERT INTO events SELECT FROM generate_series(1, 500)")
         assert (await manager.refresh_main()).number == 2
@@ -206,7 +203,6 @@ async def test_on_zfs_the_old_generation_is_set_aside_while_a_branch_needs_it(
             f"{where.zfs_dataset}/branches/gen:3",
         ]
         assert await _count(prism) == ROWS + 500
-        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize(("point", "generation"), REFRESH_KILLS)
