@@ -31,12 +31,11 @@ from pathlib import Path
 import trio
 
 from prism.branches import BranchManager
-from prism.config import RuntimeKind, Settings, SourceMode
+from prism.config import Settings, SourceMode
 from prism.crashpoints import crash_point
 from prism.errors import BranchConflict, ConfigError, PrismError
 from prism.events import EventBus
 from prism.names import GENERATION_PREFIX, MAIN_BRANCH, is_generation_name
-from prism.pgbin import PgInstalls, resolve_pg_installs
 from prism.runtime.base import Runtime
 from prism.source.basebackup import SourceError, ToolFailed, explain_failure
 from prism.source.dump import CopyProgress, Target, copy_database, copy_roles, server_version_num
@@ -108,7 +107,6 @@ class Generations:
     def __init__(
         self,
         source: Source,
-        installs: PgInstalls,
         storage: Storage,
         runtime: Runtime,
         state: StateStore,
@@ -118,7 +116,6 @@ class Generations:
         password: str,
     ) -> None:
         self.source = source
-        self.installs = installs  # pg_dump and pg_restore run on the host, piped
         self.storage = storage
         self.runtime = runtime
         self.state = state
@@ -332,32 +329,37 @@ class Generations:
         env = source.tool_env()
         where, user = source.conninfo.describe(), source.conninfo.get("user") or "?"
         conninfo = source.conninfo.render()
-        install = self.installs.default
+        shares = (source.directory,)
         try:
-            major = await server_version_num(install, conninfo, env) // 10000
+            asker = await source.tools.for_major(None, what=f"the source at {where}")
+            major = await server_version_num(asker, conninfo, env, shares) // 10000
         except ToolFailed as exc:
             raise explain_failure(exc.stderr, user=user, where=where) from None
-        tools = self.installs.for_major(major, what=f"the source at {where}")
-        if tools.major != install.major:
+        tools = await source.tools.for_major(major, what=f"the source at {where}")
+        await self.runtime.initdb(pgdata, superuser=self.superuser, password=self.password)
+        initialised = await trio.to_thread.run_sync(_major_of, pgdata)
+        if initialised != major:
             raise SourceError(
                 f"the source at {where} is PostgreSQL {major}; main is initialised with "
-                f"PostgreSQL {install.major} binaries",
-                hint=f"put a bin directory of PostgreSQL {major} first in --pg-bin",
+                f"PostgreSQL {initialised} binaries",
+                hint=f"make PostgreSQL {major} the default: first in --pg-bin (process runtime) "
+                "or --image (docker runtime)",
             )
-        await self.runtime.initdb(pgdata, superuser=self.superuser, password=self.password)
         address = await self.runtime.start(server, pgdata)
         try:
-            assert address.service_socket_dir is not None  # the process runtime has one
+            # Both runtimes offer the new server's private socket here (the docker one mounts
+            # it from the host, so a program's container mounts it in turn): no password.
+            assert address.service_socket_dir is not None
             target = Target(address.service_socket_dir, address.port, self.superuser)
             dbname = source.conninfo.get("dbname") or user
             log.info(
                 "dump: copying roles and database %s of %s (PostgreSQL %d)", dbname, where, major
             )
-            with_passwords = await copy_roles(tools, conninfo, target, env)
+            with_passwords = await copy_roles(tools, conninfo, target, env, source.directory)
             self.events.publish(
                 "refresh_progress", MAIN_BRANCH, phase="roles", passwords=with_passwords
             )
-            await copy_database(tools, conninfo, dbname, target, env, self._report)
+            await copy_database(tools, conninfo, dbname, target, env, self._report, shares)
         except ToolFailed as exc:
             raise explain_failure(exc.stderr, user=user, where=where) from None
         finally:
@@ -393,13 +395,17 @@ class Generations:
         self.events.publish("refresh_failed", MAIN_BRANCH, generation=number, error=error)
 
 
+def _major_of(pgdata: Path) -> int:
+    """The major version a data directory was initialised with (its ``PG_VERSION``)."""
+    return int((pgdata / "PG_VERSION").read_text().strip())
+
+
 def _age_s(generation: Generation) -> float:
     return (utcnow() - generation.taken_at).total_seconds()
 
 
-async def open_generations(
+def open_generations(
     settings: Settings,
-    data_dir: Path,
     source: Source | None,
     storage: Storage,
     runtime: Runtime,
@@ -409,21 +415,12 @@ async def open_generations(
     """Main's generations when ``--source-mode dump`` asks for them; None otherwise."""
     if settings.source_mode is not SourceMode.DUMP:
         return None
-    if settings.runtime is not RuntimeKind.PROCESS:
-        # The copy is restored through the new server's private socket, which only the
-        # process runtime offers so far.
-        raise ConfigError(
-            "--source-mode dump works with the process runtime only, so far",
-            hint="use --runtime process with --source-mode dump",
-        )
     if source is None:
         raise ConfigError(
             "--source-mode dump needs a source to dump", hint="give --source CONNINFO"
         )
-    installs = await resolve_pg_installs(data_dir, pg_bins=settings.pg_bin, run_as=settings.run_as)
     return Generations(
         source,
-        installs,
         storage,
         runtime,
         state,

@@ -129,9 +129,7 @@ class PrismServer:
         state = StateStore(data_dir / "prism.db")
         events = EventBus(buffer=settings.event_buffer)
         source = await open_source(settings, data_dir, events, runtime)
-        generations = await open_generations(
-            settings, data_dir, source, storage, runtime, state, events
-        )
+        generations = open_generations(settings, source, storage, runtime, state, events)
         if generations is not None:
             await generations.reconcile()
         elif source is not None:

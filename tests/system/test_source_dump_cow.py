@@ -1,7 +1,10 @@
 """--source-mode dump on btrfs (subvolume snapshots) and XFS (reflinks): after a refresh the
 old main's directory is gone, and a branch cloned from it still holds and serves its data. On
 ZFS, where a branch is a clone of a snapshot of main's dataset, the old dataset is set aside
-until no branch needs it."""
+until no branch needs it.
+
+With the docker runtime (on btrfs) the dump tools run in containers of the image, so the source
+runs from the host's PostgreSQL of the image's major, as in ``test_source_docker``."""
 
 from __future__ import annotations
 
@@ -10,31 +13,54 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import docker
 import pytest
 import trio
 
+from prism.errors import find_prism_error
+from prism.runtime._docker_tools import LABEL_SOURCE_DIR
 from prism.server import PrismServer
 from prism.storage import open_storage
+from tests.integration.api_helpers import api
 from tests.integration.harness import PrismHandle, make_settings, psql
-from tests.integration.production import APP_DB, Production, production_server
+from tests.integration.production import APP, APP_DB, Production, production_server
 from tests.integration.test_source_dump import (
     REFRESH_KILLS,
     assert_one_whole_generation,
     kill_a_refresh,
     stop_serve,
 )
-from tests.sysenv import BTRFS_MOUNT, XFS_MOUNT, require_mount
-from tests.system.stacks import place
+from tests.sysenv import (
+    BTRFS_MOUNT,
+    HOST_PG_BIN,
+    XFS_MOUNT,
+    require_file,
+    require_mount,
+)
+from tests.system.stacks import place, prism_in_process
 
 FILESYSTEMS = {"btrfs": (BTRFS_MOUNT, "btrfs"), "xfs": (XFS_MOUNT, "reflink")}
+DOCKER = "docker-btrfs"
 ROWS = 1000
 
 
-@pytest.fixture(params=sorted(FILESYSTEMS))
+@pytest.fixture(params=[*sorted(FILESYSTEMS), DOCKER])
 async def dump_prism(
     request: pytest.FixtureRequest,
 ) -> AsyncIterator[tuple[PrismHandle, Production]]:
-    """A managed-database-like source and a Prism in dump mode on the mounted filesystem."""
+    """A managed-database-like source and a Prism in dump mode on the mounted filesystem
+    (with the docker runtime for ``docker-btrfs``)."""
+    if request.param == DOCKER:
+        bin_dir = require_file(HOST_PG_BIN, "PostgreSQL of the test image's major")
+        async with (
+            production_server(bin_dir, replication=False) as source,
+            place("btrfs") as where,
+            prism_in_process(
+                where, "docker", source=source.app_source(), source_mode="dump"
+            ) as prism,
+        ):
+            yield prism, source
+        return
     mount, driver = FILESYSTEMS[request.param]
     require_mount(mount, request.param)
     path = Path(tempfile.mkdtemp(prefix="prism-dump-", dir=mount))
@@ -87,28 +113,56 @@ async def test_a_branch_keeps_its_generation_after_the_old_main_is_removed(
     assert manager.require("b2").generation.number == 2
 
 
+async def test_with_docker_a_source_that_refuses_gets_one_clear_error() -> None:
+    bin_dir = require_file(HOST_PG_BIN, "PostgreSQL of the test image's major")
+    async with production_server(bin_dir, replication=False) as source, place("btrfs") as where:
+        # The first dump: a wrong password fails the start with the source's answer, and
+        # leaves neither a half-made main nor a program's container behind.
+        with pytest.raises(BaseException) as caught:
+            async with prism_in_process(
+                where, "docker", source=source.app_source("wrong"), source_mode="dump"
+            ):
+                pass
+        error = find_prism_error(caught.value)
+        assert error is not None, caught.value
+        assert error.message == f"the source refused the password of role {APP}"
+        assert "--source-password-file" in (error.hint or "")
+        assert not (where.data_dir / "master").exists()
+        engine = docker.from_env(version="auto")
+        label = f"{LABEL_SOURCE_DIR}={where.data_dir / 'source'}"
+        assert engine.containers.list(all=True, filters={"label": label}) == []
+
+        # A refresh whose pg_dump fails in the container's pipe says why, and main serves on.
+        settings = {"source": source.app_source(), "source_mode": "dump"}
+        async with prism_in_process(where, "docker", **settings) as prism:
+            await psql(source.dsn(dbname=APP_DB), "CREATE TABLE secret (x int)")
+            async with api(prism) as client:
+                answer = await client.post("/api/v1/branches/main/refresh")
+            assert answer.status_code == 502, answer.text
+            message = answer.json()["message"]
+            assert message == f"role {APP} may not read everything in the source's database"
+            assert await _count(prism) == ROWS
+
+
 async def _zfs(*args: str) -> str:
     result = await trio.run_process(["zfs", *args], capture_stdout=True)
     return result.stdout.decode().strip()
 
 
+@pytest.mark.parametrize("runtime", ["process", "docker"])
 async def test_on_zfs_the_old_generation_is_set_aside_while_a_branch_needs_it(
-    request: pytest.FixtureRequest,
+    runtime: str,
 ) -> None:
+    # The source runs the docker image's major; the process runtime's, the embedded binaries.
+    bin_dir = None
+    if runtime == "docker":
+        bin_dir = require_file(HOST_PG_BIN, "PostgreSQL of the test image's major")
     async with (
         place("zfs") as where,
-        production_server(replication=False) as source,
-        trio.open_nursery() as nursery,
+        production_server(bin_dir, replication=False) as source,
+        prism_in_process(where, runtime, source=source.app_source(), source_mode="dump") as prism,
     ):
-        settings = make_settings(
-            where.data_dir,
-            storage="zfs",
-            zfs_dataset=where.zfs_dataset,
-            source=source.app_source(),
-            source_mode="dump",
-        )
-        info = await nursery.start(PrismServer(settings).run)
-        prism, manager = PrismHandle(info, settings), info.manager
+        manager = prism.manager
         await manager.create("b1")
         await source.app_sql("INSERT INTO events SELECT FROM generate_series(1, 500)")
         assert (await manager.refresh_main()).number == 2
@@ -149,7 +203,6 @@ async def test_on_zfs_the_old_generation_is_set_aside_while_a_branch_needs_it(
             f"{where.zfs_dataset}/branches/gen:3",
         ]
         assert await _count(prism) == ROWS + 500
-        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize(("point", "generation"), REFRESH_KILLS)

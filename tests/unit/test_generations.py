@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from typing import Any
 
 import pytest
@@ -10,23 +11,40 @@ from prism.config import Settings
 from prism.errors import ConfigError
 from prism.generations import Every, open_generations
 from prism.source.dump import roles_script
+from prism.source.tools import pipe_script
 
 # open_generations decides from the settings alone before it touches any of these.
 _UNUSED: Any = None
 
 
-async def test_stream_mode_has_no_generations() -> None:
+def test_stream_mode_has_no_generations() -> None:
     settings = Settings(source="host=db")
-    assert await open_generations(settings, *[_UNUSED] * 6) is None
+    assert open_generations(settings, *[_UNUSED] * 5) is None
 
 
-async def test_dump_mode_needs_the_process_runtime() -> None:
-    # --source follows with the docker runtime; the dump mode refuses it by name (the restore
-    # goes through the new server's private Unix socket, which only the process runtime has).
-    settings = Settings(source="host=db", source_mode="dump", runtime="docker")
-    with pytest.raises(ConfigError, match="works with the process runtime only") as caught:
-        await open_generations(settings, *[_UNUSED] * 6)
-    assert caught.value.hint == "use --runtime process with --source-mode dump"
+def test_dump_mode_needs_a_source() -> None:
+    # Both runtimes dump (the docker one in containers of its images); only a missing source
+    # is refused.
+    settings = Settings(source_mode="dump", runtime="docker")
+    with pytest.raises(ConfigError, match="needs a source to dump") as caught:
+        open_generations(settings, *[_UNUSED] * 5)
+    assert caught.value.hint == "give --source CONNINFO"
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "status"),
+    [
+        (["echo", "rows"], ["grep", "-q", "rows"], 0),
+        (["false"], ["cat"], 1),  # the first fails: the second's success hides nothing
+        (["echo", "rows"], ["grep", "-q", "other"], 1),
+    ],
+)
+def test_the_containers_pipe_fails_when_either_program_fails(
+    first: list[str], second: list[str], status: int
+) -> None:
+    # The script a docker runtime's container runs for pg_dump | pg_restore, run by a real sh.
+    done = subprocess.run(["sh", "-c", pipe_script(first, second)], check=False)
+    assert done.returncode == status
 
 
 def test_the_role_script_leaves_prisms_superuser_alone() -> None:

@@ -27,7 +27,7 @@ from prism.errors import ConfigError, RuntimeStartFailed
 from prism.pgbin import version_in
 from prism.runtime._docker_engine import LABEL_MANAGED, DockerEngine
 from prism.runtime._docker_image import ImageInfo, Images, image_user, wrong_major
-from prism.source.tools import LineSplitter, Tools
+from prism.source.tools import LineSplitter, Tools, pipe_script
 
 log = logging.getLogger(__name__)
 
@@ -209,4 +209,25 @@ class _ContainerPrograms:
         del cwd  # a container is found by its label, not by where it runs
         return await self._tools.run_in(
             self._info, program, args, env=env, shares=shares, on_stderr_line=on_stderr_line
+        )
+
+    async def pipe(
+        self,
+        first: Sequence[str],
+        second: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        shares: Sequence[Path] = (),
+        on_chunk: Callable[[int], None] | None = None,
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Both programs in one container, piped by its shell: a container's stdin cannot be
+        fed through the engine's API without a hijacked connection, and the bytes need not
+        leave the container. So ``on_chunk`` is never called: no byte count is known."""
+        script = pipe_script(first, second)
+        result = await self._tools.run_in(
+            self._info, "sh", ["-c", script], env=env, shares=shares, on_stderr_line=None
+        )
+        lines = result.stderr.decode(errors="replace").splitlines()
+        return subprocess.CompletedProcess(
+            result.args, result.returncode, result.stdout, "\n".join(lines[-10:]).encode()
         )

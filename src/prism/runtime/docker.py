@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import stat
 import tempfile
 from collections.abc import Callable
@@ -425,7 +426,7 @@ class DockerRuntime:
         it afterwards too); the one inspect after the start gives the address and host pid.
         """
         branch, pgdata, info, mode = spec.branch, spec.pgdata, spec.info, spec.mode
-        name = f"{CONTAINER_PREFIX}{branch}"
+        name = container_name(branch)
         # With the host's network the server shares the host's loopback: listen there only.
         listen = LOOPBACK if mode is DockerNetwork.HOST else "*"
         command = ["-D", info.pgdata, *serverconf.as_flags(spec.owned)]
@@ -628,7 +629,10 @@ class DockerRuntime:
             error,
             client.containers.list,
             all=True,
-            filters={"name": f"^/{CONTAINER_PREFIX}{branch}$", "label": f"{LABEL_MANAGED}=true"},
+            filters={
+                "name": f"^/{re.escape(container_name(branch))}$",
+                "label": f"{LABEL_MANAGED}=true",
+            },
         )
         return containers[0] if containers else None
 
@@ -638,6 +642,12 @@ class DockerRuntime:
     def _socket_dir(self, branch: str) -> Path:
         """The branch's private socket directory, short enough for a Unix socket path."""
         return socket_dir_for(self._run_dir, branch, Path(tempfile.gettempdir()) / "prism-docker")
+
+
+def container_name(branch: str) -> str:
+    """The container of ``branch``: a generation of main being made (``gen:2``) has a ``:``,
+    which a container name may not; ``.`` takes its place, a character no branch name has."""
+    return f"{CONTAINER_PREFIX}{branch.replace(':', '.')}"
 
 
 class _NameTaken(RuntimeStartFailed):

@@ -13,22 +13,19 @@ coroutines run the real tools of the source's major version.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
-import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
-from prism.pgbin import PgInstall
 from prism.source.basebackup import ToolFailed
+from prism.source.tools import Tools
 
 log = logging.getLogger(__name__)
-
-# How much of a pipe Prism moves at a time from pg_dump to pg_restore.
-_CHUNK = 256 * 1024
 
 # pg_dumpall's answer when the role may not read pg_authid (every managed database).
 _NO_AUTHID = "permission denied for (table|relation) pg_authid"
@@ -83,41 +80,42 @@ def roles_script(sql: str, *, keep_out: str) -> str:
 
 
 async def _run(
-    install: PgInstall, argv: list[str], env: dict[str, str], *, stdin: bytes | None = None
+    tools: Tools,
+    program: str,
+    args: list[str],
+    env: dict[str, str],
+    shares: Sequence[Path],
 ) -> str:
     """Run one tool to the end; its stdout, or ``ToolFailed`` with its stderr."""
-    result = await trio.run_process(
-        argv,
-        stdin=stdin if stdin is not None else b"",
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
-        env=env,
-        **install.spawn_options(),
-    )
+    result = await tools.run(program, args, env=env, shares=shares)
     if result.returncode != 0:
         raise ToolFailed(result.stderr.decode(errors="replace").strip())
     return result.stdout.decode(errors="replace")
 
 
-async def server_version_num(install: PgInstall, conninfo: str, env: dict[str, str]) -> int:
+async def server_version_num(
+    tools: Tools, conninfo: str, env: dict[str, str], shares: Sequence[Path]
+) -> int:
     """The source's ``server_version_num`` (``170004``), over an ordinary connection."""
-    argv = [str(install.bin("psql")), conninfo, "-XAt", "-c", "SHOW server_version_num"]
-    return int((await _run(install, argv, env)).strip())
+    args = [conninfo, "-XAt", "-c", "SHOW server_version_num"]
+    return int((await _run(tools, "psql", args, env, shares)).strip())
 
 
 async def copy_roles(
-    install: PgInstall, conninfo: str, target: Target, env: dict[str, str]
+    tools: Tools, conninfo: str, target: Target, env: dict[str, str], workdir: Path
 ) -> bool:
     """Create the source's roles in the target; whether their passwords came along.
 
-    Roles that exist in the target already (its superuser, the built-in ``pg_*`` roles) make
-    ``CREATE ROLE`` fail, which is expected: the script runs on past errors.
+    The script goes through a file in ``workdir`` (Prism's private source directory, shared
+    with the programs), not a pipe: a program in a container gets no stdin. Roles that exist
+    in the target already (its superuser, the built-in ``pg_*`` roles) make ``CREATE ROLE``
+    fail, which is expected: the script runs on past errors.
     """
-    argv = [str(install.bin("pg_dumpall")), "-d", conninfo, "--roles-only", "--no-password"]
+    shares = (workdir, target.socket_dir)
+    args = ["-d", conninfo, "--roles-only", "--no-password"]
     with_passwords = True
     try:
-        sql = await _run(install, argv, env)
+        sql = await _run(tools, "pg_dumpall", args, env, shares)
     except ToolFailed as exc:
         if not re.search(_NO_AUTHID, exc.stderr):
             raise
@@ -125,30 +123,35 @@ async def copy_roles(
             "dump: the source role may not read password verifiers (pg_authid); roles are "
             "copied without passwords"
         )
-        sql = await _run(install, [*argv, "--no-role-passwords"], env)
+        sql = await _run(tools, "pg_dumpall", [*args, "--no-role-passwords"], env, shares)
         with_passwords = False
-    script = roles_script(sql, keep_out=target.superuser)
-    psql = [str(install.bin("psql")), "-X", "-q", *target.args("postgres")]
-    result = await trio.run_process(
-        psql,
-        stdin=script.encode(),
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
-        env=env,
-        **install.spawn_options(),
+    script = workdir / "roles.sql"
+    await trio.to_thread.run_sync(
+        _write_script, script, roles_script(sql, keep_out=target.superuser)
     )
+    try:
+        psql = ["-X", "-q", *target.args("postgres"), "-f", str(script)]
+        result = await tools.run("psql", psql, env=env, shares=shares)
+    finally:
+        await trio.to_thread.run_sync(functools.partial(script.unlink, missing_ok=True))
     log.debug("dump: roles applied: %s", result.stderr.decode(errors="replace").strip())
     return with_passwords
 
 
+def _write_script(path: Path, text: str) -> None:
+    """Write the role script (password verifiers maybe) into the private directory: its mode
+    0700 keeps others out, while the server user (the programs' user) may read the file."""
+    path.write_text(text)
+
+
 async def copy_database(
-    install: PgInstall,
+    tools: Tools,
     conninfo: str,
     dbname: str,
     target: Target,
     env: dict[str, str],
     on_progress: Callable[[CopyProgress], None],
+    shares: Sequence[Path] = (),
 ) -> None:
     """``pg_dump -Fc`` of ``dbname`` piped into ``pg_restore`` on the target; stops at the
     first error (``ToolFailed`` with both tools' messages), killing both tools on the way out.
@@ -157,7 +160,7 @@ async def copy_database(
     source's encoding, locale and owner.
     """
     dump_argv = [
-        str(install.bin("pg_dump")),
+        "pg_dump",
         "-d",
         conninfo,
         "-Fc",
@@ -166,74 +169,26 @@ async def copy_database(
     ]
     create = dbname != "postgres"
     restore_argv = [
-        str(install.bin("pg_restore")),
+        "pg_restore",
         *target.args("postgres" if create else dbname),
         *(["--create"] if create else []),
         "--exit-on-error",
         "--no-password",
     ]
-    errors: dict[str, list[str]] = {"pg_dump": [], "pg_restore": []}
     started = trio.current_time()
+    done = 0
 
-    async def collect(name: str, stream: trio.abc.ReceiveStream) -> None:
-        buffer = b""
-        async for chunk in stream:
-            buffer += chunk
-        errors[name] += [line for line in buffer.decode(errors="replace").splitlines() if line]
+    def count(size: int) -> None:
+        nonlocal done
+        done += size
+        elapsed = trio.current_time() - started
+        on_progress(CopyProgress(dbname, done, done / elapsed if elapsed > 0 else 0.0))
 
-    async def pump(source: trio.abc.ReceiveStream, sink: trio.abc.SendStream) -> None:
-        done = 0
-        try:
-            while chunk := await source.receive_some(_CHUNK):
-                await sink.send_all(chunk)
-                done += len(chunk)
-                elapsed = trio.current_time() - started
-                on_progress(CopyProgress(dbname, done, done / elapsed if elapsed > 0 else 0.0))
-        except trio.BrokenResourceError:
-            pass  # pg_restore stopped reading: its exit status and stderr say why
-        finally:
-            await sink.aclose()
-
-    async def spawn(argv: list[str], *, stdin: int, stdout: int) -> trio.Process:
-        process = await trio.lowlevel.open_process(
-            argv,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=subprocess.PIPE,
-            env=env,
-            **install.spawn_options(),
-        )
-        processes.append(process)
-        return process
-
-    processes: list[trio.Process] = []
-    try:
-        async with trio.open_nursery() as nursery:
-            dump = await spawn(dump_argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
-            restore = await spawn(restore_argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
-            assert dump.stdout and dump.stderr and restore.stdin and restore.stderr
-            nursery.start_soon(collect, "pg_dump", dump.stderr)
-            nursery.start_soon(collect, "pg_restore", restore.stderr)
-            nursery.start_soon(pump, dump.stdout, restore.stdin)
-            await restore.wait()
-            if restore.returncode != 0:
-                dump.kill()  # nothing reads its output any more
-            await dump.wait()
-    finally:
-        with trio.CancelScope(shield=True):
-            for process in processes:
-                if process.returncode is None:
-                    process.kill()
-                    await process.wait()
-    # pg_dump killed because pg_restore failed says nothing worth showing.
-    failed = [
-        f"{name}: {line}"
-        for name, process in zip(("pg_dump", "pg_restore"), processes, strict=True)
-        if process.returncode != 0 and (errors[name] or name == "pg_restore")
-        for line in errors[name][-5:] or [f"exit status {process.returncode}"]
-    ]
-    if failed or any(process.returncode != 0 for process in processes):
-        raise ToolFailed("\n".join(failed) or "pg_dump failed without a message")
+    result = await tools.pipe(
+        dump_argv, restore_argv, env=env, shares=(*shares, target.socket_dir), on_chunk=count
+    )
+    if result.returncode != 0:
+        raise ToolFailed(result.stderr.decode(errors="replace"))
 
 
 __all__ = [

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import re
+import shlex
 import signal
 import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -37,6 +38,9 @@ LOG_TAIL_BYTES = 64 * 1024
 
 #: How long leftover programs of a killed Prism get to die once killed.
 _LEFTOVERS_GONE_S = 10.0
+
+# How much of a pipe Prism moves at a time from one program to the next.
+_CHUNK = 256 * 1024
 
 
 class Tools(Protocol):
@@ -58,6 +62,24 @@ class Tools(Protocol):
         ``cwd`` the directory a host process runs in, by which ``stop_leftovers`` finds it;
         ``on_stderr_line`` sees each line of stderr as it comes (``pg_basebackup --progress``
         ends its lines with a carriage return). Cancelled, the program is killed first.
+        """
+        ...
+
+    async def pipe(
+        self,
+        first: Sequence[str],
+        second: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        shares: Sequence[Path] = (),
+        on_chunk: Callable[[int], None] | None = None,
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run ``first`` (a program and its arguments) with its stdout piped into ``second``.
+
+        The return code is 0 only when both succeed; stderr then holds the last lines of
+        each program that failed, prefixed with its name (one killed only because the other
+        stopped reading is not shown). ``on_chunk`` sees the bytes crossing the pipe as they
+        go, where the runner moves them itself. Cancelled, both are killed first.
         """
         ...
 
@@ -184,6 +206,94 @@ class _HostPrograms:
         status = process.returncode
         assert status is not None  # waited for above
         return subprocess.CompletedProcess(argv, status, b"".join(stdout), b"".join(stderr))
+
+    async def pipe(
+        self,
+        first: Sequence[str],
+        second: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        shares: Sequence[Path] = (),
+        on_chunk: Callable[[int], None] | None = None,
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Both programs are children of Prism, which moves (and counts) the bytes between."""
+        names = (first[0], second[0])
+        errors: dict[str, list[str]] = {name: [] for name in names}
+
+        async def collect(name: str, stream: trio.abc.ReceiveStream) -> None:
+            buffer = b""
+            async for chunk in stream:
+                buffer += chunk
+            errors[name] += [line for line in buffer.decode(errors="replace").splitlines() if line]
+
+        async def pump(source: trio.abc.ReceiveStream, sink: trio.abc.SendStream) -> None:
+            try:
+                while chunk := await source.receive_some(_CHUNK):
+                    await sink.send_all(chunk)
+                    if on_chunk is not None:
+                        on_chunk(len(chunk))
+            except trio.BrokenResourceError:
+                pass  # the second stopped reading: its exit status and stderr say why
+            finally:
+                await sink.aclose()
+
+        async def spawn(argv: Sequence[str], *, stdin: int, stdout: int) -> trio.Process:
+            process = await trio.lowlevel.open_process(
+                [str(self._install.bin(argv[0])), *argv[1:]],
+                stdin=stdin,
+                stdout=stdout,
+                stderr=subprocess.PIPE,
+                env=dict(env),
+                **self._install.spawn_options(),
+            )
+            processes.append(process)
+            return process
+
+        processes: list[trio.Process] = []
+        try:
+            async with trio.open_nursery() as nursery:
+                head = await spawn(first, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+                tail = await spawn(second, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+                assert head.stdout and head.stderr and tail.stdin and tail.stderr
+                nursery.start_soon(collect, names[0], head.stderr)
+                nursery.start_soon(collect, names[1], tail.stderr)
+                nursery.start_soon(pump, head.stdout, tail.stdin)
+                await tail.wait()
+                if tail.returncode != 0:
+                    head.kill()  # nothing reads its output any more
+                await head.wait()
+        finally:
+            with trio.CancelScope(shield=True):
+                for process in processes:
+                    if process.returncode is None:
+                        process.kill()
+                        await process.wait()
+        # The first, killed because the second failed, says nothing worth showing.
+        failed = [
+            f"{name}: {line}"
+            for name, process in zip(names, processes, strict=True)
+            if process.returncode != 0 and (errors[name] or name == names[1])
+            for line in errors[name][-5:] or [f"exit status {process.returncode}"]
+        ]
+        if not failed and any(process.returncode != 0 for process in processes):
+            failed = [f"{names[0]} failed without a message"]
+        argv = [*first, "|", *second]
+        return subprocess.CompletedProcess(
+            argv, 1 if failed else 0, b"", "\n".join(failed).encode()
+        )
+
+
+def pipe_script(first: Sequence[str], second: Sequence[str]) -> str:
+    """A POSIX shell line running ``first | second`` that fails when either fails (sans-IO).
+
+    ``sh`` has no ``pipefail`` everywhere: the first's status goes through a file. Each
+    program's messages already start with its name (PostgreSQL's tools say ``pg_dump: error:``).
+    """
+    status = "/tmp/prism-pipe.status"
+    return (
+        f"{{ {shlex.join(first)}; echo $? > {status}; }} | {shlex.join(second)}; "
+        f'tail=$?; [ "$(cat {status})" = 0 ] && exit $tail; exit 1'
+    )
 
 
 def _file_tail(path: Path) -> str:
