@@ -182,6 +182,7 @@ def format_details(branch: dict[str, Any], *, now: float | None = None) -> str:
         ("protected", "yes" if branch["protected"] else "no"),
         ("expires", branch["expires_at"] or "never"),
         ("hooks", ", ".join(hooks) or "none"),
+        ("keeps WAL", "yes (branches as of a time: --at)" if branch.get("keeps_wal") else "no"),
         ("disk", _disk_text(branch.get("disk"))),
         ("connect", connection["uri"] if connection else "-"),
     )

@@ -73,6 +73,9 @@ async def test_a_branch_that_keeps_wal_gives_branches_as_of_a_time(start_prism: 
         assert listed["window"]["start"] == precise_time(first.taken_at)
         other = (await client.get("/api/v1/branches/other/snapshots")).json()
         assert other == {"snapshots": [], "window": None, "keeps_wal": False}
+        listing = (await client.get("/api/v1/branches")).json()["branches"]
+        views = {b["name"]: b["keeps_wal"] for b in listing}
+        assert (views["main"], views["dev"], views["other"]) == (True, True, False)
         reply = await client.post(
             "/api/v1/branches", json={"name": "no", "parent": "other", "at": "-0s"}
         )

@@ -30,6 +30,7 @@ import trio
 from prism.runtime.docker import LABEL_PGDATA
 from prism.server import PrismServer
 from prism.storage import open_storage
+from prism.storage.base import Storage
 from tests.integration.harness import PASSWORD, PrismHandle, make_settings
 from tests.integration.harness import serve_args as harness_serve_args
 from tests.sysenv import (
@@ -126,13 +127,19 @@ async def place(storage: str) -> AsyncIterator[Place]:
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(remove_containers_on, where.data_dir)
-            store = await open_storage(storage, where.data_dir, **where.storage_options())
-            # Children before parents: the drivers refuse to delete a branch with clones.
-            for branch in sorted(store.list(), key=lambda name: name == "main"):
-                await store.destroy(branch)
+            await destroy_branches(
+                await open_storage(storage, where.data_dir, **where.storage_options())
+            )
             if where.zfs_dataset:
                 await trio.run_process(["zfs", "destroy", "-r", where.zfs_dataset], check=False)
             await trio.to_thread.run_sync(lambda: shutil.rmtree(where.data_dir, ignore_errors=True))
+
+
+async def destroy_branches(store: Storage) -> None:
+    """Destroy every branch's data a test's Prism left, children before parents (the drivers
+    refuse to delete a branch with clones)."""
+    for branch in sorted(store.list(), key=lambda name: name == "main"):
+        await store.destroy(branch)
 
 
 def remove_containers_on(data_dir: Path, docker_host: str | None = None) -> None:

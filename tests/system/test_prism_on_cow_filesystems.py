@@ -19,6 +19,7 @@ from tests.integration.harness import (
     psql,
 )
 from tests.sysenv import BTRFS_MOUNT, XFS_MOUNT, require_mount
+from tests.system.stacks import destroy_branches
 
 FILESYSTEMS = {"btrfs": (BTRFS_MOUNT, "btrfs"), "xfs": (XFS_MOUNT, "reflink")}
 
@@ -45,9 +46,7 @@ async def cow_prism(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Prism
             yield PrismHandle(info, settings), driver
             nursery.cancel_scope.cancel()
     finally:
-        storage = await open_storage(driver, path)
-        for branch in sorted(storage.list(), key=lambda name: name == "main"):
-            await storage.destroy(branch)
+        await destroy_branches(await open_storage(driver, path))
         await trio.to_thread.run_sync(lambda: shutil.rmtree(path, ignore_errors=True))
 
 

@@ -37,7 +37,7 @@ from tests.sysenv import (
     require_file,
     require_mount,
 )
-from tests.system.stacks import place, prism_in_process
+from tests.system.stacks import destroy_branches, place, prism_in_process
 
 FILESYSTEMS = {"btrfs": (BTRFS_MOUNT, "btrfs"), "xfs": (XFS_MOUNT, "reflink")}
 DOCKER = "docker-btrfs"
@@ -74,9 +74,7 @@ async def dump_prism(
             yield PrismHandle(info, settings), source
             nursery.cancel_scope.cancel()
     finally:
-        storage = await open_storage(driver, path)
-        for branch in sorted(storage.list(), key=lambda name: name == "main"):
-            await storage.destroy(branch)
+        await destroy_branches(await open_storage(driver, path))
         await trio.to_thread.run_sync(lambda: shutil.rmtree(path, ignore_errors=True))
 
 

@@ -25,6 +25,7 @@ def _branch(**changes: Any) -> dict[str, Any]:
         "on_create": False,
         "on_create_command": False,
         "connection": {"uri": "postgresql://postgres%40feature-1@127.0.0.1:5432/postgres"},
+        "keeps_wal": True,
     }
     return {**branch, **changes}
 
@@ -38,6 +39,7 @@ def test_show_says_every_fact_the_table_leaves_out() -> None:
         "  protected    no",
         "  expires      2026-11-28T11:02:43Z",
         "  hooks        none",
+        "  keeps WAL    yes (branches as of a time: --at)",
         "  disk         own 512.0 KiB, shared 38.8 MiB, total 39.3 MiB (btrfs)",
         "  connect      postgresql://postgres%40feature-1@127.0.0.1:5432/postgres",
     ]
@@ -52,6 +54,7 @@ def test_show_names_hooks_and_what_the_storage_cannot_tell() -> None:
             on_create_command=True,
             disk={"own": None, "shared": None, "total": 2048, "basis": "reflink"},
             connection=None,
+            keeps_wal=False,
         ),
         now=_NOW,
     ).splitlines()
@@ -59,8 +62,9 @@ def test_show_names_hooks_and_what_the_storage_cannot_tell() -> None:
         "  protected    yes",
         "  expires      never",
         "  hooks        on_create, on_create_command",
+        "  keeps WAL    no",
         "  disk         2.0 KiB in all, own and shared unknown (reflink)",
         "  connect      -",
     ]
     unknown = format_details(_branch(disk=None), now=_NOW).splitlines()
-    assert unknown[7] == "  disk         unknown"
+    assert unknown[8] == "  disk         unknown"

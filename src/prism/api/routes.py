@@ -199,12 +199,14 @@ def register_routes(
     async def view(branch: Branch, *, with_password: bool = False) -> dict[str, Any]:
         usage = await manager.usage_bytes(branch.name)
         params = manager.connection(branch.name, host=_request_host(), with_password=with_password)
+        kept = manager.point_in_time
         return branch_view(
             branch,
             disk_bytes=usage,
             policy=manager.policy(branch.name),
             disk=(await manager.disk_use(branch.name)).as_dict(),
             connection=None if params is None else connection_view(params),
+            keeps_wal=kept is not None and kept.keeps_wal(branch.name),
         )
 
     def bytes_of(name: str) -> int | None:
