@@ -29,6 +29,7 @@ class FakeStorage:
 
     name = "fake"
     atomic = True
+    copy_on_write = True
 
     def __init__(self, root: Path = Path("fake-root"), *, delay: float = 0.0) -> None:
         self.root = root

@@ -125,7 +125,7 @@ class PrismServer:
             {"dataset": settings.zfs_dataset} if settings.storage is StorageKind.ZFS else {}
         )
         storage = await open_storage(settings.storage, data_dir, **storage_options)
-        runtime = await open_runtime(settings, data_dir)
+        runtime = await open_runtime(settings, data_dir, copy_on_write=storage.copy_on_write)
         state = StateStore(data_dir / "prism.db")
         events = EventBus(buffer=settings.event_buffer)
         source = await open_source(settings, data_dir, events, runtime)

@@ -14,11 +14,12 @@ win over both files:
   to production's WAL archive), ``synchronous_standby_names`` (a branch would wait for ever
   for production's synchronous standby), ``logging_collector`` (log paths of production; Prism
   keeps each server's log), ``unix_socket_group``, ``external_pid_file``.
-* ``wal_init_zero`` and ``wal_recycle`` off: every server's data lives on copy-on-write
-  storage (btrfs, ZFS, reflink; the copy driver is the fallback), where zero-filling a new WAL
-  segment and recycling an old one only cost writes — Postgres' own advice for such file
-  systems. A branch whose WAL ends on a segment switch (a clone of a standby of an idle source)
-  creates its next segment at start, which zero-filled took 50 ms on btrfs.
+* ``wal_init_zero`` and ``wal_recycle`` off on copy-on-write storage (btrfs, ZFS), where
+  zero-filling a new WAL segment and recycling an old one only cost writes — Postgres' own
+  advice for such file systems; a branch whose WAL ends on a segment switch (a clone of a
+  standby of an idle source) creates its next segment at start. Not on ext4 or XFS (the copy
+  and reflink drivers): there the zero-fill reserves the segment's space, so a full disk fails
+  its creation instead of a WAL write, which would be a PANIC of the server.
 * memory a development host may not have: ``shared_buffers`` above ``_SHARED_BUFFERS_CAP`` is
   lowered to it and ``huge_pages = on`` becomes ``try``.
 * ``shared_preload_libraries`` loses the libraries the binaries lack (a server refuses to start
@@ -54,9 +55,10 @@ FIXED_OVERRIDES: dict[str, str] = {
     "logging_collector": "off",
     "unix_socket_group": "",
     "external_pid_file": "",
-    "wal_init_zero": "off",
-    "wal_recycle": "off",
 }
+
+#: Overridden too when the data lives on copy-on-write storage (see the module docstring).
+COPY_ON_WRITE_OVERRIDES: dict[str, str] = {"wal_init_zero": "off", "wal_recycle": "off"}
 
 _SHARED_BUFFERS_CAP = "1GB"
 _UNIT_KB = {"kb": 1, "mb": 1024, "gb": 1024**2, "tb": 1024**3}
@@ -120,14 +122,20 @@ def configured_values(pgdata: Path) -> dict[str, str]:
 
 
 def overrides(
-    configured: dict[str, str], *, has_library: Callable[[str], bool] | None
+    configured: dict[str, str],
+    *,
+    has_library: Callable[[str], bool] | None,
+    copy_on_write: bool = False,
 ) -> dict[str, str]:
     """The ``-c`` settings a server on data configured as ``configured`` must be started with.
 
     ``has_library`` says whether the binaries have a shared library; None when that cannot be
     known (a container image), and then ``shared_preload_libraries`` is left as it is.
+    ``copy_on_write``: the data lives on btrfs or ZFS (``Storage.copy_on_write``).
     """
     result = dict(FIXED_OVERRIDES)
+    if copy_on_write:
+        result.update(COPY_ON_WRITE_OVERRIDES)
     buffers = memory_kb(configured.get("shared_buffers", ""))
     cap = memory_kb(_SHARED_BUFFERS_CAP)
     if buffers is not None and cap is not None and buffers > cap:

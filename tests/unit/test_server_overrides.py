@@ -13,6 +13,10 @@ from prism.runtime._docker_engine import DockerEngine
 from prism.runtime._docker_image import Images
 from prism.runtime.docker import DockerRuntime
 from prism.serverconf import FIXED_OVERRIDES, memory_kb, overrides, parse_conf, server_conf
+from prism.storage.btrfs import BtrfsStorage
+from prism.storage.copy import CopyStorage
+from prism.storage.reflink import ReflinkStorage
+from prism.storage.zfs import ZfsStorage
 
 PRODUCTION_CONF = """\
 # production
@@ -52,6 +56,20 @@ def test_settings_that_cannot_work_on_a_dev_host_are_overridden() -> None:
 def test_settings_that_work_are_left_alone() -> None:
     configured = {"shared_buffers": "256MB", "shared_preload_libraries": "pg_stat_statements"}
     assert overrides(configured, has_library=lambda name: True) == FIXED_OVERRIDES
+
+
+def test_wal_segments_are_zero_filled_and_recycled_except_on_copy_on_write_storage() -> None:
+    """On btrfs and ZFS zero-filling reserves nothing; on ext4 and XFS it is what keeps a full
+    disk from failing a WAL write (a PANIC) instead of a segment's creation."""
+    plain = overrides({}, has_library=None)
+    cow = overrides({}, has_library=None, copy_on_write=True)
+    assert "wal_init_zero" not in plain and "wal_recycle" not in plain
+    assert (cow["wal_init_zero"], cow["wal_recycle"]) == ("off", "off")
+
+
+def test_the_storage_drivers_say_whether_they_are_copy_on_write() -> None:
+    assert (BtrfsStorage.copy_on_write, ZfsStorage.copy_on_write) == (True, True)
+    assert (ReflinkStorage.copy_on_write, CopyStorage.copy_on_write) == (False, False)
 
 
 def test_preload_is_left_alone_when_the_libraries_cannot_be_checked() -> None:

@@ -9,8 +9,9 @@ from prism.errors import ConfigError
 from prism.runtime.base import Runtime
 
 
-async def open_runtime(settings: Settings, data_dir: Path) -> Runtime:
-    """Build the runtime named by ``settings.runtime`` for a Prism whose data is in ``data_dir``."""
+async def open_runtime(settings: Settings, data_dir: Path, *, copy_on_write: bool) -> Runtime:
+    """Build the runtime named by ``settings.runtime`` for a Prism whose data is in ``data_dir``
+    on storage that is ``copy_on_write`` or not (which WAL settings fit it)."""
     if settings.runtime is RuntimeKind.PROCESS:
         from prism.pgbin import resolve_pg_installs
         from prism.runtime.process import ProcessRuntime
@@ -24,9 +25,10 @@ async def open_runtime(settings: Settings, data_dir: Path) -> Runtime:
             log_dir=data_dir / "logs",
             start_timeout=settings.start_timeout,
             stop_timeout=settings.stop_timeout,
+            copy_on_write=copy_on_write,
         )
     if settings.runtime is RuntimeKind.DOCKER:
         from prism.runtime.docker import open_docker_runtime
 
-        return await open_docker_runtime(settings, data_dir)
+        return await open_docker_runtime(settings, data_dir, copy_on_write=copy_on_write)
     raise ConfigError(f"unknown runtime '{settings.runtime}'", hint="choose process or docker")

@@ -149,11 +149,13 @@ class DockerRuntime:
         docker_host: str | None = None,
         shm_size: str = "256m",
         default_major: int | None = None,
+        copy_on_write: bool = False,
     ) -> None:
         self._run_dir = run_dir
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
         self._shm_size = shm_size
+        self._copy_on_write = copy_on_write  # the storage's: which WAL settings fit it
         self._engine = DockerEngine(docker_host=docker_host, network_mode=network_mode)
         self._images = Images(self._engine, image, default_major)
         self._servers: dict[str, _Server] = {}
@@ -193,7 +195,9 @@ class DockerRuntime:
         if socket_dir is not None:
             await trio.to_thread.run_sync(make_socket_dir, socket_dir, (uid, gid))
         configured = await trio.to_thread.run_sync(serverconf.configured_values, pgdata)
-        owned = serverconf.overrides(configured, has_library=None)
+        owned = serverconf.overrides(
+            configured, has_library=None, copy_on_write=self._copy_on_write
+        )
         if socket_dir is not None:
             owned.update(await trio.to_thread.run_sync(_prism_files, socket_dir, (uid, gid)))
         extras = ServerExtras({})
@@ -654,7 +658,9 @@ class _NameTaken(RuntimeStartFailed):
     """A container of the branch's name exists already (running, or left over)."""
 
 
-async def open_docker_runtime(settings: Settings, data_dir: Path) -> DockerRuntime:
+async def open_docker_runtime(
+    settings: Settings, data_dir: Path, *, copy_on_write: bool = False
+) -> DockerRuntime:
     """The docker runtime for a Prism whose data lives in ``data_dir``, checked before use."""
     default_major = None
     if MAJOR_FIELD in settings.image:
@@ -667,6 +673,7 @@ async def open_docker_runtime(settings: Settings, data_dir: Path) -> DockerRunti
         network_mode=settings.docker_network,
         start_timeout=settings.start_timeout,
         stop_timeout=settings.stop_timeout,
+        copy_on_write=copy_on_write,
     )
     await runtime.check()
     return runtime

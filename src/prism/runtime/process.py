@@ -91,6 +91,7 @@ class ProcessRuntime:
         start_timeout: float = 60.0,
         stop_timeout: float = 30.0,
         settings: Mapping[str, str] | None = None,
+        copy_on_write: bool = False,
     ) -> None:
         extra = dict(settings or {})
         clash = sorted(_MANAGED_SETTINGS.intersection(extra))
@@ -107,6 +108,7 @@ class ProcessRuntime:
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
         self._settings = extra
+        self._copy_on_write = copy_on_write  # the storage's: which WAL settings fit it
         self._servers: dict[str, _Server] = {}
         self.settings_for: Callable[[str, Path], dict[str, str]] | None = None
         """Extra settings of one branch's server (main's WAL archive), asked where a start is
@@ -459,7 +461,9 @@ class ProcessRuntime:
                     install.version,
                     pgdata,
                 )
-        owned = serverconf.overrides(configured, has_library=has_library)
+        owned = serverconf.overrides(
+            configured, has_library=has_library, copy_on_write=self._copy_on_write
+        )
         if self.settings_for is not None:
             owned.update(self.settings_for(branch, pgdata))
         # The private socket directory lives exactly as long as the server: a fine home.

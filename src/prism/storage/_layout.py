@@ -66,6 +66,7 @@ class BranchLayout:
 
     name: str
     atomic: bool
+    copy_on_write: bool
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)

@@ -154,6 +154,7 @@ class TreeCopyStorage(BranchLayout):
     """
 
     atomic = False
+    copy_on_write = False  # reflink shares extents, but a new WAL segment is plain XFS blocks
     reflink: ReflinkMode = "never"
 
     def failure_hint(self) -> str:

@@ -19,6 +19,11 @@ class Storage(Protocol):
     drivers the caller brackets the clone with ``pg_backup_start``/``pg_backup_stop`` and then
     calls ``refresh_subdir(..., "pg_wal")`` so the clone holds every WAL record it needs.
 
+    ``copy_on_write`` says whether every write lands in new blocks (btrfs, ZFS): there, a
+    zero-filled WAL segment reserves nothing, so servers skip zero-filling and recycling them
+    (``wal_init_zero``, ``wal_recycle``); elsewhere the zero-fill is what makes a full disk
+    fail a segment's creation (an error) rather than a WAL write (a PANIC).
+
     Every method that touches the disk is async and must not block the event loop (use
     ``trio.to_thread`` or ``trio.run_process``). Failures raise ``prism.errors.StorageError``
     with the command's stderr in the message; a failed ``clone`` leaves no partial target behind.
@@ -26,6 +31,7 @@ class Storage(Protocol):
 
     name: str
     atomic: bool
+    copy_on_write: bool
     root: Path
 
     def path(self, branch: str) -> Path:

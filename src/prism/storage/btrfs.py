@@ -42,6 +42,7 @@ class BtrfsStorage(BranchLayout):
 
     name = "btrfs"
     atomic = True
+    copy_on_write = True
 
     async def check(self) -> None:
         """Fail now if the root is not on btrfs or the tool is missing; warn about a plain main.

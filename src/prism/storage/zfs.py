@@ -65,6 +65,7 @@ class ZfsStorage(BranchLayout):
 
     name = "zfs"
     atomic = True
+    copy_on_write = True
 
     def __init__(self, root: Path, dataset: str) -> None:
         super().__init__(root)
