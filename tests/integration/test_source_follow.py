@@ -152,10 +152,10 @@ async def test_a_role_that_loses_replication_while_followed_is_named_with_the_fi
 ) -> None:
     prism = await start_prism(data_dir=empty_data_dir, source=production.source())
     await _caught_up(prism, production)
-    await production.sql(
-        "ALTER ROLE replicator NOREPLICATION;"
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_replication"
-    )
+    # Two statements, two transactions: in one, the walreceiver could reconnect before the
+    # ALTER ROLE commits, and stream on.
+    await production.sql("ALTER ROLE replicator NOREPLICATION")
+    await production.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_replication")
     message = "the source refuses role replicator: it lacks the REPLICATION attribute"
     async with prism.manager.events.subscribe() as events:
         source = await _source_state(prism, "disconnected", error=message)

@@ -155,10 +155,10 @@ async def test_docker_main_follows_the_source_and_its_branches_are_writable_copi
     await caught_up(prism, production)
 
     # Why main cannot stream is read from its container's log and named with the fix.
-    await production.sql(
-        "ALTER ROLE replicator NOREPLICATION;"
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_replication"
-    )
+    # Two statements, two transactions: in one, the walreceiver could reconnect before the
+    # ALTER ROLE commits, and stream on.
+    await production.sql("ALTER ROLE replicator NOREPLICATION")
+    await production.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_replication")
     message = "the source refuses role replicator: it lacks the REPLICATION attribute"
     source = await source_state(prism, "disconnected", error=message)
     assert source["hint"] == "on the source: ALTER ROLE replicator REPLICATION"

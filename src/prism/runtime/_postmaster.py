@@ -25,6 +25,8 @@ READY_STATUS = "ready"
 # sun_path holds 108 bytes including the terminating NUL.
 _SOCKET_PATH_MAX = 107
 _LOG_TAIL_LINES = 10
+_DISK_FULL = "No space left on device"
+_WAL_SEGMENT_BYTES = 16 * 2**20
 
 
 class PortTaken(Exception):
@@ -137,6 +139,33 @@ def last_lines(text: str) -> str:
     """The last few non-empty lines of ``text``, for an error hint."""
     lines = [line for line in text.splitlines() if line.strip()]
     return "\n".join(lines[-_LOG_TAIL_LINES:])
+
+
+def exit_failure(branch: str, how: str, tail: str, pgdata: Path) -> RuntimeStartFailed:
+    """Why ``branch``'s server on ``pgdata`` exited during start-up (``how``: its status), from
+    its log's ``tail`` (blocking: asks the file system for its free space).
+
+    A full disk is said in words: the log's own line is easy to miss in a hint, and a disk too
+    full for the log leaves no line at all, so the free space is asked too.
+    """
+    if _DISK_FULL in tail or _nearly_full(pgdata):
+        return RuntimeStartFailed(
+            f"the server of branch {branch} could not start: the disk is full ({_DISK_FULL})",
+            hint="free space on the data directory's file system (deleting a branch works on "
+            "a full disk), then connect again; the server's log: " + tail,
+        )
+    return RuntimeStartFailed(
+        f"the server of branch {branch} exited during start-up ({how})", hint=tail
+    )
+
+
+def _nearly_full(path: Path) -> bool:
+    """Whether the file system of ``path`` has less room than one WAL segment."""
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < _WAL_SEGMENT_BYTES
 
 
 def socket_dir_for(run_dir: Path, branch: str, short_dir: Path) -> Path:

@@ -73,6 +73,7 @@ from prism.runtime._docker_tools import ContainerSourceTools, require_reachable
 from prism.runtime._postmaster import (
     LOOPBACK,
     PortTaken,
+    exit_failure,
     free_port,
     make_socket_dir,
     read_pidfile,
@@ -552,7 +553,7 @@ class DockerRuntime:
             # Polling: Postgres signals readiness only by rewriting a file.
             while not _pidfile_ready(server.pgdata, before):
                 if start_ticks(server.host_pid) != server.start_ticks:
-                    raise await self._exit_failure(server.branch, container)
+                    raise await self._exit_failure(server, container)
                 await trio.sleep(_PID_POLL_S)
             return
         # The watcher hands its verdict over instead of raising it, so the caller sees the
@@ -562,7 +563,7 @@ class DockerRuntime:
 
             async def watch_exit() -> None:
                 try:
-                    failure.append(await self._exit_failure(server.branch, container))
+                    failure.append(await self._exit_failure(server, container))
                 except Exception as exc:  # the engine went away: re-raised below
                     failure.append(exc)
                 nursery.cancel_scope.cancel()
@@ -574,7 +575,7 @@ class DockerRuntime:
         if failure:
             raise failure[0]
 
-    async def _exit_failure(self, branch: str, container: Container) -> Exception:
+    async def _exit_failure(self, server: _Server, container: Container) -> Exception:
         """Wait until ``container`` exits, then describe why, with the last lines of its log."""
         while True:
             await self._engine.call(RuntimeStartFailed, container.reload, abandon_on_cancel=True)
@@ -584,14 +585,15 @@ class DockerRuntime:
         code = container.attrs.get("State", {}).get("ExitCode")
         tail = await self._engine.log_tail(container)
         log.warning(
-            "container exited during start-up branch=%s exit_code=%s log=%r", branch, code, tail
+            "container exited during start-up branch=%s exit_code=%s log=%r",
+            server.branch,
+            code,
+            tail,
         )
         if "could not bind" in tail or "Address already in use" in tail:
             return PortTaken()
-        return RuntimeStartFailed(
-            f"the server of branch {branch} exited during start-up (exit code {code})",
-            hint=tail,
-        )
+        how = f"exit code {code}"
+        return await trio.to_thread.run_sync(exit_failure, server.branch, how, tail, server.pgdata)
 
     def _server_from(self, branch: str, pgdata: Path, container: Container) -> _Server:
         """The address and liveness handle of a started (or adopted) container."""

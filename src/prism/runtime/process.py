@@ -30,6 +30,7 @@ from prism.runtime._postmaster import (
     LOOPBACK,
     PidFile,
     PortTaken,
+    exit_failure,
     free_port,
     last_lines,
     make_socket_dir,
@@ -348,11 +349,8 @@ class ProcessRuntime:
                 tail = _log_tail(log_path, log_offset)
                 if any(marker in tail for marker in _BIND_FAILURES):
                     raise PortTaken
-                raise RuntimeStartFailed(
-                    f"the server of branch {branch} exited during start-up "
-                    f"(status {process.returncode})",
-                    hint=tail,
-                )
+                how = f"status {process.returncode}"
+                raise await trio.to_thread.run_sync(exit_failure, branch, how, tail, pgdata)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self._signal_until_gone(server, quick_kill)
