@@ -28,6 +28,24 @@ class ServerExtras:
     mounts: tuple[BindMount, ...] = ()
 
 
+@dataclass(frozen=True)
+class Confinement:
+    """What a runtime's sandbox enforces on every branch server, and what this host lacks.
+
+    Shown once in the start-up log (a warning naming each missing guard), in ``/healthz``, in
+    ``/metrics`` and on the page, so nobody believes a branch is a boundary where it is not.
+    """
+
+    mechanism: str
+    enforced: tuple[str, ...]
+    missing: tuple[str, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        """Whether every guard the runtime knows of is in force."""
+        return not self.missing
+
+
 @runtime_checkable
 class Runtime(Protocol):
     """Starts, stops and finds the Postgres server of each branch.
@@ -72,6 +90,10 @@ class Runtime(Protocol):
         Start-up reconcile calls it after adopting what belongs to known branches: what is
         still running then serves a rolled-back clone or a directory already gone.
         """
+        ...
+
+    def confinement(self) -> Confinement:
+        """What the sandbox of this runtime's servers enforces on this host (cheap, cached)."""
         ...
 
     def address(self, branch: str) -> BackendAddress | None:
