@@ -16,11 +16,15 @@ class BackendAddress:
     the server authenticate the client itself. ``service_socket_dir`` is a private Unix socket
     directory (mode 0700) where Prism opens its own trusted service connections (CHECKPOINT,
     backup mode, reading role verifiers); ``None`` when the runtime cannot offer one.
+    ``abstract_socket``: the socket is not a file in that directory but in the abstract
+    namespace under the same name (``@dir``), which a sandboxed server cannot connect to
+    (``prism.runtime.sandbox``).
     """
 
     host: str
     port: int
     service_socket_dir: Path | None = None
+    abstract_socket: bool = False
 
     async def connect(self) -> trio.SocketStream:
         """Open a TCP connection for a client session."""
@@ -28,6 +32,13 @@ class BackendAddress:
 
     def service_socket_path(self) -> Path | None:
         """The Unix socket file Postgres creates in ``service_socket_dir`` for this port."""
+        host = self.service_host()
+        return None if host is None else Path(host) / f".s.PGSQL.{self.port}"
+
+    def service_host(self) -> str | None:
+        """The service socket as libpq's ``host``: the directory, or ``@directory`` for a
+        socket in the abstract namespace (an ``@`` path in ``service_socket_path`` too)."""
         if self.service_socket_dir is None:
             return None
-        return self.service_socket_dir / f".s.PGSQL.{self.port}"
+        directory = str(self.service_socket_dir)
+        return f"@{directory}" if self.abstract_socket else directory

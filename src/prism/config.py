@@ -262,6 +262,10 @@ def _path_list(text: str) -> tuple[Path, ...]:
     return tuple(Path(part.strip()).expanduser() for part in text.split(",") if part.strip())
 
 
+def _address_list(text: str) -> tuple[HostPort, ...]:
+    return tuple(HostPort.parse(part.strip()) for part in text.split(",") if part.strip())
+
+
 def default_data_dir() -> Path:
     """``/var/lib/prism`` for root (a daemon), else the user's data dir (no root needed)."""
     if os.geteuid() == 0:
@@ -336,6 +340,22 @@ class Settings:
     run_as: str = field(
         default="prism",
         metadata=_about(str, "OS user that runs Postgres when Prism runs as root"),
+    )
+    branch_sandbox: bool = field(
+        default=True,
+        metadata=_about(
+            _parse_bool,
+            "confine every branch server to its own data, port and PostgreSQL's programs "
+            "(Landlock; see docs/security.md); off only to debug an extension that needs more",
+        ),
+    )
+    branch_egress: tuple[HostPort, ...] = field(
+        default=(),
+        metadata=_about(
+            _address_list,
+            "host:port addresses branch servers may connect to (an FDW target), comma-separated; "
+            "by default they connect nowhere (the process runtime enforces the port)",
+        ),
     )
     pg_bin: tuple[Path, ...] = field(
         default=(),

@@ -350,7 +350,12 @@ class Generations:
             # Both runtimes offer the new server's private socket here (the docker one mounts
             # it from the host, so a program's container mounts it in turn): no password.
             assert address.service_socket_dir is not None
-            target = Target(address.service_socket_dir, address.port, self.superuser)
+            target = Target(
+                address.service_socket_dir,
+                address.port,
+                self.superuser,
+                host=address.service_host(),
+            )
             dbname = source.conninfo.get("dbname") or user
             log.info(
                 "dump: copying roles and database %s of %s (PostgreSQL %d)", dbname, where, major

@@ -19,6 +19,7 @@ from typing import Any
 from prism.branches import BranchManager, BranchStatus
 from prism.dataplane import PUMP, DataPlane
 from prism.events import Event
+from prism.runtime.base import Confinement
 
 # Seconds, spanning what a provision or a wake-up takes: a copy-on-write clone plus a server
 # start at the low end (docs/benchmarks.md, "Cold start"), a plain copy of a big main or a cold
@@ -65,9 +66,15 @@ def _family(name: str, kind: str, help_: str, samples: Iterable[str]) -> list[st
 class Metrics:
     """Collects Prism's metrics for one manager; ``render`` is the body of ``GET /metrics``."""
 
-    def __init__(self, manager: BranchManager, data_plane: DataPlane = PUMP) -> None:
+    def __init__(
+        self,
+        manager: BranchManager,
+        data_plane: DataPlane = PUMP,
+        confinement: Confinement | None = None,
+    ) -> None:
         self._manager = manager
         self._data_plane = data_plane
+        self._confinement = confinement
         self.provision = Histogram()
         self.wake = Histogram()
         self.reaper_stops = 0
@@ -157,6 +164,13 @@ class Metrics:
         ]
         if source is not None:
             lines += _source_families(source)
+        if self._confinement is not None:
+            lines += _family(
+                "prism_sandbox_missing_guards",
+                "gauge",
+                "Guards of the branch servers' sandbox this host cannot enforce (0: all).",
+                [f"prism_sandbox_missing_guards {len(self._confinement.missing)}"],
+            )
         return "\n".join(lines) + "\n"
 
     def _disk_lines(self) -> list[str]:

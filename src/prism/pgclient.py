@@ -262,7 +262,9 @@ async def _open_stream(
         raise ValueError("give exactly one of unix_socket or host")
     try:
         if unix_socket is not None:
-            return await trio.open_unix_socket(str(unix_socket))
+            name = str(unix_socket)
+            # libpq's spelling of an abstract socket ("@name") is a leading NUL for the kernel.
+            return await trio.open_unix_socket("\0" + name[1:] if name.startswith("@") else name)
         assert host is not None
         return await trio.open_tcp_stream(host, port if port is not None else 5432)
     except OSError as exc:

@@ -138,34 +138,31 @@ class PointInTime:
 
     # ---- what a server is started with -------------------------------------------------
 
-    def server_settings(self, branch: str, pgdata: Path) -> dict[str, str]:
-        """Extra settings of ``branch``'s local server: a branch that keeps WAL archives it
-        (blocking: called where the process runtime prepares a start)."""
-        if not self.keeps_wal(branch):
-            return {}
-        archive = self.archive_of(branch)
-        archive.prepare(owner_of=pgdata)
-        return archive.server_settings(standby=is_standby(pgdata))
-
-    def container_extras(self, branch: str, pgdata: Path, parent: str | None) -> ServerExtras:
-        """Extra settings and bind mounts of ``branch``'s container (blocking): its own
-        archive if it keeps WAL, and while it recovers to a time, its parent's archive and
-        ``pg_wal`` (read-only) for its ``restore_command``."""
+    def server_extras(self, branch: str, pgdata: Path, parent: str | None) -> ServerExtras:
+        """Extra settings and directories of ``branch``'s server (blocking): its own archive
+        if it keeps WAL, and while it recovers to a time, its parent's archive and ``pg_wal``
+        (read-only) for its ``restore_command``. In a container they are bind mounts seen at
+        fixed paths; a local server sees them where they are, inside its sandbox."""
         settings: dict[str, str] = {}
         mounts: list[BindMount] = []
         if self.keeps_wal(branch):
             archive = self.archive_of(branch)
             archive.prepare(owner_of=pgdata)
+            seen = CONTAINER_ARCHIVE if self._in_containers else archive.directory
             standby = is_standby(pgdata)
-            settings.update(archive.server_settings(standby=standby, seen_at=CONTAINER_ARCHIVE))
-            mounts.append(BindMount(archive.directory, str(CONTAINER_ARCHIVE)))
+            settings.update(archive.server_settings(standby=standby, seen_at=seen))
+            mounts.append(BindMount(archive.directory, str(seen)))
         if parent is not None and is_recovering(pgdata):
             source = self.archive_of(parent).directory
             if source.is_dir():
                 live = self.storage.path(parent) / "pg_wal"
+                if self._in_containers:
+                    seen_archive, seen_live = _CONTAINER_RESTORE_ARCHIVE, _CONTAINER_RESTORE_WAL
+                else:
+                    seen_archive, seen_live = PurePosixPath(source), PurePosixPath(live)
                 mounts += [
-                    BindMount(source, str(_CONTAINER_RESTORE_ARCHIVE), read_only=True),
-                    BindMount(live, str(_CONTAINER_RESTORE_WAL), read_only=True),
+                    BindMount(source, str(seen_archive), read_only=True),
+                    BindMount(live, str(seen_live), read_only=True),
                 ]
         return ServerExtras(settings, tuple(mounts))
 
@@ -373,8 +370,8 @@ def open_point_in_time(
             format_duration(settings.snapshot_every),
             format_duration(settings.retention),
         )
-    in_containers = hasattr(runtime, "extras_for")
-    if not in_containers and not hasattr(runtime, "settings_for"):
+    in_containers = runtime.name == "docker"
+    if not hasattr(runtime, "extras_for"):
         log.warning(
             "snapshots and point-in-time branches are off: --runtime %s cannot archive WAL "
             "(use --runtime process or docker, or --snapshot-every 0 to silence this)",
@@ -388,8 +385,5 @@ def open_point_in_time(
         branches=settings.point_in_time_branches,
         in_containers=in_containers,
     )
-    if in_containers:
-        runtime.extras_for = point_in_time.container_extras  # type: ignore[attr-defined]
-    else:
-        runtime.settings_for = point_in_time.server_settings  # type: ignore[attr-defined]
+    runtime.extras_for = point_in_time.server_extras  # type: ignore[attr-defined]
     return point_in_time

@@ -30,6 +30,7 @@ from prism.policy import CreateDefaults
 from prism.proxy import Proxy
 from prism.reaper import run_expiry, run_reaper
 from prism.runtime import open_runtime
+from prism.runtime.base import Confinement
 from prism.source.follow import open_source
 from prism.source.health import read_health, watch_source
 from prism.state import StateStore
@@ -126,6 +127,7 @@ class PrismServer:
         )
         storage = await open_storage(settings.storage, data_dir, **storage_options)
         runtime = await open_runtime(settings, data_dir, copy_on_write=storage.copy_on_write)
+        _report_confinement(runtime.confinement())
         state = StateStore(data_dir / "prism.db")
         events = EventBus(buffer=settings.event_buffer)
         source = await open_source(settings, data_dir, events, runtime)
@@ -281,3 +283,10 @@ async def _serve_api(
     log.debug("api: serving on %s:%d (fd %d)", host, port, fd)
     app = CloseAfterEarlyAnswer(app)  # else a request answered early keeps its connection
     await hypercorn_serve(app, config, task_status=task_status)  # type: ignore[arg-type]
+
+
+def _report_confinement(confinement: Confinement) -> None:
+    """Say once at start what a branch server's sandbox enforces, and warn of each gap."""
+    log.info("sandbox: %s: %s", confinement.mechanism, "; ".join(confinement.enforced) or "nothing")
+    for gap in confinement.missing:
+        log.warning("sandbox: not enforced on this host: %s (see docs/security.md)", gap)

@@ -47,6 +47,27 @@ host all all 0.0.0.0/0 scram-sha-256
 host all all ::/0 scram-sha-256
 """
 
+#: ``pg_hba.conf`` of a sandboxed server, whose service socket is in the abstract namespace:
+#: any local user can reach such a socket, so it asks the kernel who connects (``peer``) and
+#: admits only the OS users in the ident map (Prism's, and the server user's tools).
+PEER_HBA_RULES = """\
+# Written by Prism; the server reads this file instead of the data directory's pg_hba.conf.
+local all all peer map=prism
+host all all 0.0.0.0/0 scram-sha-256
+host all all ::/0 scram-sha-256
+"""
+
+
+def peer_ident_map(os_users: Iterable[str], role: str) -> str:
+    """The ident map of ``PEER_HBA_RULES``: each of ``os_users`` may log in as any role
+    (``all``, PostgreSQL 16 and later) and as ``role`` (Prism's superuser, for 15 and
+    earlier, where ``all`` is just a role name nobody has)."""
+    lines = ["# Written by Prism: OS users allowed on the service socket."]
+    for user in dict.fromkeys(os_users):
+        lines += [f"prism {user} all", f"prism {user} {role}"]
+    return "\n".join(lines) + "\n"
+
+
 #: Overridden whatever the configuration says (see the module docstring for why).
 FIXED_OVERRIDES: dict[str, str] = {
     "ssl": "off",
@@ -169,13 +190,21 @@ def library_checker(pkglibdir: Path) -> Callable[[str], bool] | None:
     return has_library
 
 
-def write_prism_files(directory: Path, readable_by: tuple[int, int] | None) -> tuple[Path, Path]:
-    """Write Prism's ``pg_hba.conf`` and an empty ident map into ``directory``; return both.
+def write_prism_files(
+    directory: Path, readable_by: tuple[int, int] | None, *, ident_map: str | None = None
+) -> tuple[Path, Path]:
+    """Write Prism's ``pg_hba.conf`` and ident map into ``directory``; return both.
 
-    ``readable_by`` is the server's uid:gid when it is not Prism's own user.
+    ``readable_by`` is the server's uid:gid when it is not Prism's own user. ``ident_map``:
+    the service socket asks for ``peer`` with this map (``PEER_HBA_RULES``) instead of
+    trusting whoever reaches the private socket directory.
     """
     paths = []
-    for name, content in ((HBA_FILE_NAME, PRISM_HBA_RULES), (IDENT_FILE_NAME, "")):
+    files = (
+        (HBA_FILE_NAME, PRISM_HBA_RULES if ident_map is None else PEER_HBA_RULES),
+        (IDENT_FILE_NAME, ident_map or ""),
+    )
+    for name, content in files:
         write_private(directory / name, content, readable_by)
         paths.append(directory / name)
     return paths[0], paths[1]

@@ -20,6 +20,7 @@ from prism.api.app import create_app
 from prism.api.errors import _STATUS
 from prism.cli import build_parser
 from prism.events import EventBus
+from tests.fakes import FakeRuntime
 
 _ROOT = Path(__file__).resolve().parents[2]
 API_DOC = (_ROOT / "docs" / "api.md").read_text()
@@ -28,6 +29,7 @@ CLI_DOC = (_ROOT / "docs" / "cli.md").read_text()
 
 class _Manager:
     events = EventBus()
+    runtime = FakeRuntime()
 
 
 def _routes() -> list[str]:

@@ -50,7 +50,7 @@ def create_app(
     app = QuartTrio("prism.api", static_folder="static", static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["BODY_TIMEOUT"] = body_timeout
-    metrics = Metrics(manager, data_plane)
+    metrics = Metrics(manager, data_plane, manager.runtime.confinement())
     install_error_handlers(app)
     install_auth(app, api_token)
     register_routes(app, manager, data_plane, source_health)

@@ -17,7 +17,7 @@ from quart_trio import QuartTrio
 
 from prism.activity import ActivityLog
 from prism.api.errors import ApiError
-from prism.api.views import branch_view
+from prism.api.views import branch_view, confinement_view
 from prism.branches import Branch, BranchManager
 from prism.config import parse_duration
 from prism.dataplane import DataPlane
@@ -224,12 +224,14 @@ def register_routes(
     @app.get("/healthz")
     async def healthz() -> Response:
         """Readiness: the event loop answers and main is made and running (503 while main is
-        made: a base backup is served but not ready); which data plane is in use."""
+        made: a base backup is served but not ready); which data plane is in use; what the
+        branch servers' sandbox enforces and what this host leaves unenforced."""
         response = jsonify(
             {
                 "status": "ok" if manager.opened else "starting",
                 "branches": len(manager.list()),
                 "data_plane": {"name": data_plane.name, "reason": data_plane.reason},
+                "sandbox": confinement_view(manager.runtime.confinement()),
             }
         )
         response.status_code = 200 if manager.opened else 503

@@ -6,6 +6,7 @@ from typing import Any
 
 from prism.branches import Branch
 from prism.policy import BranchPolicy
+from prism.runtime.base import Confinement
 from prism.state import rfc3339
 
 
@@ -48,4 +49,14 @@ def branch_view(
         ),
         **({} if policy is None else policy_view(policy)),
         **more,
+    }
+
+
+def confinement_view(confinement: Confinement) -> dict[str, Any]:
+    """The branch servers' sandbox as ``/healthz`` and the page show it."""
+    return {
+        "mechanism": confinement.mechanism,
+        "complete": confinement.complete,
+        "enforced": list(confinement.enforced),
+        "missing": list(confinement.missing),
     }

@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from prism.config import RuntimeKind, Settings
 from prism.errors import ConfigError
 from prism.runtime.base import Runtime
+from prism.runtime.sandbox import SandboxPolicy
+from prism.source.conninfo import parse_conninfo
+
+
+def sandbox_policy(settings: Settings, data_dir: Path) -> SandboxPolicy:
+    """What branch servers may reach beyond their own branch: ``--branch-egress``, and for
+    main following a source, the source's port and password file (``source/``)."""
+    main_reads: tuple[Path, ...] = ()
+    main_ports: tuple[int, ...] = ()
+    if settings.source:
+        conninfo = parse_conninfo(settings.source)
+        ports = (conninfo.get("port") or "5432").split(",")
+        main_ports = tuple(int(port) for port in ports if port.strip().isdigit())
+        main_reads = (data_dir / "source",)
+        if os.environ.get("PGPASSFILE"):
+            main_reads += (Path(os.environ["PGPASSFILE"]),)
+    return SandboxPolicy(
+        egress_ports=tuple(address.port for address in settings.branch_egress),
+        main_reads=main_reads,
+        main_ports=main_ports,
+        service_role=settings.superuser,
+    )
 
 
 async def open_runtime(settings: Settings, data_dir: Path, *, copy_on_write: bool) -> Runtime:
@@ -26,6 +49,7 @@ async def open_runtime(settings: Settings, data_dir: Path, *, copy_on_write: boo
             start_timeout=settings.start_timeout,
             stop_timeout=settings.stop_timeout,
             copy_on_write=copy_on_write,
+            sandbox_policy=sandbox_policy(settings, data_dir) if settings.branch_sandbox else None,
         )
     if settings.runtime is RuntimeKind.DOCKER:
         from prism.runtime.docker import open_docker_runtime

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pwd
 import signal
 import subprocess
 import tempfile
@@ -26,6 +27,7 @@ from prism import serverconf
 from prism.address import BackendAddress
 from prism.errors import ConfigError, RuntimeStartFailed, RuntimeStopFailed
 from prism.pgbin import PgInstall, PgInstalls
+from prism.runtime import landlock, sandbox
 from prism.runtime._postmaster import (
     LOOPBACK,
     PidFile,
@@ -40,6 +42,7 @@ from prism.runtime._postmaster import (
     socket_dir_for,
     start_ticks,
 )
+from prism.runtime.base import BindMount, Confinement, ServerExtras
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +96,7 @@ class ProcessRuntime:
         stop_timeout: float = 30.0,
         settings: Mapping[str, str] | None = None,
         copy_on_write: bool = False,
+        sandbox_policy: sandbox.SandboxPolicy | None = None,
     ) -> None:
         extra = dict(settings or {})
         clash = sorted(_MANAGED_SETTINGS.intersection(extra))
@@ -111,9 +115,16 @@ class ProcessRuntime:
         self._settings = extra
         self._copy_on_write = copy_on_write  # the storage's: which WAL settings fit it
         self._servers: dict[str, _Server] = {}
-        self.settings_for: Callable[[str, Path], dict[str, str]] | None = None
-        """Extra settings of one branch's server (main's WAL archive), asked where a start is
-        prepared (blocking); they win over the settings Prism overrides for every server."""
+        self.extras_for: Callable[[str, Path, str | None], ServerExtras] | None = None
+        """Extra settings and directories of one branch's server (a WAL archive), asked where
+        a start is prepared (blocking); the settings win over those Prism overrides for every
+        server, and the directories open in its sandbox."""
+        # None: servers run unconfined (--branch-sandbox off).
+        self._sandbox_policy = sandbox_policy
+        self._landlock = landlock.probe() if sandbox_policy is not None else None
+        # Service sockets in the abstract namespace only where the sandbox keeps servers from
+        # them (Landlock scopes); elsewhere a private 0700 directory with trust, as before.
+        self._abstract = self._landlock is not None and self._landlock.scopes
 
     async def initdb(self, pgdata: Path, *, superuser: str, password: str) -> None:
         """Initialise ``pgdata`` as a new cluster: trust on the private socket, SCRAM over TCP."""
@@ -159,14 +170,16 @@ class ProcessRuntime:
         install = self._installs.for_data(pgdata, what=f"the data of branch {branch}")
         install.require_unchanged()
         socket_dir = self._socket_dir(branch)
-        owned = await trio.to_thread.run_sync(
-            self._prepare_start, install, pgdata, socket_dir, branch
+        owned, mounts = await trio.to_thread.run_sync(
+            self._prepare_start, install, pgdata, socket_dir, branch, parent
         )
         try:
             for attempt in range(1, _PORT_ATTEMPTS + 1):
                 port = free_port()
                 try:
-                    server = await self._launch(install, owned, branch, pgdata, port, socket_dir)
+                    server = await self._launch(
+                        install, owned, mounts, branch, pgdata, port, socket_dir
+                    )
                 except PortTaken:
                     log.debug(
                         "port taken before bind branch=%s port=%d try=%d", branch, port, attempt
@@ -231,8 +244,11 @@ class ProcessRuntime:
                 f"the running server of branch {branch} (pid {pidfile.pid}) has no TCP listener",
                 hint="stop it; Prism will start it again with the settings it needs",
             )
-        socket_dir = Path(pidfile.socket_dir) if pidfile.socket_dir else None
-        address = BackendAddress(host=host, port=pidfile.port, service_socket_dir=socket_dir)
+        abstract = pidfile.socket_dir.startswith("@")
+        socket_dir = Path(pidfile.socket_dir.removeprefix("@")) if pidfile.socket_dir else None
+        address = BackendAddress(
+            host=host, port=pidfile.port, service_socket_dir=socket_dir, abstract_socket=abstract
+        )
         self._servers[branch] = _Server(
             branch=branch,
             pgdata=pgdata,
@@ -293,6 +309,7 @@ class ProcessRuntime:
         self,
         install: PgInstall,
         owned: dict[str, str],
+        mounts: tuple[BindMount, ...],
         branch: str,
         pgdata: Path,
         port: int,
@@ -313,12 +330,22 @@ class ProcessRuntime:
             "-c",
             f"port={port}",
             "-c",
-            f"unix_socket_directories={_guc_list_item(str(socket_dir))}",
+            f"unix_socket_directories={_guc_list_item(self._socket_name(socket_dir))}",
             "-c",
             "unix_socket_permissions=0700",
         ]
+        ruleset = None
+        if self._sandbox_policy is not None:
+            command += serverconf.as_flags(sandbox.SANDBOX_SETTINGS)
+            ruleset = await trio.to_thread.run_sync(
+                self._ruleset, install, owned, mounts, branch, pgdata, port, socket_dir
+            )
+        confine = {} if ruleset is None else {"preexec_fn": ruleset.restrict_self}
         server_log = await trio.to_thread.run_sync(_open_log, log_path)
-        with server_log:
+        with server_log, contextlib.ExitStack() as release:
+            if ruleset is not None:
+                release.callback(ruleset.close)
+                confine["pass_fds"] = (ruleset.fd,)
             log_offset = server_log.tell()
             try:
                 process = await trio.lowlevel.open_process(
@@ -329,14 +356,20 @@ class ProcessRuntime:
                     start_new_session=True,
                     env=_server_env(),
                     **self._install.spawn_options(),
+                    **confine,
                 )
-            except OSError as exc:
+            except (OSError, subprocess.SubprocessError) as exc:
                 raise RuntimeStartFailed(f"cannot run {command[0]}: {exc}") from exc
         server = _Server(
             branch=branch,
             pgdata=pgdata,
             pid=process.pid,
-            address=BackendAddress(host=LOOPBACK, port=port, service_socket_dir=socket_dir),
+            address=BackendAddress(
+                host=LOOPBACK,
+                port=port,
+                service_socket_dir=socket_dir,
+                abstract_socket=self._abstract,
+            ),
             process=process,
             start_ticks=None,
             owns_socket_dir=True,
@@ -432,10 +465,11 @@ class ProcessRuntime:
         return socket_dir_for(self._run_dir, branch, Path("/tmp") / f"prism-{os.geteuid()}")
 
     def _prepare_start(
-        self, install: PgInstall, pgdata: Path, socket_dir: Path, branch: str
-    ) -> dict[str, str]:
+        self, install: PgInstall, pgdata: Path, socket_dir: Path, branch: str, parent: str | None
+    ) -> tuple[dict[str, str], tuple[BindMount, ...]]:
         """Blocking set-up before a start: data dir ownership, socket dir, log dir, Prism's own
-        hba file; returns the settings Prism overrides for this data (``serverconf``)."""
+        hba file; returns the settings Prism overrides for this data (``serverconf``) and the
+        extra directories its sandbox opens."""
         if not pgdata.is_dir():
             raise RuntimeStartFailed(f"the data directory {pgdata} does not exist")
         self._own_pgdata(pgdata, False)
@@ -447,7 +481,9 @@ class ProcessRuntime:
         owner = self._install
         server_ids = (owner.run_as_uid, owner.run_as_gid) if owner.switches_user else None
         make_socket_dir(socket_dir, server_ids)
-        hba, ident = serverconf.write_prism_files(self._run_dir, server_ids)
+        hba, ident = serverconf.write_prism_files(
+            self._run_dir, server_ids, ident_map=self._ident_map(install)
+        )
         configured = serverconf.configured_values(pgdata)
         has_library = serverconf.library_checker(install.bin_dir.parent / "lib")
         if has_library is not None:
@@ -462,17 +498,77 @@ class ProcessRuntime:
         owned = serverconf.overrides(
             configured, has_library=has_library, copy_on_write=self._copy_on_write
         )
-        if self.settings_for is not None:
-            owned.update(self.settings_for(branch, pgdata))
+        extras = ServerExtras({})
+        if self.extras_for is not None:
+            extras = self.extras_for(branch, pgdata, parent)
+            owned.update(extras.settings)
         # The private socket directory lives exactly as long as the server: a fine home.
         conf = socket_dir / "postgresql.conf"
         serverconf.write_private(conf, serverconf.server_conf(pgdata, owned), server_ids)
-        return {
+        settings = {
             "config_file": str(conf),
             **owned,
             "hba_file": str(hba),
             "ident_file": str(ident),
         }
+        return settings, extras.mounts
+
+    def _socket_name(self, socket_dir: Path) -> str:
+        """``unix_socket_directories``: the directory, or its name in the abstract namespace."""
+        return f"@{socket_dir}" if self._abstract else str(socket_dir)
+
+    def _ident_map(self, install: PgInstall) -> str | None:
+        """Who may use an abstract service socket: Prism's OS user and the server user (whose
+        tools restore a dump into it); None where the socket is a private directory."""
+        if not self._abstract:
+            return None
+        assert self._sandbox_policy is not None
+        users = [pwd.getpwuid(os.geteuid()).pw_name, install.run_as_name]
+        return serverconf.peer_ident_map(users, self._sandbox_policy.service_role)
+
+    def confinement(self) -> Confinement:
+        """What the sandbox enforces on this kernel (``runtime.sandbox``)."""
+        if self._landlock is None:
+            return Confinement("off", (), ("every guard: --branch-sandbox off",))
+        return sandbox.describe(self._landlock)
+
+    def _ruleset(
+        self,
+        install: PgInstall,
+        settings: dict[str, str],
+        mounts: tuple[BindMount, ...],
+        branch: str,
+        pgdata: Path,
+        port: int,
+        socket_dir: Path,
+    ) -> landlock.Ruleset | None:
+        """Build the Landlock ruleset of one server (blocking: opens each allowed path)."""
+        assert self._sandbox_policy is not None and self._landlock is not None
+        if not self._landlock.filesystem:
+            return None
+        access = sandbox.server_access(
+            self._sandbox_policy,
+            branch=branch,
+            bin_dir=install.bin_dir,
+            pgdata=pgdata,
+            socket_dir=socket_dir,
+            config_files=(Path(settings["hba_file"]), Path(settings["ident_file"])),
+            port=port,
+            settings=settings,
+            mounts=mounts,
+        )
+        try:
+            return landlock.Ruleset.build(
+                self._landlock,
+                access.paths,
+                bind_ports=access.bind_ports,
+                connect_ports=access.connect_ports,
+            )
+        except OSError as exc:
+            raise RuntimeStartFailed(
+                f"cannot build the sandbox of branch {branch}'s server: {exc}",
+                hint="--branch-sandbox off runs servers unconfined (not recommended)",
+            ) from exc
 
     def _own_pgdata(self, pgdata: Path, create: bool) -> None:
         """Make ``pgdata`` the server user's, mode 0700, as Postgres insists.

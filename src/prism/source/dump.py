@@ -38,11 +38,13 @@ class Target:
     socket_dir: Path
     port: int
     superuser: str
+    # libpq's host for the socket when it is not ``socket_dir`` (``@dir``: abstract namespace).
+    host: str | None = None
 
     def args(self, dbname: str) -> list[str]:
         return [
             "-h",
-            str(self.socket_dir),
+            self.host or str(self.socket_dir),
             "-p",
             str(self.port),
             "-U",
