@@ -1,0 +1,83 @@
+"""What the branch sandbox costs: cold start and wake-up with and without it, interleaved.
+
+Two Prisms run side by side on the same storage driver, one with ``--branch-sandbox on`` (the
+default) and one with it off; each round makes one new branch in each (cold start: connect as
+``postgres@<new branch>`` → result of ``SELECT 1``), then stops and wakes one branch in each,
+alternating which goes first, so both meet the same machine. The difference of the medians is
+the sandbox's cost (building the Landlock ruleset, the two syscalls before ``exec``).
+
+Usage: ``.venv/bin/python -m tools.bench.sandbox [--rounds N] [--driver copy|btrfs|...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from contextlib import AsyncExitStack
+from typing import Any
+
+import trio
+
+from tools.bench.common import SUPERUSER, first_query, median, ms, percentile, pg_install
+from tools.bench.machine import describe as describe_machine
+from tools.bench.targets import available, data_dir, prism_in_process
+
+_WARMUP = 2
+
+
+async def measure(driver: str, rounds: int) -> dict[str, Any]:
+    """Median and p95 (ms) of cold starts and wake-ups with the sandbox on and off."""
+    targets, skipped = available((driver,))
+    if not targets:
+        raise SystemExit(f"sandbox bench: {driver}: {skipped[driver]}")
+    series: dict[str, dict[str, list[float]]] = {
+        mode: {"cold": [], "wake": []} for mode in ("on", "off")
+    }
+    async with AsyncExitStack() as stack:
+        ports = {}
+        managers = {}
+        for mode in ("on", "off"):
+            _root, settings = await stack.enter_async_context(data_dir(targets[0]))
+            settings = dataclasses.replace(settings, branch_sandbox=mode == "on")
+            info = await stack.enter_async_context(prism_in_process(settings))
+            ports[mode], managers[mode] = info.listen[1], info.manager
+        for number in range(_WARMUP + rounds):
+            order = ("on", "off") if number % 2 == 0 else ("off", "on")
+            for mode in order:
+                name = f"cold{number}"
+                took = await first_query(ports[mode], f"{SUPERUSER}@{name}")
+                await managers[mode].stop(name)
+                woke = await first_query(ports[mode], f"{SUPERUSER}@{name}")
+                await managers[mode].delete(name)
+                if number >= _WARMUP:
+                    series[mode]["cold"].append(took)
+                    series[mode]["wake"].append(woke)
+    install = await pg_install(targets[0].base)
+    result: dict[str, Any] = {
+        "machine": describe_machine(install),
+        "driver": targets[0].label,
+        "rounds": rounds,
+    }
+    for mode, kinds in series.items():
+        for kind, values in kinds.items():
+            result[f"{kind}_{mode}_p50_ms"] = round(ms(median(values)), 1)
+            result[f"{kind}_{mode}_p95_ms"] = round(ms(percentile(values, 95)), 1)
+    for kind in ("cold", "wake"):
+        result[f"{kind}_cost_ms"] = round(
+            result[f"{kind}_on_p50_ms"] - result[f"{kind}_off_p50_ms"], 1
+        )
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tools.bench.sandbox", description=__doc__)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--driver", default="copy")
+    args = parser.parse_args()
+    result = trio.run(measure, args.driver, args.rounds)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
