@@ -17,7 +17,7 @@ from .harness import PASSWORD, PrismHandle, psql, running_prism
 
 #: A body that was announced (Content-Length: 100) and never comes.
 _STALLED = (
-    b"POST /api/v1/branches HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b"POST /api/v1/branches HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
     b'Content-Length: 100\r\n\r\n{"name":'
 )
 
@@ -133,7 +133,7 @@ async def test_stalled_bodies_are_closed_and_free_their_descriptors(data_dir: Pa
 async def test_a_huge_body_is_refused_with_413(prism: PrismHandle) -> None:
     body = b'{"name": "' + b"x" * (MAX_BODY_BYTES + 1) + b'"}'
     head = (
-        b"POST /api/v1/branches HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /api/v1/branches HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
     )
     with trio.fail_after(60):
