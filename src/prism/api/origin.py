@@ -12,8 +12,8 @@ import logging
 from collections.abc import Iterable
 
 from quart import request, websocket
+from quart.wrappers.base import BaseRequestWebsocket
 from quart_trio import QuartTrio
-from werkzeug.datastructures import Headers
 
 from prism.api.errors import ApiError
 from prism.api.sameorigin import Arrival, host_name, refusal
@@ -21,39 +21,30 @@ from prism.api.sameorigin import Arrival, host_name, refusal
 log = logging.getLogger(__name__)
 
 
-def _arrival(
-    method: str,
-    path: str,
-    scheme: str,
-    headers: Headers,
-    server: tuple[str, int | None] | None,
-    *,
-    is_websocket: bool,
-) -> Arrival:
-    return Arrival(
-        method=method,
-        path=path,
-        scheme=scheme,
+def _enforce(incoming: BaseRequestWebsocket, served: frozenset[str], *, is_websocket: bool) -> None:
+    """Refuse ``incoming`` (a request or a WebSocket handshake) if it breaks a rule."""
+    headers = incoming.headers
+    arrival = Arrival(
+        method=incoming.method,
+        path=incoming.path,
+        scheme=incoming.scheme,
         host=headers.get("Host"),
         origin=headers.get("Origin"),
         referer=headers.get("Referer"),
         content_type=headers.get("Content-Type"),
         content_length=headers.get("Content-Length"),
         transfer_encoding=headers.get("Transfer-Encoding"),
-        arrived_on=None if server is None else server[0],
+        arrived_on=None if incoming.server is None else incoming.server[0],
         websocket=is_websocket,
     )
-
-
-def _enforce(arrival: Arrival, served: frozenset[str], remote: str | None) -> None:
     refused = refusal(arrival, served)
     if refused is None:
         return
     log.warning(
         "api: refused %s %s from %s: %s",
-        "WEBSOCKET" if arrival.websocket else arrival.method,
+        "WEBSOCKET" if is_websocket else arrival.method,
         arrival.path,
-        remote or "unknown",
+        incoming.remote_addr or "unknown",
         refused.reason,
     )
     raise ApiError(refused.status, refused.code, refused.message, hint=refused.hint)
@@ -70,24 +61,8 @@ def install_origin_checks(app: QuartTrio, served_names: Iterable[str]) -> None:
 
     @app.before_request
     async def _check_request() -> None:
-        arrival = _arrival(
-            request.method,
-            request.path,
-            request.scheme,
-            request.headers,
-            request.server,
-            is_websocket=False,
-        )
-        _enforce(arrival, served, request.remote_addr)
+        _enforce(request, served, is_websocket=False)
 
     @app.before_websocket
     async def _check_websocket() -> None:
-        arrival = _arrival(
-            "GET",
-            websocket.path,
-            websocket.scheme,
-            websocket.headers,
-            websocket.server,
-            is_websocket=True,
-        )
-        _enforce(arrival, served, websocket.remote_addr)
+        _enforce(websocket, served, is_websocket=True)
