@@ -7,7 +7,7 @@ import argparse
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import trio
@@ -28,9 +28,21 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
             f"--{setting.name.replace('_', '-')}",
             dest=setting.name,
             default=None,
+            action="append" if setting.repeatable else "store",
             metavar=setting.name.split("_")[-1].upper(),
             help=setting.help,
         )
+
+
+def _flag_text(value: str | list[str] | None) -> str | None:
+    """A flag's text; a repeated flag's values joined as its one comma-separated value."""
+    return ",".join(value) if isinstance(value, list) else value
+
+
+def settings_of(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
+    """``prism serve``'s settings: its flags over the environment, the file and the defaults."""
+    flags = {s.name: _flag_text(getattr(args, s.name, None)) for s in SETTINGS}
+    return load_settings(flags, config_file=args.config, environ=environ)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,9 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(join_relative_times(sys.argv[1:] if argv is None else argv))
     if args.command != "serve":
         return run_client(args)
-    flags = {s.name: getattr(args, s.name, None) for s in SETTINGS}
     try:
-        settings = load_settings(flags, config_file=args.config)
+        settings = settings_of(args)
         _configure_logging(settings.log_level)
         trio.run(_serve_until_signalled, settings)
     except Exception as exc:

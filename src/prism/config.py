@@ -18,6 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+from prism.api.sameorigin import host_name
 from prism.errors import ConfigError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -266,6 +267,23 @@ def _address_list(text: str) -> tuple[HostPort, ...]:
     return tuple(HostPort.parse(part.strip()) for part in text.split(",") if part.strip())
 
 
+def _host_names(text: str) -> tuple[str, ...]:
+    """Host names, comma-separated, each normalised as the API compares them; a name with a
+    scheme, port or path is refused at start rather than never matching a request."""
+    names = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        name = host_name(part)
+        if name is None:
+            raise ConfigError(
+                f"invalid host name {part!r}",
+                hint="write names or addresses only, no scheme or port: prism.example, 10.0.0.5",
+            )
+        names.append(name)
+    return tuple(names)
+
+
 def default_data_dir() -> Path:
     """``/var/lib/prism`` for root (a daemon), else the user's data dir (no root needed)."""
     if os.geteuid() == 0:
@@ -281,6 +299,9 @@ class Setting:
     name: str
     parse: Callable[[str], Any]
     help: str
+    repeatable: bool = False
+    """A list (its default is a tuple): the flag may be given more than once, which means the
+    same as one comma-separated value."""
 
 
 def _about(parse: Callable[[str], Any], text: str) -> dict[str, Any]:
@@ -391,6 +412,14 @@ class Settings:
             str,
             "bearer token every API call and the web page must present (empty: none; "
             "prefer $PRISM_API_TOKEN, flags show in ps)",
+        ),
+    )
+    api_hostname: tuple[str, ...] = field(
+        default=(),
+        metadata=_about(
+            _host_names,
+            "more host names the API and web page answer to besides loopback and --api's host, "
+            "comma-separated or repeated (any other Host is refused: DNS rebinding)",
         ),
     )
     api_body_timeout: float = field(
@@ -589,7 +618,10 @@ class Settings:
 
 
 SETTINGS: tuple[Setting, ...] = tuple(
-    Setting(f.name, f.metadata["parse"], f.metadata["help"]) for f in dataclasses.fields(Settings)
+    Setting(
+        f.name, f.metadata["parse"], f.metadata["help"], repeatable=isinstance(f.default, tuple)
+    )
+    for f in dataclasses.fields(Settings)
 )
 
 _BY_NAME = {setting.name: setting for setting in SETTINGS}

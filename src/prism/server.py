@@ -202,6 +202,7 @@ class PrismServer:
                 app = create_app(
                     manager,
                     api_token=settings.api_token,
+                    served_names=(settings.api.host, *settings.api_hostname),
                     data_plane=data_plane,
                     source_health=source_health,
                     body_timeout=settings.api_body_timeout,

@@ -13,44 +13,19 @@ from prism.api.app import MAX_BODY_BYTES
 from prism.config import Settings
 from tests.waiting import wait_until
 
+from .api_helpers import raw_request
 from .harness import PASSWORD, PrismHandle, psql, running_prism
 
 #: A body that was announced (Content-Length: 100) and never comes.
 _STALLED = (
-    b"POST /api/v1/branches HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b"POST /api/v1/branches HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
     b'Content-Length: 100\r\n\r\n{"name":'
 )
 
 
-async def _raw_request(prism: PrismHandle, head: bytes, body: bytes = b"") -> bytes:
-    """Send ``head`` (and ``body``) on a raw socket; return the server's whole first response."""
-    host, port = prism.info.api
-    stream = await trio.open_tcp_stream(host, port)
-    async with stream:
-        await stream.send_all(head + body)
-        answer = b""
-        while not _complete(answer):
-            chunk = await stream.receive_some(65536)
-            assert chunk, f"connection closed before a full response: {answer!r}"
-            answer += chunk
-    return answer
-
-
-def _complete(answer: bytes) -> bool:
-    """Whether ``answer`` holds a status line, headers and the whole Content-Length body."""
-    head, sep, rest = answer.partition(b"\r\n\r\n")
-    if not sep:
-        return False
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return len(rest) >= int(value)
-    return True
-
-
 async def test_a_body_that_never_arrives_is_answered_408_in_time(prism: PrismHandle) -> None:
     with trio.fail_after(Settings.api_body_timeout + 20):
-        answer = await _raw_request(prism, _STALLED)
+        answer = await raw_request(prism, _STALLED)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert b"connection: close" in answer.lower()
     assert b'"code":"request_timeout"' in answer.replace(b" ", b"")
@@ -133,11 +108,11 @@ async def test_stalled_bodies_are_closed_and_free_their_descriptors(data_dir: Pa
 async def test_a_huge_body_is_refused_with_413(prism: PrismHandle) -> None:
     body = b'{"name": "' + b"x" * (MAX_BODY_BYTES + 1) + b'"}'
     head = (
-        b"POST /api/v1/branches HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /api/v1/branches HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
     )
     with trio.fail_after(60):
-        answer = await _raw_request(prism, head, body)
+        answer = await raw_request(prism, head, body)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert [b.name for b in prism.manager.list()] == ["main"]
 

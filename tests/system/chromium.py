@@ -235,16 +235,17 @@ async def _devtools_url(profile: Path, process: trio.Process, log: Path) -> str:
 
 
 @asynccontextmanager
-async def open_page(workdir: Path) -> AsyncIterator[Page]:
+async def open_page(workdir: Path, *flags: str) -> AsyncIterator[Page]:
     """A fresh headless Chromium (profile under ``workdir``) and one tab in it; both closed after.
 
-    Skips (fails in CI) when Chromium is not installed.
+    ``flags`` are added to the command line (e.g. ``--host-resolver-rules`` to point a name at
+    the loopback). Skips (fails in CI) when Chromium is not installed.
     """
     if not await trio.Path(CHROMIUM).exists():
         unavailable(f"{CHROMIUM} is not installed; run tools/sysenv/setup.sh as root")
     profile, log = workdir / "profile", workdir / "chromium.log"
     profile.mkdir(parents=True)
-    command = [str(CHROMIUM), *_FLAGS, f"--user-data-dir={profile}", "about:blank"]
+    command = [str(CHROMIUM), *_FLAGS, *flags, f"--user-data-dir={profile}", "about:blank"]
     with log.open("wb") as log_file:
         async with trio.open_nursery() as nursery:
             run = functools.partial(

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from prism.cli import build_parser, settings_of
 from prism.config import (
     AuthMode,
     DataPlaneChoice,
@@ -57,6 +58,8 @@ def test_durations_take_units(text: str, seconds: float) -> None:
         ({"source_max_rate": "10"}, "invalid rate '10'"),  # no unit: kB or MB?
         ({"source_max_rate": "16k"}, "invalid rate '16k'"),  # below pg_basebackup's 32k
         ({"source_max_rate": "2048M"}, "invalid rate '2048M'"),  # above its 1024M
+        ({"api_hostname": "http://prism.example"}, "invalid host name 'http://prism.example'"),
+        ({"api_hostname": "ok.example,prism.example:8080"}, "invalid host name"),
     ],
 )
 def test_bad_values_name_the_setting_and_what_is_allowed(
@@ -134,3 +137,20 @@ def test_configuration_reference_matches_the_code() -> None:
     assert DOC.read_text(encoding="utf-8") == render(), (
         "docs/configuration.md is stale: run .venv/bin/python tools/gen_config_doc.py"
     )
+
+
+def test_api_hostname_is_a_list_from_the_file_the_environment_or_repeated_flags(
+    tmp_path: Path,
+) -> None:
+    toml = tmp_path / "prism.toml"
+    toml.write_text('api_hostname = ["Prism.Example.", "10.0.0.5"]\n')
+    assert load_settings(config_file=toml, environ={}).api_hostname == (
+        "prism.example",
+        "10.0.0.5",
+    )
+    env = {"PRISM_API_HOSTNAME": "a.example, [::1]"}
+    assert load_settings(environ=env).api_hostname == ("a.example", "::1")
+    args = build_parser().parse_args(
+        ["serve", "--api-hostname", "a.example", "--api-hostname", "b.example,c.example"]
+    )
+    assert settings_of(args, environ={}).api_hostname == ("a.example", "b.example", "c.example")

@@ -15,6 +15,7 @@ import pytest
 
 import prism.api.auth
 import prism.api.routes
+import prism.api.sameorigin
 import prism.branches
 from prism.api.app import create_app
 from prism.api.errors import _STATUS
@@ -62,6 +63,7 @@ def _error_codes() -> list[str]:
     codes = {code for _, _, code in _STATUS} | {"internal_error", "not_found"}
     for module in (prism.api.routes, prism.api.auth):
         codes |= _string_args(module, "ApiError", 1)
+    codes |= _string_args(prism.api.sameorigin, "Refusal", 1)
     return sorted(codes)
 
 

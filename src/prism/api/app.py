@@ -1,14 +1,14 @@
 """The control plane: a quart-trio app served by hypercorn inside Prism's own trio run.
 
 One module per concern: ``routes`` (REST + ``/healthz`` + the seed's ``/branches``), ``stream``
-(the event WebSocket), ``page`` (the web page), ``auth`` (the optional bearer token), ``errors``
-(JSON errors), ``views`` (a branch's JSON shape). ``/metrics`` is served here from
-``prism.metrics``.
+(the event WebSocket), ``page`` (the web page), ``origin`` (which hosts and pages may call it),
+``auth`` (the optional bearer token), ``errors`` (JSON errors), ``views`` (a branch's JSON
+shape). ``/metrics`` is served here from ``prism.metrics``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from quart import Response, jsonify
@@ -16,6 +16,7 @@ from quart_trio import QuartTrio
 
 from prism.api.auth import install_auth
 from prism.api.errors import install_error_handlers
+from prism.api.origin import install_origin_checks
 from prism.api.page import register_page
 from prism.api.routes import register_routes
 from prism.api.stream import register_stream
@@ -35,13 +36,16 @@ def create_app(
     manager: BranchManager,
     *,
     api_token: str = "",
+    served_names: Sequence[str] = (),
     data_plane: DataPlane = PUMP,
     body_timeout: float = Settings.api_body_timeout,
     source_health: Callable[[], Awaitable[dict[str, Any]]] | None = None,
 ) -> QuartTrio:
     """Build the HTTP app over ``manager``; every route reads or changes branches through it.
 
-    ``data_plane`` is only reported (``/healthz``, ``/metrics``): the proxy owns it.
+    ``served_names`` are the host names the API answers to besides the loopback ones (see
+    ``prism.api.origin``). ``data_plane`` is only reported (``/healthz``, ``/metrics``): the
+    proxy owns it.
     ``source_health`` reads main's replication from its source, when main follows one.
     A client that sent its headers has ``body_timeout`` seconds to send the body, or gets 408
     and is closed (see ``prism.api.closing``): a local user must not be able to pin Prism's
@@ -52,6 +56,7 @@ def create_app(
     app.config["BODY_TIMEOUT"] = body_timeout
     metrics = Metrics(manager, data_plane, manager.runtime.confinement())
     install_error_handlers(app)
+    install_origin_checks(app, served_names)
     install_auth(app, api_token)
     register_routes(app, manager, data_plane, source_health)
     register_stream(app, manager)
