@@ -129,10 +129,12 @@ def server_access(
     """The sandbox of ``branch``'s server on ``pgdata``, listening on ``port``.
 
     ``config_files``: Prism's files it reads (hba, ident map); ``settings``: what it is started
-    with (a shell command among them opens the system's programs); ``mounts``: directories its
-    WAL archive lives in or a recovery reads from, read-only or not as marked.
+    with; ``mounts``: directories its WAL archive lives in or a recovery reads from, read-only
+    or not as marked. Either a WAL command or a WAL directory opens the system's programs.
     """
-    shell = any(settings.get(name) for name in SHELL_SETTINGS)
+    # The directories a server is given are WAL archives, which ``cp`` fills and reads back
+    # through a shell (a recovering branch's restore_command is in its own configuration).
+    shell = bool(mounts) or any(settings.get(name) for name in SHELL_SETTINGS)
     paths = [*install_rules(bin_dir), *system_rules(shell=shell)]
     paths += [PathRule(pgdata, landlock.WRITE), PathRule(socket_dir, landlock.WRITE)]
     paths += [PathRule(path, landlock.READ_FILE) for path in config_files]
