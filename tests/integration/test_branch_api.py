@@ -188,17 +188,28 @@ async def test_unknown_route_is_a_json_404(prism: PrismHandle) -> None:
     assert response.status_code == 404 and response.json()["code"] == "not_found"
 
 
-async def test_healthz_answers_and_names_the_data_plane(prism: PrismHandle) -> None:
+async def test_healthz_answers_and_names_the_data_plane_and_the_sandbox(
+    prism: PrismHandle,
+) -> None:
     async with api(prism) as http:
         response = await http.get("/healthz")
         metrics = (await http.get("/metrics")).text.splitlines()
     plane = prism.info.data_plane
+    confinement = prism.manager.runtime.confinement()
     assert response.json() == {
         "status": "ok",
         "branches": 1,
         "data_plane": {"name": plane.name, "reason": plane.reason},
+        "sandbox": {
+            "mechanism": confinement.mechanism,
+            "complete": not confinement.missing,
+            "enforced": list(confinement.enforced),
+            "missing": list(confinement.missing),
+        },
     }
+    assert confinement.mechanism.startswith("landlock")
     assert f'prism_data_plane_info{{plane="{plane.name}",reason="{plane.reason}"}} 1' in metrics
+    assert f"prism_sandbox_missing_guards {len(confinement.missing)}" in metrics
 
 
 async def test_metrics_count_branches_connections_provisions_and_wakes(
