@@ -79,10 +79,7 @@ def parse_at(text: str, now: datetime) -> datetime:
             raise ValueError(exc.message) from None
         except OverflowError:
             raise ValueError(f"{text[:40]!r} reaches back further than year 1") from None
-    try:
-        return parse_rfc3339(text)
-    except ValueError as exc:
-        raise ValueError(f"{exc}; give an RFC 3339 time or -DURATION") from None
+    return parse_rfc3339(text)
 
 
 CONTAINER_ARCHIVE = PurePosixPath("/var/lib/prism/wal-archive")
