@@ -79,6 +79,22 @@ async def test_nan_and_infinity_are_not_json(prism: PrismHandle) -> None:
 
 
 @pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ('{"name": "x", "parent": "\\ud800"}', "parent"),
+        ('{"name": "x", "\\ud800": 1}', "\ud800"),
+        ('{"name": "\\ud800\\u0000"}', "name"),
+    ],
+)
+async def test_strings_that_cannot_be_stored_are_refused(
+    prism: PrismHandle, raw: str, field: str
+) -> None:
+    async with api(prism) as http:
+        response = await http.post(f"{V1}/branches", content=raw)
+    assert response.status_code == 422 and response.json()["field"] == field, response.text
+
+
+@pytest.mark.parametrize(
     ("body", "field"),
     [
         ({"name": "bad", "ttl": 1e308}, "ttl"),
