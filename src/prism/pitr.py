@@ -60,7 +60,7 @@ from prism.snapshots import (
     take_snapshot,
 )
 from prism.source.standby import is_recovering, is_standby, recover_to
-from prism.state import utcnow
+from prism.state import parse_rfc3339, utcnow
 from prism.storage.base import Storage
 from prism.walarchive import WalArchive
 
@@ -68,21 +68,18 @@ log = logging.getLogger(__name__)
 
 
 def parse_at(text: str, now: datetime) -> datetime:
-    """A point in time: RFC 3339 with a zone (``2026-11-29T06:40:00Z``) or ``-15m`` (before
-    ``now``). ``ValueError`` says what is accepted."""
+    """A point in time, in UTC: RFC 3339 with a zone (``2026-11-29T06:40:00Z``) or ``-15m``
+    (before ``now``). ``ValueError`` says what is accepted, also for a time too far back for
+    ``datetime`` to hold (``-999999999999d``)."""
     text = text.strip()
     if text.startswith("-"):
         try:
             return now - timedelta(seconds=parse_duration(text[1:]))
         except ConfigError as exc:
             raise ValueError(exc.message) from None
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{text!r} is neither an RFC 3339 time nor -DURATION") from None
-    if moment.tzinfo is None:
-        raise ValueError(f"{text!r} must say its time zone, e.g. Z")
-    return moment
+        except OverflowError:
+            raise ValueError(f"{text[:40]!r} reaches back further than year 1") from None
+    return parse_rfc3339(text)
 
 
 CONTAINER_ARCHIVE = PurePosixPath("/var/lib/prism/wal-archive")

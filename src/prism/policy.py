@@ -13,13 +13,16 @@ due to expire) are pure functions here, unit-tested; ``BranchManager`` enforces 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from prism.errors import BranchProtected
 from prism.names import MAIN_BRANCH
-from prism.state import StateStore
+from prism.state import StateStore, parse_rfc3339
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS branch_policy (
@@ -77,6 +80,19 @@ def grace_over(policy: BranchPolicy, now: datetime, grace: float) -> bool:
     return now >= policy.expires_at + timedelta(seconds=grace)
 
 
+def _stored_expiry(name: str, stored: object) -> datetime | None:
+    """A stored ``expires_at``; one that cannot be read or shown (an older Prism saved e.g.
+    ``9999-12-31T23:59:59-14:00``) is read as no expiry, with a warning: keeping a branch
+    someone meant to expire is mended by setting its expiry again, deleting it is not."""
+    if stored is None:
+        return None
+    try:
+        return parse_rfc3339(str(stored))
+    except ValueError as exc:
+        log.warning("policy: branch=%s expires_at unreadable, read as never: %s", name, exc)
+        return None
+
+
 class PolicyStore:
     """Policies by branch name: a cache in memory, each change written through to sqlite.
 
@@ -93,7 +109,7 @@ class PolicyStore:
         ):
             self._policies[str(name)] = BranchPolicy(
                 protected=bool(protected),
-                expires_at=None if expires_at is None else datetime.fromisoformat(str(expires_at)),
+                expires_at=_stored_expiry(str(name), expires_at),
                 on_create=None if on_create is None else str(on_create),
                 on_create_command=None if command is None else tuple(json.loads(str(command))),
             )

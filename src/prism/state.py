@@ -47,6 +47,25 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def parse_rfc3339(text: str) -> datetime:
+    """An RFC 3339 time with its zone (``2026-12-01T00:00:00Z``), in UTC; ``ValueError`` else.
+
+    Converted to UTC here, so a time at the very ends of ``datetime``'s range (year 1 at
+    +14:00, year 9999 at -14:00) is refused when it is read, not when it is next shown.
+    """
+    shown = text if len(text) <= 40 else text[:40] + "..."
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{shown!r} is not an RFC 3339 time") from None
+    if moment.tzinfo is None:
+        raise ValueError(f"{shown!r} must say its time zone, e.g. Z")
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{shown!r} is out of the range of times Prism can hold") from None
+
+
 def rfc3339(moment: datetime) -> str:
     """``2026-11-24T22:01:43Z``: the seed's timestamp format (UTC, seconds)."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

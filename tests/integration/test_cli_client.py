@@ -139,6 +139,22 @@ async def test_bad_input_is_refused_with_the_apis_reason(prism: PrismHandle) -> 
     assert orphan.stderr.decode() == 'prism: error: parent branch "nope" does not exist\n'
 
 
+async def test_out_of_range_times_are_one_line_naming_the_field(prism: PrismHandle) -> None:
+    url = ("--api", prism.info.api_url)
+    await _prism("branch", "create", "dated", *url)
+    for args, field in (
+        (("branch", "expire", "dated", "999999999999d"), "ttl"),
+        (("branch", "create", "later", "--ttl", "1e308"), "ttl"),
+        (("branch", "create", "older", "--at", "-999999999999d"), "at"),
+    ):
+        refused = await _prism(*args, *url, check=False)
+        lines = refused.stderr.decode().splitlines()
+        assert refused.returncode == 1 and len(lines) == 1, lines
+        assert lines[0].startswith(f'prism: error: "{field}" must be ') and "100 years" in lines[0]
+    listed = json.loads((await _prism("branch", "ls", "--json", *url)).stdout)
+    assert sorted((b["name"], b["expires_at"]) for b in listed) == [("dated", None), ("main", None)]
+
+
 async def test_usage_errors_exit_2() -> None:
     missing_name = await _prism("branch", "create", check=False)
     assert missing_name.returncode == 2

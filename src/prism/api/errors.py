@@ -64,15 +64,29 @@ _BODY_LEFT_UNREAD = (408, 413)
 class ApiError(Exception):
     """A request the API refuses before it reaches the manager (bad body, bad token)."""
 
-    def __init__(self, status: int, code: str, message: str, *, hint: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        hint: str | None = None,
+        field: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.hint = status, code, message, hint
+        self.field = field
+        """The body field or query parameter refused, so a script or form can point at it."""
 
 
-def error_response(status: int, code: str, message: str, hint: str | None = None) -> Response:
+def error_response(
+    status: int, code: str, message: str, hint: str | None = None, field: str | None = None
+) -> Response:
     body: dict[str, str] = {"code": code, "message": message}
     if hint:
         body["hint"] = hint
+    if field:
+        body["field"] = field
     response = jsonify(body)
     response.status_code = status
     return response
@@ -91,7 +105,7 @@ def install_error_handlers(app: QuartTrio) -> None:
 
     @app.errorhandler(ApiError)
     async def _api_error(error: ApiError) -> Response:
-        return error_response(error.status, error.code, error.message, error.hint)
+        return error_response(error.status, error.code, error.message, error.hint, error.field)
 
     @app.errorhandler(PrismError)
     async def _prism_error(error: PrismError) -> Response:
@@ -102,7 +116,12 @@ def install_error_handlers(app: QuartTrio) -> None:
 
     @app.errorhandler(HTTPException)
     async def _http_error(error: HTTPException) -> Response:
-        code = (error.name or "error").lower().replace(" ", "_")
+        # An unhandled exception arrives as InternalServerError (Quart has logged its
+        # traceback); its code is the documented ``internal_error``, like status_of's fallback.
+        if error.code == 500:
+            code = "internal_error"
+        else:
+            code = (error.name or "error").lower().replace(" ", "_")
         response = error_response(error.code or 500, code, error.description or code)
         if error.code in _BODY_LEFT_UNREAD:
             # Part of the body may still be on its way: this connection carries no more requests.

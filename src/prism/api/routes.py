@@ -1,6 +1,7 @@
 """The REST API under ``/api/v1``: every call is one ``BranchManager`` operation.
 
-Bodies are validated here (shape and types); everything about branches themselves (names,
+Bodies and query parameters are checked whole by ``prism.api.fields`` before the manager is
+called, so a refused request changes nothing; everything about branches themselves (names,
 parents, conflicts) is decided by the manager, so the proxy, the API and the CLI agree.
 """
 
@@ -8,30 +9,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
 from prism.activity import ActivityLog
+from prism.api import fields
 from prism.api.errors import ApiError
 from prism.api.views import branch_view, confinement_view
 from prism.branches import Branch, BranchManager
-from prism.config import parse_duration
 from prism.dataplane import DataPlane
 from prism.dsn import connection_view
-from prism.errors import ConfigError
 from prism.names import MAIN_BRANCH
-from prism.pitr import parse_at
 from prism.schemadiff import diff_view, format_diff
 from prism.snapshots import precise_time
 from prism.state import utcnow
 
 PREFIX = "/api/v1"
-_CREATE_FIELDS = {"name", "parent", "ttl", "protected", "at"}
-_PATCH_FIELDS = {"protected", "expires_at", "ttl", "on_create", "on_create_command"}
 _TRUE = ("1", "true", "yes")
 
 
@@ -61,6 +57,11 @@ def json_depth(raw: str) -> int:
     return deepest
 
 
+def _refuse_constant(name: str) -> NoReturn:
+    """``NaN`` and ``Infinity`` are not JSON (RFC 8259), though Python's parser takes them."""
+    raise ValueError(f"{name} is not a JSON number")
+
+
 async def _json_body() -> dict[str, Any]:
     data = await request.get_data(as_text=True)
     raw = data if isinstance(data, str) else data.decode(errors="replace")
@@ -72,115 +73,14 @@ async def _json_body() -> dict[str, Any]:
             hint='send a flat object such as {"name": "feature-x"}',
         )
     try:
-        body = json.loads(raw or "null")
-    except json.JSONDecodeError as exc:
+        body = json.loads(raw or "null", parse_constant=_refuse_constant)
+    except ValueError as exc:  # also a number past int()'s 4300 digits, not a JSONDecodeError
         raise ApiError(
             400, "malformed_json", f"the request body is not valid JSON: {exc}"
         ) from None
     if not isinstance(body, dict):
         raise ApiError(422, "invalid_request", "the request body must be a JSON object")
     return body
-
-
-def _string_field(body: dict[str, Any], name: str, default: str | None = None) -> str:
-    value = body.get(name, default)
-    if not isinstance(value, str):
-        raise ApiError(422, "invalid_request", f'"{name}" must be a string')
-    return value
-
-
-def _ttl_field(body: dict[str, Any]) -> float | None:
-    """``ttl`` as seconds: a duration (``"72h"``) or a number of seconds; absent: None."""
-    value = body.get("ttl")
-    if value is None:
-        return None
-    try:
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise ConfigError(f"invalid duration {value!r}")
-        seconds = float(value) if not isinstance(value, str) else parse_duration(value)
-    except ConfigError as exc:
-        raise ApiError(
-            422, "invalid_request", f'"ttl" must be a duration such as "72h": {exc.message}'
-        ) from None
-    if seconds <= 0:
-        raise ApiError(422, "invalid_request", '"ttl" must be more than 0')
-    return seconds
-
-
-def _expires_at_field(body: dict[str, Any]) -> datetime | None:
-    value = body["expires_at"]
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(_string_field(body, "expires_at").replace("Z", "+00:00"))
-    except ValueError:
-        raise ApiError(
-            422, "invalid_request", '"expires_at" must be an RFC 3339 time or null'
-        ) from None
-    if moment.tzinfo is None:
-        raise ApiError(422, "invalid_request", '"expires_at" must say its time zone, e.g. Z')
-    return moment
-
-
-def _command_field(value: Any) -> tuple[str, ...] | None:
-    """``on_create_command``: a program and its arguments as a list of strings, or null."""
-    if value is None:
-        return None
-    if (
-        not isinstance(value, list)
-        or not value
-        or not all(isinstance(arg, str) for arg in value)
-        or not value[0].strip()
-    ):
-        raise ApiError(
-            422,
-            "invalid_request",
-            '"on_create_command" must be a program and its arguments, e.g. '
-            '["psql", "-f", "/etc/prism/mask.sql"], or null',
-        )
-    return tuple(value)
-
-
-def _at_field(body: dict[str, Any]) -> datetime | None:
-    """``at``: the time a new branch's data is as of (RFC 3339, or ``-15m``); absent: None."""
-    if body.get("at") is None:
-        return None
-    try:
-        return parse_at(_string_field(body, "at"), utcnow())
-    except ValueError as exc:
-        raise ApiError(
-            422, "invalid_request", f'"at" must be an RFC 3339 time or -DURATION: {exc}'
-        ) from None
-
-
-def _policy_changes(body: dict[str, Any]) -> dict[str, Any]:
-    """The policy fields a PATCH body changes, checked."""
-    unknown = sorted(set(body) - _PATCH_FIELDS)
-    if unknown:
-        raise ApiError(422, "invalid_request", f"unknown field(s): {', '.join(unknown)}")
-    if "ttl" in body and "expires_at" in body:
-        raise ApiError(422, "invalid_request", 'give "ttl" or "expires_at", not both')
-    changes: dict[str, Any] = {}
-    if "protected" in body:
-        if not isinstance(body["protected"], bool):
-            raise ApiError(422, "invalid_request", '"protected" must be true or false')
-        changes["protected"] = body["protected"]
-    if "expires_at" in body:
-        changes["expires_at"] = _expires_at_field(body)
-    ttl = _ttl_field(body)
-    if ttl is not None:
-        changes["expires_at"] = utcnow() + timedelta(seconds=ttl)
-    if "on_create" in body:
-        sql = body["on_create"]
-        if sql is not None and (not isinstance(sql, str) or not sql.strip()):
-            raise ApiError(422, "invalid_request", '"on_create" must be SQL text or null')
-        changes["on_create"] = sql
-    if "on_create_command" in body:
-        changes["on_create_command"] = _command_field(body["on_create_command"])
-    if not changes:
-        fields = ", ".join(sorted(_PATCH_FIELDS))
-        raise ApiError(422, "invalid_request", f"nothing to change: give one of {fields}")
-    return changes
 
 
 def _request_host() -> str | None:
@@ -274,7 +174,7 @@ def register_routes(
             raise ApiError(
                 422, "invalid_request", '"against" (the branch to compare with) is required'
             )
-        database = request.args.get("database", "postgres")
+        database = fields.database(request.args.get("database"))
         diff = await manager.schema_diff(name, against, database=database)
         described = diff_view(diff, a=name, b=against, database=database)
         if request.args.get("format") == "text":  # the page shows what `prism diff` prints
@@ -284,33 +184,25 @@ def register_routes(
     @app.patch(f"{PREFIX}/branches/<name>")
     async def patch_branch(name: str) -> Response:
         manager.require(name)
-        await manager.set_policy(name, **_policy_changes(await _json_body()))
+        await manager.set_policy(name, **fields.policy_changes(await _json_body(), utcnow()))
         return jsonify(await view(manager.require(name)))
 
     @app.post(f"{PREFIX}/branches")
     async def create_branch() -> tuple[Response, int, dict[str, str]]:
-        body = await _json_body()
-        unknown = sorted(set(body) - _CREATE_FIELDS)
-        if unknown:
-            raise ApiError(422, "invalid_request", f"unknown field(s): {', '.join(unknown)}")
-        if "name" not in body:
-            raise ApiError(422, "invalid_request", 'the "name" of the new branch is required')
-        name = _string_field(body, "name")
-        parent = _string_field(body, "parent", MAIN_BRANCH)
-        ttl = _ttl_field(body)
-        protected = body.get("protected", False)
-        if not isinstance(protected, bool):
-            raise ApiError(422, "invalid_request", '"protected" must be true or false')
-        if manager.get(parent) is None:
+        asked = fields.create_request(await _json_body(), utcnow())
+        if manager.get(asked.parent) is None:
             raise ApiError(
                 422,
                 "unknown_parent",
-                f'parent branch "{parent}" does not exist',
+                f'parent branch "{asked.parent}" does not exist',
                 hint="list branches with GET /api/v1/branches",
+                field="parent",
             )
-        at = _at_field(body)
-        branch = await manager.create(name, parent, ttl=ttl, protected=protected, at=at)
-        return jsonify(await view(branch)), 201, {"Location": f"{PREFIX}/branches/{name}"}
+        branch = await manager.create(
+            asked.name, asked.parent, ttl=asked.ttl, protected=asked.protected, at=asked.at
+        )
+        location = f"{PREFIX}/branches/{branch.name}"
+        return jsonify(await view(branch)), 201, {"Location": location}
 
     @app.delete(f"{PREFIX}/branches/<name>")
     async def delete_branch(name: str) -> Response:

@@ -14,7 +14,7 @@ import json
 from quart import Response, jsonify, request, websocket
 from quart_trio import QuartTrio
 
-from prism.api.errors import ApiError
+from prism.api import fields
 from prism.api.routes import PREFIX
 from prism.api.views import branch_view
 from prism.branches import BranchManager
@@ -28,10 +28,8 @@ def register_stream(app: QuartTrio, manager: BranchManager) -> None:
 
     @app.get(f"{PREFIX}/events")
     async def recent_events() -> Response:
-        since = request.args.get("since", "0")
-        if not since.isdigit():
-            raise ApiError(422, "invalid_request", '"since" must be an event seq (a number)')
-        return jsonify({"events": manager.events.recent(int(since))})
+        since = fields.event_seq(request.args.get("since"))
+        return jsonify({"events": manager.events.recent(since)})
 
     @app.websocket(f"{PREFIX}/events")
     async def events() -> None:
