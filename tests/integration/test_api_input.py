@@ -38,6 +38,8 @@ _BAD_PATCHES = [
     ({"on_create_command": ["psql", "\x00"]}, "on_create_command"),
 ]
 
+_JSON = {"Content-Type": "application/json"}
+
 
 def _refused_naming(response: httpx.Response, field: str) -> None:
     assert 400 <= response.status_code < 500, response.text
@@ -66,12 +68,10 @@ async def test_a_bad_patch_is_refused_naming_the_field_and_changes_nothing(
 async def test_nan_and_infinity_are_not_json(prism: PrismHandle) -> None:
     async with api(prism) as http:
         for raw in ('{"name": "nan", "ttl": NaN}', '{"name": "inf", "ttl": Infinity}'):
-            response = await http.post(
-                f"{V1}/branches", content=raw, headers={"Content-Type": "application/json"}
-            )
+            response = await http.post(f"{V1}/branches", content=raw, headers=_JSON)
             assert (response.status_code, response.json()["code"]) == (400, "malformed_json")
         huge = '{"name": "huge", "ttl": ' + "9" * 5000 + "}"
-        response = await http.post(f"{V1}/branches", content=huge)
+        response = await http.post(f"{V1}/branches", content=huge, headers=_JSON)
         assert (response.status_code, response.json()["code"]) == (400, "malformed_json")
         assert {b["name"] for b in (await http.get(f"{V1}/branches")).json()["branches"]} == {
             "main"
@@ -90,7 +90,7 @@ async def test_strings_that_cannot_be_stored_are_refused(
     prism: PrismHandle, raw: str, field: str
 ) -> None:
     async with api(prism) as http:
-        response = await http.post(f"{V1}/branches", content=raw)
+        response = await http.post(f"{V1}/branches", content=raw, headers=_JSON)
     assert response.status_code == 422 and response.json()["field"] == field, response.text
 
 
