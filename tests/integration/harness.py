@@ -47,11 +47,16 @@ def free_port() -> int:
 
 
 def serve_args(
-    data_dir: Path, pg_port: int, api_port: int, *, storage: str | None = "copy"
+    data_dir: Path,
+    pg_port: int,
+    api_port: int,
+    *,
+    storage: str | None = "copy",
+    python: str = sys.executable,
 ) -> list[str]:
     """The command line of ``prism serve`` on ``data_dir`` and the given ports."""
     args = [
-        sys.executable,
+        python,
         "-m",
         "prism.cli",
         "serve",
@@ -77,6 +82,7 @@ async def running_prism(
     env: dict[str, str] | None = None,
     prefix: Sequence[str] = (),
     args: Sequence[str] = (),
+    python: str = sys.executable,
 ) -> AsyncIterator[tuple[trio.Process, int, int]]:
     """Start `prism serve`, wait until it is ready, yield (process, pg port, api port).
 
@@ -84,12 +90,13 @@ async def running_prism(
     backup already.
 
     ``prefix`` goes before the command (e.g. ``setpriv`` to drop privileges), ``args`` after
-    it; the output goes to :func:`log_of` the data directory.
+    it; ``python`` runs Prism (another user may not reach this one); the output goes to
+    :func:`log_of` the data directory.
     """
     pg_port, api_port = free_port(), free_port()
     log = log_of(data_dir).open("wb")
     process = await trio.lowlevel.open_process(
-        [*prefix, *serve_args(data_dir, pg_port, api_port), *args],
+        [*prefix, *serve_args(data_dir, pg_port, api_port, python=python), *args],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
