@@ -217,6 +217,22 @@ async def test_page_without_a_source_shows_none(
         assert await page.evaluate('document.querySelector("#source").hidden') is True
 
 
+async def test_page_warns_only_where_the_branch_sandbox_is_not_enforced(
+    running: Runner, page: Page, request: pytest.FixtureRequest
+) -> None:
+    sandbox = 'document.querySelector("#sandbox")'
+    async with running() as prism:
+        await page.goto(prism.info.api_url + "/")
+        await page.wait_until(f"{_LIVE} && {_status_is('main', 'running')}")
+        assert await page.evaluate(f"{sandbox}.hidden") is True
+    async with running(branch_sandbox=False) as prism, screenshot_at_end(page, request):
+        await page.goto(prism.info.api_url + "/")
+        await page.wait_until(f"{_LIVE} && !{sandbox}.hidden")
+        text = await page.evaluate(f"{sandbox}.textContent")
+        assert "not enforced" in text and "--branch-sandbox off" in text
+        assert page.errors == []
+
+
 async def test_page_reconnects_when_prism_comes_back(
     running: Runner, page: Page, request: pytest.FixtureRequest
 ) -> None:

@@ -379,6 +379,20 @@ async function refreshSource() {
   }
 }
 
+// The branch servers' sandbox: shown only where this host leaves a guard unenforced.
+async function refreshSandbox() {
+  try {
+    const sandbox = (await (await fetch("/healthz")).json()).sandbox;
+    const span = $("#sandbox");
+    span.hidden = !sandbox || sandbox.complete;
+    if (span.hidden) return;
+    span.textContent = `sandbox: not enforced: ${sandbox.missing.join("; ")}`;
+    span.title = "a branch's superuser may reach outside its branch here; see docs/security.md";
+  } catch (error) {
+    say(`could not read the sandbox's state: ${error.message}`, true);
+  }
+}
+
 async function refreshActivity() {
   try {
     activity = await call("GET", "/activity");
@@ -429,6 +443,7 @@ function apply(event) {
     loadRecentEvents();
     refreshActivity();
     refreshSource();
+    refreshSandbox();
     return render();
   }
   logEvent(event);
