@@ -14,6 +14,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
+from prism import secretfiles
 from prism.api.app import create_app
 from prism.api.closing import CloseAfterEarlyAnswer
 from prism.branches import BranchManager
@@ -119,6 +120,8 @@ class PrismServer:
         log.debug("open-file limit %d", raise_open_file_limit())
         data_dir = settings.data_dir.resolve()
         _prepare_data_dir(data_dir)
+        # Before anything of this Prism could run an initdb that writes one.
+        await trio.to_thread.run_sync(secretfiles.sweep, data_dir / "run", data_dir / "source")
         pg_listener = await _open_listener(settings.listen.host, settings.listen.port, "clients")
         api_listener = await _open_listener(settings.api.host, settings.api.port, "the API")
         storage_options = (
