@@ -158,7 +158,8 @@ class PrismServer:
                 host=settings.listen.host,
                 port=_bound(pg_listener)[1],
                 superuser=settings.superuser,
-                password=settings.password,
+                # A standby of the source has the source's roles: Prism knows no password.
+                password=None if source is not None and generations is None else settings.password,
                 tls=settings.tls,
             ),
             make_main=make_main,
@@ -206,6 +207,7 @@ class PrismServer:
                     data_plane=data_plane,
                     source_health=source_health,
                     body_timeout=settings.api_body_timeout,
+                    password_check=None if proxy.verifiers is None else proxy.verifiers.logs_in,
                 )
                 await nursery.start(_serve_api, app, api_listener)
                 if serve_early:
