@@ -84,30 +84,35 @@ def sweep(run_dir: Path, source_dir: Path, *, legacy_dir: Path | None = None) ->
     """
     removed = []
     if run_dir.is_dir():
-        for entry in run_dir.iterdir():
-            if is_leftover(entry.name) and _remove(entry):
-                removed.append(entry)
+        for path in run_dir.iterdir():
+            if is_leftover(path.name) and _remove(path):
+                removed.append(path)
     if _remove(source_dir / ROLES_SCRIPT):
         removed.append(source_dir / ROLES_SCRIPT)
     legacy = Path(tempfile.gettempdir()) if legacy_dir is None else legacy_dir
-    now = time.time()
+    removed += [path for path in _stale_legacy_files(legacy) if _remove(path)]
+    for path in removed:
+        log.info("secrets: removed %s, a secret left by a Prism killed while using it", path)
+    return removed
+
+
+def _stale_legacy_files(directory: Path) -> list[Path]:
+    """The old Prisms' password files in ``directory`` that are ours to remove now."""
     try:
-        entries = list(os.scandir(legacy))
+        entries = list(os.scandir(directory))
     except OSError as exc:
-        log.debug("secrets: cannot list %s for old password files: %s", legacy, exc)
-        entries = []
+        log.debug("secrets: cannot list %s for old password files: %s", directory, exc)
+        return []
+    now, stale = time.time(), []
     for entry in entries:
         try:
             info = entry.stat(follow_symlinks=False)
         except OSError:
             continue  # gone meanwhile
         mine = os.geteuid() in (0, info.st_uid)
-        stale = is_stale_legacy(entry.name, info.st_mode, info.st_mtime, now, mine=mine)
-        if stale and _remove(Path(entry.path)):
-            removed.append(Path(entry.path))
-    for path in removed:
-        log.info("secrets: removed %s, a secret left by a Prism killed while using it", path)
-    return removed
+        if is_stale_legacy(entry.name, info.st_mode, info.st_mtime, now, mine=mine):
+            stale.append(Path(entry.path))
+    return stale
 
 
 def _remove(path: Path) -> bool:
