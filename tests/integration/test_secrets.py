@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,9 @@ import httpx
 import psycopg
 import pytest
 import trio
+
+from tests.crash_suite import serving, spawn
+from tests.crash_suite import sql as crash_sql
 
 from .api_helpers import api
 from .harness import PASSWORD, PrismHandle, fresh_dir, log_of, psql, running_prism
@@ -107,12 +111,18 @@ async def test_password_files_a_killed_prism_left_are_gone_after_start(data_dir:
     assert f"secrets: removed {pwfile}" in log and f"secrets: removed {workdir}" in log
 
 
-async def test_a_new_main_is_initialised_without_leaving_a_password_file() -> None:
+async def test_a_kill_during_initdb_leaves_the_password_file_only_until_the_next_start() -> None:
     data_dir = fresh_dir("initdb-") / "data"
-    async with running_prism(data_dir) as (process, _, _):
-        await _stop(process)
-    assert "cluster initialised" in log_of(data_dir).read_text()
-    assert [p.name for p in (data_dir / "run").iterdir() if "initdb" in p.name] == []
+    killed = await spawn(data_dir, "copy", crash_at="initdb:password-written")
+    with trio.fail_after(120):
+        assert await killed.process.wait() == -signal.SIGKILL
+    [left] = [p for p in (data_dir / "run").iterdir() if p.name.startswith("prism-initdb-")]
+    assert left.read_text() == f"{PASSWORD}\n"
+    assert stat.S_IMODE(left.stat().st_mode) == 0o600
+    async with serving(data_dir, "copy") as prism:
+        assert not left.exists()
+        assert await crash_sql(prism.dsn("postgres"), "SELECT 1") == "1"  # initdb done over
+    assert f"secrets: removed {left}" in log_of(data_dir).read_text()
 
 
 @pytest.fixture(autouse=True)

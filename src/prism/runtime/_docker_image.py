@@ -26,6 +26,7 @@ from docker.models.containers import Container
 from docker.types import Mount
 
 from prism import secretfiles
+from prism.crashpoints import crash_point
 from prism.errors import ConfigError, RuntimeStartFailed
 from prism.pgbin import read_data_major
 from prism.runtime._docker_engine import LABEL_MANAGED, LABEL_PGDATA, DockerEngine
@@ -155,6 +156,7 @@ class Images:
         workdir = await trio.to_thread.run_sync(
             _initdb_workdir, run_dir, password, uid, gid, info.passwd
         )
+        crash_point("initdb:password-written")  # a kill now leaves it: the start-up sweep
         target = info.pgdata
         mounts = [
             Mount(target, str(pgdata), type="bind"),

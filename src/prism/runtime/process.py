@@ -23,6 +23,7 @@ import trio
 
 from prism import secretfiles, serverconf
 from prism.address import BackendAddress
+from prism.crashpoints import crash_point
 from prism.errors import ConfigError, RuntimeStartFailed, RuntimeStopFailed
 from prism.pgbin import PgInstall, PgInstalls
 from prism.runtime._postmaster import (
@@ -118,6 +119,7 @@ class ProcessRuntime:
         """Initialise ``pgdata`` as a new cluster: trust on the private socket, SCRAM over TCP."""
         await trio.to_thread.run_sync(self._own_pgdata, pgdata, True)
         pwfile = await trio.to_thread.run_sync(self._write_pwfile, password)
+        crash_point("initdb:password-written")  # a kill now leaves it: the start-up sweep
         try:
             command = [
                 str(self._install.bin("initdb")),
