@@ -36,6 +36,7 @@ import trio
 from prism.crashpoints import POINTS
 from prism.runtime._postmaster import postmasters_under
 from prism.runtime.docker import LABEL_PGDATA
+from prism.secretfiles import is_leftover
 from tests.integration.harness import PASSWORD, free_port, psql, serve_args
 from tests.sysenv import DOCKER_IMAGE
 
@@ -301,6 +302,9 @@ async def check_invariants(
             outcome.rows_lost = MAIN_ROWS - count
         on_disk, others = _directories(data_dir)
         outcome.leftover_dirs += sorted(on_disk - set(names)) + others
+        # A password a killed initdb left must be gone once Prism is back.
+        run = data_dir / "run"
+        outcome.leftover_dirs += sorted(p.name for p in run.iterdir() if is_leftover(p.name))
         owned = {str(data_dir / "master")} | {str(data_dir / "branches" / n) for n in names}
         servers = await trio.to_thread.run_sync(servers_under, data_dir, runtime)
         outcome.orphan_servers += [

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import secrets
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,18 @@ class VerifierStore:
         source = branch if self._manager.get(branch) is not None else self._manager.defaults.parent
         roles = await self._roles(source)
         return roles.get(role)
+
+    async def logs_in(self, branch: str, role: str, password: str) -> bool | None:
+        """Whether ``password`` logs ``role`` in to ``branch`` as its server would check it
+        (None: Prism has no word on the branch's roles), never starting the server."""
+        roles = await self._roles(branch)
+        if not roles:
+            return None
+        secret = roles.get(role)
+        verifier = None if secret is None else secret.usable_verifier(time.time())
+        if verifier is None:
+            return False
+        return await trio.to_thread.run_sync(verifier.accepts, password)
 
     async def _roles(self, branch: str) -> Roles:
         """The roles of ``branch`` as its server would check them, never starting it."""

@@ -17,6 +17,7 @@ from prism.client import add_client_commands, join_relative_times, run_client
 from prism.config import SETTINGS, LogLevel, Settings, load_settings
 from prism.errors import find_prism_error
 from prism.server import PrismServer
+from prism.source.conninfo import parse_conninfo
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,23 @@ async def _serve_until_signalled(settings: Settings) -> None:
             await nursery.start(PrismServer(settings).run)
 
 
+def warn_of_password_in_argv(source_flag: str | None) -> None:
+    """Warn, once at start, when ``--source`` on the command line holds a password.
+
+    Every local user reads a process's arguments in ``ps``; the environment and files are
+    private to Prism's user. The password is taken, so a quick try still works, but never
+    echoed. Only the flag counts: ``$PRISM_SOURCE`` and ``prism.toml`` are not in ``ps``.
+    """
+    if not source_flag or parse_conninfo(source_flag).password is None:
+        return
+    log.warning(
+        "source: --source on the command line holds a password, which every local user can "
+        "read in ps; give the connection string in $PRISM_SOURCE instead, or the password "
+        "in a file named by --source-password-file or in a $PGPASSFILE entry "
+        "(see docs/production-data.md)"
+    )
+
+
 def _fail(message: str, hint: str | None) -> int:
     print(f"prism: error: {message}", file=sys.stderr)
     if hint:
@@ -98,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_of(args)
         _configure_logging(settings.log_level)
+        warn_of_password_in_argv(getattr(args, "source", None))
         trio.run(_serve_until_signalled, settings)
     except Exception as exc:
         error = find_prism_error(exc)

@@ -216,9 +216,14 @@ def _connection(api: ApiClient, name: str, args: argparse.Namespace) -> Text:
     """``name``'s connection string in the asked format, as a bare line for ``$(...)``."""
     params = {"password": "true"} if args.password else {}
     branch = api.call("GET", f"/branches/{name}", params=params)
-    if branch.get("connection") is None:
+    connection = branch.get("connection")
+    if connection is None:
         raise ClientError(f'Prism does not say how to reach branch "{name}"')
-    return Text(branch["connection"][args.format])
+    if connection.get("password_note"):
+        # The string still works with the password the user knows: say why it has none, on
+        # stderr, so $(prism branch dsn ...) gets the string alone.
+        print(f"prism: no password: {connection['password_note']}", file=sys.stderr)
+    return Text(connection[args.format])
 
 
 def _create(api: ApiClient, args: argparse.Namespace) -> Any:
@@ -373,7 +378,10 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
             "--format", choices=FORMATS, default="uri", help="connection string format (uri)"
         )
         parser.add_argument(
-            "--password", action="store_true", help="include the password (left out by default)"
+            "--password",
+            action="store_true",
+            help="include the password (left out by default; none, said why on stderr, where "
+            "Prism does not know it)",
         )
 
     verb("ls", "list branches", _ls, named=False)

@@ -550,7 +550,8 @@ class Settings:
         metadata=_about(
             str,
             "libpq connection string or postgres:// URL of a server to back up into main and "
-            "follow as a hot standby (empty: main is Prism's own; see docs/production-data.md)",
+            "follow as a hot standby (empty: main is Prism's own; see docs/production-data.md; "
+            "with a password in it prefer $PRISM_SOURCE: flags show in ps)",
         ),
     )
     source_password_file: Path | None = field(

@@ -28,7 +28,13 @@ POINTS: dict[str, tuple[str, ...]] = {
         "reset:cloned",
         "reset:hooked",
     ),
-    "initdb": ("initdb:recorded", "initdb:created", "initdb:initialised", "initdb:registered"),
+    "initdb": (
+        "initdb:recorded",
+        "initdb:created",
+        "initdb:password-written",
+        "initdb:initialised",
+        "initdb:registered",
+    ),
     "start": ("start:server-up",),
     "stop": ("stop:server-down",),
 }

@@ -5,13 +5,20 @@ trips people up: inside a URI it must be written ``%40`` or the client takes eve
 it for the user and password, so every format is built here, once, from the same parameters.
 The password is left out unless asked for (strings get pasted into chats and CI logs); TLS
 parameters follow the daemon's ``tls`` setting. Pure: no I/O, unit-tested.
+
+Asked for, the password is given only when it logs in; else it is withheld with a note saying
+why (``password_note``). Prism knows one password, the ``--password`` it gave the superuser at
+``initdb``: a main that follows a source has the source's roles and passwords, and a password
+changed in a branch (``ALTER ROLE``) is the branch's own.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 from urllib.parse import quote, urlencode
 
 from prism.config import TlsMode
@@ -27,9 +34,22 @@ class Endpoint:
     host: str
     port: int
     superuser: str
-    password: str
+    password: str | None
+    """The superuser's password as Prism set it at initdb; None when main's roles are the
+    source's (a standby of it), whose passwords Prism does not know."""
     tls: TlsMode = TlsMode.ON
     dbname: str = "postgres"
+
+
+ROLES_FROM_SOURCE: Final = (
+    "main follows a source (--source), so its roles and their passwords are the source's: "
+    "Prism does not know them. Log in with the password {user} has on the source"
+)
+PASSWORD_CHANGED: Final = (
+    "the password of {user} in this branch is not the one Prism set at initdb (--password): "
+    "it was changed or removed (ALTER ROLE), or main was made with another. Prism does not "
+    "know it"
+)
 
 
 @dataclass(frozen=True)
@@ -42,6 +62,8 @@ class ConnectionParams:
     dbname: str
     sslmode: str
     password: str | None = None
+    password_note: str | None = None
+    """Why a password asked for is not given (then ``password`` is None)."""
 
     def as_dict(self) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -66,7 +88,7 @@ def params_for(
         chosen = host or "127.0.0.1"
     # "on" offers TLS: require it, since the client can; "required" refuses plaintext anyway.
     sslmode = "disable" if endpoint.tls == TlsMode.OFF else "require"
-    return ConnectionParams(
+    params = ConnectionParams(
         host=chosen,
         port=endpoint.port,
         user=f"{endpoint.superuser}@{branch}",
@@ -74,6 +96,32 @@ def params_for(
         sslmode=sslmode,
         password=endpoint.password if with_password else None,
     )
+    if with_password and endpoint.password is None:
+        return withheld(params, ROLES_FROM_SOURCE.format(user=endpoint.superuser))
+    return params
+
+
+PasswordCheck = Callable[[str, str, str], Awaitable[bool | None]]
+"""``(branch, role, password)`` → whether that password logs the role in to the branch (None:
+unknown), as ``prism.auth.VerifierStore.logs_in`` tells from the branch's verifiers."""
+
+
+async def confirmed(
+    p: ConnectionParams, branch: str, superuser: str, check: PasswordCheck | None
+) -> ConnectionParams:
+    """``p``, its password withheld if ``check`` says it does not log in (kept when unknown:
+    it is the one Prism set, and nothing says it changed)."""
+    if p.password is None or check is None:
+        return p
+    if await check(branch, superuser, p.password) is False:
+        return withheld(p, PASSWORD_CHANGED.format(user=superuser))
+    return p
+
+
+def withheld(p: ConnectionParams, note: str) -> ConnectionParams:
+    """``p`` without its password, saying why: a password that does not log in is worse than
+    none, since the client's error then blames the user."""
+    return dataclasses.replace(p, password=None, password_note=note)
 
 
 def _uri_host(host: str) -> str:
@@ -134,5 +182,9 @@ def render(p: ConnectionParams, fmt: str) -> str:
 
 
 def connection_view(p: ConnectionParams) -> dict[str, Any]:
-    """The ``connection`` object of the API: the parameters and every format."""
-    return {**p.as_dict(), **{fmt: render(p, fmt) for fmt in FORMATS}}
+    """The ``connection`` object of the API: the parameters and every format; a password asked
+    for but withheld is ``"password": null`` with its ``password_note``."""
+    view = {**p.as_dict(), **{fmt: render(p, fmt) for fmt in FORMATS}}
+    if p.password_note is not None:
+        view.update(password=None, password_note=p.password_note)
+    return view

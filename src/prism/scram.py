@@ -327,6 +327,14 @@ class ScramVerifier:
             secrets.token_bytes(_KEY_LENGTH),
         )
 
+    def accepts(self, password: str) -> bool:
+        """Whether ``password`` logs in against this verifier (the server's own check, offline).
+
+        Costs one PBKDF2 of the verifier's iterations: for an API call, not a hot path.
+        """
+        salted = salted_password(password, self.salt, self.iterations)
+        return hmac.compare_digest(stored_key(client_key(salted)), self.stored_key)
+
     def encode(self) -> str:
         """The ``rolpassword`` text form."""
         return (

@@ -14,6 +14,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
+from prism import secretfiles
 from prism.api.app import create_app
 from prism.api.closing import CloseAfterEarlyAnswer
 from prism.branches import BranchManager
@@ -120,6 +121,8 @@ class PrismServer:
         log.debug("open-file limit %d", raise_open_file_limit())
         data_dir = settings.data_dir.resolve()
         _prepare_data_dir(data_dir)
+        # Before anything of this Prism could run an initdb that writes one.
+        await trio.to_thread.run_sync(secretfiles.sweep, data_dir / "run", data_dir / "source")
         pg_listener = await _open_listener(settings.listen.host, settings.listen.port, "clients")
         api_listener = await _open_listener(settings.api.host, settings.api.port, "the API")
         storage_options = (
@@ -157,7 +160,8 @@ class PrismServer:
                 host=settings.listen.host,
                 port=_bound(pg_listener)[1],
                 superuser=settings.superuser,
-                password=settings.password,
+                # A standby of the source has the source's roles: Prism knows no password.
+                password=None if source is not None and generations is None else settings.password,
                 tls=settings.tls,
             ),
             make_main=make_main,
@@ -206,6 +210,7 @@ class PrismServer:
                     data_plane=data_plane,
                     source_health=source_health,
                     body_timeout=settings.api_body_timeout,
+                    password_check=None if proxy.verifiers is None else proxy.verifiers.logs_in,
                 )
                 await nursery.start(_serve_api, app, api_listener)
                 if serve_early:

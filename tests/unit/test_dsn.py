@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import shlex
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from prism.dsn import FORMATS, Endpoint, connection_view, params_for, render
+from prism.dsn import (
+    FORMATS,
+    ConnectionParams,
+    Endpoint,
+    confirmed,
+    connection_view,
+    params_for,
+    render,
+)
 
 _TLS = Endpoint(host="db.example", port=5432, superuser="postgres", password="s3cr:t@x", tls="on")
 _PLAIN = Endpoint(host="0.0.0.0", port=6432, superuser="postgres", password="pw", tls="off")
@@ -72,3 +81,32 @@ def test_ipv6_hosts_are_bracketed_in_uris() -> None:
 def test_unknown_format_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="choose one of"):
         render(params_for(_TLS, "b"), "yaml")
+
+
+_STANDBY = Endpoint(host="h", port=5432, superuser="postgres", password=None, tls="off")
+
+
+def test_a_standby_of_a_source_gives_no_password_and_says_why() -> None:
+    view = connection_view(params_for(_STANDBY, "main", with_password=True))
+    assert view["password"] is None
+    assert "source" in view["password_note"] and "postgres" in view["password_note"]
+    assert urlsplit(view["uri"]).password is None and "PGPASSWORD" not in view["env"]
+    assert "password" not in connection_view(params_for(_STANDBY, "main"))
+
+
+def _check(answer: bool | None) -> Any:
+    async def check(branch: str, role: str, password: str) -> bool | None:
+        assert (branch, role, password) == ("feature", "postgres", "s3cr:t@x")
+        return answer
+
+    return check
+
+
+async def test_a_password_the_branch_refuses_is_withheld_and_an_unknown_answer_keeps_it() -> None:
+    asked = params_for(_TLS, "feature", with_password=True)
+    refused = await confirmed(asked, "feature", "postgres", _check(False))
+    assert refused.password is None and "ALTER ROLE" in (refused.password_note or "")
+    for answer in (True, None):
+        kept: ConnectionParams = await confirmed(asked, "feature", "postgres", _check(answer))
+        assert kept == asked
+    assert await confirmed(asked, "feature", "postgres", None) == asked

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
+import hmac
 
 import pytest
 from hypothesis import given
@@ -141,3 +143,20 @@ def test_scram_errors_are_protocol_violations() -> None:
 def test_any_server_first_message_gives_a_final_message_or_a_scram_error(data: bytes) -> None:
     with contextlib.suppress(ScramError):
         rfc7677_client().client_final(data)
+
+
+def _postgres_verifier(password: str, salt: bytes, iterations: int) -> str:
+    """What Postgres stores for ``password``, computed here from RFC 5802 alone."""
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client = hmac.new(salted, b"Client Key", "sha256").digest()
+    server = hmac.new(salted, b"Server Key", "sha256").digest()
+    b64 = [base64.b64encode(part).decode() for part in (salt, hashlib.sha256(client).digest())]
+    return f"SCRAM-SHA-256${iterations}:{b64[0]}${b64[1]}:{base64.b64encode(server).decode()}"
+
+
+def test_a_verifier_accepts_its_own_password_and_no_other() -> None:
+    verifier = scram.ScramVerifier.parse(_postgres_verifier("pässword", b"0123456789ab", 4096))
+    assert verifier is not None
+    assert verifier.accepts("pässword")
+    assert not verifier.accepts("password")
+    assert not verifier.accepts("")

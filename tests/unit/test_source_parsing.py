@@ -41,6 +41,15 @@ def test_a_malformed_string_is_a_clear_error(text: str) -> None:
         parse_conninfo(text)
 
 
+@pytest.mark.parametrize(
+    "text", ["host=h password=hunter2 morehunter2", "postgresql://u:hunter2@h:notaport/db"]
+)
+def test_a_malformed_string_is_refused_without_echoing_its_password(text: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_conninfo(text)
+    assert "hunter2" not in f"{caught.value.message} {caught.value.hint}"
+
+
 def test_pgpass_escapes_separators() -> None:
     assert pgpass_line("a:b\\c") == "*:*:*:*:a\\:b\\\\c\n"
 

@@ -23,6 +23,7 @@ from prism.api.stream import register_stream
 from prism.branches import BranchManager
 from prism.config import Settings
 from prism.dataplane import PUMP, DataPlane
+from prism.dsn import PasswordCheck
 from prism.metrics import Metrics
 from prism.state import rfc3339
 
@@ -40,6 +41,7 @@ def create_app(
     data_plane: DataPlane = PUMP,
     body_timeout: float = Settings.api_body_timeout,
     source_health: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+    password_check: PasswordCheck | None = None,
 ) -> QuartTrio:
     """Build the HTTP app over ``manager``; every route reads or changes branches through it.
 
@@ -47,6 +49,8 @@ def create_app(
     ``prism.api.origin``). ``data_plane`` is only reported (``/healthz``, ``/metrics``): the
     proxy owns it.
     ``source_health`` reads main's replication from its source, when main follows one.
+    ``password_check`` tells whether a password logs a role in to a branch (``--auth verify``
+    has the verifiers): a password asked for that does not is withheld.
     A client that sent its headers has ``body_timeout`` seconds to send the body, or gets 408
     and is closed (see ``prism.api.closing``): a local user must not be able to pin Prism's
     descriptors with bodies that never come.
@@ -58,7 +62,7 @@ def create_app(
     install_error_handlers(app)
     install_origin_checks(app, served_names)
     install_auth(app, api_token)
-    register_routes(app, manager, data_plane, source_health)
+    register_routes(app, manager, data_plane, source_health, password_check)
     register_stream(app, manager)
     register_page(app)
 

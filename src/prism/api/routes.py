@@ -21,7 +21,7 @@ from prism.api.errors import ApiError
 from prism.api.views import branch_view, confinement_view
 from prism.branches import Branch, BranchManager
 from prism.dataplane import DataPlane
-from prism.dsn import connection_view
+from prism.dsn import PasswordCheck, confirmed, connection_view
 from prism.names import MAIN_BRANCH
 from prism.schemadiff import diff_view, format_diff
 from prism.snapshots import precise_time
@@ -93,12 +93,16 @@ def register_routes(
     manager: BranchManager,
     data_plane: DataPlane,
     source_health: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+    password_check: PasswordCheck | None = None,
 ) -> None:
     """Add the REST routes, ``/healthz`` and the seed's ``/branches`` to ``app``."""
 
     async def view(branch: Branch, *, with_password: bool = False) -> dict[str, Any]:
         usage = await manager.usage_bytes(branch.name)
         params = manager.connection(branch.name, host=_request_host(), with_password=with_password)
+        if params is not None and manager.endpoint is not None:
+            superuser = manager.endpoint.superuser
+            params = await confirmed(params, branch.name, superuser, password_check)
         kept = manager.point_in_time
         return branch_view(
             branch,

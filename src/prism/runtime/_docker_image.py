@@ -25,6 +25,8 @@ import trio
 from docker.models.containers import Container
 from docker.types import Mount
 
+from prism import secretfiles
+from prism.crashpoints import crash_point
 from prism.errors import ConfigError, RuntimeStartFailed
 from prism.pgbin import read_data_major
 from prism.runtime._docker_engine import LABEL_MANAGED, LABEL_PGDATA, DockerEngine
@@ -154,6 +156,7 @@ class Images:
         workdir = await trio.to_thread.run_sync(
             _initdb_workdir, run_dir, password, uid, gid, info.passwd
         )
+        crash_point("initdb:password-written")  # a kill now leaves it: the start-up sweep
         target = info.pgdata
         mounts = [
             Mount(target, str(pgdata), type="bind"),
@@ -272,7 +275,8 @@ def image_user(passwd: str) -> tuple[int, int] | None:
 def _initdb_workdir(run_dir: Path, password: str, uid: int, gid: int, passwd: str) -> Path:
     """A private directory with the password file (and a passwd entry if the image lacks uid)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=".initdb-", dir=run_dir))
+    # Named for the start-up sweep: a kill before its removal leaves the password in it.
+    workdir = Path(tempfile.mkdtemp(prefix=secretfiles.WORKDIR_PREFIX, dir=run_dir))
     try:
         pwfile = workdir / "pwfile"
         pwfile.write_text(password + "\n", encoding="utf-8")

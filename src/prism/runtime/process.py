@@ -15,7 +15,6 @@ import os
 import pwd
 import signal
 import subprocess
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,9 @@ from typing import BinaryIO
 
 import trio
 
-from prism import serverconf
+from prism import secretfiles, serverconf
 from prism.address import BackendAddress
+from prism.crashpoints import crash_point
 from prism.errors import ConfigError, RuntimeStartFailed, RuntimeStopFailed
 from prism.pgbin import PgInstall, PgInstalls
 from prism.runtime import landlock, sandbox
@@ -130,6 +130,7 @@ class ProcessRuntime:
         """Initialise ``pgdata`` as a new cluster: trust on the private socket, SCRAM over TCP."""
         await trio.to_thread.run_sync(self._own_pgdata, pgdata, True)
         pwfile = await trio.to_thread.run_sync(self._write_pwfile, password)
+        crash_point("initdb:password-written")  # a kill now leaves it: the start-up sweep
         try:
             command = [
                 str(self._install.bin("initdb")),
@@ -474,10 +475,7 @@ class ProcessRuntime:
             raise RuntimeStartFailed(f"the data directory {pgdata} does not exist")
         self._own_pgdata(pgdata, False)
         self._log_dir.mkdir(parents=True, exist_ok=True)
-        self._run_dir.mkdir(parents=True, exist_ok=True)
-        if self._install.switches_user:
-            # The server user must be able to pass through to its own socket directory.
-            self._run_dir.chmod(self._run_dir.stat().st_mode | 0o111)
+        self._reachable_run_dir()
         owner = self._install
         server_ids = (owner.run_as_uid, owner.run_as_gid) if owner.switches_user else None
         make_socket_dir(socket_dir, server_ids)
@@ -590,17 +588,26 @@ class ProcessRuntime:
         pgdata.chmod(0o700)
 
     def _write_pwfile(self, password: str) -> Path:
-        """A 0600 password file the server user can read, for ``initdb --pwfile``."""
-        fd, name = tempfile.mkstemp(prefix="prism-initdb-", suffix=".pw")
-        path = Path(name)
+        """A 0600 password file the server user can read, for ``initdb --pwfile``.
+
+        It is made in the private run dir, not the shared temporary directory, so a Prism
+        killed during initdb leaves it where the next start sweeps it (``secretfiles``).
+        """
+        self._reachable_run_dir()
+        path = secretfiles.write_password_file(self._run_dir, password)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as file:
-                file.write(password + "\n")
             self._install.chown(path)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
         return path
+
+    def _reachable_run_dir(self) -> None:
+        """Make the run dir; searchable (not listable) by the server user when that is
+        another, who opens its socket directory and initdb's password file in it."""
+        self._run_dir.mkdir(parents=True, exist_ok=True)
+        if self._install.switches_user:
+            self._run_dir.chmod(self._run_dir.stat().st_mode | 0o111)
 
 
 async def _wait_ready(process: trio.Process, pgdata: Path) -> bool:

@@ -74,8 +74,9 @@ def _parse_pairs(text: str) -> list[tuple[str, str]]:
             continue
         match = _KEY.match(text, index)
         if match is None:
+            # The text there may be part of a password: say where, never what.
             raise ConfigError(
-                f"invalid source connection string near {text[index : index + 20]!r}",
+                f"invalid source connection string at character {index + 1}",
                 hint="write key=value pairs (host=db.example.com port=5432 user=replicator) "
                 "or a postgres:// URL",
             )
@@ -109,7 +110,8 @@ def _parse_url(text: str) -> list[tuple[str, str]]:
     try:
         port = url.port
     except ValueError:
-        raise ConfigError(f"invalid port in the source URL {url.netloc!r}") from None
+        # The netloc holds the password: name the host alone.
+        raise ConfigError(f"invalid port in the source URL for host {url.hostname!r}") from None
     if port is not None:
         pairs.append(("port", str(port)))
     if url.username:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import trio
 
+from prism import secretfiles
 from prism.source.basebackup import ToolFailed
 from prism.source.tools import Tools
 
@@ -127,7 +128,7 @@ async def copy_roles(
         )
         sql = await _run(tools, "pg_dumpall", [*args, "--no-role-passwords"], env, shares)
         with_passwords = False
-    script = workdir / "roles.sql"
+    script = workdir / secretfiles.ROLES_SCRIPT  # a kill leaves it: the start-up sweep
     await trio.to_thread.run_sync(
         _write_script, script, roles_script(sql, keep_out=target.superuser)
     )
