@@ -341,12 +341,10 @@ class ProcessRuntime:
             ruleset = await trio.to_thread.run_sync(
                 self._ruleset, install, owned, mounts, branch, pgdata, port, socket_dir
             )
-        confine = {} if ruleset is None else {"preexec_fn": ruleset.restrict_self}
         server_log = await trio.to_thread.run_sync(_open_log, log_path)
         with server_log, contextlib.ExitStack() as release:
             if ruleset is not None:
                 release.callback(ruleset.close)
-                confine["pass_fds"] = (ruleset.fd,)
             log_offset = server_log.tell()
             try:
                 process = await trio.lowlevel.open_process(
@@ -357,7 +355,8 @@ class ProcessRuntime:
                     start_new_session=True,
                     env=_server_env(),
                     **self._install.spawn_options(),
-                    **confine,
+                    preexec_fn=None if ruleset is None else ruleset.restrict_self,
+                    pass_fds=() if ruleset is None else (ruleset.fd,),
                 )
             except (OSError, subprocess.SubprocessError) as exc:
                 raise RuntimeStartFailed(f"cannot run {command[0]}: {exc}") from exc
