@@ -40,6 +40,7 @@ import trio
 from prism.address import BackendAddress
 from prism.branches import BranchManager
 from prism.clientauth import RoleSecret
+from prism.config import AuthMode, Settings
 from prism.errors import PrismError
 from prism.pgclient import connect_service
 
@@ -54,6 +55,25 @@ _ROLES_SQL: Final = (
 
 
 Roles = dict[str, RoleSecret]
+
+
+def open_verifiers(manager: BranchManager, settings: Settings) -> VerifierStore | None:
+    """The role store ``--auth verify`` checks logins with, or None in passthrough.
+
+    Its snapshots follow the branches: taken after every start and before every stop, and
+    forgotten when a branch's data is thrown away.
+    """
+    if settings.auth is AuthMode.PASSTHROUGH:
+        log.warning(
+            "auth: --auth passthrough: branches are created and woken before clients "
+            "authenticate; use it only on a trusted network"
+        )
+        return None
+    verifiers = VerifierStore(manager, superuser=settings.superuser, password=settings.password)
+    manager.before_stop.append(verifiers.snapshot)
+    manager.after_start.append(verifiers.snapshot)
+    manager.after_discard.append(verifiers.forget)
+    return verifiers
 
 
 class VerifierStore:
