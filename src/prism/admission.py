@@ -10,12 +10,13 @@ must keep. ``BranchManager`` satisfies the protocol by its shape; it does not in
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
     from prism.address import BackendAddress
 
 
+@runtime_checkable
 class SessionBranch(Protocol):
     """The branch a session was admitted to, as far as the proxy's accounting goes."""
 
@@ -23,6 +24,7 @@ class SessionBranch(Protocol):
     last_active_ts: float
 
 
+@runtime_checkable
 class Session(Protocol):
     """One admitted client session: where its server is, and the branch it counts on."""
 
@@ -36,6 +38,7 @@ class Session(Protocol):
 SessionT = TypeVar("SessionT", bound=Session)
 
 
+@runtime_checkable
 class FrontDoor(Protocol[SessionT]):
     """The branch operations a client connection needs, from admission to its close.
 
