@@ -19,6 +19,10 @@ ago). A snapshot is written into the branch's data directory (0600) when the rol
 from the last read, after every start and just before every stop, so a stopped branch checks a
 login against its snapshot (or, for a clone that never ran, its parent's) and is never woken
 by a password check; the snapshot lives and dies with the branch's data.
+
+This module is that I/O: the store of role verifiers. Checking a client against one is pure
+and lives in :mod:`prism.clientauth`, so the sans-IO start-up machine need not import this
+module (and with it the manager, trio and the service client).
 """
 
 from __future__ import annotations
@@ -29,16 +33,16 @@ import os
 import secrets
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 import trio
 
-from prism import scram, wire
 from prism.address import BackendAddress
 from prism.branches import BranchManager
-from prism.errors import PrismError, ProtocolViolation
+from prism.clientauth import RoleSecret
+from prism.config import AuthMode, Settings
+from prism.errors import PrismError
 from prism.pgclient import connect_service
 
 log = logging.getLogger(__name__)
@@ -51,27 +55,26 @@ _ROLES_SQL: Final = (
 )
 
 
-@dataclass(frozen=True)
-class RoleSecret:
-    """What ``pg_authid`` says about one role, as far as logging in is concerned."""
-
-    password: str | None
-    can_login: bool
-    valid_until: float | None
-
-    def usable_verifier(self, now: float) -> scram.ScramVerifier | None:
-        """The SCRAM verifier a login can be checked against, or None if none can pass.
-
-        As Postgres with ``scram-sha-256`` in pg_hba: no password, an md5 hash or an expired
-        password fail. A role without LOGIN is left to the server, which says so itself once
-        the password was right.
-        """
-        if self.valid_until is not None and self.valid_until < now:
-            return None
-        return scram.ScramVerifier.parse(self.password)
-
-
 Roles = dict[str, RoleSecret]
+
+
+def open_verifiers(manager: BranchManager, settings: Settings) -> VerifierStore | None:
+    """The role store ``--auth verify`` checks logins with, or None in passthrough.
+
+    Its snapshots follow the branches: taken after every start and before every stop, and
+    forgotten when a branch's data is thrown away.
+    """
+    if settings.auth is AuthMode.PASSTHROUGH:
+        log.warning(
+            "auth: --auth passthrough: branches are created and woken before clients "
+            "authenticate; use it only on a trusted network"
+        )
+        return None
+    verifiers = VerifierStore(manager, superuser=settings.superuser, password=settings.password)
+    manager.before_stop.append(verifiers.snapshot)
+    manager.after_start.append(verifiers.snapshot)
+    manager.after_discard.append(verifiers.forget)
+    return verifiers
 
 
 class VerifierStore:
@@ -201,67 +204,3 @@ class VerifierStore:
         except OSError as exc:
             log.warning("auth: could not write role snapshot of branch %s: %s", branch, exc)
             temporary.unlink(missing_ok=True)
-
-
-@dataclass(frozen=True)
-class Verified:
-    """A client that proved it knows the role's password; what logging it in further needs."""
-
-    verifier: scram.ScramVerifier
-    client_key: bytes
-    server_final: bytes
-
-
-class ClientVerification:
-    """The server side of SCRAM with one client, sans-IO: the client's messages in, ours out.
-
-    Driven by :class:`prism.startup.Startup`. The final message (with Prism's server signature)
-    is not sent here: the client gets it together with AuthenticationOk once the branch server
-    has accepted the login too.
-    """
-
-    def __init__(
-        self,
-        role: str,
-        secret: RoleSecret | None,
-        *,
-        now: float,
-        channel_binding: bytes | None,
-        mock_secret: bytes,
-    ) -> None:
-        self._role = role
-        self._known = secret is not None
-        verifier = secret.usable_verifier(now) if secret is not None else None
-        self._server = scram.ScramServer(
-            role, verifier, mock_secret=mock_secret, channel_binding=channel_binding
-        )
-
-    def challenge(self) -> bytes:
-        """AuthenticationSASL, naming the mechanisms the client may choose from."""
-        mechanisms = b"".join(m.encode() + b"\0" for m in self._server.mechanisms) + b"\0"
-        return wire.Authentication(wire.AuthCode.SASL, mechanisms).encode()
-
-    def client_first(self, message: wire.Message) -> bytes:
-        """The AuthenticationSASLContinue answering the client's SASLInitialResponse."""
-        initial = wire.SASLInitialResponse.decode(_password_payload(message))
-        server_first = self._server.server_first(initial.mechanism, initial.data)
-        return wire.Authentication(wire.AuthCode.SASL_CONTINUE, server_first).encode()
-
-    def client_final(self, message: wire.Message, peer: str) -> Verified:
-        """The verified client; AuthenticationFailed unless its proof is right."""
-        try:
-            final = self._server.server_final(_password_payload(message))
-        except scram.AuthenticationFailed:
-            why = "no such role" if not self._known else "wrong password or no usable SCRAM secret"
-            log.info("auth: login of role %r from %s failed: %s", self._role, peer, why)
-            raise
-        assert self._server.client_key is not None
-        return Verified(self._server.verifier, self._server.client_key, final)
-
-
-def _password_payload(message: wire.Message) -> bytes:
-    if message.type != b"p":
-        raise ProtocolViolation(
-            f"expected SASL response, got message type {message.type.decode('latin-1')!r}"
-        )
-    return message.payload

@@ -1,6 +1,6 @@
 """Logging a client's session in to its branch server, sans-IO: one server message at a time.
 
-With a :class:`~prism.auth.Verified` client (``--auth verify``), Prism answers the server's
+With a :class:`~prism.clientauth.Verified` client (``--auth verify``), Prism answers the server's
 SCRAM challenge itself with the client's ClientKey, so the password never crosses Prism;
 otherwise (passthrough) each challenge goes to the client and its answer back. Either way the
 client sees exactly one AuthenticationOk. :class:`prism.startup.Startup` feeds this the
@@ -13,7 +13,7 @@ import enum
 from dataclasses import dataclass
 
 from prism import scram, wire
-from prism.auth import Verified
+from prism.clientauth import Verified
 from prism.errors import PrismError, ProtocolViolation
 
 

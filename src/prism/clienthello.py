@@ -21,7 +21,9 @@ from typing import Final
 MAX_HELLO: Final = 32_768
 """Give up looking for a name in a ClientHello longer than this (real ones are ~0.5-2 KiB)."""
 
-_HANDSHAKE: Final = 0x16
+TLS_HANDSHAKE_RECORD: Final = 0x16
+"""First byte of a TLS handshake record: how a direct-TLS connection announces itself."""
+
 _CLIENT_HELLO: Final = 0x01
 _SERVER_NAME: Final = 0x0000
 _HOST_NAME: Final = 0x00
@@ -82,7 +84,7 @@ def server_name(data: bytes) -> str | NeedMore | None:
                 return _name_in(bytes(handshake[4 : 4 + length]))
         if len(data) < pos + 5:
             return NEED_MORE if len(data) < MAX_HELLO else None
-        if data[pos] != _HANDSHAKE:
+        if data[pos] != TLS_HANDSHAKE_RECORD:
             return None
         record_length = int.from_bytes(data[pos + 3 : pos + 5], "big")
         if len(data) < pos + 5 + record_length:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
-from prism.branches import BranchManager
+from prism.admission import FrontDoor
 from prism.config import CreatePolicy
 from prism.errors import BranchNotFound, TooManyConnections
 
@@ -28,7 +29,7 @@ class Limits:
 class Gate:
     """Applies :class:`Limits` to the proxy's connections."""
 
-    def __init__(self, manager: BranchManager, limits: Limits) -> None:
+    def __init__(self, manager: FrontDoor[Any], limits: Limits) -> None:
         self._manager = manager
         self._limits = limits
         self._in_startup = 0

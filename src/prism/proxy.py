@@ -14,10 +14,11 @@ cancel keys when the machine asks — and then splices.
    gets one NegotiateProtocolVersion from Prism; the backend is asked for what the client was
    told, so it never sends a second one. It goes out before routing, as from Postgres, so it
    comes before a missing-user FATAL.
-4. **authenticate** (``--auth verify``, :mod:`prism.auth`): SCRAM against the role's verifier
-   before anything is created, started or woken.
-5. **hold**: the create policy (:mod:`prism.limits`), then ``BranchManager.admit`` creates,
-   starts or wakes the branch within its caps while the client waits, and counts the session.
+4. **authenticate** (``--auth verify``, :mod:`prism.clientauth`, roles from :mod:`prism.auth`):
+   SCRAM against the role's verifier before anything is created, started or woken.
+5. **hold**: the create policy (:mod:`prism.limits`), then ``FrontDoor.admit`` (the manager's,
+   :mod:`prism.admission`) creates, starts or wakes the branch within its caps while the client
+   waits, and counts the session.
 6. **log in** (:mod:`prism.backendlogin`) to the branch server (with the client's ClientKey,
    or relaying the client's answers in passthrough), relay its replies up to ReadyForQuery
    with BackendKeyData replaced by a Prism-issued key, then **splice** both ways.
@@ -50,14 +51,14 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import Final
+from typing import Final, Generic
 
 import trio
 
 from prism import startup, wire
 from prism.address import BackendAddress
+from prism.admission import FrontDoor, SessionT
 from prism.auth import VerifierStore
-from prism.branches import BranchManager, ClientSession
 from prism.cancel import CancelKeys, CancelTarget
 from prism.config import AuthMode, Settings
 from prism.dataplane import PUMP, DataPlane
@@ -98,12 +99,16 @@ def _mock_secret(data_dir: Path) -> bytes:
         return secret
 
 
-class Proxy:
-    """Serves client connections for one Prism server."""
+class Proxy(Generic[SessionT]):
+    """Serves client connections for one Prism server.
+
+    It reaches the branches only through :class:`~prism.admission.FrontDoor` (the manager in
+    production), so what the front door may ask of them is written down in one place.
+    """
 
     def __init__(
         self,
-        manager: BranchManager,
+        manager: FrontDoor[SessionT],
         *,
         startup_timeout: float,
         tls: TlsConfig | None = None,
@@ -129,26 +134,17 @@ class Proxy:
     @classmethod
     def from_settings(
         cls,
-        manager: BranchManager,
+        manager: FrontDoor[SessionT],
         settings: Settings,
         data_dir: Path,
+        verifiers: VerifierStore | None,
         data_plane: DataPlane = PUMP,
-    ) -> Proxy:
-        """A proxy configured by ``settings`` (TLS material and secrets live in ``data_dir``)."""
-        auth = settings.auth
-        verifiers = None
-        if auth is AuthMode.PASSTHROUGH:
-            log.warning(
-                "auth: --auth passthrough: branches are created and woken before clients "
-                "authenticate; use it only on a trusted network"
-            )
-        else:
-            verifiers = VerifierStore(
-                manager, superuser=settings.superuser, password=settings.password
-            )
-            manager.before_stop.append(verifiers.snapshot)
-            manager.after_start.append(verifiers.snapshot)
-            manager.after_discard.append(verifiers.forget)
+    ) -> Proxy[SessionT]:
+        """A proxy configured by ``settings`` (TLS material and secrets live in ``data_dir``).
+
+        ``verifiers`` is the role store of ``--auth verify`` (:func:`prism.auth.open_verifiers`,
+        which needs the whole manager and so is made by the caller), None in passthrough.
+        """
         return cls(
             manager,
             startup_timeout=settings.startup_timeout,
@@ -158,7 +154,7 @@ class Proxy:
                 key=settings.tls_key,
                 data_dir=data_dir,
             ),
-            auth=auth,
+            auth=settings.auth,
             verifiers=verifiers,
             mock_secret=_mock_secret(data_dir),
             sni_domain=settings.sni_domain,
@@ -255,7 +251,7 @@ class Proxy:
 
     async def _open(
         self, conn: ClientConn, machine: Startup
-    ) -> tuple[ClientSession, trio.SocketStream, list[tuple[int, bytes]]] | None:
+    ) -> tuple[SessionT, trio.SocketStream, list[tuple[int, bytes]]] | None:
         """Everything up to the backend's first ReadyForQuery; None after a cancel request."""
         with trio.move_on_after(self._startup_timeout) as deadline:
             event = await self._drive(conn, machine)

@@ -17,6 +17,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from prism import secretfiles
 from prism.api.app import create_app
 from prism.api.closing import CloseAfterEarlyAnswer
+from prism.auth import open_verifiers
 from prism.branches import BranchManager
 from prism.config import Settings, StorageKind
 from prism.dataplane import DataPlane
@@ -179,7 +180,8 @@ class PrismServer:
         if source is not None and generations is None:
             manager.main_progress = source.describe_progress
         data_plane = choose_data_plane(settings.data_plane)
-        proxy = Proxy.from_settings(manager, settings, data_dir, data_plane)
+        verifiers = open_verifiers(manager, settings)
+        proxy = Proxy.from_settings(manager, settings, data_dir, verifiers, data_plane)
         try:
             if point_in_time is not None:
                 await point_in_time.reconcile()

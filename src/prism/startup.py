@@ -2,7 +2,7 @@
 
 Everything between a client's first byte and the branch server's first ReadyForQuery is
 decided here: encryption negotiation and the start-up packet (:mod:`prism.wire`), protocol
-negotiation, routing (:mod:`prism.router`), SCRAM with the client (:mod:`prism.auth`), the
+negotiation, routing (:mod:`prism.router`), SCRAM with the client (:mod:`prism.clientauth`), the
 log-in to the branch server (:mod:`prism.backendlogin`) and the replacement of the server's
 cancel key by one Prism issued. Nothing here touches a socket, a clock or a task: bytes go in
 (:meth:`Startup.receive_client`, :meth:`Startup.receive_backend`), events come out of
@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from typing import Final
 
 from prism import wire
-from prism.auth import ClientVerification, RoleSecret, Verified
 from prism.backendlogin import BackendLogin, Outcome
+from prism.clientauth import ClientVerification, RoleSecret, Verified
+from prism.clienthello import TLS_HANDSHAKE_RECORD
 from prism.errors import PrismError, ProtocolViolation
 from prism.router import Route, route
-from prism.tls import TLS_HANDSHAKE_RECORD
 
 MAX_AUTH_MESSAGE: Final = 65535
 """Largest message a client may send before it is authenticated (Postgres's auth token cap)."""

@@ -38,9 +38,6 @@ log = logging.getLogger(__name__)
 ALPN_PROTOCOL: Final = "postgresql"
 """The ALPN protocol id PostgreSQL 17+ clients require for direct TLS."""
 
-TLS_HANDSHAKE_RECORD: Final = 0x16
-"""First byte of a TLS ClientHello record: how a direct-TLS connection announces itself."""
-
 _SELF_SIGNED_DAYS: Final = 3650
 
 

@@ -14,6 +14,7 @@ import pytest
 import trio
 import trio.testing
 
+from prism.admission import FrontDoor, Session, SessionBranch
 from prism.branches import BranchManager, BranchStatus, ClientSession
 from prism.errors import LimitExceeded, PrismError, TooManyConnections
 from prism.events import Event
@@ -43,6 +44,17 @@ async def _admit_at_once(
         for name in names:
             nursery.start_soon(connect, name)
     return admitted, refused
+
+
+async def test_the_manager_and_its_sessions_are_what_the_front_door_needs(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with open_manager(tmp_path) as (manager, _, _):
+        assert isinstance(manager, FrontDoor)
+        session = await manager.admit("feature", "client")
+        assert isinstance(session, Session)
+        assert isinstance(session.branch, SessionBranch)
+        manager.connection_closed(session)
 
 
 async def test_max_branches_holds_for_concurrent_first_connections(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pytest
 
 from prism import scram, wire
-from prism.auth import RoleSecret
+from prism.clientauth import RoleSecret
 from prism.errors import PrismError, ProtocolViolation
 from prism.startup import (
     NEED_BACKEND_DATA,
