@@ -6,11 +6,15 @@ a Prism run by a normal user are in ``tests/system/test_branch_sandbox_normal_us
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
+import trio
 
+from prism.config import HostPort
 from prism.runtime import landlock
-from tests.sandbox_attacks import Target, attack, own_branch_works
+from tests.sandbox_attacks import ATTACKER, Target, attack, own_branch_works
 
 from .harness import PrismHandle, psql
 
@@ -53,3 +57,33 @@ async def test_an_sql_hook_runs_no_program_on_the_host(prism: PrismHandle) -> No
     assert "on_create" in created.text or "hook" in created.text, created.text
     assert not marker.exists()
     assert prism.manager.get("hooked") is None
+
+
+async def test_branch_egress_opens_the_named_port_and_no_other(start_prism: Any) -> None:
+    """``--branch-egress`` lets a branch connect to what a team needs (an FDW target)."""
+    allowed, other = trio.socket.socket(), trio.socket.socket()
+    await allowed.bind(("127.0.0.1", 0))
+    await other.bind(("127.0.0.1", 0))
+    allowed.listen()
+    other.listen()
+    allowed_port, other_port = allowed.getsockname()[1], other.getsockname()[1]
+    prism = await start_prism(branch_egress=(HostPort("127.0.0.1", allowed_port),))
+    target = _target(prism)
+    await target.ok(ATTACKER, "CREATE EXTENSION dblink")
+    tried = "SELECT * FROM dblink('host=127.0.0.1 port={}', 'x') AS t(x int)"
+    arrived = trio.Event()
+
+    async def answer_and_hang_up() -> None:
+        connection, _ = await allowed.accept()
+        arrived.set()
+        connection.close()
+
+    with allowed, other:
+        refused = await target.refused(tried.format(other_port))
+        assert "Permission denied" in refused, refused
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(answer_and_hang_up)
+            with trio.fail_after(30):
+                reached = await target.refused(tried.format(allowed_port))
+        assert arrived.is_set()
+        assert "Permission denied" not in reached, reached
