@@ -15,6 +15,7 @@ import trio
 from prism.address import BackendAddress
 from prism.errors import StorageError
 from prism.names import MAIN_BRANCH
+from prism.runtime.base import Confinement
 from prism.state import StateStore
 
 
@@ -155,6 +156,10 @@ class FakeRuntime:
         await self._step("reap_strays", root.name)
         reaped, self.strays = self.strays, []
         return reaped
+
+    def confinement(self) -> Confinement:
+        # Nothing runs, so nothing can escape: a complete sandbox, which keeps start-up quiet.
+        return Confinement(mechanism="fake", enforced=("no server process runs",))
 
     def address(self, branch: str) -> BackendAddress | None:
         return self.running.get(branch)

@@ -262,6 +262,10 @@ def _path_list(text: str) -> tuple[Path, ...]:
     return tuple(Path(part.strip()).expanduser() for part in text.split(",") if part.strip())
 
 
+def _host_port_list(text: str) -> tuple[str, ...]:
+    return tuple(str(HostPort.parse(part.strip())) for part in text.split(",") if part.strip())
+
+
 def default_data_dir() -> Path:
     """``/var/lib/prism`` for root (a daemon), else the user's data dir (no root needed)."""
     if os.geteuid() == 0:
@@ -403,6 +407,14 @@ class Settings:
         metadata=_about(
             _choice(DockerNetwork),
             "how Prism reaches branch containers",
+        ),
+    )
+    branch_egress: tuple[str, ...] = field(
+        default=(),
+        metadata=_about(
+            _host_port_list,
+            "host:port targets branch servers may connect to (an FDW target), comma-separated; "
+            "by default a branch server reaches nothing outside itself",
         ),
     )
     log_level: LogLevel = field(

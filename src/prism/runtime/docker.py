@@ -58,6 +58,7 @@ from prism.config import DockerNetwork
 from prism.errors import ConfigError, PrismError, RuntimeStartFailed, RuntimeStopFailed
 from prism.names import MAIN_BRANCH
 from prism.pgbin import embedded_bin_dir, server_version
+from prism.runtime import _docker_sandbox as sandbox
 from prism.runtime._docker_engine import (
     LABEL_BRANCH,
     LABEL_MANAGED,
@@ -65,6 +66,7 @@ from prism.runtime._docker_engine import (
     LABEL_PARENT,
     LABEL_PGDATA,
     LABEL_PORT,
+    LABEL_SANDBOX,
     LABEL_SOCKET_DIR,
     DockerEngine,
 )
@@ -81,7 +83,7 @@ from prism.runtime._postmaster import (
     socket_dir_for,
     start_ticks,
 )
-from prism.runtime.base import BindMount, ServerExtras
+from prism.runtime.base import BindMount, Confinement, ServerExtras
 
 if TYPE_CHECKING:
     from prism.config import Settings
@@ -115,6 +117,8 @@ class _Launch:
     # The settings Prism overrides on this data (serverconf); the image's libraries are unknown,
     # so shared_preload_libraries is left alone.
     owned: dict[str, str]
+    # Whether the sandbox lets it connect out (main following a source, --branch-egress).
+    outbound: bool
     # Host directories beyond the data and socket ones (a WAL archive: prism.pitr; main's
     # passfile for its walreceiver, when it follows a source).
     mounts: tuple[BindMount, ...] = ()
@@ -151,8 +155,10 @@ class DockerRuntime:
         shm_size: str = "256m",
         default_major: int | None = None,
         copy_on_write: bool = False,
+        branch_egress: tuple[str, ...] = (),
     ) -> None:
         self._run_dir = run_dir
+        self._branch_egress = branch_egress
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
         self._shm_size = shm_size
@@ -206,7 +212,19 @@ class DockerRuntime:
             extras = await trio.to_thread.run_sync(self.extras_for, branch, pgdata, parent)
         owned.update(extras.settings)
         mounts = extras.mounts + (self._main_mounts if branch == MAIN_BRANCH else ())
-        spec = _Launch(branch, pgdata, parent, info, mode, uid, gid, socket_dir, owned, mounts)
+        spec = _Launch(
+            branch,
+            pgdata,
+            parent,
+            info,
+            mode,
+            uid,
+            gid,
+            socket_dir,
+            owned,
+            self._outbound(branch),
+            mounts,
+        )
         launch = functools.partial(self._launch_on_a_free_port, spec)
         try:
             try:
@@ -291,6 +309,12 @@ class DockerRuntime:
         if container.status != "running":
             log.info("removing stopped leftover container branch=%s", branch)
             await self._engine.remove_quietly(container)
+            return None
+        if container.labels.get(LABEL_SANDBOX) != sandbox.label(outbound=self._outbound(branch)):
+            # Started by a Prism with another sandbox (an older one, or other egress settings):
+            # restarted rather than trusted as it is.
+            log.warning("restarting container into the current sandbox branch=%s", branch)
+            await self.stop(branch)
             return None
         labelled = container.labels.get(LABEL_PGDATA, "")
         if not await trio.to_thread.run_sync(_same_path, Path(labelled), pgdata):
@@ -389,6 +413,14 @@ class DockerRuntime:
             return ""
         return raw.decode(errors="replace")
 
+    def confinement(self) -> Confinement:
+        """What the sandbox of the branch containers enforces (:mod:`._docker_sandbox`)."""
+        return sandbox.confinement(
+            self._engine.mode,
+            egress=self._branch_egress,
+            main_outbound=bool(self._main_mounts),
+        )
+
     def address(self, branch: str) -> BackendAddress | None:
         """Where ``branch``'s server listens; None once its container is known to have exited.
 
@@ -447,6 +479,7 @@ class DockerRuntime:
             LABEL_PGDATA: str(pgdata),
             LABEL_NETWORK: mode,
             LABEL_PORT: str(port),
+            LABEL_SANDBOX: sandbox.label(outbound=spec.outbound),
         }
         if spec.socket_dir is not None:
             mounts.append(Mount(_SOCKET_TARGET, str(spec.socket_dir), type="bind"))
@@ -466,6 +499,7 @@ class DockerRuntime:
             port_bindings={port: (LOOPBACK, port)} if published else None,
             network_mode="host" if mode is DockerNetwork.HOST else None,
             shm_size=self._shm_size,
+            **sandbox.host_config(outbound=spec.outbound, architecture=self._engine.architecture),
         )
         before = _pidfile_stamp(pgdata)
         t0 = trio.current_time()
@@ -642,6 +676,11 @@ class DockerRuntime:
         )
         return containers[0] if containers else None
 
+    def _outbound(self, branch: str) -> bool:
+        """Whether ``branch``'s container may connect out: main once it follows a source (its
+        walreceiver), every branch if the operator opened ``--branch-egress``."""
+        return bool(self._branch_egress) or (branch == MAIN_BRANCH and bool(self._main_mounts))
+
     def _forget(self, branch: str) -> None:
         self._servers.pop(branch, None)
 
@@ -676,6 +715,7 @@ async def open_docker_runtime(
         start_timeout=settings.start_timeout,
         stop_timeout=settings.stop_timeout,
         copy_on_write=copy_on_write,
+        branch_egress=settings.branch_egress,
     )
     await runtime.check()
     return runtime
