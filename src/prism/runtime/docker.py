@@ -310,12 +310,6 @@ class DockerRuntime:
             log.info("removing stopped leftover container branch=%s", branch)
             await self._engine.remove_quietly(container)
             return None
-        if container.labels.get(LABEL_SANDBOX) != sandbox.label(outbound=self._outbound(branch)):
-            # Started by a Prism with another sandbox (an older one, or other egress settings):
-            # restarted rather than trusted as it is.
-            log.warning("restarting container into the current sandbox branch=%s", branch)
-            await self.stop(branch)
-            return None
         labelled = container.labels.get(LABEL_PGDATA, "")
         if not await trio.to_thread.run_sync(_same_path, Path(labelled), pgdata):
             raise RuntimeStartFailed(
@@ -323,6 +317,12 @@ class DockerRuntime:
                 hint="another Prism on this Docker engine uses the same branch name; stop it "
                 f"or remove the container (docker rm -f {container.name})",
             )
+        if container.labels.get(LABEL_SANDBOX) != sandbox.label(outbound=self._outbound(branch)):
+            # Started by a Prism with another sandbox (an older one, or other egress settings):
+            # restarted rather than trusted as it is.
+            log.warning("restarting container into the current sandbox branch=%s", branch)
+            await self.stop(branch)
+            return None
         server = self._server_from(branch, pgdata, container)
         with trio.move_on_after(self._start_timeout) as scope:
             # Polling: Postgres signals readiness only by rewriting a file.
