@@ -10,6 +10,7 @@ host network (the default), and on the docker bridge's gateway for ``bridge-ip``
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -253,8 +254,12 @@ async def test_on_the_docker_bridge_main_follows_a_source_at_a_routable_address(
     client = require_docker()
     bin_dir = require_file(HOST_PG_BIN, "PostgreSQL of the test image's major")
     (bridge,) = client.networks.get("bridge").attrs["IPAM"]["Config"]
+    # Some engines (20.10 on this image) leave the default bridge's gateway out of IPAM: it is
+    # then the subnet's first address, as dockerd assigns it to docker0.
+    subnet = bridge["Subnet"]
+    gateway = bridge.get("Gateway") or str(next(ipaddress.ip_network(subnet).hosts()))
     async with (
-        production_server(bin_dir, bridge=(bridge["Gateway"], bridge["Subnet"])) as production,
+        production_server(bin_dir, bridge=(gateway, subnet)) as production,
         place("btrfs") as where,
     ):
         # 127.0.0.1 would be each container itself: refused, naming the way out.
