@@ -16,7 +16,7 @@ postgres_fdw) as the server's user. The container confines them:
 
 Why seccomp rather than a network namespace per branch: the namespace is what the ``host``
 network mode saves, and a fresh one costs a cold start 80-120 ms on the reference machine
-(``none``) or 200+ ms (a bridge) against a budget of 10 ms (docs/benchmarks.md); a seccomp
+(``none``) or about 200 ms (a bridge) against a budget of 10 ms (docs/benchmarks.md); a seccomp
 filter costs nothing measurable. It cannot tell one destination from another, so a container
 that needs one (main following a source, branches given ``--branch-egress``) gets ``connect``
 back whole, which :func:`confinement` reports.

@@ -30,6 +30,10 @@ server's Unix socket directory: Prism's trusted service connection. Prism's own 
 lives there too (``hba_file``), so a data directory's own rules (production's, after a base
 backup of a source) cannot lock Prism out.
 
+Every server container runs in the sandbox of :mod:`prism.runtime._docker_sandbox` (a branch's
+superuser is an attacker: it opens no connection, sees no other data, holds no capability); a
+container an earlier Prism left in another sandbox is restarted rather than adopted.
+
 Following a source, the programs that take main's base backup run in containers of the same
 images (:mod:`prism.runtime._docker_tools`), and main's container gets Prism's source directory
 (the passfile) mounted.
