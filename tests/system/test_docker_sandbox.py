@@ -17,7 +17,7 @@ import trio
 
 from prism.runtime.base import Confinement
 from tests.integration.harness import PrismHandle, psql
-from tests.system.stacks import docker_client, place, prism_in_process
+from tests.system.stacks import docker_client, place, prism_in_process, tcp_probe_sql
 
 pytestmark = pytest.mark.system
 
@@ -34,17 +34,6 @@ async def _sql(prism: PrismHandle, sql: str, *, user: str = ATTACKER) -> tuple[b
     """Run ``sql`` as ``user``: whether it succeeded, and its output or error."""
     result = await psql(prism.dsn(user), sql, check=False)
     return result.returncode == 0, (result.stdout + result.stderr).decode()
-
-
-def _tcp_probe(port: int) -> str:
-    """SQL whose result is what bash says when it opens a TCP connection to 127.0.0.1:``port``
-    (its error, or ``connected``), read back through ``COPY FROM PROGRAM``."""
-    shell = f"(exec 3<>/dev/tcp/127.0.0.1/{port}) 2>&1 && echo connected; true"
-    return (
-        "CREATE TEMP TABLE probe (line text); "
-        f"COPY probe FROM PROGRAM $$bash -c '{shell}'$$; "
-        "SELECT string_agg(line, ' ') FROM probe"
-    )
 
 
 def _dblink_probe(port: int) -> str:
@@ -92,7 +81,7 @@ async def test_a_branch_superuser_reaches_no_file_or_port_outside_its_branch() -
             ok, out = await _sql(prism, f"SELECT pg_read_file('{path}')")
             assert not ok and "No such file" in out, (branch, out)
         for name, port in ports.items():
-            ok, out = await _sql(prism, _tcp_probe(port))
+            ok, out = await _sql(prism, tcp_probe_sql(port))
             assert ok and "Operation not permitted" in out and "connected" not in out, (name, out)
             ok, out = await _sql(prism, _dblink_probe(port))
             assert not ok and "Operation not permitted" in out, (name, out)
@@ -121,7 +110,7 @@ async def test_branch_egress_opens_connections_and_says_the_sandbox_is_incomplet
         await psql(prism.dsn("postgres@main"), "SELECT 1")
         main = prism.manager.runtime.address("main")
         assert main is not None
-        ok, out = await _sql(prism, _tcp_probe(main.port))
+        ok, out = await _sql(prism, tcp_probe_sql(main.port))
         assert ok and out.split()[-1] == "connected" and "not permitted" not in out, out
         confinement = prism.manager.runtime.confinement()
         assert not confinement.complete

@@ -37,7 +37,7 @@ from tests.integration.production import (
     write_continuously,
 )
 from tests.sysenv import DOCKER_IMAGE, HOST_PG_BIN, require_file
-from tests.system.stacks import Place, place, prism_in_process, require_docker
+from tests.system.stacks import Place, place, prism_in_process, require_docker, tcp_probe_sql
 
 SLOT = "prism_docker"
 BRIDGE = {"docker_network": "bridge-ip"}
@@ -134,6 +134,10 @@ async def test_docker_main_follows_the_source_and_its_branches_are_writable_copi
     # No branch's container has the passfile.
     busy = _container("prism-busy")
     assert str(passfile.parent) not in [mount["Source"] for mount in busy.attrs["Mounts"]]
+    # Nor can a branch's superuser reach the source: main's container alone connects out.
+    probe = tcp_probe_sql(production.port, production.source_host)
+    reached = await prism_sql(prism, probe, "busy")
+    assert "Operation not permitted" in reached and "connected" not in reached, reached
 
     # With the source quiet, a branch holds exactly what it committed before the clone.
     await followed.stop_writes()
