@@ -61,3 +61,10 @@ def test_the_report_names_what_host_networking_and_egress_leave_open() -> None:
     assert len(opened.missing) == 2
     assert not any("no outbound connection" in item for item in opened.enforced)
     assert confinement(None, egress=(), main_outbound=False).missing
+
+
+def test_an_engine_without_seccomp_gets_the_rest_and_a_report_saying_so() -> None:
+    options = host_config(outbound=False, architecture="x86_64", seccomp=False)
+    assert options["security_opt"] == ["no-new-privileges"]
+    report = confinement(DockerNetwork.BRIDGE_IP, egress=(), main_outbound=False, seccomp=False)
+    assert not report.complete and "seccomp" in report.missing[0]

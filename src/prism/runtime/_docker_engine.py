@@ -76,6 +76,8 @@ class DockerEngine:
         self._mode: DockerNetwork | None = None
         self.architecture = ""
         """The engine's machine (``x86_64``, ``aarch64``): a VM's under Docker Desktop."""
+        self.seccomp = True
+        """Whether the engine can apply a seccomp profile (assumed until it says otherwise)."""
 
     async def call(
         self,
@@ -153,6 +155,8 @@ class DockerEngine:
             self.local_engine,
         )
         self.architecture = str(engine.get("Architecture") or "")
+        security = [str(opt) for opt in engine.get("SecurityOptions") or []]
+        self.seccomp = any(opt.startswith("name=seccomp") for opt in security)
         self._client = client
         return client
 

@@ -145,14 +145,18 @@ def label(*, outbound: bool) -> str:
     return f"{_VERSION}+outbound" if outbound else _VERSION
 
 
-def host_config(*, outbound: bool, architecture: str) -> dict[str, Any]:
-    """The ``create_host_config`` arguments that put a server's container in the sandbox."""
+def host_config(*, outbound: bool, architecture: str, seccomp: bool = True) -> dict[str, Any]:
+    """The ``create_host_config`` arguments that put a server's container in the sandbox.
+
+    ``seccomp`` is False on an engine without it (a kernel built without), which refuses any
+    profile: the container then starts without the filter, and :func:`confinement` says so.
+    """
+    security = ["no-new-privileges"]
+    if seccomp:
+        security.append(f"seccomp={seccomp_profile(outbound=outbound, architecture=architecture)}")
     return {
         "cap_drop": ["ALL"],
-        "security_opt": [
-            "no-new-privileges",
-            f"seccomp={seccomp_profile(outbound=outbound, architecture=architecture)}",
-        ],
+        "security_opt": security,
         "read_only": True,
         "tmpfs": dict(_TMPFS),
         "pids_limit": PIDS_LIMIT,
@@ -160,19 +164,31 @@ def host_config(*, outbound: bool, architecture: str) -> dict[str, Any]:
 
 
 def confinement(
-    mode: DockerNetwork | None, *, egress: tuple[str, ...], main_outbound: bool
+    mode: DockerNetwork | None,
+    *,
+    egress: tuple[str, ...],
+    main_outbound: bool,
+    seccomp: bool = True,
 ) -> Confinement:
-    """What the sandbox enforces with these settings, and what it does not."""
+    """What the sandbox enforces with these settings on this engine, and what it does not."""
     enforced = [
         "files: a branch container mounts only its own data directory, its private socket "
         "directory and the WAL archives it keeps or recovers from; main alone gets the "
         "source's passfile",
         "root filesystem read-only (tmpfs /tmp), every capability dropped, no-new-privileges, "
         f"at most {PIDS_LIMIT} processes, server runs as the data directory's owner (not root)",
-        "seccomp: no new namespaces, io_uring, keyrings, bpf, userfaultfd, perf_event_open "
-        "or ptrace",
     ]
     missing = []
+    if not seccomp:
+        missing.append(
+            "seccomp: the Docker engine has none, so branch servers can connect to any address "
+            "the host reaches (Prism's API, main, other branches, the source)"
+        )
+        return Confinement(MECHANISM, tuple(enforced), tuple(missing))
+    enforced.append(
+        "seccomp: no new namespaces, io_uring, keyrings, bpf, userfaultfd, perf_event_open "
+        "or ptrace"
+    )
     if egress:
         missing.append(
             "network: --branch-egress is set, so branch containers may connect to any address "

@@ -423,6 +423,7 @@ class DockerRuntime:
             self._engine.mode,
             egress=self._branch_egress,
             main_outbound=bool(self._main_mounts),
+            seccomp=self._engine.seccomp,
         )
 
     def address(self, branch: str) -> BackendAddress | None:
@@ -503,7 +504,11 @@ class DockerRuntime:
             port_bindings={port: (LOOPBACK, port)} if published else None,
             network_mode="host" if mode is DockerNetwork.HOST else None,
             shm_size=self._shm_size,
-            **sandbox.host_config(outbound=spec.outbound, architecture=self._engine.architecture),
+            **sandbox.host_config(
+                outbound=spec.outbound,
+                architecture=self._engine.architecture,
+                seccomp=self._engine.seccomp,
+            ),
         )
         before = _pidfile_stamp(pgdata)
         t0 = trio.current_time()
