@@ -24,10 +24,10 @@ pytestmark = pytest.mark.system
 ATTACKER = "postgres@dev1"
 
 
-def _reachable_from_host(port: int) -> bool:
+def _reachable_from_host(host: str, port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        return sock.connect_ex((host, port)) == 0
 
 
 async def _sql(prism: PrismHandle, sql: str, *, user: str = ATTACKER) -> tuple[bool, str]:
@@ -36,26 +36,43 @@ async def _sql(prism: PrismHandle, sql: str, *, user: str = ATTACKER) -> tuple[b
     return result.returncode == 0, (result.stdout + result.stderr).decode()
 
 
-def _dblink_probe(port: int) -> str:
+def _dblink_probe(host: str, port: int) -> str:
     return (
-        f"SELECT dblink_connect('host=127.0.0.1 port={port} user=postgres "
+        f"SELECT dblink_connect('host={host} port={port} user=postgres "
         "password=x dbname=postgres connect_timeout=3')"
     )
 
 
-async def _ports(prism: PrismHandle) -> dict[str, int]:
-    """The ports an attacker in dev1 would like to reach, each with a running listener."""
+def _seen_from_a_container(branch: str, network: str) -> tuple[str, int]:
+    """Where another container's server listens, as a container would try it: the host's
+    loopback when containers share the host's network, else its address on the bridge."""
+    container = docker_client().containers.get(f"prism-{branch}")
+    port = int(container.labels["prism.port"])
+    if network == "host":
+        return "127.0.0.1", port
+    return container.attrs["NetworkSettings"]["IPAddress"], port
+
+
+async def _targets(prism: PrismHandle, network: str) -> dict[str, tuple[str, int]]:
+    """What an attacker in dev1 would like to reach, as ``(host, port)`` seen from inside a
+    container; each is first shown to listen, from the host, so a refusal is the sandbox's."""
     for branch in ("main", "dev2"):
         await psql(prism.dsn(f"postgres@{branch}"), "SELECT 1")
-    runtime = prism.manager.runtime
-    ports = {"api": prism.info.api[1], "front door": prism.port}
+    # On a bridge the host is the gateway (Prism listens on the loopback, so that way is shut
+    # even without the sandbox; it is tried all the same).
+    host = "127.0.0.1"
+    if network != "host":
+        main = await trio.to_thread.run_sync(docker_client().containers.get, "prism-main")
+        host = main.attrs["NetworkSettings"]["Gateway"]
+    targets = {"api": (host, prism.info.api[1]), "front door": (host, prism.port)}
     for branch in ("main", "dev2"):
-        address = runtime.address(branch)
+        address = prism.manager.runtime.address(branch)
         assert address is not None, f"{branch} is not running"
-        ports[branch] = address.port
-    for name, port in ports.items():
-        assert _reachable_from_host(port), f"{name} port {port} is not even reachable from the host"
-    return ports
+        assert _reachable_from_host(address.host, address.port), f"{branch} does not listen"
+        targets[branch] = await trio.to_thread.run_sync(_seen_from_a_container, branch, network)
+    for name in ("api", "front door"):
+        assert _reachable_from_host("127.0.0.1", targets[name][1]), f"{name} does not listen"
+    return targets
 
 
 def _mount_sources(container_name: str) -> set[str]:
@@ -63,9 +80,13 @@ def _mount_sources(container_name: str) -> set[str]:
     return {mount["Source"] for mount in container.attrs["Mounts"]}
 
 
-async def test_a_branch_superuser_reaches_no_file_or_port_outside_its_branch() -> None:
-    async with place("btrfs") as where, prism_in_process(where, "docker") as prism:
-        ports = await _ports(prism)
+@pytest.mark.parametrize("network", ["host", "published-port", "bridge-ip"])
+async def test_a_branch_superuser_reaches_no_file_or_port_outside_its_branch(network: str) -> None:
+    async with (
+        place("btrfs") as where,
+        prism_in_process(where, "docker", docker_network=network) as prism,
+    ):
+        targets = await _targets(prism, network)
         ok, out = await _sql(prism, "CREATE TABLE t (x int); CREATE EXTENSION dblink")
         assert ok, out
         # The sandbox must not rest on programs being unavailable: they run, they just reach
@@ -80,10 +101,10 @@ async def test_a_branch_superuser_reaches_no_file_or_port_outside_its_branch() -
             path = Path(storage.path(branch)) / "PG_VERSION"
             ok, out = await _sql(prism, f"SELECT pg_read_file('{path}')")
             assert not ok and "No such file" in out, (branch, out)
-        for name, port in ports.items():
-            ok, out = await _sql(prism, tcp_probe_sql(port))
+        for name, (host, port) in targets.items():
+            ok, out = await _sql(prism, tcp_probe_sql(port, host))
             assert ok and "Operation not permitted" in out and "connected" not in out, (name, out)
-            ok, out = await _sql(prism, _dblink_probe(port))
+            ok, out = await _sql(prism, _dblink_probe(host, port))
             assert not ok and "Operation not permitted" in out, (name, out)
 
         # Its own data and its private socket directory, nothing of Prism's, main's or dev2's.
@@ -100,6 +121,8 @@ async def test_a_branch_superuser_reaches_no_file_or_port_outside_its_branch() -
         confinement = prism.manager.runtime.confinement()
         assert isinstance(confinement, Confinement)
         assert any("no outbound connection" in item for item in confinement.enforced)
+        # Only the host's network namespace, shared, is left open (listening, /proc/net).
+        assert confinement.complete == (network != "host"), confinement.missing
 
 
 async def test_branch_egress_opens_connections_and_says_the_sandbox_is_incomplete() -> None:
