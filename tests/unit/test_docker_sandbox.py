@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from prism.config import DockerNetwork
+import pytest
+
+from prism.config import DockerNetwork, load_settings
+from prism.errors import ConfigError
 from prism.runtime._docker_sandbox import confinement, host_config, label, seccomp_profile
 
 
@@ -68,3 +71,13 @@ def test_an_engine_without_seccomp_gets_the_rest_and_a_report_saying_so() -> Non
     assert options["security_opt"] == ["no-new-privileges"]
     report = confinement(DockerNetwork.BRIDGE_IP, egress=(), main_outbound=False, seccomp=False)
     assert not report.complete and "seccomp" in report.missing[0]
+
+
+def test_branch_egress_is_read_as_host_port_strings_and_a_bad_one_is_refused() -> None:
+    flag = load_settings({"branch_egress": "db.internal:5432, 10.0.0.7:6432"}, environ={})
+    assert flag.branch_egress == ("db.internal:5432", "10.0.0.7:6432")
+    env = load_settings(environ={"PRISM_BRANCH_EGRESS": "db.internal:5432"})
+    assert env.branch_egress == ("db.internal:5432",)
+    assert load_settings(environ={}).branch_egress == ()
+    with pytest.raises(ConfigError, match="invalid address"):
+        load_settings({"branch_egress": "db.internal"}, environ={})
