@@ -376,7 +376,8 @@ class Settings:
         metadata=_about(
             _address_list,
             "host:port addresses branch servers may connect to (an FDW target), comma-separated; "
-            "by default they connect nowhere (the process runtime enforces the port)",
+            "by default they connect nowhere (the process runtime opens the port on any host, "
+            "the docker runtime any address: docs/security.md)",
         ),
     )
     pg_bin: tuple[Path, ...] = field(

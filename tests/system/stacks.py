@@ -292,5 +292,17 @@ def populate_with_image(master: Path) -> None:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
 
 
+def tcp_probe_sql(port: int, host: str = "127.0.0.1") -> str:
+    """SQL whose result is what bash, run by the server (``COPY FROM PROGRAM``), says when it
+    opens a TCP connection to ``host:port``: its error, or ``connected``. A branch superuser's
+    way out of its container, where the image has bash (the test image does)."""
+    shell = f"(exec 3<>/dev/tcp/{host}/{port}) 2>&1 && echo connected; true"
+    return (
+        "CREATE TEMP TABLE probe (line text); "
+        f"COPY probe FROM PROGRAM $$bash -c '{shell}'$$; "
+        "SELECT string_agg(line, ' ') FROM probe"
+    )
+
+
 def _docker_cli(*args: str) -> str:
     return subprocess.run(["docker", *args], check=True, capture_output=True, text=True).stdout

@@ -243,6 +243,25 @@ async def test_adopt_finds_the_running_container_after_a_restart(env: Env) -> No
     assert _containers_on(env.root) == []
 
 
+async def test_a_container_of_another_sandbox_is_restarted_not_adopted(env: Env) -> None:
+    """A container started under other sandbox settings (an older Prism, other egress) is not
+    trusted as it is: adopt stops it, and the next start runs the current sandbox."""
+    await _left_running(env, 5)
+    opened = env.runtime(branch_egress=("db.example:5432",))
+    try:
+        assert await opened.adopt(env.branch, env.pgdata) is None
+        assert _containers_on(env.root) == []
+        address = await opened.start(env.branch, env.pgdata)
+        assert await _psql(address, "select x from kept") == "5"
+        container = docker.from_env(version="auto").containers.get(f"prism-{env.branch}")
+        assert container.labels["prism.sandbox"].endswith("+outbound")
+        assert container.attrs["HostConfig"]["CapDrop"] == ["ALL"]
+        assert container.attrs["HostConfig"]["ReadonlyRootfs"] is True
+    finally:
+        await opened.stop(env.branch)
+        await opened.aclose()
+
+
 async def test_stop_then_start_keeps_the_data(env: Env, runtime: DockerRuntime) -> None:
     address = await runtime.start(env.branch, env.pgdata)
     await _psql(address, "create table kept (x int); insert into kept values (1)")

@@ -10,6 +10,7 @@ host network (the default), and on the docker bridge's gateway for ``bridge-ip``
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from tests.integration.production import (
     write_continuously,
 )
 from tests.sysenv import DOCKER_IMAGE, HOST_PG_BIN, require_file
-from tests.system.stacks import Place, place, prism_in_process, require_docker
+from tests.system.stacks import Place, place, prism_in_process, require_docker, tcp_probe_sql
 
 SLOT = "prism_docker"
 BRIDGE = {"docker_network": "bridge-ip"}
@@ -133,6 +134,10 @@ async def test_docker_main_follows_the_source_and_its_branches_are_writable_copi
     # No branch's container has the passfile.
     busy = _container("prism-busy")
     assert str(passfile.parent) not in [mount["Source"] for mount in busy.attrs["Mounts"]]
+    # Nor can a branch's superuser reach the source: main's container alone connects out.
+    probe = tcp_probe_sql(production.port, production.source_host)
+    reached = await prism_sql(prism, probe, "busy")
+    assert "Operation not permitted" in reached and "connected" not in reached, reached
 
     # With the source quiet, a branch holds exactly what it committed before the clone.
     await followed.stop_writes()
@@ -253,8 +258,12 @@ async def test_on_the_docker_bridge_main_follows_a_source_at_a_routable_address(
     client = require_docker()
     bin_dir = require_file(HOST_PG_BIN, "PostgreSQL of the test image's major")
     (bridge,) = client.networks.get("bridge").attrs["IPAM"]["Config"]
+    # Some engines (20.10 on this image) leave the default bridge's gateway out of IPAM: it is
+    # then the subnet's first address, as dockerd assigns it to docker0.
+    subnet = bridge["Subnet"]
+    gateway = bridge.get("Gateway") or str(next(ipaddress.ip_network(subnet).hosts()))
     async with (
-        production_server(bin_dir, bridge=(bridge["Gateway"], bridge["Subnet"])) as production,
+        production_server(bin_dir, bridge=(gateway, subnet)) as production,
         place("btrfs") as where,
     ):
         # 127.0.0.1 would be each container itself: refused, naming the way out.

@@ -5,12 +5,23 @@ needs at least: snapshot a stopped main (made by Prism's docker runtime, so file
 the container's), create and start a container of the same image with the same mount, network
 and user the runtime uses (Docker's low-level API, one call each, as the runtime does), wait
 for ``postmaster.pid`` to say ``ready`` (polled every millisecond) and run ``SELECT 1`` directly.
+
+What the branch sandbox costs (issue 19) is too small to see between two runs of the whole cold
+start on a shared machine, so ``--sandbox-pairs N`` measures it here: N pairs of floor runs,
+one bare and one with the sandbox's host config (``prism.runtime._docker_sandbox``), alternated
+so both see the same load, and the median of the paired differences.
+
+Usage (root; Docker engine and the btrfs pool from ``tools/sysenv/setup.sh``)::
+
+    python -m tools.bench.docker_floor --sandbox-pairs 30 [--mount /mnt/prism-test/btrfs]
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -21,8 +32,17 @@ from docker.types import Mount
 
 from prism.config import HostPort, Settings
 from prism.names import MAIN_BRANCH
+from prism.runtime import _docker_sandbox as sandbox
 from prism.storage import open_storage
-from tools.bench.common import HOST, PASSWORD, SUPERUSER, first_query, free_port, scratch_dir
+from tools.bench.common import (
+    HOST,
+    PASSWORD,
+    SUPERUSER,
+    first_query,
+    free_port,
+    percentile,
+    scratch_dir,
+)
 from tools.bench.targets import prism_in_process
 
 _TARGET = "/pgdata"
@@ -35,8 +55,14 @@ def _ready(pgdata: Path) -> bool:
     return False
 
 
-async def measure(*, image: str, mount: Path, samples: int) -> list[dict[str, float]]:
-    """``samples`` floor runs; each a dict of seconds: clone, create, start, ready, total."""
+async def measure(
+    *, image: str, mount: Path, samples: int, sandboxed: tuple[bool, ...] = (False,)
+) -> list[dict[str, float]]:
+    """``samples`` floor runs; each a dict of seconds: clone, create, start, ready, total.
+
+    Run ``i`` is sandboxed as ``sandboxed[i % len(sandboxed)]`` says (``sandboxed`` = 1 or 0
+    in its dict), so ``(False, True)`` alternates a bare and a sandboxed container.
+    """
     root = scratch_dir("docker-floor-", mount)
     settings = Settings(
         data_dir=root,
@@ -53,11 +79,17 @@ async def measure(*, image: str, mount: Path, samples: int) -> list[dict[str, fl
         pass  # main is initdb'd in a container, started, then stopped cleanly on the way out
     storage = await open_storage("btrfs", root)
     owner = os.stat(root / "master")
-    api = docker.from_env().api
+    client = docker.from_env()
+    api, architecture = client.api, str(client.info().get("Architecture", ""))
     runs: list[dict[str, float]] = []
     try:
         for number in range(samples):
-            runs.append(await _one(api, storage, image, f"floor{number}", owner))
+            confined = sandboxed[number % len(sandboxed)]
+            options = sandbox.host_config(outbound=False, architecture=architecture)
+            run = await _one(
+                api, storage, image, f"floor{number}", owner, options if confined else {}
+            )
+            runs.append({**run, "sandboxed": float(confined)})
     finally:
         for branch in storage.list():
             with contextlib.suppress(Exception):
@@ -67,7 +99,12 @@ async def measure(*, image: str, mount: Path, samples: int) -> list[dict[str, fl
 
 
 async def _one(
-    api: Any, storage: Any, image: str, name: str, owner: os.stat_result
+    api: Any,
+    storage: Any,
+    image: str,
+    name: str,
+    owner: os.stat_result,
+    confinement: dict[str, Any],
 ) -> dict[str, float]:
     started = time.perf_counter()
     pgdata: Path = await storage.clone(MAIN_BRANCH, name)
@@ -83,7 +120,9 @@ async def _one(
             user=f"{owner.st_uid}:{owner.st_gid}",
             environment={"LC_ALL": "C"},
             host_config=api.create_host_config(
-                mounts=[Mount(_TARGET, str(pgdata), type="bind")], network_mode="host"
+                mounts=[Mount(_TARGET, str(pgdata), type="bind")],
+                network_mode="host",
+                **confinement,
             ),
         )
     )
@@ -108,3 +147,38 @@ async def _one(
         "ready": ready - running,
         "total": done - started,
     }
+
+
+def _sandbox_cost(runs: list[dict[str, float]]) -> None:
+    """Print bare vs sandboxed floor phases and the median paired difference, in ms."""
+    bare = [run for run in runs if not run["sandboxed"]]
+    boxed = [run for run in runs if run["sandboxed"]]
+    print(f"{'ms':<12}{'bare p50':>10}{'sandbox p50':>13}{'paired diff p50':>17}")
+    for phase in ("create", "start", "ready", "total"):
+        diffs = [(b[phase] - a[phase]) * 1000 for a, b in zip(bare, boxed, strict=False)]
+        print(
+            f"{phase:<12}{percentile([r[phase] for r in bare], 50) * 1000:>10.1f}"
+            f"{percentile([r[phase] for r in boxed], 50) * 1000:>13.1f}"
+            f"{statistics.median(diffs):>17.1f}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sandbox-pairs", type=int, default=30)
+    parser.add_argument("--mount", type=Path, default=Path("/mnt/prism-test/btrfs"))
+    parser.add_argument("--image", default="prism-test/postgres:15")
+    args = parser.parse_args()
+    runs = trio.run(
+        lambda: measure(
+            image=args.image,
+            mount=args.mount,
+            samples=2 * args.sandbox_pairs,
+            sandboxed=(False, True),
+        )
+    )
+    _sandbox_cost(runs)
+
+
+if __name__ == "__main__":
+    main()

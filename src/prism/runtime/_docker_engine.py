@@ -37,6 +37,7 @@ LABEL_PGDATA = "prism.pgdata"
 LABEL_SOCKET_DIR = "prism.socket-dir"
 LABEL_NETWORK = "prism.network"
 LABEL_PORT = "prism.port"
+LABEL_SANDBOX = "prism.sandbox"
 
 _LOG_TAIL = 20
 
@@ -73,6 +74,10 @@ class DockerEngine:
         self.local_engine = False
         """The engine shares this Linux kernel: its /proc pids and bind mounts mean something."""
         self._mode: DockerNetwork | None = None
+        self.architecture = ""
+        """The engine's machine (``x86_64``, ``aarch64``): a VM's under Docker Desktop."""
+        self.seccomp = True
+        """Whether the engine can apply a seccomp profile (assumed until it says otherwise)."""
 
     async def call(
         self,
@@ -149,6 +154,9 @@ class DockerEngine:
             self._network_mode,
             self.local_engine,
         )
+        self.architecture = str(engine.get("Architecture") or "")
+        security = [str(opt) for opt in engine.get("SecurityOptions") or []]
+        self.seccomp = any(opt.startswith("name=seccomp") for opt in security)
         self._client = client
         return client
 
@@ -159,6 +167,11 @@ class DockerEngine:
     def containers(self) -> Any:
         assert self._client is not None, "connect before using the engine"
         return self._client.containers
+
+    @property
+    def mode(self) -> DockerNetwork | None:
+        """The network mode once the engine has answered; None before (no engine call)."""
+        return self._mode
 
     async def network(self) -> DockerNetwork:
         """How containers are reached: the asked mode, or what ``auto`` chose for this engine."""

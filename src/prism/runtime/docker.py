@@ -30,6 +30,10 @@ server's Unix socket directory: Prism's trusted service connection. Prism's own 
 lives there too (``hba_file``), so a data directory's own rules (production's, after a base
 backup of a source) cannot lock Prism out.
 
+Every server container runs in the sandbox of :mod:`prism.runtime._docker_sandbox` (a branch's
+superuser is an attacker: it opens no connection, sees no other data, holds no capability); a
+container an earlier Prism left in another sandbox is restarted rather than adopted.
+
 Following a source, the programs that take main's base backup run in containers of the same
 images (:mod:`prism.runtime._docker_tools`), and main's container gets Prism's source directory
 (the passfile) mounted.
@@ -58,6 +62,7 @@ from prism.config import DockerNetwork
 from prism.errors import ConfigError, PrismError, RuntimeStartFailed, RuntimeStopFailed
 from prism.names import MAIN_BRANCH
 from prism.pgbin import embedded_bin_dir, server_version
+from prism.runtime import _docker_sandbox as sandbox
 from prism.runtime._docker_engine import (
     LABEL_BRANCH,
     LABEL_MANAGED,
@@ -65,6 +70,7 @@ from prism.runtime._docker_engine import (
     LABEL_PARENT,
     LABEL_PGDATA,
     LABEL_PORT,
+    LABEL_SANDBOX,
     LABEL_SOCKET_DIR,
     DockerEngine,
 )
@@ -81,7 +87,7 @@ from prism.runtime._postmaster import (
     socket_dir_for,
     start_ticks,
 )
-from prism.runtime.base import BindMount, ServerExtras
+from prism.runtime.base import BindMount, Confinement, ServerExtras
 
 if TYPE_CHECKING:
     from prism.config import Settings
@@ -115,6 +121,8 @@ class _Launch:
     # The settings Prism overrides on this data (serverconf); the image's libraries are unknown,
     # so shared_preload_libraries is left alone.
     owned: dict[str, str]
+    # Whether the sandbox lets it connect out (main following a source, --branch-egress).
+    outbound: bool
     # Host directories beyond the data and socket ones (a WAL archive: prism.pitr; main's
     # passfile for its walreceiver, when it follows a source).
     mounts: tuple[BindMount, ...] = ()
@@ -151,8 +159,10 @@ class DockerRuntime:
         shm_size: str = "256m",
         default_major: int | None = None,
         copy_on_write: bool = False,
+        branch_egress: tuple[str, ...] = (),
     ) -> None:
         self._run_dir = run_dir
+        self._branch_egress = branch_egress
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
         self._shm_size = shm_size
@@ -206,7 +216,19 @@ class DockerRuntime:
             extras = await trio.to_thread.run_sync(self.extras_for, branch, pgdata, parent)
         owned.update(extras.settings)
         mounts = extras.mounts + (self._main_mounts if branch == MAIN_BRANCH else ())
-        spec = _Launch(branch, pgdata, parent, info, mode, uid, gid, socket_dir, owned, mounts)
+        spec = _Launch(
+            branch,
+            pgdata,
+            parent,
+            info,
+            mode,
+            uid,
+            gid,
+            socket_dir,
+            owned,
+            self._outbound(branch),
+            mounts,
+        )
         launch = functools.partial(self._launch_on_a_free_port, spec)
         try:
             try:
@@ -299,6 +321,12 @@ class DockerRuntime:
                 hint="another Prism on this Docker engine uses the same branch name; stop it "
                 f"or remove the container (docker rm -f {container.name})",
             )
+        if container.labels.get(LABEL_SANDBOX) != sandbox.label(outbound=self._outbound(branch)):
+            # Started by a Prism with another sandbox (an older one, or other egress settings):
+            # restarted rather than trusted as it is.
+            log.warning("restarting container into the current sandbox branch=%s", branch)
+            await self.stop(branch)
+            return None
         server = self._server_from(branch, pgdata, container)
         with trio.move_on_after(self._start_timeout) as scope:
             # Polling: Postgres signals readiness only by rewriting a file.
@@ -389,6 +417,15 @@ class DockerRuntime:
             return ""
         return raw.decode(errors="replace")
 
+    def confinement(self) -> Confinement:
+        """What the sandbox of the branch containers enforces (:mod:`._docker_sandbox`)."""
+        return sandbox.confinement(
+            self._engine.mode,
+            egress=self._branch_egress,
+            main_outbound=bool(self._main_mounts),
+            seccomp=self._engine.seccomp,
+        )
+
     def address(self, branch: str) -> BackendAddress | None:
         """Where ``branch``'s server listens; None once its container is known to have exited.
 
@@ -447,6 +484,7 @@ class DockerRuntime:
             LABEL_PGDATA: str(pgdata),
             LABEL_NETWORK: mode,
             LABEL_PORT: str(port),
+            LABEL_SANDBOX: sandbox.label(outbound=spec.outbound),
         }
         if spec.socket_dir is not None:
             mounts.append(Mount(_SOCKET_TARGET, str(spec.socket_dir), type="bind"))
@@ -466,6 +504,11 @@ class DockerRuntime:
             port_bindings={port: (LOOPBACK, port)} if published else None,
             network_mode="host" if mode is DockerNetwork.HOST else None,
             shm_size=self._shm_size,
+            **sandbox.host_config(
+                outbound=spec.outbound,
+                architecture=self._engine.architecture,
+                seccomp=self._engine.seccomp,
+            ),
         )
         before = _pidfile_stamp(pgdata)
         t0 = trio.current_time()
@@ -642,6 +685,11 @@ class DockerRuntime:
         )
         return containers[0] if containers else None
 
+    def _outbound(self, branch: str) -> bool:
+        """Whether ``branch``'s container may connect out: main once it follows a source (its
+        walreceiver), every branch if the operator opened ``--branch-egress``."""
+        return bool(self._branch_egress) or (branch == MAIN_BRANCH and bool(self._main_mounts))
+
     def _forget(self, branch: str) -> None:
         self._servers.pop(branch, None)
 
@@ -676,6 +724,7 @@ async def open_docker_runtime(
         start_timeout=settings.start_timeout,
         stop_timeout=settings.stop_timeout,
         copy_on_write=copy_on_write,
+        branch_egress=tuple(str(address) for address in settings.branch_egress),
     )
     await runtime.check()
     return runtime
