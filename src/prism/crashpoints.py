@@ -47,6 +47,8 @@ POINTS: dict[str, tuple[str, ...]] = {
     # A base backup of the source into main (inside the initdb of main).
     "basebackup": ("basebackup:recorded", "basebackup:copied", "basebackup:configured"),
     "snapshot": ("snapshot:recorded", "snapshot:cloned", "snapshot:committed"),
+    # A create with ``at``: its clone of a snapshot, before it is set to recover to the time.
+    "pitr": ("pitr:cloned",),
 }
 
 

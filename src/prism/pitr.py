@@ -45,6 +45,7 @@ import trio
 from prism import walarchive
 from prism.address import BackendAddress
 from prism.config import BranchPattern, Settings, format_duration, parse_duration
+from prism.crashpoints import crash_point
 from prism.errors import ConfigError, OutsideWindow, PrismError
 from prism.events import EventBus
 from prism.journal import Journal
@@ -222,6 +223,9 @@ class PointInTime:
         async with self._lock:
             snapshot = self.check(at, utcnow(), parent)
             path = await self.storage.clone(snapshot.name, child)
+        # A clone not yet told to recover to ``at`` would start as the snapshot's moment: the
+        # create's intent has it rolled back.
+        crash_point("pitr:cloned")
         archive = self.archive_of(parent)
         if self._in_containers:
             restore = archive.restore_command(
