@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass
 
 from prism.intents import Intent, IntentT, decode
+from prism.journal_upgrade import convert_markers, convert_operations
 from prism.state import StateStore, utcnow
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,6 @@ class Journal:
     """Records, lists and drops intents in the state file; shared by every owner."""
 
     def __init__(self, state: StateStore) -> None:
-        from prism.journal_upgrade import convert_markers, convert_operations  # they import us
-
         self.state = state
         state.open_table("journal", _SCHEMA)
         convert_operations(self)

@@ -18,6 +18,7 @@ import json
 import logging
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prism.intents import (
     BaseBackupIntent,
@@ -29,8 +30,10 @@ from prism.intents import (
     ResetPhase,
     SnapshotIntent,
 )
-from prism.journal import Journal
 from prism.names import SNAPSHOT_PREFIX
+
+if TYPE_CHECKING:  # the journal runs these when it opens
+    from prism.journal import Journal
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +82,9 @@ def convert_markers(journal: Journal, data_dir: Path) -> None:
     rows = journal.state.load(
         "SELECT name, parent, created_at FROM branches WHERE status = 'provisioning'"
     )
-    for name, parent, created_at in rows:
+    for branch, parent, created_at in rows:
         # A record from before the journal: no create intent was written beside it.
-        intent = CreateIntent(str(name), str(parent or ""))
+        intent = CreateIntent(str(branch), str(parent or ""))
         journal.record_at_start(*_row(intent), started_at=str(created_at))
 
 
