@@ -54,11 +54,10 @@ class Intent:
 
 
 @dataclass(frozen=True)
-class InitdbIntent(Intent):
-    """Main is being made (initdb, a base backup or a first dump): discard it if cut short."""
+class _OnName(Intent):
+    """An intent about one storage name (a branch's, or a snapshot's): ``name``."""
 
-    KIND: ClassVar[str] = "initdb"
-    name: str = MAIN_BRANCH
+    name: str
 
     @property
     def branch(self) -> str:
@@ -66,16 +65,19 @@ class InitdbIntent(Intent):
 
 
 @dataclass(frozen=True)
-class CreateIntent(Intent):
+class InitdbIntent(_OnName):
+    """Main is being made (initdb, a base backup or a first dump): discard it if cut short."""
+
+    KIND: ClassVar[str] = "initdb"
+    name: str = MAIN_BRANCH
+
+
+@dataclass(frozen=True)
+class CreateIntent(_OnName):
     """A new branch is being cloned and started: roll it back if cut short."""
 
     KIND: ClassVar[str] = "create"
-    name: str
     parent: str
-
-    @property
-    def branch(self) -> str:
-        return self.name
 
 
 class ResetPhase(enum.Enum):
@@ -91,19 +93,14 @@ class ResetPhase(enum.Enum):
 
 
 @dataclass(frozen=True)
-class ResetIntent(Intent):
+class ResetIntent(_OnName):
     """A branch is being re-cloned from its parent; its old data waits in the trash under
     ``token``."""
 
     KIND: ClassVar[str] = "reset"
-    name: str
     parent: str | None
     token: str
     phase: ResetPhase = ResetPhase.WHOLE
-
-    @property
-    def branch(self) -> str:
-        return self.name
 
 
 @dataclass(frozen=True)
@@ -124,29 +121,20 @@ class RefreshIntent(Intent):
 
 
 @dataclass(frozen=True)
-class BaseBackupIntent(Intent):
+class BaseBackupIntent(_OnName):
     """A base backup of the source is being taken into main: a half backup is never main."""
 
     KIND: ClassVar[str] = "basebackup"
     NEEDS: ClassVar[str] = "--source (the source the backup was taken from)"
     name: str = MAIN_BRANCH
 
-    @property
-    def branch(self) -> str:
-        return self.name
-
 
 @dataclass(frozen=True)
-class SnapshotIntent(Intent):
+class SnapshotIntent(_OnName):
     """A snapshot (storage name ``name``) of ``of`` is being cloned; its record commits it."""
 
     KIND: ClassVar[str] = "snapshot"
-    name: str
     of: str
-
-    @property
-    def branch(self) -> str:
-        return self.name
 
 
 #: Every kind Prism writes, by its discriminator.
