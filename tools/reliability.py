@@ -50,7 +50,7 @@ _HEAD = """# Reliability
 
 Prism runs for weeks as a developer's daemon, where laptops sleep, OOM killers strike and disks
 fill up. How it stays consistent is described in [architecture](architecture.md) (the intent
-journal, the trash, reconcile); this page holds the evidence. Every figure comes from one
+journal, the trash, start-up recovery); this page holds the evidence. Every figure comes from one
 command, `.venv/bin/python -m tools.reliability` (as root, for btrfs and the loop images),
 which runs the suites below and writes this page.
 
@@ -65,6 +65,20 @@ or staging left; no Postgres server runs under the data directory without a bran
 a clean shutdown); main's committed rows are all there. The driver `btrfs+docker` runs the
 branch servers as containers: there a server is also any container labelled with a data
 directory under the data dir, running or exited, and the systemd-like kill kills those too.
+
+**One journal, one registry.** Every step boundary is a named point in
+`prism.crashpoints.POINTS`; `tests/unit/test_crash_point_registry.py` parses the source and
+fails if a `crash_point` call names an unregistered point or a registered point is driven by no
+kill test. Besides the lifecycle operations above, kill tests drive the refresh of main
+(`refresh:*`, `tests/integration/test_source_dump.py`: one whole generation, nothing staged
+left), the base backup into main (`basebackup:*`, `tests/integration/test_source_restarts.py`:
+taken again whole, no `pg_basebackup` left), snapshots (`snapshot:*`) and a branch at a time
+(`pitr:cloned`, both `tests/integration/test_pitr.py`). Each intent is a typed row of the one
+journal; an intent that the Prism as started cannot recover stops start-up instead of being
+dropped: `test_a_refresh_cut_short_stops_a_start_without_dump_mode_and_keeps_everything` kills
+a refresh after main went to the trash, starts Prism without `--source-mode dump` and checks
+that it refuses (naming the intent and how to finish or remove it) with main's old data in the
+trash and the staged generation untouched, then finishes the swap in dump mode.
 
 **Full disk.** Each case makes its own 300 MB loop filesystem, creates branches until ENOSPC
 (each failure must be a clear JSON error leaving nothing half-made), fills the disk to the

@@ -13,11 +13,12 @@ States (each transition publishes one event)::
     running/stopped ─delete─▶ deleting ─▶ absent
 
 Crash safety: every multi-step change to the disk has a commit point and a durable intent.
-A new branch's record says ``provisioning`` before its clone starts; a reset and the initdb of
-main write an intent row (``StateStore.begin``) first; delete and reset take a directory away
-by renaming it into the storage's trash (one atomic step that needs no free space). Start-up
-reconcile (``_reconcile``) finishes or undoes whatever a crash interrupted, stops servers that
-belong to no branch and empties the trash and staging areas.
+A create, a reset and the initdb of main record a typed intent in the journal
+(``prism.journal``) first; delete and reset take a directory away by renaming it into the
+storage's trash (one atomic step that needs no free space). At start-up the manager's part of
+recovery (``recovery_owner``: a recoverer per intent kind, then ``_sweep``) finishes or undoes
+whatever a crash interrupted, stops servers that belong to no branch and empties the trash and
+staging areas.
 
 The manager also knows every proxied client session (``connection``), so an operation that
 takes a branch away from its clients (reset, stop, delete) can end their sessions with a clear
@@ -35,6 +36,7 @@ deleted branch never touches the counts of a new branch of the same name.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import enum
 import logging
 import os
@@ -71,6 +73,8 @@ from prism.errors import (
 )
 from prism.events import EventBus
 from prism.hooks import HookCommands, command_environment, run_on_create, run_on_create_command
+from prism.intents import CreateIntent, InitdbIntent, ResetIntent, ResetPhase
+from prism.journal import Journal
 from prism.names import MAIN_BRANCH, is_generation_name, is_snapshot_name, validate_branch_name
 from prism.pgclient import connect_branch
 from prism.pitr import PointInTime
@@ -82,10 +86,12 @@ from prism.policy import (
     is_expired,
     refuse_if_protected,
 )
+from prism.recovery import Owner
+from prism.recovery import recover as run_recovery
 from prism.runtime.base import Runtime
 from prism.schemadiff import SchemaDiff, diff_schemas, read_schema
 from prism.source.standby import detach_clone
-from prism.state import BranchRecord, Generation, Intent, StateStore, rfc3339, utcnow
+from prism.state import BranchRecord, Generation, StateStore, rfc3339, utcnow
 from prism.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -144,16 +150,6 @@ def _elapsed_ms(started: float) -> float:
 # their proxy tasks only have to send one ErrorResponse, so this is generous.
 _TERMINATE_WAIT = 5.0
 
-# Intent names in the journal (``StateStore.begin``).
-_OP_RESET = "reset"
-# A reset whose parent has an on_create hook marks its intent with this once the old data is
-# gone: a clone found after a crash from then on may lack the hook, and is thrown away.
-_PHASE_HOOKED_CLONE = "hooked-clone"
-# A reset marks its intent with this while the new clone is being made (see prism.clone): a
-# directory found under the branch's name after a crash then may be an unfinished clone.
-_PHASE_CLONING = "cloning"
-_OP_INITDB = "initdb"
-
 # Files every data directory initdb finished has; a directory without them is half-made.
 _PGDATA_MARKERS = ("PG_VERSION", "postgresql.conf", "global/pg_control")
 
@@ -208,8 +204,10 @@ class BranchManager:
         endpoint: Endpoint | None = None,
         make_main: Callable[[Path], Awaitable[None]] | None = None,
         hook_commands: HookCommands | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.storage = storage
+        self.journal = journal or Journal(state)
         self.runtime = runtime
         self.state = state
         self.events = events
@@ -336,9 +334,22 @@ class BranchManager:
         await self.open_main()
 
     async def recover(self) -> None:
-        """Reconcile the registry with storage and runtime: the quick first half of ``open``."""
-        await self._reconcile()
-        await self.policies.prune(self._branches)
+        """Recover with the manager as the only owner: the quick first half of ``open`` (a
+        whole Prism runs one pass with every owner instead, see ``prism.server``)."""
+        await run_recovery(self.journal, [self.recovery_owner()])
+
+    def recovery_owner(self) -> Owner:
+        """The manager's part of start-up recovery: undo interrupted creates, resets and
+        initdbs, then make records, disk and servers agree (``_sweep``)."""
+        return Owner(
+            "branches",
+            {
+                CreateIntent: self._recover_create,
+                ResetIntent: self._recover_reset,
+                InitdbIntent: self._recover_initdb,
+            },
+            sweep=self._sweep,
+        )
 
     async def open_main(self) -> None:
         """Create main if needed, then start it: the second half of ``open``.
@@ -416,23 +427,15 @@ class BranchManager:
                 await self._save(branch)
                 self.events.publish("stopped", branch.name, reason="exited")
 
-    async def _reconcile(self) -> None:
-        """Make records, disk and servers agree again after whatever ended the last run.
+    async def _sweep(self) -> None:
+        """Make records, disk and servers agree again after the journal's intents are done.
 
-        In order: undo or finish the operations a crash interrupted (intents, ``provisioning``
-        records); forget records whose directory is gone; register whole directories found
+        In order: forget records whose directory is gone; register whole directories found
         without a record and retire half-made ones; adopt servers of branches; stop every
-        other server running under the storage root; empty the trash and staging areas.
+        other server running under the storage root; empty the trash and staging areas; drop
+        the policies of branches that are gone.
         """
         records = {record.name: record for record in await self.state.all()}
-        for intent in await self.state.intents():
-            await self._recover(intent, records)
-        for name, record in list(records.items()):
-            if record.status == BranchStatus.PROVISIONING.value:
-                log.warning("reconcile: rolling back branch %s, left half-made by a crash", name)
-                await self._undo_on_disk(name)
-                await self.state.delete(name)
-                del records[name]
         on_disk = {
             name
             for name in self.storage.list()
@@ -470,34 +473,36 @@ class BranchManager:
             log.warning("reconcile: stopped a server that belongs to no branch: %s", stray)
         for leftover in await self.storage.sweep():
             log.warning("reconcile: removed leftover %s", leftover)
+        await self.policies.prune(self._branches)
 
-    async def _recover(self, intent: Intent, records: dict[str, BranchRecord]) -> None:
-        """Finish or undo one operation a crash interrupted, then drop its intent."""
-        name = intent.branch
-        if intent.op == _OP_INITDB:
-            # Main is not serving until its intent is gone, so nobody can have used it yet:
-            # throw the attempt away and let ``open`` run initdb again from scratch.
-            log.warning("reconcile: discarding the interrupted initdb of branch %s", name)
-            await self._undo_on_disk(name)
-            await self.state.delete(name)
-            records.pop(name, None)
-        elif intent.op == _OP_RESET:
-            await self._stop_leftover(name)
-            token, _, phase = (intent.detail or "").partition(":")
-            if self.storage.exists(name) and phase == _PHASE_HOOKED_CLONE:
-                await self._undo_unhooked_reset(name, token)
-            elif self.storage.exists(name) and phase == _PHASE_CLONING:
-                await self._recover_unfinished_clone(name, token)
-            elif self.storage.exists(name):
-                # The old data (crash before the retire) or the finished new clone.
-                log.warning("reconcile: the interrupted reset of branch %s left it whole", name)
-            elif token and await self.storage.restore(name, token):
-                log.warning("reconcile: undid the interrupted reset of branch %s", name)
-            else:
-                log.error("reconcile: branch %s was lost by an interrupted reset", name)
+    async def _recover_initdb(self, intent: InitdbIntent) -> None:
+        """Main is not serving until its intent is gone, so nobody can have used it yet:
+        throw the attempt away and let ``open_main`` make it again from scratch."""
+        log.warning("reconcile: discarding the interrupted initdb of branch %s", intent.name)
+        await self._undo_on_disk(intent.name)
+        await self.state.delete(intent.name)
+
+    async def _recover_create(self, intent: CreateIntent) -> None:
+        """A create cut short: no client was told it exists, so it is rolled back."""
+        log.warning("reconcile: rolling back branch %s, left half-made by a crash", intent.name)
+        await self._undo_on_disk(intent.name)
+        await self.state.delete(intent.name)
+
+    async def _recover_reset(self, intent: ResetIntent) -> None:
+        """Keep what a reset cut short left whole, or put the old data back."""
+        name, token, phase = intent.name, intent.token, intent.phase
+        await self._stop_leftover(name)
+        if self.storage.exists(name) and phase is ResetPhase.HOOKED_CLONE:
+            await self._undo_unhooked_reset(name, token)
+        elif self.storage.exists(name) and phase is ResetPhase.CLONING:
+            await self._recover_unfinished_clone(name, token)
+        elif self.storage.exists(name):
+            # The old data (crash before the retire) or the finished new clone.
+            log.warning("reconcile: the interrupted reset of branch %s left it whole", name)
+        elif token and await self.storage.restore(name, token):
+            log.warning("reconcile: undid the interrupted reset of branch %s", name)
         else:
-            log.error("reconcile: unknown operation %r on branch %s ignored", intent.op, name)
-        await self.state.finish(name)
+            log.error("reconcile: branch %s was lost by an interrupted reset", name)
 
     async def _undo_unhooked_reset(self, name: str, token: str) -> None:
         """Throw away an interrupted reset's clone that may lack its parent's hook.
@@ -557,7 +562,8 @@ class BranchManager:
         making = BranchStatus.PROVISIONING if self._make_main is None else BranchStatus.BACKING_UP
         branch = Branch(MAIN_BRANCH, None, utcnow(), making)
         self._branches[MAIN_BRANCH] = branch
-        await self.state.begin(MAIN_BRANCH, _OP_INITDB)
+        intent = InitdbIntent(MAIN_BRANCH)
+        await self.journal.record(intent)
         crash_point("initdb:recorded")
         try:
             path = await self.storage.create(MAIN_BRANCH)
@@ -571,12 +577,12 @@ class BranchManager:
             del self._branches[MAIN_BRANCH]
             with trio.CancelScope(shield=True):
                 await self._destroy_quietly(MAIN_BRANCH)
-                await self.state.finish(MAIN_BRANCH)
+                await self.journal.done(intent)
             raise
         branch.created_at, branch.status = utcnow(), BranchStatus.STOPPED
         await self.state.put(branch.record())
         crash_point("initdb:registered")
-        await self.state.finish(MAIN_BRANCH)
+        await self.journal.done(intent)
         self.events.publish("created", MAIN_BRANCH, duration_ms=_elapsed_ms(started))
 
     # ---- the hot question: where do I send this client? --------------------------------
@@ -715,8 +721,9 @@ class BranchManager:
             was_running = self.runtime.address(name) is not None
             # The old data goes to the trash under a name recorded first, so a crash at any
             # step leaves either a whole branch or a way back to one.
-            token = secrets.token_hex(4)
-            await self.state.begin(name, _OP_RESET, parent=parent, detail=token)
+            intent = ResetIntent(name, parent, secrets.token_hex(4))
+            token = intent.token
+            await self.journal.record(intent)
             crash_point("reset:recorded")
             try:
                 await self._terminate_sessions(
@@ -727,7 +734,7 @@ class BranchManager:
                 await self._stop(branch, reason="reset")
             except BaseException:
                 with trio.CancelScope(shield=True):
-                    await self.state.finish(name)
+                    await self.journal.done(intent)
                 raise
             crash_point("reset:stopped")
             branch.status = BranchStatus.RESETTING
@@ -744,30 +751,28 @@ class BranchManager:
                     if self.policies.get(parent).has_hook:
                         # From here a clone may stand without its hook run: reconcile must
                         # know to throw it away rather than keep it.
-                        phase = _PHASE_HOOKED_CLONE
+                        phase = ResetPhase.HOOKED_CLONE
                     else:
                         # A clone cut short by a crash must not pass for a finished one.
-                        phase = _PHASE_CLONING
-                    await self.state.begin(
-                        name, _OP_RESET, parent=parent, detail=f"{token}:{phase}"
-                    )
+                        phase = ResetPhase.CLONING
+                    await self.journal.record(dataclasses.replace(intent, phase=phase))
                     await self._clone_from(parent, name)
-                    if phase == _PHASE_CLONING:
+                    if phase is ResetPhase.CLONING:
                         # Finished: a crash from here on keeps the new clone.
-                        await self.state.begin(name, _OP_RESET, parent=parent, detail=token)
+                        await self.journal.record(intent)
                     crash_point("reset:cloned")
                     await self._run_hook_unseen(branch)
                     crash_point("reset:hooked")
             except BaseException as exc:
                 with trio.CancelScope(shield=True):
-                    await self._undo_reset(branch, token, moved=moved)
+                    await self._undo_reset(branch, intent, moved=moved)
                 self._publish_failure(name, exc, started)
                 raise
             branch.status = BranchStatus.STOPPED
             branch.bytes_proxied = 0
             branch.last_active_ts = time.time()
             await self._save(branch)
-            await self.state.finish(name)
+            await self.journal.done(intent)
             if retired is not None:
                 await self._remove_retired(retired)
             if was_running:
@@ -1016,7 +1021,9 @@ class BranchManager:
         branch = Branch(name, parent_name, utcnow(), BranchStatus.PROVISIONING)
         self._branches[name] = branch
         self.events.publish("provisioning", name, parent=parent_name)
+        intent = CreateIntent(name, parent_name)
         try:
+            await self.journal.record(intent)
             await self.state.put(branch.record())
             crash_point("create:recorded")
             if at is None:
@@ -1026,10 +1033,12 @@ class BranchManager:
             crash_point("create:cloned")
             clone_ms = _elapsed_ms(started)
             await self._start(branch, reason="create")
+            await self.journal.done(intent)
             crash_point("create:started")
         except BaseException as exc:
             with trio.CancelScope(shield=True):
                 await self._roll_back(name)
+                await self.journal.done(intent)
             self._publish_failure(name, exc, started)
             if isinstance(exc, PrismError):
                 raise ProvisionFailed(
@@ -1164,7 +1173,7 @@ class BranchManager:
         except StorageError as exc:
             log.error("rollback: could not remove data of branch %s: %s", name, exc.message)
 
-    async def _undo_reset(self, branch: Branch, token: str, *, moved: bool) -> None:
+    async def _undo_reset(self, branch: Branch, intent: ResetIntent, *, moved: bool) -> None:
         """A reset failed: put the old data back if it went to the trash, else drop the branch.
 
         ``moved`` says whether the old data left for the trash; if not, it is still in place.
@@ -1176,7 +1185,7 @@ class BranchManager:
             if moved:
                 await self.runtime.stop(name)
                 await self._destroy_quietly(name)
-                restored = await self.storage.restore(name, token)
+                restored = await self.storage.restore(name, intent.token)
             else:
                 restored = self.storage.exists(name)
             if restored:
@@ -1187,7 +1196,7 @@ class BranchManager:
                 await self._roll_back(name)
         except PrismError as exc:
             log.error("reset: could not undo the reset of branch %s: %s", name, exc.message)
-        await self.state.finish(name)
+        await self.journal.done(intent)
 
     def _discarded(self, name: str) -> None:
         for hook in self.after_discard:

@@ -1,9 +1,14 @@
 """Named step boundaries of lifecycle operations, where a test can kill Prism on purpose.
 
-The crash-point suite (``tests/integration/test_crash_points.py``) proves that every operation
-survives ``kill -9`` at each of its steps: it starts ``prism serve`` with
-``PRISM_TEST_CRASH_AT=<point>`` and Prism SIGKILLs its own process group (as systemd does to a
-unit) on reaching that point. Without the variable a crash point costs one environment lookup.
+The crash-point suite (``tests/integration/test_crash_points.py`` and the kill tests of the
+source, dump and snapshot features) proves that every operation survives ``kill -9`` at each of
+its steps: it starts ``prism serve`` with ``PRISM_TEST_CRASH_AT=<point>`` and Prism SIGKILLs
+its own process group (as systemd does to a unit) on reaching that point. Without the variable
+a crash point costs one environment lookup.
+
+``POINTS`` is the one registry: a unit test (``tests/unit/test_crash_point_registry.py``) checks
+that every ``crash_point`` call in the source names a registered point and that every point is
+driven by a kill test.
 """
 
 from __future__ import annotations
@@ -37,6 +42,19 @@ POINTS: dict[str, tuple[str, ...]] = {
     ),
     "start": ("start:server-up",),
     "stop": ("stop:server-down",),
+    # A refresh of main (--source-mode dump): the staging generation, then the swap.
+    "refresh": (
+        "refresh:created",
+        "refresh:restored",
+        "refresh:recorded",
+        "refresh:retired",
+        "refresh:swapped",
+    ),
+    # A base backup of the source into main (inside the initdb of main).
+    "basebackup": ("basebackup:recorded", "basebackup:copied", "basebackup:configured"),
+    "snapshot": ("snapshot:recorded", "snapshot:cloned", "snapshot:committed"),
+    # A create with ``at``: its clone of a snapshot, before it is set to recover to the time.
+    "pitr": ("pitr:cloned",),
 }
 
 

@@ -6,17 +6,18 @@ database (``prism.source.dump``). The first copy is main's generation 1. ``prism
 the API and the ``--refresh-every`` timer make the next one in a staging directory
 (``gen:<n>`` in the storage) while the old main keeps serving, then swap main to it:
 
-1. the intent is recorded (``refresh`` on main in the operations journal, with the staging
-   name and the generation), main is stopped under its lock (``BranchManager.replace_main``);
+1. main is stopped under its lock (``BranchManager.replace_main``), and a ``RefreshIntent``
+   (the staging name, the trash token and the generation) is recorded in the journal;
 2. main's directory goes to the trash (one rename), the staging directory takes its place
    (another rename), main's generation is recorded, the intent is dropped.
 
-Start-up reconcile finishes a swap whose main is gone but whose staging directory stands, and
-removes every other staging directory: a refresh cut short anywhere leaves the old generation
-serving and nothing half-made. Branches keep the generation they were cloned from: on btrfs,
-reflink and copy a clone shares nothing with main's directory that a rename could take away; on
-ZFS a clone hangs on a snapshot of main's dataset, so the driver sets the old dataset aside
-(unmounted) instead of destroying it, until no branch needs it (``prism.storage.zfs``).
+Start-up recovery (``recovery_owner``) finishes a swap whose main is gone but whose staging
+directory stands, and removes every other staging directory: a refresh cut short anywhere
+leaves the old generation serving and nothing half-made. Branches keep the generation they were
+cloned from: on btrfs, reflink and copy a clone shares nothing with main's directory that a
+rename could take away; on ZFS a clone hangs on a snapshot of main's dataset, so the driver sets
+the old dataset aside (unmounted) instead of destroying it, until no branch needs it
+(``prism.storage.zfs``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,10 @@ from prism.config import Settings, SourceMode
 from prism.crashpoints import crash_point
 from prism.errors import BranchConflict, ConfigError, PrismError
 from prism.events import EventBus
+from prism.intents import RefreshIntent
+from prism.journal import Journal
 from prism.names import GENERATION_PREFIX, MAIN_BRANCH, is_generation_name
+from prism.recovery import Owner
 from prism.runtime.base import Runtime
 from prism.source.basebackup import SourceError, ToolFailed, explain_failure
 from prism.source.dump import CopyProgress, Target, copy_database, copy_roles, server_version_num
@@ -44,9 +48,6 @@ from prism.state import Generation, StateStore, utcnow
 from prism.storage.base import Storage
 
 log = logging.getLogger(__name__)
-
-#: The intent name of a swap of main to a new generation in the operations journal.
-OP_REFRESH = "refresh"
 
 _LOG_EVERY_S = 5.0
 
@@ -109,7 +110,7 @@ class Generations:
         source: Source,
         storage: Storage,
         runtime: Runtime,
-        state: StateStore,
+        journal: Journal,
         events: EventBus,
         *,
         superuser: str,
@@ -118,11 +119,11 @@ class Generations:
         self.source = source
         self.storage = storage
         self.runtime = runtime
-        self.state = state
+        self.journal = journal
         self.events = events
         self.superuser = superuser
         self.password = password
-        self.store = GenerationStore(state)
+        self.store = GenerationStore(journal.state)
         self._manager: BranchManager | None = None
         self._nursery: trio.Nursery | None = None
         self._running: _Outcome | None = None
@@ -248,9 +249,9 @@ class Generations:
 
     async def _swap(self, staged: str, generation: Generation) -> None:
         """Put the staged generation where main is; called with main stopped and locked."""
-        token = secrets.token_hex(4)
-        detail = f"{staged} {token} {generation.number} {generation.taken_at.isoformat()}"
-        await self.state.begin(MAIN_BRANCH, OP_REFRESH, detail=detail)
+        intent = RefreshIntent(staged, secrets.token_hex(4), generation.number, generation.taken_at)
+        token = intent.token
+        await self.journal.record(intent)
         crash_point("refresh:recorded")
         try:
             retired = await self.storage.retire(MAIN_BRANCH, token)
@@ -260,13 +261,13 @@ class Generations:
             with trio.CancelScope(shield=True):
                 if not self._whole(MAIN_BRANCH):
                     await self.storage.restore(MAIN_BRANCH, token)
-                await self.state.finish(MAIN_BRANCH)
+                await self.journal.done(intent)
             raise
         crash_point("refresh:swapped")
         await self.store.put(MAIN_BRANCH, generation)
         assert self._manager is not None
         self._manager.require(MAIN_BRANCH).generation = generation
-        await self.state.finish(MAIN_BRANCH)
+        await self.journal.done(intent)
         if retired is not None:
             try:
                 await self.storage.remove_path(retired)
@@ -287,27 +288,27 @@ class Generations:
 
     # ---- start-up ----------------------------------------------------------------------------
 
-    async def reconcile(self) -> None:
-        """Finish a swap a crash interrupted after main left, and remove every other staged
-        generation. Runs before the manager's reconcile, which does not know this intent."""
-        finished = None
-        for intent in await self.state.intents():
-            if intent.branch != MAIN_BRANCH or intent.op != OP_REFRESH:
-                continue
-            staged, token, number, taken_at = (intent.detail or "").split(" ")
-            generation = Generation(int(number), datetime.fromisoformat(taken_at))
-            if self._whole(staged) and not self._whole(MAIN_BRANCH):
-                await self._rename(staged, MAIN_BRANCH)
-                log.warning("reconcile: finished the swap of main to generation %s", number)
-            if self._whole(MAIN_BRANCH) and not self._whole(staged):
-                finished = generation
-            else:
-                # Cut short before main left, or (zfs) while it was being set aside: main's
-                # own data back in place (a no-op where it never moved); staged goes below.
-                await self.storage.restore(MAIN_BRANCH, token)
-            await self.state.finish(MAIN_BRANCH)
-        if finished is not None:
-            await self.store.put(MAIN_BRANCH, finished)
+    def recovery_owner(self) -> Owner:
+        """Its part of start-up recovery: finish or undo a swap a crash interrupted, then
+        remove every staged generation left. Runs before the manager's part, which expects
+        main in its place."""
+        return Owner("generations", {RefreshIntent: self._recover_refresh}, sweep=self._sweep)
+
+    async def _recover_refresh(self, intent: RefreshIntent) -> None:
+        """Finish a swap cut short after main left; otherwise put main's own data back."""
+        staged, number = intent.staged, intent.generation
+        if self._whole(staged) and not self._whole(MAIN_BRANCH):
+            await self._rename(staged, MAIN_BRANCH)
+            log.warning("reconcile: finished the swap of main to generation %s", number)
+        if self._whole(MAIN_BRANCH) and not self._whole(staged):
+            await self.store.put(MAIN_BRANCH, Generation(number, intent.taken_at))
+        else:
+            # Cut short before main left, or (zfs) while it was being set aside: main's
+            # own data back in place (a no-op where it never moved); staged goes below.
+            await self.storage.restore(MAIN_BRANCH, intent.token)
+
+    async def _sweep(self) -> None:
+        """Remove every staged generation: none is in use once recovery runs."""
         for name in self.storage.list():
             if is_generation_name(name):
                 log.warning("reconcile: removing %s, left by an interrupted refresh", name)
@@ -414,7 +415,7 @@ def open_generations(
     source: Source | None,
     storage: Storage,
     runtime: Runtime,
-    state: StateStore,
+    journal: Journal,
     events: EventBus,
 ) -> Generations | None:
     """Main's generations when ``--source-mode dump`` asks for them; None otherwise."""
@@ -428,11 +429,11 @@ def open_generations(
         source,
         storage,
         runtime,
-        state,
+        journal,
         events,
         superuser=settings.superuser,
         password=settings.password,
     )
 
 
-__all__ = ["OP_REFRESH", "Every", "GenerationStore", "Generations", "open_generations"]
+__all__ = ["Every", "GenerationStore", "Generations", "open_generations"]

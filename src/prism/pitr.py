@@ -26,8 +26,8 @@ With the docker runtime a server sees these directories through bind mounts at f
 (``CONTAINER_ARCHIVE`` and the two under ``/var/lib/prism/restore``), and the commands name
 those paths.
 
-Everything the create path does for crash safety applies unchanged: the new branch is recorded
-``provisioning`` before the clone, and reconcile removes a half-made one.
+Everything the create path does for crash safety applies unchanged: the create's intent is in
+the journal before the clone, and start-up recovery removes a half-made branch.
 """
 
 from __future__ import annotations
@@ -45,8 +45,10 @@ import trio
 from prism import walarchive
 from prism.address import BackendAddress
 from prism.config import BranchPattern, Settings, format_duration, parse_duration
+from prism.crashpoints import crash_point
 from prism.errors import ConfigError, OutsideWindow, PrismError
 from prism.events import EventBus
+from prism.journal import Journal
 from prism.names import MAIN_BRANCH
 from prism.runtime.base import BindMount, Runtime, ServerExtras
 from prism.snapshots import (
@@ -110,6 +112,7 @@ class PointInTime:
         storage: Storage,
         events: EventBus,
         *,
+        journal: Journal,
         branches: BranchPattern | None = None,
         in_containers: bool = False,
     ) -> None:
@@ -117,7 +120,7 @@ class PointInTime:
         self.events = events
         self.branches = branches or BranchPattern.parse(MAIN_BRANCH)
         self.archives = data_dir / "wal-archive"
-        self.store = SnapshotStore(data_dir / "snapshots", storage)
+        self.store = SnapshotStore(data_dir / "snapshots", storage, journal)
         # Servers run in containers and see the archives through bind mounts.
         self._in_containers = in_containers
         # A snapshot being cloned into a branch is not pruned or swept under it.
@@ -220,6 +223,9 @@ class PointInTime:
         async with self._lock:
             snapshot = self.check(at, utcnow(), parent)
             path = await self.storage.clone(snapshot.name, child)
+        # A clone not yet told to recover to ``at`` would start as the snapshot's moment: the
+        # create's intent has it rolled back.
+        crash_point("pitr:cloned")
         archive = self.archive_of(parent)
         if self._in_containers:
             restore = archive.restore_command(
@@ -260,9 +266,6 @@ class PointInTime:
             await trio.to_thread.run_sync(walarchive.remove_retired, self.archives)
 
     # ---- the schedule ------------------------------------------------------------------
-
-    async def reconcile(self) -> None:
-        await self.store.reconcile()
 
     async def run(
         self, *, every: float, retention: float, source: SnapshotSource, superuser: str
@@ -355,7 +358,12 @@ async def _commit_after(address: BackendAddress, at: datetime, *, superuser: str
 
 
 def open_point_in_time(
-    settings: Settings, data_dir: Path, storage: Storage, runtime: Runtime, events: EventBus
+    settings: Settings,
+    data_dir: Path,
+    storage: Storage,
+    runtime: Runtime,
+    events: EventBus,
+    journal: Journal,
 ) -> PointInTime | None:
     """The WAL archives and snapshots ``settings`` ask for; None when they are off."""
     if settings.snapshot_every <= 0:
@@ -379,6 +387,7 @@ def open_point_in_time(
         data_dir,
         storage,
         events,
+        journal=journal,
         branches=settings.point_in_time_branches,
         in_containers=in_containers,
     )

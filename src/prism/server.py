@@ -27,12 +27,15 @@ from prism.errors import ConfigError
 from prism.events import EventBus
 from prism.generations import open_generations
 from prism.hooks import HookCommands
+from prism.journal import Journal
 from prism.pitr import SnapshotSource, open_point_in_time
 from prism.policy import CreateDefaults
 from prism.proxy import Proxy
 from prism.reaper import run_expiry, run_reaper
+from prism.recovery import recover
 from prism.runtime import open_runtime
 from prism.runtime.base import Confinement
+from prism.snapshots import SnapshotStore
 from prism.source.follow import open_source
 from prism.source.health import read_health, watch_source
 from prism.state import StateStore
@@ -133,13 +136,10 @@ class PrismServer:
         runtime = await open_runtime(settings, data_dir, copy_on_write=storage.copy_on_write)
         _report_confinement(runtime.confinement())
         state = StateStore(data_dir / "prism.db")
+        journal = Journal(state)
         events = EventBus(buffer=settings.event_buffer)
-        source = await open_source(settings, data_dir, events, runtime)
-        generations = open_generations(settings, source, storage, runtime, state, events)
-        if generations is not None:
-            await generations.reconcile()
-        elif source is not None:
-            await source.reconcile(storage)
+        source = await open_source(settings, data_dir, events, runtime, journal=journal)
+        generations = open_generations(settings, source, storage, runtime, journal, events)
         make_main = None if source is None else source.make_main
         if generations is not None:
             make_main = generations.make_first
@@ -169,10 +169,13 @@ class PrismServer:
             hook_commands=HookCommands(
                 allowed=settings.allow_hook_commands, timeout=settings.hook_command_timeout
             ),
+            journal=journal,
         )
         point_in_time = None
         if generations is None:  # each generation is a new cluster: its WAL starts over
-            point_in_time = open_point_in_time(settings, data_dir, storage, runtime, events)
+            point_in_time = open_point_in_time(
+                settings, data_dir, storage, runtime, events, journal
+            )
         manager.point_in_time = point_in_time
         if point_in_time is not None:
             manager.after_start.append(point_in_time.started)
@@ -182,10 +185,23 @@ class PrismServer:
         data_plane = choose_data_plane(settings.data_plane)
         verifiers = open_verifiers(manager, settings)
         proxy = Proxy.from_settings(manager, settings, data_dir, verifiers, data_plane)
+        snapshots = (
+            SnapshotStore(data_dir / "snapshots", storage, journal)
+            if point_in_time is None
+            else point_in_time.store
+        )
+        owners = [
+            snapshots.recovery_owner(sweep=point_in_time is not None),
+            manager.recovery_owner(),
+        ]
+        if source is not None:
+            owners.append(source.recovery_owner(storage))
+        if generations is not None:
+            owners.append(generations.recovery_owner())
         try:
-            if point_in_time is not None:
-                await point_in_time.reconcile()
-            await manager.recover()
+            # One pass, in the order prism.recovery declares; it refuses to start, touching
+            # nothing, if the journal holds an intent none of these owners recovers.
+            await recover(journal, owners)
             # A base backup of a source may take hours: the API and the front door are served
             # meanwhile, showing the progress and telling clients how far it is
             # (manager.check_available). initdb, and a first dump (whose progress is in the

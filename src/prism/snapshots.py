@@ -8,11 +8,12 @@ first WAL segment its recovery needs (the redo point of the branch's last checkp
 clone). With the branch's WAL archive (``prism.walarchive``) it is the starting point of a
 branch as of any time after it (``prism.pitr``).
 
-Crash safety: a ``<name>.taking`` marker is written before the clone and the record after it;
-the record is the commit point. Start-up (``SnapshotStore.reconcile``) removes a clone whose
-record was never written and a record whose clone is gone. Deleting one removes the record
-first, so a half-deleted snapshot is never offered; deleting a branch forgets all of its
-records at once and leaves the clones to ``reconcile``.
+Crash safety: a ``SnapshotIntent`` is recorded in the journal before the clone and the record
+is written after it; the record is the commit point. Start-up recovery
+(``SnapshotStore.recovery_owner``) removes the clone of an intent whose record was never
+written, then (``reconcile``) any clone without a record and any record whose clone is gone.
+Deleting one removes the record first, so a half-deleted snapshot is never offered; deleting a
+branch forgets all of its records at once and leaves the clones to ``reconcile``.
 
 The schedule (``PointInTime.run``) is a background task that logs and survives every failure:
 a failed snapshot is tried again a minute later, and never stops Prism.
@@ -32,16 +33,19 @@ from typing import Any
 import trio
 
 from prism.address import BackendAddress
+from prism.crashpoints import crash_point
 from prism.errors import BranchConflict
+from prism.intents import SnapshotIntent
+from prism.journal import Journal
 from prism.names import SNAPSHOT_PREFIX, is_snapshot_name
 from prism.pgclient import ServiceConnection, connect_service
+from prism.recovery import Owner
 from prism.state import utcnow
 from prism.storage.base import Storage
 
 log = logging.getLogger(__name__)
 
 _RECORD = ".json"
-_TAKING = ".taking"
 #: How soon a failed snapshot is tried again (or sooner, if snapshots are more frequent).
 RETRY_SECONDS = 60.0
 
@@ -92,9 +96,10 @@ def expired(snapshots: list[Snapshot], now: datetime, retention: timedelta) -> l
 class SnapshotStore:
     """The records of the snapshots, one JSON file each in ``directory``."""
 
-    def __init__(self, directory: Path, storage: Storage) -> None:
+    def __init__(self, directory: Path, storage: Storage, journal: Journal) -> None:
         self.directory = directory
         self.storage = storage
+        self.journal = journal
 
     def list(self) -> list[Snapshot]:
         """Every complete snapshot, oldest first (blocking, cheap)."""
@@ -114,18 +119,20 @@ class SnapshotStore:
                 log.warning("snapshots: ignoring unreadable record %s: %s", path.name, exc)
         return sorted(found, key=lambda snapshot: snapshot.taken_at)
 
-    def begin(self, name: str) -> None:
-        """Record that ``name`` is being taken, before anything reaches the disk."""
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._path(name, _TAKING).write_text("", encoding="utf-8")
+    async def begin(self, name: str, branch: str) -> SnapshotIntent:
+        """Record that ``name`` (of ``branch``) is being taken, before anything reaches the
+        disk; its record's directory is made now, so a full disk fails here, not at the end."""
+        await trio.to_thread.run_sync(self._make_directory)
+        intent = SnapshotIntent(name, branch)
+        await self.journal.record(intent)
+        return intent
 
     def commit(self, snapshot: Snapshot) -> None:
-        """Record a whole snapshot: from here on it is offered (the commit point)."""
+        """Record a whole snapshot: from here on it is offered (the commit point; blocking)."""
         raw = {**snapshot.view(), "taken_at": snapshot.taken_at.isoformat()}
         tmp = self._path(snapshot.name, ".tmp")
         tmp.write_text(json.dumps(raw), encoding="utf-8")
         tmp.replace(self._path(snapshot.name, _RECORD))
-        self._path(snapshot.name, _TAKING).unlink(missing_ok=True)
 
     def forget_branch(self, branch: str) -> None:
         """Stop offering every snapshot of ``branch`` (blocking, cheap); their clones are
@@ -136,8 +143,7 @@ class SnapshotStore:
 
     def forget(self, name: str) -> None:
         """Stop offering ``name`` (its clone is removed after this)."""
-        for suffix in (_RECORD, _TAKING):
-            self._path(name, suffix).unlink(missing_ok=True)
+        self._path(name, _RECORD).unlink(missing_ok=True)
 
     async def discard(self, name: str) -> bool:
         """Forget ``name`` and remove its clone; False if the clone must stay for now.
@@ -156,6 +162,22 @@ class SnapshotStore:
             await self.storage.remove_path(retired)
         return True
 
+    def recovery_owner(self, *, sweep: bool) -> Owner:
+        """Its part of start-up recovery: remove what an interrupted snapshot left, then, with
+        ``sweep`` (snapshots are on), everything else ``reconcile`` finds."""
+        return Owner(
+            "snapshots",
+            {SnapshotIntent: self._recover},
+            sweep=self.reconcile if sweep else None,
+        )
+
+    async def _recover(self, intent: SnapshotIntent) -> None:
+        """A snapshot cut short: keep it if its record was written, else remove its clone."""
+        if await trio.to_thread.run_sync(self._path(intent.name, _RECORD).exists):
+            return
+        if self.storage.exists(intent.name) and await self.discard(intent.name):
+            log.warning("reconcile: removed snapshot %s, left half-made by a crash", intent.name)
+
     async def reconcile(self, why: str = "left half-made by a crash") -> None:
         """Remove what a crash (or a forgotten branch: ``why``) left: clones without a record,
         records without a clone."""
@@ -167,8 +189,9 @@ class SnapshotStore:
             if not self.storage.exists(name):
                 log.warning("reconcile: forgetting snapshot %s: its data is gone", name)
                 await trio.to_thread.run_sync(self.forget, name)
-        for path in self._files(_TAKING):
-            path.unlink(missing_ok=True)
+
+    def _make_directory(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def _path(self, name: str, suffix: str) -> Path:
         return self.directory / f"{name}{suffix}"
@@ -210,17 +233,22 @@ async def take_snapshot(
     target)`` clones it consistently. A failure leaves nothing behind."""
     started = utcnow()
     name = snapshot_name(branch, started)
-    await trio.to_thread.run_sync(store.begin, name)
+    intent = await store.begin(name, branch)
+    crash_point("snapshot:recorded")
     try:
         redo = await redo_wal_file(address, superuser=superuser)
         await clone(branch, name)
+        crash_point("snapshot:cloned")
         # Complete now: a backup-mode clone is consistent only as of its end.
         snapshot = Snapshot(name, branch, utcnow(), redo)
         await trio.to_thread.run_sync(store.commit, snapshot)
+        crash_point("snapshot:committed")
     except BaseException:
         with trio.CancelScope(shield=True):
             await store.discard(name)
+            await store.journal.done(intent)
         raise
+    await store.journal.done(intent)
     log.info(
         "snapshot: %s taken in %.1f s (redo from %s)",
         name,

@@ -4,9 +4,7 @@ It records what Prism *meant* to have (name, parent, timestamps, status); storag
 drivers say what really exists. ``BranchManager`` reconciles the two at start. All calls go
 through a worker thread so a slow disk never stalls the event loop.
 
-The ``operations`` table is the intent journal: a multi-step disk change (reset, the initdb of
-main) writes its row *before* touching the disk and removes it when done, so a crash anywhere
-in between leaves a row that start-up reconcile finishes or undoes. The file and its WAL are
+The intent journal is a table in this file too (``prism.journal``). The file and its WAL are
 0600: they name every branch and are nobody else's business.
 """
 
@@ -29,13 +27,6 @@ CREATE TABLE IF NOT EXISTS branches (
     created_at  TEXT NOT NULL,
     last_active TEXT NOT NULL,
     status      TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS operations (
-    branch      TEXT PRIMARY KEY,
-    op          TEXT NOT NULL,
-    parent      TEXT,
-    detail      TEXT,
-    started_at  TEXT NOT NULL
 )
 """
 
@@ -95,16 +86,6 @@ class StateError(StorageError):
     """The state file could not be read or written (most often: the disk is full)."""
 
 
-@dataclass(frozen=True)
-class Intent:
-    """One unfinished multi-step operation, as recorded before it touched the disk."""
-
-    branch: str
-    op: str
-    parent: str | None
-    detail: str | None = None
-
-
 class StateStore:
     """Reads and writes branch records; safe to share between tasks (calls are serialised)."""
 
@@ -141,9 +122,14 @@ class StateStore:
             if column not in have:
                 self._db.execute(alter)
 
-    def load(self, sql: str) -> list[tuple[object, ...]]:
-        """Rows read at start, before any task runs (so without the lock or a thread)."""
-        return self._db.execute(sql).fetchall()
+    def load(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        """Run one statement at start, before any task runs (so without the lock or a thread)."""
+        return self._db.execute(sql, params).fetchall()
+
+    def has_table(self, table: str) -> bool:
+        """Whether the file has ``table`` (one an older Prism kept, say)."""
+        found = self.load("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))
+        return bool(found)
 
     async def execute(
         self, sql: str, params: tuple[object, ...] = (), *, what: str = "Prism's state file"
@@ -192,37 +178,6 @@ class StateStore:
 
     async def delete(self, name: str) -> None:
         await self.execute("DELETE FROM branches WHERE name = ?", (name,))
-
-    async def begin(
-        self, branch: str, op: str, *, parent: str | None = None, detail: str | None = None
-    ) -> None:
-        """Record the intent to run ``op`` on ``branch``, before any of its steps.
-
-        ``detail`` is what recovery needs to undo it (for a reset: where the old data went).
-        """
-        await self.execute(
-            "INSERT OR REPLACE INTO operations VALUES (?, ?, ?, ?, ?)",
-            (branch, op, parent, detail, utcnow().isoformat()),
-        )
-
-    async def finish(self, branch: str) -> None:
-        """Drop ``branch``'s intent: its operation completed or was undone."""
-        await self.execute("DELETE FROM operations WHERE branch = ?", (branch,))
-
-    async def intents(self) -> list[Intent]:
-        """Every operation a crash interrupted, oldest first."""
-        rows = await self.execute(
-            "SELECT branch, op, parent, detail FROM operations ORDER BY started_at"
-        )
-        return [
-            Intent(
-                str(branch),
-                str(op),
-                None if parent is None else str(parent),
-                None if detail is None else str(detail),
-            )
-            for branch, op, parent, detail in rows
-        ]
 
     def close(self) -> None:
         self._db.close()

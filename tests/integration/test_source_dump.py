@@ -18,6 +18,7 @@ import httpx
 import pytest
 import trio
 
+from prism.crashpoints import POINTS
 from prism.errors import find_prism_error
 
 from .api_helpers import api, error_of_next_query, open_session, wait_for
@@ -289,14 +290,11 @@ def _dsn(pg_port: int, user: str = "postgres") -> str:
     )
 
 
-#: Each step a refresh passes, and the generation main holds after a kill there and a restart.
-REFRESH_KILLS = [
-    ("refresh:created", 1),
-    ("refresh:restored", 1),
-    ("refresh:recorded", 1),
-    ("refresh:retired", 2),  # main was gone, the whole new generation stood: finished
-    ("refresh:swapped", 2),
-]
+#: The generation main holds after a kill at a refresh's step and a restart: 2 once main was
+#: gone and the whole new generation stood (the swap is finished), 1 before.
+_GENERATION_AFTER = {"refresh:retired": 2, "refresh:swapped": 2}
+#: Each step a refresh passes (the registry's), and the generation main holds after a kill there.
+REFRESH_KILLS = [(point, _GENERATION_AFTER.get(point, 1)) for point in POINTS["refresh"]]
 
 
 async def kill_a_refresh(
@@ -304,6 +302,14 @@ async def kill_a_refresh(
 ) -> tuple[trio.Process, int, int]:
     """Main of generation 1 with a branch ``kept`` (a row of its own), 500 more rows on the
     source, a refresh killed at ``point``: returns the Prism started again afterwards."""
+    await crash_a_refresh(managed, data_dir, point, storage)
+    return await _serve(data_dir, managed.app_source(), storage)
+
+
+async def crash_a_refresh(
+    managed: Production, data_dir: Path, point: str, storage: Sequence[str]
+) -> None:
+    """``kill_a_refresh`` without the start afterwards: Prism lies dead where it was killed."""
     source = managed.app_source()
     process, pg_port, api_port = await _serve(data_dir, source, storage)
     try:
@@ -318,7 +324,6 @@ async def kill_a_refresh(
             await http.post(f"http://127.0.0.1:{api_port}/api/v1/branches/main/refresh")
     with trio.fail_after(60):
         assert await process.wait() == -signal.SIGKILL
-    return await _serve(data_dir, source, storage)
 
 
 async def assert_one_whole_generation(pg_port: int, api_port: int, generation: int) -> None:
@@ -346,5 +351,51 @@ async def test_a_refresh_killed_at_any_step_leaves_one_whole_generation_and_no_l
         leftovers = sorted(p.name for p in (data_dir / "branches").iterdir())
         assert leftovers == [".trash", "kept"]
         assert list((data_dir / "branches" / ".trash").iterdir()) == []
+    finally:
+        await stop_serve(process)
+
+
+def _tree(data_dir: Path) -> list[str]:
+    """Every path under ``data_dir``'s branches and main, two levels deep (what a sweep or an
+    initdb would change)."""
+    found = []
+    for top in (data_dir / "branches", data_dir / "master"):
+        if top.exists():
+            found.append(str(top.relative_to(data_dir)))
+            found += sorted(str(p.relative_to(data_dir)) for p in top.glob("*/*"))
+    return found
+
+
+async def test_a_refresh_cut_short_stops_a_start_without_dump_mode_and_keeps_everything(
+    managed: Production, empty_data_dir: Path
+) -> None:
+    """The review's data loss: a crash between ``refresh:retired`` and the rename, then a
+    start without ``--source-mode dump``. Start-up refuses, naming the intent and what to do;
+    main's old data stays in the trash and the new generation stays staged (no sweep, no
+    initdb); started in dump mode again, Prism finishes the swap."""
+    data_dir = empty_data_dir / "data"
+    storage = ["--storage", "copy"]
+    await crash_a_refresh(managed, data_dir, "refresh:retired", storage)
+    before = _tree(data_dir)
+    assert any(path.startswith("branches/.trash/") for path in before), before
+    assert not (data_dir / "master").exists()  # main is in the trash
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRISM_")}
+    env |= {"PRISM_SOURCE": managed.app_source()}  # the flag forgotten: follow mode
+    result = await trio.run_process(
+        [*serve_args(data_dir, free_port(), free_port(), storage=None), *storage],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        env=env,
+    )
+    stderr = result.stderr.decode()
+    assert result.returncode == 1, stderr
+    assert "refresh of main" in stderr
+    assert "--source-mode dump" in stderr
+    assert "DELETE FROM journal WHERE id =" in stderr
+    assert _tree(data_dir) == before
+    process, pg_port, api_port = await _serve(data_dir, managed.app_source(), storage)
+    try:
+        await assert_one_whole_generation(pg_port, api_port, 2)
     finally:
         await stop_serve(process)

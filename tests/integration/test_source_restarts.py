@@ -4,6 +4,9 @@ throws a half backup away and takes it again (no half main is ever served, the k
 
 from __future__ import annotations
 
+import os
+import signal
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import pg8000.native
 import pytest
 import trio
 
+from prism.crashpoints import POINTS
 from prism.runtime._postmaster import postmasters_under, processes_under
 from tests.crash_suite import _wait_reaped, kill_servers_under
 
@@ -31,6 +35,15 @@ async def _count(dsn: str) -> int:
 
 def _backups(data_dir: Path) -> dict[int, tuple[int, Path]]:
     return processes_under(data_dir, ("pg_basebackup",))
+
+
+def _journal_kinds(data_dir: Path) -> list[str]:
+    """The kinds of the intents in the journal of the Prism on ``data_dir`` (read-only)."""
+    db = sqlite3.connect(f"file:{data_dir / 'prism.db'}?mode=ro", uri=True)
+    try:
+        return [str(kind) for (kind,) in db.execute("SELECT kind FROM journal ORDER BY id")]
+    finally:
+        db.close()
 
 
 def _refused_sqlstate(pg_port: int) -> str:
@@ -71,9 +84,9 @@ async def test_prism_killed_mid_backup_takes_it_again_and_never_serves_a_half_ma
     finally:
         process.kill()
         await process.wait()
-    # What kill -9 leaves: a pg_basebackup still writing into main, and the intent marker.
+    # What kill -9 leaves: a pg_basebackup still writing into main, and the intent.
     assert _backups(empty_data_dir), "the killed Prism's pg_basebackup should outlive it"
-    assert (empty_data_dir / "source" / "basebackup.incomplete").exists()
+    assert "basebackup" in _journal_kinds(empty_data_dir)
 
     # The next start kills it, throws the half main away and takes the backup again, whole.
     async with running_prism(empty_data_dir, args=["--source", production.source()]) as (
@@ -83,11 +96,41 @@ async def test_prism_killed_mid_backup_takes_it_again_and_never_serves_a_half_ma
     ):
         assert await _count(_dsn(production, pg_port)) == 1000
         assert not _backups(empty_data_dir)
-        assert not (empty_data_dir / "source" / "basebackup.incomplete").exists()
+        assert "basebackup" not in _journal_kinds(empty_data_dir)
         await _streaming(api_port)
     log_text = log_of(empty_data_dir).read_text()
     assert "killing pg_basebackup" in log_text
     assert "removing main left half-made by an interrupted base backup" in log_text
+
+
+@pytest.mark.parametrize("point", POINTS["basebackup"])
+async def test_a_base_backup_killed_at_each_step_is_taken_again_whole(
+    production: Production, empty_data_dir: Path, point: str
+) -> None:
+    """``kill -9`` of Prism's process group at each named step of the base backup into main:
+    the next start throws away whatever main was (half a backup, a backup not yet made a
+    standby) and takes it again; main then holds every row and streams."""
+    source = ["--source", production.source()]
+    pg_port, api_port = free_port(), free_port()
+    env = {**os.environ, "PRISM_TEST_CRASH_AT": point}
+    with log_of(empty_data_dir).open("wb") as log:
+        process = await trio.lowlevel.open_process(
+            [*serve_args(empty_data_dir, pg_port, api_port), *source],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    with trio.fail_after(TIMEOUT_S):
+        assert await process.wait() == -signal.SIGKILL, f"prism did not die at {point}"
+    assert _journal_kinds(empty_data_dir) == ["initdb", "basebackup"]
+    async with running_prism(empty_data_dir, args=source) as (_, pg_port, api_port):
+        assert await _count(_dsn(production, pg_port)) == 1000
+        assert _journal_kinds(empty_data_dir) == []
+        await _streaming(api_port)
+    assert "removing main left half-made by an interrupted base backup" in (
+        log_of(empty_data_dir).read_text()
+    )
 
 
 @pytest.mark.parametrize("servers_too", [False, True], ids=["prism", "prism-and-main"])

@@ -7,7 +7,9 @@ import sqlite3
 import stat
 from pathlib import Path
 
-from prism.state import Intent, StateStore
+from prism.intents import InitdbIntent, ResetIntent
+from prism.journal import Journal
+from prism.state import StateStore
 
 from .harness import fresh_dir
 
@@ -23,7 +25,7 @@ async def test_a_new_state_file_is_0600_and_an_old_0644_one_is_made_private() ->
     old.chmod(0o644)
     for path in (directory / "new.db", old):
         store = StateStore(path)
-        await store.begin("main", "initdb")
+        await Journal(store).record(InitdbIntent("main"))
         assert _mode(path) == 0o600, path
         for companion in directory.glob(f"{path.name}-*"):
             assert _mode(companion) == 0o600, companion
@@ -33,10 +35,12 @@ async def test_a_new_state_file_is_0600_and_an_old_0644_one_is_made_private() ->
 async def test_intents_are_durable_until_finished() -> None:
     path = fresh_dir("state-") / "prism.db"
     store = StateStore(path)
-    await store.begin("feature", "reset", parent="main", detail="abcd1234")
+    intent = ResetIntent("feature", "main", "abcd1234")
+    await Journal(store).record(intent)
     store.close()
     store = StateStore(path)
-    assert await store.intents() == [Intent("feature", "reset", "main", "abcd1234")]
-    await store.finish("feature")
-    assert await store.intents() == []
+    journal = Journal(store)
+    assert [entry.decode(ResetIntent) for entry in await journal.entries()] == [intent]
+    await journal.done(intent)
+    assert await journal.entries() == []
     store.close()

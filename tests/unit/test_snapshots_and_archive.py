@@ -15,10 +15,11 @@ from prism.address import BackendAddress
 from prism.config import BranchPattern
 from prism.errors import RuntimeStartFailed
 from prism.events import EventBus
+from prism.journal import Journal
 from prism.pitr import PointInTime, SnapshotSource, parse_at
 from prism.snapshots import RETRY_SECONDS, Snapshot, expired, is_due
 from prism.walarchive import WalArchive
-from tests.fakes import FakeStorage
+from tests.fakes import FakeStorage, InlineStateStore
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -96,7 +97,8 @@ async def test_a_failing_snapshot_is_reported_tried_again_and_leaves_nothing(
     """Main whose server cannot be reached (nothing listens on its port): the schedule
     publishes ``snapshot_failed``, retries a minute later, and never raises."""
     events, storage = EventBus(), FakeStorage(tmp_path / "root")
-    kept = PointInTime(tmp_path, storage, events)
+    journal = Journal(InlineStateStore(tmp_path / "prism.db"))
+    kept = PointInTime(tmp_path, storage, events, journal=journal)
     asked: list[str] = []
     nowhere = BackendAddress(host="127.0.0.1", port=1, service_socket_dir=None)
 
@@ -125,6 +127,7 @@ async def test_a_failing_snapshot_is_reported_tried_again_and_leaves_nothing(
     assert asked == ["main", "main"]  # only main keeps WAL by default: dev is never asked
     assert kept.snapshots() == [] and storage.list() == []
     assert list((tmp_path / "snapshots").iterdir()) == []  # no intent marker left
+    assert await journal.entries() == []  # nor an intent
 
 
 async def test_the_timer_never_starts_a_stopped_branch(
@@ -133,7 +136,10 @@ async def test_the_timer_never_starts_a_stopped_branch(
     """A stopped branch writes no WAL: the timer skips it, and takes its snapshot once its
     server has started (it is poked, not a minute or an hour later)."""
     events, storage = EventBus(), FakeStorage(tmp_path / "root")
-    kept = PointInTime(tmp_path, storage, events, branches=BranchPattern.parse("main|dev"))
+    journal = Journal(InlineStateStore(tmp_path / "prism.db"))
+    kept = PointInTime(
+        tmp_path, storage, events, journal=journal, branches=BranchPattern.parse("main|dev")
+    )
     address: BackendAddress | None = None
     cloned: list[str] = []
 

@@ -1,9 +1,10 @@
 """A source server: main made from its base backup, then following it as a hot standby.
 
-Making main is long work with an intent recorded first: ``source/basebackup.incomplete`` is
-written before the backup starts and removed only once main is a complete, configured standby.
-A Prism that finds the marker at start-up (it crashed or was stopped mid-backup) removes the
-half-made main and starts over: a half backup is never main.
+Making main is long work with an intent recorded first: a ``BaseBackupIntent`` is written to
+the journal before the backup starts and dropped only once main is a complete, configured
+standby. A Prism that finds it at start-up (it crashed or was stopped mid-backup) kills the
+``pg_basebackup`` the dead Prism left, removes the half-made main and starts over: a half
+backup is never main.
 """
 
 from __future__ import annotations
@@ -17,10 +18,14 @@ from pathlib import Path
 import trio
 
 from prism.config import RuntimeKind, Settings
+from prism.crashpoints import crash_point
 from prism.errors import ConfigError
 from prism.events import EventBus
+from prism.intents import BaseBackupIntent
+from prism.journal import Journal
 from prism.names import MAIN_BRANCH
 from prism.pgbin import resolve_pg_installs
+from prism.recovery import Owner
 from prism.runtime.base import Runtime
 from prism.source import standby
 from prism.source.backoff import Backoff
@@ -52,6 +57,7 @@ class Source:
     tools: SourceTools
     directory: Path
     events: EventBus
+    journal: Journal
     max_rate_kb: int = 0
     backoff: Backoff = field(default_factory=Backoff)
     backing_up: bool = False
@@ -61,10 +67,6 @@ class Source:
     @property
     def passfile(self) -> Path:
         return self.directory / "pgpass"
-
-    @property
-    def marker(self) -> Path:
-        return self.directory / "basebackup.incomplete"
 
     def primary_conninfo(self) -> str:
         """What main's walreceiver connects with: no password in it, the passfile instead."""
@@ -79,23 +81,26 @@ class Source:
             return "Prism is starting a base backup of the source"
         return f"Prism is taking a base backup of the source: {self.progress.summary()}"
 
-    async def reconcile(self, storage: Storage) -> None:
-        """Undo a base backup a crash or a stop left half-made, so it is taken again whole.
+    def recovery_owner(self, storage: Storage) -> Owner:
+        """Its part of start-up recovery: undo a base backup a crash or a stop left half-made,
+        so that it is taken again whole."""
 
-        A Prism killed mid-backup leaves its ``pg_basebackup`` running (writing into main, and
-        holding the slot): it is killed first.
-        """
-        if not self.marker.exists():
-            return
-        log.warning("source: removing main left half-made by an interrupted base backup")
-        await self.tools.stop_leftovers(storage.path(MAIN_BRANCH))
-        if MAIN_BRANCH in storage.list():
-            await storage.destroy(MAIN_BRANCH)
-        self.marker.unlink()
+        async def recover(intent: BaseBackupIntent) -> None:
+            # A Prism killed mid-backup leaves its pg_basebackup running (writing into main,
+            # and holding the slot): it is killed first.
+            log.warning("source: removing main left half-made by an interrupted base backup")
+            await self.tools.stop_leftovers(storage.path(intent.name))
+            if intent.name in storage.list():
+                await storage.destroy(intent.name)
+
+        return Owner("source", {BaseBackupIntent: recover})
 
     async def make_main(self, pgdata: Path) -> None:
         """Fill the empty ``pgdata`` with a base backup of the source and make it a standby."""
-        await trio.to_thread.run_sync(self._prepare)
+        intent = BaseBackupIntent(MAIN_BRANCH)
+        await self.journal.record(intent)
+        crash_point("basebackup:recorded")
+        await trio.to_thread.run_sync(self.write_passfile)
         env = self.tool_env()
         where, user = self.conninfo.describe(), self.conninfo.get("user") or "?"
         tools = await self.tools.for_major(None, what=f"the source at {where}")
@@ -127,6 +132,7 @@ class Source:
             raise explain_failure(exc.stderr, user=user, where=where) from None
         finally:
             self.backing_up = False
+        crash_point("basebackup:copied")
         await trio.to_thread.run_sync(
             functools.partial(
                 standby.make_standby,
@@ -135,8 +141,9 @@ class Source:
                 slot=self.slot,
             )
         )
+        crash_point("basebackup:configured")
         # Main is whole: from here a crash leaves a complete main, which start-up registers.
-        await trio.to_thread.run_sync(self.marker.unlink)
+        await self.journal.done(intent)
         self.events.publish("backed_up", MAIN_BRANCH, source=where)
 
     async def _create_slot(
@@ -164,11 +171,6 @@ class Source:
             self._last_logged = now
             log.info("source: base backup %s", progress.summary())
 
-    def _prepare(self) -> None:
-        """The private directory with the passfile and the intent marker, the server user's."""
-        self.write_passfile()
-        self.marker.write_text("a base backup into main is in progress\n")
-
     def write_passfile(self) -> None:
         """The source's password in the private passfile the tools read (blocking)."""
         self.directory.mkdir(mode=0o700, exist_ok=True)
@@ -188,7 +190,12 @@ class Source:
 
 
 async def open_source(
-    settings: Settings, data_dir: Path, events: EventBus, runtime: Runtime | None = None
+    settings: Settings,
+    data_dir: Path,
+    events: EventBus,
+    runtime: Runtime | None = None,
+    *,
+    journal: Journal,
 ) -> Source | None:
     """The configured source, or None when main is Prism's own (no ``--source``).
 
@@ -233,6 +240,7 @@ async def open_source(
         tools,
         directory,
         events,
+        journal,
         max_rate_kb=settings.source_max_rate,
     )
 
