@@ -124,7 +124,12 @@ class ProcessRuntime:
         self._landlock = landlock.probe() if sandbox_policy is not None else None
         # Service sockets in the abstract namespace only where the sandbox keeps servers from
         # them (Landlock scopes); elsewhere a private 0700 directory with trust, as before.
-        self._abstract = self._landlock is not None and self._landlock.scopes
+        # ``peer`` authentication names Prism's OS user; a uid without a name (an arbitrary
+        # container uid) cannot be admitted by name, so its sockets stay in a private directory.
+        self._prism_user = _user_name(os.geteuid())
+        self._abstract = (
+            self._landlock is not None and self._landlock.scopes and self._prism_user is not None
+        )
 
     async def initdb(self, pgdata: Path, *, superuser: str, password: str) -> None:
         """Initialise ``pgdata`` as a new cluster: trust on the private socket, SCRAM over TCP."""
@@ -520,14 +525,26 @@ class ProcessRuntime:
         if not self._abstract:
             return None
         assert self._sandbox_policy is not None
-        users = [pwd.getpwuid(os.geteuid()).pw_name, install.run_as_name]
+        assert self._prism_user is not None
+        users = [self._prism_user, install.run_as_name]
         return serverconf.peer_ident_map(users, self._sandbox_policy.service_role)
 
     def confinement(self) -> Confinement:
         """What the sandbox enforces on this kernel (``runtime.sandbox``)."""
         if self._landlock is None:
             return Confinement("off", (), ("every guard: --branch-sandbox off",))
-        return sandbox.describe(self._landlock)
+        described = sandbox.describe(self._landlock)
+        if self._landlock.scopes and not self._abstract:
+            gap = (
+                f"private service sockets: Prism's uid {os.geteuid()} has no user name for peer "
+                "authentication, so a branch may reach another server's trusted Unix socket"
+            )
+            return Confinement(
+                described.mechanism,
+                tuple(item for item in described.enforced if "service sockets" not in item),
+                (*described.missing, gap),
+            )
+        return described
 
     def _ruleset(
         self,
@@ -718,3 +735,11 @@ def _log_tail(log_path: Path, offset: int) -> str:
     except OSError as exc:
         return f"(cannot read {log_path}: {exc})"
     return last_lines(text)
+
+
+def _user_name(uid: int) -> str | None:
+    """The name of ``uid`` in the user database, None where it has none."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
