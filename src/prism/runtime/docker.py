@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 import stat
 import tempfile
 from collections.abc import Callable
@@ -355,13 +354,7 @@ class DockerRuntime:
         same engine are left alone. Called by reconcile after adoption: what is untracked here
         runs a rolled-back clone or a branch whose directory is gone.
         """
-        client = await self._engine.connect()
-        containers: list[Container] = await self._engine.call(
-            RuntimeStopFailed,
-            client.containers.list,
-            all=True,
-            filters={"label": f"{LABEL_MANAGED}=true"},
-        )
+        containers = await self._engine.prism_containers(RuntimeStopFailed)
         prefix = str(root).rstrip("/") + "/"  # the storage root, already resolved
         stopped = []
         for container in containers:
@@ -673,16 +666,7 @@ class DockerRuntime:
 
     async def _find(self, branch: str, error: type[PrismError]) -> Container | None:
         """The container of ``branch`` Prism made, running or not, by name and label."""
-        client = await self._engine.connect()
-        containers: list[Container] = await self._engine.call(
-            error,
-            client.containers.list,
-            all=True,
-            filters={
-                "name": f"^/{re.escape(container_name(branch))}$",
-                "label": f"{LABEL_MANAGED}=true",
-            },
-        )
+        containers = await self._engine.prism_containers(error, name=container_name(branch))
         return containers[0] if containers else None
 
     def _outbound(self, branch: str) -> bool:
