@@ -124,6 +124,8 @@ class FakeRuntime:
         self.strays: list[str] = []
         """Servers an earlier Prism left running that belong to no branch: reconcile reaps
         them."""
+        self.killed: list[str] = []
+        """Branches whose server was killed (a shutdown out of time), in order."""
         self.fail: dict[str, BaseException] = {}
         """Step (``start``, ``stop`` ...) or step of one branch (``stop:feat``) → the
         exception it raises."""
@@ -148,6 +150,11 @@ class FakeRuntime:
     async def stop(self, branch: str) -> None:
         await self._step("stop", branch)
         self.running.pop(branch, None)
+
+    async def kill(self, branch: str) -> None:
+        await self._step("kill", branch)
+        self.running.pop(branch, None)
+        self.killed.append(branch)
 
     async def adopt(self, branch: str, pgdata: Path) -> BackendAddress | None:
         return None

@@ -39,6 +39,7 @@ import builtins
 import dataclasses
 import enum
 import logging
+import math
 import os
 import secrets
 import time
@@ -53,6 +54,7 @@ import trio
 
 from prism.address import BackendAddress
 from prism.clone import clone_consistent, remove_parent_lock_file
+from prism.config import format_duration
 from prism.crashpoints import crash_point
 from prism.diskuse import DiskUse, DiskUseCache
 from prism.dsn import ConnectionParams, Endpoint, params_for
@@ -383,11 +385,13 @@ class BranchManager:
             hint="connect again when it is done; GET /api/v1/branches/main shows the progress",
         )
 
-    async def close(self) -> dict[str, str]:
+    async def close(self, *, kill_after: float = math.inf) -> dict[str, str]:
         """Stop every running branch and save last-activity times (runs shielded).
 
         One server that will not stop must not keep the others running: each stop runs on its
-        own, every failure is logged, and the failures come back as branch → reason.
+        own, every failure is logged, and the failures come back as branch → reason. Prism's
+        exit must not wait on a hung server either: whatever still runs after ``kill_after``
+        seconds is killed (``Runtime.kill``) and named in the log.
         """
         failures: dict[str, str] = {}
 
@@ -398,15 +402,46 @@ class BranchManager:
                 failures[name] = _describe(exc)
 
         with trio.CancelScope(shield=True):
-            async with trio.open_nursery() as nursery:
-                for branch in self.list():
-                    if self.runtime.address(branch.name) is not None:
-                        nursery.start_soon(stop_one, branch.name)
+            with trio.move_on_after(kill_after) as deadline:
+                async with trio.open_nursery() as nursery:
+                    for branch in self.list():
+                        if self.runtime.address(branch.name) is not None:
+                            nursery.start_soon(stop_one, branch.name)
+            if deadline.cancelled_caught:
+                async with trio.open_nursery() as nursery:
+                    for name in self._still_running():
+                        if name not in failures:  # a stop that failed in time was reported
+                            nursery.start_soon(self._kill, name, failures, kill_after)
             for branch in self.list():
                 await self._save(branch)
         for name, error in sorted(failures.items()):
             log.error("shutdown: could not stop the server of branch %s: %s", name, error)
         return failures
+
+    def _still_running(self) -> builtins.list[str]:
+        """Branches whose server runs, or whose stop was cut short after it began."""
+        return [
+            branch.name
+            for branch in self.list()
+            if self.runtime.address(branch.name) is not None
+            or branch.status is BranchStatus.STOPPING
+        ]
+
+    async def _kill(self, name: str, failures: dict[str, str], waited: float) -> None:
+        """Kill ``name``'s server for a shutdown out of time; record a failure to do so."""
+        log.warning(
+            "shutdown: killing the server of branch %s: not stopped within %s",
+            name,
+            format_duration(waited),
+        )
+        try:
+            await self.runtime.kill(name)
+        except Exception as exc:  # reported with the other failures by close()
+            failures[name] = _describe(exc)
+            return
+        branch = self._branches[name]
+        branch.status, branch.address = BranchStatus.STOPPED, None
+        self.events.publish("stopped", name, reason="killed")
 
     async def watch(self, *, interval: float = WATCH_INTERVAL) -> None:
         """Notice branch servers that exit behind Prism's back (killed, crashed) within

@@ -409,6 +409,13 @@ class Settings:
         default=30.0,
         metadata=_about(parse_duration, "time a fast shutdown may take before escalating"),
     )
+    shutdown_timeout: float = field(
+        default=30.0,
+        metadata=_about(
+            parse_duration,
+            "time Prism's own shutdown may take stopping branch servers; then the rest are killed",
+        ),
+    )
     idle_timeout: float = field(
         default=900.0,
         metadata=_about(parse_duration, "stop branches idle this long (0 disables)"),

@@ -50,6 +50,7 @@ from prism.errors import ConfigError, OutsideWindow, PrismError
 from prism.events import EventBus
 from prism.journal import Journal
 from prism.names import MAIN_BRANCH
+from prism.pgclient import connect_branch
 from prism.runtime.base import BindMount, Runtime, ServerExtras
 from prism.snapshots import (
     RETRY_SECONDS,
@@ -58,7 +59,6 @@ from prism.snapshots import (
     expired,
     is_due,
     precise_time,
-    service_of,
     take_snapshot,
 )
 from prism.source.standby import is_recovering, is_standby, recover_to
@@ -344,7 +344,9 @@ async def _commit_after(address: BackendAddress, at: datetime, *, superuser: str
     """Whether the WAL of the server at ``address`` has a commit after ``at`` (making one on a
     primary)."""
     literal = at.astimezone(UTC).strftime("'%Y-%m-%d %H:%M:%S.%f+00'::timestamptz")
-    async with await service_of(address, superuser=superuser, purpose="pitr") as service:
+    async with await connect_branch(
+        address, user=superuser, application_name="prism pitr"
+    ) as service:
         rows = await service.query(
             f"SELECT pg_is_in_recovery(), coalesce(pg_last_xact_replay_timestamp() > {literal}, "
             "false)"

@@ -279,7 +279,7 @@ class PrismServer:
         finally:
             with trio.CancelScope(shield=True):
                 log.info("prism: shutting down: stopping branch servers")
-                await manager.close()
+                await manager.close(kill_after=settings.shutdown_timeout)
                 await runtime.aclose()
                 state.close()
                 data_plane.close()

@@ -121,12 +121,8 @@ class ContainerSourceTools:
     async def stop_leftovers(self, main: Path) -> None:
         """Remove program containers of this source that a crashed Prism left behind (found
         by their label, wherever they write)."""
-        client = await self._engine.connect()
-        containers: list[Container] = await self._engine.call(
-            RuntimeStartFailed,
-            client.containers.list,
-            all=True,
-            filters={"label": f"{LABEL_SOURCE_DIR}={self._directory}"},
+        containers = await self._engine.prism_containers(
+            RuntimeStartFailed, labels={LABEL_SOURCE_DIR: str(self._directory)}
         )
         for container in containers:
             log.warning("source: removing the leftover container %s", container.name)

@@ -80,6 +80,14 @@ class Runtime(Protocol):
         """Stop ``branch``'s server with a fast shutdown; a branch not running is a no-op."""
         ...
 
+    async def kill(self, branch: str) -> None:
+        """Stop ``branch``'s server at once (SIGKILL), for a shutdown out of time.
+
+        It may be in the middle of a ``stop`` that was cancelled. The next start runs crash
+        recovery; a branch not running is a no-op.
+        """
+        ...
+
     async def adopt(self, branch: str, pgdata: Path) -> BackendAddress | None:
         """Take over a server of ``branch`` left running by an earlier Prism; None if none."""
         ...

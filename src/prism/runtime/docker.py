@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 import stat
 import tempfile
 from collections.abc import Callable
@@ -266,31 +265,44 @@ class DockerRuntime:
         The container is looked up by name too, so a branch an earlier Prism left running is
         stopped even if it was never adopted. A branch with no container is a no-op.
         """
+        await self._end(branch, graceful=True)
+
+    async def kill(self, branch: str) -> None:
+        """Remove the container by force (SIGKILL), for a shutdown whose deadline passed."""
+        await self._end(branch, graceful=False)
+
+    async def _end(self, branch: str, *, graceful: bool) -> None:
+        """Stop (``graceful``) or kill ``branch``'s container, then remove it and forget it."""
         server = self._servers.get(branch)
         started = trio.current_time()
         container = await self._find(branch, RuntimeStopFailed)
         if container is None:
             self._forget(branch)
             return
-        await self._engine.call(
-            RuntimeStopFailed,
-            container.stop,
-            timeout=max(1, round(self._stop_timeout)),
-        )
-        await self._engine.call(RuntimeStopFailed, container.reload)
-        exit_code = container.attrs.get("State", {}).get("ExitCode")
-        if exit_code not in (0, None):
-            # 137 = SIGKILL after the timeout: the next start runs crash recovery.
-            log.warning(
-                "container did not shut down cleanly branch=%s exit_code=%s", branch, exit_code
+        if graceful:
+            # Abandoned on cancel: a shutdown out of time must not wait for the engine's own
+            # stop timeout before it can kill the container.
+            await self._engine.call(
+                RuntimeStopFailed,
+                container.stop,
+                timeout=max(1, round(self._stop_timeout)),
+                abandon_on_cancel=True,
             )
+            await self._engine.call(RuntimeStopFailed, container.reload)
+            exit_code = container.attrs.get("State", {}).get("ExitCode")
+            if exit_code not in (0, None):
+                # 137 = SIGKILL after the timeout: the next start runs crash recovery.
+                log.warning(
+                    "container did not shut down cleanly branch=%s exit_code=%s", branch, exit_code
+                )
         await self._engine.call(RuntimeStopFailed, container.remove, v=True, force=True)
         socket_dir = container.labels.get(LABEL_SOCKET_DIR)
         if socket_dir:
             await trio.to_thread.run_sync(remove_dir, Path(socket_dir))
         self._forget(branch)
         log.info(
-            "container stopped branch=%s container=%s known=%s duration_ms=%d",
+            "container %s branch=%s container=%s known=%s duration_ms=%d",
+            "stopped" if graceful else "killed",
             branch,
             container.id[:12] if container.id else "?",
             server is not None,
@@ -355,13 +367,7 @@ class DockerRuntime:
         same engine are left alone. Called by reconcile after adoption: what is untracked here
         runs a rolled-back clone or a branch whose directory is gone.
         """
-        client = await self._engine.connect()
-        containers: list[Container] = await self._engine.call(
-            RuntimeStopFailed,
-            client.containers.list,
-            all=True,
-            filters={"label": f"{LABEL_MANAGED}=true"},
-        )
+        containers = await self._engine.prism_containers(RuntimeStopFailed)
         prefix = str(root).rstrip("/") + "/"  # the storage root, already resolved
         stopped = []
         for container in containers:
@@ -673,16 +679,7 @@ class DockerRuntime:
 
     async def _find(self, branch: str, error: type[PrismError]) -> Container | None:
         """The container of ``branch`` Prism made, running or not, by name and label."""
-        client = await self._engine.connect()
-        containers: list[Container] = await self._engine.call(
-            error,
-            client.containers.list,
-            all=True,
-            filters={
-                "name": f"^/{re.escape(container_name(branch))}$",
-                "label": f"{LABEL_MANAGED}=true",
-            },
-        )
+        containers = await self._engine.prism_containers(error, name=container_name(branch))
         return containers[0] if containers else None
 
     def _outbound(self, branch: str) -> bool:

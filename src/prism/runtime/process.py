@@ -211,16 +211,27 @@ class ProcessRuntime:
 
     async def stop(self, branch: str) -> None:
         """Fast shutdown (SIGINT), escalating to SIGQUIT and SIGKILL when it takes too long."""
+        await self._end(branch, self._stop_steps(), "stopped")
+
+    async def kill(self, branch: str) -> None:
+        """SIGKILL, now: for a shutdown whose deadline passed (maybe mid-``stop``)."""
+        await self._end(branch, [(signal.SIGKILL, _KILL_GRACE)], "killed")
+
+    async def _end(
+        self, branch: str, steps: Sequence[tuple[signal.Signals, float]], how: str
+    ) -> None:
+        """Signal ``branch``'s server through ``steps`` until gone, then forget it."""
         server = self._servers.get(branch)
         if server is None:
             return
         started = trio.current_time()
-        await self._signal_until_gone(server, self._stop_steps())
+        await self._signal_until_gone(server, steps)
         del self._servers[branch]
         if server.owns_socket_dir and server.address.service_socket_dir is not None:
             await trio.to_thread.run_sync(remove_dir, server.address.service_socket_dir)
         log.info(
-            "server stopped branch=%s pid=%d duration_ms=%d",
+            "server %s branch=%s pid=%d duration_ms=%d",
+            how,
             branch,
             server.pid,
             (trio.current_time() - started) * 1000,
