@@ -18,6 +18,7 @@ from pathlib import Path
 import trio
 
 from prism.config import RuntimeKind, Settings
+from prism.conninfo import ConnInfo, parse_conninfo, pgpass_line
 from prism.crashpoints import crash_point
 from prism.errors import ConfigError
 from prism.events import EventBus
@@ -37,7 +38,6 @@ from prism.source.basebackup import (
     take_base_backup,
     tool_env,
 )
-from prism.source.conninfo import ConnInfo, parse_conninfo, pgpass_line
 from prism.storage.base import Storage
 
 log = logging.getLogger(__name__)
