@@ -80,6 +80,7 @@ from prism.runtime._postmaster import (
     PortTaken,
     exit_failure,
     free_port,
+    hand_over,
     make_socket_dir,
     read_pidfile,
     remove_dir,
@@ -220,6 +221,8 @@ class DockerRuntime:
         info = await self._images.for_data(branch, pgdata)
         mode = await self._engine.network()
         uid, gid = await trio.to_thread.run_sync(_server_owner, pgdata)
+        extras = extras or ServerExtras()
+        await trio.to_thread.run_sync(hand_over, extras.dirs, (uid, gid))
         socket_dir = self._socket_dir(branch) if self._engine.local_engine else None
         if socket_dir is not None:
             await trio.to_thread.run_sync(make_socket_dir, socket_dir, (uid, gid))
@@ -229,7 +232,7 @@ class DockerRuntime:
         )
         if socket_dir is not None:
             owned.update(await trio.to_thread.run_sync(_prism_files, socket_dir, (uid, gid)))
-        extra_settings, mounts = (extras or ServerExtras()).resolve(seen_in_container)
+        extra_settings, mounts = extras.resolve(seen_in_container)
         owned.update(extra_settings)
         mounts += self._main_mounts if branch == MAIN_BRANCH else ()
         spec = _Launch(

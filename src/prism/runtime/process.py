@@ -36,6 +36,7 @@ from prism.runtime._postmaster import (
     PortTaken,
     exit_failure,
     free_port,
+    hand_over,
     last_lines,
     make_socket_dir,
     postmasters_under,
@@ -487,6 +488,7 @@ class ProcessRuntime:
         owner = self._install
         server_ids = (owner.run_as_uid, owner.run_as_gid) if owner.switches_user else None
         make_socket_dir(socket_dir, server_ids)
+        hand_over(extras.dirs, server_ids)
         hba, ident = serverconf.write_prism_files(
             self._run_dir, server_ids, ident_map=self._ident_map(install)
         )
