@@ -90,7 +90,7 @@ from prism.policy import (
 )
 from prism.recovery import Owner
 from prism.recovery import recover as run_recovery
-from prism.runtime.base import Runtime
+from prism.runtime.base import Runtime, ServerExtrasSource
 from prism.schemadiff import SchemaDiff, diff_schemas, read_schema
 from prism.source.standby import detach_clone
 from prism.state import BranchRecord, Generation, StateStore, rfc3339, utcnow
@@ -207,6 +207,7 @@ class BranchManager:
         make_main: Callable[[Path], Awaitable[None]] | None = None,
         hook_commands: HookCommands | None = None,
         journal: Journal | None = None,
+        server_extras: ServerExtrasSource | None = None,
     ) -> None:
         self.storage = storage
         self.journal = journal or Journal(state)
@@ -225,6 +226,8 @@ class BranchManager:
         events.add_listener(self.disk.observe)
         # Fills main's empty data directory instead of initdb (a base backup of a source).
         self._make_main = make_main
+        # What a server is started with beyond Prism's own settings (a WAL archive: pitr).
+        self._server_extras = server_extras
         self._branches: dict[str, Branch] = {}
         self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
         self.before_stop: list[Callable[[str, BackendAddress], Awaitable[None]]] = []
@@ -1155,8 +1158,7 @@ class BranchManager:
         """
         if branch.parent is None or not self.policies.get(branch.parent).has_hook:
             return
-        path = self.storage.path(branch.name)
-        address = await self.runtime.start(branch.name, path, parent=branch.parent)
+        address = await self._start_server(branch)
         try:
             await self._run_parent_hook(branch, address)
         finally:
@@ -1266,6 +1268,16 @@ class BranchManager:
         except StorageError as exc:
             log.warning("branch %s: could not record its status: %s", branch.name, exc.message)
 
+    async def _start_server(self, branch: Branch) -> BackendAddress:
+        """Start ``branch``'s server with the extras its ``server_extras`` source gives."""
+        path = self.storage.path(branch.name)
+        extras = None
+        if self._server_extras is not None:
+            extras = await trio.to_thread.run_sync(
+                self._server_extras.server_extras, branch.name, path, branch.parent
+            )
+        return await self.runtime.start(branch.name, path, parent=branch.parent, extras=extras)
+
     async def _start(self, branch: Branch, *, reason: str) -> None:
         started = trio.current_time()
         await self._make_room(branch.name)
@@ -1273,9 +1285,7 @@ class BranchManager:
         branch.status = BranchStatus.STARTING
         self.events.publish("starting", branch.name, reason=reason)
         try:
-            address = await self.runtime.start(
-                branch.name, self.storage.path(branch.name), parent=branch.parent
-            )
+            address = await self._start_server(branch)
             crash_point(f"{reason}:server-up")
             branch.address = address
             if reason == "create":

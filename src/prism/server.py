@@ -143,6 +143,9 @@ class PrismServer:
         make_main = None if source is None else source.make_main
         if generations is not None:
             make_main = generations.make_first
+        point_in_time = None
+        if generations is None:  # each generation is a new cluster: its WAL starts over
+            point_in_time = open_point_in_time(settings, data_dir, storage, events, journal)
         manager = BranchManager(
             storage=storage,
             runtime=runtime,
@@ -170,12 +173,8 @@ class PrismServer:
                 allowed=settings.allow_hook_commands, timeout=settings.hook_command_timeout
             ),
             journal=journal,
+            server_extras=point_in_time,
         )
-        point_in_time = None
-        if generations is None:  # each generation is a new cluster: its WAL starts over
-            point_in_time = open_point_in_time(
-                settings, data_dir, storage, runtime, events, journal
-            )
         manager.point_in_time = point_in_time
         if point_in_time is not None:
             manager.after_start.append(point_in_time.started)

@@ -27,7 +27,8 @@ from prism.errors import ConfigError, RuntimeStartFailed
 from prism.pgbin import version_in
 from prism.runtime._docker_engine import LABEL_MANAGED, DockerEngine
 from prism.runtime._docker_image import ImageInfo, Images, image_user, wrong_major
-from prism.source.tools import LineSplitter, Tools, pipe_script
+from prism.runtime._programs import LineSplitter, pipe_script
+from prism.runtime.base import Tools
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def require_reachable(host: str | None, mode: DockerNetwork) -> None:
 
 
 class ContainerSourceTools:
-    """The source tools of the docker runtime (a :class:`prism.source.tools.SourceTools`)."""
+    """The source tools of the docker runtime (a :class:`prism.runtime.base.SourceTools`)."""
 
     def __init__(
         self,
@@ -186,7 +187,7 @@ class ContainerSourceTools:
 
 
 class _ContainerPrograms:
-    """The programs of one image (a :class:`prism.source.tools.Tools`)."""
+    """The programs of one image (a :class:`prism.runtime.base.Tools`)."""
 
     def __init__(self, tools: ContainerSourceTools, info: ImageInfo) -> None:
         self._tools = tools
