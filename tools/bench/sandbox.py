@@ -6,7 +6,8 @@ default) and one with it off; each round makes one new branch in each (cold star
 alternating which goes first, so both meet the same machine. The difference of the medians is
 the sandbox's cost (building the Landlock ruleset, the two syscalls before ``exec``). Beside
 it, that work alone, timed directly (``ruleset_build``): what a cold start or a wake-up pays,
-free of the noise of a server's start.
+free of the noise of a server's start, and the start of a trivial program plain and confined
+(``spawn_*``).
 
 Usage: ``.venv/bin/python -m tools.bench.sandbox [--rounds N] [--driver copy|btrfs|...]``.
 """
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
+import subprocess
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -57,6 +60,40 @@ def ruleset_build_ms(install: PgInstall, pgdata: Path, samples: int = 200) -> fl
     return round(ms(median(timings)), 3)
 
 
+def spawn_ms(install: PgInstall, pgdata: Path, samples: int = 60) -> dict[str, float]:
+    """Median milliseconds to start a trivial program from this process (Prism loaded): plain,
+    and confined as the process runtime does (ruleset built, then started from a confined
+    thread), alternated so both meet the same machine."""
+    support = landlock.probe()
+    access = server_access(
+        SandboxPolicy(),
+        branch="bench",
+        bin_dir=install.bin_dir,
+        pgdata=pgdata,
+        socket_dir=pgdata,
+        config_files=(),
+        port=40000,
+        settings={},
+    )
+    program = [str(install.bin("postgres")), "--version"]
+    timings: dict[str, list[float]] = {"plain": [], "confined": []}
+    for _ in range(samples):
+        for mode in timings:
+            started = time.perf_counter()
+            if mode == "plain":
+                child = subprocess.Popen(program, stdout=subprocess.DEVNULL)
+            else:
+                ruleset = landlock.Ruleset.build(support, access.paths, bind_ports=(40000,))
+                start = functools.partial(subprocess.Popen, program, stdout=subprocess.DEVNULL)
+                child = landlock.run_confined(ruleset, start)
+                ruleset.close()
+            timings[mode].append(time.perf_counter() - started)
+            child.wait()
+    return {
+        f"spawn_{mode}_p50_ms": round(ms(median(values)), 2) for mode, values in timings.items()
+    }
+
+
 async def measure(driver: str, rounds: int) -> dict[str, Any]:
     """Median and p95 (ms) of cold starts and wake-ups with the sandbox on and off."""
     targets, skipped = available((driver,))
@@ -90,6 +127,7 @@ async def measure(driver: str, rounds: int) -> dict[str, Any]:
         "driver": targets[0].label,
         "rounds": rounds,
         "ruleset_build_p50_ms": ruleset_build_ms(install, targets[0].base),
+        **spawn_ms(install, targets[0].base),
     }
     for mode, kinds in series.items():
         for kind, values in kinds.items():

@@ -6,9 +6,11 @@ or connect — and, once a process restricts itself with it, that process and ev
 executes lose every other right the ruleset handles, for good.
 
 The ruleset is built here in Prism's own process (``Ruleset.build``: opens, syscalls, errors
-that can be reported). The child keeps only two syscalls to make between ``fork`` and
-``exec`` (``Ruleset.restrict_self``), which allocate nothing: ``preexec_fn`` code must not
-take locks another thread may hold.
+that can be reported). It is applied to one fresh thread of Prism's (``run_confined``), which
+then starts the server: Landlock and ``no_new_privs`` belong to a thread, and a process
+inherits its parent thread's, so the rest of Prism stays free while the server starts confined.
+A ``preexec_fn`` in the child would do the same but forces ``fork`` instead of ``vfork``, which
+costs milliseconds per start in a process of Prism's size (figures in docs/benchmarks.md).
 
 What each ABI version adds (the kernel says which it has; older kernels get what they offer,
 and ``Support.missing`` names the rest):
@@ -27,9 +29,11 @@ import ctypes.util
 import errno
 import os
 import platform
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 # The generic syscall numbers: the same on x86_64 and arm64 (and every architecture added
 # since 5.13); other architectures are reported as lacking Landlock.
@@ -39,6 +43,8 @@ _CREATE_RULESET_VERSION = 1 << 0
 _RULE_PATH_BENEATH = 1
 _RULE_NET_PORT = 2
 _PR_SET_NO_NEW_PRIVS = 38
+
+T = TypeVar("T")
 
 # Filesystem rights (linux/landlock.h) and the ABI that introduced each.
 EXECUTE = 1 << 0
@@ -170,15 +176,13 @@ class LandlockError(OSError):
 
 
 class Ruleset:
-    """A built ruleset's file descriptor, to hand to one child through ``pass_fds``."""
+    """A built ruleset's file descriptor, applied to the thread that starts one server."""
 
     def __init__(self, fd: int, libc: ctypes.CDLL) -> None:
         self.fd = fd
         self._libc = libc
-        # Bound now: the child calls them between fork and exec, where nothing may be looked up.
         self._prctl = libc.prctl
         self._syscall = libc.syscall
-        self._close = libc.close
 
     @classmethod
     def build(
@@ -241,19 +245,42 @@ class Ruleset:
             raise LandlockError(code, f"landlock_add_rule ({what}): {os.strerror(code)}")
 
     def restrict_self(self) -> None:
-        """In the child, between fork and exec: confine this process and what it runs.
+        """Confine the calling thread, and every process it starts from now on, for good.
 
-        Refuses privilege gains first (the kernel's condition for an unprivileged sandbox); a
-        failure raises, so the child exits before running anything unconfined.
+        Refuses privilege gains first (the kernel's condition for an unprivileged sandbox).
         """
         if self._prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
         if self._syscall(_SYSCALLS["restrict_self"], self.fd, 0) != 0:
             raise OSError(ctypes.get_errno(), "landlock_restrict_self")
-        self._close(self.fd)
 
     def close(self) -> None:
         """Release the ruleset in Prism's process (the child's copy is its own)."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def run_confined(ruleset: Ruleset, start: Callable[[], T]) -> T:
+    """Call ``start`` (which starts a process) in a new thread confined by ``ruleset``, and
+    return what it returns (blocking: call it from a worker thread).
+
+    The thread is made for this one call and ends with it: a confined thread must never run
+    anything of Prism's afterwards.
+    """
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+
+    def confined() -> None:
+        try:
+            ruleset.restrict_self()
+            outcome.append(start())
+        except BaseException as exc:  # handed to the caller's thread below
+            failure.append(exc)
+
+    thread = threading.Thread(target=confined, name="prism-confined-start")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return outcome[0]

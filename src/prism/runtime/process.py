@@ -10,6 +10,7 @@ connections.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import pwd
@@ -373,7 +374,8 @@ class ProcessRuntime:
                 release.callback(ruleset.close)
             log_offset = server_log.tell()
             try:
-                process = await trio.lowlevel.open_process(
+                start = functools.partial(
+                    subprocess.Popen,
                     command,
                     stdin=subprocess.DEVNULL,
                     stdout=server_log,
@@ -381,9 +383,14 @@ class ProcessRuntime:
                     start_new_session=True,
                     env=_server_env(),
                     **self._install.spawn_options(),
-                    preexec_fn=None if ruleset is None else ruleset.restrict_self,
-                    pass_fds=() if ruleset is None else (ruleset.fd,),
                 )
+                if ruleset is None:
+                    popen = await trio.to_thread.run_sync(start)
+                else:
+                    popen = await trio.to_thread.run_sync(landlock.run_confined, ruleset, start)
+                # trio's own open_process does the same with the Popen it makes in a thread;
+                # ours comes from a confined thread, so it is wrapped the same way.
+                process = trio.Process._create(popen, None, None, None)
             except (OSError, subprocess.SubprocessError) as exc:
                 raise RuntimeStartFailed(f"cannot run {command[0]}: {exc}") from exc
         server = _Server(
