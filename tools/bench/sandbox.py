@@ -28,7 +28,7 @@ import trio
 
 from prism.pgbin import PgInstall
 from prism.runtime import landlock
-from prism.runtime.sandbox import SandboxPolicy, server_access
+from prism.runtime.sandbox import SandboxPolicy, ServerAccess, server_access
 from tools.bench.common import SUPERUSER, first_query, median, ms, percentile, pg_install
 from tools.bench.machine import describe as describe_machine
 from tools.bench.targets import available, data_dir, prism_in_process
@@ -36,10 +36,9 @@ from tools.bench.targets import available, data_dir, prism_in_process
 _WARMUP = 2
 
 
-def ruleset_build_ms(install: PgInstall, pgdata: Path, samples: int = 200) -> float:
-    """Median milliseconds to build one server's Landlock ruleset, as the runtime does."""
-    support = landlock.probe()
-    access = server_access(
+def _access(install: PgInstall, pgdata: Path) -> ServerAccess:
+    """The sandbox of a server of ``install`` on ``pgdata``, as the process runtime builds it."""
+    return server_access(
         SandboxPolicy(),
         branch="bench",
         bin_dir=install.bin_dir,
@@ -49,6 +48,12 @@ def ruleset_build_ms(install: PgInstall, pgdata: Path, samples: int = 200) -> fl
         port=40000,
         settings={},
     )
+
+
+def ruleset_build_ms(install: PgInstall, pgdata: Path, samples: int = 200) -> float:
+    """Median milliseconds to build one server's Landlock ruleset, as the runtime does."""
+    support = landlock.probe()
+    access = _access(install, pgdata)
     timings = []
     for _ in range(samples):
         started = time.perf_counter()
@@ -65,16 +70,7 @@ def spawn_ms(install: PgInstall, pgdata: Path, samples: int = 60) -> dict[str, f
     and confined as the process runtime does (ruleset built, then started from a confined
     thread), alternated so both meet the same machine."""
     support = landlock.probe()
-    access = server_access(
-        SandboxPolicy(),
-        branch="bench",
-        bin_dir=install.bin_dir,
-        pgdata=pgdata,
-        socket_dir=pgdata,
-        config_files=(),
-        port=40000,
-        settings={},
-    )
+    access = _access(install, pgdata)
     program = [str(install.bin("postgres")), "--version"]
     timings: dict[str, list[float]] = {"plain": [], "confined": []}
     for _ in range(samples):
