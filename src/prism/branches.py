@@ -40,7 +40,6 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -50,17 +49,20 @@ from pathlib import Path
 import trio
 
 from prism.address import BackendAddress
+from prism.branchpolicy import CreationPolicy
 from prism.branchrecovery import BranchRecovery
+from prism.branchservers import WATCH_INTERVAL, Servers
 from prism.branchstate import (
     MAKING,
     Branch,
+    BranchLocks,
     BranchRegistry,
     BranchStatus,
     describe,
     elapsed_ms,
     is_idle,
 )
-from prism.capacity import Admit, Caps, Evict, check_branch_cap, evictable, room_for
+from prism.capacity import Caps, check_branch_cap
 from prism.clone import clone_consistent
 from prism.crashpoints import crash_point
 from prism.diskuse import DiskUse, DiskUseCache
@@ -78,7 +80,8 @@ from prism.errors import (
     StorageError,
 )
 from prism.events import EventBus
-from prism.hooks import HookCommands, run_parent_hook
+from prism.followers import Followers
+from prism.hooks import HookCommands
 from prism.intents import CreateIntent, InitdbIntent, ResetIntent, ResetPhase
 from prism.journal import Journal
 from prism.names import MAIN_BRANCH, validate_branch_name
@@ -101,37 +104,6 @@ from prism.state import Generation, StateStore, rfc3339, utcnow
 from prism.storage.base import Storage
 
 log = logging.getLogger(__name__)
-
-# How often ``watch`` looks for branch servers that exited behind Prism's back.
-WATCH_INTERVAL = 0.2
-
-
-@dataclass(frozen=True)
-class Followers:
-    """What other parts of Prism do when a branch's server or data changes, given at
-    construction. None of them may raise."""
-
-    after_start: tuple[Callable[[str, BackendAddress], Awaitable[None]], ...] = ()
-    """Called with a server's address once it is running: the role store snapshots the
-    verifiers (so even a branch that dies unseen has a snapshot); point in time may take a
-    first snapshot."""
-    before_stop: tuple[Callable[[str, BackendAddress], Awaitable[None]], ...] = ()
-    """Called with a running server's address just before it is stopped: the role store
-    snapshots the verifiers, so a stopped branch can check logins."""
-    after_discard: tuple[Callable[[str], None], ...] = ()
-    """Called with a branch's name when its data is thrown away (delete, reset, a failed
-    create), so nothing cached about the old data outlives it."""
-    after_clone: tuple[Callable[[str, str], Awaitable[None]], ...] = ()
-    """Called with parent and child once a clone stands, the parent's lock still held (so
-    main cannot be replaced in between): records which generation of main it holds."""
-
-    def __add__(self, other: Followers) -> Followers:
-        return Followers(
-            self.after_start + other.after_start,
-            self.before_stop + other.before_stop,
-            self.after_discard + other.after_discard,
-            self.after_clone + other.after_clone,
-        )
 
 
 @dataclass(frozen=True)
@@ -186,8 +158,25 @@ class BranchManager:
         self._main = main or MainOrigin()
         self._followers = followers or Followers()
         self._registry = registry or BranchRegistry(events)
-        self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
+        self._locks = BranchLocks()
         self._sessions = SessionRegistry()
+        self._creation = CreationPolicy(
+            self.policies,
+            defaults=self.defaults,
+            commands=self.hook_commands,
+            events=events,
+            superuser=superuser,
+            password=password,
+        )
+        self._servers = Servers(
+            self._registry,
+            self._locks,
+            runtime=runtime,
+            storage=storage,
+            state=state,
+            caps=self._caps,
+            followers=self._followers,
+        )
         self._recovery = BranchRecovery(
             self._registry, storage=storage, runtime=runtime, state=state, policies=self.policies
         )
@@ -339,30 +328,15 @@ class BranchManager:
                     if self.runtime.address(branch.name) is not None:
                         nursery.start_soon(stop_one, branch.name)
             for branch in self.list():
-                await self._save(branch)
+                await self._servers.save(branch)
         for name, error in sorted(failures.items()):
             log.error("shutdown: could not stop the server of branch %s: %s", name, error)
         return failures
 
     async def watch(self, *, interval: float = WATCH_INTERVAL) -> None:
-        """Notice branch servers that exit behind Prism's back (killed, crashed) within
-        ``interval``: mark them stopped and publish ``stopped`` with reason ``exited``.
-
-        Asking the runtime is cheap (the process runtime owns each server process and checks
-        its status; nothing is sent to the server), so polling costs next to nothing.
-        """
-        while True:
-            await trio.sleep(interval)
-            for branch in self.list():
-                if branch.status is not BranchStatus.RUNNING:
-                    continue
-                if self.runtime.address(branch.name) is not None:
-                    continue
-                log.warning("branch %s: server exited; the next client restarts it", branch.name)
-                self._registry.transition(
-                    branch, BranchStatus.STOPPED, "stopped", address=None, reason="exited"
-                )
-                await self._save(branch)
+        """Notice branch servers that exit behind Prism's back within ``interval``
+        (``Servers.watch``)."""
+        await self._servers.watch(interval=interval)
 
     async def _create_main(self) -> None:
         """Initialise main (initdb, or ``make_main``: a base backup of a source); an intent
@@ -432,11 +406,11 @@ class BranchManager:
                 if branch is None:
                     if not create:
                         raise BranchNotFound(f'branch "{name}" does not exist')
-                    self._refuse_unrunnable_hook(self.defaults.parent)
-                    await self._record_new_policy(name, self.defaults.ttl)
+                    self._creation.refuse_unrunnable_hook(self.defaults.parent)
+                    await self._creation.record_new(name, self.defaults.ttl)
                     branch = await self._provision(name, self.defaults.parent)
                 elif self.runtime.address(name) is None:
-                    await self._start(branch, reason="wake")
+                    await self._servers.start(branch, reason="wake")
         # No await since the branch was last seen running: nothing can stop it in between.
         branch.last_active_ts = time.time()
         if admit:
@@ -464,8 +438,8 @@ class BranchManager:
         async with self._locks[name]:
             if name in self._registry:
                 raise BranchExists(f'branch "{name}" already exists')
-            self._refuse_unrunnable_hook(parent)
-            await self._record_new_policy(name, ttl or 0.0, protected=protected)
+            self._creation.refuse_unrunnable_hook(parent)
+            await self._creation.record_new(name, ttl or 0.0, protected=protected)
             return await self._provision(name, parent, at=at)
 
     def _check_at(self, parent: str, at: datetime) -> None:
@@ -486,7 +460,7 @@ class BranchManager:
         async with self._locks[name]:
             branch = self.require(name)
             if self.runtime.address(name) is None:
-                await self._start(branch, reason="start")
+                await self._servers.start(branch, reason="start")
             return branch
 
     async def stop(self, name: str, *, reason: str = "stop") -> Branch:
@@ -497,7 +471,7 @@ class BranchManager:
             await self._sessions.terminate(
                 name, f'branch "{name}" was stopped by an operator', hint="connect again to wake it"
             )
-            await self._stop(branch, reason=reason)
+            await self._servers.stop(branch, reason=reason)
             return branch
 
     async def stop_if_idle(self, name: str, *, idle_for: float, now: float) -> bool:
@@ -510,7 +484,7 @@ class BranchManager:
             branch = self._registry.get(name)
             if branch is None or not is_idle(branch, now=now, idle_for=idle_for):
                 return False
-            await self._stop(branch, reason="idle")
+            await self._servers.stop(branch, reason="idle")
             return True
 
     async def reset(self, name: str) -> Branch:
@@ -531,7 +505,7 @@ class BranchManager:
             parent = branch.parent
             if parent not in self._registry:
                 raise BranchNotFound(f'parent branch "{parent}" of "{name}" no longer exists')
-            self._refuse_unrunnable_hook(parent)
+            self._creation.refuse_unrunnable_hook(parent)
             started = trio.current_time()
             was_running = self.runtime.address(name) is not None
             # The old data goes to the trash under a name recorded first, so a crash at any
@@ -546,7 +520,7 @@ class BranchManager:
                     f'branch "{name}" is being reset: its changes were thrown away',
                     hint="connect again to use the fresh copy of its parent",
                 )
-                await self._stop(branch, reason="reset")
+                await self._servers.stop(branch, reason="reset")
             except BaseException:
                 with trio.CancelScope(shield=True):
                     await self.journal.done(intent)
@@ -586,12 +560,12 @@ class BranchManager:
             self._registry.transition(branch, BranchStatus.STOPPED)
             branch.bytes_proxied = 0
             branch.last_active_ts = time.time()
-            await self._save(branch)
+            await self._servers.save(branch)
             await self.journal.done(intent)
             if retired is not None:
                 await self._remove_retired(retired)
             if was_running:
-                await self._start(branch, reason="reset")
+                await self._servers.start(branch, reason="reset")
             self.events.publish("reset", name, parent=parent, duration_ms=elapsed_ms(started))
             log.info(
                 "reset: branch %s re-cloned from %s in %.1f ms", name, parent, elapsed_ms(started)
@@ -609,13 +583,13 @@ class BranchManager:
             branch = self.require(MAIN_BRANCH)
             was_running = self.runtime.address(MAIN_BRANCH) is not None
             await self._sessions.terminate(MAIN_BRANCH, why, hint="connect again")
-            await self._stop(branch, reason="refresh")
+            await self._servers.stop(branch, reason="refresh")
             try:
                 await swap()
                 self._discarded(MAIN_BRANCH)
             finally:
                 if was_running:
-                    await self._start(branch, reason="refresh")
+                    await self._servers.start(branch, reason="refresh")
 
     async def delete(self, name: str, *, with_children: bool = False) -> builtins.list[str]:
         """Remove a branch (and, if asked, its descendants): server, data and record.
@@ -639,7 +613,7 @@ class BranchManager:
         async with self._locks[name]:
             branch = self.require(name)
             await self._sessions.terminate(name, f'branch "{name}" was deleted')
-            await self._stop(branch, reason="delete")
+            await self._servers.stop(branch, reason="delete")
             crash_point("delete:stopped")
             self._registry.transition(branch, BranchStatus.DELETING, "deleting")
             # Free first, record after: on a full disk the state file may not take a write
@@ -721,44 +695,6 @@ class BranchManager:
             fields["error"] = session.terminated_by.message
         self.events.publish("disconnected", branch.name, client=session.client, **fields)
 
-    # ---- admission (callers hold the branch's lock; the rules are ``prism.capacity``) ----
-
-    async def _make_room(self, name: str) -> None:
-        """Return once ``name`` may hold a server, stopping idle branches for room if needed.
-
-        The last check before returning is not followed by an ``await``, so the caller's next
-        synchronous step (marking the branch provisioning or starting) is the reservation.
-        """
-        while True:
-            room = room_for(
-                name,
-                self._registry,
-                caps=self._caps,
-                has_server=lambda other: self.runtime.address(other) is not None,
-                busy=self._busy,
-            )
-            if isinstance(room, Admit):
-                return
-            if not isinstance(room, Evict):
-                raise room.error
-            await self._evict(room.victim, for_branch=name)
-
-    def _busy(self, name: str) -> bool:
-        lock = self._locks.get(name)
-        return lock is not None and lock.locked()
-
-    async def _evict(self, victim: Branch, *, for_branch: str) -> None:
-        """Stop ``victim`` for room if, under its lock, it may still be taken."""
-        async with self._locks[victim.name]:
-            if self._registry.get(victim.name) is not victim:
-                return
-            if not evictable(victim, for_branch=for_branch):
-                return
-            log.info(
-                "admission: stopping idle branch %s to make room for %s", victim.name, for_branch
-            )
-            await self._stop(victim, reason="max-running")
-
     # ---- internals (callers hold the branch's lock) ------------------------------------
 
     async def _provision(
@@ -771,7 +707,7 @@ class BranchManager:
         # Refuse before stopping anyone for room, and again after: others may have been
         # created meanwhile.
         check_branch_cap(name, count=len(self._registry), caps=self._caps)
-        await self._make_room(name)
+        await self._servers.make_room(name)
         check_branch_cap(name, count=len(self._registry), caps=self._caps)
         branch = Branch(name, parent_name, utcnow(), BranchStatus.PROVISIONING)
         self._registry.add(branch)
@@ -789,7 +725,9 @@ class BranchManager:
                 await self._clone_at(name, parent_name, at)
             crash_point("create:cloned")
             clone_ms = elapsed_ms(started)
-            await self._start(branch, reason="create")
+            await self._servers.start(
+                branch, reason="create", before_running=self._creation.run_parent_hook
+            )
             await self.journal.done(intent)
             crash_point("create:started")
         except BaseException as exc:
@@ -816,44 +754,6 @@ class BranchManager:
         )
         return branch
 
-    async def _record_new_policy(self, name: str, ttl: float, *, protected: bool = False) -> None:
-        """Write a new branch's policy before it exists, so a crash cannot lose it."""
-        policy = BranchPolicy(protected=protected, expires_at=self.defaults.expiry(utcnow(), ttl))
-        if policy == BranchPolicy():
-            await self.policies.forget(name)  # a row left by a create that failed early
-        else:
-            await self.policies.put(name, policy)
-
-    def _refuse_unrunnable_hook(self, parent: str) -> None:
-        """Refuse, before anything is made, a child whose parent's command may not run here
-        (set by an earlier run of Prism that allowed commands)."""
-        if self.policies.get(parent).on_create_command is not None:
-            self.hook_commands.refuse_unless_allowed(
-                f'cannot make a child of branch "{parent}", whose on_create hook is a command'
-            )
-
-    async def _run_parent_hook(self, branch: Branch, address: BackendAddress) -> None:
-        """Run the parent's ``on_create`` SQL, then its command, in the new child."""
-        if branch.parent is None:
-            return
-        policy = self.policies.get(branch.parent)
-        if not policy.has_hook:
-            return
-        started = trio.current_time()
-        await run_parent_hook(
-            address,
-            sql=policy.on_create,
-            command=policy.on_create_command,
-            child=branch.name,
-            parent=branch.parent,
-            superuser=self._superuser,
-            password=self._password,
-            commands=self.hook_commands,
-        )
-        self.events.publish(
-            "hook", branch.name, parent=branch.parent, duration_ms=elapsed_ms(started)
-        )
-
     async def _run_hook_unseen(self, branch: Branch) -> None:
         """Run the parent's hook in a re-cloned branch that no client can reach yet.
 
@@ -861,12 +761,12 @@ class BranchManager:
         before anyone sees it. The branch is still ``resetting`` and its lock is held, so the
         server started here is Prism's alone; it is stopped again afterwards.
         """
-        if branch.parent is None or not self.policies.get(branch.parent).has_hook:
+        if branch.parent is None or not self._creation.has_hook(branch.parent):
             return
         path = self.storage.path(branch.name)
         address = await self.runtime.start(branch.name, path, parent=branch.parent)
         try:
-            await self._run_parent_hook(branch, address)
+            await self._creation.run_parent_hook(branch, address)
         finally:
             await self.runtime.stop(branch.name)
 
@@ -934,7 +834,7 @@ class BranchManager:
             if restored:
                 # Silent: the caller's failed event says what happened.
                 self._registry.transition(branch, BranchStatus.STOPPED, address=None)
-                await self._save(branch)
+                await self._servers.save(branch)
                 log.warning("reset: branch %s failed to re-clone; its old data was put back", name)
             else:
                 await self._roll_back(name)
@@ -962,76 +862,6 @@ class BranchManager:
             await self.policies.forget(name)
         except StorageError as exc:
             log.warning("branch %s: deleted, but its record stays until restart: %s", name, exc)
-
-    async def _save(self, branch: Branch) -> None:
-        """Write ``branch``'s record where a failed write must not fail the operation.
-
-        Status and last activity are advisory across a restart (reconcile adopts or stops
-        every server anyway), so a full disk here is logged rather than raised: it must never
-        keep a server from stopping or a branch from being deleted.
-        """
-        try:
-            await self.state.put(branch.record())
-        except StorageError as exc:
-            log.warning("branch %s: could not record its status: %s", branch.name, exc.message)
-
-    async def _start(self, branch: Branch, *, reason: str) -> None:
-        started = trio.current_time()
-        await self._make_room(branch.name)
-        previous = branch.status
-        self._registry.transition(branch, BranchStatus.STARTING, "starting", reason=reason)
-        try:
-            address = await self.runtime.start(
-                branch.name, self.storage.path(branch.name), parent=branch.parent
-            )
-            crash_point(f"{reason}:server-up")
-            branch.address = address
-            if reason == "create":
-                # Before the branch is marked running, so no client can get in first.
-                await self._run_parent_hook(branch, address)
-            for hook in self._followers.after_start:
-                await hook(branch.name, address)
-        except BaseException as exc:
-            if previous is BranchStatus.RUNNING or previous is BranchStatus.STOPPED:
-                # Back to stopped: say so, or subscribers would show "starting" for good. (A
-                # new branch is rolled back instead, and its "failed" event says why.)
-                self._registry.transition(
-                    branch,
-                    BranchStatus.STOPPED,
-                    "stopped",
-                    reason=reason,
-                    error=describe(exc),
-                    duration_ms=elapsed_ms(started),
-                )
-            else:
-                self._registry.transition(branch, previous)
-            raise
-        branch.last_active_ts = time.time()
-        self._registry.transition(
-            branch, BranchStatus.RUNNING, "running", reason=reason, duration_ms=elapsed_ms(started)
-        )
-        await self.state.put(branch.record())
-
-    async def _stop(self, branch: Branch, *, reason: str) -> None:
-        if self.runtime.address(branch.name) is None and branch.status is BranchStatus.STOPPED:
-            return
-        started = trio.current_time()
-        self._registry.transition(branch, BranchStatus.STOPPING, "stopping", reason=reason)
-        address = self.runtime.address(branch.name)
-        if address is not None:
-            for hook in self._followers.before_stop:
-                await hook(branch.name, address)
-        await self.runtime.stop(branch.name)
-        crash_point(f"{reason}:server-down")
-        self._registry.transition(
-            branch,
-            BranchStatus.STOPPED,
-            "stopped",
-            address=None,
-            reason=reason,
-            duration_ms=elapsed_ms(started),
-        )
-        await self._save(branch)
 
 
 __all__ = [

@@ -12,6 +12,7 @@ from __future__ import annotations
 import builtins
 import enum
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -147,6 +148,21 @@ class BranchRegistry:
             branch.address = address
         if event is not None:
             self._events.publish(event, branch.name, **fields)
+
+
+class BranchLocks:
+    """One ``trio.Lock`` per branch name: every operation on a branch holds it."""
+
+    def __init__(self) -> None:
+        self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
+
+    def __getitem__(self, name: str) -> trio.Lock:
+        return self._locks[name]
+
+    def busy(self, name: str) -> bool:
+        """Whether an operation holds ``name``'s lock (without making one)."""
+        lock = self._locks.get(name)
+        return lock is not None and lock.locked()
 
 
 def is_idle(branch: Branch, *, now: float, idle_for: float) -> bool:

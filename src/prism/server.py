@@ -18,7 +18,7 @@ from prism import secretfiles
 from prism.api.app import create_app
 from prism.api.closing import CloseAfterEarlyAnswer
 from prism.auth import VerifierStore, open_verifiers
-from prism.branches import BranchManager, Followers, MainOrigin
+from prism.branches import BranchManager, MainOrigin
 from prism.branchstate import BranchRegistry
 from prism.capacity import Caps
 from prism.config import Settings, StorageKind
@@ -27,6 +27,7 @@ from prism.dataplane import choose as choose_data_plane
 from prism.dsn import Endpoint
 from prism.errors import ConfigError
 from prism.events import EventBus
+from prism.followers import Followers
 from prism.generations import Generations, open_generations
 from prism.hooks import HookCommands
 from prism.journal import Journal
