@@ -1,11 +1,11 @@
-"""The branch registry and lifecycle: one place that creates, starts, stops and removes branches.
+"""The branch manager: one place that creates, starts, stops and removes branches.
 
 Every operation on a branch holds that branch's ``trio.Lock``, so twenty clients racing to a
 new branch cause exactly one provision and the rest simply wait for it; an API call and a
 connecting client never step on each other. The proxy, the API, the CLI and the reaper all go
 through ``BranchManager``; nothing else calls the storage or runtime drivers.
 
-States (each transition publishes one event)::
+States (each transition publishes one event, ``BranchRegistry.transition``)::
 
     absent ─create─▶ provisioning ─▶ starting ─▶ running ─idle/stop─▶ stopping ─▶ stopped
                          └─fail─▶ (rolled back: absent)      ▲──────── connect/start ─┘
@@ -16,21 +16,22 @@ Crash safety: every multi-step change to the disk has a commit point and a durab
 A create, a reset and the initdb of main record a typed intent in the journal
 (``prism.journal``) first; delete and reset take a directory away by renaming it into the
 storage's trash (one atomic step that needs no free space). At start-up the manager's part of
-recovery (``recovery_owner``: a recoverer per intent kind, then ``_sweep``) finishes or undoes
-whatever a crash interrupted, stops servers that belong to no branch and empties the trash and
-staging areas.
+recovery (``prism.branchrecovery``: a recoverer per intent kind, then the sweep) finishes or
+undoes whatever a crash interrupted, stops servers that belong to no branch and empties the
+trash and staging areas.
 
-The manager also knows every proxied client session (``connection``), so an operation that
+The manager also knows every proxied client session (``prism.sessions``), so an operation that
 takes a branch away from its clients (reset, stop, delete) can end their sessions with a clear
 message instead of letting the server's shutdown cut them off mid-sentence.
 
-Admission: the caps (``max_branches``, ``max_running``) are checked here, on every path that
-creates or starts a server (proxy, API, CLI, role lookup), and each check is followed by its
-reservation with no ``await`` in between: a provisioning branch is in the registry and a
-starting one is ``starting`` before anyone else can look. A session is counted on the branch
-*instance* it was admitted to (``admit``), from before its server is reached, so the reaper and
-``--max-running`` eviction never take a branch with a session being set up, and a session of a
-deleted branch never touches the counts of a new branch of the same name.
+Admission: the caps (``prism.capacity`` decides, ``prism.branchservers`` makes room) are
+checked on every path that creates or starts a server (proxy, API, CLI, role lookup), and
+each check is followed by its reservation with no ``await`` in between: a provisioning branch
+is in the registry and a starting one is ``starting`` before anyone else can look. A session
+is counted on the branch *instance* it was admitted to (``admit``), from before its server is
+reached, so the reaper and ``--max-running`` eviction never take a branch with a session being
+set up, and a session of a deleted branch never touches the counts of a new branch of the
+same name.
 """
 
 from __future__ import annotations
