@@ -101,8 +101,6 @@ class Servers:
             branch.address = address
             if before_running is not None:
                 await before_running(branch, address)
-            for hook in self._followers.after_start:
-                await hook(branch.name, address)
         except BaseException as exc:
             if previous is BranchStatus.RUNNING or previous is BranchStatus.STOPPED:
                 # Back to stopped: say so, or subscribers would show "starting" for good. (A
@@ -118,6 +116,9 @@ class Servers:
             else:
                 self._registry.transition(branch, previous)
             raise
+        # Followers never raise; they run before clients are let in by the running status.
+        for hook in self._followers.after_start:
+            await hook(branch.name, address)
         branch.last_active_ts = time.time()
         self._registry.transition(
             branch, BranchStatus.RUNNING, "running", reason=reason, duration_ms=elapsed_ms(started)
