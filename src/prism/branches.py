@@ -50,6 +50,7 @@ from pathlib import Path
 import trio
 
 from prism.address import BackendAddress
+from prism.branchdata import BranchData
 from prism.branchpolicy import CreationPolicy
 from prism.branchrecovery import BranchRecovery
 from prism.branchservers import WATCH_INTERVAL, Servers
@@ -64,7 +65,6 @@ from prism.branchstate import (
     is_idle,
 )
 from prism.capacity import Caps, check_branch_cap
-from prism.clone import clone_consistent
 from prism.crashpoints import crash_point
 from prism.diskuse import DiskUse, DiskUseCache
 from prism.dsn import ConnectionParams, Endpoint, params_for
@@ -78,7 +78,6 @@ from prism.errors import (
     PrismError,
     ProvisionFailed,
     StartingUp,
-    StorageError,
 )
 from prism.events import EventBus
 from prism.followers import Followers
@@ -177,6 +176,18 @@ class BranchManager:
             state=state,
             caps=self._caps,
             followers=self._followers,
+        )
+        self._data = BranchData(
+            self._registry,
+            self._locks,
+            storage=storage,
+            runtime=runtime,
+            state=state,
+            policies=self.policies,
+            creation=self._creation,
+            followers=self._followers,
+            point_in_time=point_in_time,
+            superuser=superuser,
         )
         self._recovery = BranchRecovery(
             self._registry, storage=storage, runtime=runtime, state=state, policies=self.policies
@@ -365,7 +376,7 @@ class BranchManager:
         except BaseException:
             self._registry.remove(MAIN_BRANCH)
             with trio.CancelScope(shield=True):
-                await self._destroy_quietly(MAIN_BRANCH)
+                await self._data.destroy_quietly(MAIN_BRANCH)
                 await self.journal.done(intent)
             raise
         branch.created_at = utcnow()
@@ -454,7 +465,7 @@ class BranchManager:
 
     async def clone_to(self, name: str, target: str) -> None:
         """Clone branch ``name``, consistently, into storage name ``target`` (a snapshot)."""
-        await self._clone_from(name, target)
+        await self._data.clone_from(name, target)
 
     async def start(self, name: str) -> Branch:
         self.check_available(name)
@@ -535,7 +546,7 @@ class BranchManager:
                 with trio.CancelScope(shield=True):
                     retired = await self.storage.retire(name, token)
                     moved = True
-                    self._discarded(name)
+                    self._data.discarded(name)
                     crash_point("reset:retired")
                     if self.policies.get(parent).has_hook:
                         # From here a clone may stand without its hook run: reconcile must
@@ -545,12 +556,12 @@ class BranchManager:
                         # A clone cut short by a crash must not pass for a finished one.
                         phase = ResetPhase.CLONING
                     await self.journal.record(dataclasses.replace(intent, phase=phase))
-                    await self._clone_from(parent, name)
+                    await self._data.clone_from(parent, name)
                     if phase is ResetPhase.CLONING:
                         # Finished: a crash from here on keeps the new clone.
                         await self.journal.record(intent)
                     crash_point("reset:cloned")
-                    await self._run_hook_unseen(branch)
+                    await self._data.run_hook_unseen(branch)
                     crash_point("reset:hooked")
             except BaseException as exc:
                 with trio.CancelScope(shield=True):
@@ -564,7 +575,7 @@ class BranchManager:
             await self._servers.save(branch)
             await self.journal.done(intent)
             if retired is not None:
-                await self._remove_retired(retired)
+                await self._data.remove_retired(retired)
             if was_running:
                 await self._servers.start(branch, reason="reset")
             self.events.publish("reset", name, parent=parent, duration_ms=elapsed_ms(started))
@@ -587,7 +598,7 @@ class BranchManager:
             await self._servers.stop(branch, reason="refresh")
             try:
                 await swap()
-                self._discarded(MAIN_BRANCH)
+                self._data.discarded(MAIN_BRANCH)
             finally:
                 if was_running:
                     await self._servers.start(branch, reason="refresh")
@@ -623,11 +634,11 @@ class BranchManager:
             retired = await self.storage.retire(name)
             crash_point("delete:retired")
             self._registry.remove(name)
-            self._discarded(name)
+            self._data.discarded(name)
             if retired is not None:
-                await self._remove_retired(retired)
+                await self._data.remove_retired(retired)
             crash_point("delete:freed")
-            await self._forget_record(name)
+            await self._data.forget_record(name)
             self.events.publish("deleted", name)
         return [*deleted, name]
 
@@ -721,9 +732,14 @@ class BranchManager:
             await self.state.put(branch.record())
             crash_point("create:recorded")
             if at is None:
-                await self._clone_from(parent_name, name)
+                await self._data.clone_from(parent_name, name)
             else:
-                await self._clone_at(name, parent_name, at)
+                await self._data.clone_at(
+                    name,
+                    parent_name,
+                    at,
+                    parent_address=await self.ensure_running(parent_name, create=False),
+                )
             crash_point("create:cloned")
             clone_ms = elapsed_ms(started)
             await self._servers.start(
@@ -733,7 +749,7 @@ class BranchManager:
             crash_point("create:started")
         except BaseException as exc:
             with trio.CancelScope(shield=True):
-                await self._roll_back(name)
+                await self._data.roll_back(name)
                 await self.journal.done(intent)
             self._publish_failure(name, exc, started)
             if isinstance(exc, PrismError):
@@ -755,67 +771,10 @@ class BranchManager:
         )
         return branch
 
-    async def _run_hook_unseen(self, branch: Branch) -> None:
-        """Run the parent's hook in a re-cloned branch that no client can reach yet.
-
-        A reset is a fresh clone of the parent, so a sanitized template must be masked again
-        before anyone sees it. The branch is still ``resetting`` and its lock is held, so the
-        server started here is Prism's alone; it is stopped again afterwards.
-        """
-        if branch.parent is None or not self._creation.has_hook(branch.parent):
-            return
-        path = self.storage.path(branch.name)
-        address = await self.runtime.start(branch.name, path, parent=branch.parent)
-        try:
-            await self._creation.run_parent_hook(branch, address)
-        finally:
-            await self.runtime.stop(branch.name)
-
-    async def _clone_at(self, child: str, parent: str, at: datetime) -> None:
-        assert self.point_in_time is not None  # checked by create
-        await self.point_in_time.clone(
-            child,
-            at,
-            parent=parent,
-            address=await self.ensure_running(parent, create=False),
-            superuser=self._superuser,
-            clone_current=lambda: self._clone_from(parent, child),
-        )
-
-    async def _clone_from(self, parent: str, child: str) -> None:
-        """Clone ``parent`` into ``child`` holding the parent's lock, so it holds still."""
-        async with self._locks[parent]:
-            await clone_consistent(
-                self.storage,
-                parent,
-                child,
-                parent_address=self.runtime.address(parent),
-                superuser=self._superuser,
-            )
-            for hook in self._followers.after_clone:
-                await hook(parent, child)
-
     def _publish_failure(self, name: str, exc: BaseException, started: float) -> None:
         error = describe(exc)
         log.error("branch %s: operation failed and was rolled back: %s", name, error)
         self.events.publish("failed", name, error=error, duration_ms=elapsed_ms(started))
-
-    async def _roll_back(self, name: str) -> None:
-        try:
-            await self.runtime.stop(name)
-        except PrismError as exc:
-            log.error("rollback: could not stop branch %s: %s", name, exc.message)
-        await self._destroy_quietly(name)
-        await self.state.delete(name)
-        await self.policies.forget(name)
-        self._registry.remove(name)
-        self._discarded(name)
-
-    async def _destroy_quietly(self, name: str) -> None:
-        try:
-            await self.storage.destroy(name)
-        except StorageError as exc:
-            log.error("rollback: could not remove data of branch %s: %s", name, exc.message)
 
     async def _undo_reset(self, branch: Branch, intent: ResetIntent, *, moved: bool) -> None:
         """A reset failed: put the old data back if it went to the trash, else drop the branch.
@@ -828,7 +787,7 @@ class BranchManager:
         try:
             if moved:
                 await self.runtime.stop(name)
-                await self._destroy_quietly(name)
+                await self._data.destroy_quietly(name)
                 restored = await self.storage.restore(name, intent.token)
             else:
                 restored = self.storage.exists(name)
@@ -838,31 +797,10 @@ class BranchManager:
                 await self._servers.save(branch)
                 log.warning("reset: branch %s failed to re-clone; its old data was put back", name)
             else:
-                await self._roll_back(name)
+                await self._data.roll_back(name)
         except PrismError as exc:
             log.error("reset: could not undo the reset of branch %s: %s", name, exc.message)
         await self.journal.done(intent)
-
-    def _discarded(self, name: str) -> None:
-        for hook in self._followers.after_discard:
-            hook(name)
-
-    async def _remove_retired(self, path: Path) -> None:
-        """Free a retired directory now; on failure reconcile's sweep removes it later."""
-        try:
-            await self.storage.remove_path(path)
-        except StorageError as exc:
-            log.error("could not remove %s (removed at next start): %s", path, exc.message)
-
-    async def _forget_record(self, name: str) -> None:
-        """Drop a deleted branch's record; if the disk is still full (btrfs frees a deleted
-        subvolume's space in the background), reconcile forgets it at the next start, since
-        its directory is gone, and a new branch of the same name simply replaces it."""
-        try:
-            await self.state.delete(name)
-            await self.policies.forget(name)
-        except StorageError as exc:
-            log.warning("branch %s: deleted, but its record stays until restart: %s", name, exc)
 
 
 __all__ = [
