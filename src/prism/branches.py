@@ -157,7 +157,8 @@ class BranchManager:
         events.add_listener(self.disk.observe)
         self._main = main or MainOrigin()
         self._followers = followers or Followers()
-        self._registry = registry or BranchRegistry(events)
+        # Not `or`: an empty registry is falsy, and the one given is shared with the role store.
+        self._registry = registry if registry is not None else BranchRegistry(events)
         self._locks = BranchLocks()
         self._sessions = SessionRegistry()
         self._creation = CreationPolicy(

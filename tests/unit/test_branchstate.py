@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 from prism.address import BackendAddress
+from prism.branches import BranchManager
 from prism.branchstate import Branch, BranchRegistry, BranchStatus
 from prism.events import Event, EventBus
+from tests.fakes import FakeRuntime, FakeStorage, InlineStateStore
 
 
 def _registry() -> tuple[BranchRegistry, list[tuple[Event, BranchStatus | None]]]:
@@ -48,3 +51,24 @@ def test_the_address_changes_only_when_given() -> None:
     assert branch.address == address
     registry.transition(branch, BranchStatus.STOPPED, "stopped", address=None)
     assert branch.address is None
+
+
+def test_the_manager_serves_from_the_registry_it_was_given_even_empty(tmp_path: Path) -> None:
+    # The role store reads the same registry: a second one would leave it blind.
+    registry = BranchRegistry(EventBus())
+    state = InlineStateStore(tmp_path / "prism.db")
+    try:
+        manager = BranchManager(
+            storage=FakeStorage(tmp_path / "data"),
+            runtime=FakeRuntime(),
+            state=state,
+            events=EventBus(),
+            superuser="postgres",
+            password="secret",
+            registry=registry,
+        )
+        branch = Branch("dev", "main", datetime.now(UTC), BranchStatus.STOPPED)
+        registry.add(branch)
+        assert manager.get("dev") is branch
+    finally:
+        state.close()
