@@ -8,6 +8,8 @@ a Postgres or a filesystem.
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import trio
@@ -15,7 +17,7 @@ import trio
 from prism.address import BackendAddress
 from prism.errors import StorageError
 from prism.names import MAIN_BRANCH
-from prism.runtime.base import Confinement
+from prism.runtime.base import Confinement, ServerExtras, Tools, seen_at_host_path
 from prism.state import StateStore
 
 
@@ -124,9 +126,17 @@ class FakeRuntime:
         self.strays: list[str] = []
         """Servers an earlier Prism left running that belong to no branch: reconcile reaps
         them."""
+        self.killed: list[str] = []
+        """Branches whose server was killed (a shutdown out of time), in order."""
         self.fail: dict[str, BaseException] = {}
         """Step (``start``, ``stop`` ...) or step of one branch (``stop:feat``) → the
         exception it raises."""
+        self.started_with: dict[str, dict[str, str]] = {}
+        """Branch → the extra settings of its last start, as a local server sees its
+        directories (at their host paths)."""
+        self.shared: dict[str, tuple[Path, ...]] = {}
+        """Branch → the host directories its last start was given."""
+        self.source_tools_asked: list[tuple[Path, str | None]] = []
         self._port = 40000
 
     async def _step(self, step: str, branch: str) -> None:
@@ -137,9 +147,17 @@ class FakeRuntime:
         await self._step("initdb", pgdata.name)
 
     async def start(
-        self, branch: str, pgdata: Path, *, parent: str | None = None
+        self,
+        branch: str,
+        pgdata: Path,
+        *,
+        parent: str | None = None,
+        extras: ServerExtras | None = None,
     ) -> BackendAddress:
         await self._step("start", branch)
+        settings, mounts = (extras or ServerExtras()).resolve(seen_at_host_path)
+        self.started_with[branch] = settings
+        self.shared[branch] = tuple(mount.source for mount in mounts)
         self._port += 1
         self.running[branch] = BackendAddress("127.0.0.1", self._port)
         self.peak = max(self.peak, len(self.running))
@@ -148,6 +166,11 @@ class FakeRuntime:
     async def stop(self, branch: str) -> None:
         await self._step("stop", branch)
         self.running.pop(branch, None)
+
+    async def kill(self, branch: str) -> None:
+        await self._step("kill", branch)
+        self.running.pop(branch, None)
+        self.killed.append(branch)
 
     async def adopt(self, branch: str, pgdata: Path) -> BackendAddress | None:
         return None
@@ -164,8 +187,66 @@ class FakeRuntime:
     def address(self, branch: str) -> BackendAddress | None:
         return self.running.get(branch)
 
+    async def source_tools(self, directory: Path, *, source_host: str | None) -> FakeSourceTools:
+        await self._step("source_tools", source_host or "")
+        self.source_tools_asked.append((directory, source_host))
+        return FakeSourceTools()
+
     async def aclose(self) -> None:
         return None
+
+
+class FakeSourceTools:
+    """Source tools whose programs all succeed silently; records what it was asked."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[str, ...]] = []
+        self.chowned: list[Path] = []
+        self.log = ""
+
+    async def for_major(self, major: int | None, *, what: str) -> Tools:
+        return _FakePrograms(self.runs)
+
+    def chown(self, path: Path) -> None:
+        self.chowned.append(path)
+
+    async def server_log(self) -> str:
+        return self.log
+
+    async def stop_leftovers(self, main: Path) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+class _FakePrograms:
+    def __init__(self, runs: list[tuple[str, ...]]) -> None:
+        self._runs = runs
+
+    async def run(
+        self,
+        program: str,
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        shares: Sequence[Path] = (),
+        cwd: Path | None = None,
+        on_stderr_line: Callable[[str], None] | None = None,
+    ) -> subprocess.CompletedProcess[bytes]:
+        await trio.lowlevel.checkpoint()
+        self._runs.append((program, *args))
+        return subprocess.CompletedProcess([program, *args], 0, b"", b"")
+
+    async def pipe(
+        self,
+        first: Sequence[str],
+        second: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        shares: Sequence[Path] = (),
+        on_chunk: Callable[[int], None] | None = None,
+    ) -> subprocess.CompletedProcess[bytes]:
+        await trio.lowlevel.checkpoint()
+        self._runs.append((*first, "|", *second))
+        return subprocess.CompletedProcess([*first, "|", *second], 0, b"", b"")
 
 
 class InlineStateStore(StateStore):

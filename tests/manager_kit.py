@@ -9,6 +9,7 @@ from pathlib import Path
 from prism.branches import BranchManager
 from prism.capacity import Caps
 from prism.events import EventBus
+from prism.runtime.base import ServerExtrasSource
 from tests.fakes import FakeRuntime, FakeStorage, InlineStateStore
 
 
@@ -21,6 +22,7 @@ async def open_manager(
     slow: bool = False,
     max_branches: int = 0,
     max_running: int = 0,
+    server_extras: ServerExtrasSource | None = None,
 ) -> AsyncIterator[tuple[BranchManager, FakeStorage, FakeRuntime]]:
     """An opened manager (main created and running) and its drivers; closed on the way out.
 
@@ -38,6 +40,7 @@ async def open_manager(
         superuser="postgres",
         password="secret",
         caps=Caps(branches=max_branches, running=max_running),
+        server_extras=server_extras,
     )
     try:
         await manager.open()

@@ -44,7 +44,7 @@ from prism.branchstate import BranchRegistry
 from prism.clientauth import RoleSecret
 from prism.config import AuthMode, Settings
 from prism.errors import PrismError
-from prism.pgclient import connect_service
+from prism.pgclient import connect_branch
 
 log = logging.getLogger(__name__)
 
@@ -178,18 +178,10 @@ class VerifierStore:
         self._written.pop(branch, None)
 
     async def _fetch(self, address: BackendAddress) -> Roles:
-        socket = address.service_socket_path()
         with trio.fail_after(_SERVICE_TIMEOUT):
-            if socket is not None:
-                connection = await connect_service(unix_socket=socket, user=self._superuser)
-            else:
-                connection = await connect_service(
-                    host=address.host,
-                    port=address.port,
-                    user=self._superuser,
-                    password=self._password,
-                )
-            async with connection:
+            async with await connect_branch(
+                address, user=self._superuser, password=self._password
+            ) as connection:
                 rows = await connection.query(_ROLES_SQL)
         return {
             str(name): RoleSecret(

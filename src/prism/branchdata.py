@@ -13,6 +13,7 @@ from pathlib import Path
 
 from prism.address import BackendAddress
 from prism.branchpolicy import CreationPolicy
+from prism.branchservers import Servers
 from prism.branchstate import Branch, BranchLocks, BranchRegistry
 from prism.clone import clone_consistent
 from prism.errors import PrismError, StorageError
@@ -36,6 +37,7 @@ class BranchData:
         *,
         storage: Storage,
         runtime: Runtime,
+        servers: Servers,
         state: StateStore,
         policies: PolicyStore,
         creation: CreationPolicy,
@@ -47,6 +49,7 @@ class BranchData:
         self._locks = locks
         self._storage = storage
         self._runtime = runtime
+        self._servers = servers
         self._state = state
         self._policies = policies
         self._creation = creation
@@ -63,8 +66,7 @@ class BranchData:
         """
         if branch.parent is None or not self._creation.has_hook(branch.parent):
             return
-        path = self._storage.path(branch.name)
-        address = await self._runtime.start(branch.name, path, parent=branch.parent)
+        address = await self._servers.start_server(branch)
         try:
             await self._creation.run_parent_hook(branch, address)
         finally:

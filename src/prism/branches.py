@@ -39,6 +39,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import logging
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -97,7 +98,7 @@ from prism.policy import (
 )
 from prism.recovery import Owner
 from prism.recovery import recover as run_recovery
-from prism.runtime.base import Runtime
+from prism.runtime.base import Runtime, ServerExtrasSource
 from prism.schemadiff import SchemaDiff, diff_schemas, read_schema
 from prism.sessions import ClientSession, SessionRegistry
 from prism.state import Generation, StateStore, rfc3339, utcnow
@@ -140,6 +141,7 @@ class BranchManager:
         followers: Followers | None = None,
         point_in_time: PointInTime | None = None,
         registry: BranchRegistry | None = None,
+        server_extras: ServerExtrasSource | None = None,
     ) -> None:
         self.storage = storage
         self.journal = journal or Journal(state)
@@ -177,12 +179,14 @@ class BranchManager:
             state=state,
             caps=self._caps,
             followers=self._followers,
+            extras=server_extras,
         )
         self._data = BranchData(
             self._registry,
             self._locks,
             storage=storage,
             runtime=runtime,
+            servers=self._servers,
             state=state,
             policies=self.policies,
             creation=self._creation,
@@ -321,30 +325,13 @@ class BranchManager:
             hint="connect again when it is done; GET /api/v1/branches/main shows the progress",
         )
 
-    async def close(self) -> dict[str, str]:
-        """Stop every running branch and save last-activity times (runs shielded).
-
-        One server that will not stop must not keep the others running: each stop runs on its
-        own, every failure is logged, and the failures come back as branch → reason.
-        """
-        failures: dict[str, str] = {}
-
-        async def stop_one(name: str) -> None:
-            try:
-                await self.stop(name, reason="shutdown")
-            except Exception as exc:  # reported below, with every other failure
-                failures[name] = describe(exc)
-
-        with trio.CancelScope(shield=True):
-            async with trio.open_nursery() as nursery:
-                for branch in self.list():
-                    if self.runtime.address(branch.name) is not None:
-                        nursery.start_soon(stop_one, branch.name)
-            for branch in self.list():
-                await self._servers.save(branch)
-        for name, error in sorted(failures.items()):
-            log.error("shutdown: could not stop the server of branch %s: %s", name, error)
-        return failures
+    async def close(self, *, kill_after: float = math.inf) -> dict[str, str]:
+        """Stop every running branch and save last-activity times (runs shielded); whatever
+        still runs after ``kill_after`` seconds is killed (``Servers.close``). The failures
+        come back as branch → reason."""
+        return await self._servers.close(
+            lambda name: self.stop(name, reason="shutdown"), kill_after=kill_after
+        )
 
     async def watch(self, *, interval: float = WATCH_INTERVAL) -> None:
         """Notice branch servers that exit behind Prism's back within ``interval``

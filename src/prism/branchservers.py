@@ -9,6 +9,7 @@ the registry's one ``transition``, which publishes its event. Callers hold the b
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 
@@ -24,10 +25,11 @@ from prism.branchstate import (
     elapsed_ms,
 )
 from prism.capacity import Admit, Caps, Evict, evictable, room_for
+from prism.config import format_duration
 from prism.crashpoints import crash_point
 from prism.errors import StorageError
 from prism.followers import Followers
-from prism.runtime.base import Runtime
+from prism.runtime.base import Runtime, ServerExtrasSource
 from prism.state import StateStore
 from prism.storage.base import Storage
 
@@ -51,6 +53,7 @@ class Servers:
         state: StateStore,
         caps: Caps,
         followers: Followers,
+        extras: ServerExtrasSource | None = None,
     ) -> None:
         self._registry = registry
         self._locks = locks
@@ -59,6 +62,8 @@ class Servers:
         self._state = state
         self._caps = caps
         self._followers = followers
+        # What a server is started with beyond Prism's own settings (a WAL archive: pitr).
+        self._extras = extras
 
     async def watch(self, *, interval: float = WATCH_INTERVAL) -> None:
         """Notice branch servers that exit behind Prism's back (killed, crashed) within
@@ -94,9 +99,7 @@ class Servers:
         previous = branch.status
         self._registry.transition(branch, BranchStatus.STARTING, "starting", reason=reason)
         try:
-            address = await self._runtime.start(
-                branch.name, self._storage.path(branch.name), parent=branch.parent
-            )
+            address = await self.start_server(branch)
             crash_point(f"{reason}:server-up")
             branch.address = address
             if before_running is not None:
@@ -125,6 +128,17 @@ class Servers:
         )
         await self._state.put(branch.record())
 
+    async def start_server(self, branch: Branch) -> BackendAddress:
+        """Start ``branch``'s server with the extras its ``extras`` source gives; no status
+        change (``start`` makes one; a reset's unseen hook needs none)."""
+        path = self._storage.path(branch.name)
+        extras = None
+        if self._extras is not None:
+            extras = await trio.to_thread.run_sync(
+                self._extras.server_extras, branch.name, path, branch.parent
+            )
+        return await self._runtime.start(branch.name, path, parent=branch.parent, extras=extras)
+
     async def stop(self, branch: Branch, *, reason: str) -> None:
         """Stop ``branch``'s server (if it has one), its followers told first."""
         if self._runtime.address(branch.name) is None and branch.status is BranchStatus.STOPPED:
@@ -146,6 +160,67 @@ class Servers:
             duration_ms=elapsed_ms(started),
         )
         await self.save(branch)
+
+    async def close(
+        self, stop: Callable[[str], Awaitable[object]], *, kill_after: float = math.inf
+    ) -> dict[str, str]:
+        """Stop every running server with ``stop`` (the manager's, which ends sessions under
+        the branch's lock) and save last-activity times (runs shielded).
+
+        One server that will not stop must not keep the others running: each stop runs on its
+        own, every failure is logged, and the failures come back as branch → reason. Prism's
+        exit must not wait on a hung server either: whatever still runs after ``kill_after``
+        seconds is killed (``Runtime.kill``) and named in the log.
+        """
+        failures: dict[str, str] = {}
+
+        async def stop_one(name: str) -> None:
+            try:
+                await stop(name)
+            except Exception as exc:  # reported below, with every other failure
+                failures[name] = describe(exc)
+
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(kill_after) as deadline:
+                async with trio.open_nursery() as nursery:
+                    for branch in self._registry.list():
+                        if self._runtime.address(branch.name) is not None:
+                            nursery.start_soon(stop_one, branch.name)
+            if deadline.cancelled_caught:
+                async with trio.open_nursery() as nursery:
+                    for branch in self._still_running():
+                        if branch.name not in failures:  # a stop that failed in time was reported
+                            nursery.start_soon(self._kill, branch, failures, kill_after)
+            for branch in self._registry.list():
+                await self.save(branch)
+        for name, error in sorted(failures.items()):
+            log.error("shutdown: could not stop the server of branch %s: %s", name, error)
+        return failures
+
+    def _still_running(self) -> list[Branch]:
+        """Branches whose server runs, or whose stop was cut short after it began."""
+        return [
+            branch
+            for branch in self._registry.list()
+            if self._runtime.address(branch.name) is not None
+            or branch.status is BranchStatus.STOPPING
+        ]
+
+    async def _kill(self, branch: Branch, failures: dict[str, str], waited: float) -> None:
+        """Kill ``branch``'s server for a shutdown out of time; record a failure to do so."""
+        log.warning(
+            "shutdown: killing the server of branch %s: not stopped within %s",
+            branch.name,
+            format_duration(waited),
+        )
+        try:
+            await self._runtime.kill(branch.name)
+        except Exception as exc:  # reported with the other failures by close()
+            failures[branch.name] = describe(exc)
+            return
+        self._registry.transition(
+            branch, BranchStatus.STOPPED, "stopped", address=None, reason="killed"
+        )
 
     # ---- admission (the rules are ``prism.capacity``) -----------------------------------
 

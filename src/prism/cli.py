@@ -15,9 +15,9 @@ import trio
 from prism import __version__
 from prism.client import add_client_commands, join_relative_times, run_client
 from prism.config import SETTINGS, LogLevel, Settings, load_settings
+from prism.conninfo import parse_conninfo
 from prism.errors import find_prism_error
 from prism.server import PrismServer
-from prism.source.conninfo import parse_conninfo
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ import trio
 from prism.address import BackendAddress
 from prism.crashpoints import crash_point
 from prism.errors import StorageError
-from prism.pgclient import connect_service
+from prism.pgclient import connect_branch
 from prism.source.standby import detach_clone
 from prism.storage.base import Storage
 
@@ -73,11 +73,8 @@ async def clone_consistent(
 async def _clone_in_backup_mode(
     storage: Storage, parent: str, child: str, parent_address: BackendAddress, superuser: str
 ) -> Path:
-    async with await connect_service(
-        unix_socket=parent_address.service_socket_path(),
-        port=parent_address.port,
-        user=superuser,
-        application_name="prism clone",
+    async with await connect_branch(
+        parent_address, user=superuser, application_name="prism clone"
     ) as service:
         await service.query(f"SELECT pg_backup_start('prism: branch {child}', true)")
         try:

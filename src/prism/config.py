@@ -24,6 +24,9 @@ from prism.errors import ConfigError
 # ASCII only: ``\d`` alone would also read Arabic-Indic or Devanagari digits as numbers.
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.ASCII)
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+#: The longest duration any setting takes: longer ones overflow the date arithmetic they feed
+#: (a branch's expiry, a snapshot's age) and mean "never", which 0 says where it is allowed.
+MAX_DURATION_S = 100 * 365 * 86400.0
 
 
 def parse_duration(text: str) -> float:
@@ -35,7 +38,13 @@ def parse_duration(text: str) -> float:
             f"invalid duration {text!r}",
             hint="write a number with an optional unit: 250ms, 30s, 2m, 1h, 7d (0 disables)",
         )
-    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds > MAX_DURATION_S:
+        raise ConfigError(
+            f"duration {text!r} is longer than 100 years",
+            hint="write at most 36500d (0 disables where a setting allows it)",
+        )
+    return seconds
 
 
 def format_duration(seconds: float) -> str:
@@ -399,6 +408,13 @@ class Settings:
     stop_timeout: float = field(
         default=30.0,
         metadata=_about(parse_duration, "time a fast shutdown may take before escalating"),
+    )
+    shutdown_timeout: float = field(
+        default=30.0,
+        metadata=_about(
+            parse_duration,
+            "time Prism's own shutdown may take stopping branch servers; then the rest are killed",
+        ),
     )
     idle_timeout: float = field(
         default=900.0,

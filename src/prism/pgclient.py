@@ -316,15 +316,27 @@ async def connect_branch(
     address: BackendAddress,
     *,
     user: str,
-    password: str,
+    password: str | None = None,
     database: str = "postgres",
     application_name: str = "prism",
 ) -> ServiceConnection:
-    """A service connection to a running branch: its private socket if it has one, else TCP."""
+    """Prism's trusted service connection to a running branch server: the one way in.
+
+    The branch's private socket (a file, or a name in the abstract namespace, as
+    ``address`` says) is trusted by its pg_hba, so no password goes over it. Only a runtime
+    that offers no such socket makes Prism log in over TCP, with ``password``; a caller that
+    has none gets a clear error instead of a connection the server would refuse anyway.
+    """
     socket = address.service_socket_path()
     if socket is not None:
         return await connect_service(
             unix_socket=socket, user=user, database=database, application_name=application_name
+        )
+    if password is None:
+        raise BackendQueryError(
+            f"the branch server at {address.host}:{address.port} offers no private service "
+            "socket, and a login over TCP needs a password",
+            sqlstate="08001",
         )
     return await connect_service(
         host=address.host,

@@ -22,9 +22,11 @@ again. Deleting or resetting a branch ends its window: its snapshot records are 
 its archive renamed away at once (the commit point), the clones and files are removed by the
 timer's next round, or by the next start after a crash.
 
-With the docker runtime a server sees these directories through bind mounts at fixed paths
-(``CONTAINER_ARCHIVE`` and the two under ``/var/lib/prism/restore``), and the commands name
-those paths.
+A server is given these directories by the runtime that starts it (``ServerExtras``: each
+directory's host path and what it is for); where the server sees them (a container's bind
+mount at a fixed path, a local process at the host path) is the runtime's choice, and the
+commands are made once it has said. The ``restore_command`` is given at each start while the
+branch recovers, so a clone names no path of any runtime.
 
 Everything the create path does for crash safety applies unchanged: the create's intent is in
 the journal before the clone, and start-up recovery removes a half-made branch.
@@ -32,13 +34,14 @@ the journal before the clone, and start-up recovery removes a half-made branch.
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import trio
 
@@ -50,7 +53,8 @@ from prism.errors import ConfigError, OutsideWindow, PrismError
 from prism.events import EventBus
 from prism.journal import Journal
 from prism.names import MAIN_BRANCH
-from prism.runtime.base import BindMount, Runtime, ServerExtras
+from prism.pgclient import connect_branch
+from prism.runtime.base import SeenAt, ServerExtras, Share, SharedDir
 from prism.snapshots import (
     RETRY_SECONDS,
     Snapshot,
@@ -58,7 +62,6 @@ from prism.snapshots import (
     expired,
     is_due,
     precise_time,
-    service_of,
     take_snapshot,
 )
 from prism.source.standby import is_recovering, is_standby, recover_to
@@ -82,12 +85,6 @@ def parse_at(text: str, now: datetime) -> datetime:
         except OverflowError:
             raise ValueError(f"{text[:40]!r} reaches back further than year 1") from None
     return parse_rfc3339(text)
-
-
-CONTAINER_ARCHIVE = PurePosixPath("/var/lib/prism/wal-archive")
-"""Where a container sees its own branch's archive (read-write)."""
-_CONTAINER_RESTORE_ARCHIVE = PurePosixPath("/var/lib/prism/restore/archive")
-_CONTAINER_RESTORE_WAL = PurePosixPath("/var/lib/prism/restore/pg_wal")
 
 
 @dataclass(frozen=True)
@@ -114,15 +111,12 @@ class PointInTime:
         *,
         journal: Journal,
         branches: BranchPattern | None = None,
-        in_containers: bool = False,
     ) -> None:
         self.storage = storage
         self.events = events
         self.branches = branches or BranchPattern.parse(MAIN_BRANCH)
         self.archives = data_dir / "wal-archive"
         self.store = SnapshotStore(data_dir / "snapshots", storage, journal)
-        # Servers run in containers and see the archives through bind mounts.
-        self._in_containers = in_containers
         # A snapshot being cloned into a branch is not pruned or swept under it.
         self._lock = trio.Lock()
         # Set when a branch that keeps WAL starts: its first snapshot is due at once.
@@ -139,32 +133,27 @@ class PointInTime:
     # ---- what a server is started with -------------------------------------------------
 
     def server_extras(self, branch: str, pgdata: Path, parent: str | None) -> ServerExtras:
-        """Extra settings and directories of ``branch``'s server (blocking): its own archive
-        if it keeps WAL, and while it recovers to a time, its parent's archive and ``pg_wal``
-        (read-only) for its ``restore_command``. In a container they are bind mounts seen at
-        fixed paths; a local server sees them where they are, inside its sandbox."""
-        settings: dict[str, str] = {}
-        mounts: list[BindMount] = []
+        """Extra directories and settings of ``branch``'s server (blocking; a
+        ``ServerExtrasSource``): its own archive if it keeps WAL, and while it recovers to a
+        time, its parent's archive and ``pg_wal`` (read-only) for its ``restore_command``."""
+        dirs: list[SharedDir] = []
+        archive = restore_from = None
+        standby = False
         if self.keeps_wal(branch):
             archive = self.archive_of(branch)
             archive.prepare(owner_of=pgdata)
-            seen = CONTAINER_ARCHIVE if self._in_containers else archive.directory
             standby = is_standby(pgdata)
-            settings.update(archive.server_settings(standby=standby, seen_at=seen))
-            mounts.append(BindMount(archive.directory, str(seen)))
+            dirs.append(SharedDir(Share.WAL_ARCHIVE, archive.directory))
         if parent is not None and is_recovering(pgdata):
-            source = self.archive_of(parent).directory
-            if source.is_dir():
-                live = self.storage.path(parent) / "pg_wal"
-                if self._in_containers:
-                    seen_archive, seen_live = _CONTAINER_RESTORE_ARCHIVE, _CONTAINER_RESTORE_WAL
-                else:
-                    seen_archive, seen_live = PurePosixPath(source), PurePosixPath(live)
-                mounts += [
-                    BindMount(source, str(seen_archive), read_only=True),
-                    BindMount(live, str(seen_live), read_only=True),
+            source = self.archive_of(parent)
+            if source.directory.is_dir():
+                restore_from = source
+                dirs += [
+                    SharedDir(Share.RESTORE_ARCHIVE, source.directory, read_only=True),
+                    SharedDir(Share.RESTORE_WAL, self.storage.path(parent) / "pg_wal", True),
                 ]
-        return ServerExtras(settings, tuple(mounts))
+        settings = functools.partial(_server_settings, archive, standby, restore_from)
+        return ServerExtras(tuple(dirs), settings)
 
     async def started(self, branch: str, address: BackendAddress) -> None:
         """A server started (``Followers.after_start``): a branch that keeps WAL may be due
@@ -226,17 +215,9 @@ class PointInTime:
         # A clone not yet told to recover to ``at`` would start as the snapshot's moment: the
         # create's intent has it rolled back.
         crash_point("pitr:cloned")
-        archive = self.archive_of(parent)
-        if self._in_containers:
-            restore = archive.restore_command(
-                _CONTAINER_RESTORE_WAL, seen_at=_CONTAINER_RESTORE_ARCHIVE
-            )
-        else:
-            restore = archive.restore_command(self.storage.path(parent) / "pg_wal")
         target = at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
-        await trio.to_thread.run_sync(
-            lambda: recover_to(path, restore_command=restore, target_time=target)
-        )
+        # Its restore_command comes with each start while it recovers (``server_extras``).
+        await trio.to_thread.run_sync(lambda: recover_to(path, target_time=target))
         log.info("pitr: %s cloned from %s, to replay WAL up to %s", child, snapshot.name, target)
 
     # ---- the end of a window -----------------------------------------------------------
@@ -340,11 +321,28 @@ class PointInTime:
                 await trio.to_thread.run_sync(self.archive_of(branch).prune, kept[0].redo_wal)
 
 
+def _server_settings(
+    archive: WalArchive | None, standby: bool, restore_from: WalArchive | None, seen: SeenAt
+) -> dict[str, str]:
+    """The settings of a server that archives into ``archive`` and recovers from
+    ``restore_from``, naming the directories where the server sees them (``seen``)."""
+    settings: dict[str, str] = {}
+    if archive is not None:
+        settings.update(archive.server_settings(standby=standby, seen_at=seen[Share.WAL_ARCHIVE]))
+    if restore_from is not None:
+        settings["restore_command"] = restore_from.restore_command(
+            seen[Share.RESTORE_WAL], seen_at=seen[Share.RESTORE_ARCHIVE]
+        )
+    return settings
+
+
 async def _commit_after(address: BackendAddress, at: datetime, *, superuser: str) -> bool:
     """Whether the WAL of the server at ``address`` has a commit after ``at`` (making one on a
     primary)."""
     literal = at.astimezone(UTC).strftime("'%Y-%m-%d %H:%M:%S.%f+00'::timestamptz")
-    async with await service_of(address, superuser=superuser, purpose="pitr") as service:
+    async with await connect_branch(
+        address, user=superuser, application_name="prism pitr"
+    ) as service:
         rows = await service.query(
             f"SELECT pg_is_in_recovery(), coalesce(pg_last_xact_replay_timestamp() > {literal}, "
             "false)"
@@ -361,7 +359,6 @@ def open_point_in_time(
     settings: Settings,
     data_dir: Path,
     storage: Storage,
-    runtime: Runtime,
     events: EventBus,
     journal: Journal,
 ) -> PointInTime | None:
@@ -375,21 +372,6 @@ def open_point_in_time(
             format_duration(settings.snapshot_every),
             format_duration(settings.retention),
         )
-    in_containers = runtime.name == "docker"
-    if not hasattr(runtime, "extras_for"):
-        log.warning(
-            "snapshots and point-in-time branches are off: --runtime %s cannot archive WAL "
-            "(use --runtime process or docker, or --snapshot-every 0 to silence this)",
-            runtime.name,
-        )
-        return None
-    point_in_time = PointInTime(
-        data_dir,
-        storage,
-        events,
-        journal=journal,
-        branches=settings.point_in_time_branches,
-        in_containers=in_containers,
+    return PointInTime(
+        data_dir, storage, events, journal=journal, branches=settings.point_in_time_branches
     )
-    runtime.extras_for = point_in_time.server_extras  # type: ignore[attr-defined]
-    return point_in_time

@@ -172,9 +172,7 @@ class PrismServer:
             main = MainOrigin(make=source.make_main, progress=source.describe_progress)
         point_in_time = None
         if generations is None:  # each generation is a new cluster: its WAL starts over
-            point_in_time = open_point_in_time(
-                settings, data_dir, storage, runtime, events, journal
-            )
+            point_in_time = open_point_in_time(settings, data_dir, storage, events, journal)
         # The registry first: the role store reads it, and the manager hears from the store.
         registry = BranchRegistry(events)
         verifiers = open_verifiers(
@@ -209,6 +207,8 @@ class PrismServer:
             followers=_followers(point_in_time, verifiers, generations),
             point_in_time=point_in_time,
             registry=registry,
+            # The point-in-time object also says what each server is started with.
+            server_extras=point_in_time,
         )
         data_plane = choose_data_plane(settings.data_plane)
         proxy = Proxy.from_settings(manager, settings, data_dir, verifiers, data_plane)
@@ -306,7 +306,7 @@ class PrismServer:
         finally:
             with trio.CancelScope(shield=True):
                 log.info("prism: shutting down: stopping branch servers")
-                await manager.close()
+                await manager.close(kill_after=settings.shutdown_timeout)
                 await runtime.aclose()
                 state.close()
                 data_plane.close()

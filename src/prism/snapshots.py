@@ -38,7 +38,7 @@ from prism.errors import BranchConflict
 from prism.intents import SnapshotIntent
 from prism.journal import Journal
 from prism.names import SNAPSHOT_PREFIX, is_snapshot_name
-from prism.pgclient import ServiceConnection, connect_service
+from prism.pgclient import connect_branch
 from prism.recovery import Owner
 from prism.state import utcnow
 from prism.storage.base import Storage
@@ -203,20 +203,12 @@ class SnapshotStore:
             return []
 
 
-async def service_of(address: BackendAddress, *, superuser: str, purpose: str) -> ServiceConnection:
-    """Prism's trusted connection to a branch's server (its private socket), for ``purpose``."""
-    return await connect_service(
-        unix_socket=address.service_socket_path(),
-        port=address.port,
-        user=superuser,
-        application_name=f"prism {purpose}",
-    )
-
-
 async def redo_wal_file(address: BackendAddress, *, superuser: str) -> str:
     """The WAL segment of the redo point of the last checkpoint of the server at ``address``:
     everything a clone taken after now needs is at or after it."""
-    async with await service_of(address, superuser=superuser, purpose="snapshot") as service:
+    async with await connect_branch(
+        address, user=superuser, application_name="prism snapshot"
+    ) as service:
         rows = await service.query("SELECT redo_wal_file FROM pg_control_checkpoint()")
     return str(rows[0][0])
 

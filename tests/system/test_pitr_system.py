@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from prism.config import BranchPattern
-from prism.pitr import CONTAINER_ARCHIVE
+from prism.runtime.docker import CONTAINER_ARCHIVE
 from tests.integration.api_helpers import wait_for
 from tests.integration.harness import psql
 from tests.integration.pitr_checks import ROWS, check_branches_at, first_snapshot, stamp_rows

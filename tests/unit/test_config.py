@@ -52,6 +52,7 @@ def test_durations_take_units(text: str, seconds: float) -> None:
     ("flags", "message"),
     [
         ({"idle_timeout": "soon"}, "invalid duration 'soon'"),
+        ({"branch_ttl": "999999999999d"}, "longer than 100 years"),
         ({"listen": "nowhere"}, "invalid address 'nowhere'"),
         ({"storage": "floppy"}, "invalid value 'floppy'"),
         ({"point_in_time_branches": "main|("}, "invalid pattern 'main|('"),

@@ -10,8 +10,8 @@ import pytest
 from prism.config import Settings
 from prism.errors import ConfigError
 from prism.generations import Every, open_generations
+from prism.runtime._programs import pipe_script
 from prism.source.dump import roles_script
-from prism.source.tools import pipe_script
 
 # open_generations decides from the settings alone before it touches any of these.
 _UNUSED: Any = None

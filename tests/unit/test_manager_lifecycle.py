@@ -86,3 +86,46 @@ async def test_reconcile_stops_the_servers_no_branch_owns(
         assert runtime.strays == []
         assert manager.get("rolled-back") is None
     assert "belongs to no branch: a postmaster on data/rolled-back" in caplog.text
+
+
+class _StuckStop(FakeRuntime):
+    """A runtime on which the server of branch ``stuck`` never finishes a stop."""
+
+    async def stop(self, branch: str) -> None:
+        if branch == "stuck":
+            await trio.sleep_forever()
+        await super().stop(branch)
+
+
+async def test_shutdown_kills_the_servers_still_running_at_its_deadline(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    runtime = _StuckStop()
+    async with open_manager(tmp_path, runtime=runtime) as (manager, _, _):
+        await manager.create("stuck")
+        await manager.create("fine")
+        seen: list[Event] = []
+        manager.events.add_listener(seen.append)
+        began = trio.current_time()
+        failures = await manager.close(kill_after=5.0)
+        assert trio.current_time() - began == pytest.approx(5.0)
+        assert failures == {}
+        assert runtime.killed == ["stuck"]
+        assert runtime.running == {}
+        assert {b.name: b.status.value for b in manager.list()} == {
+            "fine": "stopped",
+            "main": "stopped",
+            "stuck": "stopped",
+        }
+        stopped = {e["branch"]: e["reason"] for e in seen if e["type"] == "stopped"}
+        assert stopped == {"fine": "shutdown", "main": "shutdown", "stuck": "killed"}
+    assert "killing the server of branch stuck: not stopped within 5s" in caplog.text
+
+
+async def test_shutdown_within_its_deadline_kills_nothing(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with open_manager(tmp_path, slow=True) as (manager, _, runtime):
+        await manager.create("quick")
+        assert await manager.close(kill_after=5.0) == {}
+        assert runtime.killed == [] and runtime.running == {}

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from prism.runtime import landlock
+import pytest
+
+from prism.pgbin import PgInstall
+from prism.runtime import landlock, process
 from prism.runtime.base import BindMount
 from prism.runtime.landlock import Support
+from prism.runtime.process import ProcessRuntime
 from prism.runtime.sandbox import SandboxPolicy, ServerAccess, describe, server_access
 
 _BIN = Path("/opt/pg/bin")
@@ -97,3 +102,21 @@ def test_the_handled_rights_grow_with_the_abi() -> None:
     assert Support(2).handled_fs() & landlock.REFER
     assert Support(3).handled_fs() & landlock.TRUNCATE
     assert Support(5).handled_fs() & landlock.IOCTL_DEV
+
+
+def test_a_nameless_prism_user_keeps_sockets_private_and_says_what_is_lost(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``peer`` needs a user name: a uid without one (an arbitrary container uid) gets the
+    private socket directory back, and the report names the gap."""
+    if not landlock.probe().scopes:
+        pytest.skip("this kernel's Landlock lacks scopes (ABI < 6)")
+    install = PgInstall(_BIN, "18.0", os.geteuid(), os.getegid(), "nobody-at-all")
+    named = ProcessRuntime(install, run_dir=tmp_path, log_dir=tmp_path, sandbox_policy=_POLICY)
+    assert named.confinement().complete
+    monkeypatch.setattr(process, "_user_name", lambda uid: None)
+    nameless = ProcessRuntime(install, run_dir=tmp_path, log_dir=tmp_path, sandbox_policy=_POLICY)
+    report = nameless.confinement()
+    assert not report.complete
+    assert any("user name" in gap for gap in report.missing)
+    assert not any("service sockets" in item for item in report.enforced)

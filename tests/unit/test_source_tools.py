@@ -10,8 +10,8 @@ from prism.errors import ConfigError
 from prism.pgbin import version_in
 from prism.runtime._docker_image import image_user
 from prism.runtime._docker_tools import require_reachable
+from prism.runtime._programs import LineSplitter
 from prism.source.basebackup import parse_progress
-from prism.source.tools import LineSplitter
 
 
 def test_lines_are_cut_at_carriage_returns_and_newlines_across_chunks() -> None:

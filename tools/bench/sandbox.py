@@ -4,7 +4,9 @@ Two Prisms run side by side on the same storage driver, one with ``--branch-sand
 default) and one with it off; each round makes one new branch in each (cold start: connect as
 ``postgres@<new branch>`` → result of ``SELECT 1``), then stops and wakes one branch in each,
 alternating which goes first, so both meet the same machine. The difference of the medians is
-the sandbox's cost (building the Landlock ruleset, the two syscalls before ``exec``).
+the sandbox's cost (building the Landlock ruleset, the two syscalls before ``exec``). Beside
+it, that work alone, timed directly (``ruleset_build``): what a cold start or a wake-up pays,
+free of the noise of a server's start.
 
 Usage: ``.venv/bin/python -m tools.bench.sandbox [--rounds N] [--driver copy|btrfs|...]``.
 """
@@ -14,16 +16,45 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import time
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import trio
 
+from prism.pgbin import PgInstall
+from prism.runtime import landlock
+from prism.runtime.sandbox import SandboxPolicy, server_access
 from tools.bench.common import SUPERUSER, first_query, median, ms, percentile, pg_install
 from tools.bench.machine import describe as describe_machine
 from tools.bench.targets import available, data_dir, prism_in_process
 
 _WARMUP = 2
+
+
+def ruleset_build_ms(install: PgInstall, pgdata: Path, samples: int = 200) -> float:
+    """Median milliseconds to build one server's Landlock ruleset, as the runtime does."""
+    support = landlock.probe()
+    access = server_access(
+        SandboxPolicy(),
+        branch="bench",
+        bin_dir=install.bin_dir,
+        pgdata=pgdata,
+        socket_dir=pgdata,
+        config_files=(),
+        port=40000,
+        settings={},
+    )
+    timings = []
+    for _ in range(samples):
+        started = time.perf_counter()
+        ruleset = landlock.Ruleset.build(
+            support, access.paths, bind_ports=access.bind_ports, connect_ports=()
+        )
+        timings.append(time.perf_counter() - started)
+        ruleset.close()
+    return round(ms(median(timings)), 3)
 
 
 async def measure(driver: str, rounds: int) -> dict[str, Any]:
@@ -58,6 +89,7 @@ async def measure(driver: str, rounds: int) -> dict[str, Any]:
         "machine": describe_machine(install),
         "driver": targets[0].label,
         "rounds": rounds,
+        "ruleset_build_p50_ms": ruleset_build_ms(install, targets[0].base),
     }
     for mode, kinds in series.items():
         for kind, values in kinds.items():

@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 
 from prism.config import RuntimeKind, Settings
+from prism.conninfo import parse_conninfo
 from prism.errors import ConfigError
 from prism.runtime.base import Runtime
 from prism.runtime.sandbox import SandboxPolicy
-from prism.source.conninfo import parse_conninfo
 
 
 def sandbox_policy(settings: Settings, data_dir: Path) -> SandboxPolicy:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import docker
@@ -159,6 +160,29 @@ class DockerEngine:
         self.seccomp = any(opt.startswith("name=seccomp") for opt in security)
         self._client = client
         return client
+
+    async def prism_containers(
+        self,
+        error: type[PrismError],
+        *,
+        labels: Mapping[str, str] | None = None,
+        name: str | None = None,
+    ) -> list[Container]:
+        """Prism's containers (running or not) that carry every one of ``labels``.
+
+        The one place containers are looked up: always by Prism's own mark, so nothing another
+        program (or a hand-made container named like a branch) runs is ever taken for Prism's.
+        ``name`` is an exact container name; failures are ``error``.
+        """
+        client = await self.connect()
+        wanted = {LABEL_MANAGED: "true", **(labels or {})}
+        filters: dict[str, Any] = {"label": [f"{key}={value}" for key, value in wanted.items()]}
+        if name is not None:
+            filters["name"] = f"^/{re.escape(name)}$"
+        containers: list[Container] = await self.call(
+            error, client.containers.list, all=True, filters=filters
+        )
+        return containers
 
     def api(self) -> Any:
         assert self._client is not None, "connect before using the engine"

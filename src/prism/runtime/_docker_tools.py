@@ -27,7 +27,8 @@ from prism.errors import ConfigError, RuntimeStartFailed
 from prism.pgbin import version_in
 from prism.runtime._docker_engine import LABEL_MANAGED, DockerEngine
 from prism.runtime._docker_image import ImageInfo, Images, image_user, wrong_major
-from prism.source.tools import LineSplitter, Tools, pipe_script
+from prism.runtime._programs import LineSplitter, pipe_script
+from prism.runtime.base import Tools
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def require_reachable(host: str | None, mode: DockerNetwork) -> None:
 
 
 class ContainerSourceTools:
-    """The source tools of the docker runtime (a :class:`prism.source.tools.SourceTools`)."""
+    """The source tools of the docker runtime (a :class:`prism.runtime.base.SourceTools`)."""
 
     def __init__(
         self,
@@ -121,12 +122,8 @@ class ContainerSourceTools:
     async def stop_leftovers(self, main: Path) -> None:
         """Remove program containers of this source that a crashed Prism left behind (found
         by their label, wherever they write)."""
-        client = await self._engine.connect()
-        containers: list[Container] = await self._engine.call(
-            RuntimeStartFailed,
-            client.containers.list,
-            all=True,
-            filters={"label": f"{LABEL_SOURCE_DIR}={self._directory}"},
+        containers = await self._engine.prism_containers(
+            RuntimeStartFailed, labels={LABEL_SOURCE_DIR: str(self._directory)}
         )
         for container in containers:
             log.warning("source: removing the leftover container %s", container.name)
@@ -190,7 +187,7 @@ class ContainerSourceTools:
 
 
 class _ContainerPrograms:
-    """The programs of one image (a :class:`prism.source.tools.Tools`)."""
+    """The programs of one image (a :class:`prism.runtime.base.Tools`)."""
 
     def __init__(self, tools: ContainerSourceTools, info: ImageInfo) -> None:
         self._tools = tools

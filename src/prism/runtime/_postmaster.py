@@ -13,10 +13,12 @@ import os
 import shutil
 import socket
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from prism.errors import RuntimeStartFailed
+from prism.runtime.base import SharedDir
 
 LOOPBACK = "127.0.0.1"
 # Postgres writes "ready" once it accepts connections (a hot standby too). "standby" is not
@@ -196,6 +198,19 @@ def make_socket_dir(path: Path, owner: tuple[int, int] | None) -> None:
     if owner is not None:
         os.chown(path, *owner)
     path.chmod(0o700)
+
+
+def hand_over(dirs: Iterable[SharedDir], owner: tuple[int, int] | None) -> None:
+    """Give each directory a server writes (its WAL archive) to the user it runs as (blocking):
+    whoever made the directory cannot know who that is. ``owner`` None: Prism's own user."""
+    if owner is None or os.geteuid() != 0:
+        return
+    for shared in dirs:
+        if shared.read_only:
+            continue
+        info = shared.source.stat()
+        if (info.st_uid, info.st_gid) != owner:
+            os.chown(shared.source, *owner)
 
 
 def remove_dir(path: Path) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import enum
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Protocol, runtime_checkable
 
 from prism.address import BackendAddress
@@ -18,14 +21,139 @@ class BindMount:
     read_only: bool = False
 
 
+class Share(enum.Enum):
+    """What a host directory given to a server beyond its data is for. Where the server sees
+    it is the runtime's choice: a container at a fixed path, a local process at its own."""
+
+    WAL_ARCHIVE = "wal-archive"
+    """The branch's own WAL archive, which it writes (read-write)."""
+    RESTORE_ARCHIVE = "restore-archive"
+    """The parent's WAL archive, which a branch recovering to a time reads."""
+    RESTORE_WAL = "restore-wal"
+    """The parent's ``pg_wal``, for the segment it is still writing."""
+
+
+@dataclass(frozen=True)
+class SharedDir:
+    """One host directory a server is given, by what it is for."""
+
+    share: Share
+    source: Path
+    read_only: bool = False
+
+
+SeenAt = Mapping[Share, PurePosixPath]
+"""Where a server sees each directory it is given."""
+
+
+def _no_settings(seen: SeenAt) -> dict[str, str]:
+    return {}
+
+
 @dataclass(frozen=True)
 class ServerExtras:
-    """Settings and mounts one server is started with beyond Prism's own (the WAL archive a
-    container writes, the archive a recovering container reads); the settings name paths as
-    the server sees them."""
+    """Directories and settings one server is started with beyond Prism's own (the WAL archive
+    it writes, the archive a recovering branch reads).
 
-    settings: dict[str, str]
-    mounts: tuple[BindMount, ...] = ()
+    The directories are host paths; ``settings`` makes the settings once the runtime has said
+    where its server sees each one (``resolve``), so a command names the path the server sees.
+    The settings win over those Prism overrides for every server.
+    """
+
+    dirs: tuple[SharedDir, ...] = ()
+    settings: Callable[[SeenAt], dict[str, str]] = _no_settings
+
+    def resolve(
+        self, seen_at: Callable[[SharedDir], PurePosixPath]
+    ) -> tuple[dict[str, str], tuple[BindMount, ...]]:
+        """The settings and mounts of a server that sees each directory at ``seen_at(dir)``."""
+        where = {shared.share: seen_at(shared) for shared in self.dirs}
+        mounts = tuple(
+            BindMount(shared.source, str(where[shared.share]), shared.read_only)
+            for shared in self.dirs
+        )
+        return self.settings(where), mounts
+
+
+def seen_at_host_path(shared: SharedDir) -> PurePosixPath:
+    """A local server sees a directory where it is (opened in its sandbox)."""
+    return PurePosixPath(shared.source)
+
+
+class ServerExtrasSource(Protocol):
+    """Whoever decides what a branch's server is started with beyond Prism's own settings
+    (``prism.pitr.PointInTime``); the branch manager asks it before each start."""
+
+    def server_extras(self, branch: str, pgdata: Path, parent: str | None) -> ServerExtras:
+        """The extras of ``branch``'s server on ``pgdata`` (blocking, cheap)."""
+        ...
+
+
+class Tools(Protocol):
+    """The client programs of one PostgreSQL major version."""
+
+    async def run(
+        self,
+        program: str,
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        shares: Sequence[Path] = (),
+        cwd: Path | None = None,
+        on_stderr_line: Callable[[str], None] | None = None,
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run ``program`` to its end; its stdout and stderr are returned.
+
+        ``shares`` are the directories it reads or writes (a container gets them mounted);
+        ``cwd`` the directory a host process runs in, by which ``stop_leftovers`` finds it;
+        ``on_stderr_line`` sees each line of stderr as it comes (``pg_basebackup --progress``
+        ends its lines with a carriage return). Cancelled, the program is killed first.
+        """
+        ...
+
+    async def pipe(
+        self,
+        first: Sequence[str],
+        second: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        shares: Sequence[Path] = (),
+        on_chunk: Callable[[int], None] | None = None,
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run ``first`` (a program and its arguments) with its stdout piped into ``second``.
+
+        The return code is 0 only when both succeed; stderr then holds the last lines of
+        each program that failed, prefixed with its name (one killed only because the other
+        stopped reading is not shown). ``on_chunk`` sees the bytes crossing the pipe as they
+        go, where the runner moves them itself. Cancelled, both are killed first.
+        """
+        ...
+
+
+class SourceTools(Protocol):
+    """What a runtime offers for following a source: client programs, owners, main's log.
+
+    Paths need no translation: whatever runs a program gives it each directory it shares
+    with Prism at the path it has on the host.
+    """
+
+    async def for_major(self, major: int | None, *, what: str) -> Tools:
+        """The programs for ``major`` (None: the default ones, any will ask a version); a
+        major they cannot serve is refused naming ``what`` and the setting to change."""
+        ...
+
+    def chown(self, path: Path) -> None:
+        """Give ``path`` to the user main's server (and the programs) run as."""
+        ...
+
+    async def server_log(self) -> str:
+        """The end of main's server log, where its walreceiver says why it cannot stream."""
+        ...
+
+    async def stop_leftovers(self, main: Path) -> None:
+        """Stop programs an earlier Prism left running (a crash mid-backup into ``main``), and
+        wait until they are gone: their half-made copy is about to be thrown away."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -63,12 +191,19 @@ class Runtime(Protocol):
         ...
 
     async def start(
-        self, branch: str, pgdata: Path, *, parent: str | None = None
+        self,
+        branch: str,
+        pgdata: Path,
+        *,
+        parent: str | None = None,
+        extras: ServerExtras | None = None,
     ) -> BackendAddress:
         """Start ``branch``'s server on ``pgdata`` and return once it accepts connections.
 
         ``parent`` is for drivers that label what they run (Docker), so an operator can see the
-        branch tree outside Prism.
+        branch tree outside Prism. ``extras``: directories the server is given and settings it
+        starts with beyond Prism's own; the runtime decides where the server sees each
+        directory (``ServerExtras.resolve``) and lets it reach them.
 
         Raises ``RuntimeStartFailed`` (with the last lines of the server log as hint) if the
         server exits early or is not ready within the runtime's start timeout; nothing is left
@@ -78,6 +213,14 @@ class Runtime(Protocol):
 
     async def stop(self, branch: str) -> None:
         """Stop ``branch``'s server with a fast shutdown; a branch not running is a no-op."""
+        ...
+
+    async def kill(self, branch: str) -> None:
+        """Stop ``branch``'s server at once (SIGKILL), for a shutdown out of time.
+
+        It may be in the middle of a ``stop`` that was cancelled. The next start runs crash
+        recovery; a branch not running is a no-op.
+        """
         ...
 
     async def adopt(self, branch: str, pgdata: Path) -> BackendAddress | None:
@@ -98,6 +241,16 @@ class Runtime(Protocol):
 
     def address(self, branch: str) -> BackendAddress | None:
         """Where ``branch``'s server is reachable, or None if Prism does not know it running."""
+        ...
+
+    async def source_tools(self, directory: Path, *, source_host: str | None) -> SourceTools:
+        """The client programs for following a source at ``source_host`` (the base backup,
+        asking its version), run where this runtime runs its servers.
+
+        ``directory`` is Prism's directory for the source (main's passfile): main's server may
+        read it from now on, at its host path; branches never. A source this runtime's servers
+        cannot reach is refused here (``ConfigError``).
+        """
         ...
 
     async def aclose(self) -> None:

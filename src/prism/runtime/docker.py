@@ -43,12 +43,10 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 import stat
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import docker.errors
@@ -81,13 +79,14 @@ from prism.runtime._postmaster import (
     PortTaken,
     exit_failure,
     free_port,
+    hand_over,
     make_socket_dir,
     read_pidfile,
     remove_dir,
     socket_dir_for,
     start_ticks,
 )
-from prism.runtime.base import BindMount, Confinement, ServerExtras
+from prism.runtime.base import BindMount, Confinement, ServerExtras, Share, SharedDir
 
 if TYPE_CHECKING:
     from prism.config import Settings
@@ -104,6 +103,21 @@ _EXIT_POLL_S = 0.05
 _PORT_ATTEMPTS = 5
 # Enough of a server log for the walreceiver's last failure (it retries every 5 s).
 _SERVER_LOG_LINES = 500
+
+CONTAINER_ARCHIVE = PurePosixPath("/var/lib/prism/wal-archive")
+"""Where a container sees its own branch's WAL archive (read-write)."""
+CONTAINER_PATHS = {
+    Share.WAL_ARCHIVE: CONTAINER_ARCHIVE,
+    Share.RESTORE_ARCHIVE: PurePosixPath("/var/lib/prism/restore/archive"),
+    Share.RESTORE_WAL: PurePosixPath("/var/lib/prism/restore/pg_wal"),
+}
+"""Where a container sees each directory it is given: the same fixed paths on every host,
+whatever the host paths are."""
+
+
+def seen_in_container(shared: SharedDir) -> PurePosixPath:
+    """Where a branch's container sees a directory it is given (``ServerExtras.resolve``)."""
+    return CONTAINER_PATHS[shared.share]
 
 
 @dataclass(frozen=True)
@@ -170,9 +184,6 @@ class DockerRuntime:
         self._engine = DockerEngine(docker_host=docker_host, network_mode=network_mode)
         self._images = Images(self._engine, image, default_major)
         self._servers: dict[str, _Server] = {}
-        self.extras_for: Callable[[str, Path, str | None], ServerExtras] | None = None
-        """Extra settings and mounts of one branch's container (its WAL archive), asked where
-        a start is prepared (blocking); the settings win over the ones Prism overrides."""
         self._main_mounts: tuple[BindMount, ...] = ()
 
     # --- the Runtime contract ----------------------------------------------------------------
@@ -188,9 +199,16 @@ class DockerRuntime:
         )
 
     async def start(
-        self, branch: str, pgdata: Path, *, parent: str | None = None
+        self,
+        branch: str,
+        pgdata: Path,
+        *,
+        parent: str | None = None,
+        extras: ServerExtras | None = None,
     ) -> BackendAddress:
         """Run ``branch``'s container and return once its server reports ready.
+
+        The directories of ``extras`` are bind-mounted at fixed paths (``CONTAINER_PATHS``).
 
         On any failure (early exit, timeout, cancellation) the container is removed before the
         error propagates; an early exit's hint carries the last lines of the container's log.
@@ -202,6 +220,8 @@ class DockerRuntime:
         info = await self._images.for_data(branch, pgdata)
         mode = await self._engine.network()
         uid, gid = await trio.to_thread.run_sync(_server_owner, pgdata)
+        extras = extras or ServerExtras()
+        await trio.to_thread.run_sync(hand_over, extras.dirs, (uid, gid))
         socket_dir = self._socket_dir(branch) if self._engine.local_engine else None
         if socket_dir is not None:
             await trio.to_thread.run_sync(make_socket_dir, socket_dir, (uid, gid))
@@ -211,11 +231,9 @@ class DockerRuntime:
         )
         if socket_dir is not None:
             owned.update(await trio.to_thread.run_sync(_prism_files, socket_dir, (uid, gid)))
-        extras = ServerExtras({})
-        if self.extras_for is not None:
-            extras = await trio.to_thread.run_sync(self.extras_for, branch, pgdata, parent)
-        owned.update(extras.settings)
-        mounts = extras.mounts + (self._main_mounts if branch == MAIN_BRANCH else ())
+        extra_settings, mounts = extras.resolve(seen_in_container)
+        owned.update(extra_settings)
+        mounts += self._main_mounts if branch == MAIN_BRANCH else ()
         spec = _Launch(
             branch,
             pgdata,
@@ -266,31 +284,44 @@ class DockerRuntime:
         The container is looked up by name too, so a branch an earlier Prism left running is
         stopped even if it was never adopted. A branch with no container is a no-op.
         """
+        await self._end(branch, graceful=True)
+
+    async def kill(self, branch: str) -> None:
+        """Remove the container by force (SIGKILL), for a shutdown whose deadline passed."""
+        await self._end(branch, graceful=False)
+
+    async def _end(self, branch: str, *, graceful: bool) -> None:
+        """Stop (``graceful``) or kill ``branch``'s container, then remove it and forget it."""
         server = self._servers.get(branch)
         started = trio.current_time()
         container = await self._find(branch, RuntimeStopFailed)
         if container is None:
             self._forget(branch)
             return
-        await self._engine.call(
-            RuntimeStopFailed,
-            container.stop,
-            timeout=max(1, round(self._stop_timeout)),
-        )
-        await self._engine.call(RuntimeStopFailed, container.reload)
-        exit_code = container.attrs.get("State", {}).get("ExitCode")
-        if exit_code not in (0, None):
-            # 137 = SIGKILL after the timeout: the next start runs crash recovery.
-            log.warning(
-                "container did not shut down cleanly branch=%s exit_code=%s", branch, exit_code
+        if graceful:
+            # Abandoned on cancel: a shutdown out of time must not wait for the engine's own
+            # stop timeout before it can kill the container.
+            await self._engine.call(
+                RuntimeStopFailed,
+                container.stop,
+                timeout=max(1, round(self._stop_timeout)),
+                abandon_on_cancel=True,
             )
+            await self._engine.call(RuntimeStopFailed, container.reload)
+            exit_code = container.attrs.get("State", {}).get("ExitCode")
+            if exit_code not in (0, None):
+                # 137 = SIGKILL after the timeout: the next start runs crash recovery.
+                log.warning(
+                    "container did not shut down cleanly branch=%s exit_code=%s", branch, exit_code
+                )
         await self._engine.call(RuntimeStopFailed, container.remove, v=True, force=True)
         socket_dir = container.labels.get(LABEL_SOCKET_DIR)
         if socket_dir:
             await trio.to_thread.run_sync(remove_dir, Path(socket_dir))
         self._forget(branch)
         log.info(
-            "container stopped branch=%s container=%s known=%s duration_ms=%d",
+            "container %s branch=%s container=%s known=%s duration_ms=%d",
+            "stopped" if graceful else "killed",
             branch,
             container.id[:12] if container.id else "?",
             server is not None,
@@ -355,13 +386,7 @@ class DockerRuntime:
         same engine are left alone. Called by reconcile after adoption: what is untracked here
         runs a rolled-back clone or a branch whose directory is gone.
         """
-        client = await self._engine.connect()
-        containers: list[Container] = await self._engine.call(
-            RuntimeStopFailed,
-            client.containers.list,
-            all=True,
-            filters={"label": f"{LABEL_MANAGED}=true"},
-        )
+        containers = await self._engine.prism_containers(RuntimeStopFailed)
         prefix = str(root).rstrip("/") + "/"  # the storage root, already resolved
         stopped = []
         for container in containers:
@@ -673,16 +698,7 @@ class DockerRuntime:
 
     async def _find(self, branch: str, error: type[PrismError]) -> Container | None:
         """The container of ``branch`` Prism made, running or not, by name and label."""
-        client = await self._engine.connect()
-        containers: list[Container] = await self._engine.call(
-            error,
-            client.containers.list,
-            all=True,
-            filters={
-                "name": f"^/{re.escape(container_name(branch))}$",
-                "label": f"{LABEL_MANAGED}=true",
-            },
-        )
+        containers = await self._engine.prism_containers(error, name=container_name(branch))
         return containers[0] if containers else None
 
     def _outbound(self, branch: str) -> bool:

@@ -15,7 +15,7 @@ import os
 import pwd
 import signal
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -26,14 +26,17 @@ from prism import secretfiles, serverconf
 from prism.address import BackendAddress
 from prism.crashpoints import crash_point
 from prism.errors import ConfigError, RuntimeStartFailed, RuntimeStopFailed
+from prism.names import MAIN_BRANCH
 from prism.pgbin import PgInstall, PgInstalls
 from prism.runtime import landlock, sandbox
+from prism.runtime._host_tools import HostTools
 from prism.runtime._postmaster import (
     LOOPBACK,
     PidFile,
     PortTaken,
     exit_failure,
     free_port,
+    hand_over,
     last_lines,
     make_socket_dir,
     postmasters_under,
@@ -42,7 +45,7 @@ from prism.runtime._postmaster import (
     socket_dir_for,
     start_ticks,
 )
-from prism.runtime.base import BindMount, Confinement, ServerExtras
+from prism.runtime.base import BindMount, Confinement, ServerExtras, seen_at_host_path
 
 log = logging.getLogger(__name__)
 
@@ -115,16 +118,17 @@ class ProcessRuntime:
         self._settings = extra
         self._copy_on_write = copy_on_write  # the storage's: which WAL settings fit it
         self._servers: dict[str, _Server] = {}
-        self.extras_for: Callable[[str, Path, str | None], ServerExtras] | None = None
-        """Extra settings and directories of one branch's server (a WAL archive), asked where
-        a start is prepared (blocking); the settings win over those Prism overrides for every
-        server, and the directories open in its sandbox."""
         # None: servers run unconfined (--branch-sandbox off).
         self._sandbox_policy = sandbox_policy
         self._landlock = landlock.probe() if sandbox_policy is not None else None
         # Service sockets in the abstract namespace only where the sandbox keeps servers from
         # them (Landlock scopes); elsewhere a private 0700 directory with trust, as before.
-        self._abstract = self._landlock is not None and self._landlock.scopes
+        # ``peer`` authentication names Prism's OS user; a uid without a name (an arbitrary
+        # container uid) cannot be admitted by name, so its sockets stay in a private directory.
+        self._prism_user = _user_name(os.geteuid())
+        self._abstract = (
+            self._landlock is not None and self._landlock.scopes and self._prism_user is not None
+        )
 
     async def initdb(self, pgdata: Path, *, superuser: str, password: str) -> None:
         """Initialise ``pgdata`` as a new cluster: trust on the private socket, SCRAM over TCP."""
@@ -157,11 +161,17 @@ class ProcessRuntime:
         log.info("cluster initialised pgdata=%s superuser=%s", pgdata, superuser)
 
     async def start(
-        self, branch: str, pgdata: Path, *, parent: str | None = None
+        self,
+        branch: str,
+        pgdata: Path,
+        *,
+        parent: str | None = None,
+        extras: ServerExtras | None = None,
     ) -> BackendAddress:
         """Start ``branch``'s server and return once its status in ``postmaster.pid`` is ready.
 
-        ``parent`` is unused: a local process has no labels to carry it.
+        ``parent`` is unused: a local process has no labels to carry it. The directories of
+        ``extras`` are seen at their own paths, and opened in the server's sandbox.
         """
         running = self.address(branch)
         if running is not None:
@@ -172,7 +182,7 @@ class ProcessRuntime:
         install.require_unchanged()
         socket_dir = self._socket_dir(branch)
         owned, mounts = await trio.to_thread.run_sync(
-            self._prepare_start, install, pgdata, socket_dir, branch, parent
+            self._prepare_start, install, pgdata, socket_dir, extras or ServerExtras()
         )
         try:
             for attempt in range(1, _PORT_ATTEMPTS + 1):
@@ -206,16 +216,27 @@ class ProcessRuntime:
 
     async def stop(self, branch: str) -> None:
         """Fast shutdown (SIGINT), escalating to SIGQUIT and SIGKILL when it takes too long."""
+        await self._end(branch, self._stop_steps(), "stopped")
+
+    async def kill(self, branch: str) -> None:
+        """SIGKILL, now: for a shutdown whose deadline passed (maybe mid-``stop``)."""
+        await self._end(branch, [(signal.SIGKILL, _KILL_GRACE)], "killed")
+
+    async def _end(
+        self, branch: str, steps: Sequence[tuple[signal.Signals, float]], how: str
+    ) -> None:
+        """Signal ``branch``'s server through ``steps`` until gone, then forget it."""
         server = self._servers.get(branch)
         if server is None:
             return
         started = trio.current_time()
-        await self._signal_until_gone(server, self._stop_steps())
+        await self._signal_until_gone(server, steps)
         del self._servers[branch]
         if server.owns_socket_dir and server.address.service_socket_dir is not None:
             await trio.to_thread.run_sync(remove_dir, server.address.service_socket_dir)
         log.info(
-            "server stopped branch=%s pid=%d duration_ms=%d",
+            "server %s branch=%s pid=%d duration_ms=%d",
+            how,
             branch,
             server.pid,
             (trio.current_time() - started) * 1000,
@@ -301,6 +322,11 @@ class ProcessRuntime:
             "server exited unexpectedly branch=%s pid=%d status=%s", branch, server.pid, status
         )
         return None
+
+    async def source_tools(self, directory: Path, *, source_host: str | None) -> HostTools:
+        """The host's programs, run as the server user; main's log is its server's. A local
+        process reaches what Prism reaches, and finds ``directory`` at its own path."""
+        return HostTools(self._installs, self._log_dir / f"{MAIN_BRANCH}.log")
 
     async def aclose(self) -> None:
         """Forget the servers; they keep running and a later runtime can adopt them."""
@@ -465,11 +491,11 @@ class ProcessRuntime:
         return socket_dir_for(self._run_dir, branch, Path("/tmp") / f"prism-{os.geteuid()}")
 
     def _prepare_start(
-        self, install: PgInstall, pgdata: Path, socket_dir: Path, branch: str, parent: str | None
+        self, install: PgInstall, pgdata: Path, socket_dir: Path, extras: ServerExtras
     ) -> tuple[dict[str, str], tuple[BindMount, ...]]:
         """Blocking set-up before a start: data dir ownership, socket dir, log dir, Prism's own
-        hba file; returns the settings Prism overrides for this data (``serverconf``) and the
-        extra directories its sandbox opens."""
+        hba file; returns the settings Prism overrides for this data (``serverconf``) with
+        those of ``extras``, and the extra directories its sandbox opens."""
         if not pgdata.is_dir():
             raise RuntimeStartFailed(f"the data directory {pgdata} does not exist")
         self._own_pgdata(pgdata, False)
@@ -478,6 +504,7 @@ class ProcessRuntime:
         owner = self._install
         server_ids = (owner.run_as_uid, owner.run_as_gid) if owner.switches_user else None
         make_socket_dir(socket_dir, server_ids)
+        hand_over(extras.dirs, server_ids)
         hba, ident = serverconf.write_prism_files(
             self._run_dir, server_ids, ident_map=self._ident_map(install)
         )
@@ -495,10 +522,8 @@ class ProcessRuntime:
         owned = serverconf.overrides(
             configured, has_library=has_library, copy_on_write=self._copy_on_write
         )
-        extras = ServerExtras({})
-        if self.extras_for is not None:
-            extras = self.extras_for(branch, pgdata, parent)
-            owned.update(extras.settings)
+        extra_settings, mounts = extras.resolve(seen_at_host_path)
+        owned.update(extra_settings)
         # The private socket directory lives exactly as long as the server: a fine home.
         conf = socket_dir / "postgresql.conf"
         serverconf.write_private(conf, serverconf.server_conf(pgdata, owned), server_ids)
@@ -508,7 +533,7 @@ class ProcessRuntime:
             "hba_file": str(hba),
             "ident_file": str(ident),
         }
-        return settings, extras.mounts
+        return settings, mounts
 
     def _socket_name(self, socket_dir: Path) -> str:
         """``unix_socket_directories``: the directory, or its name in the abstract namespace."""
@@ -520,14 +545,26 @@ class ProcessRuntime:
         if not self._abstract:
             return None
         assert self._sandbox_policy is not None
-        users = [pwd.getpwuid(os.geteuid()).pw_name, install.run_as_name]
+        assert self._prism_user is not None
+        users = [self._prism_user, install.run_as_name]
         return serverconf.peer_ident_map(users, self._sandbox_policy.service_role)
 
     def confinement(self) -> Confinement:
         """What the sandbox enforces on this kernel (``runtime.sandbox``)."""
         if self._landlock is None:
             return Confinement("off", (), ("every guard: --branch-sandbox off",))
-        return sandbox.describe(self._landlock)
+        described = sandbox.describe(self._landlock)
+        if self._landlock.scopes and not self._abstract:
+            gap = (
+                f"private service sockets: Prism's uid {os.geteuid()} has no user name for peer "
+                "authentication, so a branch may reach another server's trusted Unix socket"
+            )
+            return Confinement(
+                described.mechanism,
+                tuple(item for item in described.enforced if "service sockets" not in item),
+                (*described.missing, gap),
+            )
+        return described
 
     def _ruleset(
         self,
@@ -718,3 +755,11 @@ def _log_tail(log_path: Path, offset: int) -> str:
     except OSError as exc:
         return f"(cannot read {log_path}: {exc})"
     return last_lines(text)
+
+
+def _user_name(uid: int) -> str | None:
+    """The name of ``uid`` in the user database, None where it has none."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None

@@ -29,6 +29,7 @@ This module is the policy, sans-IO: ``server_access`` turns what a server is int
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 from collections.abc import Iterable, Mapping
@@ -98,8 +99,10 @@ def install_rules(bin_dir: Path) -> list[PathRule]:
     return rules
 
 
-def system_rules(*, shell: bool) -> list[PathRule]:
-    """The system files every server reads, and the programs a shell-using one runs."""
+@functools.cache
+def system_rules(*, shell: bool) -> tuple[PathRule, ...]:
+    """The system files every server reads, and the programs a shell-using one runs (looked
+    up once: the loader's path does not change under a running Prism)."""
     rules = [PathRule(Path(tree), landlock.READ) for tree in SYSTEM_TREES]
     rules += [PathRule(Path(name), landlock.READ_FILE) for name in ETC_FILES]
     rules += [
@@ -111,7 +114,7 @@ def system_rules(*, shell: bool) -> list[PathRule]:
     rules += [PathRule(Path(path), landlock.READ_FILE | landlock.EXECUTE) for path in loaders]
     if shell:
         rules += [PathRule(Path(tree), landlock.READ | landlock.EXECUTE) for tree in SHELL_TREES]
-    return rules
+    return tuple(rules)
 
 
 def server_access(

@@ -4,7 +4,7 @@
 is consistent on its own; with ``--progress`` it reports bytes done once a second, which
 becomes the progress (bytes, %, rate, ETA) in the log and the events. The parsing and the
 explanations are sans-IO; the two coroutines at the end run the real tools, on the host or in a
-container (:mod:`prism.source.tools`).
+container (:mod:`prism.runtime._host_tools`, :mod:`prism.runtime._docker_tools`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import trio
 
 from prism.errors import PrismError
-from prism.source.tools import Tools
+from prism.runtime.base import Tools
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import trio
 
 from prism import secretfiles
+from prism.runtime.base import Tools
 from prism.source.basebackup import ToolFailed
-from prism.source.tools import Tools
 
 log = logging.getLogger(__name__)
 

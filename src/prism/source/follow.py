@@ -18,15 +18,15 @@ from pathlib import Path
 import trio
 
 from prism.config import RuntimeKind, Settings
+from prism.conninfo import ConnInfo, parse_conninfo, pgpass_line
 from prism.crashpoints import crash_point
 from prism.errors import ConfigError
 from prism.events import EventBus
 from prism.intents import BaseBackupIntent
 from prism.journal import Journal
 from prism.names import MAIN_BRANCH
-from prism.pgbin import resolve_pg_installs
 from prism.recovery import Owner
-from prism.runtime.base import Runtime
+from prism.runtime.base import Runtime, SourceTools, Tools
 from prism.source import standby
 from prism.source.backoff import Backoff
 from prism.source.basebackup import (
@@ -38,8 +38,6 @@ from prism.source.basebackup import (
     take_base_backup,
     tool_env,
 )
-from prism.source.conninfo import ConnInfo, parse_conninfo, pgpass_line
-from prism.source.tools import HostTools, SourceTools, Tools
 from prism.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -193,37 +191,31 @@ async def open_source(
     settings: Settings,
     data_dir: Path,
     events: EventBus,
-    runtime: Runtime | None = None,
+    runtime: Runtime,
     *,
     journal: Journal,
 ) -> Source | None:
     """The configured source, or None when main is Prism's own (no ``--source``).
 
-    With the docker runtime (``runtime``) the programs run in its containers, else on the host.
+    Its programs run where ``runtime`` runs servers (``Runtime.source_tools``).
     """
     if not settings.source:
         return None
     conninfo = parse_conninfo(settings.source)
     directory = data_dir / "source"
-    tools: SourceTools
-    if settings.runtime is RuntimeKind.DOCKER:
-        from prism.runtime.docker import DockerRuntime
-
-        assert isinstance(runtime, DockerRuntime), "the docker runtime follows with its own tools"
-        if conninfo.password is None and settings.source_password_file is None:
-            # A passfile of the host's is not in the containers; Prism's own passfile is.
-            raise ConfigError(
-                "with --runtime docker the source's password must come from --source or "
-                "--source-password-file",
-                hint="PGPASSFILE is not read with the docker runtime",
-            )
-        host = conninfo.get("host") or conninfo.get("hostaddr")
-        tools = await runtime.source_tools(directory, source_host=host)
-    else:
-        installs = await resolve_pg_installs(
-            data_dir, pg_bins=settings.pg_bin, run_as=settings.run_as
+    if (
+        settings.runtime is RuntimeKind.DOCKER
+        and conninfo.password is None
+        and settings.source_password_file is None
+    ):
+        # A passfile of the host's is not in the containers; Prism's own passfile is.
+        raise ConfigError(
+            "with --runtime docker the source's password must come from --source or "
+            "--source-password-file",
+            hint="PGPASSFILE is not read with the docker runtime",
         )
-        tools = HostTools(installs, data_dir / "logs" / f"{MAIN_BRANCH}.log")
+    host = conninfo.get("host") or conninfo.get("hostaddr")
+    tools = await runtime.source_tools(directory, source_host=host)
     password = conninfo.password
     if settings.source_password_file is not None:
         try:

@@ -30,7 +30,7 @@ import trio
 from prism.branches import BranchManager, BranchStatus
 from prism.errors import PrismError
 from prism.names import MAIN_BRANCH
-from prism.pgclient import ServiceConnection, connect_service
+from prism.pgclient import ServiceConnection, connect_branch
 from prism.source.basebackup import Progress, explain_failure
 from prism.source.follow import Source
 from prism.state import rfc3339
@@ -135,11 +135,8 @@ async def _main_service(manager: BranchManager, superuser: str) -> AsyncIterator
     address = manager.address(MAIN_BRANCH)
     if address is None or address.service_socket_dir is None:
         raise PrismError("main is not running")
-    async with await connect_service(
-        unix_socket=address.service_socket_path(),
-        port=address.port,
-        user=superuser,
-        application_name="prism source health",
+    async with await connect_branch(
+        address, user=superuser, application_name="prism source health"
     ) as service:
         yield service
 

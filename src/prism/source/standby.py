@@ -80,17 +80,18 @@ def detach_clone(pgdata: Path) -> bool:
     return True
 
 
-def recover_to(pgdata: Path, *, restore_command: str, target_time: str) -> None:
+def recover_to(pgdata: Path, *, target_time: str) -> None:
     """Make a clone of a snapshot replay archived WAL up to ``target_time``, then promote.
 
     Commits at or before the target are kept, later ones are not (``recovery_target_inclusive``
-    is on by default). ``hot_standby = off`` keeps clients out until it has promoted.
+    is on by default). ``hot_standby = off`` keeps clients out until it has promoted. Its
+    ``restore_command`` is a start setting, given while it recovers (``prism.pitr``), since
+    it names paths as the server's runtime shows them; an earlier one here is dropped.
     """
     lines = [
         "# Added by Prism: a branch as of a point in time.\n",
         conf_line("primary_conninfo", ""),
         conf_line("primary_slot_name", ""),
-        conf_line("restore_command", restore_command),
         conf_line("recovery_target_time", target_time),
         conf_line("recovery_target_action", "promote"),
         conf_line("hot_standby", "off"),

