@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from prism.branches import BranchManager
+from prism.capacity import Caps
 from prism.events import EventBus
 from prism.runtime.base import ServerExtrasSource
 from tests.fakes import FakeRuntime, FakeStorage, InlineStateStore
@@ -38,8 +39,7 @@ async def open_manager(
         events=EventBus(),
         superuser="postgres",
         password="secret",
-        max_branches=max_branches,
-        max_running=max_running,
+        caps=Caps(branches=max_branches, running=max_running),
         server_extras=server_extras,
     )
     try:

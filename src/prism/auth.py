@@ -33,13 +33,14 @@ import os
 import secrets
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
 import trio
 
 from prism.address import BackendAddress
-from prism.branches import BranchManager
+from prism.branchstate import BranchRegistry
 from prism.clientauth import RoleSecret
 from prism.config import AuthMode, Settings
 from prism.errors import PrismError
@@ -58,11 +59,18 @@ _ROLES_SQL: Final = (
 Roles = dict[str, RoleSecret]
 
 
-def open_verifiers(manager: BranchManager, settings: Settings) -> VerifierStore | None:
+def open_verifiers(
+    settings: Settings,
+    branches: BranchRegistry,
+    *,
+    address: Callable[[str], BackendAddress | None],
+    data_path: Callable[[str], Path],
+) -> VerifierStore | None:
     """The role store ``--auth verify`` checks logins with, or None in passthrough.
 
-    Its snapshots follow the branches: taken after every start and before every stop, and
-    forgotten when a branch's data is thrown away.
+    Its snapshots follow the branches once ``prism.server`` hands ``snapshot`` and ``forget``
+    to the manager: taken after every start and before every stop, and forgotten when a
+    branch's data is thrown away.
     """
     if settings.auth is AuthMode.PASSTHROUGH:
         log.warning(
@@ -70,18 +78,35 @@ def open_verifiers(manager: BranchManager, settings: Settings) -> VerifierStore 
             "authenticate; use it only on a trusted network"
         )
         return None
-    verifiers = VerifierStore(manager, superuser=settings.superuser, password=settings.password)
-    manager.before_stop.append(verifiers.snapshot)
-    manager.after_start.append(verifiers.snapshot)
-    manager.after_discard.append(verifiers.forget)
-    return verifiers
+    return VerifierStore(
+        branches,
+        address=address,
+        data_path=data_path,
+        default_parent=settings.default_parent,
+        superuser=settings.superuser,
+        password=settings.password,
+    )
 
 
 class VerifierStore:
     """Role verifiers per branch: live from a running server, else from its snapshot."""
 
-    def __init__(self, manager: BranchManager, *, superuser: str, password: str) -> None:
-        self._manager = manager
+    def __init__(
+        self,
+        branches: BranchRegistry,
+        *,
+        address: Callable[[str], BackendAddress | None],
+        data_path: Callable[[str], Path],
+        default_parent: str,
+        superuser: str,
+        password: str,
+    ) -> None:
+        # The registry, not the manager: the manager is built after this store, with its
+        # snapshot and forget among its followers.
+        self._branches = branches
+        self._address = address
+        self._data_path = data_path
+        self._default_parent = default_parent
         self._superuser = superuser
         self._password = password
         # What the snapshot file of each branch holds, as this Prism last wrote or saw it.
@@ -91,7 +116,7 @@ class VerifierStore:
     async def lookup(self, branch: str, role: str) -> RoleSecret | None:
         """The secret of ``role`` as the server of ``branch`` would check it."""
         # A branch about to be created on connect has its default parent's roles.
-        source = branch if self._manager.get(branch) is not None else self._manager.defaults.parent
+        source = branch if self._branches.get(branch) is not None else self._default_parent
         roles = await self._roles(source)
         return roles.get(role)
 
@@ -112,7 +137,7 @@ class VerifierStore:
         name: str | None = branch
         while name is not None:
             async with self._locks[name]:
-                address = self._manager.address(name)
+                address = self._address(name)
                 if address is not None:
                     try:
                         return await self._read_live(name, address)
@@ -124,7 +149,7 @@ class VerifierStore:
                 if roles is not None:
                     return roles
             # A clone that never ran here has its parent's roles; the parent knows them.
-            record = self._manager.get(name)
+            record = self._branches.get(name)
             name = None if record is None else record.parent
         log.warning("auth: no role snapshot for branch %s or its parents: login refused", branch)
         return {}
@@ -168,7 +193,7 @@ class VerifierStore:
         }
 
     def _snapshot_path(self, branch: str) -> Path:
-        return self._manager.data_path(branch) / SNAPSHOT_NAME
+        return self._data_path(branch) / SNAPSHOT_NAME
 
     def _read_snapshot(self, branch: str) -> Roles | None:
         try:

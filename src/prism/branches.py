@@ -1,11 +1,11 @@
-"""The branch registry and lifecycle: one place that creates, starts, stops and removes branches.
+"""The branch manager: one place that creates, starts, stops and removes branches.
 
 Every operation on a branch holds that branch's ``trio.Lock``, so twenty clients racing to a
 new branch cause exactly one provision and the rest simply wait for it; an API call and a
 connecting client never step on each other. The proxy, the API, the CLI and the reaper all go
 through ``BranchManager``; nothing else calls the storage or runtime drivers.
 
-States (each transition publishes one event)::
+States (each transition publishes one event, ``BranchRegistry.transition``)::
 
     absent ─create─▶ provisioning ─▶ starting ─▶ running ─idle/stop─▶ stopping ─▶ stopped
                          └─fail─▶ (rolled back: absent)      ▲──────── connect/start ─┘
@@ -16,45 +16,56 @@ Crash safety: every multi-step change to the disk has a commit point and a durab
 A create, a reset and the initdb of main record a typed intent in the journal
 (``prism.journal``) first; delete and reset take a directory away by renaming it into the
 storage's trash (one atomic step that needs no free space). At start-up the manager's part of
-recovery (``recovery_owner``: a recoverer per intent kind, then ``_sweep``) finishes or undoes
-whatever a crash interrupted, stops servers that belong to no branch and empties the trash and
-staging areas.
+recovery (``prism.branchrecovery``: a recoverer per intent kind, then the sweep) finishes or
+undoes whatever a crash interrupted, stops servers that belong to no branch and empties the
+trash and staging areas.
 
-The manager also knows every proxied client session (``connection``), so an operation that
+The manager also knows every proxied client session (``prism.sessions``), so an operation that
 takes a branch away from its clients (reset, stop, delete) can end their sessions with a clear
 message instead of letting the server's shutdown cut them off mid-sentence.
 
-Admission: the caps (``max_branches``, ``max_running``) are checked here, on every path that
-creates or starts a server (proxy, API, CLI, role lookup), and each check is followed by its
-reservation with no ``await`` in between: a provisioning branch is in the registry and a
-starting one is ``starting`` before anyone else can look. A session is counted on the branch
-*instance* it was admitted to (``admit``), from before its server is reached, so the reaper and
-``--max-running`` eviction never take a branch with a session being set up, and a session of a
-deleted branch never touches the counts of a new branch of the same name.
+Admission: the caps (``prism.capacity`` decides, ``prism.branchservers`` makes room) are
+checked on every path that creates or starts a server (proxy, API, CLI, role lookup), and
+each check is followed by its reservation with no ``await`` in between: a provisioning branch
+is in the registry and a starting one is ``starting`` before anyone else can look. A session
+is counted on the branch *instance* it was admitted to (``admit``), from before its server is
+reached, so the reaper and ``--max-running`` eviction never take a branch with a session being
+set up, and a session of a deleted branch never touches the counts of a new branch of the
+same name.
 """
 
 from __future__ import annotations
 
 import builtins
 import dataclasses
-import enum
 import logging
 import math
-import os
 import secrets
 import time
-from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import trio
 
 from prism.address import BackendAddress
-from prism.clone import clone_consistent, remove_parent_lock_file
-from prism.config import format_duration
+from prism.branchdata import BranchData
+from prism.branchpolicy import CreationPolicy
+from prism.branchrecovery import BranchRecovery
+from prism.branchservers import WATCH_INTERVAL, Servers
+from prism.branchstate import (
+    MAKING,
+    Branch,
+    BranchLocks,
+    BranchRegistry,
+    BranchStatus,
+    describe,
+    elapsed_ms,
+    is_idle,
+)
+from prism.capacity import Caps, check_branch_cap
 from prism.crashpoints import crash_point
 from prism.diskuse import DiskUse, DiskUseCache
 from prism.dsn import ConnectionParams, Endpoint, params_for
@@ -63,21 +74,18 @@ from prism.errors import (
     BranchHasChildren,
     BranchNotFound,
     BranchProtected,
-    ConnectionTerminated,
     HookFailed,
-    LimitExceeded,
     OutsideWindow,
     PrismError,
     ProvisionFailed,
     StartingUp,
-    StorageError,
-    TooManyConnections,
 )
 from prism.events import EventBus
-from prism.hooks import HookCommands, command_environment, run_on_create, run_on_create_command
+from prism.followers import Followers
+from prism.hooks import HookCommands
 from prism.intents import CreateIntent, InitdbIntent, ResetIntent, ResetPhase
 from prism.journal import Journal
-from prism.names import MAIN_BRANCH, is_generation_name, is_snapshot_name, validate_branch_name
+from prism.names import MAIN_BRANCH, validate_branch_name
 from prism.pgclient import connect_branch
 from prism.pitr import PointInTime
 from prism.policy import (
@@ -92,100 +100,24 @@ from prism.recovery import Owner
 from prism.recovery import recover as run_recovery
 from prism.runtime.base import Runtime, ServerExtrasSource
 from prism.schemadiff import SchemaDiff, diff_schemas, read_schema
-from prism.source.standby import detach_clone
-from prism.state import BranchRecord, Generation, StateStore, rfc3339, utcnow
+from prism.sessions import ClientSession, SessionRegistry
+from prism.state import Generation, StateStore, rfc3339, utcnow
 from prism.storage.base import Storage
 
 log = logging.getLogger(__name__)
 
 
-class BranchStatus(enum.Enum):
-    BACKING_UP = "backing_up"  # main only: being made from a base backup of the source
-    PROVISIONING = "provisioning"
-    STARTING = "starting"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-    RESETTING = "resetting"
-    DELETING = "deleting"
+@dataclass(frozen=True)
+class MainOrigin:
+    """How main is made and kept when it is not by initdb alone."""
 
-
-@dataclass
-class Branch:
-    """What Prism knows about one branch right now."""
-
-    name: str
-    parent: str | None
-    created_at: datetime
-    status: BranchStatus
-    last_active_ts: float = field(default_factory=time.time)
-    address: BackendAddress | None = None
-    connections: int = 0
-    bytes_proxied: int = 0
-    generation: Generation | None = None
-    """The generation of main this branch holds (``--source-mode dump``; else None)."""
-
-    @property
-    def last_active(self) -> datetime:
-        return datetime.fromtimestamp(self.last_active_ts, UTC)
-
-    def record(self) -> BranchRecord:
-        return BranchRecord(
-            name=self.name,
-            parent=self.parent,
-            created_at=self.created_at,
-            last_active=self.last_active,
-            status=self.status.value,
-        )
-
-
-def _describe(exc: BaseException) -> str:
-    """What an event's ``error`` says about a failure: the user-facing message if it has one."""
-    return exc.message if isinstance(exc, PrismError) else repr(exc)
-
-
-def _elapsed_ms(started: float) -> float:
-    return round((trio.current_time() - started) * 1000, 1)
-
-
-# How long an operation waits for the sessions it ended to unwind before it goes on regardless;
-# their proxy tasks only have to send one ErrorResponse, so this is generous.
-_TERMINATE_WAIT = 5.0
-
-# Files every data directory initdb finished has; a directory without them is half-made.
-_PGDATA_MARKERS = ("PG_VERSION", "postgresql.conf", "global/pg_control")
-
-# How often ``watch`` looks for branch servers that exited behind Prism's back.
-WATCH_INTERVAL = 0.2
-#: Main's statuses while it is being made: nothing can use it yet.
-_MAKING = (BranchStatus.BACKING_UP, BranchStatus.PROVISIONING)
-
-
-# States in which a branch holds (or is about to hold) a server: what --max-running counts.
-_HOLDS_SERVER = frozenset(
-    {BranchStatus.PROVISIONING, BranchStatus.STARTING, BranchStatus.RUNNING, BranchStatus.STOPPING}
-)
-
-
-@dataclass(eq=False)
-class ClientSession:
-    """One admitted client session, counted on the branch instance it was admitted to.
-
-    Holding the ``Branch`` object rather than its name is the point: if the branch is deleted
-    and made again under the same name, closing this session still settles the old one.
-    """
-
-    branch: Branch
-    client: str
-    address: BackendAddress
-    opened_at: float = field(default_factory=trio.current_time)
-    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    ended: trio.Event = field(default_factory=trio.Event)
-    terminated_by: ConnectionTerminated | None = None
-
-    def terminate(self, error: ConnectionTerminated) -> None:
-        self.terminated_by = error
-        self.scope.cancel()
+    make: Callable[[Path], Awaitable[None]] | None = None
+    """Fills main's empty data directory instead of initdb (a base backup, a first dump)."""
+    progress: Callable[[], str] | None = None
+    """How far the making of main is, for the clients refused meanwhile (a base backup's
+    percent and time left); None: nothing to tell."""
+    refresh: Callable[[], Awaitable[Generation]] | None = None
+    """Makes a new generation of main (``--source-mode dump``); None in other modes."""
 
 
 class BranchManager:
@@ -200,13 +132,15 @@ class BranchManager:
         events: EventBus,
         superuser: str,
         password: str,
-        max_branches: int = 0,
-        max_running: int = 0,
+        caps: Caps | None = None,
         defaults: CreateDefaults | None = None,
         endpoint: Endpoint | None = None,
-        make_main: Callable[[Path], Awaitable[None]] | None = None,
+        main: MainOrigin | None = None,
         hook_commands: HookCommands | None = None,
         journal: Journal | None = None,
+        followers: Followers | None = None,
+        point_in_time: PointInTime | None = None,
+        registry: BranchRegistry | None = None,
         server_extras: ServerExtrasSource | None = None,
     ) -> None:
         self.storage = storage
@@ -216,61 +150,75 @@ class BranchManager:
         self.events = events
         self._superuser = superuser
         self._password = password
-        self._max_branches = max_branches
-        self._max_running = max_running
+        self._caps = caps or Caps()
         self.defaults = defaults or CreateDefaults()
         self.endpoint = endpoint
         self.hook_commands = hook_commands or HookCommands()
         self.policies = PolicyStore(state)
         self.disk = DiskUseCache(storage)
         events.add_listener(self.disk.observe)
-        # Fills main's empty data directory instead of initdb (a base backup of a source).
-        self._make_main = make_main
-        # What a server is started with beyond Prism's own settings (a WAL archive: pitr).
-        self._server_extras = server_extras
-        self._branches: dict[str, Branch] = {}
-        self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
-        self.before_stop: list[Callable[[str, BackendAddress], Awaitable[None]]] = []
-        """Called with a running server's address just before it is stopped (must not raise):
-        the proxy snapshots role verifiers so a stopped branch can check logins."""
-        self.after_start: list[Callable[[str, BackendAddress], Awaitable[None]]] = []
-        """Called with a server's address once it is running (must not raise): the proxy
-        snapshots role verifiers, so even a branch that dies unseen has a snapshot."""
-        self.after_discard: list[Callable[[str], None]] = []
-        """Called with a branch's name when its data is thrown away (delete, reset, a failed
-        create), so nothing cached about the old data outlives it (must not raise)."""
-        self._sessions: defaultdict[str, set[ClientSession]] = defaultdict(set)
-        self.point_in_time: PointInTime | None = None
+        self._main = main or MainOrigin()
+        self._followers = followers or Followers()
+        # Not `or`: an empty registry is falsy, and the one given is shared with the role store.
+        self._registry = registry if registry is not None else BranchRegistry(events)
+        self._locks = BranchLocks()
+        self._sessions = SessionRegistry()
+        self._creation = CreationPolicy(
+            self.policies,
+            defaults=self.defaults,
+            commands=self.hook_commands,
+            events=events,
+            superuser=superuser,
+            password=password,
+        )
+        self._servers = Servers(
+            self._registry,
+            self._locks,
+            runtime=runtime,
+            storage=storage,
+            state=state,
+            caps=self._caps,
+            followers=self._followers,
+            extras=server_extras,
+        )
+        self._data = BranchData(
+            self._registry,
+            self._locks,
+            storage=storage,
+            runtime=runtime,
+            servers=self._servers,
+            state=state,
+            policies=self.policies,
+            creation=self._creation,
+            followers=self._followers,
+            point_in_time=point_in_time,
+            superuser=superuser,
+        )
+        self._recovery = BranchRecovery(
+            self._registry, storage=storage, runtime=runtime, state=state, policies=self.policies
+        )
+        self.point_in_time = point_in_time
         """Snapshots and WAL archives of the branches that keep WAL, when kept
         (``--snapshot-every``): what ``create`` with ``at`` needs."""
-        self.after_clone: list[Callable[[str, str], Awaitable[None]]] = []
-        """Called with parent and child once a clone stands, the parent's lock still held (so
-        main cannot be replaced in between): records which generation of main it holds."""
-        self.refresh_main: Callable[[], Awaitable[Generation]] | None = None
+        self.refresh_main = self._main.refresh
         """Makes a new generation of main (``--source-mode dump``); None in other modes."""
-        self.main_progress: Callable[[], str] | None = None
-        """How far the making of main is, for the clients refused meanwhile (a base backup's
-        percent and time left); None: initdb, which has no progress to tell."""
         self.opened = False
         """Main is made and running: Prism is ready (``/healthz`` answers 200)."""
 
     # ---- queries -------------------------------------------------------------------------
 
     def get(self, name: str) -> Branch | None:
-        return self._branches.get(name)
+        return self._registry.get(name)
 
     def require(self, name: str) -> Branch:
         """The branch called ``name``, or ``BranchNotFound``."""
-        branch = self._branches.get(name)
-        if branch is None:
-            raise BranchNotFound(f'branch "{name}" does not exist')
-        return branch
+        return self._registry.require(name)
 
     def list(self) -> list[Branch]:
-        return sorted(self._branches.values(), key=lambda branch: branch.name)
+        return self._registry.list()
 
     def children(self, name: str) -> builtins.list[str]:
-        return sorted(b.name for b in self._branches.values() if b.parent == name)
+        return self._registry.children(name)
 
     def address(self, name: str) -> BackendAddress | None:
         """Where ``name``'s server is reachable now, or None if it is not running."""
@@ -286,10 +234,7 @@ class BranchManager:
 
     def descendants(self, name: str) -> builtins.list[str]:
         """Every branch cloned, directly or not, from ``name``."""
-        found = []
-        for child in self.children(name):
-            found += [child, *self.descendants(child)]
-        return found
+        return self._registry.descendants(name)
 
     def policy(self, name: str) -> BranchPolicy:
         """``name``'s protection, expiry and hook (``BranchNotFound`` if there is no branch)."""
@@ -344,17 +289,9 @@ class BranchManager:
         await run_recovery(self.journal, [self.recovery_owner()])
 
     def recovery_owner(self) -> Owner:
-        """The manager's part of start-up recovery: undo interrupted creates, resets and
-        initdbs, then make records, disk and servers agree (``_sweep``)."""
-        return Owner(
-            "branches",
-            {
-                CreateIntent: self._recover_create,
-                ResetIntent: self._recover_reset,
-                InitdbIntent: self._recover_initdb,
-            },
-            sweep=self._sweep,
-        )
+        """The manager's part of start-up recovery (``prism.branchrecovery``): undo
+        interrupted creates, resets and initdbs, then make records, disk and servers agree."""
+        return self._recovery.owner()
 
     async def open_main(self) -> None:
         """Create main if needed, then start it: the second half of ``open``.
@@ -363,7 +300,7 @@ class BranchManager:
         meanwhile: main is listed as ``backing_up`` and whatever needs it is refused with
         ``StartingUp`` (``check_available``) saying how far the backup is.
         """
-        if MAIN_BRANCH not in self._branches:
+        if MAIN_BRANCH not in self._registry:
             await self._create_main()
         await self.ensure_running(MAIN_BRANCH)
         self.opened = True
@@ -374,254 +311,68 @@ class BranchManager:
         A new branch would be cut from main, so only branches that exist already (none, on a
         new Prism) are left alone.
         """
-        main = self._branches.get(MAIN_BRANCH)
-        if main is None or main.status not in _MAKING:
+        main = self._registry.get(MAIN_BRANCH)
+        if main is None or main.status not in MAKING:
             return
-        if name != MAIN_BRANCH and name in self._branches:
+        if name != MAIN_BRANCH and name in self._registry:
             return
-        if self.main_progress is None:
+        if self._main.progress is None:
             what = "Prism is creating it (initdb)"
         else:
-            what = self.main_progress()
+            what = self._main.progress()
         raise StartingUp(
             f"branch main is not ready yet: {what}",
             hint="connect again when it is done; GET /api/v1/branches/main shows the progress",
         )
 
     async def close(self, *, kill_after: float = math.inf) -> dict[str, str]:
-        """Stop every running branch and save last-activity times (runs shielded).
-
-        One server that will not stop must not keep the others running: each stop runs on its
-        own, every failure is logged, and the failures come back as branch → reason. Prism's
-        exit must not wait on a hung server either: whatever still runs after ``kill_after``
-        seconds is killed (``Runtime.kill``) and named in the log.
-        """
-        failures: dict[str, str] = {}
-
-        async def stop_one(name: str) -> None:
-            try:
-                await self.stop(name, reason="shutdown")
-            except Exception as exc:  # reported below, with every other failure
-                failures[name] = _describe(exc)
-
-        with trio.CancelScope(shield=True):
-            with trio.move_on_after(kill_after) as deadline:
-                async with trio.open_nursery() as nursery:
-                    for branch in self.list():
-                        if self.runtime.address(branch.name) is not None:
-                            nursery.start_soon(stop_one, branch.name)
-            if deadline.cancelled_caught:
-                async with trio.open_nursery() as nursery:
-                    for name in self._still_running():
-                        if name not in failures:  # a stop that failed in time was reported
-                            nursery.start_soon(self._kill, name, failures, kill_after)
-            for branch in self.list():
-                await self._save(branch)
-        for name, error in sorted(failures.items()):
-            log.error("shutdown: could not stop the server of branch %s: %s", name, error)
-        return failures
-
-    def _still_running(self) -> builtins.list[str]:
-        """Branches whose server runs, or whose stop was cut short after it began."""
-        return [
-            branch.name
-            for branch in self.list()
-            if self.runtime.address(branch.name) is not None
-            or branch.status is BranchStatus.STOPPING
-        ]
-
-    async def _kill(self, name: str, failures: dict[str, str], waited: float) -> None:
-        """Kill ``name``'s server for a shutdown out of time; record a failure to do so."""
-        log.warning(
-            "shutdown: killing the server of branch %s: not stopped within %s",
-            name,
-            format_duration(waited),
+        """Stop every running branch and save last-activity times (runs shielded); whatever
+        still runs after ``kill_after`` seconds is killed (``Servers.close``). The failures
+        come back as branch → reason."""
+        return await self._servers.close(
+            lambda name: self.stop(name, reason="shutdown"), kill_after=kill_after
         )
-        try:
-            await self.runtime.kill(name)
-        except Exception as exc:  # reported with the other failures by close()
-            failures[name] = _describe(exc)
-            return
-        branch = self._branches[name]
-        branch.status, branch.address = BranchStatus.STOPPED, None
-        self.events.publish("stopped", name, reason="killed")
 
     async def watch(self, *, interval: float = WATCH_INTERVAL) -> None:
-        """Notice branch servers that exit behind Prism's back (killed, crashed) within
-        ``interval``: mark them stopped and publish ``stopped`` with reason ``exited``.
-
-        Asking the runtime is cheap (the process runtime owns each server process and checks
-        its status; nothing is sent to the server), so polling costs next to nothing.
-        """
-        while True:
-            await trio.sleep(interval)
-            for branch in self.list():
-                if branch.status is not BranchStatus.RUNNING:
-                    continue
-                if self.runtime.address(branch.name) is not None:
-                    continue
-                log.warning("branch %s: server exited; the next client restarts it", branch.name)
-                branch.status, branch.address = BranchStatus.STOPPED, None
-                await self._save(branch)
-                self.events.publish("stopped", branch.name, reason="exited")
-
-    async def _sweep(self) -> None:
-        """Make records, disk and servers agree again after the journal's intents are done.
-
-        In order: forget records whose directory is gone; register whole directories found
-        without a record and retire half-made ones; adopt servers of branches; stop every
-        other server running under the storage root; empty the trash and staging areas; drop
-        the policies of branches that are gone.
-        """
-        records = {record.name: record for record in await self.state.all()}
-        on_disk = {
-            name
-            for name in self.storage.list()
-            if not (is_snapshot_name(name) or is_generation_name(name))
-        }
-        for name, record in records.items():
-            if name not in on_disk:
-                log.warning("reconcile: forgetting branch %s: its data directory is gone", name)
-                await self.state.delete(name)
-                continue
-            self._branches[name] = Branch(
-                name=name,
-                parent=record.parent,
-                created_at=record.created_at,
-                status=BranchStatus.STOPPED,
-                last_active_ts=record.last_active.timestamp(),
-            )
-        for name in sorted(on_disk - records.keys()):
-            parent = None if name == MAIN_BRANCH else MAIN_BRANCH
-            if not await trio.to_thread.run_sync(_is_whole_pgdata, self.storage.path(name)):
-                log.warning("reconcile: removing half-made directory of %s (no record)", name)
-                await self._undo_on_disk(name)
-                continue
-            log.warning("reconcile: registering branch %s found on disk without a record", name)
-            now = utcnow()
-            self._branches[name] = Branch(name, parent, now, BranchStatus.STOPPED)
-            await self.state.put(self._branches[name].record())
-        for branch in self.list():
-            address = await self.runtime.adopt(branch.name, self.storage.path(branch.name))
-            if address is not None:
-                log.info("reconcile: adopted running server of branch %s", branch.name)
-                branch.status, branch.address = BranchStatus.RUNNING, address
-            await self.state.put(branch.record())
-        for stray in await self.runtime.reap_strays(self.storage.root):
-            log.warning("reconcile: stopped a server that belongs to no branch: %s", stray)
-        for leftover in await self.storage.sweep():
-            log.warning("reconcile: removed leftover %s", leftover)
-        await self.policies.prune(self._branches)
-
-    async def _recover_initdb(self, intent: InitdbIntent) -> None:
-        """Main is not serving until its intent is gone, so nobody can have used it yet:
-        throw the attempt away and let ``open_main`` make it again from scratch."""
-        log.warning("reconcile: discarding the interrupted initdb of branch %s", intent.name)
-        await self._undo_on_disk(intent.name)
-        await self.state.delete(intent.name)
-
-    async def _recover_create(self, intent: CreateIntent) -> None:
-        """A create cut short: no client was told it exists, so it is rolled back."""
-        log.warning("reconcile: rolling back branch %s, left half-made by a crash", intent.name)
-        await self._undo_on_disk(intent.name)
-        await self.state.delete(intent.name)
-
-    async def _recover_reset(self, intent: ResetIntent) -> None:
-        """Keep what a reset cut short left whole, or put the old data back."""
-        name, token, phase = intent.name, intent.token, intent.phase
-        await self._stop_leftover(name)
-        if self.storage.exists(name) and phase is ResetPhase.HOOKED_CLONE:
-            await self._undo_unhooked_reset(name, token)
-        elif self.storage.exists(name) and phase is ResetPhase.CLONING:
-            await self._recover_unfinished_clone(name, token)
-        elif self.storage.exists(name):
-            # The old data (crash before the retire) or the finished new clone.
-            log.warning("reconcile: the interrupted reset of branch %s left it whole", name)
-        elif token and await self.storage.restore(name, token):
-            log.warning("reconcile: undid the interrupted reset of branch %s", name)
-        else:
-            log.error("reconcile: branch %s was lost by an interrupted reset", name)
-
-    async def _undo_unhooked_reset(self, name: str, token: str) -> None:
-        """Throw away an interrupted reset's clone that may lack its parent's hook.
-
-        The hook (a sanitized template's masking, say) runs after the clone appears, so such a
-        clone cannot be kept: the old data goes back if the storage kept it (ZFS does not, and
-        the branch is then removed, as a failed reset on ZFS removes it).
-        """
-        await self._put_old_data_back(name, token)
-
-    async def _recover_unfinished_clone(self, name: str, token: str) -> None:
-        """Make whole a reset whose crash may have cut its new clone short.
-
-        A snapshot (btrfs, ZFS) is whole the moment it appears but for the parent's lock file,
-        so it is kept (ZFS keeps no old data to go back to anyway). A copy may lack the files
-        that make it consistent, so it is thrown away and the old data put back.
-        """
-        if self.storage.atomic:
-            path = self.storage.path(name)
-            await trio.to_thread.run_sync(remove_parent_lock_file, path)
-            await trio.to_thread.run_sync(detach_clone, path)
-            log.warning("reconcile: finished the new clone of interrupted reset of %s", name)
-            return
-        await self._put_old_data_back(name, token)
-
-    async def _put_old_data_back(self, name: str, token: str) -> None:
-        """Replace what stands under ``name`` with the old data a reset put in the trash."""
-        await self.storage.retire(name)
-        if await self.storage.restore(name, token):
-            log.warning("reconcile: undid the interrupted reset of branch %s", name)
-        else:
-            log.error("reconcile: removed branch %s: its reset was interrupted", name)
-            await self.policies.forget(name)
-
-    async def _stop_leftover(self, name: str) -> None:
-        """Stop a server an earlier Prism left running on ``name``'s directory, if any."""
-        try:
-            if await self.runtime.adopt(name, self.storage.path(name)) is not None:
-                await self.runtime.stop(name)
-        except PrismError as exc:
-            # The stray sweep at the end of reconcile kills it by force instead.
-            log.warning("reconcile: could not stop the server of %s: %s", name, exc.message)
-
-    async def _undo_on_disk(self, name: str) -> None:
-        """Stop ``name``'s server and retire its directory (the sweep removes it later)."""
-        await self._stop_leftover(name)
-        await self.storage.retire(name)
+        """Notice branch servers that exit behind Prism's back within ``interval``
+        (``Servers.watch``)."""
+        await self._servers.watch(interval=interval)
 
     async def _create_main(self) -> None:
         """Initialise main (initdb, or ``make_main``: a base backup of a source); an intent
         recorded first lets reconcile discard a crashed attempt."""
-        how = "initdb" if self._make_main is None else "base backup"
+        make = self._main.make
+        how = "initdb" if make is None else "base backup"
         log.info("creating branch main: %s into %s", how, self.storage.path(MAIN_BRANCH))
         started = trio.current_time()
         # Listed while it is made (clients of it are refused by check_available), never saved:
         # the intent below is what a crash leaves.
-        making = BranchStatus.PROVISIONING if self._make_main is None else BranchStatus.BACKING_UP
+        making = BranchStatus.PROVISIONING if make is None else BranchStatus.BACKING_UP
         branch = Branch(MAIN_BRANCH, None, utcnow(), making)
-        self._branches[MAIN_BRANCH] = branch
+        self._registry.add(branch)
         intent = InitdbIntent(MAIN_BRANCH)
         await self.journal.record(intent)
         crash_point("initdb:recorded")
         try:
             path = await self.storage.create(MAIN_BRANCH)
             crash_point("initdb:created")
-            if self._make_main is None:
+            if make is None:
                 await self.runtime.initdb(path, superuser=self._superuser, password=self._password)
             else:
-                await self._make_main(path)
+                await make(path)
             crash_point("initdb:initialised")
         except BaseException:
-            del self._branches[MAIN_BRANCH]
+            self._registry.remove(MAIN_BRANCH)
             with trio.CancelScope(shield=True):
-                await self._destroy_quietly(MAIN_BRANCH)
+                await self._data.destroy_quietly(MAIN_BRANCH)
                 await self.journal.done(intent)
             raise
-        branch.created_at, branch.status = utcnow(), BranchStatus.STOPPED
+        branch.created_at = utcnow()
+        self._registry.transition(branch, BranchStatus.STOPPED)
         await self.state.put(branch.record())
         crash_point("initdb:registered")
         await self.journal.done(intent)
-        self.events.publish("created", MAIN_BRANCH, duration_ms=_elapsed_ms(started))
+        self.events.publish("created", MAIN_BRANCH, duration_ms=elapsed_ms(started))
 
     # ---- the hot question: where do I send this client? --------------------------------
 
@@ -648,18 +399,18 @@ class BranchManager:
 
     async def _awake(self, name: str, *, create: bool, admit: bool) -> Branch:
         self.check_available(name)
-        branch = self._branches.get(name)
+        branch = self._registry.get(name)
         if branch is None or branch.status is not BranchStatus.RUNNING or not self.address(name):
             async with self._locks[name]:
-                branch = self._branches.get(name)
+                branch = self._registry.get(name)
                 if branch is None:
                     if not create:
                         raise BranchNotFound(f'branch "{name}" does not exist')
-                    self._refuse_unrunnable_hook(self.defaults.parent)
-                    await self._record_new_policy(name, self.defaults.ttl)
+                    self._creation.refuse_unrunnable_hook(self.defaults.parent)
+                    await self._creation.record_new(name, self.defaults.ttl)
                     branch = await self._provision(name, self.defaults.parent)
                 elif self.runtime.address(name) is None:
-                    await self._start(branch, reason="wake")
+                    await self._servers.start(branch, reason="wake")
         # No await since the branch was last seen running: nothing can stop it in between.
         branch.last_active_ts = time.time()
         if admit:
@@ -685,10 +436,10 @@ class BranchManager:
         if at is not None:
             self._check_at(parent, at)
         async with self._locks[name]:
-            if name in self._branches:
+            if name in self._registry:
                 raise BranchExists(f'branch "{name}" already exists')
-            self._refuse_unrunnable_hook(parent)
-            await self._record_new_policy(name, ttl or 0.0, protected=protected)
+            self._creation.refuse_unrunnable_hook(parent)
+            await self._creation.record_new(name, ttl or 0.0, protected=protected)
             return await self._provision(name, parent, at=at)
 
     def _check_at(self, parent: str, at: datetime) -> None:
@@ -702,14 +453,14 @@ class BranchManager:
 
     async def clone_to(self, name: str, target: str) -> None:
         """Clone branch ``name``, consistently, into storage name ``target`` (a snapshot)."""
-        await self._clone_from(name, target)
+        await self._data.clone_from(name, target)
 
     async def start(self, name: str) -> Branch:
         self.check_available(name)
         async with self._locks[name]:
             branch = self.require(name)
             if self.runtime.address(name) is None:
-                await self._start(branch, reason="start")
+                await self._servers.start(branch, reason="start")
             return branch
 
     async def stop(self, name: str, *, reason: str = "stop") -> Branch:
@@ -717,10 +468,10 @@ class BranchManager:
         self.check_available(name)
         async with self._locks[name]:
             branch = self.require(name)
-            await self._terminate_sessions(
+            await self._sessions.terminate(
                 name, f'branch "{name}" was stopped by an operator', hint="connect again to wake it"
             )
-            await self._stop(branch, reason=reason)
+            await self._servers.stop(branch, reason=reason)
             return branch
 
     async def stop_if_idle(self, name: str, *, idle_for: float, now: float) -> bool:
@@ -730,10 +481,10 @@ class BranchManager:
         checked again where no client can slip in between the check and the stop.
         """
         async with self._locks[name]:
-            branch = self._branches.get(name)
+            branch = self._registry.get(name)
             if branch is None or not is_idle(branch, now=now, idle_for=idle_for):
                 return False
-            await self._stop(branch, reason="idle")
+            await self._servers.stop(branch, reason="idle")
             return True
 
     async def reset(self, name: str) -> Branch:
@@ -752,9 +503,9 @@ class BranchManager:
                     hint="reset a branch made from main, not main itself",
                 )
             parent = branch.parent
-            if parent not in self._branches:
+            if parent not in self._registry:
                 raise BranchNotFound(f'parent branch "{parent}" of "{name}" no longer exists')
-            self._refuse_unrunnable_hook(parent)
+            self._creation.refuse_unrunnable_hook(parent)
             started = trio.current_time()
             was_running = self.runtime.address(name) is not None
             # The old data goes to the trash under a name recorded first, so a crash at any
@@ -764,19 +515,18 @@ class BranchManager:
             await self.journal.record(intent)
             crash_point("reset:recorded")
             try:
-                await self._terminate_sessions(
+                await self._sessions.terminate(
                     name,
                     f'branch "{name}" is being reset: its changes were thrown away',
                     hint="connect again to use the fresh copy of its parent",
                 )
-                await self._stop(branch, reason="reset")
+                await self._servers.stop(branch, reason="reset")
             except BaseException:
                 with trio.CancelScope(shield=True):
                     await self.journal.done(intent)
                 raise
             crash_point("reset:stopped")
-            branch.status = BranchStatus.RESETTING
-            self.events.publish("resetting", name, parent=parent)
+            self._registry.transition(branch, BranchStatus.RESETTING, "resetting", parent=parent)
             moved = False
             try:
                 # Shielded: once the old data is going, a client hanging up must not leave
@@ -784,7 +534,7 @@ class BranchManager:
                 with trio.CancelScope(shield=True):
                     retired = await self.storage.retire(name, token)
                     moved = True
-                    self._discarded(name)
+                    self._data.discarded(name)
                     crash_point("reset:retired")
                     if self.policies.get(parent).has_hook:
                         # From here a clone may stand without its hook run: reconcile must
@@ -794,30 +544,31 @@ class BranchManager:
                         # A clone cut short by a crash must not pass for a finished one.
                         phase = ResetPhase.CLONING
                     await self.journal.record(dataclasses.replace(intent, phase=phase))
-                    await self._clone_from(parent, name)
+                    await self._data.clone_from(parent, name)
                     if phase is ResetPhase.CLONING:
                         # Finished: a crash from here on keeps the new clone.
                         await self.journal.record(intent)
                     crash_point("reset:cloned")
-                    await self._run_hook_unseen(branch)
+                    await self._data.run_hook_unseen(branch)
                     crash_point("reset:hooked")
             except BaseException as exc:
                 with trio.CancelScope(shield=True):
                     await self._undo_reset(branch, intent, moved=moved)
                 self._publish_failure(name, exc, started)
                 raise
-            branch.status = BranchStatus.STOPPED
+            # Silent: the reset event below, once it may be running again, tells of it.
+            self._registry.transition(branch, BranchStatus.STOPPED)
             branch.bytes_proxied = 0
             branch.last_active_ts = time.time()
-            await self._save(branch)
+            await self._servers.save(branch)
             await self.journal.done(intent)
             if retired is not None:
-                await self._remove_retired(retired)
+                await self._data.remove_retired(retired)
             if was_running:
-                await self._start(branch, reason="reset")
-            self.events.publish("reset", name, parent=parent, duration_ms=_elapsed_ms(started))
+                await self._servers.start(branch, reason="reset")
+            self.events.publish("reset", name, parent=parent, duration_ms=elapsed_ms(started))
             log.info(
-                "reset: branch %s re-cloned from %s in %.1f ms", name, parent, _elapsed_ms(started)
+                "reset: branch %s re-cloned from %s in %.1f ms", name, parent, elapsed_ms(started)
             )
             return branch
 
@@ -831,14 +582,14 @@ class BranchManager:
         async with self._locks[MAIN_BRANCH]:
             branch = self.require(MAIN_BRANCH)
             was_running = self.runtime.address(MAIN_BRANCH) is not None
-            await self._terminate_sessions(MAIN_BRANCH, why, hint="connect again")
-            await self._stop(branch, reason="refresh")
+            await self._sessions.terminate(MAIN_BRANCH, why, hint="connect again")
+            await self._servers.stop(branch, reason="refresh")
             try:
                 await swap()
-                self._discarded(MAIN_BRANCH)
+                self._data.discarded(MAIN_BRANCH)
             finally:
                 if was_running:
-                    await self._start(branch, reason="refresh")
+                    await self._servers.start(branch, reason="refresh")
 
     async def delete(self, name: str, *, with_children: bool = False) -> builtins.list[str]:
         """Remove a branch (and, if asked, its descendants): server, data and record.
@@ -861,22 +612,21 @@ class BranchManager:
             deleted += await self.delete(child, with_children=True)
         async with self._locks[name]:
             branch = self.require(name)
-            await self._terminate_sessions(name, f'branch "{name}" was deleted')
-            await self._stop(branch, reason="delete")
+            await self._sessions.terminate(name, f'branch "{name}" was deleted')
+            await self._servers.stop(branch, reason="delete")
             crash_point("delete:stopped")
-            branch.status = BranchStatus.DELETING
-            self.events.publish("deleting", name)
+            self._registry.transition(branch, BranchStatus.DELETING, "deleting")
             # Free first, record after: on a full disk the state file may not take a write
             # until space is back. The rename into the trash is the commit point; a record
             # whose directory is gone is forgotten by reconcile.
             retired = await self.storage.retire(name)
             crash_point("delete:retired")
-            del self._branches[name]
-            self._discarded(name)
+            self._registry.remove(name)
+            self._data.discarded(name)
             if retired is not None:
-                await self._remove_retired(retired)
+                await self._data.remove_retired(retired)
             crash_point("delete:freed")
-            await self._forget_record(name)
+            await self._data.forget_record(name)
             self.events.publish("deleted", name)
         return [*deleted, name]
 
@@ -907,7 +657,7 @@ class BranchManager:
     async def expire_if_due(self, name: str, *, grace: float) -> bool:
         """Delete ``name`` if its time is up: at once with no session open, else only after
         ``grace`` seconds, ending the sessions with 57P01. An ``expired`` event comes first."""
-        branch = self._branches.get(name)
+        branch = self._registry.get(name)
         now = utcnow()
         if (
             branch is None
@@ -916,166 +666,78 @@ class BranchManager:
             or self.children(name)
         ):
             return False
-        if self._sessions.get(name) and not grace_over(self.policies.get(name), now, grace):
+        if self._sessions.any_open(name) and not grace_over(self.policies.get(name), now, grace):
             return False
         self.events.publish("expired", name)
-        await self._terminate_sessions(
+        await self._sessions.terminate(
             name, f'branch "{name}" expired and was deleted', hint="create it again if needed"
         )
         await self.delete(name)
         return True
 
-    # ---- client sessions (opened by the proxy) --------------------------------------------
+    # ---- client sessions (opened by the proxy; ``prism.sessions``) -----------------------
 
-    @contextmanager
-    def terminable(self, session: ClientSession) -> Iterator[ClientSession]:
+    def terminable(self, session: ClientSession) -> AbstractContextManager[ClientSession]:
         """Let an operation on the session's branch end the body (the proxy's splice) early.
 
         On the way out of an ended session this raises the ``ConnectionTerminated`` that says
         why, for the proxy to send to the client as a FATAL error.
         """
-        name = session.branch.name
-        self._sessions[name].add(session)
-        try:
-            with session.scope:
-                yield session
-        finally:
-            self._sessions[name].discard(session)
-            if not self._sessions[name]:
-                del self._sessions[name]
-            session.ended.set()
-        if session.terminated_by is not None:
-            raise session.terminated_by
-
-    async def _terminate_sessions(
-        self, name: str, message: str, *, hint: str | None = None
-    ) -> None:
-        """End every open session on ``name`` with ``message`` and wait for them to unwind."""
-        sessions = list(self._sessions.get(name, ()))
-        if not sessions:
-            return
-        log.info("terminating %d session(s) of branch %s: %s", len(sessions), name, message)
-        for session in sessions:
-            session.terminate(ConnectionTerminated(message, hint=hint))
-        with trio.move_on_after(_TERMINATE_WAIT):
-            for session in sessions:
-                await session.ended.wait()
-
-    # ---- activity accounting -------------------------------------------------------------
+        return self._sessions.terminable(session)
 
     def connection_closed(self, session: ClientSession) -> None:
         """Settle an admitted session (once), on the branch instance it was admitted to."""
         branch = session.branch
         branch.connections -= 1
         branch.last_active_ts = time.time()
-        fields: dict[str, object] = {"duration_ms": _elapsed_ms(session.opened_at)}
+        fields: dict[str, object] = {"duration_ms": elapsed_ms(session.opened_at)}
         if session.terminated_by is not None:
             fields["error"] = session.terminated_by.message
         self.events.publish("disconnected", branch.name, client=session.client, **fields)
-
-    # ---- admission (callers hold the branch's lock) -------------------------------------
-
-    def _check_branch_cap(self, name: str) -> None:
-        cap = self._max_branches
-        if cap and len(self._branches) >= cap:
-            raise LimitExceeded(
-                f'cannot create branch "{name}": the server has reached its limit of {cap} '
-                "branches (--max-branches)",
-                hint="delete branches you no longer need",
-            )
-
-    def _holding_servers(self, other_than: str) -> int:
-        return sum(
-            1
-            for branch in self._branches.values()
-            if branch.name != other_than
-            and (branch.status in _HOLDS_SERVER or self.runtime.address(branch.name) is not None)
-        )
-
-    async def _make_room(self, name: str) -> None:
-        """Return once ``name`` may hold a server, stopping idle branches for room if needed.
-
-        The last check before returning is not followed by an ``await``, so the caller's next
-        synchronous step (marking the branch provisioning or starting) is the reservation.
-        """
-        cap = self._max_running
-        while cap and self._holding_servers(other_than=name) >= cap:
-            victim = self._victim(name)
-            if victim is None:
-                raise TooManyConnections(
-                    f'cannot start branch "{name}": {cap} branch servers are running '
-                    "(--max-running) and all of them have clients",
-                    hint="close sessions on other branches, or try again later",
-                )
-            await self._evict(victim, for_branch=name)
-
-    def _evictable(self, branch: Branch, *, for_branch: str) -> bool:
-        return (
-            branch.name not in (for_branch, MAIN_BRANCH)
-            and branch.status is BranchStatus.RUNNING
-            and branch.connections == 0
-        )
-
-    def _victim(self, for_branch: str) -> Branch | None:
-        """The least recently used branch that may be stopped for room.
-
-        Never main, and never one whose lock is held: it may have a session being set up.
-        """
-        idle = [
-            branch
-            for branch in self._branches.values()
-            if self._evictable(branch, for_branch=for_branch) and not self._busy(branch.name)
-        ]
-        return min(idle, key=lambda branch: branch.last_active_ts, default=None)
-
-    def _busy(self, name: str) -> bool:
-        lock = self._locks.get(name)
-        return lock is not None and lock.locked()
-
-    async def _evict(self, victim: Branch, *, for_branch: str) -> None:
-        """Stop ``victim`` for room if, under its lock, it may still be taken."""
-        async with self._locks[victim.name]:
-            if self._branches.get(victim.name) is not victim:
-                return
-            if not self._evictable(victim, for_branch=for_branch):
-                return
-            log.info(
-                "admission: stopping idle branch %s to make room for %s", victim.name, for_branch
-            )
-            await self._stop(victim, reason="max-running")
 
     # ---- internals (callers hold the branch's lock) ------------------------------------
 
     async def _provision(
         self, name: str, parent_name: str, *, at: datetime | None = None
     ) -> Branch:
-        parent = self._branches.get(parent_name)
+        parent = self._registry.get(parent_name)
         if parent is None:
             raise BranchNotFound(f'parent branch "{parent_name}" does not exist')
         started = trio.current_time()
-        self._check_branch_cap(name)  # refuse before stopping anyone for room
-        await self._make_room(name)
-        self._check_branch_cap(name)  # again: others may have been created meanwhile
+        # Refuse before stopping anyone for room, and again after: others may have been
+        # created meanwhile.
+        check_branch_cap(name, count=len(self._registry), caps=self._caps)
+        await self._servers.make_room(name)
+        check_branch_cap(name, count=len(self._registry), caps=self._caps)
         branch = Branch(name, parent_name, utcnow(), BranchStatus.PROVISIONING)
-        self._branches[name] = branch
-        self.events.publish("provisioning", name, parent=parent_name)
+        self._registry.add(branch)
+        self._registry.transition(
+            branch, BranchStatus.PROVISIONING, "provisioning", parent=parent_name
+        )
         intent = CreateIntent(name, parent_name)
         try:
             await self.journal.record(intent)
             await self.state.put(branch.record())
             crash_point("create:recorded")
             if at is None:
-                await self._clone_from(parent_name, name)
+                await self._data.clone_from(parent_name, name)
             else:
-                await self._clone_at(name, parent_name, at)
+                await self._data.clone_at(
+                    name,
+                    parent_name,
+                    at,
+                    parent_address=await self.ensure_running(parent_name, create=False),
+                )
             crash_point("create:cloned")
-            clone_ms = _elapsed_ms(started)
-            await self._start(branch, reason="create")
+            clone_ms = elapsed_ms(started)
+            await self._servers.start(
+                branch, reason="create", before_running=self._creation.run_parent_hook
+            )
             await self.journal.done(intent)
             crash_point("create:started")
         except BaseException as exc:
             with trio.CancelScope(shield=True):
-                await self._roll_back(name)
+                await self._data.roll_back(name)
                 await self.journal.done(intent)
             self._publish_failure(name, exc, started)
             if isinstance(exc, PrismError):
@@ -1087,128 +749,20 @@ class BranchManager:
                     sqlstate=exc.sqlstate if isinstance(exc, HookFailed) else None,
                 ) from exc
             raise
-        self.events.publish("created", name, parent=parent_name, duration_ms=_elapsed_ms(started))
+        self.events.publish("created", name, parent=parent_name, duration_ms=elapsed_ms(started))
         log.info(
             "provision: branch %s from %s in %.1f ms (clone %.1f ms)",
             name,
             parent_name,
-            _elapsed_ms(started),
+            elapsed_ms(started),
             clone_ms,
         )
         return branch
 
-    async def _record_new_policy(self, name: str, ttl: float, *, protected: bool = False) -> None:
-        """Write a new branch's policy before it exists, so a crash cannot lose it."""
-        policy = BranchPolicy(protected=protected, expires_at=self.defaults.expiry(utcnow(), ttl))
-        if policy == BranchPolicy():
-            await self.policies.forget(name)  # a row left by a create that failed early
-        else:
-            await self.policies.put(name, policy)
-
-    def _refuse_unrunnable_hook(self, parent: str) -> None:
-        """Refuse, before anything is made, a child whose parent's command may not run here
-        (set by an earlier run of Prism that allowed commands)."""
-        if self.policies.get(parent).on_create_command is not None:
-            self.hook_commands.refuse_unless_allowed(
-                f'cannot make a child of branch "{parent}", whose on_create hook is a command'
-            )
-
-    async def _run_parent_hook(self, branch: Branch, address: BackendAddress) -> None:
-        """Run the parent's ``on_create`` SQL, then its command, in the new child."""
-        if branch.parent is None:
-            return
-        policy = self.policies.get(branch.parent)
-        if not policy.has_hook:
-            return
-        started = trio.current_time()
-        if policy.on_create is not None:
-            await run_on_create(
-                address, policy.on_create, superuser=self._superuser, password=self._password
-            )
-        if policy.on_create_command is not None:
-            # Create, connect and reset refuse earlier, before anything is made; this keeps a
-            # command from running on any other path to a new child.
-            self.hook_commands.refuse_unless_allowed(
-                f'cannot run the on_create command of branch "{branch.parent}"'
-            )
-            params = ConnectionParams(
-                host=address.host,
-                port=address.port,
-                user=self._superuser,
-                dbname="postgres",
-                sslmode="disable",  # branch servers speak plaintext, on Prism's host only
-                password=self._password,
-            )
-            env = command_environment(
-                params, branch=branch.name, parent=branch.parent, inherited=os.environ
-            )
-            await run_on_create_command(
-                policy.on_create_command, env=env, time_limit=self.hook_commands.timeout
-            )
-        self.events.publish(
-            "hook", branch.name, parent=branch.parent, duration_ms=_elapsed_ms(started)
-        )
-
-    async def _run_hook_unseen(self, branch: Branch) -> None:
-        """Run the parent's hook in a re-cloned branch that no client can reach yet.
-
-        A reset is a fresh clone of the parent, so a sanitized template must be masked again
-        before anyone sees it. The branch is still ``resetting`` and its lock is held, so the
-        server started here is Prism's alone; it is stopped again afterwards.
-        """
-        if branch.parent is None or not self.policies.get(branch.parent).has_hook:
-            return
-        address = await self._start_server(branch)
-        try:
-            await self._run_parent_hook(branch, address)
-        finally:
-            await self.runtime.stop(branch.name)
-
-    async def _clone_at(self, child: str, parent: str, at: datetime) -> None:
-        assert self.point_in_time is not None  # checked by create
-        await self.point_in_time.clone(
-            child,
-            at,
-            parent=parent,
-            address=await self.ensure_running(parent, create=False),
-            superuser=self._superuser,
-            clone_current=lambda: self._clone_from(parent, child),
-        )
-
-    async def _clone_from(self, parent: str, child: str) -> None:
-        """Clone ``parent`` into ``child`` holding the parent's lock, so it holds still."""
-        async with self._locks[parent]:
-            await clone_consistent(
-                self.storage,
-                parent,
-                child,
-                parent_address=self.runtime.address(parent),
-                superuser=self._superuser,
-            )
-            for hook in self.after_clone:
-                await hook(parent, child)
-
     def _publish_failure(self, name: str, exc: BaseException, started: float) -> None:
-        error = _describe(exc)
+        error = describe(exc)
         log.error("branch %s: operation failed and was rolled back: %s", name, error)
-        self.events.publish("failed", name, error=error, duration_ms=_elapsed_ms(started))
-
-    async def _roll_back(self, name: str) -> None:
-        try:
-            await self.runtime.stop(name)
-        except PrismError as exc:
-            log.error("rollback: could not stop branch %s: %s", name, exc.message)
-        await self._destroy_quietly(name)
-        await self.state.delete(name)
-        await self.policies.forget(name)
-        self._branches.pop(name, None)
-        self._discarded(name)
-
-    async def _destroy_quietly(self, name: str) -> None:
-        try:
-            await self.storage.destroy(name)
-        except StorageError as exc:
-            log.error("rollback: could not remove data of branch %s: %s", name, exc.message)
+        self.events.publish("failed", name, error=error, duration_ms=elapsed_ms(started))
 
     async def _undo_reset(self, branch: Branch, intent: ResetIntent, *, moved: bool) -> None:
         """A reset failed: put the old data back if it went to the trash, else drop the branch.
@@ -1221,124 +775,29 @@ class BranchManager:
         try:
             if moved:
                 await self.runtime.stop(name)
-                await self._destroy_quietly(name)
+                await self._data.destroy_quietly(name)
                 restored = await self.storage.restore(name, intent.token)
             else:
                 restored = self.storage.exists(name)
             if restored:
-                branch.status, branch.address = BranchStatus.STOPPED, None
-                await self._save(branch)
+                # Silent: the caller's failed event says what happened.
+                self._registry.transition(branch, BranchStatus.STOPPED, address=None)
+                await self._servers.save(branch)
                 log.warning("reset: branch %s failed to re-clone; its old data was put back", name)
             else:
-                await self._roll_back(name)
+                await self._data.roll_back(name)
         except PrismError as exc:
             log.error("reset: could not undo the reset of branch %s: %s", name, exc.message)
         await self.journal.done(intent)
 
-    def _discarded(self, name: str) -> None:
-        for hook in self.after_discard:
-            hook(name)
 
-    async def _remove_retired(self, path: Path) -> None:
-        """Free a retired directory now; on failure reconcile's sweep removes it later."""
-        try:
-            await self.storage.remove_path(path)
-        except StorageError as exc:
-            log.error("could not remove %s (removed at next start): %s", path, exc.message)
-
-    async def _forget_record(self, name: str) -> None:
-        """Drop a deleted branch's record; if the disk is still full (btrfs frees a deleted
-        subvolume's space in the background), reconcile forgets it at the next start, since
-        its directory is gone, and a new branch of the same name simply replaces it."""
-        try:
-            await self.state.delete(name)
-            await self.policies.forget(name)
-        except StorageError as exc:
-            log.warning("branch %s: deleted, but its record stays until restart: %s", name, exc)
-
-    async def _save(self, branch: Branch) -> None:
-        """Write ``branch``'s record where a failed write must not fail the operation.
-
-        Status and last activity are advisory across a restart (reconcile adopts or stops
-        every server anyway), so a full disk here is logged rather than raised: it must never
-        keep a server from stopping or a branch from being deleted.
-        """
-        try:
-            await self.state.put(branch.record())
-        except StorageError as exc:
-            log.warning("branch %s: could not record its status: %s", branch.name, exc.message)
-
-    async def _start_server(self, branch: Branch) -> BackendAddress:
-        """Start ``branch``'s server with the extras its ``server_extras`` source gives."""
-        path = self.storage.path(branch.name)
-        extras = None
-        if self._server_extras is not None:
-            extras = await trio.to_thread.run_sync(
-                self._server_extras.server_extras, branch.name, path, branch.parent
-            )
-        return await self.runtime.start(branch.name, path, parent=branch.parent, extras=extras)
-
-    async def _start(self, branch: Branch, *, reason: str) -> None:
-        started = trio.current_time()
-        await self._make_room(branch.name)
-        previous = branch.status
-        branch.status = BranchStatus.STARTING
-        self.events.publish("starting", branch.name, reason=reason)
-        try:
-            address = await self._start_server(branch)
-            crash_point(f"{reason}:server-up")
-            branch.address = address
-            if reason == "create":
-                # Before the branch is marked running, so no client can get in first.
-                await self._run_parent_hook(branch, address)
-        except BaseException as exc:
-            branch.status = (
-                previous if previous is not BranchStatus.RUNNING else BranchStatus.STOPPED
-            )
-            if branch.status is BranchStatus.STOPPED:
-                # Back to stopped: say so, or subscribers would show "starting" for good. (A
-                # new branch is rolled back instead, and its "failed" event says why.)
-                self.events.publish(
-                    "stopped",
-                    branch.name,
-                    reason=reason,
-                    error=_describe(exc),
-                    duration_ms=_elapsed_ms(started),
-                )
-            raise
-        branch.status = BranchStatus.RUNNING
-        branch.last_active_ts = time.time()
-        await self.state.put(branch.record())
-        for hook in self.after_start:
-            await hook(branch.name, address)
-        self.events.publish("running", branch.name, reason=reason, duration_ms=_elapsed_ms(started))
-
-    async def _stop(self, branch: Branch, *, reason: str) -> None:
-        if self.runtime.address(branch.name) is None and branch.status is BranchStatus.STOPPED:
-            return
-        started = trio.current_time()
-        branch.status = BranchStatus.STOPPING
-        self.events.publish("stopping", branch.name, reason=reason)
-        address = self.runtime.address(branch.name)
-        if address is not None:
-            for hook in self.before_stop:
-                await hook(branch.name, address)
-        await self.runtime.stop(branch.name)
-        crash_point(f"{reason}:server-down")
-        branch.status, branch.address = BranchStatus.STOPPED, None
-        await self._save(branch)
-        self.events.publish("stopped", branch.name, reason=reason, duration_ms=_elapsed_ms(started))
-
-
-def _is_whole_pgdata(path: Path) -> bool:
-    """Whether ``path`` looks like a data directory initdb finished (blocking, cheap)."""
-    return all((path / marker).exists() for marker in _PGDATA_MARKERS)
-
-
-def is_idle(branch: Branch, *, now: float, idle_for: float) -> bool:
-    """Whether the reaper may stop ``branch``: running, no open session, quiet for ``idle_for``."""
-    return (
-        branch.status is BranchStatus.RUNNING
-        and branch.connections == 0
-        and now - branch.last_active_ts >= idle_for
-    )
+__all__ = [
+    "WATCH_INTERVAL",
+    "Branch",
+    "BranchManager",
+    "BranchStatus",
+    "ClientSession",
+    "Followers",
+    "MainOrigin",
+    "is_idle",
+]

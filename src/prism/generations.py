@@ -133,20 +133,22 @@ class Generations:
     # ---- wiring ------------------------------------------------------------------------------
 
     def attach(self, manager: BranchManager) -> None:
-        """Show every branch's generation and keep it for branches cloned from now on."""
+        """Show every branch's generation; ``refresh`` swaps main through ``manager``.
+
+        The manager was given ``inherit`` (a follower) and ``refresh`` (its ``MainOrigin``)
+        when ``prism.server`` built it.
+        """
         self._manager = manager
         for branch in manager.list():
             branch.generation = self.store.known.get(branch.name)
-        manager.after_clone.append(self._inherit)
-        manager.refresh_main = self.refresh
 
-    async def _inherit(self, parent: str, child: str) -> None:
-        """A clone holds its parent's generation (main's current one, or a branch's)."""
+    async def inherit(self, parent: str, child: str) -> None:
+        """A clone holds its parent's generation (main's current one, or a branch's); the
+        manager's ``after_clone`` follower."""
         generation = self.store.known.get(parent)
-        if generation is None:
+        if generation is None or self._manager is None:  # no clone is made before attach
             return
         await self.store.put(child, generation)
-        assert self._manager is not None
         branch = self._manager.get(child)
         if branch is not None:
             branch.generation = generation

@@ -152,3 +152,34 @@ async def run_on_create_command(
         )
     log.info("hook: on_create command %s ran", argv[0])
     log.debug("hook: on_create command output: %s", result.stdout.decode(errors="replace"))
+
+
+async def run_parent_hook(
+    address: BackendAddress,
+    *,
+    sql: str | None,
+    command: Sequence[str] | None,
+    child: str,
+    parent: str,
+    superuser: str,
+    password: str,
+    commands: HookCommands,
+) -> None:
+    """Run a parent's ``on_create`` ``sql``, then its ``command``, in the new ``child``."""
+    if sql is not None:
+        await run_on_create(address, sql, superuser=superuser, password=password)
+    if command is None:
+        return
+    # Create, connect and reset refuse earlier, before anything is made; this keeps a
+    # command from running on any other path to a new child.
+    commands.refuse_unless_allowed(f'cannot run the on_create command of branch "{parent}"')
+    params = ConnectionParams(
+        host=address.host,
+        port=address.port,
+        user=superuser,
+        dbname="postgres",
+        sslmode="disable",  # branch servers speak plaintext, on Prism's host only
+        password=password,
+    )
+    env = command_environment(params, branch=child, parent=parent, inherited=os.environ)
+    await run_on_create_command(command, env=env, time_limit=commands.timeout)

@@ -156,8 +156,8 @@ class PointInTime:
         return ServerExtras(tuple(dirs), settings)
 
     async def started(self, branch: str, address: BackendAddress) -> None:
-        """A server started (``BranchManager.after_start``): a branch that keeps WAL may be
-        due its first snapshot."""
+        """A server started (``Followers.after_start``): a branch that keeps WAL may be due
+        its first snapshot."""
         if self.keeps_wal(branch):
             self._poke.set()
 
@@ -223,8 +223,8 @@ class PointInTime:
     # ---- the end of a window -----------------------------------------------------------
 
     def drop(self, branch: str) -> None:
-        """``branch``'s data was thrown away (``BranchManager.after_discard``: delete, reset,
-        a failed create): end its window now; the next round frees the space."""
+        """``branch``'s data was thrown away (``Followers.after_discard``: delete, reset, a
+        failed create): end its window now; the next round frees the space."""
         self._drops[branch] += 1
         self._poke.set()
         try:

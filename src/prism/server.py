@@ -17,18 +17,21 @@ from hypercorn.trio import serve as hypercorn_serve
 from prism import secretfiles
 from prism.api.app import create_app
 from prism.api.closing import CloseAfterEarlyAnswer
-from prism.auth import open_verifiers
-from prism.branches import BranchManager
+from prism.auth import VerifierStore, open_verifiers
+from prism.branches import BranchManager, MainOrigin
+from prism.branchstate import BranchRegistry
+from prism.capacity import Caps
 from prism.config import Settings, StorageKind
 from prism.dataplane import DataPlane
 from prism.dataplane import choose as choose_data_plane
 from prism.dsn import Endpoint
 from prism.errors import ConfigError
 from prism.events import EventBus
-from prism.generations import open_generations
+from prism.followers import Followers
+from prism.generations import Generations, open_generations
 from prism.hooks import HookCommands
 from prism.journal import Journal
-from prism.pitr import SnapshotSource, open_point_in_time
+from prism.pitr import PointInTime, SnapshotSource, open_point_in_time
 from prism.policy import CreateDefaults
 from prism.proxy import Proxy
 from prism.reaper import run_expiry, run_reaper
@@ -112,6 +115,28 @@ def _bound(listener: trio.SocketListener) -> tuple[str, int]:
     return str(host), int(port)
 
 
+def _followers(
+    point_in_time: PointInTime | None,
+    verifiers: VerifierStore | None,
+    generations: Generations | None,
+) -> Followers:
+    """What the parts that follow the branches' servers and data do, handed to the manager."""
+    followers = Followers()
+    if point_in_time is not None:
+        followers += Followers(
+            after_start=(point_in_time.started,), after_discard=(point_in_time.drop,)
+        )
+    if verifiers is not None:
+        followers += Followers(
+            after_start=(verifiers.snapshot,),
+            before_stop=(verifiers.snapshot,),
+            after_discard=(verifiers.forget,),
+        )
+    if generations is not None:
+        followers += Followers(after_clone=(generations.inherit,))
+    return followers
+
+
 class PrismServer:
     """Runs Prism until cancelled; stops every branch server it started on the way out."""
 
@@ -140,12 +165,19 @@ class PrismServer:
         events = EventBus(buffer=settings.event_buffer)
         source = await open_source(settings, data_dir, events, runtime, journal=journal)
         generations = open_generations(settings, source, storage, runtime, journal, events)
-        make_main = None if source is None else source.make_main
+        main = MainOrigin()
         if generations is not None:
-            make_main = generations.make_first
+            main = MainOrigin(make=generations.make_first, refresh=generations.refresh)
+        elif source is not None:
+            main = MainOrigin(make=source.make_main, progress=source.describe_progress)
         point_in_time = None
         if generations is None:  # each generation is a new cluster: its WAL starts over
             point_in_time = open_point_in_time(settings, data_dir, storage, events, journal)
+        # The registry first: the role store reads it, and the manager hears from the store.
+        registry = BranchRegistry(events)
+        verifiers = open_verifiers(
+            settings, registry, address=runtime.address, data_path=storage.path
+        )
         manager = BranchManager(
             storage=storage,
             runtime=runtime,
@@ -153,8 +185,7 @@ class PrismServer:
             events=events,
             superuser=settings.superuser,
             password=settings.password,
-            max_branches=settings.max_branches,
-            max_running=settings.max_running,
+            caps=Caps(branches=settings.max_branches, running=settings.max_running),
             defaults=CreateDefaults(
                 parent=settings.default_parent,
                 ttl=settings.branch_ttl,
@@ -168,21 +199,18 @@ class PrismServer:
                 password=None if source is not None and generations is None else settings.password,
                 tls=settings.tls,
             ),
-            make_main=make_main,
+            main=main,
             hook_commands=HookCommands(
                 allowed=settings.allow_hook_commands, timeout=settings.hook_command_timeout
             ),
             journal=journal,
+            followers=_followers(point_in_time, verifiers, generations),
+            point_in_time=point_in_time,
+            registry=registry,
+            # The point-in-time object also says what each server is started with.
             server_extras=point_in_time,
         )
-        manager.point_in_time = point_in_time
-        if point_in_time is not None:
-            manager.after_start.append(point_in_time.started)
-            manager.after_discard.append(point_in_time.drop)
-        if source is not None and generations is None:
-            manager.main_progress = source.describe_progress
         data_plane = choose_data_plane(settings.data_plane)
-        verifiers = open_verifiers(manager, settings)
         proxy = Proxy.from_settings(manager, settings, data_dir, verifiers, data_plane)
         snapshots = (
             SnapshotStore(data_dir / "snapshots", storage, journal)

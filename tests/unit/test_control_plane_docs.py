@@ -17,6 +17,8 @@ import prism.api.auth
 import prism.api.routes
 import prism.api.sameorigin
 import prism.branches
+import prism.branchpolicy
+import prism.branchservers
 from prism.api.app import create_app
 from prism.api.errors import _STATUS
 from prism.cli import build_parser
@@ -73,7 +75,11 @@ def test_every_error_code_is_documented(code: str) -> None:
 
 
 def _event_types() -> list[str]:
-    return sorted(_string_args(prism.branches, "publish", 0) | {"snapshot", "overflow"})
+    # Status events go through the registry's one transition (its third argument).
+    kinds = {"snapshot", "overflow"}
+    for module in (prism.branches, prism.branchservers, prism.branchpolicy):
+        kinds |= _string_args(module, "publish", 0) | _string_args(module, "transition", 2)
+    return sorted(kinds)
 
 
 @pytest.mark.parametrize("kind", _event_types())
