@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from prism.pgbin import PgInstall
-from prism.runtime import landlock, process
+from prism.runtime import _process_dirs, landlock
 from prism.runtime.base import BindMount
 from prism.runtime.landlock import Support
 from prism.runtime.process import ProcessRuntime
@@ -114,7 +114,7 @@ def test_a_nameless_prism_user_keeps_sockets_private_and_says_what_is_lost(
     install = PgInstall(_BIN, "18.0", os.geteuid(), os.getegid(), "nobody-at-all")
     named = ProcessRuntime(install, run_dir=tmp_path, log_dir=tmp_path, sandbox_policy=_POLICY)
     assert named.confinement().complete
-    monkeypatch.setattr(process, "_user_name", lambda uid: None)
+    monkeypatch.setattr(_process_dirs, "user_name", lambda uid: None)
     nameless = ProcessRuntime(install, run_dir=tmp_path, log_dir=tmp_path, sandbox_policy=_POLICY)
     report = nameless.confinement()
     assert not report.complete

@@ -5,7 +5,7 @@ PROGRAM``), native code (``CREATE FUNCTION ... LANGUAGE C``) and network clients
 postgres_fdw) as the server's user. The container confines them:
 
 * **Files**: only the branch's own data directory, its private socket directory and the WAL
-  archives it keeps or recovers from are mounted (:mod:`prism.runtime.docker`); the root
+  archives it keeps or recovers from are mounted (:mod:`prism.runtime._docker_config`); the root
   filesystem is read-only (a small tmpfs on ``/tmp``), every capability is dropped and
   ``no-new-privileges`` is set.
 * **Network**: a seccomp filter denies every outbound connection: ``connect``, TCP Fast Open

@@ -2,28 +2,40 @@
 
 The process and docker runtimes both read ``postmaster.pid`` for readiness, tell a live process
 from a reused pid by its start time in /proc, give each server a private socket directory, pick
-free ports and quote the last lines of a log in errors. This is their one home, so a fix to any
+free ports (trying another when a server lost its port) and quote the last lines of a log in
+errors. This is their one home, so a fix to any
 of it (say, which pid-file status means ready) reaches both runtimes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import socket
 import stat
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from prism.errors import RuntimeStartFailed
 from prism.runtime.base import SharedDir
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 LOOPBACK = "127.0.0.1"
 # Postgres writes "ready" once it accepts connections (a hot standby too). "standby" is not
 # ready: it means "up, won't accept connections" (pidfile.h), written when recovery begins.
 READY_STATUS = "ready"
+PID_POLL_S = 0.005
+"""How often a starting server's ``postmaster.pid`` is read: nothing signals a change of it."""
+_PORT_ATTEMPTS = 5
+# What a server's log says when another process took its port between picking and binding.
+_BIND_FAILURES = ("could not bind", "Address already in use")
 # sun_path holds 108 bytes including the terminating NUL.
 _SOCKET_PATH_MAX = 107
 _LOG_TAIL_LINES = 10
@@ -135,6 +147,34 @@ def free_port() -> int:
         sock.bind((LOOPBACK, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def bind_failed(log_tail: str) -> bool:
+    """Whether a server that exited during start-up lost its port (then another is tried)."""
+    return any(marker in log_tail for marker in _BIND_FAILURES)
+
+
+async def on_a_free_port(
+    launch: Callable[[int], Awaitable[T]],
+    *,
+    branch: str,
+    what: str,
+    pick_port: Callable[[], int] = free_port,
+) -> T:
+    """``launch(port)`` on a port from ``pick_port``, again while it raises ``PortTaken``.
+
+    A free port can be taken by another process before the server binds it; a few attempts
+    make that race harmless. ``what`` (server, container) names the loser in the error.
+    """
+    for attempt in range(1, _PORT_ATTEMPTS + 1):
+        port = pick_port()
+        try:
+            return await launch(port)
+        except PortTaken:
+            log.debug("port taken before bind branch=%s port=%d try=%d", branch, port, attempt)
+    raise RuntimeStartFailed(
+        f"the {what} of branch {branch} found no free port in {_PORT_ATTEMPTS} attempts"
+    )
 
 
 def last_lines(text: str) -> str:

@@ -1,17 +1,13 @@
 """The docker runtime: each branch's Postgres server is a container on the branch's clone.
 
-One container per branch, ``prism-<branch>``, labelled so a restarted Prism finds it again. The
-clone is bind-mounted as the data directory and the container runs as the directory's owner
-(read with ``os.stat``), so any ``postgres:*`` image works whatever uid its ``postgres`` user
-has. Prism starts ``postgres -D ...`` itself instead of the image's entrypoint: the entrypoint's
-checks and ``chown``s are start-up time a branch does not need.
-
-This module is the runtime itself (starting, adopting, stopping containers); engine access
-(every blocking SDK call in a thread, errors as PrismErrors, the network mode) is in
-:mod:`prism.runtime._docker_engine`, and which image serves which data, with its ``initdb``,
-in :mod:`prism.runtime._docker_image`. Readiness is the status line Postgres writes to
-``postmaster.pid`` in the bind-mounted data directory, polled every few milliseconds on the
-host: no fixed sleeps, no probe connections.
+One container per branch, ``prism-<branch>``, labelled so a restarted Prism finds it again.
+This module is the runtime itself: which containers Prism knows to be running, starting and
+stopping them, adopting those an earlier Prism left, and reaping the strays reconcile finds.
+What a container is made of (its owner, settings, mounts, labels, command) is in
+:mod:`prism.runtime._docker_config`; creating one and waiting for its server to be ready in
+:mod:`prism.runtime._docker_launch`; engine access (every blocking SDK call in a thread, errors
+as PrismErrors, the network mode) in :mod:`prism.runtime._docker_engine`; and which image serves
+which data, with its ``initdb``, in :mod:`prism.runtime._docker_image`.
 
 Reaching a server:
 
@@ -25,10 +21,10 @@ Reaching a server:
 * ``auto``: ``host`` when the engine shares this Linux kernel (and is not rootless: a rootless
   engine's "host" network is its own namespace), ``published-port`` otherwise.
 
-Where the engine shares this kernel, a private per-branch host directory is bind-mounted as the
-server's Unix socket directory: Prism's trusted service connection. Prism's own ``pg_hba.conf``
-lives there too (``hba_file``), so a data directory's own rules (production's, after a base
-backup of a source) cannot lock Prism out.
+Where the engine shares this kernel, a private per-branch host directory is the server's Unix
+socket directory: Prism's trusted service connection. Prism's own ``pg_hba.conf`` lives there
+too (``hba_file``), so a data directory's own rules (production's, after a base backup of a
+source) cannot lock Prism out.
 
 Every server container runs in the sandbox of :mod:`prism.runtime._docker_sandbox` (a branch's
 superuser is an attacker: it opens no connection, sees no other data, holds no capability); a
@@ -43,117 +39,57 @@ from __future__ import annotations
 
 import functools
 import logging
-import stat
 import tempfile
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import docker.errors
 import trio
 from docker.models.containers import Container
-from docker.types import Mount
 
-from prism import serverconf
 from prism.address import BackendAddress
 from prism.config import DockerNetwork
 from prism.errors import ConfigError, PrismError, RuntimeStartFailed, RuntimeStopFailed
 from prism.names import MAIN_BRANCH
 from prism.pgbin import embedded_bin_dir, server_version
 from prism.runtime import _docker_sandbox as sandbox
+from prism.runtime._docker_config import (
+    CONTAINER_ARCHIVE,
+    CONTAINER_PATHS,
+    container_name,
+    prepare_launch,
+    seen_in_container,
+)
 from prism.runtime._docker_engine import (
     LABEL_BRANCH,
-    LABEL_MANAGED,
-    LABEL_NETWORK,
-    LABEL_PARENT,
     LABEL_PGDATA,
-    LABEL_PORT,
     LABEL_SANDBOX,
     LABEL_SOCKET_DIR,
     DockerEngine,
 )
-from prism.runtime._docker_image import DEFAULT_IMAGE, MAJOR_FIELD, ImageInfo, Images
+from prism.runtime._docker_image import DEFAULT_IMAGE, MAJOR_FIELD, Images
+from prism.runtime._docker_launch import ContainerServer, Launcher, NameTaken
 from prism.runtime._docker_tools import ContainerSourceTools, require_reachable
-from prism.runtime._postmaster import (
-    LOOPBACK,
-    PortTaken,
-    exit_failure,
-    free_port,
-    hand_over,
-    make_socket_dir,
-    read_pidfile,
-    remove_dir,
-    socket_dir_for,
-    start_ticks,
-)
-from prism.runtime.base import BindMount, Confinement, ServerExtras, Share, SharedDir
+from prism.runtime._postmaster import remove_dir, socket_dir_for
+from prism.runtime.base import BindMount, Confinement, ServerExtras
 
 if TYPE_CHECKING:
     from prism.config import Settings
 
+# Where other packages and the tests have always found them.
+__all__ = [
+    "CONTAINER_ARCHIVE",
+    "CONTAINER_PATHS",
+    "LABEL_PGDATA",
+    "DockerRuntime",
+    "container_name",
+    "open_docker_runtime",
+    "seen_in_container",
+]
+
 log = logging.getLogger(__name__)
 
-CONTAINER_PREFIX = "prism-"
-_SOCKET_TARGET = "/var/run/prism"
-_CONTAINER_PORT = 5432
-_PID_POLL_S = 0.005
-# Asking the engine costs a thread and an HTTP round trip; an early exit may be noticed a
-# little later than readiness would be.
-_EXIT_POLL_S = 0.05
-_PORT_ATTEMPTS = 5
 # Enough of a server log for the walreceiver's last failure (it retries every 5 s).
 _SERVER_LOG_LINES = 500
-
-CONTAINER_ARCHIVE = PurePosixPath("/var/lib/prism/wal-archive")
-"""Where a container sees its own branch's WAL archive (read-write)."""
-CONTAINER_PATHS = {
-    Share.WAL_ARCHIVE: CONTAINER_ARCHIVE,
-    Share.RESTORE_ARCHIVE: PurePosixPath("/var/lib/prism/restore/archive"),
-    Share.RESTORE_WAL: PurePosixPath("/var/lib/prism/restore/pg_wal"),
-}
-"""Where a container sees each directory it is given: the same fixed paths on every host,
-whatever the host paths are."""
-
-
-def seen_in_container(shared: SharedDir) -> PurePosixPath:
-    """Where a branch's container sees a directory it is given (``ServerExtras.resolve``)."""
-    return CONTAINER_PATHS[shared.share]
-
-
-@dataclass(frozen=True)
-class _Launch:
-    """What one container start is made of, whatever port it gets."""
-
-    branch: str
-    pgdata: Path
-    parent: str | None
-    info: ImageInfo
-    mode: DockerNetwork
-    uid: int
-    gid: int
-    socket_dir: Path | None
-    # The settings Prism overrides on this data (serverconf); the image's libraries are unknown,
-    # so shared_preload_libraries is left alone.
-    owned: dict[str, str]
-    # Whether the sandbox lets it connect out (main following a source, --branch-egress).
-    outbound: bool
-    # Host directories beyond the data and socket ones (a WAL archive: prism.pitr; main's
-    # passfile for its walreceiver, when it follows a source).
-    mounts: tuple[BindMount, ...] = ()
-
-
-@dataclass
-class _Server:
-    """One container Prism knows to be running."""
-
-    branch: str
-    container_id: str
-    pgdata: Path
-    address: BackendAddress
-    # The container's init process on this host, to tell cheaply (no engine call) whether it
-    # still runs; None when the engine runs elsewhere (Docker Desktop) and the pid means nothing.
-    host_pid: int | None
-    start_ticks: str | None
 
 
 class DockerRuntime:
@@ -177,13 +113,12 @@ class DockerRuntime:
     ) -> None:
         self._run_dir = run_dir
         self._branch_egress = branch_egress
-        self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
-        self._shm_size = shm_size
         self._copy_on_write = copy_on_write  # the storage's: which WAL settings fit it
         self._engine = DockerEngine(docker_host=docker_host, network_mode=network_mode)
         self._images = Images(self._engine, image, default_major)
-        self._servers: dict[str, _Server] = {}
+        self._launcher = Launcher(self._engine, shm_size=shm_size, start_timeout=start_timeout)
+        self._servers: dict[str, ContainerServer] = {}
         self._main_mounts: tuple[BindMount, ...] = ()
 
     # --- the Runtime contract ----------------------------------------------------------------
@@ -219,39 +154,24 @@ class DockerRuntime:
         started = trio.current_time()
         info = await self._images.for_data(branch, pgdata)
         mode = await self._engine.network()
-        uid, gid = await trio.to_thread.run_sync(_server_owner, pgdata)
-        extras = extras or ServerExtras()
-        await trio.to_thread.run_sync(hand_over, extras.dirs, (uid, gid))
         socket_dir = self._socket_dir(branch) if self._engine.local_engine else None
-        if socket_dir is not None:
-            await trio.to_thread.run_sync(make_socket_dir, socket_dir, (uid, gid))
-        configured = await trio.to_thread.run_sync(serverconf.configured_values, pgdata)
-        owned = serverconf.overrides(
-            configured, has_library=None, copy_on_write=self._copy_on_write
-        )
-        if socket_dir is not None:
-            owned.update(await trio.to_thread.run_sync(_prism_files, socket_dir, (uid, gid)))
-        extra_settings, mounts = extras.resolve(seen_in_container)
-        owned.update(extra_settings)
-        mounts += self._main_mounts if branch == MAIN_BRANCH else ()
-        spec = _Launch(
+        spec = await prepare_launch(
             branch,
             pgdata,
-            parent,
-            info,
-            mode,
-            uid,
-            gid,
-            socket_dir,
-            owned,
-            self._outbound(branch),
-            mounts,
+            parent=parent,
+            info=info,
+            mode=mode,
+            socket_dir=socket_dir,
+            extras=extras or ServerExtras(),
+            main_mounts=self._main_mounts,
+            copy_on_write=self._copy_on_write,
+            outbound=self._outbound(branch),
         )
-        launch = functools.partial(self._launch_on_a_free_port, spec)
+        launch = functools.partial(self._launcher.launch, spec)
         try:
             try:
                 server = await launch()
-            except _NameTaken:
+            except NameTaken:
                 # Asked only now, not before every start: an engine round trip saved on the
                 # hot path. A running container of ours is adopted; a stopped leftover (a
                 # crash, a failed removal) is removed by adopt() and the launch tried again.
@@ -273,7 +193,7 @@ class DockerRuntime:
             server.address.host,
             server.address.port,
             mode,
-            uid,
+            spec.uid,
             (trio.current_time() - started) * 1000,
         )
         return server.address
@@ -358,17 +278,8 @@ class DockerRuntime:
             log.warning("restarting container into the current sandbox branch=%s", branch)
             await self.stop(branch)
             return None
-        server = self._server_from(branch, pgdata, container)
-        with trio.move_on_after(self._start_timeout) as scope:
-            # Polling: Postgres signals readiness only by rewriting a file.
-            while not _pidfile_ready(pgdata, None):  # noqa: ASYNC110
-                await trio.sleep(_PID_POLL_S)
-        if scope.cancelled_caught:
-            raise RuntimeStartFailed(
-                f"the running container of branch {branch} did not become ready within "
-                f"{self._start_timeout:g} s",
-                hint=await self._engine.log_tail(container),
-            )
+        server = self._launcher.server_from(branch, pgdata, container)
+        await self._launcher.wait_adopted_ready(branch, pgdata, container)
         self._servers[branch] = server
         log.info(
             "container adopted branch=%s container=%s address=%s:%d",
@@ -460,7 +371,7 @@ class DockerRuntime:
         server = self._servers.get(branch)
         if server is None:
             return None
-        if server.host_pid is None or start_ticks(server.host_pid) == server.start_ticks:
+        if server.running():
             return server.address
         del self._servers[branch]
         log.warning("container exited unexpectedly branch=%s", branch)
@@ -471,230 +382,7 @@ class DockerRuntime:
         self._servers.clear()
         await self._engine.aclose()
 
-    # --- starting one container --------------------------------------------------------------
-
-    async def _launch_on_a_free_port(self, spec: _Launch) -> _Server:
-        """``_launch`` with a fresh port, again if another process took the port first."""
-        for attempt in range(1, _PORT_ATTEMPTS + 1):
-            # On the bridge each container has its own address; elsewhere ports are shared.
-            port = _CONTAINER_PORT if spec.mode is DockerNetwork.BRIDGE_IP else free_port()
-            try:
-                return await self._launch(spec, port)
-            except PortTaken:
-                log.debug("port taken branch=%s port=%d try=%d", spec.branch, port, attempt)
-        raise RuntimeStartFailed(
-            f"the container of branch {spec.branch} found no free port in {_PORT_ATTEMPTS} attempts"
-        )
-
-    async def _launch(self, spec: _Launch, port: int) -> _Server:
-        """Create and start the container, wait for readiness; remove it on any failure.
-
-        The low-level API creates the container in one call (the high-level ``create`` inspects
-        it afterwards too); the one inspect after the start gives the address and host pid.
-        """
-        branch, pgdata, info, mode = spec.branch, spec.pgdata, spec.info, spec.mode
-        name = container_name(branch)
-        # With the host's network the server shares the host's loopback: listen there only.
-        listen = LOOPBACK if mode is DockerNetwork.HOST else "*"
-        command = ["-D", info.pgdata, *serverconf.as_flags(spec.owned)]
-        command += ["-c", f"listen_addresses={listen}", "-c", f"port={port}"]
-        mounts = [Mount(info.pgdata, str(pgdata), type="bind")]
-        mounts += [
-            Mount(m.target, str(m.source), type="bind", read_only=m.read_only) for m in spec.mounts
-        ]
-        labels = {
-            LABEL_MANAGED: "true",
-            LABEL_BRANCH: branch,
-            LABEL_PARENT: spec.parent or "",
-            LABEL_PGDATA: str(pgdata),
-            LABEL_NETWORK: mode,
-            LABEL_PORT: str(port),
-            LABEL_SANDBOX: sandbox.label(outbound=spec.outbound),
-        }
-        if spec.socket_dir is not None:
-            mounts.append(Mount(_SOCKET_TARGET, str(spec.socket_dir), type="bind"))
-            labels[LABEL_SOCKET_DIR] = str(spec.socket_dir)
-            command += [
-                "-c",
-                f"unix_socket_directories={_SOCKET_TARGET}",
-                "-c",
-                "unix_socket_permissions=0700",
-            ]
-        else:
-            command += ["-c", "unix_socket_directories="]
-        published = mode is DockerNetwork.PUBLISHED_PORT
-        api = self._engine.api()
-        host_config = api.create_host_config(
-            mounts=mounts,
-            port_bindings={port: (LOOPBACK, port)} if published else None,
-            network_mode="host" if mode is DockerNetwork.HOST else None,
-            shm_size=self._shm_size,
-            **sandbox.host_config(
-                outbound=spec.outbound,
-                architecture=self._engine.architecture,
-                seccomp=self._engine.seccomp,
-            ),
-        )
-        before = _pidfile_stamp(pgdata)
-        t0 = trio.current_time()
-        try:
-            created: dict[str, Any] = await self._engine.call(
-                RuntimeStartFailed,
-                api.create_container,
-                info.image,
-                name=name,
-                entrypoint=["postgres"],
-                command=command,
-                user=f"{spec.uid}:{spec.gid}",
-                labels=labels,
-                ports=[port] if published else None,
-                stop_signal="SIGINT",
-                environment={"LC_ALL": "C"},
-                host_config=host_config,
-                passes=(docker.errors.APIError,),
-            )
-        except docker.errors.APIError as exc:
-            if exc.status_code == 409:
-                raise _NameTaken(
-                    f"a container named {name} already exists",
-                    hint=f"another Prism may be serving branch {branch}; or remove it: "
-                    f"docker rm -f {name}",
-                ) from exc
-            raise RuntimeStartFailed(
-                f"the container of branch {branch} could not be created: {exc.explanation or exc}"
-            ) from exc
-        container: Container = self._engine.containers().prepare_model(
-            {"Id": created["Id"], "Name": f"/{name}"}
-        )
-        try:
-            try:
-                t1 = trio.current_time()
-                await self._engine.call(
-                    RuntimeStartFailed, container.start, passes=(docker.errors.APIError,)
-                )
-            except docker.errors.APIError as exc:
-                if "address already in use" in str(exc).lower() or "port is already" in str(exc):
-                    raise PortTaken from exc
-                raise RuntimeStartFailed(
-                    f"the container of branch {branch} could not start: {exc.explanation or exc}",
-                    hint=await self._engine.log_tail(container),
-                ) from exc
-            t2 = trio.current_time()
-            await self._engine.call(RuntimeStartFailed, container.reload)
-            server = self._server_from(branch, pgdata, container)
-            t3 = trio.current_time()
-            with trio.move_on_after(self._start_timeout) as scope:
-                await self._wait_ready(server, container, before)
-            if scope.cancelled_caught:
-                raise RuntimeStartFailed(
-                    f"the server of branch {branch} was not ready within {self._start_timeout:g} s",
-                    hint=await self._engine.log_tail(container),
-                )
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await self._engine.remove_quietly(container)
-            raise
-        # The split shows where start-up time goes (the benchmark reads it from the log).
-        log.debug(
-            "container phases branch=%s create_ms=%d start_ms=%d inspect_ms=%d ready_ms=%d",
-            branch,
-            (t1 - t0) * 1000,
-            (t2 - t1) * 1000,
-            (t3 - t2) * 1000,
-            (trio.current_time() - t3) * 1000,
-        )
-        return server
-
-    async def _wait_ready(
-        self, server: _Server, container: Container, before: tuple[int, int] | None
-    ) -> None:
-        """Return when this start's ``postmaster.pid`` says ready; raise if the container exits.
-
-        ``before`` is the pid file's identity before the start: a clone or a crash leaves one
-        that may still say "ready", and it must not count.
-
-        Where the container's init process is visible in /proc, its exit is noticed there in
-        the same cheap poll; only then is the engine asked why. Otherwise a watcher asks the
-        engine every ``_EXIT_POLL_S``.
-        """
-        if server.host_pid is not None:
-            # Polling: Postgres signals readiness only by rewriting a file.
-            while not _pidfile_ready(server.pgdata, before):
-                if start_ticks(server.host_pid) != server.start_ticks:
-                    raise await self._exit_failure(server, container)
-                await trio.sleep(_PID_POLL_S)
-            return
-        # The watcher hands its verdict over instead of raising it, so the caller sees the
-        # error itself rather than an ExceptionGroup around it.
-        failure: list[Exception] = []
-        async with trio.open_nursery() as nursery:
-
-            async def watch_exit() -> None:
-                try:
-                    failure.append(await self._exit_failure(server, container))
-                except Exception as exc:  # the engine went away: re-raised below
-                    failure.append(exc)
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(watch_exit)
-            while not _pidfile_ready(server.pgdata, before):  # noqa: ASYNC110
-                await trio.sleep(_PID_POLL_S)
-            nursery.cancel_scope.cancel()
-        if failure:
-            raise failure[0]
-
-    async def _exit_failure(self, server: _Server, container: Container) -> Exception:
-        """Wait until ``container`` exits, then describe why, with the last lines of its log."""
-        while True:
-            await self._engine.call(RuntimeStartFailed, container.reload, abandon_on_cancel=True)
-            if container.status not in ("created", "running"):
-                break
-            await trio.sleep(_EXIT_POLL_S)
-        code = container.attrs.get("State", {}).get("ExitCode")
-        tail = await self._engine.log_tail(container)
-        log.warning(
-            "container exited during start-up branch=%s exit_code=%s log=%r",
-            server.branch,
-            code,
-            tail,
-        )
-        if "could not bind" in tail or "Address already in use" in tail:
-            return PortTaken()
-        how = f"exit code {code}"
-        return await trio.to_thread.run_sync(exit_failure, server.branch, how, tail, server.pgdata)
-
-    def _server_from(self, branch: str, pgdata: Path, container: Container) -> _Server:
-        """The address and liveness handle of a started (or adopted) container."""
-        labels = container.labels
-        attrs = container.attrs
-        mode = labels.get(LABEL_NETWORK, DockerNetwork.BRIDGE_IP)
-        port = int(labels.get(LABEL_PORT, _CONTAINER_PORT))
-        if mode in (DockerNetwork.PUBLISHED_PORT, DockerNetwork.HOST):
-            host = LOOPBACK
-        else:
-            host = _container_ip(attrs)
-            if not host:
-                raise RuntimeStartFailed(
-                    f"the container of branch {branch} has no IP address on a bridge network",
-                    hint="use --docker-network published-port",
-                )
-        socket_dir = labels.get(LABEL_SOCKET_DIR)
-        host_pid: int | None = int(attrs.get("State", {}).get("Pid") or 0) or None
-        ticks = (
-            start_ticks(host_pid) if host_pid is not None and self._engine.local_engine else None
-        )
-        if ticks is None:
-            host_pid = None
-        return _Server(
-            branch=branch,
-            container_id=container.id or "",
-            pgdata=pgdata,
-            address=BackendAddress(
-                host=host, port=port, service_socket_dir=Path(socket_dir) if socket_dir else None
-            ),
-            host_pid=host_pid,
-            start_ticks=ticks,
-        )
+    # --- helpers -----------------------------------------------------------------------------
 
     async def _find(self, branch: str, error: type[PrismError]) -> Container | None:
         """The container of ``branch`` Prism made, running or not, by name and label."""
@@ -712,16 +400,6 @@ class DockerRuntime:
     def _socket_dir(self, branch: str) -> Path:
         """The branch's private socket directory, short enough for a Unix socket path."""
         return socket_dir_for(self._run_dir, branch, Path(tempfile.gettempdir()) / "prism-docker")
-
-
-def container_name(branch: str) -> str:
-    """The container of ``branch``: a generation of main being made (``gen:2``) has a ``:``,
-    which a container name may not; ``.`` takes its place, a character no branch name has."""
-    return f"{CONTAINER_PREFIX}{branch.replace(':', '.')}"
-
-
-class _NameTaken(RuntimeStartFailed):
-    """A container of the branch's name exists already (running, or left over)."""
 
 
 async def open_docker_runtime(
@@ -746,71 +424,5 @@ async def open_docker_runtime(
     return runtime
 
 
-# --- blocking helpers (run in threads) ---------------------------------------------------------
-
-
-def _pidfile_stamp(pgdata: Path) -> tuple[int, int] | None:
-    """Identity of the current ``postmaster.pid`` (inode, mtime), None if there is none."""
-    try:
-        info = (pgdata / "postmaster.pid").stat()
-    except OSError:
-        return None
-    return info.st_ino, info.st_mtime_ns
-
-
-def _pidfile_ready(pgdata: Path, before: tuple[int, int] | None) -> bool:
-    """Whether a pid file written since ``before`` says the server accepts connections.
-
-    In a container the postmaster is pid 1, as it was in the container that left a stale file,
-    so the pid cannot tell old from new; the file's identity can, because Postgres rewrites it.
-    """
-    if before is not None and _pidfile_stamp(pgdata) == before:
-        return False
-    pidfile = read_pidfile(pgdata)
-    return pidfile is not None and pidfile.ready
-
-
-def _prism_files(socket_dir: Path, owner: tuple[int, int]) -> dict[str, str]:
-    """Prism's ``pg_hba.conf`` and ident map in the server's socket directory, as settings.
-
-    As with the process runtime, the data's own ``pg_hba.conf`` (production's, after a base
-    backup: no local trust) must not lock Prism's service connection out.
-    """
-    hba, ident = serverconf.write_prism_files(socket_dir, owner)
-    return {
-        "hba_file": f"{_SOCKET_TARGET}/{hba.name}",
-        "ident_file": f"{_SOCKET_TARGET}/{ident.name}",
-    }
-
-
 def _same_path(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
-
-
-def _server_owner(pgdata: Path) -> tuple[int, int]:
-    """The uid:gid the server runs as: the data directory's owner, never root."""
-    try:
-        info = pgdata.stat()
-    except OSError as exc:
-        raise RuntimeStartFailed(
-            f"the data directory {pgdata} cannot be read: {exc.strerror or exc}"
-        ) from exc
-    if not stat.S_ISDIR(info.st_mode):
-        raise RuntimeStartFailed(f"the data directory {pgdata} does not exist")
-    if info.st_uid == 0:
-        raise RuntimeStartFailed(
-            f"the data directory {pgdata} is owned by root, and Postgres refuses to run as root",
-            hint=f"chown -R it to the uid the image's postgres user has (e.g. chown -R 999:999 "
-            f"{pgdata} for the Debian postgres images, 70:70 for alpine)",
-        )
-    return info.st_uid, info.st_gid
-
-
-def _container_ip(attrs: dict[str, Any]) -> str:
-    settings = attrs.get("NetworkSettings", {})
-    if settings.get("IPAddress"):
-        return str(settings["IPAddress"])
-    for network in (settings.get("Networks") or {}).values():
-        if network.get("IPAddress"):
-            return str(network["IPAddress"])
-    return ""
