@@ -18,8 +18,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from prism.api.sameorigin import host_name
 from prism.errors import ConfigError
+from prism.hostnames import host_name
 
 # ASCII only: ``\d`` alone would also read Arabic-Indic or Devanagari digits as numbers.
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.ASCII)

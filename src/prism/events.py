@@ -16,12 +16,10 @@ import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import trio
-
-from prism.state import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +31,7 @@ RECENT_EVENTS = 100
 
 def event_time() -> str:
     """``2026-11-24T22:01:43.123Z``: RFC 3339, UTC, milliseconds (events are often sub-second)."""
-    return utcnow().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 class Subscription:

@@ -7,7 +7,6 @@ import pytest
 from prism.api.sameorigin import (
     Arrival,
     Origin,
-    host_name,
     is_json,
     is_served_host,
     refusal,
@@ -15,6 +14,7 @@ from prism.api.sameorigin import (
     same_origin,
     split_host,
 )
+from prism.hostnames import host_name
 
 SERVED = ("prism.example",)
 

@@ -16,7 +16,8 @@ from quart.wrappers.base import BaseRequestWebsocket
 from quart_trio import QuartTrio
 
 from prism.api.errors import ApiError
-from prism.api.sameorigin import Arrival, host_name, refusal
+from prism.api.sameorigin import Arrival, refusal
+from prism.hostnames import host_name
 
 log = logging.getLogger(__name__)
 

@@ -29,6 +29,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from prism.hostnames import host_name
+
 #: Methods that only read. Everything else is checked: a whitelist, so a verb added later (or an
 #: odd one a client makes up) is state-changing until someone says otherwise.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -40,26 +42,7 @@ _ANY_HOST_PATHS = frozenset({"/healthz"})
 _DEFAULT_PORT = {"http": 80, "https": 443}
 #: A WebSocket handshake's scheme, as the page that opened it sees its own origin.
 _PAGE_SCHEME = {"ws": "http", "wss": "https", "http": "http", "https": "https"}
-_DNS_NAME = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*")
 _HOST_PORT = re.compile(r"(?P<name>\[[^\]]*\]|[^:\[\]]*)(?::(?P<port>\d{1,5}))?")
-
-
-def host_name(text: str) -> str | None:
-    """``text`` as a comparable host name: lower case, no trailing dot, an IP in its canonical
-    form (IPv6 without brackets); None if it is neither a DNS name nor an IP address."""
-    name = text.strip().lower()
-    if name.startswith("[") and name.endswith("]"):
-        name = name[1:-1]
-        try:
-            return str(ipaddress.IPv6Address(name))
-        except ValueError:
-            return None
-    name = name.removesuffix(".")
-    try:
-        return str(ipaddress.ip_address(name))
-    except ValueError:
-        pass
-    return name if len(name) <= 253 and _DNS_NAME.fullmatch(name) else None
 
 
 def split_host(header: str) -> tuple[str, int | None] | None:
