@@ -34,7 +34,7 @@ import os
 import platform
 import socket
 import struct
-from typing import Final
+from typing import Final, Protocol
 
 # bpf(2) commands
 _MAP_CREATE: Final = 0
@@ -164,7 +164,19 @@ def _address(buffer: ctypes.Array[ctypes.c_char]) -> int:
     return ctypes.addressof(buffer)
 
 
-def cookie(sock: socket.socket) -> int:
+class KernelSocket(Protocol):
+    """What the sockmap needs of a socket: its descriptor and its cookie.
+
+    Both the standard library's sockets and trio's wrappers have these; the sockmap takes
+    either, so the data plane can hand over the sockets of its trio streams as they are.
+    """
+
+    def fileno(self) -> int: ...
+
+    def getsockopt(self, level: int, optname: int, buflen: int, /) -> bytes: ...
+
+
+def cookie(sock: KernelSocket) -> int:
     """The kernel's cookie of ``sock``: the key its peer is stored under."""
     value: int = struct.unpack("=Q", sock.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8))[0]
     return value
@@ -247,7 +259,7 @@ class Sockmap:
         )
         _bpf(command, attr)
 
-    def join(self, a: socket.socket, b: socket.socket) -> tuple[int, int]:
+    def join(self, a: KernelSocket, b: KernelSocket) -> tuple[int, int]:
         """Relay ``a`` ⇄ ``b`` in the kernel; return the two keys that :meth:`leave` takes.
 
         Each socket goes into *peers* under its peer's cookie, then both into *relayed*: from
