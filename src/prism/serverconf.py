@@ -61,6 +61,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 HBA_FILE_NAME = "prism_hba.conf"
+AUTO_CONF = "postgresql.auto.conf"
 IDENT_FILE_NAME = "prism_ident.conf"
 
 #: ``pg_hba.conf`` of every server Prism starts: its service socket is private (0700), so
@@ -159,7 +160,7 @@ def parse_conf(text: str) -> dict[str, str]:
 def configured_values(pgdata: Path) -> dict[str, str]:
     """What ``postgresql.conf`` then ``postgresql.auto.conf`` in ``pgdata`` set (later wins)."""
     values: dict[str, str] = {}
-    for name in ("postgresql.conf", "postgresql.auto.conf"):
+    for name in ("postgresql.conf", AUTO_CONF):
         try:
             values.update(parse_conf((pgdata / name).read_text(encoding="utf-8", errors="replace")))
         except OSError:
@@ -278,7 +279,6 @@ def write_private(path: Path, content: str, readable_by: tuple[int, int] | None)
 
 # ---- replication and recovery in the data directory --------------------------------------
 
-AUTO_CONF = "postgresql.auto.conf"
 _REPLICATION_SETTINGS = (
     "primary_conninfo",
     "primary_slot_name",
