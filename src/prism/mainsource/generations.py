@@ -172,7 +172,7 @@ class Generations:
     # ---- generation 1 ------------------------------------------------------------------------
 
     async def make_first(self, pgdata: Path) -> None:
-        """Fill main's empty ``pgdata`` with generation 1 (``BranchManager``'s ``make_main``)."""
+        """Fill main's empty ``pgdata`` with generation 1 (its ``MainOrigin.make``)."""
         generation = Generation(1, utcnow())
         self.events.publish("refresh_started", MAIN_BRANCH, generation=1)
         started = trio.current_time()
