@@ -44,7 +44,6 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -85,6 +84,8 @@ from prism.followers import Followers
 from prism.hooks import HookCommands
 from prism.intents import CreateIntent, InitdbIntent, ResetIntent, ResetPhase
 from prism.journal import Journal
+from prism.mainsource.base import MainOrigin
+from prism.mainsource.initdb import InitdbMain
 from prism.names import MAIN_BRANCH, validate_branch_name
 from prism.pgclient import connect_branch
 from prism.pitr import PointInTime
@@ -101,23 +102,10 @@ from prism.recovery import recover as run_recovery
 from prism.runtime.base import Runtime, ServerExtrasSource
 from prism.schemadiff import SchemaDiff, diff_schemas, read_schema
 from prism.sessions import ClientSession, SessionRegistry
-from prism.state import Generation, StateStore, rfc3339, utcnow
+from prism.state import StateStore, rfc3339, utcnow
 from prism.storage.base import Storage
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class MainOrigin:
-    """How main is made and kept when it is not by initdb alone."""
-
-    make: Callable[[Path], Awaitable[None]] | None = None
-    """Fills main's empty data directory instead of initdb (a base backup, a first dump)."""
-    progress: Callable[[], str] | None = None
-    """How far the making of main is, for the clients refused meanwhile (a base backup's
-    percent and time left); None: nothing to tell."""
-    refresh: Callable[[], Awaitable[Generation]] | None = None
-    """Makes a new generation of main (``--source-mode dump``); None in other modes."""
 
 
 class BranchManager:
@@ -157,7 +145,8 @@ class BranchManager:
         self.policies = PolicyStore(state)
         self.disk = DiskUseCache(storage)
         events.add_listener(self.disk.observe)
-        self._main = main or MainOrigin()
+        # Without a source main is Prism's own initdb (``prism.mainsource`` chooses).
+        self._main = main or InitdbMain(runtime, superuser=superuser, password=password).origin
         self._followers = followers or Followers()
         # Not `or`: an empty registry is falsy, and the one given is shared with the role store.
         self._registry = registry if registry is not None else BranchRegistry(events)
@@ -202,10 +191,24 @@ class BranchManager:
         (``--snapshot-every``): what ``create`` with ``at`` needs."""
         self.refresh_main = self._main.refresh
         """Makes a new generation of main (``--source-mode dump``); None in other modes."""
-        self.opened = False
-        """Main is made and running: Prism is ready (``/healthz`` answers 200)."""
+        self._opened = trio.Event()
 
     # ---- queries -------------------------------------------------------------------------
+
+    @property
+    def opened(self) -> bool:
+        """Main is made and running: Prism is ready (``/healthz`` answers 200)."""
+        return self._opened.is_set()
+
+    async def wait_opened(self) -> None:
+        """Return once main is made and running (``open_main`` is done)."""
+        await self._opened.wait()
+
+    def making_main(self) -> bool:
+        """Whether main is still being made: listed, but its initdb, base backup or first
+        dump is not done."""
+        main = self._registry.get(MAIN_BRANCH)
+        return main is not None and main.status in MAKING
 
     def get(self, name: str) -> Branch | None:
         return self._registry.get(name)
@@ -303,7 +306,7 @@ class BranchManager:
         if MAIN_BRANCH not in self._registry:
             await self._create_main()
         await self.ensure_running(MAIN_BRANCH)
-        self.opened = True
+        self._opened.set()
 
     def check_available(self, name: str) -> None:
         """Refuse a client of ``name`` or its creation while main is still being made.
@@ -311,17 +314,12 @@ class BranchManager:
         A new branch would be cut from main, so only branches that exist already (none, on a
         new Prism) are left alone.
         """
-        main = self._registry.get(MAIN_BRANCH)
-        if main is None or main.status not in MAKING:
+        if not self.making_main():
             return
         if name != MAIN_BRANCH and name in self._registry:
             return
-        if self._main.progress is None:
-            what = "Prism is creating it (initdb)"
-        else:
-            what = self._main.progress()
         raise StartingUp(
-            f"branch main is not ready yet: {what}",
+            f"branch main is not ready yet: {self._main.progress()}",
             hint="connect again when it is done; GET /api/v1/branches/main shows the progress",
         )
 
@@ -339,15 +337,14 @@ class BranchManager:
         await self._servers.watch(interval=interval)
 
     async def _create_main(self) -> None:
-        """Initialise main (initdb, or ``make_main``: a base backup of a source); an intent
-        recorded first lets reconcile discard a crashed attempt."""
-        make = self._main.make
-        how = "initdb" if make is None else "base backup"
-        log.info("creating branch main: %s into %s", how, self.storage.path(MAIN_BRANCH))
+        """Make main the way its origin does (initdb, a base backup of a source, a first
+        dump); an intent recorded first lets reconcile discard a crashed attempt."""
+        origin = self._main
+        log.info("creating branch main: %s into %s", origin.how, self.storage.path(MAIN_BRANCH))
         started = trio.current_time()
         # Listed while it is made (clients of it are refused by check_available), never saved:
         # the intent below is what a crash leaves.
-        making = BranchStatus.PROVISIONING if make is None else BranchStatus.BACKING_UP
+        making = BranchStatus.BACKING_UP if origin.long else BranchStatus.PROVISIONING
         branch = Branch(MAIN_BRANCH, None, utcnow(), making)
         self._registry.add(branch)
         intent = InitdbIntent(MAIN_BRANCH)
@@ -356,10 +353,7 @@ class BranchManager:
         try:
             path = await self.storage.create(MAIN_BRANCH)
             crash_point("initdb:created")
-            if make is None:
-                await self.runtime.initdb(path, superuser=self._superuser, password=self._password)
-            else:
-                await make(path)
+            await origin.make(path)
             crash_point("initdb:initialised")
         except BaseException:
             self._registry.remove(MAIN_BRANCH)
@@ -798,6 +792,5 @@ __all__ = [
     "BranchStatus",
     "ClientSession",
     "Followers",
-    "MainOrigin",
     "is_idle",
 ]

@@ -22,7 +22,7 @@ from prism.names import MAIN_BRANCH, is_generation_name, is_snapshot_name
 from prism.policy import PolicyStore
 from prism.recovery import Owner
 from prism.runtime.base import Runtime
-from prism.source.standby import detach_clone
+from prism.serverconf import detach_clone
 from prism.state import StateStore, utcnow
 from prism.storage.base import Storage
 

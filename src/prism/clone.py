@@ -35,7 +35,7 @@ from prism.address import BackendAddress
 from prism.crashpoints import crash_point
 from prism.errors import StorageError
 from prism.pgclient import connect_branch
-from prism.source.standby import detach_clone
+from prism.serverconf import detach_clone
 from prism.storage.base import Storage
 
 log = logging.getLogger(__name__)

@@ -41,8 +41,8 @@ so a snapshot never collides with a branch and reconcile never takes one for a b
 
 
 GENERATION_PREFIX: Final = "gen:"
-"""Storage names of main's generations being restored (``gen:<number>``; ``prism.generations``),
-which a ``:`` keeps apart from branches like the snapshots."""
+"""Storage names of main's generations being restored (``gen:<number>``;
+``prism.mainsource.generations``), which a ``:`` keeps apart from branches like the snapshots."""
 
 
 def is_generation_name(name: str) -> bool:

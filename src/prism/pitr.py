@@ -55,6 +55,7 @@ from prism.journal import Journal
 from prism.names import MAIN_BRANCH
 from prism.pgclient import connect_branch
 from prism.runtime.base import SeenAt, ServerExtras, Share, SharedDir
+from prism.serverconf import is_recovering, is_standby, recover_to
 from prism.snapshots import (
     RETRY_SECONDS,
     Snapshot,
@@ -64,7 +65,6 @@ from prism.snapshots import (
     precise_time,
     take_snapshot,
 )
-from prism.source.standby import is_recovering, is_standby, recover_to
 from prism.state import parse_rfc3339, utcnow
 from prism.storage.base import Storage
 from prism.walarchive import WalArchive

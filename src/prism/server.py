@@ -8,7 +8,6 @@ import os
 import resource
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -18,7 +17,7 @@ from prism import secretfiles
 from prism.api.app import create_app
 from prism.api.closing import CloseAfterEarlyAnswer
 from prism.auth import VerifierStore, open_verifiers
-from prism.branches import BranchManager, MainOrigin
+from prism.branches import BranchManager
 from prism.branchstate import BranchRegistry
 from prism.capacity import Caps
 from prism.config import Settings, StorageKind
@@ -28,9 +27,9 @@ from prism.dsn import Endpoint
 from prism.errors import ConfigError
 from prism.events import EventBus
 from prism.followers import Followers
-from prism.generations import Generations, open_generations
 from prism.hooks import HookCommands
 from prism.journal import Journal
+from prism.mainsource import MainStrategy, open_main_source
 from prism.pitr import PointInTime, SnapshotSource, open_point_in_time
 from prism.policy import CreateDefaults
 from prism.proxy import Proxy
@@ -39,8 +38,6 @@ from prism.recovery import recover
 from prism.runtime import open_runtime
 from prism.runtime.base import Confinement
 from prism.snapshots import SnapshotStore
-from prism.source.follow import open_source
-from prism.source.health import read_health, watch_source
 from prism.state import StateStore
 from prism.storage import open_storage
 
@@ -118,10 +115,10 @@ def _bound(listener: trio.SocketListener) -> tuple[str, int]:
 def _followers(
     point_in_time: PointInTime | None,
     verifiers: VerifierStore | None,
-    generations: Generations | None,
+    main_source: MainStrategy,
 ) -> Followers:
     """What the parts that follow the branches' servers and data do, handed to the manager."""
-    followers = Followers()
+    followers = main_source.followers()
     if point_in_time is not None:
         followers += Followers(
             after_start=(point_in_time.started,), after_discard=(point_in_time.drop,)
@@ -132,8 +129,6 @@ def _followers(
             before_stop=(verifiers.snapshot,),
             after_discard=(verifiers.forget,),
         )
-    if generations is not None:
-        followers += Followers(after_clone=(generations.inherit,))
     return followers
 
 
@@ -163,15 +158,11 @@ class PrismServer:
         state = StateStore(data_dir / "prism.db")
         journal = Journal(state)
         events = EventBus(buffer=settings.event_buffer)
-        source = await open_source(settings, data_dir, events, runtime, journal=journal)
-        generations = open_generations(settings, source, storage, runtime, journal, events)
-        main = MainOrigin()
-        if generations is not None:
-            main = MainOrigin(make=generations.make_first, refresh=generations.refresh)
-        elif source is not None:
-            main = MainOrigin(make=source.make_main, progress=source.describe_progress)
+        main_source = await open_main_source(
+            settings, data_dir, storage=storage, runtime=runtime, journal=journal, events=events
+        )
         point_in_time = None
-        if generations is None:  # each generation is a new cluster: its WAL starts over
+        if main_source.keeps_history:
             point_in_time = open_point_in_time(settings, data_dir, storage, events, journal)
         # The registry first: the role store reads it, and the manager hears from the store.
         registry = BranchRegistry(events)
@@ -195,16 +186,15 @@ class PrismServer:
                 host=settings.listen.host,
                 port=_bound(pg_listener)[1],
                 superuser=settings.superuser,
-                # A standby of the source has the source's roles: Prism knows no password.
-                password=None if source is not None and generations is None else settings.password,
+                password=main_source.superuser_password,
                 tls=settings.tls,
             ),
-            main=main,
+            main=main_source.origin,
             hook_commands=HookCommands(
                 allowed=settings.allow_hook_commands, timeout=settings.hook_command_timeout
             ),
             journal=journal,
-            followers=_followers(point_in_time, verifiers, generations),
+            followers=_followers(point_in_time, verifiers, main_source),
             point_in_time=point_in_time,
             registry=registry,
             # The point-in-time object also says what each server is started with.
@@ -218,55 +208,37 @@ class PrismServer:
             else point_in_time.store
         )
         owners = [
+            *main_source.recovery_owners(),
             snapshots.recovery_owner(sweep=point_in_time is not None),
             manager.recovery_owner(),
         ]
-        if source is not None:
-            owners.append(source.recovery_owner(storage))
-        if generations is not None:
-            owners.append(generations.recovery_owner())
         try:
             # One pass, in the order prism.recovery declares; it refuses to start, touching
             # nothing, if the journal holds an intent none of these owners recovers.
             await recover(journal, owners)
-            # A base backup of a source may take hours: the API and the front door are served
-            # meanwhile, showing the progress and telling clients how far it is
-            # (manager.check_available). initdb, and a first dump (whose progress is in the
-            # log), are made before serving: clients wait in the backlog.
-            serve_early = source is not None and generations is None
-            if not serve_early:
+            # Main is made before serving (clients wait in the backlog) unless its strategy
+            # serves early: then the API shows the progress and clients are told how far it is
+            # (manager.check_available).
+            if not main_source.serve_early:
                 await manager.open_main()
-            if generations is not None:
-                generations.attach(manager)
             async with trio.open_nursery() as nursery:
+                # Before the front door: clones are followed, refreshes taken, from the first
+                # client on.
+                await nursery.start(main_source.keep, manager)
                 nursery.start_soon(trio.serve_listeners, proxy.handle, [pg_listener])
-                source_health = None
-                if source is not None and generations is None:
-                    watched = source
-
-                    async def source_health() -> dict[str, Any]:
-                        health = await read_health(watched, manager, superuser=settings.superuser)
-                        return health.view()
-
                 app = create_app(
                     manager,
                     api_token=settings.api_token,
                     served_names=(settings.api.host, *settings.api_hostname),
                     data_plane=data_plane,
-                    source_health=source_health,
+                    source_health=main_source.health(manager),
                     body_timeout=settings.api_body_timeout,
                     password_check=None if proxy.verifiers is None else proxy.verifiers.logs_in,
                 )
                 await nursery.start(_serve_api, app, api_listener)
-                if serve_early:
+                if main_source.serve_early:
                     await manager.open_main()
                 nursery.start_soon(manager.watch)
-                if generations is not None:
-                    run = functools.partial(generations.run, every=settings.refresh_every)
-                    await nursery.start(run)
-                elif source is not None:
-                    watch = functools.partial(watch_source, superuser=settings.superuser)
-                    nursery.start_soon(watch, source, manager)
                 if settings.idle_timeout > 0:
                     nursery.start_soon(
                         functools.partial(

@@ -1,9 +1,19 @@
-"""The server settings Prism owns, whatever the data directory's configuration says.
+"""A data directory's server configuration files: the one module that writes them.
 
-A main made from a base backup of production carries production's ``postgresql.conf``,
-``postgresql.auto.conf`` and ``pg_hba.conf``. Prism does not edit them (they are the source's,
-and a later refresh would bring them back); it starts every server with ``-c`` settings that
-win over both files:
+What a server reads besides its data is Prism's to say, and said here only:
+
+* **Prism's own files beside the data**: its ``pg_hba.conf`` and ident map
+  (``write_prism_files``) and a filtered copy of the data's ``postgresql.conf``
+  (``server_conf``), given to the server with ``-c hba_file``/``ident_file``/``config_file``.
+* **Replication and recovery in the data directory**: ``postgresql.auto.conf`` lines and the
+  signal files ``standby.signal`` / ``recovery.signal`` that make main a hot standby of its
+  source (``make_standby``), a clone of a standby open writable (``detach_clone``) and a clone
+  of a snapshot recover to a time (``recover_to``). Only settings Prism owns are rewritten
+  (``_REPLICATION_SETTINGS``); the rest of ``postgresql.auto.conf`` is kept as it is.
+
+The data's own ``postgresql.conf`` and ``pg_hba.conf`` are never edited: a main made from a base
+backup of production carries production's files, and a later refresh would bring them back.
+Every server starts instead with ``-c`` settings that win over them:
 
 * its own ``pg_hba.conf`` (``hba_file``): trust on the private 0700 socket directory for
   Prism's service connection, SCRAM over TCP for clients. Production's rules (no local trust,
@@ -25,7 +35,22 @@ win over both files:
 * ``shared_preload_libraries`` loses the libraries the binaries lack (a server refuses to start
   when one is missing); those present stay.
 
-The parsing here is sans-IO except for ``configured_value``, which reads the two files.
+Main as a standby, and clones of it:
+
+* main gets ``standby.signal`` and, appended to ``postgresql.auto.conf`` (later lines win),
+  ``primary_conninfo`` without the password (that is in Prism's private passfile) and the
+  optional ``primary_slot_name``. Postgres' own walreceiver then follows the source and retries
+  every ``wal_retrieve_retry_interval`` when it is gone: no Prism task is needed for either.
+* a clone of a standby loses ``standby.signal`` and every line naming the source, and starts
+  with no signal file at all: crash recovery, as a clone of a primary does. It replays all the
+  WAL it holds (main received and flushed it before replaying any of it, so every change in
+  the clone's pages is there) and opens writable on main's timeline, as of the instant it was
+  cloned; until then its server admits no client. Archive recovery (``recovery.signal``) would
+  do the same and then switch to a new timeline, which writes and fsyncs a whole WAL segment
+  and a history file: on btrfs that was most of a standby main's extra cold start
+  (``tools/bench/standby.py``, docs/benchmarks.md).
+
+The parsing here is sans-IO; ``configured_values`` reads the two files and the writers write.
 """
 
 from __future__ import annotations
@@ -36,6 +61,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 HBA_FILE_NAME = "prism_hba.conf"
+AUTO_CONF = "postgresql.auto.conf"
 IDENT_FILE_NAME = "prism_ident.conf"
 
 #: ``pg_hba.conf`` of every server Prism starts: its service socket is private (0700), so
@@ -134,7 +160,7 @@ def parse_conf(text: str) -> dict[str, str]:
 def configured_values(pgdata: Path) -> dict[str, str]:
     """What ``postgresql.conf`` then ``postgresql.auto.conf`` in ``pgdata`` set (later wins)."""
     values: dict[str, str] = {}
-    for name in ("postgresql.conf", "postgresql.auto.conf"):
+    for name in ("postgresql.conf", AUTO_CONF):
         try:
             values.update(parse_conf((pgdata / name).read_text(encoding="utf-8", errors="replace")))
         except OSError:
@@ -249,6 +275,110 @@ def write_private(path: Path, content: str, readable_by: tuple[int, int] | None)
     if readable_by is not None:
         os.chown(tmp, *readable_by)
     tmp.replace(path)
+
+
+# ---- replication and recovery in the data directory --------------------------------------
+
+_REPLICATION_SETTINGS = (
+    "primary_conninfo",
+    "primary_slot_name",
+    "restore_command",
+    "hot_standby",
+    "recovery_target_time",
+    "recovery_target_action",
+    "wal_retrieve_retry_interval",  # main's backoff (prism.source.backoff), not a branch's
+)
+
+
+def conf_line(name: str, value: str) -> str:
+    """``name = 'value'`` as postgresql.conf quotes it."""
+    return f"{name} = '{value.replace(chr(39), chr(39) * 2)}'\n"
+
+
+def is_standby(pgdata: Path) -> bool:
+    """Whether the server on ``pgdata`` runs as a standby (of the source)."""
+    return (pgdata / "standby.signal").exists()
+
+
+def is_recovering(pgdata: Path) -> bool:
+    """Whether the server on ``pgdata`` will start in archive recovery (a clone to a time, or
+    of a standby, that has not promoted yet)."""
+    return (pgdata / "recovery.signal").exists()
+
+
+def make_standby(pgdata: Path, *, primary_conninfo: str, slot: str | None) -> None:
+    """Configure main, fresh from a base backup, to follow the source."""
+    lines = [
+        "# Added by Prism: main follows the source as a hot standby.\n",
+        conf_line("primary_conninfo", primary_conninfo),
+        conf_line("primary_slot_name", slot or ""),
+        conf_line("restore_command", ""),
+        conf_line("hot_standby", "on"),
+    ]
+    _rewrite_auto_conf(pgdata, lines)
+    _write_owned(pgdata, "standby.signal", "")
+
+
+def detach_clone(pgdata: Path) -> bool:
+    """Make a clone of a standby recover to the end of the WAL it holds and open writable;
+    False if it is not a standby.
+
+    Nothing naming the source stays in the clone, so a branch can never reach it.
+    """
+    if not is_standby(pgdata):
+        return False
+    lines = [
+        "# Added by Prism: a branch recovers what it holds and opens writable.\n",
+        conf_line("primary_conninfo", ""),
+        conf_line("primary_slot_name", ""),
+    ]
+    _rewrite_auto_conf(pgdata, lines)
+    (pgdata / "standby.signal").unlink()
+    return True
+
+
+def recover_to(pgdata: Path, *, target_time: str) -> None:
+    """Make a clone of a snapshot replay archived WAL up to ``target_time``, then promote.
+
+    Commits at or before the target are kept, later ones are not (``recovery_target_inclusive``
+    is on by default). ``hot_standby = off`` keeps clients out until it has promoted. Its
+    ``restore_command`` is a start setting, given while it recovers (``prism.pitr``), since
+    it names paths as the server's runtime shows them; an earlier one here is dropped.
+    """
+    lines = [
+        "# Added by Prism: a branch as of a point in time.\n",
+        conf_line("primary_conninfo", ""),
+        conf_line("primary_slot_name", ""),
+        conf_line("recovery_target_time", target_time),
+        conf_line("recovery_target_action", "promote"),
+        conf_line("hot_standby", "off"),
+    ]
+    _rewrite_auto_conf(pgdata, lines)
+    _write_owned(pgdata, "recovery.signal", "")
+    (pgdata / "standby.signal").unlink(missing_ok=True)
+
+
+def _rewrite_auto_conf(pgdata: Path, lines: list[str]) -> None:
+    """Drop earlier source settings from ``postgresql.auto.conf`` and append ``lines``."""
+    path = pgdata / AUTO_CONF
+    try:
+        kept = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    except FileNotFoundError:
+        kept = ["# Do not edit this file manually!\n"]
+    kept = [
+        line
+        for line in kept
+        if line.split("=", 1)[0].strip().lower() not in _REPLICATION_SETTINGS
+        and not line.startswith("# Added by Prism")
+    ]
+    _write_owned(pgdata, AUTO_CONF, "".join(kept) + "".join(lines))
+
+
+def _write_owned(pgdata: Path, name: str, content: str) -> None:
+    """Write a file into ``pgdata`` atomically, owned like ``pgdata`` and private (0600)."""
+    owner = pgdata.stat()
+    readable_by = (owner.st_uid, owner.st_gid) if os.geteuid() == 0 else None
+    write_private(pgdata / name, content, readable_by)
 
 
 def _list_items(value: str) -> list[str]:

@@ -1,34 +1,14 @@
-"""Which settings give main generations (--source-mode dump), decided before anything is made."""
+"""The pieces of main's dump generations (--source-mode dump) that need no source."""
 
 from __future__ import annotations
 
 import subprocess
-from typing import Any
 
 import pytest
 
-from prism.config import Settings
-from prism.errors import ConfigError
-from prism.generations import Every, open_generations
+from prism.mainsource.generations import Every
 from prism.runtime._programs import pipe_script
 from prism.source.dump import roles_script
-
-# open_generations decides from the settings alone before it touches any of these.
-_UNUSED: Any = None
-
-
-def test_stream_mode_has_no_generations() -> None:
-    settings = Settings(source="host=db")
-    assert open_generations(settings, *[_UNUSED] * 5) is None
-
-
-def test_dump_mode_needs_a_source() -> None:
-    # Both runtimes dump (the docker one in containers of its images); only a missing source
-    # is refused.
-    settings = Settings(source_mode="dump", runtime="docker")
-    with pytest.raises(ConfigError, match="needs a source to dump") as caught:
-        open_generations(settings, *[_UNUSED] * 5)
-    assert caught.value.hint == "give --source CONNINFO"
 
 
 @pytest.mark.parametrize(

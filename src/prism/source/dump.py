@@ -1,11 +1,11 @@
 """Copying a source that forbids replication: its roles, then ``pg_dump | pg_restore``.
 
 Managed databases give no replication connection, so ``--source-mode dump`` copies the data
-logically into a fresh cluster (a new *generation* of main, see ``prism.generations``). What
-is copied: the roles (``pg_dumpall --roles-only``; with their password verifiers when the
-source lets the role read them, else without), then the one database the connection string
-names, dumped in the custom format and streamed straight into ``pg_restore`` through Prism, which
-counts the bytes for the progress. No file of the whole dump is ever written.
+logically into a fresh cluster (a new *generation* of main, see ``prism.mainsource.generations``).
+What is copied: the roles (``pg_dumpall --roles-only``; with their password verifiers when the
+source lets the role read them, else without), then the one database the connection string names,
+dumped in the custom format and streamed straight into ``pg_restore`` through Prism, which counts
+the bytes for the progress. No file of the whole dump is ever written.
 
 The role script is filtered (sans-IO) so the source cannot change Prism's own superuser; the
 coroutines run the real tools of the source's major version.

@@ -27,7 +27,7 @@ from prism.journal import Journal
 from prism.names import MAIN_BRANCH
 from prism.recovery import Owner
 from prism.runtime.base import Runtime, SourceTools, Tools
-from prism.source import standby
+from prism.serverconf import make_standby
 from prism.source.backoff import Backoff
 from prism.source.basebackup import (
     Progress,
@@ -133,7 +133,7 @@ class Source:
         crash_point("basebackup:copied")
         await trio.to_thread.run_sync(
             functools.partial(
-                standby.make_standby,
+                make_standby,
                 pgdata,
                 primary_conninfo=self.primary_conninfo(),
                 slot=self.slot,
@@ -194,13 +194,11 @@ async def open_source(
     runtime: Runtime,
     *,
     journal: Journal,
-) -> Source | None:
-    """The configured source, or None when main is Prism's own (no ``--source``).
+) -> Source:
+    """The source ``--source`` names (``prism.mainsource`` asks only when there is one).
 
     Its programs run where ``runtime`` runs servers (``Runtime.source_tools``).
     """
-    if not settings.source:
-        return None
     conninfo = parse_conninfo(settings.source)
     directory = data_dir / "source"
     if (

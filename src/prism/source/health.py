@@ -23,11 +23,11 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
-from prism.branches import BranchManager, BranchStatus
+from prism.address import BackendAddress
 from prism.errors import PrismError
 from prism.names import MAIN_BRANCH
 from prism.pgclient import ServiceConnection, connect_branch
@@ -49,6 +49,15 @@ SELECT (SELECT status FROM pg_stat_wal_receiver),
        extract(epoch FROM pg_last_xact_replay_timestamp()),
        (SELECT setting FROM pg_settings WHERE name = 'wal_retrieve_retry_interval')
 """
+
+
+class WatchedMain(Protocol):
+    """What reading main's health needs of the branches: where main runs, and whether it is
+    still being made (``prism.mainsource.base.MainHost`` is one)."""
+
+    def address(self, name: str) -> BackendAddress | None: ...
+
+    def making_main(self) -> bool: ...
 
 
 class SourceState(enum.Enum):
@@ -130,9 +139,9 @@ def reading(
 
 
 @contextlib.asynccontextmanager
-async def _main_service(manager: BranchManager, superuser: str) -> AsyncIterator[ServiceConnection]:
+async def _main_service(main: WatchedMain, superuser: str) -> AsyncIterator[ServiceConnection]:
     """Prism's own connection to main's running server; ``PrismError`` if it has none."""
-    address = manager.address(MAIN_BRANCH)
+    address = main.address(MAIN_BRANCH)
     if address is None or address.service_socket_dir is None:
         raise PrismError("main is not running")
     async with await connect_branch(
@@ -141,13 +150,12 @@ async def _main_service(manager: BranchManager, superuser: str) -> AsyncIterator
         yield service
 
 
-async def read_health(source: Source, manager: BranchManager, *, superuser: str) -> SourceHealth:
+async def read_health(source: Source, main: WatchedMain, *, superuser: str) -> SourceHealth:
     """Ask main how far behind the source it is; disconnected when main cannot be asked."""
-    main = manager.get(MAIN_BRANCH)
-    if source.backing_up or (main is not None and main.status is BranchStatus.BACKING_UP):
+    if source.backing_up or main.making_main():
         return SourceHealth(SourceState.BACKING_UP, backup=source.progress)
     try:
-        async with _main_service(manager, superuser) as service:
+        async with _main_service(main, superuser) as service:
             rows = await service.query(_QUERY)
     except PrismError as exc:
         log.debug("source health: cannot ask main: %s", exc.message)
@@ -163,14 +171,14 @@ async def read_health(source: Source, manager: BranchManager, *, superuser: str)
     return health
 
 
-async def watch_source(source: Source, manager: BranchManager, *, superuser: str) -> None:
+async def watch_source(source: Source, main: WatchedMain, *, superuser: str) -> None:
     """Publish a ``source`` event (and log) whenever main starts or stops streaming, or its
     retry interval changes; make that interval grow while the source is gone."""
     previous: tuple[SourceState, str | None, float | None] | None = None
     while True:
-        health = await read_health(source, manager, superuser=superuser)
+        health = await read_health(source, main, superuser=superuser)
         if health.retry_interval_s is not None:
-            health = await _back_off(source, manager, health, superuser=superuser)
+            health = await _back_off(source, main, health, superuser=superuser)
         now = (health.state, health.error, health.retry_interval_s)
         if now != previous and health.state is not SourceState.BACKING_UP:
             level = logging.WARNING if health.state is SourceState.DISCONNECTED else logging.INFO
@@ -183,13 +191,13 @@ async def watch_source(source: Source, manager: BranchManager, *, superuser: str
             )
             view = health.view()
             del view["backup"]
-            manager.events.publish("source", MAIN_BRANCH, **view)
+            source.events.publish("source", MAIN_BRANCH, **view)
             previous = now
         await trio.sleep(WATCH_INTERVAL_S)
 
 
 async def _back_off(
-    source: Source, manager: BranchManager, health: SourceHealth, *, superuser: str
+    source: Source, main: WatchedMain, health: SourceHealth, *, superuser: str
 ) -> SourceHealth:
     """Give main the retry interval the backoff wants now; ``health`` as it is then."""
     assert health.retry_interval_s is not None
@@ -201,7 +209,7 @@ async def _back_off(
     if wanted is None:
         return health
     try:
-        async with _main_service(manager, superuser) as service:
+        async with _main_service(main, superuser) as service:
             # Two statements: ALTER SYSTEM cannot run in the implicit transaction of one query.
             await service.query(f"ALTER SYSTEM SET wal_retrieve_retry_interval = '{wanted:g}s'")
             await service.query("SELECT pg_reload_conf()")

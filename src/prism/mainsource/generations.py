@@ -6,7 +6,7 @@ database (``prism.source.dump``). The first copy is main's generation 1. ``prism
 the API and the ``--refresh-every`` timer make the next one in a staging directory
 (``gen:<n>`` in the storage) while the old main keeps serving, then swap main to it:
 
-1. main is stopped under its lock (``BranchManager.replace_main``), and a ``RefreshIntent``
+1. main is stopped under its lock (``MainHost.replace_main``), and a ``RefreshIntent``
    (the staging name, the trash token and the generation) is recorded in the journal;
 2. main's directory goes to the trash (one rename), the staging directory takes its place
    (another rename), main's generation is recorded, the intent is dropped.
@@ -31,13 +31,13 @@ from pathlib import Path
 
 import trio
 
-from prism.branches import BranchManager
-from prism.config import Settings, SourceMode
 from prism.crashpoints import crash_point
-from prism.errors import BranchConflict, ConfigError, PrismError
+from prism.errors import BranchConflict, PrismError
 from prism.events import EventBus
+from prism.followers import Followers
 from prism.intents import RefreshIntent
 from prism.journal import Journal
+from prism.mainsource.base import HealthReader, MainHost, MainOrigin
 from prism.names import GENERATION_PREFIX, MAIN_BRANCH, is_generation_name
 from prism.recovery import Owner
 from prism.runtime.base import Runtime
@@ -103,7 +103,13 @@ class _Outcome:
 
 
 class Generations:
-    """Makes main's generations from the source and swaps main to a new one crash-safely."""
+    """``--source-mode dump``: makes main's generations from the source and swaps main to a
+    new one crash-safely (``MainStrategy``)."""
+
+    # The first dump is made before serving (its progress is in the log): clients wait.
+    serve_early = False
+    # Each generation is a new cluster: its WAL starts over.
+    keeps_history = False
 
     def __init__(
         self,
@@ -115,6 +121,7 @@ class Generations:
         *,
         superuser: str,
         password: str,
+        refresh_every: float = 0.0,
     ) -> None:
         self.source = source
         self.storage = storage
@@ -123,40 +130,49 @@ class Generations:
         self.events = events
         self.superuser = superuser
         self.password = password
+        self.refresh_every = refresh_every
         self.store = GenerationStore(journal.state)
-        self._manager: BranchManager | None = None
+        self._host: MainHost | None = None
         self._nursery: trio.Nursery | None = None
         self._running: _Outcome | None = None
         # pg_dump writes in small pieces: an event a second and a log line every 5 s.
         self._events_due, self._log_due = Every(1.0), Every(_LOG_EVERY_S)
+        self.origin = MainOrigin(
+            make=self.make_first,
+            how="dump",
+            progress=lambda: "Prism is copying the source (generation 1)",
+            long=True,
+            refresh=self.refresh,
+        )
 
-    # ---- wiring ------------------------------------------------------------------------------
+    # ---- the strategy's answers --------------------------------------------------------------
 
-    def attach(self, manager: BranchManager) -> None:
-        """Show every branch's generation; ``refresh`` swaps main through ``manager``.
+    @property
+    def superuser_password(self) -> str | None:
+        """Each generation is initialised by Prism, with the password it was given."""
+        return self.password
 
-        The manager was given ``inherit`` (a follower) and ``refresh`` (its ``MainOrigin``)
-        when ``prism.server`` built it.
-        """
-        self._manager = manager
-        for branch in manager.list():
-            branch.generation = self.store.known.get(branch.name)
+    def followers(self) -> Followers:
+        return Followers(after_clone=(self.inherit,))
+
+    def health(self, host: MainHost) -> HealthReader | None:
+        return None  # a dump is a copy, not a follower: nothing keeps up with the source
 
     async def inherit(self, parent: str, child: str) -> None:
         """A clone holds its parent's generation (main's current one, or a branch's); the
         manager's ``after_clone`` follower."""
         generation = self.store.known.get(parent)
-        if generation is None or self._manager is None:  # no clone is made before attach
+        if generation is None or self._host is None:  # no clone is made before ``keep``
             return
         await self.store.put(child, generation)
-        branch = self._manager.get(child)
+        branch = self._host.get(child)
         if branch is not None:
             branch.generation = generation
 
     # ---- generation 1 ------------------------------------------------------------------------
 
     async def make_first(self, pgdata: Path) -> None:
-        """Fill main's empty ``pgdata`` with generation 1 (``BranchManager``'s ``make_main``)."""
+        """Fill main's empty ``pgdata`` with generation 1 (its ``MainOrigin.make``)."""
         generation = Generation(1, utcnow())
         self.events.publish("refresh_started", MAIN_BRANCH, generation=1)
         started = trio.current_time()
@@ -170,11 +186,16 @@ class Generations:
 
     # ---- later generations -----------------------------------------------------------------
 
-    async def run(
-        self, *, every: float, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    async def keep(
+        self, host: MainHost, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Own the refreshes (a caller that goes away does not cut one short) and, with
-        ``every`` > 0, make a new generation that long after the last one was taken."""
+        """Show every branch's generation, own the refreshes (a caller that goes away does not
+        cut one short; main is swapped through ``host``) and, with ``refresh_every`` > 0, make
+        a new generation that long after the last one was taken."""
+        self._host = host
+        for branch in host.list():
+            branch.generation = self.store.known.get(branch.name)
+        every = self.refresh_every
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
@@ -234,8 +255,8 @@ class Generations:
             generation = Generation(number, utcnow())
             await self._fill(staged, path)
             crash_point("refresh:restored")
-            assert self._manager is not None
-            await self._manager.replace_main(
+            assert self._host is not None
+            await self._host.replace_main(
                 lambda: self._swap(staged, generation),
                 why=f"main is being replaced by generation {number} of the source",
             )
@@ -267,8 +288,10 @@ class Generations:
             raise
         crash_point("refresh:swapped")
         await self.store.put(MAIN_BRANCH, generation)
-        assert self._manager is not None
-        self._manager.require(MAIN_BRANCH).generation = generation
+        assert self._host is not None
+        main = self._host.get(MAIN_BRANCH)
+        assert main is not None  # main is locked, stopped and swapped, never removed
+        main.generation = generation
         await self.journal.done(intent)
         if retired is not None:
             try:
@@ -290,11 +313,14 @@ class Generations:
 
     # ---- start-up ----------------------------------------------------------------------------
 
-    def recovery_owner(self) -> Owner:
-        """Its part of start-up recovery: finish or undo a swap a crash interrupted, then
-        remove every staged generation left. Runs before the manager's part, which expects
-        main in its place."""
-        return Owner("generations", {RefreshIntent: self._recover_refresh}, sweep=self._sweep)
+    def recovery_owners(self) -> list[Owner]:
+        """Its parts of start-up recovery: finish or undo a swap a crash interrupted, then
+        remove every staged generation left (before the manager's part, which expects main in
+        its place); and the source's, for a base backup an earlier Prism in stream mode left."""
+        return [
+            self.source.recovery_owner(self.storage),
+            Owner("generations", {RefreshIntent: self._recover_refresh}, sweep=self._sweep),
+        ]
 
     async def _recover_refresh(self, intent: RefreshIntent) -> None:
         """Finish a swap cut short after main left; otherwise put main's own data back."""
@@ -412,30 +438,4 @@ def _age_s(generation: Generation) -> float:
     return (utcnow() - generation.taken_at).total_seconds()
 
 
-def open_generations(
-    settings: Settings,
-    source: Source | None,
-    storage: Storage,
-    runtime: Runtime,
-    journal: Journal,
-    events: EventBus,
-) -> Generations | None:
-    """Main's generations when ``--source-mode dump`` asks for them; None otherwise."""
-    if settings.source_mode is not SourceMode.DUMP:
-        return None
-    if source is None:
-        raise ConfigError(
-            "--source-mode dump needs a source to dump", hint="give --source CONNINFO"
-        )
-    return Generations(
-        source,
-        storage,
-        runtime,
-        journal,
-        events,
-        superuser=settings.superuser,
-        password=settings.password,
-    )
-
-
-__all__ = ["Every", "GenerationStore", "Generations", "open_generations"]
+__all__ = ["Every", "GenerationStore", "Generations"]
