@@ -17,11 +17,13 @@ from typing import Any
 
 import trio
 
+from prism.conninfo import parse_conninfo
 from prism.events import EventBus
+from prism.journal import Journal
 from prism.pgbin import PgInstall, PgInstalls
-from prism.source.conninfo import parse_conninfo
+from prism.runtime._host_tools import HostTools
 from prism.source.follow import Source
-from prism.source.tools import HostTools
+from prism.state import StateStore
 from tools.bench.common import HOST, SUPERUSER, median, run, scratch_dir, start_bare, stop_bare
 
 
@@ -56,7 +58,10 @@ async def measure(
         log(f"source: pgbench -i -s {scale}")
         await run([str(install.bin("pgbench")), "-i", "-q", "-s", str(scale), conninfo], env=env)
         tools = HostTools(PgInstalls(install), work / "main.log")
-        source = Source(parse_conninfo(conninfo), None, tools, work / "prism-source", EventBus())
+        journal = Journal(StateStore(work / "state.db"))
+        source = Source(
+            parse_conninfo(conninfo), None, tools, work / "prism-source", EventBus(), journal
+        )
         plain: list[float] = []
         prism: list[float] = []
         size = 0
