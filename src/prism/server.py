@@ -260,7 +260,9 @@ class PrismServer:
                 await nursery.start(_serve_api, app, api_listener)
                 if serve_early:
                     await manager.open_main()
-                nursery.start_soon(manager.watch)
+                nursery.start_soon(
+                    functools.partial(manager.watch, health_every=settings.health_interval)
+                )
                 if generations is not None:
                     run = functools.partial(generations.run, every=settings.refresh_every)
                     await nursery.start(run)
