@@ -207,13 +207,28 @@ class HealthWatch:
         return due
 
     async def _check(self, branch: Branch, every: float) -> None:
-        """Probe ``branch``'s server once and apply the verdict, unless the branch changed
-        meanwhile (an operation under its lock, a stop, an exit): then the probe says nothing."""
+        """Probe ``branch``'s server once, apply the verdict, and say when it is due again.
+
+        A failure here is one branch's: it is logged and the watch of the others goes on.
+        """
+        watched = self._watched.get(branch.name)
+        if watched is None or watched.branch is not branch:
+            return
+        try:
+            await self._probe_and_judge(branch, watched)
+        except Exception:
+            log.exception("branch %s: the health probe failed", branch.name)
+        finally:
+            failing = branch.status in UNWELL or watched.misses > 0
+            watched.due = trio.current_time() + (UNWELL_INTERVAL if failing else every)
+
+    async def _probe_and_judge(self, branch: Branch, watched: _Watched) -> None:
+        """Probe, then move the branch as ``judge`` says, unless it changed meanwhile (an
+        operation under its lock, a stop, an exit): then the probe says nothing."""
         name, status = branch.name, branch.status
         address = self._runtime.address(name)
-        watched = self._watched.get(name)
-        if address is None or watched is None or watched.branch is not branch:
-            return  # exited (Servers.watch reports it) or no longer served
+        if address is None:
+            return  # exited: Servers.watch reports it
         probe = Probe(Answer.SILENT)
         with trio.move_on_after(PROBE_TIMEOUT):
             probe = await self._probe(address)
@@ -222,8 +237,6 @@ class HealthWatch:
         if verdict in UNWELL and verdict is not status:
             text = await self._runtime.server_log(name)
             trouble = Trouble(reason_of(probe), tail_lines(text), utcnow())
-        unwell = verdict in UNWELL or watched.misses > 0
-        watched.due = trio.current_time() + (UNWELL_INTERVAL if unwell else every)
         # No await from here: the branch is still as probed, or the finding is dropped.
         if (
             self._registry.get(name) is not branch

@@ -7,8 +7,6 @@ from __future__ import annotations
 import functools
 import os
 import signal
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -17,18 +15,16 @@ import pytest
 import trio
 
 from prism.events import Event
-from prism.runtime._postmaster import read_pidfile
 
-from .harness import PASSWORD, PrismHandle, psql
+from .harness import PASSWORD, PrismHandle, frozen, psql
 
 pytestmark = pytest.mark.integration
 
 _STATUSES = {"running", "recovering", "unhealthy", "stopping", "stopped", "starting"}
 
 
-@asynccontextmanager
-async def main_statuses(prism: PrismHandle) -> AsyncIterator[list[Event]]:
-    """Every status event of main from now on, as it comes."""
+def main_statuses(prism: PrismHandle) -> list[Event]:
+    """Every status event of main from now on, as it comes (for the life of the bus)."""
     seen: list[Event] = []
 
     def keep(event: Event) -> None:
@@ -36,7 +32,7 @@ async def main_statuses(prism: PrismHandle) -> AsyncIterator[list[Event]]:
             seen.append(event)
 
     prism.manager.events.add_listener(keep)
-    yield seen
+    return seen
 
 
 async def wait_for_status(http: httpx.AsyncClient, status: str, within: float) -> dict[str, Any]:
@@ -77,14 +73,9 @@ async def assert_never_running_for(http: httpx.AsyncClient, seconds: float, stat
 async def test_a_frozen_main_is_unhealthy_until_it_thaws(start_prism: Any) -> None:
     prism: PrismHandle = await start_prism(health_interval=0.25)
     await psql(prism.dsn(), "SELECT 1")
-    pidfile = read_pidfile(prism.manager.storage.path("main"))
-    assert pidfile is not None
-    async with (
-        httpx.AsyncClient(base_url=prism.info.api_url) as http,
-        main_statuses(prism) as seen,
-    ):
-        os.kill(pidfile.pid, signal.SIGSTOP)
-        try:
+    seen = main_statuses(prism)
+    async with httpx.AsyncClient(base_url=prism.info.api_url) as http:
+        with frozen(prism.manager, "main"):
             view = await wait_for_status(http, "unhealthy", within=10)
             assert "does not answer" in view["trouble"]["reason"]
             assert view["trouble"]["log"], "the log's last lines"
@@ -94,8 +85,6 @@ async def test_a_frozen_main_is_unhealthy_until_it_thaws(start_prism: Any) -> No
             refused = await refusal(prism)
             assert refused["C"] == "57P03" and "unhealthy" in refused["M"]
             await assert_never_running_for(http, 1.0, "unhealthy")
-        finally:
-            os.kill(pidfile.pid, signal.SIGCONT)
         view = await wait_for_status(http, "running", within=10)
         assert view["trouble"] is None
         assert (await http.get("/healthz")).status_code == 200
@@ -136,10 +125,8 @@ async def test_main_in_crash_recovery_is_recovering_until_it_serves_again(
                 )
                 pids = dict(line.split("|") for line in out.stdout.decode().split())
                 await trio.sleep(0.05)
-        async with (
-            httpx.AsyncClient(base_url=prism.info.api_url) as http,
-            main_statuses(prism) as seen,
-        ):
+        seen = main_statuses(prism)
+        async with httpx.AsyncClient(base_url=prism.info.api_url) as http:
             os.kill(int(pids["frozen"]), signal.SIGSTOP)
             try:
                 os.kill(int(pids["doomed"]), signal.SIGKILL)

@@ -1,15 +1,13 @@
 """The page shows a branch whose server does not serve: a frozen main turns ``unhealthy`` on
 its row, with a "why" that opens its reason and server log, and ``running`` again once it
-thaws. Screenshots are kept as in test_web_page."""
+thaws; a page loaded meanwhile shows it from the snapshot. Screenshots are kept as in
+test_web_page."""
 
 from __future__ import annotations
 
-import os
-import signal
-
 import pytest
 
-from prism.runtime._postmaster import read_pidfile
+from tests.integration.harness import frozen
 
 from .chromium import Page
 from .test_web_page import (  # noqa: F401 (fixtures)
@@ -24,35 +22,31 @@ from .test_web_page import (  # noqa: F401 (fixtures)
     screenshot_at_end,
 )
 
+_STATUS = f'{_row("main")}.querySelector("td[data-field=status]")'
+_WHY = f'{_STATUS}.querySelector("details.trouble")'
+_UNHEALTHY = f"{_status_is('main', 'unhealthy')} && {_WHY} !== null"
+_RUNNING = f"{_status_is('main', 'running')} && {_WHY} === null"
+
 
 async def test_page_shows_a_frozen_main_unhealthy_with_its_log_until_it_serves(
     running: Runner,  # noqa: F811
     page: Page,  # noqa: F811
     request: pytest.FixtureRequest,
 ) -> None:
-    why = f'{_row("main")}.querySelector("td[data-field=status] details.trouble")'
     async with running(health_interval=0.25) as prism, screenshot_at_end(page, request):
         await page.goto(prism.info.api_url + "/")
         await page.wait_until(f"{_LIVE} && {_status_is('main', 'running')}")
-        pidfile = read_pidfile(prism.manager.storage.path("main"))
-        assert pidfile is not None
-        os.kill(pidfile.pid, signal.SIGSTOP)
-        try:
-            await page.wait_until(f"{_status_is('main', 'unhealthy')} && {why} !== null")
+        with frozen(prism.manager, "main"):
+            await page.wait_until(_UNHEALTHY)
             await page.click('tr[data-branch="main"] details.trouble summary')
-            text = await page.evaluate(f'{why}.querySelector("pre").textContent')
+            text = await page.evaluate(f'{_WHY}.querySelector("pre").textContent')
             assert text.startswith("its server does not answer"), text
             assert "database system is ready to accept connections" in text  # the log
-            assert await page.evaluate(f"{why}.open") is True
+            assert await page.evaluate(f"{_WHY}.open") is True
             await page.wait_until(_feed_has("unhealthy main error=its server does not answer"))
-            color = await page.evaluate(
-                f'getComputedStyle({_row("main")}.querySelector("td[data-field=status]")).color'
-            )
-            assert color == "rgb(187, 0, 0)"
+            assert await page.evaluate(f"getComputedStyle({_STATUS}).color") == "rgb(187, 0, 0)"
             await page.screenshot(artifacts_dir() / f"{request.node.name}-unhealthy.png")
-        finally:
-            os.kill(pidfile.pid, signal.SIGCONT)
-        await page.wait_until(f"{_status_is('main', 'running')} && {why} === null")
+        await page.wait_until(_RUNNING)
         await page.wait_until(_feed_has("running main reason=recovered"))
         assert page.errors == []
 
@@ -62,21 +56,14 @@ async def test_page_loaded_while_main_is_unwell_shows_why_from_the_snapshot(
     page: Page,  # noqa: F811
     request: pytest.FixtureRequest,
 ) -> None:
-    why = f'{_row("main")}.querySelector("td[data-field=status] details.trouble")'
     async with running(health_interval=0.25) as prism, screenshot_at_end(page, request):
-        pidfile = read_pidfile(prism.manager.storage.path("main"))
-        assert pidfile is not None
-        os.kill(pidfile.pid, signal.SIGSTOP)
-        try:
-            with_trouble = prism.manager.events.subscribe()
-            async with with_trouble as events:
+        async with prism.manager.events.subscribe() as events:
+            with frozen(prism.manager, "main"):
                 async for event in events:
                     if event["type"] == "unhealthy":
                         break
-            await page.goto(prism.info.api_url + "/")
-            await page.wait_until(f"{_LIVE} && {_status_is('main', 'unhealthy')} && {why}")
-            assert "does not answer" in await page.evaluate(f"{why}.title")
-        finally:
-            os.kill(pidfile.pid, signal.SIGCONT)
-        await page.wait_until(f"{_status_is('main', 'running')} && {why} === null")
+                await page.goto(prism.info.api_url + "/")
+                await page.wait_until(f"{_LIVE} && {_UNHEALTHY}")
+                assert "does not answer" in await page.evaluate(f"{_WHY}.title")
+        await page.wait_until(_RUNNING)
         assert page.errors == []

@@ -213,3 +213,23 @@ async def test_an_unwell_server_that_exits_is_stopped_and_woken_by_the_next_clie
         assert seen[-1]["type"] == "stopped" and seen[-1]["reason"] == "exited"
         await manager.admit("feature", "127.0.0.1:5555")
         assert manager.require("feature").status is BranchStatus.RUNNING
+
+
+async def test_a_probe_that_fails_unexpectedly_is_logged_and_the_watch_goes_on(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with watched(tmp_path) as (manager, runtime, probes, _):
+        await manager.ensure_running("feature")
+        real = runtime.server_log
+        runtime.server_log = _broken_log  # type: ignore[method-assign]
+        probes.answers["feature"] = IN_RECOVERY
+        await trio.sleep(EVERY + 1)
+        assert "the health probe failed" in caplog.text
+        assert manager.require("feature").status is BranchStatus.RUNNING
+        runtime.server_log = real  # type: ignore[method-assign]
+        await trio.sleep(EVERY + 1)
+        assert manager.require("feature").status is BranchStatus.RECOVERING
+
+
+async def _broken_log(branch: str) -> str:
+    raise OSError("a bug in a runtime")
