@@ -53,6 +53,9 @@ PROBE_TIMEOUT: Final = 2.0
 MISSES: Final = 2
 """Probes in a row a server must fail before it is unhealthy: one slow answer on a loaded
 machine is no outage. An answer of "in recovery" is sure at once."""
+GOOD_ANSWERS: Final = 2
+"""Probes in a row an unwell server must pass (a second apart) before it is running again:
+a server that crashes again and again stays ``recovering`` rather than flapping."""
 LOG_LINES: Final = 20
 """Lines of the server's log an unwell branch carries."""
 _HINT_LINES: Final = 5
@@ -103,15 +106,30 @@ def classify(message: wire.Message) -> Probe:
     return Probe(Answer.REFUSED, said)
 
 
-def judge(status: BranchStatus, probe: Probe, misses: int) -> tuple[BranchStatus, int]:
-    """The status a branch whose server was up should have after ``probe``, and its misses in
-    a row (``misses`` before it). Only a status in ``SERVED`` is judged."""
+def judge(status: BranchStatus, probe: Probe, against: int) -> tuple[BranchStatus, int]:
+    """The status a branch whose server was up should have after ``probe``, and how many
+    probes in a row have now gone against its status (``against``: before this one).
+
+    Only a status in ``SERVED`` is judged. A status changes after ``MISSES`` failures or
+    ``GOOD_ANSWERS`` passes in a row, except that "in recovery" is believed at once.
+    """
+    unwell = status in UNWELL
     if probe.answer is Answer.SERVING:
-        return BranchStatus.RUNNING, 0
+        if not unwell:
+            return status, 0
+        return _count(status, BranchStatus.RUNNING, against + 1, GOOD_ANSWERS)
     if probe.answer is Answer.RECOVERING:
         return BranchStatus.RECOVERING, 0
-    misses += 1
-    return (BranchStatus.UNHEALTHY if misses >= MISSES else status), misses
+    if status is BranchStatus.UNHEALTHY:
+        return status, 0
+    return _count(status, BranchStatus.UNHEALTHY, against + 1, MISSES)
+
+
+def _count(
+    status: BranchStatus, then: BranchStatus, against: int, enough: int
+) -> tuple[BranchStatus, int]:
+    """``then`` once ``against`` reaches ``enough`` (counting starts again), else as it was."""
+    return (then, 0) if against >= enough else (status, against)
 
 
 def reason_of(probe: Probe) -> str:
@@ -154,7 +172,8 @@ class _Watched:
 
     branch: Branch
     due: float
-    misses: int = 0
+    against: int = 0
+    """Probes in a row that went against its status (``judge``)."""
     since: float | None = None
     """When it stopped serving (Trio time), for the ``running`` event's ``duration_ms``."""
 
@@ -219,7 +238,8 @@ class HealthWatch:
         except Exception:
             log.exception("branch %s: the health probe failed", branch.name)
         finally:
-            failing = branch.status in UNWELL or watched.misses > 0
+            # Asked again soon while its status may be about to change.
+            failing = branch.status in UNWELL or watched.against > 0
             watched.due = trio.current_time() + (UNWELL_INTERVAL if failing else every)
 
     async def _probe_and_judge(self, branch: Branch, watched: _Watched) -> None:
@@ -232,7 +252,7 @@ class HealthWatch:
         probe = Probe(Answer.SILENT)
         with trio.move_on_after(PROBE_TIMEOUT):
             probe = await self._probe(address)
-        verdict, watched.misses = judge(status, probe, watched.misses)
+        verdict, watched.against = judge(status, probe, watched.against)
         trouble = None
         if verdict in UNWELL and verdict is not status:
             text = await self._runtime.server_log(name)

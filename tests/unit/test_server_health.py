@@ -20,6 +20,7 @@ from prism.branchstate import BranchStatus
 from prism.errors import ServerUnwell
 from prism.events import Event
 from prism.serverhealth import (
+    GOOD_ANSWERS,
     MISSES,
     PROBE_TIMEOUT,
     UNWELL_INTERVAL,
@@ -63,13 +64,24 @@ def test_the_first_answer_to_a_start_up_says_whether_a_server_serves(
     assert classify(message).answer is answer
 
 
-def test_a_sure_answer_counts_at_once_and_silence_only_twice_in_a_row() -> None:
-    running = BranchStatus.RUNNING
-    assert judge(running, IN_RECOVERY, 0) == (BranchStatus.RECOVERING, 0)
+def test_a_sure_answer_counts_at_once_and_silence_or_health_only_twice_in_a_row() -> None:
+    running, recovering, unhealthy = (
+        BranchStatus.RUNNING,
+        BranchStatus.RECOVERING,
+        BranchStatus.UNHEALTHY,
+    )
+    assert judge(running, SERVING, 0) == (running, 0)
+    assert judge(running, IN_RECOVERY, 0) == (recovering, 0)
     assert judge(running, SILENT, 0) == (running, 1)
-    assert judge(running, SILENT, MISSES - 1) == (BranchStatus.UNHEALTHY, MISSES)
-    assert judge(BranchStatus.RECOVERING, SILENT, 0) == (BranchStatus.RECOVERING, 1)
-    assert judge(BranchStatus.UNHEALTHY, SERVING, MISSES) == (running, 0)
+    assert judge(running, SILENT, MISSES - 1) == (unhealthy, 0)
+    assert judge(running, SERVING, 1) == (running, 0)  # a miss forgiven
+    assert judge(recovering, SILENT, 0) == (recovering, 1)
+    assert judge(recovering, SILENT, MISSES - 1) == (unhealthy, 0)
+    assert judge(unhealthy, IN_RECOVERY, 0) == (recovering, 0)
+    assert judge(unhealthy, SILENT, 0) == (unhealthy, 0)
+    assert judge(unhealthy, SERVING, 0) == (unhealthy, 1)
+    assert judge(unhealthy, SERVING, GOOD_ANSWERS - 1) == (running, 0)
+    assert judge(recovering, IN_RECOVERY, 1) == (recovering, 0)  # crashed again: start over
 
 
 class ScriptedProbes:
@@ -140,7 +152,12 @@ async def test_main_in_crash_recovery_is_recovering_with_its_log_until_it_serves
         assert main.connections == 0
 
         del probes.answers["main"]
-        await trio.sleep(UNWELL_INTERVAL * 2)
+        asked = len(probes.asked)
+        while len(probes.asked) == asked:
+            await trio.sleep(0.01)
+        await trio.sleep(0.01)
+        assert main.status is BranchStatus.RECOVERING  # one good answer is not enough
+        await trio.sleep(UNWELL_INTERVAL + 0.5)
         assert branch_view(main)["status"] == "running" and main.trouble is None
         assert branch_view(main)["trouble"] is None
         assert seen[-1]["type"] == "running" and seen[-1]["reason"] == "recovered"
@@ -164,7 +181,7 @@ async def test_a_silent_server_is_unhealthy_only_after_two_misses_and_never_flap
         await trio.sleep(EVERY * 4)  # still silent: no more events
         assert _statuses(seen) == ["unhealthy"]
         del probes.answers["main"]
-        await trio.sleep(UNWELL_INTERVAL + PROBE_TIMEOUT)
+        await trio.sleep(UNWELL_INTERVAL * GOOD_ANSWERS + PROBE_TIMEOUT)
         assert manager.require("main").status is BranchStatus.RUNNING
         assert _statuses(seen) == ["unhealthy", "running"]
 
