@@ -724,6 +724,10 @@ class BranchManager:
         parent = self._registry.get(parent_name)
         if parent is None:
             raise BranchNotFound(f'parent branch "{parent_name}" does not exist')
+        if parent.status in UNWELL:
+            # A clone of a server that serves nobody (and may not answer the backup calls a
+            # clone makes) would only copy its trouble: say why now, before anything is made.
+            raise refusal(parent)
         started = trio.current_time()
         # Refuse before stopping anyone for room, and again after: others may have been
         # created meanwhile.

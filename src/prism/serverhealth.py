@@ -37,6 +37,7 @@ from prism.branchstate import (
     BranchStatus,
     Trouble,
 )
+from prism.config import Settings
 from prism.errors import PrismError, ServerUnwell
 from prism.pgclient import first_reply
 from prism.runtime.base import Runtime
@@ -44,7 +45,7 @@ from prism.state import utcnow
 
 log = logging.getLogger(__name__)
 
-HEALTH_INTERVAL: Final = 5.0
+HEALTH_INTERVAL: Final = Settings.health_interval
 """How often a healthy server is asked (``--health-interval``)."""
 UNWELL_INTERVAL: Final = 1.0
 """How often a server that failed its last probe, or is unwell, is asked again."""

@@ -92,10 +92,14 @@ class ScriptedProbes:
         self._runtime = runtime
         self.answers: dict[str, Probe] = {}
         self.asked: list[str] = []
+        self.next_asked = trio.Event()
+        """Set once a server is asked next."""
 
     async def __call__(self, address: BackendAddress) -> Probe:
         name = next(n for n, a in self._runtime.running.items() if a == address)
         self.asked.append(name)
+        self.next_asked.set()
+        self.next_asked = trio.Event()
         probe = self.answers.get(name, SERVING)
         if probe.answer is Answer.SILENT:
             await trio.sleep_forever()
@@ -152,9 +156,7 @@ async def test_main_in_crash_recovery_is_recovering_with_its_log_until_it_serves
         assert main.connections == 0
 
         del probes.answers["main"]
-        asked = len(probes.asked)
-        while len(probes.asked) == asked:
-            await trio.sleep(0.01)
+        await probes.next_asked.wait()
         await trio.sleep(0.01)
         assert main.status is BranchStatus.RECOVERING  # one good answer is not enough
         await trio.sleep(UNWELL_INTERVAL + 0.5)
@@ -250,3 +252,17 @@ async def test_a_probe_that_fails_unexpectedly_is_logged_and_the_watch_goes_on(
 
 async def _broken_log(branch: str) -> str:
     raise OSError("a bug in a runtime")
+
+
+async def test_no_branch_is_cut_from_an_unwell_parent(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with watched(tmp_path) as (manager, _, probes, seen):
+        probes.answers["main"] = IN_RECOVERY
+        await trio.sleep(EVERY + 1)
+        with pytest.raises(ServerUnwell, match="recovering"):
+            await manager.create("feature")
+        with pytest.raises(ServerUnwell, match="recovering"):
+            await manager.admit("made-on-connect", "127.0.0.1:5555")
+        assert manager.get("feature") is None and manager.get("made-on-connect") is None
+        assert "provisioning" not in _statuses(seen)
