@@ -32,7 +32,6 @@ from prism.pgbin import PgInstall, PgInstalls
 from prism.runtime import landlock, sandbox
 from prism.runtime._host_tools import HostTools
 from prism.runtime._postmaster import (
-    LOG_TAIL_BYTES,
     LOOPBACK,
     PidFile,
     PortTaken,
@@ -54,6 +53,7 @@ log = logging.getLogger(__name__)
 
 _POLL_INTERVAL = 0.005
 _PORT_ATTEMPTS = 5
+_LOG_TAIL_BYTES = 64 * 1024
 # After SIGQUIT (immediate shutdown) and SIGKILL a server has this long to vanish.
 _KILL_GRACE = 5.0
 _BIND_FAILURES = ("could not bind", "Address already in use")
@@ -762,7 +762,7 @@ def _log_tail(log_path: Path, offset: int) -> str:
     try:
         with open(log_path, "rb") as log:
             size = log.seek(0, os.SEEK_END)
-            log.seek(max(offset, size - LOG_TAIL_BYTES))
+            log.seek(max(offset, size - _LOG_TAIL_BYTES))
             text = log.read().decode(errors="replace")
     except OSError as exc:
         return f"(cannot read {log_path}: {exc})"
