@@ -279,3 +279,15 @@ def frozen(manager: Any, name: str) -> Iterator[int]:
         yield pidfile.pid
     finally:
         os.kill(pidfile.pid, signal.SIGCONT)
+
+
+async def wait_for_status(
+    http: httpx.AsyncClient, branch: str, status: str, within: float
+) -> dict[str, Any]:
+    """``branch``'s view once the API says ``status`` (polled every 50 ms)."""
+    with trio.fail_after(within):
+        while True:
+            view: dict[str, Any] = (await http.get(f"/api/v1/branches/{branch}")).json()
+            if view["status"] == status:
+                return view
+            await trio.sleep(0.05)

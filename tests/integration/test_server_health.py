@@ -16,7 +16,7 @@ import trio
 
 from prism.events import Event
 
-from .harness import PASSWORD, PrismHandle, frozen, psql
+from .harness import PASSWORD, PrismHandle, frozen, psql, wait_for_status
 
 pytestmark = pytest.mark.integration
 
@@ -33,16 +33,6 @@ def main_statuses(prism: PrismHandle) -> list[Event]:
 
     prism.manager.events.add_listener(keep)
     return seen
-
-
-async def wait_for_status(http: httpx.AsyncClient, status: str, within: float) -> dict[str, Any]:
-    """Main's view once the API says ``status`` (polled every 50 ms)."""
-    with trio.fail_after(within):
-        while True:
-            view: dict[str, Any] = (await http.get("/api/v1/branches/main")).json()
-            if view["status"] == status:
-                return view
-            await trio.sleep(0.05)
 
 
 async def refusal(prism: PrismHandle) -> dict[str, str]:
@@ -76,7 +66,7 @@ async def test_a_frozen_main_is_unhealthy_until_it_thaws(start_prism: Any) -> No
     seen = main_statuses(prism)
     async with httpx.AsyncClient(base_url=prism.info.api_url) as http:
         with frozen(prism.manager, "main"):
-            view = await wait_for_status(http, "unhealthy", within=10)
+            view = await wait_for_status(http, "main", "unhealthy", within=10)
             assert "does not answer" in view["trouble"]["reason"]
             assert view["trouble"]["log"], "the log's last lines"
             health = await http.get("/healthz")
@@ -85,7 +75,7 @@ async def test_a_frozen_main_is_unhealthy_until_it_thaws(start_prism: Any) -> No
             refused = await refusal(prism)
             assert refused["C"] == "57P03" and "unhealthy" in refused["M"]
             await assert_never_running_for(http, 1.0, "unhealthy")
-        view = await wait_for_status(http, "running", within=10)
+        view = await wait_for_status(http, "main", "running", within=10)
         assert view["trouble"] is None
         assert (await http.get("/healthz")).status_code == 200
         await psql(prism.dsn(), "SELECT 1")
@@ -130,7 +120,7 @@ async def test_main_in_crash_recovery_is_recovering_until_it_serves_again(
             os.kill(int(pids["frozen"]), signal.SIGSTOP)
             try:
                 os.kill(int(pids["doomed"]), signal.SIGKILL)
-                view = await wait_for_status(http, "recovering", within=10)
+                view = await wait_for_status(http, "main", "recovering", within=10)
                 assert "in recovery mode" in view["trouble"]["reason"]
                 assert any("terminated by signal 9" in line for line in view["trouble"]["log"])
                 refused = await refusal(prism)
@@ -139,7 +129,7 @@ async def test_main_in_crash_recovery_is_recovering_until_it_serves_again(
                 await assert_never_running_for(http, 1.0, "recovering")
             finally:
                 os.kill(int(pids["frozen"]), signal.SIGCONT)
-            view = await wait_for_status(http, "running", within=15)
+            view = await wait_for_status(http, "main", "running", within=15)
             assert view["trouble"] is None
             # Running means serving: a client gets in at once.
             await psql(prism.dsn(), "SELECT 1")
