@@ -137,6 +137,8 @@ class FakeRuntime:
         self.shared: dict[str, tuple[Path, ...]] = {}
         """Branch → the host directories its last start was given."""
         self.source_tools_asked: list[tuple[Path, str | None]] = []
+        self.logs: dict[str, str] = {}
+        """Branch → what its server "logged"."""
         self._port = 40000
 
     async def _step(self, step: str, branch: str) -> None:
@@ -186,6 +188,10 @@ class FakeRuntime:
 
     def address(self, branch: str) -> BackendAddress | None:
         return self.running.get(branch)
+
+    async def server_log(self, branch: str) -> str:
+        await trio.lowlevel.checkpoint()
+        return self.logs.get(branch, "")
 
     async def source_tools(self, directory: Path, *, source_host: str | None) -> FakeSourceTools:
         await self._step("source_tools", source_host or "")

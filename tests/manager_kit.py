@@ -10,6 +10,7 @@ from prism.branches import BranchManager
 from prism.capacity import Caps
 from prism.events import EventBus
 from prism.runtime.base import ServerExtrasSource
+from prism.serverhealth import Prober
 from tests.fakes import FakeRuntime, FakeStorage, InlineStateStore
 
 
@@ -23,6 +24,7 @@ async def open_manager(
     max_branches: int = 0,
     max_running: int = 0,
     server_extras: ServerExtrasSource | None = None,
+    probe: Prober | None = None,
 ) -> AsyncIterator[tuple[BranchManager, FakeStorage, FakeRuntime]]:
     """An opened manager (main created and running) and its drivers; closed on the way out.
 
@@ -41,6 +43,7 @@ async def open_manager(
         password="secret",
         caps=Caps(branches=max_branches, running=max_running),
         server_extras=server_extras,
+        probe=probe,
     )
     try:
         await manager.open()

@@ -40,7 +40,7 @@ from typing import Final
 import trio
 
 from prism.address import BackendAddress
-from prism.branchstate import BranchRegistry
+from prism.branchstate import UNWELL, BranchRegistry
 from prism.clientauth import RoleSecret
 from prism.config import AuthMode, Settings
 from prism.errors import PrismError
@@ -138,6 +138,11 @@ class VerifierStore:
         while name is not None:
             async with self._locks[name]:
                 address = self._address(name)
+                record = self._branches.get(name)
+                if record is not None and record.status in UNWELL:
+                    # Its server was up and serves nobody now (it may not answer at all):
+                    # the snapshot checks the client, and admission tells it why.
+                    address = None
                 if address is not None:
                     try:
                         return await self._read_live(name, address)

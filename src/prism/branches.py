@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import functools
 import logging
 import math
 import secrets
@@ -56,6 +57,7 @@ from prism.branchrecovery import BranchRecovery
 from prism.branchservers import WATCH_INTERVAL, Servers
 from prism.branchstate import (
     MAKING,
+    UNWELL,
     Branch,
     BranchLocks,
     BranchRegistry,
@@ -101,6 +103,7 @@ from prism.recovery import Owner
 from prism.recovery import recover as run_recovery
 from prism.runtime.base import Runtime, ServerExtrasSource
 from prism.schemadiff import SchemaDiff, diff_schemas, read_schema
+from prism.serverhealth import HEALTH_INTERVAL, HealthWatch, Prober, probe_server, refusal
 from prism.sessions import ClientSession, SessionRegistry
 from prism.state import StateStore, rfc3339, utcnow
 from prism.storage.base import Storage
@@ -130,7 +133,10 @@ class BranchManager:
         point_in_time: PointInTime | None = None,
         registry: BranchRegistry | None = None,
         server_extras: ServerExtrasSource | None = None,
+        probe: Prober | None = None,
     ) -> None:
+        """``probe`` asks a branch server whether it serves (default: a start-up packet on its
+        service socket, ``prism.serverhealth``)."""
         self.storage = storage
         self.journal = journal or Journal(state)
         self.runtime = runtime
@@ -182,6 +188,12 @@ class BranchManager:
             followers=self._followers,
             point_in_time=point_in_time,
             superuser=superuser,
+        )
+        self._health = HealthWatch(
+            self._registry,
+            self._locks,
+            runtime=runtime,
+            probe=probe or functools.partial(probe_server, user=superuser),
         )
         self._recovery = BranchRecovery(
             self._registry, storage=storage, runtime=runtime, state=state, policies=self.policies
@@ -331,10 +343,15 @@ class BranchManager:
             lambda name: self.stop(name, reason="shutdown"), kill_after=kill_after
         )
 
-    async def watch(self, *, interval: float = WATCH_INTERVAL) -> None:
+    async def watch(
+        self, *, interval: float = WATCH_INTERVAL, health_every: float = HEALTH_INTERVAL
+    ) -> None:
         """Notice branch servers that exit behind Prism's back within ``interval``
-        (``Servers.watch``)."""
-        await self._servers.watch(interval=interval)
+        (``Servers.watch``), and ask each one that runs whether it serves every
+        ``health_every`` seconds (``prism.serverhealth``; 0: never)."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(self._servers.watch, interval=interval))
+            nursery.start_soon(functools.partial(self._health.run, every=health_every))
 
     async def _create_main(self) -> None:
         """Make main the way its origin does (initdb, a base backup of a source, a first
@@ -405,6 +422,10 @@ class BranchManager:
                     branch = await self._provision(name, self.defaults.parent)
                 elif self.runtime.address(name) is None:
                     await self._servers.start(branch, reason="wake")
+        if branch.status in UNWELL:
+            # Its server was up and serves nobody now: say why at once rather than let the
+            # client wait on it (``prism.serverhealth`` lets clients in again once it serves).
+            raise refusal(branch)
         # No await since the branch was last seen running: nothing can stop it in between.
         branch.last_active_ts = time.time()
         if admit:
@@ -697,6 +718,10 @@ class BranchManager:
         parent = self._registry.get(parent_name)
         if parent is None:
             raise BranchNotFound(f'parent branch "{parent_name}" does not exist')
+        if parent.status in UNWELL:
+            # A clone of a server that serves nobody (and may not answer the backup calls a
+            # clone makes) would only copy its trouble: say why now, before anything is made.
+            raise refusal(parent)
         started = trio.current_time()
         # Refuse before stopping anyone for room, and again after: others may have been
         # created meanwhile.

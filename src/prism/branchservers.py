@@ -17,6 +17,7 @@ import trio
 
 from prism.address import BackendAddress
 from prism.branchstate import (
+    SERVED,
     Branch,
     BranchLocks,
     BranchRegistry,
@@ -67,7 +68,8 @@ class Servers:
 
     async def watch(self, *, interval: float = WATCH_INTERVAL) -> None:
         """Notice branch servers that exit behind Prism's back (killed, crashed) within
-        ``interval``: mark them stopped and publish ``stopped`` with reason ``exited``.
+        ``interval``: mark them stopped and publish ``stopped`` with reason ``exited`` (from
+        running, or from unwell: ``prism.serverhealth``).
 
         Asking the runtime is cheap (the process runtime owns each server process and checks
         its status; nothing is sent to the server), so polling costs next to nothing.
@@ -75,7 +77,7 @@ class Servers:
         while True:
             await trio.sleep(interval)
             for branch in self._registry.list():
-                if branch.status is not BranchStatus.RUNNING:
+                if branch.status not in SERVED:
                     continue
                 if self._runtime.address(branch.name) is not None:
                     continue

@@ -31,6 +31,8 @@ class BranchStatus(enum.Enum):
     PROVISIONING = "provisioning"
     STARTING = "starting"
     RUNNING = "running"
+    RECOVERING = "recovering"  # its server was up and now answers "starting up"/"in recovery"
+    UNHEALTHY = "unhealthy"  # its server does not answer, refuses connections or is going down
     STOPPING = "stopping"
     STOPPED = "stopped"
     RESETTING = "resetting"
@@ -40,10 +42,29 @@ class BranchStatus(enum.Enum):
 #: Main's statuses while it is being made: nothing can use it yet.
 MAKING: Final = (BranchStatus.BACKING_UP, BranchStatus.PROVISIONING)
 
+#: A server was up and Prism is watching it: running, or found not serving since.
+SERVED: Final = (BranchStatus.RUNNING, BranchStatus.RECOVERING, BranchStatus.UNHEALTHY)
+
+#: A server was up and is not serving now (``prism.serverhealth`` found out).
+UNWELL: Final = (BranchStatus.RECOVERING, BranchStatus.UNHEALTHY)
+
 #: States in which a branch holds (or is about to hold) a server: what --max-running counts.
 HOLDS_SERVER: Final = frozenset(
-    {BranchStatus.PROVISIONING, BranchStatus.STARTING, BranchStatus.RUNNING, BranchStatus.STOPPING}
+    {BranchStatus.PROVISIONING, BranchStatus.STARTING, BranchStatus.STOPPING, *SERVED}
 )
+
+
+@dataclass(frozen=True)
+class Trouble:
+    """Why a branch whose server was up is not serving: what the API, events, CLI and page
+    show beside a ``recovering`` or ``unhealthy`` status."""
+
+    reason: str
+    """What the server answered, or that it did not (``prism.serverhealth``)."""
+    log: tuple[str, ...]
+    """The last lines of its server log, oldest first: what it was doing."""
+    since: datetime
+    """When Prism first saw it so."""
 
 
 @dataclass
@@ -60,6 +81,8 @@ class Branch:
     bytes_proxied: int = 0
     generation: Generation | None = None
     """The generation of main this branch holds (``--source-mode dump``; else None)."""
+    trouble: Trouble | None = None
+    """Why its server is not serving, while ``recovering`` or ``unhealthy``; else None."""
 
     @property
     def last_active(self) -> datetime:
@@ -138,12 +161,20 @@ class BranchRegistry:
         event: str | None = None,
         *,
         address: BackendAddress | _Keep | None = KEEP,
+        trouble: Trouble | None = None,
         **fields: object,
     ) -> None:
         """Put ``branch`` in ``status`` (and at ``address``, if given) and publish ``event``
         with ``fields`` in the same step; ``event`` None: a change nobody is told of (recovery,
-        a rollback whose ``failed`` event says it all)."""
+        a rollback whose ``failed`` event says it all).
+
+        ``trouble`` goes with an unwell status (its reason and log in the event too); every
+        other transition clears it, so no status is shown with a stale reason.
+        """
         branch.status = status
+        branch.trouble = trouble
+        if trouble is not None:
+            fields = {"error": trouble.reason, "log": list(trouble.log), **fields}
         if not isinstance(address, _Keep):
             branch.address = address
         if event is not None:

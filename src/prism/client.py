@@ -143,10 +143,25 @@ def format_branches(branches: Sequence[dict[str, Any]], *, now: float | None = N
             for row, b in zip(rows[1:], branches, strict=True)
         ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
+    table = [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in rows
-    )
+    ]
+    # Below the table, why each branch whose server was up does not serve, and its log's end.
+    for b in branches:
+        if b.get("trouble"):
+            table += ["", f"{b['name']}: {b['status']}: {b['trouble']['reason']}"]
+            table += _log_lines(b["trouble"]["log"][-_LS_LOG_LINES:])
+    return "\n".join(table)
+
+
+#: Lines of an unwell branch's log ``branch ls`` shows (``branch show`` shows all it has).
+_LS_LOG_LINES = 5
+
+
+def _log_lines(lines: Sequence[str]) -> list[str]:
+    """A server's log lines, set off from Prism's own words."""
+    return [f"  | {line}" for line in lines]
 
 
 def format_branch(branch: dict[str, Any]) -> str:
@@ -186,11 +201,18 @@ def format_details(branch: dict[str, Any], *, now: float | None = None) -> str:
         ("disk", _disk_text(branch.get("disk"))),
         ("connect", connection["uri"] if connection else "-"),
     )
-    return "\n".join([format_branch(branch), *(f"  {key:<12} {value}" for key, value in facts)])
+    lines = [format_branch(branch), *(f"  {key:<12} {value}" for key, value in facts)]
+    trouble = branch.get("trouble")
+    if trouble:
+        lines += [f"  {'trouble':<12} {trouble['reason']} (since {trouble['since']})"]
+        lines += [f"  {'server log':<12} last {len(trouble['log'])} lines:"]
+        lines += _log_lines(trouble["log"])
+    return "\n".join(lines)
 
 
 def format_event(event: dict[str, Any]) -> str:
-    """One line per event for ``prism events``."""
+    """One line per event for ``prism events`` (and the server log lines it carries, if any:
+    ``recovering``, ``unhealthy``)."""
     if event["type"] == "snapshot":
         listed = ", ".join(f"{b['name']} ({b['status']})" for b in event["branches"])
         return f"snapshot: {len(event['branches'])} branches: {listed}"
@@ -198,9 +220,10 @@ def format_event(event: dict[str, Any]) -> str:
     extra = " ".join(
         f"{key}={value}"
         for key, value in event.items()
-        if key not in ("type", "branch", "at", "seq") and value is not None
+        if key not in ("type", "branch", "at", "seq", "log") and value is not None
     )
-    return " ".join(part for part in (clock, event["type"], event["branch"] or "", extra) if part)
+    line = " ".join(part for part in (clock, event["type"], event["branch"] or "", extra) if part)
+    return "\n".join([line, *_log_lines(event.get("log") or ())])
 
 
 # ---- the commands --------------------------------------------------------------------------

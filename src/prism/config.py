@@ -416,6 +416,15 @@ class Settings:
             "time Prism's own shutdown may take stopping branch servers; then the rest are killed",
         ),
     )
+    health_interval: float = field(
+        default=5.0,
+        metadata=_about(
+            parse_duration,
+            "how often each running branch server is asked whether it serves (a start-up "
+            "packet; one that fails is asked every second); a server in crash recovery, not "
+            "answering or refusing connections is shown recovering or unhealthy (0 disables)",
+        ),
+    )
     idle_timeout: float = field(
         default=900.0,
         metadata=_about(parse_duration, "stop branches idle this long (0 disables)"),

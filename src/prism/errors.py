@@ -98,6 +98,16 @@ class StartingUp(PrismError):
     sqlstate = "57P03"
 
 
+class ServerUnwell(PrismError):
+    """A branch's server was up and does not serve now (crash recovery, no answer, refusing):
+    its clients are told so at once, with the reason and its log's last lines.
+
+    57P03 (cannot_connect_now), as Postgres answers during recovery: clients retry later.
+    """
+
+    sqlstate = "57P03"
+
+
 class RuntimeStopFailed(PrismError):
     """A branch's Postgres server did not stop when asked."""
 

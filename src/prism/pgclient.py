@@ -275,6 +275,43 @@ async def _open_stream(
         ) from exc
 
 
+async def first_reply(address: BackendAddress, *, user: str) -> wire.Message:
+    """The first message the server at ``address`` answers a start-up with: a health probe
+    (``prism.serverhealth``), in the way ``pg_isready`` asks.
+
+    Its service socket is used where there is one, else its TCP port; no log-in is finished.
+    A server that lets Prism in at once (trust) is sent a Terminate and read to its end, so
+    its backend exits cleanly instead of logging a broken pipe; one that asks for a password
+    is left at that, which it takes quietly. Timeouts are the caller's.
+    """
+    socket = address.service_socket_path()
+    if socket is not None:
+        stream = await _open_stream(socket, None, None)
+    else:
+        stream = await _open_stream(None, address.host, address.port)
+    startup = wire.StartupMessage(
+        wire.PROTOCOL_3_0,
+        (("user", user), ("database", "postgres"), ("application_name", "prism health")),
+    )
+    reader = wire.MessageReader()
+    try:
+        async with stream:
+            await stream.send_all(startup.encode())
+            while (message := reader.next_message()) is None:
+                data = await stream.receive_some(_RECEIVE_SIZE)
+                if not data:
+                    raise _lost("server closed the connection")
+                reader.feed(data)
+            auth = wire.Authentication.decode(message.payload) if message.type == b"R" else None
+            if auth is not None and auth.code == wire.AuthCode.OK:
+                await stream.send_all(wire.Terminate().encode())
+                while await stream.receive_some(_RECEIVE_SIZE):
+                    pass
+    except (trio.BrokenResourceError, OSError) as exc:
+        raise _lost(str(exc) or type(exc).__name__) from exc
+    return message
+
+
 async def connect_service(
     *,
     unix_socket: Path | None = None,

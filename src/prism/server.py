@@ -238,7 +238,9 @@ class PrismServer:
                 await nursery.start(_serve_api, app, api_listener)
                 if main_source.serve_early:
                     await manager.open_main()
-                nursery.start_soon(manager.watch)
+                nursery.start_soon(
+                    functools.partial(manager.watch, health_every=settings.health_interval)
+                )
                 if settings.idle_timeout > 0:
                     nursery.start_soon(
                         functools.partial(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -10,7 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -266,3 +267,27 @@ async def assert_clones_of_busy_parent_are_consistent(
             assert out.stdout.decode().strip() == "50000"
         nursery.cancel_scope.cancel()
     assert writes > 0
+
+
+@contextlib.contextmanager
+def frozen(manager: Any, name: str) -> Iterator[int]:
+    """SIGSTOP the postmaster of ``name`` (alive, serving nobody) for the block; its pid."""
+    pidfile = read_pidfile(manager.storage.path(name))
+    assert pidfile is not None, f"branch {name} has no running server"
+    os.kill(pidfile.pid, signal.SIGSTOP)
+    try:
+        yield pidfile.pid
+    finally:
+        os.kill(pidfile.pid, signal.SIGCONT)
+
+
+async def wait_for_status(
+    http: httpx.AsyncClient, branch: str, status: str, within: float
+) -> dict[str, Any]:
+    """``branch``'s view once the API says ``status`` (polled every 50 ms)."""
+    with trio.fail_after(within):
+        while True:
+            view: dict[str, Any] = (await http.get(f"/api/v1/branches/{branch}")).json()
+            if view["status"] == status:
+                return view
+            await trio.sleep(0.05)

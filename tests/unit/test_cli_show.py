@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from prism.client import format_details
+from prism.client import format_branches, format_details, format_event
 
 _NOW = datetime(2026, 11, 25, 11, 5, 0, tzinfo=UTC).timestamp()
 
@@ -68,3 +68,49 @@ def test_show_names_hooks_and_what_the_storage_cannot_tell() -> None:
     ]
     unknown = format_details(_branch(disk=None), now=_NOW).splitlines()
     assert unknown[8] == "  disk         unknown"
+
+
+_TROUBLE = {
+    "reason": "its server is not accepting connections: the database system is in recovery "
+    "mode (57P03)",
+    "since": "2026-11-25T11:04:58Z",
+    "log": [f"LOG:  line {n}" for n in range(19)] + ["PANIC:  could not write to file"],
+}
+
+
+def test_show_says_why_an_unwell_branch_does_not_serve_and_its_log() -> None:
+    lines = format_details(_branch(status="recovering", trouble=_TROUBLE), now=_NOW).splitlines()
+    assert lines[0] == "feature-1: recovering (parent main, server 127.0.0.1:41237)"
+    at = lines.index(f"  trouble      {_TROUBLE['reason']} (since 2026-11-25T11:04:58Z)")
+    assert lines[at + 1] == "  server log   last 20 lines:"
+    assert lines[at + 2 :] == [f"  | {line}" for line in _TROUBLE["log"]]
+
+
+def test_ls_lists_the_unwell_and_the_end_of_their_logs_below_the_table() -> None:
+    listed = [
+        _branch(name="main", parent=None, disk_bytes=1, status="unhealthy", trouble=_TROUBLE),
+        _branch(disk_bytes=1, trouble=None),
+    ]
+    lines = format_branches(listed, now=_NOW).splitlines()
+    assert lines[1].split()[:2] == ["main", "unhealthy"]
+    assert lines[3:] == [
+        "",
+        f"main: unhealthy: {_TROUBLE['reason']}",
+        *(f"  | {line}" for line in _TROUBLE["log"][-5:]),
+    ]
+
+
+def test_events_print_the_log_an_unwell_event_carries_under_its_line() -> None:
+    event = {
+        "type": "recovering",
+        "branch": "main",
+        "at": "2026-11-25T11:04:58.120Z",
+        "seq": 7,
+        "error": "in recovery",
+        "log": ["LOG:  a", "PANIC:  b"],
+    }
+    assert format_event(event).splitlines() == [
+        "11:04:58.120 recovering main error=in recovery",
+        "  | LOG:  a",
+        "  | PANIC:  b",
+    ]

@@ -21,6 +21,7 @@ import prism.branchpolicy
 import prism.branchservers
 from prism.api.app import create_app
 from prism.api.errors import _STATUS
+from prism.branchstate import BranchStatus
 from prism.cli import build_parser
 from prism.events import EventBus
 from tests.fakes import FakeRuntime
@@ -85,6 +86,13 @@ def _event_types() -> list[str]:
 @pytest.mark.parametrize("kind", _event_types())
 def test_every_event_type_is_documented(kind: str) -> None:
     assert f"`{kind}`" in API_DOC
+
+
+@pytest.mark.parametrize("status", [status.value for status in BranchStatus])
+def test_every_status_is_documented_as_a_status_and_an_event(status: str) -> None:
+    """A status is entered by the one transition, which publishes it as an event."""
+    assert f"`{status}`" in API_DOC.split("## A branch", 1)[1].split("## Connection", 1)[0]
+    assert f"| `{status}` |" in API_DOC
 
 
 def _cli_words() -> list[str]:

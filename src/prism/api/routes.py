@@ -18,7 +18,7 @@ from quart_trio import QuartTrio
 from prism.activity import ActivityLog
 from prism.api import fields
 from prism.api.errors import ApiError
-from prism.api.views import branch_view, confinement_view
+from prism.api.views import branch_view, confinement_view, readiness
 from prism.branches import Branch, BranchManager
 from prism.dataplane import DataPlane
 from prism.dsn import PasswordCheck, confirmed, connection_view
@@ -127,18 +127,20 @@ def register_routes(
 
     @app.get("/healthz")
     async def healthz() -> Response:
-        """Readiness: the event loop answers and main is made and running (503 while main is
-        made: a base backup is served but not ready); which data plane is in use; what the
-        branch servers' sandbox enforces and what this host leaves unenforced."""
+        """Readiness: the event loop answers and main is made and serving (503 while main is
+        made: a base backup is served but not ready; or while main's server does not serve);
+        which data plane is in use; what the branch servers' sandbox enforces and what this
+        host leaves unenforced."""
+        code, verdict = readiness(manager)
         response = jsonify(
             {
-                "status": "ok" if manager.opened else "starting",
+                **verdict,
                 "branches": len(manager.list()),
                 "data_plane": {"name": data_plane.name, "reason": data_plane.reason},
                 "sandbox": confinement_view(manager.runtime.confinement()),
             }
         )
-        response.status_code = 200 if manager.opened else 503
+        response.status_code = code
         return response
 
     async def full_view(branch: Branch, *, with_password: bool = False) -> dict[str, Any]:

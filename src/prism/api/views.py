@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from prism.branches import Branch
+from prism.branches import Branch, BranchManager
+from prism.branchstate import UNWELL, Trouble
+from prism.names import MAIN_BRANCH
 from prism.policy import BranchPolicy
 from prism.runtime.base import Confinement
 from prism.state import rfc3339
@@ -47,9 +49,26 @@ def branch_view(
         "generation_taken_at": (
             None if branch.generation is None else rfc3339(branch.generation.taken_at)
         ),
+        "trouble": None if branch.trouble is None else trouble_view(branch.trouble),
         **({} if policy is None else policy_view(policy)),
         **more,
     }
+
+
+def trouble_view(trouble: Trouble) -> dict[str, Any]:
+    """Why a branch's server does not serve, as the API, the stream and ``/healthz`` show it."""
+    return {"reason": trouble.reason, "since": rfc3339(trouble.since), "log": list(trouble.log)}
+
+
+def readiness(manager: BranchManager) -> tuple[int, dict[str, Any]]:
+    """``/healthz``'s status code and verdict: ready once main is made and running, 503 while
+    it is made or while its server does not serve (``recovering``, ``unhealthy``: why, too)."""
+    if not manager.opened:
+        return 503, {"status": "starting"}
+    main = manager.get(MAIN_BRANCH)
+    if main is None or main.status not in UNWELL or main.trouble is None:
+        return 200, {"status": "ok"}
+    return 503, {"status": main.status.value, "main": trouble_view(main.trouble)}
 
 
 def confinement_view(confinement: Confinement) -> dict[str, Any]:

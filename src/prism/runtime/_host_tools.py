@@ -21,14 +21,11 @@ from pathlib import Path
 import trio
 
 from prism.pgbin import PgInstall, PgInstalls
-from prism.runtime._postmaster import processes_under
+from prism.runtime._postmaster import file_tail, processes_under
 from prism.runtime._programs import LineSplitter
 from prism.runtime.base import Tools
 
 log = logging.getLogger(__name__)
-
-#: How much of the end of main's server log is read for the walreceiver's last failure.
-LOG_TAIL_BYTES = 64 * 1024
 
 #: How long leftover programs of a killed Prism get to die once killed.
 _LEFTOVERS_GONE_S = 10.0
@@ -54,7 +51,7 @@ class HostTools:
         self._installs.default.chown(path)
 
     async def server_log(self) -> str:
-        return await trio.to_thread.run_sync(_file_tail, self._server_log)
+        return await trio.to_thread.run_sync(file_tail, self._server_log)
 
     async def stop_leftovers(self, main: Path) -> None:
         """Kill the ``pg_basebackup`` processes (and their WAL streamer) running in ``main``:
@@ -198,12 +195,3 @@ class _HostPrograms:
         return subprocess.CompletedProcess(
             argv, 1 if failed else 0, b"", "\n".join(failed).encode()
         )
-
-
-def _file_tail(path: Path) -> str:
-    try:
-        with path.open("rb") as log_file:
-            log_file.seek(max(0, path.stat().st_size - LOG_TAIL_BYTES))
-            return log_file.read().decode(errors="replace")
-    except OSError:
-        return ""

@@ -39,6 +39,8 @@ _BIND_FAILURES = ("could not bind", "Address already in use")
 # sun_path holds 108 bytes including the terminating NUL.
 _SOCKET_PATH_MAX = 107
 _LOG_TAIL_LINES = 10
+#: How much of the end of a server log is read for what it last said.
+LOG_TAIL_BYTES = 64 * 1024
 _DISK_FULL = "No space left on device"
 _WAL_SEGMENT_BYTES = 16 * 2**20
 
@@ -181,6 +183,16 @@ def last_lines(text: str) -> str:
     """The last few non-empty lines of ``text``, for an error hint."""
     lines = [line for line in text.splitlines() if line.strip()]
     return "\n".join(lines[-_LOG_TAIL_LINES:])
+
+
+def file_tail(path: Path) -> str:
+    """The end of a server's log file, "" if there is none (blocking)."""
+    try:
+        with path.open("rb") as log_file:
+            log_file.seek(max(0, path.stat().st_size - LOG_TAIL_BYTES))
+            return log_file.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def exit_failure(branch: str, how: str, tail: str, pgdata: Path) -> RuntimeStartFailed:

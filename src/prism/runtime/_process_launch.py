@@ -27,6 +27,7 @@ from prism.errors import ConfigError, RuntimeStartFailed
 from prism.pgbin import PgInstall
 from prism.runtime import landlock, sandbox
 from prism.runtime._postmaster import (
+    LOG_TAIL_BYTES,
     LOOPBACK,
     PID_POLL_S,
     PortTaken,
@@ -39,7 +40,6 @@ from prism.runtime._process_dirs import ServerDirs
 from prism.runtime._process_server import QUICK_KILL, LocalServer, signal_until_gone
 from prism.runtime.base import BindMount
 
-_LOG_TAIL_BYTES = 64 * 1024
 # Settings Prism must own: the returned BackendAddress is built from them.
 _MANAGED_SETTINGS = frozenset(
     {
@@ -254,7 +254,7 @@ def _log_tail(log_path: Path, offset: int) -> str:
     try:
         with open(log_path, "rb") as log:
             size = log.seek(0, os.SEEK_END)
-            log.seek(max(offset, size - _LOG_TAIL_BYTES))
+            log.seek(max(offset, size - LOG_TAIL_BYTES))
             text = log.read().decode(errors="replace")
     except OSError as exc:
         return f"(cannot read {log_path}: {exc})"

@@ -243,6 +243,11 @@ class Runtime(Protocol):
         """Where ``branch``'s server is reachable, or None if Prism does not know it running."""
         ...
 
+    async def server_log(self, branch: str) -> str:
+        """The end of ``branch``'s server log, what it last said (why it does not serve);
+        "" if there is none or it cannot be read: the log explains, it never fails a caller."""
+        ...
+
     async def source_tools(self, directory: Path, *, source_host: str | None) -> SourceTools:
         """The client programs for following a source at ``source_host`` (the base backup,
         asking its version), run where this runtime runs its servers.

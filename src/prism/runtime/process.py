@@ -35,6 +35,7 @@ from prism.runtime import _process_adopt as adoption
 from prism.runtime import landlock, sandbox
 from prism.runtime._host_tools import HostTools
 from prism.runtime._postmaster import (
+    file_tail,
     last_lines,
     on_a_free_port,
     postmasters_under,
@@ -242,6 +243,10 @@ class ProcessRuntime:
             "server exited unexpectedly branch=%s pid=%d status=%s", branch, server.pid, status
         )
         return None
+
+    async def server_log(self, branch: str) -> str:
+        """The end of ``branch``'s server log (``<data-dir>/logs/<branch>.log``)."""
+        return await trio.to_thread.run_sync(file_tail, self._dirs.log_dir / f"{branch}.log")
 
     async def source_tools(self, directory: Path, *, source_host: str | None) -> HostTools:
         """The host's programs, run as the server user; main's log is its server's. A local

@@ -12,8 +12,11 @@ let token = localStorage.getItem("prism-token") || "";
 
 // Event types that are a branch's new status; the rest change counts or remove the branch.
 const STATUS_EVENTS = new Set([
-  "backing_up", "provisioning", "starting", "running", "stopping", "stopped", "resetting", "deleting",
+  "backing_up", "provisioning", "starting", "running", "recovering", "unhealthy", "stopping",
+  "stopped", "resetting", "deleting",
 ]);
+// Statuses of a server that was up and serves nobody: they come with why and the log's end.
+const UNWELL = new Set(["recovering", "unhealthy"]);
 
 const $ = (selector) => document.querySelector(selector);
 
@@ -156,6 +159,7 @@ function control(tag, { dataset = {}, ...properties }, onEvent) {
 // control never changes under a person's pointer (see rowOf).
 function buildControls(row, name) {
   const cell = (field) => row.cells[FIELDS.indexOf(field)];
+  cell("status").append(control("span", { className: "state" }));
   const toggle = control("button", { className: "toggle", textContent: "", dataset: { action: "toggle" } },
     ["click", () => { collapsed.has(name) ? collapsed.delete(name) : collapsed.add(name); render(); }]);
   cell("name").append(toggle, control("span", { className: "label" }),
@@ -191,6 +195,24 @@ function rowOf(body, name, index) {
   }
   if (body.rows[index] !== row) body.insertBefore(row, body.rows[index] ?? null);
   return row;
+}
+
+// Why a recovering or unhealthy server does not serve: its reason and log, one click away
+// (made while there is trouble, kept across renders so an open one stays open).
+function showTrouble(td, b) {
+  let details = td.querySelector("details.trouble");
+  if (!b.trouble) {
+    if (details) details.remove();
+    return;
+  }
+  if (!details) {
+    details = control("details", { className: "trouble" });
+    details.append(control("summary", { textContent: "why" }), control("pre", {}));
+    td.append(details);
+  }
+  const text = [b.trouble.reason, `since ${b.trouble.since}`, "", ...b.trouble.log].join("\n");
+  setText(details.querySelector("pre"), text);
+  put(details, "title", b.trouble.reason);
 }
 
 function show(row, field, text) {
@@ -248,7 +270,10 @@ function renderRow(row, b, place) {
   // --source-mode dump: which copy of the source the branch holds, and when it was taken.
   setText(generation, b.generation == null ? "" : `gen ${b.generation}`);
   put(generation, "title", b.generation_taken_at ? `dump taken ${b.generation_taken_at}` : "");
-  backupBar(show(row, "status", statusText(b)), b);
+  const status = cell("status");
+  setText(status.querySelector(".state"), statusText(b));
+  showTrouble(status, b);
+  backupBar(status, b);
   show(row, "parent", b.parent ?? "—");
   show(row, "connections", String(b.connections));
   sparkline(cell("activity"), activity[b.name]);
@@ -410,11 +435,12 @@ function logEvent(event) {
   const li = document.createElement("li");
   li.dataset.seq = event.seq ?? "";
   const extra = Object.entries(event)
-    .filter(([key]) => !["type", "branch", "at", "seq", "branches"].includes(key))
+    .filter(([key]) => !["type", "branch", "at", "seq", "branches", "log"].includes(key))
     .map(([key, value]) => `${key}=${value}`)
     .join(" ");
   li.textContent = `${event.at.slice(11, 23)} ${event.type} ${event.branch ?? ""} ${extra}`;
   if (event.type === "failed" || event.type === "overflow" || event.error) li.className = "error";
+  if (event.log) li.title = event.log.join("\n"); // a server's last lines: on hover
   // Newest first, by seq: the ring fetched on load may land after live events.
   const list = $("#events");
   const later = [...list.children].find((other) => Number(other.dataset.seq) < event.seq);
@@ -461,7 +487,12 @@ function apply(event) {
   if (DETAIL_EVENTS.has(event.type)) refreshDetails();
   const b = branches.get(name);
   if (b === undefined) return render();
-  if (STATUS_EVENTS.has(event.type)) b.status = event.type;
+  if (STATUS_EVENTS.has(event.type)) {
+    b.status = event.type;
+    // The reason and log come with an unwell status; any other status leaves them behind.
+    b.trouble = UNWELL.has(event.type)
+      ? { reason: event.error, since: event.at, log: event.log ?? [] } : null;
+  }
   // A reset leaves the branch as it was: a running one announces "running" before "reset",
   // a stopped one announces nothing more, so still "resetting" here means stopped.
   if (event.type === "reset" && b.status === "resetting") b.status = "stopped";
