@@ -36,6 +36,15 @@ def _postgres_pids_for(data_dir: Path) -> list[int]:
     return pids
 
 
+async def _serves_then_stops_cleanly(process: trio.Process, pg_port: int, branch: str) -> None:
+    """A query on ``branch`` through Prism answers; then SIGTERM ends Prism with status 0."""
+    out = await psql(_dsn(pg_port, f"postgres@{branch}"), "SELECT 7")
+    assert out.stdout.decode().strip() == "7"
+    process.send_signal(signal.SIGTERM)
+    with trio.fail_after(30):
+        assert await process.wait() == 0
+
+
 async def test_sigterm_stops_every_branch_server_and_exits_cleanly(data_dir: Path) -> None:
     async with running_prism(data_dir) as (process, pg_port, _):
         await psql(_dsn(pg_port, "postgres@sigterm-branch"), "SELECT 1")
@@ -108,11 +117,7 @@ async def test_the_lock_of_a_killed_prism_does_not_stop_the_next(data_dir: Path)
     assert (data_dir / "prism.lock").exists()  # left behind, with the dead Prism's pid
     assert len(_postgres_pids_for(data_dir)) == 2  # its servers, which must not hold the lock
     async with running_prism(data_dir) as (process, pg_port, _):
-        out = await psql(_dsn(pg_port, "postgres@survivor"), "SELECT 4")
-        assert out.stdout.decode().strip() == "4"
-        process.send_signal(signal.SIGTERM)
-        with trio.fail_after(30):
-            assert await process.wait() == 0
+        await _serves_then_stops_cleanly(process, pg_port, "survivor")
     assert _postgres_pids_for(data_dir) == []
 
 
@@ -121,11 +126,7 @@ async def test_a_data_dir_prism_creates_itself_works() -> None:
     servers run as another user, who must be able to pass through the new directory)."""
     data_dir = fresh_dir("parent-") / "data"
     async with running_prism(data_dir) as (process, pg_port, _):
-        out = await psql(_dsn(pg_port, "postgres@in-new-dir"), "SELECT 7")
-        assert out.stdout.decode().strip() == "7"
-        process.send_signal(signal.SIGTERM)
-        with trio.fail_after(30):
-            assert await process.wait() == 0
+        await _serves_then_stops_cleanly(process, pg_port, "in-new-dir")
 
 
 async def test_busy_port_is_a_one_line_error(data_dir: Path) -> None:
