@@ -21,7 +21,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from prism.errors import DataDirInUse
+from prism.errors import ConfigError, DataDirInUse
 
 LOCK_FILE = "prism.lock"
 
@@ -43,7 +43,14 @@ class DataDirLock:
 def hold_data_dir(data_dir: Path) -> Iterator[DataDirLock]:
     """Hold ``data_dir``'s lock for the ``with`` block, or raise ``DataDirInUse`` at once."""
     path = data_dir / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot open the lock file {path}: {exc.strerror}",
+            hint="run Prism as the user that owns the data directory, or choose another "
+            "with --data-dir",
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
