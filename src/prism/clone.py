@@ -27,20 +27,19 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from pathlib import Path
 
 import trio
 
 from prism.address import BackendAddress
 from prism.crashpoints import crash_point
-from prism.errors import StorageError
-from prism.pgclient import connect_branch
+from prism.errors import BackendQueryError, StorageError
+from prism.pgclient import ServiceConnection, connect_branch
 from prism.serverconf import detach_clone
 from prism.storage.base import Storage
 
 log = logging.getLogger(__name__)
-
-_WAL_COPY_ATTEMPTS = 3
 
 
 async def clone_consistent(
@@ -76,6 +75,7 @@ async def _clone_in_backup_mode(
     async with await connect_branch(
         parent_address, user=superuser, application_name="prism clone"
     ) as service:
+        await _hold_wal(service, parent)
         await service.query(f"SELECT pg_backup_start('prism: branch {child}', true)")
         try:
             path = await storage.clone(parent, child)
@@ -85,28 +85,34 @@ async def _clone_in_backup_mode(
                 await service.query("SELECT pg_backup_stop(false)")
             raise
         rows = await service.query("SELECT labelfile, spcmapfile FROM pg_backup_stop(false)")
+        # The parent goes on writing, and its pg_wal is copied after the stop, so the copy
+        # holds every record up to the stop point; the slot still keeps what the backup needs.
+        await storage.refresh_subdir(parent, child, "pg_wal")
     label, spcmap = rows[0]
-    await _refresh_live_wal(storage, parent, child)
     await trio.to_thread.run_sync(_write_backup_files, path, label or "", spcmap or "")
     log.debug("clone: %s -> %s in backup mode", parent, child)
     return path
 
 
-async def _refresh_live_wal(storage: Storage, parent: str, child: str) -> None:
-    """Copy the running parent's ``pg_wal`` into the clone, again if a file vanished.
+async def _hold_wal(service: ServiceConnection, parent: str) -> None:
+    """Keep the parent's WAL from the backup's start until this service session ends.
 
-    The parent keeps writing while it is copied: its archiver renames ``archive_status`` files
-    and a checkpoint recycles old segments, so a copy can meet a file that is gone by the time
-    it is read. A fresh attempt sees the directory as it is now; the WAL the backup needs stays.
+    A non-exclusive backup holds no WAL: a checkpoint during the copy (a busy parent reaches
+    ``max_wal_size`` soon) may recycle the segments from the backup's start before ``pg_wal`` is
+    copied, and the child would find no checkpoint to start from. A temporary physical slot,
+    reserving WAL from now on, is dropped by the server when the session ends, even if Prism
+    dies. Without a slot to spare (``max_replication_slots``) the clone goes on, warned of.
     """
-    for attempt in range(1, _WAL_COPY_ATTEMPTS + 1):
-        try:
-            await storage.refresh_subdir(parent, child, "pg_wal")
-            return
-        except StorageError as exc:
-            if attempt == _WAL_COPY_ATTEMPTS or "No such file" not in exc.message:
-                raise
-            log.debug("clone: %s's pg_wal changed while copied; again (%d)", parent, attempt)
+    slot = f"prism_clone_{secrets.token_hex(6)}"
+    try:
+        await service.query(f"SELECT pg_create_physical_replication_slot('{slot}', true, true)")
+    except BackendQueryError as exc:
+        log.warning(
+            "clone: cannot keep %s's WAL while it is copied (%s): a checkpoint during the copy "
+            "may remove WAL the new branch needs; raise max_replication_slots",
+            parent,
+            exc.message,
+        )
 
 
 def _write_backup_files(pgdata: Path, label: str, spcmap: str) -> None:

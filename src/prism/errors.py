@@ -151,6 +151,12 @@ class OutsideWindow(PrismError):
     sqlstate = "22023"  # invalid_parameter_value
 
 
+class DataDirInUse(PrismError):
+    """Another Prism holds the data directory: one daemon per data dir (``datadirlock``)."""
+
+    sqlstate = "55006"  # object_in_use
+
+
 class ConfigError(PrismError):
     """A setting is missing, malformed or contradicts another one."""
 

@@ -21,6 +21,7 @@ from prism.branches import BranchManager
 from prism.branchstate import BranchRegistry
 from prism.capacity import Caps
 from prism.config import Settings, StorageKind
+from prism.datadirlock import DataDirLock, hold_data_dir
 from prism.dataplane import DataPlane
 from prism.dataplane import choose as choose_data_plane
 from prism.dsn import Endpoint
@@ -91,8 +92,6 @@ def _prepare_data_dir(path: Path) -> None:
             f"data directory {path} is not writable by this user",
             hint="choose another place with --data-dir, or fix its owner",
         )
-    for sub in ("run", "logs"):
-        (path / sub).mkdir(exist_ok=True, mode=0o700)
 
 
 async def _open_listener(host: str, port: int, what: str) -> trio.SocketListener:
@@ -102,7 +101,7 @@ async def _open_listener(host: str, port: int, what: str) -> trio.SocketListener
         raise ConfigError(
             f"cannot listen for {what} on {host}:{port}: {exc.strerror}",
             hint="is another server (Postgres, another Prism) using that port? "
-            "choose another with --listen / --api",
+            "choose another with --listen / --api; another Prism needs its own --data-dir too",
         ) from None
     return listeners[0]
 
@@ -141,14 +140,24 @@ class PrismServer:
     async def run(
         self, *, task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        settings = self.settings
         log.debug("open-file limit %d", raise_open_file_limit())
-        data_dir = settings.data_dir.resolve()
+        data_dir = self.settings.data_dir.resolve()
         _prepare_data_dir(data_dir)
+        # Before anything reads or changes the data dir, and until every server is stopped.
+        with hold_data_dir(data_dir) as lock:
+            await self._run(data_dir, lock, task_status)
+
+    async def _run(
+        self, data_dir: Path, lock: DataDirLock, task_status: trio.TaskStatus[ServerInfo]
+    ) -> None:
+        settings = self.settings
+        for sub in ("run", "logs"):
+            (data_dir / sub).mkdir(exist_ok=True, mode=0o700)
         # Before anything of this Prism could run an initdb that writes one.
         await trio.to_thread.run_sync(secretfiles.sweep, data_dir / "run", data_dir / "source")
         pg_listener = await _open_listener(settings.listen.host, settings.listen.port, "clients")
         api_listener = await _open_listener(settings.api.host, settings.api.port, "the API")
+        lock.describe(listen=_bound(pg_listener), api=_bound(api_listener))
         storage_options = (
             {"dataset": settings.zfs_dataset} if settings.storage is StorageKind.ZFS else {}
         )

@@ -239,17 +239,34 @@ COMMIT;
 """
 # bt_index_check raises on a corrupt index; psql prints the last statement's result only.
 _CHECK = "SELECT bt_index_check('accounts_balance', true); SELECT sum(balance) FROM accounts"
+# About 1 MB of WAL, a new file for the table (the old one removed), then a new WAL segment.
+_CHURN = """
+BEGIN;
+TRUNCATE filler;
+INSERT INTO filler SELECT repeat(md5(g::text), 32) FROM generate_series(1, 1000) g;
+COMMIT;
+SELECT pg_switch_wal();
+"""
 
 
 async def assert_clones_of_busy_parent_are_consistent(
-    prism: PrismHandle, branches: int = 4
+    prism: PrismHandle, branches: int = 4, *, churn_wal: bool = False
 ) -> None:
     """Cut branches from main while a writer moves money in it: each sees a committed state.
 
     The invariant (the balances always sum to 50,000) holds in every committed state; a clone
     that caught a half-written page or lost WAL would break it or fail the index check.
+
+    With ``churn_wal`` a second writer makes files vanish under a file-by-file clone all along:
+    it switches WAL segments (archive_status files come and go when main archives), replaces a
+    table's file, and with ``max_wal_size`` at 32 MB checkpoints recycle segments every few
+    switches; each branch is deleted once checked, so many fit on the disk.
     """
     await psql(prism.dsn(), _ACCOUNTS)
+    if churn_wal:
+        await psql(prism.dsn(), "CREATE TABLE filler (pad text)")
+        await psql(prism.dsn(), "ALTER SYSTEM SET max_wal_size = '32MB'")
+        await psql(prism.dsn(), "SELECT pg_reload_conf()")
     writes = 0
 
     async def writer() -> None:
@@ -259,12 +276,20 @@ async def assert_clones_of_busy_parent_are_consistent(
             await psql(prism.dsn(), sql)
             writes += 1
 
+    async def churner() -> None:
+        while True:
+            await psql(prism.dsn(), _CHURN)
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(writer)
+        if churn_wal:
+            nursery.start_soon(churner)
         for n in range(branches):
             await trio.sleep(0.2)  # the load: writes land between one branch and the next
             out = await psql(prism.dsn(f"postgres@busy-{n}"), _CHECK)
             assert out.stdout.decode().strip() == "50000"
+            if churn_wal:
+                await prism.manager.delete(f"busy-{n}")
         nursery.cancel_scope.cancel()
     assert writes > 0
 

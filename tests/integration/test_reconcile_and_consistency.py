@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 import trio
 
+from prism.clone import clone_consistent
 from prism.server import PrismServer
 from prism.state import BranchRecord, StateStore
 
@@ -77,3 +79,54 @@ async def test_clones_of_a_busy_parent_are_consistent(start_prism: Any, storage:
     """A writer keeps main busy while branches are cut (backup mode for the copy driver)."""
     prism: PrismHandle = await start_prism(storage=storage)
     await assert_clones_of_busy_parent_are_consistent(prism)
+
+
+async def test_fifty_copies_of_a_main_writing_and_archiving_all_start_consistent(
+    start_prism: Any,
+) -> None:
+    """Files vanish under the copy driver's cp (archive_status, recycled WAL, a replaced table
+    file) while main writes and archives: every create still succeeds and starts consistent."""
+    prism: PrismHandle = await start_prism(storage="copy", snapshot_every=3600.0)
+    await assert_clones_of_busy_parent_are_consistent(prism, branches=50, churn_wal=True)
+    archive = prism.settings.data_dir / "wal-archive" / "main"
+    assert len(list(archive.iterdir())) > 50  # main did archive all along
+
+
+class _CheckpointsDuringClone:
+    """The manager's storage, but every clone is followed by WAL switches and checkpoints on
+    main, as a busy main would make while a large copy runs."""
+
+    def __init__(self, prism: PrismHandle) -> None:
+        self._prism = prism
+        self._storage = prism.manager.storage
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._storage, name)
+
+    async def clone(self, parent: str, child: str) -> Path:
+        path: Path = await self._storage.clone(parent, child)
+        for _ in range(4):
+            await psql(self._prism.dsn(), "INSERT INTO ticks VALUES (1); SELECT pg_switch_wal()")
+            await psql(self._prism.dsn(), "CHECKPOINT")
+        return path
+
+
+async def test_a_copy_keeps_the_wal_from_its_backup_start_through_checkpoints(
+    start_prism: Any,
+) -> None:
+    """A non-exclusive backup holds no WAL: without the clone's slot the checkpoints during
+    the copy recycle the segment the child's recovery starts in."""
+    prism: PrismHandle = await start_prism(storage="copy")
+    await psql(prism.dsn(), "CREATE TABLE ticks (v int)")
+    path = await clone_consistent(
+        _CheckpointsDuringClone(prism),  # type: ignore[arg-type]
+        "main",
+        "kept-wal",
+        parent_address=prism.manager.address("main"),
+        superuser="postgres",
+    )
+    label = (path / "backup_label").read_text()
+    start = re.search(r"START WAL LOCATION: \S+ \(file (\w+)\)", label)
+    assert start is not None, label
+    assert (path / "pg_wal" / start.group(1)).is_file()
+    await prism.manager.storage.destroy("kept-wal")

@@ -36,6 +36,15 @@ def _postgres_pids_for(data_dir: Path) -> list[int]:
     return pids
 
 
+async def _serves_then_stops_cleanly(process: trio.Process, pg_port: int, branch: str) -> None:
+    """A query on ``branch`` through Prism answers; then SIGTERM ends Prism with status 0."""
+    out = await psql(_dsn(pg_port, f"postgres@{branch}"), "SELECT 7")
+    assert out.stdout.decode().strip() == "7"
+    process.send_signal(signal.SIGTERM)
+    with trio.fail_after(30):
+        assert await process.wait() == 0
+
+
 async def test_sigterm_stops_every_branch_server_and_exits_cleanly(data_dir: Path) -> None:
     async with running_prism(data_dir) as (process, pg_port, _):
         await psql(_dsn(pg_port, "postgres@sigterm-branch"), "SELECT 1")
@@ -77,16 +86,47 @@ async def _serve_expecting_failure(args: list[str]) -> str:
     return stderr
 
 
+async def test_a_second_prism_on_the_same_data_dir_exits_naming_the_first(
+    data_dir: Path,
+) -> None:
+    async with running_prism(data_dir) as (process, pg_port, api_port):
+        await psql(_dsn(pg_port, "postgres@kept"), "CREATE TABLE t AS SELECT 3 AS v")
+        servers = sorted(_postgres_pids_for(data_dir))
+        # Other ports, as the hint of a port clash used to suggest: refused before it touches
+        # anything of the data dir.
+        with trio.fail_after(20):
+            stderr = await _serve_expecting_failure(
+                _serve_args(data_dir, _free_port(), _free_port())
+            )
+        assert (
+            f"prism: error: data directory {data_dir} is in use by another Prism "
+            f"(pid {process.pid}), serving postgres clients on 127.0.0.1:{pg_port} and the API "
+            f"on http://127.0.0.1:{api_port}\n" in stderr
+        )
+        assert "--data-dir" in stderr.split("prism: hint:")[1]
+        assert sorted(_postgres_pids_for(data_dir)) == servers  # nothing adopted or stopped
+        out = await psql(_dsn(pg_port, "postgres@kept"), "SELECT v FROM t")
+        assert out.stdout.decode().strip() == "3"
+
+
+async def test_the_lock_of_a_killed_prism_does_not_stop_the_next(data_dir: Path) -> None:
+    async with running_prism(data_dir) as (process, pg_port, _):
+        await psql(_dsn(pg_port, "postgres@survivor"), "SELECT 1")
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
+    assert (data_dir / "prism.lock").exists()  # left behind, with the dead Prism's pid
+    assert len(_postgres_pids_for(data_dir)) == 2  # its servers, which must not hold the lock
+    async with running_prism(data_dir) as (process, pg_port, _):
+        await _serves_then_stops_cleanly(process, pg_port, "survivor")
+    assert _postgres_pids_for(data_dir) == []
+
+
 async def test_a_data_dir_prism_creates_itself_works() -> None:
     """The README's way: point --data-dir at a path that does not exist yet (as root the
     servers run as another user, who must be able to pass through the new directory)."""
     data_dir = fresh_dir("parent-") / "data"
     async with running_prism(data_dir) as (process, pg_port, _):
-        out = await psql(_dsn(pg_port, "postgres@in-new-dir"), "SELECT 7")
-        assert out.stdout.decode().strip() == "7"
-        process.send_signal(signal.SIGTERM)
-        with trio.fail_after(30):
-            assert await process.wait() == 0
+        await _serves_then_stops_cleanly(process, pg_port, "in-new-dir")
 
 
 async def test_busy_port_is_a_one_line_error(data_dir: Path) -> None:

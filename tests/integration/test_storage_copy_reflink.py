@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import shutil
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -147,6 +149,51 @@ async def test_cancelled_clone_removes_the_partial_copy(storage: CopyStorage) ->
         await storage.clone(MAIN_BRANCH, "feature")
     assert scope.cancelled_caught, "clone finished before the test could cancel it"
     assert not storage.exists("feature")
+    assert leftovers(storage) == []
+
+
+def _churn(directory: Path, stop: threading.Event) -> None:
+    """Make and remove files and directories in ``directory`` until ``stop``, as a live
+    server's ``pg_wal/archive_status`` and temporary files come and go."""
+    round_ = 0
+    while not stop.is_set():
+        made = directory / f"dir{round_}" / "sub"
+        made.mkdir(parents=True)
+        (made / "z").write_bytes(b"z")
+        files = [directory / f"f{round_}-{i}" for i in range(20)]
+        for file in files:
+            file.write_bytes(b"y")
+        for file in files:
+            file.unlink()
+        shutil.rmtree(directory / f"dir{round_}")
+        round_ += 1
+
+
+def _without_churn(tree: dict[str, tuple[object, ...]]) -> dict[str, tuple[object, ...]]:
+    return {path: info for path, info in tree.items() if not path.startswith("churn")}
+
+
+async def test_files_and_directories_vanishing_during_a_clone_are_left_out(
+    storage: CopyStorage, caplog: pytest.LogCaptureFixture
+) -> None:
+    parent = storage.path(MAIN_BRANCH)
+    for i in range(300):
+        (parent / "base" / f"stable-{i}").write_bytes(b"s")
+    churning = parent / "churn"
+    churning.mkdir()
+    stable = _without_churn(snapshot_tree(parent))
+    stop = threading.Event()
+    caplog.set_level(logging.DEBUG, logger="prism.storage._tree")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.to_thread.run_sync, _churn, churning, stop)
+        try:
+            for i in range(20):
+                child = await storage.clone(MAIN_BRANCH, f"b{i}")
+                assert _without_churn(snapshot_tree(child)) == stable
+                await storage.destroy(f"b{i}")
+        finally:
+            stop.set()
+    assert "vanished while copied" in caplog.text, "nothing vanished: the test proved nothing"
     assert leftovers(storage) == []
 
 

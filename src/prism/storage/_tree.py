@@ -11,8 +11,12 @@ in docs/benchmarks.md), and does not hold the GIL.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import re
+import shlex
+import shutil
 import time
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -20,7 +24,7 @@ from typing import Literal
 import trio
 
 from prism.errors import StorageError
-from prism.storage._command import run_tool
+from prism.storage._command import run_tool_tolerating
 from prism.storage._layout import (
     HIDDEN_PREFIX,
     BranchLayout,
@@ -57,12 +61,74 @@ async def copy_tree(source: Path, target: Path, *, reflink: ReflinkMode, hint: s
 
     ``-T`` makes ``cp`` treat ``target`` as the destination itself, never as a directory to copy
     into, should it appear meanwhile.
+
+    ``source`` may be a live server's data directory (copied between ``pg_backup_start`` and
+    ``pg_backup_stop``): WAL segments are recycled, ``archive_status`` files renamed, temporary
+    files and dropped relations removed while ``cp`` walks it. As for ``pg_basebackup``, a file
+    or directory that vanished is no error: the backup's WAL replay does not need what was gone
+    before the backup ended. What vanished is left out of the copy, an empty directory too.
     """
-    await run_tool(
+    vanished = await run_tool_tolerating(
         ["cp", "-a", f"--reflink={reflink}", "-T", "--", str(source), str(target)],
         action=f"copy {source} to {target}",
         hint=hint,
+        tolerate=functools.partial(vanished_path, source=source),
     )
+    if vanished:
+        await run_off_loop(
+            functools.partial(_leave_out, source, target, vanished),
+            failed=f"cannot remove from {target} what vanished from {source}",
+            hint=hint,
+        )
+        log.debug("storage: vanished while copied source=%s paths=%s", source, vanished)
+
+
+#: ``cp``'s complaints (C locale) about a source path that is not there any more: ``cannot
+#: stat``, ``cannot open … for reading``, ``cannot access`` (a directory), or a bare name (the
+#: attributes of a directory gone by the time they are copied); and a file that another took
+#: the place of between ``stat`` and ``open``, which ``cp`` skips.
+_VANISHED = re.compile(r"cp: (?:[a-z ]+ )?('.+')(?: for reading)?: No such file or directory")
+_REPLACED = re.compile(r"cp: skipping file ('.+'), as it was replaced while being copied")
+
+
+def vanished_path(line: str, *, source: Path) -> PurePosixPath | None:
+    """The path below ``source`` that a line of ``cp``'s stderr says vanished, or None.
+
+    None for any other complaint, and for a path outside ``source``: the target is Prism's own
+    staging directory, and a file missing there is a real failure.
+    """
+    match = _VANISHED.fullmatch(line) or _REPLACED.fullmatch(line)
+    if match is None:
+        return None
+    try:
+        words = shlex.split(match.group(1))  # cp quotes names as a shell would
+    except ValueError:
+        return None
+    if len(words) != 1:
+        return None
+    path = PurePosixPath(words[0])
+    if not path.is_relative_to(source) or path == PurePosixPath(source):
+        return None
+    return path.relative_to(source)
+
+
+def _leave_out(source: Path, target: Path, vanished: list[PurePosixPath]) -> None:
+    """Remove from ``target`` the copy of each vanished path's outermost vanished directory.
+
+    ``cp`` makes a directory before reading it, so a directory that vanished under it is left
+    empty or half-filled; Postgres would take that for the real thing (an empty replication
+    slot directory stops the server from starting).
+    """
+    for relpath in vanished:
+        for depth in range(1, len(relpath.parts) + 1):
+            outermost = PurePosixPath(*relpath.parts[:depth])
+            if not os.path.lexists(source / outermost):
+                copied = target / outermost
+                if copied.is_dir() and not copied.is_symlink():
+                    shutil.rmtree(copied)
+                else:
+                    copied.unlink(missing_ok=True)
+                break
 
 
 async def rename_into_place(staging: Path, target: Path) -> None:
