@@ -115,6 +115,11 @@ async def running_prism(
             await wait_until(serving, what="prism serve to be ready", within=60)
         yield process, pg_port, api_port
     finally:
+        # A graceful stop, so the branch servers go with it; a kill would orphan them.
+        if process.poll() is None:
+            process.terminate()
+            with trio.move_on_after(30):
+                await process.wait()
         if process.poll() is None:
             process.kill()
         await process.wait()
