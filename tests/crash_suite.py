@@ -45,7 +45,9 @@ MAIN_ROWS = 250
 VICTIM_VALUE = 42
 #: Every step boundary of the operations on an existing branch, for the parametrized cases.
 OPERATION_POINTS = [
-    point for op in ("create", "delete", "reset", "start", "stop") for point in POINTS[op]
+    point
+    for op in ("create", "delete", "undelete", "reset", "start", "stop")
+    for point in POINTS[op]
 ]
 
 
@@ -149,12 +151,13 @@ async def request(prism: Prism, method: str, path: str, body: object = None) -> 
 CALLS: dict[str, tuple[str, str, object]] = {
     "create": ("POST", "/api/v1/branches", {"name": "fresh"}),
     "delete": ("DELETE", "/api/v1/branches/victim", None),
+    "undelete": ("POST", "/api/v1/branches/victim/undelete", None),
     "reset": ("POST", "/api/v1/branches/victim/reset", None),
     "start": ("POST", "/api/v1/branches/victim/start", None),
     "stop": ("POST", "/api/v1/branches/victim/stop", None),
 }
 #: Operations that need a call first: a branch is stopped after the seeding Prism's shutdown.
-BEFORE: dict[str, tuple[str, str, object]] = {"stop": CALLS["start"]}
+BEFORE: dict[str, tuple[str, str, object]] = {"stop": CALLS["start"], "undelete": CALLS["delete"]}
 
 
 @dataclass

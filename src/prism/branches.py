@@ -65,13 +65,13 @@ from prism.branchstate import (
     elapsed_ms,
     is_idle,
 )
+from prism.branchtrash import UNDELETE_WINDOW, BranchTrash
 from prism.capacity import Caps, check_branch_cap
 from prism.crashpoints import crash_point
 from prism.diskuse import DiskUse, DiskUseCache
 from prism.dsn import ConnectionParams, Endpoint, params_for
 from prism.errors import (
     BranchExists,
-    BranchHasChildren,
     BranchNotFound,
     BranchProtected,
     HookFailed,
@@ -142,6 +142,8 @@ class BranchManager:
         point_in_time: PointInTime | None = None,
         registry: BranchRegistry | None = None,
         server_extras: ServerExtrasSource | None = None,
+        undelete_window: float = UNDELETE_WINDOW,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.storage = storage
         self.journal = journal or Journal(state)
@@ -197,6 +199,22 @@ class BranchManager:
         self._recovery = BranchRecovery(
             self._registry, storage=storage, runtime=runtime, state=state, policies=self.policies
         )
+        self.trash = BranchTrash(
+            self._registry,
+            self._locks,
+            sessions=self._sessions,
+            servers=self._servers,
+            data=self._data,
+            storage=storage,
+            state=state,
+            policies=self.policies,
+            journal=self.journal,
+            events=events,
+            disk=self.disk,
+            window=undelete_window,
+            now=clock,
+        )
+        """Deleted branches kept for undelete: listed, purged (the reaper, the reclaimer)."""
         self.point_in_time = point_in_time
         """Snapshots and WAL archives of the branches that keep WAL, when kept
         (``--snapshot-every``): what ``create`` with ``at`` needs."""
@@ -290,8 +308,9 @@ class BranchManager:
 
     def recovery_owner(self) -> Owner:
         """The manager's part of start-up recovery (``prism.branchrecovery``): undo
-        interrupted creates, resets and initdbs, then make records, disk and servers agree."""
-        return self._recovery.owner()
+        interrupted creates, resets and initdbs, finish deletes and undeletes
+        (``prism.branchtrash``), then make records, disk, servers and the trash agree."""
+        return self._recovery.owner(self.trash.recoverers(), then=self.trash.sweep)
 
     async def open_main(self) -> None:
         """Create main if needed, then start it: the second half of ``open``.
@@ -591,44 +610,21 @@ class BranchManager:
                 if was_running:
                     await self._servers.start(branch, reason="refresh")
 
-    async def delete(self, name: str, *, with_children: bool = False) -> builtins.list[str]:
-        """Remove a branch (and, if asked, its descendants): server, data and record.
+    async def delete(
+        self, name: str, *, with_children: bool = False, purge: str | None = None
+    ) -> builtins.list[str]:
+        """Move a branch (and, if asked, its descendants) into the trash for
+        ``--undelete-window``; ``purge``: free it at once, saying why (``prism.branchtrash``).
 
         Returns the names deleted, descendants first.
         """
-        if name == MAIN_BRANCH:
-            raise BranchProtected("the main branch cannot be deleted")
-        self.require(name)
-        children = self.children(name)
-        for doomed in [name, *self.descendants(name)] if with_children else [name]:
-            refuse_if_protected(doomed, self.policies.get(doomed), "deleted")
-        if children and not with_children:
-            raise BranchHasChildren(
-                f'branch "{name}" has child branches: {", ".join(children)}',
-                hint="delete them first, or ask to delete the children too",
-            )
-        deleted: builtins.list[str] = []
-        for child in children:
-            deleted += await self.delete(child, with_children=True)
-        async with self._locks[name]:
-            branch = self.require(name)
-            await self._sessions.terminate(name, f'branch "{name}" was deleted')
-            await self._servers.stop(branch, reason="delete")
-            crash_point("delete:stopped")
-            self._registry.transition(branch, BranchStatus.DELETING, "deleting")
-            # Free first, record after: on a full disk the state file may not take a write
-            # until space is back. The rename into the trash is the commit point; a record
-            # whose directory is gone is forgotten by reconcile.
-            retired = await self.storage.retire(name)
-            crash_point("delete:retired")
-            self._registry.remove(name)
-            self._data.discarded(name)
-            if retired is not None:
-                await self._data.remove_retired(retired)
-            crash_point("delete:freed")
-            await self._data.forget_record(name)
-            self.events.publish("deleted", name)
-        return [*deleted, name]
+        return await self.trash.delete(name, with_children=with_children, purge=purge)
+
+    async def undelete(self, name: str) -> builtins.list[str]:
+        """Bring back the last deleted branch called ``name`` whole, with what the same delete
+        took below it (``BranchTrash.undelete``); the names, parents first."""
+        self.check_available(name)
+        return await self.trash.undelete(name)
 
     # ---- team policies -------------------------------------------------------------------
 

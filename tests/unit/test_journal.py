@@ -14,6 +14,7 @@ from prism.intents import (
     KINDS,
     BaseBackupIntent,
     CreateIntent,
+    DeleteIntent,
     InitdbIntent,
     Intent,
     IntentUnreadable,
@@ -21,6 +22,7 @@ from prism.intents import (
     ResetIntent,
     ResetPhase,
     SnapshotIntent,
+    UndeleteIntent,
     decode,
 )
 from prism.journal import Journal
@@ -32,6 +34,8 @@ EVERY_KIND: list[Intent] = [
     InitdbIntent(),
     CreateIntent("feature", "main"),
     ResetIntent("feature", "main", "abcd1234", ResetPhase.HOOKED_CLONE),
+    DeleteIntent("feature", "0123456789ab"),
+    UndeleteIntent("feature", "0123456789ab"),
     RefreshIntent("gen:2", "beef0001", 2, TAKEN),
     BaseBackupIntent(),
     SnapshotIntent("snap:main:20261201T064000000000Z", "main"),
