@@ -275,7 +275,10 @@ def _directories(data_dir: Path) -> tuple[set[str], list[str]]:
     branches = data_dir / "branches"
     if branches.is_dir():
         for entry in sorted(branches.iterdir()):
-            if entry.name.startswith("."):
+            if entry.name == ".deleted":
+                # Deleted branches kept for undelete: checked against the trash's list.
+                names |= {f"trash:{kept.name.rpartition('.')[0]}" for kept in entry.iterdir()}
+            elif entry.name.startswith("."):
                 if entry.name != ".trash" or any(entry.iterdir()):
                     others.append(entry.name)
             else:
@@ -296,6 +299,7 @@ async def check_invariants(
     async with serving(data_dir, storage, runtime=runtime) as prism:
         async with httpx.AsyncClient() as http:
             listed = (await http.get(f"{prism.api}/api/v1/branches")).json()["branches"]
+            trashed = (await http.get(f"{prism.api}/api/v1/trash")).json()["trash"]
         names = sorted(branch["name"] for branch in listed)
         for name in names:
             if not await _branch_serves(prism, name, has_main_rows):
@@ -304,7 +308,9 @@ async def check_invariants(
             count = int(await sql(prism.dsn("postgres"), "SELECT count(*) FROM keep"))
             outcome.rows_lost = MAIN_ROWS - count
         on_disk, others = _directories(data_dir)
-        outcome.leftover_dirs += sorted(on_disk - set(names)) + others
+        kept = {f"trash:{entry['name']}" for entry in trashed}
+        outcome.leftover_dirs += sorted(on_disk - set(names) - kept) + others
+        outcome.broken_branches += sorted(kept - on_disk)
         # A password a killed initdb left must be gone once Prism is back.
         run = data_dir / "run"
         outcome.leftover_dirs += sorted(p.name for p in run.iterdir() if is_leftover(p.name))

@@ -209,6 +209,7 @@ class PrismServer:
             registry=registry,
             # The point-in-time object also says what each server is started with.
             server_extras=point_in_time,
+            undelete_window=settings.undelete_window,
         )
         data_plane = choose_data_plane(settings.data_plane)
         proxy = Proxy.from_settings(manager, settings, data_dir, verifiers, data_plane)

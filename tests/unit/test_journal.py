@@ -106,7 +106,7 @@ async def test_recovery_runs_owners_in_the_declared_order_and_drops_only_what_it
         return Owner(name, dict.fromkeys(kinds, recover_one), sweep=sweep)
 
     owners = [
-        owner("branches", InitdbIntent, CreateIntent, ResetIntent),
+        owner("branches", InitdbIntent, CreateIntent, ResetIntent, DeleteIntent, UndeleteIntent),
         owner("snapshots", SnapshotIntent),
         owner("generations", RefreshIntent),
         owner("source", BaseBackupIntent),
@@ -122,6 +122,8 @@ async def test_recovery_runs_owners_in_the_declared_order_and_drops_only_what_it
         "branches:initdb",
         "branches:create",
         "branches:reset",
+        "branches:delete",
+        "branches:undelete",
         "branches:sweep",
     ]
     assert [name for name in ORDER] == ["source", "generations", "snapshots", "branches"]

@@ -8,6 +8,7 @@ from prism.branches import Branch
 from prism.policy import BranchPolicy
 from prism.runtime.base import Confinement
 from prism.state import rfc3339
+from prism.trash import TrashEntry
 
 
 def policy_view(policy: BranchPolicy) -> dict[str, Any]:
@@ -49,6 +50,19 @@ def branch_view(
         ),
         **({} if policy is None else policy_view(policy)),
         **more,
+    }
+
+
+def trash_view(entry: TrashEntry, *, window: float) -> dict[str, Any]:
+    """One deleted branch kept for undelete: who it was, and when it is purged."""
+    return {
+        "name": entry.name,
+        "parent": entry.parent,
+        "created_at": rfc3339(entry.created_at),
+        "deleted_at": rfc3339(entry.deleted_at),
+        "purge_at": rfc3339(entry.purge_at(window)),
+        "own_bytes": entry.own_bytes,
+        **policy_view(entry.policy),
     }
 
 
