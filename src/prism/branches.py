@@ -611,14 +611,19 @@ class BranchManager:
                     await self._servers.start(branch, reason="refresh")
 
     async def delete(
-        self, name: str, *, with_children: bool = False, purge: str | None = None
+        self,
+        name: str,
+        *,
+        with_children: bool = False,
+        purge: str | None = None,
+        if_idle: bool = False,
     ) -> builtins.list[str]:
         """Move a branch (and, if asked, its descendants) into the trash for
-        ``--undelete-window``; ``purge``: free it at once, saying why (``prism.branchtrash``).
-
-        Returns the names deleted, descendants first.
-        """
-        return await self.trash.delete(name, with_children=with_children, purge=purge)
+        ``--undelete-window``; ``purge``: free it at once, saying why; ``if_idle``: only if no
+        session is open (``BranchTrash.delete``). The names deleted, descendants first."""
+        return await self.trash.delete(
+            name, with_children=with_children, purge=purge, if_idle=if_idle
+        )
 
     async def undelete(self, name: str) -> builtins.list[str]:
         """Bring back the last deleted branch called ``name`` whole, with what the same delete

@@ -34,6 +34,7 @@ from prism.branchstate import Branch, BranchLocks, BranchRegistry, BranchStatus
 from prism.crashpoints import crash_point
 from prism.diskuse import DiskUseCache
 from prism.errors import (
+    BranchConflict,
     BranchExists,
     BranchHasChildren,
     BranchNotFound,
@@ -100,10 +101,17 @@ class BranchTrash:
     # ---- delete ---------------------------------------------------------------------------
 
     async def delete(
-        self, name: str, *, with_children: bool = False, purge: str | None = None
+        self,
+        name: str,
+        *,
+        with_children: bool = False,
+        purge: str | None = None,
+        if_idle: bool = False,
     ) -> builtins.list[str]:
         """Move a branch (and, if asked, its descendants) into the trash; the names, descendants
-        first. ``purge``: free them at once, for that reason (eviction), skipping the window."""
+        first. ``purge``: free them at once, for that reason (eviction), skipping the window.
+        ``if_idle``: refuse (``BranchConflict``), under the branch's lock, if a session is open
+        or being admitted, instead of ending it (eviction never takes a branch in use)."""
         if name == MAIN_BRANCH:
             raise BranchProtected("the main branch cannot be deleted")
         self._registry.require(name)
@@ -116,14 +124,19 @@ class BranchTrash:
                 f'branch "{name}" has child branches: {", ".join(children)}',
                 hint="delete them first, or ask to delete the children too",
             )
-        return await self._delete_tree(name, batch=secrets.token_hex(4), purge=purge)
+        batch = secrets.token_hex(4)
+        return await self._delete_tree(name, batch=batch, purge=purge, if_idle=if_idle)
 
-    async def _delete_tree(self, name: str, *, batch: str, purge: str | None) -> builtins.list[str]:
+    async def _delete_tree(
+        self, name: str, *, batch: str, purge: str | None, if_idle: bool
+    ) -> builtins.list[str]:
         deleted: builtins.list[str] = []
         for child in self._registry.children(name):
-            deleted += await self._delete_tree(child, batch=batch, purge=purge)
+            deleted += await self._delete_tree(child, batch=batch, purge=purge, if_idle=if_idle)
         async with self._locks[name]:
             branch = self._registry.require(name)
+            if if_idle and (branch.connections or self._sessions.any_open(name)):
+                raise BranchConflict(f'branch "{name}" has an open session: it was left alone')
             await self._sessions.terminate(name, f'branch "{name}" was deleted')
             await self._servers.stop(branch, reason="delete")
             crash_point("delete:stopped")
