@@ -19,6 +19,8 @@ import prism.api.sameorigin
 import prism.branches
 import prism.branchpolicy
 import prism.branchservers
+import prism.branchtrash
+import prism.eviction
 from prism.api.app import create_app
 from prism.api.errors import _STATUS
 from prism.cli import build_parser
@@ -77,7 +79,13 @@ def test_every_error_code_is_documented(code: str) -> None:
 def _event_types() -> list[str]:
     # Status events go through the registry's one transition (its third argument).
     kinds = {"snapshot", "overflow"}
-    for module in (prism.branches, prism.branchservers, prism.branchpolicy):
+    for module in (
+        prism.branches,
+        prism.branchservers,
+        prism.branchpolicy,
+        prism.branchtrash,
+        prism.eviction,
+    ):
         kinds |= _string_args(module, "publish", 0) | _string_args(module, "transition", 2)
     return sorted(kinds)
 
