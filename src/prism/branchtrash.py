@@ -45,7 +45,7 @@ from prism.events import EventBus
 from prism.intents import DeleteIntent, Intent, UndeleteIntent
 from prism.journal import Journal
 from prism.names import MAIN_BRANCH
-from prism.policy import PolicyStore, is_expired, refuse_if_protected
+from prism.policy import PolicyStore, grace_over, is_expired, refuse_if_protected
 from prism.recovery import Recoverer
 from prism.sessions import SessionRegistry
 from prism.state import StateStore, rfc3339
@@ -194,6 +194,28 @@ class BranchTrash:
             raise
         crash_point("delete:trashed")
         return entry
+
+    async def expire_if_due(self, name: str, *, grace: float) -> bool:
+        """Delete ``name`` if its time is up (into the trash, like any delete): at once with no
+        session open, else only after ``grace`` seconds, ending the sessions with 57P01. An
+        ``expired`` event comes first."""
+        branch = self._registry.get(name)
+        now = self._now()
+        if (
+            branch is None
+            or name == MAIN_BRANCH  # cannot be deleted at all: an expiry on it means nothing
+            or not is_expired(self._policies.get(name), now)
+            or self._registry.children(name)
+        ):
+            return False
+        if self._sessions.any_open(name) and not grace_over(self._policies.get(name), now, grace):
+            return False
+        self._events.publish("expired", name)
+        await self._sessions.terminate(
+            name, f'branch "{name}" expired and was deleted', hint="create it again if needed"
+        )
+        await self.delete(name)
+        return True
 
     # ---- undelete -------------------------------------------------------------------------
 

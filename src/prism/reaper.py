@@ -76,10 +76,11 @@ EXPIRY_TICK = 2.0
 
 async def run_expiry(manager: BranchManager, *, tick: float = EXPIRY_TICK) -> None:
     """Delete expired branches and purge deleted ones whose undelete window passed, until
-    cancelled (``BranchManager.expire_if_due`` and ``BranchTrash.purge_due`` decide).
+    cancelled (``BranchTrash.expire_if_due`` and ``purge_due`` decide).
 
     A pass of its own beside the idle reaper: expiry applies even with ``idle_timeout`` 0.
     """
+    grace = manager.defaults.expiry_grace
     while True:
         await trio.sleep(tick)
         try:
@@ -89,7 +90,7 @@ async def run_expiry(manager: BranchManager, *, tick: float = EXPIRY_TICK) -> No
             log.error("reaper: could not purge the trash: %s", exc.message)
         for branch in manager.list():
             try:
-                if await manager.expire_if_due(branch.name, grace=manager.defaults.expiry_grace):
+                if await manager.trash.expire_if_due(branch.name, grace=grace):
                     log.info("reaper: deleted expired branch %s", branch.name)
             except PrismError as exc:
                 log.error(

@@ -18,9 +18,12 @@ import prism.api.routes
 import prism.api.sameorigin
 import prism.branches
 import prism.branchpolicy
+import prism.branchreset
 import prism.branchservers
+import prism.branchstate
 import prism.branchtrash
 import prism.eviction
+import prism.mainbranch
 from prism.api.app import create_app
 from prism.api.errors import _STATUS
 from prism.cli import build_parser
@@ -84,6 +87,9 @@ def _event_types() -> list[str]:
         prism.branchservers,
         prism.branchpolicy,
         prism.branchtrash,
+        prism.branchreset,
+        prism.branchstate,
+        prism.mainbranch,
         prism.eviction,
     ):
         kinds |= _string_args(module, "publish", 0) | _string_args(module, "transition", 2)
