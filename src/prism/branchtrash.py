@@ -287,8 +287,7 @@ class BranchTrash:
         log.info("undelete: branch %s is back (deleted %s)", name, rfc3339(entry.deleted_at))
 
     async def _undo_put_back(self, intent: UndeleteIntent) -> None:
-        await self._state.delete(intent.name)
-        await self._policies.forget(intent.name)
+        await self._forget(intent.name)
         await self.store.remove(intent.token)
         await self._journal.done(intent)
 
@@ -324,30 +323,24 @@ class BranchTrash:
     # ---- start-up recovery ----------------------------------------------------------------
 
     def recoverers(self) -> dict[type[Intent], Recoverer]:
-        """The recoverers of deletes and undeletes a crash cut short."""
-        return {DeleteIntent: self._recover_delete, UndeleteIntent: self._recover_undelete}
+        """The recoverers of deletes and undeletes a crash cut short: one rule for both."""
+        return {DeleteIntent: self._recover_move, UndeleteIntent: self._recover_move}
 
-    async def _recover_delete(self, intent: DeleteIntent) -> None:
-        """Before the rename the branch is whole where it was: drop its trash row. After it,
-        the branch is deleted: drop its record (its row and kept data stay)."""
+    async def _recover_move(self, intent: DeleteIntent | UndeleteIntent) -> None:
+        """The side of the rename the data is on decides, whichever way it was going: in the
+        branch's place, it is a branch (its trash row is dropped); else it is deleted (the
+        record and policy written for it are dropped; its row and kept data stay)."""
         if self._storage.exists(intent.name):
-            log.warning("reconcile: the interrupted delete of %s left it in place", intent.name)
+            log.warning("reconcile: interrupted %s of %s: a branch", intent.KIND, intent.name)
             await self.store.remove(intent.token)
         else:
-            log.warning("reconcile: finished the interrupted delete of %s", intent.name)
-            await self._state.delete(intent.name)
-            await self._policies.forget(intent.name)
+            log.warning("reconcile: interrupted %s of %s: deleted", intent.KIND, intent.name)
+            await self._forget(intent.name)
 
-    async def _recover_undelete(self, intent: UndeleteIntent) -> None:
-        """After the rename the branch is back: drop its trash row. Before it, it is still
-        deleted: drop the record and policy written ahead (the row stays)."""
-        if self._storage.exists(intent.name):
-            log.warning("reconcile: finished the interrupted undelete of %s", intent.name)
-            await self.store.remove(intent.token)
-        else:
-            log.warning("reconcile: undid the interrupted undelete of %s", intent.name)
-            await self._state.delete(intent.name)
-            await self._policies.forget(intent.name)
+    async def _forget(self, name: str) -> None:
+        """Drop the record and policy of a branch that is (again) only in the trash."""
+        await self._state.delete(name)
+        await self._policies.forget(name)
 
     async def sweep(self) -> None:
         """Make the trash rows and the kept data agree: a row without data (purged, its row
