@@ -148,8 +148,8 @@ class Reclaimer:
         self._clock = clock
 
     async def reclaim(self, need_bytes: int) -> int:
-        """Free at least ``need_bytes`` if the plan can; the bytes freed (measured when a
-        ``free_bytes`` gauge was given, else as last known of what went).
+        """Free at least ``need_bytes`` if the plan can; the bytes freed (per step, what the
+        ``free_bytes`` gauge shows or what was last known of what went, whichever is more).
 
         A step that fails is logged and skipped: one stuck branch must not stop the rest
         from freeing what they can.
@@ -166,7 +166,10 @@ class Reclaimer:
             except PrismError as exc:
                 log.warning("evict: could not free %s: %s", step.candidate.name, exc.message)
                 continue
-            freed += estimate if gauge is None or before is None else max(0, gauge() - before)
+            measured = 0 if gauge is None or before is None else gauge() - before
+            # btrfs frees a deleted subvolume's space in the background: a gauge read at once
+            # may not show it yet, and evicting more for that would take branches for nothing.
+            freed += max(measured, estimate)
             if freed >= need_bytes:
                 break
         log.info("evict: freed %d of the %d bytes needed", freed, need_bytes)

@@ -131,3 +131,15 @@ async def test_a_session_opened_after_the_plan_saves_its_branch(
             await manager.delete("late", purge="disk pressure", if_idle=True)
         assert manager.get("late") is not None and storage.free == 0
         assert await Reclaimer(manager, free_bytes=lambda: storage.free).reclaim(100) == 0
+
+
+async def test_a_gauge_that_lags_does_not_evict_more_than_needed(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """btrfs frees a deleted subvolume in the background: the known size counts meanwhile."""
+    async with open_manager(tmp_path) as (manager, storage, _):
+        for name, size in (("bigger", 500), ("smaller", 400)):
+            await manager.create(name)
+            storage.sizes[name] = size
+        assert await Reclaimer(manager, free_bytes=lambda: 0).reclaim(450) == 500
+        assert manager.get("bigger") is None and manager.get("smaller") is not None
