@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -139,9 +139,11 @@ class Reclaimer:
         *,
         enabled: bool = True,
         free_bytes: Callable[[], int] | None = None,
+        own_bytes: Callable[[str], Awaitable[int | None]] | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._manager = manager
+        self._own_bytes = own_bytes or self._measured
         self.enabled = enabled
         """``--evict-on-pressure``: off, ``reclaim`` frees nothing."""
         self._free_bytes = free_bytes
@@ -190,6 +192,10 @@ class Reclaimer:
         await manager.delete(candidate.name, purge=step.reason, if_idle=True)
         return candidate.own_bytes or 0
 
+    async def _measured(self, name: str) -> int | None:
+        """What ``name`` holds alone, as the disk-use cache knows it (``prism.diskuse``)."""
+        return (await self._manager.disk_use(name)).own
+
     async def _candidates(self) -> list[Candidate]:
         manager = self._manager
         found = [
@@ -203,7 +209,7 @@ class Reclaimer:
             found.append(
                 Candidate(
                     branch.name,
-                    (await manager.disk_use(branch.name)).own,
+                    await self._own_bytes(branch.name),
                     branch.last_active,
                     protected=policy.protected,
                     sessions=branch.connections,

@@ -3,6 +3,7 @@ taken, and the executor on the fake tier with a fake clock and fake free space."
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,10 +15,20 @@ from prism.events import Event
 from prism.eviction import Candidate, Reclaimer, Tier, plan_eviction
 from prism.policy import BranchPolicy
 from prism.trash import TrashEntry
+from tests.fakes import FakeStorage
 from tests.manager_kit import open_manager
 from tests.unit.test_undelete import FakeClock
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+
+
+def _sizes(storage: FakeStorage) -> Callable[[str], Awaitable[int | None]]:
+    """Own bytes as the fake storage holds them (the disk-use cache measures real paths)."""
+
+    async def own_bytes(name: str) -> int | None:
+        return storage.sizes.get(name, 0)
+
+    return own_bytes
 
 
 def _ago(minutes: int) -> datetime:
@@ -84,26 +95,30 @@ async def test_reclaim_frees_in_order_until_the_fake_disk_has_room(
 ) -> None:
     clock = FakeClock()
     async with open_manager(tmp_path, clock=clock) as (manager, storage, _):
-        for name in ("deleted", "expiring", "large", "small", "guarded", "in-use"):
+        # Named so that by name or by age alone the small one would go first.
+        for name in ("deleted", "expiring", "a-small", "z-large", "guarded", "in-use"):
             await manager.create(name, protected=name == "guarded")
-        storage.sizes.update(deleted=100, expiring=200, large=5000, small=10, guarded=10**6)
+        storage.sizes.update(deleted=100, expiring=200, guarded=10**6)
+        storage.sizes.update({"a-small": 10, "z-large": 5000})
         storage.sizes["in-use"] = 10**6
         await manager.delete("deleted")
         await manager.set_policy("expiring", expires_at=clock.now - timedelta(minutes=1))
         session = await manager.admit("in-use", "client")
         seen: list[Event] = []
         manager.events.add_listener(seen.append)
-        reclaimer = Reclaimer(manager, free_bytes=lambda: storage.free, clock=clock)
+        reclaimer = Reclaimer(
+            manager, free_bytes=lambda: storage.free, own_bytes=_sizes(storage), clock=clock
+        )
 
         freed = await reclaimer.reclaim(1000)
 
         assert freed == 5300 and storage.free == 5300
         evicted = [(e["branch"], e["tier"]) for e in seen if e["type"] == "evicted"]
-        assert evicted == [("deleted", "trash"), ("expiring", "expired"), ("large", "idle")]
+        assert evicted == [("deleted", "trash"), ("expiring", "expired"), ("z-large", "idle")]
         assert all("disk pressure" in e["reason"] for e in seen if e["type"] == "evicted")
         # Evicted live branches are purged, not kept for undelete.
         assert manager.trash.list() == [] and storage.deleted == {}
-        assert {b.name for b in manager.list()} == {"main", "small", "guarded", "in-use"}
+        assert {b.name for b in manager.list()} == {"main", "a-small", "guarded", "in-use"}
         assert session.branch.connections == 1
 
 
@@ -141,5 +156,8 @@ async def test_a_gauge_that_lags_does_not_evict_more_than_needed(
         for name, size in (("bigger", 500), ("smaller", 400)):
             await manager.create(name)
             storage.sizes[name] = size
-        assert await Reclaimer(manager, free_bytes=lambda: 0).reclaim(450) == 500
+        assert (
+            await Reclaimer(manager, free_bytes=lambda: 0, own_bytes=_sizes(storage)).reclaim(450)
+            == 500
+        )
         assert manager.get("bigger") is None and manager.get("smaller") is not None
