@@ -209,6 +209,7 @@ class BranchManager:
             journal=self.journal,
             events=events,
             disk=self.disk,
+            caps=self._caps,
             window=undelete_window,
             now=clock,
         )

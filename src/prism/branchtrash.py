@@ -31,6 +31,7 @@ import trio
 from prism.branchdata import BranchData
 from prism.branchservers import Servers
 from prism.branchstate import Branch, BranchLocks, BranchRegistry, BranchStatus
+from prism.capacity import Caps, check_branch_cap
 from prism.crashpoints import crash_point
 from prism.diskuse import DiskUseCache
 from prism.errors import (
@@ -75,6 +76,7 @@ class BranchTrash:
         journal: Journal,
         events: EventBus,
         disk: DiskUseCache,
+        caps: Caps,
         window: float,
         now: Callable[[], datetime],
     ) -> None:
@@ -89,6 +91,7 @@ class BranchTrash:
         self._journal = journal
         self._events = events
         self._disk = disk
+        self._caps = caps
         self.store = TrashStore(state)
         self.window = window
         """Seconds a deleted branch can be undeleted (``--undelete-window``; 0: none)."""
@@ -262,34 +265,40 @@ class BranchTrash:
         async with self._locks[name]:
             if name in self._registry:
                 raise BranchExists(f'cannot undelete branch "{name}": a branch of that name exists')
+            # A branch back counts like a new one: checked, then reserved in the registry with
+            # no await between (clients of the name wait on its lock until it is back).
+            check_branch_cap(name, count=len(self._registry), caps=self._caps)
+            branch = Branch(name, entry.parent, entry.created_at, BranchStatus.STOPPED)
+            self._registry.add(branch)
             policy = entry.policy
             if is_expired(policy, self._now()):
                 # An expired branch back would be deleted again within seconds.
                 policy = dataclasses.replace(policy, expires_at=None)
-            branch = Branch(name, entry.parent, entry.created_at, BranchStatus.STOPPED)
             intent = UndeleteIntent(name, entry.token)
-            await self._journal.record(intent)
-            await self._state.put(branch.record())
-            await self._policies.put(name, policy)
-            crash_point("undelete:recorded")
-            if not await self._storage.untrash(name, entry.token):
-                await self._undo_put_back(intent)
-                raise StorageError(
-                    f'the kept data of deleted branch "{name}" is gone: it cannot be undeleted',
-                    hint="it was purged meanwhile; its trash entry is dropped",
-                )
+            try:
+                await self._journal.record(intent)
+                await self._state.put(branch.record())
+                await self._policies.put(name, policy)
+                crash_point("undelete:recorded")
+                back = await self._storage.untrash(name, entry.token)
+                if not back:
+                    await self.store.remove(entry.token)
+                    raise StorageError(
+                        f'the kept data of deleted branch "{name}" is gone: it cannot be undeleted',
+                        hint="it was purged meanwhile; its trash entry is dropped",
+                    )
+            except BaseException:
+                self._registry.remove(name)
+                with trio.CancelScope(shield=True):
+                    await self._forget(name)
+                    await self._journal.done(intent)
+                raise
             crash_point("undelete:restored")
             await self.store.remove(entry.token)
-            self._registry.add(branch)
             await self._journal.done(intent)
         expiry_cleared = policy.expires_at != entry.policy.expires_at
         self._events.publish("undeleted", name, parent=entry.parent, expiry_cleared=expiry_cleared)
         log.info("undelete: branch %s is back (deleted %s)", name, rfc3339(entry.deleted_at))
-
-    async def _undo_put_back(self, intent: UndeleteIntent) -> None:
-        await self._forget(intent.name)
-        await self.store.remove(intent.token)
-        await self._journal.done(intent)
 
     # ---- purge ----------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import trio.testing
 
-from prism.errors import BranchExists, BranchNotFound, StorageError
+from prism.errors import BranchExists, BranchNotFound, LimitExceeded, StorageError
 from prism.events import Event
 from prism.intents import DeleteIntent, UndeleteIntent
 from prism.policy import BranchPolicy
@@ -238,3 +238,23 @@ async def test_the_sweep_purges_kept_data_no_entry_owns(
     async with open_manager(tmp_path, storage=storage) as (manager, _, _):
         assert storage.deleted == {} and storage.free == 7
         assert manager.trash.list() == []
+
+
+async def test_undelete_counts_against_max_branches_and_a_failure_keeps_it_in_the_trash(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with open_manager(tmp_path, max_branches=2) as (manager, storage, _):
+        await manager.create("first")
+        await manager.delete("first")
+        await manager.create("second")
+        with pytest.raises(LimitExceeded):
+            await manager.undelete("first")
+        await manager.delete("second")
+        storage.fail["untrash"] = StorageError("rename refused")
+        with pytest.raises(StorageError, match="rename refused"):
+            await manager.undelete("first")
+        assert manager.get("first") is None
+        assert "first" not in [r.name for r in await manager.state.all()]
+        assert await manager.journal.entries() == []
+        del storage.fail["untrash"]
+        assert await manager.undelete("first") == ["first"]
