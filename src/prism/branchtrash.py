@@ -185,6 +185,11 @@ class BranchTrash:
             retired = await self._storage.retire(name)
             if retired is not None:
                 await self._data.remove_retired(retired)
+            try:
+                await self._journal.done(intent)
+            except StorageError as still:
+                # Harmless if left: at the next start its branch is gone, so it is finished.
+                log.warning("delete: the intent of %s stays until restart: %s", name, still)
             return None
         crash_point("delete:recorded")
         try:

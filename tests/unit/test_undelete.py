@@ -14,7 +14,7 @@ from prism.errors import BranchExists, BranchNotFound, LimitExceeded, StorageErr
 from prism.events import Event
 from prism.intents import DeleteIntent, UndeleteIntent
 from prism.policy import BranchPolicy
-from prism.state import BranchRecord, utcnow
+from prism.state import BranchRecord, StateError, utcnow
 from prism.trash import TrashEntry, due_for_purge, latest, restored_with
 from tests.fakes import FakeStorage
 from tests.manager_kit import open_manager
@@ -258,3 +258,25 @@ async def test_undelete_counts_against_max_branches_and_a_failure_keeps_it_in_th
         assert await manager.journal.entries() == []
         del storage.fail["untrash"]
         assert await manager.undelete("first") == ["first"]
+
+
+async def test_on_a_full_disk_a_delete_frees_the_branch_at_once(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state file may refuse the trash's row when the disk is full; deleting must still
+    work there (it is how space is got back), so the data is freed instead of kept."""
+    async with open_manager(tmp_path) as (manager, storage, _):
+        await manager.create("big")
+        storage.sizes["big"] = 1000
+
+        async def disk_full(entry: TrashEntry) -> None:
+            raise StateError("cannot update the trash in prism.db: database or disk is full")
+
+        monkeypatch.setattr(manager.trash.store, "add", disk_full)
+        seen: list[Event] = []
+        manager.events.add_listener(seen.append)
+        assert await manager.delete("big") == ["big"]
+        assert manager.get("big") is None and storage.free == 1000
+        assert manager.trash.list() == [] and storage.deleted == {}
+        assert await manager.journal.entries() == []
+        assert [e.get("undelete_until") for e in seen if e["type"] == "deleted"] == [None]
