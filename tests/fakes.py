@@ -8,6 +8,7 @@ a Postgres or a filesystem.
 
 from __future__ import annotations
 
+import builtins
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -104,7 +105,7 @@ class FakeStorage:
         await self._step("purge", branch)
         self.free += self.deleted.pop((branch, token), 0)
 
-    async def trashed(self) -> list[tuple[str, str]]:
+    async def trashed(self) -> builtins.list[tuple[str, str]]:
         return sorted(self.deleted)
 
     async def retire(self, branch: str, token: str | None = None) -> Path | None:
@@ -136,7 +137,7 @@ class FakeStorage:
         await self._step("remove_path", path.name)
         self.retired.pop(path, None)
 
-    async def sweep(self) -> list[Path]:
+    async def sweep(self) -> builtins.list[Path]:
         leftovers = sorted(self.retired)
         self.retired.clear()
         return leftovers
