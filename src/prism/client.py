@@ -240,6 +240,8 @@ def _create(api: ApiClient, args: argparse.Namespace) -> Any:
 
 def _rm(api: ApiClient, args: argparse.Namespace) -> Any:
     params = {"with_children": "true"} if args.with_children else {}
+    if args.purge:
+        params["purge"] = "true"
     try:
         return api.call("DELETE", f"/branches/{args.name}", params=params)
     except ClientError as exc:
@@ -434,6 +436,9 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     )
     rm.add_argument(
         "--if-exists", action="store_true", help="a branch that does not exist is not an error"
+    )
+    rm.add_argument(
+        "--purge", action="store_true", help="free it at once: not kept in the trash for undelete"
     )
     verb("undelete", "bring a deleted branch back from the trash (data and policies)", _undelete)
     verb("trash", "list deleted branches kept for undelete", _trash, named=False)

@@ -106,6 +106,9 @@ async def test_the_cli_lists_the_trash_and_undeletes(data_dir: Path) -> None:
         assert (await _cli(prism.api, "undelete", "victim")).strip() == "undeleted: victim"
         assert await sql(prism.dsn("postgres@victim"), "SELECT v FROM t") == str(VICTIM_VALUE)
         assert "the trash is empty" in await _cli(prism.api, "trash")
+        # --purge frees at once: nothing is kept to undelete.
+        assert (await _cli(prism.api, "rm", "victim", "--purge")).strip() == "deleted: victim"
+        assert "the trash is empty" in await _cli(prism.api, "trash")
 
 
 @pytest.mark.parametrize("point", POINTS["delete"])

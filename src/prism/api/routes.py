@@ -211,7 +211,9 @@ def register_routes(
     @app.delete(f"{PREFIX}/branches/<name>")
     async def delete_branch(name: str) -> Response:
         with_children = request.args.get("with_children", "").lower() in _TRUE
-        deleted = await manager.delete(name, with_children=with_children)
+        # purge=true: freed at once, not kept for undelete (a CI job's clean-up, say).
+        purge = "asked for (purge=true)" if request.args.get("purge", "").lower() in _TRUE else None
+        deleted = await manager.delete(name, with_children=with_children, purge=purge)
         return jsonify({"deleted": deleted})
 
     @app.post(f"{PREFIX}/branches/<name>/undelete")
