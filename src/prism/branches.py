@@ -40,6 +40,7 @@ import trio
 
 from prism.address import BackendAddress
 from prism.branchdata import BranchData
+from prism.branchparts import BranchParts
 from prism.branchpolicy import CreationPolicy
 from prism.branchrecovery import BranchRecovery
 from prism.branchreset import BranchReset
@@ -169,49 +170,23 @@ class BranchManager:
         self._recovery = BranchRecovery(
             self._registry, storage=storage, runtime=runtime, state=state, policies=self.policies
         )
-        self._main = MainBranch(
-            self._registry,
-            self._locks,
+        parts = BranchParts(
+            registry=self._registry,
+            locks=self._locks,
             sessions=self._sessions,
             servers=self._servers,
-            origin=origin,
+            data=self._data,
             storage=storage,
             runtime=runtime,
             state=state,
-            journal=self.journal,
-            data=self._data,
-            events=events,
-            superuser=superuser,
-            password=password,
-        )
-        self._reset = BranchReset(
-            self._registry,
-            self._locks,
-            sessions=self._sessions,
-            servers=self._servers,
-            data=self._data,
-            creation=self._creation,
-            storage=storage,
-            runtime=runtime,
             policies=self.policies,
             journal=self.journal,
             events=events,
         )
+        self._main = MainBranch(parts, origin=origin, superuser=superuser, password=password)
+        self._reset = BranchReset(parts, creation=self._creation)
         self.trash = BranchTrash(
-            self._registry,
-            self._locks,
-            sessions=self._sessions,
-            servers=self._servers,
-            data=self._data,
-            storage=storage,
-            state=state,
-            policies=self.policies,
-            journal=self.journal,
-            events=events,
-            disk=self.disk,
-            caps=self._caps,
-            window=undelete_window,
-            now=clock,
+            parts, disk=self.disk, caps=self._caps, window=undelete_window, now=clock
         )
         """Deleted branches kept for undelete: listed, purged (the reaper, the reclaimer)."""
         self.point_in_time = point_in_time

@@ -16,19 +16,13 @@ import time
 
 import trio
 
-from prism.branchdata import BranchData
+from prism.branchparts import BranchParts
 from prism.branchpolicy import CreationPolicy
-from prism.branchservers import Servers
-from prism.branchstate import Branch, BranchLocks, BranchRegistry, BranchStatus, elapsed_ms
+from prism.branchstate import Branch, BranchStatus, elapsed_ms
 from prism.crashpoints import crash_point
 from prism.errors import BranchNotFound, BranchProtected, PrismError
-from prism.events import EventBus
 from prism.intents import ResetIntent, ResetPhase
-from prism.journal import Journal
-from prism.policy import PolicyStore, refuse_if_protected
-from prism.runtime.base import Runtime
-from prism.sessions import SessionRegistry
-from prism.storage.base import Storage
+from prism.policy import refuse_if_protected
 
 log = logging.getLogger(__name__)
 
@@ -36,32 +30,9 @@ log = logging.getLogger(__name__)
 class BranchReset:
     """Re-clones branches from their parents, under each branch's lock, crash-safely."""
 
-    def __init__(
-        self,
-        registry: BranchRegistry,
-        locks: BranchLocks,
-        *,
-        sessions: SessionRegistry,
-        servers: Servers,
-        data: BranchData,
-        creation: CreationPolicy,
-        storage: Storage,
-        runtime: Runtime,
-        policies: PolicyStore,
-        journal: Journal,
-        events: EventBus,
-    ) -> None:
-        self._registry = registry
-        self._locks = locks
-        self._sessions = sessions
-        self._servers = servers
-        self._data = data
+    def __init__(self, parts: BranchParts, *, creation: CreationPolicy) -> None:
+        self._parts = parts
         self._creation = creation
-        self._storage = storage
-        self._runtime = runtime
-        self._policies = policies
-        self._journal = journal
-        self._events = events
 
     async def reset(self, name: str) -> Branch:
         """Throw away ``name``'s changes: re-clone it from its parent's current state.
@@ -70,79 +41,83 @@ class BranchReset:
         running if it was running. If the new clone (or the parent's ``on_create`` hook in it)
         fails, the branch's old data is put back and the error says so.
         """
-        async with self._locks[name]:
-            branch = self._registry.require(name)
-            refuse_if_protected(name, self._policies.get(name), "reset")
+        async with self._parts.locks[name]:
+            branch = self._parts.registry.require(name)
+            refuse_if_protected(name, self._parts.policies.get(name), "reset")
             if branch.parent is None:
                 raise BranchProtected(
                     f'branch "{name}" has no parent to reset from',
                     hint="reset a branch made from main, not main itself",
                 )
             parent = branch.parent
-            if parent not in self._registry:
+            if parent not in self._parts.registry:
                 raise BranchNotFound(f'parent branch "{parent}" of "{name}" no longer exists')
             self._creation.refuse_unrunnable_hook(parent)
             started = trio.current_time()
-            was_running = self._runtime.address(name) is not None
+            was_running = self._parts.runtime.address(name) is not None
             # The old data goes to the trash under a name recorded first, so a crash at any
             # step leaves either a whole branch or a way back to one.
             intent = ResetIntent(name, parent, secrets.token_hex(4))
             token = intent.token
-            await self._journal.record(intent)
+            await self._parts.journal.record(intent)
             crash_point("reset:recorded")
             try:
-                await self._sessions.terminate(
+                await self._parts.sessions.terminate(
                     name,
                     f'branch "{name}" is being reset: its changes were thrown away',
                     hint="connect again to use the fresh copy of its parent",
                 )
-                await self._servers.stop(branch, reason="reset")
+                await self._parts.servers.stop(branch, reason="reset")
             except BaseException:
                 with trio.CancelScope(shield=True):
-                    await self._journal.done(intent)
+                    await self._parts.journal.done(intent)
                 raise
             crash_point("reset:stopped")
-            self._registry.transition(branch, BranchStatus.RESETTING, "resetting", parent=parent)
+            self._parts.registry.transition(
+                branch, BranchStatus.RESETTING, "resetting", parent=parent
+            )
             moved = False
             try:
                 # Shielded: once the old data is going, a client hanging up must not leave
                 # the branch half-made; only a failure can stop it now.
                 with trio.CancelScope(shield=True):
-                    retired = await self._storage.retire(name, token)
+                    retired = await self._parts.storage.retire(name, token)
                     moved = True
-                    self._data.discarded(name)
+                    self._parts.data.discarded(name)
                     crash_point("reset:retired")
-                    if self._policies.get(parent).has_hook:
+                    if self._parts.policies.get(parent).has_hook:
                         # From here a clone may stand without its hook run: reconcile must
                         # know to throw it away rather than keep it.
                         phase = ResetPhase.HOOKED_CLONE
                     else:
                         # A clone cut short by a crash must not pass for a finished one.
                         phase = ResetPhase.CLONING
-                    await self._journal.record(dataclasses.replace(intent, phase=phase))
-                    await self._data.clone_from(parent, name)
+                    await self._parts.journal.record(dataclasses.replace(intent, phase=phase))
+                    await self._parts.data.clone_from(parent, name)
                     if phase is ResetPhase.CLONING:
                         # Finished: a crash from here on keeps the new clone.
-                        await self._journal.record(intent)
+                        await self._parts.journal.record(intent)
                     crash_point("reset:cloned")
-                    await self._data.run_hook_unseen(branch)
+                    await self._parts.data.run_hook_unseen(branch)
                     crash_point("reset:hooked")
             except BaseException as exc:
                 with trio.CancelScope(shield=True):
                     await self._undo(branch, intent, moved=moved)
-                self._registry.failed(name, exc, started)
+                self._parts.registry.failed(name, exc, started)
                 raise
             # Silent: the reset event below, once it may be running again, tells of it.
-            self._registry.transition(branch, BranchStatus.STOPPED)
+            self._parts.registry.transition(branch, BranchStatus.STOPPED)
             branch.bytes_proxied = 0
             branch.last_active_ts = time.time()
-            await self._servers.save(branch)
-            await self._journal.done(intent)
+            await self._parts.servers.save(branch)
+            await self._parts.journal.done(intent)
             if retired is not None:
-                await self._data.remove_retired(retired)
+                await self._parts.data.remove_retired(retired)
             if was_running:
-                await self._servers.start(branch, reason="reset")
-            self._events.publish("reset", name, parent=parent, duration_ms=elapsed_ms(started))
+                await self._parts.servers.start(branch, reason="reset")
+            self._parts.events.publish(
+                "reset", name, parent=parent, duration_ms=elapsed_ms(started)
+            )
             log.info(
                 "reset: branch %s re-cloned from %s in %.1f ms", name, parent, elapsed_ms(started)
             )
@@ -158,21 +133,21 @@ class BranchReset:
         name = branch.name
         try:
             if moved:
-                await self._runtime.stop(name)
-                await self._data.destroy_quietly(name)
-                restored = await self._storage.restore(name, intent.token)
+                await self._parts.runtime.stop(name)
+                await self._parts.data.destroy_quietly(name)
+                restored = await self._parts.storage.restore(name, intent.token)
             else:
-                restored = self._storage.exists(name)
+                restored = self._parts.storage.exists(name)
             if restored:
                 # Silent: the caller's failed event says what happened.
-                self._registry.transition(branch, BranchStatus.STOPPED, address=None)
-                await self._servers.save(branch)
+                self._parts.registry.transition(branch, BranchStatus.STOPPED, address=None)
+                await self._parts.servers.save(branch)
                 log.warning("reset: branch %s failed to re-clone; its old data was put back", name)
             else:
-                await self._data.roll_back(name)
+                await self._parts.data.roll_back(name)
         except PrismError as exc:
             log.error("reset: could not undo the reset of branch %s: %s", name, exc.message)
-        await self._journal.done(intent)
+        await self._parts.journal.done(intent)
 
 
 __all__ = ["BranchReset"]

@@ -28,9 +28,8 @@ from datetime import datetime
 
 import trio
 
-from prism.branchdata import BranchData
-from prism.branchservers import Servers
-from prism.branchstate import Branch, BranchLocks, BranchRegistry, BranchStatus
+from prism.branchparts import BranchParts
+from prism.branchstate import Branch, BranchStatus
 from prism.capacity import Caps, check_branch_cap
 from prism.crashpoints import crash_point
 from prism.diskuse import DiskUseCache
@@ -42,15 +41,11 @@ from prism.errors import (
     BranchProtected,
     StorageError,
 )
-from prism.events import EventBus
 from prism.intents import DeleteIntent, Intent, UndeleteIntent
-from prism.journal import Journal
 from prism.names import MAIN_BRANCH
-from prism.policy import PolicyStore, grace_over, is_expired, refuse_if_protected
+from prism.policy import grace_over, is_expired, refuse_if_protected
 from prism.recovery import Recoverer
-from prism.sessions import SessionRegistry
-from prism.state import StateStore, rfc3339
-from prism.storage.base import Storage
+from prism.state import rfc3339
 from prism.trash import TrashEntry, TrashStore, due_for_purge, latest, restored_with
 
 log = logging.getLogger(__name__)
@@ -64,35 +59,17 @@ class BranchTrash:
 
     def __init__(
         self,
-        registry: BranchRegistry,
-        locks: BranchLocks,
+        parts: BranchParts,
         *,
-        sessions: SessionRegistry,
-        servers: Servers,
-        data: BranchData,
-        storage: Storage,
-        state: StateStore,
-        policies: PolicyStore,
-        journal: Journal,
-        events: EventBus,
         disk: DiskUseCache,
         caps: Caps,
         window: float,
         now: Callable[[], datetime],
     ) -> None:
-        self._registry = registry
-        self._locks = locks
-        self._sessions = sessions
-        self._servers = servers
-        self._data = data
-        self._storage = storage
-        self._state = state
-        self._policies = policies
-        self._journal = journal
-        self._events = events
+        self._parts = parts
         self._disk = disk
         self._caps = caps
-        self.store = TrashStore(state)
+        self.store = TrashStore(parts.state)
         self.window = window
         """Seconds a deleted branch can be undeleted (``--undelete-window``; 0: none)."""
         self._now = now
@@ -117,11 +94,11 @@ class BranchTrash:
         or being admitted, instead of ending it (eviction never takes a branch in use)."""
         if name == MAIN_BRANCH:
             raise BranchProtected("the main branch cannot be deleted")
-        self._registry.require(name)
-        children = self._registry.children(name)
-        doomed = [name, *self._registry.descendants(name)] if with_children else [name]
+        self._parts.registry.require(name)
+        children = self._parts.registry.children(name)
+        doomed = [name, *self._parts.registry.descendants(name)] if with_children else [name]
         for each in doomed:
-            refuse_if_protected(each, self._policies.get(each), "deleted")
+            refuse_if_protected(each, self._parts.policies.get(each), "deleted")
         if children and not with_children:
             raise BranchHasChildren(
                 f'branch "{name}" has child branches: {", ".join(children)}',
@@ -134,26 +111,26 @@ class BranchTrash:
         self, name: str, *, batch: str, purge: str | None, if_idle: bool
     ) -> builtins.list[str]:
         deleted: builtins.list[str] = []
-        for child in self._registry.children(name):
+        for child in self._parts.registry.children(name):
             deleted += await self._delete_tree(child, batch=batch, purge=purge, if_idle=if_idle)
-        async with self._locks[name]:
-            branch = self._registry.require(name)
-            if if_idle and (branch.connections or self._sessions.any_open(name)):
+        async with self._parts.locks[name]:
+            branch = self._parts.registry.require(name)
+            if if_idle and (branch.connections or self._parts.sessions.any_open(name)):
                 raise BranchConflict(f'branch "{name}" has an open session: it was left alone')
-            await self._sessions.terminate(name, f'branch "{name}" was deleted')
-            await self._servers.stop(branch, reason="delete")
+            await self._parts.sessions.terminate(name, f'branch "{name}" was deleted')
+            await self._parts.servers.stop(branch, reason="delete")
             crash_point("delete:stopped")
-            self._registry.transition(branch, BranchStatus.DELETING, "deleting")
+            self._parts.registry.transition(branch, BranchStatus.DELETING, "deleting")
             entry = await self._trash(branch, batch)
-            self._registry.remove(name)
-            self._data.discarded(name)
-            await self._data.forget_record(name)
+            self._parts.registry.remove(name)
+            self._parts.data.discarded(name)
+            await self._parts.data.forget_record(name)
             if entry is None:
-                self._events.publish("deleted", name, undelete_until=None)
+                self._parts.events.publish("deleted", name, undelete_until=None)
             else:
-                await self._journal.done(DeleteIntent(name, entry.token))
+                await self._parts.journal.done(DeleteIntent(name, entry.token))
                 until = entry.purge_at(self.window)
-                self._events.publish("deleted", name, undelete_until=rfc3339(until))
+                self._parts.events.publish("deleted", name, undelete_until=rfc3339(until))
         if entry is not None and (purge is not None or self.window <= 0):
             await self.purge(entry, reason=purge or "no undelete window (--undelete-window 0)")
         return [*deleted, name]
@@ -173,32 +150,32 @@ class BranchTrash:
             created_at=branch.created_at,
             deleted_at=self._now(),
             batch=batch,
-            policy=self._policies.get(name),
+            policy=self._parts.policies.get(name),
             own_bytes=None if known is None else known.own,
         )
         intent = DeleteIntent(name, entry.token)
         try:
-            await self._journal.record(intent)
+            await self._parts.journal.record(intent)
             await self.store.add(entry)
         except StorageError as exc:
             log.warning("delete: branch %s cannot wait in the trash, freed now: %s", name, exc)
-            retired = await self._storage.retire(name)
+            retired = await self._parts.storage.retire(name)
             if retired is not None:
-                await self._data.remove_retired(retired)
+                await self._parts.data.remove_retired(retired)
             try:
-                await self._journal.done(intent)
+                await self._parts.journal.done(intent)
             except StorageError as still:
                 # Harmless if left: at the next start its branch is gone, so it is finished.
                 log.warning("delete: the intent of %s stays until restart: %s", name, still)
             return None
         crash_point("delete:recorded")
         try:
-            await self._storage.trash(name, entry.token)
+            await self._parts.storage.trash(name, entry.token)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self.store.remove(entry.token)
-                await self._journal.done(intent)
-            self._registry.transition(branch, BranchStatus.STOPPED)
+                await self._parts.journal.done(intent)
+            self._parts.registry.transition(branch, BranchStatus.STOPPED)
             raise
         crash_point("delete:trashed")
         return entry
@@ -207,19 +184,21 @@ class BranchTrash:
         """Delete ``name`` if its time is up (into the trash, like any delete): at once with no
         session open, else only after ``grace`` seconds, ending the sessions with 57P01. An
         ``expired`` event comes first."""
-        branch = self._registry.get(name)
+        branch = self._parts.registry.get(name)
         now = self._now()
         if (
             branch is None
             or name == MAIN_BRANCH  # cannot be deleted at all: an expiry on it means nothing
-            or not is_expired(self._policies.get(name), now)
-            or self._registry.children(name)
+            or not is_expired(self._parts.policies.get(name), now)
+            or self._parts.registry.children(name)
         ):
             return False
-        if self._sessions.any_open(name) and not grace_over(self._policies.get(name), now, grace):
+        if self._parts.sessions.any_open(name) and not grace_over(
+            self._parts.policies.get(name), now, grace
+        ):
             return False
-        self._events.publish("expired", name)
-        await self._sessions.terminate(
+        self._parts.events.publish("expired", name)
+        await self._parts.sessions.terminate(
             name, f'branch "{name}" expired and was deleted', hint="create it again if needed"
         )
         await self.delete(name)
@@ -251,12 +230,12 @@ class BranchTrash:
             )
         group = restored_with(entries, top)
         for entry in group:
-            if entry.name in self._registry:
+            if entry.name in self._parts.registry:
                 raise BranchExists(
                     f'cannot undelete branch "{entry.name}": a branch of that name exists now',
                     hint=f"delete the new one first (prism branch rm {entry.name}), then undelete",
                 )
-        if top.parent is not None and top.parent not in self._registry:
+        if top.parent is not None and top.parent not in self._parts.registry:
             raise BranchNotFound(
                 f'cannot undelete branch "{name}": its parent "{top.parent}" no longer exists',
                 hint=f"undelete {top.parent} first if it is in the trash",
@@ -267,25 +246,25 @@ class BranchTrash:
 
     async def _put_back(self, entry: TrashEntry) -> None:
         name = entry.name
-        async with self._locks[name]:
-            if name in self._registry:
+        async with self._parts.locks[name]:
+            if name in self._parts.registry:
                 raise BranchExists(f'cannot undelete branch "{name}": a branch of that name exists')
             # A branch back counts like a new one: checked, then reserved in the registry with
             # no await between (clients of the name wait on its lock until it is back).
-            check_branch_cap(name, count=len(self._registry), caps=self._caps)
+            check_branch_cap(name, count=len(self._parts.registry), caps=self._caps)
             branch = Branch(name, entry.parent, entry.created_at, BranchStatus.STOPPED)
-            self._registry.add(branch)
+            self._parts.registry.add(branch)
             policy = entry.policy
             if is_expired(policy, self._now()):
                 # An expired branch back would be deleted again within seconds.
                 policy = dataclasses.replace(policy, expires_at=None)
             intent = UndeleteIntent(name, entry.token)
             try:
-                await self._journal.record(intent)
-                await self._state.put(branch.record())
-                await self._policies.put(name, policy)
+                await self._parts.journal.record(intent)
+                await self._parts.state.put(branch.record())
+                await self._parts.policies.put(name, policy)
                 crash_point("undelete:recorded")
-                back = await self._storage.untrash(name, entry.token)
+                back = await self._parts.storage.untrash(name, entry.token)
                 if not back:
                     await self.store.remove(entry.token)
                     raise StorageError(
@@ -293,16 +272,18 @@ class BranchTrash:
                         hint="it was purged meanwhile; its trash entry is dropped",
                     )
             except BaseException:
-                self._registry.remove(name)
+                self._parts.registry.remove(name)
                 with trio.CancelScope(shield=True):
                     await self._forget(name)
-                    await self._journal.done(intent)
+                    await self._parts.journal.done(intent)
                 raise
             crash_point("undelete:restored")
             await self.store.remove(entry.token)
-            await self._journal.done(intent)
+            await self._parts.journal.done(intent)
         expiry_cleared = policy.expires_at != entry.policy.expires_at
-        self._events.publish("undeleted", name, parent=entry.parent, expiry_cleared=expiry_cleared)
+        self._parts.events.publish(
+            "undeleted", name, parent=entry.parent, expiry_cleared=expiry_cleared
+        )
         log.info("undelete: branch %s is back (deleted %s)", name, rfc3339(entry.deleted_at))
 
     # ---- purge ----------------------------------------------------------------------------
@@ -314,16 +295,16 @@ class BranchTrash:
         Under the name's lock, so an undelete of the same entry is either before (nothing
         left to purge) or after (nothing left to undelete), never halfway.
         """
-        async with self._locks[entry.name]:
+        async with self._parts.locks[entry.name]:
             if self.store.get(entry.token) is None:
                 return 0
-            await self._storage.purge(entry.name, entry.token)
+            await self._parts.storage.purge(entry.name, entry.token)
             try:
                 await self.store.remove(entry.token)
             except StorageError as exc:
                 # The data is gone: start-up's sweep drops a row whose data is missing.
                 log.warning("purge: the trash row of %s stays until restart: %s", entry.name, exc)
-        self._events.publish("purged", entry.name, reason=reason, own_bytes=entry.own_bytes)
+        self._parts.events.publish("purged", entry.name, reason=reason, own_bytes=entry.own_bytes)
         log.info("purge: branch %s freed for good: %s", entry.name, reason)
         return entry.own_bytes or 0
 
@@ -344,7 +325,7 @@ class BranchTrash:
         """The side of the rename the data is on decides, whichever way it was going: in the
         branch's place, it is a branch (its trash row is dropped); else it is deleted (the
         record and policy written for it are dropped; its row and kept data stay)."""
-        if self._storage.exists(intent.name):
+        if self._parts.storage.exists(intent.name):
             log.warning("reconcile: interrupted %s of %s: a branch", intent.KIND, intent.name)
             await self.store.remove(intent.token)
         else:
@@ -353,20 +334,20 @@ class BranchTrash:
 
     async def _forget(self, name: str) -> None:
         """Drop the record and policy of a branch that is (again) only in the trash."""
-        await self._state.delete(name)
-        await self._policies.forget(name)
+        await self._parts.state.delete(name)
+        await self._parts.policies.forget(name)
 
     async def sweep(self) -> None:
         """Make the trash rows and the kept data agree: a row without data (purged, its row
         not yet dropped) is dropped, kept data without a row (a delete undone) is purged."""
-        kept = set(await self._storage.trashed())
+        kept = set(await self._parts.storage.trashed())
         for entry in self.store.list():
             if (entry.name, entry.token) not in kept:
                 log.warning("reconcile: dropping trash entry of %s: its data is gone", entry.name)
                 await self.store.remove(entry.token)
         for name, token in sorted(kept - {(e.name, e.token) for e in self.store.list()}):
             log.warning("reconcile: purging kept data of %s that no trash entry owns", name)
-            await self._storage.purge(name, token)
+            await self._parts.storage.purge(name, token)
 
 
 __all__ = ["UNDELETE_WINDOW", "BranchTrash"]

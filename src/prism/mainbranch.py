@@ -16,26 +16,18 @@ from pathlib import Path
 
 import trio
 
-from prism.branchdata import BranchData
-from prism.branchservers import Servers
+from prism.branchparts import BranchParts
 from prism.branchstate import (
     MAKING,
     Branch,
-    BranchLocks,
-    BranchRegistry,
     BranchStatus,
     elapsed_ms,
 )
 from prism.crashpoints import crash_point
 from prism.errors import StartingUp
-from prism.events import EventBus
 from prism.intents import InitdbIntent
-from prism.journal import Journal
 from prism.names import MAIN_BRANCH
-from prism.runtime.base import Runtime
-from prism.sessions import SessionRegistry
-from prism.state import Generation, StateStore, utcnow
-from prism.storage.base import Storage
+from prism.state import Generation, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -57,33 +49,10 @@ class MainBranch:
     """Makes main crash-safely (an ``InitdbIntent`` first) and says whether it is ready."""
 
     def __init__(
-        self,
-        registry: BranchRegistry,
-        locks: BranchLocks,
-        *,
-        sessions: SessionRegistry,
-        servers: Servers,
-        origin: MainOrigin,
-        storage: Storage,
-        runtime: Runtime,
-        state: StateStore,
-        journal: Journal,
-        data: BranchData,
-        events: EventBus,
-        superuser: str,
-        password: str,
+        self, parts: BranchParts, *, origin: MainOrigin, superuser: str, password: str
     ) -> None:
-        self._registry = registry
-        self._locks = locks
-        self._sessions = sessions
-        self._servers = servers
+        self._parts = parts
         self._origin = origin
-        self._storage = storage
-        self._runtime = runtime
-        self._state = state
-        self._journal = journal
-        self._data = data
-        self._events = events
         self._superuser = superuser
         self._password = password
 
@@ -93,10 +62,10 @@ class MainBranch:
         A new branch would be cut from main, so only branches that exist already (none, on a
         new Prism) are left alone.
         """
-        main = self._registry.get(MAIN_BRANCH)
+        main = self._parts.registry.get(MAIN_BRANCH)
         if main is None or main.status not in MAKING:
             return
-        if name != MAIN_BRANCH and name in self._registry:
+        if name != MAIN_BRANCH and name in self._parts.registry:
             return
         if self._origin.progress is None:
             what = "Prism is creating it (initdb)"
@@ -112,36 +81,38 @@ class MainBranch:
         recorded first lets reconcile discard a crashed attempt."""
         make = self._origin.make
         how = "initdb" if make is None else "base backup"
-        log.info("creating branch main: %s into %s", how, self._storage.path(MAIN_BRANCH))
+        log.info("creating branch main: %s into %s", how, self._parts.storage.path(MAIN_BRANCH))
         started = trio.current_time()
         # Listed while it is made (clients of it are refused by check_available), never saved:
         # the intent below is what a crash leaves.
         making = BranchStatus.PROVISIONING if make is None else BranchStatus.BACKING_UP
         branch = Branch(MAIN_BRANCH, None, utcnow(), making)
-        self._registry.add(branch)
+        self._parts.registry.add(branch)
         intent = InitdbIntent(MAIN_BRANCH)
-        await self._journal.record(intent)
+        await self._parts.journal.record(intent)
         crash_point("initdb:recorded")
         try:
-            path = await self._storage.create(MAIN_BRANCH)
+            path = await self._parts.storage.create(MAIN_BRANCH)
             crash_point("initdb:created")
             if make is None:
-                await self._runtime.initdb(path, superuser=self._superuser, password=self._password)
+                await self._parts.runtime.initdb(
+                    path, superuser=self._superuser, password=self._password
+                )
             else:
                 await make(path)
             crash_point("initdb:initialised")
         except BaseException:
-            self._registry.remove(MAIN_BRANCH)
+            self._parts.registry.remove(MAIN_BRANCH)
             with trio.CancelScope(shield=True):
-                await self._data.destroy_quietly(MAIN_BRANCH)
-                await self._journal.done(intent)
+                await self._parts.data.destroy_quietly(MAIN_BRANCH)
+                await self._parts.journal.done(intent)
             raise
         branch.created_at = utcnow()
-        self._registry.transition(branch, BranchStatus.STOPPED)
-        await self._state.put(branch.record())
+        self._parts.registry.transition(branch, BranchStatus.STOPPED)
+        await self._parts.state.put(branch.record())
         crash_point("initdb:registered")
-        await self._journal.done(intent)
-        self._events.publish("created", MAIN_BRANCH, duration_ms=elapsed_ms(started))
+        await self._parts.journal.done(intent)
+        self._parts.events.publish("created", MAIN_BRANCH, duration_ms=elapsed_ms(started))
 
     async def replace(self, swap: Callable[[], Awaitable[None]], *, why: str) -> None:
         """Run ``swap``, which puts other data in main's directory, with main stopped and locked.
@@ -150,17 +121,17 @@ class MainBranch:
         ``why``. Main comes back running if it was, on the new data or (``swap`` failed and put
         the old data back) the old.
         """
-        async with self._locks[MAIN_BRANCH]:
-            branch = self._registry.require(MAIN_BRANCH)
-            was_running = self._runtime.address(MAIN_BRANCH) is not None
-            await self._sessions.terminate(MAIN_BRANCH, why, hint="connect again")
-            await self._servers.stop(branch, reason="refresh")
+        async with self._parts.locks[MAIN_BRANCH]:
+            branch = self._parts.registry.require(MAIN_BRANCH)
+            was_running = self._parts.runtime.address(MAIN_BRANCH) is not None
+            await self._parts.sessions.terminate(MAIN_BRANCH, why, hint="connect again")
+            await self._parts.servers.stop(branch, reason="refresh")
             try:
                 await swap()
-                self._data.discarded(MAIN_BRANCH)
+                self._parts.data.discarded(MAIN_BRANCH)
             finally:
                 if was_running:
-                    await self._servers.start(branch, reason="refresh")
+                    await self._parts.servers.start(branch, reason="refresh")
 
 
 __all__ = ["MainBranch", "MainOrigin"]
