@@ -338,6 +338,23 @@ async def _after_kill(
     return outcome
 
 
+async def crash_during(
+    data_dir: Path,
+    storage: str,
+    point: str,
+    *calls: tuple[str, str, object],
+    runtime: str = "process",
+) -> int:
+    """Start ``prism serve`` set to die at ``point``, send it ``calls`` (method, path, body)
+    in order, and return its exit status once it died."""
+    prism = await spawn(data_dir, storage, crash_at=point, runtime=runtime)
+    assert await wait_ready(prism), f"prism serve exited early; see {data_dir}.log"
+    for call in calls:
+        await request(prism, *call)
+    with trio.fail_after(60):
+        return await prism.process.wait()
+
+
 async def crash_operation(
     data_dir: Path, storage: str, point: str, *, runtime: str = "process"
 ) -> Outcome:
@@ -345,13 +362,10 @@ async def crash_operation(
     operation = operation_of(point)
     async with serving(data_dir, storage, runtime=runtime) as prism:
         await seed(prism)
-    prism = await spawn(data_dir, storage, crash_at=point, runtime=runtime)
-    assert await wait_ready(prism), f"prism serve exited early; see {data_dir}.log"
-    if operation in BEFORE:
-        await request(prism, *BEFORE[operation])
-    await request(prism, *CALLS[operation])
-    with trio.fail_after(60):
-        status = await prism.process.wait()
+    before = [BEFORE[operation]] if operation in BEFORE else []
+    status = await crash_during(
+        data_dir, storage, point, *before, CALLS[operation], runtime=runtime
+    )
     return await _after_kill(data_dir, storage, point, status, has_main_rows=True, runtime=runtime)
 
 

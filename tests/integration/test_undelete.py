@@ -4,6 +4,7 @@ through the API and the CLI, after a restart, and after ``kill -9`` at every ste
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 import trio
 
 from prism.crashpoints import POINTS
-from tests.crash_suite import VICTIM_VALUE, request, seed, serving, spawn, sql, wait_ready
+from tests.crash_suite import VICTIM_VALUE, crash_during, seed, serving, sql
 
 HOOK = "CREATE TABLE from_hook AS SELECT 1 AS v"
 
@@ -118,11 +119,10 @@ async def test_a_delete_killed_at_any_step_can_be_undone(point: str, data_dir: P
     async with serving(data_dir, "copy") as prism:
         await seed(prism)
         before = await _policy_and_delete(prism.api)
-    prism = await spawn(data_dir, "copy", crash_at=point)
-    assert await wait_ready(prism), f"prism serve exited early; see {data_dir}.log"
-    await request(prism, "DELETE", "/api/v1/branches/victim")
-    with trio.fail_after(60):
-        assert await prism.process.wait() != 0
+    killed = await crash_during(
+        data_dir, "copy", point, ("DELETE", "/api/v1/branches/victim", None)
+    )
+    assert killed == -signal.SIGKILL, f"prism did not die at {point}"
     async with serving(data_dir, "copy") as prism:
         async with httpx.AsyncClient(timeout=120) as http:
             listed = (await http.get(f"{prism.api}/api/v1/branches/victim")).status_code
