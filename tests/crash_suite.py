@@ -45,7 +45,9 @@ MAIN_ROWS = 250
 VICTIM_VALUE = 42
 #: Every step boundary of the operations on an existing branch, for the parametrized cases.
 OPERATION_POINTS = [
-    point for op in ("create", "delete", "reset", "start", "stop") for point in POINTS[op]
+    point
+    for op in ("create", "delete", "undelete", "reset", "start", "stop")
+    for point in POINTS[op]
 ]
 
 
@@ -149,12 +151,13 @@ async def request(prism: Prism, method: str, path: str, body: object = None) -> 
 CALLS: dict[str, tuple[str, str, object]] = {
     "create": ("POST", "/api/v1/branches", {"name": "fresh"}),
     "delete": ("DELETE", "/api/v1/branches/victim", None),
+    "undelete": ("POST", "/api/v1/branches/victim/undelete", None),
     "reset": ("POST", "/api/v1/branches/victim/reset", None),
     "start": ("POST", "/api/v1/branches/victim/start", None),
     "stop": ("POST", "/api/v1/branches/victim/stop", None),
 }
 #: Operations that need a call first: a branch is stopped after the seeding Prism's shutdown.
-BEFORE: dict[str, tuple[str, str, object]] = {"stop": CALLS["start"]}
+BEFORE: dict[str, tuple[str, str, object]] = {"stop": CALLS["start"], "undelete": CALLS["delete"]}
 
 
 @dataclass
@@ -272,7 +275,10 @@ def _directories(data_dir: Path) -> tuple[set[str], list[str]]:
     branches = data_dir / "branches"
     if branches.is_dir():
         for entry in sorted(branches.iterdir()):
-            if entry.name.startswith("."):
+            if entry.name == ".deleted":
+                # Deleted branches kept for undelete: checked against the trash's list.
+                names |= {f"trash:{kept.name.rpartition('.')[0]}" for kept in entry.iterdir()}
+            elif entry.name.startswith("."):
                 if entry.name != ".trash" or any(entry.iterdir()):
                     others.append(entry.name)
             else:
@@ -293,6 +299,7 @@ async def check_invariants(
     async with serving(data_dir, storage, runtime=runtime) as prism:
         async with httpx.AsyncClient() as http:
             listed = (await http.get(f"{prism.api}/api/v1/branches")).json()["branches"]
+            trashed = (await http.get(f"{prism.api}/api/v1/trash")).json()["trash"]
         names = sorted(branch["name"] for branch in listed)
         for name in names:
             if not await _branch_serves(prism, name, has_main_rows):
@@ -301,7 +308,9 @@ async def check_invariants(
             count = int(await sql(prism.dsn("postgres"), "SELECT count(*) FROM keep"))
             outcome.rows_lost = MAIN_ROWS - count
         on_disk, others = _directories(data_dir)
-        outcome.leftover_dirs += sorted(on_disk - set(names)) + others
+        kept = {f"trash:{entry['name']}" for entry in trashed}
+        outcome.leftover_dirs += sorted(on_disk - set(names) - kept) + others
+        outcome.broken_branches += sorted(kept - on_disk)
         # A password a killed initdb left must be gone once Prism is back.
         run = data_dir / "run"
         outcome.leftover_dirs += sorted(p.name for p in run.iterdir() if is_leftover(p.name))
@@ -329,6 +338,23 @@ async def _after_kill(
     return outcome
 
 
+async def crash_during(
+    data_dir: Path,
+    storage: str,
+    point: str,
+    *calls: tuple[str, str, object],
+    runtime: str = "process",
+) -> int:
+    """Start ``prism serve`` set to die at ``point``, send it ``calls`` (method, path, body)
+    in order, and return its exit status once it died."""
+    prism = await spawn(data_dir, storage, crash_at=point, runtime=runtime)
+    assert await wait_ready(prism), f"prism serve exited early; see {data_dir}.log"
+    for call in calls:
+        await request(prism, *call)
+    with trio.fail_after(60):
+        return await prism.process.wait()
+
+
 async def crash_operation(
     data_dir: Path, storage: str, point: str, *, runtime: str = "process"
 ) -> Outcome:
@@ -336,13 +362,10 @@ async def crash_operation(
     operation = operation_of(point)
     async with serving(data_dir, storage, runtime=runtime) as prism:
         await seed(prism)
-    prism = await spawn(data_dir, storage, crash_at=point, runtime=runtime)
-    assert await wait_ready(prism), f"prism serve exited early; see {data_dir}.log"
-    if operation in BEFORE:
-        await request(prism, *BEFORE[operation])
-    await request(prism, *CALLS[operation])
-    with trio.fail_after(60):
-        status = await prism.process.wait()
+    before = [BEFORE[operation]] if operation in BEFORE else []
+    status = await crash_during(
+        data_dir, storage, point, *before, CALLS[operation], runtime=runtime
+    )
     return await _after_kill(data_dir, storage, point, status, has_main_rows=True, runtime=runtime)
 
 

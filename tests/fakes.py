@@ -8,6 +8,7 @@ a Postgres or a filesystem.
 
 from __future__ import annotations
 
+import builtins
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -38,11 +39,17 @@ class FakeStorage:
         self.root = root
         self.delay = delay
         self.branches: set[str] = set()
-        self.trash: dict[Path, str] = {}
+        self.retired: dict[Path, str] = {}
         """Retired "directories" → the branch they held, until removed or swept."""
         self.fail: dict[str, BaseException] = {}
         """Step (``clone``, ``destroy`` ...) or step of one branch (``clone:feat``) → the
         exception it raises."""
+        self.deleted: dict[tuple[str, str], int] = {}
+        """What ``trash`` keeps: (branch, token) → its own bytes."""
+        self.sizes: dict[str, int] = {}
+        """Own bytes of a branch (0 unless set): what freeing it gives back to ``free``."""
+        self.free = 0
+        """Fake free space: grows by a branch's size when its data is freed for good."""
 
     async def _step(self, step: str, branch: str) -> None:
         await trio.sleep(self.delay)
@@ -74,20 +81,46 @@ class FakeStorage:
 
     async def destroy(self, branch: str) -> None:
         await self._step("destroy", branch)
+        if branch in self.branches:
+            self.free += self.sizes.pop(branch, 0)
         self.branches.discard(branch)
+
+    async def trash(self, branch: str, token: str) -> bool:
+        await self._step("trash", branch)
+        if branch not in self.branches:
+            return False
+        self.branches.discard(branch)
+        self.deleted[branch, token] = self.sizes.pop(branch, 0)
+        return True
+
+    async def untrash(self, branch: str, token: str) -> bool:
+        await self._step("untrash", branch)
+        if (branch, token) not in self.deleted or branch in self.branches:
+            return False
+        self.sizes[branch] = self.deleted.pop((branch, token))
+        self.branches.add(branch)
+        return True
+
+    async def purge(self, branch: str, token: str) -> None:
+        await self._step("purge", branch)
+        self.free += self.deleted.pop((branch, token), 0)
+
+    async def trashed(self) -> builtins.list[tuple[str, str]]:
+        return sorted(self.deleted)
 
     async def retire(self, branch: str, token: str | None = None) -> Path | None:
         await self._step("retire", branch)
         if branch not in self.branches:
             return None
         self.branches.discard(branch)
+        self.free += self.sizes.pop(branch, 0)
         trashed = self.root / ".trash" / (token or branch)
-        self.trash[trashed] = branch
+        self.retired[trashed] = branch
         return trashed
 
     async def restore(self, branch: str, token: str) -> bool:
         trashed = self.root / ".trash" / token
-        if self.trash.pop(trashed, None) != branch:
+        if self.retired.pop(trashed, None) != branch:
             return False
         self.branches.add(branch)
         return True
@@ -102,15 +135,15 @@ class FakeStorage:
 
     async def remove_path(self, path: Path) -> None:
         await self._step("remove_path", path.name)
-        self.trash.pop(path, None)
+        self.retired.pop(path, None)
 
-    async def sweep(self) -> list[Path]:
-        leftovers = sorted(self.trash)
-        self.trash.clear()
+    async def sweep(self) -> builtins.list[Path]:
+        leftovers = sorted(self.retired)
+        self.retired.clear()
         return leftovers
 
     def usage_bytes(self, branch: str) -> int | None:
-        return 0 if branch in self.branches else None
+        return self.sizes.get(branch, 0) if branch in self.branches else None
 
 
 class FakeRuntime:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 
 from prism.branches import BranchManager
+from prism.branchtrash import UNDELETE_WINDOW
 from prism.capacity import Caps
 from prism.events import EventBus
 from prism.runtime.base import ServerExtrasSource
 from prism.serverhealth import Prober
+from prism.state import utcnow
 from tests.fakes import FakeRuntime, FakeStorage, InlineStateStore
 
 
@@ -25,6 +28,8 @@ async def open_manager(
     max_running: int = 0,
     server_extras: ServerExtrasSource | None = None,
     probe: Prober | None = None,
+    undelete_window: float = UNDELETE_WINDOW,
+    clock: Callable[[], datetime] = utcnow,
 ) -> AsyncIterator[tuple[BranchManager, FakeStorage, FakeRuntime]]:
     """An opened manager (main created and running) and its drivers; closed on the way out.
 
@@ -44,6 +49,8 @@ async def open_manager(
         caps=Caps(branches=max_branches, running=max_running),
         server_extras=server_extras,
         probe=probe,
+        undelete_window=undelete_window,
+        clock=clock,
     )
     try:
         await manager.open()

@@ -1,59 +1,50 @@
 """The branch manager: one place that creates, starts, stops and removes branches.
 
 Every operation on a branch holds that branch's ``trio.Lock``, so twenty clients racing to a
-new branch cause exactly one provision and the rest simply wait for it; an API call and a
-connecting client never step on each other. The proxy, the API, the CLI and the reaper all go
-through ``BranchManager``; nothing else calls the storage or runtime drivers.
+new branch cause exactly one provision and the rest wait for it. The proxy, the API, the CLI and
+the reaper all go through ``BranchManager``; nothing else calls the storage or runtime drivers.
+Its jobs are split by module: main's making (``mainbranch``), reset (``branchreset``), delete,
+undelete and the trash (``branchtrash``), servers (``branchservers``), data (``branchdata``),
+recovery (``branchrecovery``); the manager wires them and keeps create, start, stop and admit.
 
 States (each transition publishes one event, ``BranchRegistry.transition``)::
 
     absent ─create─▶ provisioning ─▶ starting ─▶ running ─idle/stop─▶ stopping ─▶ stopped
                          └─fail─▶ (rolled back: absent)      ▲──────── connect/start ─┘
     running/stopped ─reset─▶ resetting ─▶ (re-cloned) ─▶ running/stopped as before
-    running/stopped ─delete─▶ deleting ─▶ absent
+    running/stopped ─delete─▶ deleting ─▶ trash ─undelete─▶ stopped  (or ─purge─▶ absent)
 
-Crash safety: every multi-step change to the disk has a commit point and a durable intent.
-A create, a reset and the initdb of main record a typed intent in the journal
-(``prism.journal``) first; delete and reset take a directory away by renaming it into the
-storage's trash (one atomic step that needs no free space). At start-up the manager's part of
-recovery (``prism.branchrecovery``: a recoverer per intent kind, then the sweep) finishes or
-undoes whatever a crash interrupted, stops servers that belong to no branch and empties the
-trash and staging areas.
+Crash safety: every multi-step change to the disk records a typed intent in the journal first
+and has a commit point (a rename, where it can); start-up recovery finishes or undoes what a
+crash interrupted. Operations that take a branch away from its clients (reset, stop, delete)
+end their sessions (``prism.sessions``) with a message that says why.
 
-The manager also knows every proxied client session (``prism.sessions``), so an operation that
-takes a branch away from its clients (reset, stop, delete) can end their sessions with a clear
-message instead of letting the server's shutdown cut them off mid-sentence.
-
-Admission: the caps (``prism.capacity`` decides, ``prism.branchservers`` makes room) are
-checked on every path that creates or starts a server (proxy, API, CLI, role lookup), and
-each check is followed by its reservation with no ``await`` in between: a provisioning branch
-is in the registry and a starting one is ``starting`` before anyone else can look. A session
-is counted on the branch *instance* it was admitted to (``admit``), from before its server is
-reached, so the reaper and ``--max-running`` eviction never take a branch with a session being
-set up, and a session of a deleted branch never touches the counts of a new branch of the
-same name.
+Admission: the caps are checked on every path that creates or starts a server, each check
+followed by its reservation with no ``await`` in between. A session is counted on the branch
+*instance* it was admitted to (``admit``), so neither the reaper nor ``--max-running`` eviction
+takes a branch with a session being set up, and a deleted branch's session never touches the
+counts of a new branch of the same name.
 """
 
 from __future__ import annotations
 
 import builtins
-import dataclasses
 import functools
 import logging
 import math
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from datetime import datetime
-from pathlib import Path
 
 import trio
 
 from prism.address import BackendAddress
 from prism.branchdata import BranchData
+from prism.branchparts import BranchParts
 from prism.branchpolicy import CreationPolicy
 from prism.branchrecovery import BranchRecovery
+from prism.branchreset import BranchReset
 from prism.branchservers import WATCH_INTERVAL, Servers
 from prism.branchstate import (
     MAKING,
@@ -62,30 +53,28 @@ from prism.branchstate import (
     BranchLocks,
     BranchRegistry,
     BranchStatus,
-    describe,
     elapsed_ms,
     is_idle,
 )
+from prism.branchtrash import UNDELETE_WINDOW, BranchTrash
 from prism.capacity import Caps, check_branch_cap
 from prism.crashpoints import crash_point
 from prism.diskuse import DiskUse, DiskUseCache
 from prism.dsn import ConnectionParams, Endpoint, params_for
 from prism.errors import (
     BranchExists,
-    BranchHasChildren,
     BranchNotFound,
-    BranchProtected,
     HookFailed,
     OutsideWindow,
     PrismError,
     ProvisionFailed,
-    StartingUp,
 )
 from prism.events import EventBus
 from prism.followers import Followers
 from prism.hooks import HookCommands
-from prism.intents import CreateIntent, InitdbIntent, ResetIntent, ResetPhase
+from prism.intents import CreateIntent
 from prism.journal import Journal
+from prism.mainbranch import MainBranch
 from prism.mainsource.base import MainOrigin
 from prism.mainsource.initdb import InitdbMain
 from prism.names import MAIN_BRANCH, validate_branch_name
@@ -95,9 +84,6 @@ from prism.policy import (
     BranchPolicy,
     CreateDefaults,
     PolicyStore,
-    grace_over,
-    is_expired,
-    refuse_if_protected,
 )
 from prism.recovery import Owner
 from prism.recovery import recover as run_recovery
@@ -134,6 +120,8 @@ class BranchManager:
         registry: BranchRegistry | None = None,
         server_extras: ServerExtrasSource | None = None,
         probe: Prober | None = None,
+        undelete_window: float = UNDELETE_WINDOW,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         """``probe`` asks a branch server whether it serves (default: a start-up packet on its
         service socket, ``prism.serverhealth``)."""
@@ -152,7 +140,7 @@ class BranchManager:
         self.disk = DiskUseCache(storage)
         events.add_listener(self.disk.observe)
         # Without a source main is Prism's own initdb (``prism.mainsource`` chooses).
-        self._main = main or InitdbMain(runtime, superuser=superuser, password=password).origin
+        origin = main or InitdbMain(runtime, superuser=superuser, password=password).origin
         self._followers = followers or Followers()
         # Not `or`: an empty registry is falsy, and the one given is shared with the role store.
         self._registry = registry if registry is not None else BranchRegistry(events)
@@ -198,10 +186,29 @@ class BranchManager:
         self._recovery = BranchRecovery(
             self._registry, storage=storage, runtime=runtime, state=state, policies=self.policies
         )
+        parts = BranchParts(
+            registry=self._registry,
+            locks=self._locks,
+            sessions=self._sessions,
+            servers=self._servers,
+            data=self._data,
+            storage=storage,
+            runtime=runtime,
+            state=state,
+            policies=self.policies,
+            journal=self.journal,
+            events=events,
+        )
+        self._main = MainBranch(parts, origin=origin)
+        self._reset = BranchReset(parts, creation=self._creation)
+        self.trash = BranchTrash(
+            parts, disk=self.disk, caps=self._caps, window=undelete_window, now=clock
+        )
+        """Deleted branches kept for undelete: listed, purged (the reaper, the reclaimer)."""
         self.point_in_time = point_in_time
         """Snapshots and WAL archives of the branches that keep WAL, when kept
         (``--snapshot-every``): what ``create`` with ``at`` needs."""
-        self.refresh_main = self._main.refresh
+        self.refresh_main = origin.refresh
         """Makes a new generation of main (``--source-mode dump``); None in other modes."""
         self._opened = trio.Event()
 
@@ -238,10 +245,6 @@ class BranchManager:
     def address(self, name: str) -> BackendAddress | None:
         """Where ``name``'s server is reachable now, or None if it is not running."""
         return self.runtime.address(name)
-
-    def data_path(self, name: str) -> Path:
-        """``name``'s data directory (whether or not it exists)."""
-        return self.storage.path(name)
 
     async def usage_bytes(self, name: str) -> int | None:
         """Bytes ``name`` uses on its own, if the driver can tell (off the loop: it may walk)."""
@@ -305,8 +308,9 @@ class BranchManager:
 
     def recovery_owner(self) -> Owner:
         """The manager's part of start-up recovery (``prism.branchrecovery``): undo
-        interrupted creates, resets and initdbs, then make records, disk and servers agree."""
-        return self._recovery.owner()
+        interrupted creates, resets and initdbs, finish deletes and undeletes
+        (``prism.branchtrash``), then make records, disk, servers and the trash agree."""
+        return self._recovery.owner(self.trash.recoverers(), then=self.trash.sweep)
 
     async def open_main(self) -> None:
         """Create main if needed, then start it: the second half of ``open``.
@@ -316,24 +320,14 @@ class BranchManager:
         ``StartingUp`` (``check_available``) saying how far the backup is.
         """
         if MAIN_BRANCH not in self._registry:
-            await self._create_main()
+            await self._main.make()
         await self.ensure_running(MAIN_BRANCH)
         self._opened.set()
 
     def check_available(self, name: str) -> None:
-        """Refuse a client of ``name`` or its creation while main is still being made.
-
-        A new branch would be cut from main, so only branches that exist already (none, on a
-        new Prism) are left alone.
-        """
-        if not self.making_main():
-            return
-        if name != MAIN_BRANCH and name in self._registry:
-            return
-        raise StartingUp(
-            f"branch main is not ready yet: {self._main.progress()}",
-            hint="connect again when it is done; GET /api/v1/branches/main shows the progress",
-        )
+        """Refuse a client of ``name`` or its creation while main is still being made
+        (``MainBranch.check_available``)."""
+        self._main.check_available(name)
 
     async def close(self, *, kill_after: float = math.inf) -> dict[str, str]:
         """Stop every running branch and save last-activity times (runs shielded); whatever
@@ -352,38 +346,6 @@ class BranchManager:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(functools.partial(self._servers.watch, interval=interval))
             nursery.start_soon(functools.partial(self._health.run, every=health_every))
-
-    async def _create_main(self) -> None:
-        """Make main the way its origin does (initdb, a base backup of a source, a first
-        dump); an intent recorded first lets reconcile discard a crashed attempt."""
-        origin = self._main
-        log.info("creating branch main: %s into %s", origin.how, self.storage.path(MAIN_BRANCH))
-        started = trio.current_time()
-        # Listed while it is made (clients of it are refused by check_available), never saved:
-        # the intent below is what a crash leaves.
-        making = BranchStatus.BACKING_UP if origin.long else BranchStatus.PROVISIONING
-        branch = Branch(MAIN_BRANCH, None, utcnow(), making)
-        self._registry.add(branch)
-        intent = InitdbIntent(MAIN_BRANCH)
-        await self.journal.record(intent)
-        crash_point("initdb:recorded")
-        try:
-            path = await self.storage.create(MAIN_BRANCH)
-            crash_point("initdb:created")
-            await origin.make(path)
-            crash_point("initdb:initialised")
-        except BaseException:
-            self._registry.remove(MAIN_BRANCH)
-            with trio.CancelScope(shield=True):
-                await self._data.destroy_quietly(MAIN_BRANCH)
-                await self.journal.done(intent)
-            raise
-        branch.created_at = utcnow()
-        self._registry.transition(branch, BranchStatus.STOPPED)
-        await self.state.put(branch.record())
-        crash_point("initdb:registered")
-        await self.journal.done(intent)
-        self.events.publish("created", MAIN_BRANCH, duration_ms=elapsed_ms(started))
 
     # ---- the hot question: where do I send this client? --------------------------------
 
@@ -503,147 +465,35 @@ class BranchManager:
             return True
 
     async def reset(self, name: str) -> Branch:
-        """Throw away ``name``'s changes: re-clone it from its parent's current state.
-
-        Open sessions are ended first, with a message that says why. The branch comes back
-        running if it was running. If the new clone (or the parent's ``on_create`` hook in it)
-        fails, the branch's old data is put back and the error says so.
-        """
-        async with self._locks[name]:
-            branch = self.require(name)
-            refuse_if_protected(name, self.policies.get(name), "reset")
-            if branch.parent is None:
-                raise BranchProtected(
-                    f'branch "{name}" has no parent to reset from',
-                    hint="reset a branch made from main, not main itself",
-                )
-            parent = branch.parent
-            if parent not in self._registry:
-                raise BranchNotFound(f'parent branch "{parent}" of "{name}" no longer exists')
-            self._creation.refuse_unrunnable_hook(parent)
-            started = trio.current_time()
-            was_running = self.runtime.address(name) is not None
-            # The old data goes to the trash under a name recorded first, so a crash at any
-            # step leaves either a whole branch or a way back to one.
-            intent = ResetIntent(name, parent, secrets.token_hex(4))
-            token = intent.token
-            await self.journal.record(intent)
-            crash_point("reset:recorded")
-            try:
-                await self._sessions.terminate(
-                    name,
-                    f'branch "{name}" is being reset: its changes were thrown away',
-                    hint="connect again to use the fresh copy of its parent",
-                )
-                await self._servers.stop(branch, reason="reset")
-            except BaseException:
-                with trio.CancelScope(shield=True):
-                    await self.journal.done(intent)
-                raise
-            crash_point("reset:stopped")
-            self._registry.transition(branch, BranchStatus.RESETTING, "resetting", parent=parent)
-            moved = False
-            try:
-                # Shielded: once the old data is going, a client hanging up must not leave
-                # the branch half-made; only a failure can stop it now.
-                with trio.CancelScope(shield=True):
-                    retired = await self.storage.retire(name, token)
-                    moved = True
-                    self._data.discarded(name)
-                    crash_point("reset:retired")
-                    if self.policies.get(parent).has_hook:
-                        # From here a clone may stand without its hook run: reconcile must
-                        # know to throw it away rather than keep it.
-                        phase = ResetPhase.HOOKED_CLONE
-                    else:
-                        # A clone cut short by a crash must not pass for a finished one.
-                        phase = ResetPhase.CLONING
-                    await self.journal.record(dataclasses.replace(intent, phase=phase))
-                    await self._data.clone_from(parent, name)
-                    if phase is ResetPhase.CLONING:
-                        # Finished: a crash from here on keeps the new clone.
-                        await self.journal.record(intent)
-                    crash_point("reset:cloned")
-                    await self._data.run_hook_unseen(branch)
-                    crash_point("reset:hooked")
-            except BaseException as exc:
-                with trio.CancelScope(shield=True):
-                    await self._undo_reset(branch, intent, moved=moved)
-                self._publish_failure(name, exc, started)
-                raise
-            # Silent: the reset event below, once it may be running again, tells of it.
-            self._registry.transition(branch, BranchStatus.STOPPED)
-            branch.bytes_proxied = 0
-            branch.last_active_ts = time.time()
-            await self._servers.save(branch)
-            await self.journal.done(intent)
-            if retired is not None:
-                await self._data.remove_retired(retired)
-            if was_running:
-                await self._servers.start(branch, reason="reset")
-            self.events.publish("reset", name, parent=parent, duration_ms=elapsed_ms(started))
-            log.info(
-                "reset: branch %s re-cloned from %s in %.1f ms", name, parent, elapsed_ms(started)
-            )
-            return branch
+        """Throw away ``name``'s changes: re-clone it from its parent's current state
+        (``BranchReset.reset``: sessions ended with a reason, back running if it was, the old
+        data put back if the new clone or its parent's hook fails)."""
+        return await self._reset.reset(name)
 
     async def replace_main(self, swap: Callable[[], Awaitable[None]], *, why: str) -> None:
-        """Run ``swap``, which puts other data in main's directory, with main stopped and locked.
+        """Run ``swap`` with main stopped and locked (``MainBranch.replace``)."""
+        await self._main.replace(swap, why=why)
 
-        No clone of main and no session of main spans the swap; sessions are ended with
-        ``why``. Main comes back running if it was, on the new data or (``swap`` failed and put
-        the old data back) the old.
-        """
-        async with self._locks[MAIN_BRANCH]:
-            branch = self.require(MAIN_BRANCH)
-            was_running = self.runtime.address(MAIN_BRANCH) is not None
-            await self._sessions.terminate(MAIN_BRANCH, why, hint="connect again")
-            await self._servers.stop(branch, reason="refresh")
-            try:
-                await swap()
-                self._data.discarded(MAIN_BRANCH)
-            finally:
-                if was_running:
-                    await self._servers.start(branch, reason="refresh")
+    async def delete(
+        self,
+        name: str,
+        *,
+        with_children: bool = False,
+        purge: str | None = None,
+        if_idle: bool = False,
+    ) -> builtins.list[str]:
+        """Move a branch (and, if asked, its descendants) into the trash for
+        ``--undelete-window``; ``purge``: free it at once, saying why; ``if_idle``: only if no
+        session is open (``BranchTrash.delete``). The names deleted, descendants first."""
+        return await self.trash.delete(
+            name, with_children=with_children, purge=purge, if_idle=if_idle
+        )
 
-    async def delete(self, name: str, *, with_children: bool = False) -> builtins.list[str]:
-        """Remove a branch (and, if asked, its descendants): server, data and record.
-
-        Returns the names deleted, descendants first.
-        """
-        if name == MAIN_BRANCH:
-            raise BranchProtected("the main branch cannot be deleted")
-        self.require(name)
-        children = self.children(name)
-        for doomed in [name, *self.descendants(name)] if with_children else [name]:
-            refuse_if_protected(doomed, self.policies.get(doomed), "deleted")
-        if children and not with_children:
-            raise BranchHasChildren(
-                f'branch "{name}" has child branches: {", ".join(children)}',
-                hint="delete them first, or ask to delete the children too",
-            )
-        deleted: builtins.list[str] = []
-        for child in children:
-            deleted += await self.delete(child, with_children=True)
-        async with self._locks[name]:
-            branch = self.require(name)
-            await self._sessions.terminate(name, f'branch "{name}" was deleted')
-            await self._servers.stop(branch, reason="delete")
-            crash_point("delete:stopped")
-            self._registry.transition(branch, BranchStatus.DELETING, "deleting")
-            # Free first, record after: on a full disk the state file may not take a write
-            # until space is back. The rename into the trash is the commit point; a record
-            # whose directory is gone is forgotten by reconcile.
-            retired = await self.storage.retire(name)
-            crash_point("delete:retired")
-            self._registry.remove(name)
-            self._data.discarded(name)
-            if retired is not None:
-                await self._data.remove_retired(retired)
-            crash_point("delete:freed")
-            await self._data.forget_record(name)
-            self.events.publish("deleted", name)
-        return [*deleted, name]
+    async def undelete(self, name: str) -> builtins.list[str]:
+        """Bring back the last deleted branch called ``name`` whole, with what the same delete
+        took below it (``BranchTrash.undelete``); the names, parents first."""
+        self.check_available(name)
+        return await self.trash.undelete(name)
 
     # ---- team policies -------------------------------------------------------------------
 
@@ -668,27 +518,6 @@ class BranchManager:
             expires_at=None if policy.expires_at is None else rfc3339(policy.expires_at),
         )
         return policy
-
-    async def expire_if_due(self, name: str, *, grace: float) -> bool:
-        """Delete ``name`` if its time is up: at once with no session open, else only after
-        ``grace`` seconds, ending the sessions with 57P01. An ``expired`` event comes first."""
-        branch = self._registry.get(name)
-        now = utcnow()
-        if (
-            branch is None
-            or name == MAIN_BRANCH  # cannot be deleted at all: an expiry on it means nothing
-            or not is_expired(self.policies.get(name), now)
-            or self.children(name)
-        ):
-            return False
-        if self._sessions.any_open(name) and not grace_over(self.policies.get(name), now, grace):
-            return False
-        self.events.publish("expired", name)
-        await self._sessions.terminate(
-            name, f'branch "{name}" expired and was deleted', hint="create it again if needed"
-        )
-        await self.delete(name)
-        return True
 
     # ---- client sessions (opened by the proxy; ``prism.sessions``) -----------------------
 
@@ -758,7 +587,7 @@ class BranchManager:
             with trio.CancelScope(shield=True):
                 await self._data.roll_back(name)
                 await self.journal.done(intent)
-            self._publish_failure(name, exc, started)
+            self._registry.failed(name, exc, started)
             if isinstance(exc, PrismError):
                 raise ProvisionFailed(
                     f'could not create branch "{name}": {exc.message}',
@@ -777,37 +606,6 @@ class BranchManager:
             clone_ms,
         )
         return branch
-
-    def _publish_failure(self, name: str, exc: BaseException, started: float) -> None:
-        error = describe(exc)
-        log.error("branch %s: operation failed and was rolled back: %s", name, error)
-        self.events.publish("failed", name, error=error, duration_ms=elapsed_ms(started))
-
-    async def _undo_reset(self, branch: Branch, intent: ResetIntent, *, moved: bool) -> None:
-        """A reset failed: put the old data back if it went to the trash, else drop the branch.
-
-        ``moved`` says whether the old data left for the trash; if not, it is still in place.
-        Only a driver that cannot keep a retired directory (ZFS destroys it at once) ends up
-        without the old data; then the branch is removed, as its changes were already gone.
-        """
-        name = branch.name
-        try:
-            if moved:
-                await self.runtime.stop(name)
-                await self._data.destroy_quietly(name)
-                restored = await self.storage.restore(name, intent.token)
-            else:
-                restored = self.storage.exists(name)
-            if restored:
-                # Silent: the caller's failed event says what happened.
-                self._registry.transition(branch, BranchStatus.STOPPED, address=None)
-                await self._servers.save(branch)
-                log.warning("reset: branch %s failed to re-clone; its old data was put back", name)
-            else:
-                await self._data.roll_back(name)
-        except PrismError as exc:
-            log.error("reset: could not undo the reset of branch %s: %s", name, exc.message)
-        await self.journal.done(intent)
 
 
 __all__ = [

@@ -10,6 +10,7 @@ branch, and empties the trash and staging areas.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import trio
@@ -17,10 +18,10 @@ import trio
 from prism.branchstate import Branch, BranchRegistry, BranchStatus
 from prism.clone import remove_parent_lock_file
 from prism.errors import PrismError
-from prism.intents import CreateIntent, InitdbIntent, ResetIntent, ResetPhase
+from prism.intents import CreateIntent, InitdbIntent, Intent, ResetIntent, ResetPhase
 from prism.names import MAIN_BRANCH, is_generation_name, is_snapshot_name
 from prism.policy import PolicyStore
-from prism.recovery import Owner
+from prism.recovery import Owner, Recoverer
 from prism.runtime.base import Runtime
 from prism.serverconf import detach_clone
 from prism.state import StateStore, utcnow
@@ -50,17 +51,30 @@ class BranchRecovery:
         self._state = state
         self._policies = policies
 
-    def owner(self) -> Owner:
+    def owner(
+        self,
+        more: Mapping[type[Intent], Recoverer] | None = None,
+        *,
+        then: Callable[[], Awaitable[None]] | None = None,
+    ) -> Owner:
         """The manager's part of start-up recovery: undo interrupted creates, resets and
-        initdbs, then make records, disk and servers agree (``sweep``)."""
+        initdbs (and the kinds in ``more``, which the manager's other parts recover), then
+        make records, disk and servers agree (``sweep``), then run ``then`` (the trash's)."""
+
+        async def sweep() -> None:
+            await self.sweep()
+            if then is not None:
+                await then()
+
         return Owner(
             "branches",
             {
                 CreateIntent: self._recover_create,
                 ResetIntent: self._recover_reset,
                 InitdbIntent: self._recover_initdb,
+                **(more or {}),
             },
-            sweep=self.sweep,
+            sweep=sweep,
         )
 
     async def sweep(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import enum
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -24,6 +25,8 @@ from prism.address import BackendAddress
 from prism.errors import BranchNotFound, PrismError
 from prism.events import EventBus
 from prism.state import BranchRecord, Generation
+
+log = logging.getLogger(__name__)
 
 
 class BranchStatus(enum.Enum):
@@ -179,6 +182,13 @@ class BranchRegistry:
             branch.address = address
         if event is not None:
             self._events.publish(event, branch.name, **fields)
+
+    def failed(self, name: str, exc: BaseException, started: float) -> None:
+        """Tell of an operation on ``name`` that failed and was rolled back (a ``failed``
+        event with the error and how long it took, and the log)."""
+        error = describe(exc)
+        log.error("branch %s: operation failed and was rolled back: %s", name, error)
+        self._events.publish("failed", name, error=error, duration_ms=elapsed_ms(started))
 
 
 class BranchLocks:

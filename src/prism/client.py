@@ -263,12 +263,39 @@ def _create(api: ApiClient, args: argparse.Namespace) -> Any:
 
 def _rm(api: ApiClient, args: argparse.Namespace) -> Any:
     params = {"with_children": "true"} if args.with_children else {}
+    if args.purge:
+        params["purge"] = "true"
     try:
         return api.call("DELETE", f"/branches/{args.name}", params=params)
     except ClientError as exc:
         if args.if_exists and exc.code == "branch_not_found":
             return {"deleted": []}
         raise
+
+
+def _undelete(api: ApiClient, args: argparse.Namespace) -> Any:
+    return api.call("POST", f"/branches/{args.name}/undelete")
+
+
+class Trash(list[dict[str, Any]]):
+    """``branch trash``'s answer, printed as a table of its own."""
+
+
+def _trash(api: ApiClient, args: argparse.Namespace) -> Any:
+    kept = api.call("GET", "/trash")
+    return kept if args.json else Trash(kept["trash"])
+
+
+def format_trash(entries: Sequence[dict[str, Any]]) -> str:
+    """A table of the deleted branches kept for undelete, oldest deletion first."""
+    if not entries:
+        return "the trash is empty (deleted branches are kept for --undelete-window)"
+    lines = [f"{'NAME':<24} {'PARENT':<16} {'DELETED AT':<21} PURGED AT"]
+    lines += [
+        f"{e['name']:<24} {e['parent'] or '-':<16} {e['deleted_at']:<21} {e['purge_at']}"
+        for e in entries
+    ]
+    return "\n".join(lines)
 
 
 def _show(api: ApiClient, args: argparse.Namespace) -> Any:
@@ -355,10 +382,14 @@ def format_snapshots(snapshots: Sequence[dict[str, Any]]) -> str:
 def _human(result: Any) -> str:
     if isinstance(result, Snapshots):
         return format_snapshots(result)
+    if isinstance(result, Trash):
+        return format_trash(result)
     if isinstance(result, list):
         return format_branches(result)
     if "deleted" in result:
         return f"deleted: {', '.join(result['deleted']) or 'nothing (no such branch)'}"
+    if "undeleted" in result:
+        return f"undeleted: {', '.join(result['undeleted'])}"
     return format_branch(result)
 
 
@@ -422,13 +453,18 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     )
     create.add_argument("--print-dsn", action="store_true", help="print only its connection string")
     dsn_flags(create)
-    rm = verb("rm", "delete a branch and its data", _rm)
+    rm = verb("rm", "delete a branch (kept for --undelete-window, then purged)", _rm)
     rm.add_argument(
         "--with-children", action="store_true", help="also delete branches cloned from it"
     )
     rm.add_argument(
         "--if-exists", action="store_true", help="a branch that does not exist is not an error"
     )
+    rm.add_argument(
+        "--purge", action="store_true", help="free it at once: not kept in the trash for undelete"
+    )
+    verb("undelete", "bring a deleted branch back from the trash (data and policies)", _undelete)
+    verb("trash", "list deleted branches kept for undelete", _trash, named=False)
     dsn_flags(verb("dsn", "print a branch's connection string", _dsn))
     verb("protect", "refuse delete and reset of a branch", _patch(protected=True))
     verb("unprotect", "allow delete and reset of a branch again", _patch(protected=False))

@@ -556,6 +556,22 @@ class Settings:
             "how long sessions open on an expired branch may go on before they are ended",
         ),
     )
+    undelete_window: float = field(
+        default=3600.0,
+        metadata=_about(
+            parse_duration,
+            "how long a deleted branch is kept whole in the trash, for prism branch undelete, "
+            "before it is purged (0: deleting frees at once; see docs/operations.md)",
+        ),
+    )
+    evict_on_pressure: bool = field(
+        default=True,
+        metadata=_about(
+            _parse_bool,
+            "under disk pressure free the trash, then expired branches, then idle unprotected "
+            "branches with the most own bytes, before refusing anything (off: never evict)",
+        ),
+    )
     allow_hook_commands: bool = field(
         default=False,
         metadata=_about(

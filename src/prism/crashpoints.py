@@ -24,7 +24,8 @@ ENV_VAR = "PRISM_TEST_CRASH_AT"
 #: Every point an operation passes, in order; the suite iterates over these.
 POINTS: dict[str, tuple[str, ...]] = {
     "create": ("create:recorded", "create:cloned", "create:server-up", "create:started"),
-    "delete": ("delete:stopped", "delete:retired", "delete:freed"),
+    "delete": ("delete:stopped", "delete:recorded", "delete:trashed"),
+    "undelete": ("undelete:recorded", "undelete:restored"),
     "reset": (
         "reset:recorded",
         "reset:stopped",

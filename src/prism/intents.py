@@ -104,6 +104,24 @@ class ResetIntent(_OnName):
 
 
 @dataclass(frozen=True)
+class DeleteIntent(_OnName):
+    """A branch is being moved into the undelete trash under ``token`` (its trash row is
+    written first): finish it if the data left, else drop the row."""
+
+    KIND: ClassVar[str] = "delete"
+    token: str
+
+
+@dataclass(frozen=True)
+class UndeleteIntent(_OnName):
+    """A branch kept in the trash under ``token`` is being put back (its record and policy
+    are written first): finish it if the data is back, else drop the record again."""
+
+    KIND: ClassVar[str] = "undelete"
+    token: str
+
+
+@dataclass(frozen=True)
 class RefreshIntent(Intent):
     """Main is being swapped to the staged generation ``staged`` (``--source-mode dump``);
     the old main waits in the trash under ``token``."""
@@ -144,6 +162,8 @@ KINDS: dict[str, type[Intent]] = {
         InitdbIntent,
         CreateIntent,
         ResetIntent,
+        DeleteIntent,
+        UndeleteIntent,
         RefreshIntent,
         BaseBackupIntent,
         SnapshotIntent,

@@ -78,6 +78,8 @@ class Metrics:
         self.provision = Histogram()
         self.wake = Histogram()
         self.reaper_stops = 0
+        self.evictions: Counter[str] = Counter()
+        """Branches freed under disk pressure, by tier (``prism.eviction``)."""
         manager.events.add_listener(self.observe)
 
     def observe(self, event: Event) -> None:
@@ -89,6 +91,8 @@ class Metrics:
             self.wake.observe(seconds)
         elif kind == "stopped" and event.get("reason") == "idle":
             self.reaper_stops += 1
+        elif kind == "evicted":
+            self.evictions[str(event.get("tier"))] += 1
 
     def render(self, *, source: dict[str, Any] | None = None) -> str:
         """The metrics text; ``source`` is main's source health when main follows one."""
@@ -153,6 +157,21 @@ class Metrics:
                 "counter",
                 "Branches stopped by the reaper for being idle.",
                 [f"prism_reaper_stops_total {self.reaper_stops}"],
+            ),
+            *_family(
+                "prism_trash_branches",
+                "gauge",
+                "Deleted branches kept in the trash for undelete (--undelete-window).",
+                [f"prism_trash_branches {len(self._manager.trash.list())}"],
+            ),
+            *_family(
+                "prism_evictions_total",
+                "counter",
+                "Branches freed under disk pressure, by tier: trash, expired, idle.",
+                (
+                    f'prism_evictions_total{{tier="{tier}"}} {self.evictions[tier]}'
+                    for tier in ("trash", "expired", "idle")
+                ),
             ),
             *self._disk_lines(),
             *_family(

@@ -93,6 +93,32 @@ def _stored_expiry(name: str, stored: object) -> datetime | None:
         return None
 
 
+def policy_to_json(policy: BranchPolicy) -> str:
+    """``policy`` as one JSON object: how a deleted branch's policy waits in the trash."""
+    expires = None if policy.expires_at is None else policy.expires_at.isoformat()
+    command = None if policy.on_create_command is None else list(policy.on_create_command)
+    return json.dumps(
+        {
+            "protected": policy.protected,
+            "expires_at": expires,
+            "on_create": policy.on_create,
+            "on_create_command": command,
+        }
+    )
+
+
+def policy_from_json(name: str, text: str) -> BranchPolicy:
+    """The policy ``policy_to_json`` wrote for branch ``name``."""
+    raw = json.loads(text)
+    command = raw.get("on_create_command")
+    return BranchPolicy(
+        protected=bool(raw.get("protected")),
+        expires_at=_stored_expiry(name, raw.get("expires_at")),
+        on_create=raw.get("on_create"),
+        on_create_command=None if command is None else tuple(command),
+    )
+
+
 class PolicyStore:
     """Policies by branch name: a cache in memory, each change written through to sqlite.
 

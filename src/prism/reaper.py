@@ -75,15 +75,22 @@ EXPIRY_TICK = 2.0
 
 
 async def run_expiry(manager: BranchManager, *, tick: float = EXPIRY_TICK) -> None:
-    """Delete expired branches until cancelled (``BranchManager.expire_if_due`` decides).
+    """Delete expired branches and purge deleted ones whose undelete window passed, until
+    cancelled (``BranchTrash.expire_if_due`` and ``purge_due`` decide).
 
     A pass of its own beside the idle reaper: expiry applies even with ``idle_timeout`` 0.
     """
+    grace = manager.defaults.expiry_grace
     while True:
         await trio.sleep(tick)
+        try:
+            for name in await manager.trash.purge_due():
+                log.info("reaper: purged deleted branch %s: its undelete window passed", name)
+        except PrismError as exc:
+            log.error("reaper: could not purge the trash: %s", exc.message)
         for branch in manager.list():
             try:
-                if await manager.expire_if_due(branch.name, grace=manager.defaults.expiry_grace):
+                if await manager.trash.expire_if_due(branch.name, grace=grace):
                     log.info("reaper: deleted expired branch %s", branch.name)
             except PrismError as exc:
                 log.error(

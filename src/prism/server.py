@@ -6,6 +6,7 @@ import functools
 import logging
 import os
 import resource
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from prism.dataplane import choose as choose_data_plane
 from prism.dsn import Endpoint
 from prism.errors import ConfigError
 from prism.events import EventBus
+from prism.eviction import Reclaimer
 from prism.followers import Followers
 from prism.hooks import HookCommands
 from prism.journal import Journal
@@ -53,6 +55,8 @@ class ServerInfo:
     api: tuple[str, int]
     manager: BranchManager
     data_plane: DataPlane
+    reclaimer: Reclaimer
+    """What the disk budget calls before it refuses anything for lack of space."""
 
     @property
     def api_url(self) -> str:
@@ -208,6 +212,12 @@ class PrismServer:
             registry=registry,
             # The point-in-time object also says what each server is started with.
             server_extras=point_in_time,
+            undelete_window=settings.undelete_window,
+        )
+        reclaimer = Reclaimer(
+            manager,
+            enabled=settings.evict_on_pressure,
+            free_bytes=lambda: shutil.disk_usage(data_dir).free,
         )
         data_plane = choose_data_plane(settings.data_plane)
         proxy = Proxy.from_settings(manager, settings, data_dir, verifiers, data_plane)
@@ -275,7 +285,9 @@ class PrismServer:
                             superuser=settings.superuser,
                         )
                     )
-                info = ServerInfo(_bound(pg_listener), _bound(api_listener), manager, data_plane)
+                info = ServerInfo(
+                    _bound(pg_listener), _bound(api_listener), manager, data_plane, reclaimer
+                )
                 log.info(
                     "prism: ready: postgres clients on %s:%d, API on %s; data in %s "
                     "(storage %s, runtime %s)",

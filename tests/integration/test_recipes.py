@@ -136,7 +136,7 @@ async def _file_holds(prism: PrismHandle, branch: str, table: str, text: bytes) 
     """Whether ``table``'s file in ``branch`` holds ``text``, dead row versions included."""
     await psql(prism.dsn(f"postgres@{branch}"), "CHECKPOINT")
     relpath = await _value(prism, branch, f"SELECT pg_relation_filepath('{table}')")
-    return text in (prism.manager.data_path(branch) / relpath).read_bytes()
+    return text in (prism.manager.storage.path(branch) / relpath).read_bytes()
 
 
 async def test_sanitized_template_with_a_hook_command_leaves_no_old_rows(

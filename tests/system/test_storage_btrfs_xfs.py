@@ -117,6 +117,22 @@ async def test_btrfs_destroy_deletes_the_subvolume(btrfs_root: Path) -> None:
     assert store.list() == [MAIN_BRANCH]
 
 
+async def test_btrfs_keeps_a_deleted_subvolume_for_undelete_until_purged(btrfs_root: Path) -> None:
+    store = BtrfsStorage(btrfs_root)
+    await store.create(MAIN_BRANCH)
+    child = await store.clone(MAIN_BRANCH, "feature")
+    (child / "mine").write_text("kept\n")
+    assert await store.trash("feature", "t0k3n")
+    assert store.list() == [MAIN_BRANCH] and await store.trashed() == [("feature", "t0k3n")]
+    assert await store.sweep() == []  # a restart keeps it
+    assert await store.untrash("feature", "t0k3n")
+    assert (store.path("feature") / "mine").read_text() == "kept\n"
+    assert is_btrfs_subvolume(store.path("feature"))
+    assert await store.trash("feature", "t0k3n")
+    await store.purge("feature", "t0k3n")
+    assert await store.trashed() == [] and store.list() == [MAIN_BRANCH]
+
+
 async def test_btrfs_refuses_to_snapshot_a_plain_master_and_says_how_to_convert(
     btrfs_root: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

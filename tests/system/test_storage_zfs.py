@@ -121,6 +121,35 @@ async def test_zfs_refuses_to_delete_a_branch_that_has_clones(zfs_store: ZfsStor
     assert zfs_store.list() == [MAIN_BRANCH]
 
 
+async def test_zfs_keeps_deleted_datasets_for_undelete_until_purged(
+    zfs_store: ZfsStorage,
+) -> None:
+    """A parent and its child deleted together (``with_children``): both renamed aside, put
+    back mounted with their data, and purged child first with their origin snapshots."""
+    await zfs_store.create(MAIN_BRANCH)
+    await zfs_store.clone(MAIN_BRANCH, "parent")
+    await zfs_store.clone("parent", "child")
+    (zfs_store.path("child") / "data").write_text("kept\n")
+
+    assert await zfs_store.trash("child", "aa01")
+    assert await zfs_store.trash("parent", "bb02")
+    assert zfs_store.list() == [MAIN_BRANCH]
+    assert sorted(await zfs_store.trashed()) == [("child", "aa01"), ("parent", "bb02")]
+    assert await zfs_store.sweep() == []  # a restart keeps them
+
+    assert await zfs_store.untrash("parent", "bb02")
+    assert await zfs_store.untrash("child", "aa01")
+    assert (zfs_store.path("child") / "data").read_text() == "kept\n"
+    assert zfs_store.list() == [MAIN_BRANCH, "child", "parent"]
+
+    assert await zfs_store.trash("child", "aa01")
+    assert await zfs_store.trash("parent", "bb02")
+    await zfs_store.purge("child", "aa01")
+    await zfs_store.purge("parent", "bb02")
+    assert await zfs_store.trashed() == []
+    assert _snapshots(zfs_store.dataset_of(MAIN_BRANCH)) == []
+
+
 async def test_open_storage_zfs_names_a_missing_dataset_and_how_to_create_it() -> None:
     require_root()
     require_command("zfs")

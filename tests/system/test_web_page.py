@@ -129,7 +129,7 @@ async def test_page_shows_branches_live_and_its_reset_button_resets_the_branch(
         assert page.errors == []
 
 
-async def test_page_buttons_create_stop_and_delete_a_branch(
+async def test_page_buttons_create_stop_delete_and_undelete_a_branch(
     running: Runner, page: Page, request: pytest.FixtureRequest
 ) -> None:
     async with running() as prism, screenshot_at_end(page, request):
@@ -154,8 +154,18 @@ async def test_page_buttons_create_stop_and_delete_a_branch(
         assert prism.manager.get("from-page") is None
         assert page.dialogs == [
             "Reset from-page? Its changes will be thrown away.",
-            "Delete branch from-page and its data?",
+            "Delete branch from-page? It is kept in the trash for the undelete window.",
         ]
+
+        # The trash lists it; its undelete button brings it back, stopped.
+        trashed = 'tr[data-trashed="from-page"]'
+        await page.wait_until(f"document.querySelector({json.dumps(trashed)}) !== null")
+        await page.click(f'{trashed} button[data-action="undelete"]')
+        await page.wait_until(
+            f"{_status_is('from-page', 'stopped')} && {_MESSAGE} === 'undeleted from-page'"
+        )
+        await page.wait_until(f"document.querySelector({json.dumps(trashed)}) === null")
+        assert prism.manager.require("from-page").parent == "main"
         assert page.errors == []
 
 

@@ -18,7 +18,12 @@ import prism.api.routes
 import prism.api.sameorigin
 import prism.branches
 import prism.branchpolicy
+import prism.branchreset
 import prism.branchservers
+import prism.branchstate
+import prism.branchtrash
+import prism.eviction
+import prism.mainbranch
 from prism.api.app import create_app
 from prism.api.errors import _STATUS
 from prism.branchstate import BranchStatus
@@ -78,7 +83,16 @@ def test_every_error_code_is_documented(code: str) -> None:
 def _event_types() -> list[str]:
     # Status events go through the registry's one transition (its third argument).
     kinds = {"snapshot", "overflow"}
-    for module in (prism.branches, prism.branchservers, prism.branchpolicy):
+    for module in (
+        prism.branches,
+        prism.branchservers,
+        prism.branchpolicy,
+        prism.branchtrash,
+        prism.branchreset,
+        prism.branchstate,
+        prism.mainbranch,
+        prism.eviction,
+    ):
         kinds |= _string_args(module, "publish", 0) | _string_args(module, "transition", 2)
     return sorted(kinds)
 

@@ -14,6 +14,7 @@ from prism.intents import (
     KINDS,
     BaseBackupIntent,
     CreateIntent,
+    DeleteIntent,
     InitdbIntent,
     Intent,
     IntentUnreadable,
@@ -21,6 +22,7 @@ from prism.intents import (
     ResetIntent,
     ResetPhase,
     SnapshotIntent,
+    UndeleteIntent,
     decode,
 )
 from prism.journal import Journal
@@ -32,6 +34,8 @@ EVERY_KIND: list[Intent] = [
     InitdbIntent(),
     CreateIntent("feature", "main"),
     ResetIntent("feature", "main", "abcd1234", ResetPhase.HOOKED_CLONE),
+    DeleteIntent("feature", "0123456789ab"),
+    UndeleteIntent("feature", "0123456789ab"),
     RefreshIntent("gen:2", "beef0001", 2, TAKEN),
     BaseBackupIntent(),
     SnapshotIntent("snap:main:20261201T064000000000Z", "main"),
@@ -102,7 +106,7 @@ async def test_recovery_runs_owners_in_the_declared_order_and_drops_only_what_it
         return Owner(name, dict.fromkeys(kinds, recover_one), sweep=sweep)
 
     owners = [
-        owner("branches", InitdbIntent, CreateIntent, ResetIntent),
+        owner("branches", InitdbIntent, CreateIntent, ResetIntent, DeleteIntent, UndeleteIntent),
         owner("snapshots", SnapshotIntent),
         owner("generations", RefreshIntent),
         owner("source", BaseBackupIntent),
@@ -118,6 +122,8 @@ async def test_recovery_runs_owners_in_the_declared_order_and_drops_only_what_it
         "branches:initdb",
         "branches:create",
         "branches:reset",
+        "branches:delete",
+        "branches:undelete",
         "branches:sweep",
     ]
     assert [name for name in ORDER] == ["source", "generations", "snapshots", "branches"]

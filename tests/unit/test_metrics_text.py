@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
 from prism.branches import Branch, BranchStatus
 from prism.diskuse import DiskUse
@@ -36,6 +37,7 @@ class _Manager:
         self.events = EventBus()
         self._branches = branches
         self.disk = self
+        self.trash = SimpleNamespace(list=lambda: ["kept"])
 
     def known(self, names: list[str]) -> dict[str, DiskUse]:
         """The disk cache's last answers: one exact, one from a storage that cannot tell."""
@@ -71,6 +73,7 @@ def test_metrics_count_what_the_events_say_and_read_gauges_from_branches() -> No
     publish("running", "a", reason="wake", duration_ms=200.0)
     publish("stopped", "a", reason="stop", duration_ms=5.0)  # an operator, not the reaper
     publish("stopped", "a", reason="idle", duration_ms=5.0)
+    publish("evicted", "b", tier="idle", reason="disk pressure")
 
     lines = metrics.render().splitlines()
     for family, kind in [
@@ -81,6 +84,8 @@ def test_metrics_count_what_the_events_say_and_read_gauges_from_branches() -> No
         ("prism_wake_duration_seconds", "histogram"),
         ("prism_reaper_stops_total", "counter"),
         ("prism_event_subscribers", "gauge"),
+        ("prism_trash_branches", "gauge"),
+        ("prism_evictions_total", "counter"),
     ]:
         assert f"# TYPE {family} {kind}" in lines
         assert any(line.startswith(f"# HELP {family} ") for line in lines)
@@ -95,6 +100,9 @@ def test_metrics_count_what_the_events_say_and_read_gauges_from_branches() -> No
     assert 'prism_wake_duration_seconds_bucket{le="0.25"} 1' in lines
     assert "prism_reaper_stops_total 1" in lines
     assert "prism_event_subscribers 0" in lines
+    assert "prism_trash_branches 1" in lines
+    assert 'prism_evictions_total{tier="idle"} 1' in lines
+    assert 'prism_evictions_total{tier="trash"} 0' in lines
 
 
 def test_disk_use_is_reported_per_branch_and_summed_where_known() -> None:

@@ -18,7 +18,7 @@ from quart_trio import QuartTrio
 from prism.activity import ActivityLog
 from prism.api import fields
 from prism.api.errors import ApiError
-from prism.api.views import branch_view, confinement_view, readiness
+from prism.api.views import branch_view, confinement_view, readiness, trash_view
 from prism.branches import Branch, BranchManager
 from prism.dataplane import DataPlane
 from prism.dsn import PasswordCheck, confirmed, connection_view
@@ -213,8 +213,24 @@ def register_routes(
     @app.delete(f"{PREFIX}/branches/<name>")
     async def delete_branch(name: str) -> Response:
         with_children = request.args.get("with_children", "").lower() in _TRUE
-        deleted = await manager.delete(name, with_children=with_children)
+        # purge=true: freed at once, not kept for undelete (a CI job's clean-up, say).
+        purge = "asked for (purge=true)" if request.args.get("purge", "").lower() in _TRUE else None
+        deleted = await manager.delete(name, with_children=with_children, purge=purge)
         return jsonify({"deleted": deleted})
+
+    @app.post(f"{PREFIX}/branches/<name>/undelete")
+    async def undelete_branch(name: str) -> Response:
+        """Bring back the last deleted branch called ``name`` (and what the same delete took
+        below it) from the trash."""
+        return jsonify({"undeleted": await manager.undelete(name)})
+
+    @app.get(f"{PREFIX}/trash")
+    async def list_trash() -> Response:
+        """The deleted branches kept for undelete, oldest deletion first, with their purge
+        times."""
+        window = manager.trash.window
+        entries = [trash_view(entry, window=window) for entry in manager.trash.list()]
+        return jsonify({"trash": entries, "undelete_window": window})
 
     @app.post(f"{PREFIX}/branches/<name>/reset")
     async def reset_branch(name: str) -> Response:

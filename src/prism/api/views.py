@@ -10,6 +10,7 @@ from prism.names import MAIN_BRANCH
 from prism.policy import BranchPolicy
 from prism.runtime.base import Confinement
 from prism.state import rfc3339
+from prism.trash import TrashEntry
 
 
 def policy_view(policy: BranchPolicy) -> dict[str, Any]:
@@ -69,6 +70,19 @@ def readiness(manager: BranchManager) -> tuple[int, dict[str, Any]]:
     if main is None or main.status not in UNWELL or main.trouble is None:
         return 200, {"status": "ok"}
     return 503, {"status": main.status.value, "main": trouble_view(main.trouble)}
+
+
+def trash_view(entry: TrashEntry, *, window: float) -> dict[str, Any]:
+    """One deleted branch kept for undelete: who it was, and when it is purged."""
+    return {
+        "name": entry.name,
+        "parent": entry.parent,
+        "created_at": rfc3339(entry.created_at),
+        "deleted_at": rfc3339(entry.deleted_at),
+        "purge_at": rfc3339(entry.purge_at(window)),
+        "own_bytes": entry.own_bytes,
+        **policy_view(entry.policy),
+    }
 
 
 def confinement_view(confinement: Confinement) -> dict[str, Any]:

@@ -37,6 +37,11 @@ HIDDEN_PREFIX = "."
 #: is Prism's own and start-up removes it.
 TRASH_DIR = ".trash"
 
+#: Under ``branches/``: deleted branches kept whole for ``--undelete-window``
+#: (``<name>.<token>``). Unlike the trash, start-up keeps them: the trash table of the state
+#: file says whose they are, and only ``purge`` frees one.
+DELETED_DIR = ".deleted"
+
 
 def check_component(name: str, what: str) -> None:
     """Refuse ``name`` unless it is one plain path component.
@@ -128,6 +133,40 @@ class BranchLayout:
         source, target = self.trash_path(branch, token), self.path(branch)
         return await _move_if_present(source, target, failed=f"cannot move {source} back")
 
+    def deleted_path(self, branch: str, token: str) -> Path:
+        """Where ``trash(branch, token)`` keeps the data directory."""
+        check_component(token, "trash token")
+        return self.branches_dir / DELETED_DIR / f"{self.path(branch).name}.{token}"
+
+    async def trash(self, branch: str, token: str) -> bool:
+        """Rename ``branch``'s data directory into ``.deleted/`` (O(1), no free space)."""
+        source, target = self.path(branch), self.deleted_path(branch, token)
+        return await _move_if_present(source, target, failed=f"cannot move {source} aside")
+
+    async def untrash(self, branch: str, token: str) -> bool:
+        """Rename a kept directory back into ``branch``'s place, if it is there and free."""
+        source, target = self.deleted_path(branch, token), self.path(branch)
+        return await _move_if_present(source, target, failed=f"cannot move {source} back")
+
+    async def purge(self, branch: str, token: str) -> None:
+        """Move the kept directory into the trash (the instant it is gone), then free it."""
+        source = self.deleted_path(branch, token)
+        retired = self.trash_path(branch, token)
+        if await _move_if_present(source, retired, failed=f"cannot move {source} to the trash"):
+            await self.remove_path(retired)
+
+    async def trashed(self) -> builtins.list[tuple[str, str]]:
+        """(branch, token) of every directory under ``.deleted/``."""
+
+        def _names() -> builtins.list[str]:
+            try:
+                return sorted(entry.name for entry in os.scandir(self.branches_dir / DELETED_DIR))
+            except FileNotFoundError:
+                return []
+
+        kept = (name.rpartition(".") for name in await trio.to_thread.run_sync(_names))
+        return [(name, token) for name, dot, token in kept if dot and name and token]
+
     async def rename(self, branch: str, new_name: str) -> bool:
         """Give ``branch``'s data directory ``new_name``'s place in one durable rename; whether
         it moved (not when ``branch`` is absent or ``new_name`` taken). Needs no free space."""
@@ -140,6 +179,7 @@ class BranchLayout:
 
     async def sweep(self) -> builtins.list[Path]:
         """Remove the trash and every staging leftover under ``branches/``; what was removed.
+        Deleted branches kept for undelete (``.deleted/``) stay.
 
         Only for start-up, before any operation runs: a staging directory of a live clone looks
         exactly like a crashed one.
@@ -153,7 +193,8 @@ class BranchLayout:
                 found.extend(
                     entry
                     for entry in sorted(self.branches_dir.iterdir())
-                    if entry.name.startswith(HIDDEN_PREFIX) and entry.name != TRASH_DIR
+                    if entry.name.startswith(HIDDEN_PREFIX)
+                    and entry.name not in (TRASH_DIR, DELETED_DIR)
                 )
             return found
 

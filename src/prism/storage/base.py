@@ -78,6 +78,26 @@ class Storage(Protocol):
         taking main's place)."""
         ...
 
+    async def trash(self, branch: str, token: str) -> bool:
+        """Keep ``branch``'s data, whole, in the undelete trash under ``token`` in one step
+        that needs no free space (a rename); whether there was data to keep. Unlike
+        ``retire``, start-up's ``sweep`` leaves it alone: ``untrash`` or ``purge`` end it."""
+        ...
+
+    async def untrash(self, branch: str, token: str) -> bool:
+        """Put what ``trash(branch, token)`` kept back in ``branch``'s place; whether it was
+        there to put back (and the place free)."""
+        ...
+
+    async def purge(self, branch: str, token: str) -> None:
+        """Free what ``trash(branch, token)`` kept; it is gone for good the moment this
+        starts (a crash halfway leaves a leftover ``sweep`` removes, never a half entry)."""
+        ...
+
+    async def trashed(self) -> builtins.list[tuple[str, str]]:
+        """(branch, token) of everything ``trash`` keeps."""
+        ...
+
     async def remove_path(self, path: Path) -> None:
         """Remove a retired data directory that ``retire`` returned."""
         ...

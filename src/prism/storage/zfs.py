@@ -37,6 +37,7 @@ from prism.names import MAIN_BRANCH
 from prism.storage._command import probe_tool, run_tool
 from prism.storage._layout import (
     BRANCHES_DIR,
+    DELETED_DIR,
     MASTER_DIR,
     BranchLayout,
     make_parent_dir,
@@ -57,6 +58,7 @@ _BUSY_RETRY_S = 10.0
 #: The user property that marks a dataset set aside by ``retire``, and with which token.
 _ASIDE = "prism:aside"
 
+_RUNS_HINT = "check that ZFS is running"
 _INSTALL_HINT = "install ZFS (Debian/Ubuntu: apt-get install zfsutils-linux, or zfs-fuse)"
 
 
@@ -291,6 +293,63 @@ class ZfsStorage(BranchLayout):
         await self._destroy_unneeded_asides()
         return True
 
+    def _deleted_dataset(self, branch: str, token: str) -> str:
+        """Where ``trash(branch, token)`` keeps ``branch``'s dataset (never mounted)."""
+        self.deleted_path(branch, token)  # validates both before they reach a zfs command line
+        return f"{self.dataset}/{DELETED_DIR.lstrip('.')}/{branch}.{token}"
+
+    async def trash(self, branch: str, token: str) -> bool:
+        """Unmount ``branch``'s dataset and rename it under ``<dataset>/deleted`` (O(1); its
+        snapshots and clones follow the rename)."""
+        dataset, kept = self.dataset_of(branch), self._deleted_dataset(branch, token)
+        if not await self._dataset_exists(dataset):
+            return False
+        await self._ensure_container(kept.rpartition("/")[0])
+        await self._zfs(
+            ["set", "mountpoint=none", dataset],
+            action=f"unmount {dataset}",
+            hint="check that no process uses files under the branch's directory",
+        )
+        await self._zfs(["rename", dataset, kept], action=f"keep {dataset}", hint=_RUNS_HINT)
+        await _remove_empty_mountpoint(self.path(branch))
+        return True
+
+    async def untrash(self, branch: str, token: str) -> bool:
+        """Rename a kept dataset back and mount it at ``branch``'s path."""
+        dataset, kept = self.dataset_of(branch), self._deleted_dataset(branch, token)
+        if not await self._dataset_exists(kept) or await self._dataset_exists(dataset):
+            return False
+        await self._zfs(["rename", kept, dataset], action=f"put back {kept}", hint=_RUNS_HINT)
+        await self._zfs(
+            ["set", f"mountpoint={self.path(branch)}", dataset],
+            action=f"mount {dataset}",
+            hint=f"check that {self.path(branch)} is empty",
+        )
+        return True
+
+    async def purge(self, branch: str, token: str) -> None:
+        """Destroy a kept dataset and its origin snapshot (``zfs destroy`` is all or nothing)."""
+        kept = self._deleted_dataset(branch, token)
+        if not await self._dataset_exists(kept):
+            return
+        origin = await self._origin(kept)
+        await self._destroy(kept, recursive=True)
+        if origin is not None and origin.partition("@")[2].startswith(SNAPSHOT_PREFIX):
+            await self._destroy(origin, recursive=False)
+
+    async def trashed(self) -> builtins.list[tuple[str, str]]:
+        """(branch, token) of every dataset under ``<dataset>/deleted``."""
+        container = f"{self.dataset}/{DELETED_DIR.lstrip('.')}"
+        if not await self._dataset_exists(container):
+            return []
+        output = await self._zfs(
+            ["list", "-H", "-o", "name", "-t", "filesystem", "-d", "1", container],
+            action=f"list the datasets under {container}",
+            hint=_RUNS_HINT,
+        )
+        kept = (line.rpartition("/")[2].rpartition(".") for line in output.splitlines())
+        return [(name, token) for name, dot, token in kept if dot and name and token]
+
     async def _mount_as_main(self, dataset: str) -> bool:
         """Mount ``dataset`` at main's path unless main is there; it serves as main from now."""
         if (self.path(MAIN_BRANCH) / "PG_VERSION").exists():
@@ -353,7 +412,10 @@ class ZfsStorage(BranchLayout):
 
     async def _ensure_branches_dataset(self) -> None:
         """Create ``<dataset>/branches`` (never mounted) as the namespace for branch clones."""
-        container = f"{self.dataset}/{BRANCHES_DIR}"
+        await self._ensure_container(f"{self.dataset}/{BRANCHES_DIR}")
+
+    async def _ensure_container(self, container: str) -> None:
+        """Create ``container`` (never mounted) under the parent dataset if it is missing."""
         if await self._dataset_exists(container):
             return
         try:

@@ -381,6 +381,38 @@ function refreshDetails() {
   }, 0);
 }
 
+// The trash: deleted branches kept for undelete, read again whenever one comes or goes.
+const TRASH_EVENTS = new Set(["deleted", "undeleted", "purged"]);
+async function refreshTrash() {
+  try {
+    const kept = (await call("GET", "/trash")).trash;
+    $("#trash-table tbody").replaceChildren(...kept.map((entry) => {
+      const row = document.createElement("tr");
+      row.dataset.trashed = entry.name;
+      const cells = [entry.name, entry.parent ?? "-", ago(entry.deleted_at),
+        until(entry.purge_at).replace("expired", "now"), size(entry.own_bytes)];
+      for (const text of cells) row.append(control("td", { textContent: text }));
+      const actions = control("td", { className: "actions" });
+      actions.append(control("button", { textContent: "undelete", dataset: { action: "undelete" } },
+        ["click", () => restore(entry.name)]));
+      row.append(actions);
+      return row;
+    }));
+  } catch (error) {
+    say(`could not read the trash: ${error.message}`, true);
+  }
+}
+
+async function restore(name) {
+  say(`undelete ${name}…`);
+  try {
+    const back = (await call("POST", `/branches/${name}/undelete`)).undeleted;
+    say(`undeleted ${back.join(", ")}`);
+  } catch (error) {
+    say(`undelete ${name}: ${error.message}`, true);
+  }
+}
+
 // Main's source (--source), if it has one: read on load, then kept current by "source" events.
 function showSource(source) {
   const span = $("#source");
@@ -470,14 +502,22 @@ function apply(event) {
     refreshActivity();
     refreshSource();
     refreshSandbox();
+    refreshTrash();
     return render();
   }
   logEvent(event);
+  if (TRASH_EVENTS.has(event.type)) refreshTrash();
   if (event.type === "source") showSource(event);
   if (event.type === "backup_progress" && branches.has(event.branch)) {
     branches.get(event.branch).backup = event;
   }
   const name = event.branch;
+  if (event.type === "undeleted") {
+    // Back whole, with its own history: read it as the REST API shows it.
+    call("GET", `/branches/${name}`).then((b) => { branches.set(name, b); render(); },
+      (error) => say(`could not read ${name}: ${error.message}`, true));
+    return;
+  }
   if (event.type === "provisioning") {
     branches.set(name, {
       name, parent: event.parent, status: "provisioning", connections: 0,
@@ -530,7 +570,7 @@ function subscribe() {
 async function act(action, name) {
   try {
     if (action === "delete") {
-      if (!confirm(`Delete branch ${name} and its data?`)) return;
+      if (!confirm(`Delete branch ${name}? It is kept in the trash for the undelete window.`)) return;
       try {
         await call("DELETE", `/branches/${name}`);
       } catch (error) {
