@@ -67,6 +67,7 @@ from prism.branchstate import (
 )
 from prism.capacity import Caps, check_branch_cap
 from prism.crashpoints import crash_point
+from prism.diskbudget import DiskBudget
 from prism.diskuse import DiskUse, DiskUseCache
 from prism.dsn import ConnectionParams, Endpoint, params_for
 from prism.errors import (
@@ -142,6 +143,7 @@ class BranchManager:
         point_in_time: PointInTime | None = None,
         registry: BranchRegistry | None = None,
         server_extras: ServerExtrasSource | None = None,
+        budget: DiskBudget | None = None,
     ) -> None:
         self.storage = storage
         self.journal = journal or Journal(state)
@@ -197,6 +199,8 @@ class BranchManager:
         self._recovery = BranchRecovery(
             self._registry, storage=storage, runtime=runtime, state=state, policies=self.policies
         )
+        self.budget = budget
+        """The disk budget every operation that grows the disk asks first (None: no checks)."""
         self.point_in_time = point_in_time
         """Snapshots and WAL archives of the branches that keep WAL, when kept
         (``--snapshot-every``): what ``create`` with ``at`` needs."""
@@ -410,6 +414,7 @@ class BranchManager:
                     await self._creation.record_new(name, self.defaults.ttl)
                     branch = await self._provision(name, self.defaults.parent)
                 elif self.runtime.address(name) is None:
+                    self._refuse_start(name)
                     await self._servers.start(branch, reason="wake")
         # No await since the branch was last seen running: nothing can stop it in between.
         branch.last_active_ts = time.time()
@@ -452,14 +457,20 @@ class BranchManager:
         self.point_in_time.check(at, utcnow(), parent)
 
     async def clone_to(self, name: str, target: str) -> None:
-        """Clone branch ``name``, consistently, into storage name ``target`` (a snapshot)."""
-        await self._data.clone_from(name, target)
+        """Clone branch ``name``, consistently, into storage name ``target`` (a snapshot), if
+        the disk budget grants it."""
+        release = await self._hold_clone(name, f"take snapshot {target}")
+        try:
+            await self._data.clone_from(name, target)
+        finally:
+            release()
 
     async def start(self, name: str) -> Branch:
         self.check_available(name)
         async with self._locks[name]:
             branch = self.require(name)
             if self.runtime.address(name) is None:
+                self._refuse_start(name)
                 await self._servers.start(branch, reason="start")
             return branch
 
@@ -506,6 +517,8 @@ class BranchManager:
             if parent not in self._registry:
                 raise BranchNotFound(f'parent branch "{parent}" of "{name}" no longer exists')
             self._creation.refuse_unrunnable_hook(parent)
+            # Before anything is stopped or moved: the old data is freed only at the end.
+            release = await self._hold_clone(parent, f'reset branch "{name}"')
             started = trio.current_time()
             was_running = self.runtime.address(name) is not None
             # The old data goes to the trash under a name recorded first, so a crash at any
@@ -522,6 +535,7 @@ class BranchManager:
                 )
                 await self._servers.stop(branch, reason="reset")
             except BaseException:
+                release()
                 with trio.CancelScope(shield=True):
                     await self.journal.done(intent)
                 raise
@@ -556,6 +570,8 @@ class BranchManager:
                     await self._undo_reset(branch, intent, moved=moved)
                 self._publish_failure(name, exc, started)
                 raise
+            finally:
+                release()
             # Silent: the reset event below, once it may be running again, tells of it.
             self._registry.transition(branch, BranchStatus.STOPPED)
             branch.bytes_proxied = 0
@@ -708,7 +724,14 @@ class BranchManager:
         # created meanwhile.
         check_branch_cap(name, count=len(self._registry), caps=self._caps)
         await self._servers.make_room(name)
-        check_branch_cap(name, count=len(self._registry), caps=self._caps)
+        # A copy of a running parent costs its size and archives a WAL segment: refused here,
+        # before anything is written, if it would cut into the reserve.
+        release = await self._hold_clone(parent_name, f'create branch "{name}"', at=at)
+        try:
+            check_branch_cap(name, count=len(self._registry), caps=self._caps)
+        except BaseException:
+            release()
+            raise
         branch = Branch(name, parent_name, utcnow(), BranchStatus.PROVISIONING)
         self._registry.add(branch)
         self._registry.transition(
@@ -749,6 +772,8 @@ class BranchManager:
                     sqlstate=exc.sqlstate if isinstance(exc, HookFailed) else None,
                 ) from exc
             raise
+        finally:
+            release()
         self.events.publish("created", name, parent=parent_name, duration_ms=elapsed_ms(started))
         log.info(
             "provision: branch %s from %s in %.1f ms (clone %.1f ms)",
@@ -758,6 +783,23 @@ class BranchManager:
             clone_ms,
         )
         return branch
+
+    async def _hold_clone(
+        self, parent: str, what: str, *, at: datetime | None = None
+    ) -> Callable[[], None]:
+        """Ask the disk budget for what cloning ``parent`` costs (``DiskFull`` if it does not
+        fit); returns the release of the bytes held, called when the clone is done."""
+        if self.budget is None:
+            return lambda: None
+        # A branch as of a time is a clone of a snapshot, which no server runs on.
+        running = at is None and self.runtime.address(parent) is not None
+        hold = await self.budget.hold_clone(parent, running=running, what=what)
+        return hold.release
+
+    def _refuse_start(self, name: str) -> None:
+        """Refuse to start a server on a file system too full for it to write WAL."""
+        if self.budget is not None:
+            self.budget.refuse_start(name)
 
     def _publish_failure(self, name: str, exc: BaseException, started: float) -> None:
         error = describe(exc)

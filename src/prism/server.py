@@ -18,12 +18,16 @@ from prism import secretfiles
 from prism.api.app import create_app
 from prism.api.closing import CloseAfterEarlyAnswer
 from prism.auth import VerifierStore, open_verifiers
+from prism.ballast import BALLAST_NAME, Ballast
 from prism.branches import BranchManager, MainOrigin
 from prism.branchstate import BranchRegistry
 from prism.capacity import Caps
 from prism.config import Settings, StorageKind
 from prism.dataplane import DataPlane
 from prism.dataplane import choose as choose_data_plane
+from prism.diskbudget import DiskBudget, SpaceUse
+from prism.diskrules import ballast_size
+from prism.diskwatch import DiskWatch, MainControl, measure_use
 from prism.dsn import Endpoint
 from prism.errors import ConfigError
 from prism.events import EventBus
@@ -31,6 +35,7 @@ from prism.followers import Followers
 from prism.generations import Generations, open_generations
 from prism.hooks import HookCommands
 from prism.journal import Journal
+from prism.names import MAIN_BRANCH
 from prism.pitr import PointInTime, SnapshotSource, open_point_in_time
 from prism.policy import CreateDefaults
 from prism.proxy import Proxy
@@ -124,7 +129,9 @@ def _followers(
     followers = Followers()
     if point_in_time is not None:
         followers += Followers(
-            after_start=(point_in_time.started,), after_discard=(point_in_time.drop,)
+            after_start=(point_in_time.started,),
+            after_discard=(point_in_time.drop,),
+            after_clone=(point_in_time.cloned,),
         )
     if verifiers is not None:
         followers += Followers(
@@ -178,6 +185,12 @@ class PrismServer:
         verifiers = open_verifiers(
             settings, registry, address=runtime.address, data_path=storage.path
         )
+        budget = DiskBudget(
+            storage=storage,
+            data_dir=data_dir,
+            reserve=settings.disk_reserve,
+            archives=point_in_time is not None,
+        )
         manager = BranchManager(
             storage=storage,
             runtime=runtime,
@@ -209,6 +222,7 @@ class PrismServer:
             registry=registry,
             # The point-in-time object also says what each server is started with.
             server_extras=point_in_time,
+            budget=budget,
         )
         data_plane = choose_data_plane(settings.data_plane)
         proxy = Proxy.from_settings(manager, settings, data_dir, verifiers, data_plane)
@@ -277,6 +291,7 @@ class PrismServer:
                         )
                     )
                 nursery.start_soon(run_expiry, manager)
+                nursery.start_soon(_disk_watch(budget, manager, point_in_time).run)
                 if point_in_time is not None:
                     source_of_snapshots = SnapshotSource(
                         names=lambda: [branch.name for branch in manager.list()],
@@ -334,6 +349,39 @@ async def _serve_api(
     log.debug("api: serving on %s:%d (fd %d)", host, port, fd)
     app = CloseAfterEarlyAnswer(app)  # else a request answered early keeps its connection
     await hypercorn_serve(app, config, task_status=task_status)  # type: ignore[arg-type]
+
+
+def _disk_watch(
+    budget: DiskBudget, manager: BranchManager, point_in_time: PointInTime | None
+) -> DiskWatch:
+    """The watcher of the budget's file systems, with a ballast on main's where Prism's data
+    dir shares it (a ZFS main in a dataset of its own gets none: give the dataset a
+    ``reservation`` instead)."""
+    main = budget.filesystem("main")
+    ballast = None
+    if "data" in main.roles:
+        space = budget.space(main)
+        ballast = Ballast(
+            budget.data_dir / BALLAST_NAME, ballast_size(budget.reserve_of(main, space))
+        )
+    else:
+        log.warning(
+            "disk: main's file system (%s) is not the data dir's: no ballast is kept for it",
+            main.path,
+        )
+
+    async def stop_main() -> None:
+        await manager.stop(MAIN_BRANCH, reason="disk-full")
+
+    def prune_now() -> None:
+        if point_in_time is not None:
+            point_in_time.poke()
+
+    async def use() -> SpaceUse:
+        names = [branch.name for branch in manager.list()]
+        return await measure_use(names, manager.disk, manager.storage, point_in_time)
+
+    return DiskWatch(budget, manager.events, MainControl(stop_main, use, prune_now), ballast)
 
 
 def _report_confinement(confinement: Confinement) -> None:

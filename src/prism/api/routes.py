@@ -136,6 +136,7 @@ def register_routes(
                 "branches": len(manager.list()),
                 "data_plane": {"name": data_plane.name, "reason": data_plane.reason},
                 "sandbox": confinement_view(manager.runtime.confinement()),
+                "disk": None if manager.budget is None else manager.budget.view(),
             }
         )
         response.status_code = 200 if manager.opened else 503

@@ -1,0 +1,375 @@
+"""The disk budget: an operation that grows the disk goes ahead only if the reserve stays free.
+
+Before a create, a reset, a snapshot or a base backup, the manager (or the snapshot timer, or
+the source) asks ``DiskBudget.hold`` for the bytes the operation will write on each file
+system (``prism.diskrules.clone_need`` estimates a clone's). The answer comes before anything is
+written: a refusal is a ``DiskFull`` (SQLSTATE 53100 at the front door, HTTP 507 on the API)
+that says what is free, what the reserve is and what uses the space, so a failed try costs
+nothing — before, each one archived another WAL segment.
+
+Check, then hold, with no ``await`` in between: a granted ``Hold`` counts its bytes against the
+file system until the operation ends (``Hold.release``), so two creates racing for the last
+gigabyte cannot both be let through. Before refusing, an injected ``SpaceReclaimer`` may free
+space (the trash, expired or idle branches); the check is made again after it.
+
+The numbers come from ``statvfs`` (microseconds; the benchmark in ``tools/bench/budget.py``
+measures the whole check) and, for a full copy, the parent's size, which walking a tree makes
+slow: it is cached for ``SIZE_CACHE_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import trio
+
+from prism.config import StorageKind
+from prism.diskrules import (
+    WAL_SEGMENT,
+    DiskReserve,
+    Level,
+    Space,
+    clone_need,
+    level,
+    shortfall,
+)
+from prism.errors import DiskFull
+from prism.names import MAIN_BRANCH
+from prism.storage.base import Storage
+from prism.units import format_size
+
+log = logging.getLogger(__name__)
+
+#: How long a parent's measured size is trusted for a copy's estimate. The reserve absorbs
+#: what the parent grows meanwhile.
+SIZE_CACHE_SECONDS = 30.0
+
+
+class SpaceReclaimer(Protocol):
+    """Frees space on demand (trash, expired or idle branches) before the budget refuses."""
+
+    async def reclaim(self, need_bytes: int) -> int:
+        """Try to free ``need_bytes``; return the bytes actually freed (0: nothing to free)."""
+        ...
+
+
+@dataclass(frozen=True)
+class SpaceUse:
+    """What uses the space Prism writes, in bytes (``None``: the storage cannot tell)."""
+
+    branches: int | None = None
+    """What the branches hold of their own (main included)."""
+    snapshots: int | None = None
+    wal_archive: int = 0
+    trash: int = 0
+
+    def as_dict(self) -> dict[str, int | None]:
+        return {
+            "branches": self.branches,
+            "snapshots": self.snapshots,
+            "wal_archive": self.wal_archive,
+            "trash": self.trash,
+        }
+
+    def describe(self) -> str:
+        return ", ".join(
+            f"{k.replace('_', ' ')} {format_size(v)}" for k, v in self.as_dict().items()
+        )
+
+
+@dataclass(frozen=True)
+class FileSystem:
+    """One file system Prism writes, found by the mount that holds a path."""
+
+    key: str
+    """Its identity: the mount's device (or ZFS pool), so subvolumes and datasets of one pool
+    are one file system."""
+    path: Path
+    """A path on it, for ``statvfs``."""
+    kind: str
+    """The file system type (ext4, btrfs, zfs, ...)."""
+    roles: tuple[str, ...]
+    """What Prism keeps there: main, branches, data (state, archive, snapshots)."""
+
+
+@dataclass
+class Hold:
+    """Bytes granted to one operation until it ends; releasing twice is harmless."""
+
+    budget: DiskBudget
+    needs: dict[str, int]
+    released: bool = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.budget._forget(self.needs)
+
+    def __enter__(self) -> Hold:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+@dataclass
+class _Sizes:
+    """Parents' measured sizes, each with the monotonic time it was measured."""
+
+    known: dict[str, tuple[float, int]] = field(default_factory=dict)
+
+
+class DiskBudget:
+    """Keeps ``reserve`` free on every file system Prism writes; grants or refuses bytes."""
+
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        data_dir: Path,
+        reserve: DiskReserve,
+        archives: bool,
+        reclaimer: SpaceReclaimer | None = None,
+    ) -> None:
+        self.storage = storage
+        self.data_dir = data_dir
+        self.reserve = reserve
+        self.archives = archives
+        """Whether a backup-mode clone archives a WAL segment (point in time is on)."""
+        self.reclaimer = reclaimer
+        self.ballast: dict[str, int] = {}
+        """Bytes of Prism's ballast per file system key (``prism.ballast`` keeps it)."""
+        self.use = SpaceUse()
+        """What uses the space, as last measured (the watcher refreshes it)."""
+        self._held: dict[str, int] = {}
+        self._sizes = _Sizes()
+        self._filesystems: dict[str, FileSystem] | None = None
+
+    # ---- where -------------------------------------------------------------------------
+
+    def filesystems(self) -> list[FileSystem]:
+        """The file systems Prism writes, each once (found at first use: the storage makes
+        its directories when it opens)."""
+        if self._filesystems is None:
+            roles = {
+                "main": self.storage.path(MAIN_BRANCH),
+                "branches": self.storage.path(MAIN_BRANCH).parent,
+                "data": self.data_dir,
+            }
+            found: dict[str, FileSystem] = {}
+            mounts = read_mounts()
+            for role, path in roles.items():
+                key, kind = mount_of(path, mounts)
+                known = found.get(key)
+                found[key] = FileSystem(
+                    key,
+                    known.path if known else existing(path),
+                    kind,
+                    (*known.roles, role) if known else (role,),
+                )
+            self._filesystems = found
+        return list(self._filesystems.values())
+
+    def filesystem(self, role: str) -> FileSystem:
+        """The file system that holds ``role`` (main, branches, data)."""
+        return next(fs for fs in self.filesystems() if role in fs.roles)
+
+    def space(self, fs: FileSystem) -> Space:
+        """``fs`` now: one ``statvfs``, cheap enough for the event loop."""
+        stats = os.statvfs(fs.path)
+        return Space(
+            stats.f_blocks * stats.f_frsize,
+            stats.f_bavail * stats.f_frsize,
+            self.ballast.get(fs.key, 0),
+        )
+
+    def reserve_of(self, fs: FileSystem, space: Space) -> int:
+        return self.reserve.of(space.total)
+
+    def level(self, fs: FileSystem) -> Level:
+        space = self.space(fs)
+        return level(space, self.reserve_of(fs, space))
+
+    # ---- the check ---------------------------------------------------------------------
+
+    async def hold_clone(self, parent: str, *, running: bool, what: str) -> Hold:
+        """Grant what cloning ``parent`` (whose server runs, or not) costs, or ``DiskFull``."""
+        copies = self.storage.name == StorageKind.COPY
+        backup_mode = running and not self.storage.atomic
+        size = await self._parent_size(parent) if copies else 0
+        needs = {
+            "branches": clone_need(parent_bytes=size, copies_data=copies, backup_mode=backup_mode)
+        }
+        if backup_mode and self.archives:
+            needs["data"] = WAL_SEGMENT  # what the backup's WAL switch archives
+        return await self.hold(needs, what=what)
+
+    async def hold(self, needs: dict[str, int], *, what: str) -> Hold:
+        """Grant ``needs`` (bytes per role: main, branches, data), or raise ``DiskFull``.
+
+        Checked and held with no ``await`` in between; if short, the reclaimer (when there is
+        one) is asked once for the missing bytes and the check is made again.
+        """
+        by_fs = self._by_filesystem(needs)
+        missing = self._missing(by_fs)
+        if missing and self.reclaimer is not None:
+            freed = await self.reclaimer.reclaim(max(missing.values()))
+            log.info("disk budget: the reclaimer freed %s for %s", format_size(freed), what)
+            missing = self._missing(by_fs)
+        if missing:
+            raise self._refusal(by_fs, missing, what)
+        for key, size in by_fs.items():
+            self._held[key] = self._held.get(key, 0) + size
+        return Hold(self, by_fs)
+
+    def refuse_start(self, branch: str) -> None:
+        """Refuse to start ``branch``'s server on a file system too full for it to stop
+        cleanly: it would PANIC at its next WAL segment."""
+        fs = self.filesystem("main" if branch == MAIN_BRANCH else "branches")
+        if self.level(fs) is Level.FULL:
+            space = self.space(fs)
+            raise DiskFull(
+                f'cannot start branch "{branch}": its file system ({fs.path}, {fs.kind}) has '
+                f"{format_size(space.free)} free, too little for a server to write WAL",
+                detail=f"used by: {self.use.describe()}",
+                hint=_FREE_HINT,
+            )
+
+    def view(self) -> dict[str, Any]:
+        """Free, used and kept in reserve on each file system, and what uses the space
+        (``/healthz``, ``prism status``, the page)."""
+        shown = []
+        for fs in self.filesystems():
+            space = self.space(fs)
+            reserve = self.reserve_of(fs, space)
+            shown.append(
+                {
+                    "path": str(fs.path),
+                    "kind": fs.kind,
+                    "holds": list(fs.roles),
+                    "total": space.total,
+                    "free": space.free,
+                    "used": space.total - space.free,
+                    "reserve": reserve,
+                    "ballast": space.ballast,
+                    "level": level(space, reserve).value,
+                }
+            )
+        shown_view: dict[str, Any] = {
+            "reserve": str(self.reserve),
+            "filesystems": shown,
+            "use": self.use.as_dict(),
+        }
+        worst = [fs for fs in shown if fs["level"] != Level.OK]
+        if worst:
+            shown_view["advice"] = _advice(str(worst[0]["level"]), str(worst[0]["path"]))
+        return shown_view
+
+    # ---- internals ---------------------------------------------------------------------
+
+    def _by_filesystem(self, needs: dict[str, int]) -> dict[str, int]:
+        by_fs: dict[str, int] = {}
+        for role, size in needs.items():
+            key = self.filesystem(role).key
+            by_fs[key] = by_fs.get(key, 0) + size
+        return by_fs
+
+    def _missing(self, by_fs: dict[str, int]) -> dict[str, int]:
+        missing = {}
+        for key, need in by_fs.items():
+            fs = self._fs(key)
+            space = self.space(fs)
+            short = shortfall(space, need, self.reserve_of(fs, space), self._held.get(key, 0))
+            if short:
+                missing[key] = short
+        return missing
+
+    def _refusal(self, by_fs: dict[str, int], missing: dict[str, int], what: str) -> DiskFull:
+        key = max(missing, key=lambda k: missing[k])
+        fs = self._fs(key)
+        space = self.space(fs)
+        held = self._held.get(key, 0)
+        others = f", {format_size(held)} is held by operations under way" if held else ""
+        message = (
+            f"not enough disk space to {what}: it needs about {format_size(by_fs[key])} on "
+            f"{fs.path} ({fs.kind}), which has {format_size(space.available)} free{others}, and "
+            f"{format_size(self.reserve_of(fs, space))} is kept free (--disk-reserve "
+            f"{self.reserve})"
+        )
+        log.warning("disk budget: refused: %s", message)
+        return DiskFull(message, detail=f"used by: {self.use.describe()}", hint=_FREE_HINT)
+
+    def _forget(self, by_fs: dict[str, int]) -> None:
+        for key, size in by_fs.items():
+            self._held[key] = max(0, self._held.get(key, 0) - size)
+
+    def _fs(self, key: str) -> FileSystem:
+        return next(fs for fs in self.filesystems() if fs.key == key)
+
+    async def _parent_size(self, parent: str) -> int:
+        known = self._sizes.known.get(parent)
+        if known is not None and time.monotonic() - known[0] < SIZE_CACHE_SECONDS:
+            return known[1]
+        size = await trio.to_thread.run_sync(self.storage.usage_bytes, parent) or 0
+        self._sizes.known[parent] = (time.monotonic(), size)
+        return size
+
+
+_FREE_HINT = (
+    "free space: delete branches or snapshots you no longer need, prune the WAL archive "
+    "(prism archive prune --before TIME), lower --retention; or lower --disk-reserve"
+)
+
+
+def _advice(now: str, path: str) -> str:
+    """What an operator should do about a file system at level ``now``."""
+    if now == Level.FULL:
+        return (
+            f"{path} is full: main was stopped so it would not PANIC, and starting servers is "
+            f"refused; {_FREE_HINT}, then start main (prism branch start main)"
+        )
+    return f"{path} is under its reserve: creates, resets and snapshots are refused; {_FREE_HINT}"
+
+
+def existing(path: Path) -> Path:
+    """``path``, or its nearest parent that exists (a directory not made yet)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def read_mounts() -> list[tuple[Path, str, str]]:
+    """Mount point, type and source of every mount, from ``/proc/self/mountinfo``."""
+    mounts = []
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as table:
+            for line in table:
+                left, _, right = line.partition(" - ")
+                point = left.split()[4].replace("\\040", " ")
+                kind, source = [*right.split(), "", ""][:2]
+                mounts.append((Path(point), kind, source))
+    except OSError as exc:
+        log.debug("disk budget: no mount table (%s); each path is its own file system", exc)
+    return mounts
+
+
+def mount_of(path: Path, mounts: Iterable[tuple[Path, str, str]]) -> tuple[str, str]:
+    """The identity and type of the file system holding ``path``: the source of the longest
+    mount point above it (a ZFS dataset's pool, since datasets share its space)."""
+    real = existing(path).resolve()
+    best: tuple[Path, str, str] | None = None
+    for point, kind, source in mounts:
+        if real.is_relative_to(point) and (best is None or len(point.parts) > len(best[0].parts)):
+            best = (point, kind, source)
+    if best is None:
+        return f"dev:{os.stat(real).st_dev}", "unknown"
+    point, kind, source = best
+    if kind == "zfs":
+        return f"zfs:{source.split('/')[0]}", kind
+    return f"{kind}:{source}:{point}", kind
