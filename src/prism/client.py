@@ -26,6 +26,7 @@ import httpx
 import trio
 import trio_websocket
 
+from prism.clientstatus import format_prune, format_status
 from prism.config import HostPort, load_settings
 from prism.dsn import FORMATS
 from prism.errors import PrismError
@@ -329,6 +330,16 @@ def format_snapshots(snapshots: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _status(api: ApiClient, args: argparse.Namespace) -> Any:
+    status = api.call("GET", "/status")
+    return status if args.json else Text(format_status(status, api.url))
+
+
+def _prune(api: ApiClient, args: argparse.Namespace) -> Any:
+    result = api.call("POST", "/archive/prune", json={"branch": args.branch, "before": args.before})
+    return result if args.json else Text(format_prune(result))
+
+
 def _human(result: Any) -> str:
     if isinstance(result, Snapshots):
         return format_snapshots(result)
@@ -345,7 +356,11 @@ def join_relative_times(argv: Sequence[str]) -> list[str]:
     joined: list[str] = []
     index = 0
     while index < len(argv):
-        if argv[index] == "--at" and index + 1 < len(argv) and argv[index + 1].startswith("-"):
+        if (
+            argv[index] in ("--at", "--before")
+            and index + 1 < len(argv)
+            and argv[index + 1].startswith("-")
+        ):
             joined.append(f"--at={argv[index + 1]}")
             index += 2
         else:
@@ -437,6 +452,22 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     ls.add_argument("--branch", default="main", help="whose snapshots (default main)")
     _add_common(ls)
     ls.set_defaults(run=_snapshots)
+
+    status = commands.add_parser("status", help="the daemon's state: main, disk, branches")
+    _add_common(status)
+    status.set_defaults(run=_status)
+
+    archive = commands.add_parser("archive", help="the WAL archive and snapshots")
+    archive_verbs = archive.add_subparsers(dest="verb", required=True, metavar="VERB")
+    prune = archive_verbs.add_parser(
+        "prune", help="free the snapshots and WAL before a time (the window starts there)"
+    )
+    prune.add_argument(
+        "--before", required=True, metavar="TIME", help="RFC 3339 or before now (-2d)"
+    )
+    prune.add_argument("--branch", default="main", help="whose archive (default main)")
+    _add_common(prune)
+    prune.set_defaults(run=_prune)
 
     main = commands.add_parser("main", help="main's generations (--source-mode dump)")
     main_verbs = main.add_subparsers(dest="verb", required=True, metavar="VERB")
