@@ -22,8 +22,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -100,29 +100,19 @@ class FileSystem:
 
 @dataclass
 class Hold:
-    """Bytes granted to one operation until it ends; releasing twice is harmless."""
+    """Bytes granted to one operation (per file system key) until it ends; releasing twice
+    is harmless."""
 
-    budget: DiskBudget
     needs: dict[str, int]
+    held: dict[str, int]
+    """The budget's running totals, which this hold is part of until released."""
     released: bool = False
 
     def release(self) -> None:
         if not self.released:
             self.released = True
-            self.budget._forget(self.needs)
-
-    def __enter__(self) -> Hold:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-@dataclass
-class _Sizes:
-    """Parents' measured sizes, each with the monotonic time it was measured."""
-
-    known: dict[str, tuple[float, int]] = field(default_factory=dict)
+            for key, size in self.needs.items():
+                self.held[key] = max(0, self.held.get(key, 0) - size)
 
 
 class DiskBudget:
@@ -136,6 +126,7 @@ class DiskBudget:
         reserve: DiskReserve,
         archives: bool,
         reclaimer: SpaceReclaimer | None = None,
+        statfs: Callable[[Path], tuple[int, int]] | None = None,
     ) -> None:
         self.storage = storage
         self.data_dir = data_dir
@@ -143,12 +134,15 @@ class DiskBudget:
         self.archives = archives
         """Whether a backup-mode clone archives a WAL segment (point in time is on)."""
         self.reclaimer = reclaimer
+        self._statfs = statfs or statvfs_space
+        """Total and free bytes of the file system holding a path (a fake in the unit tests)."""
         self.ballast: dict[str, int] = {}
         """Bytes of Prism's ballast per file system key (``prism.ballast`` keeps it)."""
         self.use = SpaceUse()
         """What uses the space, as last measured (the watcher refreshes it)."""
         self._held: dict[str, int] = {}
-        self._sizes = _Sizes()
+        self._sizes: dict[str, tuple[float, int]] = {}
+        """Parents' measured sizes, each with the monotonic time it was measured."""
         self._filesystems: dict[str, FileSystem] | None = None
 
     # ---- where -------------------------------------------------------------------------
@@ -182,12 +176,8 @@ class DiskBudget:
 
     def space(self, fs: FileSystem) -> Space:
         """``fs`` now: one ``statvfs``, cheap enough for the event loop."""
-        stats = os.statvfs(fs.path)
-        return Space(
-            stats.f_blocks * stats.f_frsize,
-            stats.f_bavail * stats.f_frsize,
-            self.ballast.get(fs.key, 0),
-        )
+        total, free = self._statfs(fs.path)
+        return Space(total, free, self.ballast.get(fs.key, 0))
 
     def reserve_of(self, fs: FileSystem, space: Space) -> int:
         return self.reserve.of(space.total)
@@ -226,7 +216,7 @@ class DiskBudget:
             raise self._refusal(by_fs, missing, what)
         for key, size in by_fs.items():
             self._held[key] = self._held.get(key, 0) + size
-        return Hold(self, by_fs)
+        return Hold(by_fs, self._held)
 
     def refuse_start(self, branch: str) -> None:
         """Refuse to start ``branch``'s server on a file system too full for it to stop
@@ -305,19 +295,15 @@ class DiskBudget:
         log.warning("disk budget: refused: %s", message)
         return DiskFull(message, detail=f"used by: {self.use.describe()}", hint=_FREE_HINT)
 
-    def _forget(self, by_fs: dict[str, int]) -> None:
-        for key, size in by_fs.items():
-            self._held[key] = max(0, self._held.get(key, 0) - size)
-
     def _fs(self, key: str) -> FileSystem:
         return next(fs for fs in self.filesystems() if fs.key == key)
 
     async def _parent_size(self, parent: str) -> int:
-        known = self._sizes.known.get(parent)
+        known = self._sizes.get(parent)
         if known is not None and time.monotonic() - known[0] < SIZE_CACHE_SECONDS:
             return known[1]
         size = await trio.to_thread.run_sync(self.storage.usage_bytes, parent) or 0
-        self._sizes.known[parent] = (time.monotonic(), size)
+        self._sizes[parent] = (time.monotonic(), size)
         return size
 
 
@@ -335,6 +321,13 @@ def _advice(now: str, path: str) -> str:
             f"refused; {_FREE_HINT}, then start main (prism branch start main)"
         )
     return f"{path} is under its reserve: creates, resets and snapshots are refused; {_FREE_HINT}"
+
+
+def statvfs_space(path: Path) -> tuple[int, int]:
+    """Total bytes of the file system holding ``path`` and those an unprivileged writer may
+    still use (``f_bavail``: root's reserved blocks are not Prism's to spend)."""
+    stats = os.statvfs(path)
+    return stats.f_blocks * stats.f_frsize, stats.f_bavail * stats.f_frsize
 
 
 def existing(path: Path) -> Path:
