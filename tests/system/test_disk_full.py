@@ -2,8 +2,10 @@
 
 Every failure must be a clear error that leaves nothing half-made, deleting a branch must work
 on the full disk (the state file cannot take a write then) and free space, and Prism must
-recover without a restart. Each test makes, mounts and removes its own 300 MB image under a
-temporary directory; the shared /mnt/prism-test filesystems are never touched.
+recover without a restart. With the disk budget the refusal comes first, before any space is
+used, and main's own writes never drive its server into a PANIC. Each test makes, mounts and
+removes its own 300 MB image under a temporary directory; the shared /mnt/prism-test
+filesystems are never touched.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import pytest
 import trio
 
 from prism.server import PrismServer
-from tests.integration.harness import PrismHandle, make_settings, psql
+from tests.integration.harness import PrismHandle, make_settings, psql, refused_sqlstate
 from tests.sysenv import require_command, require_root
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.system
 
@@ -149,4 +152,135 @@ async def test_a_full_disk_gives_clear_errors_and_deleting_frees_it(
         assert out.stdout.decode().strip() == "1000"
         out = await psql(prism.dsn(), "SELECT count(*) FROM keep")
         assert out.stdout.decode().strip() == "1000"
+        nursery.cancel_scope.cancel()
+
+
+async def _first_snapshot(http: httpx.AsyncClient) -> None:
+    async def kept() -> bool:
+        answer = await http.get("/api/v1/branches/main/snapshots")
+        return bool(answer.json()["snapshots"])
+
+    await wait_until(kept, what="main's first snapshot", within=120)
+
+
+async def _disk_back_to(http: httpx.AsyncClient, level: str) -> None:
+    async def there() -> bool:
+        disk = (await http.get("/healthz")).json()["disk"]
+        return any(fs["level"] == level for fs in disk["filesystems"] if "main" in fs["holds"])
+
+    await wait_until(there, what=f"main's disk back to {level}", within=30)
+
+
+def _main_log(data_dir: Path) -> str:
+    return (data_dir / "logs" / "main.log").read_text(encoding="utf-8", errors="replace")
+
+
+@pytest.mark.parametrize("small_fs", ["ext4"], indirect=True)
+async def test_a_create_that_does_not_fit_is_refused_before_using_any_space(
+    small_fs: Path,
+) -> None:
+    """The issue's case: a copy of a running main that keeps WAL. Creates go on until the
+    budget refuses one (507, never a 500 half-way); a refused try, through the API or the front
+    door (53100), uses no space; deleting a branch frees it and the next create works."""
+    data_dir = small_fs / "data"
+    settings = make_settings(
+        data_dir,
+        storage="copy",
+        startup_timeout=60.0,
+        snapshot_every=3600.0,
+        disk_reserve="40MiB",
+    )
+    async with trio.open_nursery() as nursery:
+        prism = PrismHandle(await nursery.start(PrismServer(settings).run), settings)
+        await psql(prism.dsn(), "CREATE TABLE keep AS SELECT generate_series(1, 1000) AS id")
+        async with httpx.AsyncClient(base_url=prism.info.api_url, timeout=300) as http:
+            await _first_snapshot(http)  # a copy of main too, which the budget holds meanwhile
+            created = []
+            for index in range(60):
+                response = await http.post("/api/v1/branches", json={"name": f"fill{index}"})
+                if response.status_code != 201:
+                    break
+                created.append(f"fill{index}")
+            assert created, "not even one branch fitted"
+            body = response.json()
+            assert response.status_code == 507, body
+            assert body["code"] == "disk_full"
+            assert "free" in body["message"] and "--disk-reserve" in body["message"], body
+            assert await trio.to_thread.run_sync(_leftovers, data_dir) == []
+
+            before = _free_bytes(small_fs)
+            for attempt in range(3):
+                response = await http.post("/api/v1/branches", json={"name": f"again{attempt}"})
+                assert response.status_code == 507, response.text
+            assert await refused_sqlstate(prism, "front-door") == "53100"
+            # Before the budget each try archived another 16 MiB segment.
+            assert before - _free_bytes(small_fs) < 2**20
+
+            status = (await http.get("/api/v1/status")).json()
+            (fs,) = [f for f in status["disk"]["filesystems"] if "branches" in f["holds"]]
+            assert fs["reserve"] == 40 * 2**20 and fs["free"] > 0
+
+            response = await http.delete(f"/api/v1/branches/{created[-1]}")
+            assert response.status_code == 200, response.text
+            response = await http.post("/api/v1/branches", json={"name": "after"})
+            assert response.status_code == 201, response.text
+        out = await psql(prism.dsn("postgres@after"), "SELECT count(*) FROM keep")
+        assert out.stdout.decode().strip() == "1000"
+        assert "PANIC" not in _main_log(data_dir)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("small_fs", ["ext4"], indirect=True)
+async def test_main_filling_its_own_disk_is_stopped_before_it_panics(small_fs: Path) -> None:
+    """Main's own writes fill the disk: the ballast is released, then main is stopped with a
+    clean shutdown instead of PANICking; the API says so and what to do; once space is freed
+    main starts again with its data."""
+    data_dir = small_fs / "data"
+    settings = make_settings(data_dir, storage="copy", startup_timeout=60.0, disk_reserve="96MiB")
+    async with trio.open_nursery() as nursery:
+        prism = PrismHandle(await nursery.start(PrismServer(settings).run), settings)
+        await psql(prism.dsn(), "CREATE TABLE keep AS SELECT generate_series(1, 1000) AS id")
+        # Stored as written: a repeated string would compress to nothing.
+        await psql(
+            prism.dsn(),
+            "CREATE TABLE big (pad text); ALTER TABLE big ALTER pad SET STORAGE EXTERNAL",
+        )
+        filler = small_fs / "filler"
+        # Leave main about 110 MB (the ballast takes 48 of it) to fill by itself.
+        await trio.to_thread.run_sync(_fill, filler, 110 * 2**20)
+        async with prism.manager.events.subscribe() as events:
+            for _ in range(200):
+                out = await psql(
+                    prism.dsn(),
+                    "INSERT INTO big SELECT repeat(md5(random()::text), 64) "
+                    "FROM generate_series(1, 2000)",
+                    check=False,
+                )
+                if out.returncode != 0:
+                    break
+            else:
+                raise AssertionError("main never ran out of space")
+            with trio.fail_after(30):
+                async for event in events:
+                    if event["type"] == "disk_low" and event["level"] == "full":
+                        break
+        async with httpx.AsyncClient(base_url=prism.info.api_url, timeout=300) as http:
+            health = (await http.get("/healthz")).json()
+            assert "start main" in health["disk"]["advice"], health
+            main = (await http.get("/api/v1/branches/main")).json()
+            assert main["status"] == "stopped", main
+            assert "PANIC" not in _main_log(data_dir)
+
+            response = await http.post("/api/v1/branches/main/start")
+            assert response.status_code == 507, response.text  # it would PANIC
+
+            filler.unlink()  # enough for main to run again, not yet to be above the reserve
+            await _disk_back_to(http, "low")
+            response = await http.post("/api/v1/branches/main/start")
+            assert response.status_code == 200, response.text
+            out = await psql(prism.dsn(), "SELECT count(*) FROM keep")
+            assert out.stdout.decode().strip() == "1000"
+            await psql(prism.dsn(), "DROP TABLE big; CHECKPOINT")
+            await _disk_back_to(http, "ok")
+        assert "PANIC" not in _main_log(data_dir)
         nursery.cancel_scope.cancel()
