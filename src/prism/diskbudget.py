@@ -41,6 +41,7 @@ from prism.diskrules import (
 )
 from prism.errors import DiskFull
 from prism.names import MAIN_BRANCH
+from prism.storage._tree import disk_usage
 from prism.storage.base import Storage
 from prism.units import format_size
 
@@ -141,8 +142,9 @@ class DiskBudget:
         self.use = SpaceUse()
         """What uses the space, as last measured (the watcher refreshes it)."""
         self._held: dict[str, int] = {}
-        self._sizes: dict[str, tuple[float, int]] = {}
-        """Parents' measured sizes, each with the monotonic time it was measured."""
+        self._sizes: dict[str, tuple[float, int, int]] = {}
+        """Parents' measured sizes (whole, pg_wal), each with the monotonic time it was
+        measured."""
         self._filesystems: dict[str, FileSystem] | None = None
 
     # ---- where -------------------------------------------------------------------------
@@ -192,9 +194,11 @@ class DiskBudget:
         """Grant what cloning ``parent`` (whose server runs, or not) costs, or ``DiskFull``."""
         copies = self.storage.name == StorageKind.COPY
         backup_mode = running and not self.storage.atomic
-        size = await self._parent_size(parent) if copies else 0
+        size, wal = await self._parent_size(parent) if copies else (0, 0)
         needs = {
-            "branches": clone_need(parent_bytes=size, copies_data=copies, backup_mode=backup_mode)
+            "branches": clone_need(
+                parent_bytes=size, copies_data=copies, wal_bytes=wal if backup_mode else 0
+            )
         }
         if backup_mode and self.archives:
             needs["data"] = WAL_SEGMENT  # what the backup's WAL switch archives
@@ -209,7 +213,7 @@ class DiskBudget:
         by_fs = self._by_filesystem(needs)
         missing = self._missing(by_fs)
         if missing and self.reclaimer is not None:
-            freed = await self.reclaimer.reclaim(max(missing.values()))
+            freed = await self.reclaimer.reclaim(max(short for short, _ in missing.values()))
             log.info("disk budget: the reclaimer freed %s for %s", format_size(freed), what)
             missing = self._missing(by_fs)
         if missing:
@@ -270,20 +274,22 @@ class DiskBudget:
             by_fs[key] = by_fs.get(key, 0) + size
         return by_fs
 
-    def _missing(self, by_fs: dict[str, int]) -> dict[str, int]:
+    def _missing(self, by_fs: dict[str, int]) -> dict[str, tuple[int, Space]]:
+        """Per file system short of room: the bytes missing and the space it was seen with."""
         missing = {}
         for key, need in by_fs.items():
             fs = self._fs(key)
             space = self.space(fs)
             short = shortfall(space, need, self.reserve_of(fs, space), self._held.get(key, 0))
             if short:
-                missing[key] = short
+                missing[key] = (short, space)
         return missing
 
-    def _refusal(self, by_fs: dict[str, int], missing: dict[str, int], what: str) -> DiskFull:
-        key = max(missing, key=lambda k: missing[k])
-        fs = self._fs(key)
-        space = self.space(fs)
+    def _refusal(
+        self, by_fs: dict[str, int], missing: dict[str, tuple[int, Space]], what: str
+    ) -> DiskFull:
+        key = max(missing, key=lambda k: missing[k][0])
+        fs, space = self._fs(key), missing[key][1]
         held = self._held.get(key, 0)
         others = f", {format_size(held)} is held by operations under way" if held else ""
         message = (
@@ -298,13 +304,24 @@ class DiskBudget:
     def _fs(self, key: str) -> FileSystem:
         return next(fs for fs in self.filesystems() if fs.key == key)
 
-    async def _parent_size(self, parent: str) -> int:
+    async def _parent_size(self, parent: str) -> tuple[int, int]:
+        """``parent``'s bytes and its ``pg_wal``'s, measured at most every
+        ``SIZE_CACHE_SECONDS`` (a walk of the tree, off the event loop)."""
         known = self._sizes.get(parent)
         if known is not None and time.monotonic() - known[0] < SIZE_CACHE_SECONDS:
-            return known[1]
-        size = await trio.to_thread.run_sync(self.storage.usage_bytes, parent) or 0
-        self._sizes[parent] = (time.monotonic(), size)
-        return size
+            return known[1], known[2]
+        path = self.storage.path(parent)
+        size, wal = await trio.to_thread.run_sync(_tree_sizes, path)
+        self._sizes[parent] = (time.monotonic(), size, wal)
+        return size, wal
+
+
+def _tree_sizes(pgdata: Path) -> tuple[int, int]:
+    """Bytes of a data directory and of its ``pg_wal`` (0, 0 if it is not there)."""
+    if not pgdata.is_dir():
+        return 0, 0
+    wal = pgdata / "pg_wal"
+    return disk_usage(pgdata), disk_usage(wal) if wal.is_dir() else 0
 
 
 _FREE_HINT = (

@@ -141,19 +141,16 @@ def shortfall(space: Space, need: int, reserve: int, held: int = 0) -> int:
     return max(0, need + held + reserve - space.available)
 
 
-def clone_need(*, parent_bytes: int, copies_data: bool, backup_mode: bool) -> int:
+def clone_need(*, parent_bytes: int, copies_data: bool, wal_bytes: int = 0) -> int:
     """What a clone of a parent of ``parent_bytes`` writes where branches live.
 
-    ``copies_data``: the copy driver copies every byte; copy-on-write drivers share them.
-    ``backup_mode``: the parent runs on a driver that copies file by file, so the clone is
-    taken between ``pg_backup_start`` and ``pg_backup_stop`` and its ``pg_wal`` copied again
-    after the stop: one more segment, copied in full. (The segment the stop's WAL switch
-    archives is written where the archive lives: the caller adds it there.)
+    The copy driver copies every byte; in backup mode (``wal_bytes``: the running parent's
+    ``pg_wal``) it then copies ``pg_wal`` again beside the first copy before swapping it in,
+    so at its peak the clone holds two. Copy-on-write drivers share the bytes. (The segment a
+    backup-mode clone's WAL switch archives is written where the archive lives: the caller
+    adds it there.)
     """
-    need = parent_bytes if copies_data else COW_CLONE_BYTES
-    if backup_mode:
-        need += WAL_SEGMENT
-    return need
+    return parent_bytes + wal_bytes if copies_data else COW_CLONE_BYTES
 
 
 class Level(StrEnum):
@@ -175,7 +172,9 @@ STOP_ROOM = 2 * WAL_SEGMENT
 
 def level(space: Space, reserve: int) -> Level:
     """How full ``space`` is against ``reserve`` (and the room main needs to stop)."""
-    stop_room = min(STOP_ROOM, reserve)
+    # Never above what the ballast leaves of the reserve: a state the budget allows (the
+    # reserve free, the ballast counted in it) is never critical.
+    stop_room = min(STOP_ROOM, reserve - ballast_size(reserve))
     if space.free < stop_room:
         return Level.CRITICAL if space.ballast else Level.FULL
     if space.available < reserve:

@@ -30,7 +30,7 @@ from prism.ballast import Ballast
 from prism.diskbudget import DiskBudget, FileSystem, SpaceUse
 from prism.diskrules import Level
 from prism.diskuse import DiskUseCache
-from prism.events import EventBus
+from prism.events import Event, EventBus
 from prism.pitr import PointInTime
 from prism.storage._layout import BRANCHES_DIR, TRASH_DIR
 from prism.storage._tree import disk_usage
@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 INTERVAL = 0.25
 USAGE_EVERY = 30.0
+#: Events after which what uses the space is measured again at once.
+_CHANGES_USE = frozenset({"created", "deleted", "reset", "snapshot_taken", "failed"})
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,9 @@ class DiskWatch:
         self.control = control
         self.ballast = ballast
         self.levels: dict[str, Level] = {}
+        self._measured = False
+        """What uses the space was measured since the last event that changes it."""
+        events.add_listener(self._observe)
         self.main_stopped = False
         """Main was stopped for want of space (the API says so until space is back)."""
 
@@ -78,13 +83,19 @@ class DiskWatch:
         next_usage = 0.0
         while True:
             try:
-                if trio.current_time() >= next_usage:
+                if trio.current_time() >= next_usage or not self._measured:
+                    self._measured = True
                     self.budget.use = await self.control.measure_use()
                     next_usage = trio.current_time() + usage_every
                 await self.check()
             except Exception as exc:  # a background task: log and look again
                 log.error("disk watch: %r", exc)
             await trio.sleep(interval)
+
+    def _observe(self, event: Event) -> None:
+        """An event-bus listener: what uses the space changed, measure it again soon."""
+        if event["type"] in _CHANGES_USE:
+            self._measured = False
 
     async def check(self) -> None:
         """One look at every file system, and what it calls for."""

@@ -18,6 +18,7 @@ from prism.diskrules import (
     Level,
     Retention,
     Space,
+    ballast_size,
     clone_need,
     level,
     over_size,
@@ -92,11 +93,11 @@ def test_an_operation_fits_only_if_the_reserve_stays_free_counting_what_others_h
     assert shortfall(Space(1000 * MiB, 150 * MiB, 50 * MiB), 100 * MiB, 100 * MiB) == 0
 
 
-def test_a_copy_needs_the_parents_size_a_cow_clone_little_and_backup_mode_a_segment() -> None:
-    assert clone_need(parent_bytes=GiB, copies_data=True, backup_mode=False) == GiB
-    assert clone_need(parent_bytes=GiB, copies_data=False, backup_mode=False) == WAL_SEGMENT
-    copy = clone_need(parent_bytes=GiB, copies_data=True, backup_mode=True)
-    assert copy == GiB + WAL_SEGMENT
+def test_a_copy_needs_the_parents_size_and_its_wal_again_a_cow_clone_little() -> None:
+    assert clone_need(parent_bytes=GiB, copies_data=True) == GiB
+    assert clone_need(parent_bytes=GiB, copies_data=False) == WAL_SEGMENT
+    # A copy in backup mode copies pg_wal again beside the first copy.
+    assert clone_need(parent_bytes=GiB, copies_data=True, wal_bytes=48 * MiB) == GiB + 48 * MiB
 
 
 def test_levels_go_low_under_the_reserve_then_critical_then_full_without_ballast() -> None:
@@ -106,6 +107,12 @@ def test_levels_go_low_under_the_reserve_then_critical_then_full_without_ballast
     assert level(Space(GiB, 40 * MiB, 50 * MiB), reserve) is Level.LOW
     assert level(Space(GiB, STOP_ROOM - 1, 50 * MiB), reserve) is Level.CRITICAL
     assert level(Space(GiB, STOP_ROOM - 1), reserve) is Level.FULL
+
+
+@pytest.mark.parametrize("reserve", [10 * MiB, 40 * MiB, 100 * MiB, 2 * GiB])
+def test_what_the_budget_allows_is_never_critical(reserve: int) -> None:
+    ballast = ballast_size(reserve)
+    assert level(Space(10 * GiB, reserve - ballast, ballast), reserve) is Level.OK
 
 
 def test_the_size_bound_drops_the_oldest_snapshots_first_and_never_the_newest() -> None:
