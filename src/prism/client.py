@@ -26,7 +26,7 @@ import httpx
 import trio
 import trio_websocket
 
-from prism.clientstatus import format_prune, format_status
+from prism.clientstatus import format_disk, format_prune, format_status
 from prism.config import HostPort, load_settings
 from prism.dsn import FORMATS
 from prism.errors import PrismError
@@ -210,7 +210,10 @@ Command = Callable[[ApiClient, argparse.Namespace], Any]
 
 
 def _ls(api: ApiClient, args: argparse.Namespace) -> Any:
-    return api.call("GET", "/branches")["branches"]
+    answer = api.call("GET", "/branches")
+    if args.json:
+        return answer["branches"]
+    return Text("\n".join([format_branches(answer["branches"]), *format_disk(answer.get("disk"))]))
 
 
 def _connection(api: ApiClient, name: str, args: argparse.Namespace) -> Text:

@@ -30,7 +30,7 @@ def format_status(status: dict[str, Any], api_url: str) -> str:
 def format_disk(disk: dict[str, Any] | None) -> list[str]:
     """Each file system's free, used and reserve, and what uses the space."""
     if disk is None:
-        return ["  disk     not watched"]
+        return []
     lines = []
     for fs in disk["filesystems"]:
         lines.append(

@@ -153,9 +153,11 @@ class DiskBudget:
         """The file systems Prism writes, each once (found at first use: the storage makes
         its directories when it opens)."""
         if self._filesystems is None:
+            main = self.storage.path(MAIN_BRANCH)
             roles = {
-                "main": self.storage.path(MAIN_BRANCH),
-                "branches": self.storage.path(MAIN_BRANCH).parent,
+                "main": main,
+                # A ZFS clone is a dataset of main's pool, wherever it is mounted.
+                "branches": main if self.storage.name == StorageKind.ZFS else self.storage.root,
                 "data": self.data_dir,
             }
             found: dict[str, FileSystem] = {}

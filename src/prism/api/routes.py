@@ -197,7 +197,9 @@ def register_routes(
 
     @app.get(f"{PREFIX}/branches")
     async def list_branches() -> Response:
-        return jsonify({"branches": [await full_view(b) for b in manager.list()]})
+        shown = [await full_view(b) for b in manager.list()]
+        disk = None if manager.budget is None else manager.budget.view()
+        return jsonify({"branches": shown, "disk": disk})
 
     @app.get(f"{PREFIX}/branches/<name>")
     async def get_branch(name: str) -> Response:
