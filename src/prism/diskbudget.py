@@ -382,6 +382,6 @@ def mount_of(path: Path, mounts: Iterable[tuple[Path, str, str]]) -> tuple[str, 
     if best is None:
         return f"dev:{os.stat(real).st_dev}", "unknown"
     point, kind, source = best
-    if kind == "zfs":
+    if kind in ("zfs", "fuse.zfs"):  # zfs-fuse mounts datasets as FUSE file systems
         return f"zfs:{source.split('/')[0]}", kind
     return f"{kind}:{source}:{point}", kind
