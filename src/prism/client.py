@@ -207,6 +207,7 @@ def format_event(event: dict[str, Any]) -> str:
 # ---- the commands --------------------------------------------------------------------------
 
 Command = Callable[[ApiClient, argparse.Namespace], Any]
+Parser = argparse.ArgumentParser
 
 
 def _ls(api: ApiClient, args: argparse.Namespace) -> Any:
@@ -449,36 +450,47 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     _add_common(diff)
     diff.set_defaults(run=_diff)
 
-    snapshot = commands.add_parser("snapshot", help="snapshots kept for point in time")
-    snapshot_verbs = snapshot.add_subparsers(dest="verb", required=True, metavar="VERB")
-    ls = snapshot_verbs.add_parser("ls", help="list the snapshots kept of a branch")
-    ls.add_argument("--branch", default="main", help="whose snapshots (default main)")
-    _add_common(ls)
-    ls.set_defaults(run=_snapshots)
+    def group_verb(group: str, about: str, name: str, help_: str, run: Command) -> Parser:
+        """``prism GROUP NAME``: a command of a group (``snapshot ls``, ``archive prune``)."""
+        if group not in groups:
+            parser = commands.add_parser(group, help=about)
+            groups[group] = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+        command = groups[group].add_parser(name, help=help_)
+        _add_common(command)
+        command.set_defaults(run=run)
+        return command
+
+    groups: dict[str, argparse._SubParsersAction[Parser]] = {}
+    group_verb(
+        "snapshot",
+        "snapshots kept for point in time",
+        "ls",
+        "list the snapshots kept of a branch",
+        _snapshots,
+    ).add_argument("--branch", default="main", help="whose snapshots (default main)")
 
     status = commands.add_parser("status", help="the daemon's state: main, disk, branches")
     _add_common(status)
     status.set_defaults(run=_status)
 
-    archive = commands.add_parser("archive", help="the WAL archive and snapshots")
-    archive_verbs = archive.add_subparsers(dest="verb", required=True, metavar="VERB")
-    prune = archive_verbs.add_parser(
-        "prune", help="free the snapshots and WAL before a time (the window starts there)"
+    prune = group_verb(
+        "archive",
+        "the WAL archive and snapshots",
+        "prune",
+        "free the snapshots and WAL before a time (the window starts there)",
+        _prune,
     )
     prune.add_argument(
         "--before", required=True, metavar="TIME", help="RFC 3339 or before now (-2d)"
     )
     prune.add_argument("--branch", default="main", help="whose archive (default main)")
-    _add_common(prune)
-    prune.set_defaults(run=_prune)
-
-    main = commands.add_parser("main", help="main's generations (--source-mode dump)")
-    main_verbs = main.add_subparsers(dest="verb", required=True, metavar="VERB")
-    refresh = main_verbs.add_parser(
-        "refresh", help="make a new generation of main from the source (waits until it serves)"
+    group_verb(
+        "main",
+        "main's generations (--source-mode dump)",
+        "refresh",
+        "make a new generation of main from the source (waits until it serves)",
+        _refresh,
     )
-    _add_common(refresh)
-    refresh.set_defaults(run=_refresh)
 
     events = commands.add_parser("events", help="follow branch events live")
     _add_common(events)
