@@ -325,6 +325,10 @@ def _snapshots(api: ApiClient, args: argparse.Namespace) -> Any:
     return kept if args.json else Snapshots(kept["snapshots"])
 
 
+def _snapshot_rm(api: ApiClient, args: argparse.Namespace) -> Any:
+    return api.call("DELETE", f"/branches/{args.branch}/snapshots/{args.snapshot}")
+
+
 def format_snapshots(snapshots: Sequence[dict[str, Any]]) -> str:
     """A table of snapshots, oldest first; the first one's time is where ``--at`` can reach."""
     if not snapshots:
@@ -468,6 +472,11 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "list the snapshots kept of a branch",
         _snapshots,
     ).add_argument("--branch", default="main", help="whose snapshots (default main)")
+    rm = group_verb(
+        "snapshot", "", "rm", "remove a snapshot and the WAL only it needed", _snapshot_rm
+    )
+    rm.add_argument("snapshot", help="the snapshot's name (snapshot ls)")
+    rm.add_argument("--branch", default="main", help="whose snapshot (default main)")
 
     status = commands.add_parser("status", help="the daemon's state: main, disk, branches")
     _add_common(status)

@@ -378,6 +378,22 @@ class PointInTime:
                 await trio.to_thread.run_sync(self.archive_of(branch).prune, kept[0].redo_wal)
         return removed
 
+    async def delete_snapshot(self, branch: str, name: str) -> bool:
+        """Remove snapshot ``name`` of ``branch`` now, and the archived WAL before the oldest
+        one left; False if there is no such snapshot. The window shrinks only if it was the
+        oldest; the WAL a later snapshot leads on with is kept."""
+        async with self._lock:
+            snapshots = await trio.to_thread.run_sync(self.snapshots, branch)
+            if name not in {snapshot.name for snapshot in snapshots}:
+                return False
+            await self.store.discard(name)
+            self._sizes.pop(name, None)
+            log.info("snapshot: %s removed (asked to)", name)
+            kept = await trio.to_thread.run_sync(self.snapshots, branch)
+            if kept:
+                await trio.to_thread.run_sync(self.archive_of(branch).prune, kept[0].redo_wal)
+        return True
+
     def _due_by_size(self, branch: str, snapshots: list[Snapshot], keep: Retention) -> bool:
         """Whether the WAL archived since the newest snapshot calls for a new one (blocking)."""
         if not snapshots:

@@ -45,7 +45,7 @@ async def test_a_hundred_creates_and_resets_leave_the_archive_within_its_size_bo
     assert len(prism.manager.point_in_time.snapshots()) >= 1  # the window is never emptied
 
 
-async def test_pruning_the_archive_through_the_api_frees_it_at_once(start_prism: Any) -> None:
+async def test_deleting_a_snapshot_or_pruning_the_archive_frees_it_at_once(start_prism: Any) -> None:
     prism = await start_prism(snapshot_every=5.0, retention=Retention(86400.0, None))
     await first_snapshot(prism)
     kept = prism.manager.point_in_time
@@ -55,10 +55,18 @@ async def test_pruning_the_archive_through_the_api_frees_it_at_once(start_prism:
             assert (await http.post("/api/v1/branches", json={"name": f"b{index}"})).is_success
         grown = archive.size_bytes()
         assert grown >= 3 * 16 * 2**20
-        await wait_until(lambda: len(kept.snapshots()) >= 2, what="a later snapshot", within=60)
+        await wait_until(lambda: len(kept.snapshots()) >= 3, what="later snapshots", within=60)
+        oldest = kept.snapshots()[0].name
+        response = await http.delete(f"/api/v1/branches/main/snapshots/{oldest}")
+        assert response.status_code == 200, response.text
+        assert archive.size_bytes() < grown  # at once, not at the next round
+        assert oldest not in {s.name for s in kept.snapshots()}
+        missing = await http.delete(f"/api/v1/branches/main/snapshots/{oldest}")
+        assert missing.status_code == 404 and missing.json()["code"] == "snapshot_not_found"
+
         response = await http.post("/api/v1/archive/prune", json={"before": "-0s"})
         assert response.status_code == 200, response.text
         assert response.json()["removed_snapshots"] >= 1
-        assert archive.size_bytes() < grown  # at once, not at the next round
+        assert len(kept.snapshots()) == 1
         refused = await http.post("/api/v1/archive/prune", json={"before": "yesterday"})
         assert refused.status_code == 422 and refused.json()["field"] == "before"

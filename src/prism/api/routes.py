@@ -220,6 +220,20 @@ def register_routes(
         shown = [snapshot.view() for snapshot in snapshots]
         return jsonify({"snapshots": shown, "window": window, "keeps_wal": keeps_wal})
 
+    @app.delete(f"{PREFIX}/branches/<name>/snapshots/<snapshot>")
+    async def delete_snapshot(name: str, snapshot: str) -> Response:
+        """Remove one snapshot of ``name`` and the archived WAL only it needed, at once."""
+        manager.require(name)
+        kept = manager.point_in_time
+        if kept is None or not await kept.delete_snapshot(name, snapshot):
+            raise ApiError(
+                404,
+                "snapshot_not_found",
+                f'branch "{name}" has no snapshot "{snapshot}"',
+                hint=f"list them with GET {PREFIX}/branches/{name}/snapshots",
+            )
+        return jsonify({"deleted": [snapshot]})
+
     @app.get(f"{PREFIX}/branches/<name>/diff")
     async def diff_branch(name: str) -> Response:
         against = request.args.get("against")
