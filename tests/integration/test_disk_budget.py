@@ -45,7 +45,9 @@ async def test_a_hundred_creates_and_resets_leave_the_archive_within_its_size_bo
     assert len(prism.manager.point_in_time.snapshots()) >= 1  # the window is never emptied
 
 
-async def test_deleting_a_snapshot_or_pruning_the_archive_frees_it_at_once(start_prism: Any) -> None:
+async def test_deleting_a_snapshot_or_pruning_the_archive_frees_it_at_once(
+    start_prism: Any,
+) -> None:
     prism = await start_prism(snapshot_every=5.0, retention=Retention(86400.0, None))
     await first_snapshot(prism)
     kept = prism.manager.point_in_time
