@@ -202,8 +202,12 @@ class DiskBudget:
                 parent_bytes=size, copies_data=copies, wal_bytes=wal if backup_mode else 0
             )
         }
-        if backup_mode and self.archives:
-            needs["data"] = WAL_SEGMENT  # what the backup's WAL switch archives
+        if backup_mode:
+            # The backup's WAL switch starts a new segment in the parent's pg_wal (zero-filled
+            # on ext4 and XFS) and, when it keeps WAL, archives the one it ended.
+            needs["main"] = WAL_SEGMENT
+            if self.archives:
+                needs["data"] = WAL_SEGMENT
         return await self.hold(needs, what=what)
 
     async def hold(self, needs: dict[str, int], *, what: str) -> Hold:

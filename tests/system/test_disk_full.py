@@ -299,3 +299,52 @@ async def test_main_filling_its_own_disk_is_stopped_before_it_panics(small_fs: P
             await _disk_back_to(http, "ok")
         assert "PANIC" not in _main_log(data_dir)
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("small_fs", ["ext4:450"], indirect=True)
+async def test_snapshots_that_would_fill_the_disk_are_refused_and_pruning_frees_them(
+    small_fs: Path,
+) -> None:
+    """Snapshots every second on the copy driver (each a full copy of main) with no size bound:
+    they go on until the budget refuses one, which leaves nothing half-made and keeps the
+    reserve free; pruning the archive frees their space at once."""
+    data_dir = small_fs / "data"
+    settings = make_settings(
+        data_dir,
+        storage="copy",
+        startup_timeout=60.0,
+        snapshot_every=1.0,
+        retention="7d",
+        disk_reserve="40MiB",
+    )
+    async with trio.open_nursery() as nursery:
+        prism = PrismHandle(await nursery.start(PrismServer(settings).run), settings)
+        kept = prism.manager.point_in_time
+        async with prism.manager.events.subscribe() as events:
+            with trio.fail_after(120):
+                async for event in events:
+                    # Refused; or main's own WAL (each snapshot's backup switches segments)
+                    # took the rest, and main was stopped before it could PANIC.
+                    if event["type"] == "snapshot_failed" or event.get("level") == "full":
+                        break
+        if event["type"] == "snapshot_failed":
+            assert "not enough disk space" in event["error"], event
+            assert _free_bytes(small_fs) + 20 * 2**20 >= 40 * 2**20  # the reserve, ballast in it
+        else:
+            assert "start main" in event["error"], event
+        taken = len(kept.snapshots())
+        assert taken >= 2
+        # Nothing half-made: every clone on disk is a kept snapshot, and nothing is staged.
+        assert set(prism.manager.storage.list()) == {"main", *(s.name for s in kept.snapshots())}
+        assert await trio.to_thread.run_sync(_leftovers, data_dir) == []
+
+        before = _free_bytes(small_fs)
+        async with httpx.AsyncClient(base_url=prism.info.api_url, timeout=300) as http:
+            response = await http.post("/api/v1/archive/prune", json={"before": "-0s"})
+            assert response.status_code == 200, response.text
+            assert response.json()["removed_snapshots"] >= taken - 1
+            assert _free_bytes(small_fs) > before + 30 * 2**20  # at least one copy of main back
+            response = await http.post("/api/v1/branches/main/start")  # if it was stopped
+            assert response.status_code == 200, response.text
+        assert "PANIC" not in _main_log(data_dir)
+        nursery.cancel_scope.cancel()
