@@ -604,7 +604,8 @@ class Settings:
         metadata=_about(
             DiskReserve.parse,
             "free space kept on each file system Prism writes: a percentage, a size or both "
-            "(the smaller); creates, resets and snapshots that would cut into it are refused",
+            "(the smaller); creates, resets, snapshots and base backups that would cut into it "
+            "are refused",
         ),
     )
     point_in_time_branches: BranchPattern = field(

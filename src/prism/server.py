@@ -6,6 +6,7 @@ import functools
 import logging
 import os
 import resource
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from prism.config import Settings, StorageKind
 from prism.dataplane import DataPlane
 from prism.dataplane import choose as choose_data_plane
 from prism.diskbudget import DiskBudget, SpaceUse
-from prism.diskrules import ballast_size
+from prism.diskrules import WAL_SEGMENT, ballast_size
 from prism.diskwatch import DiskWatch, MainControl, measure_use
 from prism.dsn import Endpoint
 from prism.errors import ConfigError
@@ -172,24 +173,26 @@ class PrismServer:
         events = EventBus(buffer=settings.event_buffer)
         source = await open_source(settings, data_dir, events, runtime, journal=journal)
         generations = open_generations(settings, source, storage, runtime, journal, events)
-        main = MainOrigin()
-        if generations is not None:
-            main = MainOrigin(make=generations.make_first, refresh=generations.refresh)
-        elif source is not None:
-            main = MainOrigin(make=source.make_main, progress=source.describe_progress)
         point_in_time = None
         if generations is None:  # each generation is a new cluster: its WAL starts over
             point_in_time = open_point_in_time(settings, data_dir, storage, events, journal)
-        # The registry first: the role store reads it, and the manager hears from the store.
-        registry = BranchRegistry(events)
-        verifiers = open_verifiers(
-            settings, registry, address=runtime.address, data_path=storage.path
-        )
         budget = DiskBudget(
             storage=storage,
             data_dir=data_dir,
             reserve=settings.disk_reserve,
             archives=point_in_time is not None,
+        )
+        main = MainOrigin()
+        if generations is not None:
+            make = within_budget(budget, generations.make_first, "make main from a dump")
+            main = MainOrigin(make=make, refresh=generations.refresh)
+        elif source is not None:
+            make = within_budget(budget, source.make_main, "take a base backup of the source")
+            main = MainOrigin(make=make, progress=source.describe_progress)
+        # The registry first: the role store reads it, and the manager hears from the store.
+        registry = BranchRegistry(events)
+        verifiers = open_verifiers(
+            settings, registry, address=runtime.address, data_path=storage.path
         )
         manager = BranchManager(
             storage=storage,
@@ -349,6 +352,24 @@ async def _serve_api(
     log.debug("api: serving on %s:%d (fd %d)", host, port, fd)
     app = CloseAfterEarlyAnswer(app)  # else a request answered early keeps its connection
     await hypercorn_serve(app, config, task_status=task_status)  # type: ignore[arg-type]
+
+
+def within_budget(
+    budget: DiskBudget, make: Callable[[Path], Awaitable[None]], what: str
+) -> Callable[[Path], Awaitable[None]]:
+    """``make`` (main's data from its source) refused up front when the disk is already
+    under its reserve. How much the source holds is known only once the copy runs, so what is
+    held is the WAL main's first start writes; a copy that then fills the disk fails as before,
+    removing what it wrote."""
+
+    async def makewithin_budget(pgdata: Path) -> None:
+        hold = await budget.hold({"main": WAL_SEGMENT}, what=what)
+        try:
+            await make(pgdata)
+        finally:
+            hold.release()
+
+    return makewithin_budget
 
 
 def _disk_watch(

@@ -28,6 +28,7 @@ from prism.diskrules import (
 from prism.diskwatch import DiskWatch, MainControl
 from prism.errors import ConfigError, DiskFull
 from prism.events import EventBus
+from prism.server import within_budget
 from prism.snapshots import Snapshot, taken_before
 from prism.units import format_size, parse_size
 from tests.fakes import FakeStorage
@@ -253,3 +254,19 @@ async def test_the_watcher_releases_the_ballast_then_stops_main_and_says_so(
     levels = [(e["type"], e["level"]) for e in seen]
     assert levels == [("disk_low", "low"), ("disk_low", "full"), ("disk_ok", "ok")]
     assert "start main" in str(seen[1]["error"])
+
+
+async def test_a_base_backup_is_not_begun_on_a_disk_already_under_its_reserve() -> None:
+    made: list[Path] = []
+
+    async def make(pgdata: Path) -> None:
+        made.append(pgdata)
+
+    disk = _Disk(GiB, 90 * MiB)
+    guarded = within_budget(_budget(disk), make, "take a base backup of the source")
+    with pytest.raises(DiskFull, match="take a base backup"):
+        await guarded(Path("main"))
+    assert made == []
+    disk.free = 500 * MiB
+    await guarded(Path("main"))
+    assert made == [Path("main")]
