@@ -59,6 +59,7 @@ from prism.branchstate import (
 from prism.branchtrash import UNDELETE_WINDOW, BranchTrash
 from prism.capacity import Caps, check_branch_cap
 from prism.crashpoints import crash_point
+from prism.diskbudget import DiskBudget
 from prism.diskuse import DiskUse, DiskUseCache
 from prism.dsn import ConnectionParams, Endpoint, params_for
 from prism.errors import (
@@ -70,6 +71,7 @@ from prism.errors import (
     ProvisionFailed,
 )
 from prism.events import EventBus
+from prism.eviction import Reclaimer
 from prism.followers import Followers
 from prism.hooks import HookCommands
 from prism.intents import CreateIntent
@@ -122,6 +124,8 @@ class BranchManager:
         probe: Prober | None = None,
         undelete_window: float = UNDELETE_WINDOW,
         clock: Callable[[], datetime] = utcnow,
+        budget: DiskBudget | None = None,
+        evict_on_pressure: bool = True,
     ) -> None:
         """``probe`` asks a branch server whether it serves (default: a start-up packet on its
         service socket, ``prism.serverhealth``)."""
@@ -186,6 +190,13 @@ class BranchManager:
         self._recovery = BranchRecovery(
             self._registry, storage=storage, runtime=runtime, state=state, policies=self.policies
         )
+        self.reclaimer = Reclaimer(
+            self,
+            enabled=evict_on_pressure,
+            free_bytes=None if budget is None else functools.partial(budget.free_bytes, "branches"),
+            clock=clock,
+        )
+        """What frees space (the trash, expired and idle branches) before the budget refuses."""
         parts = BranchParts(
             registry=self._registry,
             locks=self._locks,
@@ -198,13 +209,18 @@ class BranchManager:
             policies=self.policies,
             journal=self.journal,
             events=events,
+            budget=budget,
+            reclaimer=self.reclaimer,
         )
+        self._parts = parts
         self._main = MainBranch(parts, origin=origin)
         self._reset = BranchReset(parts, creation=self._creation)
         self.trash = BranchTrash(
             parts, disk=self.disk, caps=self._caps, window=undelete_window, now=clock
         )
         """Deleted branches kept for undelete: listed, purged (the reaper, the reclaimer)."""
+        self.budget = budget
+        """The disk budget every operation that grows the disk asks first (None: no checks)."""
         self.point_in_time = point_in_time
         """Snapshots and WAL archives of the branches that keep WAL, when kept
         (``--snapshot-every``): what ``create`` with ``at`` needs."""
@@ -383,6 +399,7 @@ class BranchManager:
                     await self._creation.record_new(name, self.defaults.ttl)
                     branch = await self._provision(name, self.defaults.parent)
                 elif self.runtime.address(name) is None:
+                    self._refuse_start(name)
                     await self._servers.start(branch, reason="wake")
         if branch.status in UNWELL:
             # Its server was up and serves nobody now: say why at once rather than let the
@@ -429,14 +446,20 @@ class BranchManager:
         self.point_in_time.check(at, utcnow(), parent)
 
     async def clone_to(self, name: str, target: str) -> None:
-        """Clone branch ``name``, consistently, into storage name ``target`` (a snapshot)."""
-        await self._data.clone_from(name, target)
+        """Clone branch ``name``, consistently, into storage name ``target`` (a snapshot), if
+        the disk budget grants it."""
+        release = await self._parts.hold_clone(name, f"take snapshot {target}")
+        try:
+            await self._data.clone_from(name, target)
+        finally:
+            release()
 
     async def start(self, name: str) -> Branch:
         self.check_available(name)
         async with self._locks[name]:
             branch = self.require(name)
             if self.runtime.address(name) is None:
+                self._refuse_start(name)
                 await self._servers.start(branch, reason="start")
             return branch
 
@@ -541,6 +564,11 @@ class BranchManager:
 
     # ---- internals (callers hold the branch's lock) ------------------------------------
 
+    def _refuse_start(self, name: str) -> None:
+        """Refuse to start a server on a file system too full for it to write WAL."""
+        if self.budget is not None:
+            self.budget.refuse_start(name)
+
     async def _provision(
         self, name: str, parent_name: str, *, at: datetime | None = None
     ) -> Branch:
@@ -556,7 +584,14 @@ class BranchManager:
         # created meanwhile.
         check_branch_cap(name, count=len(self._registry), caps=self._caps)
         await self._servers.make_room(name)
-        check_branch_cap(name, count=len(self._registry), caps=self._caps)
+        # A copy of a running parent costs its size and archives a WAL segment: refused here,
+        # before anything is written, if it would cut into the reserve.
+        release = await self._parts.hold_clone(parent_name, f'create branch "{name}"', at=at)
+        try:
+            check_branch_cap(name, count=len(self._registry), caps=self._caps)
+        except BaseException:
+            release()
+            raise
         branch = Branch(name, parent_name, utcnow(), BranchStatus.PROVISIONING)
         self._registry.add(branch)
         self._registry.transition(
@@ -597,6 +632,8 @@ class BranchManager:
                     sqlstate=exc.sqlstate if isinstance(exc, HookFailed) else None,
                 ) from exc
             raise
+        finally:
+            release()
         self.events.publish("created", name, parent=parent_name, duration_ms=elapsed_ms(started))
         log.info(
             "provision: branch %s from %s in %.1f ms (clone %.1f ms)",

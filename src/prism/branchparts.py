@@ -6,11 +6,14 @@ the trash, main), instead of a dozen constructor arguments apiece repeated in ea
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from prism.branchdata import BranchData
 from prism.branchservers import Servers
 from prism.branchstate import BranchLocks, BranchRegistry
+from prism.diskbudget import DiskBudget, SpaceReclaimer
 from prism.events import EventBus
 from prism.journal import Journal
 from prism.policy import PolicyStore
@@ -36,6 +39,25 @@ class BranchParts:
     policies: PolicyStore
     journal: Journal
     events: EventBus
+    budget: DiskBudget | None = None
+    """The disk budget every operation that grows the disk asks first (None: no checks)."""
+    reclaimer: SpaceReclaimer | None = None
+    """What frees space (the trash, expired and idle branches) before the budget refuses."""
+
+    async def hold_clone(
+        self, parent: str, what: str, *, at: datetime | None = None
+    ) -> Callable[[], None]:
+        """Ask the disk budget for what cloning ``parent`` costs (``DiskFull`` if it does not
+        fit, once the reclaimer has tried); returns the release of the bytes held, called when
+        the clone is done."""
+        if self.budget is None:
+            return lambda: None
+        # A branch as of a time is a clone of a snapshot, which no server runs on.
+        running = at is None and self.runtime.address(parent) is not None
+        hold = await self.budget.hold_clone(
+            parent, running=running, what=what, reclaimer=self.reclaimer
+        )
+        return hold.release
 
 
 __all__ = ["BranchParts"]

@@ -53,6 +53,8 @@ class BranchReset:
             if parent not in self._parts.registry:
                 raise BranchNotFound(f'parent branch "{parent}" of "{name}" no longer exists')
             self._creation.refuse_unrunnable_hook(parent)
+            # Before anything is stopped or moved: the old data is freed only at the end.
+            release = await self._parts.hold_clone(parent, f'reset branch "{name}"')
             started = trio.current_time()
             was_running = self._parts.runtime.address(name) is not None
             # The old data goes to the trash under a name recorded first, so a crash at any
@@ -69,6 +71,7 @@ class BranchReset:
                 )
                 await self._parts.servers.stop(branch, reason="reset")
             except BaseException:
+                release()
                 with trio.CancelScope(shield=True):
                     await self._parts.journal.done(intent)
                 raise
@@ -105,6 +108,8 @@ class BranchReset:
                     await self._undo(branch, intent, moved=moved)
                 self._parts.registry.failed(name, exc, started)
                 raise
+            finally:
+                release()
             # Silent: the reset event below, once it may be running again, tells of it.
             self._parts.registry.transition(branch, BranchStatus.STOPPED)
             branch.bytes_proxied = 0

@@ -26,6 +26,7 @@ import httpx
 import trio
 import trio_websocket
 
+from prism.clientstatus import format_disk, format_prune, format_status
 from prism.config import HostPort, load_settings
 from prism.dsn import FORMATS
 from prism.errors import PrismError
@@ -229,10 +230,14 @@ def format_event(event: dict[str, Any]) -> str:
 # ---- the commands --------------------------------------------------------------------------
 
 Command = Callable[[ApiClient, argparse.Namespace], Any]
+Parser = argparse.ArgumentParser
 
 
 def _ls(api: ApiClient, args: argparse.Namespace) -> Any:
-    return api.call("GET", "/branches")["branches"]
+    answer = api.call("GET", "/branches")
+    if args.json:
+        return answer["branches"]
+    return Text("\n".join([format_branches(answer["branches"]), *format_disk(answer.get("disk"))]))
 
 
 def _connection(api: ApiClient, name: str, args: argparse.Namespace) -> Text:
@@ -370,6 +375,10 @@ def _snapshots(api: ApiClient, args: argparse.Namespace) -> Any:
     return kept if args.json else Snapshots(kept["snapshots"])
 
 
+def _snapshot_rm(api: ApiClient, args: argparse.Namespace) -> Any:
+    return api.call("DELETE", f"/branches/{args.branch}/snapshots/{args.snapshot}")
+
+
 def format_snapshots(snapshots: Sequence[dict[str, Any]]) -> str:
     """A table of snapshots, oldest first; the first one's time is where ``--at`` can reach."""
     if not snapshots:
@@ -377,6 +386,16 @@ def format_snapshots(snapshots: Sequence[dict[str, Any]]) -> str:
     lines = [f"{'TAKEN AT':<26} {'REDO WAL':<26} NAME"]
     lines += [f"{s['taken_at']:<26} {s['redo_wal']:<26} {s['name']}" for s in snapshots]
     return "\n".join(lines)
+
+
+def _status(api: ApiClient, args: argparse.Namespace) -> Any:
+    status = api.call("GET", "/status")
+    return status if args.json else Text(format_status(status, api.url))
+
+
+def _prune(api: ApiClient, args: argparse.Namespace) -> Any:
+    result = api.call("POST", "/archive/prune", json={"branch": args.branch, "before": args.before})
+    return result if args.json else Text(format_prune(result))
 
 
 def _human(result: Any) -> str:
@@ -399,7 +418,11 @@ def join_relative_times(argv: Sequence[str]) -> list[str]:
     joined: list[str] = []
     index = 0
     while index < len(argv):
-        if argv[index] == "--at" and index + 1 < len(argv) and argv[index + 1].startswith("-"):
+        if (
+            argv[index] in ("--at", "--before")
+            and index + 1 < len(argv)
+            and argv[index + 1].startswith("-")
+        ):
             joined.append(f"--at={argv[index + 1]}")
             index += 2
         else:
@@ -490,20 +513,52 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     _add_common(diff)
     diff.set_defaults(run=_diff)
 
-    snapshot = commands.add_parser("snapshot", help="snapshots kept for point in time")
-    snapshot_verbs = snapshot.add_subparsers(dest="verb", required=True, metavar="VERB")
-    ls = snapshot_verbs.add_parser("ls", help="list the snapshots kept of a branch")
-    ls.add_argument("--branch", default="main", help="whose snapshots (default main)")
-    _add_common(ls)
-    ls.set_defaults(run=_snapshots)
+    def group_verb(group: str, about: str, name: str, help_: str, run: Command) -> Parser:
+        """``prism GROUP NAME``: a command of a group (``snapshot ls``, ``archive prune``)."""
+        if group not in groups:
+            parser = commands.add_parser(group, help=about)
+            groups[group] = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+        command = groups[group].add_parser(name, help=help_)
+        _add_common(command)
+        command.set_defaults(run=run)
+        return command
 
-    main = commands.add_parser("main", help="main's generations (--source-mode dump)")
-    main_verbs = main.add_subparsers(dest="verb", required=True, metavar="VERB")
-    refresh = main_verbs.add_parser(
-        "refresh", help="make a new generation of main from the source (waits until it serves)"
+    groups: dict[str, argparse._SubParsersAction[Parser]] = {}
+    group_verb(
+        "snapshot",
+        "snapshots kept for point in time",
+        "ls",
+        "list the snapshots kept of a branch",
+        _snapshots,
+    ).add_argument("--branch", default="main", help="whose snapshots (default main)")
+    rm = group_verb(
+        "snapshot", "", "rm", "remove a snapshot and the WAL only it needed", _snapshot_rm
     )
-    _add_common(refresh)
-    refresh.set_defaults(run=_refresh)
+    rm.add_argument("snapshot", help="the snapshot's name (snapshot ls)")
+    rm.add_argument("--branch", default="main", help="whose snapshot (default main)")
+
+    status = commands.add_parser("status", help="the daemon's state: main, disk, branches")
+    _add_common(status)
+    status.set_defaults(run=_status)
+
+    prune = group_verb(
+        "archive",
+        "the WAL archive and snapshots",
+        "prune",
+        "free the snapshots and WAL before a time (the window starts there)",
+        _prune,
+    )
+    prune.add_argument(
+        "--before", required=True, metavar="TIME", help="RFC 3339 or before now (-2d)"
+    )
+    prune.add_argument("--branch", default="main", help="whose archive (default main)")
+    group_verb(
+        "main",
+        "main's generations (--source-mode dump)",
+        "refresh",
+        "make a new generation of main from the source (waits until it serves)",
+        _refresh,
+    )
 
     events = commands.add_parser("events", help="follow branch events live")
     _add_common(events)

@@ -18,42 +18,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+from prism.diskrules import DiskReserve, Retention
 from prism.errors import ConfigError
 from prism.hostnames import host_name
 
-# ASCII only: ``\d`` alone would also read Arabic-Indic or Devanagari digits as numbers.
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.ASCII)
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-#: The longest duration any setting takes: longer ones overflow the date arithmetic they feed
-#: (a branch's expiry, a snapshot's age) and mean "never", which 0 says where it is allowed.
-MAX_DURATION_S = 100 * 365 * 86400.0
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from ``"30s"``, ``"2m"``, ``"1h"``, ``"7d"``, ``"250ms"`` or a bare number of
-    seconds."""
-    match = _DURATION.match(text)
-    if match is None:
-        raise ConfigError(
-            f"invalid duration {text!r}",
-            hint="write a number with an optional unit: 250ms, 30s, 2m, 1h, 7d (0 disables)",
-        )
-    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    if seconds > MAX_DURATION_S:
-        raise ConfigError(
-            f"duration {text!r} is longer than 100 years",
-            hint="write at most 36500d (0 disables where a setting allows it)",
-        )
-    return seconds
-
-
-def format_duration(seconds: float) -> str:
-    """The shortest exact spelling of ``seconds`` in the units ``parse_duration`` reads."""
-    for unit in ("d", "h", "m", "s"):
-        count = seconds / _UNIT_SECONDS[unit]
-        if count >= 1 and count == int(count):
-            return f"{int(count)}{unit}"
-    return f"{round(seconds * 1000)}ms" if seconds else "0"
+# Re-exported: durations were parsed here before ``prism.units`` held them.
+from prism.units import format_duration as format_duration
+from prism.units import parse_duration as parse_duration
 
 
 @dataclass(frozen=True)
@@ -330,11 +301,12 @@ class Settings:
 
     def __post_init__(self) -> None:
         # Tests and the bench build Settings from text too: a choice still becomes its enum
-        # member here, once, so the code compares members whichever way the settings came.
+        # member here (a retention its value), once, so the code uses one type whichever way
+        # the settings came.
         for setting in dataclasses.fields(self):
             kind = type(setting.default)
             value = getattr(self, setting.name)
-            if issubclass(kind, StrEnum) and not isinstance(value, kind):
+            if isinstance(value, str) and kind is not str and not isinstance(value, kind):
                 object.__setattr__(self, setting.name, setting.metadata["parse"](value))
 
     data_dir: Path = field(
@@ -644,11 +616,21 @@ class Settings:
             "branches as of a past time (0: neither)",
         ),
     )
-    retention: float = field(
-        default=7 * 86400.0,
+    retention: Retention = field(
+        default=Retention(),
         metadata=_about(
-            parse_duration,
-            "how long snapshots and archived WAL are kept: how far back --at reaches",
+            Retention.parse,
+            "how long and up to how many bytes snapshots and archived WAL are kept, oldest "
+            "pruned first: a time, a size or both (7d,5GiB); how far back --at reaches",
+        ),
+    )
+    disk_reserve: DiskReserve = field(
+        default=DiskReserve(),
+        metadata=_about(
+            DiskReserve.parse,
+            "free space kept on each file system Prism writes: a percentage, a size or both "
+            "(the smaller); creates, resets, snapshots and base backups that would cut into it "
+            "are refused",
         ),
     )
     point_in_time_branches: BranchPattern = field(

@@ -58,6 +58,15 @@ class LimitExceeded(PrismError):
     sqlstate = "53400"
 
 
+class DiskFull(PrismError):
+    """An operation would cut into the disk reserve (``--disk-reserve``), or a file system is
+    too full for a server to write WAL: refused before anything is written.
+
+    53100 is Postgres's own disk_full, so clients and poolers read it as "no space"."""
+
+    sqlstate = "53100"
+
+
 class BranchConflict(PrismError):
     """An operation that clashes with a branch's current state (exists, has children)."""
 

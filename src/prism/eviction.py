@@ -19,12 +19,15 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from prism.branches import BranchManager
 from prism.errors import PrismError
 from prism.names import MAIN_BRANCH
 from prism.state import rfc3339, utcnow
 from prism.trash import TrashEntry
+
+if TYPE_CHECKING:  # the manager builds its reclaimer: a run-time import would be a cycle
+    from prism.branches import BranchManager
 
 log = logging.getLogger(__name__)
 

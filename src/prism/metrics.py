@@ -216,6 +216,56 @@ class Metrics:
                 samples,
             ),
             *_family("prism_disk_bytes", "gauge", "Sums of prism_branch_disk_bytes.", totals),
+            *self._budget_lines(),
+        ]
+
+    def _budget_lines(self) -> list[str]:
+        """Each file system's free, total and reserve and how full it is; what uses the space."""
+        budget = self._manager.budget
+        if budget is None:
+            return []
+        view = budget.view()
+        filesystems = view["filesystems"]
+
+        def per_fs(key: str) -> list[str]:
+            return [
+                f'prism_disk_{key}_bytes{{path="{_label(fs["path"])}"}} {fs[key]}'
+                for fs in filesystems
+            ]
+
+        levels = [
+            f'prism_disk_level{{path="{_label(fs["path"])}",level="{level}"}} '
+            f"{int(fs['level'] == level)}"
+            for fs in filesystems
+            for level in ("ok", "low", "critical", "full")
+        ]
+        uses = [
+            f'prism_disk_use_bytes{{kind="{kind}"}} {value}'
+            for kind, value in view["use"].items()
+            if value is not None
+        ]
+        return [
+            *_family("prism_disk_free_bytes", "gauge", "Free bytes.", per_fs("free")),
+            *_family("prism_disk_total_bytes", "gauge", "Size in bytes.", per_fs("total")),
+            *_family(
+                "prism_disk_reserve_bytes",
+                "gauge",
+                "Bytes kept free (--disk-reserve): operations that would cut into them fail.",
+                per_fs("reserve"),
+            ),
+            *_family(
+                "prism_disk_level",
+                "gauge",
+                "1 for each file system's level: ok, low (under the reserve), critical (ballast "
+                "released), full (main stopped).",
+                levels,
+            ),
+            *_family(
+                "prism_disk_use_bytes",
+                "gauge",
+                "What uses the space: branches' own bytes, snapshots, WAL archive, trash.",
+                uses,
+            ),
         ]
 
 

@@ -49,6 +49,8 @@ from prism import walarchive
 from prism.address import BackendAddress
 from prism.config import BranchPattern, Settings, format_duration, parse_duration
 from prism.crashpoints import crash_point
+from prism.diskrules import Kept, Retention, over_size, snapshot_due_by_size
+from prism.diskuse import measure
 from prism.errors import ConfigError, OutsideWindow, PrismError
 from prism.events import EventBus
 from prism.journal import Journal
@@ -60,10 +62,10 @@ from prism.snapshots import (
     RETRY_SECONDS,
     Snapshot,
     SnapshotStore,
-    expired,
     is_due,
     precise_time,
     take_snapshot,
+    taken_before,
 )
 from prism.state import parse_rfc3339, utcnow
 from prism.storage.base import Storage
@@ -123,6 +125,11 @@ class PointInTime:
         self._poke = trio.Event()
         # Drops per branch, so a snapshot that raced a delete or reset is not kept.
         self._drops: Counter[str] = Counter()
+        # What each snapshot holds alone: measured once (a snapshot never changes), for the
+        # size bound of --retention.
+        self._sizes: dict[str, int] = {}
+        self.retention = Retention()
+        """Set by ``run``: the size bound also decides when a snapshot is due early."""
 
     def keeps_wal(self, branch: str) -> bool:
         return self.branches.matches(branch)
@@ -154,6 +161,16 @@ class PointInTime:
                 ]
         settings = functools.partial(_server_settings, archive, standby, restore_from)
         return ServerExtras(tuple(dirs), settings)
+
+    def poke(self) -> None:
+        """Run a round now (the disk is low: the size bound should prune at once)."""
+        self._poke.set()
+
+    async def cloned(self, parent: str, child: str) -> None:
+        """A clone was made (``Followers.after_clone``): a clone of a running parent on a
+        copying driver archives a WAL segment, so the size bound may call for a round."""
+        if self.keeps_wal(parent) and self.retention.max_bytes is not None:
+            self._poke.set()
 
     async def started(self, branch: str, address: BackendAddress) -> None:
         """A server started (``Followers.after_start``): a branch that keeps WAL may be due
@@ -249,12 +266,13 @@ class PointInTime:
     # ---- the schedule ------------------------------------------------------------------
 
     async def run(
-        self, *, every: float, retention: float, source: SnapshotSource, superuser: str
+        self, *, every: float, retention: Retention, source: SnapshotSource, superuser: str
     ) -> None:
         """Take a snapshot of each running branch that keeps WAL whenever one is due and prune
         old ones, for ever; never raises a failure (it is logged and published as a
         ``snapshot_failed`` event, and that branch is tried again later)."""
-        period, keep = timedelta(seconds=every), timedelta(seconds=retention)
+        period, keep = timedelta(seconds=every), retention
+        self.retention = retention
         while True:
             self._poke = trio.Event()
             wait = every
@@ -279,7 +297,7 @@ class PointInTime:
         self,
         branch: str,
         period: timedelta,
-        keep: timedelta,
+        keep: Retention,
         source: SnapshotSource,
         superuser: str,
     ) -> float:
@@ -288,7 +306,10 @@ class PointInTime:
         address = source.running(branch)
         snapshots = await trio.to_thread.run_sync(self.snapshots, branch)
         taken = None
-        if address is not None and is_due(snapshots, utcnow(), period):
+        if address is not None and (
+            is_due(snapshots, utcnow(), period)
+            or await trio.to_thread.run_sync(self._due_by_size, branch, snapshots, keep)
+        ):
             drops = self._drops[branch]
             taken = await take_snapshot(
                 self.store, branch, address=address, clone=source.clone, superuser=superuser
@@ -308,17 +329,100 @@ class PointInTime:
         due = snapshots[-1].taken_at + period if snapshots else utcnow()
         return max((due - utcnow()).total_seconds(), 0.0)
 
-    async def prune(self, retention: timedelta, branch: str = MAIN_BRANCH) -> None:
-        """Remove ``branch``'s snapshots past ``retention`` and the archived WAL only they
-        needed."""
+    async def prune(self, retention: Retention, branch: str = MAIN_BRANCH) -> None:
+        """Remove ``branch``'s snapshots past ``retention`` (by time, then by size, oldest
+        first) and the archived WAL only they needed."""
+        cutoff = utcnow() - timedelta(seconds=retention.seconds)
+        await self.prune_before(cutoff, branch, why="older than the retention")
         async with self._lock:
             snapshots = await trio.to_thread.run_sync(self.snapshots, branch)
-            for snapshot in expired(snapshots, utcnow(), retention):
+            kept = await self._kept(branch, snapshots)
+            dropped = over_size(kept, retention.max_bytes)
+            total = sum(k.bytes + k.wal_bytes for k in kept)
+            if retention.max_bytes is not None and total > retention.max_bytes and not dropped:
+                log.warning(
+                    "snapshots: %s's newest snapshot and the WAL after it (%d bytes) exceed the "
+                    "retention's size bound (%d bytes); a new snapshot is due",
+                    branch,
+                    total,
+                    retention.max_bytes,
+                )
+        if dropped:
+            start = next(s for s in snapshots if s.name not in dropped)
+            log.warning(
+                "snapshots: %d snapshot(s) of %s removed to keep within the retention's size "
+                "bound (%d bytes): branches as of a time now reach back to %s only",
+                len(dropped),
+                branch,
+                retention.max_bytes,
+                precise_time(start.taken_at),
+            )
+            await self.prune_before(start.taken_at, branch, why="over the size bound")
+
+    async def prune_before(
+        self, cutoff: datetime, branch: str = MAIN_BRANCH, *, why: str = "asked to"
+    ) -> int:
+        """Start ``branch``'s window at ``cutoff``: remove the snapshots no branch as of a time
+        from then on needs, and the archived WAL before the oldest one kept; returns how many
+        snapshots went (``prism archive prune --before``, and retention)."""
+        removed = 0
+        async with self._lock:
+            snapshots = await trio.to_thread.run_sync(self.snapshots, branch)
+            for snapshot in taken_before(snapshots, cutoff):
                 if await self.store.discard(snapshot.name):
-                    log.info("snapshot: %s removed (older than the retention)", snapshot.name)
+                    self._sizes.pop(snapshot.name, None)
+                    removed += 1
+                    log.info("snapshot: %s removed (%s)", snapshot.name, why)
             kept = await trio.to_thread.run_sync(self.snapshots, branch)
             if kept:
                 await trio.to_thread.run_sync(self.archive_of(branch).prune, kept[0].redo_wal)
+        return removed
+
+    async def delete_snapshot(self, branch: str, name: str) -> bool:
+        """Remove snapshot ``name`` of ``branch`` now, and the archived WAL before the oldest
+        one left; False if there is no such snapshot. The window shrinks only if it was the
+        oldest; the WAL a later snapshot leads on with is kept."""
+        async with self._lock:
+            snapshots = await trio.to_thread.run_sync(self.snapshots, branch)
+            if name not in {snapshot.name for snapshot in snapshots}:
+                return False
+            await self.store.discard(name)
+            self._sizes.pop(name, None)
+            log.info("snapshot: %s removed (asked to)", name)
+            kept = await trio.to_thread.run_sync(self.snapshots, branch)
+            if kept:
+                await trio.to_thread.run_sync(self.archive_of(branch).prune, kept[0].redo_wal)
+        return True
+
+    def _due_by_size(self, branch: str, snapshots: list[Snapshot], keep: Retention) -> bool:
+        """Whether the WAL archived since the newest snapshot calls for a new one (blocking)."""
+        if not snapshots:
+            return False
+        grown = self.archive_of(branch).bytes_between(snapshots[-1].redo_wal)
+        return snapshot_due_by_size(grown, keep.max_bytes)
+
+    async def _kept(self, branch: str, snapshots: list[Snapshot]) -> list[Kept]:
+        """Each snapshot with the bytes it holds alone and the WAL up to the next one."""
+        archive = self.archive_of(branch)
+        kept = []
+        for index, snapshot in enumerate(snapshots):
+            if snapshot.name not in self._sizes:
+                use = await measure(self.storage, snapshot.name)
+                self._sizes[snapshot.name] = use.own if use.own is not None else use.total or 0
+            end = snapshots[index + 1].redo_wal if index + 1 < len(snapshots) else None
+            wal = await trio.to_thread.run_sync(archive.bytes_between, snapshot.redo_wal, end)
+            kept.append(Kept(snapshot.name, self._sizes[snapshot.name], wal))
+        return kept
+
+    def space_used(self) -> tuple[int, int]:
+        """Bytes held by the kept snapshots (as far as measured) and by every WAL archive
+        (blocking: it lists the archives)."""
+        snapshots = sum(self._sizes.get(s.name, 0) for s in self.store.list())
+        archives = sum(
+            self.archive_of(name).size_bytes()
+            for name in walarchive.archived_branches(self.archives)
+        )
+        return snapshots, archives
 
 
 def _server_settings(
@@ -370,7 +474,7 @@ def open_point_in_time(
             "snapshots: with the copy driver every snapshot is a full copy of its branch, one "
             "every %s kept for %s; set --snapshot-every to what the disk affords, or 0",
             format_duration(settings.snapshot_every),
-            format_duration(settings.retention),
+            settings.retention,
         )
     return PointInTime(
         data_dir, storage, events, journal=journal, branches=settings.point_in_time_branches

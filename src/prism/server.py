@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
 import resource
-import shutil
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from prism import secretfiles
 from prism.api.app import create_app
 from prism.api.closing import CloseAfterEarlyAnswer
 from prism.auth import VerifierStore, open_verifiers
+from prism.ballast import BALLAST_NAME, Ballast
 from prism.branches import BranchManager
 from prism.branchstate import BranchRegistry
 from prism.capacity import Caps
@@ -25,6 +27,9 @@ from prism.config import Settings, StorageKind
 from prism.datadirlock import DataDirLock, hold_data_dir
 from prism.dataplane import DataPlane
 from prism.dataplane import choose as choose_data_plane
+from prism.diskbudget import DiskBudget, SpaceUse
+from prism.diskrules import WAL_SEGMENT, ballast_size
+from prism.diskwatch import DiskWatch, MainControl, measure_use
 from prism.dsn import Endpoint
 from prism.errors import ConfigError
 from prism.events import EventBus
@@ -33,6 +38,7 @@ from prism.followers import Followers
 from prism.hooks import HookCommands
 from prism.journal import Journal
 from prism.mainsource import MainStrategy, open_main_source
+from prism.names import MAIN_BRANCH
 from prism.pitr import PointInTime, SnapshotSource, open_point_in_time
 from prism.policy import CreateDefaults
 from prism.proxy import Proxy
@@ -124,7 +130,9 @@ def _followers(
     followers = main_source.followers()
     if point_in_time is not None:
         followers += Followers(
-            after_start=(point_in_time.started,), after_discard=(point_in_time.drop,)
+            after_start=(point_in_time.started,),
+            after_discard=(point_in_time.drop,),
+            after_clone=(point_in_time.cloned,),
         )
     if verifiers is not None:
         followers += Followers(
@@ -177,6 +185,16 @@ class PrismServer:
         point_in_time = None
         if main_source.keeps_history:
             point_in_time = open_point_in_time(settings, data_dir, storage, events, journal)
+        budget = DiskBudget(
+            storage=storage,
+            data_dir=data_dir,
+            reserve=settings.disk_reserve,
+            archives=point_in_time is not None,
+        )
+        origin = main_source.origin
+        main = dataclasses.replace(
+            origin, make=within_budget(budget, origin.make, f"make main ({origin.how})")
+        )
         # The registry first: the role store reads it, and the manager hears from the store.
         registry = BranchRegistry(events)
         verifiers = open_verifiers(
@@ -202,7 +220,7 @@ class PrismServer:
                 password=main_source.superuser_password,
                 tls=settings.tls,
             ),
-            main=main_source.origin,
+            main=main,
             hook_commands=HookCommands(
                 allowed=settings.allow_hook_commands, timeout=settings.hook_command_timeout
             ),
@@ -213,11 +231,8 @@ class PrismServer:
             # The point-in-time object also says what each server is started with.
             server_extras=point_in_time,
             undelete_window=settings.undelete_window,
-        )
-        reclaimer = Reclaimer(
-            manager,
-            enabled=settings.evict_on_pressure,
-            free_bytes=lambda: shutil.disk_usage(data_dir).free,
+            budget=budget,
+            evict_on_pressure=settings.evict_on_pressure,
         )
         data_plane = choose_data_plane(settings.data_plane)
         proxy = Proxy.from_settings(manager, settings, data_dir, verifiers, data_plane)
@@ -270,6 +285,7 @@ class PrismServer:
                         )
                     )
                 nursery.start_soon(run_expiry, manager)
+                nursery.start_soon(_disk_watch(budget, manager, point_in_time).run)
                 if point_in_time is not None:
                     source_of_snapshots = SnapshotSource(
                         names=lambda: [branch.name for branch in manager.list()],
@@ -286,7 +302,11 @@ class PrismServer:
                         )
                     )
                 info = ServerInfo(
-                    _bound(pg_listener), _bound(api_listener), manager, data_plane, reclaimer
+                    _bound(pg_listener),
+                    _bound(api_listener),
+                    manager,
+                    data_plane,
+                    manager.reclaimer,
                 )
                 log.info(
                     "prism: ready: postgres clients on %s:%d, API on %s; data in %s "
@@ -329,6 +349,57 @@ async def _serve_api(
     log.debug("api: serving on %s:%d (fd %d)", host, port, fd)
     app = CloseAfterEarlyAnswer(app)  # else a request answered early keeps its connection
     await hypercorn_serve(app, config, task_status=task_status)  # type: ignore[arg-type]
+
+
+def within_budget(
+    budget: DiskBudget, make: Callable[[Path], Awaitable[None]], what: str
+) -> Callable[[Path], Awaitable[None]]:
+    """``make`` (main's data from its source) refused up front when the disk is already
+    under its reserve. How much the source holds is known only once the copy runs, so what is
+    held is the WAL main's first start writes; a copy that then fills the disk fails as before,
+    removing what it wrote."""
+
+    async def makewithin_budget(pgdata: Path) -> None:
+        hold = await budget.hold({"main": WAL_SEGMENT}, what=what)
+        try:
+            await make(pgdata)
+        finally:
+            hold.release()
+
+    return makewithin_budget
+
+
+def _disk_watch(
+    budget: DiskBudget, manager: BranchManager, point_in_time: PointInTime | None
+) -> DiskWatch:
+    """The watcher of the budget's file systems, with a ballast on main's where Prism's data
+    dir shares it (a ZFS main in a dataset of its own gets none: give the dataset a
+    ``reservation`` instead)."""
+    main = budget.filesystem("main")
+    ballast = None
+    if "data" in main.roles:
+        space = budget.space(main)
+        ballast = Ballast(
+            budget.data_dir / BALLAST_NAME, ballast_size(budget.reserve_of(main, space))
+        )
+    else:
+        log.warning(
+            "disk: main's file system (%s) is not the data dir's: no ballast is kept for it",
+            main.path,
+        )
+
+    async def stop_main() -> None:
+        await manager.stop(MAIN_BRANCH, reason="disk-full")
+
+    def prune_now() -> None:
+        if point_in_time is not None:
+            point_in_time.poke()
+
+    async def use() -> SpaceUse:
+        names = [branch.name for branch in manager.list()]
+        return await measure_use(names, manager.disk, manager.storage, point_in_time)
+
+    return DiskWatch(budget, manager.events, MainControl(stop_main, use, prune_now), ballast)
 
 
 def _report_confinement(confinement: Confinement) -> None:

@@ -89,7 +89,14 @@ def expired(snapshots: list[Snapshot], now: datetime, retention: timedelta) -> l
     The newest one taken at or before the cutoff stays: branches as of a time just after the
     cutoff start from it. So does the newest of all, however old.
     """
-    older = [s for s in snapshots if s.taken_at <= now - retention]
+    return taken_before(snapshots, now - retention)
+
+
+def taken_before(snapshots: list[Snapshot], cutoff: datetime) -> list[Snapshot]:
+    """The snapshots a window starting at ``cutoff`` no longer needs (oldest first): all
+    taken at or before it but the newest of those, which branches as of ``cutoff`` start from
+    (and the newest of all, however old)."""
+    older = [s for s in snapshots if s.taken_at <= cutoff]
     return older[:-1]
 
 

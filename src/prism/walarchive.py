@@ -88,6 +88,21 @@ class WalArchive:
                 continue
         return total
 
+    def bytes_between(self, first: str, end: str | None = None) -> int:
+        """Bytes of the segments from ``first`` up to (not including) ``end``, by position
+        (``None``: to the newest): the WAL a snapshot at ``first`` leads on with."""
+        start, stop = _position(first), None if end is None else _position(end)
+        total = 0
+        for name in self.segments():
+            position = _position(name)
+            if position is None or start is None or position < start:
+                continue
+            if stop is not None and position >= stop:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                total += (self.directory / name).stat().st_size
+        return total
+
     def prune(self, oldest_needed: str) -> int:
         """Remove segments before ``oldest_needed`` (a segment name); return how many.
 

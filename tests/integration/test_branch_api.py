@@ -196,7 +196,9 @@ async def test_healthz_answers_and_names_the_data_plane_and_the_sandbox(
         metrics = (await http.get("/metrics")).text.splitlines()
     plane = prism.info.data_plane
     confinement = prism.manager.runtime.confinement()
-    assert response.json() == {
+    health = response.json()
+    disk = health.pop("disk")
+    assert health == {
         "status": "ok",
         "branches": 1,
         "data_plane": {"name": plane.name, "reason": plane.reason},
@@ -207,6 +209,12 @@ async def test_healthz_answers_and_names_the_data_plane_and_the_sandbox(
             "missing": list(confinement.missing),
         },
     }
+    # Free, used and kept in reserve on each file system Prism writes, and what uses it.
+    assert disk["reserve"] == "10%,2GiB"
+    assert {"main", "branches", "data"} <= {r for fs in disk["filesystems"] for r in fs["holds"]}
+    for fs in disk["filesystems"]:
+        assert fs["free"] + fs["used"] == fs["total"] and fs["reserve"] > 0
+    assert set(disk["use"]) == {"branches", "snapshots", "wal_archive", "trash"}
     assert confinement.mechanism.startswith("landlock")
     assert f'prism_data_plane_info{{plane="{plane.name}",reason="{plane.reason}"}} 1' in metrics
     assert f"prism_sandbox_missing_guards {len(confinement.missing)}" in metrics

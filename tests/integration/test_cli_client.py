@@ -48,10 +48,17 @@ async def test_branch_commands_create_list_stop_start_reset_and_remove(
         "ADDRESS",
         "DISK",
     ]
-    assert [line.split()[:3] for line in table[1:]] == [
+    rows = [line for line in table[1:] if not line.startswith(" ")]
+    assert [line.split()[:3] for line in rows] == [
         ["cli-made", "running", "main"],
         ["main", "running", "-"],
     ]
+    # Below the table: the disk the branches are on, and what uses it.
+    assert [line.split()[0] for line in table[len(rows) + 1 :]] == ["disk", "used"]
+
+    status = (await _prism("status", *url)).stdout.decode()
+    assert "main     running" in status and "branches 2 (2 running)" in status
+    assert "reserve" in status and "used by" in status
     listed = json.loads((await _prism("branch", "ls", "--json", *url)).stdout)
     assert [b["name"] for b in listed] == ["cli-made", "main"]
 

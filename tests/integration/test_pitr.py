@@ -23,6 +23,7 @@ import trio
 
 from prism.config import BranchPattern, Settings
 from prism.crashpoints import POINTS
+from prism.diskrules import Retention
 from prism.server import PrismServer
 from prism.snapshots import Snapshot, precise_time, snapshot_name
 from prism.state import utcnow
@@ -222,7 +223,7 @@ async def _serving(settings: Settings) -> AsyncIterator[PrismHandle]:
 
 
 async def test_snapshots_are_pruned_with_the_wal_only_they_needed(data_dir: Path) -> None:
-    settings = make_settings(data_dir, snapshot_every=1.0, retention=1.0)
+    settings = make_settings(data_dir, snapshot_every=1.0, retention=Retention(1.0))
     switch = "SELECT pg_switch_wal() FROM pg_create_restore_point('x')"
     async with _serving(settings) as prism:
         kept, storage = prism.manager.point_in_time, prism.manager.storage

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import trio
 
+from prism.diskbudget import DiskBudget
+from prism.diskrules import DiskReserve
 from prism.diskuse import measure
 from prism.names import MAIN_BRANCH
 from prism.storage.btrfs import BtrfsStorage
@@ -54,3 +56,37 @@ async def test_zfs_clone_reports_used_as_own_and_the_origin_data_as_shared(
     assert use.basis == "zfs used/referenced"
     assert use.own is not None and _OWN <= use.own < _SHARED
     assert use.shared is not None and use.shared >= _SHARED * 0.9  # compression may trim it
+
+
+async def test_btrfs_subvolumes_and_the_data_dir_are_one_file_system_to_the_budget(
+    btrfs_root: Path,  # noqa: F811
+) -> None:
+    """Each subvolume has a device number of its own; the budget must still see one file
+    system (one reserve, one ballast), and hold a clone against it."""
+    store = BtrfsStorage(btrfs_root)
+    await store.create(MAIN_BRANCH)
+    await store.clone(MAIN_BRANCH, "feature")
+    budget = DiskBudget(
+        storage=store, data_dir=btrfs_root, reserve=DiskReserve.parse("1MiB"), archives=False
+    )
+    (fs,) = budget.filesystems()
+    assert fs.kind == "btrfs" and set(fs.roles) == {"main", "branches", "data"}
+    view = budget.view()["filesystems"][0]
+    assert 0 < view["free"] <= view["total"] and view["level"] == "ok"
+    (await budget.hold_clone(MAIN_BRANCH, running=False, what="test")).release()
+
+
+async def test_zfs_datasets_of_one_pool_are_one_file_system_to_the_budget(
+    zfs_store: ZfsStorage,  # noqa: F811
+) -> None:
+    await zfs_store.create(MAIN_BRANCH)
+    await zfs_store.clone(MAIN_BRANCH, "feature")
+    budget = DiskBudget(
+        storage=zfs_store,
+        data_dir=zfs_store.root,
+        reserve=DiskReserve.parse("1MiB"),
+        archives=False,
+    )
+    main = budget.filesystem("main")
+    assert main.kind in ("zfs", "fuse.zfs") and main.key.startswith("zfs:")
+    assert budget.filesystem("branches") == main  # a clone lands in main's pool

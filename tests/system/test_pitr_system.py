@@ -77,7 +77,7 @@ async def test_a_zfs_snapshot_with_a_branch_cloned_from_it_outlives_its_retentio
     it: retention stops offering the snapshot, keeps its data until that branch is deleted,
     and a restart in between starts cleanly."""
     async with place("zfs") as where:
-        overrides = {"snapshot_every": 1.0, "retention": 1.0}
+        overrides = {"snapshot_every": 1.0, "retention": "1s"}
         async with prism_in_process(where, "process", **overrides) as prism:
             manager = prism.manager
             first = await first_snapshot(prism)

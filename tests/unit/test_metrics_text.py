@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from types import SimpleNamespace
 
 from prism.branches import Branch, BranchStatus
+from prism.diskbudget import DiskBudget
+from prism.diskrules import DiskReserve
 from prism.diskuse import DiskUse
 from prism.events import EventBus
 from prism.metrics import Histogram, Metrics
+from tests.fakes import FakeStorage
 
 
 def test_histogram_buckets_are_cumulative_with_sum_and_count() -> None:
@@ -38,6 +42,14 @@ class _Manager:
         self._branches = branches
         self.disk = self
         self.trash = SimpleNamespace(list=lambda: ["kept"])
+        # A file system of 1 GiB with 50 MiB free, under a 100 MiB reserve.
+        self.budget = DiskBudget(
+            storage=FakeStorage(),
+            data_dir=Path("fake-data"),
+            reserve=DiskReserve.parse("100MiB"),
+            archives=False,
+            statfs=lambda path: (2**30, 50 * 2**20),
+        )
 
     def known(self, names: list[str]) -> dict[str, DiskUse]:
         """The disk cache's last answers: one exact, one from a storage that cannot tell."""
@@ -120,3 +132,14 @@ def test_disk_use_is_reported_per_branch_and_summed_where_known() -> None:
     assert not any('odd\\"name",kind="own"' in line for line in lines)  # unknown: no sample
     assert 'prism_disk_bytes{kind="own"} 900' in lines
     assert 'prism_disk_bytes{kind="total"} 1500' in lines
+
+
+def test_each_file_system_reports_free_reserve_and_level() -> None:
+    lines = Metrics(_Manager([])).render().splitlines()  # type: ignore[arg-type]
+    (free,) = [line for line in lines if line.startswith("prism_disk_free_bytes{")]
+    assert free.endswith(f" {50 * 2**20}")
+    (reserve,) = [line for line in lines if line.startswith("prism_disk_reserve_bytes{")]
+    assert reserve.endswith(f" {100 * 2**20}")
+    levels = {line for line in lines if line.startswith("prism_disk_level{")}
+    assert any('level="low"} 1' in line for line in levels)
+    assert any('level="ok"} 0' in line for line in levels)

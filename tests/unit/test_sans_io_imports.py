@@ -26,6 +26,9 @@ SANS_IO_MODULES = (
     "prism.backendlogin",
     "prism.router",
     "prism.clienthello",
+    # The disk budget's rules: sizes, reserve, retention, the fit decision.
+    "prism.diskrules",
+    "prism.units",
 )
 
 # Async I/O, TLS, and the branch manager (which brings storage, runtimes and the journal).

@@ -13,6 +13,7 @@ import trio.testing
 
 from prism.address import BackendAddress
 from prism.config import BranchPattern
+from prism.diskrules import Retention
 from prism.errors import RuntimeStartFailed
 from prism.events import EventBus
 from prism.journal import Journal
@@ -111,7 +112,7 @@ async def test_a_failing_snapshot_is_reported_tried_again_and_leaves_nothing(
 
     source = SnapshotSource(names=lambda: ["main", "dev"], running=running, clone=clone)
     run = functools.partial(
-        kept.run, every=3600.0, retention=86400.0, source=source, superuser="postgres"
+        kept.run, every=3600.0, retention=Retention(86400.0), source=source, superuser="postgres"
     )
     failures = []
     async with events.subscribe() as subscription, trio.open_nursery() as nursery:
@@ -149,7 +150,7 @@ async def test_the_timer_never_starts_a_stopped_branch(
 
     source = SnapshotSource(names=lambda: ["dev"], running=lambda name: address, clone=clone)
     run = functools.partial(
-        kept.run, every=3600.0, retention=86400.0, source=source, superuser="postgres"
+        kept.run, every=3600.0, retention=Retention(86400.0), source=source, superuser="postgres"
     )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run)

@@ -111,17 +111,27 @@ def expires_at(value: Any, now: datetime) -> datetime | None:
     return moment
 
 
-def at(value: Any, now: datetime) -> datetime | None:
-    """``at`` in UTC; None for null or absent. The window is checked by the manager."""
+def at(value: Any, now: datetime, field: str = "at") -> datetime | None:
+    """``at`` (or another time ``field``) in UTC; None for null or absent. The window is
+    checked by the manager."""
     if value is None:
         return None
     try:
-        moment = parse_at(text("at", value, _AT_RANGE), now)
+        moment = parse_at(text(field, value, _AT_RANGE), now)
     except ValueError as exc:
-        raise invalid("at", _AT_RANGE, why=str(exc)) from None
+        raise invalid(field, _AT_RANGE, why=str(exc)) from None
     if moment < now - MAX_LIFETIME:
-        raise invalid("at", _AT_RANGE)
+        raise invalid(field, _AT_RANGE)
     return moment
+
+
+def prune_request(body: dict[str, Any], now: datetime) -> tuple[str, datetime]:
+    """A ``POST /archive/prune`` body: whose archive (main by default), and ``before``."""
+    _refuse_unknown(body, frozenset({"branch", "before"}))
+    before = at(body.get("before"), now, "before")
+    if before is None:
+        raise ApiError(422, "invalid_request", '"before" (a time) is required', field="before")
+    return text("branch", body.get("branch", MAIN_BRANCH)), before
 
 
 def on_create(value: Any) -> str | None:

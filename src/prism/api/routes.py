@@ -8,6 +8,7 @@ parents, conflicts) is decided by the manager, so the proxy, the API and the CLI
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
+from prism import __version__
 from prism.activity import ActivityLog
 from prism.api import fields
 from prism.api.errors import ApiError
@@ -138,10 +140,55 @@ def register_routes(
                 "branches": len(manager.list()),
                 "data_plane": {"name": data_plane.name, "reason": data_plane.reason},
                 "sandbox": confinement_view(manager.runtime.confinement()),
+                "disk": None if manager.budget is None else manager.budget.view(),
             }
         )
         response.status_code = code
         return response
+
+    @app.get(f"{PREFIX}/status")
+    async def daemon_status() -> Response:
+        """One screen of the daemon's state (``prism status``): version, addresses, main,
+        disk, branch counts, sandbox."""
+        branches = manager.list()
+        main = manager.get(MAIN_BRANCH)
+        endpoint = manager.endpoint
+        return jsonify(
+            {
+                "version": __version__,
+                "ready": manager.opened,
+                "listen": None if endpoint is None else f"{endpoint.host}:{endpoint.port}",
+                "main": None if main is None else {"status": main.status.value},
+                "branches": dict(Counter(branch.status.value for branch in branches)),
+                "data_plane": data_plane.name,
+                "sandbox": confinement_view(manager.runtime.confinement()),
+                "disk": None if manager.budget is None else manager.budget.view(),
+            }
+        )
+
+    @app.post(f"{PREFIX}/archive/prune")
+    async def prune_archive() -> Response:
+        """Start a branch's point-in-time window at ``before``: the snapshots and archived WAL
+        no branch as of a time from then on needs are removed now, freeing their space."""
+        body = await _json_body()
+        kept = manager.point_in_time
+        if kept is None:
+            raise ApiError(
+                409,
+                "no_archive",
+                "Prism keeps no snapshots or WAL archive (--snapshot-every 0)",
+            )
+        branch, before = fields.prune_request(body, utcnow())
+        manager.require(branch)
+        removed = await kept.prune_before(before, branch)
+        snapshots = kept.snapshots(branch)
+        return jsonify(
+            {
+                "branch": branch,
+                "removed_snapshots": removed,
+                "window_start": precise_time(snapshots[0].taken_at) if snapshots else None,
+            }
+        )
 
     async def full_view(branch: Branch, *, with_password: bool = False) -> dict[str, Any]:
         """``view``, and for main following a source its ``source`` (a base backup's progress)."""
@@ -152,7 +199,9 @@ def register_routes(
 
     @app.get(f"{PREFIX}/branches")
     async def list_branches() -> Response:
-        return jsonify({"branches": [await full_view(b) for b in manager.list()]})
+        shown = [await full_view(b) for b in manager.list()]
+        disk = None if manager.budget is None else manager.budget.view()
+        return jsonify({"branches": shown, "disk": disk})
 
     @app.get(f"{PREFIX}/branches/<name>")
     async def get_branch(name: str) -> Response:
@@ -172,6 +221,20 @@ def register_routes(
             window = {"start": precise_time(snapshots[0].taken_at), "end": precise_time(utcnow())}
         shown = [snapshot.view() for snapshot in snapshots]
         return jsonify({"snapshots": shown, "window": window, "keeps_wal": keeps_wal})
+
+    @app.delete(f"{PREFIX}/branches/<name>/snapshots/<snapshot>")
+    async def delete_snapshot(name: str, snapshot: str) -> Response:
+        """Remove one snapshot of ``name`` and the archived WAL only it needed, at once."""
+        manager.require(name)
+        kept = manager.point_in_time
+        if kept is None or not await kept.delete_snapshot(name, snapshot):
+            raise ApiError(
+                404,
+                "snapshot_not_found",
+                f'branch "{name}" has no snapshot "{snapshot}"',
+                hint=f"list them with GET {PREFIX}/branches/{name}/snapshots",
+            )
+        return jsonify({"deleted": [snapshot]})
 
     @app.get(f"{PREFIX}/branches/<name>/diff")
     async def diff_branch(name: str) -> Response:

@@ -358,13 +358,18 @@ function draw() {
 // What only REST knows (policy, disk use, connection strings): fetched after the snapshot and
 // whenever an event may have changed it, at most once a second.
 let detailsDue = null;
-const DETAIL_EVENTS = new Set(["created", "policy", "reset", "hook", "expired", "refresh_done"]);
+const DETAIL_EVENTS = new Set([
+  "created", "policy", "reset", "hook", "expired", "refresh_done", "deleted", "snapshot_taken",
+  "disk_low", "disk_ok",
+]);
 function refreshDetails() {
   if (detailsDue !== null) return;
   detailsDue = setTimeout(async () => {
     detailsDue = null;
     try {
-      const listed = (await call("GET", "/branches")).branches;
+      const answer = await call("GET", "/branches");
+      const listed = answer.branches;
+      showDisk(answer.disk);
       for (const fresh of listed) {
         const b = branches.get(fresh.name);
         if (b === undefined) continue;
@@ -411,6 +416,20 @@ async function restore(name) {
   } catch (error) {
     say(`undelete ${name}: ${error.message}`, true);
   }
+}
+
+// Main's file system: free, the reserve Prism keeps, its level; what to do when it is low.
+function showDisk(disk) {
+  const span = $("#disk");
+  const main = disk && disk.filesystems.find((fs) => fs.holds.includes("main"));
+  span.hidden = !main;
+  if (!main) return;
+  span.dataset.state = main.level;
+  const level = main.level === "ok" ? "" : ` · ${main.level}`;
+  setText(span, `disk ${size(main.free)} free of ${size(main.total)} · reserve ${size(main.reserve)}${level}`);
+  const use = Object.entries(disk.use).map(([kind, bytes]) => `${kind.replace("_", " ")} ${size(bytes)}`);
+  span.title = [disk.advice, `used by: ${use.join(", ")}`].filter(Boolean).join("\n");
+  if (disk.advice) say(disk.advice, true);
 }
 
 // Main's source (--source), if it has one: read on load, then kept current by "source" events.
