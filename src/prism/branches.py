@@ -57,24 +57,19 @@ from prism.branchstate import (
     is_idle,
 )
 from prism.branchtrash import UNDELETE_WINDOW, BranchTrash
-from prism.capacity import Caps, check_branch_cap
-from prism.crashpoints import crash_point
+from prism.capacity import Caps
 from prism.diskbudget import DiskBudget
 from prism.diskuse import DiskUse, DiskUseCache
 from prism.dsn import ConnectionParams, Endpoint, params_for
 from prism.errors import (
     BranchExists,
     BranchNotFound,
-    HookFailed,
     OutsideWindow,
-    PrismError,
-    ProvisionFailed,
 )
 from prism.events import EventBus
 from prism.eviction import Reclaimer
 from prism.followers import Followers
 from prism.hooks import HookCommands
-from prism.intents import CreateIntent
 from prism.journal import Journal
 from prism.mainbranch import MainBranch
 from prism.mainsource.base import MainOrigin
@@ -87,6 +82,7 @@ from prism.policy import (
     CreateDefaults,
     PolicyStore,
 )
+from prism.provision import Provisioner
 from prism.recovery import Owner
 from prism.recovery import recover as run_recovery
 from prism.runtime.base import Runtime, ServerExtrasSource
@@ -215,6 +211,12 @@ class BranchManager:
         self._parts = parts
         self._main = MainBranch(parts, origin=origin)
         self._reset = BranchReset(parts, creation=self._creation)
+        self._provisioner = Provisioner(
+            parts,
+            creation=self._creation,
+            caps=self._caps,
+            parent_address=lambda parent: self.ensure_running(parent, create=False),
+        )
         self.trash = BranchTrash(
             parts, disk=self.disk, caps=self._caps, window=undelete_window, now=clock
         )
@@ -397,7 +399,7 @@ class BranchManager:
                         raise BranchNotFound(f'branch "{name}" does not exist')
                     self._creation.refuse_unrunnable_hook(self.defaults.parent)
                     await self._creation.record_new(name, self.defaults.ttl)
-                    branch = await self._provision(name, self.defaults.parent)
+                    branch = await self._provisioner.provision(name, self.defaults.parent)
                 elif self.runtime.address(name) is None:
                     self._refuse_start(name)
                     await self._servers.start(branch, reason="wake")
@@ -434,7 +436,7 @@ class BranchManager:
                 raise BranchExists(f'branch "{name}" already exists')
             self._creation.refuse_unrunnable_hook(parent)
             await self._creation.record_new(name, ttl or 0.0, protected=protected)
-            return await self._provision(name, parent, at=at)
+            return await self._provisioner.provision(name, parent, at=at)
 
     def _check_at(self, parent: str, at: datetime) -> None:
         """Refuse a point-in-time create before anything is made, saying why."""
@@ -568,81 +570,6 @@ class BranchManager:
         """Refuse to start a server on a file system too full for it to write WAL."""
         if self.budget is not None:
             self.budget.refuse_start(name)
-
-    async def _provision(
-        self, name: str, parent_name: str, *, at: datetime | None = None
-    ) -> Branch:
-        parent = self._registry.get(parent_name)
-        if parent is None:
-            raise BranchNotFound(f'parent branch "{parent_name}" does not exist')
-        if parent.status in UNWELL:
-            # A clone of a server that serves nobody (and may not answer the backup calls a
-            # clone makes) would only copy its trouble: say why now, before anything is made.
-            raise refusal(parent)
-        started = trio.current_time()
-        # Refuse before stopping anyone for room, and again after: others may have been
-        # created meanwhile.
-        check_branch_cap(name, count=len(self._registry), caps=self._caps)
-        await self._servers.make_room(name)
-        # A copy of a running parent costs its size and archives a WAL segment: refused here,
-        # before anything is written, if it would cut into the reserve.
-        release = await self._parts.hold_clone(parent_name, f'create branch "{name}"', at=at)
-        try:
-            check_branch_cap(name, count=len(self._registry), caps=self._caps)
-        except BaseException:
-            release()
-            raise
-        branch = Branch(name, parent_name, utcnow(), BranchStatus.PROVISIONING)
-        self._registry.add(branch)
-        self._registry.transition(
-            branch, BranchStatus.PROVISIONING, "provisioning", parent=parent_name
-        )
-        intent = CreateIntent(name, parent_name)
-        try:
-            await self.journal.record(intent)
-            await self.state.put(branch.record())
-            crash_point("create:recorded")
-            if at is None:
-                await self._data.clone_from(parent_name, name)
-            else:
-                await self._data.clone_at(
-                    name,
-                    parent_name,
-                    at,
-                    parent_address=await self.ensure_running(parent_name, create=False),
-                )
-            crash_point("create:cloned")
-            clone_ms = elapsed_ms(started)
-            await self._servers.start(
-                branch, reason="create", before_running=self._creation.run_parent_hook
-            )
-            await self.journal.done(intent)
-            crash_point("create:started")
-        except BaseException as exc:
-            with trio.CancelScope(shield=True):
-                await self._data.roll_back(name)
-                await self.journal.done(intent)
-            self._registry.failed(name, exc, started)
-            if isinstance(exc, PrismError):
-                raise ProvisionFailed(
-                    f'could not create branch "{name}": {exc.message}',
-                    hint=exc.hint,
-                    detail="the partial branch was removed; nothing was kept",
-                    # A connecting client sees the hook's own SQLSTATE (42P01, say).
-                    sqlstate=exc.sqlstate if isinstance(exc, HookFailed) else None,
-                ) from exc
-            raise
-        finally:
-            release()
-        self.events.publish("created", name, parent=parent_name, duration_ms=elapsed_ms(started))
-        log.info(
-            "provision: branch %s from %s in %.1f ms (clone %.1f ms)",
-            name,
-            parent_name,
-            elapsed_ms(started),
-            clone_ms,
-        )
-        return branch
 
 
 __all__ = [
