@@ -1,8 +1,8 @@
 """The crash-point suite: kill ``prism serve`` at every step of every lifecycle operation.
 
 Each case runs a real ``prism serve`` with ``PRISM_TEST_CRASH_AT=<point>`` (see
-``prism.crashpoints``), asks it for the operation, checks that it really died by SIGKILL at that
-point, starts it again and asserts the invariants of issue #10:
+``prism.core.crashpoints``), asks it for the operation, checks that it really died by SIGKILL at
+that point, starts it again and asserts the invariants of issue #10:
 
 * every branch Prism lists starts and serves its last committed data;
 * every data directory belongs to a listed branch, and no trash or staging is left;
@@ -33,10 +33,10 @@ import docker
 import httpx
 import trio
 
-from prism.crashpoints import POINTS
+from prism.core.crashpoints import POINTS
+from prism.core.secretfiles import is_leftover
 from prism.runtime._postmaster import postmasters_under
 from prism.runtime.docker import LABEL_PGDATA
-from prism.secretfiles import is_leftover
 from tests.integration.harness import PASSWORD, free_port, psql, serve_args
 from tests.sysenv import DOCKER_IMAGE
 

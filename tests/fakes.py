@@ -15,11 +15,11 @@ from pathlib import Path
 
 import trio
 
-from prism.address import BackendAddress
-from prism.errors import StorageError
-from prism.names import MAIN_BRANCH
+from prism.core.address import BackendAddress
+from prism.core.errors import StorageError
+from prism.core.names import MAIN_BRANCH
+from prism.durable.state import StateStore
 from prism.runtime.base import Confinement, ServerExtras, Tools, seen_at_host_path
-from prism.state import StateStore
 
 
 def _raise_if_failing(fail: dict[str, BaseException], step: str, branch: str) -> None:

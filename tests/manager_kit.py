@@ -7,13 +7,13 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 
-from prism.branches import BranchManager
-from prism.branchtrash import UNDELETE_WINDOW
-from prism.capacity import Caps
-from prism.events import EventBus
+from prism.branches.capacity import Caps
+from prism.branches.deletion import UNDELETE_WINDOW
+from prism.branches.health import Prober
+from prism.branches.manager import BranchManager
+from prism.core.events import EventBus
+from prism.durable.state import utcnow
 from prism.runtime.base import ServerExtrasSource
-from prism.serverhealth import Prober
-from prism.state import utcnow
 from tests.fakes import FakeRuntime, FakeStorage, InlineStateStore
 
 

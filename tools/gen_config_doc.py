@@ -1,4 +1,4 @@
-"""Write docs/configuration.md from prism.config.SETTINGS, so the reference cannot drift.
+"""Write docs/configuration.md from prism.core.settings.SETTINGS, so the reference cannot drift.
 
 Run after adding or changing a setting: `.venv/bin/python tools/gen_config_doc.py`.
 tests/unit/test_config.py fails while the file is out of date.
@@ -9,7 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from prism.config import ENV_PREFIX, SETTINGS, Settings, format_duration
+from prism.core.config import ENV_PREFIX, format_duration
+from prism.core.settings import SETTINGS, Settings
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import trio
 
-from prism.pgbin import embedded_bin_dir, server_version
+from prism.postgres.binaries import embedded_bin_dir, server_version
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "reliability.md"
@@ -57,7 +57,7 @@ which runs the suites below and writes this page.
 **Crash points.** For each lifecycle operation (create, delete, reset, start, stop, the initdb
 of main) Prism is started with
 `PRISM_TEST_CRASH_AT=<point>` and SIGKILLs its own process group on reaching that step
-boundary (`prism.crashpoints`); random-time kills hit a burst of six creates, a reset and a
+boundary (`prism.core.crashpoints`); random-time kills hit a burst of six creates, a reset and a
 delete, half of them killing every branch server too (as systemd does to a unit). After each
 kill Prism is started again and the invariants are checked: every branch it lists starts and
 serves its last committed data; every data directory belongs to a listed branch, with no trash
@@ -67,7 +67,7 @@ branch servers as containers: there a server is also any container labelled with
 directory under the data dir, running or exited, and the systemd-like kill kills those too.
 
 **One journal, one registry.** Every step boundary is a named point in
-`prism.crashpoints.POINTS`; `tests/unit/test_crash_point_registry.py` parses the source and
+`prism.core.crashpoints.POINTS`; `tests/unit/test_crash_point_registry.py` parses the source and
 fails if a `crash_point` call names an unregistered point or a registered point is driven by no
 kill test. Besides the lifecycle operations above, kill tests drive the refresh of main
 (`refresh:*`, `tests/integration/test_source_dump.py`: one whole generation, nothing staged

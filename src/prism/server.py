@@ -15,40 +15,41 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from prism import secretfiles
 from prism.api.app import create_app
 from prism.api.closing import CloseAfterEarlyAnswer
-from prism.auth import VerifierStore, open_verifiers
-from prism.ballast import BALLAST_NAME, Ballast
-from prism.branches import BranchManager
-from prism.branchstate import BranchRegistry
-from prism.capacity import Caps
-from prism.config import Settings, StorageKind
-from prism.datadirlock import DataDirLock, hold_data_dir
-from prism.dataplane import DataPlane
-from prism.dataplane import choose as choose_data_plane
-from prism.diskbudget import DiskBudget, SpaceUse
-from prism.diskrules import WAL_SEGMENT, ballast_size
-from prism.diskwatch import DiskWatch, MainControl, measure_use
-from prism.dsn import Endpoint
-from prism.errors import ConfigError
-from prism.events import EventBus
-from prism.eviction import Reclaimer
-from prism.followers import Followers
-from prism.hooks import HookCommands
-from prism.journal import Journal
+from prism.branches.capacity import Caps
+from prism.branches.diskwatch import DiskWatch, MainControl, measure_use
+from prism.branches.eviction import Reclaimer
+from prism.branches.hooks import HookCommands
+from prism.branches.manager import BranchManager
+from prism.branches.pitr import PointInTime, SnapshotSource, open_point_in_time
+from prism.branches.policy import CreateDefaults
+from prism.branches.reaper import run_expiry, run_reaper
+from prism.branches.snapshots import SnapshotStore
+from prism.branches.status import BranchRegistry
+from prism.core import secretfiles
+from prism.core.diskrules import WAL_SEGMENT, ballast_size
+from prism.core.errors import ConfigError
+from prism.core.events import EventBus
+from prism.core.followers import Followers
+from prism.core.names import MAIN_BRANCH
+from prism.core.settings import Settings
+from prism.core.values import StorageKind
+from prism.durable.datadirlock import DataDirLock, hold_data_dir
+from prism.durable.journal import Journal
+from prism.durable.recovery import recover
+from prism.durable.state import StateStore
+from prism.frontdoor.auth import VerifierStore, open_verifiers
+from prism.frontdoor.dataplane import DataPlane
+from prism.frontdoor.dataplane import choose as choose_data_plane
+from prism.frontdoor.proxy import Proxy
 from prism.mainsource import MainStrategy, open_main_source
-from prism.names import MAIN_BRANCH
-from prism.pitr import PointInTime, SnapshotSource, open_point_in_time
-from prism.policy import CreateDefaults
-from prism.proxy import Proxy
-from prism.reaper import run_expiry, run_reaper
-from prism.recovery import recover
+from prism.postgres.dsn import Endpoint
 from prism.runtime import open_runtime
 from prism.runtime.base import Confinement
-from prism.snapshots import SnapshotStore
-from prism.state import StateStore
 from prism.storage import open_storage
+from prism.storage.ballast import BALLAST_NAME, Ballast
+from prism.storage.budget import DiskBudget, SpaceUse
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +248,7 @@ class PrismServer:
             manager.recovery_owner(),
         ]
         try:
-            # One pass, in the order prism.recovery declares; it refuses to start, touching
+            # One pass, in the order prism.durable.recovery declares; it refuses to start, touching
             # nothing, if the journal holds an intent none of these owners recovers.
             await recover(journal, owners)
             # Main is made before serving (clients wait in the backlog) unless its strategy

@@ -21,7 +21,8 @@ import pg8000.native
 import pytest
 import trio
 
-from prism.config import HostPort, Settings
+from prism.core.settings import Settings
+from prism.core.values import HostPort
 from prism.runtime._postmaster import read_pidfile
 from prism.server import ServerInfo
 from tests.waiting import wait_until
@@ -59,7 +60,7 @@ def serve_args(
     args = [
         python,
         "-m",
-        "prism.cli",
+        "prism.cli.main",
         "serve",
         "--data-dir",
         str(data_dir),

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import trio
 
-from prism.snapshots import Snapshot, precise_time
+from prism.branches.snapshots import Snapshot, precise_time
 
 from .api_helpers import api, wait_for
 from .harness import PASSWORD, PrismHandle, psql

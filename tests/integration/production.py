@@ -19,7 +19,7 @@ from typing import Any
 
 import trio
 
-from prism.pgbin import PgInstall, resolve_pg_install
+from prism.postgres.binaries import PgInstall, resolve_pg_install
 from prism.runtime._postmaster import free_port
 from tests.waiting import wait_until
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import trio
 
-from prism.branches import BranchManager
+from prism.branches.manager import BranchManager
 from prism.server import PrismServer
 
 from .api_helpers import api

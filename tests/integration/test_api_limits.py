@@ -10,7 +10,7 @@ import httpx
 import trio
 
 from prism.api.app import MAX_BODY_BYTES
-from prism.config import Settings
+from prism.core.settings import Settings
 from tests.waiting import wait_until
 
 from .api_helpers import raw_request

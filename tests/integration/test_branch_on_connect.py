@@ -10,8 +10,8 @@ import psycopg
 import pytest
 import trio
 
+from prism.durable.state import StateStore
 from prism.server import PrismServer
-from prism.state import StateStore
 from tests.waiting import wait_until
 
 from .harness import PrismHandle, make_settings, psql

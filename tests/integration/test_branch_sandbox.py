@@ -12,7 +12,7 @@ import httpx
 import pytest
 import trio
 
-from prism.config import HostPort
+from prism.core.values import HostPort
 from prism.runtime import landlock
 from tests.sandbox_attacks import ATTACKER, Target, attack, own_branch_works
 

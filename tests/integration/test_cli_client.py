@@ -19,7 +19,7 @@ async def _prism(
     *args: str, check: bool = True, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[bytes]:
     result = await trio.run_process(
-        [sys.executable, "-m", "prism.cli", *args],
+        [sys.executable, "-m", "prism.cli.main", *args],
         capture_stdout=True,
         capture_stderr=True,
         check=False,
@@ -100,7 +100,7 @@ async def test_token_is_sent_and_a_missing_one_is_explained(start_prism: Any) ->
 
 
 async def test_events_command_tails_the_live_stream(prism: PrismHandle) -> None:
-    command = [sys.executable, "-m", "prism.cli", "events", "--api", prism.info.api_url]
+    command = [sys.executable, "-m", "prism.cli.main", "events", "--api", prism.info.api_url]
     lines: list[str] = []
     async with trio.open_nursery() as nursery:
         process = await nursery.start(
@@ -177,7 +177,15 @@ async def test_token_is_read_from_the_environment(start_prism: Any) -> None:
 
 
 async def test_events_json_prints_one_object_per_line(prism: PrismHandle) -> None:
-    command = [sys.executable, "-m", "prism.cli", "events", "--json", "--api", prism.info.api_url]
+    command = [
+        sys.executable,
+        "-m",
+        "prism.cli.main",
+        "events",
+        "--json",
+        "--api",
+        prism.info.api_url,
+    ]
     async with trio.open_nursery() as nursery:
         process = await nursery.start(
             functools.partial(trio.run_process, command, stdout=subprocess.PIPE, check=False)

@@ -35,8 +35,8 @@ import psycopg_binary
 import pytest
 import trio
 
-from prism import wire
-from prism.pgbin import embedded_bin_dir
+from prism.postgres import wire
+from prism.postgres.binaries import embedded_bin_dir
 from tests.clients import (
     CANCEL_AFTER,
     CHANNEL,

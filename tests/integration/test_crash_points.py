@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from prism.crashpoints import POINTS
+from prism.core.crashpoints import POINTS
+from prism.durable.state import StateStore
 from prism.runtime._postmaster import postmasters_under
-from prism.state import StateStore
 from tests.crash_suite import (
     OPERATION_POINTS,
     Outcome,

@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from prism import dataplane
-from prism.config import DataPlaneChoice
-from prism.sockmap import insn
+from prism.core.values import DataPlaneChoice
+from prism.frontdoor import dataplane
+from prism.frontdoor.sockmap import insn
 from tests.sysenv import require_command, require_root
 
 from .harness import PASSWORD, log_of, psql, running_prism
@@ -36,7 +36,7 @@ def root() -> None:
 
 @pytest.mark.usefixtures("root")
 def test_auto_takes_the_sockmap_when_the_kernel_loads_it(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="prism.dataplane")
+    caplog.set_level(logging.INFO, logger="prism.frontdoor.dataplane")
     plane = dataplane.choose(DataPlaneChoice.AUTO)
     try:
         assert plane.name == "sockmap"
@@ -50,7 +50,7 @@ def test_auto_takes_the_sockmap_when_the_kernel_loads_it(caplog: pytest.LogCaptu
 def test_a_program_the_kernel_refuses_falls_back_to_the_pump_with_the_reason_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="prism.dataplane")
+    caplog.set_level(logging.INFO, logger="prism.frontdoor.dataplane")
     exit_without_verdict = insn(0x95)  # BPF_EXIT with r0 never set: the verifier says no
     plane = dataplane.choose(DataPlaneChoice.AUTO, program=exit_without_verdict)
     assert plane.name == "pump"
@@ -61,7 +61,7 @@ def test_a_program_the_kernel_refuses_falls_back_to_the_pump_with_the_reason_log
 
 
 def test_pump_when_asked_for(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="prism.dataplane")
+    caplog.set_level(logging.INFO, logger="prism.frontdoor.dataplane")
     plane = dataplane.choose(DataPlaneChoice.PUMP)
     assert (plane.name, plane.reason) == ("pump", "chosen with --data-plane pump")
     assert [r.getMessage() for r in caplog.records] == [
@@ -89,4 +89,4 @@ async def test_prism_without_the_privilege_uses_the_pump_says_why_and_serves(
     assert 'prism_sessions_relayed_total{plane="sockmap"} 0' in metrics
     said = [line for line in log_of(data_dir).read_text().splitlines() if "data plane:" in line]
     assert len(said) == 1, said
-    assert said[0].endswith(f"prism.dataplane: data plane: pump ({_KERNEL_SAYS_NO})")
+    assert said[0].endswith(f"prism.frontdoor.dataplane: data plane: pump ({_KERNEL_SAYS_NO})")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import trio
 
-from prism.errors import RuntimeStopFailed
+from prism.core.errors import RuntimeStopFailed
 from prism.runtime._postmaster import read_pidfile, start_ticks
 
 from .harness import (

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from prism.diskrules import Retention
+from prism.core.diskrules import Retention
 from prism.storage._tree import disk_usage
 from tests.waiting import wait_until
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import trio
 
-from prism.diskuse import DiskUse, DiskUseCache
 from prism.storage.copy import CopyStorage
+from prism.storage.diskuse import DiskUse, DiskUseCache
 
 
 def test_cache_forgets_a_branch_that_was_deleted_or_reset(tmp_path: Path) -> None:

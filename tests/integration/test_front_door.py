@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from prism import scram, wire
-from prism.config import CreatePolicy
+from prism.core.values import CreatePolicy
+from prism.postgres import scram, wire
 
 from .harness import PrismHandle, psql
 

@@ -25,8 +25,8 @@ from typing import Any, Final
 import pytest
 import trio
 
-from prism import wire
-from prism.address import BackendAddress
+from prism.core.address import BackendAddress
+from prism.postgres import wire
 
 from .harness import PrismHandle
 
@@ -340,7 +340,7 @@ _QUIET_BY_DESIGN = {
 async def test_every_silent_close_is_logged_with_the_peer_and_the_reason(
     start_prism: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="prism.proxy")
+    caplog.set_level(logging.INFO, logger="prism.frontdoor.proxy")
     prism: PrismHandle = await start_prism(tls="off")
     peers: dict[str, str] = {}
     answers = await _answers(prism.port, ANY_TLS_CASES + TLS_OFF_CASES, peers)

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import trio
 
-from prism import wire
+from prism.postgres import wire
 
 from .harness import PrismHandle, psql
 

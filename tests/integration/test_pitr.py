@@ -21,12 +21,13 @@ import httpx
 import pytest
 import trio
 
-from prism.config import BranchPattern, Settings
-from prism.crashpoints import POINTS
-from prism.diskrules import Retention
+from prism.branches.snapshots import Snapshot, precise_time, snapshot_name
+from prism.core.crashpoints import POINTS
+from prism.core.diskrules import Retention
+from prism.core.settings import Settings
+from prism.core.values import BranchPattern
+from prism.durable.state import utcnow
 from prism.server import PrismServer
-from prism.snapshots import Snapshot, precise_time, snapshot_name
-from prism.state import utcnow
 from tests.waiting import wait_until
 
 from .api_helpers import api, status, wait_for
@@ -86,7 +87,7 @@ async def test_a_branch_that_keeps_wal_gives_branches_as_of_a_time(start_prism: 
         assert '"other" keeps no WAL' in reply.json()["message"]
         assert "--point-in-time-branches" in reply.json()["hint"]
     assert manager.get("no") is None
-    cli = [sys.executable, "-m", "prism.cli", "snapshot", "ls", "--branch", "dev"]
+    cli = [sys.executable, "-m", "prism.cli.main", "snapshot", "ls", "--branch", "dev"]
     shown = await trio.run_process([*cli, "--api", prism.info.api_url], capture_stdout=True)
     assert first.name in shown.stdout.decode()
     archive = kept.archive_of("dev").directory
@@ -198,7 +199,7 @@ async def test_relative_time_and_the_snapshot_cli(start_prism: Any) -> None:
     prism = await start_prism(snapshot_every=3600.0)
     first = await first_snapshot(prism)
     await trio.to_thread.run_sync(stamp_rows, prism.dsn())
-    cli = [sys.executable, "-m", "prism.cli"]
+    cli = [sys.executable, "-m", "prism.cli.main"]
     where = ["--api", prism.info.api_url]
     await trio.run_process([*cli, "branch", "create", "just-now", "--at", "-0s", *where])
     assert await stamped_rows(prism, "just-now") == list(range(ROWS))

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import trio
 
-from prism.branches import BranchManager
-from prism.policy import BranchPolicy, PolicyStore
+from prism.branches.manager import BranchManager
+from prism.branches.policy import BranchPolicy, PolicyStore
+from prism.durable.state import StateStore
 from prism.server import PrismServer, ServerInfo
-from prism.state import StateStore
 
 from .harness import make_settings
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from prism.address import BackendAddress
-from prism.errors import ConfigError, RuntimeStartFailed
-from prism.pgbin import PgInstall, embedded_bin_dir, resolve_pg_install
+from prism.core.address import BackendAddress
+from prism.core.errors import ConfigError, RuntimeStartFailed
+from prism.postgres.binaries import PgInstall, embedded_bin_dir, resolve_pg_install
 from prism.runtime.base import Runtime
 from prism.runtime.process import ProcessRuntime
 from tests.waiting import wait_until
@@ -377,7 +377,7 @@ async def test_unreachable_embedded_binaries_are_copied_into_the_data_dir(
     if os.geteuid() != 0:
         pytest.skip("only root switches to a server user who may not reach the binaries")
     hidden_bin = _hidden_embedded_copy(base)
-    monkeypatch.setattr("prism.pgbin.embedded_bin_dir", lambda: hidden_bin)
+    monkeypatch.setattr("prism.postgres.binaries.embedded_bin_dir", lambda: hidden_bin)
     data_dir = base / "prism"
 
     install = await resolve_pg_install(data_dir)

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from prism.errors import RuntimeStartFailed
-from prism.pgbin import embedded_bin_dir, resolve_pg_installs
+from prism.core.errors import RuntimeStartFailed
+from prism.postgres.binaries import embedded_bin_dir, resolve_pg_installs
 from prism.runtime.process import ProcessRuntime
 
 from .harness import psql

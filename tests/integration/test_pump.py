@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 import pytest
 import trio
 
-from prism import pump
-from prism.dataplane import PUMP, DataPlane
-from prism.sockmap import Sockmap
+from prism.frontdoor import pump
+from prism.frontdoor.dataplane import PUMP, DataPlane
+from prism.frontdoor.sockmap import Sockmap
 from tests.sysenv import require_root
 from tests.waiting import wait_until
 

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import trio
 
-from prism.clone import clone_consistent
+from prism.branches.clone import clone_consistent
+from prism.durable.state import BranchRecord, StateStore
 from prism.server import PrismServer
-from prism.state import BranchRecord, StateStore
 
 from .harness import (
     PrismHandle,

@@ -103,7 +103,7 @@ async def test_prism_diff_prints_text_and_json(prism: PrismHandle) -> None:
 
     async def run(*args: str) -> str:
         result = await trio.run_process(
-            [sys.executable, "-m", "prism.cli", "diff", *args, *url], capture_stdout=True
+            [sys.executable, "-m", "prism.cli.main", "diff", *args, *url], capture_stdout=True
         )
         return result.stdout.decode()
 

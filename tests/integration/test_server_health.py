@@ -14,7 +14,7 @@ import pg8000.native
 import pytest
 import trio
 
-from prism.events import Event
+from prism.core.events import Event
 
 from .harness import PASSWORD, PrismHandle, frozen, psql, wait_for_status
 

@@ -18,8 +18,8 @@ import httpx
 import pytest
 import trio
 
-from prism.crashpoints import POINTS
-from prism.errors import find_prism_error
+from prism.core.crashpoints import POINTS
+from prism.core.errors import find_prism_error
 
 from .api_helpers import api, error_of_next_query, open_session, wait_for
 from .harness import PASSWORD, PrismHandle, free_port, fresh_dir, psql, serve_args
@@ -49,7 +49,7 @@ async def _count(prism: PrismHandle, branch: str | None = None) -> int:
 
 async def _prism_cli(*args: str) -> str:
     result = await trio.run_process(
-        [sys.executable, "-m", "prism.cli", *args],
+        [sys.executable, "-m", "prism.cli.main", *args],
         capture_stdout=True,
         capture_stderr=True,
         check=False,
@@ -222,7 +222,7 @@ async def test_refresh_without_dump_mode_is_refused_with_what_to_change(
     assert answer.json()["code"] == "not_dump_mode"
     assert "--source-mode dump" in answer.json()["message"]
     cli = await trio.run_process(
-        [sys.executable, "-m", "prism.cli", "main", "refresh", "--api", prism.info.api_url],
+        [sys.executable, "-m", "prism.cli.main", "main", "refresh", "--api", prism.info.api_url],
         capture_stdout=True,
         capture_stderr=True,
         check=False,

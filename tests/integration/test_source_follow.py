@@ -15,9 +15,9 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from prism.config import HostPort
-from prism.errors import find_prism_error
-from prism.events import EventBus
+from prism.core.errors import find_prism_error
+from prism.core.events import EventBus
+from prism.core.values import HostPort
 from prism.server import PrismServer
 
 from .api_helpers import api, wait_for

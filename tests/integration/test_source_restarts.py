@@ -15,7 +15,7 @@ import pg8000.native
 import pytest
 import trio
 
-from prism.crashpoints import POINTS
+from prism.core.crashpoints import POINTS
 from prism.runtime._postmaster import postmasters_under, processes_under
 from tests.crash_suite import _wait_reaped, kill_servers_under
 

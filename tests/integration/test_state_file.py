@@ -7,9 +7,9 @@ import sqlite3
 import stat
 from pathlib import Path
 
-from prism.intents import InitdbIntent, ResetIntent
-from prism.journal import Journal
-from prism.state import StateStore
+from prism.durable.intents import InitdbIntent, ResetIntent
+from prism.durable.journal import Journal
+from prism.durable.state import StateStore
 
 from .harness import fresh_dir
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from prism.errors import StorageError
-from prism.names import MAIN_BRANCH
+from prism.core.errors import StorageError
+from prism.core.names import MAIN_BRANCH
 from prism.storage import open_storage
 from prism.storage._probe import filesystem_type, probe_reflink
 from prism.storage.copy import CopyStorage

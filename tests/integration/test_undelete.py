@@ -12,7 +12,7 @@ import httpx
 import pytest
 import trio
 
-from prism.crashpoints import POINTS
+from prism.core.crashpoints import POINTS
 from tests.crash_suite import VICTIM_VALUE, crash_during, seed, serving, sql
 
 HOOK = "CREATE TABLE from_hook AS SELECT 1 AS v"
@@ -87,7 +87,7 @@ async def test_undelete_is_refused_while_a_new_branch_has_the_name(data_dir: Pat
 
 async def _cli(api: str, *args: str) -> str:
     result = await trio.run_process(
-        [sys.executable, "-m", "prism.cli", "branch", *args, "--api", api],
+        [sys.executable, "-m", "prism.cli.main", "branch", *args, "--api", api],
         capture_stdout=True,
         capture_stderr=True,
         check=False,

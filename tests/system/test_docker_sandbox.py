@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from prism.config import HostPort
+from prism.core.values import HostPort
 from prism.runtime.base import Confinement
 from tests.integration.harness import PrismHandle, psql
 from tests.system.stacks import docker_client, place, prism_in_process, tcp_probe_sql

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from prism.config import BranchPattern
+from prism.core.values import BranchPattern
 from prism.runtime.docker import CONTAINER_ARCHIVE
 from tests.integration.api_helpers import wait_for
 from tests.integration.harness import psql

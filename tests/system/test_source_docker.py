@@ -21,7 +21,7 @@ import docker.errors
 import pytest
 import trio
 
-from prism.errors import PrismError, find_prism_error
+from prism.core.errors import PrismError, find_prism_error
 from prism.runtime._docker_engine import LABEL_MANAGED, LABEL_PGDATA
 from prism.runtime._docker_tools import LABEL_SOURCE_DIR
 from prism.storage import open_storage

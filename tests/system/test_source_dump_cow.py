@@ -17,7 +17,7 @@ import docker
 import pytest
 import trio
 
-from prism.errors import find_prism_error
+from prism.core.errors import find_prism_error
 from prism.runtime._docker_tools import LABEL_SOURCE_DIR
 from prism.server import PrismServer
 from prism.storage import open_storage

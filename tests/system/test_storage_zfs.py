@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from prism.errors import BranchConflict, StorageError
-from prism.names import MAIN_BRANCH
+from prism.core.errors import BranchConflict, StorageError
+from prism.core.names import MAIN_BRANCH
 from prism.storage import open_storage
 from prism.storage.zfs import ZfsStorage
 from tests.sysenv import ZFS_POOL, require_command, require_root, unavailable

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import trio
 
-from prism.config import HostPort
+from prism.core.values import HostPort
 from prism.server import PrismServer
 from tests.integration.harness import PrismHandle, free_port, fresh_dir, make_settings, psql
 from tests.integration.production import production_server

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prism.activity import MINUTES, ActivityLog
+from prism.branches.activity import MINUTES, ActivityLog
 
 
 class _Clock:

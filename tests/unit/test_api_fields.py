@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from prism.api import fields
 from prism.api.errors import ApiError
-from prism.state import rfc3339
+from prism.durable.state import rfc3339
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 

@@ -14,7 +14,7 @@ from prism.api.sameorigin import (
     same_origin,
     split_host,
 )
-from prism.hostnames import host_name
+from prism.core.hostnames import host_name
 
 SERVED = ("prism.example",)
 

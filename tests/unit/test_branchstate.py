@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from prism.address import BackendAddress
-from prism.branches import BranchManager
-from prism.branchstate import Branch, BranchRegistry, BranchStatus
-from prism.events import Event, EventBus
+from prism.branches.manager import BranchManager
+from prism.branches.status import Branch, BranchRegistry, BranchStatus
+from prism.core.address import BackendAddress
+from prism.core.events import Event, EventBus
 from tests.fakes import FakeRuntime, FakeStorage, InlineStateStore
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from prism.address import BackendAddress
-from prism.cancel import CancelKeys, CancelTarget
+from prism.core.address import BackendAddress
+from prism.frontdoor.cancel import CancelKeys, CancelTarget
 
 
 def _target(branch: str, pid: int = 4242) -> CancelTarget:

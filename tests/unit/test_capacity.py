@@ -1,4 +1,5 @@
-"""Admission's pure decisions (``prism.capacity``), decided from a snapshot of the branches."""
+"""Admission's pure decisions (``prism.branches.capacity``), decided from a snapshot of the
+branches."""
 
 from __future__ import annotations
 
@@ -6,8 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from prism.branchstate import Branch, BranchStatus
-from prism.capacity import (
+from prism.branches.capacity import (
     Admit,
     Caps,
     Evict,
@@ -16,7 +16,8 @@ from prism.capacity import (
     evictable,
     room_for,
 )
-from prism.errors import LimitExceeded, TooManyConnections
+from prism.branches.status import Branch, BranchStatus
+from prism.core.errors import LimitExceeded, TooManyConnections
 
 _EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 

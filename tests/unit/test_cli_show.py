@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from prism.clientformat import format_branches, format_details, format_event
+from prism.cli.format import format_branches, format_details, format_event
 
 _NOW = datetime(2026, 11, 25, 11, 5, 0, tzinfo=UTC).timestamp()
 

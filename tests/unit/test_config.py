@@ -6,21 +6,20 @@ from pathlib import Path
 
 import pytest
 
-from prism.cli import build_parser, settings_of
-from prism.config import (
+from prism.cli.main import build_parser, settings_of
+from prism.core.config import load_settings, parse_duration
+from prism.core.errors import ConfigError
+from prism.core.settings import Settings
+from prism.core.values import (
     AuthMode,
     DataPlaneChoice,
     DockerNetwork,
     HostPort,
     LogLevel,
     RuntimeKind,
-    Settings,
     StorageKind,
     TlsMode,
-    load_settings,
-    parse_duration,
 )
-from prism.errors import ConfigError
 from tools.gen_config_doc import DOC, render
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from prism.config import HostPort, load_settings
+from prism.core.config import load_settings
+from prism.core.values import HostPort
 
 
 def test_branches_scale_to_zero_after_15_minutes_but_main_does_not() -> None:

@@ -18,9 +18,9 @@ import prism.api.routes
 import prism.api.sameorigin
 from prism.api.app import create_app
 from prism.api.errors import _STATUS
-from prism.branchstate import BranchStatus
-from prism.cli import build_parser
-from prism.events import EventBus
+from prism.branches.status import BranchStatus
+from prism.cli.main import build_parser
+from prism.core.events import EventBus
 from tests.fakes import FakeRuntime
 
 _ROOT = Path(__file__).resolve().parents[2]

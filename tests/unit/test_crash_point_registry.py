@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from prism.crashpoints import POINTS
+from prism.core.crashpoints import POINTS
 from tests.crash_suite import OPERATION_POINTS
 
 ROOT = Path(__file__).resolve().parents[2]

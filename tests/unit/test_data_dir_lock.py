@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from prism.datadirlock import LOCK_FILE, hold_data_dir
-from prism.errors import DataDirInUse
+from prism.core.errors import DataDirInUse
+from prism.durable.datadirlock import LOCK_FILE, hold_data_dir
 
 
 def test_a_second_holder_is_refused_with_the_first_ones_pid_and_addresses(

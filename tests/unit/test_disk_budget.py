@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from prism.ballast import Ballast
-from prism.diskbudget import DiskBudget, SpaceUse
-from prism.diskrules import (
+from prism.branches.diskwatch import DiskWatch, MainControl
+from prism.branches.snapshots import Snapshot, taken_before
+from prism.core.diskrules import (
     STOP_ROOM,
     WAL_SEGMENT,
     DiskReserve,
@@ -25,12 +25,12 @@ from prism.diskrules import (
     shortfall,
     snapshot_due_by_size,
 )
-from prism.diskwatch import DiskWatch, MainControl
-from prism.errors import ConfigError, DiskFull
-from prism.events import EventBus
+from prism.core.errors import ConfigError, DiskFull
+from prism.core.events import EventBus
+from prism.core.units import format_size, parse_size
 from prism.server import within_budget
-from prism.snapshots import Snapshot, taken_before
-from prism.units import format_size, parse_size
+from prism.storage.ballast import Ballast
+from prism.storage.budget import DiskBudget, SpaceUse
 from tests.fakes import FakeStorage
 
 MiB, GiB = 2**20, 2**30

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from prism.diskuse import DiskUse, parse_btrfs_du, parse_zfs_used_referenced
-from prism.errors import StorageError
+from prism.core.errors import StorageError
+from prism.storage.diskuse import DiskUse, parse_btrfs_du, parse_zfs_used_referenced
 
 
 def test_btrfs_du_gives_exclusive_as_own_and_set_shared_as_shared() -> None:

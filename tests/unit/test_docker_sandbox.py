@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from prism.config import DockerNetwork, HostPort, load_settings
-from prism.errors import ConfigError
+from prism.core.config import load_settings
+from prism.core.errors import ConfigError
+from prism.core.values import DockerNetwork, HostPort
 from prism.runtime._docker_sandbox import confinement, host_config, label, seccomp_profile
 
 

@@ -8,7 +8,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from prism.dsn import (
+from prism.postgres.dsn import (
     FORMATS,
     ConnectionParams,
     Endpoint,

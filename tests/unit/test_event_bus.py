@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import trio
 
-from prism.events import EventBus
+from prism.core.events import EventBus
 
 
 def _drain(subscription: object) -> list[dict[str, object]]:

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import trio.testing
 
-from prism.errors import BranchConflict
-from prism.events import Event
-from prism.eviction import Candidate, Reclaimer, Tier, plan_eviction
-from prism.policy import BranchPolicy
-from prism.trash import TrashEntry
+from prism.branches.eviction import Candidate, Reclaimer, Tier, plan_eviction
+from prism.branches.policy import BranchPolicy
+from prism.branches.trash import TrashEntry
+from prism.core.errors import BranchConflict
+from prism.core.events import Event
 from tests.fakes import FakeStorage
 from tests.manager_kit import open_manager
 from tests.unit.test_undelete import FakeClock

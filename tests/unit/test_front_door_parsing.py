@@ -15,10 +15,11 @@ import ssl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prism import clienthello, scram, wire
-from prism.errors import PrismError, ProtocolViolation
-from prism.router import Route, route, take_branch_option
-from prism.wire import StartupMessage
+from prism.core.errors import PrismError, ProtocolViolation
+from prism.frontdoor import clienthello
+from prism.frontdoor.router import Route, route, take_branch_option
+from prism.postgres import scram, wire
+from prism.postgres.wire import StartupMessage
 
 
 @functools.cache
@@ -60,7 +61,7 @@ def test_a_hello_split_over_two_records_is_reassembled() -> None:
 def test_a_name_that_is_not_a_plain_host_name_is_no_name() -> None:
     hello = bytearray(client_hello("abcdefgh.example"))
     at = hello.index(b"abcdefgh")
-    hello[at + 3] = 0x9C  # what crashed Python's own SNI callback (see prism.clienthello)
+    hello[at + 3] = 0x9C  # what crashed Python's own SNI callback (see prism.frontdoor.clienthello)
     assert clienthello.server_name(bytes(hello)) is None
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import trio.testing
 
-from prism.config import CreatePolicy
-from prism.errors import BranchNotFound, TooManyConnections
-from prism.limits import Gate, Limits
+from prism.core.errors import BranchNotFound, TooManyConnections
+from prism.core.values import CreatePolicy
+from prism.frontdoor.limits import Gate, Limits
 from tests.manager_kit import open_manager
 
 

@@ -6,9 +6,9 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from prism.dsn import ConnectionParams
-from prism.errors import HookCommandsNotAllowed
-from prism.hooks import HookCommands, command_environment, stderr_tail
+from prism.branches.hooks import HookCommands, command_environment, stderr_tail
+from prism.core.errors import HookCommandsNotAllowed
+from prism.postgres.dsn import ConnectionParams
 
 _PARAMS = ConnectionParams(
     host="127.0.0.1",

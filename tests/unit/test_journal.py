@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from prism.intents import (
+from prism.durable.intents import (
     KINDS,
     BaseBackupIntent,
     CreateIntent,
@@ -25,8 +25,8 @@ from prism.intents import (
     UndeleteIntent,
     decode,
 )
-from prism.journal import Journal
-from prism.recovery import ORDER, Owner, UnrecoverableIntent, plan, recover
+from prism.durable.journal import Journal
+from prism.durable.recovery import ORDER, Owner, UnrecoverableIntent, plan, recover
 from tests.fakes import InlineStateStore
 
 TAKEN = datetime(2026, 12, 1, 6, 40, tzinfo=UTC)

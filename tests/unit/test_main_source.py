@@ -15,18 +15,18 @@ import pytest
 import trio
 
 import prism
-from prism.address import BackendAddress
-from prism.config import Settings
-from prism.errors import ConfigError
-from prism.events import EventBus
-from prism.journal import Journal
+from prism.core.address import BackendAddress
+from prism.core.errors import ConfigError
+from prism.core.events import EventBus
+from prism.core.names import MAIN_BRANCH
+from prism.core.settings import Settings
+from prism.durable.journal import Journal
+from prism.durable.state import Generation, utcnow
 from prism.mainsource import MainHost, MainStrategy, open_main_source
 from prism.mainsource.base import BranchMark
 from prism.mainsource.generations import Generations
 from prism.mainsource.initdb import InitdbMain
 from prism.mainsource.standby import StandbyMain
-from prism.names import MAIN_BRANCH
-from prism.state import Generation, utcnow
 from tests.fakes import FakeRuntime, FakeStorage, InlineStateStore
 from tests.manager_kit import open_manager
 
@@ -236,7 +236,8 @@ def _imported(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("package", ["mainsource", "source"])
 def test_main_s_origins_import_nothing_of_the_branches_above_them(package: str) -> None:
-    # The manager and its parts (prism.branches, prism.branchdata, ...), and what wires it.
+    # The manager and its parts (prism.branches.manager, prism.branches.data, ...), and what wires
+    # it.
     above = re.compile(r"prism\.(branch\w*|server|api|proxy)(\.|$)")
     reached = {
         (path.name, module)

@@ -14,11 +14,11 @@ import pytest
 import trio
 import trio.testing
 
-from prism.admission import FrontDoor, Session, SessionBranch
-from prism.branches import BranchManager, BranchStatus, ClientSession
-from prism.errors import LimitExceeded, PrismError, TooManyConnections
-from prism.events import Event
-from prism.limits import Gate, Limits
+from prism.branches.manager import BranchManager, BranchStatus, ClientSession
+from prism.core.errors import LimitExceeded, PrismError, TooManyConnections
+from prism.core.events import Event
+from prism.frontdoor.admission import FrontDoor, Session, SessionBranch
+from prism.frontdoor.limits import Gate, Limits
 from tests.manager_kit import open_manager
 
 

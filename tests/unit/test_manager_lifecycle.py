@@ -8,10 +8,10 @@ import pytest
 import trio
 import trio.testing
 
-from prism.errors import ProvisionFailed, RuntimeStartFailed
-from prism.events import Event
+from prism.core.errors import ProvisionFailed, RuntimeStartFailed
+from prism.core.events import Event
+from prism.durable.state import BranchRecord, StateStore, utcnow
 from prism.runtime.base import Runtime
-from prism.state import BranchRecord, StateStore, utcnow
 from prism.storage.base import Storage
 from tests.fakes import FakeRuntime, FakeStorage
 from tests.manager_kit import open_manager

@@ -6,12 +6,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
-from prism.branches import Branch, BranchStatus
-from prism.diskbudget import DiskBudget
-from prism.diskrules import DiskReserve
-from prism.diskuse import DiskUse
-from prism.events import EventBus
-from prism.metrics import Histogram, Metrics
+from prism.api.metrics import Histogram, Metrics
+from prism.branches.manager import Branch, BranchStatus
+from prism.core.diskrules import DiskReserve
+from prism.core.events import EventBus
+from prism.storage.budget import DiskBudget
+from prism.storage.diskuse import DiskUse
 from tests.fakes import FakeStorage
 
 

@@ -6,8 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from prism.errors import BranchProtected
-from prism.policy import (
+from prism.branches.policy import (
     BranchPolicy,
     CreateDefaults,
     default_policy,
@@ -15,6 +14,7 @@ from prism.policy import (
     is_expired,
     refuse_if_protected,
 )
+from prism.core.errors import BranchProtected
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 

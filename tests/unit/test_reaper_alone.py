@@ -8,9 +8,9 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from prism.branches import BranchManager
-from prism.events import Event
-from prism.reaper import run_reaper
+from prism.branches.manager import BranchManager
+from prism.branches.reaper import run_reaper
+from prism.core.events import Event
 from tests.manager_kit import open_manager
 
 

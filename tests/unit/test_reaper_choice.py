@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from prism.branches import Branch, BranchStatus
-from prism.reaper import due_for_stop, tick_interval
+from prism.branches.manager import Branch, BranchStatus
+from prism.branches.reaper import due_for_stop, tick_interval
 
 NOW = 10_000.0
 

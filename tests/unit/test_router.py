@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prism.errors import InvalidBranchName, PrismError
-from prism.names import BRANCH_NAME_RE, validate_branch_name
-from prism.router import Route, route, split_user
-from prism.wire import PROTOCOL_3_0, StartupMessage
+from prism.core.errors import InvalidBranchName, PrismError
+from prism.core.names import BRANCH_NAME_RE, validate_branch_name
+from prism.frontdoor.router import Route, route, split_user
+from prism.postgres.wire import PROTOCOL_3_0, StartupMessage
 
 
 def startup(*params: tuple[str, str]) -> StartupMessage:

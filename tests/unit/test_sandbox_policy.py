@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from prism.pgbin import PgInstall
+from prism.postgres.binaries import PgInstall
 from prism.runtime import _process_dirs, landlock
 from prism.runtime.base import BindMount
 from prism.runtime.landlock import Support

@@ -19,20 +19,20 @@ import prism
 
 # The modules that decide the start-up of a connection without touching a socket.
 SANS_IO_MODULES = (
-    "prism.startup",
-    "prism.wire",
-    "prism.scram",
-    "prism.clientauth",
-    "prism.backendlogin",
-    "prism.router",
-    "prism.clienthello",
+    "prism.frontdoor.startup",
+    "prism.postgres.wire",
+    "prism.postgres.scram",
+    "prism.frontdoor.clientauth",
+    "prism.frontdoor.backendlogin",
+    "prism.frontdoor.router",
+    "prism.frontdoor.clienthello",
     # The disk budget's rules: sizes, reserve, retention, the fit decision.
-    "prism.diskrules",
-    "prism.units",
+    "prism.core.diskrules",
+    "prism.core.units",
 )
 
 # Async I/O, TLS, and the branch manager (which brings storage, runtimes and the journal).
-FORBIDDEN = ("trio", "ssl", "prism.branches")
+FORBIDDEN = ("trio", "ssl", "prism.branches.manager")
 
 
 def modules_loaded_by(module: str) -> set[str]:

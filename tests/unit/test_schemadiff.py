@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prism.schemadiff import diff_schemas, diff_view, format_diff, schema_from_rows
+from prism.branches.schemadiff import diff_schemas, diff_view, format_diff, schema_from_rows
 
 _B = schema_from_rows(
     {

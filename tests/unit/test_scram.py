@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prism import scram
-from prism.errors import ProtocolViolation
-from prism.scram import ScramClient, ScramError
+from prism.core.errors import ProtocolViolation
+from prism.postgres import scram
+from prism.postgres.scram import ScramClient, ScramError
 
 # RFC 7677 section 3: SCRAM-SHA-256, user "user", password "pencil".
 SHA256_NONCE = "rOprNGfwEbeRWgbNEkqO"

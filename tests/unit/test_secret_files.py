@@ -7,7 +7,7 @@ import stat
 import time
 from pathlib import Path
 
-from prism import secretfiles
+from prism.core import secretfiles
 
 _FILE = stat.S_IFREG | 0o600
 

@@ -8,11 +8,11 @@ from pathlib import Path, PurePosixPath
 import trio
 import trio.testing
 
-from prism.config import BranchPattern
-from prism.events import EventBus
-from prism.journal import Journal
-from prism.names import MAIN_BRANCH
-from prism.pitr import PointInTime
+from prism.branches.pitr import PointInTime
+from prism.core.events import EventBus
+from prism.core.names import MAIN_BRANCH
+from prism.core.values import BranchPattern
+from prism.durable.journal import Journal
 from prism.runtime.base import Runtime, Share
 from prism.runtime.docker import CONTAINER_ARCHIVE, CONTAINER_PATHS, seen_in_container
 from tests.fakes import FakeRuntime, FakeSourceTools, FakeStorage, InlineStateStore

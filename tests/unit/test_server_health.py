@@ -12,14 +12,8 @@ import pytest
 import trio
 import trio.testing
 
-from prism import wire
-from prism.address import BackendAddress
 from prism.api.views import branch_view, readiness
-from prism.branches import BranchManager
-from prism.branchstate import BranchStatus
-from prism.errors import ServerUnwell
-from prism.events import Event
-from prism.serverhealth import (
+from prism.branches.health import (
     GOOD_ANSWERS,
     MISSES,
     PROBE_TIMEOUT,
@@ -29,6 +23,12 @@ from prism.serverhealth import (
     classify,
     judge,
 )
+from prism.branches.manager import BranchManager
+from prism.branches.status import BranchStatus
+from prism.core.address import BackendAddress
+from prism.core.errors import ServerUnwell
+from prism.core.events import Event
+from prism.postgres import wire
 from tests.fakes import FakeRuntime
 from tests.manager_kit import open_manager
 

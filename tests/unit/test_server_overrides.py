@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from prism.config import load_settings
-from prism.errors import ConfigError, RuntimeStartFailed
-from prism.pgbin import PgInstall, PgInstalls
+from prism.core.config import load_settings
+from prism.core.errors import ConfigError, RuntimeStartFailed
+from prism.postgres.binaries import PgInstall, PgInstalls
+from prism.postgres.serverconf import FIXED_OVERRIDES, memory_kb, overrides, parse_conf, server_conf
 from prism.runtime._docker_engine import DockerEngine
 from prism.runtime._docker_image import Images
 from prism.runtime.docker import DockerRuntime
-from prism.serverconf import FIXED_OVERRIDES, memory_kb, overrides, parse_conf, server_conf
 from prism.storage.btrfs import BtrfsStorage
 from prism.storage.copy import CopyStorage
 from prism.storage.reflink import ReflinkStorage

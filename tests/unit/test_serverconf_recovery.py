@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prism.serverconf import (
+from prism.postgres.serverconf import (
     AUTO_CONF,
     detach_clone,
     is_recovering,

@@ -11,15 +11,15 @@ import pytest
 import trio
 import trio.testing
 
-from prism.address import BackendAddress
-from prism.config import BranchPattern
-from prism.diskrules import Retention
-from prism.errors import RuntimeStartFailed
-from prism.events import EventBus
-from prism.journal import Journal
-from prism.pitr import PointInTime, SnapshotSource, parse_at
-from prism.snapshots import RETRY_SECONDS, Snapshot, expired, is_due
-from prism.walarchive import WalArchive
+from prism.branches.pitr import PointInTime, SnapshotSource, parse_at
+from prism.branches.snapshots import RETRY_SECONDS, Snapshot, expired, is_due
+from prism.branches.walarchive import WalArchive
+from prism.core.address import BackendAddress
+from prism.core.diskrules import Retention
+from prism.core.errors import RuntimeStartFailed
+from prism.core.events import EventBus
+from prism.core.values import BranchPattern
+from prism.durable.journal import Journal
 from tests.fakes import FakeStorage, InlineStateStore
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)

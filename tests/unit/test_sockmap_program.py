@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 
-from prism.sockmap import insn, verdict_program
+from prism.frontdoor.sockmap import insn, verdict_program
 
 _EXIT = 0x95
 _JEQ_IMM = 0x15

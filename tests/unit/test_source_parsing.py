@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from prism.conninfo import parse_conninfo, pgpass_line
-from prism.errors import ConfigError
+from prism.core.errors import ConfigError
+from prism.postgres.conninfo import parse_conninfo, pgpass_line
 from prism.source.basebackup import explain_failure, parse_progress
 from prism.source.health import reading, receiver_failure
 

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from prism.cli import warn_of_password_in_argv
+from prism.cli.main import warn_of_password_in_argv
 
 
 @pytest.mark.parametrize(

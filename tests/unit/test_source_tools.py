@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from prism.config import DockerNetwork
-from prism.errors import ConfigError
-from prism.pgbin import version_in
+from prism.core.errors import ConfigError
+from prism.core.values import DockerNetwork
+from prism.postgres.binaries import version_in
 from prism.runtime._docker_image import image_user
 from prism.runtime._docker_tools import require_reachable
 from prism.runtime._programs import LineSplitter

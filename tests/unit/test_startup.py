@@ -1,8 +1,8 @@
 """The start-up machine driven with bytes only: no socket, no task, no clock.
 
 Each test plays both peers — a client and a branch server — as bytes built with
-:mod:`prism.wire` and :mod:`prism.scram`, and checks what :class:`prism.startup.Startup` asks
-for and sends.
+:mod:`prism.postgres.wire` and :mod:`prism.postgres.scram`, and checks what
+:class:`prism.frontdoor.startup.Startup` asks for and sends.
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from prism import scram, wire
-from prism.clientauth import RoleSecret
-from prism.errors import PrismError, ProtocolViolation
-from prism.startup import (
+from prism.core.errors import PrismError, ProtocolViolation
+from prism.frontdoor.clientauth import RoleSecret
+from prism.frontdoor.startup import (
     NEED_BACKEND_DATA,
     NEED_CLIENT_DATA,
     Admit,
@@ -30,6 +29,7 @@ from prism.startup import (
     StartupConfig,
     State,
 )
+from prism.postgres import scram, wire
 
 PASSWORD = "correct horse"
 SALT = b"0123456789abcdef"

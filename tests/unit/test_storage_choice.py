@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from prism.errors import ConfigError
+from prism.core.errors import ConfigError
 from prism.storage import DRIVERS, Storage, driver_class
 from prism.storage._probe import choose_driver
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from prism.errors import InvalidBranchName, StorageError
-from prism.names import MAIN_BRANCH
+from prism.core.errors import InvalidBranchName, StorageError
+from prism.core.names import MAIN_BRANCH
 from prism.storage._layout import BranchLayout
 from prism.storage._tree import subdir_parts
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from prism.tls import PrefixedStream
+from prism.frontdoor.tls import PrefixedStream
 
 Pair = tuple[trio.abc.HalfCloseableStream, trio.abc.HalfCloseableStream]
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import trio.testing
 
-from prism.errors import BranchExists, BranchNotFound, LimitExceeded, StorageError
-from prism.events import Event
-from prism.intents import DeleteIntent, UndeleteIntent
-from prism.policy import BranchPolicy
-from prism.state import BranchRecord, StateError, utcnow
-from prism.trash import TrashEntry, due_for_purge, latest, restored_with
+from prism.branches.policy import BranchPolicy
+from prism.branches.trash import TrashEntry, due_for_purge, latest, restored_with
+from prism.core.errors import BranchExists, BranchNotFound, LimitExceeded, StorageError
+from prism.core.events import Event
+from prism.durable.intents import DeleteIntent, UndeleteIntent
+from prism.durable.state import BranchRecord, StateError, utcnow
 from tests.fakes import FakeStorage
 from tests.manager_kit import open_manager
 

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prism import wire
-from prism.errors import InvalidBranchName, ProtocolViolation
-from prism.wire import (
+from prism.core.errors import InvalidBranchName, ProtocolViolation
+from prism.postgres import wire
+from prism.postgres.wire import (
     CancelRequest,
     GSSENCRequest,
     Message,

@@ -25,9 +25,9 @@ from typing import Any
 
 import trio
 
-from prism.diskbudget import DiskBudget
-from prism.diskrules import DiskReserve
-from prism.names import MAIN_BRANCH
+from prism.core.diskrules import DiskReserve
+from prism.core.names import MAIN_BRANCH
+from prism.storage.budget import DiskBudget
 from prism.storage.copy import CopyStorage
 from tools.bench.common import percentile
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 import trio
 
-from prism.branches import BranchManager
-from prism.names import MAIN_BRANCH
-from prism.pgbin import PgInstall
+from prism.branches.manager import BranchManager
+from prism.core.names import MAIN_BRANCH
+from prism.postgres.binaries import PgInstall
 from tools.bench.common import (
     HOST,
     SUPERUSER,

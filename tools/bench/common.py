@@ -27,8 +27,8 @@ from typing import Any, BinaryIO
 
 import trio
 
-from prism.pgbin import PgInstall, resolve_pg_install
-from prism.pgclient import ServiceConnection, connect_service
+from prism.postgres.binaries import PgInstall, resolve_pg_install
+from prism.postgres.client import ServiceConnection, connect_service
 
 PASSWORD = "password"
 SUPERUSER = "postgres"
@@ -243,7 +243,7 @@ async def prism_process(
     port = free_port()
     _make_traversable(data_dir)
     log_path = data_dir.parent / f"{data_dir.name}.prism.log"
-    command = [sys.executable, "-m", "prism.cli", "serve", "--data-dir", str(data_dir)]
+    command = [sys.executable, "-m", "prism.cli.main", "serve", "--data-dir", str(data_dir)]
     command += ["--listen", f"{HOST}:{port}", "--api", f"{HOST}:0", "--storage", storage]
     command += ["--password", PASSWORD, "--log-level", "info", "--snapshot-every", "0", *extra]
     with _append(log_path) as log:

@@ -40,7 +40,8 @@ from typing import Any
 
 import trio
 
-from prism.config import HostPort, Settings
+from prism.core.settings import Settings
+from prism.core.values import HostPort
 from prism.server import PrismServer
 from prism.storage import open_storage
 from tools.bench.common import PASSWORD, first_query, percentile, scratch_dir

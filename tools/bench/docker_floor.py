@@ -30,8 +30,9 @@ import docker
 import trio
 from docker.types import Mount
 
-from prism.config import HostPort, Settings
-from prism.names import MAIN_BRANCH
+from prism.core.names import MAIN_BRANCH
+from prism.core.settings import Settings
+from prism.core.values import HostPort
 from prism.runtime import _docker_sandbox as sandbox
 from prism.storage import open_storage
 from tools.bench.common import (

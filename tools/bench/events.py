@@ -18,7 +18,7 @@ from typing import Any
 import trio
 from trio_websocket import open_websocket_url
 
-from prism.events import Event
+from prism.core.events import Event
 from tools.bench.common import SUPERUSER, first_query, percentile
 from tools.bench.targets import Target, data_dir, prism_in_process
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
-from prism.pgbin import PgInstall
+from prism.postgres.binaries import PgInstall
 from tools.bench.common import REPO
 
 

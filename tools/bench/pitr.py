@@ -18,8 +18,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from prism.pgclient import connect_service
-from prism.state import utcnow
+from prism.durable.state import utcnow
+from prism.postgres.client import connect_service
 from tools.bench import targets
 
 STEPS_MB = (16, 256, 1024)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import trio
 
-from prism.pgbin import PgInstall
+from prism.postgres.binaries import PgInstall
 from tools.bench import cpu
 from tools.bench.common import (
     HOST,

@@ -26,7 +26,7 @@ from typing import Any
 
 import trio
 
-from prism.pgbin import PgInstall
+from prism.postgres.binaries import PgInstall
 from prism.runtime import landlock
 from prism.runtime.sandbox import SandboxPolicy, ServerAccess, server_access
 from tools.bench.common import SUPERUSER, first_query, median, ms, percentile, pg_install

@@ -17,13 +17,13 @@ from typing import Any
 
 import trio
 
-from prism.conninfo import parse_conninfo
-from prism.events import EventBus
-from prism.journal import Journal
-from prism.pgbin import PgInstall, PgInstalls
+from prism.core.events import EventBus
+from prism.durable.journal import Journal
+from prism.durable.state import StateStore
+from prism.postgres.binaries import PgInstall, PgInstalls
+from prism.postgres.conninfo import parse_conninfo
 from prism.runtime._host_tools import HostTools
 from prism.source.follow import Source
-from prism.state import StateStore
 from tools.bench.common import HOST, SUPERUSER, median, run, scratch_dir, start_bare, stop_bare
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import trio
 
-from prism.pgclient import connect_service
+from prism.postgres.client import connect_service
 from tools.bench import targets
 from tools.bench.common import HOST, SUPERUSER, median, run, scratch_dir, start_bare, stop_bare
 

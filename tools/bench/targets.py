@@ -17,7 +17,8 @@ from pathlib import Path
 
 import trio
 
-from prism.config import HostPort, Settings
+from prism.core.settings import Settings
+from prism.core.values import HostPort
 from prism.server import PrismServer, ServerInfo
 from prism.storage import open_storage
 from prism.storage.base import Storage

@@ -3,7 +3,7 @@
 One module per concern: ``routes`` (REST + ``/healthz`` + the seed's ``/branches``), ``stream``
 (the event WebSocket), ``page`` (the web page), ``origin`` (which hosts and pages may call it),
 ``auth`` (the optional bearer token), ``errors`` (JSON errors), ``views`` (a branch's JSON
-shape). ``/metrics`` is served here from ``prism.metrics``.
+shape). ``/metrics`` is served here from ``prism.api.metrics``.
 """
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ from quart_trio import QuartTrio
 
 from prism.api.auth import install_auth
 from prism.api.errors import install_error_handlers
+from prism.api.metrics import Metrics
 from prism.api.origin import install_origin_checks
 from prism.api.page import register_page
 from prism.api.routes import register_routes
 from prism.api.stream import register_stream
-from prism.branches import BranchManager
-from prism.config import Settings
-from prism.dataplane import PUMP, DataPlane
-from prism.dsn import PasswordCheck
-from prism.metrics import Metrics
-from prism.state import rfc3339
+from prism.branches.manager import BranchManager
+from prism.core.settings import Settings
+from prism.durable.state import rfc3339
+from prism.frontdoor.dataplane import PUMP, DataPlane
+from prism.postgres.dsn import PasswordCheck
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 

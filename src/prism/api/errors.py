@@ -13,7 +13,7 @@ from quart import Response, jsonify
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from prism.errors import (
+from prism.core.errors import (
     BackendQueryError,
     BranchConflict,
     BranchExists,

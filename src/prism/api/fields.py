@@ -25,11 +25,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from prism.api.errors import ApiError
-from prism.config import parse_duration
-from prism.errors import ConfigError
-from prism.names import MAIN_BRANCH
-from prism.pitr import parse_at
-from prism.state import parse_rfc3339
+from prism.branches.pitr import parse_at
+from prism.core.config import parse_duration
+from prism.core.errors import ConfigError
+from prism.core.names import MAIN_BRANCH
+from prism.durable.state import parse_rfc3339
 
 MAX_LIFETIME = timedelta(days=100 * 365)
 """The longest ``ttl``, the furthest ``expires_at`` and the furthest back ``at`` can reach."""

@@ -17,7 +17,7 @@ from quart_trio import QuartTrio
 
 from prism.api.errors import ApiError
 from prism.api.sameorigin import Arrival, refusal
-from prism.hostnames import host_name
+from prism.core.hostnames import host_name
 
 log = logging.getLogger(__name__)
 

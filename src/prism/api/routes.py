@@ -17,17 +17,17 @@ from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
 from prism import __version__
-from prism.activity import ActivityLog
 from prism.api import fields
 from prism.api.errors import ApiError
 from prism.api.views import branch_view, confinement_view, readiness, trash_view
-from prism.branches import Branch, BranchManager
-from prism.dataplane import DataPlane
-from prism.dsn import PasswordCheck, confirmed, connection_view
-from prism.names import MAIN_BRANCH
-from prism.schemadiff import diff_view, format_diff
-from prism.snapshots import precise_time
-from prism.state import utcnow
+from prism.branches.activity import ActivityLog
+from prism.branches.manager import Branch, BranchManager
+from prism.branches.schemadiff import diff_view, format_diff
+from prism.branches.snapshots import precise_time
+from prism.core.names import MAIN_BRANCH
+from prism.durable.state import utcnow
+from prism.frontdoor.dataplane import DataPlane
+from prism.postgres.dsn import PasswordCheck, confirmed, connection_view
 
 PREFIX = "/api/v1"
 _TRUE = ("1", "true", "yes")

@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from prism.hostnames import host_name
+from prism.core.hostnames import host_name
 
 #: Methods that only read. Everything else is checked: a whitelist, so a verb added later (or an
 #: odd one a client makes up) is state-changing until someone says otherwise.

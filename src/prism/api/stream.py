@@ -17,8 +17,8 @@ from quart_trio import QuartTrio
 from prism.api import fields
 from prism.api.routes import PREFIX
 from prism.api.views import branch_view
-from prism.branches import BranchManager
-from prism.events import event_time
+from prism.branches.manager import BranchManager
+from prism.core.events import event_time
 
 _TRY_AGAIN_LATER = 1013
 

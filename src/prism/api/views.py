@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from prism.branches import Branch, BranchManager
-from prism.branchstate import UNWELL, Trouble
-from prism.names import MAIN_BRANCH
-from prism.policy import BranchPolicy
+from prism.branches.manager import Branch, BranchManager
+from prism.branches.policy import BranchPolicy
+from prism.branches.status import UNWELL, Trouble
+from prism.branches.trash import TrashEntry
+from prism.core.names import MAIN_BRANCH
+from prism.durable.state import rfc3339
 from prism.runtime.base import Confinement
-from prism.state import rfc3339
-from prism.trash import TrashEntry
 
 
 def policy_view(policy: BranchPolicy) -> dict[str, Any]:

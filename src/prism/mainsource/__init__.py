@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prism.config import Settings, SourceMode
-from prism.errors import ConfigError
-from prism.events import EventBus
-from prism.journal import Journal
+from prism.core.errors import ConfigError
+from prism.core.events import EventBus
+from prism.core.settings import Settings
+from prism.core.values import SourceMode
+from prism.durable.journal import Journal
 from prism.mainsource.base import MainHost, MainOrigin, MainStrategy
 from prism.mainsource.generations import Generations
 from prism.mainsource.initdb import InitdbMain

@@ -22,10 +22,10 @@ from typing import Any, Protocol
 
 import trio
 
-from prism.address import BackendAddress
-from prism.followers import Followers
-from prism.recovery import Owner
-from prism.state import Generation
+from prism.core.address import BackendAddress
+from prism.core.followers import Followers
+from prism.durable.recovery import Owner
+from prism.durable.state import Generation
 
 HealthReader = Callable[[], Awaitable[dict[str, Any]]]
 """Reads the ``source`` object of ``GET /api/v1/branches/main`` (and ``/metrics``)."""

@@ -31,20 +31,20 @@ from pathlib import Path
 
 import trio
 
-from prism.crashpoints import crash_point
-from prism.errors import BranchConflict, PrismError
-from prism.events import EventBus
-from prism.followers import Followers
-from prism.intents import RefreshIntent
-from prism.journal import Journal
+from prism.core.crashpoints import crash_point
+from prism.core.errors import BranchConflict, PrismError
+from prism.core.events import EventBus
+from prism.core.followers import Followers
+from prism.core.names import GENERATION_PREFIX, MAIN_BRANCH, is_generation_name
+from prism.durable.intents import RefreshIntent
+from prism.durable.journal import Journal
+from prism.durable.recovery import Owner
+from prism.durable.state import Generation, StateStore, utcnow
 from prism.mainsource.base import HealthReader, MainHost, MainOrigin
-from prism.names import GENERATION_PREFIX, MAIN_BRANCH, is_generation_name
-from prism.recovery import Owner
 from prism.runtime.base import Runtime
 from prism.source.basebackup import SourceError, ToolFailed, explain_failure
 from prism.source.dump import CopyProgress, Target, copy_database, copy_roles, server_version_num
 from prism.source.follow import Source
-from prism.state import Generation, StateStore, utcnow
 from prism.storage.base import Storage
 
 log = logging.getLogger(__name__)

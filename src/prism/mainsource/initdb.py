@@ -6,9 +6,9 @@ import functools
 
 import trio
 
-from prism.followers import Followers
+from prism.core.followers import Followers
+from prism.durable.recovery import Owner
 from prism.mainsource.base import HealthReader, MainHost, MainOrigin
-from prism.recovery import Owner
 from prism.runtime.base import Runtime
 
 

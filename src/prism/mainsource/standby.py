@@ -6,9 +6,9 @@ from typing import Any
 
 import trio
 
-from prism.followers import Followers
+from prism.core.followers import Followers
+from prism.durable.recovery import Owner
 from prism.mainsource.base import HealthReader, MainHost, MainOrigin
-from prism.recovery import Owner
 from prism.source.follow import Source
 from prism.source.health import read_health, watch_source
 from prism.storage.base import Storage

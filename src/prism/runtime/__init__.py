@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from prism.config import RuntimeKind, Settings
-from prism.conninfo import parse_conninfo
-from prism.errors import ConfigError
+from prism.core.errors import ConfigError
+from prism.core.settings import Settings
+from prism.core.values import RuntimeKind
+from prism.postgres.conninfo import parse_conninfo
 from prism.runtime.base import Runtime
 from prism.runtime.sandbox import SandboxPolicy
 
@@ -36,7 +37,7 @@ async def open_runtime(settings: Settings, data_dir: Path, *, copy_on_write: boo
     """Build the runtime named by ``settings.runtime`` for a Prism whose data is in ``data_dir``
     on storage that is ``copy_on_write`` or not (which WAL settings fit it)."""
     if settings.runtime is RuntimeKind.PROCESS:
-        from prism.pgbin import resolve_pg_installs
+        from prism.postgres.binaries import resolve_pg_installs
         from prism.runtime.process import ProcessRuntime
 
         install = await resolve_pg_installs(

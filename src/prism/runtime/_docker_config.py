@@ -18,10 +18,10 @@ from pathlib import Path, PurePosixPath
 import trio
 from docker.types import Mount
 
-from prism import serverconf
-from prism.config import DockerNetwork
-from prism.errors import RuntimeStartFailed
-from prism.names import MAIN_BRANCH
+from prism.core.errors import RuntimeStartFailed
+from prism.core.names import MAIN_BRANCH
+from prism.core.values import DockerNetwork
+from prism.postgres import serverconf
 from prism.runtime import _docker_sandbox as sandbox
 from prism.runtime._docker_engine import (
     LABEL_BRANCH,
@@ -81,7 +81,7 @@ class Launch:
     owned: dict[str, str]
     # Whether the sandbox lets it connect out (main following a source, --branch-egress).
     outbound: bool
-    # Host directories beyond the data and socket ones (a WAL archive: prism.pitr; main's
+    # Host directories beyond the data and socket ones (a WAL archive: prism.branches.pitr; main's
     # passfile for its walreceiver, when it follows a source).
     mounts: tuple[BindMount, ...] = ()
 

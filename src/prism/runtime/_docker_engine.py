@@ -23,8 +23,8 @@ import requests.exceptions
 import trio
 from docker.models.containers import Container
 
-from prism.config import DockerNetwork
-from prism.errors import ConfigError, PrismError, RuntimeStartFailed
+from prism.core.errors import ConfigError, PrismError, RuntimeStartFailed
+from prism.core.values import DockerNetwork
 from prism.runtime._postmaster import last_lines
 
 log = logging.getLogger(__name__)

@@ -25,10 +25,10 @@ import trio
 from docker.models.containers import Container
 from docker.types import Mount
 
-from prism import secretfiles
-from prism.crashpoints import crash_point
-from prism.errors import ConfigError, RuntimeStartFailed
-from prism.pgbin import read_data_major
+from prism.core import secretfiles
+from prism.core.crashpoints import crash_point
+from prism.core.errors import ConfigError, RuntimeStartFailed
+from prism.postgres.binaries import read_data_major
 from prism.runtime._docker_engine import LABEL_MANAGED, LABEL_PGDATA, DockerEngine
 from prism.runtime._postmaster import remove_dir
 

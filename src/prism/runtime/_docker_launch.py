@@ -19,9 +19,9 @@ import docker.errors
 import trio
 from docker.models.containers import Container
 
-from prism.address import BackendAddress
-from prism.config import DockerNetwork
-from prism.errors import RuntimeStartFailed
+from prism.core.address import BackendAddress
+from prism.core.errors import RuntimeStartFailed
+from prism.core.values import DockerNetwork
 from prism.runtime import _docker_sandbox as sandbox
 from prism.runtime._docker_config import CONTAINER_PORT, Launch, container_args, container_name
 from prism.runtime._docker_engine import (

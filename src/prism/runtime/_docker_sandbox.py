@@ -33,7 +33,7 @@ import functools
 import json
 from typing import Any
 
-from prism.config import DockerNetwork
+from prism.core.values import DockerNetwork
 from prism.runtime.base import Confinement
 
 MECHANISM = "docker: seccomp, no capabilities, read-only root, own mounts"

@@ -22,9 +22,9 @@ import trio
 from docker.models.containers import Container
 from docker.types import Mount
 
-from prism.config import DockerNetwork
-from prism.errors import ConfigError, RuntimeStartFailed
-from prism.pgbin import version_in
+from prism.core.errors import ConfigError, RuntimeStartFailed
+from prism.core.values import DockerNetwork
+from prism.postgres.binaries import version_in
 from prism.runtime._docker_engine import LABEL_MANAGED, DockerEngine
 from prism.runtime._docker_image import ImageInfo, Images, image_user, wrong_major
 from prism.runtime._programs import LineSplitter, pipe_script

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import trio
 
-from prism.pgbin import PgInstall, PgInstalls
+from prism.postgres.binaries import PgInstall, PgInstalls
 from prism.runtime._postmaster import file_tail, processes_under
 from prism.runtime._programs import LineSplitter
 from prism.runtime.base import Tools

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from prism.errors import RuntimeStartFailed
+from prism.core.errors import RuntimeStartFailed
 from prism.runtime.base import SharedDir
 
 log = logging.getLogger(__name__)

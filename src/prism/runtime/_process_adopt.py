@@ -14,8 +14,8 @@ from pathlib import Path
 
 import trio
 
-from prism.address import BackendAddress
-from prism.errors import RuntimeStartFailed
+from prism.core.address import BackendAddress
+from prism.core.errors import RuntimeStartFailed
 from prism.runtime._postmaster import LOOPBACK, PID_POLL_S, PidFile, read_pidfile, start_ticks
 from prism.runtime._process_server import LocalServer
 

@@ -13,9 +13,10 @@ import os
 import pwd
 from pathlib import Path
 
-from prism import secretfiles, serverconf
-from prism.errors import RuntimeStartFailed
-from prism.pgbin import PgInstall
+from prism.core import secretfiles
+from prism.core.errors import RuntimeStartFailed
+from prism.postgres import serverconf
+from prism.postgres.binaries import PgInstall
 from prism.runtime._postmaster import hand_over, make_socket_dir, socket_dir_for
 from prism.runtime.base import BindMount, ServerExtras, seen_at_host_path
 from prism.runtime.landlock import Support

@@ -21,10 +21,10 @@ from typing import BinaryIO
 
 import trio
 
-from prism import serverconf
-from prism.address import BackendAddress
-from prism.errors import ConfigError, RuntimeStartFailed
-from prism.pgbin import PgInstall
+from prism.core.address import BackendAddress
+from prism.core.errors import ConfigError, RuntimeStartFailed
+from prism.postgres import serverconf
+from prism.postgres.binaries import PgInstall
 from prism.runtime import landlock, sandbox
 from prism.runtime._postmaster import (
     LOG_TAIL_BYTES,

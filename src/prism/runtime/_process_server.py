@@ -17,8 +17,8 @@ from pathlib import Path
 
 import trio
 
-from prism.address import BackendAddress
-from prism.errors import RuntimeStopFailed
+from prism.core.address import BackendAddress
+from prism.core.errors import RuntimeStopFailed
 from prism.runtime._postmaster import start_ticks
 
 log = logging.getLogger(__name__)

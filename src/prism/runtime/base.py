@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol, runtime_checkable
 
-from prism.address import BackendAddress
+from prism.core.address import BackendAddress
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def seen_at_host_path(shared: SharedDir) -> PurePosixPath:
 
 class ServerExtrasSource(Protocol):
     """Whoever decides what a branch's server is started with beyond Prism's own settings
-    (``prism.pitr.PointInTime``); the branch manager asks it before each start."""
+    (``prism.branches.pitr.PointInTime``); the branch manager asks it before each start."""
 
     def server_extras(self, branch: str, pgdata: Path, parent: str | None) -> ServerExtras:
         """The extras of ``branch``'s server on ``pgdata`` (blocking, cheap)."""

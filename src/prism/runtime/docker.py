@@ -46,11 +46,11 @@ from typing import TYPE_CHECKING
 import trio
 from docker.models.containers import Container
 
-from prism.address import BackendAddress
-from prism.config import DockerNetwork
-from prism.errors import ConfigError, PrismError, RuntimeStartFailed, RuntimeStopFailed
-from prism.names import MAIN_BRANCH
-from prism.pgbin import embedded_bin_dir, server_version
+from prism.core.address import BackendAddress
+from prism.core.errors import ConfigError, PrismError, RuntimeStartFailed, RuntimeStopFailed
+from prism.core.names import MAIN_BRANCH
+from prism.core.values import DockerNetwork
+from prism.postgres.binaries import embedded_bin_dir, server_version
 from prism.runtime import _docker_sandbox as sandbox
 from prism.runtime._docker_config import (
     CONTAINER_ARCHIVE,
@@ -73,7 +73,7 @@ from prism.runtime._postmaster import remove_dir, socket_dir_for
 from prism.runtime.base import BindMount, Confinement, ServerExtras
 
 if TYPE_CHECKING:
-    from prism.config import Settings
+    from prism.core.settings import Settings
 
 # Where other packages and the tests have always found them.
 __all__ = [

@@ -1,8 +1,8 @@
 """The process runtime: each branch's Postgres server is a local ``postgres`` process.
 
 This is the embedded default: no Docker and no root needed. Servers run as the user chosen by
-``prism.pgbin`` (never root), in their own session so that a Ctrl-C in Prism's terminal does not
-reach them and Prism alone decides the shutdown order. Readiness comes from the status line
+``prism.postgres.binaries`` (never root), in their own session so that a Ctrl-C in Prism's terminal
+does not reach them and Prism alone decides the shutdown order. Readiness comes from the status line
 Postgres itself writes to ``postmaster.pid``, so start-up costs no fixed sleeps and no probe
 connections.
 
@@ -26,11 +26,11 @@ from pathlib import Path
 
 import trio
 
-from prism.address import BackendAddress
-from prism.crashpoints import crash_point
-from prism.errors import RuntimeStartFailed
-from prism.names import MAIN_BRANCH
-from prism.pgbin import PgInstall, PgInstalls
+from prism.core.address import BackendAddress
+from prism.core.crashpoints import crash_point
+from prism.core.errors import RuntimeStartFailed
+from prism.core.names import MAIN_BRANCH
+from prism.postgres.binaries import PgInstall, PgInstalls
 from prism.runtime import _process_adopt as adoption
 from prism.runtime import landlock, sandbox
 from prism.runtime._host_tools import HostTools

@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prism.names import MAIN_BRANCH
+from prism.core.names import MAIN_BRANCH
 from prism.runtime import landlock
 from prism.runtime.base import BindMount, Confinement
 from prism.runtime.landlock import PathRule, Support

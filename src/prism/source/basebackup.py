@@ -19,7 +19,7 @@ from pathlib import Path
 
 import trio
 
-from prism.errors import PrismError
+from prism.core.errors import PrismError
 from prism.runtime.base import Tools
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import trio
 
-from prism import secretfiles
+from prism.core import secretfiles
 from prism.runtime.base import Tools
 from prism.source.basebackup import ToolFailed
 

@@ -17,17 +17,18 @@ from pathlib import Path
 
 import trio
 
-from prism.config import RuntimeKind, Settings
-from prism.conninfo import ConnInfo, parse_conninfo, pgpass_line
-from prism.crashpoints import crash_point
-from prism.errors import ConfigError
-from prism.events import EventBus
-from prism.intents import BaseBackupIntent
-from prism.journal import Journal
-from prism.names import MAIN_BRANCH
-from prism.recovery import Owner
+from prism.core.crashpoints import crash_point
+from prism.core.errors import ConfigError
+from prism.core.events import EventBus
+from prism.core.names import MAIN_BRANCH
+from prism.core.settings import Settings
+from prism.core.values import RuntimeKind
+from prism.durable.intents import BaseBackupIntent
+from prism.durable.journal import Journal
+from prism.durable.recovery import Owner
+from prism.postgres.conninfo import ConnInfo, parse_conninfo, pgpass_line
+from prism.postgres.serverconf import make_standby
 from prism.runtime.base import Runtime, SourceTools, Tools
-from prism.serverconf import make_standby
 from prism.source.backoff import Backoff
 from prism.source.basebackup import (
     Progress,

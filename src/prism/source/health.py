@@ -27,13 +27,13 @@ from typing import Any, Protocol
 
 import trio
 
-from prism.address import BackendAddress
-from prism.errors import PrismError
-from prism.names import MAIN_BRANCH
-from prism.pgclient import ServiceConnection, connect_branch
+from prism.core.address import BackendAddress
+from prism.core.errors import PrismError
+from prism.core.names import MAIN_BRANCH
+from prism.durable.state import rfc3339
+from prism.postgres.client import ServiceConnection, connect_branch
 from prism.source.basebackup import Progress, explain_failure
 from prism.source.follow import Source
-from prism.state import rfc3339
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import logging
 from pathlib import Path
 from typing import Any, Protocol, cast, runtime_checkable
 
-from prism.config import StorageKind
-from prism.errors import ConfigError
+from prism.core.errors import ConfigError
+from prism.core.values import StorageKind
 from prism.storage._probe import probe_and_choose
 from prism.storage.base import Storage
 

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import trio
 
-from prism.errors import StorageError
+from prism.core.errors import StorageError
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import trio
 
-from prism.errors import InvalidBranchName, StorageError
-from prism.names import MAIN_BRANCH
+from prism.core.errors import InvalidBranchName, StorageError
+from prism.core.names import MAIN_BRANCH
 
 log = logging.getLogger(__name__)
 

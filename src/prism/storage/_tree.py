@@ -23,7 +23,7 @@ from typing import Literal
 
 import trio
 
-from prism.errors import StorageError
+from prism.core.errors import StorageError
 from prism.storage._command import run_tool_tolerating
 from prism.storage._layout import (
     HIDDEN_PREFIX,

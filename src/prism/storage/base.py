@@ -25,7 +25,7 @@ class Storage(Protocol):
     fail a segment's creation (an error) rather than a WAL write (a PANIC).
 
     Every method that touches the disk is async and must not block the event loop (use
-    ``trio.to_thread`` or ``trio.run_process``). Failures raise ``prism.errors.StorageError``
+    ``trio.to_thread`` or ``trio.run_process``). Failures raise ``prism.core.errors.StorageError``
     with the command's stderr in the message; a failed ``clone`` leaves no partial target behind.
     """
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import trio
 
-from prism.errors import StorageError
+from prism.core.errors import StorageError
 from prism.storage._command import run_tool
 from prism.storage._layout import (
     BranchLayout,

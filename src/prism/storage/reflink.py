@@ -7,7 +7,7 @@ and uses no extra space until written to. It is not atomic: files are cloned one
 
 from __future__ import annotations
 
-from prism.errors import StorageError
+from prism.core.errors import StorageError
 from prism.storage._probe import probe_reflink
 from prism.storage._tree import TreeCopyStorage
 

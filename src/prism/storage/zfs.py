@@ -32,8 +32,8 @@ from pathlib import Path
 
 import trio
 
-from prism.errors import BranchConflict, ConfigError, StorageError
-from prism.names import MAIN_BRANCH
+from prism.core.errors import BranchConflict, ConfigError, StorageError
+from prism.core.names import MAIN_BRANCH
 from prism.storage._command import probe_tool, run_tool
 from prism.storage._layout import (
     BRANCHES_DIR,
