@@ -88,6 +88,11 @@ class DiskWatch:
                     self.budget.use = await self.control.measure_use()
                     next_usage = trio.current_time() + usage_every
                 await self.check()
+            except FileNotFoundError as exc:
+                # A directory went while it was measured (a delete, a refresh's swap): what
+                # uses the space changed, so measure again at the next look.
+                log.debug("disk watch: %s went while measured; measuring again", exc.filename)
+                self._measured = False
             except Exception as exc:  # a background task: log and look again
                 log.error("disk watch: %r", exc)
             await trio.sleep(interval)
