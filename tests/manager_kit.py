@@ -14,6 +14,7 @@ from prism.branches.manager import BranchManager
 from prism.core.events import EventBus
 from prism.durable.state import utcnow
 from prism.runtime.base import ServerExtrasSource
+from prism.storage.budget import DiskBudget
 from tests.fakes import FakeRuntime, FakeStorage, InlineStateStore
 
 
@@ -30,6 +31,7 @@ async def open_manager(
     probe: Prober | None = None,
     undelete_window: float = UNDELETE_WINDOW,
     clock: Callable[[], datetime] = utcnow,
+    budget: DiskBudget | None = None,
 ) -> AsyncIterator[tuple[BranchManager, FakeStorage, FakeRuntime]]:
     """An opened manager (main created and running) and its drivers; closed on the way out.
 
@@ -51,6 +53,7 @@ async def open_manager(
         probe=probe,
         undelete_window=undelete_window,
         clock=clock,
+        budget=budget,
     )
     try:
         await manager.open()
