@@ -110,7 +110,7 @@ async def test_prism_diff_prints_text_and_json(prism: PrismHandle) -> None:
     text = await run("feature", "main")
     assert text.splitlines()[0] == "schema of feature against main (database postgres):"
     assert "+ table public.widgets" in text
-    assert "+ column public.widgets.label (text, NULL)" in text
+    assert "+ column public.widgets.label text" in text
     assert "CREATE TABLE public.widgets (\n    id integer,\n    label text\n);" in text
     as_json = json.loads(await run("feature", "main", "--json"))
     assert _names(as_json["added"], "table") == {"public.widgets"}
