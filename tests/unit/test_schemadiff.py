@@ -92,7 +92,8 @@ def test_text_reads_as_sql_and_marks_destructive_statements() -> None:
     assert "+ column public.new.y integer GENERATED ALWAYS AS (x2) STORED" in text
     assert "+ constraint public.t.t_pkey PRIMARY KEY (id)" in text
     assert "~ column public.t.id: integer -> bigint; no DEFAULT -> DEFAULT 0" in text
-    assert "~ type public.mood: AS 'sad', 'ok' -> AS 'sad', 'meh', 'ok'" in text
+    assert "+ type public.mood ENUM ('sad', 'ok')" not in text  # changed, not added
+    assert "~ type public.mood: ('sad', 'ok') -> ('sad', 'meh', 'ok')" in text
     assert "-- destructive: review before running\nDROP TABLE public.old;" in text
     same = diff_view(diff_schemas(_A, _A), a="a", b="a", database="app")
     assert format_diff(same) == "schema of a against a (database app): identical"

@@ -36,9 +36,9 @@ def _clause(kind: str, field: str, value: Any) -> str:
     if value is None:
         return _CLAUSES.get(field, ("", ""))[1]
     text = str(value)
-    if field == "elements":
+    if field == "elements":  # a domain's base type; an enum's values or a composite's fields
         joined = ", ".join(text.split("\n"))
-        return f"AS {joined}" if kind == "type" and "(" not in joined[:1] else f"({joined})"
+        return f"AS {joined}" if kind == "domain" else f"({joined})"
     if "\n" in text:
         return ", ".join(text.split("\n")) if field == "constraints" else f"{field} (see DDL)"
     if field == "nullable":
@@ -47,10 +47,17 @@ def _clause(kind: str, field: str, value: Any) -> str:
 
 
 def _summary(item: Mapping[str, Any]) -> str:
-    kind = item["kind"]
-    clauses = [_clause(kind, f, item.get(f)) for f in FIELDS[kind] if item.get(f) is not None]
+    kind = _flavour(item["kind"], item)
+    clauses = [
+        _clause(kind, f, item.get(f)) for f in FIELDS[item["kind"]] if item.get(f) is not None
+    ]
     shown = " ".join(c for c in clauses if c and "(see DDL)" not in c)
-    return f"{kind} {item['name']}" + (f" {shown}" if shown else "")
+    return f"{item['kind']} {item['name']}" + (f" {shown}" if shown else "")
+
+
+def _flavour(kind: str, definition: Mapping[str, Any]) -> str:
+    """A type's flavour decides how its elements read; other kinds are themselves."""
+    return "domain" if kind == "type" and definition.get("type") == "DOMAIN" else kind
 
 
 def diff_view(diff: SchemaDiff, *, a: str, b: str, database: str) -> dict[str, Any]:
@@ -84,15 +91,16 @@ def format_diff(view: Mapping[str, Any]) -> str:
     lines += [f"+ {_summary(item)}" for item in view["added"]]
     lines += [f"- {_summary(item)}" for item in view["removed"]]
     for item in view["changed"]:
-        kind, new, old = item["kind"], item["branch"], item["against"]
+        new, old = item["branch"], item["against"]
+        kind = _flavour(item["kind"], new)
         what = "; ".join(
             f"{_clause(kind, f, old.get(f)) or 'none'} -> {_clause(kind, f, new.get(f)) or 'none'}"
             if "\n" not in f"{new.get(f)}{old.get(f)}" or f in ("elements", "constraints")
             else f"{'body' if kind == 'function' else 'definition'} changed"
-            for f in FIELDS[kind]
+            for f in FIELDS[item["kind"]]
             if old.get(f) != new.get(f)
         )
-        lines.append(f"~ {kind} {item['name']}: {what}")
+        lines.append(f"~ {item['kind']} {item['name']}: {what}")
     lines.append("")
     lines.append(f"-- DDL that turns {view['against']} into {view['branch']}:")
     for statement in view["ddl"]:
