@@ -97,7 +97,7 @@ async def test_identical_branches_and_bad_requests(prism: PrismHandle) -> None:
     assert 'database "nope" does not exist' in nodb.json()["message"]
 
 
-async def test_prism_diff_prints_text_and_json(prism: PrismHandle) -> None:
+async def test_prism_diff_prints_text_json_and_a_pg_dump_diff(prism: PrismHandle) -> None:
     await psql(prism.dsn("postgres@feature"), "CREATE TABLE widgets (id int, label text)")
     url = ("--api", prism.info.api_url)
 
@@ -115,3 +115,9 @@ async def test_prism_diff_prints_text_and_json(prism: PrismHandle) -> None:
     as_json = json.loads(await run("feature", "main", "--json"))
     assert _names(as_json["added"], "table") == {"public.widgets"}
     assert (await run("main", "main")).strip().endswith(": identical")
+    # pg_dump's own view of the same change, as a unified diff from B to A.
+    dumped = await run("feature", "main", "--format", "pg_dump")
+    assert dumped.startswith("--- main/postgres\n+++ feature/postgres\n"), dumped
+    assert "+CREATE TABLE public.widgets (\n" in dumped
+    same = await run("main", "main", "--format", "pg_dump")
+    assert same.strip() == "pg_dump of main and main: identical"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prism.branches.schemadiff import diff_schemas, diff_view, format_diff, schema_from_rows
+from prism.branches.schemadiff.dump import dump_diff
 
 _B = schema_from_rows(
     {
@@ -97,3 +98,12 @@ def test_text_reads_as_sql_and_marks_destructive_statements() -> None:
     assert "-- destructive: review before running\nDROP TABLE public.old;" in text
     same = diff_view(diff_schemas(_A, _A), a="a", b="a", database="app")
     assert format_diff(same) == "schema of a against a (database app): identical"
+
+
+def test_pg_dump_diff_ignores_the_per_run_restrict_key() -> None:
+    before = "\\restrict abc\nCREATE TABLE t ();\n\\unrestrict abc\n"
+    after = "\\restrict xyz\nCREATE TABLE t ();\nCREATE TABLE u ();\n\\unrestrict xyz\n"
+    assert dump_diff(before, before.replace("abc", "def"), before_name="b", after_name="a") == ""
+    diff = dump_diff(before, after, before_name="main/db", after_name="feature/db")
+    assert diff.startswith("--- main/db\n+++ feature/db\n")
+    assert "+CREATE TABLE u ();\n" in diff and "restrict" not in diff
