@@ -107,3 +107,12 @@ def test_pg_dump_diff_ignores_the_per_run_restrict_key() -> None:
     diff = dump_diff(before, after, before_name="main/db", after_name="feature/db")
     assert diff.startswith("--- main/db\n+++ feature/db\n")
     assert "+CREATE TABLE u ();\n" in diff and "restrict" not in diff
+
+
+def test_what_sql_cannot_do_is_a_comment_never_a_failing_statement() -> None:
+    def enum(labels: str) -> dict[str, list[tuple[str | None, ...]]]:
+        return {"type": [("public.mood", None, "ENUM", labels, None, None, None)]}
+
+    diff = diff_schemas(schema_from_rows(enum("'ok'")), schema_from_rows(enum("'sad'\n'ok'")))
+    [statement] = diff.ddl
+    assert statement.manual and statement.sql.startswith("-- cannot script: enum public.mood")
