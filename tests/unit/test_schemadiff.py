@@ -92,6 +92,7 @@ def test_text_reads_as_sql_and_marks_destructive_statements() -> None:
     assert text.startswith("schema of a against b (database app):\n+ table public.new\n")
     assert "+ column public.new.y integer GENERATED ALWAYS AS (x2) STORED" in text
     assert "+ constraint public.t.t_pkey PRIMARY KEY (id)" in text
+    assert "- index public.old_x ON public.old USING btree (x)" in text
     assert "~ column public.t.id: integer -> bigint; no DEFAULT -> DEFAULT 0" in text
     assert "+ type public.mood ENUM ('sad', 'ok')" not in text  # changed, not added
     assert "~ type public.mood: ('sad', 'ok') -> ('sad', 'meh', 'ok')" in text

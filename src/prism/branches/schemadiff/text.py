@@ -41,6 +41,8 @@ def _clause(kind: str, field: str, value: Any) -> str:
         return f"AS {joined}" if kind == "domain" else f"({joined})"
     if "\n" in text:
         return ", ".join(text.split("\n")) if field == "constraints" else f"{field} (see DDL)"
+    if kind == "index" and " ON " in text:  # the name is already said
+        return text[text.index(" ON ") + 1 :]
     if field == "nullable":
         return "NOT NULL" if text == "NOT NULL" else ""
     return _CLAUSES.get(field, ("{}", ""))[0].format(text)
