@@ -226,6 +226,10 @@ class FakeRuntime:
         await trio.lowlevel.checkpoint()
         return self.logs.get(branch, "")
 
+    async def dump_schema(self, branch: str, *, user: str, database: str) -> str:
+        await trio.lowlevel.checkpoint()
+        return f"-- schema of {database} on {branch}\n"
+
     async def source_tools(self, directory: Path, *, source_host: str | None) -> FakeSourceTools:
         await self._step("source_tools", source_host or "")
         self.source_tools_asked.append((directory, source_host))

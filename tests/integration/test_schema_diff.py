@@ -97,7 +97,7 @@ async def test_identical_branches_and_bad_requests(prism: PrismHandle) -> None:
     assert 'database "nope" does not exist' in nodb.json()["message"]
 
 
-async def test_prism_diff_prints_text_and_json(prism: PrismHandle) -> None:
+async def test_prism_diff_prints_text_json_and_a_pg_dump_diff(prism: PrismHandle) -> None:
     await psql(prism.dsn("postgres@feature"), "CREATE TABLE widgets (id int, label text)")
     url = ("--api", prism.info.api_url)
 
@@ -110,8 +110,14 @@ async def test_prism_diff_prints_text_and_json(prism: PrismHandle) -> None:
     text = await run("feature", "main")
     assert text.splitlines()[0] == "schema of feature against main (database postgres):"
     assert "+ table public.widgets" in text
-    assert "+ column public.widgets.label (text, NULL)" in text
+    assert "+ column public.widgets.label text" in text
     assert "CREATE TABLE public.widgets (\n    id integer,\n    label text\n);" in text
     as_json = json.loads(await run("feature", "main", "--json"))
     assert _names(as_json["added"], "table") == {"public.widgets"}
     assert (await run("main", "main")).strip().endswith(": identical")
+    # pg_dump's own view of the same change, as a unified diff from B to A.
+    dumped = await run("feature", "main", "--format", "pg_dump")
+    assert dumped.startswith("--- main/postgres\n+++ feature/postgres\n"), dumped
+    assert "+CREATE TABLE public.widgets (\n" in dumped
+    same = await run("main", "main", "--format", "pg_dump")
+    assert same.strip() == "pg_dump of main and main: identical"

@@ -244,6 +244,9 @@ def register_routes(
                 422, "invalid_request", '"against" (the branch to compare with) is required'
             )
         database = fields.database(request.args.get("database"))
+        if request.args.get("format") == "pg_dump":
+            dumped = await manager.schema_dump_diff(name, against, database=database)
+            return Response(dumped, content_type="text/plain; charset=utf-8")
         diff = await manager.schema_diff(name, against, database=database)
         described = diff_view(diff, a=name, b=against, database=database)
         if request.args.get("format") == "text":  # the page shows what `prism diff` prints

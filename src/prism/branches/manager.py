@@ -58,6 +58,7 @@ from prism.branches.provision import Provisioner
 from prism.branches.recovery import BranchRecovery
 from prism.branches.reset import BranchReset
 from prism.branches.schemadiff import SchemaDiff, diff_schemas, read_schema
+from prism.branches.schemadiff.dump import dump_diff
 from prism.branches.servers import WATCH_INTERVAL, Servers
 from prism.branches.sessions import ClientSession, SessionRegistry
 from prism.branches.status import (
@@ -302,6 +303,20 @@ class BranchManager:
             ) as service:
                 schemas.append(await read_schema(service))
         return diff_schemas(schemas[0], schemas[1])
+
+    async def schema_dump_diff(self, name: str, against: str, *, database: str) -> str:
+        """A unified diff of the two branches' ``pg_dump --schema-only``, B to A: the whole
+        truth as pg_dump tells it, for what the catalog diff does not compare."""
+        dumps = []
+        for branch in (against, name):
+            self.require(branch)
+            await self.ensure_running(branch, create=False)
+            dumps.append(
+                await self.runtime.dump_schema(branch, user=self._superuser, database=database)
+            )
+        return dump_diff(
+            dumps[0], dumps[1], before_name=f"{against}/{database}", after_name=f"{name}/{database}"
+        )
 
     def connection(
         self, name: str, *, host: str | None = None, with_password: bool = False

@@ -98,6 +98,8 @@ class ApiClient:
                 "(is `prism serve` running? set --api or $PRISM_API)"
             ) from None
         if response.is_success:
+            if response.headers.get("content-type", "").startswith("text/plain"):
+                return response.text
             return response.json()
         try:
             body = response.json()
@@ -230,6 +232,12 @@ class Text(str):
 
 def _diff(api: ApiClient, args: argparse.Namespace) -> Any:
     params = {"against": args.against, "database": args.database}
+    if args.format == "pg_dump":
+        params["format"] = "pg_dump"
+        dumped = api.call("GET", f"/branches/{args.branch}/diff", params=params)
+        return Text(
+            dumped.rstrip("\n") or f"pg_dump of {args.branch} and {args.against}: identical"
+        )
     view = api.call("GET", f"/branches/{args.branch}/diff", params=params)
     return view if args.json else Text(format_diff(view))
 
@@ -369,6 +377,12 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     diff.add_argument("branch", help="the branch whose schema is wanted (A)")
     diff.add_argument("against", help="the branch to compare with (B)")
     diff.add_argument("--database", default="postgres", help="database to compare (postgres)")
+    diff.add_argument(
+        "--format",
+        choices=("text", "pg_dump"),
+        default="text",
+        help="text: the catalog diff and its DDL; pg_dump: a unified diff of pg_dump --schema-only",
+    )
     _add_common(diff)
     diff.set_defaults(run=_diff)
 

@@ -248,6 +248,12 @@ class Runtime(Protocol):
         "" if there is none or it cannot be read: the log explains, it never fails a caller."""
         ...
 
+    async def dump_schema(self, branch: str, *, user: str, database: str) -> str:
+        """``pg_dump --schema-only`` of ``database`` on ``branch``'s running server, run where
+        the server runs, as its user, over its private service socket (``BackendQueryError``
+        when it fails or this runtime cannot run it)."""
+        ...
+
     async def source_tools(self, directory: Path, *, source_host: str | None) -> SourceTools:
         """The client programs for following a source at ``source_host`` (the base backup,
         asking its version), run where this runtime runs its servers.

@@ -47,7 +47,13 @@ import trio
 from docker.models.containers import Container
 
 from prism.core.address import BackendAddress
-from prism.core.errors import ConfigError, PrismError, RuntimeStartFailed, RuntimeStopFailed
+from prism.core.errors import (
+    BackendQueryError,
+    ConfigError,
+    PrismError,
+    RuntimeStartFailed,
+    RuntimeStopFailed,
+)
 from prism.core.names import MAIN_BRANCH
 from prism.core.values import DockerNetwork
 from prism.postgres.binaries import embedded_bin_dir, server_version
@@ -308,6 +314,15 @@ class DockerRuntime:
             await self.stop(branch)
             stopped.append(f"container {container.name} on {pgdata}")
         return stopped
+
+    async def dump_schema(self, branch: str, *, user: str, database: str) -> str:
+        """Not offered: a program container cannot reach a branch's private service socket,
+        and giving it one would open a way into the branch from outside its own container."""
+        await trio.lowlevel.checkpoint()
+        raise BackendQueryError(
+            "the pg_dump format of a schema diff needs the process runtime",
+            sqlstate="0A000",
+        )
 
     async def source_tools(
         self, directory: Path, *, source_host: str | None

@@ -28,7 +28,7 @@ import trio
 
 from prism.core.address import BackendAddress
 from prism.core.crashpoints import crash_point
-from prism.core.errors import RuntimeStartFailed
+from prism.core.errors import BackendQueryError, RuntimeStartFailed
 from prism.core.names import MAIN_BRANCH
 from prism.postgres.binaries import PgInstall, PgInstalls
 from prism.runtime import _process_adopt as adoption
@@ -247,6 +247,22 @@ class ProcessRuntime:
     async def server_log(self, branch: str) -> str:
         """The end of ``branch``'s server log (``<data-dir>/logs/<branch>.log``)."""
         return await trio.to_thread.run_sync(file_tail, self._dirs.log_dir / f"{branch}.log")
+
+    async def dump_schema(self, branch: str, *, user: str, database: str) -> str:
+        """The server's own ``pg_dump``, as the server user over the trusted service socket:
+        the same binaries, so the same major version as the server."""
+        server = self._servers.get(branch)
+        host = None if server is None else server.address.service_host()
+        if server is None or host is None:
+            raise BackendQueryError(f"branch {branch} has no running server to dump")
+        tools = await HostTools(self._installs, self._dirs.log_dir / f"{branch}.log").for_major(
+            None, what="pg_dump"
+        )
+        args = ["--schema-only", "-h", host, "-p", str(server.address.port), "-U", user, database]
+        result = await tools.run("pg_dump", args, env={"PGCONNECT_TIMEOUT": "30"})
+        if result.returncode != 0:
+            raise BackendQueryError(f"pg_dump failed: {result.stderr.decode(errors='replace')}")
+        return result.stdout.decode(errors="replace")
 
     async def source_tools(self, directory: Path, *, source_host: str | None) -> HostTools:
         """The host's programs, run as the server user; main's log is its server's. A local
