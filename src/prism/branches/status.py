@@ -22,7 +22,7 @@ from typing import Final
 import trio
 
 from prism.core.address import BackendAddress
-from prism.core.errors import BranchNotFound, PrismError
+from prism.core.errors import BranchNotFound, describe
 from prism.core.events import EventBus
 from prism.durable.state import BranchRecord, Generation
 
@@ -213,11 +213,6 @@ def is_idle(branch: Branch, *, now: float, idle_for: float) -> bool:
         and branch.connections == 0
         and now - branch.last_active_ts >= idle_for
     )
-
-
-def describe(exc: BaseException) -> str:
-    """What an event's ``error`` says about a failure: the user-facing message if it has one."""
-    return exc.message if isinstance(exc, PrismError) else repr(exc)
 
 
 def elapsed_ms(started: float) -> float:
