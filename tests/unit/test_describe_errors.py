@@ -1,4 +1,4 @@
-"""``describe``: the one line a user sees about a failure, never exception-group or Cancelled text."""
+"""``describe``: the line a user sees about a failure, never exception-group or Cancelled text."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ async def _cancelled_group() -> BaseException:
                 nursery.start_soon(trio.sleep_forever)
                 scope.cancel()
                 await trio.sleep_forever()
-        except BaseException as exc:  # noqa: BLE001 - the test wants the very exception
+        except BaseException as exc:  # the test wants the very exception
             return exc
     pytest.fail("the nursery was not cancelled")
 
