@@ -51,6 +51,7 @@ def branch_view(
             None if branch.generation is None else rfc3339(branch.generation.taken_at)
         ),
         "trouble": None if branch.trouble is None else trouble_view(branch.trouble),
+        "at": None if branch.at is None else rfc3339(branch.at),
         **({} if policy is None else policy_view(policy)),
         **more,
     }

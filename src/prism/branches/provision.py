@@ -23,7 +23,7 @@ from prism.core.address import BackendAddress
 from prism.core.crashpoints import crash_point
 from prism.core.errors import BranchNotFound, HookFailed, PrismError, ProvisionFailed
 from prism.durable.intents import CreateIntent
-from prism.durable.state import utcnow
+from prism.durable.state import rfc3339, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class Provisioner:
         except BaseException:
             release()
             raise
-        branch = Branch(name, parent_name, utcnow(), BranchStatus.PROVISIONING)
+        branch = Branch(name, parent_name, utcnow(), BranchStatus.PROVISIONING, at=at)
         self._parts.registry.add(branch)
         self._parts.registry.transition(
             branch, BranchStatus.PROVISIONING, "provisioning", parent=parent_name
@@ -113,7 +113,7 @@ class Provisioner:
         finally:
             release()
         self._parts.events.publish(
-            "created", name, parent=parent_name, duration_ms=elapsed_ms(started)
+            "created", name, parent=parent_name, duration_ms=elapsed_ms(started), **_at(at)
         )
         log.info(
             "provision: branch %s from %s in %.1f ms (clone %.1f ms)",
@@ -123,6 +123,12 @@ class Provisioner:
             clone_ms,
         )
         return branch
+
+
+def _at(at: datetime | None) -> dict[str, str]:
+    """An event's ``at`` of the data for a point-in-time branch: named ``data_at``, as every
+    event's own ``at`` is when it happened."""
+    return {} if at is None else {"data_at": rfc3339(at)}
 
 
 __all__ = ["Provisioner"]

@@ -116,6 +116,7 @@ class BranchReset:
             self._parts.registry.transition(branch, BranchStatus.STOPPED)
             branch.bytes_proxied = 0
             branch.last_active_ts = time.time()
+            branch.at = None  # it holds its parent's present now, not the time it was made at
             await self._parts.servers.save(branch)
             await self._parts.journal.done(intent)
             if retired is not None:

@@ -86,6 +86,9 @@ class Branch:
     """The generation of main this branch holds (``--source-mode dump``; else None)."""
     trouble: Trouble | None = None
     """Why its server is not serving, while ``recovering`` or ``unhealthy``; else None."""
+    at: datetime | None = None
+    """The time of its parent's data it holds, made with ``--at``; None for one made from the
+    parent's present (and again after a reset, which re-clones the present)."""
 
     @property
     def last_active(self) -> datetime:
@@ -98,6 +101,7 @@ class Branch:
             created_at=self.created_at,
             last_active=self.last_active,
             status=self.status.value,
+            at=self.at,
         )
 
 

@@ -32,10 +32,35 @@ def _size(nbytes: int | None) -> str:
     return f"{value:.1f} TiB"
 
 
+def _until(stamp: str | None, now: float) -> str:
+    """``in 3h`` for an expiry (``due`` once passed), ``-`` for none."""
+    if stamp is None:
+        return "-"
+    seconds = int(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() - now)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"in {seconds // size}{unit}"
+    return f"in {seconds}s" if seconds > 0 else "due"
+
+
+def _own_size(branch: dict[str, Any]) -> str:
+    """What deleting the branch would free: its own bytes where the storage tells them."""
+    disk = branch.get("disk")
+    if disk and disk.get("own") is not None:
+        return _size(disk["own"])
+    return _size(branch.get("disk_bytes"))
+
+
+def main_first(branches: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``main``, then the others by name: main is what every other branch comes from."""
+    return sorted(branches, key=lambda b: (b["parent"] is not None, b["name"]))
+
+
 def format_branches(branches: Sequence[dict[str, Any]], *, now: float | None = None) -> str:
-    """The branch table ``prism branch ls`` prints."""
+    """The branch table ``prism branch ls`` prints, main first."""
     now = time.time() if now is None else now
-    header = ("NAME", "STATUS", "PARENT", "CONNS", "LAST ACTIVE", "ADDRESS", "DISK")
+    branches = main_first(branches)
+    header = ("NAME", "STATUS", "PARENT", "CONNS", "LAST ACTIVE", "PROTECTED", "EXPIRES", "OWN")
     rows = [header] + [
         (
             b["name"],
@@ -43,16 +68,21 @@ def format_branches(branches: Sequence[dict[str, Any]], *, now: float | None = N
             b["parent"] or "-",
             str(b["connections"]),
             _ago(b["last_active"], now),
-            b["address"] or "-",
-            _size(b["disk_bytes"]),
+            "yes" if b.get("protected") else "no",
+            _until(b.get("expires_at"), now),
+            _own_size(b),
         )
         for b in branches
     ]
-    if any(b.get("generation") is not None for b in branches):  # --source-mode dump
-        rows = [(*rows[0], "GEN")] + [
-            (*row, str(b.get("generation") or "-"))
-            for row, b in zip(rows[1:], branches, strict=True)
-        ]
+    # Columns only some set-ups have: a point-in-time branch's time, dump mode's generation.
+    for title, key in (("AT", "at"), ("GEN", "generation")):
+        if any(b.get(key) is not None for b in branches):
+            rows = [(*rows[0], title)] + [
+                (*row, str(b.get(key) or "-")) for row, b in zip(rows[1:], branches, strict=True)
+            ]
+    rows = [(*rows[0], "ADDRESS")] + [
+        (*row, b["address"] or "-") for row, b in zip(rows[1:], branches, strict=True)
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     table = [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
@@ -103,6 +133,7 @@ def format_details(branch: dict[str, Any], *, now: float | None = None) -> str:
     connection = branch.get("connection")
     facts = (
         ("created", branch["created_at"]),
+        *((("data as of", f"{branch['at']} (made with --at)"),) if branch.get("at") else ()),
         ("last active", _ago(branch["last_active"], now)),
         ("connections", str(branch["connections"])),
         ("protected", "yes" if branch["protected"] else "no"),
@@ -129,12 +160,19 @@ def format_event(event: dict[str, Any]) -> str:
         return f"snapshot: {len(event['branches'])} branches: {listed}"
     clock = str(event["at"])[11:23]
     extra = " ".join(
-        f"{key}={value}"
+        f"{key}={_event_value(value)}"
         for key, value in event.items()
         if key not in ("type", "branch", "at", "seq", "log") and value is not None
     )
     line = " ".join(part for part in (clock, event["type"], event["branch"] or "", extra) if part)
     return "\n".join([line, *_log_lines(event.get("log") or ())])
+
+
+def _event_value(value: Any) -> str:
+    """``protected=yes``, not Python's ``True``."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
 
 
 def format_trash(entries: Sequence[dict[str, Any]]) -> str:
