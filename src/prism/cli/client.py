@@ -31,10 +31,12 @@ from prism.branches.schemadiff import format_diff
 from prism.cli.format import (
     format_branch,
     format_branches,
+    format_change,
     format_details,
     format_event,
     format_snapshots,
     format_trash,
+    main_first,
 )
 from prism.cli.status import format_disk, format_prune, format_status
 from prism.core.config import load_settings
@@ -122,7 +124,7 @@ Parser = argparse.ArgumentParser
 def _ls(api: ApiClient, args: argparse.Namespace) -> Any:
     answer = api.call("GET", "/branches")
     if args.json:
-        return answer["branches"]
+        return main_first(answer["branches"])
     return Text("\n".join([format_branches(answer["branches"]), *format_disk(answer.get("disk"))]))
 
 
@@ -186,16 +188,22 @@ def _dsn(api: ApiClient, args: argparse.Namespace) -> Any:
     return _connection(api, args.name, args)
 
 
-def _patch(**body: Any) -> Command:
+def _change(api: ApiClient, args: argparse.Namespace, change: str, body: dict[str, Any]) -> Any:
+    """PATCH the branch's policy; print what it is now (``format_change``), or the branch."""
+    branch = api.call("PATCH", f"/branches/{args.name}", json=body)
+    return branch if args.json else Text(format_change(change, branch))
+
+
+def _protection(protected: bool) -> Command:
     def run(api: ApiClient, args: argparse.Namespace) -> Any:
-        return api.call("PATCH", f"/branches/{args.name}", json=body)
+        return _change(api, args, "protection", {"protected": protected})
 
     return run
 
 
 def _expire(api: ApiClient, args: argparse.Namespace) -> Any:
     body = {"expires_at": None} if args.ttl in ("never", "none") else {"ttl": args.ttl}
-    return api.call("PATCH", f"/branches/{args.name}", json=body)
+    return _change(api, args, "expiry", body)
 
 
 def _hook(api: ApiClient, args: argparse.Namespace) -> Any:
@@ -215,7 +223,7 @@ def _hook(api: ApiClient, args: argparse.Namespace) -> Any:
             raise ClientError(f"cannot read the command: {exc}") from None
     if not body:
         body = {"on_create": None, "on_create_command": None}
-    return api.call("PATCH", f"/branches/{args.name}", json=body)
+    return _change(api, args, "hooks", body)
 
 
 def _operation(verb: str) -> Command:
@@ -354,8 +362,8 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     verb("undelete", "bring a deleted branch back from the trash (data and policies)", _undelete)
     verb("trash", "list deleted branches kept for undelete", _trash, named=False)
     dsn_flags(verb("dsn", "print a branch's connection string", _dsn))
-    verb("protect", "refuse delete and reset of a branch", _patch(protected=True))
-    verb("unprotect", "allow delete and reset of a branch again", _patch(protected=False))
+    verb("protect", "refuse delete and reset of a branch", _protection(True))
+    verb("unprotect", "allow delete and reset of a branch again", _protection(False))
     verb("expire", "set when a branch is deleted", _expire).add_argument(
         "ttl", metavar="TTL", help="a duration from now (72h, 30m) or never"
     )

@@ -115,6 +115,25 @@ def format_branch(branch: dict[str, Any]) -> str:
     return f"{branch['name']}: {branch['status']} ({', '.join(parts)})"
 
 
+def format_change(change: str, branch: dict[str, Any], *, now: float | None = None) -> str:
+    """What ``protect``, ``unprotect``, ``expire`` and ``hook`` changed, from the branch the
+    API answers with: the state it is in now, and how to undo it."""
+    name = branch["name"]
+    if change == "protection":
+        if branch["protected"]:
+            return f"{name}: protected: delete and reset refused (prism branch unprotect {name})"
+        return f"{name}: not protected: delete and reset allowed (prism branch protect {name})"
+    if change == "expiry":
+        if branch["expires_at"] is None:
+            return f"{name}: never expires"
+        when = _until(branch["expires_at"], time.time() if now is None else now)
+        return f"{name}: expires at {branch['expires_at']} ({when})"
+    hooks = [kind for kind in ("on_create", "on_create_command") if branch.get(kind)]
+    if not hooks:
+        return f"{name}: no on_create hooks: new children are plain copies"
+    return f"{name}: new children run {' and '.join(hooks)} before anyone connects"
+
+
 def _disk_text(disk: dict[str, Any] | None) -> str:
     if disk is None or disk["total"] is None:
         return "unknown"
