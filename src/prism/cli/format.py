@@ -145,6 +145,16 @@ def _disk_text(disk: dict[str, Any] | None) -> str:
     )
 
 
+def source_state(health: dict[str, Any]) -> str:
+    """How main keeps up with its source: its state, how far behind, the error if any."""
+    state = str(health["state"])
+    if health.get("replay_lag_seconds") is not None:
+        state += f", {health['replay_lag_seconds']} s behind"
+    if health.get("error"):
+        state += f" ({health['error']})"
+    return state
+
+
 def format_details(branch: dict[str, Any], *, now: float | None = None) -> str:
     """Everything ``prism branch show`` says about one branch: a line per fact."""
     now = time.time() if now is None else now
@@ -161,6 +171,15 @@ def format_details(branch: dict[str, Any], *, now: float | None = None) -> str:
         ("keeps WAL", "yes (branches as of a time: --at)" if branch.get("keeps_wal") else "no"),
         ("disk", _disk_text(branch.get("disk"))),
         ("connect", connection["uri"] if connection else "-"),
+        # Main as a standby of --source: how it keeps up, and that it takes no writes.
+        *(
+            (
+                ("source", source_state(branch["source"])),
+                ("writes", "none: main is a read-only standby of the source; write in a branch"),
+            )
+            if branch.get("source")
+            else ()
+        ),
     )
     lines = [format_branch(branch), *(f"  {key:<12} {value}" for key, value in facts)]
     trouble = branch.get("trouble")
