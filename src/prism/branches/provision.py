@@ -18,12 +18,13 @@ from prism.branches.capacity import Caps, check_branch_cap
 from prism.branches.creation import CreationPolicy
 from prism.branches.health import refusal
 from prism.branches.parts import BranchParts
+from prism.branches.snapshots import precise_time
 from prism.branches.status import UNWELL, Branch, BranchStatus, elapsed_ms
 from prism.core.address import BackendAddress
 from prism.core.crashpoints import crash_point
 from prism.core.errors import BranchNotFound, HookFailed, PrismError, ProvisionFailed
 from prism.durable.intents import CreateIntent
-from prism.durable.state import rfc3339, utcnow
+from prism.durable.state import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class Provisioner:
 def _at(at: datetime | None) -> dict[str, str]:
     """An event's ``at`` of the data for a point-in-time branch: named ``data_at``, as every
     event's own ``at`` is when it happened."""
-    return {} if at is None else {"data_at": rfc3339(at)}
+    return {} if at is None else {"data_at": precise_time(at)}
 
 
 __all__ = ["Provisioner"]
