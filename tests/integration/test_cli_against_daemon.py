@@ -22,12 +22,15 @@ from .harness import PrismHandle, running_prism
 _CLI = [sys.executable, "-m", "prism.cli.main"]
 
 
-async def test_a_pipe_closed_early_ends_ls_quietly(prism: PrismHandle) -> None:
+@pytest.mark.parametrize("command", [("branch", "ls"), ("events",)])
+async def test_a_pipe_closed_early_ends_the_command_quietly(
+    prism: PrismHandle, command: tuple[str, ...]
+) -> None:
     read, write = os.pipe()
     os.close(read)  # the reader is gone before a byte is written, as `| head -0` would be
     try:
         result = await trio.run_process(
-            [*_CLI, "branch", "ls", "--api", prism.info.api_url],
+            [*_CLI, *command, "--api", prism.info.api_url],
             stdout=write,
             capture_stderr=True,
             check=False,

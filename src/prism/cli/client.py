@@ -508,6 +508,8 @@ async def _follow_events(url: str, token: str, as_json: bool, out: TextIO) -> No
             f"the event stream from {url} ended: {_close_text(reason)}",
             hint="the daemon stopped or the network dropped; " + _NOT_RUNNING_HINT,
         ) from None
+    except BrokenPipeError:
+        raise  # our reader left, not the daemon: run_client ends quietly
     except OSError as exc:
         raise ClientError(
             f"cannot reach the Prism API at {url}: {exc.strerror or exc or type(exc).__name__}",
