@@ -281,7 +281,7 @@ class PointInTime:
             try:
                 await self.sweep(set(source.names()))
             except Exception as exc:  # a background task: log and try again later
-                log.error("snapshots: could not free dropped windows (retrying): %r", exc)
+                log.error("snapshots: could not free dropped windows (retrying): %s", describe(exc))
                 wait = min(wait, RETRY_SECONDS)
             for branch in sorted(filter(self.keeps_wal, source.names())):
                 try:
