@@ -34,7 +34,7 @@ from prism.core.events import EventBus
 from prism.core.followers import Followers
 from prism.core.names import MAIN_BRANCH
 from prism.core.settings import Settings
-from prism.core.values import StorageKind
+from prism.core.values import StorageKind, default_data_dir
 from prism.durable.datadirlock import DataDirLock, hold_data_dir
 from prism.durable.journal import Journal
 from prism.durable.recovery import recover
@@ -155,6 +155,13 @@ class PrismServer:
     ) -> None:
         log.debug("open-file limit %d", raise_open_file_limit())
         data_dir = self.settings.data_dir.resolve()
+        if os.geteuid() == 0:
+            log.info(
+                "prism: running as root: data in %s%s (--data-dir to change); branch servers "
+                "run as an unprivileged OS user (--run-as), as PostgreSQL refuses root",
+                data_dir,
+                " (root's default)" if data_dir == default_data_dir() else "",
+            )
         _prepare_data_dir(data_dir)
         # Before anything reads or changes the data dir, and until every server is stopped.
         with hold_data_dir(data_dir) as lock:

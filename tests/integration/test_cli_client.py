@@ -39,19 +39,14 @@ async def test_branch_commands_create_list_stop_start_reset_and_remove(
 
     table = (await _prism("branch", "ls", *url)).stdout.decode().splitlines()
     assert table[0].split() == [
-        "NAME",
-        "STATUS",
-        "PARENT",
-        "CONNS",
-        "LAST",
-        "ACTIVE",
-        "ADDRESS",
-        "DISK",
+        *("NAME", "STATUS", "PARENT", "CONNS", "LAST", "ACTIVE", "PROTECTED", "EXPIRES"),
+        *("OWN", "ADDRESS"),
     ]
     rows = [line for line in table[1:] if not line.startswith(" ")]
-    assert [line.split()[:3] for line in rows] == [
-        ["cli-made", "running", "main"],
-        ["main", "running", "-"],
+    # Main first: every other branch comes from it.
+    assert [line.split()[:3] + line.split()[6:8] for line in rows] == [
+        ["main", "running", "-", "yes", "-"],
+        ["cli-made", "running", "main", "no", "-"],
     ]
     # Below the table: the disk the branches are on, and what uses it.
     assert [line.split()[0] for line in table[len(rows) + 1 :]] == ["disk", "used"]
@@ -60,7 +55,7 @@ async def test_branch_commands_create_list_stop_start_reset_and_remove(
     assert "main     running" in status and "branches 2 (2 running)" in status
     assert "reserve" in status and "used by" in status
     listed = json.loads((await _prism("branch", "ls", "--json", *url)).stdout)
-    assert [b["name"] for b in listed] == ["cli-made", "main"]
+    assert [b["name"] for b in listed] == ["main", "cli-made"]
 
     stopped = await _prism("branch", "stop", "cli-made", *url)
     assert stopped.stdout.decode().strip() == "cli-made: stopped (parent main)"
@@ -78,6 +73,13 @@ async def test_failures_exit_non_zero_with_one_line_reason(prism: PrismHandle) -
     refused = await _prism("branch", "rm", "main", *url, check=False)
     assert refused.returncode == 4  # a conflict: main is protected
     assert refused.stderr.decode() == "prism: error: the main branch cannot be deleted\n"
+    # Main has no parent: said first, as unprotecting it would not make it resettable.
+    reset = await _prism("branch", "reset", "main", *url, check=False)
+    assert reset.returncode == 4
+    assert reset.stderr.decode().splitlines() == [
+        'prism: error: branch "main" has no parent to reset from',
+        "prism: hint: reset a branch made from main, not main itself",
+    ]
     missing = await _prism("branch", "stop", "ghost", *url, check=False)
     assert missing.returncode == 3  # not found
     assert missing.stderr.decode() == 'prism: error: branch "ghost" does not exist\n'
@@ -87,7 +89,8 @@ async def test_unreachable_api_is_one_line_not_a_traceback() -> None:
     result = await _prism("branch", "ls", "--api", "127.0.0.1:1", check=False)
     assert result.returncode == 1
     lines = result.stderr.decode().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("prism: error: cannot reach the Prism API")
+    assert lines[0].startswith("prism: error: cannot reach the Prism API")
+    assert lines[1:] == ["prism: hint: is `prism serve` running? set --api or $PRISM_API"]
 
 
 async def test_token_is_sent_and_a_missing_one_is_explained(start_prism: Any) -> None:
@@ -131,7 +134,9 @@ async def test_create_from_a_parent_and_rm_with_children_print_json(prism: Prism
 
     refused = await _prism("branch", "rm", "elder", *url, check=False)
     assert refused.returncode == 4  # a conflict: it has children
-    assert refused.stderr.decode() == 'prism: error: branch "elder" has child branches: young\n'
+    assert refused.stderr.decode().splitlines()[0] == (
+        'prism: error: branch "elder" has child branches: young'
+    )
     removed = await _prism("branch", "rm", "elder", "--with-children", "--json", *url)
     assert json.loads(removed.stdout) == {"deleted": ["young", "elder"]}
 
@@ -143,7 +148,10 @@ async def test_bad_input_is_refused_with_the_apis_reason(prism: PrismHandle) -> 
     assert "Not-Valid" in bad_name.stderr.decode()
     orphan = await _prism("branch", "create", "orphan", "--parent", "nope", *url, check=False)
     assert orphan.returncode == 3  # the parent is not found
-    assert orphan.stderr.decode() == 'prism: error: parent branch "nope" does not exist\n'
+    assert orphan.stderr.decode().splitlines() == [
+        'prism: error: parent branch "nope" does not exist',
+        "prism: hint: list branches with GET /api/v1/branches",
+    ]
 
 
 async def test_out_of_range_times_are_one_line_naming_the_field(prism: PrismHandle) -> None:
@@ -206,8 +214,11 @@ async def test_events_without_the_token_exit_1_and_say_so(start_prism: Any) -> N
     refused = await _prism("events", "--api", prism.info.api_url, check=False)
     assert refused.returncode == 1
     lines = refused.stderr.decode().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("prism: error: cannot subscribe to ws://")
-    assert lines[0].endswith("(wrong or missing --api-token?)")
+    assert lines[0].startswith("prism: error: cannot subscribe to ws://")
+    assert lines[0].endswith("this Prism API needs a token (no token given)")
+    assert lines[1:] == [
+        "prism: hint: send 'Authorization: Bearer <token>' (prism: --api-token or $PRISM_API_TOKEN)"
+    ]
 
 
 async def test_a_branch_per_ci_job_create_print_dsn_use_and_rm_if_exists(
@@ -260,11 +271,14 @@ async def test_protect_expire_and_hook_commands(prism: PrismHandle, tmp_path: An
     assert protected["protected"] is True
     refused = await _prism("branch", "rm", "guarded", *url, check=False)
     assert refused.returncode == 4
-    assert (
-        refused.stderr.decode()
-        == 'prism: error: branch "guarded" is protected: it cannot be deleted\n'
+    assert refused.stderr.decode().splitlines() == [
+        'prism: error: branch "guarded" is protected: it cannot be deleted',
+        "prism: hint: unprotect it first: prism branch unprotect guarded",
+    ]
+    unprotected = await _prism("branch", "unprotect", "guarded", *url)
+    assert unprotected.stdout.decode() == (
+        "guarded: not protected: delete and reset allowed (prism branch protect guarded)\n"
     )
-    await _prism("branch", "unprotect", "guarded", *url)
     expiring = json.loads(
         (await _prism("branch", "expire", "guarded", "72h", "--json", *url)).stdout
     )
@@ -277,6 +291,8 @@ async def test_protect_expire_and_hook_commands(prism: PrismHandle, tmp_path: An
     sql.write_text("CREATE TABLE made_by_hook AS SELECT 42 AS v")
     hooked = await _prism("branch", "hook", "guarded", "--on-create", str(sql), "--json", *url)
     assert json.loads(hooked.stdout)["on_create"] is True
+    said = await _prism("branch", "hook", "guarded", "--on-create", str(sql), *url)
+    assert said.stdout.decode() == "guarded: new children run on_create before anyone connects\n"
     await _prism("branch", "create", "hooked-child", "--parent", "guarded", *url)
     made = await psql(prism.dsn("postgres@hooked-child"), "SELECT v FROM made_by_hook")
     assert made.stdout.decode().strip() == "42"
@@ -299,10 +315,11 @@ async def test_hook_command_is_refused_unless_allowed_and_set_and_cleared_when_i
         check=False,
     )
     assert refused.returncode == 1
-    assert refused.stderr.decode() == (
+    assert refused.stderr.decode().splitlines()[0] == (
         'prism: error: cannot give branch "main" an on_create command: on_create commands are '
-        "off (Prism was not started with --allow-hook-commands)\n"
+        "off (Prism was not started with --allow-hook-commands)"
     )
+    assert refused.stderr.decode().splitlines()[1].startswith("prism: hint: use an SQL hook")
 
     # A second Prism, on a data directory of its own, whose operator allowed commands.
     on: PrismHandle = await start_prism(allow_hook_commands=True, data_dir=empty_data_dir)

@@ -8,6 +8,7 @@ the rows committed at or before T, and a time outside the window is refused with
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -380,3 +381,34 @@ async def test_a_delete_cut_short_by_a_crash_still_removes_the_window(data_dir: 
 
         await wait_until(freed, what="dev's archive and snapshots removed", within=60)
         assert {s.branch for s in prism.manager.point_in_time.store.list()} == {"main"}
+
+
+async def test_a_branch_at_a_time_says_its_time_everywhere_and_keeps_it_across_a_restart(
+    data_dir: Path,
+) -> None:
+    settings = make_settings(data_dir, snapshot_every=3600.0)
+    cli = [sys.executable, "-m", "prism.cli.main"]
+    async with _serving(settings) as prism:
+        await first_snapshot(prism)
+        where = ["--api", prism.info.api_url]
+        async with prism.manager.events.subscribe() as events:
+            await trio.run_process([*cli, "branch", "create", "held", "--at", "-0s", *where])
+            with trio.fail_after(30):
+                created = (await wait_for(events, type="created", branch="held"))[-1]
+        at = prism.manager.get("held").at
+        assert at is not None and created["data_at"] == precise_time(at)
+        shown = await trio.run_process(
+            [*cli, "branch", "show", "held", *where], capture_stdout=True
+        )
+        assert f"  data as of   {precise_time(at)} (made with --at)" in shown.stdout.decode()
+        listed = await trio.run_process(
+            [*cli, "branch", "ls", "--json", *where], capture_stdout=True
+        )
+        assert {b["name"]: b["at"] for b in json.loads(listed.stdout)} == {
+            "main": None,
+            "held": precise_time(at),
+        }
+    async with _serving(settings) as prism:
+        assert prism.manager.get("held").at == at
+        await prism.manager.reset("held")  # a reset clones the parent's present
+        assert prism.manager.get("held").at is None

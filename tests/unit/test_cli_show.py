@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from prism.cli.format import format_branches, format_details, format_event
+from prism.cli.format import format_branches, format_change, format_details, format_event
 
 _NOW = datetime(2026, 11, 25, 11, 5, 0, tzinfo=UTC).timestamp()
 
@@ -114,3 +114,43 @@ def test_events_print_the_log_an_unwell_event_carries_under_its_line() -> None:
         "  | LOG:  a",
         "  | PANIC:  b",
     ]
+
+
+def test_ls_puts_main_first_and_says_protection_expiry_own_size_and_time() -> None:
+    listed = [
+        _branch(name="alpha", at="2026-11-25T10:00:00Z", disk_bytes=1, trouble=None),
+        _branch(name="main", parent=None, protected=True, expires_at=None, disk_bytes=1),
+    ]
+    header, main, alpha = format_branches(listed, now=_NOW).splitlines()
+    assert header.split() == [
+        *("NAME", "STATUS", "PARENT", "CONNS", "LAST", "ACTIVE", "PROTECTED", "EXPIRES", "OWN"),
+        *("AT", "ADDRESS"),
+    ]
+    assert main.split()[:1] + main.split()[6:8] == ["main", "yes", "-"]
+    assert alpha.split()[6:11] == ["no", "in", "2d", "512.0", "KiB"]
+    assert "2026-11-25T10:00:00Z" in alpha.split()
+
+
+def test_show_says_which_time_a_point_in_time_branch_holds() -> None:
+    lines = format_details(_branch(at="2026-11-25T10:00:00Z"), now=_NOW).splitlines()
+    assert lines[2] == "  data as of   2026-11-25T10:00:00Z (made with --at)"
+
+
+def test_events_print_yes_and_no_not_python_booleans() -> None:
+    event = {"type": "policy", "branch": "b", "at": "2026-11-25T11:04:58.120Z", "protected": True}
+    assert format_event(event) == "11:04:58.120 policy b protected=yes"
+
+
+def test_each_policy_change_says_what_the_branch_is_now() -> None:
+    assert format_change("protection", _branch(protected=True)) == (
+        "feature-1: protected: delete and reset refused (prism branch unprotect feature-1)"
+    )
+    assert format_change("protection", _branch()).startswith("feature-1: not protected")
+    assert format_change("expiry", _branch(), now=_NOW) == (
+        "feature-1: expires at 2026-11-28T11:02:43Z (in 2d)"
+    )
+    assert format_change("expiry", _branch(expires_at=None)) == "feature-1: never expires"
+    assert format_change("hooks", _branch(on_create=True)) == (
+        "feature-1: new children run on_create before anyone connects"
+    )
+    assert "no on_create hooks" in format_change("hooks", _branch())

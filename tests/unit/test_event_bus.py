@@ -57,3 +57,25 @@ async def test_async_iteration_ends_after_overflow_event() -> None:
         bus.publish("b")
         types = [event["type"] async for event in subscription]
     assert types == ["a", "overflow"]
+
+
+async def test_close_sends_shutdown_last_and_waits_for_every_subscriber_to_leave() -> None:
+    bus = EventBus()
+    left = trio.Event()
+
+    async def subscriber(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with bus.subscribe() as subscription:
+            task_status.started()
+            seen = [event["type"] async for event in subscription]
+        assert seen == ["stopped", "shutdown"]
+        left.set()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(subscriber)
+        bus.publish("stopped", "b")
+        bus.close("Prism is shutting down (SIGTERM)")
+        with trio.fail_after(5):
+            await bus.wait_drained()
+        assert left.is_set()
+    async with bus.subscribe() as late:  # after close, a subscription ends at once
+        assert _drain(late) == []

@@ -235,7 +235,8 @@ async def test_older_marker_files_and_provisioning_records_become_intents(tmp_pa
     taking.write_text("")
     store = InlineStateStore(tmp_path / "prism.db")
     store.load(
-        "INSERT INTO branches VALUES ('half', 'main', ?, ?, 'provisioning')",
+        "INSERT INTO branches (name, parent, created_at, last_active, status) "
+        "VALUES ('half', 'main', ?, ?, 'provisioning')",
         (TAKEN.isoformat(), TAKEN.isoformat()),
     )
     journal = Journal(store)

@@ -43,7 +43,7 @@ def _check(token: str, path: str, remote: str | None, presented: str | None) -> 
         401,
         "unauthorized",
         f"this Prism API needs a token ({reason} given)",
-        hint="send 'Authorization: Bearer <token>' (prism: --token or $PRISM_API_TOKEN)",
+        hint="send 'Authorization: Bearer <token>' (prism: --api-token or $PRISM_API_TOKEN)",
     )
 
 

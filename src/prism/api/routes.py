@@ -148,8 +148,9 @@ def register_routes(
 
     @app.get(f"{PREFIX}/status")
     async def daemon_status() -> Response:
-        """One screen of the daemon's state (``prism status``): version, addresses, main,
-        disk, branch counts, sandbox."""
+        """One screen of the daemon's state (``prism status``): version, addresses, where
+        data lives and on what, how servers run and are confined, main and its source, disk,
+        branch counts."""
         branches = manager.list()
         main = manager.get(MAIN_BRANCH)
         endpoint = manager.endpoint
@@ -158,9 +159,18 @@ def register_routes(
                 "version": __version__,
                 "ready": manager.opened,
                 "listen": None if endpoint is None else f"{endpoint.host}:{endpoint.port}",
+                "api": request.host_url.rstrip("/"),
+                "data_dir": str(manager.state.path.parent),
+                "storage": {"name": manager.storage.name, "root": str(manager.storage.root)},
+                "runtime": manager.runtime.name,
                 "main": None if main is None else {"status": main.status.value},
+                "source": {
+                    "made_by": manager.main_made_by,
+                    "health": None if source_health is None else await source_health(),
+                },
                 "branches": dict(Counter(branch.status.value for branch in branches)),
                 "data_plane": data_plane.name,
+                "data_plane_reason": data_plane.reason,
                 "sandbox": confinement_view(manager.runtime.confinement()),
                 "disk": None if manager.budget is None else manager.budget.view(),
             }

@@ -2,7 +2,8 @@
 
 The subscription is opened *before* the snapshot is taken, so no transition can fall between
 the two (at worst one is both in the snapshot and sent after it, which a client applies twice
-harmlessly). A subscriber that reads too slowly is dropped by the bus; it is sent a last
+harmlessly). When the daemon stops, every subscriber gets its ``shutdown`` event and a close
+with 1001 (going away). A subscriber that reads too slowly is dropped by the bus; it is sent a last
 ``overflow`` event and the socket is closed with 1013 (try again later) so it can re-subscribe
 and get a fresh snapshot.
 """
@@ -21,6 +22,7 @@ from prism.branches.manager import BranchManager
 from prism.core.events import event_time
 
 _TRY_AGAIN_LATER = 1013
+_GOING_AWAY = 1001
 
 
 def register_stream(app: QuartTrio, manager: BranchManager) -> None:
@@ -46,3 +48,5 @@ def register_stream(app: QuartTrio, manager: BranchManager) -> None:
                 await websocket.send(json.dumps(event))
             if subscription.overflowed:
                 await websocket.close(_TRY_AGAIN_LATER, "fell behind; subscribe again")
+            elif manager.events.closed:
+                await websocket.close(_GOING_AWAY, "Prism is shutting down")

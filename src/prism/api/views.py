@@ -6,6 +6,7 @@ from typing import Any
 
 from prism.branches.manager import Branch, BranchManager
 from prism.branches.policy import BranchPolicy
+from prism.branches.snapshots import precise_time
 from prism.branches.status import UNWELL, Trouble
 from prism.branches.trash import TrashEntry
 from prism.core.names import MAIN_BRANCH
@@ -51,6 +52,8 @@ def branch_view(
             None if branch.generation is None else rfc3339(branch.generation.taken_at)
         ),
         "trouble": None if branch.trouble is None else trouble_view(branch.trouble),
+        # To the millisecond, as the window's edges: a time given relatively has them.
+        "at": None if branch.at is None else precise_time(branch.at),
         **({} if policy is None else policy_view(policy)),
         **more,
     }

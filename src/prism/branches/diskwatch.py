@@ -28,6 +28,7 @@ import trio
 
 from prism.branches.pitr import PointInTime
 from prism.core.diskrules import Level
+from prism.core.errors import describe
 from prism.core.events import Event, EventBus
 from prism.core.units import format_size
 from prism.storage._layout import BRANCHES_DIR, TRASH_DIR
@@ -94,7 +95,7 @@ class DiskWatch:
                 log.debug("disk watch: %s went while measured; measuring again", exc.filename)
                 self._measured = False
             except Exception as exc:  # a background task: log and look again
-                log.error("disk watch: %r", exc)
+                log.error("disk watch: %s", describe(exc))
             await trio.sleep(interval)
 
     def _observe(self, event: Event) -> None:

@@ -228,6 +228,8 @@ class BranchManager:
         """Snapshots and WAL archives of the branches that keep WAL, when kept
         (``--snapshot-every``): what ``create`` with ``at`` needs."""
         self.refresh_main = origin.refresh
+        self.main_made_by = origin.how
+        """How main is made (initdb, base backup, dump): where its data comes from."""
         """Makes a new generation of main (``--source-mode dump``); None in other modes."""
         self._opened = trio.Event()
 

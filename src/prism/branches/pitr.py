@@ -60,7 +60,7 @@ from prism.core.address import BackendAddress
 from prism.core.config import format_duration, parse_duration
 from prism.core.crashpoints import crash_point
 from prism.core.diskrules import Kept, Retention, over_size, snapshot_due_by_size
-from prism.core.errors import ConfigError, OutsideWindow, PrismError
+from prism.core.errors import ConfigError, OutsideWindow, describe
 from prism.core.events import EventBus
 from prism.core.names import MAIN_BRANCH
 from prism.core.settings import Settings
@@ -281,13 +281,13 @@ class PointInTime:
             try:
                 await self.sweep(set(source.names()))
             except Exception as exc:  # a background task: log and try again later
-                log.error("snapshots: could not free dropped windows (retrying): %r", exc)
+                log.error("snapshots: could not free dropped windows (retrying): %s", describe(exc))
                 wait = min(wait, RETRY_SECONDS)
             for branch in sorted(filter(self.keeps_wal, source.names())):
                 try:
                     due = await self._round(branch, period, keep, source, superuser)
                 except Exception as exc:  # a background task: log, report, try again later
-                    error = exc.message if isinstance(exc, PrismError) else repr(exc)
+                    error = describe(exc)
                     log.error("snapshot of %s failed (retrying): %s", branch, error)
                     self.events.publish("snapshot_failed", branch, error=error)
                     due = min(every, RETRY_SECONDS)

@@ -18,6 +18,7 @@ from prism.branches.capacity import Caps, check_branch_cap
 from prism.branches.creation import CreationPolicy
 from prism.branches.health import refusal
 from prism.branches.parts import BranchParts
+from prism.branches.snapshots import precise_time
 from prism.branches.status import UNWELL, Branch, BranchStatus, elapsed_ms
 from prism.core.address import BackendAddress
 from prism.core.crashpoints import crash_point
@@ -70,7 +71,7 @@ class Provisioner:
         except BaseException:
             release()
             raise
-        branch = Branch(name, parent_name, utcnow(), BranchStatus.PROVISIONING)
+        branch = Branch(name, parent_name, utcnow(), BranchStatus.PROVISIONING, at=at)
         self._parts.registry.add(branch)
         self._parts.registry.transition(
             branch, BranchStatus.PROVISIONING, "provisioning", parent=parent_name
@@ -113,7 +114,7 @@ class Provisioner:
         finally:
             release()
         self._parts.events.publish(
-            "created", name, parent=parent_name, duration_ms=elapsed_ms(started)
+            "created", name, parent=parent_name, duration_ms=elapsed_ms(started), **_at(at)
         )
         log.info(
             "provision: branch %s from %s in %.1f ms (clone %.1f ms)",
@@ -123,6 +124,12 @@ class Provisioner:
             clone_ms,
         )
         return branch
+
+
+def _at(at: datetime | None) -> dict[str, str]:
+    """An event's ``at`` of the data for a point-in-time branch: named ``data_at``, as every
+    event's own ``at`` is when it happened."""
+    return {} if at is None else {"data_at": precise_time(at)}
 
 
 __all__ = ["Provisioner"]

@@ -102,6 +102,7 @@ class BranchRecovery:
                 created_at=record.created_at,
                 status=BranchStatus.STOPPED,
                 last_active_ts=record.last_active.timestamp(),
+                at=record.at,
             )
             self._registry.add(branch)
         for name in sorted(on_disk - records.keys()):

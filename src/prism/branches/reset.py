@@ -43,12 +43,14 @@ class BranchReset:
         """
         async with self._parts.locks[name]:
             branch = self._parts.registry.require(name)
-            refuse_if_protected(name, self._parts.policies.get(name), "reset")
+            # No parent first: unprotecting main would not make it resettable, so saying
+            # "unprotect it first" would send the user round in a circle.
             if branch.parent is None:
                 raise BranchProtected(
                     f'branch "{name}" has no parent to reset from',
                     hint="reset a branch made from main, not main itself",
                 )
+            refuse_if_protected(name, self._parts.policies.get(name), "reset")
             parent = branch.parent
             if parent not in self._parts.registry:
                 raise BranchNotFound(f'parent branch "{parent}" of "{name}" no longer exists')
@@ -114,6 +116,7 @@ class BranchReset:
             self._parts.registry.transition(branch, BranchStatus.STOPPED)
             branch.bytes_proxied = 0
             branch.last_active_ts = time.time()
+            branch.at = None  # it holds its parent's present now, not the time it was made at
             await self._parts.servers.save(branch)
             await self._parts.journal.done(intent)
             if retired is not None:

@@ -22,13 +22,12 @@ from prism.branches.status import (
     BranchLocks,
     BranchRegistry,
     BranchStatus,
-    describe,
     elapsed_ms,
 )
 from prism.core.address import BackendAddress
 from prism.core.config import format_duration
 from prism.core.crashpoints import crash_point
-from prism.core.errors import StorageError
+from prism.core.errors import StorageError, describe
 from prism.core.followers import Followers
 from prism.durable.state import StateStore
 from prism.runtime.base import Runtime, ServerExtrasSource

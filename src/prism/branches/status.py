@@ -22,7 +22,7 @@ from typing import Final
 import trio
 
 from prism.core.address import BackendAddress
-from prism.core.errors import BranchNotFound, PrismError
+from prism.core.errors import BranchNotFound, describe
 from prism.core.events import EventBus
 from prism.durable.state import BranchRecord, Generation
 
@@ -86,6 +86,9 @@ class Branch:
     """The generation of main this branch holds (``--source-mode dump``; else None)."""
     trouble: Trouble | None = None
     """Why its server is not serving, while ``recovering`` or ``unhealthy``; else None."""
+    at: datetime | None = None
+    """The time of its parent's data it holds, made with ``--at``; None for one made from the
+    parent's present (and again after a reset, which re-clones the present)."""
 
     @property
     def last_active(self) -> datetime:
@@ -98,6 +101,7 @@ class Branch:
             created_at=self.created_at,
             last_active=self.last_active,
             status=self.status.value,
+            at=self.at,
         )
 
 
@@ -213,11 +217,6 @@ def is_idle(branch: Branch, *, now: float, idle_for: float) -> bool:
         and branch.connections == 0
         and now - branch.last_active_ts >= idle_for
     )
-
-
-def describe(exc: BaseException) -> str:
-    """What an event's ``error`` says about a failure: the user-facing message if it has one."""
-    return exc.message if isinstance(exc, PrismError) else repr(exc)
 
 
 def elapsed_ms(started: float) -> float:

@@ -13,7 +13,10 @@ The client finds the daemon the way the daemon finds its own address: the ``api`
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -28,10 +31,12 @@ from prism.branches.schemadiff import format_diff
 from prism.cli.format import (
     format_branch,
     format_branches,
+    format_change,
     format_details,
     format_event,
     format_snapshots,
     format_trash,
+    main_first,
 )
 from prism.cli.status import format_disk, format_prune, format_status
 from prism.core.config import load_settings
@@ -55,14 +60,15 @@ _EXIT_BY_CODE = {
 # Creating a branch of a big main with the copy driver, or a cold Docker start, can take minutes.
 _OPERATION_TIMEOUT = httpx.Timeout(10.0, read=600.0)
 _WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+_NOT_RUNNING_HINT = "is `prism serve` running? set --api or $PRISM_API"
 
 
 class ClientError(Exception):
-    """A command failed; ``message`` is the one line the user sees."""
+    """A command failed; ``message`` is the line the user sees, ``hint`` what to do about it."""
 
-    def __init__(self, message: str, code: str | None = None) -> None:
+    def __init__(self, message: str, code: str | None = None, hint: str | None = None) -> None:
         super().__init__(message)
-        self.message, self.code = message, code
+        self.message, self.code, self.hint = message, code, hint
 
 
 # ---- finding and calling the API -----------------------------------------------------------
@@ -94,8 +100,8 @@ class ApiClient:
             response = self._http.request(method, API_PREFIX + path, **kwargs)
         except httpx.TransportError as exc:
             raise ClientError(
-                f"cannot reach the Prism API at {self.url}: {exc or type(exc).__name__} "
-                "(is `prism serve` running? set --api or $PRISM_API)"
+                f"cannot reach the Prism API at {self.url}: {exc or type(exc).__name__}",
+                hint=_NOT_RUNNING_HINT,
             ) from None
         if response.is_success:
             if response.headers.get("content-type", "").startswith("text/plain"):
@@ -104,9 +110,11 @@ class ApiClient:
         try:
             body = response.json()
             message, code = str(body["message"]), str(body["code"])
-        except (ValueError, KeyError, TypeError):
+            hint = str(body["hint"]) if body.get("hint") else None
+        except (ValueError, KeyError, TypeError, AttributeError):
             message, code = f"HTTP {response.status_code}: {response.text[:200]}", None
-        raise ClientError(message, code)
+            hint = None
+        raise ClientError(message, code, hint)
 
 
 # ---- the commands --------------------------------------------------------------------------
@@ -118,7 +126,7 @@ Parser = argparse.ArgumentParser
 def _ls(api: ApiClient, args: argparse.Namespace) -> Any:
     answer = api.call("GET", "/branches")
     if args.json:
-        return answer["branches"]
+        return main_first(answer["branches"])
     return Text("\n".join([format_branches(answer["branches"]), *format_disk(answer.get("disk"))]))
 
 
@@ -182,16 +190,22 @@ def _dsn(api: ApiClient, args: argparse.Namespace) -> Any:
     return _connection(api, args.name, args)
 
 
-def _patch(**body: Any) -> Command:
+def _change(api: ApiClient, args: argparse.Namespace, change: str, body: dict[str, Any]) -> Any:
+    """PATCH the branch's policy; print what it is now (``format_change``), or the branch."""
+    branch = api.call("PATCH", f"/branches/{args.name}", json=body)
+    return branch if args.json else Text(format_change(change, branch))
+
+
+def _protection(protected: bool) -> Command:
     def run(api: ApiClient, args: argparse.Namespace) -> Any:
-        return api.call("PATCH", f"/branches/{args.name}", json=body)
+        return _change(api, args, "protection", {"protected": protected})
 
     return run
 
 
 def _expire(api: ApiClient, args: argparse.Namespace) -> Any:
     body = {"expires_at": None} if args.ttl in ("never", "none") else {"ttl": args.ttl}
-    return api.call("PATCH", f"/branches/{args.name}", json=body)
+    return _change(api, args, "expiry", body)
 
 
 def _hook(api: ApiClient, args: argparse.Namespace) -> Any:
@@ -211,7 +225,7 @@ def _hook(api: ApiClient, args: argparse.Namespace) -> Any:
             raise ClientError(f"cannot read the command: {exc}") from None
     if not body:
         body = {"on_create": None, "on_create_command": None}
-    return api.call("PATCH", f"/branches/{args.name}", json=body)
+    return _change(api, args, "hooks", body)
 
 
 def _operation(verb: str) -> Command:
@@ -356,8 +370,8 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     verb("undelete", "bring a deleted branch back from the trash (data and policies)", _undelete)
     verb("trash", "list deleted branches kept for undelete", _trash, named=False)
     dsn_flags(verb("dsn", "print a branch's connection string", _dsn))
-    verb("protect", "refuse delete and reset of a branch", _patch(protected=True))
-    verb("unprotect", "allow delete and reset of a branch again", _patch(protected=False))
+    verb("protect", "refuse delete and reset of a branch", _protection(True))
+    verb("unprotect", "allow delete and reset of a branch again", _protection(False))
     verb("expire", "set when a branch is deleted", _expire).add_argument(
         "ttl", metavar="TTL", help="a duration from now (72h, 30m) or never"
     )
@@ -437,6 +451,13 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     _add_common(events)
 
 
+def print_error(message: str, hint: str | None) -> None:
+    """The error line, and the hint line when there is a hint: what every command prints."""
+    print(f"prism: error: {message}", file=sys.stderr)
+    if hint:
+        print(f"prism: hint: {hint}", file=sys.stderr)
+
+
 def run_client(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     """Run a client sub-command; returns the exit status."""
     try:
@@ -445,23 +466,40 @@ def run_client(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             trio.run(_follow_events, url, token, args.json, out)
             return 0
         result = args.run(ApiClient(url, token), args)
+        if isinstance(result, Text):
+            print(result, file=out)
+        else:
+            print(json.dumps(result, indent=2) if args.json else _human(result), file=out)
+        out.flush()
     except ClientError as exc:
-        print(f"prism: error: {exc.message}", file=sys.stderr)
+        print_error(exc.message, exc.hint)
         return _EXIT_BY_CODE.get(exc.code or "", EXIT_FAILED)
     except PrismError as exc:  # a bad setting while finding the API
-        print(f"prism: error: {exc.message}", file=sys.stderr)
+        print_error(exc.message, exc.hint)
         return 1
     except KeyboardInterrupt:
         return 130
-    if isinstance(result, Text):
-        print(result, file=out)
-    else:
-        print(json.dumps(result, indent=2) if args.json else _human(result), file=out)
+    except BrokenPipeError:
+        # The reader stopped reading (``prism branch ls | head -3``): what it wanted it got.
+        # Point stdout at /dev/null so the interpreter's own flush at exit cannot fail again.
+        _silence(out)
+        return 0
     return 0
 
 
+def _silence(out: TextIO) -> None:
+    # Not a real file (a test's StringIO): nothing is left to flush.
+    with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+
+
+#: Close codes of an orderly end: the daemon said goodbye (1001: it is shutting down).
+_CLEAN_CLOSE = (1000, 1001)
+
+
 async def _follow_events(url: str, token: str, as_json: bool, out: TextIO) -> None:
-    """Print events until interrupted; a dropped subscription is an error, not a quiet end."""
+    """Print events until interrupted or the daemon stops; a subscription dropped any other way
+    is an error, not a quiet end."""
     ws_url = url.replace("http", "ws", 1) + API_PREFIX + "/events"
     headers = [(b"Authorization", f"Bearer {token}".encode())] if token else []
     try:
@@ -470,12 +508,55 @@ async def _follow_events(url: str, token: str, as_json: bool, out: TextIO) -> No
                 event = json.loads(await socket.get_message())
                 print(json.dumps(event) if as_json else format_event(event), file=out, flush=True)
                 if event["type"] == "overflow":
-                    raise ClientError(f"the event stream dropped us: {event['error']}")
+                    raise ClientError(
+                        f"the event stream dropped us: {event['error']}",
+                        hint="run `prism events` again for a fresh snapshot",
+                    )
     except trio_websocket.HandshakeError as exc:
-        status = getattr(exc, "status_code", None)
-        hint = " (wrong or missing --api-token?)" if status == 401 else ""
-        raise ClientError(f"cannot subscribe to {ws_url}: {exc}{hint}") from None
+        raise _handshake_error(ws_url, exc) from None
     except trio_websocket.ConnectionClosed as exc:
-        raise ClientError(f"the event stream closed: {exc.reason}") from None
+        reason = exc.reason or trio_websocket.CloseReason(1006, None)
+        if reason.code in _CLEAN_CLOSE:
+            return
+        raise ClientError(
+            f"the event stream from {url} ended: {_close_text(reason)}",
+            hint="the daemon stopped or the network dropped; " + _NOT_RUNNING_HINT,
+        ) from None
+    except BrokenPipeError:
+        raise  # our reader left, not the daemon: run_client ends quietly
     except OSError as exc:
-        raise ClientError(f"cannot reach the Prism API at {url}: {exc.strerror or exc}") from None
+        raise ClientError(
+            f"cannot reach the Prism API at {url}: {exc.strerror or exc or type(exc).__name__}",
+            hint=_NOT_RUNNING_HINT,
+        ) from None
+
+
+def _close_text(reason: trio_websocket.CloseReason) -> str:
+    """``connection lost (1006)``: a close code as words, not ``CloseReason<…>``."""
+    words = reason.reason or ("connection lost" if reason.code == 1006 else reason.name)
+    return f"{words} ({reason.code})"
+
+
+def _handshake_error(ws_url: str, exc: trio_websocket.HandshakeError) -> ClientError:
+    """Why the daemon refused the subscription, from its answer's body when it sent one."""
+    status = getattr(exc, "status_code", None)
+    body = getattr(exc, "body", None) or b""
+    try:
+        answer = json.loads(body)
+        return ClientError(
+            f"cannot subscribe to {ws_url}: {answer['message']}", answer["code"], answer.get("hint")
+        )
+    except (ValueError, KeyError, TypeError):
+        pass
+    if status == 401:
+        return ClientError(
+            f"cannot subscribe to {ws_url}: HTTP 401", hint="wrong or missing --api-token?"
+        )
+    # Refused or unreachable: trio-websocket raises a bare HandshakeError from the OSError.
+    cause = exc.__cause__ or exc.__context__
+    reason = (
+        f"HTTP {status}"
+        if status
+        else getattr(cause, "strerror", None) or str(cause or exc) or "no answer"
+    )
+    return ClientError(f"cannot subscribe to {ws_url}: {reason}", hint=_NOT_RUNNING_HINT)

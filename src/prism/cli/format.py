@@ -32,10 +32,35 @@ def _size(nbytes: int | None) -> str:
     return f"{value:.1f} TiB"
 
 
+def _until(stamp: str | None, now: float) -> str:
+    """``in 3h`` for an expiry (``due`` once passed), ``-`` for none."""
+    if stamp is None:
+        return "-"
+    seconds = int(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() - now)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"in {seconds // size}{unit}"
+    return f"in {seconds}s" if seconds > 0 else "due"
+
+
+def _own_size(branch: dict[str, Any]) -> str:
+    """What deleting the branch would free: its own bytes where the storage tells them."""
+    disk = branch.get("disk")
+    if disk and disk.get("own") is not None:
+        return _size(disk["own"])
+    return _size(branch.get("disk_bytes"))
+
+
+def main_first(branches: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``main``, then the others by name: main is what every other branch comes from."""
+    return sorted(branches, key=lambda b: (b["parent"] is not None, b["name"]))
+
+
 def format_branches(branches: Sequence[dict[str, Any]], *, now: float | None = None) -> str:
-    """The branch table ``prism branch ls`` prints."""
+    """The branch table ``prism branch ls`` prints, main first."""
     now = time.time() if now is None else now
-    header = ("NAME", "STATUS", "PARENT", "CONNS", "LAST ACTIVE", "ADDRESS", "DISK")
+    branches = main_first(branches)
+    header = ("NAME", "STATUS", "PARENT", "CONNS", "LAST ACTIVE", "PROTECTED", "EXPIRES", "OWN")
     rows = [header] + [
         (
             b["name"],
@@ -43,16 +68,21 @@ def format_branches(branches: Sequence[dict[str, Any]], *, now: float | None = N
             b["parent"] or "-",
             str(b["connections"]),
             _ago(b["last_active"], now),
-            b["address"] or "-",
-            _size(b["disk_bytes"]),
+            "yes" if b.get("protected") else "no",
+            _until(b.get("expires_at"), now),
+            _own_size(b),
         )
         for b in branches
     ]
-    if any(b.get("generation") is not None for b in branches):  # --source-mode dump
-        rows = [(*rows[0], "GEN")] + [
-            (*row, str(b.get("generation") or "-"))
-            for row, b in zip(rows[1:], branches, strict=True)
-        ]
+    # Columns only some set-ups have: a point-in-time branch's time, dump mode's generation.
+    for title, key in (("AT", "at"), ("GEN", "generation")):
+        if any(b.get(key) is not None for b in branches):
+            rows = [(*rows[0], title)] + [
+                (*row, str(b.get(key) or "-")) for row, b in zip(rows[1:], branches, strict=True)
+            ]
+    rows = [(*rows[0], "ADDRESS")] + [
+        (*row, b["address"] or "-") for row, b in zip(rows[1:], branches, strict=True)
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     table = [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
@@ -85,6 +115,25 @@ def format_branch(branch: dict[str, Any]) -> str:
     return f"{branch['name']}: {branch['status']} ({', '.join(parts)})"
 
 
+def format_change(change: str, branch: dict[str, Any], *, now: float | None = None) -> str:
+    """What ``protect``, ``unprotect``, ``expire`` and ``hook`` changed, from the branch the
+    API answers with: the state it is in now, and how to undo it."""
+    name = branch["name"]
+    if change == "protection":
+        if branch["protected"]:
+            return f"{name}: protected: delete and reset refused (prism branch unprotect {name})"
+        return f"{name}: not protected: delete and reset allowed (prism branch protect {name})"
+    if change == "expiry":
+        if branch["expires_at"] is None:
+            return f"{name}: never expires"
+        when = _until(branch["expires_at"], time.time() if now is None else now)
+        return f"{name}: expires at {branch['expires_at']} ({when})"
+    hooks = [kind for kind in ("on_create", "on_create_command") if branch.get(kind)]
+    if not hooks:
+        return f"{name}: no on_create hooks: new children are plain copies"
+    return f"{name}: new children run {' and '.join(hooks)} before anyone connects"
+
+
 def _disk_text(disk: dict[str, Any] | None) -> str:
     if disk is None or disk["total"] is None:
         return "unknown"
@@ -96,6 +145,16 @@ def _disk_text(disk: dict[str, Any] | None) -> str:
     )
 
 
+def source_state(health: dict[str, Any]) -> str:
+    """How main keeps up with its source: its state, how far behind, the error if any."""
+    state = str(health["state"])
+    if health.get("replay_lag_seconds") is not None:
+        state += f", {health['replay_lag_seconds']} s behind"
+    if health.get("error"):
+        state += f" ({health['error']})"
+    return state
+
+
 def format_details(branch: dict[str, Any], *, now: float | None = None) -> str:
     """Everything ``prism branch show`` says about one branch: a line per fact."""
     now = time.time() if now is None else now
@@ -103,6 +162,7 @@ def format_details(branch: dict[str, Any], *, now: float | None = None) -> str:
     connection = branch.get("connection")
     facts = (
         ("created", branch["created_at"]),
+        *((("data as of", f"{branch['at']} (made with --at)"),) if branch.get("at") else ()),
         ("last active", _ago(branch["last_active"], now)),
         ("connections", str(branch["connections"])),
         ("protected", "yes" if branch["protected"] else "no"),
@@ -111,6 +171,15 @@ def format_details(branch: dict[str, Any], *, now: float | None = None) -> str:
         ("keeps WAL", "yes (branches as of a time: --at)" if branch.get("keeps_wal") else "no"),
         ("disk", _disk_text(branch.get("disk"))),
         ("connect", connection["uri"] if connection else "-"),
+        # Main as a standby of --source: how it keeps up, and that it takes no writes.
+        *(
+            (
+                ("source", source_state(branch["source"])),
+                ("writes", "none: main is a read-only standby of the source; write in a branch"),
+            )
+            if branch.get("source")
+            else ()
+        ),
     )
     lines = [format_branch(branch), *(f"  {key:<12} {value}" for key, value in facts)]
     trouble = branch.get("trouble")
@@ -129,12 +198,19 @@ def format_event(event: dict[str, Any]) -> str:
         return f"snapshot: {len(event['branches'])} branches: {listed}"
     clock = str(event["at"])[11:23]
     extra = " ".join(
-        f"{key}={value}"
+        f"{key}={_event_value(value)}"
         for key, value in event.items()
         if key not in ("type", "branch", "at", "seq", "log") and value is not None
     )
     line = " ".join(part for part in (clock, event["type"], event["branch"] or "", extra) if part)
     return "\n".join([line, *_log_lines(event.get("log") or ())])
+
+
+def _event_value(value: Any) -> str:
+    """``protected=yes``, not Python's ``True``."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
 
 
 def format_trash(entries: Sequence[dict[str, Any]]) -> str:

@@ -13,9 +13,10 @@ from pathlib import Path
 import trio
 
 from prism import __version__
-from prism.cli.client import add_client_commands, join_relative_times, run_client
+from prism.cli.client import add_client_commands, join_relative_times, print_error, run_client
 from prism.core.config import load_settings
 from prism.core.errors import find_prism_error
+from prism.core.events import EventBus
 from prism.core.settings import SETTINGS, Settings
 from prism.core.values import LogLevel
 from prism.postgres.conninfo import parse_conninfo
@@ -72,19 +73,34 @@ def _configure_logging(level: LogLevel) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
+#: How long event subscribers get to read the ``shutdown`` event before the API stops.
+_SUBSCRIBERS_GRACE = 2.0
+
+
 async def _serve_until_signalled(settings: Settings) -> None:
-    """Run the server; SIGINT or SIGTERM starts a clean shutdown (branch servers stopped)."""
+    """Run the server; SIGINT or SIGTERM starts a clean shutdown (branch servers stopped).
+
+    Event subscribers are told first, while the API still serves: a ``shutdown`` event and a
+    close with 1001, so ``prism events`` and the page end cleanly instead of losing the socket.
+    """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
+            events: list[EventBus] = []
 
             async def watch_signals() -> None:
                 async for signum in signals:
-                    log.info("cli: received %s", signal.Signals(signum).name)
+                    name = signal.Signals(signum).name
+                    log.info("cli: received %s", name)
+                    for bus in events:
+                        bus.close(f"Prism is shutting down ({name})")
+                        with trio.move_on_after(_SUBSCRIBERS_GRACE):
+                            await bus.wait_drained()
                     nursery.cancel_scope.cancel()
                     return
 
             nursery.start_soon(watch_signals)
-            await nursery.start(PrismServer(settings).run)
+            info = await nursery.start(PrismServer(settings).run)
+            events.append(info.manager.events)
 
 
 def warn_of_password_in_argv(source_flag: str | None) -> None:
@@ -104,13 +120,6 @@ def warn_of_password_in_argv(source_flag: str | None) -> None:
     )
 
 
-def _fail(message: str, hint: str | None) -> int:
-    print(f"prism: error: {message}", file=sys.stderr)
-    if hint:
-        print(f"prism: hint: {hint}", file=sys.stderr)
-    return 1
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(join_relative_times(sys.argv[1:] if argv is None else argv))
     if args.command != "serve":
@@ -124,7 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = find_prism_error(exc)
         if error is None:
             raise
-        return _fail(error.message, error.hint)
+        print_error(error.message, error.hint)
+        return 1
     return 0
 
 

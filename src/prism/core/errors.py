@@ -6,6 +6,9 @@ proper ErrorResponse instead of closing the socket or leaking a traceback.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+
 
 class PrismError(Exception):
     """Base for Prism's user-facing errors."""
@@ -184,3 +187,40 @@ def find_prism_error(exc: BaseException) -> PrismError | None:
             if found is not None:
                 return found
     return None
+
+
+#: What a failure that was only cancellation says: no ``Cancelled`` or group text for people.
+INTERRUPTED = "interrupted before it finished (the request was abandoned or Prism is stopping)"
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    # trio is looked up, not imported: this module stays pure for the sans-IO modules, and a
+    # trio.Cancelled cannot exist unless trio is loaded.
+    trio = sys.modules.get("trio")
+    stops = (KeyboardInterrupt, GeneratorExit, *((trio.Cancelled,) if trio else ()))
+    return isinstance(exc, stops)
+
+
+def describe(exc: BaseException) -> str:
+    """One readable line about a failure, for an event's ``error``, a log line or a message.
+
+    The user-facing message when there is one; a cancellation (a client gone, Ctrl-C, a
+    shutdown) as ``INTERRUPTED``; anything else as its type and text. Never the repr of an
+    exception group or of ``trio.Cancelled``, which tell a user nothing.
+    """
+    found = find_prism_error(exc)
+    if found is not None:
+        return found.message
+    causes = [leaf for leaf in _leaves(exc) if not _is_cancellation(leaf)]
+    if not causes:
+        return INTERRUPTED
+    first = causes[0]
+    return f"{type(first).__name__}: {first}" if str(first) else type(first).__name__

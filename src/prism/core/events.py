@@ -90,6 +90,9 @@ class EventBus:
         self._listeners: list[Listener] = []
         self._seq = itertools.count(1)
         self._recent: collections.deque[Event] = collections.deque(maxlen=RECENT_EVENTS)
+        self.closed = False
+        self._open = 0  # subscriptions not yet left, sent to or not: what a shutdown waits for
+        self._drained = trio.Event()
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener`` with every event from now on (synchronously, in publish order)."""
@@ -119,6 +122,24 @@ class EventBus:
                 self._drop(send, overflow=False)
         return event
 
+    def close(self, reason: str) -> None:
+        """Send a last ``shutdown`` event and end every subscription after it.
+
+        The daemon calls this before it stops serving, so a subscriber (``prism events``, the
+        page) learns that Prism stopped, and why, instead of seeing its connection cut.
+        """
+        self.publish("shutdown", None, reason=reason)
+        self.closed = True
+        for send in list(self._subscribers):
+            self._drop(send, overflow=False)
+        if not self._open:
+            self._drained.set()
+
+    async def wait_drained(self) -> None:
+        """Return once ``close`` was called and every subscriber has read its last event and
+        left."""
+        await self._drained.wait()
+
     def _drop(self, send: trio.MemorySendChannel[Event], *, overflow: bool) -> None:
         subscription = self._subscribers.pop(send, None)
         if overflow and subscription is not None:
@@ -131,13 +152,20 @@ class EventBus:
         """Receive events published from now on; ends with ``overflow`` if the reader lags."""
         send, receive = trio.open_memory_channel[Event](self.buffer)
         subscription = Subscription(receive, self.buffer)
-        self._subscribers[send] = subscription
+        if self.closed:  # nothing more will come: the subscription ends at once
+            send.close()
+        else:
+            self._subscribers[send] = subscription
+        self._open += 1
         try:
             async with receive:
                 yield subscription
         finally:
+            self._open -= 1
             self._subscribers.pop(send, None)
             send.close()
+            if self.closed and not self._open:
+                self._drained.set()
 
     def recent(self, since: int = 0) -> list[Event]:
         """The last ``RECENT_EVENTS`` events with ``seq`` above ``since``, oldest first."""

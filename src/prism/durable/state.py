@@ -26,9 +26,12 @@ CREATE TABLE IF NOT EXISTS branches (
     parent      TEXT,
     created_at  TEXT NOT NULL,
     last_active TEXT NOT NULL,
-    status      TEXT NOT NULL
+    status      TEXT NOT NULL,
+    at          TEXT
 )
 """
+#: ``at`` came with point-in-time branches knowing their time: added in place to older files.
+_ADD_AT = "ALTER TABLE branches ADD COLUMN at TEXT"
 
 #: The database file and the files sqlite keeps beside it.
 _DB_SUFFIXES = ("", "-wal", "-shm", "-journal")
@@ -71,6 +74,8 @@ class BranchRecord:
     created_at: datetime
     last_active: datetime
     status: str
+    at: datetime | None = None
+    """The time of its parent's data a point-in-time branch holds (``--at``); else None."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +107,7 @@ class StateStore:
             self._db.execute("PRAGMA journal_mode=PERSIST")
             # FULL: a journal row must be on disk before the step it announces starts.
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
+            self.open_table("branches", _SCHEMA, columns={"at": _ADD_AT})
         finally:
             os.umask(previous)
         _make_private(path)
@@ -151,7 +156,7 @@ class StateStore:
 
     async def all(self) -> list[BranchRecord]:
         rows = await self.execute(
-            "SELECT name, parent, created_at, last_active, status FROM branches ORDER BY name"
+            "SELECT name, parent, created_at, last_active, status, at FROM branches ORDER BY name"
         )
         return [
             BranchRecord(
@@ -160,19 +165,22 @@ class StateStore:
                 created_at=datetime.fromisoformat(str(created)),
                 last_active=datetime.fromisoformat(str(active)),
                 status=str(status),
+                at=None if at is None else datetime.fromisoformat(str(at)),
             )
-            for name, parent, created, active, status in rows
+            for name, parent, created, active, status, at in rows
         ]
 
     async def put(self, record: BranchRecord) -> None:
         await self.execute(
-            "INSERT OR REPLACE INTO branches VALUES (?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO branches (name, parent, created_at, last_active, status, at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
             (
                 record.name,
                 record.parent,
                 record.created_at.isoformat(),
                 record.last_active.isoformat(),
                 record.status,
+                None if record.at is None else record.at.isoformat(),
             ),
         )
 

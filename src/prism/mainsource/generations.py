@@ -32,7 +32,7 @@ from pathlib import Path
 import trio
 
 from prism.core.crashpoints import crash_point
-from prism.core.errors import BranchConflict, PrismError
+from prism.core.errors import BranchConflict, PrismError, describe
 from prism.core.events import EventBus
 from prism.core.followers import Followers
 from prism.core.names import GENERATION_PREFIX, MAIN_BRANCH, is_generation_name
@@ -421,7 +421,7 @@ class Generations:
         )
 
     def _publish_failure(self, number: int, exc: BaseException, *, swapped: bool = False) -> None:
-        error = exc.message if isinstance(exc, PrismError) else repr(exc)
+        error = describe(exc)
         if swapped:  # only main's start after the swap failed: the next client starts it
             log.error("refresh: main is generation %d but did not start: %s", number, error)
         else:

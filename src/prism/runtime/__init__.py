@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from prism.core.values import RuntimeKind
 from prism.postgres.conninfo import parse_conninfo
 from prism.runtime.base import Runtime
 from prism.runtime.sandbox import SandboxPolicy
+
+log = logging.getLogger(__name__)
 
 
 def sandbox_policy(settings: Settings, data_dir: Path) -> SandboxPolicy:
@@ -43,6 +46,13 @@ async def open_runtime(settings: Settings, data_dir: Path, *, copy_on_write: boo
         install = await resolve_pg_installs(
             data_dir, pg_bins=settings.pg_bin, run_as=settings.run_as
         )
+        if install.default.switches_user:
+            # As root: say who the servers are, since Postgres refuses to run as root.
+            log.info(
+                "runtime: branch servers run as OS user %s (uid %d), not as Prism's own user",
+                install.default.run_as_name,
+                install.default.run_as_uid,
+            )
         return ProcessRuntime(
             install,
             run_dir=data_dir / "run",

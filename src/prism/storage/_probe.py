@@ -34,12 +34,17 @@ def nearest_existing(path: Path) -> Path:
 
 
 async def filesystem_type(path: Path) -> str | None:
-    """The filesystem type name at ``path`` ("btrfs", "xfs", "ext2/ext3", "tmpfs"), if known.
+    """The filesystem type name at ``path`` ("btrfs", "xfs", "ext4", "tmpfs"), if known.
 
-    ``stat -f`` maps the statfs magic number to a name; Python's ``os.statvfs`` does not expose
-    the magic at all.
+    ``df`` names the type as the mount table does; ``stat -f``, the fallback, maps the statfs
+    magic number, which ext2, ext3 and ext4 share (it says "ext2/ext3" for ext4). Python's
+    ``os.statvfs`` exposes neither.
     """
-    return await probe_tool(["stat", "-f", "-c", "%T", str(nearest_existing(path))])
+    where = str(nearest_existing(path))
+    listed = await probe_tool(["df", "--output=fstype", where])
+    if listed and len(listed.split()) == 2:  # the header "Type", then the type
+        return listed.split()[1]
+    return await probe_tool(["stat", "-f", "-c", "%T", where])
 
 
 async def btrfs_tool_works() -> bool:

@@ -163,7 +163,7 @@ function buildControls(row, name) {
   const toggle = control("button", { className: "toggle", textContent: "", dataset: { action: "toggle" } },
     ["click", () => { collapsed.has(name) ? collapsed.delete(name) : collapsed.add(name); render(); }]);
   cell("name").append(toggle, control("span", { className: "label" }),
-    control("span", { className: "generation" }));
+    control("span", { className: "generation" }), control("span", { className: "at" }));
   cell("protected").append(control("input", { type: "checkbox", dataset: { action: "protect" } },
     ["change", (change) => protect(name, change.target)]));
   cell("expires").append(
@@ -264,12 +264,14 @@ function renderRow(row, b, place) {
   put(toggle, "hidden", place.parentOf.length === 0);
   setText(toggle, collapsed.has(b.name) ? "▸" : "▾");
   put(toggle, "title", `${collapsed.has(b.name) ? "show" : "hide"} ${place.parentOf.join(", ")}`);
-  const [, label, generation] = cell("name").children;
+  const [, label, generation, at] = cell("name").children;
   setText(label, b.name);
   put(label.style, "paddingLeft", `${place.depth * 1.2}em`);
   // --source-mode dump: which copy of the source the branch holds, and when it was taken.
   setText(generation, b.generation == null ? "" : `gen ${b.generation}`);
   put(generation, "title", b.generation_taken_at ? `dump taken ${b.generation_taken_at}` : "");
+  // A branch made with --at: the time of its parent's data it holds.
+  setText(at, b.at ? ` as of ${b.at}` : "");
   const status = cell("status");
   setText(status.querySelector(".state"), statusText(b));
   showTrouble(status, b);
@@ -374,7 +376,7 @@ function refreshDetails() {
         const b = branches.get(fresh.name);
         if (b === undefined) continue;
         for (const key of ["protected", "expires_at", "on_create", "disk", "connection",
-          "generation", "generation_taken_at"]) {
+          "generation", "generation_taken_at", "at"]) {
           b[key] = fresh[key];
         }
         if (fresh.source) b.backup = fresh.source.backup;
