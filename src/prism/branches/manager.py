@@ -54,7 +54,7 @@ from prism.branches.policy import (
     CreateDefaults,
     PolicyStore,
 )
-from prism.branches.provision import Provisioner
+from prism.branches.provision import Provisioner, check_at
 from prism.branches.recovery import BranchRecovery
 from prism.branches.reset import BranchReset
 from prism.branches.schemadiff import SchemaDiff, diff_schemas, read_schema
@@ -75,7 +75,6 @@ from prism.core.address import BackendAddress
 from prism.core.errors import (
     BranchExists,
     BranchNotFound,
-    OutsideWindow,
 )
 from prism.core.events import EventBus
 from prism.core.followers import Followers
@@ -447,22 +446,13 @@ class BranchManager:
         validate_branch_name(name)
         self.check_available(name)
         if at is not None:
-            self._check_at(parent, at)
+            check_at(self.point_in_time, parent, at)
         async with self._locks[name]:
             if name in self._registry:
                 raise BranchExists(f'branch "{name}" already exists')
             self._creation.refuse_unrunnable_hook(parent)
             await self._creation.record_new(name, ttl or 0.0, protected=protected)
             return await self._provisioner.provision(name, parent, at=at)
-
-    def _check_at(self, parent: str, at: datetime) -> None:
-        """Refuse a point-in-time create before anything is made, saying why."""
-        if self.point_in_time is None:
-            raise OutsideWindow(
-                "branches as of a time are off: Prism keeps no snapshots or WAL",
-                hint="start Prism with --snapshot-every",
-            )
-        self.point_in_time.check(at, utcnow(), parent)
 
     async def clone_to(self, name: str, target: str) -> None:
         """Clone branch ``name``, consistently, into storage name ``target`` (a snapshot), if

@@ -18,11 +18,12 @@ from prism.branches.capacity import Caps, check_branch_cap
 from prism.branches.creation import CreationPolicy
 from prism.branches.health import refusal
 from prism.branches.parts import BranchParts
+from prism.branches.pitr import PointInTime
 from prism.branches.snapshots import precise_time
 from prism.branches.status import UNWELL, Branch, BranchStatus, elapsed_ms
 from prism.core.address import BackendAddress
 from prism.core.crashpoints import crash_point
-from prism.core.errors import BranchNotFound, HookFailed, PrismError, ProvisionFailed
+from prism.core.errors import BranchNotFound, HookFailed, OutsideWindow, PrismError, ProvisionFailed
 from prism.durable.intents import CreateIntent
 from prism.durable.state import utcnow
 
@@ -132,4 +133,14 @@ def _at(at: datetime | None) -> dict[str, str]:
     return {} if at is None else {"data_at": precise_time(at)}
 
 
-__all__ = ["Provisioner"]
+def check_at(point_in_time: PointInTime | None, parent: str, at: datetime) -> None:
+    """Refuse a point-in-time create before anything is made, saying why."""
+    if point_in_time is None:
+        raise OutsideWindow(
+            "branches as of a time are off: Prism keeps no snapshots or WAL",
+            hint="start Prism with --snapshot-every",
+        )
+    point_in_time.check(at, utcnow(), parent)
+
+
+__all__ = ["Provisioner", "check_at"]
