@@ -256,16 +256,10 @@ async def test_connect_dialog_switches_format_and_its_uri_connects_with_psycopg(
             "prisma": "postgresql://",
         }
         for fmt, start in expected_start.items():
-            await page.evaluate(
-                f'(() => {{ const s = document.querySelector("#connect-format");'
-                f' s.value = "{fmt}"; s.dispatchEvent(new Event("change")); }})()'
-            )
+            await page.choose("#connect-format", fmt)
             await page.wait_until(f'{string}.startsWith("{start}")')
         assert "schema=public" in await page.evaluate(string)  # Prisma's DATABASE_URL
-        await page.evaluate(
-            '(() => { const s = document.querySelector("#connect-format");'
-            ' s.value = "uri"; s.dispatchEvent(new Event("change")); })()'
-        )
+        await page.choose("#connect-format", "uri")
         await page.click("#connect-password")
         await page.wait_until(f'{string}.includes(":{PASSWORD}@")')
         await page.click("#connect-copy")
@@ -303,21 +297,12 @@ async def test_session_bursts_fold_into_one_line_and_the_feed_filters(
         assert "(\u00d740: 20 connected, 20 disconnected)" in folded[0]
         assert await page.evaluate(_feed_has(f"created {name}"))  # not pushed out
 
-        await page.evaluate(
-            f'(() => {{ const s = document.querySelector("#events-branch");'
-            f' s.value = "{name}"; s.dispatchEvent(new Event("change")); }})()'
-        )
+        await page.choose("#events-branch", name)
         shown = f"{lines}.filter((li) => !li.hidden)"
         assert await page.evaluate(f"{shown}.every((li) => li.dataset.branch === '{name}')")
-        await page.evaluate(
-            '(() => { const s = document.querySelector("#events-type");'
-            ' s.value = "created"; s.dispatchEvent(new Event("change")); })()'
-        )
+        await page.choose("#events-type", "created")
         texts = await page.evaluate(f"{shown}.map((li) => li.textContent)")
         assert len(texts) == 1 and f"created {name}" in texts[0]
-        await page.evaluate(
-            '(() => { const s = document.querySelector("#events-type");'
-            ' s.value = "connected"; s.dispatchEvent(new Event("change")); })()'
-        )
+        await page.choose("#events-type", "connected")
         assert await page.evaluate(f"{shown}.length") == 1  # the folded line has connects
         assert page.errors == []

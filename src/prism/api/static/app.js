@@ -166,19 +166,24 @@ function buildControls(row, name) {
     control("button", { type: "button", className: "label", dataset: { action: "detail" } },
       ["click", () => openDetail(name)]),
     control("span", { className: "generation" }));
-  cell("protected").append(control("input", { type: "checkbox", dataset: { action: "protect" } },
+  // Controls repeated on every row are named for their branch, for screen readers.
+  cell("protected").append(control("input", { type: "checkbox", dataset: { action: "protect" },
+    ariaLabel: `protect ${name}` },
     ["change", (change) => protect(name, change.target)]));
   cell("expires").append(
     control("span", { className: "when" }),
-    control("input", { size: 5, placeholder: "72h", dataset: { input: "ttl" } }),
-    control("button", { textContent: "set", dataset: { action: "expire" } },
+    control("input", { size: 5, placeholder: "72h", dataset: { input: "ttl" },
+      ariaLabel: `expiry of ${name}: a TTL such as 72h, or never` }),
+    control("button", { textContent: "set", dataset: { action: "expire" },
+      ariaLabel: `set the expiry of ${name}` },
       ["click", () => expire(name, row)]),
   );
   cell("connection").append(
     control("code", { className: "dsn" }),
-    control("button", { textContent: "copy", dataset: { action: "copy" } },
-      ["click", () => copy(name)]),
-    control("button", { textContent: "connect", dataset: { action: "connect" } },
+    control("button", { textContent: "copy", dataset: { action: "copy" },
+      ariaLabel: `copy the connection URI of ${name}` }, ["click", () => copy(name)]),
+    control("button", { textContent: "connect", dataset: { action: "connect" },
+      ariaLabel: `connect to ${name}: formats and password` },
       ["click", () => openConnect(name)]),
   );
 }
