@@ -195,6 +195,7 @@ async def test_detail_panel_opens_by_keyboard_and_shows_the_branch(
             "status",
             "parent",
             "children",
+            "hooks on create",
             "disk",
             "protected",
             "expires",

@@ -390,7 +390,7 @@ function refreshDetails() {
         const b = branches.get(fresh.name);
         if (b === undefined) continue;
         for (const key of ["protected", "expires_at", "on_create", "disk", "connection",
-          "generation", "generation_taken_at", "keeps_wal"]) {
+          "generation", "generation_taken_at", "keeps_wal", "on_create_command", "created_at"]) {
           b[key] = fresh[key];
         }
         if (fresh.source) b.backup = fresh.source.backup;
@@ -763,6 +763,8 @@ function drawDetail() {
     ["disk in all", disk ? size(disk.total) : "?"],
     ["protected", b.protected ? "yes" : "no"],
     ["expires", b.expires_at ? `${until(b.expires_at)} (${b.expires_at})` : "never"],
+    ["hooks on create", [b.on_create && "SQL", b.on_create_command && "command"]
+      .filter(Boolean).join(", ") || "none"],
     ["point in time", b.keeps_wal ? "its WAL is kept: branch from it as of a past time"
       : "no WAL kept: branch from it as of now only"],
   ];
