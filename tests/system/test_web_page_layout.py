@@ -51,10 +51,12 @@ _PUBLISHED = [_long(f"load-{n:02d}") for n in range(48)]
 _NO_HORIZONTAL_SCROLL = (
     "document.documentElement.scrollWidth <= document.documentElement.clientWidth"
 )
-# Every action button of every row can be seen whole: scrolled to, it is what the window shows
-# at its middle, and it lies inside the window and inside its cell (not cut off).
+# Every button of every row (actions, connection, expiry) can be seen whole: scrolled to, it is
+# what the window shows at its middle, and it lies inside the window and its cell (not cut off).
 _ACTIONS_VISIBLE = """(() => {
-    const buttons = [...document.querySelectorAll("#branches tbody td.actions button")];
+    const buttons = [...document.querySelectorAll("#branches tbody td.actions button,"
+        + " #branches tbody td[data-field=connection] button,"
+        + " #branches tbody td[data-field=expires] button")];
     const hidden = buttons.filter((b) => {
         b.scrollIntoView({block: "center"});
         const box = b.getBoundingClientRect(), cell = b.parentElement.getBoundingClientRect();
@@ -64,7 +66,8 @@ _ACTIONS_VISIBLE = """(() => {
             && cell.right <= document.documentElement.clientWidth && seen === b);
     });
     window.scrollTo(0, 0);
-    return buttons.length >= 150 ? hidden.map((b) => b.closest("tr").dataset.branch) : ["few"];
+    const named = hidden.map((b) => `${b.closest("tr").dataset.branch}:${b.dataset.action}`);
+    return buttons.length >= 300 ? named : ["few"];
 })()"""
 # Every name is set to end in an ellipsis where it does not fit, with the whole name on hover,
 # and stays inside its cell; the answer is how many were cut.

@@ -297,7 +297,7 @@ function renderRow(row, b, place) {
   put(cell("expires"), "title", b.expires_at ?? "never expires");
   const dsn = cell("connection").firstElementChild;
   setText(dsn, b.connection ? b.connection.uri : "");
-  put(dsn, "title", dsn.textContent);
+  put(dsn.nextElementSibling, "title", dsn.textContent); // the copy button: what it copies
   put(show(row, "last_active", ago(b.last_active)), "title", b.last_active);
   const actions = cell("actions");
   const wanted = actionsOf(b);
