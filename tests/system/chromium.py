@@ -211,6 +211,17 @@ class Page:
         await self.click(selector)
         await self.send("Input.insertText", text=text)
 
+    async def choose(self, selector: str, value: str) -> None:
+        """Pick ``value`` in the ``<select>`` ``selector`` names, with the change event a
+        person's pick fires (setting ``value`` alone fires none)."""
+        await self.evaluate(
+            f"""(() => {{
+                const select = document.querySelector({json.dumps(selector)});
+                select.value = {json.dumps(value)};
+                select.dispatchEvent(new Event("change"));
+            }})()"""
+        )
+
     async def screenshot(self, path: Path) -> Path:
         await trio.Path(path.parent).mkdir(parents=True, exist_ok=True)
         shot = await self.send("Page.captureScreenshot", format="png")

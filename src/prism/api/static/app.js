@@ -162,20 +162,29 @@ function buildControls(row, name) {
   cell("status").append(control("span", { className: "state" }));
   const toggle = control("button", { className: "toggle", textContent: "", dataset: { action: "toggle" } },
     ["click", () => { collapsed.has(name) ? collapsed.delete(name) : collapsed.add(name); render(); }]);
-  cell("name").append(toggle, control("span", { className: "label" }),
+  cell("name").append(toggle,
+    control("button", { type: "button", className: "label", dataset: { action: "detail" } },
+      ["click", () => openDetail(name)]),
     control("span", { className: "generation" }), control("span", { className: "at" }));
-  cell("protected").append(control("input", { type: "checkbox", dataset: { action: "protect" } },
+  // Controls repeated on every row are named for their branch, for screen readers.
+  cell("protected").append(control("input", { type: "checkbox", dataset: { action: "protect" },
+    ariaLabel: `protect ${name}` },
     ["change", (change) => protect(name, change.target)]));
   cell("expires").append(
     control("span", { className: "when" }),
-    control("input", { size: 5, placeholder: "72h", dataset: { input: "ttl" } }),
-    control("button", { textContent: "set", dataset: { action: "expire" } },
+    control("input", { size: 5, placeholder: "72h", dataset: { input: "ttl" },
+      ariaLabel: `expiry of ${name}: a TTL such as 72h, or never` }),
+    control("button", { textContent: "set", dataset: { action: "expire" },
+      ariaLabel: `set the expiry of ${name}` },
       ["click", () => expire(name, row)]),
   );
   cell("connection").append(
     control("code", { className: "dsn" }),
-    control("button", { textContent: "copy", dataset: { action: "copy" } },
-      ["click", () => copy(name)]),
+    control("button", { textContent: "copy", dataset: { action: "copy" },
+      ariaLabel: `copy the connection URI of ${name}` }, ["click", () => copy(name)]),
+    control("button", { textContent: "connect", dataset: { action: "connect" },
+      ariaLabel: `connect to ${name}: formats and password` },
+      ["click", () => openConnect(name)]),
   );
 }
 
@@ -266,7 +275,8 @@ function renderRow(row, b, place) {
   put(toggle, "title", `${collapsed.has(b.name) ? "show" : "hide"} ${place.parentOf.join(", ")}`);
   const [, label, generation, at] = cell("name").children;
   setText(label, b.name);
-  put(label.style, "paddingLeft", `${place.depth * 1.2}em`);
+  put(label, "title", `${b.name}: details`);
+  put(cell("name").style, "paddingLeft", `${0.5 + place.depth * 1.2}em`);
   // --source-mode dump: which copy of the source the branch holds, and when it was taken.
   setText(generation, b.generation == null ? "" : `gen ${b.generation}`);
   put(generation, "title", b.generation_taken_at ? `dump taken ${b.generation_taken_at}` : "");
@@ -276,7 +286,7 @@ function renderRow(row, b, place) {
   setText(status.querySelector(".state"), statusText(b));
   showTrouble(status, b);
   backupBar(status, b);
-  show(row, "parent", b.parent ?? "—");
+  put(show(row, "parent", b.parent ?? "—"), "title", b.parent ?? "");
   show(row, "connections", String(b.connections));
   sparkline(cell("activity"), activity[b.name]);
   const disk = b.disk;
@@ -287,7 +297,9 @@ function renderRow(row, b, place) {
   if (document.activeElement !== box) put(box, "checked", Boolean(b.protected));
   setText(cell("expires").firstElementChild, until(b.expires_at));
   put(cell("expires"), "title", b.expires_at ?? "never expires");
-  setText(cell("connection").firstElementChild, b.connection ? b.connection.uri : "");
+  const dsn = cell("connection").firstElementChild;
+  setText(dsn, b.connection ? b.connection.uri : "");
+  put(dsn.nextElementSibling, "title", dsn.textContent); // the copy button: what it copies
   put(show(row, "last_active", ago(b.last_active)), "title", b.last_active);
   const actions = cell("actions");
   const wanted = actionsOf(b);
@@ -308,7 +320,7 @@ function renderRow(row, b, place) {
 function fillSelect(select, names, fallback) {
   if (select.dataset.names === names.join()) return; // rebuilding would close an open list
   const chosen = select.value || fallback;
-  select.replaceChildren(...names.map((n) => new Option(n, n, false, n === chosen)));
+  select.replaceChildren(...names.map((n) => new Option(n || "all", n, false, n === chosen)));
   select.dataset.names = names.join();
 }
 
@@ -333,12 +345,14 @@ function draw() {
       const row = rows.get(name);
       if (row !== undefined && branches.has(name)) renderRow(row, branches.get(name), places.get(name));
     }
+    if (changed.has(detailOf)) drawDetail();
     changed.clear();
     return;
   }
   whole = false;
   changed.clear();
   const body = $("#branches tbody");
+  body.querySelector("tr.loading")?.remove();
   for (const [name, row] of rows) {
     if (!branches.has(name)) { row.remove(); rows.delete(name); }
   }
@@ -351,6 +365,8 @@ function draw() {
   fillSelect($("#create-parent"), names, "main");
   fillSelect($("#diff-a"), names, names.find((n) => n !== "main") ?? "main");
   fillSelect($("#diff-b"), names, "main");
+  fillSelect($("#events-branch"), ["", ...names], "");
+  if (detailOf !== null) drawDetail();
   const known = [...branches.values()].filter((b) => b.disk && b.disk.total !== null);
   const own = known.reduce((sum, b) => sum + (b.disk.own ?? 0), 0);
   const total = known.reduce((sum, b) => sum + b.disk.total, 0);
@@ -376,7 +392,8 @@ function refreshDetails() {
         const b = branches.get(fresh.name);
         if (b === undefined) continue;
         for (const key of ["protected", "expires_at", "on_create", "disk", "connection",
-          "generation", "generation_taken_at", "at"]) {
+          "generation", "generation_taken_at", "keeps_wal", "on_create_command", "created_at",
+          "at"]) {
           b[key] = fresh[key];
         }
         if (fresh.source) b.backup = fresh.source.backup;
@@ -480,22 +497,75 @@ async function refreshActivity() {
   }
 }
 
+// Sessions come and go in bursts (a test suite, a pool warming up): consecutive connects and
+// disconnects of one branch fold into one line with their counts, so a burst cannot push the
+// creates and failures out of the feed.
+const FOLDED = new Set(["connected", "disconnected"]);
+const eventTypes = new Set(); // every type seen, for the filter
+
+function eventText(event, counts) {
+  const extra = Object.entries(event)
+    .filter(([key]) => !["type", "branch", "at", "seq", "branches", "log"].includes(key))
+    .map(([key, value]) => `${key}=${value}`)
+    .join(" ");
+  const folded = counts.connected + counts.disconnected;
+  const times = folded > 1
+    ? ` (×${folded}: ${counts.connected} connected, ${counts.disconnected} disconnected)` : "";
+  return `${event.at.slice(11, 23)} ${event.type} ${event.branch ?? ""} ${extra}${times}`;
+}
+
+// The feed's filter: by branch and by type; a line hidden by it stays in the list.
+function shownByFilter(li) {
+  const branch = $("#events-branch").value;
+  const type = $("#events-type").value;
+  const ofType = !type || li.dataset.type === type || Number(li.dataset[type] ?? 0) > 0;
+  return (!branch || li.dataset.branch === branch) && ofType;
+}
+
+function applyFilter() {
+  for (const li of $("#events").children) put(li, "hidden", !shownByFilter(li));
+}
+
+function noteType(type) {
+  if (eventTypes.has(type)) return;
+  eventTypes.add(type);
+  fillSelect($("#events-type"), ["", ...[...eventTypes].sort()], "");
+}
+
+function sessionCounts(li) {
+  return { connected: Number(li.dataset.connected), disconnected: Number(li.dataset.disconnected) };
+}
+
 function logEvent(event) {
   if (event.seq !== undefined) {
     if (logged.has(event.seq)) return;
     logged.add(event.seq);
   }
+  const list = $("#events");
+  list.querySelector("li.loading")?.remove();
+  noteType(event.type);
+  const newest = list.firstElementChild;
+  if (FOLDED.has(event.type) && newest && FOLDED.has(newest.dataset.type)
+      && newest.dataset.branch === (event.branch ?? "") && event.seq > Number(newest.dataset.seq)) {
+    newest.dataset[event.type] = String(Number(newest.dataset[event.type]) + 1);
+    newest.dataset.type = event.type;
+    newest.dataset.seq = event.seq;
+    newest.textContent = eventText(event, sessionCounts(newest));
+    put(newest, "hidden", !shownByFilter(newest));
+    if (event.branch === detailOf) drawDetail();
+    return;
+  }
   const li = document.createElement("li");
   li.dataset.seq = event.seq ?? "";
-  const extra = Object.entries(event)
-    .filter(([key]) => !["type", "branch", "at", "seq", "branches", "log"].includes(key))
-    .map(([key, value]) => `${key}=${value}`)
-    .join(" ");
-  li.textContent = `${event.at.slice(11, 23)} ${event.type} ${event.branch ?? ""} ${extra}`;
+  li.dataset.type = event.type;
+  li.dataset.branch = event.branch ?? "";
+  li.dataset.connected = String(Number(event.type === "connected"));
+  li.dataset.disconnected = String(Number(event.type === "disconnected"));
+  li.textContent = eventText(event, sessionCounts(li));
   if (event.type === "failed" || event.type === "overflow" || event.error) li.className = "error";
   if (event.log) li.title = event.log.join("\n"); // a server's last lines: on hover
+  li.hidden = !shownByFilter(li);
   // Newest first, by seq: the ring fetched on load may land after live events.
-  const list = $("#events");
   const later = [...list.children].find((other) => Number(other.dataset.seq) < event.seq);
   if (event.seq === undefined || later === list.firstElementChild) list.prepend(li);
   else list.insertBefore(li, later ?? null);
@@ -503,6 +573,7 @@ function logEvent(event) {
     logged.delete(Number(list.lastElementChild.dataset.seq));
     list.lastElementChild.remove();
   }
+  if (event.branch !== undefined && event.branch === detailOf) drawDetail();
 }
 
 async function loadRecentEvents() {
@@ -643,6 +714,11 @@ async function expire(name, row) {
 async function copy(name) {
   const text = branches.get(name).connection?.uri;
   if (!text) return say(`no connection string for ${name} yet`, true);
+  await toClipboard(text);
+  say(`copied connection string of ${name}`);
+}
+
+async function toClipboard(text) {
   try {
     await navigator.clipboard.writeText(text);
   } catch {
@@ -652,8 +728,137 @@ async function copy(name) {
     document.execCommand("copy");
     scratch.remove();
   }
-  say(`copied connection string of ${name}`);
 }
+
+// The detail panel: one branch's status, place in the tree, sizes, policies, point in time,
+// its recent events and its actions. Opened from the branch's name (a button, so the keyboard
+// reaches it); redrawn when that branch changes.
+let detailOf = null;
+const DETAIL_RECENT = 10;
+
+function openDetail(name) {
+  detailOf = name;
+  $("#detail").hidden = false;
+  drawDetail();
+  $("#detail-close").focus();
+}
+
+function closeDetail() {
+  const name = detailOf;
+  detailOf = null;
+  $("#detail").hidden = true;
+  rows.get(name)?.querySelector("button.label")?.focus();
+}
+
+function drawDetail() {
+  const b = branches.get(detailOf);
+  if (b === undefined) return closeDetail();
+  setText($("#detail-name"), b.name);
+  const children = [...branches.values()].filter((c) => c.parent === b.name).map((c) => c.name);
+  const disk = b.disk;
+  const facts = [
+    ["status", statusText(b) + (b.trouble ? ` — ${b.trouble.reason}` : "")],
+    ["parent", b.parent ?? "— (the root)"],
+    ["children", children.length ? children.sort().join(", ") : "none"],
+    ["created", b.created_at ?? "?"],
+    ["connections", String(b.connections)],
+    ["disk own / shared", disk && disk.own !== null ? `${size(disk.own)} / ${size(disk.shared)}` : "?"],
+    ["disk in all", disk ? size(disk.total) : "?"],
+    ["protected", b.protected ? "yes" : "no"],
+    ["expires", b.expires_at ? `${until(b.expires_at)} (${b.expires_at})` : "never"],
+    ["hooks on create", [b.on_create && "SQL", b.on_create_command && "command"]
+      .filter(Boolean).join(", ") || "none"],
+    ["point in time", b.keeps_wal ? "its WAL is kept: branch from it as of a past time"
+      : "no WAL kept: branch from it as of now only"],
+    ...(b.at ? [["data as of", b.at]] : []),
+  ];
+  const key = JSON.stringify(facts);
+  const list = $("#detail-facts");
+  if (list.dataset.key !== key) {
+    list.dataset.key = key;
+    list.replaceChildren(...facts.flatMap(([term, value]) => [
+      control("dt", { textContent: term }), control("dd", { textContent: value, title: value }),
+    ]));
+  }
+  const actions = $("#detail-actions");
+  const wanted = [...actionsOf(b), "connect"];
+  const actionKey = `${b.name}|${wanted.join()}|${Boolean(b.protected)}`;
+  if (actions.dataset.actions !== actionKey) {
+    actions.dataset.actions = actionKey;
+    // A keyboard user on a button that is replaced stays in the panel, not at the page's top.
+    const focused = actions.contains(document.activeElement);
+    actions.replaceChildren(...wanted.map((action) => {
+      if (action === "connect") {
+        return control("button", { type: "button", textContent: "connect…", dataset: { action } },
+          ["click", () => openConnect(b.name)]);
+      }
+      const made = button(action, action, b.name);
+      made.disabled = Boolean(b.protected) && (action === "reset" || action === "delete");
+      return made;
+    }));
+    if (focused) $("#detail-close").focus();
+  }
+  const recent = [...$("#events").children]
+    .filter((li) => li.dataset.branch === b.name).slice(0, DETAIL_RECENT);
+  $("#detail-events").replaceChildren(
+    ...recent.map((li) => control("li", { textContent: li.textContent })));
+}
+
+$("#detail-close").addEventListener("click", closeDetail);
+// Escape closes the panel from anywhere (its buttons are redrawn as the branch changes, so the
+// focus may have left it), except while the Connect dialog, which Escape closes first, is open.
+document.addEventListener("keydown", (key) => {
+  if (key.key === "Escape" && detailOf !== null && !$("#connect").open) closeDetail();
+});
+
+// The Connect dialog: one branch's connection string in the format a tool wants, for the
+// role Prism reaches it as; the password only on request (strings get pasted into chats),
+// fetched then from the API, which gives it only when it logs in.
+let connecting = null; // {name, connection}: what the dialog shows
+
+async function openConnect(name) {
+  const b = branches.get(name);
+  connecting = { name, connection: b.connection ?? null };
+  setText($("#connect-branch"), name);
+  $("#connect-password").checked = false;
+  drawConnect();
+  $("#connect").showModal();
+  $("#connect-format").focus();
+  if (connecting.connection === null) await loadConnection(false);
+}
+
+async function loadConnection(withPassword) {
+  const name = connecting.name;
+  try {
+    const fresh = await call("GET", `/branches/${name}${withPassword ? "?password=true" : ""}`);
+    if (connecting?.name === name) connecting.connection = fresh.connection;
+  } catch (error) {
+    say(`connection of ${name}: ${error.message}`, true);
+  }
+  drawConnect();
+}
+
+function drawConnect() {
+  const connection = connecting.connection;
+  const text = connection ? connection[$("#connect-format").value] : "no connection string yet";
+  setText($("#connect-string"), text);
+  $("#connect-role").value = connection?.user ?? "";
+  const wanted = $("#connect-password").checked;
+  const note = !wanted ? "the password is left out: tick \u201cshow password\u201d to include it"
+    : connection?.password_note ?? (connection?.password ? "" : "fetching the password…");
+  setText($("#connect-note"), note);
+}
+
+$("#connect-format").addEventListener("change", drawConnect);
+$("#connect-password").addEventListener("change", (change) => {
+  loadConnection(change.target.checked);
+});
+$("#connect-copy").addEventListener("click", async () => {
+  await toClipboard($("#connect-string").textContent);
+  say(`copied the ${$("#connect-format").value} connection string of ${connecting.name}`);
+});
+$("#events-branch").addEventListener("change", applyFilter);
+$("#events-type").addEventListener("change", applyFilter);
 
 $("#diff-form").addEventListener("submit", async (submit) => {
   submit.preventDefault();
