@@ -355,11 +355,12 @@ async def test_a_snapshot_cut_short_by_a_crash_is_removed_or_kept_whole(
 
 
 async def test_a_delete_cut_short_by_a_crash_still_removes_the_window(data_dir: Path) -> None:
-    """Killed after ``dev``'s data went and before its window was dropped: the next start
-    frees ``dev``'s snapshots and archive."""
+    """Killed after ``dev``'s data went to the trash and before its window was dropped: the
+    next start frees ``dev``'s snapshots and archive (an undeleted branch's history starts
+    again)."""
     pattern = "main|dev"
     flags = ("--point-in-time-branches", pattern)
-    async with _serve_to_crash(data_dir, "delete:retired", *flags, branch="dev") as (
+    async with _serve_to_crash(data_dir, "delete:trashed", *flags, branch="dev") as (
         http,
         url,
         snapshots,
