@@ -21,6 +21,7 @@ import contextlib
 import os
 import random
 import re
+import shutil
 import statistics
 import sys
 from collections import defaultdict
@@ -30,6 +31,7 @@ from pathlib import Path
 import trio
 
 from prism.frontdoor.phases import ENV
+from prism.postgres.binaries import PgInstall
 from prism.server import raise_open_file_limit
 from tools.bench.common import (
     REPO,
@@ -95,6 +97,21 @@ async def _main(args: argparse.Namespace) -> None:
     os.environ["PGSSLMODE"] = args.sslmode
     tps: defaultdict[str, list[float]] = defaultdict(list)
     phases: defaultdict[str, list[dict[str, float]]] = defaultdict(list)
+    try:
+        await _rounds(args, install, work, tps, phases)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # two mains' data: over a gigabyte
+    _report(args, install, tps, phases)
+
+
+async def _rounds(
+    args: argparse.Namespace,
+    install: PgInstall,
+    work: Path,
+    tps: dict[str, list[float]],
+    phases: dict[str, list[dict[str, float]]],
+) -> None:
+    """Every (clients, target) cell ``args.rounds`` times, interleaved; results into the dicts."""
     async with _prisms(work, args.before) as prisms:
         direct = await prepare(install, prisms["prism"])
         ports = {"direct": direct, "prism": prisms["prism"].port}
@@ -126,7 +143,6 @@ async def _main(args: argparse.Namespace) -> None:
                             file=sys.stderr,
                             flush=True,
                         )
-    _report(args, install, tps, phases)
 
 
 def _report(
