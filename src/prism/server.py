@@ -138,7 +138,7 @@ def _followers(
     if verifiers is not None:
         followers += Followers(
             after_start=(verifiers.snapshot,),
-            before_stop=(verifiers.snapshot,),
+            before_stop=(verifiers.last_snapshot,),
             after_discard=(verifiers.forget,),
         )
     return followers

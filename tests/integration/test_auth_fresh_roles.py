@@ -57,3 +57,20 @@ async def test_a_reset_branch_checks_logins_against_its_new_roles(prism: PrismHa
     await prism.manager.reset("fresh")
     assert not await _login(prism, "dave@fresh", "pw")
     assert prism.manager.runtime.address("fresh") is None
+
+
+async def test_roles_are_read_over_one_held_connection_that_is_replaced_when_it_dies(
+    prism: PrismHandle,
+) -> None:
+    admin = prism.dsn("postgres@held")
+    count = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'prism'"
+    assert await _login(prism, "postgres@held", "password")
+    assert await _login(prism, "postgres@held", "password")
+    assert (await psql(admin, count)).stdout.decode().strip() == "1"
+    await psql(
+        admin,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'prism'",
+    )
+    await psql(admin, "CREATE ROLE erin LOGIN PASSWORD 'pw'")
+    assert await _login(prism, "erin@held", "pw")
+    assert (await psql(admin, count)).stdout.decode().strip() == "1"

@@ -129,7 +129,7 @@ class PgbenchResult:
     """Transactions that ended within the window ``during`` returned (0 without one)."""
 
 
-_TPS = re.compile(rb"tps = ([0-9.]+) \((?:without|excluding)")
+_TPS = re.compile(rb"tps = ([0-9.]+) \((?:without|excluding|including reconnection)")
 _NONE_DONE = b"number of transactions actually processed: 0\n"
 
 Window = Callable[[], Awaitable[tuple[float, float]]]
@@ -145,16 +145,19 @@ async def pgbench(
     select_only: bool,
     user: str = SUPERUSER,
     during: Window | None = None,
+    options: Sequence[str] = (),
 ) -> PgbenchResult:
     """Run pgbench against ``port``; latency percentiles come from its per-transaction log.
 
     ``during`` runs meanwhile (a probe reading counters once the clients are connected); the
-    result then counts the transactions that ended inside the window it returns.
+    result then counts the transactions that ended inside the window it returns. ``options``
+    go on pgbench's command line (``-C``: a new connection per transaction).
     """
     log_dir = scratch_dir("pgbench-log-")
     window = (0.0, 0.0)
     try:
         command = pgbench_command(install, port, clients, seconds, select_only, user)
+        command[1:1] = options
         command += ["-l", f"--log-prefix={log_dir}/tx"]
         async with trio.open_nursery() as nursery:
             if during is not None:
@@ -237,9 +240,15 @@ class PrismProcess:
 
 @contextlib.asynccontextmanager
 async def prism_process(
-    data_dir: Path, *, storage: str = "copy", extra: Sequence[str] = ()
+    data_dir: Path,
+    *,
+    storage: str = "copy",
+    extra: Sequence[str] = (),
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[PrismProcess]:
-    """Run ``prism serve`` as a child process until the block ends, then stop it with SIGTERM."""
+    """Run ``prism serve`` as a child process until the block ends, then stop it with SIGTERM.
+
+    ``env`` is added to this process's environment for it (``PRISM_CONNECT_PHASES``)."""
     port = free_port()
     _make_traversable(data_dir)
     log_path = data_dir.parent / f"{data_dir.name}.prism.log"
@@ -248,7 +257,9 @@ async def prism_process(
     command += ["--password", PASSWORD, "--log-level", "info", "--snapshot-every", "0", *extra]
     with _append(log_path) as log:
         offset = log.tell()
-        process = await trio.lowlevel.open_process(command, stdout=log, stderr=log)
+        process = await trio.lowlevel.open_process(
+            command, stdout=log, stderr=log, env={**os.environ, **(env or {})}
+        )
     handle = PrismProcess(process, port, log_path, data_dir, offset)
     try:
         with trio.fail_after(120):

@@ -86,7 +86,7 @@ postgres = host={host} port={server_port} user={user} password={password} dbname
 listen_addr = {host}
 listen_port = {port}
 unix_socket_dir =
-auth_type = trust
+auth_type = {auth_type}
 auth_file = {dir}/userlist.txt
 pool_mode = session
 max_client_conn = 500
@@ -101,12 +101,13 @@ pidfile = {dir}/pgbouncer.pid
 
 @contextlib.asynccontextmanager
 async def pgbouncer(
-    install: PgInstall, work: Path, server_port: int
+    install: PgInstall, work: Path, server_port: int, *, client_auth: str = "trust"
 ) -> AsyncIterator[tuple[int, int]]:
     """Run Debian's pgbouncer (session mode) in front of ``server_port``; yields port and pid.
 
-    PgBouncer refuses to run as root, so it runs as the servers' user. Clients are trusted and
-    PgBouncer logs in to Postgres with the password (SCRAM), as Prism's clients do themselves.
+    PgBouncer refuses to run as root, so it runs as the servers' user. Clients are trusted
+    (``client_auth="scram-sha-256"``: checked with SCRAM, as Prism checks them, for the
+    connect benchmark) and PgBouncer logs in to Postgres with the password (SCRAM).
     """
     port = free_port()
     directory = work / "pgbouncer"
@@ -120,9 +121,11 @@ async def pgbouncer(
             user=SUPERUSER,
             password=PASSWORD,
             dir=directory,
+            auth_type=client_auth,
         )
     )
-    (directory / "userlist.txt").write_text(f'"{SUPERUSER}" ""\n')
+    secret = "" if client_auth == "trust" else PASSWORD
+    (directory / "userlist.txt").write_text(f'"{SUPERUSER}" "{secret}"\n')
     install.chown(directory)
     for path in directory.iterdir():
         install.chown(path)

@@ -15,10 +15,14 @@ Verifiers are read from ``pg_authid`` over the branch's private service socket (
 Prism's OS user can enter its directory) at every login to a running branch: SCRAM's salt
 changes with the password, so a cached verifier cannot be re-checked after a mismatch, and a
 stale one would refuse a password the branch accepts (``ALTER ROLE ... PASSWORD`` a moment
-ago). A snapshot is written into the branch's data directory (0600) when the roles read differ
-from the last read, after every start and just before every stop, so a stopped branch checks a
-login against its snapshot (or, for a clone that never ran, its parent's) and is never woken
-by a password check; the snapshot lives and dies with the branch's data.
+ago). The service connection that reads them is held open between logins, one per running
+branch, and closed before its server stops: opening one costs a backend fork and a log-in
+(11 ms of a 38 ms connection in the connect benchmark, docs/benchmarks.md), a query on an open
+one a round trip, and each query still sees the roles as committed at that moment. A
+snapshot is written into the branch's data directory (0600) when the roles read differ from the
+last read, after every start and just before every stop, so a stopped branch checks a login
+against its snapshot (or, for a clone that never ran, its parent's) and is never woken by a
+password check; the snapshot lives and dies with the branch's data.
 
 This module is that I/O: the store of role verifiers. Checking a client against one is pure
 and lives in :mod:`prism.frontdoor.clientauth`, so the sans-IO start-up machine need not import this
@@ -41,11 +45,11 @@ import trio
 
 from prism.branches.status import UNWELL, BranchRegistry
 from prism.core.address import BackendAddress
-from prism.core.errors import PrismError
+from prism.core.errors import BackendQueryError, PrismError
 from prism.core.settings import Settings
 from prism.core.values import AuthMode
 from prism.frontdoor.clientauth import RoleSecret
-from prism.postgres.client import connect_branch
+from prism.postgres.client import Row, ServiceConnection, connect_branch
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +73,9 @@ def open_verifiers(
 ) -> VerifierStore | None:
     """The role store ``--auth verify`` checks logins with, or None in passthrough.
 
-    Its snapshots follow the branches once ``prism.server`` hands ``snapshot`` and ``forget``
-    to the manager: taken after every start and before every stop, and forgotten when a
-    branch's data is thrown away.
+    Its snapshots follow the branches once ``prism.server`` hands ``snapshot``,
+    ``last_snapshot`` and ``forget`` to the manager: taken after every start and before every
+    stop, and forgotten when a branch's data is thrown away.
     """
     if settings.auth is AuthMode.PASSTHROUGH:
         log.warning(
@@ -113,6 +117,12 @@ class VerifierStore:
         # What the snapshot file of each branch holds, as this Prism last wrote or saw it.
         self._written: dict[str, Roles] = {}
         self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
+        # The service connection each running branch's roles are read over, and the server
+        # address it reaches (a restarted server may have another).
+        self._held: dict[str, tuple[BackendAddress, ServiceConnection]] = {}
+        # Connections of branches forgotten without a stop (their server died): closed by
+        # the next read, since ``forget`` cannot wait.
+        self._retired: list[ServiceConnection] = []
 
     async def lookup(self, branch: str, role: str) -> RoleSecret | None:
         """The secret of ``role`` as the server of ``branch`` would check it."""
@@ -161,14 +171,14 @@ class VerifierStore:
         return {}
 
     async def _read_live(self, branch: str, address: BackendAddress) -> Roles:
-        roles = await self._fetch(address)
+        roles = await self._fetch(branch, address)
         # The file only needs a write when the roles changed since it was last written.
         if self._written.get(branch) != roles:
             await trio.to_thread.run_sync(self._write_snapshot, branch, roles)
         return roles
 
     async def snapshot(self, branch: str, address: BackendAddress) -> None:
-        """Save ``branch``'s roles next to its data (called after a start and before a stop).
+        """Save ``branch``'s roles next to its data (called after a start).
 
         Must not raise: a failure only means the snapshot may be older than the roles.
         """
@@ -179,16 +189,27 @@ class VerifierStore:
                 why = exc.message if isinstance(exc, PrismError) else "timed out"
                 log.warning("auth: could not snapshot roles of branch %s: %s", branch, why)
 
+    async def last_snapshot(self, branch: str, address: BackendAddress) -> None:
+        """Save ``branch``'s roles, then close its service connection (called before a stop,
+        so the server has no session of Prism's to end and Prism keeps no dead socket)."""
+        await self.snapshot(branch, address)
+        async with self._locks[branch]:
+            held = self._held.pop(branch, None)
+            if held is not None:
+                await _close(held[1])
+
     def forget(self, branch: str) -> None:
         """Drop what is known of ``branch``'s snapshot (it was reset, deleted or re-created)."""
         self._written.pop(branch, None)
+        held = self._held.pop(branch, None)
+        if held is not None:
+            self._retired.append(held[1])
 
-    async def _fetch(self, address: BackendAddress) -> Roles:
+    async def _fetch(self, branch: str, address: BackendAddress) -> Roles:
         with trio.fail_after(_SERVICE_TIMEOUT):
-            async with await connect_branch(
-                address, user=self._superuser, password=self._password
-            ) as connection:
-                rows = await connection.query(_ROLES_SQL)
+            while self._retired:
+                await _close(self._retired.pop())
+            rows = await self._query_held(branch, address)
         return {
             str(name): RoleSecret(
                 password=password,
@@ -197,6 +218,36 @@ class VerifierStore:
             )
             for name, password, can_login, until in rows
         }
+
+    async def _query_held(self, branch: str, address: BackendAddress) -> list[Row]:
+        """The roles query over ``branch``'s held connection, opened (again) when needed.
+
+        A held connection may have died since its last query (its server restarted, or an
+        ``idle_session_timeout`` ended it): that costs one more try on a new connection.
+        """
+        held = self._held.pop(branch, None)
+        if held is not None:
+            held_address, connection = held
+            if held_address == address:
+                try:
+                    rows = await connection.query(_ROLES_SQL)
+                except BackendQueryError as exc:
+                    log.debug("auth: service connection of branch %s lost: %s", branch, exc)
+                except BaseException:
+                    await _close(connection)  # cut off mid-query: nobody can read after us
+                    raise
+                else:
+                    self._held[branch] = held
+                    return rows
+            await _close(connection)
+        connection = await connect_branch(address, user=self._superuser, password=self._password)
+        try:
+            rows = await connection.query(_ROLES_SQL)
+        except BaseException:
+            await _close(connection)
+            raise
+        self._held[branch] = (address, connection)
+        return rows
 
     def _snapshot_path(self, branch: str) -> Path:
         return self._data_path(branch) / SNAPSHOT_NAME
@@ -227,3 +278,9 @@ class VerifierStore:
         except OSError as exc:
             log.warning("auth: could not write role snapshot of branch %s: %s", branch, exc)
             temporary.unlink(missing_ok=True)
+
+
+async def _close(connection: ServiceConnection) -> None:
+    """Close a service connection even in a cancelled scope, within a second."""
+    with trio.move_on_after(1), trio.CancelScope(shield=True):
+        await connection.aclose()

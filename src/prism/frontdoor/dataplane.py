@@ -42,8 +42,12 @@ class DataPlane:
         server: trio.abc.HalfCloseableStream,
         *,
         on_bytes: Callable[[int], None],
+        started: Callable[[], None] = lambda: None,
     ) -> None:
-        """Relay ``client`` ⇄ ``server`` until the session ends (see :func:`pump.splice`)."""
+        """Relay ``client`` ⇄ ``server`` until the session ends (see :func:`pump.splice`).
+
+        ``started`` is called once the plane is set up (the connect benchmark's last phase).
+        """
         if (
             self.sockmap is not None
             and isinstance(client, trio.SocketStream)
@@ -51,9 +55,11 @@ class DataPlane:
             and (session := kernelsplice.enter(self.sockmap, client, server)) is not None
         ):
             self.sessions["sockmap"] += 1
+            started()
             await kernelsplice.relay(session, on_bytes=on_bytes)
             return
         self.sessions["pump"] += 1
+        started()
         await pump.splice(client, server, on_bytes=on_bytes)
 
     def close(self) -> None:

@@ -67,6 +67,7 @@ from prism.frontdoor.cancel import CancelKeys, CancelTarget
 from prism.frontdoor.dataplane import PUMP, DataPlane
 from prism.frontdoor.handshake import ClientConn, start_tls
 from prism.frontdoor.limits import Gate, Limits
+from prism.frontdoor.phases import Phases, stopwatch
 from prism.frontdoor.startup import ClientGone, Startup, StartupConfig
 from prism.frontdoor.tls import TlsConfig, load_tls
 from prism.postgres import wire
@@ -175,6 +176,7 @@ class Proxy(Generic[SessionT]):
 
     async def handle(self, client: trio.SocketStream) -> None:
         """Serve one client connection from its first byte to its close."""
+        phases = stopwatch()
         conn = ClientConn(client, _peer_name(client))
         machine = Startup(
             StartupConfig(
@@ -187,7 +189,7 @@ class Proxy(Generic[SessionT]):
             peer=conn.peer,
         )
         try:
-            await self._serve(conn, machine)
+            await self._serve(conn, machine, phases)
         except ClientGone:
             log.debug("proxy: client %s closed during start-up", conn.peer)
         except wire.UnansweredViolation as exc:
@@ -226,9 +228,9 @@ class Proxy(Generic[SessionT]):
         ):
             await conn.send(machine.data_for_client() + wire.error_from(exc))
 
-    async def _serve(self, conn: ClientConn, machine: Startup) -> None:
+    async def _serve(self, conn: ClientConn, machine: Startup, phases: Phases) -> None:
         with self.gate.startup_slot():
-            opened = await self._open(conn, machine)
+            opened = await self._open(conn, machine, phases)
         if opened is None:
             return
         session, server, keys = opened
@@ -245,20 +247,28 @@ class Proxy(Generic[SessionT]):
                     await server.send_all(from_client)
                 if from_server:
                     await conn.send(from_server)
+                phases.lap("leftovers")
+
+                def started() -> None:
+                    phases.lap("splice")
+                    phases.report(conn.peer)
+
                 # Reset, stop and delete end the session here, with a reason for the client.
                 with self._manager.terminable(session):
-                    await self.data_plane.splice(conn.stream, server, on_bytes=count)
+                    await self.data_plane.splice(
+                        conn.stream, server, on_bytes=count, started=started
+                    )
         finally:
             for key in keys:
                 self.cancel_keys.revoke(*key)
             self._manager.connection_closed(session)
 
     async def _open(
-        self, conn: ClientConn, machine: Startup
+        self, conn: ClientConn, machine: Startup, phases: Phases
     ) -> tuple[SessionT, trio.SocketStream, list[tuple[int, bytes]]] | None:
         """Everything up to the backend's first ReadyForQuery; None after a cancel request."""
         with trio.move_on_after(self._startup_timeout) as deadline:
-            event = await self._drive(conn, machine)
+            event = await self._drive(conn, machine, phases)
             if isinstance(event, startup.Cancel):
                 await self.cancel_keys.forward(event.request, conn.peer)
                 return None
@@ -273,12 +283,15 @@ class Proxy(Generic[SessionT]):
         target = event.route
         self.gate.may_create(target.branch)
         session = await self._manager.admit(target.branch, conn.peer)
+        phases.lap("admit")
         keys: list[tuple[int, bytes]] = []
         server: trio.SocketStream | None = None
         try:
             server = await self._connect(target.branch, session.address)
+            phases.lap("connect")
             machine.connected()
-            event = await self._drive(conn, machine, server, session.address, keys)
+            event = await self._drive(conn, machine, phases, server, session.address, keys)
+            phases.lap("login")
             if isinstance(event, startup.Refused):
                 raise _SessionRefused
         except BaseException:
@@ -295,6 +308,7 @@ class Proxy(Generic[SessionT]):
         self,
         conn: ClientConn,
         machine: Startup,
+        phases: Phases,
         server: trio.SocketStream | None = None,
         address: BackendAddress | None = None,
         keys: list[tuple[int, bytes]] | None = None,
@@ -322,15 +336,21 @@ class Proxy(Generic[SessionT]):
                 machine.receive_backend(await server.receive_some(_RECEIVE_SIZE))
             elif isinstance(event, startup.StartTls):
                 assert self._tls is not None
+                phases.lap("hello")
                 await start_tls(conn, event.received, self._tls, direct=event.direct)
+                phases.lap("tls")
                 machine.tls_started(sni=conn.sni, channel_binding=self._tls.channel_binding)
             elif isinstance(event, startup.LookupRole):
                 assert self._verifiers is not None
+                phases.lap("hello")
                 # While main is made it has no roles yet: say so, not "password failed".
                 self._manager.check_available(event.branch)
                 secret = await self._verifiers.lookup(event.branch, event.role)
+                phases.lap("lookup")
                 machine.role_found(secret, now=time.time())
             else:
+                if isinstance(event, startup.Admit):
+                    phases.lap("client_auth")
                 return event
 
     async def _connect(self, branch: str, address: BackendAddress) -> trio.SocketStream:
