@@ -255,6 +255,29 @@ async def test_the_watcher_releases_the_ballast_then_stops_main_and_says_so(
     assert "start main" in str(seen[1]["error"])
 
 
+async def test_main_started_again_before_the_disk_is_ok_is_stopped_again_when_it_fills_it(
+    tmp_path: Path,
+) -> None:
+    """The operator frees some space and starts main (allowed once the disk is not full);
+    main fills it again: it is stopped again, not left to PANIC."""
+    disk = _Disk(GiB, STOP_ROOM - 1)
+    stops: list[str] = []
+
+    async def stop_main() -> None:
+        stops.append("main")
+
+    async def use() -> SpaceUse:
+        return SpaceUse()
+
+    watch = DiskWatch(_budget(disk), EventBus(), MainControl(stop_main, use), None)
+    await watch.check()
+    disk.free = 60 * MiB  # low: main may start again
+    await watch.check()
+    disk.free = STOP_ROOM - 1
+    await watch.check()
+    assert stops == ["main", "main"]
+
+
 async def test_a_base_backup_is_not_begun_on_a_disk_already_under_its_reserve() -> None:
     made: list[Path] = []
 

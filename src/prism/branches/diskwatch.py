@@ -77,7 +77,7 @@ class DiskWatch:
         """What uses the space was measured since the last event that changes it."""
         events.add_listener(self._observe)
         self.main_stopped = False
-        """Main was stopped for want of space (the API says so until space is back)."""
+        """Main was stopped for want of space, and the disk is still full."""
 
     async def run(self, *, interval: float = INTERVAL, usage_every: float = USAGE_EVERY) -> None:
         """Look every ``interval`` seconds, for ever; a failure is logged and retried."""
@@ -136,10 +136,14 @@ class DiskWatch:
                 fs.path,
             )
             await self.control.stop_main()
+        if now is not Level.FULL:
+            # Starting main is refused only while full: once it may run again, filling the
+            # disk once more must stop it once more (before, only a disk back above its
+            # reserve re-armed this, and main started at "low" was left to PANIC).
+            self.main_stopped = False
         if now is Level.LOW:
             self.control.prune_now()
         if now is Level.OK:
-            self.main_stopped = False
             await self._refill(fs)
         return now
 

@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -201,12 +202,14 @@ class BranchLayout:
         leftovers = await trio.to_thread.run_sync(_leftovers)
         for path in leftovers:
             await self.remove_path(path)
-        # Made now, not at the first delete: on a full disk even a mkdir fails, a rename not.
-        await run_off_loop(
-            lambda: self.trash_dir.mkdir(mode=PGDATA_MODE, parents=True, exist_ok=True),
-            failed=f"cannot create {self.trash_dir}",
-            hint=_WRITE_HINT,
-        )
+        # Made now, not at the first delete: on a full disk even a mkdir fails, a rename not
+        # (on a full XFS, deleting a branch failed at ``.deleted``'s mkdir).
+        for kept in (self.trash_dir, self.branches_dir / DELETED_DIR):
+            await run_off_loop(
+                partial(kept.mkdir, mode=PGDATA_MODE, parents=True, exist_ok=True),
+                failed=f"cannot create {kept}",
+                hint=_WRITE_HINT,
+            )
         return leftovers
 
     def staging_path(self, branch: str, purpose: str) -> Path:

@@ -310,7 +310,10 @@ class ZfsStorage(BranchLayout):
             action=f"unmount {dataset}",
             hint="check that no process uses files under the branch's directory",
         )
-        await self._zfs(["rename", dataset, kept], action=f"keep {dataset}", hint=_RUNS_HINT)
+        # Right after the unmount zfs-fuse may still call the dataset busy, as for a destroy.
+        await self._zfs_patiently(
+            ["rename", dataset, kept], action=f"keep {dataset}", hint=_RUNS_HINT
+        )
         await _remove_empty_mountpoint(self.path(branch))
         return True
 
