@@ -5,6 +5,7 @@ generation they were cloned from."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -119,9 +120,9 @@ async def test_main_is_a_dump_and_a_refresh_makes_a_new_generation_branches_keep
 
     url = ("--api", prism.info.api_url)
     table = (await _prism_cli("branch", "ls", *url)).splitlines()
-    assert table[0].split()[-1] == "GEN"
-    rows = table[1 : table.index("")] if "" in table else table[1:]  # the disk lines follow
-    assert {line.split()[0]: line.split()[-1] for line in rows} == {
+    assert "GEN" in table[0].split()
+    listed = json.loads(await _prism_cli("branch", "ls", "--json", *url))
+    assert {b["name"]: str(b["generation"]) for b in listed} == {
         "b1": "1",
         "b1-child": "1",
         "b2": "2",
@@ -166,7 +167,8 @@ async def test_a_refresh_the_source_refuses_leaves_the_generation_serving(
     assert main["generation"] == 1
     assert main["status"] == "running"
     assert await _count(prism) == ROWS
-    assert [p.name for p in (empty_data_dir / "branches").iterdir() if p.name != ".trash"] == []
+    own = (".trash", ".deleted")  # the storage's own, made when it opens
+    assert [p.name for p in (empty_data_dir / "branches").iterdir() if p.name not in own] == []
 
 
 async def test_a_table_the_role_may_not_read_fails_the_refresh_with_the_grant_to_give(
@@ -350,7 +352,7 @@ async def test_a_refresh_killed_at_any_step_leaves_one_whole_generation_and_no_l
     try:
         await assert_one_whole_generation(pg_port, api_port, generation)
         leftovers = sorted(p.name for p in (data_dir / "branches").iterdir())
-        assert leftovers == [".trash", "kept"]
+        assert leftovers == [".deleted", ".trash", "kept"]
         assert list((data_dir / "branches" / ".trash").iterdir()) == []
     finally:
         await stop_serve(process)

@@ -136,8 +136,11 @@ async def place(storage: str) -> AsyncIterator[Place]:
 
 
 async def destroy_branches(store: Storage) -> None:
-    """Destroy every branch's data a test's Prism left, children before parents (the drivers
-    refuse to delete a branch with clones)."""
+    """Destroy every branch's data a test's Prism left, the trash's first, then children
+    before parents (the drivers refuse to delete a branch with clones, and a deleted ZFS
+    branch kept for undelete is still a clone of its parent)."""
+    for branch, token in await store.trashed():
+        await store.purge(branch, token)
     for branch in sorted(store.list(), key=lambda name: name == "main"):
         await store.destroy(branch)
 

@@ -90,7 +90,8 @@ async def test_a_zfs_snapshot_with_a_branch_cloned_from_it_outlives_its_retentio
                         assert not [e for e in seen if e["type"] == "snapshot_failed"]
             assert manager.storage.exists(first.name)
         async with prism_in_process(where, "process", **overrides) as prism:
-            await prism.manager.delete("child")
+            # Purged at once: a branch kept in the trash for undelete still needs it.
+            await prism.manager.delete("child", purge="the test frees it")
             # Polling: the timer's next round removes it, and sends no event for that.
             await wait_until(
                 lambda: not prism.manager.storage.exists(first.name),

@@ -185,13 +185,13 @@ async def test_on_zfs_the_old_generation_is_set_aside_while_a_branch_needs_it(
 
         # Once no branch needs it, start-up's sweep destroys it; nothing else is touched.
         assert await manager.storage.sweep() == []  # b1 still needs it
-        await manager.delete("b1")
+        await manager.delete("b1", purge="the test frees it")  # a kept b1 would need it
         swept = await manager.storage.sweep()
         assert [str(path) for path in swept] == aside
         assert await _count(prism, "postgres@b2") == ROWS + 500
 
         # A main nothing is cloned from is destroyed as soon as the next generation serves.
-        await manager.delete("b2")
+        await manager.delete("b2", purge="the test frees it")
         assert (await manager.refresh_main()).number == 3
         assert await _zfs("get", "-H", "-r", "-s", "local", "prism:aside", where.zfs_dataset) == ""
         listed = (await _zfs("list", "-H", "-o", "name", "-r", where.zfs_dataset)).split()
@@ -213,7 +213,7 @@ async def test_on_zfs_a_refresh_killed_at_any_step_leaves_one_whole_generation(
         try:
             await assert_one_whole_generation(pg_port, api_port, generation)
             leftovers = sorted(p.name for p in (where.data_dir / "branches").iterdir())
-            assert leftovers == [".trash", "kept"]
+            assert leftovers == [".deleted", ".trash", "kept"]
             # Only main and kept's datasets (and the old main, set aside for kept) are left.
             listed = await _zfs("list", "-H", "-r", "-o", "name,mountpoint", where.zfs_dataset)
             mounted = sorted(line.split("\t")[1] for line in listed.splitlines() if "\t/" in line)
