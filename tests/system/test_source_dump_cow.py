@@ -195,10 +195,11 @@ async def test_on_zfs_the_old_generation_is_set_aside_while_a_branch_needs_it(
         assert (await manager.refresh_main()).number == 3
         assert await _zfs("get", "-H", "-r", "-s", "local", "prism:aside", where.zfs_dataset) == ""
         listed = (await _zfs("list", "-H", "-o", "name", "-r", where.zfs_dataset)).split()
-        assert listed == [
+        assert sorted(listed) == [
             where.zfs_dataset,
             f"{where.zfs_dataset}/branches",
             f"{where.zfs_dataset}/branches/gen:3",
+            f"{where.zfs_dataset}/deleted",  # the trash's parent, empty
         ]
         assert await _count(prism) == ROWS + 500
 
